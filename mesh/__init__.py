@@ -1,0 +1,1 @@
+"""Edge mesh library."""

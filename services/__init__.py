@@ -1,0 +1,1 @@
+"""Runnable processes of the mesh."""
