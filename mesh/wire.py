@@ -3,7 +3,8 @@
 Every message is a msgpack map with ``v`` (the contract version) and ``kind``. Decoders ignore
 fields they do not know, so a newer sender can add fields without breaking an older receiver.
 Tensors travel as ``{"dtype", "shape", "data"}`` with raw little-endian bytes, decoded with
-``numpy.frombuffer`` (no copy: the array is a read-only view of the message buffer).
+``numpy.frombuffer``: the array is a read-only view of the ``bytes`` msgpack unpacked for the
+``bin`` field, with no further copy (msgpack itself copies bin payloads out of the message).
 The JSON Schema of each message kind is in ``schemas/``.
 """
 
@@ -47,10 +48,16 @@ Array = npt.NDArray[Any]
 def encode_tensor(array: Array) -> dict[str, Any]:
     arr = np.asarray(array)
     if arr.dtype.name not in DTYPES:
-        raise InvalidArgumentError(f"dtype {arr.dtype.name} cannot travel; use one of {sorted(DTYPES)}")
+        raise InvalidArgumentError(
+            f"dtype {arr.dtype.name} cannot travel; use one of {sorted(DTYPES)}"
+        )
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": np.ascontiguousarray(arr).tobytes()}
+    return {
+        "dtype": arr.dtype.name,
+        "shape": list(arr.shape),
+        "data": np.ascontiguousarray(arr).tobytes(),
+    }
 
 
 def decode_tensor(obj: object, name: str) -> Array:
@@ -67,7 +74,9 @@ def decode_tensor(obj: object, name: str) -> Array:
         not isinstance(shape, list | tuple)
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise InvalidArgumentError(f"tensor {name!r} needs a shape of non-negative integers, got {shape!r}")
+        raise InvalidArgumentError(
+            f"tensor {name!r} needs a shape of non-negative integers, got {shape!r}"
+        )
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidArgumentError(f"tensor {name!r} needs its data as raw bytes (msgpack bin)")
     dt = np.dtype(dtype).newbyteorder("<")
@@ -79,7 +88,12 @@ def decode_tensor(obj: object, name: str) -> Array:
             f"tensor {name!r}: shape {list(shape)} of {dtype} needs {count * dt.itemsize} bytes, "
             f"got {len(data)}"
         )
-    return np.frombuffer(data, dtype=dt).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=dt).reshape(shape)
+    except ValueError as exc:  # over 64 dimensions, or a zero-size shape with a huge dimension
+        raise InvalidArgumentError(
+            f"tensor {name!r} has an unusable shape {list(shape)}: {exc}"
+        ) from None
 
 
 def _encode_tensors(tensors: dict[str, Array]) -> dict[str, Any]:
@@ -212,7 +226,9 @@ def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(version, int) or isinstance(version, bool):
         raise InvalidArgumentError(f"{what} is missing its integer contract version 'v'")
     if version > VERSION:
-        raise InvalidArgumentError(f"{what} has contract version {version}; this node speaks {VERSION}")
+        raise InvalidArgumentError(
+            f"{what} has contract version {version}; this node speaks {VERSION}"
+        )
     return obj
 
 
@@ -220,8 +236,10 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what:
     if key not in obj:
         raise InvalidArgumentError(f"{what} is missing the field {key!r}")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
-        raise InvalidArgumentError(f"{what} field {key!r} has the wrong type {type(value).__name__}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise InvalidArgumentError(
+            f"{what} field {key!r} has the wrong type {type(value).__name__}"
+        )
     return value
 
 
@@ -249,7 +267,7 @@ def decode_request(data: bytes) -> InferRequest:
     obj = _unpack_map(data, "inference request")
     what = "inference request"
     residency = obj.get("residency", "any")
-    if residency not in RESIDENCY_LABELS:
+    if not isinstance(residency, str) or residency not in RESIDENCY_LABELS:
         raise InvalidArgumentError(
             f"residency {residency!r} is not one of {sorted(RESIDENCY_LABELS)}"
         )
@@ -318,7 +336,7 @@ def decode_reply(data: bytes) -> Message:
     if kind == "error":
         code = obj.get("code")
         try:
-            error_code = ErrorCode(code)
+            error_code = ErrorCode(str(code))
         except ValueError:
             error_code = ErrorCode.INTERNAL
         return ErrorReply(

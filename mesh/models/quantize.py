@@ -1,0 +1,143 @@
+"""Int8 variants of float ONNX models, and the report that says what quantization cost.
+
+Dynamic quantization (``onnxruntime.quantization.quantize_dynamic``): weights are stored as int8,
+activations are quantized per batch at run time, so no calibration data is needed and the MLP's
+MatMul nodes become MatMulInteger. Small graphs carry fixed overhead (scales, zero points, the
+DynamicQuantizeLinear nodes): a logistic regression of 650 weights does not halve; the MLP 64x32
+of the demo's edge tier does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mesh.models.session import open_session
+
+DEFAULT_OP_TYPES = ("MatMul", "Gemm")
+
+
+def quantize_model(
+    src: Path | str,
+    dst: Path | str,
+    *,
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES,
+    per_channel: bool = False,
+) -> Path:
+    """Write an int8 (dynamic) variant of the float model ``src`` to ``dst``; returns ``dst``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    quantize_dynamic(
+        src,
+        dst,
+        op_types_to_quantize=list(op_types),
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+    )
+    proto = onnx.load(str(dst))
+    proto.doc_string = ""
+    dst.write_bytes(proto.SerializeToString())
+    return dst
+
+
+@dataclass(frozen=True)
+class VariantFigures:
+    """Size, single-row latency and held-out accuracy of one model file."""
+
+    path: str
+    size_bytes: int
+    latency_p50_us: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    """The int8 variant against its float original on the same held-out split."""
+
+    float_model: VariantFigures
+    int8_model: VariantFigures
+
+    @property
+    def size_ratio(self) -> float:
+        """int8 size over float size."""
+        return self.int8_model.size_bytes / self.float_model.size_bytes
+
+    @property
+    def accuracy_drop(self) -> float:
+        """Float accuracy minus int8 accuracy (positive means int8 is worse)."""
+        return self.float_model.accuracy - self.int8_model.accuracy
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain figures for printing or JSON."""
+        return {
+            "float": asdict(self.float_model),
+            "int8": asdict(self.int8_model),
+            "size_ratio": self.size_ratio,
+            "accuracy_drop": self.accuracy_drop,
+        }
+
+    def summary(self) -> str:
+        """One line per variant, in words."""
+        lines = []
+        for kind, f in (("float", self.float_model), ("int8", self.int8_model)):
+            lines.append(
+                f"{kind:5s} {f.size_bytes:8d} B  p50 {f.latency_p50_us:7.1f} us/row  "
+                f"accuracy {f.accuracy:.4f}  ({f.path})"
+            )
+        lines.append(
+            f"int8 is {self.size_ratio:.2%} of the float size; accuracy drop "
+            f"{self.accuracy_drop * 100:+.2f} points"
+        )
+        return "\n".join(lines)
+
+
+def measure_variant(
+    path: Path | str,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    *,
+    latency_runs: int = 300,
+    output: str = "probabilities",
+) -> VariantFigures:
+    """Size on disk, p50 single-row latency over ``latency_runs`` calls, accuracy on (x, y)."""
+    path = Path(path)
+    session = open_session(path)
+    input_name = session.get_inputs()[0].name
+    rows = np.ascontiguousarray(x, dtype=np.float32)
+    labels = np.asarray(y)
+    probabilities = session.run([output], {input_name: rows})[0]
+    accuracy = float((np.asarray(probabilities).argmax(axis=1) == labels).mean())
+    timings = np.empty(latency_runs, dtype=np.float64)
+    for i in range(latency_runs):
+        row = rows[i % len(rows)][None, :]
+        start = time.perf_counter()
+        session.run([output], {input_name: row})
+        timings[i] = time.perf_counter() - start
+    return VariantFigures(
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        latency_p50_us=float(np.percentile(timings, 50) * 1e6),
+        accuracy=accuracy,
+    )
+
+
+def quantization_report(
+    float_path: Path | str,
+    int8_path: Path | str,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    *,
+    latency_runs: int = 300,
+) -> QuantizationReport:
+    """Measure both files on the same held-out (x, y)."""
+    return QuantizationReport(
+        float_model=measure_variant(float_path, x, y, latency_runs=latency_runs),
+        int8_model=measure_variant(int8_path, x, y, latency_runs=latency_runs),
+    )

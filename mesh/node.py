@@ -1,0 +1,224 @@
+"""A tier node: one NATS connection, its models, the data plane, its transports.
+
+The same ``TierNode`` runs on every tier; the settings make it an edge, a gateway or a cloud
+node. Its parts are async context managers composed with an ``AsyncExitStack`` and torn down in
+reverse: stop taking requests, let those in flight finish, stop the models, close NATS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Self
+
+import nats
+from nats.aio.client import Client as NATS
+
+from mesh.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from mesh.dataplane import DataPlane, ModelTable, TierIdentity
+from mesh.endpoint import NatsEndpoint
+from mesh.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
+from mesh.http import HttpServer, Readiness, create_app
+from mesh.latency import LatencyTracker
+from mesh.metrics import MeshMetrics, default_metrics
+from mesh.repository import load_model
+from mesh.settings import NodeSettings
+from mesh.upstream import NatsUpstream, UpstreamLink
+
+log = logging.getLogger("mesh.node")
+
+_STATE_VALUE = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+
+class TierNode:
+    def __init__(self, settings: NodeSettings, *, metrics: MeshMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or default_metrics()
+        self.models = ModelTable()
+        self.readiness = Readiness()
+        self.nc: NATS | None = None
+        self.dataplane: DataPlane | None = None
+        self.upstream: UpstreamLink | None = None
+        self.store: HardExampleStore | None = None
+        self.inbox: HardExampleInbox | None = None
+        self.forwarder: HardExampleForwarder | None = None
+        self.endpoint: NatsEndpoint | None = None
+        self.http: HttpServer | None = None
+        self._stack = AsyncExitStack()
+        self._started = False
+        self.readiness.add("nats", self._nats_problem)
+        self.readiness.add("models", self._models_problem)
+
+    @property
+    def identity(self) -> TierIdentity:
+        s = self.settings
+        return TierIdentity(tier=s.tier, node=s.node, zone=s.zone, max_hops=s.max_hops)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        stack = self._stack
+        if s.http_port is not None:
+            self.http = HttpServer(create_app(f"mesh-{s.tier}", self.readiness), s.http_host, s.http_port)
+            await stack.enter_async_context(self.http)
+
+        self.nc = await nats.connect(
+            **s.nats.connect_options(name=f"mesh-{s.tier}-{s.node}"),
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+        )
+        stack.push_async_callback(self._close_nats)
+
+        for model_settings in s.models:
+            served = await load_model(model_settings, s.tier)
+            served.runner.batcher.on_batch = self._batch_recorder(served.name)
+            await stack.enter_async_context(served.runner)
+            self.models.put(served)
+
+        if s.upstream is not None:
+            self.upstream = self._make_upstream(self.nc)
+
+        if s.hard_examples.enabled:
+            self.inbox = HardExampleInbox(self.nc, tier=s.tier, settings=s.hard_examples)
+            await self.inbox.setup()
+            if s.upstream is not None:
+                self.store = HardExampleStore(
+                    self.nc, tier=s.tier, node=s.node, settings=s.hard_examples,
+                    metrics=self.metrics,
+                )
+                await self.store.setup()
+                self.forwarder = HardExampleForwarder(
+                    self.nc, tier=s.tier, upstream_tier=s.upstream.tier,
+                    settings=s.hard_examples, metrics=self.metrics,
+                )
+                await stack.enter_async_context(self.forwarder)
+                self.metrics.observe_gauge(
+                    "mesh_hard_example_backlog",
+                    "Hard examples stored locally, not yet forwarded upstream",
+                    self._backlog_values,
+                )
+
+        self.dataplane = DataPlane(
+            self.identity, self.models, self.upstream, self.store, metrics=self.metrics
+        )
+        self.endpoint = NatsEndpoint(
+            self.nc, self.dataplane, entry=s.entry, max_inflight=s.max_inflight,
+            metrics=self.metrics,
+        )
+        await stack.enter_async_context(self.endpoint)
+        log.info(
+            "node %s serving tier %s (models %s, upstream %s)",
+            s.node, s.tier, self.models.versions(), s.upstream.tier if s.upstream else None,
+        )
+
+    def _make_upstream(self, nc: NATS) -> UpstreamLink:
+        s = self.settings
+        assert s.upstream is not None
+        b = s.upstream.breaker
+        latency = LatencyTracker(max_age_seconds=10.0)
+
+        def on_transition(name: str, old: BreakerState, new: BreakerState) -> None:
+            if new is BreakerState.HALF_OPEN:
+                # Latencies from before the breaker opened say nothing about the link now.
+                latency.clear()
+            self.metrics.breaker_transitions.add(
+                1, {"tier": s.tier, "upstream": name, "from": old.value, "to": new.value}
+            )
+
+        breaker = CircuitBreaker(
+            BreakerConfig(
+                failure_threshold=b.failure_threshold,
+                failure_rate=b.failure_rate,
+                window_seconds=b.window_seconds,
+                min_calls=b.min_calls,
+                open_seconds=b.open_seconds,
+                max_open_seconds=b.max_open_seconds,
+                half_open_probes=b.half_open_probes,
+            ),
+            name=s.upstream.tier,
+            on_transition=on_transition,
+        )
+        self.metrics.observe_gauge(
+            "mesh_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+            lambda: [
+                (_STATE_VALUE[breaker.state], {"tier": s.tier, "upstream": breaker.name})
+            ],
+        )
+        return UpstreamLink(
+            NatsUpstream(nc, s.upstream.tier),
+            zone=s.upstream.zone,
+            timeout_ms=s.upstream.timeout_ms,
+            reserve_ms=s.upstream.reserve_ms,
+            breaker=breaker,
+            latency=latency,
+        )
+
+    def _batch_recorder(self, model: str) -> Callable[[int], None]:
+        attributes = {"tier": self.settings.tier, "model": model}
+
+        def record(rows: int) -> None:
+            self.metrics.batch_size.record(rows, attributes)
+
+        return record
+
+    def _backlog_values(self) -> list[tuple[float, dict[str, str]]]:
+        if self.forwarder is None:
+            return []
+        return [(float(self.forwarder.backlog), {"tier": self.settings.tier})]
+
+    def _nats_problem(self) -> str | None:
+        if self.nc is None or not self.nc.is_connected:
+            return "not connected to NATS"
+        return None
+
+    def _models_problem(self) -> str | None:
+        if self.endpoint is None:
+            return "models loading"
+        cold = [m.name for m in self.models.models.values() if not m.runner.warm]
+        return f"models not warm: {cold}" if cold else None
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        log.warning("NATS error on node %s: %r", self.settings.node, exc)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("node %s disconnected from NATS", self.settings.node)
+
+    async def _on_reconnect(self) -> None:
+        log.info("node %s reconnected to NATS", self.settings.node)
+
+    async def _close_nats(self) -> None:
+        nc, self.nc = self.nc, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+

@@ -1,0 +1,141 @@
+"""Novelty: how unlike the training inputs a request is. Pure numpy, no I/O.
+
+The score is Hotelling's T^2 on the leading principal components of the training inputs, divided
+by their count, plus the squared reconstruction residual (the part of the input those components
+cannot express) divided by its training mean. Both terms average about 1 on training data. Noise
+lands far off the principal subspace (large residual); blank and inverted images land far along
+it (large T^2). The threshold is a high quantile of the training scores, fitted at build time and
+stored in the manifest, so a few in-distribution rows are flagged by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Floats = npt.NDArray[np.float64]
+
+DEFAULT_COMPONENTS = 10
+DEFAULT_QUANTILE = 0.995
+_MIN_VARIANCE = 1e-8
+
+
+class NoveltyParams(Protocol):
+    """The fields a stored novelty reference provides (``mesh.models.manifest.NoveltyReference``)."""
+
+    @property
+    def mean(self) -> list[float]: ...
+    @property
+    def components(self) -> list[list[float]]: ...
+    @property
+    def variances(self) -> list[float]: ...
+    @property
+    def residual_scale(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def quantile(self) -> float: ...
+
+
+class HasNovelty(Protocol):
+    @property
+    def novelty(self) -> NoveltyParams: ...
+
+
+@dataclass(frozen=True)
+class NoveltyScorer:
+    """Scores inputs against a fitted training distribution; higher is more novel."""
+
+    mean: Floats
+    components: Floats
+    variances: Floats
+    residual_scale: float
+    threshold: float
+    quantile: float = DEFAULT_QUANTILE
+
+    @classmethod
+    def fit(
+        cls,
+        x: npt.ArrayLike,
+        n_components: int = DEFAULT_COMPONENTS,
+        quantile: float = DEFAULT_QUANTILE,
+    ) -> NoveltyScorer:
+        """Fit on training rows (N, F); the threshold is the ``quantile`` of their scores."""
+        rows = np.asarray(x, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[0] < 2:
+            raise ValueError(f"need at least two training rows (N, F), got shape {rows.shape}")
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        k = min(n_components, rows.shape[1], rows.shape[0] - 1)
+        mean = rows.mean(axis=0)
+        centred = rows - mean
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+        components = _fix_signs(vt[:k])
+        variances = np.maximum(singular[:k] ** 2 / (rows.shape[0] - 1), _MIN_VARIANCE)
+        coords = centred @ components.T
+        residual = centred - coords @ components
+        residual_scale = max(float((residual**2).sum(axis=1).mean()), _MIN_VARIANCE)
+        unthresholded = cls(mean, components, variances, residual_scale, np.inf, quantile)
+        threshold = float(np.quantile(unthresholded.score(rows), quantile))
+        return cls(mean, components, variances, residual_scale, threshold, quantile)
+
+    @classmethod
+    def from_reference(cls, reference: HasNovelty | NoveltyParams) -> NoveltyScorer:
+        """Rebuild from a manifest's ``reference`` (or its ``reference.novelty``)."""
+        params: NoveltyParams = (
+            reference.novelty if hasattr(reference, "novelty") else reference  # type: ignore[assignment]
+        )
+        return cls(
+            mean=np.asarray(params.mean, dtype=np.float64),
+            components=np.asarray(params.components, dtype=np.float64),
+            variances=np.asarray(params.variances, dtype=np.float64),
+            residual_scale=float(params.residual_scale),
+            threshold=float(params.threshold),
+            quantile=float(params.quantile),
+        )
+
+    def to_reference(self) -> dict[str, Any]:
+        """The fields of a manifest's ``reference.novelty``."""
+        return {
+            "method": "pca_t2_spe",
+            "mean": [float(v) for v in self.mean],
+            "components": [[float(v) for v in row] for row in self.components],
+            "variances": [float(v) for v in self.variances],
+            "residual_scale": self.residual_scale,
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+        }
+
+    def score(self, x: npt.ArrayLike) -> Floats:
+        """Per-row novelty of (N, F) inputs (a single (F,) row is treated as N=1)."""
+        rows = np.asarray(x, dtype=np.float64)
+        if rows.ndim == 1:
+            rows = rows[None, :]
+        if rows.ndim != 2 or rows.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"inputs must be (N, {self.mean.shape[0]}), got shape {rows.shape}"
+            )
+        centred = rows - self.mean
+        coords = centred @ self.components.T
+        t2 = (coords**2 / self.variances).sum(axis=1) / self.components.shape[0]
+        residual = centred - coords @ self.components
+        spe = (residual**2).sum(axis=1) / self.residual_scale
+        out: Floats = t2 + spe
+        return out
+
+    def is_novel(self, x: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Per-row flag: the score is above the fitted threshold."""
+        flags: npt.NDArray[np.bool_] = self.score(x) > self.threshold
+        return flags
+
+
+def _fix_signs(components: Floats) -> Floats:
+    """Make each axis's largest-magnitude entry positive, so fits are reproducible across BLAS."""
+    idx = np.abs(components).argmax(axis=1)
+    signs = np.sign(components[np.arange(components.shape[0]), idx])
+    signs[signs == 0] = 1.0
+    fixed: Floats = components * signs[:, None]
+    return fixed

@@ -1,0 +1,113 @@
+"""The escalation policy: answer here, or send the request up a tier. Pure and synchronous.
+
+The tier escalates when it is unsure (confidence under its threshold), when the input looks unlike
+what its model was built on (novelty over its threshold), or when it does not serve the model at
+all. It holds the request back, answering with its own result marked degraded, when the
+residency label forbids the raw input leaving the zone, when the remaining budget is smaller than
+the upstream's recent p95, or when the upstream's breaker is open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from mesh.wire import zone_rank
+
+
+class Action(StrEnum):
+    ANSWER = "answer"
+    ESCALATE = "escalate"
+
+
+class EscalationReason(StrEnum):
+    LOW_CONFIDENCE = "low_confidence"
+    NOVEL = "novel"
+    NOT_SERVED = "not_served"
+
+
+class DegradedReason(StrEnum):
+    """Why an answer is degraded: it is a lower tier's answer to a case meant for upstream."""
+
+    RESIDENCY = "residency"
+    BUDGET = "budget"
+    BREAKER_OPEN = "breaker_open"
+    NO_RESPONDERS = "no_responders"
+    TIMEOUT = "timeout"
+    UPSTREAM_ERROR = "upstream_error"
+
+
+DEGRADED_REASONS: frozenset[str] = frozenset(r.value for r in DegradedReason)
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What this tier knows of its own answer. ``confidence`` is None when not served here."""
+
+    confidence: float | None
+    novelty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    confidence: float
+    novelty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamView:
+    """The upstream tier as the policy sees it at this instant."""
+
+    zone: str
+    breaker_open: bool
+    p95_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    #: why the case is meant for upstream (set whenever the tier would escalate).
+    escalation: EscalationReason | None = None
+    #: why the local answer is degraded (set when the case was meant for upstream but held back).
+    degraded: DegradedReason | None = None
+
+
+ANSWER = Decision(Action.ANSWER)
+
+
+def escalation_reason(assessment: Assessment, thresholds: Thresholds) -> EscalationReason | None:
+    if assessment.confidence is None:
+        return EscalationReason.NOT_SERVED
+    if (
+        thresholds.novelty is not None
+        and assessment.novelty is not None
+        and assessment.novelty > thresholds.novelty
+    ):
+        return EscalationReason.NOVEL
+    if assessment.confidence < thresholds.confidence:
+        return EscalationReason.LOW_CONFIDENCE
+    return None
+
+
+def decide(
+    assessment: Assessment,
+    thresholds: Thresholds,
+    *,
+    budget_ms: float,
+    residency: str,
+    upstream: UpstreamView | None,
+) -> Decision:
+    """Answer or escalate. ``budget_ms`` is what is left of the request's budget now."""
+    reason = escalation_reason(assessment, thresholds)
+    if reason is None:
+        return ANSWER
+    if upstream is None:
+        # The top tier: its answer is the best the mesh has, so it is not degraded.
+        return Decision(Action.ANSWER, escalation=reason)
+    if zone_rank(upstream.zone) > zone_rank(residency):
+        return Decision(Action.ANSWER, reason, DegradedReason.RESIDENCY)
+    if upstream.breaker_open:
+        return Decision(Action.ANSWER, reason, DegradedReason.BREAKER_OPEN)
+    if budget_ms <= 0 or (upstream.p95_ms is not None and budget_ms < upstream.p95_ms):
+        return Decision(Action.ANSWER, reason, DegradedReason.BUDGET)
+    return Decision(Action.ESCALATE, reason)

@@ -1,0 +1,68 @@
+"""Where a tier's models come from: today a local directory, tomorrow the fleet's registry.
+
+``load_model`` is the one seam: it reads the manifest, checks the artifact's sha256, loads the
+ONNX model, warms it up and returns a ``ServedModel`` ready for the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mesh.confidence import ConfidenceKind
+from mesh.models.manifest import ModelManifest, load_manifest, verify_artifact
+from mesh.novelty import NoveltyScorer
+from mesh.policy import Thresholds
+from mesh.runtime import ModelRunner, OnnxModel
+from mesh.served import ServedModel
+from mesh.settings import ModelSettings
+
+#: escalation threshold when neither the config nor the manifest gives one.
+DEFAULT_THRESHOLD = 0.9
+
+
+async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
+    """Load, verify and warm a model for ``tier``; the caller starts and stops its runner."""
+    manifest: ModelManifest | None = None
+    path: Path | None = settings.path
+    if settings.manifest is not None:
+        manifest = load_manifest(settings.manifest)
+        verified = await asyncio.to_thread(verify_artifact, manifest, settings.manifest)
+        path = path or verified
+    assert path is not None
+    onnx = await asyncio.to_thread(
+        OnnxModel.load, path, intra_op_threads=settings.intra_op_threads
+    )
+    await asyncio.to_thread(onnx.warmup)
+    runner = ModelRunner(
+        onnx,
+        max_batch_size=settings.batching.max_batch_size,
+        max_delay_ms=settings.batching.max_delay_ms,
+        inline_below_us=settings.inline_below_us,
+    )
+    threshold = settings.threshold
+    if threshold is None:
+        threshold = (
+            manifest.threshold_for(tier, DEFAULT_THRESHOLD) if manifest else DEFAULT_THRESHOLD
+        )
+    novelty: NoveltyScorer | None = None
+    if settings.novelty and manifest is not None and manifest.reference is not None:
+        novelty = NoveltyScorer.from_reference(manifest.reference)
+    kind = settings.confidence or (
+        ConfidenceKind(manifest.confidence) if manifest else ConfidenceKind.MAX_PROB
+    )
+    return ServedModel(
+        name=settings.name,
+        version=settings.version or (manifest.version if manifest else "1"),
+        runner=runner,
+        inputs=onnx.inputs,
+        scored_output=settings.scored_output
+        or (manifest.scored_output if manifest else "probabilities"),
+        confidence_kind=kind,
+        thresholds=Thresholds(
+            confidence=threshold, novelty=novelty.threshold if novelty is not None else None
+        ),
+        novelty=novelty,
+        max_rows=settings.max_rows,
+        max_request_bytes=settings.max_request_bytes,
+    )

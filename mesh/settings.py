@@ -1,0 +1,267 @@
+"""Typed settings of every mesh service, read from a YAML file and ``MESH_*`` variables.
+
+Environment variables override the file; nested fields use ``__`` (``MESH_NATS__SERVERS``,
+``MESH_UPSTREAM__TIMEOUT_MS``). Every field is documented where it is declared.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mesh.confidence import ConfidenceKind
+from mesh.subjects import check_token
+from mesh.wire import RESIDENCY_ZONES
+
+
+class NatsSettings(BaseModel):
+    """How a service connects to NATS: the one place for servers, credentials and TLS."""
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    """NATS server URLs; the local (site or device) server first."""
+    credentials: Path | None = None
+    """A ``.creds`` file (JWT and nkey seed) for this node's NATS identity."""
+    nkeys_seed: Path | None = None
+    """An nkey seed file, for servers configured with nkeys but no JWTs."""
+    tls_ca: Path | None = None
+    """CA bundle to verify the server with TLS."""
+    tls_cert: Path | None = None
+    """Client certificate for mutual TLS."""
+    tls_key: Path | None = None
+    """Key of the client certificate."""
+    connect_timeout_s: float = 2.0
+    """Seconds to wait for one connection attempt."""
+    reconnect_wait_s: float = 0.5
+    """Seconds between reconnect attempts; the client reconnects forever."""
+
+    def connect_options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        options: dict[str, Any] = {
+            "servers": self.servers,
+            "name": name,
+            "connect_timeout": self.connect_timeout_s,
+            "reconnect_time_wait": self.reconnect_wait_s,
+            "max_reconnect_attempts": -1,
+            "allow_reconnect": True,
+        }
+        if self.credentials is not None:
+            options["user_credentials"] = str(self.credentials)
+        if self.nkeys_seed is not None:
+            options["nkeys_seed"] = str(self.nkeys_seed)
+        if self.tls_ca is not None or self.tls_cert is not None:
+            context = ssl.create_default_context(
+                cafile=str(self.tls_ca) if self.tls_ca else None
+            )
+            if self.tls_cert is not None:
+                context.load_cert_chain(str(self.tls_cert), str(self.tls_key) if self.tls_key else None)
+            options["tls"] = context
+        return options
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breaker on the link to the upstream tier."""
+
+    failure_threshold: int = 5
+    """Consecutive failures that open the breaker."""
+    failure_rate: float = 0.5
+    """Share of failed calls in the window that opens the breaker."""
+    window_seconds: float = 10.0
+    """Length of the sliding window for the failure rate."""
+    min_calls: int = 10
+    """Calls needed in the window before the rate counts."""
+    open_seconds: float = 1.0
+    """First cool-down before a probe is let through; it grows with repeated trips."""
+    max_open_seconds: float = 30.0
+    """Cap of the growing cool-down."""
+    half_open_probes: int = 1
+    """Probe requests let through at once while half-open."""
+
+
+class UpstreamSettings(BaseModel):
+    """The next tier up, where unsure or unserved cases go."""
+
+    tier: str
+    """Name of the upstream tier (its subjects are ``mesh.<tier>.infer.<model>``)."""
+    zone: str = "cloud"
+    """Residency zone of the upstream tier: ``device``, ``site`` or ``cloud``."""
+    timeout_ms: float = 2000.0
+    """Longest wait for the upstream, whatever the request's budget."""
+    reserve_ms: float = 2.0
+    """Budget kept back from the escalation to answer locally if the upstream fails."""
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v not in RESIDENCY_ZONES:
+            raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
+        return v
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, v: str) -> str:
+        return check_token(v, "tier")
+
+
+class BatchingSettings(BaseModel):
+    """Dynamic micro-batching of one model; off when ``max_batch_size`` is 1."""
+
+    max_batch_size: int = 32
+    """Most rows run as one batch."""
+    max_delay_ms: float = 1.0
+    """Longest a request waits for others to join its batch."""
+
+
+class ModelSettings(BaseModel):
+    """One model a tier serves."""
+
+    name: str
+    """Model name on the wire (``mesh.infer.<name>``)."""
+    path: Path | None = None
+    """The ONNX file; relative paths are relative to the config file. Default: the manifest's."""
+    manifest: Path | None = None
+    """The model manifest (version, thresholds, reference statistics, sha256)."""
+    version: str | None = None
+    """Version reported in answers; defaults to the manifest's, else ``1``."""
+    threshold: float | None = None
+    """Escalate below this confidence; overrides the manifest's threshold for this tier."""
+    confidence: ConfidenceKind | None = None
+    """Confidence measure: ``max_prob``, ``margin`` or ``entropy`` (default: manifest, max_prob)."""
+    scored_output: str | None = None
+    """Output holding class probabilities (default: manifest, else ``probabilities``)."""
+    novelty: bool = True
+    """Escalate out-of-distribution inputs when the manifest has reference statistics."""
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    intra_op_threads: int = 1
+    """ONNX Runtime threads inside one operator."""
+    inline_below_us: float = 150.0
+    """Run batches predicted cheaper than this on the event loop instead of a worker thread."""
+    max_rows: int = 256
+    """Most rows one request may carry."""
+    max_request_bytes: int = 4 * 1024 * 1024
+    """Most input bytes one request may carry."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_token(v, "model name")
+
+    @model_validator(mode="after")
+    def _artifact(self) -> ModelSettings:
+        if self.path is None and self.manifest is None:
+            raise ValueError(f"model {self.name}: set its ONNX file (path) or its manifest")
+        return self
+
+
+class HardExampleSettings(BaseModel):
+    """Store-and-forward of cases that could not be answered upstream."""
+
+    enabled: bool = True
+    """Record hard examples in the local JetStream domain."""
+    domain: str | None = None
+    """JetStream domain of the local stream (the site's); None uses the connected server's."""
+    stream: str = "MESH_HARD"
+    """Name of the local stream."""
+    upstream_domain: str | None = "hub"
+    """JetStream domain the hard examples are forwarded to."""
+    upstream_stream: str = "MESH_HARD_UPSTREAM"
+    """Name of the stream upstream that receives them."""
+    max_bytes: int = 256 * 1024 * 1024
+    """Size bound of the local backlog."""
+    max_age_s: float = 7 * 24 * 3600
+    """Age bound of the local backlog."""
+    duplicate_window_s: float = 24 * 3600
+    """How long upstream remembers request ids to drop duplicates."""
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+class NodeSettings(BaseSettings):
+    """A tier node: the same service on every tier, with a different configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MESH_", env_nested_delimiter="__", extra="forbid", yaml_file=None
+    )
+
+    tier: str
+    """Tier name (``edge``, ``gateway``, ``cloud``): the chain is configuration, not code."""
+    node: str = Field(default_factory=_default_node_id)
+    """Node id, unique in the fleet."""
+    zone: str = "device"
+    """Residency zone this tier runs in: ``device``, ``site`` or ``cloud``."""
+    entry: bool = False
+    """Take application requests from ``mesh.infer.<model>`` (the lowest tier)."""
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    upstream: UpstreamSettings | None = None
+    """Next tier up; none on the top tier."""
+    models: list[ModelSettings] = Field(default_factory=list)
+    hard_examples: HardExampleSettings = Field(default_factory=HardExampleSettings)
+    max_inflight: int = 1024
+    """Requests handled at once; more get RESOURCE_EXHAUSTED."""
+    max_hops: int = 8
+    """Escalations a request may take before it is refused (a loop guard)."""
+    http_host: str = "127.0.0.1"
+    """Address of the health, readiness and metrics server."""
+    http_port: int | None = 0
+    """Port of that server; 0 picks a free one, null disables it."""
+    log_level: str = "INFO"
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, v: str) -> str:
+        return check_token(v, "tier")
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v not in RESIDENCY_ZONES:
+            raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> NodeSettings:
+        """Settings from a YAML file, overridden by ``MESH_*`` variables, then ``overrides``."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the config file must be a YAML mapping")
+            data = _resolve_paths(loaded, Path(path).resolve().parent)
+        data.update(overrides)
+        return cls(**data)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    models = data.get("models")
+    if isinstance(models, list):
+        for model in models:
+            if isinstance(model, dict):
+                for key in ("path", "manifest"):
+                    value = model.get(key)
+                    if isinstance(value, str) and not Path(value).is_absolute():
+                        model[key] = str(base / value)
+    return data

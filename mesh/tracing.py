@@ -1,0 +1,54 @@
+"""OpenTelemetry tracing of the request path, through the API only.
+
+The SDK (exporters, sampling) is set up by the service at start (``mesh.telemetry``); without it
+these calls are OpenTelemetry's no-ops. Trace context crosses tiers in NATS headers, written and
+read by OpenTelemetry's propagator (W3C ``traceparent``/``tracestate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind
+
+TRACER = trace.get_tracer("mesh")
+
+MESSAGING_SYSTEM = "messaging.system"
+DESTINATION = "messaging.destination.name"
+OPERATION_TYPE = "messaging.operation.type"
+OPERATION_NAME = "messaging.operation.name"
+MESSAGE_ID = "messaging.message.id"
+BODY_SIZE = "messaging.message.body.size"
+CONSUMER_GROUP = "messaging.consumer.group.name"
+
+TIER = "mesh.tier"
+NODE = "mesh.node"
+MODEL = "mesh.model"
+MODEL_VERSION = "mesh.model.version"
+CONFIDENCE = "mesh.confidence"
+ESCALATED = "mesh.escalated"
+ESCALATION_REASON = "mesh.escalation.reason"
+DEGRADED = "mesh.degraded"
+DEGRADED_REASON = "mesh.degraded.reason"
+ANSWERED_BY = "mesh.answered_by.tier"
+
+
+def extract(headers: Mapping[str, str] | None) -> context.Context:
+    """The trace context a message carries (an empty context when it carries none)."""
+    return propagate.extract(dict(headers or {}))
+
+
+def inject(headers: dict[str, str] | None = None) -> dict[str, str]:
+    """NATS headers carrying the current trace context."""
+    carrier: dict[str, str] = dict(headers or {})
+    propagate.inject(carrier)
+    return carrier
+
+
+__all__ = [
+    "TRACER",
+    "SpanKind",
+    "extract",
+    "inject",
+]

@@ -1,0 +1,221 @@
+"""The request path across tiers, on real nats-server processes and the real demo models."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import msgpack
+import numpy as np
+import pytest
+
+from mesh import MeshClient, subjects, wire
+from mesh.errors import (
+    ErrorCode,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from mesh.embedded import NatsServer
+from mesh.models.demo import DemoArtifacts
+from tests.conftest import NodeFactory, model_settings
+
+
+def load_test_split(demo: DemoArtifacts) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(demo.test)
+    return data["x"].astype(np.float32), data["y"]
+
+
+async def start_chain(
+    start_node: NodeFactory,
+    demo: DemoArtifacts,
+    url: str,
+    *,
+    edge_threshold: float = 0.9,
+    gateway_threshold: float = 0.9,
+) -> None:
+    await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud")
+    await start_node(
+        "gateway", url, [model_settings(demo, "gateway", threshold=gateway_threshold)],
+        upstream="cloud", zone="site",
+    )
+    await start_node(
+        "edge", url, [model_settings(demo, "edge", threshold=edge_threshold)],
+        upstream="gateway", upstream_zone="site", entry=True, zone="device",
+    )
+
+
+async def test_confident_digits_answered_at_edge_and_unsure_ones_reach_the_cloud(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    # A gateway that is never sure sends everything it gets on to the cloud.
+    await start_chain(start_node, demo, nats_server.url, edge_threshold=0.9, gateway_threshold=1.01)
+    x, _ = load_test_split(demo)
+    async with await MeshClient.connect(nats_server.url) as client:
+        results = [await client.infer("digits", x[i : i + 1], budget_ms=2000) for i in range(120)]
+
+    at_edge = [r for r in results if r.tier == "edge"]
+    at_cloud = [r for r in results if r.tier == "cloud"]
+    assert len(at_edge) + len(at_cloud) == len(results)
+    assert at_edge and at_cloud
+    for r in at_edge:
+        assert r.confidence >= 0.9
+        assert [(h.tier, h.action) for h in r.path] == [("edge", "answered")]
+        assert not r.degraded
+    for r in at_cloud:
+        assert [(h.tier, h.action) for h in r.path] == [
+            ("edge", "escalated"), ("gateway", "escalated"), ("cloud", "answered"),
+        ]
+        edge_hop = r.path[0]
+        assert edge_hop.confidence is not None and edge_hop.confidence < 0.9
+        assert r.model_version == r.path[-1].model_version
+        assert r.path[0].latency_ms >= r.path[1].latency_ms >= r.path[2].latency_ms > 0
+        assert not r.degraded
+        assert r.outputs["probabilities"].shape == (1, 10)
+
+
+async def test_two_replicas_of_a_tier_share_the_load(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    for name in ("edge-a", "edge-b"):
+        await start_node(
+            "edge", nats_server.url, [model_settings(demo, "edge", threshold=0.0)],
+            entry=True, node=name,
+        )
+    x, _ = load_test_split(demo)
+    async with await MeshClient.connect(nats_server.url) as client:
+        results = await asyncio.gather(
+            *(client.infer("digits", x[i % len(x)][None], budget_ms=2000) for i in range(400))
+        )
+    by_node = Counter(r.node for r in results)
+    assert set(by_node) == {"edge-a", "edge-b"}
+    assert min(by_node.values()) >= 400 * 0.2, by_node
+
+
+async def test_model_served_only_in_the_cloud_is_reached_from_the_edge(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    await start_node(
+        "cloud", nats_server.url, [model_settings(demo, "cloud", name="digits-xl")], zone="cloud"
+    )
+    await start_node(
+        "gateway", nats_server.url, [model_settings(demo, "gateway")],
+        upstream="cloud", zone="site",
+    )
+    await start_node(
+        "edge", nats_server.url, [model_settings(demo, "edge")],
+        upstream="gateway", upstream_zone="site", entry=True,
+    )
+    x, y = load_test_split(demo)
+    async with await MeshClient.connect(nats_server.url) as client:
+        result = await client.infer("digits-xl", x[:1], budget_ms=2000)
+    assert result.tier == "cloud"
+    assert result.model == "digits-xl"
+    assert [(h.tier, h.action) for h in result.path] == [
+        ("edge", "forwarded"), ("gateway", "forwarded"), ("cloud", "answered"),
+    ]
+    assert result.label == int(y[0])
+
+
+async def test_residency_keeps_raw_input_below_the_allowed_zone(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    await start_chain(start_node, demo, nats_server.url, edge_threshold=1.01, gateway_threshold=1.01)
+    # A plain subscriber outside the queue groups sees every message on those subjects.
+    import nats
+
+    spy = await nats.connect(nats_server.url)
+    seen: dict[str, list[dict[str, object]]] = {"gateway": [], "cloud": []}
+
+    async def sniff(msg: nats.aio.msg.Msg) -> None:
+        tier = msg.subject.split(".")[1]
+        seen[tier].append(msgpack.unpackb(msg.data, raw=False))
+
+    await spy.subscribe(subjects.tier_wildcard("gateway"), cb=sniff)
+    await spy.subscribe(subjects.tier_wildcard("cloud"), cb=sniff)
+    await spy.flush()
+    x, _ = load_test_split(demo)
+    try:
+        async with await MeshClient.connect(nats_server.url) as client:
+            on_device = await client.infer("digits", x[:1], budget_ms=2000, residency="device")
+            on_site = await client.infer("digits", x[1:2], budget_ms=2000, residency="site")
+            anywhere = await client.infer("digits", x[2:3], budget_ms=2000, residency="any")
+        await spy.flush()
+        await asyncio.sleep(0.05)
+    finally:
+        await spy.close()
+
+    assert (on_device.tier, on_device.degraded, on_device.reason) == ("edge", True, "residency")
+    assert (on_site.tier, on_site.degraded, on_site.reason) == ("gateway", True, "residency")
+    assert (anywhere.tier, anywhere.degraded) == ("cloud", False)
+    gateway_ids = [m["id"] for m in seen["gateway"]]
+    cloud_ids = [m["id"] for m in seen["cloud"]]
+    assert on_device.id not in gateway_ids and on_device.id not in cloud_ids
+    assert on_site.id in gateway_ids and on_site.id not in cloud_ids
+    assert anywhere.id in gateway_ids and anywhere.id in cloud_ids
+
+
+@pytest.fixture
+async def edge_only(nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts) -> str:
+    await start_node(
+        "edge", nats_server.url, [model_settings(demo, "edge", max_rows=16)], entry=True
+    )
+    return nats_server.url
+
+
+async def raw_request(url: str, payload: bytes) -> wire.Message:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.request(subjects.entry("digits"), payload, timeout=2)
+    finally:
+        await nc.close()
+    return wire.decode_reply(msg.data)
+
+
+def request(x: np.ndarray, model: str = "digits", **fields: object) -> bytes:
+    return wire.encode_request(
+        wire.InferRequest(id="bad-1", model=model, inputs={"input": x}, budget_ms=1000, **fields)  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "words"),
+    [
+        (b"\xc1\xff not msgpack", ErrorCode.INVALID_ARGUMENT, "not valid msgpack"),
+        (msgpack.packb({"v": 1, "id": "x", "model": "digits"}), ErrorCode.INVALID_ARGUMENT,
+         "missing the field"),
+        (request(np.zeros((1, 64), dtype=np.int32)), ErrorCode.INVALID_ARGUMENT, "must be float32"),
+        (request(np.zeros((1, 63), dtype=np.float32)), ErrorCode.INVALID_ARGUMENT, "shape [N, 64]"),
+        (request(np.zeros((64,), dtype=np.float32)), ErrorCode.INVALID_ARGUMENT, "shape [N, 64]"),
+        (request(np.zeros((17, 64), dtype=np.float32)), ErrorCode.RESOURCE_EXHAUSTED,
+         "at most 16"),
+    ],
+    ids=["not-msgpack", "missing-field", "wrong-dtype", "wrong-shape", "wrong-rank", "oversized"],
+)
+async def test_bad_input_gets_a_typed_error_reply_and_the_node_keeps_serving(
+    edge_only: str, payload: bytes, code: ErrorCode, words: str
+) -> None:
+    reply = await raw_request(edge_only, payload)
+    assert isinstance(reply, wire.ErrorReply)
+    assert reply.code is code
+    assert words in reply.message
+    good = await raw_request(edge_only, request(np.zeros((2, 64), dtype=np.float32)))
+    assert isinstance(good, wire.InferResponse)
+    assert len(good.labels) == 2
+
+
+async def test_unknown_model_at_the_top_tier_is_not_found(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], entry=True)
+    async with await MeshClient.connect(nats_server.url) as client:
+        with pytest.raises(NotFoundError, match="not served at tier cloud"):
+            await client.infer("nosuchmodel", np.zeros((1, 64), np.float32))
+        with pytest.raises(InvalidArgumentError, match="must be float32"):
+            await client.infer("digits", np.zeros((1, 64), np.float64))
+        with pytest.raises(ResourceExhaustedError):
+            await client.infer("digits", np.zeros((300, 64), np.float32))
+        ok = await client.infer("digits", np.zeros((1, 64), np.float32))
+        assert ok.tier == "cloud"

@@ -1,0 +1,330 @@
+"""The JSON Schemas in schemas/ describe the messages the codecs really write."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from jsonschema import Draft202012Validator, ValidationError, validators
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from mesh.errors import ErrorCode
+from mesh.records import (
+    HardExample,
+    LocalAnswer,
+    NodeStatus,
+    encode_hard_example,
+    encode_node_status,
+)
+from mesh.wire import (
+    DTYPES,
+    RESIDENCY_LABELS,
+    ErrorReply,
+    Hop,
+    InferRequest,
+    InferResponse,
+    encode_error,
+    encode_request,
+    encode_response,
+    unpack_raw,
+)
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+BASE = "https://edge-mesh.dev/schemas/"
+MESSAGE_SCHEMAS = [
+    "infer-request",
+    "infer-response",
+    "error",
+    "hard-example",
+    "node-status",
+    "rollout",
+]
+ALL_SCHEMAS = [*MESSAGE_SCHEMAS, "tensor"]
+
+
+def _msgpack_type(
+    validator: Any, expected: str, instance: object, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    if expected == "bin" and not isinstance(instance, bytes):
+        yield ValidationError(f"{instance!r} is not a msgpack bin")
+
+
+MsgpackValidator = validators.extend(
+    Draft202012Validator, validators={"x-msgpack-type": _msgpack_type}
+)
+
+
+def _load(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
+    return schema
+
+
+def _dialectless(name: str) -> dict[str, Any]:
+    # jsonschema picks the validator class from "$schema" whenever it follows a $ref, which would
+    # swap MsgpackValidator back for the stock 2020-12 one and skip x-msgpack-type in tensors.
+    schema = _load(name)
+    del schema["$schema"]
+    return schema
+
+
+REGISTRY: Registry[Any] = Registry().with_resources(
+    (f"{BASE}{name}.schema.json", DRAFT202012.create_resource(_dialectless(name)))
+    for name in ALL_SCHEMAS
+)
+
+
+def _validator(name: str) -> Any:
+    return MsgpackValidator(_dialectless(name), registry=REGISTRY)
+
+
+def _errors(name: str, message: object) -> list[str]:
+    return [error.message for error in _validator(name).iter_errors(message)]
+
+
+# --- real messages -------------------------------------------------------------------------
+
+
+def _request() -> InferRequest:
+    return InferRequest(
+        id="req-1",
+        model="digits",
+        inputs={
+            "x": np.arange(64, dtype=np.float32).reshape(1, 64),
+            "mask": np.ones((1, 64), dtype=np.bool_),
+        },
+        budget_ms=200,
+        residency="device",
+        hops=0,
+        parameters={"top_k": 1},
+    )
+
+
+def _request_message() -> dict[str, Any]:
+    message: dict[str, Any] = unpack_raw(encode_request(_request()))
+    return message
+
+
+def _response_message(degraded: bool) -> dict[str, Any]:
+    message: dict[str, Any] = unpack_raw(
+        encode_response(
+            InferResponse(
+                id="req-1",
+                model="digits",
+                model_version="2",
+                tier="device",
+                node="dev-1",
+                outputs={"probabilities": np.full((1, 10), 0.1, dtype=np.float32)},
+                labels=[4],
+                confidence=0.3,
+                confidence_kind="max_softmax",
+                path=[Hop("device", "dev-1", "fallback" if degraded else "ok", 4.2, "2", 0.3)],
+                degraded=degraded,
+                reason="breaker_open" if degraded else None,
+            )
+        )
+    )
+    return message
+
+
+def _error_message() -> dict[str, Any]:
+    message: dict[str, Any] = unpack_raw(
+        encode_error(ErrorReply("req-1", ErrorCode.INVALID_ARGUMENT, "budget_ms must be >= 0"))
+    )
+    return message
+
+
+def _hard_example_message(traceparent: str | None) -> dict[str, Any]:
+    message: dict[str, Any] = unpack_raw(
+        encode_hard_example(
+            HardExample(
+                id="req-1",
+                model="digits",
+                tier="device",
+                node="dev-1",
+                reason="no_responders",
+                created_at=1_700_000_000.5,
+                request=_request(),
+                answer=LocalAnswer(labels=[4], confidence=0.3, model_version="2"),
+                traceparent=traceparent,
+            )
+        )
+    )
+    return message
+
+
+def _node_status_message() -> dict[str, Any]:
+    message: dict[str, Any] = unpack_raw(
+        encode_node_status(
+            NodeStatus(
+                node="dev-1",
+                tier="device",
+                models={"digits": "2"},
+                breakers={"gateway": "half_open"},
+                backlog=3,
+                ready=True,
+                time=1_700_000_001.0,
+            )
+        )
+    )
+    return message
+
+
+def _rollout_message() -> dict[str, Any]:
+    return {
+        "v": 1,
+        "kind": "rollout",
+        "model": "digits",
+        "version": "3",
+        "previous_version": "2",
+        "stages": [
+            {"name": "canary", "nodes": ["dev-1"], "gate": {"soak_s": 300, "min_requests": 500}},
+            {"name": "site-a", "share": 0.25, "gate": {"max_error_rate": 0.01}},
+            {"name": "fleet", "share": 1.0, "gate": {}},
+        ],
+        "current_stage": 1,
+        "state": "in_progress",
+        "updated_at": 1_700_000_002.0,
+    }
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+REAL_MESSAGES: dict[str, tuple[str, Any]] = {
+    "request": ("infer-request", _request_message),
+    "response": ("infer-response", lambda: _response_message(degraded=False)),
+    "degraded response": ("infer-response", lambda: _response_message(degraded=True)),
+    "error": ("error", _error_message),
+    "hard example": ("hard-example", lambda: _hard_example_message(TRACEPARENT)),
+    "hard example untraced": ("hard-example", lambda: _hard_example_message(None)),
+    "node status": ("node-status", _node_status_message),
+    "rollout": ("rollout", _rollout_message),
+}
+
+
+@pytest.mark.parametrize("name", ALL_SCHEMAS)
+def test_schema_is_valid_draft_2020_12_with_id_title_and_descriptions(name: str) -> None:
+    schema = _load(name)
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"{BASE}{name}.schema.json"
+    assert schema["title"]
+    assert schema["description"]
+
+
+def _property_maps(node: object) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, dict):
+                yield from value.items()
+            yield from _property_maps(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _property_maps(item)
+
+
+@pytest.mark.parametrize("name", ALL_SCHEMAS)
+def test_every_property_has_a_description(name: str) -> None:
+    undocumented = [prop for prop, spec in _property_maps(_load(name)) if "description" not in spec]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("name", MESSAGE_SCHEMAS)
+def test_message_schema_is_open_world_and_requires_version_and_kind(name: str) -> None:
+    schema = _load(name)
+    assert "additionalProperties" not in schema
+    assert {"v", "kind"} <= set(schema["required"])
+
+
+@pytest.mark.parametrize(("name", "build"), REAL_MESSAGES.values(), ids=REAL_MESSAGES.keys())
+def test_real_message_validates_against_its_schema(name: str, build: Any) -> None:
+    assert _errors(name, build()) == []
+
+
+@pytest.mark.parametrize(("name", "build"), REAL_MESSAGES.values(), ids=REAL_MESSAGES.keys())
+def test_message_missing_a_required_field_is_rejected(name: str, build: Any) -> None:
+    for field in _load(name)["required"]:
+        message = build()
+        del message[field]
+        assert any(f"'{field}' is a required property" in e for e in _errors(name, message)), field
+
+
+@pytest.mark.parametrize(("name", "build"), REAL_MESSAGES.values(), ids=REAL_MESSAGES.keys())
+def test_message_with_unknown_fields_still_validates(name: str, build: Any) -> None:
+    message = build()
+    message["added_in_a_later_release"] = {"anything": [1, b"\x00"]}
+    assert _errors(name, message) == []
+
+
+def test_schema_enums_match_the_codec() -> None:
+    tensor = _load("tensor")
+    request = _load("infer-request")
+    error = _load("error")
+    assert set(tensor["properties"]["dtype"]["enum"]) == DTYPES
+    assert set(request["properties"]["residency"]["enum"]) == RESIDENCY_LABELS
+    assert set(error["properties"]["code"]["enum"]) == {code.value for code in ErrorCode}
+
+
+def test_tensor_data_sent_as_str_instead_of_bin_is_rejected() -> None:
+    message = _request_message()
+    message["inputs"]["x"]["data"] = "not bytes"
+    assert any("is not a msgpack bin" in e for e in _errors("infer-request", message))
+
+
+def test_hard_example_with_an_invalid_nested_request_is_rejected() -> None:
+    message = _hard_example_message(None)
+    message["request"]["inputs"]["x"]["dtype"] = "complex64"
+    assert _errors("hard-example", message) != []
+    message = _hard_example_message(None)
+    message["request"]["inputs"]["x"]["data"] = list(range(4))
+    assert any("is not a msgpack bin" in e for e in _errors("hard-example", message))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("v", 2),
+        ("kind", "infer_response"),
+        ("id", ""),
+        ("budget_ms", -1),
+        ("residency", "mars"),
+        ("hops", -1),
+        ("inputs", {}),
+    ],
+)
+def test_request_with_a_bad_value_is_rejected(field: str, value: object) -> None:
+    message = _request_message()
+    message[field] = value
+    assert _errors("infer-request", message) != []
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"name": "both", "nodes": ["dev-1"], "share": 0.5, "gate": {}},
+        {"name": "neither", "gate": {}},
+        {"name": "no gate", "share": 0.5},
+        {"name": "too much", "share": 1.5, "gate": {}},
+    ],
+    ids=["nodes and share", "neither nodes nor share", "no gate", "share above 1"],
+)
+def test_rollout_stage_must_name_nodes_or_a_share_and_a_gate(stage: dict[str, Any]) -> None:
+    message = _rollout_message()
+    message["stages"] = [stage]
+    assert _errors("rollout", message) != []
+
+
+def test_node_status_with_negative_backlog_is_rejected() -> None:
+    message = _node_status_message()
+    message["backlog"] = -1
+    assert _errors("node-status", message) != []
+
+
+def test_schema_examples_pack_to_msgpack_the_decoder_reads() -> None:
+    # The schemas describe the unpacked structure; packing it back must be lossless.
+    message = _request_message()
+    assert msgpack.unpackb(msgpack.packb(message, use_bin_type=True), raw=False) == message
