@@ -101,11 +101,9 @@ async def main(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path, rows = build_model(Path(tmp))
         model = OnnxModel.load(path)
-        model.warmup()
-        print(
-            f"model: 1 row {model.single_row_seconds * 1e6:.1f} us, "  # type: ignore[operator]
-            f"batched {model.per_row_seconds_batched * 1e6:.2f} us/row"  # type: ignore[operator]
-        )
+        single = model.warmup()
+        per_row = model.per_row_seconds_batched or 0.0
+        print(f"model: 1 row {single * 1e6:.1f} us, batched {per_row * 1e6:.2f} us/row")
         results: dict[str, list[tuple[float, float, float]]] = {c.label: [] for c in CONFIGS}
         for _ in range(rounds):
             for config in CONFIGS:

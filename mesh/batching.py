@@ -296,7 +296,7 @@ class MicroBatcher:
             if remaining <= 0:
                 return batch
             if self._in_flight == 0 and not self._always_wait:
-                if yielded or __import__("os").environ.get("NOYIELD"):
+                if yielded:
                     return batch
                 yielded = True
                 await asyncio.sleep(0)
