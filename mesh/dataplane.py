@@ -92,6 +92,7 @@ class DataPlane:
         feeds = model.validate(request.inputs)
         outputs = await model.infer(feeds)
         local = model.assess(feeds, outputs)
+        model.observe_drift(feeds, local)
 
         decision = policy.decide(
             Assessment(local.confidence, local.novelty),

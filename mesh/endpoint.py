@@ -150,7 +150,8 @@ class NatsEndpoint:
                 self._count(model, "error", received_at, code="INTERNAL")
                 span.record_exception(exc)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, repr(exc)))
-                await self._reply_error(msg, request_id, InternalError(f"{type(exc).__name__}: {exc}"))
+                internal = InternalError(f"{type(exc).__name__}: {exc}")
+                await self._reply_error(msg, request_id, internal)
                 return
             outcome = _outcome(response, tier)
             self._count(model, outcome, received_at)

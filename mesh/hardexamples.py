@@ -236,14 +236,23 @@ class HardExampleForwarder:
             while True:
                 try:
                     messages = await sub.fetch(self._batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
                     await self._refresh_backlog()
                     continue
                 except _TRANSIENT:
                     await asyncio.sleep(0.5)
                     continue
+                except Exception:
+                    # The forwarder must outlive any one failure: what is not acknowledged is
+                    # fetched again, and the inbox drops what it already has.
+                    log.exception("fetching hard examples from %s failed; retrying", self.stream)
+                    await asyncio.sleep(1.0)
+                    continue
                 for msg in messages:
-                    await self._forward(msg)
+                    try:
+                        await self._forward(msg)
+                    except Exception:
+                        log.exception("forwarding a hard example failed; it will be redelivered")
                 await self._refresh_backlog()
         finally:
             with contextlib.suppress(Exception):

@@ -7,30 +7,40 @@ reverse: stop taking requests, let those in flight finish, stop the models, clos
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Self
 
+import msgpack
 import nats
 from nats.aio.client import Client as NATS
 
+from mesh import drift, subjects, wire
 from mesh.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from mesh.dataplane import DataPlane, ModelTable, TierIdentity
+from mesh.discovery import NodeRegistration
 from mesh.endpoint import NatsEndpoint
 from mesh.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
 from mesh.http import HttpServer, Readiness, create_app
 from mesh.latency import LatencyTracker
 from mesh.metrics import MeshMetrics, default_metrics
+from mesh.records import NodeStatus
 from mesh.repository import load_model
+from mesh.served import ServedModel
 from mesh.settings import NodeSettings
 from mesh.upstream import NatsUpstream, UpstreamLink
 
 log = logging.getLogger("mesh.node")
 
 _STATE_VALUE = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+#: how often the drift scores are compared with the threshold (they are not, per request).
+DRIFT_CHECK_SECONDS = 0.5
 
 
 class TierNode:
@@ -47,6 +57,8 @@ class TierNode:
         self.forwarder: HardExampleForwarder | None = None
         self.endpoint: NatsEndpoint | None = None
         self.http: HttpServer | None = None
+        self.registration: NodeRegistration | None = None
+        self.drift_threshold = drift.DEFAULT_THRESHOLD
         self._stack = AsyncExitStack()
         self._started = False
         self.readiness.add("nats", self._nats_problem)
@@ -71,7 +83,8 @@ class TierNode:
         s = self.settings
         stack = self._stack
         if s.http_port is not None:
-            self.http = HttpServer(create_app(f"mesh-{s.tier}", self.readiness), s.http_host, s.http_port)
+            app = create_app(f"mesh-{s.tier}", self.readiness)
+            self.http = HttpServer(app, s.http_host, s.http_port)
             await stack.enter_async_context(self.http)
 
         self.nc = await nats.connect(
@@ -119,6 +132,19 @@ class TierNode:
             metrics=self.metrics,
         )
         await stack.enter_async_context(self.endpoint)
+        self.registration = NodeRegistration(
+            self.nc, tier=s.tier, node=s.node, zone=s.zone, models=self.models.versions(),
+            status=self.status,
+        )
+        await stack.enter_async_context(self.registration)
+        self.metrics.observe_gauge(
+            "mesh_drift_psi",
+            "Population stability index of recent inputs and confidences against the training "
+            "reference, by model and signal (0.1 moderate, 0.25 major)",
+            self.drift_values,
+        )
+        watch = asyncio.create_task(self._watch_drift(self.nc))
+        stack.push_async_callback(_cancel, watch)
         log.info(
             "node %s serving tier %s (models %s, upstream %s)",
             s.node, s.tier, self.models.versions(), s.upstream.tier if s.upstream else None,
@@ -180,6 +206,64 @@ class TierNode:
             return []
         return [(float(self.forwarder.backlog), {"tier": self.settings.tier})]
 
+    def status(self) -> NodeStatus:
+        breakers: dict[str, str] = {}
+        if self.upstream is not None:
+            breakers[self.upstream.breaker.name] = self.upstream.breaker.state.value
+        return NodeStatus(
+            node=self.settings.node,
+            tier=self.settings.tier,
+            models=self.models.versions(),
+            breakers=breakers,
+            backlog=self.forwarder.backlog if self.forwarder is not None else 0,
+            ready=not self.readiness.problems(),
+            time=time.time(),
+        )
+
+    def drift_values(self) -> list[tuple[float, dict[str, str]]]:
+        values: list[tuple[float, dict[str, str]]] = []
+        for model in list(self.models.models.values()):
+            if model.drift is None:
+                continue
+            for signal, psi in model.drift.scores().items():
+                attributes = {"tier": self.settings.tier, "model": model.name, "signal": signal}
+                values.append((psi, attributes))
+        return values
+
+    async def _watch_drift(self, nc: NATS) -> None:
+        while True:
+            await asyncio.sleep(DRIFT_CHECK_SECONDS)
+            for model in list(self.models.models.values()):
+                if model.drift is None:
+                    continue
+                for signal in model.drift.crossed(self.drift_threshold):
+                    psi = model.drift.scores()[signal]
+                    await self._report_drift(nc, model, signal, psi)
+
+    async def _report_drift(self, nc: NATS, model: ServedModel, signal: str, psi: float) -> None:
+        s = self.settings
+        event = {
+            "v": wire.VERSION,
+            "kind": "drift",
+            "node": s.node,
+            "tier": s.tier,
+            "model": model.name,
+            "model_version": model.version,
+            "signal": signal,
+            "psi": psi,
+            "threshold": self.drift_threshold,
+            "time": time.time(),
+        }
+        log.warning(
+            "drift on %s@%s at node %s: %s PSI %.3f over %.2f",
+            model.name, model.version, s.node, signal, psi, self.drift_threshold,
+            extra={"fields": event},
+        )
+        try:
+            await nc.publish(subjects.telemetry(s.node), msgpack.packb(event))
+        except Exception:
+            log.exception("could not publish the drift event of node %s", s.node)
+
     def _nats_problem(self) -> str | None:
         if self.nc is None or not self.nc.is_connected:
             return "not connected to NATS"
@@ -221,4 +305,7 @@ class TierNode:
         await self.stop()
 
 
-
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

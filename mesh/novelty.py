@@ -1,11 +1,14 @@
 """Novelty: how unlike the training inputs a request is. Pure numpy, no I/O.
 
 The score is Hotelling's T^2 on the leading principal components of the training inputs, divided
-by their count, plus the squared reconstruction residual (the part of the input those components
-cannot express) divided by its training mean. Both terms average about 1 on training data. Noise
-lands far off the principal subspace (large residual); blank and inverted images land far along
-it (large T^2). The threshold is a high quantile of the training scores, fitted at build time and
-stored in the manifest, so a few in-distribution rows are flagged by design.
+by their count, plus the mean squared z-score of the reconstruction residual (the part of the
+input those components cannot express), each feature's residual scaled by its training standard
+deviation floored at ``RESIDUAL_STD_FLOOR``. Both terms average about 1 on training data. Noise
+lands far off the principal subspace (large residual); inverted images land far along it (large
+T^2); blank and flat grey images light up the border pixels that are almost always 0 in digits,
+which is why the residual is scaled per feature rather than summed. The threshold is a high
+quantile of the training scores, fitted at build time and stored in the manifest, so a few
+in-distribution rows are flagged by design.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ Floats = npt.NDArray[np.float64]
 
 DEFAULT_COMPONENTS = 10
 DEFAULT_QUANTILE = 0.995
+RESIDUAL_STD_FLOOR = 0.1
 _MIN_VARIANCE = 1e-8
 
 
 class NoveltyParams(Protocol):
-    """The fields a stored novelty reference provides (``mesh.models.manifest.NoveltyReference``)."""
+    """The fields of a stored novelty reference (``mesh.models.manifest.NoveltyReference``)."""
 
     @property
     def mean(self) -> list[float]: ...
@@ -33,7 +37,7 @@ class NoveltyParams(Protocol):
     @property
     def variances(self) -> list[float]: ...
     @property
-    def residual_scale(self) -> float: ...
+    def residual_std(self) -> list[float]: ...
     @property
     def threshold(self) -> float: ...
     @property
@@ -52,7 +56,7 @@ class NoveltyScorer:
     mean: Floats
     components: Floats
     variances: Floats
-    residual_scale: float
+    residual_std: Floats
     threshold: float
     quantile: float = DEFAULT_QUANTILE
 
@@ -77,22 +81,20 @@ class NoveltyScorer:
         variances = np.maximum(singular[:k] ** 2 / (rows.shape[0] - 1), _MIN_VARIANCE)
         coords = centred @ components.T
         residual = centred - coords @ components
-        residual_scale = max(float((residual**2).sum(axis=1).mean()), _MIN_VARIANCE)
-        unthresholded = cls(mean, components, variances, residual_scale, np.inf, quantile)
+        residual_std = np.maximum(residual.std(axis=0), RESIDUAL_STD_FLOOR)
+        unthresholded = cls(mean, components, variances, residual_std, np.inf, quantile)
         threshold = float(np.quantile(unthresholded.score(rows), quantile))
-        return cls(mean, components, variances, residual_scale, threshold, quantile)
+        return cls(mean, components, variances, residual_std, threshold, quantile)
 
     @classmethod
     def from_reference(cls, reference: HasNovelty | NoveltyParams) -> NoveltyScorer:
         """Rebuild from a manifest's ``reference`` (or its ``reference.novelty``)."""
-        params: NoveltyParams = (
-            reference.novelty if hasattr(reference, "novelty") else reference  # type: ignore[assignment]
-        )
+        params: NoveltyParams = reference.novelty if hasattr(reference, "novelty") else reference
         return cls(
             mean=np.asarray(params.mean, dtype=np.float64),
             components=np.asarray(params.components, dtype=np.float64),
             variances=np.asarray(params.variances, dtype=np.float64),
-            residual_scale=float(params.residual_scale),
+            residual_std=np.asarray(params.residual_std, dtype=np.float64),
             threshold=float(params.threshold),
             quantile=float(params.quantile),
         )
@@ -104,7 +106,7 @@ class NoveltyScorer:
             "mean": [float(v) for v in self.mean],
             "components": [[float(v) for v in row] for row in self.components],
             "variances": [float(v) for v in self.variances],
-            "residual_scale": self.residual_scale,
+            "residual_std": [float(v) for v in self.residual_std],
             "threshold": self.threshold,
             "quantile": self.quantile,
         }
@@ -115,14 +117,12 @@ class NoveltyScorer:
         if rows.ndim == 1:
             rows = rows[None, :]
         if rows.ndim != 2 or rows.shape[1] != self.mean.shape[0]:
-            raise ValueError(
-                f"inputs must be (N, {self.mean.shape[0]}), got shape {rows.shape}"
-            )
+            raise ValueError(f"inputs must be (N, {self.mean.shape[0]}), got shape {rows.shape}")
         centred = rows - self.mean
         coords = centred @ self.components.T
         t2 = (coords**2 / self.variances).sum(axis=1) / self.components.shape[0]
         residual = centred - coords @ self.components
-        spe = (residual**2).sum(axis=1) / self.residual_scale
+        spe = ((residual / self.residual_std) ** 2).mean(axis=1)
         out: Floats = t2 + spe
         return out
 

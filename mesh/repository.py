@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 from mesh.confidence import ConfidenceKind
+from mesh.drift import DriftMonitor
 from mesh.models.manifest import ModelManifest, load_manifest, verify_artifact
 from mesh.novelty import NoveltyScorer
 from mesh.policy import Thresholds
@@ -63,6 +64,9 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
             confidence=threshold, novelty=novelty.threshold if novelty is not None else None
         ),
         novelty=novelty,
+        drift=DriftMonitor.from_reference(manifest.reference)
+        if manifest is not None and manifest.reference is not None
+        else None,
         max_rows=settings.max_rows,
         max_request_bytes=settings.max_request_bytes,
     )

@@ -1,4 +1,4 @@
-"""A model as a tier serves it: its signature checks, its runner, its confidence and novelty."""
+"""A model as a tier serves it: its signature checks, its runner, confidence, novelty and drift."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from mesh import confidence
 from mesh.confidence import ConfidenceKind
@@ -14,6 +15,7 @@ from mesh.policy import Thresholds
 from mesh.wire import Array
 
 if TYPE_CHECKING:
+    from mesh.drift import DriftMonitor
     from mesh.novelty import NoveltyScorer
     from mesh.runtime import ModelRunner, TensorSpec
 
@@ -26,6 +28,8 @@ class LocalAnswer:
     confidence: float
     #: highest novelty over the rows, when the model has reference statistics.
     novelty: float | None
+    #: confidence of each row.
+    row_confidences: npt.NDArray[np.floating[Any]] | None = None
 
 
 @dataclass(eq=False)
@@ -38,6 +42,7 @@ class ServedModel:
     confidence_kind: ConfidenceKind
     thresholds: Thresholds
     novelty: NoveltyScorer | None = None
+    drift: DriftMonitor | None = None
     max_rows: int = 256
     max_request_bytes: int = 4 * 1024 * 1024
 
@@ -107,7 +112,13 @@ class ServedModel:
             labels=confidence.labels_of(probabilities),
             confidence=float(np.min(scores)),
             novelty=novelty,
+            row_confidences=scores,
         )
+
+    def observe_drift(self, feeds: dict[str, Array], local: LocalAnswer) -> None:
+        """Add a request's rows to the drift window (O(rows)); a no-op without a reference."""
+        if self.drift is not None and local.row_confidences is not None:
+            self.drift.observe(next(iter(feeds.values())), local.row_confidences)
 
 
 def _shape_text(shape: tuple[Any, ...]) -> str:

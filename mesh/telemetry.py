@@ -108,7 +108,10 @@ async def metrics_handler(_: web.Request) -> web.Response:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line, with the trace and span ids of the current span."""
+    """One JSON object a line, with the trace and span ids of the current span.
+
+    A mapping passed as ``extra={"fields": {...}}`` adds its keys to the line.
+    """
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -123,6 +126,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "service": self.service,
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         ctx = trace.get_current_span().get_span_context()
         if ctx.is_valid:
             entry["trace_id"] = format(ctx.trace_id, "032x")

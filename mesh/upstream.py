@@ -145,12 +145,10 @@ class UpstreamLink:
         try:
             reply = await self.transport.infer(payload, request.model, send_budget / 1000, headers)
         except UpstreamFailure as failure:
+            # Failures go to the breaker, not to the latency record: the budget rule is for a
+            # link that answers slowly, the breaker for one that does not answer.
             if failure.counts_against_link:
                 self.breaker.record_failure()
-                if failure.reason is DegradedReason.TIMEOUT:
-                    # All a timeout says is "slower than this budget"; counting it as the longest
-                    # wait allowed keeps the next requests from waiting out their budgets too.
-                    self.latency.observe(self.timeout_ms)
             else:
                 self.breaker.record_success()
             raise

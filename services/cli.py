@@ -138,5 +138,31 @@ def build_demo(out: Path, seed: int) -> None:
     click.echo(f"calibration split: {artifacts.calib}")
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="Tiny request counts and one trial (a smoke run).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Write the figures and ratios as JSON here.")
+@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE / "demo",
+              show_default=True, help="Where the demo models are built and cached.")
+@click.option("--mlserver", envvar="MESH_BENCH_MLSERVER", default=None,
+              help="The mlserver executable of a separate venv, for the MLServer peer row.")
+def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None) -> None:
+    """Benchmark the mesh against the NATS and ONNX Runtime floor and against HTTP peers."""
+    from services.bench import bench_main, render
+
+    def progress(text: str) -> None:
+        click.echo(f"bench: {text}", err=True)
+
+    try:
+        report = asyncio.run(bench_main(quick, cache, mlserver, progress))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        click.echo("bench: interrupted; every process it started is stopped", err=True)
+        sys.exit(130)
+    render(report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"bench: JSON written to {json_path}", err=True)
+
+
 if __name__ == "__main__":
     main()

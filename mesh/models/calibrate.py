@@ -55,7 +55,7 @@ class TierOutputs:
         p = np.asarray(probabilities)
         flags = np.zeros(len(p), dtype=bool) if novel is None else np.asarray(novel, dtype=bool)
         return cls(
-            confidence=confidence_score(p, confidence_kind),
+            confidence=np.asarray(confidence_score(p, confidence_kind), dtype=np.float64),
             prediction=p.argmax(axis=1).astype(np.int64),
             novel=flags,
         )
@@ -162,9 +162,7 @@ def pessimistic_drop(errors: int, top_errors: int, rows: int) -> float:
     return (errors - top_errors + 1) / (rows + 2)
 
 
-def choose(
-    curve: Sequence[CurvePoint], top_errors: int, rows: int, max_drop: float
-) -> CurvePoint:
+def choose(curve: Sequence[CurvePoint], top_errors: int, rows: int, max_drop: float) -> CurvePoint:
     """The lowest threshold from which every higher threshold keeps the pessimistic drop within
     ``max_drop``; the highest threshold (the tier answers nothing) when none does."""
     ordered = sorted(curve, key=lambda p: p.threshold)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh.errors import InvalidArgumentError, NotFoundError
 
-SCHEMA_ID = "https://edge-mesh.example/schemas/model-manifest.schema.json"
+SCHEMA_ID = "https://edge-mesh.dev/schemas/model-manifest.schema.json"
 MANIFEST_SUFFIX = ".manifest.json"
 
 ConfidenceName = Literal["max_prob", "margin", "entropy"]
@@ -48,19 +48,21 @@ class NoveltyReference(_Open):
     """Parameters of the novelty score (see ``mesh.novelty``), fitted on the training split.
 
     The score is Hotelling's T^2 on the leading principal components, divided by their count,
-    plus the squared reconstruction residual divided by its training mean.
+    plus the mean squared z-score of the reconstruction residual.
     """
 
     method: Literal["pca_t2_spe"] = Field(
         default="pca_t2_spe",
-        description="Score family: PCA Hotelling T^2 plus squared prediction error.",
+        description="Score family: PCA Hotelling T^2 plus the residual's squared z-score.",
     )
     mean: list[float] = Field(description="Per-feature mean the inputs are centred on.")
     components: list[list[float]] = Field(
         description="Principal axes, one row of n_features per component."
     )
     variances: list[float] = Field(description="Training variance along each principal axis.")
-    residual_scale: float = Field(description="Mean squared residual of the training rows.")
+    residual_std: list[float] = Field(
+        description="Per-feature training standard deviation of the residual (floored)."
+    )
     threshold: float = Field(
         description="Inputs scoring above this are novel (a high quantile of training scores)."
     )
@@ -153,8 +155,13 @@ def manifest_json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
-        "title": "Model manifest",
+        "title": "ModelManifest",
         **{k: v for k, v in schema.items() if k != "title"},
+        "description": (
+            "A deployable model artifact: a JSON file next to its ONNX file, written by "
+            "mesh.models.manifest.save_manifest and read by load_manifest (unknown fields are "
+            "ignored). Not a wire message: it has no v or kind."
+        ),
     }
 
 
@@ -195,9 +202,7 @@ def verify_artifact(manifest: ModelManifest, manifest_path: Path | str) -> Path:
     """The artifact's path, once its SHA-256 matches the manifest's; raises otherwise."""
     path = artifact_path(manifest, manifest_path)
     if not path.is_file():
-        raise NotFoundError(
-            f"artifact {path} named by manifest {manifest_path} does not exist"
-        )
+        raise NotFoundError(f"artifact {path} named by manifest {manifest_path} does not exist")
     actual = sha256_of(path)
     if actual != manifest.sha256.lower():
         raise InvalidArgumentError(

@@ -42,8 +42,9 @@ class LoadedModel:
     def probabilities(self, x: npt.ArrayLike, batch: int = 1024) -> Floats32:
         """Class probabilities (N, C) of inputs (N, F)."""
         rows = np.ascontiguousarray(x, dtype=np.float32)
+        names = [self.manifest.scored_output]
         parts = [
-            self.session.run([self.manifest.scored_output], {self.input_name: rows[i : i + batch]})[0]
+            self.session.run(names, {self.input_name: rows[i : i + batch]})[0]
             for i in range(0, len(rows), batch)
         ]
         out: Floats32 = np.concatenate(parts).astype(np.float32, copy=False)

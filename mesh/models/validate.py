@@ -1,0 +1,202 @@
+"""The evidence gate: measure a model on this machine and compare it with what its manifest claims.
+
+Three figures, each against the manifest (or an override of it): p99 latency of single-row
+requests against ``profile.latency_p99_ms``, peak resident memory added by loading and running
+the model against ``profile.memory_mb``, and accuracy on the held-out split against
+``quality.min_accuracy`` (and, if set, the drop against ``quality.reference_accuracy``). The
+report names each failing figure in words; the demo and the rollout refuse a failing model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import psutil
+from pydantic import BaseModel, ValidationError
+
+from mesh.errors import InvalidArgumentError
+from mesh.models.manifest import HardwareProfile, QualityTarget, load_manifest, verify_artifact
+from mesh.models.session import open_session
+
+_M = TypeVar("_M", bound=BaseModel)
+
+DEFAULT_RUNS = 500
+_WARMUP_RUNS = 20
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Measured figures of one model, the targets they were held to, and what failed."""
+
+    model: str
+    version: str
+    runs: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    memory_mb: float
+    accuracy: float
+    rows: int
+    profile: HardwareProfile
+    quality: QualityTarget
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when every figure meets its target."""
+        return not self.failures
+
+    def summary(self) -> str:
+        """The figures and the verdict, in words."""
+        head = (
+            f"{self.model}@{self.version}: p99 {self.latency_p99_ms:.3f} ms "
+            f"(budget {self.profile.latency_p99_ms:g} ms, p50 {self.latency_p50_ms:.3f} ms, "
+            f"{self.runs} single-row requests); memory +{self.memory_mb:.1f} MB "
+            f"(ceiling {self.profile.memory_mb:g} MB); accuracy {self.accuracy:.4f} on "
+            f"{self.rows} held-out rows (minimum {self.quality.min_accuracy:g})"
+        )
+        if self.passed:
+            return head + "\nPASS"
+        return head + "\nFAIL:\n" + "\n".join(f"- {f}" for f in self.failures)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain figures for JSON."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "runs": self.runs,
+            "latency_p50_ms": self.latency_p50_ms,
+            "latency_p99_ms": self.latency_p99_ms,
+            "memory_mb": self.memory_mb,
+            "accuracy": self.accuracy,
+            "rows": self.rows,
+            "profile": self.profile.model_dump(),
+            "quality": self.quality.model_dump(),
+            "failures": list(self.failures),
+            "passed": self.passed,
+        }
+
+    def raise_if_failed(self) -> None:
+        """Raise ``InvalidArgumentError`` listing the failing figures, if any."""
+        if self.failures:
+            raise InvalidArgumentError(
+                f"model {self.model}@{self.version} fails its evidence gate: "
+                + "; ".join(self.failures)
+            )
+
+
+def judge(
+    latency_p99_ms: float,
+    memory_mb: float,
+    accuracy: float,
+    profile: HardwareProfile,
+    quality: QualityTarget,
+) -> list[str]:
+    """The failing figures, in words (empty when everything meets its target)."""
+    failures = []
+    if latency_p99_ms > profile.latency_p99_ms:
+        failures.append(
+            f"p99 latency {latency_p99_ms:.3f} ms is over the budget of "
+            f"{profile.latency_p99_ms:g} ms"
+        )
+    if memory_mb > profile.memory_mb:
+        failures.append(
+            f"peak memory +{memory_mb:.1f} MB is over the ceiling of {profile.memory_mb:g} MB"
+        )
+    if accuracy < quality.min_accuracy:
+        failures.append(f"accuracy {accuracy:.4f} is under the minimum of {quality.min_accuracy:g}")
+    if quality.max_accuracy_drop is not None and quality.reference_accuracy is not None:
+        drop = quality.reference_accuracy - accuracy
+        if drop > quality.max_accuracy_drop + 1e-12:
+            against = quality.drop_reference or "the reference"
+            failures.append(
+                f"accuracy {accuracy:.4f} is {drop * 100:.2f} points under {against} "
+                f"({quality.reference_accuracy:.4f}); at most "
+                f"{quality.max_accuracy_drop * 100:.2f} points allowed"
+            )
+    return failures
+
+
+def _merged(base: _M, override: _M | Mapping[str, Any] | None) -> _M:
+    if override is None:
+        return base
+    if isinstance(override, BaseModel):
+        return override
+    unknown = set(override) - set(type(base).model_fields)
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown {type(base).__name__} fields {sorted(unknown)}; "
+            f"known: {sorted(type(base).model_fields)}"
+        )
+    try:
+        return type(base).model_validate({**base.model_dump(), **override})
+    except ValidationError as exc:
+        raise InvalidArgumentError(f"invalid {type(base).__name__} override: {exc}") from exc
+
+
+def validate_model(
+    manifest_path: Path | str,
+    test_npz: Path | str,
+    profile: HardwareProfile | Mapping[str, float] | None = None,
+    quality: QualityTarget | Mapping[str, Any] | None = None,
+    *,
+    runs: int = DEFAULT_RUNS,
+) -> ValidationReport:
+    """Measure the model of ``manifest_path`` here and judge it against its manifest.
+
+    ``profile`` and ``quality`` override the manifest's: a model replaces it, a mapping
+    (e.g. ``{"latency_p99_ms": 0.5}``) replaces only the fields it names. ``test_npz`` holds
+    arrays ``x`` (N, F) and ``y`` (N,). Memory is the growth of this process's resident set
+    while the session is created and run: measure in a fresh process for a figure independent
+    of earlier loads.
+    """
+    if runs < 1:
+        raise InvalidArgumentError(f"runs must be at least 1, got {runs}")
+    manifest = load_manifest(manifest_path)
+    artifact = verify_artifact(manifest, manifest_path)
+    with np.load(test_npz) as data:
+        x = np.ascontiguousarray(data["x"], dtype=np.float32)
+        y = np.asarray(data["y"])
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak = baseline
+    session = open_session(artifact)
+    peak = max(peak, process.memory_info().rss)
+    input_name = manifest.inputs[0].name
+    output = manifest.scored_output
+    probabilities = np.asarray(session.run([output], {input_name: x})[0])
+    peak = max(peak, process.memory_info().rss)
+    accuracy = float((probabilities.argmax(axis=1) == y).mean())
+
+    for i in range(_WARMUP_RUNS):
+        session.run([output], {input_name: x[i % len(x)][None, :]})
+    timings = np.empty(runs, dtype=np.float64)
+    for i in range(runs):
+        row = x[i % len(x)][None, :]
+        start = time.perf_counter()
+        session.run([output], {input_name: row})
+        timings[i] = time.perf_counter() - start
+    peak = max(peak, process.memory_info().rss)
+
+    used_profile = _merged(manifest.profile, profile)
+    used_quality = _merged(manifest.quality, quality)
+    p99 = float(np.percentile(timings, 99) * 1e3)
+    memory = (peak - baseline) / _MB
+    return ValidationReport(
+        model=manifest.name,
+        version=manifest.version,
+        runs=runs,
+        latency_p50_ms=float(np.percentile(timings, 50) * 1e3),
+        latency_p99_ms=p99,
+        memory_mb=memory,
+        accuracy=accuracy,
+        rows=len(y),
+        profile=used_profile,
+        quality=used_quality,
+        failures=judge(p99, memory, accuracy, used_profile, used_quality),
+    )

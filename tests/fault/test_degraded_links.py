@@ -1,0 +1,449 @@
+"""Degraded links on real nats-server processes: a hub and a site leaf server, a fault proxy on
+the leaf-to-hub link, tier nodes on both sides. Each test counts what was answered, lost and
+degraded, and prints its figures (run with ``-s`` to see them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import numpy as np
+import pytest
+
+from mesh import MeshClient, MeshError, subjects
+from mesh.breaker import BreakerState
+from mesh.embedded import Site
+from mesh.faults import FaultProxy
+from mesh.hardexamples import MSG_ID, inbox_stream, inbox_subject
+from mesh.launcher import NodeProcess
+from mesh.models.demo import DemoArtifacts
+from mesh.node import TierNode
+from mesh.records import decode_hard_example
+from mesh.settings import BreakerSettings, HardExampleSettings, UpstreamSettings
+from tests.conftest import NodeFactory, model_settings
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
+
+FAST_BREAKER = BreakerSettings(
+    failure_threshold=3, open_seconds=0.3, max_open_seconds=1.0, min_calls=1000
+)
+
+
+@dataclass
+class LinkedSite:
+    site: Site
+    proxy: FaultProxy
+
+    @property
+    def hub_url(self) -> str:
+        return self.site.hub.url
+
+    @property
+    def leaf_url(self) -> str:
+        assert self.site.leaf is not None
+        return self.site.leaf.url
+
+
+@pytest.fixture
+async def linked(tmp_path: Path) -> AsyncIterator[LinkedSite]:
+    site = Site(tmp_path / "nats")
+    await site.hub.start()
+    proxy = FaultProxy("127.0.0.1", site.hub.leaf_port)
+    await proxy.start()
+    await site.start(leaf_url=proxy.url)
+    try:
+        yield LinkedSite(site, proxy)
+    finally:
+        await proxy.stop()
+        await site.stop()
+
+
+@pytest.fixture
+def digits(demo: DemoArtifacts) -> np.ndarray:
+    return np.load(demo.test)["x"].astype(np.float32)
+
+
+def cloud_process(demo: DemoArtifacts, hub_url: str, work_dir: Path) -> NodeProcess:
+    settings: dict[str, Any] = {
+        "tier": "cloud",
+        "node": "cloud-0",
+        "zone": "cloud",
+        "nats": {"servers": [hub_url], "reconnect_wait_s": 0.2},
+        "models": [{"name": "digits", "manifest": str(demo.cloud)}],
+        "http_port": None,
+        "hard_examples": {"upstream_domain": None},
+    }
+    return NodeProcess("cloud-0", settings, work_dir)
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    answered: int = 0
+    errors: list[str] = field(default_factory=list)
+    tiers: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    degraded_ids: dict[str, str] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.answered
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "answered": self.answered,
+            "lost": self.lost,
+            "errors": len(self.errors),
+            "by_tier": dict(self.tiers),
+            "degraded": sum(self.reasons.values()),
+            "degraded_share": round(sum(self.reasons.values()) / max(self.sent, 1), 3),
+            "reasons": dict(self.reasons),
+        }
+
+
+async def drive(
+    client: MeshClient,
+    x: np.ndarray,
+    tally: Tally,
+    count: int,
+    *,
+    start: int = 0,
+    concurrency: int = 8,
+    budget_ms: float = 1000.0,
+    rate_per_s: float | None = None,
+) -> None:
+    """Send ``count`` requests, ``concurrency`` at a time, optionally paced; tally every outcome."""
+    semaphore = asyncio.Semaphore(concurrency)
+    began = time.monotonic()
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            tally.sent += 1
+            t0 = time.monotonic()
+            try:
+                result = await client.infer(
+                    "digits", x[(start + i) % len(x)][None], budget_ms=budget_ms
+                )
+            except MeshError as error:
+                tally.errors.append(str(error))
+                return
+            tally.latencies_ms.append((time.monotonic() - t0) * 1000)
+            tally.answered += 1
+            tally.tiers[result.tier] += 1
+            if result.degraded:
+                assert result.reason is not None
+                tally.reasons[result.reason] += 1
+                tally.degraded_ids[result.id] = result.tier
+
+    tasks = []
+    for i in range(count):
+        if rate_per_s is not None:
+            delay = began + i / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+
+
+async def inbox_ids(hub_url: str, tier: str) -> list[str]:
+    """Request ids of every hard example in a tier's inbox stream on the hub."""
+    nc = await nats.connect(hub_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(inbox_stream(tier))
+        ids: list[str] = []
+        if info.state.messages == 0:
+            return ids
+        sub = await js.pull_subscribe(f"mesh.learn.{tier}.>", stream=inbox_stream(tier))
+        while len(ids) < info.state.messages:
+            for msg in await sub.fetch(256, timeout=2):
+                ids.append(decode_hard_example(msg.data).id)
+                await msg.ack()
+        return ids
+    finally:
+        await nc.close()
+
+
+async def inbox_count(hub_url: str, tier: str) -> int:
+    nc = await nats.connect(hub_url)
+    try:
+        info = await nc.jetstream().stream_info(inbox_stream(tier))
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def start_site_tiers(
+    start_node: NodeFactory, demo: DemoArtifacts, leaf_url: str, *, gateway_threshold: float
+) -> tuple[TierNode, TierNode]:
+    gateway = await start_node(
+        "gateway", leaf_url,
+        [model_settings(demo, "gateway", threshold=gateway_threshold)],
+        upstream=UpstreamSettings(tier="cloud", zone="cloud", breaker=FAST_BREAKER),
+        zone="site",
+        hard_examples=HardExampleSettings(upstream_domain="hub"),
+    )
+    edge = await start_node(
+        "edge", leaf_url, [model_settings(demo, "edge-int8")],
+        upstream=UpstreamSettings(tier="gateway", zone="site", breaker=FAST_BREAKER),
+        entry=True,
+        hard_examples=HardExampleSettings(upstream_domain=None),
+    )
+    return gateway, edge
+
+
+async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples_arrive_once(
+    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    cloud = cloud_process(demo, linked.hub_url, tmp_path)
+    await cloud.start()
+    try:
+        gateway, _ = await start_site_tiers(start_node, demo, linked.leaf_url, gateway_threshold=1.01)
+        tally = Tally()
+        async with await MeshClient.connect(linked.leaf_url) as client:
+            await drive(client, digits, tally, 200, concurrency=8)
+            before_outage = dict(tally.reasons)
+            await linked.site.hub.kill()
+            await drive(client, digits, tally, 200, start=200, concurrency=8)
+            during_outage = Counter(tally.reasons) - Counter(before_outage)
+            await linked.site.hub.start()
+            await linked.site.hub.wait_leaf_connections(1, timeout=15)
+            await drive(client, digits, tally, 200, start=400, concurrency=8, rate_per_s=100)
+
+        assert gateway.upstream is not None
+        print("\nhub kill:", json.dumps(tally.summary()))
+        print("gateway breaker transitions:", dict(gateway.upstream.breaker.transitions))
+        assert tally.errors == []
+        assert (tally.sent, tally.answered, tally.lost) == (600, 600, 0)
+        assert sum(during_outage.values()) > 0
+        assert set(tally.reasons) <= {"no_responders", "breaker_open", "timeout", "upstream_error"}
+        assert tally.tiers["cloud"] > 0  # the cloud answered before and after the outage
+
+        degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
+        assert degraded_at_gateway
+
+        async def all_delivered() -> bool:
+            try:
+                return await inbox_count(linked.hub_url, "cloud") >= len(degraded_at_gateway)
+            except Exception:
+                return False
+
+        await wait_for(all_delivered, 60, "hard examples to reach the hub")
+        await asyncio.sleep(0.5)
+        delivered = await inbox_ids(linked.hub_url, "cloud")
+        assert len(delivered) == len(set(delivered)) == len(degraded_at_gateway)
+        assert set(delivered) == degraded_at_gateway
+        assert gateway.forwarder is not None
+        print(
+            f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}, "
+            f"duplicates dropped {gateway.forwarder.duplicates}"
+        )
+
+        # Exactly once: a second copy with the same request id is dropped by the hub's stream.
+        nc = await nats.connect(linked.leaf_url)
+        try:
+            some_id = next(iter(degraded_at_gateway))
+            ack = await nc.jetstream().publish(
+                inbox_subject("cloud", "digits"), b"\x80", headers={MSG_ID: some_id}, timeout=2
+            )
+            assert ack.duplicate is True
+        finally:
+            await nc.close()
+        assert await inbox_count(linked.hub_url, "cloud") == len(degraded_at_gateway)
+    finally:
+        await cloud.stop()
+
+
+async def test_blackholed_link_opens_the_breaker_and_it_closes_after_the_link_returns(
+    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray
+) -> None:
+    await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
+    edge = await start_node(
+        "edge", linked.leaf_url, [model_settings(demo, "edge", threshold=1.01)],
+        upstream=UpstreamSettings(tier="cloud", zone="cloud", breaker=FAST_BREAKER),
+        entry=True,
+    )
+    assert edge.upstream is not None
+    breaker = edge.upstream.breaker
+    budget = 300.0
+    async with await MeshClient.connect(linked.leaf_url) as client:
+        warm = Tally()
+        await drive(client, digits, warm, 20, concurrency=1, budget_ms=budget)
+        assert warm.tiers == Counter({"cloud": 20})
+
+        linked.proxy.blackhole(True)
+        outage = Tally()
+        reasons_in_order: list[str] = []
+        began = time.monotonic()
+        while time.monotonic() - began < 3.0:
+            result = await client.infer("digits", digits[:1], budget_ms=budget)
+            outage.sent += 1
+            outage.answered += 1
+            reasons_in_order.append(result.reason or "")
+            outage.latencies_ms.append(result.path[0].latency_ms)
+        linked.proxy.heal()
+
+        recovered_after = None
+        began = time.monotonic()
+        for _ in range(200):
+            result = await client.infer("digits", digits[:1], budget_ms=budget)
+            if result.tier == "cloud":
+                recovered_after = time.monotonic() - began
+                break
+            await asyncio.sleep(0.05)
+
+    timeouts_before_open = reasons_in_order.index("breaker_open")
+    print(
+        f"\nblackhole: {outage.sent} answered during the outage, reasons "
+        f"{dict(Counter(reasons_in_order))}, failures before the breaker opened "
+        f"{timeouts_before_open}, slowest answer {max(outage.latencies_ms):.0f} ms "
+        f"(budget {budget:.0f}), recovered {recovered_after:.2f}s after the link returned; "
+        f"transitions {dict(breaker.transitions)}"
+    )
+    assert set(reasons_in_order) <= {"timeout", "breaker_open"}
+    assert timeouts_before_open <= FAST_BREAKER.failure_threshold
+    assert all(reason == "timeout" for reason in reasons_in_order[:timeouts_before_open])
+    assert max(outage.latencies_ms) <= budget + 20  # the budget, give or take scheduling
+    assert recovered_after is not None
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.transitions[(BreakerState.CLOSED, BreakerState.OPEN)] >= 1
+    assert breaker.transitions[(BreakerState.OPEN, BreakerState.HALF_OPEN)] >= 1
+    assert breaker.transitions[(BreakerState.HALF_OPEN, BreakerState.CLOSED)] >= 1
+
+
+async def test_slow_link_with_a_small_budget_is_answered_locally_for_reason_budget(
+    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray
+) -> None:
+    await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
+    edge = await start_node(
+        "edge", linked.leaf_url, [model_settings(demo, "edge", threshold=1.01)],
+        upstream=UpstreamSettings(tier="cloud", zone="cloud"), entry=True,
+    )
+    linked.proxy.set_latency(150)  # each way: 300 ms added to the round trip
+    async with await MeshClient.connect(linked.leaf_url) as client:
+        learned = [await client.infer("digits", digits[i : i + 1], budget_ms=3000) for i in range(6)]
+        assert {r.tier for r in learned} == {"cloud"}
+        assert edge.upstream is not None and edge.upstream.latency.p95 is not None
+        p95 = edge.upstream.latency.p95
+
+        answers = []
+        for i in range(30):
+            t0 = time.monotonic()
+            result = await client.infer("digits", digits[i : i + 1], budget_ms=100)
+            answers.append((result, (time.monotonic() - t0) * 1000))
+
+    waits = [ms for _, ms in answers]
+    print(
+        f"\nslow link: upstream p95 {p95:.0f} ms; 100 ms budget answered at "
+        f"{Counter(r.tier for r, _ in answers)} with reasons {Counter(r.reason for r, _ in answers)}; "
+        f"client wait p50 {statistics.median(waits):.1f} ms, max {max(waits):.1f} ms"
+    )
+    assert p95 >= 300
+    assert all(r.tier == "edge" and r.degraded and r.reason == "budget" for r, _ in answers)
+    assert max(waits) < 100  # answered without waiting for the upstream
+
+
+async def test_cloud_process_killed_no_responders_is_handled_in_under_5_ms(
+    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    cloud = cloud_process(demo, linked.hub_url, tmp_path)
+    await cloud.start()
+    edge = await start_node(
+        "edge", linked.leaf_url, [model_settings(demo, "edge", threshold=1.01)],
+        upstream=UpstreamSettings(tier="cloud", zone="cloud"), entry=True,
+    )
+    try:
+        async with await MeshClient.connect(linked.leaf_url) as client:
+            first = await client.infer("digits", digits[:1], budget_ms=2000)
+            assert first.tier == "cloud"
+            await cloud.kill()
+
+            async def interest_gone() -> bool:
+                try:
+                    await client.nats.request(subjects.tier_infer("cloud", "digits"), b"", timeout=1)
+                except nats.errors.NoRespondersError:
+                    return True
+                except nats.errors.TimeoutError:
+                    return False
+                return False
+
+            await wait_for(interest_gone, 10, "the cloud's subscription to vanish")
+            results = [
+                await client.infer("digits", digits[i : i + 1], budget_ms=2000) for i in range(4)
+            ]
+    finally:
+        await cloud.stop()
+    assert edge.upstream is not None
+    hops = [r.path[0].latency_ms for r in results]
+    print(f"\nno responders: edge hop latencies {[round(h, 2) for h in hops]} ms (timeout 2000 ms)")
+    assert all(r.tier == "edge" and r.reason == "no_responders" for r in results)
+    assert statistics.median(hops) < 5.0
+
+
+async def test_two_thousand_requests_through_an_outage_of_a_third_of_the_run_lose_nothing(
+    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray
+) -> None:
+    await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
+    gateway, edge = await start_site_tiers(start_node, demo, linked.leaf_url, gateway_threshold=0.9)
+    total, rate = 2100, 300.0
+    tally = Tally()
+
+    async def outage() -> None:
+        await asyncio.sleep(total / rate / 3)
+        linked.proxy.refuse(True)
+        linked.proxy.reset_all()
+        await asyncio.sleep(total / rate / 3)
+        linked.proxy.heal()
+
+    async with await MeshClient.connect(linked.leaf_url) as client:
+        cut = asyncio.create_task(outage())
+        await drive(client, digits, tally, total, concurrency=16, budget_ms=500, rate_per_s=rate)
+        await cut
+
+    assert gateway.upstream is not None and gateway.forwarder is not None
+    summary = tally.summary()
+    summary["breaker_transitions"] = {
+        f"{a.value}->{b.value}": n for (a, b), n in gateway.upstream.breaker.transitions.items()
+    }
+    summary["latency_ms_p50"] = round(statistics.median(tally.latencies_ms), 2)
+    summary["latency_ms_max"] = round(max(tally.latencies_ms), 1)
+    print("\noutage run:", json.dumps(summary))
+    assert tally.errors == []
+    assert (tally.answered, tally.lost) == (total, 0)
+    assert summary["degraded"] > 0
+    assert gateway.upstream.breaker.transitions[(BreakerState.CLOSED, BreakerState.OPEN)] >= 1
+
+    degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
+
+    async def drained() -> bool:
+        try:
+            return await inbox_count(linked.hub_url, "cloud") >= len(degraded_at_gateway)
+        except Exception:
+            return False
+
+    await wait_for(drained, 60, "the hard-example backlog to drain")
+    delivered = await inbox_ids(linked.hub_url, "cloud")
+    print(f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}")
+    assert sorted(delivered) == sorted(degraded_at_gateway)
+    _ = edge
