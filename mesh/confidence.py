@@ -29,14 +29,17 @@ def score(probabilities: npt.ArrayLike, kind: ConfidenceKind | str) -> Floats:
     if p.ndim != 2 or p.shape[1] < 2:
         raise ValueError(f"probabilities must be (N, C) with C >= 2, got shape {p.shape}")
     kind = ConfidenceKind(kind)
+    out: Floats
     if kind is ConfidenceKind.MAX_PROB:
-        return p.max(axis=1)
-    if kind is ConfidenceKind.MARGIN:
+        out = p.max(axis=1)
+    elif kind is ConfidenceKind.MARGIN:
         top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
-        return top2[:, 1] - top2[:, 0]
-    clipped = np.clip(p, 1e-12, 1.0)
-    entropy = -(clipped * np.log(clipped)).sum(axis=1)
-    return 1.0 - entropy / np.log(p.shape[1])
+        out = top2[:, 1] - top2[:, 0]
+    else:
+        clipped = np.clip(p, 1e-12, 1.0)
+        entropy = -(clipped * np.log(clipped)).sum(axis=1)
+        out = 1.0 - entropy / np.log(p.shape[1])
+    return out
 
 
 def labels_of(probabilities: npt.ArrayLike) -> list[int]:

@@ -120,7 +120,9 @@ class DataPlane:
                     request.id, self.identity.tier, failure.detail,
                 )
             else:
-                return self._relay(reply, received_at, "escalated", model, local.confidence)
+                return self._relay(
+                    reply, received_at, "escalated", model, local.confidence, decision.escalation
+                )
 
         answer = self._answer(request, model, local, degraded, received_at)
         if degraded is not None:
@@ -151,7 +153,9 @@ class DataPlane:
                 f"model {request.model!r} is served only above tier {self.identity.tier}, "
                 f"which cannot reach it: {failure.detail}"
             ) from None
-        return self._relay(reply, received_at, "forwarded", None, None)
+        return self._relay(
+            reply, received_at, "forwarded", None, None, policy.EscalationReason.NOT_SERVED
+        )
 
     async def _escalate(
         self, upstream: UpstreamLink, request: wire.InferRequest, received_at: float
@@ -192,6 +196,7 @@ class DataPlane:
         action: str,
         model: ServedModel | None,
         local_confidence: float | None,
+        reason: policy.EscalationReason | None,
     ) -> wire.InferResponse:
         hop = wire.Hop(
             tier=self.identity.tier,
@@ -200,6 +205,7 @@ class DataPlane:
             latency_ms=self._elapsed_ms(received_at),
             model_version=model.version if model is not None else None,
             confidence=local_confidence,
+            reason=reason.value if reason is not None else None,
         )
         return wire.InferResponse(
             id=response.id,
@@ -231,6 +237,7 @@ class DataPlane:
             latency_ms=self._elapsed_ms(received_at),
             model_version=model.version,
             confidence=local.confidence,
+            reason=degraded.value if degraded is not None else None,
         )
         return wire.InferResponse(
             id=request.id,

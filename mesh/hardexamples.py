@@ -21,6 +21,7 @@ from typing import Self
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -74,7 +75,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, timeout: flo
     """Create the stream or bring its limits up to date; retried while JetStream starts up."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(_TRANSIENT),
-        wait=wait_exponential_jitter(initial=0.05, max=1.0),
+        wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
         stop=stop_after_delay(timeout),
         reraise=True,
     ):
@@ -261,7 +262,7 @@ class HardExampleForwarder:
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(_TRANSIENT),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
             reraise=True,
         ):
             with attempt:
@@ -273,7 +274,7 @@ class HardExampleForwarder:
                 )
         raise AssertionError("unreachable: AsyncRetrying reraises")
 
-    async def _forward(self, msg: nats.aio.msg.Msg) -> None:
+    async def _forward(self, msg: Msg) -> None:
         model = msg.subject.rsplit(".", 1)[-1]
         msg_id = (msg.headers or {}).get(MSG_ID, "")
         links: list[trace.Link] = []
@@ -299,7 +300,7 @@ class HardExampleForwarder:
         ):
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(_TRANSIENT),
-                wait=wait_exponential_jitter(initial=0.1, max=5.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
                 reraise=True,
             ):
                 with attempt:

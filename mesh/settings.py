@@ -44,6 +44,8 @@ class NatsSettings(BaseModel):
     """Seconds to wait for one connection attempt."""
     reconnect_wait_s: float = 0.5
     """Seconds between reconnect attempts; the client reconnects forever."""
+    drain_timeout_s: float = 5.0
+    """Longest wait, at shutdown, for replies in flight before the connection closes."""
 
     def connect_options(self, name: str) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``."""
@@ -52,6 +54,7 @@ class NatsSettings(BaseModel):
             "name": name,
             "connect_timeout": self.connect_timeout_s,
             "reconnect_time_wait": self.reconnect_wait_s,
+            "drain_timeout": self.drain_timeout_s,
             "max_reconnect_attempts": -1,
             "allow_reconnect": True,
         }

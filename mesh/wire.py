@@ -127,6 +127,9 @@ class Hop:
     latency_ms: float
     model_version: str | None = None
     confidence: float | None = None
+    #: why it escalated (``low_confidence``, ``novel``, ``not_served``) or, on a fallback, why
+    #: its answer is degraded.
+    reason: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -136,6 +139,7 @@ class Hop:
             "latency_ms": self.latency_ms,
             "model_version": self.model_version,
             "confidence": self.confidence,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -150,6 +154,7 @@ class Hop:
                 latency_ms=float(obj["latency_ms"]),
                 model_version=_opt_str(obj.get("model_version")),
                 confidence=_opt_float(obj.get("confidence")),
+                reason=_opt_str(obj.get("reason")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"malformed path hop: {exc}") from None

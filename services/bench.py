@@ -75,13 +75,20 @@ class BenchConfig:
 
     @classmethod
     def full(cls) -> BenchConfig:
-        return cls(trials=5, latency_n=400, throughput_n=3000, link_latency_n=40,
-                   link_throughput_n=640)
+        return cls(
+            trials=5, latency_n=400, throughput_n=3000, link_latency_n=40, link_throughput_n=640
+        )
 
     @classmethod
     def quick(cls) -> BenchConfig:
-        return cls(trials=1, latency_n=20, throughput_n=128, link_latency_n=4,
-                   link_throughput_n=64, warmup_n=5)
+        return cls(
+            trials=1,
+            latency_n=20,
+            throughput_n=128,
+            link_latency_n=4,
+            link_throughput_n=64,
+            warmup_n=5,
+        )
 
 
 @dataclass
@@ -121,8 +128,9 @@ def _die_with_parent() -> None:
 class HelperProcess:
     """A child process; ready when it prints ``BENCH_READY key=value...`` or ``ready()`` holds."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, cwd: Path | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -217,8 +225,7 @@ async def serve_peer(model_path: Path) -> None:
         x = np.asarray(body["inputs"], dtype=np.float32)
         outputs = model.run({input_name: x})
         return web.json_response(
-            {"label": outputs["label"].tolist(),
-             "probabilities": outputs["probabilities"].tolist()}
+            {"label": outputs["label"].tolist(), "probabilities": outputs["probabilities"].tolist()}
         )
 
     app = web.Application()
@@ -246,7 +253,7 @@ async def serve_proxy(target: str, latency_ms: float) -> None:
         await _wait_stop_signal()
 
 
-MLSERVER_MODEL = '''
+MLSERVER_MODEL = """
 import numpy as np
 import onnxruntime as ort
 from mlserver import MLModel
@@ -274,7 +281,7 @@ class OnnxDigits(MLModel):
             outputs=[NumpyCodec.encode_output(n, np.asarray(v))
                      for n, v in zip(self._outputs, values)],
         )
-'''
+"""
 
 
 def find_mlserver(explicit: str | None) -> str | None:
@@ -371,9 +378,12 @@ def ort_floor_trial(model_path: Path, rows: Sequence[Floats], n: int) -> Trial:
     p50 = _percentile(times, 50) or 0.0
     p99 = _percentile(times, 99) or 0.0
     return Trial(
-        p50_ms=p50 * 1000, p99_ms=p99 * 1000,
+        p50_ms=p50 * 1000,
+        p99_ms=p99 * 1000,
         throughput_rps=n / sum(times) if times else None,
-        cpu_ms_per_1k=cpu * 1000 / n * 1000, requests=n, errors=0,
+        cpu_ms_per_1k=cpu * 1000 / n * 1000,
+        requests=n,
+        errors=0,
         answered_by=Counter({"in-process": n}),
     )
 
@@ -401,8 +411,13 @@ def summarize(row: Row) -> dict[str, Any]:
         "errors": sum(t.errors for t in row.trials),
         "answered_by": dict(answered),
         "trials": [
-            {"p50_ms": t.p50_ms, "p99_ms": t.p99_ms, "throughput_rps": t.throughput_rps,
-             "cpu_ms_per_1k": t.cpu_ms_per_1k, "errors": t.errors}
+            {
+                "p50_ms": t.p50_ms,
+                "p99_ms": t.p99_ms,
+                "throughput_rps": t.throughput_rps,
+                "cpu_ms_per_1k": t.cpu_ms_per_1k,
+                "errors": t.errors,
+            }
             for t in row.trials
         ],
     }
@@ -424,8 +439,9 @@ def paired_ratio(rows: dict[str, Row], top: str, bottom: str, attr: str) -> floa
 # ------------------------------------------------------------------------------------ the rig
 
 
-def _node_settings(tier: str, server: str, manifest: Path, *, threshold: float | None,
-                   upstream: bool, entry: bool) -> dict[str, Any]:
+def _node_settings(
+    tier: str, server: str, manifest: Path, *, threshold: float | None, upstream: bool, entry: bool
+) -> dict[str, Any]:
     model: dict[str, Any] = {"name": "digits", "manifest": str(manifest)}
     if threshold is not None:
         model["threshold"] = threshold
@@ -458,24 +474,38 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-async def _start_mlserver(binary: str, model_path: Path, work: Path,
-                          stack: contextlib.AsyncExitStack) -> tuple[HelperProcess, str]:
+async def _start_mlserver(
+    binary: str, model_path: Path, work: Path, stack: contextlib.AsyncExitStack
+) -> tuple[HelperProcess, str]:
     from mesh.embedded import free_port
 
     folder = work / "mlserver"
     folder.mkdir()
     (folder / "bench_model.py").write_text(MLSERVER_MODEL)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    (folder / "settings.json").write_text(json.dumps({
-        "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "parallel_workers": 0, "debug": False,
-    }))
-    (folder / "model-settings.json").write_text(json.dumps({
-        "name": "digits", "implementation": "bench_model.OnnxDigits",
-        "parameters": {"uri": str(model_path)},
-    }))
-    helper = HelperProcess("mlserver", [binary, "start", str(folder)], work / "mlserver.log",
-                           cwd=folder)
+    (folder / "settings.json").write_text(
+        json.dumps(
+            {
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                "parallel_workers": 0,
+                "debug": False,
+            }
+        )
+    )
+    (folder / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "digits",
+                "implementation": "bench_model.OnnxDigits",
+                "parameters": {"uri": str(model_path)},
+            }
+        )
+    )
+    helper = HelperProcess(
+        "mlserver", [binary, "start", str(folder)], work / "mlserver.log", cwd=folder
+    )
     await helper.start(wait_line=False)
     stack.push_async_callback(helper.stop)
     url = f"http://127.0.0.1:{http_port}"
@@ -495,8 +525,9 @@ async def _start_mlserver(binary: str, model_path: Path, work: Path,
     raise RuntimeError(f"MLServer did not become ready: {tail}")
 
 
-async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
-                    progress: Callable[[str], None]) -> dict[str, Any]:
+async def run_bench(
+    config: BenchConfig, cache: Path, mlserver: str | None, progress: Callable[[str], None]
+) -> dict[str, Any]:
     import aiohttp
     import nats
 
@@ -514,9 +545,15 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
     test_x = np.load(demo.test)["x"].astype(np.float32)
     rows_x: list[Floats] = [np.ascontiguousarray(test_x[i : i + 1]) for i in range(len(test_x))]
     payloads = [
-        wire.encode_request(wire.InferRequest(
-            id=f"{i:032x}", model="digits", inputs={DEFAULT_INPUT: x},
-            budget_ms=MESH_BUDGET_MS, residency="any"))
+        wire.encode_request(
+            wire.InferRequest(
+                id=f"{i:032x}",
+                model="digits",
+                inputs={DEFAULT_INPUT: x},
+                budget_ms=MESH_BUDGET_MS,
+                residency="any",
+            )
+        )
         for i, x in enumerate(rows_x)
     ]
     bodies_json = [x.tolist() for x in rows_x]
@@ -526,23 +563,39 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(shutil.rmtree, work, True)
         progress("starting NATS hub, two site leaf servers and the 40 ms link")
-        hub = NatsServer(ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True),
-                         work / "hub")
+        hub = NatsServer(
+            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True), work / "hub"
+        )
         await hub.start()
         stack.push_async_callback(hub.stop)
         proxy = HelperProcess(
             "proxy",
-            [py, "-m", "services.bench", "proxy", "--target", f"127.0.0.1:{hub.leaf_port}",
-             "--latency-ms", str(config.link_ms_one_way)],
+            [
+                py,
+                "-m",
+                "services.bench",
+                "proxy",
+                "--target",
+                f"127.0.0.1:{hub.leaf_port}",
+                "--latency-ms",
+                str(config.link_ms_one_way),
+            ],
             work / "proxy.log",
         )
         await proxy.start()
         stack.push_async_callback(proxy.stop)
-        site = NatsServer(ServerConfig(name="site", jetstream_domain="site",
-                                       leaf_remotes=[hub.leafnode_url]), work / "site")
-        site2 = NatsServer(ServerConfig(name="site2", jetstream_domain="site2",
-                                        leaf_remotes=[f"nats-leaf://127.0.0.1:{proxy.info['port']}"]),
-                           work / "site2")
+        site = NatsServer(
+            ServerConfig(name="site", jetstream_domain="site", leaf_remotes=[hub.leafnode_url]),
+            work / "site",
+        )
+        site2 = NatsServer(
+            ServerConfig(
+                name="site2",
+                jetstream_domain="site2",
+                leaf_remotes=[f"nats-leaf://127.0.0.1:{proxy.info['port']}"],
+            ),
+            work / "site2",
+        )
         for server in (site, site2):
             await server.start()
             stack.push_async_callback(server.stop)
@@ -550,27 +603,62 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
 
         progress("starting tier nodes, echo responder and HTTP peers")
         nodes = {
-            "cloud": NodeProcess("cloud", _node_settings(
-                "cloud", hub.url, demo.cloud, threshold=None, upstream=False, entry=False), work),
-            "edge": NodeProcess("edge", _node_settings(
-                "edge", site.url, demo.edge_int8, threshold=0.0, upstream=True, entry=True),
-                work),
-            "edgeesc": NodeProcess("edgeesc", _node_settings(
-                "edgeesc", site.url, demo.edge_int8, threshold=1.01, upstream=True,
-                entry=False), work),
-            "edgelink": NodeProcess("edgelink", _node_settings(
-                "edgelink", site2.url, demo.edge_int8, threshold=1.01, upstream=True,
-                entry=False), work),
-            "edgemix": NodeProcess("edgemix", _node_settings(
-                "edgemix", site2.url, demo.edge_int8, threshold=calibrated, upstream=True,
-                entry=False), work),
+            "cloud": NodeProcess(
+                "cloud",
+                _node_settings(
+                    "cloud", hub.url, demo.cloud, threshold=None, upstream=False, entry=False
+                ),
+                work,
+            ),
+            "edge": NodeProcess(
+                "edge",
+                _node_settings(
+                    "edge", site.url, demo.edge_int8, threshold=0.0, upstream=True, entry=True
+                ),
+                work,
+            ),
+            "edgeesc": NodeProcess(
+                "edgeesc",
+                _node_settings(
+                    "edgeesc", site.url, demo.edge_int8, threshold=1.01, upstream=True, entry=False
+                ),
+                work,
+            ),
+            "edgelink": NodeProcess(
+                "edgelink",
+                _node_settings(
+                    "edgelink",
+                    site2.url,
+                    demo.edge_int8,
+                    threshold=1.01,
+                    upstream=True,
+                    entry=False,
+                ),
+                work,
+            ),
+            "edgemix": NodeProcess(
+                "edgemix",
+                _node_settings(
+                    "edgemix",
+                    site2.url,
+                    demo.edge_int8,
+                    threshold=calibrated,
+                    upstream=True,
+                    entry=False,
+                ),
+                work,
+            ),
         }
         for node in nodes.values():
             stack.push_async_callback(node.stop)
-        echo = HelperProcess("echo", [py, "-m", "services.bench", "echo", "--url", site.url],
-                             work / "echo.log")
-        peer = HelperProcess("peer", [py, "-m", "services.bench", "peer", "--model",
-                                      str(edge_onnx)], work / "peer.log")
+        echo = HelperProcess(
+            "echo", [py, "-m", "services.bench", "echo", "--url", site.url], work / "echo.log"
+        )
+        peer = HelperProcess(
+            "peer",
+            [py, "-m", "services.bench", "peer", "--model", str(edge_onnx)],
+            work / "peer.log",
+        )
         for helper in (echo, peer):
             stack.push_async_callback(helper.stop)
         await asyncio.gather(*(n.start() for n in nodes.values()), echo.start(), peer.start())
@@ -580,8 +668,10 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
         ml_unavailable: str | None = None
         ml_binary = find_mlserver(mlserver)
         if ml_binary is None:
-            ml_unavailable = ("mlserver not found; pip install mlserver in a separate venv and "
-                              "pass --mlserver PATH")
+            ml_unavailable = (
+                "mlserver not found; pip install mlserver in a separate venv and "
+                "pass --mlserver PATH"
+            )
         else:
             progress(f"starting MLServer ({ml_binary})")
             try:
@@ -605,9 +695,11 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
 
         def mesh_call(client: MeshClient, tier: str | None) -> Call:
             async def call(i: int) -> str:
-                result = await client.infer("digits", rows_x[i % n_rows],
-                                            budget_ms=MESH_BUDGET_MS, tier=tier)
+                result = await client.infer(
+                    "digits", rows_x[i % n_rows], budget_ms=MESH_BUDGET_MS, tier=tier
+                )
                 return result.tier
+
             return call
 
         async def echo_call(i: int) -> str:
@@ -623,8 +715,16 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
             return "peer"
 
         async def mlserver_call(i: int) -> str:
-            body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                "data": bodies_json[i % n_rows][0]}]}
+            body = {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "data": bodies_json[i % n_rows][0],
+                    }
+                ]
+            }
             async with http.post(f"{ml_url}/v2/models/digits/infer", json=body) as resp:
                 resp.raise_for_status()
                 await resp.json()
@@ -637,37 +737,77 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
         lat, tp = config.latency_n, config.throughput_n
         llat, ltp = config.link_latency_n, config.link_throughput_n
         rows: dict[str, Row] = {
-            "nats_echo": Row("nats_echo", "floor: nats-py echo, separate process",
-                             echo_call, procs(site.pid, echo.pid), lat, tp),
-            "mesh_edge": Row("mesh_edge", "mesh: edge-answered (threshold 0)",
-                             mesh_call(client_site, None), procs(site.pid, pid["edge"]),
-                             lat, tp),
-            "mesh_escalated": Row("mesh_escalated", "mesh: escalated edge->cloud, direct link",
-                                  mesh_call(client_site, "edgeesc"),
-                                  procs(site.pid, hub.pid, pid["edgeesc"], pid["cloud"]),
-                                  lat, tp),
+            "nats_echo": Row(
+                "nats_echo",
+                "floor: nats-py echo, separate process",
+                echo_call,
+                procs(site.pid, echo.pid),
+                lat,
+                tp,
+            ),
+            "mesh_edge": Row(
+                "mesh_edge",
+                "mesh: edge-answered (threshold 0)",
+                mesh_call(client_site, None),
+                procs(site.pid, pid["edge"]),
+                lat,
+                tp,
+            ),
+            "mesh_escalated": Row(
+                "mesh_escalated",
+                "mesh: escalated edge->cloud, direct link",
+                mesh_call(client_site, "edgeesc"),
+                procs(site.pid, hub.pid, pid["edgeesc"], pid["cloud"]),
+                lat,
+                tp,
+            ),
             "mesh_link_escalated": Row(
-                "mesh_link_escalated", "mesh: escalated, link +40 ms RTT",
+                "mesh_link_escalated",
+                "mesh: escalated, link +40 ms RTT",
                 mesh_call(client_site2, "edgelink"),
-                procs(site2.pid, hub.pid, pid["edgelink"], pid["cloud"]), llat, ltp),
+                procs(site2.pid, hub.pid, pid["edgelink"], pid["cloud"]),
+                llat,
+                ltp,
+            ),
             "mesh_link_mix": Row(
-                "mesh_link_mix", f"mesh: digits mix, link +40 ms RTT (t={calibrated:.3f})",
+                "mesh_link_mix",
+                f"mesh: digits mix, link +40 ms RTT (t={calibrated:.3f})",
                 mesh_call(client_site2, "edgemix"),
-                procs(site2.pid, hub.pid, pid["edgemix"], pid["cloud"]), lat, ltp),
+                procs(site2.pid, hub.pid, pid["edgemix"], pid["cloud"]),
+                lat,
+                ltp,
+            ),
             "cloud_only_link": Row(
-                "cloud_only_link", "cloud-only: tier=cloud, link +40 ms RTT",
-                mesh_call(client_site2, "cloud"), procs(site2.pid, hub.pid, pid["cloud"]),
-                llat, ltp),
-            "peer_aiohttp": Row("peer_aiohttp", "peer: aiohttp + ONNX Runtime, JSON",
-                                peer_call, procs(peer.pid), lat, tp),
-            "peer_mlserver": Row("peer_mlserver", "peer: MLServer (ONNX MLModel), V2 JSON",
-                                 mlserver_call if ml_url else None, ml_procs, lat, tp,
-                                 unavailable=ml_unavailable),
+                "cloud_only_link",
+                "cloud-only: tier=cloud, link +40 ms RTT",
+                mesh_call(client_site2, "cloud"),
+                procs(site2.pid, hub.pid, pid["cloud"]),
+                llat,
+                ltp,
+            ),
+            "peer_aiohttp": Row(
+                "peer_aiohttp",
+                "peer: aiohttp + ONNX Runtime, JSON",
+                peer_call,
+                procs(peer.pid),
+                lat,
+                tp,
+            ),
+            "peer_mlserver": Row(
+                "peer_mlserver",
+                "peer: MLServer (ONNX MLModel), V2 JSON",
+                mlserver_call if ml_url else None,
+                ml_procs,
+                lat,
+                tp,
+                unavailable=ml_unavailable,
+            ),
         }
         rows["mesh_link_mix"].note = "most answered at the edge; see answered_by"
         rows["peer_mlserver"].note = "parallel_workers=0 (model in the server process)"
-        floor = Row("ort_floor", "floor: ONNX Runtime in-process (edge int8)", None, [],
-                    max(lat, 1000), 0)
+        floor = Row(
+            "ort_floor", "floor: ONNX Runtime in-process (edge int8)", None, [], max(lat, 1000), 0
+        )
         live = [r for r in rows.values() if r.call is not None]
 
         progress("warming up")
@@ -679,45 +819,52 @@ async def run_bench(config: BenchConfig, cache: Path, mlserver: str | None,
             row.latency_n, row.throughput_n = saved
 
         for trial in range(config.trials):
-            order = live[trial % len(live):] + live[: trial % len(live)]
+            order = live[trial % len(live) :] + live[: trial % len(live)]
             for row in order:
                 progress(f"trial {trial + 1}/{config.trials}: {row.label}")
                 row.trials.append(await run_trial(row, config.concurrency))
             floor.trials.append(
-                await asyncio.to_thread(ort_floor_trial, edge_onnx, rows_x, floor.latency_n))
+                await asyncio.to_thread(ort_floor_trial, edge_onnx, rows_x, floor.latency_n)
+            )
 
         all_rows = {"ort_floor": floor, **rows}
         memory = {
             name: {"rss_mb": _rss_mb(p), "peak_rss_mb": _vm_hwm_mb(p)}
-            for name, p in pid.items() if p is not None
+            for name, p in pid.items()
+            if p is not None
         }
         edge_rss = memory["edge"]["rss_mb"]
 
     ratios = {
         "edge_p50_over_echo_p50": paired_ratio(all_rows, "mesh_edge", "nats_echo", "p50_ms"),
-        "throughput_over_echo": paired_ratio(
-            all_rows, "mesh_edge", "nats_echo", "throughput_rps"),
+        "throughput_over_echo": paired_ratio(all_rows, "mesh_edge", "nats_echo", "throughput_rps"),
         "cloud_only_p50_over_mesh_p50": paired_ratio(
-            all_rows, "cloud_only_link", "mesh_link_mix", "p50_ms"),
+            all_rows, "cloud_only_link", "mesh_link_mix", "p50_ms"
+        ),
         "peer_p50_over_mesh_p50": paired_ratio(all_rows, "peer_aiohttp", "mesh_edge", "p50_ms"),
     }
     targets = {
         "edge_p50_within_1_2x_echo": _le(ratios["edge_p50_over_echo_p50"], 1.2),
         "throughput_at_least_80pct_echo": _ge(ratios["throughput_over_echo"], 0.8),
         "link_mesh_p50_at_most_tenth_of_cloud_only": _ge(
-            ratios["cloud_only_p50_over_mesh_p50"], 10.0),
+            ratios["cloud_only_p50_over_mesh_p50"], 10.0
+        ),
         "edge_rss_at_most_150_mb": _le(edge_rss, 150.0),
     }
     return {
         "version": 1,
         "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
             "platform": platform.platform(),
         },
         "config": {
-            "trials": config.trials, "latency_n": config.latency_n,
-            "throughput_n": config.throughput_n, "link_latency_n": config.link_latency_n,
-            "link_throughput_n": config.link_throughput_n, "concurrency": config.concurrency,
+            "trials": config.trials,
+            "latency_n": config.latency_n,
+            "throughput_n": config.throughput_n,
+            "link_latency_n": config.link_latency_n,
+            "link_throughput_n": config.link_throughput_n,
+            "concurrency": config.concurrency,
             "link_added_rtt_ms": 2 * config.link_ms_one_way,
             "payload": "one digits row, float32 (1, 64)",
             "calibrated_edge_threshold": calibrated,
@@ -753,13 +900,20 @@ def render(report: dict[str, Any]) -> None:
         return str(value)
 
     cfg = report["config"]
-    table = Table(title=(
-        f"mesh bench: medians of {cfg['trials']} interleaved trials; "
-        f"c=1 latency, c={cfg['concurrency']} throughput"
-    ))
-    for name, justify in [("row", "left"), ("p50 ms", "right"), ("p99 ms", "right"),
-                          ("req/s", "right"), ("CPU ms/1k req", "right"),
-                          ("answered by", "left")]:
+    table = Table(
+        title=(
+            f"mesh bench: medians of {cfg['trials']} interleaved trials; "
+            f"c=1 latency, c={cfg['concurrency']} throughput"
+        )
+    )
+    for name, justify in [
+        ("row", "left"),
+        ("p50 ms", "right"),
+        ("p99 ms", "right"),
+        ("req/s", "right"),
+        ("CPU ms/1k req", "right"),
+        ("answered by", "left"),
+    ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in report["rows"].values():
         if not row["available"]:
@@ -768,8 +922,14 @@ def render(report: dict[str, Any]) -> None:
         answered = ", ".join(f"{k} {v}" for k, v in sorted(row["answered_by"].items()))
         if row["errors"]:
             answered += f"; errors {row['errors']}"
-        table.add_row(row["label"], fmt(row["p50_ms"]), fmt(row["p99_ms"]),
-                      fmt(row["throughput_rps"]), fmt(row["cpu_ms_per_1k"], 1), answered)
+        table.add_row(
+            row["label"],
+            fmt(row["p50_ms"]),
+            fmt(row["p99_ms"]),
+            fmt(row["throughput_rps"]),
+            fmt(row["cpu_ms_per_1k"], 1),
+            answered,
+        )
     console = Console()
     console.print(table)
     mem = ", ".join(f"{k} {fmt(v['rss_mb'], 1)} MB" for k, v in report["memory"].items())
@@ -781,8 +941,9 @@ def render(report: dict[str, Any]) -> None:
         console.print(f"target {key}: {mark}")
 
 
-async def bench_main(quick: bool, cache: Path, mlserver: str | None,
-                     progress: Callable[[str], None]) -> dict[str, Any]:
+async def bench_main(
+    quick: bool, cache: Path, mlserver: str | None, progress: Callable[[str], None]
+) -> dict[str, Any]:
     """Run the bench; SIGTERM cancels it like Ctrl-C, so every process started is stopped."""
     config = BenchConfig.quick() if quick else BenchConfig.full()
     task = asyncio.current_task()

@@ -18,11 +18,13 @@ async def serve(settings: NodeSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with configure_telemetry(f"mesh-{settings.tier}", settings.node) as telemetry:
-        async with TierNode(settings, metrics=telemetry.metrics) as node:
-            http = node.http.url if node.http is not None else "-"
-            print(f"{READY_PREFIX} node={settings.node} tier={settings.tier} http={http}", flush=True)
-            await stop.wait()
+    async with (
+        configure_telemetry(f"mesh-{settings.tier}", settings.node) as telemetry,
+        TierNode(settings, metrics=telemetry.metrics) as node,
+    ):
+        http = node.http.url if node.http is not None else "-"
+        print(f"{READY_PREFIX} node={settings.node} tier={settings.tier} http={http}", flush=True)
+        await stop.wait()
 
 
 def main(config: Path | None = None) -> None:

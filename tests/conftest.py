@@ -105,3 +105,23 @@ async def start_node() -> AsyncIterator[NodeFactory]:
     finally:
         for node in reversed(nodes):
             await node.stop()
+
+
+def _dump_tasks(signum: int, frame: object) -> None:
+    """``kill -USR1 <pytest pid>`` prints every asyncio task's stack: for a hung test."""
+    import asyncio
+    import sys
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        print("no running event loop", file=sys.stderr)
+        return
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(file=sys.stderr)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import signal
+
+    signal.signal(signal.SIGUSR1, _dump_tasks)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from mesh import MeshClient, subjects, wire
+from mesh.embedded import NatsServer
 from mesh.errors import (
     ErrorCode,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
 from tests.conftest import NodeFactory, model_settings
 
@@ -67,7 +67,11 @@ async def test_confident_digits_answered_at_edge_and_unsure_ones_reach_the_cloud
             ("edge", "escalated"), ("gateway", "escalated"), ("cloud", "answered"),
         ]
         edge_hop = r.path[0]
-        assert edge_hop.confidence is not None and edge_hop.confidence < 0.9
+        assert edge_hop.confidence is not None
+        # Unsure, or sure of an input unlike its training data (a few test digits are).
+        assert (edge_hop.reason, edge_hop.confidence < 0.9) in {
+            ("low_confidence", True), ("novel", True), ("novel", False)
+        }
         assert r.model_version == r.path[-1].model_version
         assert r.path[0].latency_ms >= r.path[1].latency_ms >= r.path[2].latency_ms > 0
         assert not r.degraded

@@ -57,7 +57,8 @@ async def trace_of(
 
 
 def a_test_digit(demo: DemoArtifacts) -> np.ndarray:
-    return np.load(demo.test)["x"][:1].astype(np.float32)
+    x: np.ndarray = np.load(demo.test)["x"][:1].astype(np.float32)
+    return x
 
 
 def client_span(exporter: InMemorySpanExporter, request_id: str) -> ReadableSpan:

@@ -1,0 +1,84 @@
+"""``mesh bench --quick`` runs end to end and writes well-formed JSON (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh.models.demo import DemoArtifacts
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+RATIOS = (
+    "edge_p50_over_echo_p50",
+    "throughput_over_echo",
+    "cloud_only_p50_over_mesh_p50",
+    "peer_p50_over_mesh_p50",
+)
+ROWS = (
+    "ort_floor",
+    "nats_echo",
+    "mesh_edge",
+    "mesh_escalated",
+    "mesh_link_escalated",
+    "mesh_link_mix",
+    "cloud_only_link",
+    "peer_aiohttp",
+    "peer_mlserver",
+)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "bench",
+            "--quick",
+            "--json",
+            str(out),
+            "--cache",
+            str(demo.root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    assert set(RATIOS) <= set(report["ratios"])
+    for key in RATIOS:
+        assert _number(report["ratios"][key]), (key, report["ratios"][key])
+    assert set(ROWS) <= set(report["rows"])
+    for key, row in report["rows"].items():
+        assert isinstance(row["label"], str)
+        if not row["available"]:
+            assert row["note"].startswith("not available:"), key
+            continue
+        for field in ("p50_ms", "p99_ms"):
+            assert _number(row[field]), (key, field)
+        assert row["requests"] > 0
+        assert isinstance(row["answered_by"], dict)
+    for key in ("mesh_edge", "mesh_escalated", "cloud_only_link", "nats_echo"):
+        assert _number(report["rows"][key]["throughput_rps"]), key
+        assert _number(report["rows"][key]["cpu_ms_per_1k"]), key
+    assert _number(report["edge_rss_mb"])
+    assert set(report["targets"]) == {
+        "edge_p50_within_1_2x_echo",
+        "throughput_at_least_80pct_echo",
+        "link_mesh_p50_at_most_tenth_of_cloud_only",
+        "edge_rss_at_most_150_mb",
+    }

@@ -1,0 +1,157 @@
+"""A real Prometheus scrapes a node process and reads its request counter back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+import pytest
+
+from mesh import MeshClient
+from mesh.embedded import NatsServer
+from mesh.launcher import NodeProcess
+from mesh.models.demo import DemoArtifacts
+
+REQUESTS = 25
+#: the OpenTelemetry counter ``mesh_requests`` as the Prometheus exporter names it.
+REQUESTS_METRIC = "mesh_requests_total"
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Debian's ``prometheus``, installed with apt when missing (root only)."""
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("prometheus is not on PATH and apt-get cannot install it here (not root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "prometheus"]):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            pytest.skip(f"could not install prometheus ({' '.join(command)}): {done.stderr[-500:]}")
+    found = shutil.which("prometheus")
+    if found is None:
+        pytest.skip("apt-get installed the prometheus package but no prometheus binary is on PATH")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def node_process(
+    nats_server: NatsServer, demo: DemoArtifacts, tmp_path: Path
+) -> AsyncIterator[NodeProcess]:
+    settings = {
+        "tier": "edge",
+        "node": "edge-prom",
+        "zone": "device",
+        "entry": True,
+        "nats": {"servers": [nats_server.url]},
+        "models": [{"name": "digits", "manifest": str(demo.edge), "threshold": 0.0}],
+        "http_port": 0,
+        "hard_examples": {"enabled": False},
+    }
+    node = NodeProcess("edge-prom", settings, tmp_path)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_prometheus(
+    binary: str, target: str, work: Path
+) -> AsyncIterator[str]:
+    port = free_port()
+    config = work / "prometheus.yml"
+    config.write_text(
+        "global:\n"
+        "  scrape_interval: 1s\n"
+        "  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: mesh\n"
+        "    scrape_interval: 1s\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    log = (work / "prometheus.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={work / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        log.close()
+
+
+async def query(session: aiohttp.ClientSession, base: str, promql: str) -> float | None:
+    try:
+        async with session.get(f"{base}/api/v1/query", params={"query": promql}) as resp:
+            if resp.status != 200:
+                return None
+            body = await resp.json()
+    except aiohttp.ClientError:
+        return None
+    result = body["data"]["result"]
+    if not result:
+        return None
+    return float(result[0]["value"][1])
+
+
+async def test_prometheus_reads_the_request_counter_of_a_running_node(
+    prometheus_binary: str, node_process: NodeProcess, nats_server: NatsServer,
+    demo: DemoArtifacts, tmp_path: Path,
+) -> None:
+    assert node_process.http_url is not None
+    x = np.load(demo.test)["x"].astype(np.float32)
+    async with await MeshClient.connect(nats_server.url) as client:
+        for i in range(REQUESTS):
+            await client.infer("digits", x[i : i + 1], budget_ms=3000)
+
+    async with aiohttp.ClientSession() as session:
+        for probe in ("/healthz", "/readyz"):
+            async with session.get(node_process.http_url + probe) as resp:
+                assert resp.status == 200, (probe, await resp.text())
+        async with session.get(node_process.http_url + "/metrics") as resp:
+            exposition = await resp.text()
+        assert f'{REQUESTS_METRIC}{{' in exposition, exposition[:2000]
+
+        target = urlsplit(node_process.http_url).netloc
+        promql = f'sum({REQUESTS_METRIC}{{tier="edge",model="digits"}})'
+        async with running_prometheus(prometheus_binary, target, tmp_path) as base:
+            value: float | None = None
+            deadline = asyncio.get_running_loop().time() + 45
+            while asyncio.get_running_loop().time() < deadline:
+                value = await query(session, base, promql)
+                if value == REQUESTS:
+                    break
+                await asyncio.sleep(0.5)
+            assert value == REQUESTS, (value, (tmp_path / "prometheus.log").read_text()[-2000:])
+            up = await query(session, base, 'up{job="mesh"}')
+            assert up == 1
