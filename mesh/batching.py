@@ -89,8 +89,7 @@ def merge(requests: Sequence[Feeds]) -> tuple[Feeds, list[int]]:
             raise ValueError("requests differ in input names, dtypes or trailing shapes")
     counts = [row_count(feeds) for feeds in requests]
     merged = {
-        name: np.concatenate([feeds[name] for feeds in requests], axis=0)
-        for name in requests[0]
+        name: np.concatenate([feeds[name] for feeds in requests], axis=0) for name in requests[0]
     }
     return merged, counts
 
@@ -164,6 +163,7 @@ class MicroBatcher:
         self._collector: asyncio.Task[None] | None = None
         self._batch_tasks: dict[asyncio.Task[None], list[_Pending]] = {}
         self._forming: list[_Pending] = []
+        self._direct: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
         self._started = False
         self._closed = False
@@ -214,6 +214,8 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
         self._fail_queued(UnavailableError(f"batcher {self.name!r} stopped"))
+        for caller in list(self._direct):
+            caller.cancel()
         in_flight = dict(self._batch_tasks)
         for task in in_flight:
             task.cancel()
@@ -228,13 +230,37 @@ class MicroBatcher:
         if not self.enabled:
             self._record(row_count(feeds), 1)
             return await self._run(feeds)
+        rows = row_count(feeds)
+        if not self._queue and not self._forming and self._in_flight == 0 and not self._always_wait:
+            return await self._run_now(feeds, rows)
         loop = asyncio.get_running_loop()
         signature = batch_signature(feeds)
-        rows = row_count(feeds)
         pending = _Pending(feeds, rows, signature, loop.time(), loop.create_future())
         self._queue.append(pending)
         self._wake()
         return await pending.future
+
+    async def _run_now(self, feeds: Feeds, rows: int) -> Feeds:
+        """Idle: nothing to batch with, so run in the caller, skipping the collector's task and
+        future (two to four event-loop passes a request). Requests arriving meanwhile queue up
+        and batch as usual."""
+        caller = asyncio.current_task()
+        if caller is not None:
+            self._direct.add(caller)
+        self._in_flight += 1
+        try:
+            self._record(rows, 1)
+            return await self._run(feeds)
+        except asyncio.CancelledError:
+            if self._closed and caller is not None:
+                caller.uncancel()
+                raise UnavailableError(f"batcher {self.name!r} stopped") from None
+            raise
+        finally:
+            self._in_flight -= 1
+            if caller is not None:
+                self._direct.discard(caller)
+            self._wake()
 
     # --- collector ---------------------------------------------------------------------------
 

@@ -104,8 +104,12 @@ class DataPlane:
         span = trace.get_current_span()
         if decision.escalation is not None:
             self.metrics.escalations.add(
-                1, {"tier": self.identity.tier, "model": model.name,
-                    "reason": decision.escalation.value}
+                1,
+                {
+                    "tier": self.identity.tier,
+                    "model": model.name,
+                    "reason": decision.escalation.value,
+                },
             )
             span.set_attribute(tracing.ESCALATION_REASON, decision.escalation.value)
 
@@ -117,7 +121,9 @@ class DataPlane:
                 degraded = failure.reason
                 log.info(
                     "request %s answered at %s: escalation failed (%s)",
-                    request.id, self.identity.tier, failure.detail,
+                    request.id,
+                    self.identity.tier,
+                    failure.detail,
                 )
             else:
                 return self._relay(
@@ -126,6 +132,9 @@ class DataPlane:
 
         answer = self._answer(request, model, local, degraded, received_at)
         if degraded is not None:
+            self.metrics.degraded.add(
+                1, {"tier": self.identity.tier, "model": model.name, "reason": degraded.value}
+            )
             await self._keep_hard_example(request, answer, degraded)
         return answer
 

@@ -160,6 +160,7 @@ class DriftMonitor:
         self.min_rows = min_rows
         self.rearm = rearm
         self._raised: set[str] = set()
+        self._pending: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
 
     @classmethod
     def from_reference(
@@ -182,16 +183,38 @@ class DriftMonitor:
             histograms[signal] = RollingHistogram(edges, expected, window)
         return cls(histograms, min_rows=min_rows, rearm=rearm)
 
+    #: requests kept before they are folded into the histograms in one vectorised pass.
+    fold_every = 256
+
     def observe(self, x_rows: npt.ArrayLike, confidences: npt.ArrayLike) -> None:
-        """Add a request's input rows (one row per sample) and their per-row confidences."""
+        """Add a request's input rows (one row per sample) and their per-row confidences.
+
+        Cheap on the request path: the rows are kept and folded in later, all at once, when
+        the scores are read or enough requests are waiting."""
         x = np.asarray(x_rows)
         rows = x.shape[0] if x.ndim > 1 else 1
-        means = x.reshape(rows, -1).mean(axis=1, dtype=np.float64)
-        self.histograms[INPUT].add(means)
+        self._pending.append(
+            (x.reshape(rows, -1), np.asarray(confidences, dtype=np.float64).reshape(-1))
+        )
+        if len(self._pending) >= self.fold_every:
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold the kept rows into the rolling histograms."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if len(pending) == 1:
+            x, confidences = pending[0]
+        else:
+            x = np.concatenate([p[0] for p in pending if p[0].shape[1] == pending[0][0].shape[1]])
+            confidences = np.concatenate([p[1] for p in pending])
+        self.histograms[INPUT].add(x.mean(axis=1, dtype=np.float64))
         self.histograms[CONFIDENCE].add(confidences)
 
     def scores(self) -> dict[str, float]:
         """PSI per signal; a signal is absent until it has ``min_rows`` rows."""
+        self.fold()
         return {
             signal: hist.psi()
             for signal, hist in self.histograms.items()

@@ -246,7 +246,9 @@ class Site:
         await self.hub.start()
         remote = leaf_url or self.hub.leafnode_url
         self.leaf = NatsServer(
-            ServerConfig(name=self.site_name, jetstream_domain=self.site_name, leaf_remotes=[remote]),
+            ServerConfig(
+                name=self.site_name, jetstream_domain=self.site_name, leaf_remotes=[remote]
+            ),
             self.base / self.site_name,
         )
         await self.leaf.start()
@@ -274,4 +276,3 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 __all__ = ["NatsServer", "ServerConfig", "Site", "free_port", "server_binary"]
-

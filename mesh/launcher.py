@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,21 @@ def _die_with_parent() -> None:
 
 
 class NodeProcess:
-    """One ``mesh node`` process from a settings mapping; ready once it prints its ready line."""
+    """One ``mesh node`` process from a settings mapping; ready once it prints its ready line.
 
-    def __init__(self, name: str, settings: dict[str, Any], work_dir: Path) -> None:
+    ``env`` adds environment variables (``OTEL_*`` for instance) to the process's environment.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: dict[str, Any],
+        work_dir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.settings = settings
+        self.env = dict(env or {})
         self.config_path = work_dir / f"{name}.yaml"
         self.log_path = work_dir / f"{name}.log"
         self._proc: asyncio.subprocess.Process | None = None
@@ -56,6 +67,7 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.env)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.node", "--config", str(self.config_path),
             stdout=asyncio.subprocess.PIPE,
@@ -143,8 +155,14 @@ class EmbeddedMesh:
     DESIGN.md draws it. ``leaf_url`` lets a fault proxy sit on the leaf-to-hub link.
     """
 
-    def __init__(self, layout: MeshLayout, work_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        layout: MeshLayout,
+        work_dir: Path | None = None,
+        node_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.layout = layout
+        self.node_env = dict(node_env or {})
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="mesh-up-"))
         self.site = Site(self.work_dir / "nats")
@@ -207,7 +225,9 @@ class EmbeddedMesh:
         ]
         for tier, index in plan:
             name = f"{tier}-{index}"
-            node = NodeProcess(name, self.node_settings(tier, index), self.work_dir)
+            node = NodeProcess(
+                name, self.node_settings(tier, index), self.work_dir, env=self.node_env
+            )
             self.nodes[name] = node
             await node.start()
 

@@ -58,12 +58,20 @@ class MeshMetrics:
         )
         self._gauges: dict[str, list[GaugeSource]] = {}
 
-    def observe_gauge(self, name: str, description: str, source: GaugeSource) -> None:
-        """Register a callback that reports a gauge's current values (breaker state, backlog)."""
+    def observe_gauge(
+        self, name: str, description: str, source: GaugeSource
+    ) -> Callable[[], None]:
+        """Register a callback reporting a gauge's current values (breaker state, backlog);
+        returns the function that unregisters it."""
         sources = self._gauges.get(name)
+
+        def unregister() -> None:
+            if sources is not None and source in sources:
+                sources.remove(source)
+
         if sources is not None:
             sources.append(source)
-            return
+            return unregister
         sources = [source]
         self._gauges[name] = sources
 
@@ -73,6 +81,7 @@ class MeshMetrics:
                     yield Observation(value, attributes)
 
         self.meter.create_observable_gauge(name, callbacks=[callback], description=description)
+        return unregister
 
 
 _default: MeshMetrics | None = None

@@ -28,7 +28,7 @@ from mesh.endpoint import NatsEndpoint
 from mesh.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
 from mesh.http import HttpServer, Readiness, create_app
 from mesh.latency import LatencyTracker
-from mesh.metrics import MeshMetrics, default_metrics
+from mesh.metrics import GaugeSource, MeshMetrics, default_metrics
 from mesh.records import NodeStatus
 from mesh.repository import load_model
 from mesh.served import ServedModel
@@ -101,6 +101,15 @@ class TierNode:
             await stack.enter_async_context(served.runner)
             self.models.put(served)
 
+        self._gauge(
+            "mesh_model_info",
+            "Model versions in use: 1 per (tier, model, version) served now",
+            lambda: [
+                (1.0, {"tier": s.tier, "model": name, "version": version})
+                for name, version in self.models.versions().items()
+            ],
+        )
+
         if s.upstream is not None:
             self.upstream = self._make_upstream(self.nc)
 
@@ -109,16 +118,22 @@ class TierNode:
             await self.inbox.setup()
             if s.upstream is not None:
                 self.store = HardExampleStore(
-                    self.nc, tier=s.tier, node=s.node, settings=s.hard_examples,
+                    self.nc,
+                    tier=s.tier,
+                    node=s.node,
+                    settings=s.hard_examples,
                     metrics=self.metrics,
                 )
                 await self.store.setup()
                 self.forwarder = HardExampleForwarder(
-                    self.nc, tier=s.tier, upstream_tier=s.upstream.tier,
-                    settings=s.hard_examples, metrics=self.metrics,
+                    self.nc,
+                    tier=s.tier,
+                    upstream_tier=s.upstream.tier,
+                    settings=s.hard_examples,
+                    metrics=self.metrics,
                 )
                 await stack.enter_async_context(self.forwarder)
-                self.metrics.observe_gauge(
+                self._gauge(
                     "mesh_hard_example_backlog",
                     "Hard examples stored locally, not yet forwarded upstream",
                     self._backlog_values,
@@ -128,16 +143,23 @@ class TierNode:
             self.identity, self.models, self.upstream, self.store, metrics=self.metrics
         )
         self.endpoint = NatsEndpoint(
-            self.nc, self.dataplane, entry=s.entry, max_inflight=s.max_inflight,
+            self.nc,
+            self.dataplane,
+            entry=s.entry,
+            max_inflight=s.max_inflight,
             metrics=self.metrics,
         )
         await stack.enter_async_context(self.endpoint)
         self.registration = NodeRegistration(
-            self.nc, tier=s.tier, node=s.node, zone=s.zone, models=self.models.versions(),
+            self.nc,
+            tier=s.tier,
+            node=s.node,
+            zone=s.zone,
+            models=self.models.versions(),
             status=self.status,
         )
         await stack.enter_async_context(self.registration)
-        self.metrics.observe_gauge(
+        self._gauge(
             "mesh_drift_psi",
             "Population stability index of recent inputs and confidences against the training "
             "reference, by model and signal (0.1 moderate, 0.25 major)",
@@ -147,7 +169,10 @@ class TierNode:
         stack.push_async_callback(_cancel, watch)
         log.info(
             "node %s serving tier %s (models %s, upstream %s)",
-            s.node, s.tier, self.models.versions(), s.upstream.tier if s.upstream else None,
+            s.node,
+            s.tier,
+            self.models.versions(),
+            s.upstream.tier if s.upstream else None,
         )
 
     def _make_upstream(self, nc: NATS) -> UpstreamLink:
@@ -177,12 +202,10 @@ class TierNode:
             name=s.upstream.tier,
             on_transition=on_transition,
         )
-        self.metrics.observe_gauge(
+        self._gauge(
             "mesh_breaker_state",
             "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
-            lambda: [
-                (_STATE_VALUE[breaker.state], {"tier": s.tier, "upstream": breaker.name})
-            ],
+            lambda: [(_STATE_VALUE[breaker.state], {"tier": s.tier, "upstream": breaker.name})],
         )
         return UpstreamLink(
             NatsUpstream(nc, s.upstream.tier),
@@ -192,6 +215,9 @@ class TierNode:
             breaker=breaker,
             latency=latency,
         )
+
+    def _gauge(self, name: str, description: str, source: GaugeSource) -> None:
+        self._stack.callback(self.metrics.observe_gauge(name, description, source))
 
     def _batch_recorder(self, model: str) -> Callable[[int], None]:
         attributes = {"tier": self.settings.tier, "model": model}
@@ -256,7 +282,12 @@ class TierNode:
         }
         log.warning(
             "drift on %s@%s at node %s: %s PSI %.3f over %.2f",
-            model.name, model.version, s.node, signal, psi, self.drift_threshold,
+            model.name,
+            model.version,
+            s.node,
+            signal,
+            psi,
+            self.drift_threshold,
             extra={"fields": event},
         )
         try:

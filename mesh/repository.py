@@ -31,9 +31,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         verified = await asyncio.to_thread(verify_artifact, manifest, settings.manifest)
         path = path or verified
     assert path is not None
-    onnx = await asyncio.to_thread(
-        OnnxModel.load, path, intra_op_threads=settings.intra_op_threads
-    )
+    onnx = await asyncio.to_thread(OnnxModel.load, path, intra_op_threads=settings.intra_op_threads)
     await asyncio.to_thread(onnx.warmup)
     runner = ModelRunner(
         onnx,

@@ -63,11 +63,11 @@ class NatsSettings(BaseModel):
         if self.nkeys_seed is not None:
             options["nkeys_seed"] = str(self.nkeys_seed)
         if self.tls_ca is not None or self.tls_cert is not None:
-            context = ssl.create_default_context(
-                cafile=str(self.tls_ca) if self.tls_ca else None
-            )
+            context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
             if self.tls_cert is not None:
-                context.load_cert_chain(str(self.tls_cert), str(self.tls_key) if self.tls_key else None)
+                context.load_cert_chain(
+                    str(self.tls_cert), str(self.tls_key) if self.tls_key else None
+                )
             options["tls"] = context
         return options
 

@@ -72,8 +72,12 @@ class NatsUpstream:
                 DegradedReason.TIMEOUT,
                 f"{self.tier} tier did not answer within {timeout_s * 1000:.0f} ms",
             ) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError) as exc:
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.OutboundBufferLimitError,
+            nats.errors.StaleConnectionError,
+        ) as exc:
             raise UpstreamFailure(
                 DegradedReason.UPSTREAM_ERROR, f"NATS connection not usable: {exc!r}"
             ) from None

@@ -23,8 +23,20 @@ VERSION = 1
 
 #: dtypes a tensor may carry on the wire, by their numpy names.
 DTYPES: frozenset[str] = frozenset(
-    {"bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-     "float16", "float32", "float64"}
+    {
+        "bool",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    }
 )
 
 #: Residency labels, from most to least restrictive: the highest zone raw input may reach.
@@ -70,9 +82,8 @@ def decode_tensor(obj: object, name: str) -> Array:
         raise InvalidArgumentError(
             f"tensor {name!r} has dtype {dtype!r}; expected one of {sorted(DTYPES)}"
         )
-    if (
-        not isinstance(shape, list | tuple)
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidArgumentError(
             f"tensor {name!r} needs a shape of non-negative integers, got {shape!r}"

@@ -803,11 +803,13 @@ async def run_bench(
                 unavailable=ml_unavailable,
             ),
         }
+        rows["mesh_edge"].note = "novelty check stays on: ~1% out-of-distribution rows escalate"
         rows["mesh_link_mix"].note = "most answered at the edge; see answered_by"
         rows["peer_mlserver"].note = "parallel_workers=0 (model in the server process)"
         floor = Row(
             "ort_floor", "floor: ONNX Runtime in-process (edge int8)", None, [], max(lat, 1000), 0
         )
+        floor.note = "req/s here is sequential session.run calls in one thread"
         live = [r for r in rows.values() if r.call is not None]
 
         progress("warming up")

@@ -196,14 +196,17 @@ async def start_site_tiers(
     start_node: NodeFactory, demo: DemoArtifacts, leaf_url: str, *, gateway_threshold: float
 ) -> tuple[TierNode, TierNode]:
     gateway = await start_node(
-        "gateway", leaf_url,
+        "gateway",
+        leaf_url,
         [model_settings(demo, "gateway", threshold=gateway_threshold)],
         upstream=UpstreamSettings(tier="cloud", zone="cloud", breaker=FAST_BREAKER),
         zone="site",
         hard_examples=HardExampleSettings(upstream_domain="hub"),
     )
     edge = await start_node(
-        "edge", leaf_url, [model_settings(demo, "edge-int8")],
+        "edge",
+        leaf_url,
+        [model_settings(demo, "edge-int8")],
         upstream=UpstreamSettings(tier="gateway", zone="site", breaker=FAST_BREAKER),
         entry=True,
         hard_examples=HardExampleSettings(upstream_domain=None),
@@ -212,13 +215,18 @@ async def start_site_tiers(
 
 
 async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples_arrive_once(
-    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray,
+    linked: LinkedSite,
+    start_node: NodeFactory,
+    demo: DemoArtifacts,
+    digits: np.ndarray,
     tmp_path: Path,
 ) -> None:
     cloud = cloud_process(demo, linked.hub_url, tmp_path)
     await cloud.start()
     try:
-        gateway, _ = await start_site_tiers(start_node, demo, linked.leaf_url, gateway_threshold=1.01)
+        gateway, _ = await start_site_tiers(
+            start_node, demo, linked.leaf_url, gateway_threshold=1.01
+        )
         tally = Tally()
         async with await MeshClient.connect(linked.leaf_url) as client:
             await drive(client, digits, tally, 200, concurrency=8)
@@ -279,7 +287,9 @@ async def test_blackholed_link_opens_the_breaker_and_it_closes_after_the_link_re
 ) -> None:
     await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
     edge = await start_node(
-        "edge", linked.leaf_url, [model_settings(demo, "edge", threshold=1.01)],
+        "edge",
+        linked.leaf_url,
+        [model_settings(demo, "edge", threshold=1.01)],
         upstream=UpstreamSettings(tier="cloud", zone="cloud", breaker=FAST_BREAKER),
         entry=True,
     )
@@ -336,12 +346,17 @@ async def test_slow_link_with_a_small_budget_is_answered_locally_for_reason_budg
 ) -> None:
     await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
     edge = await start_node(
-        "edge", linked.leaf_url, [model_settings(demo, "edge", threshold=1.01)],
-        upstream=UpstreamSettings(tier="cloud", zone="cloud"), entry=True,
+        "edge",
+        linked.leaf_url,
+        [model_settings(demo, "edge", threshold=1.01)],
+        upstream=UpstreamSettings(tier="cloud", zone="cloud"),
+        entry=True,
     )
     linked.proxy.set_latency(150)  # each way: 300 ms added to the round trip
     async with await MeshClient.connect(linked.leaf_url) as client:
-        learned = [await client.infer("digits", digits[i : i + 1], budget_ms=3000) for i in range(6)]
+        learned = [
+            await client.infer("digits", digits[i : i + 1], budget_ms=3000) for i in range(6)
+        ]
         assert {r.tier for r in learned} == {"cloud"}
         assert edge.upstream is not None and edge.upstream.latency.p95 is not None
         p95 = edge.upstream.latency.p95
@@ -353,9 +368,11 @@ async def test_slow_link_with_a_small_budget_is_answered_locally_for_reason_budg
             answers.append((result, (time.monotonic() - t0) * 1000))
 
     waits = [ms for _, ms in answers]
+    tiers = Counter(r.tier for r, _ in answers)
+    reasons = Counter(r.reason for r, _ in answers)
     print(
-        f"\nslow link: upstream p95 {p95:.0f} ms; 100 ms budget answered at "
-        f"{Counter(r.tier for r, _ in answers)} with reasons {Counter(r.reason for r, _ in answers)}; "
+        f"\nslow link: upstream p95 {p95:.0f} ms; 100 ms budget answered at {tiers} "
+        f"with reasons {reasons}; "
         f"client wait p50 {statistics.median(waits):.1f} ms, max {max(waits):.1f} ms"
     )
     assert p95 >= 300
@@ -364,14 +381,20 @@ async def test_slow_link_with_a_small_budget_is_answered_locally_for_reason_budg
 
 
 async def test_cloud_process_killed_no_responders_is_handled_in_under_5_ms(
-    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray,
+    linked: LinkedSite,
+    start_node: NodeFactory,
+    demo: DemoArtifacts,
+    digits: np.ndarray,
     tmp_path: Path,
 ) -> None:
     cloud = cloud_process(demo, linked.hub_url, tmp_path)
     await cloud.start()
     edge = await start_node(
-        "edge", linked.leaf_url, [model_settings(demo, "edge", threshold=1.01)],
-        upstream=UpstreamSettings(tier="cloud", zone="cloud"), entry=True,
+        "edge",
+        linked.leaf_url,
+        [model_settings(demo, "edge", threshold=1.01)],
+        upstream=UpstreamSettings(tier="cloud", zone="cloud"),
+        entry=True,
     )
     try:
         async with await MeshClient.connect(linked.leaf_url) as client:
@@ -381,7 +404,9 @@ async def test_cloud_process_killed_no_responders_is_handled_in_under_5_ms(
 
             async def interest_gone() -> bool:
                 try:
-                    await client.nats.request(subjects.tier_infer("cloud", "digits"), b"", timeout=1)
+                    await client.nats.request(
+                        subjects.tier_infer("cloud", "digits"), b"", timeout=1
+                    )
                 except nats.errors.NoRespondersError:
                     return True
                 except nats.errors.TimeoutError:

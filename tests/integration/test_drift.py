@@ -33,8 +33,11 @@ async def test_shifted_digits_cross_the_drift_threshold_and_in_distribution_ones
     nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
 ) -> None:
     node = await start_node(
-        "edge", nats_server.url, [model_settings(demo, "edge", threshold=0.0)],
-        entry=True, node="edge-drift",
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge", threshold=0.0)],
+        entry=True,
+        node="edge-drift",
     )
     served = node.models.get("digits")
     assert served is not None and served.drift is not None
@@ -79,8 +82,6 @@ async def test_shifted_digits_cross_the_drift_threshold_and_in_distribution_ones
     assert event["psi"] > event["threshold"] == DEFAULT_THRESHOLD
     assert event["time"] > 0
     gauge = {
-        attrs["signal"]: value
-        for value, attrs in node.drift_values()
-        if attrs["model"] == "digits"
+        attrs["signal"]: value for value, attrs in node.drift_values() if attrs["model"] == "digits"
     }
     assert gauge["input"] > DEFAULT_THRESHOLD

@@ -74,9 +74,7 @@ async def node_process(
 
 
 @contextlib.asynccontextmanager
-async def running_prometheus(
-    binary: str, target: str, work: Path
-) -> AsyncIterator[str]:
+async def running_prometheus(binary: str, target: str, work: Path) -> AsyncIterator[str]:
     port = free_port()
     config = work / "prometheus.yml"
     config.write_text(
@@ -125,8 +123,11 @@ async def query(session: aiohttp.ClientSession, base: str, promql: str) -> float
 
 
 async def test_prometheus_reads_the_request_counter_of_a_running_node(
-    prometheus_binary: str, node_process: NodeProcess, nats_server: NatsServer,
-    demo: DemoArtifacts, tmp_path: Path,
+    prometheus_binary: str,
+    node_process: NodeProcess,
+    nats_server: NatsServer,
+    demo: DemoArtifacts,
+    tmp_path: Path,
 ) -> None:
     assert node_process.http_url is not None
     x = np.load(demo.test)["x"].astype(np.float32)
@@ -140,7 +141,7 @@ async def test_prometheus_reads_the_request_counter_of_a_running_node(
                 assert resp.status == 200, (probe, await resp.text())
         async with session.get(node_process.http_url + "/metrics") as resp:
             exposition = await resp.text()
-        assert f'{REQUESTS_METRIC}{{' in exposition, exposition[:2000]
+        assert f"{REQUESTS_METRIC}{{" in exposition, exposition[:2000]
 
         target = urlsplit(node_process.http_url).netloc
         promql = f'sum({REQUESTS_METRIC}{{tier="edge",model="digits"}})'

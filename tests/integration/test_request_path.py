@@ -36,12 +36,20 @@ async def start_chain(
 ) -> None:
     await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud")
     await start_node(
-        "gateway", url, [model_settings(demo, "gateway", threshold=gateway_threshold)],
-        upstream="cloud", zone="site",
+        "gateway",
+        url,
+        [model_settings(demo, "gateway", threshold=gateway_threshold)],
+        upstream="cloud",
+        zone="site",
     )
     await start_node(
-        "edge", url, [model_settings(demo, "edge", threshold=edge_threshold)],
-        upstream="gateway", upstream_zone="site", entry=True, zone="device",
+        "edge",
+        url,
+        [model_settings(demo, "edge", threshold=edge_threshold)],
+        upstream="gateway",
+        upstream_zone="site",
+        entry=True,
+        zone="device",
     )
 
 
@@ -64,13 +72,17 @@ async def test_confident_digits_answered_at_edge_and_unsure_ones_reach_the_cloud
         assert not r.degraded
     for r in at_cloud:
         assert [(h.tier, h.action) for h in r.path] == [
-            ("edge", "escalated"), ("gateway", "escalated"), ("cloud", "answered"),
+            ("edge", "escalated"),
+            ("gateway", "escalated"),
+            ("cloud", "answered"),
         ]
         edge_hop = r.path[0]
         assert edge_hop.confidence is not None
         # Unsure, or sure of an input unlike its training data (a few test digits are).
         assert (edge_hop.reason, edge_hop.confidence < 0.9) in {
-            ("low_confidence", True), ("novel", True), ("novel", False)
+            ("low_confidence", True),
+            ("novel", True),
+            ("novel", False),
         }
         assert r.model_version == r.path[-1].model_version
         assert r.path[0].latency_ms >= r.path[1].latency_ms >= r.path[2].latency_ms > 0
@@ -83,8 +95,11 @@ async def test_two_replicas_of_a_tier_share_the_load(
 ) -> None:
     for name in ("edge-a", "edge-b"):
         await start_node(
-            "edge", nats_server.url, [model_settings(demo, "edge", threshold=0.0)],
-            entry=True, node=name,
+            "edge",
+            nats_server.url,
+            [model_settings(demo, "edge", threshold=0.0)],
+            entry=True,
+            node=name,
         )
     x, _ = load_test_split(demo)
     async with await MeshClient.connect(nats_server.url) as client:
@@ -103,12 +118,19 @@ async def test_model_served_only_in_the_cloud_is_reached_from_the_edge(
         "cloud", nats_server.url, [model_settings(demo, "cloud", name="digits-xl")], zone="cloud"
     )
     await start_node(
-        "gateway", nats_server.url, [model_settings(demo, "gateway")],
-        upstream="cloud", zone="site",
+        "gateway",
+        nats_server.url,
+        [model_settings(demo, "gateway")],
+        upstream="cloud",
+        zone="site",
     )
     await start_node(
-        "edge", nats_server.url, [model_settings(demo, "edge")],
-        upstream="gateway", upstream_zone="site", entry=True,
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge")],
+        upstream="gateway",
+        upstream_zone="site",
+        entry=True,
     )
     x, y = load_test_split(demo)
     async with await MeshClient.connect(nats_server.url) as client:
@@ -116,7 +138,9 @@ async def test_model_served_only_in_the_cloud_is_reached_from_the_edge(
     assert result.tier == "cloud"
     assert result.model == "digits-xl"
     assert [(h.tier, h.action) for h in result.path] == [
-        ("edge", "forwarded"), ("gateway", "forwarded"), ("cloud", "answered"),
+        ("edge", "forwarded"),
+        ("gateway", "forwarded"),
+        ("cloud", "answered"),
     ]
     assert result.label == int(y[0])
 
@@ -124,7 +148,9 @@ async def test_model_served_only_in_the_cloud_is_reached_from_the_edge(
 async def test_residency_keeps_raw_input_below_the_allowed_zone(
     nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
 ) -> None:
-    await start_chain(start_node, demo, nats_server.url, edge_threshold=1.01, gateway_threshold=1.01)
+    await start_chain(
+        start_node, demo, nats_server.url, edge_threshold=1.01, gateway_threshold=1.01
+    )
     # A plain subscriber outside the queue groups sees every message on those subjects.
     import nats
 
@@ -188,13 +214,15 @@ def request(x: np.ndarray, model: str = "digits", **fields: object) -> bytes:
     ("payload", "code", "words"),
     [
         (b"\xc1\xff not msgpack", ErrorCode.INVALID_ARGUMENT, "not valid msgpack"),
-        (msgpack.packb({"v": 1, "id": "x", "model": "digits"}), ErrorCode.INVALID_ARGUMENT,
-         "missing the field"),
+        (
+            msgpack.packb({"v": 1, "id": "x", "model": "digits"}),
+            ErrorCode.INVALID_ARGUMENT,
+            "missing the field",
+        ),
         (request(np.zeros((1, 64), dtype=np.int32)), ErrorCode.INVALID_ARGUMENT, "must be float32"),
         (request(np.zeros((1, 63), dtype=np.float32)), ErrorCode.INVALID_ARGUMENT, "shape [N, 64]"),
         (request(np.zeros((64,), dtype=np.float32)), ErrorCode.INVALID_ARGUMENT, "shape [N, 64]"),
-        (request(np.zeros((17, 64), dtype=np.float32)), ErrorCode.RESOURCE_EXHAUSTED,
-         "at most 16"),
+        (request(np.zeros((17, 64), dtype=np.float32)), ErrorCode.RESOURCE_EXHAUSTED, "at most 16"),
     ],
     ids=["not-msgpack", "missing-field", "wrong-dtype", "wrong-shape", "wrong-rank", "oversized"],
 )

@@ -48,7 +48,8 @@ async def trace_of(
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         found = [
-            s for s in exporter.get_finished_spans()
+            s
+            for s in exporter.get_finished_spans()
             if s.context is not None and s.context.trace_id == trace_id
         ]
         if len(found) >= count or asyncio.get_running_loop().time() > deadline:
@@ -63,7 +64,8 @@ def a_test_digit(demo: DemoArtifacts) -> np.ndarray:
 
 def client_span(exporter: InMemorySpanExporter, request_id: str) -> ReadableSpan:
     [span] = [
-        s for s in exporter.get_finished_spans()
+        s
+        for s in exporter.get_finished_spans()
         if s.kind is SpanKind.PRODUCER
         and (s.attributes or {}).get(tracing.MESSAGE_ID) == request_id
     ]
@@ -76,7 +78,8 @@ def chain(spans: Sequence[ReadableSpan], root: ReadableSpan) -> list[ReadableSpa
     while True:
         assert path[-1].context is not None
         children = [
-            s for s in spans
+            s
+            for s in spans
             if s.parent is not None and s.parent.span_id == path[-1].context.span_id
         ]
         assert len(children) <= 1, [c.name for c in children]
@@ -86,18 +89,29 @@ def chain(spans: Sequence[ReadableSpan], root: ReadableSpan) -> list[ReadableSpa
 
 
 async def test_an_escalated_request_is_one_trace_from_client_to_cloud(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts,
+    nats_server: NatsServer,
+    start_node: NodeFactory,
+    demo: DemoArtifacts,
     spans: InMemorySpanExporter,
 ) -> None:
     url = nats_server.url
     await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud", node="cloud-t")
     await start_node(
-        "gateway", url, [model_settings(demo, "gateway", threshold=1.01)],
-        upstream="cloud", zone="site", node="gateway-t",
+        "gateway",
+        url,
+        [model_settings(demo, "gateway", threshold=1.01)],
+        upstream="cloud",
+        zone="site",
+        node="gateway-t",
     )
     await start_node(
-        "edge", url, [model_settings(demo, "edge", threshold=1.01)],
-        upstream="gateway", upstream_zone="site", entry=True, node="edge-t",
+        "edge",
+        url,
+        [model_settings(demo, "edge", threshold=1.01)],
+        upstream="gateway",
+        upstream_zone="site",
+        entry=True,
+        node="edge-t",
     )
     async with await MeshClient.connect(url) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
@@ -127,7 +141,9 @@ async def test_an_escalated_request_is_one_trace_from_client_to_cloud(
 
     processes = [s.attributes or {} for s in path if s.kind is SpanKind.CONSUMER]
     assert [(a[tracing.TIER], a[tracing.NODE]) for a in processes] == [
-        ("edge", "edge-t"), ("gateway", "gateway-t"), ("cloud", "cloud-t"),
+        ("edge", "edge-t"),
+        ("gateway", "gateway-t"),
+        ("cloud", "cloud-t"),
     ]
     assert [a[tracing.ESCALATED] for a in processes] == [True, True, False]
     for a in processes:
@@ -143,12 +159,18 @@ async def test_an_escalated_request_is_one_trace_from_client_to_cloud(
 
 
 async def test_a_degraded_request_shows_its_reason_on_the_edge_spans(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts,
+    nats_server: NatsServer,
+    start_node: NodeFactory,
+    demo: DemoArtifacts,
     spans: InMemorySpanExporter,
 ) -> None:
     await start_node(
-        "edge", nats_server.url, [model_settings(demo, "edge", threshold=1.01)],
-        upstream="cloud", entry=True, node="edge-alone",
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge", threshold=1.01)],
+        upstream="cloud",
+        entry=True,
+        node="edge-alone",
     )
     async with await MeshClient.connect(nats_server.url) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
@@ -158,7 +180,9 @@ async def test_a_degraded_request_shows_its_reason_on_the_edge_spans(
     assert root.context is not None
     path = chain(await trace_of(spans, root.context.trace_id, 3), root)
     assert [s.name for s in path] == [
-        "send mesh.infer.digits", "process mesh.infer.digits", "send mesh.cloud.infer.digits",
+        "send mesh.infer.digits",
+        "process mesh.infer.digits",
+        "send mesh.cloud.infer.digits",
     ]
     process, send = path[1], path[2]
     assert (process.attributes or {})[tracing.DEGRADED] is True

@@ -157,9 +157,7 @@ async def test_single_caller_does_not_wait_out_the_window() -> None:
 
 async def test_always_wait_holds_a_lone_request_for_the_window() -> None:
     model = FakeModel()
-    async with MicroBatcher(
-        model, max_batch_size=32, max_delay_ms=50, always_wait=True
-    ) as batcher:
+    async with MicroBatcher(model, max_batch_size=32, max_delay_ms=50, always_wait=True) as batcher:
         start = time.monotonic()
         await batcher.submit(_req(1))
         assert time.monotonic() - start >= 0.045

@@ -139,7 +139,12 @@ def test_request_round_trip_keeps_every_dtype_shape_and_value(dtype: str) -> Non
     np.testing.assert_array_equal(out.inputs["x"], array)
     assert out.inputs["empty"].shape == (0, 5)
     assert (out.id, out.model, out.budget_ms, out.residency, out.hops, out.parameters) == (
-        req.id, req.model, req.budget_ms, req.residency, req.hops, req.parameters,
+        req.id,
+        req.model,
+        req.budget_ms,
+        req.residency,
+        req.hops,
+        req.parameters,
     )
 
 
@@ -172,7 +177,11 @@ def test_response_round_trip_keeps_answer_path_and_degraded_flag() -> None:
 
     assert isinstance(out, InferResponse)
     assert (out.id, out.model, out.model_version, out.tier, out.node) == (
-        "req-1", "digits", "3", "gateway", "gw-1",
+        "req-1",
+        "digits",
+        "3",
+        "gateway",
+        "gw-1",
     )
     np.testing.assert_array_equal(out.outputs["probabilities"], resp.outputs["probabilities"])
     assert not out.outputs["probabilities"].flags.writeable
@@ -423,7 +432,11 @@ def test_hard_example_round_trip_keeps_request_answer_and_trace_link() -> None:
     out = decode_hard_example(encode_hard_example(example))
 
     assert (out.id, out.model, out.tier, out.node, out.reason) == (
-        "req-1", "digits", "device", "dev-1", "breaker_open",
+        "req-1",
+        "digits",
+        "device",
+        "dev-1",
+        "breaker_open",
     )
     assert out.created_at == example.created_at
     assert out.answer == example.answer
@@ -439,7 +452,10 @@ def test_hard_example_of_a_local_answer_takes_tier_node_and_answer_from_it() -> 
     example = HardExample.of(_request(), answer, "timeout", created_at=5.0)
 
     assert (example.id, example.model, example.tier, example.node) == (
-        "req-1", "digits", "device", "dev-1",
+        "req-1",
+        "digits",
+        "device",
+        "dev-1",
     )
     assert example.answer == LocalAnswer(labels=[2], confidence=0.3, model_version="1")
     assert decode_hard_example(encode_hard_example(example)).reason == "timeout"
@@ -517,7 +533,10 @@ def test_decode_node_status_rejects_bad_field_naming_the_problem(
 # --- fuzz: a malformed message raises InvalidArgumentError and nothing else -------------------
 
 DECODERS: list[Callable[[bytes], object]] = [
-    decode_request, decode_reply, decode_hard_example, decode_node_status,
+    decode_request,
+    decode_reply,
+    decode_hard_example,
+    decode_node_status,
 ]
 
 msgpack_values = st.recursive(
@@ -528,8 +547,9 @@ msgpack_values = st.recursive(
     | st.text(max_size=8)
     | st.binary(max_size=16)
     | st.sampled_from(["any", "site", "float32", "uint8", "error", "infer_response", "x"]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 

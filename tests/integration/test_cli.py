@@ -1,0 +1,123 @@
+"""The ``mesh`` command as a user runs it: a node from a config file, ``infer``, ``up``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import psutil
+import yaml
+
+from mesh.embedded import NatsServer
+from mesh.models.demo import DemoArtifacts
+
+MESH = [sys.executable, "-m", "services.cli"]
+
+
+async def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *MESH,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_node_runs_from_a_config_file_with_env_overrides_and_answers_mesh_infer(
+    nats_server: NatsServer, demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    config = tmp_path / "edge.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tier": "edge",
+                "node": "from-file",
+                "entry": True,
+                "nats": {"servers": ["nats://127.0.0.1:1"]},
+                "models": [{"name": "digits", "manifest": str(demo.edge)}],
+                "http_port": None,
+            }
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *MESH,
+        "node",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={
+            **os.environ,
+            "MESH_NATS__SERVERS": json.dumps([nats_server.url]),
+            "MESH_NODE": "from-env",
+        },
+    )
+    try:
+        assert proc.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "node exited before it was ready"
+            if line.startswith("MESH_NODE_READY"):
+                break
+        assert "node=from-env" in line
+
+        sample = tmp_path / "one.npy"
+        import numpy as np
+
+        np.save(sample, np.load(demo.test)["x"][:1].astype(np.float32))
+        code, out, err = await run("infer", "digits", str(sample), "--servers", nats_server.url)
+        assert code == 0, err
+        answer = json.loads(out)
+        assert answer["tier"] == "edge" and answer["node"] == "from-env"
+        assert answer["labels"] == [int(np.load(demo.test)["y"][0])]
+
+        code, out, err = await run("infer", "nosuch", str(sample), "--servers", nats_server.url)
+        assert code == 2
+        assert "NOT_FOUND" in err or "UNAVAILABLE" in err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_started(
+    demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *MESH,
+        "up",
+        "--cache",
+        str(demo.root),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode().strip()
+        assert line.startswith("MESH_NATS_URL=nats://"), line
+        url = line.split("=", 1)[1]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 5  # hub, site, cloud, gateway, edge
+
+        sample = tmp_path / "x.npz"
+        import numpy as np
+
+        np.savez(sample, x=np.load(demo.test)["x"][:1].astype(np.float32))
+        code, out, err = await run("infer", "digits", str(sample), "--servers", url)
+        assert code == 0, err
+        assert json.loads(out)["tier"] in {"edge", "gateway", "cloud"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0
+    _, still = psutil.wait_procs(children, timeout=10)
+    assert still == [], f"left running: {still}"
