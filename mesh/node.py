@@ -58,7 +58,7 @@ class TierNode:
         self.endpoint: NatsEndpoint | None = None
         self.http: HttpServer | None = None
         self.registration: NodeRegistration | None = None
-        self.drift_threshold = drift.DEFAULT_THRESHOLD
+        self.drift_threshold = settings.drift_threshold
         self._stack = AsyncExitStack()
         self._started = False
         self.readiness.add("nats", self._nats_problem)

@@ -214,6 +214,9 @@ class NodeSettings(BaseSettings):
     hard_examples: HardExampleSettings = Field(default_factory=HardExampleSettings)
     max_inflight: int = 1024
     """Requests handled at once; more get RESOURCE_EXHAUSTED."""
+    drift_threshold: float = 0.25
+    """Population stability index of inputs or confidences that raises a drift event
+    (0.1 is a moderate shift, 0.25 a major one)."""
     max_hops: int = 8
     """Escalations a request may take before it is refused (a loop guard)."""
     http_host: str = "127.0.0.1"

@@ -258,5 +258,20 @@ def validate(manifest: Path, test_npz: Path, profile: tuple[str, ...],
         sys.exit(1)
 
 
+@main.command()
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Write the report as JSON here.")
+@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE / "demo",
+              show_default=True, help="Where the demo models are built and cached.")
+@click.option("--requests", "requests", type=click.IntRange(min=50), default=None,
+              help="Requests to send (default 3,000 at 100/s; 600 at 50/s with --quick).")
+@click.option("--quick", is_flag=True, help="A short run (about 12 s of load) for smoke tests.")
+def demo(report_path: Path | None, cache: Path, requests: int | None, quick: bool) -> None:
+    """Run the whole mesh, send the digits test split through it, cut the WAN link, report."""
+    from services.demo import demo_main
+
+    sys.exit(demo_main(cache, requests, quick, report_path))
+
+
 if __name__ == "__main__":
     main()

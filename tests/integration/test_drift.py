@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import msgpack
 import nats
 import numpy as np
@@ -81,6 +84,8 @@ async def test_shifted_digits_cross_the_drift_threshold_and_in_distribution_ones
     assert (event["node"], event["tier"], event["model"]) == ("edge-drift", "edge", "digits")
     assert event["psi"] > event["threshold"] == DEFAULT_THRESHOLD
     assert event["time"] > 0
+    schema = json.loads((Path(__file__).parents[2] / "schemas/drift-event.schema.json").read_text())
+    jsonschema.validate(event, schema)
     gauge = {
         attrs["signal"]: value for value, attrs in node.drift_values() if attrs["model"] == "digits"
     }
