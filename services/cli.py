@@ -100,6 +100,7 @@ def up(cache: Path, edge_replicas: int) -> None:
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C."""
     from mesh.launcher import EmbeddedMesh, MeshLayout
     from mesh.models.demo import ensure_demo
+    from mesh.models.validate import require_valid
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -108,6 +109,11 @@ def up(cache: Path, edge_replicas: int) -> None:
             loop.add_signal_handler(sig, stop.set)
         click.echo(f"demo models in {cache} (built on first run)", err=True)
         demo = await asyncio.to_thread(ensure_demo, cache)
+        reports = await asyncio.to_thread(
+            require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
+        )
+        for report in reports:
+            click.echo(f"evidence gate: {report.summary()}", err=True)
         mesh = EmbeddedMesh(
             MeshLayout(
                 edge_manifest=demo.edge_int8, gateway_manifest=demo.gateway,

@@ -10,7 +10,7 @@ report names each failing figure in words; the demo and the rollout refuse a fai
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,3 +200,17 @@ def validate_model(
         quality=used_quality,
         failures=judge(p99, memory, accuracy, used_profile, used_quality),
     )
+
+
+def require_valid(
+    manifests: Sequence[Path | str], test_npz: Path | str, *, runs: int = 200
+) -> list[ValidationReport]:
+    """The evidence gate before serving: measure each model here, raise if any fails."""
+    reports = [validate_model(m, test_npz, runs=runs) for m in manifests]
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise InvalidArgumentError(
+            "refusing to serve models that fail their evidence gate:\n"
+            + "\n".join(r.summary() for r in failed)
+        )
+    return reports

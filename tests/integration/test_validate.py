@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from mesh.errors import InvalidArgumentError
 from mesh.models.demo import DemoArtifacts
-from mesh.models.manifest import HardwareProfile, QualityTarget
-from mesh.models.validate import judge, validate_model
+from mesh.models.manifest import (
+    HardwareProfile,
+    QualityTarget,
+    artifact_path,
+    load_manifest,
+    save_manifest,
+)
+from mesh.models.validate import judge, require_valid, validate_model
 
 
 def test_the_int8_edge_model_passes_its_own_profile(demo: DemoArtifacts) -> None:
@@ -65,3 +74,17 @@ def test_judge_reports_memory_and_accuracy_drop() -> None:
         "peak memory +80.0 MB is over the ceiling of 64 MB",
         "accuracy 0.9500 is 3.00 points under 1-edge (0.9800); at most 1.00 points allowed",
     ]
+
+
+def test_the_gate_before_serving_refuses_a_model_whose_profile_is_too_tight(
+    demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    manifest = load_manifest(demo.edge_int8)
+    shutil.copy(artifact_path(manifest, demo.edge_int8), tmp_path / manifest.artifact)
+    manifest.profile = HardwareProfile(latency_p99_ms=0.0001, memory_mb=manifest.profile.memory_mb)
+    tight = tmp_path / "tight.manifest.json"
+    save_manifest(manifest, tight)
+    assert len(require_valid([demo.edge_int8, demo.cloud], demo.test, runs=50)) == 2
+    with pytest.raises(InvalidArgumentError, match="refusing to serve") as caught:
+        require_valid([demo.edge_int8, tight], demo.test, runs=50)
+    assert "p99 latency" in str(caught.value)
