@@ -223,7 +223,8 @@ class TierNode:
         attributes = {"tier": self.settings.tier, "model": model}
 
         def record(rows: int) -> None:
-            self.metrics.batch_size.record(rows, attributes)
+            # Off the request's path: recorded once the loop is done with this pass.
+            asyncio.get_running_loop().call_soon(self.metrics.batch_size.record, rows, attributes)
 
         return record
 

@@ -35,6 +35,7 @@ import nats.js.errors
 import numpy as np
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -51,18 +52,27 @@ from rich.text import Text
 
 from mesh import MeshClient, MeshError, tracing
 from mesh.discovery import status_subject
+from mesh.embedded import NatsServer
 from mesh.faults import FaultProxy
-from mesh.hardexamples import inbox_stream
+from mesh.hardexamples import inbox_stream, local_stream
 from mesh.launcher import EmbeddedMesh, MeshLayout
 from mesh.models.demo import ensure_demo
 from mesh.records import decode_node_status
 from mesh.telemetry import install_tracing
 
 MODEL = "digits"
-GATEWAY = "gateway-0"
+GATEWAY_TIER = "gateway"
+GATEWAY = f"{GATEWAY_TIER}-0"
+PANEL_WIDTH = 104
 TIER_ORDER = ("edge", "gateway", "cloud")
 TIER_STYLE = {"edge": "green", "gateway": "yellow", "cloud": "cyan"}
 BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
+TRANSITION_TEXT = {
+    "closed->open": "gateway breaker to the cloud [bold red]opens[/]: the gateway answers alone",
+    "open->half_open": "gateway breaker [yellow]half-open[/]: one probe goes to the cloud",
+    "half_open->open": "probe failed: the breaker [bold red]opens[/] again, for longer",
+    "half_open->closed": "probe answered: the breaker [green]closes[/], escalation resumes",
+}
 
 #: the gateway's breaker on its cloud link: trips after 3 failures, probes after 0.5 s, growing
 #: to 2 s; fast enough that the display shows it open and closing again within the outage.
@@ -100,6 +110,23 @@ class DemoConfig:
         if quick:
             return cls(requests=requests or 600, rate_per_s=50.0, cache=cache)
         return cls(requests=requests or 3000, cache=cache)
+
+
+class _UnadvertisedHub(NatsServer):
+    """The hub, keeping its leafnode address to itself.
+
+    A hub tells every leaf its own leafnode URLs, and a leaf retries those after its configured
+    remote: once cut, the site would reconnect straight to the hub, around the fault proxy, within
+    a second. ``no_advertise`` keeps the proxy the only way in, so the cut lasts as long as the
+    demo says.
+    """
+
+    def _render_config(self) -> str:
+        return (
+            super()
+            ._render_config()
+            .replace("leafnodes {\n", "leafnodes {\n  no_advertise: true\n", 1)
+        )
 
 
 # --- the OTLP receiver and the span tree ------------------------------------------------------
@@ -222,7 +249,7 @@ def draw_span_tree(spans: Sequence[SpanRecord]) -> list[str]:
         parent = span.parent_id if span.parent_id in ids else None
         children.setdefault(parent, []).append(span)
     origin = min(s.start_ns for s in spans)
-    lines: list[str] = []
+    lines = [f"{'start':>10} {'duration':>10}  [node] span"]
 
     def walk(parent: str | None, depth: int) -> None:
         kids = sorted(children.get(parent, []), key=lambda s: s.start_ns)
@@ -232,13 +259,13 @@ def draw_span_tree(spans: Sequence[SpanRecord]) -> list[str]:
             where = span.node or span.service
             extra = ""
             answered = span.attributes.get(tracing.ANSWERED_BY)
-            if answered:
+            if answered and depth == 0:
                 extra = f"  → answered by {answered}"
             reason = span.attributes.get(tracing.DEGRADED_REASON)
             if reason:
                 extra += f"  ! {reason}"
             lines.append(
-                f"+{(span.start_ns - origin) / 1e6:7.2f} ms {span.duration_ms:7.2f} ms  "
+                f"+{(span.start_ns - origin) / 1e6:6.2f} ms {span.duration_ms:7.2f} ms  "
                 f"{branch}[{where}] {span.name}{extra}"
             )
             walk(span.span_id, depth + 1)
@@ -364,7 +391,8 @@ def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) ->
     grid.add_row(
         "requests",
         Text.assemble(
-            f"sent {_n(tally.sent)}   answered {_n(tally.answered)}   errors ", lost,
+            f"sent {_n(tally.sent)}   answered {_n(tally.answered)}   errors ",
+            lost,
             f"   in flight {tally.in_flight}",
         ),
     )
@@ -399,6 +427,7 @@ def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) ->
         border_style="blue",
         box=box.ROUNDED,
         padding=(0, 1),
+        width=PANEL_WIDTH,
     )
 
 
@@ -432,6 +461,8 @@ class DemoRun:
         self.hub_nc: NATS | None = None
         self.work_dir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
         self._event_sink: Callable[[str], None] = lambda line: None
+        self._seen: dict[str, int] = {}
+        self._chain = "closed"
 
     def step(self, text: str) -> None:
         self.console.print(f"[green]✓[/] {text}")
@@ -459,9 +490,7 @@ class DemoRun:
         self.y: np.ndarray = split["y"].astype(np.int64)
 
         await self.receiver.start()
-        install_tracing(
-            "mesh-demo", "demo", processors=[SimpleSpanProcessor(self.client_spans)]
-        )
+        install_tracing("mesh-demo", "demo", processors=[SimpleSpanProcessor(self.client_spans)])
         self.mesh = EmbeddedMesh(
             MeshLayout(
                 edge_manifest=demo.edge_int8,
@@ -477,8 +506,10 @@ class DemoRun:
                 "OTEL_BSP_SCHEDULE_DELAY": "200",
             },
         )
+        site = self.mesh.site
+        site.hub = _UnadvertisedHub(site.hub.config, site.hub.work_dir)
         with self.console.status("starting NATS hub and site leaf server"):
-            await self.mesh.site.hub.start()
+            await site.hub.start()
             self.proxy = FaultProxy("127.0.0.1", self.mesh.site.hub.leaf_port)
             await self.proxy.start()
             await self.mesh.start_servers(leaf_url=self.proxy.url)
@@ -544,7 +575,9 @@ class DemoRun:
             t0 = time.monotonic()
             try:
                 result = await self.client.infer(
-                    MODEL, self.x[row : row + 1], budget_ms=self.config.budget_ms,
+                    MODEL,
+                    self.x[row : row + 1],
+                    budget_ms=self.config.budget_ms,
                     request_id=uuid.uuid4().hex,
                 )
             except MeshError as error:
@@ -612,29 +645,64 @@ class DemoRun:
     # -- observation ---------------------------------------------------------------------------
 
     async def poll_status(self) -> None:
-        assert self.client is not None
-        while True:
-            with contextlib.suppress(nats.errors.Error, MeshError, asyncio.TimeoutError):
-                msg = await self.client.nats.request(status_subject(GATEWAY), b"", timeout=0.5)
-                status = decode_node_status(msg.data)
-                state = status.breakers.get("cloud", next(iter(status.breakers.values()), "?"))
-                if state != self.view.breaker and self.view.breaker != "?":
-                    self.view.transitions.append(
-                        Transition(round(self.clock.now(), 2), self.view.breaker, state)
-                    )
-                    style = BREAKER_STYLE.get(state, "white")
-                    self.event(f"gateway breaker → cloud: [{style}]{state}[/]")
-                self.view.breaker = state
-                self.view.backlog = status.backlog
-                self.view.backlog_peak = max(self.view.backlog_peak, status.backlog)
-            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, MeshError):
-                self.view.delivered = await self.delivered()
-            await asyncio.sleep(self.config.poll_interval_s)
+        async with aiohttp.ClientSession() as session:
+            while True:
+                await self.poll_once(session)
+                await asyncio.sleep(self.config.poll_interval_s)
 
-    async def delivered(self) -> int:
-        assert self.hub_nc is not None
+    async def poll_once(self, session: aiohttp.ClientSession) -> None:
+        with contextlib.suppress(nats.errors.Error, MeshError, asyncio.TimeoutError):
+            await self.poll_breaker()
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            self.observe_transitions(await self.gateway_metrics(session))
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            self.view.backlog = await self.stream_messages(
+                self.site_js(), local_stream(GATEWAY_TIER)
+            )
+            self.view.backlog_peak = max(self.view.backlog_peak, self.view.backlog)
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            assert self.hub_nc is not None
+            self.view.delivered = await self.stream_messages(
+                self.hub_nc.jetstream(), inbox_stream("cloud")
+            )
+
+    async def poll_breaker(self) -> None:
+        assert self.client is not None
+        msg = await self.client.nats.request(status_subject(GATEWAY), b"", timeout=0.5)
+        status = decode_node_status(msg.data)
+        self.view.breaker = status.breakers.get("cloud", next(iter(status.breakers.values()), "?"))
+
+    def observe_transitions(self, metrics: dict[str, float]) -> None:
+        """New breaker transitions since the last scrape, in the order the state machine allows.
+
+        A probe in HALF_OPEN takes a millisecond, far less than a poll interval: the gateway's
+        transition counters see every change where its status record shows only the current state.
+        """
+        counts = _transition_counts(metrics)
+        new = {k: n - self._seen.get(k, 0) for k, n in counts.items() if n > self._seen.get(k, 0)}
+        self._seen = counts
+        at = round(self.clock.now(), 2)
+        while new:
+            key = next((k for k in new if k.startswith(f"{self._chain}->")), next(iter(new)))
+            before, _, after = key.partition("->")
+            self.view.transitions.append(Transition(at, before, after))
+            self.event(TRANSITION_TEXT.get(key, f"gateway breaker: {key}"))
+            new[key] -= 1
+            if new[key] == 0:
+                del new[key]
+            self._chain = after
+
+    def site_js(self) -> JetStreamContext:
+        # The gateway's own backlog figure (its status record) is refreshed by its forwarder only
+        # between deliveries, and the forwarder waits on the first undeliverable example for as
+        # long as the link is cut: the stream itself is the live figure.
+        assert self.client is not None and self.mesh is not None
+        return self.client.nats.jetstream(domain=self.mesh.site.site_name)
+
+    @staticmethod
+    async def stream_messages(js: JetStreamContext, stream: str) -> int:
         try:
-            info = await self.hub_nc.jetstream().stream_info(inbox_stream("cloud"), )
+            info = await js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             return 0
         return int(info.state.messages)
@@ -693,18 +761,22 @@ class DemoRun:
         correct = sum(n for row, n in counts.items() if labels[row] == int(self.y[row]))
         return correct / max(sum(counts.values()), 1), len(labels)
 
-    async def gateway_metrics(self) -> dict[str, float]:
+    async def gateway_metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
         """Counters of the gateway's Prometheus endpoint that the report uses."""
         assert self.mesh is not None
         url = self.mesh.nodes[GATEWAY].http_url
         if url is None:
             return {}
-        async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with session.get(f"{url}/metrics", timeout=timeout) as resp:
             text = await resp.text()
         figures: dict[str, float] = {}
         for line in text.splitlines():
-            match = re.match(r"^(mesh_upstream_bytes\w*_total|mesh_breaker_transitions\w*_total)"
-                             r"(\{[^}]*\})?\s+(\S+)$", line)
+            match = re.match(
+                r"^(mesh_upstream_bytes\w*_total|mesh_breaker_transitions\w*_total)"
+                r"(\{[^}]*\})?\s+(\S+)$",
+                line,
+            )
             if match:
                 key = match.group(1) + (match.group(2) or "")
                 figures[key] = figures.get(key, 0.0) + float(match.group(3))
@@ -723,7 +795,8 @@ class DemoRun:
             return None, []
         trace_id = mine[0].trace_id
         spans = [
-            s for s in self.client_spans.get_finished_spans()
+            s
+            for s in self.client_spans.get_finished_spans()
             if s.context is not None and format(s.context.trace_id, "032x") == trace_id
         ]
         records = [SpanRecord.of(s) for s in spans] + self.receiver.spans.get(trace_id, [])
@@ -733,10 +806,15 @@ class DemoRun:
         cfg = self.config
         async with self.started():
             self.console.print(
-                f"[bold]sending {_n(cfg.requests)} requests[/] (the digits test split, "
+                f"\n[bold]sending {_n(cfg.requests)} requests[/] (the digits test split, "
                 f"{len(self.x)} rows, repeated) at {cfg.rate_per_s:.0f}/s, up to "
-                f"{cfg.concurrency} in flight, budget {cfg.budget_ms:.0f} ms; the site's link "
-                f"to the hub is cut from {cfg.cut_from:.0%} to {cfg.cut_to:.0%} of the run"
+                f"{cfg.concurrency} in flight, budget {cfg.budget_ms:.0f} ms.\n"
+                "The edge answers what it is sure of and passes the rest up to the gateway, "
+                "which passes what it is unsure of to the cloud.\n"
+                f"From {cfg.cut_from:.0%} to {cfg.cut_to:.0%} of the run the site's link to the "
+                "hub is cut: the gateway answers on its own (degraded) and keeps those cases as "
+                "hard examples for the cloud.\n",
+                style="default",
             )
             self.clock = Clock()
             stop = asyncio.Event()
@@ -763,7 +841,8 @@ class DemoRun:
                     await cut
             with self.console.status("asking the cloud tier alone the same questions"):
                 cloud_accuracy, unique = await self.cloud_only()
-                metrics = await self.gateway_metrics()
+                async with aiohttp.ClientSession() as session:
+                    metrics = await self.gateway_metrics(session)
                 await asyncio.sleep(0.5)
                 trace_id, spans = self.traced()
             return self.report(run_s, drain_s, cloud_accuracy, unique, metrics, trace_id, spans)
@@ -816,11 +895,7 @@ class DemoRun:
             "breaker_transitions": [
                 {"at_s": t.at_s, "from": t.before, "to": t.after} for t in view.transitions
             ],
-            "breaker_transition_counts": {
-                k.split("{", 1)[1].rstrip("}") if "{" in k else k: int(v)
-                for k, v in metrics.items()
-                if k.startswith("mesh_breaker_transitions")
-            },
+            "breaker_transition_counts": _transition_counts(metrics),
             "hard_examples": {
                 "buffered": tally.degraded_by_tier["gateway"],
                 "delivered": view.delivered,
@@ -848,6 +923,16 @@ class DemoRun:
                 "tree": draw_span_tree(spans),
             },
         }
+
+
+def _transition_counts(metrics: dict[str, float]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for key, value in metrics.items():
+        if not key.startswith("mesh_breaker_transitions"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+        counts[f"{labels.get('from', '?')}->{labels.get('to', '?')}"] += int(value)
+    return dict(counts)
 
 
 def _round(value: float | None) -> float | None:
@@ -941,6 +1026,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             border_style="green" if ok else "red",
             box=box.ROUNDED,
             padding=(0, 1),
+            width=PANEL_WIDTH,
         )
     )
 
@@ -971,7 +1057,9 @@ async def _run_interruptibly(run: DemoRun) -> dict[str, Any]:
 
 def demo_main(cache: Path, requests: int | None, quick: bool, report_path: Path | None) -> int:
     """Run the demo; the exit status: 0, 1 when a request was lost or failed, 130 interrupted."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True, width=110)
     config = DemoConfig.of(cache, requests, quick)
     run = DemoRun(config, console)
     try:

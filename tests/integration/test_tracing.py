@@ -190,3 +190,39 @@ async def test_a_degraded_request_shows_its_reason_on_the_edge_spans(
     assert (process.attributes or {})[tracing.ESCALATED] is False
     assert (send.attributes or {})[tracing.DEGRADED_REASON] == "no_responders"
     assert send.status.status_code is StatusCode.ERROR
+
+
+async def test_a_forwarded_hard_example_links_back_to_the_trace_it_came_from(
+    nats_server: NatsServer,
+    start_node: NodeFactory,
+    demo: DemoArtifacts,
+    spans: InMemorySpanExporter,
+) -> None:
+    await start_node(
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge", threshold=1.01)],
+        upstream="cloud",
+        entry=True,
+    )
+    async with await MeshClient.connect(nats_server.url) as client:
+        result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
+        assert result.reason == "no_responders"
+        # The cloud comes up: its inbox stream appears and the backlog is forwarded to it.
+        await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
+    origin = client_span(spans, result.id).context
+    assert origin is not None
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        forwards = [
+            s for s in spans.get_finished_spans() if s.name == "send mesh.learn.cloud.digits"
+        ]
+        if forwards or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    [forward] = forwards
+    assert forward.kind is SpanKind.PRODUCER
+    assert (forward.attributes or {})[tracing.MESSAGE_ID] == result.id
+    assert [link.context.trace_id for link in forward.links] == [origin.trace_id]
+    assert forward.context is not None and forward.context.trace_id != origin.trace_id

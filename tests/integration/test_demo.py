@@ -1,0 +1,85 @@
+"""``mesh demo --quick`` end to end: real NATS servers, node processes, a cut link, a report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh.models.demo import DemoArtifacts
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+REPORT_KEYS = {
+    "requests",
+    "answered",
+    "lost",
+    "by_tier",
+    "accuracy",
+    "cloud_only_accuracy",
+    "degraded",
+    "latency_ms",
+    "upstream_bytes",
+    "cloud_only_upstream_bytes",
+    "breaker_transitions",
+    "hard_examples",
+    "trace",
+}
+
+
+def test_quick_demo_loses_nothing_through_the_outage_and_writes_a_full_report(
+    demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_"))}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "demo",
+            "--quick",
+            "--cache",
+            str(demo.root),
+            "--report",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(proc.stdout.splitlines()) < 200  # progress lines, not a flood
+
+    report = json.loads(report_path.read_text())
+    assert set(report) >= REPORT_KEYS
+    assert report["lost"] == 0
+    assert report["answered"] == report["requests"] > 0
+    assert report["degraded"]["count"] > 0
+    assert set(report["degraded"]["reasons"]) <= {
+        "no_responders",
+        "breaker_open",
+        "timeout",
+        "upstream_error",
+        "budget",
+    }
+    assert set(report["by_tier"]) <= {"edge", "gateway", "cloud"}
+    assert sum(report["by_tier"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert 0.0 < report["accuracy"] <= 1.0 and 0.0 < report["cloud_only_accuracy"] <= 1.0
+    assert 0 < report["upstream_bytes"] < report["cloud_only_upstream_bytes"]
+    assert all({"p50", "p99"} <= set(v) for v in report["latency_ms"].values())
+    assert any(t["to"] == "open" for t in report["breaker_transitions"])
+    hard = report["hard_examples"]
+    assert hard["buffered"] > 0
+    assert hard["delivered"] == hard["buffered"]
+    trace = report["trace"]
+    assert trace["trace_id"] and len(trace["trace_id"]) == 32
+    tree = "\n".join(trace["tree"])
+    for node in ("demo", "edge-", "gateway-0", "cloud-0"):
+        assert f"[{node}" in tree
