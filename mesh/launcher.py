@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import sys
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +66,18 @@ class NodeProcess:
         return self._proc is not None and self._proc.returncode is None
 
     async def start(self, timeout: float = 60.0) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
+        await asyncio.to_thread(
+            self.config_path.write_text, yaml.safe_dump(self.settings, sort_keys=False)
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.env)
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.node", "--config", str(self.config_path),
+            sys.executable,
+            "-m",
+            "services.node",
+            "--config",
+            str(self.config_path),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
@@ -84,17 +92,22 @@ class NodeProcess:
             ) from None
         self._log_task = asyncio.create_task(self._copy_log())
 
+    def _append_log(self, lines: list[bytes]) -> None:
+        with self.log_path.open("ab") as log:
+            log.writelines(lines)
+
     async def _wait_ready(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        with self.log_path.open("ab") as log:
+        lines: list[bytes] = []
+        try:
             while True:
                 line = await self._proc.stdout.readline()
                 if not line:
+                    output = b"".join(lines).decode(errors="replace")[-3000:]
                     raise UnavailableError(
-                        f"node {self.name} exited during start-up; see {self.log_path}:\n"
-                        + self.log_path.read_text(errors="replace")[-3000:]
+                        f"node {self.name} exited during start-up; see {self.log_path}:\n{output}"
                     )
-                log.write(line)
+                lines.append(line)
                 text = line.decode(errors="replace").strip()
                 if text.startswith(READY_PREFIX):
                     for part in text.split()[1:]:
@@ -102,13 +115,13 @@ class NodeProcess:
                         if key == "http":
                             self.http_url = value
                     return
+        finally:
+            await asyncio.to_thread(self._append_log, lines)
 
     async def _copy_log(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        with self.log_path.open("ab") as log:
-            while line := await self._proc.stdout.readline():
-                log.write(line)
-                log.flush()
+        while line := await self._proc.stdout.readline():
+            await asyncio.to_thread(self._append_log, [line])
 
     async def kill(self) -> None:
         """SIGKILL, as a crash would."""
@@ -164,7 +177,9 @@ class EmbeddedMesh:
         self.layout = layout
         self.node_env = dict(node_env or {})
         self._own_dir = work_dir is None
-        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="mesh-up-"))
+        self.work_dir = Path(
+            work_dir or Path(tempfile.gettempdir()) / f"mesh-up-{uuid.uuid4().hex}"
+        )
         self.site = Site(self.work_dir / "nats")
         self.nodes: dict[str, NodeProcess] = {}
 
@@ -178,6 +193,7 @@ class EmbeddedMesh:
         return self.site.hub.url
 
     async def start_servers(self, leaf_url: str | None = None) -> None:
+        await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
         await self.site.hub.start()
         await self.site.start(leaf_url)
 
@@ -243,9 +259,7 @@ class EmbeddedMesh:
     async def close(self) -> None:
         await self.stop()
         if self._own_dir:
-            import shutil
-
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self.work_dir, True)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -58,9 +58,7 @@ class MeshMetrics:
         )
         self._gauges: dict[str, list[GaugeSource]] = {}
 
-    def observe_gauge(
-        self, name: str, description: str, source: GaugeSource
-    ) -> Callable[[], None]:
+    def observe_gauge(self, name: str, description: str, source: GaugeSource) -> Callable[[], None]:
         """Register a callback reporting a gauge's current values (breaker state, backlog);
         returns the function that unregisters it."""
         sources = self._gauges.get(name)

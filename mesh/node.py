@@ -20,7 +20,7 @@ import msgpack
 import nats
 from nats.aio.client import Client as NATS
 
-from mesh import drift, subjects, wire
+from mesh import subjects, wire
 from mesh.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from mesh.dataplane import DataPlane, ModelTable, TierIdentity
 from mesh.discovery import NodeRegistration

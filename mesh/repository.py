@@ -22,17 +22,23 @@ from mesh.settings import ModelSettings
 DEFAULT_THRESHOLD = 0.9
 
 
-async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
-    """Load, verify and warm a model for ``tier``; the caller starts and stops its runner."""
+def _load_artifact(settings: ModelSettings) -> tuple[ModelManifest | None, OnnxModel]:
+    """The blocking part, for a worker thread: read, verify, load and warm up."""
     manifest: ModelManifest | None = None
     path: Path | None = settings.path
     if settings.manifest is not None:
         manifest = load_manifest(settings.manifest)
-        verified = await asyncio.to_thread(verify_artifact, manifest, settings.manifest)
+        verified = verify_artifact(manifest, settings.manifest)
         path = path or verified
     assert path is not None
-    onnx = await asyncio.to_thread(OnnxModel.load, path, intra_op_threads=settings.intra_op_threads)
-    await asyncio.to_thread(onnx.warmup)
+    onnx = OnnxModel.load(path, intra_op_threads=settings.intra_op_threads)
+    onnx.warmup()
+    return manifest, onnx
+
+
+async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
+    """Load, verify and warm a model for ``tier``; the caller starts and stops its runner."""
+    manifest, onnx = await asyncio.to_thread(_load_artifact, settings)
     runner = ModelRunner(
         onnx,
         max_batch_size=settings.batching.max_batch_size,

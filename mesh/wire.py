@@ -10,6 +10,7 @@ The JSON Schema of each message kind is in ``schemas/``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,14 +283,19 @@ def encode_request(req: InferRequest) -> bytes:
 def decode_request(data: bytes) -> InferRequest:
     obj = _unpack_map(data, "inference request")
     what = "inference request"
+    kind = obj.get("kind", "infer_request")
+    if kind != "infer_request":
+        raise InvalidArgumentError(f"expected an infer_request, got a message of kind {kind!r}")
     residency = obj.get("residency", "any")
     if not isinstance(residency, str) or residency not in RESIDENCY_LABELS:
         raise InvalidArgumentError(
             f"residency {residency!r} is not one of {sorted(RESIDENCY_LABELS)}"
         )
     budget = _require(obj, "budget_ms", (int, float), what)
-    if budget != budget or budget < 0:
-        raise InvalidArgumentError(f"budget_ms must be a non-negative number, got {budget!r}")
+    if not math.isfinite(budget) or budget < 0:
+        raise InvalidArgumentError(
+            f"budget_ms must be a finite, non-negative number, got {budget!r}"
+        )
     hops = obj.get("hops", 0)
     if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
         raise InvalidArgumentError(f"hops must be a non-negative integer, got {hops!r}")

@@ -35,8 +35,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config", type=click.Path(path_type=Path, exists=True), default=None,
-              help="YAML settings file; MESH_* environment variables override it.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="YAML settings file; MESH_* environment variables override it.",
+)
 def node(config: Path | None) -> None:
     """Run one tier node."""
     from services.node import main as node_main
@@ -47,15 +52,24 @@ def node(config: Path | None) -> None:
 @main.command()
 @click.argument("model")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--servers", default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
-              show_default="$MESH_NATS_URL or nats://127.0.0.1:4222", help="NATS server URL.")
+@click.option(
+    "--servers",
+    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
+    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+    help="NATS server URL.",
+)
 @click.option("--budget-ms", default=1000.0, show_default=True, help="Time budget of the request.")
-@click.option("--residency", default="any", show_default=True,
-              type=click.Choice(["device", "site", "cloud", "any"]),
-              help="Highest zone the raw input may reach.")
+@click.option(
+    "--residency",
+    default="any",
+    show_default=True,
+    type=click.Choice(["device", "site", "cloud", "any"]),
+    help="Highest zone the raw input may reach.",
+)
 @click.option("--row", type=int, default=None, help="Send only this row of the array.")
-def infer(model: str, file: Path, servers: str, budget_ms: float, residency: str,
-          row: int | None) -> None:
+def infer(
+    model: str, file: Path, servers: str, budget_ms: float, residency: str, row: int | None
+) -> None:
     """Send FILE.npy (or the `x` array of an .npz) as one request to MODEL; print the answer."""
     from mesh import MeshClient, MeshError
 
@@ -79,8 +93,12 @@ def infer(model: str, file: Path, servers: str, budget_ms: float, residency: str
             "degraded": result.degraded,
             "reason": result.reason,
             "path": [
-                {"tier": h.tier, "node": h.node, "action": h.action,
-                 "latency_ms": round(h.latency_ms, 3)}
+                {
+                    "tier": h.tier,
+                    "node": h.node,
+                    "action": h.action,
+                    "latency_ms": round(h.latency_ms, 3),
+                }
                 for h in result.path
             ],
         }
@@ -93,8 +111,13 @@ def infer(model: str, file: Path, servers: str, budget_ms: float, residency: str
 
 
 @main.command()
-@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE / "demo",
-              show_default=True, help="Where the demo models are built and cached.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CACHE / "demo",
+    show_default=True,
+    help="Where the demo models are built and cached.",
+)
 @click.option("--edge-replicas", default=1, show_default=True)
 def up(cache: Path, edge_replicas: int) -> None:
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C."""
@@ -116,8 +139,10 @@ def up(cache: Path, edge_replicas: int) -> None:
             click.echo(f"evidence gate: {report.summary()}", err=True)
         mesh = EmbeddedMesh(
             MeshLayout(
-                edge_manifest=demo.edge_int8, gateway_manifest=demo.gateway,
-                cloud_manifest=demo.cloud, edge_replicas=edge_replicas,
+                edge_manifest=demo.edge_int8,
+                gateway_manifest=demo.gateway,
+                cloud_manifest=demo.cloud,
+                edge_replicas=edge_replicas,
             )
         )
         try:
@@ -156,12 +181,26 @@ def build_demo(out: Path, seed: int) -> None:
 
 @main.command()
 @click.option("--quick", is_flag=True, help="Tiny request counts and one trial (a smoke run).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
-              default=None, help="Write the figures and ratios as JSON here.")
-@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE / "demo",
-              show_default=True, help="Where the demo models are built and cached.")
-@click.option("--mlserver", envvar="MESH_BENCH_MLSERVER", default=None,
-              help="The mlserver executable of a separate venv, for the MLServer peer row.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the figures and ratios as JSON here.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CACHE / "demo",
+    show_default=True,
+    help="Where the demo models are built and cached.",
+)
+@click.option(
+    "--mlserver",
+    envvar="MESH_BENCH_MLSERVER",
+    default=None,
+    help="The mlserver executable of a separate venv, for the MLServer peer row.",
+)
 def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None) -> None:
     """Benchmark the mesh against the NATS and ONNX Runtime floor and against HTTP peers."""
     from services.bench import bench_main, render
@@ -182,10 +221,19 @@ def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None
 
 @models.command("quantize")
 @click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--test", "test_npz", type=click.Path(path_type=Path, exists=True), required=True,
-              help="Held-out split (.npz with x, y) to compare the variants on.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Manifest of the int8 variant (default: <name>-int8.manifest.json beside it).")
+@click.option(
+    "--test",
+    "test_npz",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Held-out split (.npz with x, y) to compare the variants on.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Manifest of the int8 variant (default: <name>-int8.manifest.json beside it).",
+)
 def quantize(manifest: Path, test_npz: Path, out: Path | None) -> None:
     """Write an int8 variant of MANIFEST's model; report size, latency and accuracy."""
     from mesh.models.manifest import (
@@ -214,17 +262,40 @@ def quantize(manifest: Path, test_npz: Path, out: Path | None) -> None:
 
 @models.command("calibrate")
 @click.argument("edge", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.argument("upstream", nargs=-1, required=True,
-                type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--calib", "calib_npz", type=click.Path(path_type=Path, exists=True), required=True,
-              help="Labelled calibration split (.npz with x, y); not the test split.")
-@click.option("--max-drop", default=0.005, show_default=True,
-              help="Largest cascade accuracy drop allowed against the top model alone.")
-@click.option("--plot", type=click.Path(path_type=Path), default=None,
-              help="Write the curve (share local against cascade accuracy) as a PNG.")
+@click.argument(
+    "upstream",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+)
+@click.option(
+    "--calib",
+    "calib_npz",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Labelled calibration split (.npz with x, y); not the test split.",
+)
+@click.option(
+    "--max-drop",
+    default=0.005,
+    show_default=True,
+    help="Largest cascade accuracy drop allowed against the top model alone.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the curve (share local against cascade accuracy) as a PNG.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the thresholds without writing them.")
-def calibrate(edge: Path, upstream: tuple[Path, ...], calib_npz: Path, max_drop: float,
-              plot: Path | None, dry_run: bool) -> None:
+def calibrate(
+    edge: Path,
+    upstream: tuple[Path, ...],
+    calib_npz: Path,
+    max_drop: float,
+    plot: Path | None,
+    dry_run: bool,
+) -> None:
     """Pick each tier's threshold (EDGE, then UPSTREAM manifests up to the top) for a target."""
     from mesh.models.calibrate import calibrate as run
     from mesh.models.calibrate import plot_curves
@@ -240,14 +311,25 @@ def calibrate(edge: Path, upstream: tuple[Path, ...], calib_npz: Path, max_drop:
 
 @models.command("validate")
 @click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--test", "test_npz", type=click.Path(path_type=Path, exists=True), required=True,
-              help="Held-out split (.npz with x, y).")
-@click.option("--profile", "profile", multiple=True, metavar="KEY=VALUE",
-              help="Override the manifest's hardware profile, e.g. latency_p99_ms=0.01.")
+@click.option(
+    "--test",
+    "test_npz",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Held-out split (.npz with x, y).",
+)
+@click.option(
+    "--profile",
+    "profile",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override the manifest's hardware profile, e.g. latency_p99_ms=0.01.",
+)
 @click.option("--min-accuracy", type=float, default=None, help="Override the quality target.")
 @click.option("--runs", default=500, show_default=True, help="Single-row runs to time.")
-def validate(manifest: Path, test_npz: Path, profile: tuple[str, ...],
-             min_accuracy: float | None, runs: int) -> None:
+def validate(
+    manifest: Path, test_npz: Path, profile: tuple[str, ...], min_accuracy: float | None, runs: int
+) -> None:
     """Measure latency, memory and accuracy here; exit 1 when the manifest's targets fail."""
     from mesh.models.validate import validate_model
 
@@ -265,12 +347,27 @@ def validate(manifest: Path, test_npz: Path, profile: tuple[str, ...],
 
 
 @main.command()
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
-              default=None, help="Write the report as JSON here.")
-@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE / "demo",
-              show_default=True, help="Where the demo models are built and cached.")
-@click.option("--requests", "requests", type=click.IntRange(min=50), default=None,
-              help="Requests to send (default 3,000 at 100/s; 600 at 50/s with --quick).")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the report as JSON here.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CACHE / "demo",
+    show_default=True,
+    help="Where the demo models are built and cached.",
+)
+@click.option(
+    "--requests",
+    "requests",
+    type=click.IntRange(min=50),
+    default=None,
+    help="Requests to send (default 3,000 at 100/s; 600 at 50/s with --quick).",
+)
 @click.option("--quick", is_flag=True, help="A short run (about 12 s of load) for smoke tests.")
 def demo(report_path: Path | None, cache: Path, requests: int | None, quick: bool) -> None:
     """Run the whole mesh, send the digits test split through it, cut the WAN link, report."""

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -52,7 +54,6 @@ from rich.text import Text
 
 from mesh import MeshClient, MeshError, tracing
 from mesh.discovery import status_subject
-from mesh.embedded import NatsServer
 from mesh.faults import FaultProxy
 from mesh.hardexamples import inbox_stream, local_stream
 from mesh.launcher import EmbeddedMesh, MeshLayout
@@ -110,23 +111,6 @@ class DemoConfig:
         if quick:
             return cls(requests=requests or 600, rate_per_s=50.0, cache=cache)
         return cls(requests=requests or 3000, cache=cache)
-
-
-class _UnadvertisedHub(NatsServer):
-    """The hub, keeping its leafnode address to itself.
-
-    A hub tells every leaf its own leafnode URLs, and a leaf retries those after its configured
-    remote: once cut, the site would reconnect straight to the hub, around the fault proxy, within
-    a second. ``no_advertise`` keeps the proxy the only way in, so the cut lasts as long as the
-    demo says.
-    """
-
-    def _render_config(self) -> str:
-        return (
-            super()
-            ._render_config()
-            .replace("leafnodes {\n", "leafnodes {\n  no_advertise: true\n", 1)
-        )
 
 
 # --- the OTLP receiver and the span tree ------------------------------------------------------
@@ -206,8 +190,6 @@ class OtlpReceiver:
     async def _export(self, request: web.Request) -> web.Response:
         body = await request.read()
         if request.headers.get("Content-Encoding") == "gzip":
-            import gzip
-
             body = gzip.decompress(body)
         message = ExportTraceServiceRequest()
         try:
@@ -324,6 +306,7 @@ class LinkView:
     cut_at_s: float | None = None
     healed_at_s: float | None = None
     relinked_at_s: float | None = None
+    drained_at_s: float | None = None
 
 
 class Clock:
@@ -507,7 +490,6 @@ class DemoRun:
             },
         )
         site = self.mesh.site
-        site.hub = _UnadvertisedHub(site.hub.config, site.hub.work_dir)
         with self.console.status("starting NATS hub and site leaf server"):
             await site.hub.start()
             self.proxy = FaultProxy("127.0.0.1", self.mesh.site.hub.leaf_port)
@@ -559,8 +541,6 @@ class DemoRun:
         if self.proxy is not None:
             await self.proxy.stop()
         await self.receiver.stop()
-        import shutil
-
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # -- load ----------------------------------------------------------------------------------
@@ -659,7 +639,12 @@ class DemoRun:
             self.view.backlog = await self.stream_messages(
                 self.site_js(), local_stream(GATEWAY_TIER)
             )
-            self.view.backlog_peak = max(self.view.backlog_peak, self.view.backlog)
+            view = self.view
+            view.backlog_peak = max(view.backlog_peak, view.backlog)
+            recovered = view.healed_at_s is not None and view.drained_at_s is None
+            if recovered and view.backlog == 0 and view.backlog_peak:
+                view.drained_at_s = self.clock.now()
+                self.event(f"hard-example backlog drained: {view.backlog_peak} sent to the hub")
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             assert self.hub_nc is not None
             self.view.delivered = await self.stream_messages(
@@ -728,7 +713,7 @@ class DemoRun:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 3.0)
             self.console.print(
-                plain_line(cfg, self.tally, self.view, self.clock.now()), highlight=False
+                plain_line(cfg, self.tally, self.view, self.clock.now()), markup=False
             )
 
     async def wait_drained(self) -> float:
@@ -825,7 +810,11 @@ class DemoRun:
                 await self.drive()
                 await cut
                 run_s = self.clock.now()
-                self.event("all requests answered; waiting for the hard-example backlog to drain")
+                waiting = self.view.backlog or self.view.delivered < self.tally.degraded
+                self.event(
+                    "all requests answered"
+                    + ("; waiting for the hard-example backlog to drain" if waiting else "")
+                )
                 drain_s = await self.wait_drained()
                 self.event(
                     f"backlog {self.view.backlog}, {self.view.delivered} hard examples at the hub"
@@ -901,6 +890,7 @@ class DemoRun:
                 "delivered": view.delivered,
                 "backlog_peak": view.backlog_peak,
                 "backlog_left": view.backlog,
+                "drained_at_s": _round(view.drained_at_s),
             },
             "link": {
                 "cut_at_s": _round(view.cut_at_s),
@@ -995,17 +985,19 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             f"cut at {link['cut_at_s']:.1f} s, restored at {link['restored_at_s']:.1f} s, "
             f"leaf back at {link['leaf_reconnected_at_s'] or float('nan'):.1f} s",
         )
-    transitions = "  ".join(
-        f"{t['at_s']:.1f}s {t['from']}→{t['to']}" for t in report["breaker_transitions"]
-    )
-    facts.add_row("gateway breaker", transitions or "no transition seen")
+    facts.add_row("gateway breaker", _breaker_summary(report["breaker_transitions"]))
     hard = report["hard_examples"]
     facts.add_row(
         "hard examples",
         Text.assemble(
             f"buffered {_n(hard['buffered'])}   delivered to the hub ",
             (_n(hard["delivered"]), "green" if hard["delivered"] == hard["buffered"] else "red"),
-            f"   backlog peak {_n(hard['backlog_peak'])}, drained in {report['drain_s']:.1f} s",
+            f"   backlog peak {_n(hard['backlog_peak'])}"
+            + (
+                f", drained at {hard['drained_at_s']:.1f} s"
+                if hard["drained_at_s"] is not None
+                else ""
+            ),
         ),
     )
 
@@ -1029,6 +1021,21 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             width=PANEL_WIDTH,
         )
     )
+
+
+def _breaker_summary(transitions: list[dict[str, Any]]) -> str:
+    if not transitions:
+        return "no transition seen"
+    opened = next((t["at_s"] for t in transitions if t["to"] == "open"), None)
+    failed = sum(1 for t in transitions if (t["from"], t["to"]) == ("half_open", "open"))
+    closed = [t["at_s"] for t in transitions if t["to"] == "closed"]
+    parts = []
+    if opened is not None:
+        parts.append(f"opened at {opened:.1f} s")
+    parts.append(f"{failed} failed probe{'s' if failed != 1 else ''}")
+    if closed:
+        parts.append(f"closed at {closed[-1]:.1f} s")
+    return ", ".join(parts) + f"   ({len(transitions)} transitions)"
 
 
 # --- entry point ------------------------------------------------------------------------------

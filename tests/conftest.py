@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from mesh.embedded import NatsServer, ServerConfig, Site
 from mesh.models.demo import DemoArtifacts, ensure_demo
@@ -22,6 +23,13 @@ from mesh.settings import (
 
 for _name in [n for n in os.environ if n.startswith("MESH_")]:
     del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fails a test when the mesh's own code makes a blocking call on the event loop."""
+    with blockbuster_ctx(scanned_modules=["mesh"]) as bb:
+        yield bb
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,9 @@ from mesh.embedded import NatsServer
 from mesh.launcher import NodeProcess
 from mesh.models.demo import DemoArtifacts
 
+#: the first run on a fresh machine installs Prometheus with apt in the set-up of this test.
+pytestmark = pytest.mark.timeout(1200)
+
 REQUESTS = 25
 #: the OpenTelemetry counter ``mesh_requests`` as the Prometheus exporter names it.
 REQUESTS_METRIC = "mesh_requests_total"

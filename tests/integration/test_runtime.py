@@ -123,8 +123,8 @@ async def test_batched_results_equal_unbatched_for_200_concurrent_requests(
 async def test_cheap_batches_run_inline_and_costly_ones_in_the_worker_thread(
     digits_model_path: Path, digits: np.ndarray
 ) -> None:
-    model = OnnxModel.load(digits_model_path)
-    model.warmup(rows=32, repeats=3)
+    model = await asyncio.to_thread(OnnxModel.load, digits_model_path)
+    await asyncio.to_thread(model.warmup, 32, 3)
     model.single_row_seconds = 10e-6
     model.per_row_seconds_batched = 1e-6
     async with ModelRunner(model, max_batch_size=1, inline_below_us=150.0) as runner:
@@ -137,7 +137,7 @@ async def test_cheap_batches_run_inline_and_costly_ones_in_the_worker_thread(
 
 
 async def test_runner_warms_a_cold_model_and_reports_state(digits_model_path: Path) -> None:
-    model = OnnxModel.load(digits_model_path)
+    model = await asyncio.to_thread(OnnxModel.load, digits_model_path)
     runner = ModelRunner(model)
     cold = runner.warm
     async with runner:
