@@ -76,10 +76,11 @@ class NatsEndpoint:
                 await sub.unsubscribe()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=drain_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            while pending:
+                # Cancel again until done: a cancel can be lost inside a 3.11 wait_for.
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.5)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -210,6 +210,7 @@ class HardExampleForwarder:
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
         self._metrics = metrics or default_metrics()
 
     async def start(self) -> None:
@@ -218,13 +219,17 @@ class HardExampleForwarder:
             self._watch = asyncio.create_task(self._watch_backlog(), name=f"backlog-{self.tier}")
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [t for t in (self._task, self._watch) if t is not None]
         self._task = self._watch = None
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # A cancel can be lost: Python 3.11's wait_for (inside nats-py's fetch) drops it
+            # when the wait ends at the same moment. Cancel again until the task is done.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("hard-example task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _watch_backlog(self, every: float = 0.5) -> None:
         # Read apart from forwarding: while the link is down the forwarder sits retrying one
@@ -245,7 +250,7 @@ class HardExampleForwarder:
     async def _run(self) -> None:
         sub = await self._subscribe()
         try:
-            while True:
+            while not self._stopping:
                 try:
                     messages = await sub.fetch(self._batch, timeout=1.0)
                 except TimeoutError:

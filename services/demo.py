@@ -58,6 +58,7 @@ from mesh.faults import FaultProxy
 from mesh.hardexamples import inbox_stream, local_stream
 from mesh.launcher import EmbeddedMesh, MeshLayout
 from mesh.models.demo import ensure_demo
+from mesh.models.validate import require_valid
 from mesh.records import decode_node_status
 from mesh.telemetry import install_tracing
 
@@ -468,6 +469,14 @@ class DemoRun:
         with self.console.status(f"demo models in {cfg.cache} (built on the first run)"):
             demo = await asyncio.to_thread(ensure_demo, cfg.cache)
         self.step(f"demo models ready in {cfg.cache}")
+        with self.console.status("evidence gate: latency, memory and accuracy of each model here"):
+            reports = await asyncio.to_thread(
+                require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
+            )
+        self.step(
+            "evidence gate passed: "
+            + ", ".join(f"{r.version} p99 {r.latency_p99_ms:.2f} ms" for r in reports)
+        )
         split = np.load(demo.test)
         self.x: np.ndarray = split["x"].astype(np.float32)
         self.y: np.ndarray = split["y"].astype(np.int64)
