@@ -15,6 +15,15 @@ import numpy as np
 DEFAULT_CACHE = Path(os.environ.get("MESH_CACHE_DIR", Path.home() / ".cache" / "edge-mesh"))
 
 
+cache_option = click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CACHE / "demo",
+    show_default=True,
+    help="Where the demo models are built and cached (built on the first run).",
+)
+
+
 class MeshGroup(click.Group):
     """Turns the mesh's typed errors into a one-line message and exit status 2."""
 
@@ -111,13 +120,7 @@ def infer(
 
 
 @main.command()
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_CACHE / "demo",
-    show_default=True,
-    help="Where the demo models are built and cached.",
-)
+@cache_option
 @click.option("--edge-replicas", default=1, show_default=True)
 def up(cache: Path, edge_replicas: int) -> None:
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C."""
@@ -188,13 +191,7 @@ def build_demo(out: Path, seed: int) -> None:
     default=None,
     help="Write the figures and ratios as JSON here.",
 )
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_CACHE / "demo",
-    show_default=True,
-    help="Where the demo models are built and cached.",
-)
+@cache_option
 @click.option(
     "--mlserver",
     envvar="MESH_BENCH_MLSERVER",
@@ -354,13 +351,7 @@ def validate(
     default=None,
     help="Write the report as JSON here.",
 )
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_CACHE / "demo",
-    show_default=True,
-    help="Where the demo models are built and cached.",
-)
+@cache_option
 @click.option(
     "--requests",
     "requests",
