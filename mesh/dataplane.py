@@ -8,6 +8,7 @@ degraded and keep the case as a hard example for store-and-forward. The NATS ada
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class DataPlane:
         self.hard_examples = hard_examples
         self.metrics = metrics or default_metrics()
         self._clock = clock
+        self._recording: set[asyncio.Task[None]] = set()
 
     async def infer(self, request: wire.InferRequest, received_at: float) -> wire.InferResponse:
         """Answer ``request``, received at ``received_at`` (this tier's clock)."""
@@ -135,7 +137,7 @@ class DataPlane:
             self.metrics.degraded.add(
                 1, {"tier": self.identity.tier, "model": model.name, "reason": degraded.value}
             )
-            await self._keep_hard_example(request, answer, degraded)
+            self._keep_hard_example(request, answer, degraded)
         return answer
 
     async def _forward(self, request: wire.InferRequest, received_at: float) -> wire.InferResponse:
@@ -263,16 +265,34 @@ class DataPlane:
             reason=degraded.value if degraded is not None else None,
         )
 
-    async def _keep_hard_example(
+    def _keep_hard_example(
         self, request: wire.InferRequest, answer: wire.InferResponse, reason: DegradedReason
     ) -> None:
+        """Record the case beside the reply, not before it: a degraded answer is needed most
+        when things are slow, and must not wait for the store. ``close`` waits for them."""
         if self.hard_examples is None or reason is DegradedReason.RESIDENCY:
             # Residency forbids the raw input leaving this zone, later as much as now.
             return
+        task = asyncio.create_task(self._record(self.hard_examples, request, answer, reason))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    @staticmethod
+    async def _record(
+        sink: HardExampleSink,
+        request: wire.InferRequest,
+        answer: wire.InferResponse,
+        reason: DegradedReason,
+    ) -> None:
         try:
-            await self.hard_examples.record(request, answer, reason.value)
+            await sink.record(request, answer, reason.value)
         except Exception:
             log.exception("could not keep hard example %s", request.id)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Wait for hard examples still being recorded."""
+        if self._recording:
+            await asyncio.wait(set(self._recording), timeout=timeout)
 
     def _elapsed_ms(self, received_at: float) -> float:
         return (self._clock() - received_at) * 1000.0

@@ -142,6 +142,7 @@ class TierNode:
         self.dataplane = DataPlane(
             self.identity, self.models, self.upstream, self.store, metrics=self.metrics
         )
+        stack.push_async_callback(self.dataplane.close)
         self.endpoint = NatsEndpoint(
             self.nc,
             self.dataplane,
