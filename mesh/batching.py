@@ -183,6 +183,11 @@ class MicroBatcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def busy(self) -> bool:
+        """Requests are queued, being collected, or running."""
+        return bool(self._queue or self._forming or self._in_flight)
+
     async def __aenter__(self) -> MicroBatcher:
         await self.start()
         return self

@@ -32,7 +32,7 @@ from mesh.metrics import GaugeSource, MeshMetrics, default_metrics
 from mesh.records import NodeStatus
 from mesh.repository import load_model
 from mesh.served import ServedModel
-from mesh.settings import NodeSettings
+from mesh.settings import ModelSettings, NodeSettings
 from mesh.upstream import NatsUpstream, UpstreamLink
 
 log = logging.getLogger("mesh.node")
@@ -175,6 +175,33 @@ class TierNode:
             self.models.versions(),
             s.upstream.tier if s.upstream else None,
         )
+
+    async def swap_model(self, settings: ModelSettings, drain_seconds: float = 10.0) -> str | None:
+        """Serve another version of a model without dropping a request; returns the old version.
+
+        The new version is loaded and warmed beside the old one, then takes new requests at
+        once. A request takes its model from the table and enters that model's batcher with no
+        await in between, so once the old batcher is idle nothing can still reach it."""
+        assert self._started, "start the node first"
+        served = await load_model(settings, self.settings.tier)
+        served.runner.batcher.on_batch = self._batch_recorder(served.name)
+        await served.runner.start()
+        self._stack.push_async_callback(served.runner.stop)
+        old = self.models.put(served)
+        if old is None:
+            return None
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while old.runner.batcher.busy and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        await old.runner.stop()
+        log.info(
+            "node %s swapped %s from version %s to %s",
+            self.settings.node,
+            served.name,
+            old.version,
+            served.version,
+        )
+        return old.version
 
     def _make_upstream(self, nc: NATS) -> UpstreamLink:
         s = self.settings

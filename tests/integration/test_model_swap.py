@@ -1,0 +1,52 @@
+"""A node swaps a model version while serving, without dropping a request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+
+from mesh import MeshClient, MeshError
+from mesh.embedded import NatsServer
+from mesh.models.demo import DemoArtifacts
+from tests.conftest import NodeFactory, model_settings
+
+
+async def test_a_version_swap_under_load_drops_no_request(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    node = await start_node("edge", nats_server.url, [model_settings(demo, "edge")], entry=True)
+    x = np.load(demo.test)["x"].astype(np.float32)
+    versions: Counter[str] = Counter()
+    errors: list[str] = []
+    swapped = asyncio.Event()
+    after_swap: Counter[str] = Counter()
+
+    async def client_loop(client: MeshClient, worker: int) -> None:
+        for i in range(150):
+            try:
+                result = await client.infer("digits", x[(worker * 150 + i) % len(x)][None])
+            except MeshError as error:
+                errors.append(str(error))
+                continue
+            versions[result.model_version] += 1
+            if swapped.is_set():
+                after_swap[result.model_version] += 1
+
+    async def swap() -> str | None:
+        await asyncio.sleep(0.3)
+        old = await node.swap_model(model_settings(demo, "edge-int8"))
+        swapped.set()
+        return old
+
+    async with await MeshClient.connect(nats_server.url) as client:
+        results = await asyncio.gather(swap(), *(client_loop(client, w) for w in range(8)))
+
+    print(f"\nversions answered across the swap: {dict(versions)}")
+    assert results[0] == "1-edge"
+    assert errors == []
+    assert sum(versions.values()) == 8 * 150
+    assert versions["1-edge"] > 0 and versions["1-edge-int8"] > 0
+    assert set(after_swap) == {"1-edge-int8"}
+    assert node.models.versions() == {"digits": "1-edge-int8"}
