@@ -230,6 +230,11 @@ class NodeSettings(BaseSettings):
     def _tier(cls, v: str) -> str:
         return check_token(v, "tier")
 
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return check_token(v, "node")
+
     @field_validator("zone")
     @classmethod
     def _zone(cls, v: str) -> str:

@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from mesh.launcher import READY_PREFIX
 from mesh.node import TierNode
 from mesh.settings import NodeSettings
@@ -28,7 +30,14 @@ async def serve(settings: NodeSettings) -> None:
 
 
 def main(config: Path | None = None) -> None:
-    settings = NodeSettings.load(config)
+    try:
+        settings = NodeSettings.load(config)
+    except (ValidationError, ValueError, OSError) as error:
+        print(
+            f"error: invalid node settings ({config or 'MESH_* variables'}):\n{error}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     configure_logging(settings.log_level, service=f"mesh-{settings.tier}")
     asyncio.run(serve(settings))
 
