@@ -300,8 +300,9 @@ def calibrate(
     split = np.load(calib_npz)
     result = run(edge, list(upstream), split["x"], split["y"], max_drop, write=not dry_run)
     click.echo(result.summary())
-    for tier in result.thresholds:
-        click.echo(f"\n{tier}:\n" + result.curve_table(tier, every=max(1, 1)))
+    for calibration in result.tiers:
+        every = max(1, len(calibration.curve) // 25)
+        click.echo(f"\n{calibration.tier}:\n" + result.curve_table(calibration.tier, every=every))
     if plot is not None:
         click.echo(f"plot: {plot_curves(result, plot)}")
 
