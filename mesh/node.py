@@ -25,6 +25,7 @@ from mesh.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from mesh.dataplane import DataPlane, ModelTable, TierIdentity
 from mesh.discovery import NodeRegistration
 from mesh.endpoint import NatsEndpoint
+from mesh.errors import UnavailableError
 from mesh.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
 from mesh.http import HttpServer, Readiness, create_app
 from mesh.latency import LatencyTracker
@@ -87,12 +88,7 @@ class TierNode:
             self.http = HttpServer(app, s.http_host, s.http_port)
             await stack.enter_async_context(self.http)
 
-        self.nc = await nats.connect(
-            **s.nats.connect_options(name=f"mesh-{s.tier}-{s.node}"),
-            error_cb=self._on_nats_error,
-            disconnected_cb=self._on_disconnect,
-            reconnected_cb=self._on_reconnect,
-        )
+        self.nc = await self._connect()
         stack.push_async_callback(self._close_nats)
 
         for model_settings in s.models:
@@ -175,6 +171,24 @@ class TierNode:
             self.models.versions(),
             s.upstream.tier if s.upstream else None,
         )
+
+    async def _connect(self) -> NATS:
+        """The first connection: a node may start before its server (in compose or Kubernetes
+        it often does). nats-py keeps trying it, as it does reconnects; this bounds the wait."""
+        s = self.settings
+        try:
+            async with asyncio.timeout(s.nats.first_connect_s):
+                return await nats.connect(
+                    **s.nats.connect_options(name=f"mesh-{s.tier}-{s.node}"),
+                    error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                )
+        except TimeoutError:
+            raise UnavailableError(
+                f"node {s.node} could not reach NATS at {s.nats.servers} "
+                f"within {s.nats.first_connect_s:.0f}s"
+            ) from None
 
     async def swap_model(self, settings: ModelSettings, drain_seconds: float = 10.0) -> str | None:
         """Serve another version of a model without dropping a request; returns the old version.

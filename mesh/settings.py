@@ -44,6 +44,8 @@ class NatsSettings(BaseModel):
     """Seconds to wait for one connection attempt."""
     reconnect_wait_s: float = 0.5
     """Seconds between reconnect attempts; the client reconnects forever."""
+    first_connect_s: float = 60.0
+    """How long a starting service keeps trying to reach NATS before it gives up."""
     drain_timeout_s: float = 5.0
     """Longest wait, at shutdown, for replies in flight before the connection closes."""
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from mesh.embedded import NatsServer, ServerConfig, Site
+from mesh.embedded import NatsServer, ServerConfig, Site, free_port
 from mesh.errors import UnavailableError
+from mesh.models.demo import DemoArtifacts
+from tests.conftest import NodeFactory, model_settings
 
 
 async def test_a_restarted_server_keeps_its_port_and_its_jetstream_data(tmp_path: Path) -> None:
@@ -78,3 +80,22 @@ async def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
         await clash.close()
     finally:
         await taken.close()
+
+
+async def test_a_node_started_before_its_server_connects_once_the_server_is_up(
+    tmp_path: Path, demo: DemoArtifacts, start_node: NodeFactory
+) -> None:
+    server = NatsServer(ServerConfig(name="late", jetstream_domain="late"), tmp_path / "late")
+    server.client_port = free_port()
+    starting = asyncio.create_task(
+        start_node("edge", server.url, [model_settings(demo, "edge")], entry=True)
+    )
+    await asyncio.sleep(1.0)
+    assert not starting.done()
+    await server.start()
+    try:
+        node = await asyncio.wait_for(starting, 30)
+        assert node.nc is not None and node.nc.is_connected
+        assert node.readiness.problems() == {}
+    finally:
+        await server.close()
