@@ -13,6 +13,7 @@ in-distribution rows are flagged by design.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -119,12 +120,32 @@ class NoveltyScorer:
         if rows.ndim != 2 or rows.shape[1] != self.mean.shape[0]:
             raise ValueError(f"inputs must be (N, {self.mean.shape[0]}), got shape {rows.shape}")
         centred = rows - self.mean
-        coords = centred @ self.components.T
-        t2 = (coords**2 / self.variances).sum(axis=1) / self.components.shape[0]
-        residual = centred - coords @ self.components
-        spe = ((residual / self.residual_std) ** 2).mean(axis=1)
-        out: Floats = t2 + spe
+        out: Floats = ((centred @ self._form) * centred).sum(axis=1)
         return out
+
+    def explain(self, x: npt.ArrayLike) -> tuple[Floats, Floats]:
+        """The two parts of the score, (T², SPE): distance inside the principal subspace and
+        normalised residual outside it. ``score`` is their sum."""
+        rows = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        centred = rows - self.mean
+        coords = centred @ self.components.T
+        t2: Floats = (coords**2 / self.variances).sum(axis=1) / self.components.shape[0]
+        residual = centred - coords @ self.components
+        spe: Floats = ((residual / self.residual_std) ** 2).mean(axis=1)
+        return t2, spe
+
+    @functools.cached_property
+    def _form(self) -> Floats:
+        # T² + SPE is a quadratic form in the centred input, c' M c, with
+        # M = C' diag(1/(k var)) C + P' diag(1/(F std²)) P and P = I - C'C the residual
+        # projector: one matrix product a request instead of a dozen small numpy calls.
+        c = self.components
+        k, features = c.shape
+        projector = np.eye(features) - c.T @ c
+        inside = (c.T / (self.variances * k)) @ c
+        outside = (projector.T / (self.residual_std**2 * features)) @ projector
+        form: Floats = inside + outside
+        return form
 
     def is_novel(self, x: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Per-row flag: the score is above the fitted threshold."""

@@ -83,3 +83,12 @@ def test_fit_needs_rows_and_a_proper_quantile() -> None:
         NoveltyScorer.fit(np.zeros((1, 4)))
     with pytest.raises(ValueError):
         NoveltyScorer.fit(np.zeros((5, 4)), quantile=1.0)
+
+
+def test_the_quadratic_form_equals_t2_plus_spe_computed_the_long_way() -> None:
+    rng = np.random.default_rng(3)
+    scorer = NoveltyScorer.fit(rng.random((300, 64)))
+    rows = np.concatenate([rng.random((20, 64)), rng.random((20, 64)) * 3, np.zeros((1, 64))])
+    t2, spe = scorer.explain(rows)
+    assert np.allclose(scorer.score(rows), t2 + spe, rtol=1e-9, atol=1e-9)
+    assert (t2 >= 0).all() and (spe >= 0).all()
