@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Self
 
@@ -113,21 +114,26 @@ class NatsEndpoint:
 
     async def _handle(self, msg: Msg, received_at: float) -> None:
         tier = self._identity.tier
-        with tracing.TRACER.start_as_current_span(
-            f"process {msg.subject}",
-            context=tracing.extract(msg.headers),
-            kind=tracing.SpanKind.CONSUMER,
-            attributes={
-                tracing.MESSAGING_SYSTEM: "nats",
-                tracing.DESTINATION: msg.subject,
-                tracing.OPERATION_TYPE: "process",
-                tracing.OPERATION_NAME: "process",
-                tracing.BODY_SIZE: len(msg.data),
-                tracing.CONSUMER_GROUP: subjects.tier_queue(tier),
-                tracing.TIER: tier,
-                tracing.NODE: self._identity.node,
-            },
-        ) as span:
+        span_scope: AbstractContextManager[trace.Span] = (
+            tracing.TRACER.start_as_current_span(
+                f"process {msg.subject}",
+                context=tracing.extract(msg.headers),
+                kind=tracing.SpanKind.CONSUMER,
+                attributes={
+                    tracing.MESSAGING_SYSTEM: "nats",
+                    tracing.DESTINATION: msg.subject,
+                    tracing.OPERATION_TYPE: "process",
+                    tracing.OPERATION_NAME: "process",
+                    tracing.BODY_SIZE: len(msg.data),
+                    tracing.CONSUMER_GROUP: subjects.tier_queue(tier),
+                    tracing.TIER: tier,
+                    tracing.NODE: self._identity.node,
+                },
+            )
+            if tracing.wanted(msg.headers)
+            else contextlib.nullcontext(trace.INVALID_SPAN)
+        )
+        with span_scope as span:
             request_id = ""
             model = subjects.model_of(msg.subject)
             try:

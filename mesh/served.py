@@ -12,7 +12,7 @@ from mesh import confidence
 from mesh.confidence import ConfidenceKind
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
 from mesh.policy import Thresholds
-from mesh.wire import Array
+from mesh.wire import Array, dtype_name
 
 if TYPE_CHECKING:
     from mesh.drift import DriftMonitor
@@ -63,10 +63,10 @@ class ServedModel:
         total = 0
         for spec in self.inputs:
             array = feeds[spec.name]
-            if array.dtype.name != spec.dtype:
+            if dtype_name(array.dtype) != spec.dtype:
                 raise InvalidArgumentError(
                     f"input {spec.name!r} of model {self.name} must be {spec.dtype}, "
-                    f"got {array.dtype.name}"
+                    f"got {dtype_name(array.dtype)}"
                 )
             shape = _shape_text(spec.shape)
             if array.ndim != len(spec.shape) or any(

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from mesh import tracing
 from mesh.metrics import MeshMetrics, default_metrics
 
 _configured = False
@@ -66,6 +67,7 @@ def install_tracing(
     for processor in processors or []:
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
+    tracing.set_recording(bool(exporter or processors))
     return provider
 
 

@@ -34,6 +34,21 @@ DEGRADED_REASON = "mesh.degraded.reason"
 ANSWERED_BY = "mesh.answered_by.tier"
 
 
+_recording = False
+
+
+def set_recording(on: bool) -> None:
+    """Whether this process records spans of its own (an exporter or processor is set up)."""
+    global _recording
+    _recording = on
+
+
+def wanted(headers: Mapping[str, str] | None) -> bool:
+    """Whether a message's handling needs spans: this process records them, or the message
+    carries a trace to continue. Without either a span would go nowhere, so skip its cost."""
+    return _recording or bool(headers and "traceparent" in headers)
+
+
 def extract(headers: Mapping[str, str] | None) -> context.Context:
     """The trace context a message carries (an empty context when it carries none)."""
     return propagate.extract(dict(headers or {}))

@@ -10,6 +10,7 @@ The JSON Schema of each message kind is in ``schemas/``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,16 +59,26 @@ Array = npt.NDArray[Any]
 # --- tensors -------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _little_endian(name: str) -> np.dtype[Any]:
+    return np.dtype(name).newbyteorder("<")
+
+
+@functools.lru_cache(maxsize=64)
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """``dtype.name``, cached: numpy computes it in Python on every access (~1 us)."""
+    return dtype.name
+
+
 def encode_tensor(array: Array) -> dict[str, Any]:
     arr = np.asarray(array)
-    if arr.dtype.name not in DTYPES:
-        raise InvalidArgumentError(
-            f"dtype {arr.dtype.name} cannot travel; use one of {sorted(DTYPES)}"
-        )
+    name = dtype_name(arr.dtype)
+    if name not in DTYPES:
+        raise InvalidArgumentError(f"dtype {name} cannot travel; use one of {sorted(DTYPES)}")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return {
-        "dtype": arr.dtype.name,
+        "dtype": name,
         "shape": list(arr.shape),
         "data": np.ascontiguousarray(arr).tobytes(),
     }
@@ -91,7 +102,7 @@ def decode_tensor(obj: object, name: str) -> Array:
         )
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidArgumentError(f"tensor {name!r} needs its data as raw bytes (msgpack bin)")
-    dt = np.dtype(dtype).newbyteorder("<")
+    dt = _little_endian(dtype)
     count = 1
     for d in shape:
         count *= d

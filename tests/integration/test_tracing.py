@@ -28,6 +28,7 @@ def span_exporter() -> InMemorySpanExporter:
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         current.add_span_processor(processor)
+        tracing.set_recording(True)
     else:
         install_tracing("mesh-tests", "pytest", processors=[processor])
     return exporter
