@@ -207,7 +207,7 @@ class DriftMonitor:
         if len(pending) == 1:
             x, confidences = pending[0]
         else:
-            x = np.concatenate([p[0] for p in pending if p[0].shape[1] == pending[0][0].shape[1]])
+            x = np.concatenate([p[0] for p in pending])
             confidences = np.concatenate([p[1] for p in pending])
         self.histograms[INPUT].add(x.mean(axis=1, dtype=np.float64))
         self.histograms[CONFIDENCE].add(confidences)

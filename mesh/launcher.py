@@ -28,7 +28,8 @@ from mesh.errors import UnavailableError
 READY_PREFIX = "MESH_NODE_READY"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: the kernel sends them SIGTERM when their parent dies."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -81,7 +82,7 @@ class NodeProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         try:
             await asyncio.wait_for(self._wait_ready(), timeout)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -52,6 +51,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psutil
+
+from mesh.launcher import die_with_parent
 
 ECHO_SUBJECT = "bench.echo"
 READY = "BENCH_READY"
@@ -118,13 +119,6 @@ class Row:
 # --------------------------------------------------------------------------- helper processes
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class HelperProcess:
     """A child process; ready when it prints ``BENCH_READY key=value...`` or ``ready()`` holds."""
 
@@ -151,7 +145,7 @@ class HelperProcess:
                 stdout=asyncio.subprocess.PIPE if wait_line else log,
                 stderr=log,
                 cwd=self.cwd,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from mesh import MeshClient
-from mesh.embedded import NatsServer
+from mesh.embedded import NatsServer, free_port
 from mesh.launcher import NodeProcess
 from mesh.models.demo import DemoArtifacts
 
@@ -46,12 +45,6 @@ def prometheus_binary() -> str:
     if found is None:
         pytest.skip("apt-get installed the prometheus package but no prometheus binary is on PATH")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
