@@ -1,6 +1,13 @@
-"""Edge mesh: answer at the edge, escalate what is hard, keep answering when links break."""
+"""Edge mesh: answer at the edge, escalate what is hard, keep answering when links break.
 
-from mesh.client import InferResult, MeshClient
+The SDK is imported lazily (PEP 562), so ``import mesh.breaker`` or any other pure module does
+not pull in nats-py: a module that needs no transport can be used where none is installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from mesh.errors import (
     DeadlineExceededError,
     ErrorCode,
@@ -11,6 +18,21 @@ from mesh.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+
+if TYPE_CHECKING:
+    from mesh.client import InferResult, MeshClient
+
+_LAZY = {"InferResult": "mesh.client", "MeshClient": "mesh.client"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "DeadlineExceededError",

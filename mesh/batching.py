@@ -32,14 +32,12 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from mesh.errors import UnavailableError
+from mesh.typedefs import Feeds
 
 log = logging.getLogger(__name__)
 
-Array = npt.NDArray[Any]
-Feeds = dict[str, Array]
 #: Runs one (possibly merged) batch and returns its outputs by name.
 BatchRunner = Callable[[Feeds], Awaitable[Feeds]]
 #: Called with the row count of every batch run, e.g. to observe a histogram.

@@ -1,9 +1,14 @@
 """The request path of a tier, top to bottom, independent of any transport.
 
-validate -> infer (micro-batched ONNX Runtime) -> score -> policy -> answer here, or escalate to
-the upstream tier and relay its answer; when escalation is refused or fails, answer here marked
-degraded and keep the case as a hard example for store-and-forward. The NATS adapter
-(``mesh.endpoint``) and any other transport only translate to and from this class.
+A batch of requests goes through one local pass (``answer_batch``, synchronous): validate each,
+run each model once over all its rows, score every row at once, observe drift, and decide per
+request with the policy. Most requests end there, answered. Those the policy sends up, and those
+for a model not served here, come back as outcomes to ``complete`` (async): escalate to the
+upstream tier and relay its answer, or, when escalation is refused or fails, answer here marked
+degraded and keep the case as a hard example for store-and-forward.
+
+The NATS adapter (``mesh.nats_endpoint``) and any other transport only translate to and from
+this class; it imports no transport (the upstream and the hard-example sink are Protocols).
 """
 
 from __future__ import annotations
@@ -11,20 +16,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from opentelemetry import trace
+import numpy as np
 
-from mesh import policy, tracing, wire
-from mesh.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from mesh.metrics import MeshMetrics, default_metrics
-from mesh.policy import Action, Assessment, DegradedReason
-from mesh.served import LocalAnswer, ServedModel
+from mesh import policy, wire
+from mesh.batching import batch_signature, merge
+from mesh.errors import (
+    InternalError,
+    InvalidArgumentError,
+    MeshError,
+    NotFoundError,
+    UnavailableError,
+)
+from mesh.metrics import OTHER_MODEL, MeshMetrics, default_metrics
+from mesh.policy import Action, Assessment, Decision, DegradedReason, EscalationReason
+from mesh.served import BatchScores, LocalAnswer, ServedModel
+from mesh.typedefs import Feeds
 from mesh.upstream import UpstreamFailure, UpstreamLink
 
 log = logging.getLogger("mesh.dataplane")
+
+#: most names of forwarded models kept as metric label values (see ``metric_model``).
+MAX_FORWARDED_NAMES = 64
 
 
 class HardExampleSink(Protocol):
@@ -62,6 +78,40 @@ class ModelTable:
         return {name: m.version for name, m in self.models.items()}
 
 
+@dataclass(slots=True)
+class Escalation:
+    """What ``complete`` needs to finish a request the local pass could not."""
+
+    #: the model served here, or None when the request is only forwarded.
+    model: ServedModel | None = None
+    local: LocalAnswer | None = None
+    reason: EscalationReason | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the local pass made of one request: an answer, an error, or work left to
+    ``DataPlane.complete``."""
+
+    request: wire.InferRequest
+    received_at: float
+    response: wire.InferResponse | None = None
+    error: MeshError | None = None
+    escalation: Escalation | None = None
+    #: why the case was meant for upstream, if it was (for the request's span).
+    escalation_reason: EscalationReason | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    """Requests of one model whose inputs merge into one batch."""
+
+    model: ServedModel
+    outcomes: list[Outcome] = field(default_factory=list)
+    feeds: list[Feeds] = field(default_factory=list)
+    rows: int = 0
+
+
 class DataPlane:
     def __init__(
         self,
@@ -79,78 +129,221 @@ class DataPlane:
         self.metrics = metrics or default_metrics()
         self._clock = clock
         self._recording: set[asyncio.Task[None]] = set()
+        self._forwarded_names: set[str] = set()
+
+    # --- one request, end to end -------------------------------------------------------------
 
     async def infer(self, request: wire.InferRequest, received_at: float) -> wire.InferResponse:
-        """Answer ``request``, received at ``received_at`` (this tier's clock)."""
-        if request.hops >= self.identity.max_hops:
-            raise InvalidArgumentError(
-                f"request {request.id} has passed {request.hops} tiers; the mesh allows "
-                f"{self.identity.max_hops}: check the upstream chain for a loop"
-            )
-        model = self.models.get(request.model)
-        if model is None:
-            return await self._forward(request, received_at)
+        """Answer one ``request``, received at ``received_at`` (this tier's clock)."""
+        (outcome,) = await self.answer_batch_async([(request, received_at)])
+        return await self.finish(outcome)
 
-        feeds = model.validate(request.inputs)
-        outputs = await model.infer(feeds)
-        local = model.assess(feeds, outputs)
-        model.observe_drift(feeds, local)
+    async def finish(self, outcome: Outcome) -> wire.InferResponse:
+        """The answer of an outcome of the local pass: raise its error, or complete it."""
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.response is not None:
+            return outcome.response
+        return await self.complete(outcome)
 
-        decision = policy.decide(
-            Assessment(local.confidence, local.novelty),
-            model.thresholds,
-            budget_ms=self._budget_left(request, received_at),
-            residency=request.residency,
-            upstream=self.upstream.view() if self.upstream is not None else None,
-        )
-        span = trace.get_current_span()
-        if decision.escalation is not None:
-            self.metrics.escalations.add(
-                1,
-                {
-                    "tier": self.identity.tier,
-                    "model": model.name,
-                    "reason": decision.escalation.value,
-                },
-            )
-            span.set_attribute(tracing.ESCALATION_REASON, decision.escalation.value)
+    # --- the local pass over a batch ---------------------------------------------------------
 
-        degraded = decision.degraded
-        if decision.action is Action.ESCALATE and self.upstream is not None:
+    def answer_batch(self, batch: Sequence[tuple[wire.InferRequest, float]]) -> list[Outcome]:
+        """The local pass over ``batch`` (request, received_at), every model run on this thread."""
+        outcomes, groups = self._group(batch)
+        for group in groups:
+            self._run_group(group, None)
+        return outcomes
+
+    async def answer_batch_async(
+        self, batch: Sequence[tuple[wire.InferRequest, float]]
+    ) -> list[Outcome]:
+        """``answer_batch``, with models too costly for the event loop run in their worker."""
+        outcomes, groups = self._group(batch)
+        for group in groups:
+            feeds = self._merge(group)
+            if feeds is None:
+                continue
+            if group.model.runs_inline(group.rows):
+                self._run_group(group, feeds)
+                continue
             try:
-                reply = await self._escalate(self.upstream, request, received_at)
-            except UpstreamFailure as failure:
-                degraded = failure.reason
-                log.info(
-                    "request %s answered at %s: escalation failed (%s)",
-                    request.id,
-                    self.identity.tier,
-                    failure.detail,
-                )
-            else:
-                return self._relay(
-                    reply, received_at, "escalated", model, local.confidence, decision.escalation
-                )
+                outputs = await group.model.run_in_worker(feeds)
+            except MeshError as error:
+                self._fail_group(group, error)
+                continue
+            except Exception as exc:
+                self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"))
+                continue
+            self._conclude(group, feeds, outputs)
+        return outcomes
 
-        answer = self._answer(request, model, local, degraded, received_at)
-        if degraded is not None:
-            self.metrics.degraded.add(
-                1, {"tier": self.identity.tier, "model": model.name, "reason": degraded.value}
+    def _group(
+        self, batch: Sequence[tuple[wire.InferRequest, float]]
+    ) -> tuple[list[Outcome], list[_Group]]:
+        outcomes: list[Outcome] = []
+        groups: dict[tuple[str, object], _Group] = {}
+        ordered: list[_Group] = []
+        for request, received_at in batch:
+            outcome = Outcome(request, received_at)
+            outcomes.append(outcome)
+            if request.hops >= self.identity.max_hops:
+                outcome.error = InvalidArgumentError(
+                    f"request {request.id} has passed {request.hops} tiers; the mesh allows "
+                    f"{self.identity.max_hops}: check the upstream chain for a loop"
+                )
+                continue
+            model = self.models.get(request.model)
+            if model is None:
+                outcome.escalation = Escalation(reason=EscalationReason.NOT_SERVED)
+                continue
+            try:
+                feeds = model.validate(request.inputs)
+            except MeshError as error:
+                outcome.error = error
+                continue
+            key = (model.name, batch_signature(feeds) or id(outcome))
+            group = groups.get(key)
+            rows = _rows(feeds)
+            if group is None or group.rows + rows > max(model.runner.batcher.max_batch_size, 1):
+                group = groups[key] = _Group(model)
+                ordered.append(group)
+            group.outcomes.append(outcome)
+            group.feeds.append(feeds)
+            group.rows += rows
+        return outcomes, ordered
+
+    def _merge(self, group: _Group) -> Feeds | None:
+        """The group's feeds as one batch; requests with non-finite inputs are failed and left
+        out (NaN compares false with every threshold, so it could pass for confident)."""
+        feeds = merge(group.feeds)[0] if len(group.feeds) > 1 else group.feeds[0]
+        finite = group.model.finite_rows(feeds)
+        if finite is None:
+            return feeds
+        kept_outcomes: list[Outcome] = []
+        kept_feeds: list[Feeds] = []
+        offset = 0
+        for outcome, request_feeds in zip(group.outcomes, group.feeds, strict=True):
+            rows = _rows(request_feeds)
+            if finite[offset : offset + rows].all():
+                kept_outcomes.append(outcome)
+                kept_feeds.append(request_feeds)
+            else:
+                outcome.error = InvalidArgumentError(
+                    f"request {outcome.request.id} has NaN or infinite input values"
+                )
+            offset += rows
+        group.outcomes, group.feeds = kept_outcomes, kept_feeds
+        group.rows = sum(_rows(f) for f in kept_feeds)
+        if not kept_feeds:
+            return None
+        return merge(kept_feeds)[0] if len(kept_feeds) > 1 else kept_feeds[0]
+
+    def _run_group(self, group: _Group, feeds: Feeds | None) -> None:
+        if feeds is None:
+            feeds = self._merge(group)
+            if feeds is None:
+                return
+        try:
+            outputs = group.model.run(feeds)
+        except MeshError as error:
+            self._fail_group(group, error)
+            return
+        except Exception as exc:
+            self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"))
+            return
+        self._conclude(group, feeds, outputs)
+
+    def _fail_group(self, group: _Group, error: MeshError) -> None:
+        """A batch call failed. With one request, that request gets the error; with several,
+        each runs alone, so one bad request cannot fail its neighbours."""
+        if len(group.outcomes) == 1:
+            group.outcomes[0].error = error
+            return
+        for outcome, feeds in zip(group.outcomes, group.feeds, strict=True):
+            self._run_group(_Group(group.model, [outcome], [feeds], _rows(feeds)), feeds)
+
+    def _conclude(self, group: _Group, feeds: Feeds, outputs: Feeds) -> None:
+        model = group.model
+        self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
+        try:
+            scores = model.score(feeds, outputs)
+        except MeshError as error:
+            for outcome in group.outcomes:
+                outcome.error = error
+            return
+        model.observe_drift(feeds, scores)
+        upstream = self.upstream.view() if self.upstream is not None else None
+        single = len(group.outcomes) == 1
+        offset = 0
+        for outcome, request_feeds in zip(group.outcomes, group.feeds, strict=True):
+            rows = _rows(request_feeds)
+            local = _local_answer(outputs, scores, offset, rows, single)
+            offset += rows
+            request = outcome.request
+            decision = policy.decide(
+                Assessment(local.confidence, local.novelty),
+                model.thresholds,
+                budget_ms=request.budget_ms - self._elapsed_ms(outcome.received_at),
+                residency=request.residency,
+                upstream=upstream,
             )
-            self._keep_hard_example(request, answer, degraded)
-        return answer
+            self._settle(outcome, model, local, decision)
+
+    def _settle(
+        self, outcome: Outcome, model: ServedModel, local: LocalAnswer, decision: Decision
+    ) -> None:
+        if decision.escalation is not None:
+            outcome.escalation_reason = decision.escalation
+            self.metrics.escalations.add(
+                1, self.identity.tier, model.name, decision.escalation.value
+            )
+        if decision.action is Action.ESCALATE and self.upstream is not None:
+            outcome.escalation = Escalation(model, local, decision.escalation)
+            return
+        outcome.response = self._answer_here(outcome, model, local, decision.degraded)
+
+    # --- what the local pass could not finish ------------------------------------------------
+
+    async def complete(self, outcome: Outcome) -> wire.InferResponse:
+        """Escalate (or forward) a request the local pass left open; raises ``MeshError``."""
+        escalation = outcome.escalation
+        if escalation is None:
+            raise InternalError(f"request {outcome.request.id} has nothing left to complete")
+        if escalation.model is None or escalation.local is None:
+            return await self._forward(outcome.request, outcome.received_at)
+        assert self.upstream is not None
+        request, received_at = outcome.request, outcome.received_at
+        try:
+            reply = await self._escalate(self.upstream, request, received_at)
+        except UpstreamFailure as failure:
+            log.info(
+                "request %s answered at %s: escalation failed (%s)",
+                request.id,
+                self.identity.tier,
+                failure.detail,
+            )
+            return self._answer_here(outcome, escalation.model, escalation.local, failure.reason)
+        return self._relay(
+            reply,
+            received_at,
+            "escalated",
+            escalation.model,
+            escalation.local.confidence,
+            escalation.reason,
+        )
 
     async def _forward(self, request: wire.InferRequest, received_at: float) -> wire.InferResponse:
         """A model not served here: the "complex" case, passed up with no local answer."""
         self.metrics.escalations.add(
-            1, {"tier": self.identity.tier, "model": request.model, "reason": "not_served"}
+            1, self.identity.tier, self.metric_model(request.model), "not_served"
         )
         if self.upstream is None:
             raise NotFoundError(
                 f"model {request.model!r} is not served at tier {self.identity.tier}, "
                 "the top of the chain"
             )
-        if wire.zone_rank(self.upstream.zone) > wire.zone_rank(request.residency):
+        if not policy.may_reach(request.residency, self.upstream.zone):
             raise NotFoundError(
                 f"model {request.model!r} is not served within residency "
                 f"{request.residency!r} (tier {self.identity.tier} does not serve it)"
@@ -164,41 +357,25 @@ class DataPlane:
                 f"model {request.model!r} is served only above tier {self.identity.tier}, "
                 f"which cannot reach it: {failure.detail}"
             ) from None
-        return self._relay(
-            reply, received_at, "forwarded", None, None, policy.EscalationReason.NOT_SERVED
-        )
+        if len(self._forwarded_names) < MAX_FORWARDED_NAMES:
+            self._forwarded_names.add(request.model)
+        return self._relay(reply, received_at, "forwarded", None, None, EscalationReason.NOT_SERVED)
 
     async def _escalate(
         self, upstream: UpstreamLink, request: wire.InferRequest, received_at: float
     ) -> wire.InferResponse:
-        subject = upstream.transport.subject(request.model)
-        with tracing.TRACER.start_as_current_span(
-            f"send {subject}",
-            kind=tracing.SpanKind.CLIENT,
-            attributes={
-                tracing.MESSAGING_SYSTEM: "nats",
-                tracing.DESTINATION: subject,
-                tracing.OPERATION_TYPE: "send",
-                tracing.OPERATION_NAME: "request",
-                tracing.MESSAGE_ID: request.id,
-                tracing.TIER: self.identity.tier,
-                tracing.MODEL: request.model,
-            },
-        ) as span:
-            try:
-                reply = await upstream.escalate(
-                    request, self._budget_left(request, received_at), tracing.inject()
-                )
-            except UpstreamFailure as failure:
-                span.set_attribute(tracing.DEGRADED_REASON, failure.reason.value)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, failure.detail))
-                raise
-            span.set_attribute(tracing.BODY_SIZE, reply.request_bytes)
-            span.set_attribute(tracing.ANSWERED_BY, reply.response.tier)
-        self.metrics.upstream_bytes.add(
-            reply.request_bytes, {"tier": self.identity.tier, "upstream": upstream.tier}
-        )
+        reply = await upstream.escalate(request, self._budget_left(request, received_at))
+        self.metrics.upstream_bytes.add(reply.request_bytes, self.identity.tier, upstream.tier)
         return reply.response
+
+    def metric_model(self, model: str) -> str:
+        """The model's name as a metric label: served and forwarded models keep theirs, any
+        other name a caller sends is ``_other``, so callers cannot add series at will."""
+        if model in self.models.models or model in self._forwarded_names:
+            return model
+        return OTHER_MODEL
+
+    # --- answers -----------------------------------------------------------------------------
 
     def _relay(
         self,
@@ -207,7 +384,7 @@ class DataPlane:
         action: str,
         model: ServedModel | None,
         local_confidence: float | None,
-        reason: policy.EscalationReason | None,
+        reason: EscalationReason | None,
     ) -> wire.InferResponse:
         hop = wire.Hop(
             tier=self.identity.tier,
@@ -218,39 +395,27 @@ class DataPlane:
             confidence=local_confidence,
             reason=reason.value if reason is not None else None,
         )
-        return wire.InferResponse(
-            id=response.id,
-            model=response.model,
-            model_version=response.model_version,
-            tier=response.tier,
-            node=response.node,
-            outputs=response.outputs,
-            labels=response.labels,
-            confidence=response.confidence,
-            confidence_kind=response.confidence_kind,
-            path=[hop, *response.path],
-            degraded=response.degraded,
-            reason=response.reason,
-        )
+        return replace(response, path=[hop, *response.path])
 
-    def _answer(
+    def _answer_here(
         self,
-        request: wire.InferRequest,
+        outcome: Outcome,
         model: ServedModel,
         local: LocalAnswer,
         degraded: DegradedReason | None,
-        received_at: float,
     ) -> wire.InferResponse:
+        request = outcome.request
+        reason = degraded.value if degraded is not None else None
         hop = wire.Hop(
             tier=self.identity.tier,
             node=self.identity.node,
             action="answered" if degraded is None else "fallback",
-            latency_ms=self._elapsed_ms(received_at),
+            latency_ms=self._elapsed_ms(outcome.received_at),
             model_version=model.version,
             confidence=local.confidence,
-            reason=degraded.value if degraded is not None else None,
+            reason=reason,
         )
-        return wire.InferResponse(
+        answer = wire.InferResponse(
             id=request.id,
             model=model.name,
             model_version=model.version,
@@ -262,8 +427,12 @@ class DataPlane:
             confidence_kind=model.confidence_kind.value,
             path=[hop],
             degraded=degraded is not None,
-            reason=degraded.value if degraded is not None else None,
+            reason=reason,
         )
+        if degraded is not None:
+            self.metrics.degraded.add(1, self.identity.tier, model.name, degraded.value)
+            self._keep_hard_example(request, answer, degraded)
+        return answer
 
     def _keep_hard_example(
         self, request: wire.InferRequest, answer: wire.InferResponse, reason: DegradedReason
@@ -299,3 +468,33 @@ class DataPlane:
 
     def _budget_left(self, request: wire.InferRequest, received_at: float) -> float:
         return request.budget_ms - self._elapsed_ms(received_at)
+
+
+def _rows(feeds: Feeds) -> int:
+    array = next(iter(feeds.values()))
+    return int(array.shape[0]) if array.ndim else 1
+
+
+def _local_answer(
+    outputs: Feeds, scores: BatchScores, offset: int, rows: int, whole: bool
+) -> LocalAnswer:
+    """The part of a batch's outputs and scores that belongs to one request."""
+    end = offset + rows
+    if whole:
+        request_outputs = outputs
+    else:
+        total = len(scores.labels)
+        request_outputs = {
+            name: array[offset:end] if array.ndim and array.shape[0] == total else array
+            for name, array in outputs.items()
+        }
+    confidences = scores.confidence[offset:end]
+    novelty = scores.novelty
+    return LocalAnswer(
+        outputs=request_outputs,
+        labels=scores.labels[offset:end],
+        confidence=float(confidences[0] if rows == 1 else np.min(confidences)),
+        novelty=None
+        if novelty is None
+        else float(novelty[offset] if rows == 1 else np.max(novelty[offset:end])),
+    )

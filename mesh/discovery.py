@@ -3,7 +3,7 @@
 Every node registers as service ``mesh-node`` with its tier, node name, zone and models
 (``name@version``, comma separated) in the service metadata, and one endpoint, ``status``, on
 ``mesh.status.<node>`` that answers with the node's ``NodeStatus`` record (msgpack, see
-``mesh.records``). The metadata shows the models loaded at start; the status record shows the
+``mesh.wire.records``). The metadata shows the models loaded at start; the status record shows the
 versions served now. Any NATS client can find the nodes: ``nats micro ls``, ``nats micro info
 mesh-node``, or a request on ``$SRV.INFO.mesh-node`` collecting every reply.
 """
@@ -24,15 +24,11 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from mesh import subjects
-from mesh.records import NodeStatus, encode_node_status
+from mesh.wire import NodeStatus, encode_node_status
 
 SERVICE_NAME = "mesh-node"
 STATUS_ENDPOINT = "status"
 PACKAGE = "edge-mesh"
-
-
-def status_subject(node: str) -> str:
-    return f"mesh.status.{subjects.check_token(node, 'node name')}"
 
 
 @functools.cache
@@ -66,7 +62,7 @@ class NodeRegistration:
         self._nc = nc
         self._status = status
         self.metadata = {"tier": tier, "node": node, "zone": zone, "models": models_text(models)}
-        self.subject = status_subject(node)
+        self.subject = subjects.status(node)
         self._service: Service | None = None
 
     async def start(self) -> None:

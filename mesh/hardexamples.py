@@ -27,6 +27,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DiscardPolicy,
+    Header,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -39,13 +40,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from mesh import records, tracing, wire
+from mesh import subjects, tracing, wire
 from mesh.metrics import MeshMetrics, default_metrics
 from mesh.settings import HardExampleSettings
 
 log = logging.getLogger("mesh.hardexamples")
 
-MSG_ID = "Nats-Msg-Id"
+MSG_ID = Header.MSG_ID.value
 _TRANSIENT = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
@@ -53,22 +54,6 @@ _TRANSIENT = (
     nats.js.errors.ServiceUnavailableError,
     nats.errors.ConnectionReconnectingError,
 )
-
-
-def local_stream(tier: str) -> str:
-    return f"MESH_HARD_{tier.upper().replace('-', '_')}"
-
-
-def inbox_stream(tier: str) -> str:
-    return f"MESH_LEARN_{tier.upper().replace('-', '_')}"
-
-
-def recorded_subject(tier: str, model: str) -> str:
-    return f"mesh.hard.{tier}.{model}"
-
-
-def inbox_subject(tier: str, model: str) -> str:
-    return f"mesh.learn.{tier}.{model}"
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig, timeout: float = 10.0) -> None:
@@ -101,7 +86,7 @@ class HardExampleStore:
         self.tier = tier
         self.node = node
         self.settings = settings
-        self.stream = local_stream(tier)
+        self.stream = subjects.hard_example_stream(tier)
         self._js = nc.jetstream(domain=settings.domain)
         self._metrics = metrics or default_metrics()
 
@@ -111,7 +96,7 @@ class HardExampleStore:
             self._js,
             StreamConfig(
                 name=self.stream,
-                subjects=[f"mesh.hard.{self.tier}.>"],
+                subjects=[subjects.hard_examples_wildcard(self.tier)],
                 retention=RetentionPolicy.WORK_QUEUE,
                 storage=StorageType.FILE,
                 max_bytes=s.max_bytes,
@@ -124,7 +109,7 @@ class HardExampleStore:
     async def record(
         self, request: wire.InferRequest, answer: wire.InferResponse, reason: str
     ) -> None:
-        example = records.HardExample(
+        example = wire.HardExample(
             id=request.id,
             model=request.model,
             tier=self.tier,
@@ -132,7 +117,7 @@ class HardExampleStore:
             reason=reason,
             created_at=time.time(),
             request=request,
-            answer=records.LocalAnswer(
+            answer=wire.RecordedAnswer(
                 labels=answer.labels,
                 confidence=answer.confidence,
                 model_version=answer.model_version,
@@ -140,12 +125,12 @@ class HardExampleStore:
             traceparent=tracing.inject().get("traceparent"),
         )
         await self._js.publish(
-            recorded_subject(self.tier, request.model),
-            records.encode_hard_example(example),
+            subjects.hard_examples(self.tier, request.model),
+            wire.encode_hard_example(example),
             timeout=1.0,
             headers={MSG_ID: request.id},
         )
-        self._metrics.hard_examples.add(1, {"tier": self.tier, "event": "recorded"})
+        self._metrics.hard_examples.add(1, self.tier, "recorded")
 
     async def backlog(self) -> int:
         info = await self._js.stream_info(self.stream)
@@ -158,7 +143,7 @@ class HardExampleInbox:
     def __init__(self, nc: NATS, *, tier: str, settings: HardExampleSettings) -> None:
         self.tier = tier
         self.settings = settings
-        self.stream = inbox_stream(tier)
+        self.stream = subjects.inbox_stream(tier)
         self._js = nc.jetstream(domain=settings.domain)
 
     async def setup(self) -> None:
@@ -167,7 +152,7 @@ class HardExampleInbox:
             self._js,
             StreamConfig(
                 name=self.stream,
-                subjects=[f"mesh.learn.{self.tier}.>"],
+                subjects=[subjects.inbox_wildcard(self.tier)],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 max_bytes=s.max_bytes,
@@ -200,7 +185,7 @@ class HardExampleForwarder:
         self.tier = tier
         self.upstream_tier = upstream_tier
         self.settings = settings
-        self.stream = local_stream(tier)
+        self.stream = subjects.hard_example_stream(tier)
         self.forwarded = 0
         self.duplicates = 0
         self.backlog = 0
@@ -283,7 +268,7 @@ class HardExampleForwarder:
         ):
             with attempt:
                 return await self._js.pull_subscribe(
-                    f"mesh.hard.{self.tier}.>",
+                    subjects.hard_examples_wildcard(self.tier),
                     durable=f"forward-{self.tier}",
                     stream=self.stream,
                     config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0),
@@ -295,13 +280,13 @@ class HardExampleForwarder:
         msg_id = (msg.headers or {}).get(MSG_ID, "")
         links: list[trace.Link] = []
         with contextlib.suppress(Exception):
-            example = records.decode_hard_example(msg.data)
+            example = wire.decode_hard_example(msg.data)
             if example.traceparent:
                 span_ctx = trace.get_current_span(
                     tracing.extract({"traceparent": example.traceparent})
                 ).get_span_context()
                 links.append(trace.Link(span_ctx))
-        subject = inbox_subject(self.upstream_tier, model)
+        subject = subjects.inbox(self.upstream_tier, model)
         with tracing.TRACER.start_as_current_span(
             f"send {subject}",
             kind=tracing.SpanKind.PRODUCER,
@@ -327,9 +312,7 @@ class HardExampleForwarder:
             self.duplicates += 1
         else:
             self.forwarded += 1
-        self._metrics.hard_examples.add(
-            1, {"tier": self.tier, "event": "duplicate" if ack.duplicate else "forwarded"}
-        )
+        self._metrics.hard_examples.add(1, self.tier, "duplicate" if ack.duplicate else "forwarded")
         await msg.ack()
 
     async def _refresh_backlog(self) -> None:

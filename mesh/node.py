@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import Self
 
-import msgpack
 import nats
 from nats.aio.client import Client as NATS
 
@@ -24,17 +21,19 @@ from mesh import subjects, wire
 from mesh.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from mesh.dataplane import DataPlane, ModelTable, TierIdentity
 from mesh.discovery import NodeRegistration
-from mesh.endpoint import NatsEndpoint
 from mesh.errors import UnavailableError
 from mesh.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
 from mesh.http import HttpServer, Readiness, create_app
 from mesh.latency import LatencyTracker
+from mesh.lifecycle import Service, cancel_and_wait
 from mesh.metrics import GaugeSource, MeshMetrics, default_metrics
-from mesh.records import NodeStatus
+from mesh.nats_endpoint import NatsEndpoint
+from mesh.nats_upstream import NatsUpstream
 from mesh.repository import load_model
 from mesh.served import ServedModel
 from mesh.settings import ModelSettings, NodeSettings
-from mesh.upstream import NatsUpstream, UpstreamLink
+from mesh.upstream import UpstreamLink
+from mesh.wire import NodeStatus
 
 log = logging.getLogger("mesh.node")
 
@@ -44,7 +43,7 @@ _STATE_VALUE = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerSt
 DRIFT_CHECK_SECONDS = 0.5
 
 
-class TierNode:
+class TierNode(Service):
     def __init__(self, settings: NodeSettings, *, metrics: MeshMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or default_metrics()
@@ -61,7 +60,6 @@ class TierNode:
         self.registration: NodeRegistration | None = None
         self.drift_threshold = settings.drift_threshold
         self._stack = AsyncExitStack()
-        self._started = False
         self.readiness.add("nats", self._nats_problem)
         self.readiness.add("models", self._models_problem)
 
@@ -69,16 +67,6 @@ class TierNode:
     def identity(self) -> TierIdentity:
         s = self.settings
         return TierIdentity(tier=s.tier, node=s.node, zone=s.zone, max_hops=s.max_hops)
-
-    async def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
 
     async def _start(self) -> None:
         s = self.settings
@@ -93,7 +81,6 @@ class TierNode:
 
         for model_settings in s.models:
             served = await load_model(model_settings, s.tier)
-            served.runner.batcher.on_batch = self._batch_recorder(served.name)
             await stack.enter_async_context(served.runner)
             self.models.put(served)
 
@@ -144,6 +131,7 @@ class TierNode:
             self.dataplane,
             entry=s.entry,
             max_inflight=s.max_inflight,
+            max_batch=max((m.batching.max_batch_size for m in s.models), default=1),
             metrics=self.metrics,
         )
         await stack.enter_async_context(self.endpoint)
@@ -163,7 +151,7 @@ class TierNode:
             self.drift_values,
         )
         watch = asyncio.create_task(self._watch_drift(self.nc))
-        stack.push_async_callback(_cancel, watch)
+        stack.push_async_callback(cancel_and_wait, watch)
         log.info(
             "node %s serving tier %s (models %s, upstream %s)",
             s.node,
@@ -194,11 +182,11 @@ class TierNode:
         """Serve another version of a model without dropping a request; returns the old version.
 
         The new version is loaded and warmed beside the old one, then takes new requests at
-        once. A request takes its model from the table and enters that model's batcher with no
-        await in between, so once the old batcher is idle nothing can still reach it."""
-        assert self._started, "start the node first"
+        once. A batch takes its model from the table and, when it runs on the event loop, runs
+        it with no await in between; batches run in the model's worker are counted in
+        ``in_flight``, so once that is 0 nothing can still reach the old version."""
+        assert self.running, "start the node first"
         served = await load_model(settings, self.settings.tier)
-        served.runner.batcher.on_batch = self._batch_recorder(served.name)
         await served.runner.start()
         self._stack.push_async_callback(served.runner.stop)
         old = self.models.put(served)
@@ -206,7 +194,7 @@ class TierNode:
             return None
         deadline = asyncio.get_running_loop().time() + drain_seconds
         # Polled: a swap is rare, and an idle event would cost every request on the hot path.
-        while old.runner.batcher.busy and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        while old.in_flight and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         await old.runner.stop()
         log.info(
@@ -228,9 +216,7 @@ class TierNode:
             if new is BreakerState.HALF_OPEN:
                 # Latencies from before the breaker opened say nothing about the link now.
                 latency.clear()
-            self.metrics.breaker_transitions.add(
-                1, {"tier": s.tier, "upstream": name, "from": old.value, "to": new.value}
-            )
+            self.metrics.breaker_transitions.add(1, s.tier, name, old.value, new.value)
 
         breaker = CircuitBreaker(
             BreakerConfig(
@@ -251,7 +237,7 @@ class TierNode:
             lambda: [(_STATE_VALUE[breaker.state], {"tier": s.tier, "upstream": breaker.name})],
         )
         return UpstreamLink(
-            NatsUpstream(nc, s.upstream.tier),
+            NatsUpstream(nc, s.upstream.tier, from_tier=s.tier),
             zone=s.upstream.zone,
             timeout_ms=s.upstream.timeout_ms,
             reserve_ms=s.upstream.reserve_ms,
@@ -261,15 +247,6 @@ class TierNode:
 
     def _gauge(self, name: str, description: str, source: GaugeSource) -> None:
         self._stack.callback(self.metrics.observe_gauge(name, description, source))
-
-    def _batch_recorder(self, model: str) -> Callable[[int], None]:
-        attributes = {"tier": self.settings.tier, "model": model}
-
-        def record(rows: int) -> None:
-            # Off the request's path: recorded once the loop is done with this pass.
-            asyncio.get_running_loop().call_soon(self.metrics.batch_size.record, rows, attributes)
-
-        return record
 
     def _backlog_values(self) -> list[tuple[float, dict[str, str]]]:
         if self.forwarder is None:
@@ -312,18 +289,16 @@ class TierNode:
 
     async def _report_drift(self, nc: NATS, model: ServedModel, signal: str, psi: float) -> None:
         s = self.settings
-        event = {
-            "v": wire.VERSION,
-            "kind": "drift",
-            "node": s.node,
-            "tier": s.tier,
-            "model": model.name,
-            "model_version": model.version,
-            "signal": signal,
-            "psi": psi,
-            "threshold": self.drift_threshold,
-            "time": time.time(),
-        }
+        event = wire.DriftEvent(
+            node=s.node,
+            tier=s.tier,
+            model=model.name,
+            model_version=model.version,
+            signal=signal,
+            psi=psi,
+            threshold=self.drift_threshold,
+            time=time.time(),
+        )
         log.warning(
             "drift on %s@%s at node %s: %s PSI %.3f over %.2f",
             model.name,
@@ -332,10 +307,10 @@ class TierNode:
             signal,
             psi,
             self.drift_threshold,
-            extra={"fields": event},
+            extra={"fields": dataclasses.asdict(event)},
         )
         try:
-            await nc.publish(subjects.telemetry(s.node), msgpack.packb(event))
+            await nc.publish(subjects.telemetry(s.node), wire.encode_drift_event(event))
         except Exception:
             log.exception("could not publish the drift event of node %s", s.node)
 
@@ -367,20 +342,5 @@ class TierNode:
             with contextlib.suppress(Exception):
                 await nc.close()
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         await self._stack.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

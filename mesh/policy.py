@@ -12,7 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mesh.wire import zone_rank
+#: Residency labels, from most to least restrictive: the highest zone raw input may reach.
+RESIDENCY_ZONES: tuple[str, ...] = ("device", "site", "cloud")
+RESIDENCY_LABELS: frozenset[str] = frozenset({*RESIDENCY_ZONES, "any"})
+
+
+def zone_rank(label: str) -> int:
+    """Rank of a zone or residency label: ``any`` allows every zone."""
+    if label == "any":
+        return len(RESIDENCY_ZONES)
+    return RESIDENCY_ZONES.index(label)
+
+
+def may_reach(residency: str, zone: str) -> bool:
+    """Whether input labelled ``residency`` may be sent to a tier in ``zone``."""
+    return zone_rank(zone) <= zone_rank(residency)
 
 
 class Action(StrEnum):
@@ -84,7 +98,8 @@ def escalation_reason(assessment: Assessment, thresholds: Thresholds) -> Escalat
         and assessment.novelty > thresholds.novelty
     ):
         return EscalationReason.NOVEL
-    if assessment.confidence < thresholds.confidence:
+    # Written so that a NaN confidence (a model gone wrong) is never taken for confident.
+    if not assessment.confidence >= thresholds.confidence:
         return EscalationReason.LOW_CONFIDENCE
     return None
 
@@ -104,7 +119,7 @@ def decide(
     if upstream is None:
         # The top tier: its answer is the best the mesh has, so it is not degraded.
         return Decision(Action.ANSWER, escalation=reason)
-    if zone_rank(upstream.zone) > zone_rank(residency):
+    if not may_reach(residency, upstream.zone):
         return Decision(Action.ANSWER, reason, DegradedReason.RESIDENCY)
     if upstream.breaker_open:
         return Decision(Action.ANSWER, reason, DegradedReason.BREAKER_OPEN)

@@ -22,8 +22,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph
 
-from mesh.batching import Feeds, MicroBatcher, row_count
+from mesh.batching import MicroBatcher, row_count
 from mesh.errors import InternalError, InvalidArgumentError, MeshError, NotFoundError
+from mesh.typedefs import Feeds
 
 #: ONNX Runtime's type strings to numpy dtype names; anything else is reported as ``object``.
 ORT_DTYPES: dict[str, str] = {
@@ -253,14 +254,25 @@ class ModelRunner:
         except Exception as exc:
             raise InternalError(f"model {self.model.path.name}: {exc}") from exc
 
-    async def _run_batch(self, feeds: Feeds) -> Feeds:
-        # A thread hop costs ~200 us (DESIGN.md, measured); a call expected to cost less than
-        # inline_below_us is cheaper run on the loop than handed off, and blocks it only briefly.
-        cost = self.model.estimate_seconds(row_count(feeds))
-        if cost is not None and cost * 1e6 < self.inline_below_us:
-            self.inline_batches += 1
-            return self.model.run(feeds)
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a call on ``rows`` rows is cheaper on the event loop than in the worker.
+
+        A thread hop costs ~200 us here (README, "Inline or worker thread"); a call expected to
+        cost less than ``inline_below_us`` runs on the loop, blocking it only briefly."""
+        cost = self.model.estimate_seconds(rows)
+        return cost is not None and cost * 1e6 < self.inline_below_us
+
+    def run_sync(self, feeds: Feeds) -> Feeds:
+        self.inline_batches += 1
+        return self.model.run(feeds)
+
+    async def run_in_worker(self, feeds: Feeds) -> Feeds:
         self.executor_batches += 1
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, self.model.run, feeds
         )
+
+    async def _run_batch(self, feeds: Feeds) -> Feeds:
+        if self.runs_inline(row_count(feeds)):
+            return self.run_sync(feeds)
+        return await self.run_in_worker(feeds)

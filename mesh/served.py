@@ -1,4 +1,9 @@
-"""A model as a tier serves it: its signature checks, its runner, confidence, novelty and drift."""
+"""A model as a tier serves it: its signature checks, its runner, and its scores over a batch.
+
+Everything here works on whole batches: one model call, then confidence, labels, novelty and
+drift over every row at once (one numpy call each), because per-request numpy calls cost more
+than the model itself at the edge.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ import numpy.typing as npt
 
 from mesh import confidence
 from mesh.confidence import ConfidenceKind
-from mesh.errors import InvalidArgumentError, ResourceExhaustedError
+from mesh.errors import InternalError, InvalidArgumentError, ResourceExhaustedError
 from mesh.policy import Thresholds
-from mesh.wire import Array, dtype_name
+from mesh.typedefs import AnyFloats, Array, Feeds, Floats
+from mesh.wire import dtype_name
 
 if TYPE_CHECKING:
     from mesh.drift import DriftMonitor
@@ -22,14 +28,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class LocalAnswer:
+    """What this tier's model says of one request."""
+
     outputs: dict[str, Array]
     labels: list[int]
-    #: lowest confidence over the rows.
+    #: lowest confidence over the rows (NaN never passes for confident: see ``policy``).
     confidence: float
     #: highest novelty over the rows, when the model has reference statistics.
     novelty: float | None
-    #: confidence of each row.
-    row_confidences: npt.NDArray[np.floating[Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchScores:
+    """Scores of every row of a batch."""
+
+    labels: list[int]
+    confidence: AnyFloats
+    novelty: Floats | None
 
 
 @dataclass(eq=False)
@@ -45,8 +60,10 @@ class ServedModel:
     drift: DriftMonitor | None = None
     max_rows: int = 256
     max_request_bytes: int = 4 * 1024 * 1024
+    #: batches of this model running off the event loop now (a swap waits for them).
+    in_flight: int = 0
 
-    def validate(self, inputs: dict[str, Array]) -> dict[str, Array]:
+    def validate(self, inputs: dict[str, Array]) -> Feeds:
         """The feeds for the model, or a typed error naming what is wrong with the request."""
         expected = [spec.name for spec in self.inputs]
         if len(self.inputs) == 1 and len(inputs) == 1:
@@ -57,7 +74,7 @@ class ServedModel:
             if missing or extra:
                 raise InvalidArgumentError(
                     f"model {self.name} takes inputs {expected}; "
-                    f"missing {missing}, unexpected {extra}"
+                    f"missing {missing}, unexpected {[name[:64] for name in extra[:8]]}"
                 )
             feeds = dict(inputs)
         total = 0
@@ -68,14 +85,13 @@ class ServedModel:
                     f"input {spec.name!r} of model {self.name} must be {spec.dtype}, "
                     f"got {dtype_name(array.dtype)}"
                 )
-            shape = _shape_text(spec.shape)
             if array.ndim != len(spec.shape) or any(
                 want is not None and want != got
                 for want, got in zip(spec.shape, array.shape, strict=True)
             ):
                 raise InvalidArgumentError(
-                    f"input {spec.name!r} of model {self.name} must have shape {shape}, "
-                    f"got {list(array.shape)}"
+                    f"input {spec.name!r} of model {self.name} must have shape "
+                    f"{_shape_text(spec.shape)}, got {list(array.shape)}"
                 )
             rows = array.shape[0] if array.ndim else 1
             if rows == 0:
@@ -93,32 +109,53 @@ class ServedModel:
             )
         return feeds
 
-    async def infer(self, feeds: dict[str, Array]) -> dict[str, Array]:
-        return await self.runner.infer(feeds)
+    def finite_rows(self, feeds: Feeds) -> npt.NDArray[np.bool_] | None:
+        """Per row, whether every float input value is finite; None when all are (the usual
+        case, checked with one call per input)."""
+        bad: npt.NDArray[np.bool_] | None = None
+        for array in feeds.values():
+            if array.dtype.kind != "f" or array.ndim == 0:
+                continue
+            if np.isfinite(array).all():
+                continue
+            rows_bad = np.asarray(~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1))
+            bad = rows_bad if bad is None else bad | rows_bad
+        return None if bad is None else ~bad
 
-    def assess(self, feeds: dict[str, Array], outputs: dict[str, Array]) -> LocalAnswer:
+    def run(self, feeds: Feeds) -> Feeds:
+        """One model call on the event loop's thread (cheap models; see ``runs_inline``)."""
+        return self.runner.run_sync(feeds)
+
+    def runs_inline(self, rows: int) -> bool:
+        return self.runner.runs_inline(rows)
+
+    async def run_in_worker(self, feeds: Feeds) -> Feeds:
+        self.in_flight += 1
+        try:
+            return await self.runner.run_in_worker(feeds)
+        finally:
+            self.in_flight -= 1
+
+    def score(self, feeds: Feeds, outputs: Feeds) -> BatchScores:
+        """Labels, confidence and novelty of every row: one numpy call each."""
         probabilities = outputs.get(self.scored_output)
         if probabilities is None:
-            raise InvalidArgumentError(
-                f"model {self.name} has no output {self.scored_output!r} to score"
+            # The model's configuration is wrong, not the caller's request.
+            raise InternalError(
+                f"model {self.name} has no output {self.scored_output!r} to score; "
+                f"its outputs are {sorted(outputs)}"
             )
         scores = confidence.score(probabilities, self.confidence_kind)
-        novelty: float | None = None
+        novelty: Floats | None = None
         if self.novelty is not None:
             x = next(iter(feeds.values()))
-            novelty = float(np.max(self.novelty.score(np.asarray(x, dtype=np.float64))))
-        return LocalAnswer(
-            outputs=outputs,
-            labels=confidence.labels_of(probabilities),
-            confidence=float(np.min(scores)),
-            novelty=novelty,
-            row_confidences=scores,
-        )
+            novelty = self.novelty.score(np.asarray(x, dtype=np.float64))
+        return BatchScores(confidence.labels_of(probabilities), scores, novelty)
 
-    def observe_drift(self, feeds: dict[str, Array], local: LocalAnswer) -> None:
-        """Add a request's rows to the drift window (O(rows)); a no-op without a reference."""
-        if self.drift is not None and local.row_confidences is not None:
-            self.drift.observe(next(iter(feeds.values())), local.row_confidences)
+    def observe_drift(self, feeds: Feeds, scores: BatchScores) -> None:
+        """Add a batch's rows to the drift window (O(rows)); a no-op without a reference."""
+        if self.drift is not None:
+            self.drift.observe(next(iter(feeds.values())), scores.confidence)
 
 
 def _shape_text(shape: tuple[Any, ...]) -> str:

@@ -3,8 +3,12 @@
 - ``mesh.infer.<model>``: entry subject, taken by the entry tier (the lowest one).
 - ``mesh.<tier>.infer.<model>``: a tier addressed directly; escalation uses it.
 - ``mesh.hard.<tier>.<model>``: hard examples a tier could not get answered upstream.
-- ``mesh.telemetry.<node>``: node status events (drift, breaker transitions).
+- ``mesh.learn.<tier>.<model>``: hard examples delivered to a tier (its inbox stream).
+- ``mesh.telemetry.<node>``: node events (drift).
+- ``mesh.status.<node>``: a node's status endpoint (NATS micro services API).
 - ``$SRV.*``: control through the NATS micro services API.
+
+JetStream stream names are here too: ``MESH_HARD_<TIER>`` and ``MESH_LEARN_<TIER>``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def entry(model: str) -> str:
     return f"mesh.infer.{model}"
 
 
+ENTRY_PREFIX = "mesh.infer."
 ENTRY_WILDCARD = "mesh.infer.>"
 ENTRY_QUEUE = "mesh.entry"
 
@@ -47,6 +52,32 @@ def hard_examples(tier: str, model: str) -> str:
 
 def hard_examples_wildcard(tier: str) -> str:
     return f"mesh.hard.{tier}.>"
+
+
+def inbox(tier: str, model: str) -> str:
+    return f"mesh.learn.{tier}.{model}"
+
+
+def inbox_wildcard(tier: str) -> str:
+    return f"mesh.learn.{tier}.>"
+
+
+def hard_example_stream(tier: str) -> str:
+    """The stream where a tier keeps the hard examples it recorded, in its own domain."""
+    return f"MESH_HARD_{_stream_token(tier)}"
+
+
+def inbox_stream(tier: str) -> str:
+    """The stream where a tier receives hard examples, in its own domain."""
+    return f"MESH_LEARN_{_stream_token(tier)}"
+
+
+def _stream_token(tier: str) -> str:
+    return tier.upper().replace("-", "_")
+
+
+def status(node: str) -> str:
+    return f"mesh.status.{check_token(node, 'node name')}"
 
 
 def telemetry(node: str) -> str:

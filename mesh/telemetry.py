@@ -4,8 +4,8 @@ Exporters follow the standard ``OTEL_*`` variables. Traces are exported (OTLP ov
 when an endpoint or exporter is configured (``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_TRACES_EXPORTER=otlp|console``); otherwise a
 sampler that records nothing of its own still passes the caller's trace context on, so one tier
-without an exporter does not break a trace. Metrics go to a Prometheus reader that the ``/metrics``
-route of every service renders.
+without an exporter does not break a trace. Metrics are ``mesh.metrics``' plain counters, rendered
+by the Prometheus registry that the ``/metrics`` route of every service serves.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -71,17 +71,6 @@ def install_tracing(
     return provider
 
 
-def install_metrics(service: str, node: str) -> None:
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider
-
-    provider = MeterProvider(
-        resource=Resource.create({"service.name": service, "service.instance.id": node}),
-        metric_readers=[PrometheusMetricReader()],
-    )
-    metrics.set_meter_provider(provider)
-
-
 @dataclass
 class Telemetry:
     metrics: MeshMetrics
@@ -96,7 +85,6 @@ async def configure_telemetry(service: str, node: str) -> AsyncIterator[Telemetr
     if not _configured:
         _configured = True
         provider = install_tracing(service, node)
-        install_metrics(service, node)
     try:
         yield Telemetry(default_metrics(), provider)
     finally:

@@ -49,6 +49,17 @@ def wanted(headers: Mapping[str, str] | None) -> bool:
     return _recording or bool(headers and "traceparent" in headers)
 
 
+def recording() -> bool:
+    """Whether this process records spans of its own."""
+    return _recording
+
+
+def wanted_here() -> bool:
+    """Whether work done now needs spans: this process records them, or the current context
+    continues a caller's trace."""
+    return _recording or trace.get_current_span().get_span_context().is_valid
+
+
 def extract(headers: Mapping[str, str] | None) -> context.Context:
     """The trace context a message carries (an empty context when it carries none)."""
     return propagate.extract(dict(headers or {}))

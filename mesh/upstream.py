@@ -1,21 +1,18 @@
-"""The NATS adapter to the upstream tier: one request, its outcome classified for the policy."""
+"""The upstream tier as the data plane uses it: circuit breaker, latency record, budget.
+
+Transport-free: the request travels through an ``UpstreamTransport`` (NATS in production), which
+classifies what came back as an answer or an ``UpstreamFailure`` with its degraded reason.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
+from typing import Protocol
 
-import nats.errors
-from nats.aio.client import Client as NATS
-
-from mesh import subjects, wire
+from mesh import wire
 from mesh.breaker import BreakerState, CircuitBreaker
-from mesh.errors import ErrorCode, InvalidArgumentError
 from mesh.latency import LatencyTracker
 from mesh.policy import DegradedReason, UpstreamView
-
-#: error codes from upstream that say nothing about the link's health.
-_CALLER_FAULTS = frozenset({ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND})
 
 
 class UpstreamFailure(Exception):
@@ -45,57 +42,14 @@ class UpstreamReply:
     request_bytes: int
 
 
-class NatsUpstream:
-    """Requests to ``mesh.<tier>.infer.<model>`` on an existing connection."""
+class UpstreamTransport(Protocol):
+    """How a request reaches the upstream tier (``mesh.nats_upstream.NatsUpstream`` over NATS).
 
-    def __init__(self, nc: NATS, tier: str) -> None:
-        self._nc = nc
-        self.tier = tier
+    ``send`` raises ``UpstreamFailure`` with the degraded reason when no answer comes back."""
 
-    def subject(self, model: str) -> str:
-        return subjects.tier_infer(self.tier, model)
+    tier: str
 
-    async def infer(
-        self, payload: bytes, model: str, timeout_s: float, headers: dict[str, str]
-    ) -> UpstreamReply:
-        started = time.monotonic()
-        try:
-            msg = await self._nc.request(
-                self.subject(model), payload, timeout=timeout_s, headers=headers
-            )
-        except nats.errors.NoRespondersError:
-            raise UpstreamFailure(
-                DegradedReason.NO_RESPONDERS, f"no {self.tier} tier serves {model} right now"
-            ) from None
-        except nats.errors.TimeoutError:
-            raise UpstreamFailure(
-                DegradedReason.TIMEOUT,
-                f"{self.tier} tier did not answer within {timeout_s * 1000:.0f} ms",
-            ) from None
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.OutboundBufferLimitError,
-            nats.errors.StaleConnectionError,
-        ) as exc:
-            raise UpstreamFailure(
-                DegradedReason.UPSTREAM_ERROR, f"NATS connection not usable: {exc!r}"
-            ) from None
-        elapsed_ms = (time.monotonic() - started) * 1000.0
-        try:
-            reply = wire.decode_reply(msg.data)
-        except InvalidArgumentError as exc:
-            raise UpstreamFailure(
-                DegradedReason.UPSTREAM_ERROR, f"{self.tier} tier sent an unreadable reply: {exc}"
-            ) from None
-        if isinstance(reply, wire.ErrorReply):
-            raise UpstreamFailure(
-                DegradedReason.UPSTREAM_ERROR,
-                f"{self.tier} tier answered {reply.code.value}: {reply.message}",
-                counts_against_link=reply.code not in _CALLER_FAULTS,
-                error=reply,
-            )
-        return UpstreamReply(reply, elapsed_ms, len(payload))
+    async def send(self, request: wire.InferRequest, timeout_s: float) -> UpstreamReply: ...
 
 
 class UpstreamLink:
@@ -103,7 +57,7 @@ class UpstreamLink:
 
     def __init__(
         self,
-        transport: NatsUpstream,
+        transport: UpstreamTransport,
         *,
         zone: str,
         timeout_ms: float,
@@ -126,9 +80,7 @@ class UpstreamLink:
             p95_ms=self.latency.p95,
         )
 
-    async def escalate(
-        self, request: wire.InferRequest, budget_ms: float, headers: dict[str, str]
-    ) -> UpstreamReply:
+    async def escalate(self, request: wire.InferRequest, budget_ms: float) -> UpstreamReply:
         """Send ``request`` up with what is left of its budget, keeping a reserve to answer."""
         send_budget = min(budget_ms - self.reserve_ms, self.timeout_ms)
         if send_budget <= 0:
@@ -143,11 +95,9 @@ class UpstreamLink:
                 f"circuit to the {self.tier} tier is open",
                 counts_against_link=False,
             )
-        payload = wire.encode_request(
-            replace(request, budget_ms=send_budget, hops=request.hops + 1)
-        )
+        onward = replace(request, budget_ms=send_budget, hops=request.hops + 1)
         try:
-            reply = await self.transport.infer(payload, request.model, send_budget / 1000, headers)
+            reply = await self.transport.send(onward, send_budget / 1000)
         except UpstreamFailure as failure:
             # Failures go to the breaker, not to the latency record: the budget rule is for a
             # link that answers slowly, the breaker for one that does not answer.

@@ -59,7 +59,7 @@ from mesh.hardexamples import inbox_stream, local_stream
 from mesh.launcher import EmbeddedMesh, MeshLayout
 from mesh.models.demo import ensure_demo
 from mesh.models.validate import require_valid
-from mesh.records import decode_node_status
+from mesh.wire import decode_node_status
 from mesh.telemetry import install_tracing
 
 MODEL = "digits"

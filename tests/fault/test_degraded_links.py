@@ -18,17 +18,17 @@ import nats
 import nats.errors
 import numpy as np
 import pytest
+from nats.js.api import Header
 
 from mesh import MeshClient, MeshError, subjects
 from mesh.breaker import BreakerState
 from mesh.embedded import Site
 from mesh.faults import FaultProxy
-from mesh.hardexamples import MSG_ID, inbox_stream, inbox_subject
 from mesh.launcher import NodeProcess
 from mesh.models.demo import DemoArtifacts
 from mesh.node import TierNode
-from mesh.records import decode_hard_example
 from mesh.settings import BreakerSettings, HardExampleSettings, UpstreamSettings
+from mesh.wire import decode_hard_example
 from tests.conftest import NodeFactory, model_settings
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
@@ -169,11 +169,13 @@ async def inbox_ids(hub_url: str, tier: str) -> list[str]:
     nc = await nats.connect(hub_url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(inbox_stream(tier))
+        info = await js.stream_info(subjects.inbox_stream(tier))
         ids: list[str] = []
         if info.state.messages == 0:
             return ids
-        sub = await js.pull_subscribe(f"mesh.learn.{tier}.>", stream=inbox_stream(tier))
+        sub = await js.pull_subscribe(
+            subjects.inbox_wildcard(tier), stream=subjects.inbox_stream(tier)
+        )
         while len(ids) < info.state.messages:
             for msg in await sub.fetch(256, timeout=2):
                 ids.append(decode_hard_example(msg.data).id)
@@ -186,7 +188,7 @@ async def inbox_ids(hub_url: str, tier: str) -> list[str]:
 async def inbox_count(hub_url: str, tier: str) -> int:
     nc = await nats.connect(hub_url)
     try:
-        info = await nc.jetstream().stream_info(inbox_stream(tier))
+        info = await nc.jetstream().stream_info(subjects.inbox_stream(tier))
         return int(info.state.messages)
     finally:
         await nc.close()
@@ -272,7 +274,10 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
         try:
             some_id = next(iter(degraded_at_gateway))
             ack = await nc.jetstream().publish(
-                inbox_subject("cloud", "digits"), b"\x80", headers={MSG_ID: some_id}, timeout=2
+                subjects.inbox("cloud", "digits"),
+                b"\x80",
+                headers={Header.MSG_ID.value: some_id},
+                timeout=2,
             )
             assert ack.duplicate is True
         finally:

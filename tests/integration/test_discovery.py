@@ -8,10 +8,11 @@ from typing import Any
 
 import nats
 
-from mesh.discovery import SERVICE_NAME, status_subject
+from mesh import subjects
+from mesh.discovery import SERVICE_NAME
 from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
-from mesh.records import decode_node_status
+from mesh.wire import decode_node_status
 from tests.conftest import NodeFactory, model_settings
 
 
@@ -56,7 +57,7 @@ async def test_ping_info_and_stats_list_every_node_with_its_tier_and_models(
             assert reply["version"]
         if verb == "INFO":
             assert [e["subject"] for e in by_node["edge-a"]["endpoints"]] == [
-                status_subject("edge-a")
+                subjects.status("edge-a")
             ]
         if verb == "STATS":
             assert by_node["cloud-a"]["endpoints"][0]["name"] == "status"
@@ -68,7 +69,7 @@ async def test_status_endpoint_reports_models_breakers_and_readiness(
     await start_two_tiers(start_node, demo, nats_server.url)
     nc = await nats.connect(nats_server.url)
     try:
-        reply = await nc.request(status_subject("edge-a"), b"", timeout=2)
+        reply = await nc.request(subjects.status("edge-a"), b"", timeout=2)
     finally:
         await nc.close()
     status = decode_node_status(reply.data)

@@ -15,21 +15,19 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from mesh.errors import ErrorCode
-from mesh.records import (
-    HardExample,
-    LocalAnswer,
-    NodeStatus,
-    encode_hard_example,
-    encode_node_status,
-)
+from mesh.policy import RESIDENCY_LABELS
 from mesh.wire import (
     DTYPES,
-    RESIDENCY_LABELS,
     ErrorReply,
+    HardExample,
     Hop,
     InferRequest,
     InferResponse,
+    NodeStatus,
+    RecordedAnswer,
     encode_error,
+    encode_hard_example,
+    encode_node_status,
     encode_request,
     encode_response,
     unpack_raw,
@@ -150,7 +148,7 @@ def _hard_example_message(traceparent: str | None) -> dict[str, Any]:
                 reason="no_responders",
                 created_at=1_700_000_000.5,
                 request=_request(),
-                answer=LocalAnswer(labels=[4], confidence=0.3, model_version="2"),
+                answer=RecordedAnswer(labels=[4], confidence=0.3, model_version="2"),
                 traceparent=traceparent,
             )
         )

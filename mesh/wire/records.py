@@ -1,32 +1,31 @@
-"""Records a node writes about itself: hard examples and node status, on the same wire as requests.
+"""Records a node writes about itself: hard examples, node status and drift events.
 
-Same conventions as ``mesh.wire``: msgpack maps with ``v`` and ``kind``, dataclasses, pure
+Same conventions as the request messages: msgpack maps with ``v`` and ``kind``, dataclasses, pure
 functions over bytes, unknown fields ignored, ``InvalidArgumentError`` on bad input. The JSON
 Schemas are ``schemas/hard-example.schema.json`` and ``schemas/node-status.schema.json``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.errors import InvalidArgumentError
-from mesh.wire import (
+from mesh.wire.codec import (
     VERSION,
-    InferRequest,
-    InferResponse,
-    _packb,
-    _require,
-    _unpack_map,
-    decode_request,
-    encode_request,
+    finite,
+    packb,
+    require,
+    require_kind,
+    str_map,
+    unpack_map,
     unpack_raw,
 )
+from mesh.wire.messages import InferRequest, InferResponse, decode_request, encode_request
 
 
 @dataclass(frozen=True, slots=True)
-class LocalAnswer:
+class RecordedAnswer:
     """What the recording tier answered on its own (the degraded reply the caller got)."""
 
     labels: list[int]
@@ -50,7 +49,7 @@ class HardExample:
     #: wall-clock unix seconds when the tier recorded the case.
     created_at: float
     request: InferRequest
-    answer: LocalAnswer
+    answer: RecordedAnswer
     #: W3C ``traceparent`` of the request's trace, to link the forwarding span to it.
     traceparent: str | None = None
 
@@ -72,7 +71,7 @@ class HardExample:
             reason=reason,
             created_at=created_at,
             request=request,
-            answer=LocalAnswer(
+            answer=RecordedAnswer(
                 labels=list(answer.labels),
                 confidence=answer.confidence,
                 model_version=answer.model_version,
@@ -106,7 +105,7 @@ def encode_hard_example(example: HardExample) -> bytes:
         raise InvalidArgumentError(
             f"hard example id {example.id!r} differs from its request id {example.request.id!r}"
         )
-    return _packb(
+    return packb(
         {
             "v": VERSION,
             "kind": "hard_example",
@@ -130,12 +129,12 @@ def encode_hard_example(example: HardExample) -> bytes:
 
 def decode_hard_example(data: bytes) -> HardExample:
     what = "hard example"
-    obj = _unpack_map(data, what)
-    _require_kind(obj, "hard_example", what)
-    example_id = _require(obj, "id", str, what)
-    request_map = _require(obj, "request", dict, what)
+    obj = unpack_map(data, what)
+    require_kind(obj, "hard_example", what)
+    example_id = require(obj, "id", str, what)
+    request_map = require(obj, "request", dict, what)
     try:
-        request = decode_request(_packb(request_map))
+        request = decode_request(packb(request_map))
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(f"{what} carries a bad request: {exc.message}") from None
     if request.id != example_id:
@@ -147,27 +146,27 @@ def decode_hard_example(data: bytes) -> HardExample:
         raise InvalidArgumentError(f"{what} traceparent must be a string")
     return HardExample(
         id=example_id,
-        model=_require(obj, "model", str, what),
-        tier=_require(obj, "tier", str, what),
-        node=_require(obj, "node", str, what),
-        reason=_require(obj, "reason", str, what),
-        created_at=_finite(_require(obj, "created_at", (int, float), what), "created_at", what),
+        model=require(obj, "model", str, what),
+        tier=require(obj, "tier", str, what),
+        node=require(obj, "node", str, what),
+        reason=require(obj, "reason", str, what),
+        created_at=finite(require(obj, "created_at", (int, float), what), "created_at", what),
         request=request,
-        answer=_decode_answer(_require(obj, "answer", dict, what)),
+        answer=_decode_answer(require(obj, "answer", dict, what)),
         traceparent=traceparent,
     )
 
 
-def _decode_answer(obj: dict[str, Any]) -> LocalAnswer:
+def _decode_answer(obj: dict[str, Any]) -> RecordedAnswer:
     what = "hard example answer"
-    labels = _require(obj, "labels", list, what)
+    labels = require(obj, "labels", list, what)
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
         raise InvalidArgumentError(f"{what} labels must be a list of integers")
-    confidence = _require(obj, "confidence", (int, float), what)
-    return LocalAnswer(
+    confidence = require(obj, "confidence", (int, float), what)
+    return RecordedAnswer(
         labels=labels,
-        confidence=_finite(confidence, "confidence", what),
-        model_version=_require(obj, "model_version", str, what),
+        confidence=finite(confidence, "confidence", what),
+        model_version=require(obj, "model_version", str, what),
     )
 
 
@@ -175,7 +174,7 @@ def _decode_answer(obj: dict[str, Any]) -> LocalAnswer:
 
 
 def encode_node_status(status: NodeStatus) -> bytes:
-    return _packb(
+    return packb(
         {
             "v": VERSION,
             "kind": "node_status",
@@ -192,49 +191,83 @@ def encode_node_status(status: NodeStatus) -> bytes:
 
 def decode_node_status(data: bytes) -> NodeStatus:
     what = "node status"
-    obj = _unpack_map(data, what)
-    _require_kind(obj, "node_status", what)
-    backlog = _require(obj, "backlog", int, what)
+    obj = unpack_map(data, what)
+    require_kind(obj, "node_status", what)
+    backlog = require(obj, "backlog", int, what)
     if backlog < 0:
         raise InvalidArgumentError(f"{what} backlog must be non-negative, got {backlog}")
     return NodeStatus(
-        node=_require(obj, "node", str, what),
-        tier=_require(obj, "tier", str, what),
-        models=_str_map(_require(obj, "models", dict, what), "models", what),
-        breakers=_str_map(_require(obj, "breakers", dict, what), "breakers", what),
+        node=require(obj, "node", str, what),
+        tier=require(obj, "tier", str, what),
+        models=str_map(require(obj, "models", dict, what), "models", what),
+        breakers=str_map(require(obj, "breakers", dict, what), "breakers", what),
         backlog=backlog,
-        ready=_require(obj, "ready", bool, what),
-        time=_finite(_require(obj, "time", (int, float), what), "time", what),
+        ready=require(obj, "ready", bool, what),
+        time=finite(require(obj, "time", (int, float), what), "time", what),
     )
 
 
-# --- shared checks -------------------------------------------------------------------------
+# --- drift events ---------------------------------------------------------------------------
 
 
-def _require_kind(obj: dict[str, Any], kind: str, what: str) -> None:
-    if obj.get("kind") != kind:
-        raise InvalidArgumentError(f"{what} must have kind {kind!r}, got {obj.get('kind')!r}")
+@dataclass(frozen=True, slots=True)
+class DriftEvent:
+    """A drift score crossed its threshold (``schemas/drift-event.schema.json``)."""
+
+    node: str
+    tier: str
+    model: str
+    model_version: str
+    #: which signal drifted: ``input`` (intensity) or ``confidence``.
+    signal: str
+    psi: float
+    threshold: float
+    #: wall-clock unix seconds of the event.
+    time: float
 
 
-def _finite(value: float, key: str, what: str) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidArgumentError(f"{what} field {key!r} must be a finite number, got {value!r}")
-    return number
+def encode_drift_event(event: DriftEvent) -> bytes:
+    return packb(
+        {
+            "v": VERSION,
+            "kind": "drift",
+            "node": event.node,
+            "tier": event.tier,
+            "model": event.model,
+            "model_version": event.model_version,
+            "signal": event.signal,
+            "psi": float(event.psi),
+            "threshold": float(event.threshold),
+            "time": float(event.time),
+        }
+    )
 
 
-def _str_map(obj: dict[Any, Any], key: str, what: str) -> dict[str, str]:
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
-        raise InvalidArgumentError(f"{what} field {key!r} must map strings to strings")
-    return dict(obj)
+def decode_drift_event(data: bytes) -> DriftEvent:
+    what = "drift event"
+    obj = unpack_map(data, what)
+    require_kind(obj, "drift", what)
+    return DriftEvent(
+        node=require(obj, "node", str, what),
+        tier=require(obj, "tier", str, what),
+        model=require(obj, "model", str, what),
+        model_version=require(obj, "model_version", str, what),
+        signal=require(obj, "signal", str, what),
+        psi=finite(require(obj, "psi", (int, float), what), "psi", what),
+        threshold=finite(require(obj, "threshold", (int, float), what), "threshold", what),
+        time=finite(require(obj, "time", (int, float), what), "time", what),
+    )
 
 
 __all__ = [
+    "DriftEvent",
     "HardExample",
-    "LocalAnswer",
     "NodeStatus",
+    "RecordedAnswer",
+    "decode_drift_event",
     "decode_hard_example",
     "decode_node_status",
+    "encode_drift_event",
     "encode_hard_example",
     "encode_node_status",
 ]

@@ -1,0 +1,66 @@
+"""The wire contracts: msgpack maps with ``v`` and ``kind``, pure functions over bytes.
+
+``codec`` is the envelope, ``tensors`` the tensor encoding, ``messages`` the request/reply
+messages, ``records`` what nodes write about themselves (hard examples, status, drift). Every
+name is importable from ``mesh.wire``; the JSON Schemas are in ``schemas/``.
+"""
+
+from mesh.wire.codec import VERSION, peek_id, unpack_raw
+from mesh.wire.messages import (
+    MAX_ID_LENGTH,
+    ErrorReply,
+    Hop,
+    InferRequest,
+    InferResponse,
+    Message,
+    decode_reply,
+    decode_request,
+    encode_error,
+    encode_request,
+    encode_response,
+)
+from mesh.wire.records import (
+    DriftEvent,
+    HardExample,
+    NodeStatus,
+    RecordedAnswer,
+    decode_drift_event,
+    decode_hard_example,
+    decode_node_status,
+    encode_drift_event,
+    encode_hard_example,
+    encode_node_status,
+)
+from mesh.wire.tensors import DTYPES, MAX_RANK, decode_tensor, dtype_name, encode_tensor
+
+__all__ = [
+    "DTYPES",
+    "MAX_ID_LENGTH",
+    "MAX_RANK",
+    "VERSION",
+    "DriftEvent",
+    "ErrorReply",
+    "HardExample",
+    "Hop",
+    "InferRequest",
+    "InferResponse",
+    "Message",
+    "NodeStatus",
+    "RecordedAnswer",
+    "decode_drift_event",
+    "decode_hard_example",
+    "decode_node_status",
+    "decode_reply",
+    "decode_request",
+    "decode_tensor",
+    "dtype_name",
+    "encode_drift_event",
+    "encode_error",
+    "encode_hard_example",
+    "encode_node_status",
+    "encode_request",
+    "encode_response",
+    "encode_tensor",
+    "peek_id",
+    "unpack_raw",
+]

@@ -1,0 +1,90 @@
+"""The envelope every wire message shares: a msgpack map with ``v`` and ``kind``, and the checks
+its decoders share. Pure functions over bytes, no I/O."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+
+from mesh.errors import InvalidArgumentError
+
+VERSION = 1
+
+
+def packb(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack_map(data: bytes, what: str) -> dict[str, Any]:
+    """A message's map, with its contract version checked."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise InvalidArgumentError(f"{what} is not valid msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgumentError(f"{what} must be a msgpack map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidArgumentError(f"{what} is missing its integer contract version 'v'")
+    if version > VERSION:
+        raise InvalidArgumentError(
+            f"{what} has contract version {version}; this node speaks {VERSION}"
+        )
+    return obj
+
+
+def require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    """``obj[key]``, which must be present and of ``kind`` (a bool is not an int here)."""
+    if key not in obj:
+        raise InvalidArgumentError(f"{what} is missing the field {key!r}")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise InvalidArgumentError(
+            f"{what} field {key!r} has the wrong type {type(value).__name__}"
+        )
+    return value
+
+
+def require_kind(obj: dict[str, Any], kind: str, what: str) -> None:
+    if obj.get("kind") != kind:
+        raise InvalidArgumentError(f"{what} must have kind {kind!r}, got {obj.get('kind')!r}")
+
+
+def finite(value: float, key: str, what: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"{what} field {key!r} must be a finite number, got {value!r}")
+    return number
+
+
+def str_map(obj: dict[Any, Any], key: str, what: str) -> dict[str, str]:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
+        raise InvalidArgumentError(f"{what} field {key!r} must map strings to strings")
+    return dict(obj)
+
+
+def opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def peek_id(data: bytes) -> str:
+    """Best-effort request id of a message that failed to decode, for the error reply."""
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return ""
+    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+        return str(obj["id"])
+    return ""
+
+
+def unpack_raw(data: bytes) -> Any:
+    """The plain msgpack structure of a message (schema validation, debugging)."""
+    return msgpack.unpackb(data, raw=False)

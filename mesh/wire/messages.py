@@ -1,0 +1,244 @@
+"""Request/reply messages: inference requests, responses, error replies. Pure functions over bytes.
+
+Every message is a msgpack map with ``v`` (the contract version) and ``kind``. Decoders ignore
+fields they do not know, so a newer sender can add fields without breaking an older receiver.
+The JSON Schema of each message kind is in ``schemas/``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.errors import ErrorCode, InvalidArgumentError, MeshError, error_for
+from mesh.policy import RESIDENCY_LABELS
+from mesh.typedefs import Array
+from mesh.wire.codec import VERSION, opt_float, opt_str, packb, require, unpack_map
+from mesh.wire.tensors import decode_tensors, encode_tensors
+
+#: longest request id accepted: ids become JetStream message ids, headers and log fields.
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One tier's part in answering a request."""
+
+    tier: str
+    node: str
+    #: what the tier did: ``answered``, ``escalated`` or ``fallback`` (answered after a failed
+    #: escalation), or ``forwarded`` (not served here, passed up).
+    action: str
+    #: time from receipt at this tier to its reply, upstream wait included.
+    latency_ms: float
+    model_version: str | None = None
+    confidence: float | None = None
+    #: why it escalated (``low_confidence``, ``novel``, ``not_served``) or, on a fallback, why
+    #: its answer is degraded.
+    reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "node": self.node,
+            "action": self.action,
+            "latency_ms": self.latency_ms,
+            "model_version": self.model_version,
+            "confidence": self.confidence,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Hop:
+        if not isinstance(obj, dict):
+            raise InvalidArgumentError("a path hop must be a map")
+        try:
+            return cls(
+                tier=str(obj["tier"]),
+                node=str(obj["node"]),
+                action=str(obj["action"]),
+                latency_ms=float(obj["latency_ms"]),
+                model_version=opt_str(obj.get("model_version")),
+                confidence=opt_float(obj.get("confidence")),
+                reason=opt_str(obj.get("reason")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"malformed path hop: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    id: str
+    model: str
+    inputs: dict[str, Array]
+    #: time the caller still grants, in milliseconds; each hop subtracts what it spent.
+    budget_ms: float
+    #: the highest zone the raw input may reach: ``device``, ``site``, ``cloud`` or ``any``.
+    residency: str = "any"
+    #: how many tiers this request has already passed through.
+    hops: int = 0
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    id: str
+    model: str
+    model_version: str
+    tier: str
+    node: str
+    outputs: dict[str, Array]
+    #: predicted class per row (argmax of the scored output), when the model is a classifier.
+    labels: list[int]
+    #: confidence of the answer: the lowest over the rows, in the model's chosen measure.
+    confidence: float
+    confidence_kind: str
+    path: list[Hop]
+    degraded: bool = False
+    #: why the answer is degraded, from ``mesh.policy.DEGRADED_REASONS``.
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    id: str
+    code: ErrorCode
+    message: str
+    tier: str = ""
+    node: str = ""
+
+    def to_exception(self) -> MeshError:
+        return error_for(self.code.value, self.message)
+
+
+Message = InferResponse | ErrorReply
+
+
+def encode_request(req: InferRequest) -> bytes:
+    return packb(
+        {
+            "v": VERSION,
+            "kind": "infer_request",
+            "id": req.id,
+            "model": req.model,
+            "inputs": encode_tensors(req.inputs),
+            "budget_ms": float(req.budget_ms),
+            "residency": req.residency,
+            "hops": req.hops,
+            "parameters": req.parameters,
+        }
+    )
+
+
+def decode_request(data: bytes) -> InferRequest:
+    obj = unpack_map(data, "inference request")
+    what = "inference request"
+    kind = obj.get("kind", "infer_request")
+    if kind != "infer_request":
+        raise InvalidArgumentError(f"expected an infer_request, got a message of kind {kind!r}")
+    residency = obj.get("residency", "any")
+    if not isinstance(residency, str) or residency not in RESIDENCY_LABELS:
+        raise InvalidArgumentError(
+            f"residency {residency!r} is not one of {sorted(RESIDENCY_LABELS)}"
+        )
+    budget = require(obj, "budget_ms", (int, float), what)
+    if not math.isfinite(budget) or budget < 0:
+        raise InvalidArgumentError(
+            f"budget_ms must be a finite, non-negative number, got {budget!r}"
+        )
+    hops = obj.get("hops", 0)
+    if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
+        raise InvalidArgumentError(f"hops must be a non-negative integer, got {hops!r}")
+    parameters = obj.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidArgumentError("parameters must be a map")
+    req_id = require(obj, "id", str, what)
+    if not req_id or len(req_id) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(
+            f"inference request id must have 1 to {MAX_ID_LENGTH} characters, got {len(req_id)}"
+        )
+    return InferRequest(
+        id=req_id,
+        model=require(obj, "model", str, what),
+        inputs=decode_tensors(require(obj, "inputs", dict, what), "inputs"),
+        budget_ms=float(budget),
+        residency=residency,
+        hops=hops,
+        parameters=parameters,
+    )
+
+
+def encode_response(resp: InferResponse) -> bytes:
+    return packb(
+        {
+            "v": VERSION,
+            "kind": "infer_response",
+            "id": resp.id,
+            "model": resp.model,
+            "model_version": resp.model_version,
+            "tier": resp.tier,
+            "node": resp.node,
+            "outputs": encode_tensors(resp.outputs),
+            "labels": list(resp.labels),
+            "confidence": float(resp.confidence),
+            "confidence_kind": resp.confidence_kind,
+            "path": [hop.to_wire() for hop in resp.path],
+            "degraded": resp.degraded,
+            "reason": resp.reason,
+        }
+    )
+
+
+def encode_error(err: ErrorReply) -> bytes:
+    return packb(
+        {
+            "v": VERSION,
+            "kind": "error",
+            "id": err.id,
+            "code": err.code.value,
+            "message": err.message,
+            "tier": err.tier,
+            "node": err.node,
+        }
+    )
+
+
+def decode_reply(data: bytes) -> Message:
+    """Decode what a tier replied: an ``InferResponse`` or an ``ErrorReply``."""
+    obj = unpack_map(data, "reply")
+    kind = obj.get("kind")
+    if kind == "error":
+        code = obj.get("code")
+        try:
+            error_code = ErrorCode(str(code))
+        except ValueError:
+            error_code = ErrorCode.INTERNAL
+        return ErrorReply(
+            id=str(obj.get("id", "")),
+            code=error_code,
+            message=str(obj.get("message", "")),
+            tier=str(obj.get("tier", "")),
+            node=str(obj.get("node", "")),
+        )
+    if kind != "infer_response":
+        raise InvalidArgumentError(f"reply kind {kind!r} is neither infer_response nor error")
+    what = "inference response"
+    path = require(obj, "path", list, what)
+    labels = obj.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, int) for x in labels):
+        raise InvalidArgumentError("labels must be a list of integers")
+    return InferResponse(
+        id=require(obj, "id", str, what),
+        model=require(obj, "model", str, what),
+        model_version=str(require(obj, "model_version", str, what)),
+        tier=require(obj, "tier", str, what),
+        node=require(obj, "node", str, what),
+        outputs=decode_tensors(require(obj, "outputs", dict, what), "outputs"),
+        labels=labels,
+        confidence=float(require(obj, "confidence", (int, float), what)),
+        confidence_kind=str(obj.get("confidence_kind", "")),
+        path=[Hop.from_wire(h) for h in path],
+        degraded=bool(obj.get("degraded", False)),
+        reason=opt_str(obj.get("reason")),
+    )
