@@ -28,12 +28,12 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from mesh.errors import UnavailableError
+from mesh.lifecycle import Service
 from mesh.typedefs import Feeds
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-class MicroBatcher:
+class MicroBatcher(Service):
     """Queues requests and runs them through ``run`` in merged batches.
 
     An async context manager: ``stop`` is idempotent and fails every queued or in-flight request
@@ -186,21 +186,7 @@ class MicroBatcher:
         """Requests are queued, being collected, or running."""
         return bool(self._queue or self._forming or self._in_flight)
 
-    async def __aenter__(self) -> MicroBatcher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        if self._started:
-            return
+    async def _start(self) -> None:
         self._started = True
         if self.enabled:
             self._collector = asyncio.get_running_loop().create_task(
@@ -208,9 +194,7 @@ class MicroBatcher:
             )
             self._collector.add_done_callback(self._collector_done)
 
-    async def stop(self) -> None:
-        if self._closed:
-            return
+    async def _stop(self) -> None:
         self._closed = True
         if self._collector is not None:
             self._collector.cancel()

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from mesh import policy, wire
-from mesh.batching import batch_signature, merge
+from mesh.batching import batch_signature
 from mesh.errors import (
     InternalError,
     InvalidArgumentError,
@@ -31,6 +31,7 @@ from mesh.errors import (
     NotFoundError,
     UnavailableError,
 )
+from mesh.lifecycle import Service
 from mesh.metrics import OTHER_MODEL, MeshMetrics, default_metrics
 from mesh.policy import Action, Assessment, Decision, DegradedReason, EscalationReason
 from mesh.served import BatchScores, LocalAnswer, ServedModel
@@ -112,7 +113,7 @@ class _Group:
     rows: int = 0
 
 
-class DataPlane:
+class DataPlane(Service):
     def __init__(
         self,
         identity: TierIdentity,
@@ -128,6 +129,8 @@ class DataPlane:
         self.hard_examples = hard_examples
         self.metrics = metrics or default_metrics()
         self._clock = clock
+        #: longest ``stop`` waits for hard examples still being recorded.
+        self.drain_seconds = 5.0
         self._recording: set[asyncio.Task[None]] = set()
         self._forwarded_names: set[str] = set()
 
@@ -202,7 +205,10 @@ class DataPlane:
             except MeshError as error:
                 outcome.error = error
                 continue
-            key = (model.name, batch_signature(feeds) or id(outcome))
+            key = (
+                model.name,
+                None if model.always_merges else batch_signature(feeds) or id(outcome),
+            )
             group = groups.get(key)
             rows = _rows(feeds)
             if group is None or group.rows + rows > max(model.runner.batcher.max_batch_size, 1):
@@ -216,7 +222,7 @@ class DataPlane:
     def _merge(self, group: _Group) -> Feeds | None:
         """The group's feeds as one batch; requests with non-finite inputs are failed and left
         out (NaN compares false with every threshold, so it could pass for confident)."""
-        feeds = merge(group.feeds)[0] if len(group.feeds) > 1 else group.feeds[0]
+        feeds = _concatenate(group.feeds)
         finite = group.model.finite_rows(feeds)
         if finite is None:
             return feeds
@@ -237,7 +243,7 @@ class DataPlane:
         group.rows = sum(_rows(f) for f in kept_feeds)
         if not kept_feeds:
             return None
-        return merge(kept_feeds)[0] if len(kept_feeds) > 1 else kept_feeds[0]
+        return _concatenate(kept_feeds)
 
     def _run_group(self, group: _Group, feeds: Feeds | None) -> None:
         if feeds is None:
@@ -458,16 +464,23 @@ class DataPlane:
         except Exception:
             log.exception("could not keep hard example %s", request.id)
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def _stop(self) -> None:
         """Wait for hard examples still being recorded."""
         if self._recording:
-            await asyncio.wait(set(self._recording), timeout=timeout)
+            await asyncio.wait(set(self._recording), timeout=self.drain_seconds)
 
     def _elapsed_ms(self, received_at: float) -> float:
         return (self._clock() - received_at) * 1000.0
 
     def _budget_left(self, request: wire.InferRequest, received_at: float) -> float:
         return request.budget_ms - self._elapsed_ms(received_at)
+
+
+def _concatenate(requests: list[Feeds]) -> Feeds:
+    """The feeds of requests that merge (same names, dtypes, trailing shapes) as one batch."""
+    if len(requests) == 1:
+        return requests[0]
+    return {name: np.concatenate([feeds[name] for feeds in requests]) for name in requests[0]}
 
 
 def _rows(feeds: Feeds) -> int:

@@ -15,15 +15,14 @@ import contextlib
 import functools
 import importlib.metadata
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Self
 
 from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
+from nats.micro.service import Service as MicroService
 
 from mesh import subjects
+from mesh.lifecycle import Service
 from mesh.wire import NodeStatus, encode_node_status
 
 SERVICE_NAME = "mesh-node"
@@ -46,7 +45,7 @@ def models_text(versions: Mapping[str, str]) -> str:
 StatusSource = Callable[[], NodeStatus]
 
 
-class NodeRegistration:
+class NodeRegistration(Service):
     """The node's entry in the micro services API while it serves; idempotent stop."""
 
     def __init__(
@@ -63,11 +62,9 @@ class NodeRegistration:
         self._status = status
         self.metadata = {"tier": tier, "node": node, "zone": zone, "models": models_text(models)}
         self.subject = subjects.status(node)
-        self._service: Service | None = None
+        self._service: MicroService | None = None
 
-    async def start(self) -> None:
-        if self._service is not None:
-            return
+    async def _start(self) -> None:
         version = await asyncio.to_thread(package_version)
         service = await add_service(
             self._nc,
@@ -88,20 +85,11 @@ class NodeRegistration:
             raise
         self._service = service
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         service, self._service = self._service, None
         if service is not None:
             with contextlib.suppress(Exception):
                 await service.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _on_status(self, request: Request) -> None:
         # An exception here becomes an error reply from nats.micro, counted in $SRV.STATS.

@@ -15,8 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from types import TracebackType
-from typing import Self
 
 import nats.errors
 import nats.js.errors
@@ -41,6 +39,7 @@ from tenacity import (
 )
 
 from mesh import subjects, tracing, wire
+from mesh.lifecycle import Service, cancel_and_wait
 from mesh.metrics import MeshMetrics, default_metrics
 from mesh.settings import HardExampleSettings
 
@@ -71,7 +70,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, timeout: flo
                 await js.update_stream(config)
 
 
-class HardExampleStore:
+class HardExampleStore(Service):
     """Records hard examples in the local stream; the ``HardExampleSink`` of the data plane."""
 
     def __init__(
@@ -90,7 +89,7 @@ class HardExampleStore:
         self._js = nc.jetstream(domain=settings.domain)
         self._metrics = metrics or default_metrics()
 
-    async def setup(self) -> None:
+    async def _start(self) -> None:
         s = self.settings
         await ensure_stream(
             self._js,
@@ -137,7 +136,7 @@ class HardExampleStore:
         return int(info.state.messages)
 
 
-class HardExampleInbox:
+class HardExampleInbox(Service):
     """The stream where a tier receives hard examples from the tiers below it."""
 
     def __init__(self, nc: NATS, *, tier: str, settings: HardExampleSettings) -> None:
@@ -146,7 +145,7 @@ class HardExampleInbox:
         self.stream = subjects.inbox_stream(tier)
         self._js = nc.jetstream(domain=settings.domain)
 
-    async def setup(self) -> None:
+    async def _start(self) -> None:
         s = self.settings
         await ensure_stream(
             self._js,
@@ -166,11 +165,8 @@ class HardExampleInbox:
         return int(info.state.messages)
 
 
-class HardExampleForwarder:
-    """Drains the local stream to the upstream tier's inbox, retrying while the link is down.
-
-    An async context manager running one background task; ``stop`` is idempotent.
-    """
+class HardExampleForwarder(Service):
+    """Drains the local stream to the upstream tier's inbox, retrying while the link is down."""
 
     def __init__(
         self,
@@ -198,21 +194,17 @@ class HardExampleForwarder:
         self._stopping = False
         self._metrics = metrics or default_metrics()
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"forward-{self.tier}")
             self._watch = asyncio.create_task(self._watch_backlog(), name=f"backlog-{self.tier}")
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         self._stopping = True
         tasks = [t for t in (self._task, self._watch) if t is not None]
         self._task = self._watch = None
+        await cancel_and_wait(tasks)
         for task in tasks:
-            # A cancel can be lost: Python 3.11's wait_for (inside nats-py's fetch) drops it
-            # when the wait ends at the same moment. Cancel again until the task is done.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.5)
             if not task.cancelled() and task.exception() is not None:
                 log.error("hard-example task %s failed", task.get_name(), exc_info=task.exception())
 
@@ -222,15 +214,6 @@ class HardExampleForwarder:
         while True:
             await self._refresh_backlog()
             await asyncio.sleep(every)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         sub = await self._subscribe()

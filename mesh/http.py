@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
 from aiohttp import web
 
+from mesh.lifecycle import Service
 from mesh.telemetry import metrics_handler
 
 ReadinessCheck = Callable[[], str | None]
@@ -61,7 +60,7 @@ def create_app(service: str, readiness: Readiness) -> web.Application:
     return app
 
 
-class HttpServer:
+class HttpServer(Service):
     """Runs an app on ``host:port`` (port 0 picks one); an async context manager."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
@@ -74,27 +73,15 @@ class HttpServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        if self.port == 0 and server is not None:
-            sockets = getattr(server, "sockets", None) or []
-            if sockets:
-                self.port = sockets[0].getsockname()[1]
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -98,7 +98,7 @@ class TierNode(Service):
 
         if s.hard_examples.enabled:
             self.inbox = HardExampleInbox(self.nc, tier=s.tier, settings=s.hard_examples)
-            await self.inbox.setup()
+            await stack.enter_async_context(self.inbox)
             if s.upstream is not None:
                 self.store = HardExampleStore(
                     self.nc,
@@ -107,7 +107,7 @@ class TierNode(Service):
                     settings=s.hard_examples,
                     metrics=self.metrics,
                 )
-                await self.store.setup()
+                await stack.enter_async_context(self.store)
                 self.forwarder = HardExampleForwarder(
                     self.nc,
                     tier=s.tier,
@@ -125,7 +125,7 @@ class TierNode(Service):
         self.dataplane = DataPlane(
             self.identity, self.models, self.upstream, self.store, metrics=self.metrics
         )
-        stack.push_async_callback(self.dataplane.close)
+        await stack.enter_async_context(self.dataplane)
         self.endpoint = NatsEndpoint(
             self.nc,
             self.dataplane,

@@ -15,7 +15,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, Invalid
 
 from mesh.batching import MicroBatcher, row_count
 from mesh.errors import InternalError, InvalidArgumentError, MeshError, NotFoundError
+from mesh.lifecycle import Service
 from mesh.typedefs import Feeds
 
 #: ONNX Runtime's type strings to numpy dtype names; anything else is reported as ``object``.
@@ -172,7 +172,7 @@ class OnnxModel:
         return single + (rows - 1) * marginal
 
 
-class ModelRunner:
+class ModelRunner(Service):
     """Serves one ``OnnxModel`` to async callers, through a ``MicroBatcher`` when batching is on.
 
     Warms the model up (in its worker thread) on start if it is not warm yet. Owns its worker
@@ -205,8 +205,6 @@ class ModelRunner:
             name=model.path.stem,
             always_wait=always_wait,
         )
-        self._started = False
-        self._stopped = False
 
     @property
     def loaded_at(self) -> float:
@@ -216,30 +214,12 @@ class ModelRunner:
     def warm(self) -> bool:
         return self.model.warm
 
-    async def __aenter__(self) -> ModelRunner:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
+    async def _start(self) -> None:
         if not self.model.warm:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.model.warmup)
         await self.batcher.start()
 
-    async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
+    async def _stop(self) -> None:
         await self.batcher.stop()
         if self._own_executor:
             await asyncio.get_running_loop().run_in_executor(

@@ -62,6 +62,15 @@ class ServedModel:
     max_request_bytes: int = 4 * 1024 * 1024
     #: batches of this model running off the event loop now (a swap waits for them).
     in_flight: int = 0
+    #: whether any two validated requests merge into one batch: every input has a row dimension
+    #: and fixed trailing dimensions, so validation already proved their signatures equal.
+    always_merges: bool = False
+
+    def __post_init__(self) -> None:
+        self.always_merges = all(
+            len(spec.shape) >= 1 and all(d is not None for d in spec.shape[1:])
+            for spec in self.inputs
+        )
 
     def validate(self, inputs: dict[str, Array]) -> Feeds:
         """The feeds for the model, or a typed error naming what is wrong with the request."""
