@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import nats
@@ -29,6 +30,7 @@ from mesh.lifecycle import Service, cancel_and_wait
 from mesh.metrics import GaugeSource, MeshMetrics, default_metrics
 from mesh.nats_endpoint import NatsEndpoint
 from mesh.nats_upstream import NatsUpstream
+from mesh.nats_watch import ConnectionWatch
 from mesh.repository import load_model
 from mesh.served import ServedModel
 from mesh.settings import ModelSettings, NodeSettings
@@ -58,6 +60,9 @@ class TierNode(Service):
         self.endpoint: NatsEndpoint | None = None
         self.http: HttpServer | None = None
         self.registration: NodeRegistration | None = None
+        self.watch: ConnectionWatch | None = None
+        #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
+        self.on_fatal: Callable[[str], None] | None = None
         self.drift_threshold = settings.drift_threshold
         self._stack = AsyncExitStack()
         self.readiness.add("nats", self._nats_problem)
@@ -78,6 +83,13 @@ class TierNode(Service):
 
         self.nc = await self._connect()
         stack.push_async_callback(self._close_nats)
+        self.watch = ConnectionWatch(
+            self.nc,
+            on_dead=self._connection_dead,
+            interval_s=s.nats.watch_interval_s,
+            timeout_s=s.nats.watch_timeout_s,
+        )
+        await stack.enter_async_context(self.watch)
 
         for model_settings in s.models:
             served = await load_model(model_settings, s.tier)
@@ -315,9 +327,15 @@ class TierNode(Service):
             log.exception("could not publish the drift event of node %s", s.node)
 
     def _nats_problem(self) -> str | None:
+        if self.watch is not None and self.watch.dead is not None:
+            return self.watch.dead
         if self.nc is None or not self.nc.is_connected:
             return "not connected to NATS"
         return None
+
+    def _connection_dead(self, reason: str) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def _models_problem(self) -> str | None:
         if self.endpoint is None:

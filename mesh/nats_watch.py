@@ -1,0 +1,122 @@
+"""Notices a NATS connection that looks connected but no longer reads.
+
+nats-py (2.16) ends its read loop on any unexpected exception in the protocol parser, for
+instance a message whose subject is not valid UTF-8, which any client allowed to publish can
+send: it logs "nats: encountered error" and stops reading, while ``is_connected`` stays true and
+the server keeps routing this node's share of the queue group to it. Nothing reconnects it until
+the stale-connection ping gives up minutes later.
+
+``ConnectionWatch`` finds it two ways: a logging handler on nats-py's logger reacts to that line
+at once, and a round trip every ``interval_s`` finds any other way a connection can stop
+reading. The round trip is a message to a subscription of its own (an inbox subject): nats-py's
+``flush`` cannot tell, since it skips the PING and returns at once when its read loop has ended.
+Either way it verifies with its own connection (the logger is shared by every connection in the
+process) and then calls ``on_dead``: the node reports not ready at once and exits so that its
+supervisor restarts it (nats-py has no public way to drop and redial a connection that believes
+it is up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from mesh.lifecycle import Service, cancel_and_wait
+
+log = logging.getLogger("mesh.nats_watch")
+
+#: the line nats-py logs when its read loop ends on an unexpected exception.
+READ_LOOP_ENDED = "nats: encountered error"
+
+DeadCallback = Callable[[str], None]
+
+
+class _ReadLoopEnded(logging.Handler):
+    def __init__(self, notice: Callable[[], None]) -> None:
+        super().__init__(logging.ERROR)
+        self._notice = notice
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == READ_LOOP_ENDED:
+            self._notice()
+
+
+class ConnectionWatch(Service):
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        on_dead: DeadCallback,
+        interval_s: float = 2.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self._nc = nc
+        self._on_dead = on_dead
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        #: why the connection was found dead, once it was.
+        self.dead: str | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._handler = _ReadLoopEnded(self._notice)
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._echo = asyncio.Event()
+        self._subject = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._subject, cb=self._on_echo)
+        logging.getLogger("nats.aio.client").addHandler(self._handler)
+        self._task = loop.create_task(self._watch(), name="nats-watch")
+
+    async def _stop(self) -> None:
+        logging.getLogger("nats.aio.client").removeHandler(self._handler)
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+
+    async def _on_echo(self, _: Msg) -> None:
+        self._echo.set()
+
+    def _connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    def _notice(self) -> None:
+        # Called from logging, possibly off the loop's thread.
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _watch(self) -> None:
+        while self.dead is None:
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.probe()
+
+    async def probe(self) -> None:
+        """One round trip through the server; a connection that claims to be up and does not
+        get its own message back within ``timeout_s`` is dead."""
+        if not self._connected() or self.dead is not None:
+            return
+        self._echo.clear()
+        try:
+            await self._nc.publish(self._subject, b"")
+            async with asyncio.timeout(self.timeout_s):
+                await self._echo.wait()
+        except TimeoutError:
+            if not self._connected():
+                return
+            self.dead = (
+                f"NATS connection stopped reading (its own message did not come back within "
+                f"{self.timeout_s:.1f}s)"
+            )
+            log.error("%s; reporting not ready", self.dead)
+            self._on_dead(self.dead)
+        except nats.errors.Error:
+            return
