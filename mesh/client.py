@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 
 from mesh import subjects, tracing, wire
 from mesh.errors import DeadlineExceededError, UnavailableError
-from mesh.wire import Array
+from mesh.typedefs import Array
 
 #: name a single array is sent under; a single-input model takes it whatever its input's name.
 DEFAULT_INPUT = "input"

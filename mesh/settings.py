@@ -21,8 +21,8 @@ from pydantic_settings import (
 )
 
 from mesh.confidence import ConfidenceKind
+from mesh.policy import RESIDENCY_ZONES
 from mesh.subjects import check_token
-from mesh.wire import RESIDENCY_ZONES
 
 
 class NatsSettings(BaseModel):
@@ -48,6 +48,10 @@ class NatsSettings(BaseModel):
     """How long a starting service keeps trying to reach NATS before it gives up."""
     drain_timeout_s: float = 5.0
     """Longest wait, at shutdown, for replies in flight before the connection closes."""
+    watch_interval_s: float = 2.0
+    """Seconds between the node's own round trips checking that its connection still reads."""
+    watch_timeout_s: float = 3.0
+    """Seconds without its round trip back after which a connection that claims to be up is dead."""
 
     def connect_options(self, name: str) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``."""
