@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from mesh.errors import (
 from mesh.lifecycle import Service
 from mesh.metrics import OTHER_MODEL, MeshMetrics, default_metrics
 from mesh.policy import Action, Assessment, Decision, DegradedReason, EscalationReason
-from mesh.served import BatchScores, LocalAnswer, ServedModel
+from mesh.served import LocalAnswer, ServedModel
 from mesh.typedefs import Feeds
 from mesh.upstream import UpstreamFailure, UpstreamLink
 
@@ -280,16 +281,47 @@ class DataPlane(Service):
             return
         model.observe_drift(feeds, scores)
         upstream = self.upstream.view() if self.upstream is not None else None
-        single = len(group.outcomes) == 1
+        thresholds = model.thresholds
+        confidences = scores.confidence.tolist()
+        novelties = scores.novelty.tolist() if scores.novelty is not None else None
+        total = len(confidences)
+        parts = [
+            (name, array, array.ndim > 0 and array.shape[0] == total)
+            for name, array in outputs.items()
+        ]
+        whole = len(group.outcomes) == 1
         offset = 0
         for outcome, request_feeds in zip(group.outcomes, group.feeds, strict=True):
             rows = _rows(request_feeds)
-            local = _local_answer(outputs, scores, offset, rows, single)
-            offset += rows
+            end = offset + rows
+            if rows == 1:
+                confidence = confidences[offset]
+                novelty = novelties[offset] if novelties is not None else None
+            else:
+                # min() skips a NaN that is not first; a NaN row must make the request unsure.
+                confidence = min(confidences[offset:end])
+                if any(c != c for c in confidences[offset:end]):
+                    confidence = math.nan
+                novelty = max(novelties[offset:end]) if novelties is not None else None
+            local = LocalAnswer(
+                outputs
+                if whole
+                else {
+                    name: array[offset:end] if rows_of_batch else array
+                    for name, array, rows_of_batch in parts
+                },
+                scores.labels[offset:end],
+                confidence,
+                novelty,
+            )
+            offset = end
+            if policy.confident(confidence, novelty, thresholds):
+                outcome.response = self._answer_here(outcome, model, local, None)
+                continue
             request = outcome.request
             decision = policy.decide(
-                Assessment(local.confidence, local.novelty),
-                model.thresholds,
+                Assessment(confidence, novelty),
+                thresholds,
                 budget_ms=request.budget_ms - self._elapsed_ms(outcome.received_at),
                 residency=request.residency,
                 upstream=upstream,
@@ -486,28 +518,3 @@ def _concatenate(requests: list[Feeds]) -> Feeds:
 def _rows(feeds: Feeds) -> int:
     array = next(iter(feeds.values()))
     return int(array.shape[0]) if array.ndim else 1
-
-
-def _local_answer(
-    outputs: Feeds, scores: BatchScores, offset: int, rows: int, whole: bool
-) -> LocalAnswer:
-    """The part of a batch's outputs and scores that belongs to one request."""
-    end = offset + rows
-    if whole:
-        request_outputs = outputs
-    else:
-        total = len(scores.labels)
-        request_outputs = {
-            name: array[offset:end] if array.ndim and array.shape[0] == total else array
-            for name, array in outputs.items()
-        }
-    confidences = scores.confidence[offset:end]
-    novelty = scores.novelty
-    return LocalAnswer(
-        outputs=request_outputs,
-        labels=scores.labels[offset:end],
-        confidence=float(confidences[0] if rows == 1 else np.min(confidences)),
-        novelty=None
-        if novelty is None
-        else float(novelty[offset] if rows == 1 else np.max(novelty[offset:end])),
-    )

@@ -89,6 +89,14 @@ class Decision:
 ANSWER = Decision(Action.ANSWER)
 
 
+def confident(confidence: float, novelty: float | None, thresholds: Thresholds) -> bool:
+    """Whether a tier answers a case itself on its own merits (``escalation_reason`` is None
+    for a served model). Written so that a NaN confidence is never taken for confident."""
+    if not confidence >= thresholds.confidence:
+        return False
+    return thresholds.novelty is None or novelty is None or not novelty > thresholds.novelty
+
+
 def escalation_reason(assessment: Assessment, thresholds: Thresholds) -> EscalationReason | None:
     if assessment.confidence is None:
         return EscalationReason.NOT_SERVED

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from mesh.runtime import ModelRunner, TensorSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LocalAnswer:
-    """What this tier's model says of one request."""
+    """What this tier's model says of one request (plain, not frozen: built per request; see
+    ``mesh.wire.messages``)."""
 
     outputs: dict[str, Array]
     labels: list[int]
@@ -38,7 +39,7 @@ class LocalAnswer:
     novelty: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchScores:
     """Scores of every row of a batch."""
 
@@ -71,9 +72,30 @@ class ServedModel:
             len(spec.shape) >= 1 and all(d is not None for d in spec.shape[1:])
             for spec in self.inputs
         )
+        only = self.inputs[0] if len(self.inputs) == 1 else None
+        fixed = only is not None and self.always_merges and only.dtype not in ("str", "object")
+        #: the one input's name, dtype and trailing shape, when validation can take a fast path.
+        self._single = (
+            (only.name, np.dtype(only.dtype), tuple(only.shape[1:])) if only and fixed else None
+        )
 
     def validate(self, inputs: dict[str, Array]) -> Feeds:
         """The feeds for the model, or a typed error naming what is wrong with the request."""
+        single = self._single
+        if single is not None and len(inputs) == 1:
+            # One input, fixed trailing shape: the common case in a few comparisons.
+            array = next(iter(inputs.values()))
+            name, dtype, trailing = single
+            if (
+                array.dtype == dtype
+                and array.shape[1:] == trailing
+                and 0 < array.shape[0] <= self.max_rows
+                and array.nbytes <= self.max_request_bytes
+            ):
+                return {name: array}
+        return self._validate_checked(inputs)
+
+    def _validate_checked(self, inputs: dict[str, Array]) -> Feeds:
         expected = [spec.name for spec in self.inputs]
         if len(self.inputs) == 1 and len(inputs) == 1:
             feeds = {self.inputs[0].name: next(iter(inputs.values()))}

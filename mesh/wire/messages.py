@@ -17,11 +17,15 @@ from mesh.typedefs import Array
 from mesh.wire.codec import VERSION, opt_float, opt_str, packb, require, unpack_map
 from mesh.wire.tensors import decode_tensors, encode_tensors
 
+# The message classes are plain (not frozen) slotted dataclasses: they are built several times a
+# request, and a frozen dataclass's __init__ costs about 6x a plain one (3.9 us against 0.7 us for
+# 12 fields, measured). Treat them as values: copy with ``dataclasses.replace``, never mutate.
+
 #: longest request id accepted: ids become JetStream message ids, headers and log fields.
 MAX_ID_LENGTH = 256
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hop:
     """One tier's part in answering a request."""
 
@@ -67,7 +71,7 @@ class Hop:
             raise InvalidArgumentError(f"malformed path hop: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferRequest:
     id: str
     model: str
@@ -81,7 +85,7 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferResponse:
     id: str
     model: str
@@ -100,7 +104,7 @@ class InferResponse:
     reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ErrorReply:
     id: str
     code: ErrorCode
@@ -132,7 +136,36 @@ def encode_request(req: InferRequest) -> bytes:
 
 
 def decode_request(data: bytes) -> InferRequest:
-    obj = unpack_map(data, "inference request")
+    what = "inference request"
+    obj = unpack_map(data, what)
+    get = obj.get
+    request_id, model, inputs = get("id"), get("model"), get("inputs")
+    budget, residency, hops = get("budget_ms"), get("residency", "any"), get("hops", 0)
+    parameters = get("parameters") or {}
+    # The common case in a few type checks; anything else takes the checked path, which says
+    # what is wrong.
+    if (
+        get("kind", "infer_request") == "infer_request"
+        and type(request_id) is str
+        and 0 < len(request_id) <= MAX_ID_LENGTH
+        and type(model) is str
+        and type(inputs) is dict
+        and inputs
+        and type(budget) is float
+        and 0.0 <= budget < math.inf
+        and type(residency) is str
+        and residency in RESIDENCY_LABELS
+        and type(hops) is int
+        and hops >= 0
+        and type(parameters) is dict
+    ):
+        return InferRequest(
+            request_id, model, decode_tensors(inputs, "inputs"), budget, residency, hops, parameters
+        )
+    return _decode_request_checked(obj)
+
+
+def _decode_request_checked(obj: dict[str, Any]) -> InferRequest:
     what = "inference request"
     kind = obj.get("kind", "infer_request")
     if kind != "infer_request":

@@ -49,7 +49,16 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
     return dtype.name
 
 
+#: wire dtype name to the little-endian numpy dtype it decodes to.
+_WIRE_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+#: numpy dtypes that travel as they are (native little-endian here) to their wire names.
+_NAMES: dict[np.dtype[Any], str] = {np.dtype(name): name for name in DTYPES}
+
+
 def encode_tensor(array: Array) -> dict[str, Any]:
+    name = _NAMES.get(array.dtype) if type(array) is np.ndarray else None
+    if name is not None and array.dtype.byteorder != ">" and array.flags.c_contiguous:
+        return {"dtype": name, "shape": list(array.shape), "data": array.tobytes()}
     arr = np.asarray(array)
     name = dtype_name(arr.dtype)
     if name not in DTYPES:
@@ -64,6 +73,29 @@ def encode_tensor(array: Array) -> dict[str, Any]:
 
 
 def decode_tensor(obj: object, name: str) -> Array:
+    # The common case in a few type checks; anything unusual takes the checked path below, which
+    # says what is wrong.
+    if type(obj) is dict:
+        dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
+        dt = _WIRE_DTYPES.get(dtype) if type(dtype) is str else None
+        if (
+            dt is not None
+            and type(shape) is list
+            and type(data) is bytes
+            and len(shape) <= MAX_RANK
+        ):
+            count = 1
+            for d in shape:
+                if type(d) is not int or not 0 <= d <= MAX_DIMENSION:
+                    break
+                count *= d
+            else:
+                if count * dt.itemsize == len(data) and count:
+                    return np.frombuffer(data, dtype=dt).reshape(shape)
+    return _decode_tensor_checked(obj, name)
+
+
+def _decode_tensor_checked(obj: object, name: str) -> Array:
     if not isinstance(obj, dict):
         raise InvalidArgumentError(f"tensor {name!r} must be a map with dtype, shape and data")
     dtype = obj.get("dtype")
