@@ -111,6 +111,8 @@ class _Group:
     model: ServedModel
     outcomes: list[Outcome] = field(default_factory=list)
     feeds: list[Feeds] = field(default_factory=list)
+    #: rows of each request.
+    counts: list[int] = field(default_factory=list)
     rows: int = 0
 
 
@@ -188,16 +190,18 @@ class DataPlane(Service):
         outcomes: list[Outcome] = []
         groups: dict[tuple[str, object], _Group] = {}
         ordered: list[_Group] = []
+        max_hops = self.identity.max_hops
+        models = self.models.models
         for request, received_at in batch:
             outcome = Outcome(request, received_at)
             outcomes.append(outcome)
-            if request.hops >= self.identity.max_hops:
+            if request.hops >= max_hops:
                 outcome.error = InvalidArgumentError(
                     f"request {request.id} has passed {request.hops} tiers; the mesh allows "
                     f"{self.identity.max_hops}: check the upstream chain for a loop"
                 )
                 continue
-            model = self.models.get(request.model)
+            model = models.get(request.model)
             if model is None:
                 outcome.escalation = Escalation(reason=EscalationReason.NOT_SERVED)
                 continue
@@ -212,11 +216,12 @@ class DataPlane(Service):
             )
             group = groups.get(key)
             rows = _rows(feeds)
-            if group is None or group.rows + rows > max(model.runner.batcher.max_batch_size, 1):
+            if group is None or group.rows + rows > model.max_batch_rows:
                 group = groups[key] = _Group(model)
                 ordered.append(group)
             group.outcomes.append(outcome)
             group.feeds.append(feeds)
+            group.counts.append(rows)
             group.rows += rows
         return outcomes, ordered
 
@@ -229,19 +234,22 @@ class DataPlane(Service):
             return feeds
         kept_outcomes: list[Outcome] = []
         kept_feeds: list[Feeds] = []
+        kept_counts: list[int] = []
         offset = 0
-        for outcome, request_feeds in zip(group.outcomes, group.feeds, strict=True):
-            rows = _rows(request_feeds)
+        for outcome, request_feeds, rows in zip(
+            group.outcomes, group.feeds, group.counts, strict=True
+        ):
             if finite[offset : offset + rows].all():
                 kept_outcomes.append(outcome)
                 kept_feeds.append(request_feeds)
+                kept_counts.append(rows)
             else:
                 outcome.error = InvalidArgumentError(
                     f"request {outcome.request.id} has NaN or infinite input values"
                 )
             offset += rows
-        group.outcomes, group.feeds = kept_outcomes, kept_feeds
-        group.rows = sum(_rows(f) for f in kept_feeds)
+        group.outcomes, group.feeds, group.counts = kept_outcomes, kept_feeds, kept_counts
+        group.rows = sum(kept_counts)
         if not kept_feeds:
             return None
         return _concatenate(kept_feeds)
@@ -267,8 +275,8 @@ class DataPlane(Service):
         if len(group.outcomes) == 1:
             group.outcomes[0].error = error
             return
-        for outcome, feeds in zip(group.outcomes, group.feeds, strict=True):
-            self._run_group(_Group(group.model, [outcome], [feeds], _rows(feeds)), feeds)
+        for outcome, feeds, rows in zip(group.outcomes, group.feeds, group.counts, strict=True):
+            self._run_group(_Group(group.model, [outcome], [feeds], [rows], rows), feeds)
 
     def _conclude(self, group: _Group, feeds: Feeds, outputs: Feeds) -> None:
         model = group.model
@@ -290,9 +298,9 @@ class DataPlane(Service):
             for name, array in outputs.items()
         ]
         whole = len(group.outcomes) == 1
+        now = self._clock()
         offset = 0
-        for outcome, request_feeds in zip(group.outcomes, group.feeds, strict=True):
-            rows = _rows(request_feeds)
+        for outcome, rows in zip(group.outcomes, group.counts, strict=True):
             end = offset + rows
             if rows == 1:
                 confidence = confidences[offset]
@@ -316,7 +324,7 @@ class DataPlane(Service):
             )
             offset = end
             if policy.confident(confidence, novelty, thresholds):
-                outcome.response = self._answer_here(outcome, model, local, None)
+                outcome.response = self._answer_here(outcome, model, local, None, now)
                 continue
             request = outcome.request
             decision = policy.decide(
@@ -441,31 +449,34 @@ class DataPlane(Service):
         model: ServedModel,
         local: LocalAnswer,
         degraded: DegradedReason | None,
+        now: float | None = None,
     ) -> wire.InferResponse:
         request = outcome.request
         reason = degraded.value if degraded is not None else None
+        identity = self.identity
+        # Positional: this runs once a request, and keyword arguments cost more here.
         hop = wire.Hop(
-            tier=self.identity.tier,
-            node=self.identity.node,
-            action="answered" if degraded is None else "fallback",
-            latency_ms=self._elapsed_ms(outcome.received_at),
-            model_version=model.version,
-            confidence=local.confidence,
-            reason=reason,
+            identity.tier,
+            identity.node,
+            "answered" if degraded is None else "fallback",
+            ((now if now is not None else self._clock()) - outcome.received_at) * 1000.0,
+            model.version,
+            local.confidence,
+            reason,
         )
         answer = wire.InferResponse(
-            id=request.id,
-            model=model.name,
-            model_version=model.version,
-            tier=self.identity.tier,
-            node=self.identity.node,
-            outputs=local.outputs,
-            labels=local.labels,
-            confidence=local.confidence,
-            confidence_kind=model.confidence_kind.value,
-            path=[hop],
-            degraded=degraded is not None,
-            reason=reason,
+            request.id,
+            model.name,
+            model.version,
+            identity.tier,
+            identity.node,
+            local.outputs,
+            local.labels,
+            local.confidence,
+            model.confidence_kind.value,
+            [hop],
+            degraded is not None,
+            reason,
         )
         if degraded is not None:
             self.metrics.degraded.add(1, self.identity.tier, model.name, degraded.value)

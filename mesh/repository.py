@@ -72,5 +72,6 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         if manifest is not None and manifest.reference is not None
         else None,
         max_rows=settings.max_rows,
+        max_batch_rows=max(settings.batching.max_batch_size, 1),
         max_request_bytes=settings.max_request_bytes,
     )

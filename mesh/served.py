@@ -61,6 +61,8 @@ class ServedModel:
     drift: DriftMonitor | None = None
     max_rows: int = 256
     max_request_bytes: int = 4 * 1024 * 1024
+    #: most rows run as one model call (the batching settings' ``max_batch_size``).
+    max_batch_rows: int = 32
     #: batches of this model running off the event loop now (a swap waits for them).
     in_flight: int = 0
     #: whether any two validated requests merge into one batch: every input has a row dimension

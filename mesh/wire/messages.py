@@ -202,25 +202,46 @@ def _decode_request_checked(obj: dict[str, Any]) -> InferRequest:
     )
 
 
+#: the packed fields a node's responses share for one model version, by those fields.
+_RESPONSE_HEADS: dict[tuple[str, str, str, str, str], bytes] = {}
+_MAX_RESPONSE_HEADS = 1024
+
+
 def encode_response(resp: InferResponse) -> bytes:
-    return packb(
+    # Seven of the fourteen fields are the same for every answer a node gives with one model
+    # version: packed once and kept, then spliced in front of the other seven. Both halves are
+    # msgpack fixmaps (under 16 entries), whose one-byte header carries the entry count.
+    key = (resp.model, resp.model_version, resp.tier, resp.node, resp.confidence_kind)
+    head = _RESPONSE_HEADS.get(key)
+    if head is None:
+        head = packb(
+            {
+                "v": VERSION,
+                "kind": "infer_response",
+                "model": resp.model,
+                "model_version": resp.model_version,
+                "tier": resp.tier,
+                "node": resp.node,
+                "confidence_kind": resp.confidence_kind,
+            }
+        )[1:]
+        if len(_RESPONSE_HEADS) < _MAX_RESPONSE_HEADS:
+            _RESPONSE_HEADS[key] = head
+    body = packb(
         {
-            "v": VERSION,
-            "kind": "infer_response",
             "id": resp.id,
-            "model": resp.model,
-            "model_version": resp.model_version,
-            "tier": resp.tier,
-            "node": resp.node,
             "outputs": encode_tensors(resp.outputs),
             "labels": list(resp.labels),
             "confidence": float(resp.confidence),
-            "confidence_kind": resp.confidence_kind,
             "path": [hop.to_wire() for hop in resp.path],
             "degraded": resp.degraded,
             "reason": resp.reason,
         }
     )
+    return _FIXMAP_14 + head + body[1:]
+
+
+_FIXMAP_14 = bytes((0x80 | 14,))
 
 
 def encode_error(err: ErrorReply) -> bytes:
