@@ -204,10 +204,13 @@ class TierNode(Service):
         old = self.models.put(served)
         if old is None:
             return None
-        deadline = asyncio.get_running_loop().time() + drain_seconds
-        # Polled: a swap is rare, and an idle event would cost every request on the hot path.
-        while old.in_flight and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        try:
+            async with asyncio.timeout(drain_seconds):
+                await old.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "old version of %s still busy after %.0f s; stopping it", old.name, drain_seconds
+            )
         await old.runner.stop()
         log.info(
             "node %s swapped %s from version %s to %s",

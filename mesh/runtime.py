@@ -45,7 +45,7 @@ ORT_DTYPES: dict[str, str] = {
 
 
 @dataclass(frozen=True, slots=True)
-class TensorSpec:
+class GraphTensor:
     name: str
     #: numpy dtype name (``float32``), ``str`` for string tensors, ``object`` for non-tensors.
     dtype: str
@@ -53,9 +53,9 @@ class TensorSpec:
     shape: tuple[int | None, ...]
 
 
-def _spec(arg: Any) -> TensorSpec:
+def _spec(arg: Any) -> GraphTensor:
     shape = tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
-    return TensorSpec(name=arg.name, dtype=ORT_DTYPES.get(arg.type, "object"), shape=shape)
+    return GraphTensor(name=arg.name, dtype=ORT_DTYPES.get(arg.type, "object"), shape=shape)
 
 
 def _is_invalid_argument(exc: Exception) -> bool:

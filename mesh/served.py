@@ -7,6 +7,7 @@ than the model itself at the edge.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from mesh.wire import dtype_name
 if TYPE_CHECKING:
     from mesh.drift import DriftMonitor
     from mesh.novelty import NoveltyScorer
-    from mesh.runtime import ModelRunner, TensorSpec
+    from mesh.runtime import GraphTensor, ModelRunner
 
 
 @dataclass(slots=True)
@@ -53,7 +54,7 @@ class ServedModel:
     name: str
     version: str
     runner: ModelRunner
-    inputs: list[TensorSpec]
+    inputs: list[GraphTensor]
     scored_output: str
     confidence_kind: ConfidenceKind
     thresholds: Thresholds
@@ -74,6 +75,8 @@ class ServedModel:
             len(spec.shape) >= 1 and all(d is not None for d in spec.shape[1:])
             for spec in self.inputs
         )
+        self._idle = asyncio.Event()
+        self._idle.set()
         only = self.inputs[0] if len(self.inputs) == 1 else None
         fixed = only is not None and self.always_merges and only.dtype not in ("str", "object")
         #: the one input's name, dtype and trailing shape, when validation can take a fast path.
@@ -164,10 +167,17 @@ class ServedModel:
 
     async def run_in_worker(self, feeds: Feeds) -> Feeds:
         self.in_flight += 1
+        self._idle.clear()
         try:
             return await self.runner.run_in_worker(feeds)
         finally:
             self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no batch of this model runs in its worker."""
+        await self._idle.wait()
 
     def score(self, feeds: Feeds, outputs: Feeds) -> BatchScores:
         """Labels, confidence and novelty of every row: one numpy call each."""

@@ -8,7 +8,7 @@ import pytest
 
 from mesh.batching import Feeds
 from mesh.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from mesh.runtime import ModelRunner, OnnxModel, TensorSpec
+from mesh.runtime import GraphTensor, ModelRunner, OnnxModel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,10 +48,10 @@ def digits_model(digits_model_path: Path) -> OnnxModel:
 
 def test_signature_is_read_from_the_session(digits_model_path: Path) -> None:
     model = OnnxModel.load(digits_model_path, intra_op_threads=1, inter_op_threads=1)
-    assert model.inputs == [TensorSpec("input", "float32", (None, 64))]
+    assert model.inputs == [GraphTensor("input", "float32", (None, 64))]
     assert model.outputs == [
-        TensorSpec("label", "int64", (None,)),
-        TensorSpec("probabilities", "float32", (None, 10)),
+        GraphTensor("label", "int64", (None,)),
+        GraphTensor("probabilities", "float32", (None, 10)),
     ]
     assert not model.warm
     assert model.estimate_seconds(1) is None

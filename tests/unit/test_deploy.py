@@ -1,6 +1,6 @@
 """The deployment files stay in step with the code: every node settings file they carry loads
 as ``NodeSettings``, probes and metrics point at the port the settings serve, and the compose
-site wires the tiers the way DESIGN.md draws them."""
+site wires the tiers the way the README's topology draws them."""
 
 from __future__ import annotations
 
