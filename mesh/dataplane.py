@@ -191,10 +191,19 @@ class DataPlane(Service):
         groups: dict[tuple[str, object], _Group] = {}
         ordered: list[_Group] = []
         max_hops = self.identity.max_hops
+        zone = self.identity.zone
         models = self.models.models
         for request, received_at in batch:
             outcome = Outcome(request, received_at)
             outcomes.append(outcome)
+            if request.residency != "any" and not policy.may_reach(request.residency, zone):
+                # The receiving tier enforces residency too: a sender that ignored the label
+                # (or a caller that addressed this tier directly) does not get it processed here.
+                outcome.error = InvalidArgumentError(
+                    f"request {request.id} is labelled residency {request.residency!r}; tier "
+                    f"{self.identity.tier} is in zone {zone!r}, which that label does not allow"
+                )
+                continue
             if request.hops >= max_hops:
                 outcome.error = InvalidArgumentError(
                     f"request {request.id} has passed {request.hops} tiers; the mesh allows "

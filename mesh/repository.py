@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mesh.confidence import ConfidenceKind
 from mesh.drift import DriftMonitor
+from mesh.errors import InvalidArgumentError
 from mesh.models.manifest import ModelManifest, load_manifest, verify_artifact
 from mesh.novelty import NoveltyScorer
 from mesh.policy import Thresholds
@@ -29,7 +30,13 @@ def _load_artifact(settings: ModelSettings) -> tuple[ModelManifest | None, OnnxM
     if settings.manifest is not None:
         manifest = load_manifest(settings.manifest)
         verified = verify_artifact(manifest, settings.manifest)
-        path = path or verified
+        if path is not None and path.resolve() != verified:
+            # Otherwise the file loaded would not be the one whose hash was checked.
+            raise InvalidArgumentError(
+                f"model {settings.name}: path {path} is not the artifact {verified} that its "
+                "manifest names and hashes; set the manifest alone"
+            )
+        path = verified
     assert path is not None
     onnx = OnnxModel.load(path, intra_op_threads=settings.intra_op_threads)
     onnx.warmup()

@@ -194,8 +194,16 @@ def save_manifest(manifest: ModelManifest, path: Path | str) -> None:
 
 
 def artifact_path(manifest: ModelManifest, manifest_path: Path | str) -> Path:
-    """Where the manifest's artifact lives on disk."""
-    return Path(manifest_path).parent / manifest.artifact
+    """Where the manifest's artifact lives on disk: inside the manifest's folder, always (a
+    manifest cannot make a node read a file elsewhere, ``../`` or absolute paths included)."""
+    folder = Path(manifest_path).resolve().parent
+    path = (folder / manifest.artifact).resolve()
+    if not path.is_relative_to(folder):
+        raise InvalidArgumentError(
+            f"manifest {manifest_path} names artifact {manifest.artifact!r}, outside its folder "
+            f"{folder}: an artifact must lie beside its manifest or below it"
+        )
+    return path
 
 
 def verify_artifact(manifest: ModelManifest, manifest_path: Path | str) -> Path:

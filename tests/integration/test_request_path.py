@@ -251,3 +251,15 @@ async def test_unknown_model_at_the_top_tier_is_not_found(
             await client.infer("digits", np.zeros((300, 64), np.float32))
         ok = await client.infer("digits", np.zeros((1, 64), np.float32))
         assert ok.tier == "cloud"
+
+
+async def test_a_tier_refuses_a_request_whose_residency_does_not_allow_its_zone(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
+    x = np.load(demo.test)["x"][:1].astype(np.float32)
+    async with await MeshClient.connect(nats_server.url) as client:
+        with pytest.raises(InvalidArgumentError, match="residency 'device'"):
+            await client.infer("digits", x, residency="device", tier="cloud")
+        answered = await client.infer("digits", x, residency="cloud", tier="cloud")
+    assert answered.tier == "cloud"
