@@ -97,10 +97,22 @@ async def metrics_handler(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+#: longest text kept of a message or a field value in one log line: a log line is not a place
+#: for a caller's megabyte (an id, a model name or a parameter can come from the wire).
+MAX_LOG_TEXT = 2048
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_LOG_TEXT:
+        return text
+    return f"{text[:MAX_LOG_TEXT]}... [{len(text) - MAX_LOG_TEXT} more characters]"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, with the trace and span ids of the current span.
 
-    A mapping passed as ``extra={"fields": {...}}`` adds its keys to the line.
+    A mapping passed as ``extra={"fields": {...}}`` adds its keys to the line. Messages and
+    string field values are clipped to ``MAX_LOG_TEXT`` characters; tracebacks are kept whole.
     """
 
     def __init__(self, service: str) -> None:
@@ -113,24 +125,33 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _clip(record.getMessage()),
             "service": self.service,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            entry.update({k: v for k, v in fields.items() if k not in entry})
+            entry.update(
+                {
+                    k: _clip(v) if isinstance(v, str) else v
+                    for k, v in fields.items()
+                    if k not in entry
+                }
+            )
         ctx = trace.get_current_span().get_span_context()
         if ctx.is_valid:
             entry["trace_id"] = format(ctx.trace_id, "032x")
             entry["span_id"] = format(ctx.span_id, "016x")
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
 
 
 def configure_logging(level: str = "INFO", service: str = "mesh") -> None:
+    """JSON lines on stdout for every logger, Python warnings included (``py.warnings``), so
+    nothing a service prints escapes the log format."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from mesh.telemetry import configure_logging
+from mesh.telemetry import JsonFormatter, configure_logging
 
 
 @pytest.fixture
@@ -59,3 +59,17 @@ def test_a_log_line_outside_a_span_has_no_trace_ids_and_keeps_extra_fields(
     assert "trace_id" not in entry and "span_id" not in entry
     assert entry["kind"] == "drift" and entry["psi"] == 0.4
     assert entry["message"] == "drift"
+
+
+def test_a_huge_message_or_field_is_clipped_to_one_reasonable_line() -> None:
+    from mesh.telemetry import MAX_LOG_TEXT
+
+    formatter = JsonFormatter("svc")
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "id %s", ("a" * 1_000_000,), None)
+    record.fields = {"request_id": "b" * 1_000_000, "rows": 3}
+    line = formatter.format(record)
+    entry = json.loads(line)
+    assert len(line) < 3 * MAX_LOG_TEXT + 1000
+    assert entry["message"].endswith("more characters]")
+    assert entry["request_id"].startswith("b" * 100)
+    assert entry["rows"] == 3
