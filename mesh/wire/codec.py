@@ -4,6 +4,7 @@ its decoders share. Pure functions over bytes, no I/O."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -17,10 +18,35 @@ def packb(obj: dict[str, Any]) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack_map(data: bytes, what: str) -> dict[str, Any]:
-    """A message's map, with its contract version checked."""
+#: container sizes a request may use: its maps and lists are small (names, shapes, parameters),
+#: and the bound keeps a hostile message from costing more to decode than its bytes' worth.
+@dataclass(frozen=True)
+class UnpackLimits:
+    """msgpack's own ``max_*_len`` options: the most entries a map or list may have."""
+
+    max_map_len: int
+    max_array_len: int
+    max_str_len: int
+
+
+REQUEST_LIMITS = UnpackLimits(max_map_len=128, max_array_len=128, max_str_len=64 * 1024)
+
+
+def unpack_map(data: bytes, what: str, limits: UnpackLimits | None = None) -> dict[str, Any]:
+    """A message's map, with its contract version checked; ``limits`` bounds its containers."""
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        if limits is None:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        else:
+            obj = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                max_map_len=limits.max_map_len,
+                max_array_len=limits.max_array_len,
+                max_str_len=limits.max_str_len,
+                max_ext_len=0,
+            )
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise InvalidArgumentError(f"{what} is not valid msgpack: {exc}") from None
     if not isinstance(obj, dict):

@@ -14,7 +14,15 @@ from typing import Any
 from mesh.errors import ErrorCode, InvalidArgumentError, MeshError, error_for
 from mesh.policy import RESIDENCY_LABELS
 from mesh.typedefs import Array
-from mesh.wire.codec import VERSION, opt_float, opt_str, packb, require, unpack_map
+from mesh.wire.codec import (
+    REQUEST_LIMITS,
+    VERSION,
+    opt_float,
+    opt_str,
+    packb,
+    require,
+    unpack_map,
+)
 from mesh.wire.tensors import decode_tensors, encode_tensors
 
 # The message classes are plain (not frozen) slotted dataclasses: they are built several times a
@@ -23,6 +31,25 @@ from mesh.wire.tensors import decode_tensors, encode_tensors
 
 #: longest request id accepted: ids become JetStream message ids, headers and log fields.
 MAX_ID_LENGTH = 256
+#: most parameters a request carries, longest name and longest text value.
+MAX_PARAMETERS = 64
+MAX_PARAMETER_NAME = 128
+MAX_PARAMETER_TEXT = 4096
+
+
+def _flat(parameters: dict[Any, Any]) -> bool:
+    """Whether parameters are what the protocol allows: a few names to scalars."""
+    if len(parameters) > MAX_PARAMETERS:
+        return False
+    for name, value in parameters.items():
+        if type(name) is not str or len(name) > MAX_PARAMETER_NAME:
+            return False
+        if type(value) is str:
+            if len(value) > MAX_PARAMETER_TEXT:
+                return False
+        elif value is not None and type(value) not in (bool, int, float):
+            return False
+    return True
 
 
 @dataclass(slots=True)
@@ -137,7 +164,7 @@ def encode_request(req: InferRequest) -> bytes:
 
 def decode_request(data: bytes) -> InferRequest:
     what = "inference request"
-    obj = unpack_map(data, what)
+    obj = unpack_map(data, what, REQUEST_LIMITS)
     get = obj.get
     request_id, model, inputs = get("id"), get("model"), get("inputs")
     budget, residency, hops = get("budget_ms"), get("residency", "any"), get("hops", 0)
@@ -158,6 +185,7 @@ def decode_request(data: bytes) -> InferRequest:
         and type(hops) is int
         and hops >= 0
         and type(parameters) is dict
+        and (not parameters or _flat(parameters))
     ):
         return InferRequest(
             request_id, model, decode_tensors(inputs, "inputs"), budget, residency, hops, parameters
@@ -184,8 +212,12 @@ def _decode_request_checked(obj: dict[str, Any]) -> InferRequest:
     if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
         raise InvalidArgumentError(f"hops must be a non-negative integer, got {hops!r}")
     parameters = obj.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidArgumentError("parameters must be a map")
+    if not isinstance(parameters, dict) or not _flat(parameters):
+        raise InvalidArgumentError(
+            f"parameters must be a map of at most {MAX_PARAMETERS} names (up to "
+            f"{MAX_PARAMETER_NAME} characters) to a boolean, number or string of up to "
+            f"{MAX_PARAMETER_TEXT} characters, as in the Open Inference Protocol"
+        )
     req_id = require(obj, "id", str, what)
     if not req_id or len(req_id) > MAX_ID_LENGTH:
         raise InvalidArgumentError(

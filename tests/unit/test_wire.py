@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -631,3 +632,36 @@ def test_valid_messages_with_bytes_corrupted_only_raise_invalid_argument(
     start = data.draw(st.integers(min_value=0, max_value=len(message) - 1))
     message[start : start + len(noise)] = noise
     _decodes_or_rejects(bytes(message))
+
+
+def test_a_shape_of_sixty_thousand_huge_dimensions_is_refused_at_once() -> None:
+    obj = _request_map()
+    obj["inputs"]["x"]["shape"] = [2**64 - 1] * 60_000
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgumentError):
+        decode_request(_pack(obj))
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"k": "v" * 5000},
+        {f"k{i}": i for i in range(65)},
+        {"nested": {"a": 1}},
+        {"list": [1, 2, 3]},
+        {"k" * 200: 1},
+    ],
+    ids=["long text", "too many", "nested map", "list", "long name"],
+)
+def test_parameters_beyond_flat_scalars_are_refused(parameters: dict[str, Any]) -> None:
+    obj = _request_map()
+    obj["parameters"] = parameters
+    with pytest.raises(InvalidArgumentError):
+        decode_request(_pack(obj))
+
+
+def test_flat_scalar_parameters_pass_through() -> None:
+    obj = _request_map()
+    obj["parameters"] = {"priority": 2, "tag": "line4", "strict": True, "scale": 0.5, "x": None}
+    assert decode_request(_pack(obj)).parameters == obj["parameters"]
