@@ -1,15 +1,24 @@
-"""Notices a NATS connection that looks connected but no longer reads.
+"""A NATS connection that reads on whatever arrives, and a watch for one that stopped reading.
 
-nats-py (2.16) ends its read loop on any unexpected exception in the protocol parser, for
-instance a message whose subject is not valid UTF-8, which any client allowed to publish can
-send: it logs "nats: encountered error" and stops reading, while ``is_connected`` stays true and
-the server keeps routing this node's share of the queue group to it. Nothing reconnects it until
-the stale-connection ping gives up minutes later.
+nats-py (2.16) ends its read loop on any unexpected exception while it turns a received message
+into a ``Msg``, for instance a subject or reply subject that is not valid UTF-8, which any client
+allowed to publish can send (the reply subject is the publisher's to choose): it logs "nats:
+encountered error" and stops reading, while ``is_connected`` stays true and the server keeps
+routing this node's share of the queue group to it. Nothing reconnects it until the
+stale-connection ping gives up minutes later. A minimal reproduction, against any nats-server:
 
-``ConnectionWatch`` finds it two ways: a logging handler on nats-py's logger reacts to that line
-at once, and a round trip every ``interval_s`` finds any other way a connection can stop
-reading. The round trip is a message to a subscription of its own (an inbox subject): nats-py's
-``flush`` cannot tell, since it skips the PING and returns at once when its read loop has ended.
+    sub = await nc.subscribe("x.>", cb=handler)    # nc = await nats.connect(url)
+    # from a raw socket: CONNECT {}\r\nPUB x.\xff 2\r\nhi\r\n
+    # -> "nats: encountered error ... UnicodeDecodeError" and nc never delivers another message
+
+``GuardedClient`` contains it: a message nats-py cannot build is dropped and counted, and the
+connection reads on. This overrides ``Client._process_msg``, a private method, deliberately: it is
+the one place every received message passes, and the alternative is a process that any publisher
+can silence. ``ConnectionWatch`` covers whatever else could stop a read loop. It finds it two
+ways: a logging handler on nats-py's logger reacts to that line at once, and a round trip every
+``interval_s`` finds any other way a connection can stop reading. The round trip is a message
+to a subscription of its own (an inbox subject): nats-py's ``flush`` cannot tell, since it skips
+the PING and returns at once when its read loop has ended.
 Either way it verifies with its own connection (the logger is shared by every connection in the
 process) and then calls ``on_dead``: the node reports not ready at once and exits so that its
 supervisor restarts it (nats-py has no public way to drop and redial a connection that believes
@@ -28,7 +37,32 @@ from nats.aio.msg import Msg
 
 from mesh.lifecycle import Service, cancel_and_wait
 
-log = logging.getLogger("mesh.nats_watch")
+log = logging.getLogger("mesh.nats_guard")
+
+
+class GuardedClient(NATS):
+    """A nats-py ``Client`` whose read loop survives a message it cannot build.
+
+    Use it as ``nc = GuardedClient(); await nc.connect(...)`` (nats-py's own ``connect``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: messages dropped because nats-py could not build them (bad subject, reply, headers).
+        self.dropped_malformed = 0
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        try:
+            await super()._process_msg(sid, subject, reply, data, headers)
+        except Exception as exc:
+            self.dropped_malformed += 1
+            log.warning(
+                "dropped a message nats-py could not read (%s: %s) on subject %r",
+                type(exc).__name__,
+                str(exc)[:200],
+                bytes(subject[:128]),
+            )
 
 #: the line nats-py logs when its read loop ends on an unexpected exception.
 READ_LOOP_ENDED = "nats: encountered error"
