@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-import nats
 from nats.aio.client import Client as NATS
 
 from mesh import subjects, wire
@@ -29,8 +28,8 @@ from mesh.latency import LatencyTracker
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.metrics import GaugeSource, MeshMetrics, default_metrics
 from mesh.nats_endpoint import NatsEndpoint
+from mesh.nats_guard import ConnectionWatch, GuardedClient
 from mesh.nats_upstream import NatsUpstream
-from mesh.nats_watch import ConnectionWatch
 from mesh.repository import load_model
 from mesh.served import ServedModel
 from mesh.settings import ModelSettings, NodeSettings
@@ -178,12 +177,14 @@ class TierNode(Service):
         s = self.settings
         try:
             async with asyncio.timeout(s.nats.first_connect_s):
-                return await nats.connect(
+                nc = GuardedClient()
+                await nc.connect(
                     **s.nats.connect_options(name=f"mesh-{s.tier}-{s.node}"),
                     error_cb=self._on_nats_error,
                     disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,
                 )
+                return nc
         except TimeoutError:
             raise UnavailableError(
                 f"node {s.node} could not reach NATS at {s.nats.servers} "

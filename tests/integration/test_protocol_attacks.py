@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import time
 
+import nats
 import numpy as np
 
 from mesh import MeshClient
 from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
+from mesh.nats_guard import ConnectionWatch, GuardedClient
 from tests.conftest import NodeFactory, model_settings
 
 
@@ -26,29 +28,51 @@ async def _raw_publish(url: str, frames: bytes) -> None:
     await writer.wait_closed()
 
 
-async def test_a_subject_that_is_not_utf8_makes_the_node_not_ready_and_call_its_supervisor(
+async def test_subjects_and_replies_that_are_not_utf8_do_not_stop_a_node(
     nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
 ) -> None:
     node = await start_node("edgeutf", nats_server.url, [model_settings(demo, "edge")], entry=True)
     fatal: list[str] = []
-    noticed = asyncio.Event()
-
-    def on_fatal(reason: str) -> None:
-        fatal.append(reason)
-        noticed.set()
-
-    node.on_fatal = on_fatal
+    node.on_fatal = fatal.append
     x = np.load(demo.test)["x"].astype(np.float32)
+    await _raw_publish(
+        nats_server.url,
+        b"PUB mesh.infer.\xff 5\r\nhello\r\n"
+        b"PUB mesh.infer.digits _INBOX.\xfe\xff 5\r\nhello\r\n"
+        b"PUB mesh.edgeutf.infer.\xc3\x28 _INBOX.x 5\r\nhello\r\n",
+    )
     async with await MeshClient.connect(nats_server.url) as client:
-        assert (await client.infer("digits", x[0][None])).tier == "edgeutf"
+        for row in x[:20]:
+            assert (await client.infer("digits", row[None])).tier == "edgeutf"
+    assert isinstance(node.nc, GuardedClient)
+    assert node.nc.dropped_malformed == 3
+    assert fatal == []
     assert node.readiness.problems() == {}
 
-    await _raw_publish(nats_server.url, b"PUB mesh.infer.\xff 5\r\nhello\r\n")
-    started = time.monotonic()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(noticed.wait(), 10)
-    waited = time.monotonic() - started
-    print(f"\nnode found its connection dead after {waited:.2f} s")
-    assert fatal, "the node never noticed that its connection stopped reading"
-    assert "stopped reading" in node.readiness.problems()["nats"]
-    assert waited < 8
+
+async def test_a_connection_whose_read_loop_died_is_found_within_seconds(
+    nats_server: NatsServer,
+) -> None:
+    # A plain nats-py client, unguarded, so that its read loop really dies.
+    nc = await nats.connect(nats_server.url)
+    dead = asyncio.Event()
+    reasons: list[str] = []
+
+    def on_dead(reason: str) -> None:
+        reasons.append(reason)
+        dead.set()
+
+    async def ignore(_: object) -> None:
+        return None
+
+    await nc.subscribe("victim.>", cb=ignore)
+    async with ConnectionWatch(nc, on_dead=on_dead, interval_s=1.0, timeout_s=1.0):
+        await _raw_publish(nats_server.url, b"PUB victim.\xff 5\r\nhello\r\n")
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dead.wait(), 10)
+        waited = time.monotonic() - started
+    await nc.close()
+    print(f"\nthe watch found the dead read loop after {waited:.2f} s")
+    assert reasons and "stopped reading" in reasons[0]
+    assert waited < 5
