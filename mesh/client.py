@@ -1,28 +1,47 @@
-"""The application SDK: ``result = await client.infer("digits", x, budget_ms=200)``."""
+"""The application SDK: ``result = await client.infer("digits", x, budget_ms=200)``.
+
+Every failure a caller can meet is one of the mesh's typed errors (``mesh.errors``); nats-py's
+exceptions never reach the caller. A request costs the client little: no span and no trace header
+unless this process records spans or the caller is inside a trace, no header block at all when
+there are no headers, a request id from a counter, the reply decoded once.
+"""
 
 from __future__ import annotations
 
-import uuid
+import asyncio
+import itertools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-import nats
 import nats.errors
 import numpy as np
 from nats.aio.client import Client as NATS
 
 from mesh import subjects, tracing, wire
-from mesh.errors import DeadlineExceededError, UnavailableError
+from mesh.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    MeshError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from mesh.nats_guard import GuardedClient
 from mesh.typedefs import Array
 
 #: name a single array is sent under; a single-input model takes it whatever its input's name.
 DEFAULT_INPUT = "input"
+#: how long ``connect`` tries to reach a server at first, unless ``connect_timeout`` says.
+FIRST_CONNECT_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferResult:
+    """The mesh's answer to one request. Read-only by convention: not a frozen dataclass, since
+    one is built per request and a frozen ``__init__`` costs several times a plain one."""
+
     id: str
     model: str
     outputs: dict[str, Array]
@@ -46,20 +65,44 @@ class InferResult:
     @classmethod
     def from_response(cls, resp: wire.InferResponse, request_bytes: int) -> InferResult:
         return cls(
-            id=resp.id,
-            model=resp.model,
-            outputs=resp.outputs,
-            labels=resp.labels,
-            confidence=resp.confidence,
-            confidence_kind=resp.confidence_kind,
-            tier=resp.tier,
-            node=resp.node,
-            model_version=resp.model_version,
-            path=resp.path,
-            degraded=resp.degraded,
-            reason=resp.reason,
-            request_bytes=request_bytes,
+            resp.id,
+            resp.model,
+            resp.outputs,
+            resp.labels,
+            resp.confidence,
+            resp.confidence_kind,
+            resp.tier,
+            resp.node,
+            resp.model_version,
+            resp.path,
+            resp.degraded,
+            resp.reason,
+            request_bytes,
         )
+
+
+def mesh_error(exc: Exception, what: str) -> MeshError:
+    """The mesh's typed error for a nats-py failure while doing ``what``."""
+    if isinstance(exc, MeshError):
+        return exc
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return UnavailableError(
+            f"{what}: no tier serves it on this NATS server (no responders): "
+            "is a node running and connected?"
+        )
+    if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
+        return DeadlineExceededError(f"{what}: no answer in time")
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return ResourceExhaustedError(
+            f"{what}: the request is larger than the server's max_payload"
+        )
+    if isinstance(exc, nats.errors.BadSubjectError):
+        return InvalidArgumentError(f"{what}: not a valid NATS subject")
+    if isinstance(exc, nats.errors.Error | OSError):
+        # Closed, draining, reconnecting, stale, outbound buffer full, slow consumer: the
+        # connection cannot carry the request now; a retry later may succeed.
+        return UnavailableError(f"{what}: NATS connection not usable ({type(exc).__name__})")
+    return UnavailableError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 class MeshClient:
@@ -71,12 +114,32 @@ class MeshClient:
         #: extra wait past the budget before giving up: the mesh answers within the budget,
         #: so a reply later than this means something broke, not that the tier was slow.
         self.grace_ms = grace_ms
+        # Request ids: a random prefix per client and a counter. Unique per client and hard to
+        # guess across clients, for a fraction of uuid4's cost (it reads os.urandom each time).
+        self._id_prefix = os.urandom(6).hex()
+        self._ids = itertools.count(1)
 
     @classmethod
     async def connect(cls, servers: str | list[str], **options: Any) -> MeshClient:
+        """Connect to the mesh's local server; nats-py's options pass through
+        (``user_credentials``, ``tls``, ``inbox_prefix``...).
+
+        The first connection fails with ``UnavailableError`` within ``connect_timeout`` (default
+        5 s) when no server answers; once connected, the client reconnects for ever."""
         options.setdefault("name", "mesh-client")
         options.setdefault("max_reconnect_attempts", -1)
-        nc = await nats.connect(servers, **options)
+        first_s = float(options.pop("connect_timeout", FIRST_CONNECT_S))
+        options["connect_timeout"] = first_s
+        nc = GuardedClient()
+        try:
+            async with asyncio.timeout(first_s):
+                await nc.connect(servers, **options)
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            await _close_quietly(nc)
+            raise UnavailableError(
+                f"cannot connect to NATS at {servers} within {first_s:.0f} s "
+                f"({type(exc).__name__}): is the server up, and are the credentials right?"
+            ) from None
         return cls(nc)
 
     @property
@@ -94,20 +157,26 @@ class MeshClient:
         tier: str | None = None,
     ) -> InferResult:
         """Ask the mesh; ``tier`` addresses one tier directly instead of the entry tier."""
+        try:
+            subjects.check_token(model, "model name")
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         if isinstance(inputs, Mapping):
             tensors = {name: np.asarray(value) for name, value in inputs.items()}
         else:
             tensors = {DEFAULT_INPUT: np.asarray(inputs)}
         request = wire.InferRequest(
-            id=request_id or uuid.uuid4().hex,
-            model=subjects.check_token(model, "model name"),
-            inputs=tensors,
-            budget_ms=float(budget_ms),
-            residency=residency,
+            request_id or f"{self._id_prefix}{next(self._ids):x}",
+            model,
+            tensors,
+            float(budget_ms),
+            residency,
         )
         payload = wire.encode_request(request)
         subject = subjects.entry(model) if tier is None else subjects.tier_infer(tier, model)
         timeout = (budget_ms + self.grace_ms) / 1000.0
+        if not tracing.wanted_here():
+            return await self._ask(subject, payload, timeout, None, request.id)
         with tracing.TRACER.start_as_current_span(
             f"send {subject}",
             kind=tracing.SpanKind.PRODUCER,
@@ -122,35 +191,47 @@ class MeshClient:
             },
         ) as span:
             try:
-                msg = await self._nc.request(
-                    subject, payload, timeout=timeout, headers=tracing.inject()
-                )
-            except nats.errors.NoRespondersError:
-                raise UnavailableError(
-                    f"no tier serves {subject} on this NATS server (no responders): "
-                    "is a node running and connected?"
-                ) from None
-            except nats.errors.TimeoutError:
-                raise DeadlineExceededError(
-                    f"no answer for request {request.id} within {budget_ms:.0f} ms "
-                    f"(+{self.grace_ms:.0f} ms grace)"
-                ) from None
-            reply = wire.decode_reply(msg.data)
-            if isinstance(reply, wire.ErrorReply):
-                span.set_attribute("error.type", reply.code.value)
-                raise reply.to_exception()
+                result = await self._ask(subject, payload, timeout, tracing.inject(), request.id)
+            except MeshError as error:
+                span.set_attribute("error.type", error.code.value)
+                raise
             span.set_attributes(
                 {
-                    tracing.ANSWERED_BY: reply.tier,
-                    tracing.CONFIDENCE: reply.confidence,
-                    tracing.DEGRADED: reply.degraded,
+                    tracing.ANSWERED_BY: result.tier,
+                    tracing.CONFIDENCE: result.confidence,
+                    tracing.DEGRADED: result.degraded,
                 }
             )
-            return InferResult.from_response(reply, len(payload))
+            return result
+
+    async def _ask(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float,
+        headers: dict[str, str] | None,
+        request_id: str,
+    ) -> InferResult:
+        try:
+            msg = await self._nc.request(subject, payload, timeout=timeout, headers=headers)
+        except nats.errors.TimeoutError:
+            raise DeadlineExceededError(
+                f"no answer for request {request_id} within {timeout * 1000:.0f} ms "
+                f"(budget + {self.grace_ms:.0f} ms grace)"
+            ) from None
+        except Exception as exc:
+            raise mesh_error(exc, f"request {request_id} on {subject}") from None
+        reply = wire.decode_reply(msg.data)
+        if isinstance(reply, wire.ErrorReply):
+            raise reply.to_exception()
+        return InferResult.from_response(reply, len(payload))
 
     async def close(self) -> None:
         if self._owns and not self._nc.is_closed:
-            await self._nc.drain()
+            try:
+                await self._nc.drain()
+            except Exception:
+                await _close_quietly(self._nc)
 
     async def __aenter__(self) -> Self:
         return self
@@ -159,3 +240,10 @@ class MeshClient:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+async def _close_quietly(nc: NATS) -> None:
+    try:
+        await nc.close()
+    except Exception:  # closing a connection that never opened may fail in many ways
+        return

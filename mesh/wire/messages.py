@@ -290,6 +290,26 @@ def encode_error(err: ErrorReply) -> bytes:
     )
 
 
+def _hop(obj: object) -> Hop | None:
+    """A hop of the usual shape, or None (then ``Hop.from_wire`` says what is wrong)."""
+    if type(obj) is not dict:
+        return None
+    tier, node, action = obj.get("tier"), obj.get("node"), obj.get("action")
+    latency, version = obj.get("latency_ms"), obj.get("model_version")
+    confidence, reason = obj.get("confidence"), obj.get("reason")
+    if (
+        type(tier) is str
+        and type(node) is str
+        and type(action) is str
+        and type(latency) is float
+        and (version is None or type(version) is str)
+        and (confidence is None or type(confidence) is float)
+        and (reason is None or type(reason) is str)
+    ):
+        return Hop(tier, node, action, latency, version, confidence, reason)
+    return None
+
+
 def decode_reply(data: bytes) -> Message:
     """Decode what a tier replied: an ``InferResponse`` or an ``ErrorReply``."""
     obj = unpack_map(data, "reply")
@@ -309,6 +329,43 @@ def decode_reply(data: bytes) -> Message:
         )
     if kind != "infer_response":
         raise InvalidArgumentError(f"reply kind {kind!r} is neither infer_response nor error")
+    # The common case in a few type checks; anything else takes the checked path below.
+    get = obj.get
+    response_id, model, version = get("id"), get("model"), get("model_version")
+    tier, node, outputs, path = get("tier"), get("node"), get("outputs"), get("path")
+    labels, confidence = get("labels") or [], get("confidence")
+    reason, kind_name = get("reason"), get("confidence_kind", "")
+    if (
+        type(response_id) is str
+        and type(model) is str
+        and type(version) is str
+        and type(tier) is str
+        and type(node) is str
+        and type(outputs) is dict
+        and outputs
+        and type(path) is list
+        and type(labels) is list
+        and all(type(label) is int for label in labels)
+        and type(confidence) is float
+        and (reason is None or type(reason) is str)
+        and type(kind_name) is str
+    ):
+        hops = [_hop(h) for h in path]
+        if None not in hops:
+            return InferResponse(
+                response_id,
+                model,
+                version,
+                tier,
+                node,
+                decode_tensors(outputs, "outputs"),
+                labels,
+                confidence,
+                kind_name,
+                hops,  # type: ignore[arg-type]
+                get("degraded", False) is True,
+                reason,
+            )
     what = "inference response"
     path = require(obj, "path", list, what)
     labels = obj.get("labels") or []
