@@ -4,7 +4,6 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY mesh ./mesh
-COPY services ./services
 RUN pip install --no-cache-dir --prefix=/install '.[models]'
 
 FROM python:3.11-slim

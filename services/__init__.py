@@ -1,1 +1,1 @@
-"""Runnable processes of the mesh."""
+"""Thin entry points for a source checkout: the processes live in ``mesh`` (see README.md)."""

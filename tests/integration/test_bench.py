@@ -43,7 +43,7 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "mesh.cli",
             "bench",
             "--quick",
             "--json",

@@ -15,7 +15,7 @@ import yaml
 from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
 
-MESH = [sys.executable, "-m", "services.cli"]
+MESH = [sys.executable, "-m", "mesh.cli"]
 
 
 async def run(
@@ -121,3 +121,21 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
     assert code == 0
     _, still = psutil.wait_procs(children, timeout=10)
     assert still == [], f"left running: {still}"
+
+
+async def test_mesh_node_with_invalid_yaml_or_invalid_settings_prints_one_line_and_exits_2(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tier: edge\nmodels: [unclosed\n")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump({"tier": "edge", "models": "not a list", "http_port": "x"}))
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    for config in (broken, wrong, scalar):
+        code, out, err = await run("node", "--config", str(config))
+        assert code == 2, err
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err
+        assert err.startswith("error: invalid node settings") and str(config) in err

@@ -40,7 +40,7 @@ def test_quick_demo_loses_nothing_through_the_outage_and_writes_a_full_report(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "mesh.cli",
             "demo",
             "--quick",
             "--cache",

@@ -1,0 +1,25 @@
+"""The ``mesh`` command: run nodes, the whole mesh, the demo, the benchmark; build models.
+
+Each command imports what it runs only when it runs, so ``mesh node`` loads no development rig.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mesh.cli.models import models
+from mesh.cli.options import MeshGroup
+from mesh.cli.runs import bench, demo
+from mesh.cli.serving import infer, node, up
+
+
+@click.group(cls=MeshGroup)
+@click.version_option(package_name="edge-mesh")
+def main() -> None:
+    """Edge-cloud hybrid inference mesh over NATS."""
+
+
+for _command in (node, infer, up, models, bench, demo):
+    main.add_command(_command)
+
+__all__ = ["main"]

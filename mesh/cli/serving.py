@@ -1,0 +1,131 @@
+"""``mesh node``, ``mesh up`` and ``mesh infer``: serve one tier, the whole mesh, ask it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from mesh.cli.options import cache_option
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="YAML settings file; MESH_* environment variables override it.",
+)
+def node(config: Path | None) -> None:
+    """Run one tier node."""
+    from mesh.services.node import main as node_main
+
+    node_main(config)
+
+
+@click.command()
+@click.argument("model")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--servers",
+    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
+    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+    help="NATS server URL.",
+)
+@click.option("--budget-ms", default=1000.0, show_default=True, help="Time budget of the request.")
+@click.option(
+    "--residency",
+    default="any",
+    show_default=True,
+    type=click.Choice(["device", "site", "cloud", "any"]),
+    help="Highest zone the raw input may reach.",
+)
+@click.option("--row", type=int, default=None, help="Send only this row of the array.")
+def infer(
+    model: str, file: Path, servers: str, budget_ms: float, residency: str, row: int | None
+) -> None:
+    """Send FILE.npy (or the `x` array of an .npz) as one request to MODEL; print the answer."""
+    from mesh import MeshClient
+
+    array = np.load(file)["x"] if file.suffix == ".npz" else np.load(file)
+    if row is not None:
+        array = array[row : row + 1]
+    if array.ndim == 1:
+        array = array[None, :]
+
+    async def run() -> dict[str, object]:
+        async with await MeshClient.connect(servers) as client:
+            result = await client.infer(model, array, budget_ms=budget_ms, residency=residency)
+        return {
+            "id": result.id,
+            "model": result.model,
+            "labels": result.labels,
+            "confidence": round(result.confidence, 4),
+            "tier": result.tier,
+            "node": result.node,
+            "model_version": result.model_version,
+            "degraded": result.degraded,
+            "reason": result.reason,
+            "path": [
+                {
+                    "tier": h.tier,
+                    "node": h.node,
+                    "action": h.action,
+                    "latency_ms": round(h.latency_ms, 3),
+                }
+                for h in result.path
+            ],
+        }
+
+    click.echo(json.dumps(asyncio.run(run()), indent=2))
+
+
+@click.command()
+@cache_option
+@click.option("--edge-replicas", default=1, show_default=True)
+def up(cache: Path, edge_replicas: int) -> None:
+    """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C."""
+    from mesh.launcher import EmbeddedMesh, MeshLayout
+    from mesh.models.demo import ensure_demo
+    from mesh.models.validate import require_valid
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo(f"demo models in {cache} (built on first run)", err=True)
+        demo = await asyncio.to_thread(ensure_demo, cache)
+        reports = await asyncio.to_thread(
+            require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
+        )
+        for report in reports:
+            click.echo(f"evidence gate: {report.summary()}", err=True)
+        mesh = EmbeddedMesh(
+            MeshLayout(
+                edge_manifest=demo.edge_int8,
+                gateway_manifest=demo.gateway,
+                cloud_manifest=demo.cloud,
+                edge_replicas=edge_replicas,
+            )
+        )
+        try:
+            await mesh.start()
+            for name, proc in mesh.nodes.items():
+                click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
+            click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
+            click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
+            sys.stdout.flush()
+            await stop.wait()
+        finally:
+            click.echo("stopping the mesh", err=True)
+            await mesh.close()
+
+    asyncio.run(run())

@@ -1,0 +1,1 @@
+"""The mesh's processes: ``mesh node``, ``mesh demo``, ``mesh bench``."""

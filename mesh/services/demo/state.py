@@ -1,0 +1,135 @@
+"""What a demo run observes: its settings, every request's outcome, the site's link and breaker."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL = "digits"
+GATEWAY_TIER = "gateway"
+GATEWAY = f"{GATEWAY_TIER}-0"
+TIER_ORDER = ("edge", "gateway", "cloud")
+EDGE_REPLICAS = 2
+
+_GATEWAY_METRIC = re.compile(
+    r"^(mesh_upstream_bytes\w*_total|mesh_breaker_transitions\w*_total)(\{[^}]*\})?\s+(\S+)$"
+)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    requests: int = 3000
+    #: paced rate; 3,000 requests at 100/s last about 30 s.
+    rate_per_s: float = 100.0
+    concurrency: int = 32
+    budget_ms: float = 500.0
+    #: the site-to-hub link is cut between these fractions of the run.
+    cut_from: float = 0.35
+    cut_to: float = 0.65
+    drain_timeout_s: float = 30.0
+    poll_interval_s: float = 0.25
+    cache: Path = Path.home() / ".cache" / "edge-mesh" / "demo"
+
+    @property
+    def duration_s(self) -> float:
+        return self.requests / self.rate_per_s
+
+    @classmethod
+    def of(cls, cache: Path, requests: int | None, quick: bool) -> DemoConfig:
+        if quick:
+            return cls(requests=requests or 600, rate_per_s=50.0, cache=cache)
+        return cls(requests=requests or 3000, cache=cache)
+
+
+@dataclass
+class Tally:
+    """Every request's outcome, as the application saw it."""
+
+    sent: int = 0
+    answered: int = 0
+    correct: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    by_tier: Counter[str] = field(default_factory=Counter)
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)
+    degraded_by_tier: Counter[str] = field(default_factory=Counter)
+    request_bytes: int = 0
+    escalated_bytes: int = 0
+    rows_sent: Counter[int] = field(default_factory=Counter)
+    traced_id: str | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.answered - sum(self.errors.values())
+
+    @property
+    def degraded(self) -> int:
+        return sum(self.reasons.values())
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of the gateway's breaker, seconds into the run."""
+
+    at_s: float
+    before: str
+    after: str
+
+
+@dataclass
+class LinkView:
+    """What the pollers and the fault schedule know about the site, for the display."""
+
+    link: str = "up"
+    breaker: str = "?"
+    backlog: int = 0
+    backlog_peak: int = 0
+    delivered: int = 0
+    transitions: list[Transition] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    cut_at_s: float | None = None
+    healed_at_s: float | None = None
+    relinked_at_s: float | None = None
+    drained_at_s: float | None = None
+
+
+class Clock:
+    """Seconds since the run began."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def tiers_in_order(counts: Counter[str]) -> list[str]:
+    """The tiers that answered, the known chain first, then any other in name order."""
+    known = [t for t in TIER_ORDER if counts[t]]
+    return known + sorted(t for t in counts if t not in TIER_ORDER and counts[t])
+
+
+def gateway_figures(exposition: str) -> dict[str, float]:
+    """The gateway's upstream byte and breaker transition counters, keyed by name and labels."""
+    figures: dict[str, float] = {}
+    for line in exposition.splitlines():
+        match = _GATEWAY_METRIC.match(line)
+        if match:
+            key = match.group(1) + (match.group(2) or "")
+            figures[key] = figures.get(key, 0.0) + float(match.group(3))
+    return figures
+
+
+def transition_counts(figures: dict[str, float]) -> dict[str, int]:
+    """Breaker transitions by ``from->to``, from the gateway's counters."""
+    counts: Counter[str] = Counter()
+    for key, value in figures.items():
+        if not key.startswith("mesh_breaker_transitions"):
+            continue
+        labels = dict(_LABEL.findall(key))
+        counts[f"{labels.get('from', '?')}->{labels.get('to', '?')}"] += int(value)
+    return dict(counts)
