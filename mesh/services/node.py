@@ -18,18 +18,35 @@ from mesh.telemetry import configure_logging, configure_telemetry
 READY_PREFIX = "MESH_NODE_READY"
 
 
-async def serve(settings: NodeSettings) -> None:
+#: exit status when the node stops because its NATS connection died (EX_SOFTWARE): its
+#: supervisor (``mesh up``, Kubernetes, compose) starts it again.
+EXIT_CONNECTION_DEAD = 70
+
+
+async def serve(settings: NodeSettings) -> int:
+    """Serve until SIGINT or SIGTERM (status 0) or a dead connection (``EXIT_CONNECTION_DEAD``)."""
     stop = asyncio.Event()
+    fatal: list[str] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        stop.set()
+
     async with (
         configure_telemetry(f"mesh-{settings.tier}", settings.node) as telemetry,
         TierNode(settings, metrics=telemetry.metrics) as node,
     ):
+        node.on_fatal = on_fatal
         http = node.http.url if node.http is not None else "-"
         print(f"{READY_PREFIX} node={settings.node} tier={settings.tier} http={http}", flush=True)
         await stop.wait()
+    if fatal:
+        print(f"error: node {settings.node} stopped: {fatal[0]}", file=sys.stderr, flush=True)
+        return EXIT_CONNECTION_DEAD
+    return 0
 
 
 def settings_error(error: Exception) -> str:
@@ -56,7 +73,9 @@ def main(config: Path | None = None) -> None:
         print(f"error: invalid node settings ({source}): {settings_error(error)}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.log_level, service=f"mesh-{settings.tier}")
-    asyncio.run(serve(settings))
+    status = asyncio.run(serve(settings))
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":
