@@ -63,7 +63,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
     kind = settings.confidence or (
         ConfidenceKind(manifest.confidence) if manifest else ConfidenceKind.MAX_PROB
     )
-    return ServedModel(
+    served = ServedModel(
         name=settings.name,
         version=settings.version or (manifest.version if manifest else "1"),
         runner=runner,
@@ -82,3 +82,44 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         max_batch_rows=max(settings.batching.max_batch_size, 1),
         max_request_bytes=settings.max_request_bytes,
     )
+    await asyncio.to_thread(check_scorable, served, onnx)
+    return served
+
+
+class ModelConfigError(ValueError):
+    """A model that cannot be served as configured: found at load, never per request."""
+
+
+def check_scorable(served: ServedModel, onnx: OnnxModel) -> None:
+    """Run the model once on a sample shaped like its inputs and score the result, so that a
+    model whose outputs cannot be scored is refused at start with what to change."""
+    outputs = {spec.name: spec for spec in onnx.outputs}
+    scored = outputs.get(served.scored_output)
+    if scored is None:
+        maps = [spec.name for spec in onnx.outputs if spec.dtype == "object"]
+        hint = (
+            f" Output {maps[0]!r} is not a tensor (scikit-learn's ZipMap makes a sequence of "
+            "maps): export with skl2onnx's options={id(model): {'zipmap': False}}, then set "
+            "scored_output to the probabilities tensor."
+            if maps
+            else " Set scored_output (or the manifest's scored_output) to the output that holds "
+            "the class probabilities."
+        )
+        raise ModelConfigError(
+            f"model {served.name}: no output {served.scored_output!r} to score; its outputs are "
+            f"{sorted(outputs)}.{hint}"
+        )
+    if scored.dtype not in ("float16", "float32", "float64") or len(scored.shape) != 2:
+        raise ModelConfigError(
+            f"model {served.name}: output {scored.name!r} is {scored.dtype} of rank "
+            f"{len(scored.shape)}; the scored output must hold class probabilities, a float "
+            "tensor of shape [N, classes]"
+        )
+    try:
+        feeds = onnx.sample_feeds(2)
+        served.score(feeds, onnx.run(feeds))
+    except Exception as exc:
+        raise ModelConfigError(
+            f"model {served.name}: a sample run could not be scored ({exc}); the scored output "
+            f"{served.scored_output!r} must hold class probabilities, shape [N, classes >= 2]"
+        ) from None
