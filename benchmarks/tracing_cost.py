@@ -28,10 +28,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from mesh import MeshClient, tracing
-from mesh.embedded import NatsServer, ServerConfig
 from mesh.models.demo import ensure_demo
 from mesh.node import TierNode
 from mesh.settings import HardExampleSettings, ModelSettings, NatsSettings, NodeSettings
+from mesh.testing.embedded import NatsServer, ServerConfig
 
 
 class DroppingExporter(SpanExporter):

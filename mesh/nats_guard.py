@@ -64,6 +64,7 @@ class GuardedClient(NATS):
                 bytes(subject[:128]),
             )
 
+
 #: the line nats-py logs when its read loop ends on an unexpected exception.
 READ_LOOP_ENDED = "nats: encountered error"
 

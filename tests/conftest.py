@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from mesh.embedded import NatsServer, ServerConfig, Site
 from mesh.models.demo import DemoArtifacts, ensure_demo
 from mesh.node import TierNode
 from mesh.settings import (
@@ -20,6 +19,7 @@ from mesh.settings import (
     NodeSettings,
     UpstreamSettings,
 )
+from mesh.testing.embedded import NatsServer, ServerConfig, Site
 
 for _name in [n for n in os.environ if n.startswith("MESH_")]:
     del os.environ[_name]

@@ -30,7 +30,7 @@ from mesh.cli.options import cache_option
 )
 def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None) -> None:
     """Benchmark the mesh against the NATS and ONNX Runtime floor and against HTTP peers."""
-    from services.bench import bench_main, render
+    from mesh.services.bench import bench_main, render
 
     def progress(text: str) -> None:
         click.echo(f"bench: {text}", err=True)
@@ -42,7 +42,7 @@ def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None
         sys.exit(130)
     render(report)
     if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         click.echo(f"bench: JSON written to {json_path}", err=True)
 
 

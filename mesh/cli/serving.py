@@ -92,9 +92,9 @@ def infer(
 @click.option("--edge-replicas", default=1, show_default=True)
 def up(cache: Path, edge_replicas: int) -> None:
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C."""
-    from mesh.launcher import EmbeddedMesh, MeshLayout
     from mesh.models.demo import ensure_demo
     from mesh.models.validate import require_valid
+    from mesh.testing.launcher import EmbeddedMesh, MeshLayout
 
     async def run() -> None:
         stop = asyncio.Event()

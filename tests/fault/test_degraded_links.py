@@ -22,12 +22,13 @@ from nats.js.api import Header
 
 from mesh import MeshClient, MeshError, subjects
 from mesh.breaker import BreakerState
-from mesh.embedded import Site
-from mesh.faults import FaultProxy
-from mesh.launcher import NodeProcess
 from mesh.models.demo import DemoArtifacts
 from mesh.node import TierNode
 from mesh.settings import BreakerSettings, HardExampleSettings, UpstreamSettings
+from mesh.testing.embedded import Site
+from mesh.testing.faults import FaultProxy
+from mesh.testing.launcher import NodeProcess
+from mesh.testing.layout import tier_node_settings
 from mesh.wire import decode_hard_example
 from tests.conftest import NodeFactory, model_settings
 
@@ -73,15 +74,16 @@ def digits(demo: DemoArtifacts) -> np.ndarray:
 
 
 def cloud_process(demo: DemoArtifacts, hub_url: str, work_dir: Path) -> NodeProcess:
-    settings: dict[str, Any] = {
-        "tier": "cloud",
-        "node": "cloud-0",
-        "zone": "cloud",
-        "nats": {"servers": [hub_url], "reconnect_wait_s": 0.2},
-        "models": [{"name": "digits", "manifest": str(demo.cloud)}],
-        "http_port": None,
-        "hard_examples": {"upstream_domain": None},
-    }
+    settings = tier_node_settings(
+        "cloud",
+        node="cloud-0",
+        server=hub_url,
+        manifest=demo.cloud,
+        zone="cloud",
+        upstream_domain=None,
+        http_port=None,
+        extra={"nats": {"reconnect_wait_s": 0.2}},
+    )
     return NodeProcess("cloud-0", settings, work_dir)
 
 

@@ -8,9 +8,9 @@ import nats
 import numpy as np
 
 from mesh import MeshClient, wire
-from mesh.embedded import NatsServer
 from mesh.metrics import default_metrics
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
 

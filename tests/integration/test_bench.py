@@ -19,6 +19,7 @@ RATIOS = (
     "throughput_over_echo",
     "cloud_only_p50_over_mesh_p50",
     "peer_p50_over_mesh_p50",
+    "mesh_throughput_over_peer",
 )
 ROWS = (
     "ort_floor",
@@ -79,6 +80,15 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
     assert set(report["targets"]) == {
         "edge_p50_within_1_2x_echo",
         "throughput_at_least_80pct_echo",
+        "edge_p50_within_1_4x_echo",
+        "throughput_at_least_half_echo",
+        "peer_p50_at_least_mesh_p50",
+        "throughput_at_least_1_5x_peer",
+        "node_cpu_at_most_100_us",
+        "client_cpu_at_most_70_us",
         "link_mesh_p50_at_most_tenth_of_cloud_only",
         "edge_rss_at_most_150_mb",
     }
+    for key in ("node_cpu_us_per_request", "client_cpu_us_per_request", "rows_per_model_call"):
+        assert _number(report[key]), (key, report[key])
+    assert report["mesh_throughput_over_peer"] == report["ratios"]["mesh_throughput_over_peer"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer
 
 MESH = [sys.executable, "-m", "mesh.cli"]
 

@@ -10,8 +10,8 @@ import nats
 
 from mesh import subjects
 from mesh.discovery import SERVICE_NAME
-from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer
 from mesh.wire import decode_node_status
 from tests.conftest import NodeFactory, model_settings
 

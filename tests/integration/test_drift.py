@@ -15,9 +15,9 @@ from nats.aio.msg import Msg
 
 from mesh import MeshClient, subjects
 from mesh.drift import DEFAULT_THRESHOLD
-from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
 from mesh.node import DRIFT_CHECK_SECONDS
+from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
 ROWS_PER_REQUEST = 5

@@ -8,9 +8,9 @@ from pathlib import Path
 import nats
 import pytest
 
-from mesh.embedded import NatsServer, ServerConfig, Site, free_port
 from mesh.errors import UnavailableError
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer, ServerConfig, Site, free_port
 from tests.conftest import NodeFactory, model_settings
 
 

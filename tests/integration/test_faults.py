@@ -13,8 +13,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from mesh.embedded import Site
-from mesh.faults import FaultProxy
+from mesh.testing.embedded import Site
+from mesh.testing.faults import FaultProxy
 
 pytestmark = pytest.mark.timeout(30)
 

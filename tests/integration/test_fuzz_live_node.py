@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 from mesh import subjects, wire
-from mesh.embedded import NatsServer
 from mesh.errors import ErrorCode
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer
 from tests.integration.test_malformed_over_nats import mutants
 
 BODIES = 6000

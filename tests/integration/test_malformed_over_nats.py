@@ -10,9 +10,9 @@ import nats
 import numpy as np
 
 from mesh import subjects, wire
-from mesh.embedded import NatsServer
 from mesh.errors import ErrorCode
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
 

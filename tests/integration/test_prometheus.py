@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from mesh import MeshClient
-from mesh.embedded import NatsServer, free_port
-from mesh.launcher import NodeProcess
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer, free_port
+from mesh.testing.launcher import NodeProcess
+from mesh.testing.layout import tier_node_settings
 
 #: the first run on a fresh machine installs Prometheus with apt in the set-up of this test.
 pytestmark = pytest.mark.timeout(1200)
@@ -51,16 +52,16 @@ def prometheus_binary() -> str:
 async def node_process(
     nats_server: NatsServer, demo: DemoArtifacts, tmp_path: Path
 ) -> AsyncIterator[NodeProcess]:
-    settings = {
-        "tier": "edge",
-        "node": "edge-prom",
-        "zone": "device",
-        "entry": True,
-        "nats": {"servers": [nats_server.url]},
-        "models": [{"name": "digits", "manifest": str(demo.edge), "threshold": 0.0}],
-        "http_port": 0,
-        "hard_examples": {"enabled": False},
-    }
+    settings = tier_node_settings(
+        "edge",
+        node="edge-prom",
+        server=nats_server.url,
+        manifest=demo.edge,
+        zone="device",
+        entry=True,
+        threshold=0.0,
+        extra={"hard_examples": {"enabled": False}},
+    )
     node = NodeProcess("edge-prom", settings, tmp_path)
     await node.start()
     try:

@@ -10,9 +10,9 @@ import nats
 import numpy as np
 
 from mesh import MeshClient
-from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
 from mesh.nats_guard import ConnectionWatch, GuardedClient
+from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
 

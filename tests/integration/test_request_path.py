@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from mesh import MeshClient, subjects, wire
-from mesh.embedded import NatsServer
 from mesh.errors import (
     ErrorCode,
     InvalidArgumentError,
@@ -18,6 +17,7 @@ from mesh.errors import (
     ResourceExhaustedError,
 )
 from mesh.models.demo import DemoArtifacts
+from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
 

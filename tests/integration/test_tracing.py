@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from mesh import MeshClient, tracing
-from mesh.embedded import NatsServer
 from mesh.models.demo import DemoArtifacts
 from mesh.telemetry import install_tracing
+from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
 

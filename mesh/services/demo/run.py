@@ -28,8 +28,6 @@ from rich.console import Console
 from rich.live import Live
 
 from mesh import MeshClient, MeshError, subjects, tracing
-from mesh.faults import FaultProxy
-from mesh.launcher import EmbeddedMesh, MeshLayout
 from mesh.models.demo import ensure_demo
 from mesh.models.validate import require_valid
 from mesh.services.demo.receiver import OtlpReceiver, SpanRecord
@@ -49,6 +47,8 @@ from mesh.services.demo.state import (
 )
 from mesh.services.demo.view import TRANSITION_TEXT, plain_line, render_live, thousands
 from mesh.telemetry import install_tracing
+from mesh.testing.faults import FaultProxy
+from mesh.testing.launcher import EmbeddedMesh, MeshLayout
 from mesh.wire import decode_node_status
 
 #: the gateway's breaker on its cloud link: trips after 3 failures, probes after 0.5 s, growing

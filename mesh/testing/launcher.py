@@ -1,0 +1,190 @@
+"""Run the whole mesh on one machine: NATS hub and site, and each tier node as its own process.
+
+Used by ``mesh up``, the demo, the benchmark and the fault tests. Every process started here
+dies with its parent (``PR_SET_PDEATHSIG`` on Linux) and is stopped in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh.services.node import READY_PREFIX
+from mesh.settings import NodeSettings
+from mesh.testing.embedded import Site
+from mesh.testing.layout import settings_yaml, tier_node_settings
+from mesh.testing.supervisor import ChildProcess, child_env
+
+
+class NodeProcess:
+    """One ``mesh node`` process from typed settings; ready once it prints its ready line.
+
+    ``env`` adds environment variables (``OTEL_*`` for instance) to the process's environment.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: NodeSettings,
+        work_dir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.config_path = work_dir / f"{name}.yaml"
+        self.log_path = work_dir / f"{name}.log"
+        self.http_url: str | None = None
+        self._child = ChildProcess(
+            name,
+            [sys.executable, "-m", "mesh.services.node", "--config", str(self.config_path)],
+            self.log_path,
+            ready_prefix=READY_PREFIX,
+            env=child_env(env),
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    @property
+    def running(self) -> bool:
+        return self._child.running
+
+    async def start(self, timeout: float = 60.0) -> None:
+        text = yaml.safe_dump(settings_yaml(self.settings), sort_keys=False)
+        await asyncio.to_thread(self.config_path.write_text, text)
+        await self._child.start(timeout)
+        http = self._child.info.get("http")
+        self.http_url = http if http and http != "-" else None
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        await self._child.kill()
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+
+@dataclass
+class MeshLayout:
+    """Which nodes run where: the demo's three tiers unless told otherwise."""
+
+    edge_manifest: Path
+    gateway_manifest: Path
+    cloud_manifest: Path
+    edge_replicas: int = 1
+    edge_threshold: float | None = None
+    gateway_threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EmbeddedMesh:
+    """Hub and site NATS servers plus cloud, gateway and edge node processes.
+
+    The cloud tier is on the hub; the gateway and edge tiers are on the site's leaf server, as
+    the README's topology draws it. ``leaf_url`` lets a fault proxy sit on the leaf-to-hub link.
+    """
+
+    def __init__(
+        self,
+        layout: MeshLayout,
+        work_dir: Path | None = None,
+        node_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.node_env = dict(node_env or {})
+        self._own_dir = work_dir is None
+        self.work_dir = Path(
+            work_dir or Path(tempfile.gettempdir()) / f"mesh-up-{uuid.uuid4().hex}"
+        )
+        self.site = Site(self.work_dir / "nats")
+        self.nodes: dict[str, NodeProcess] = {}
+
+    @property
+    def site_url(self) -> str:
+        assert self.site.leaf is not None
+        return self.site.leaf.url
+
+    @property
+    def hub_url(self) -> str:
+        return self.site.hub.url
+
+    async def start_servers(self, leaf_url: str | None = None) -> None:
+        await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
+        await self.site.hub.start()
+        await self.site.start(leaf_url)
+
+    def node_settings(self, tier: str, index: int = 0) -> NodeSettings:
+        lay = self.layout
+        extra = lay.extra.get(tier)
+        extra = extra if isinstance(extra, dict) else None
+        node = f"{tier}-{index}"
+        if tier == "cloud":
+            return tier_node_settings(
+                tier,
+                node=node,
+                server=self.hub_url,
+                manifest=lay.cloud_manifest,
+                zone="cloud",
+                upstream_domain="site",
+                extra=extra,
+            )
+        if tier == "gateway":
+            return tier_node_settings(
+                tier,
+                node=node,
+                server=self.site_url,
+                manifest=lay.gateway_manifest,
+                zone="site",
+                upstream=("cloud", "cloud"),
+                threshold=lay.gateway_threshold,
+                upstream_domain="hub",
+                extra=extra,
+            )
+        return tier_node_settings(
+            tier,
+            node=node,
+            server=self.site_url,
+            manifest=lay.edge_manifest,
+            zone="device",
+            entry=True,
+            upstream=("gateway", "site"),
+            threshold=lay.edge_threshold,
+            upstream_domain="site",
+            extra=extra,
+        )
+
+    async def start_nodes(self) -> None:
+        plan = [("cloud", 0), ("gateway", 0)] + [
+            ("edge", i) for i in range(self.layout.edge_replicas)
+        ]
+        for tier, index in plan:
+            name = f"{tier}-{index}"
+            node = NodeProcess(
+                name, self.node_settings(tier, index), self.work_dir, env=self.node_env
+            )
+            self.nodes[name] = node
+            await node.start()
+
+    async def start(self, leaf_url: str | None = None) -> None:
+        await self.start_servers(leaf_url)
+        await self.start_nodes()
+
+    async def stop(self) -> None:
+        for node in reversed(list(self.nodes.values())):
+            await node.stop()
+        await self.site.stop()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_dir:
+            await asyncio.to_thread(shutil.rmtree, self.work_dir, True)

@@ -1,0 +1,61 @@
+"""Typed settings of the tier nodes a local mesh runs: one builder for ``mesh up``, the demo, the
+fault tests and the bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mesh.settings import NodeSettings
+
+
+def tier_node_settings(
+    tier: str,
+    *,
+    node: str,
+    server: str,
+    manifest: Path,
+    zone: str,
+    entry: bool = False,
+    upstream: tuple[str, str] | None = None,
+    threshold: float | None = None,
+    upstream_domain: str | None = "site",
+    http_port: int | None = 0,
+    extra: dict[str, Any] | None = None,
+) -> NodeSettings:
+    """Settings of one node serving ``digits`` from ``manifest``; ``upstream`` is (tier, zone).
+
+    ``extra`` overrides any field, nested (``{"upstream": {"breaker": {...}}}``); the result is
+    validated like a settings file, so a typo fails here and not in the child process."""
+    model: dict[str, Any] = {"name": "digits", "manifest": str(manifest)}
+    if threshold is not None:
+        model["threshold"] = threshold
+    data: dict[str, Any] = {
+        "tier": tier,
+        "node": node,
+        "zone": zone,
+        "entry": entry,
+        "nats": {"servers": [server]},
+        "models": [model],
+        "http_port": http_port,
+        "hard_examples": {"upstream_domain": upstream_domain},
+    }
+    if upstream is not None:
+        data["upstream"] = {"tier": upstream[0], "zone": upstream[1]}
+    if extra:
+        _merge(data, extra)
+    return NodeSettings.model_validate(data)
+
+
+def settings_yaml(settings: NodeSettings) -> dict[str, Any]:
+    """What a node's settings file holds: the fields that differ from the defaults."""
+    data: dict[str, Any] = settings.model_dump(mode="json", exclude_defaults=True)
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
