@@ -9,15 +9,16 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    YamlConfigSettingsSource,
 )
 
 from mesh.confidence import ConfidenceKind
@@ -25,7 +26,13 @@ from mesh.policy import RESIDENCY_ZONES
 from mesh.subjects import check_token
 
 
-class NatsSettings(BaseModel):
+class _Section(BaseModel):
+    """A nested section: an unknown key is an error, as it is at the top level."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NatsSettings(_Section):
     """How a service connects to NATS: the one place for servers, credentials and TLS."""
 
     servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
@@ -40,17 +47,17 @@ class NatsSettings(BaseModel):
     """Client certificate for mutual TLS."""
     tls_key: Path | None = None
     """Key of the client certificate."""
-    connect_timeout_s: float = 2.0
+    connect_timeout_s: float = Field(2.0, gt=0)
     """Seconds to wait for one connection attempt."""
-    reconnect_wait_s: float = 0.5
+    reconnect_wait_s: float = Field(0.5, gt=0)
     """Seconds between reconnect attempts; the client reconnects forever."""
-    first_connect_s: float = 60.0
+    first_connect_s: float = Field(60.0, gt=0)
     """How long a starting service keeps trying to reach NATS before it gives up."""
-    drain_timeout_s: float = 5.0
+    drain_timeout_s: float = Field(5.0, gt=0)
     """Longest wait, at shutdown, for replies in flight before the connection closes."""
-    watch_interval_s: float = 2.0
+    watch_interval_s: float = Field(2.0, gt=0)
     """Seconds between the node's own round trips checking that its connection still reads."""
-    watch_timeout_s: float = 3.0
+    watch_timeout_s: float = Field(3.0, gt=0)
     """Seconds without its round trip back after which a connection that claims to be up is dead."""
 
     def connect_options(self, name: str) -> dict[str, Any]:
@@ -78,35 +85,44 @@ class NatsSettings(BaseModel):
         return options
 
 
-class BreakerSettings(BaseModel):
+class BreakerSettings(_Section):
     """Circuit breaker on the link to the upstream tier."""
 
-    failure_threshold: int = 5
+    failure_threshold: int = Field(5, ge=1)
     """Consecutive failures that open the breaker."""
-    failure_rate: float = 0.5
+    failure_rate: float = Field(0.5, gt=0, le=1)
     """Share of failed calls in the window that opens the breaker."""
-    window_seconds: float = 10.0
+    window_seconds: float = Field(10.0, gt=0)
     """Length of the sliding window for the failure rate."""
-    min_calls: int = 10
+    min_calls: int = Field(10, ge=1)
     """Calls needed in the window before the rate counts."""
-    open_seconds: float = 1.0
+    open_seconds: float = Field(1.0, gt=0)
     """First cool-down before a probe is let through; it grows with repeated trips."""
-    max_open_seconds: float = 30.0
+    max_open_seconds: float = Field(30.0, gt=0)
     """Cap of the growing cool-down."""
-    half_open_probes: int = 1
+    half_open_probes: int = Field(1, ge=1)
     """Probe requests let through at once while half-open."""
 
+    @model_validator(mode="after")
+    def _cool_down(self) -> BreakerSettings:
+        if self.max_open_seconds < self.open_seconds:
+            raise ValueError(
+                f"max_open_seconds ({self.max_open_seconds}) must be at least open_seconds "
+                f"({self.open_seconds})"
+            )
+        return self
 
-class UpstreamSettings(BaseModel):
+
+class UpstreamSettings(_Section):
     """The next tier up, where unsure or unserved cases go."""
 
     tier: str
     """Name of the upstream tier (its subjects are ``mesh.<tier>.infer.<model>``)."""
     zone: str = "cloud"
     """Residency zone of the upstream tier: ``device``, ``site`` or ``cloud``."""
-    timeout_ms: float = 2000.0
+    timeout_ms: float = Field(2000.0, gt=0)
     """Longest wait for the upstream, whatever the request's budget."""
-    reserve_ms: float = 2.0
+    reserve_ms: float = Field(2.0, ge=0)
     """Budget kept back from the escalation to answer locally if the upstream fails."""
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
@@ -123,16 +139,16 @@ class UpstreamSettings(BaseModel):
         return check_token(v, "tier")
 
 
-class BatchingSettings(BaseModel):
+class BatchingSettings(_Section):
     """Dynamic micro-batching of one model; off when ``max_batch_size`` is 1."""
 
-    max_batch_size: int = 32
+    max_batch_size: int = Field(32, ge=1)
     """Most rows run as one batch."""
-    max_delay_ms: float = 1.0
+    max_delay_ms: float = Field(1.0, ge=0)
     """Longest a request waits for others to join its batch."""
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Section):
     """One model a tier serves."""
 
     name: str
@@ -152,13 +168,13 @@ class ModelSettings(BaseModel):
     novelty: bool = True
     """Escalate out-of-distribution inputs when the manifest has reference statistics."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    intra_op_threads: int = 1
+    intra_op_threads: int = Field(1, ge=0)
     """ONNX Runtime threads inside one operator."""
-    inline_below_us: float = 150.0
+    inline_below_us: float = Field(150.0, ge=0)
     """Run batches predicted cheaper than this on the event loop instead of a worker thread."""
-    max_rows: int = 256
+    max_rows: int = Field(256, ge=1)
     """Most rows one request may carry."""
-    max_request_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1)
     """Most input bytes one request may carry."""
 
     @field_validator("name")
@@ -173,7 +189,7 @@ class ModelSettings(BaseModel):
         return self
 
 
-class HardExampleSettings(BaseModel):
+class HardExampleSettings(_Section):
     """Store-and-forward of cases that could not be answered upstream."""
 
     enabled: bool = True
@@ -186,11 +202,11 @@ class HardExampleSettings(BaseModel):
     """JetStream domain the hard examples are forwarded to."""
     upstream_stream: str = "MESH_HARD_UPSTREAM"
     """Name of the stream upstream that receives them."""
-    max_bytes: int = 256 * 1024 * 1024
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1)
     """Size bound of the local backlog."""
-    max_age_s: float = 7 * 24 * 3600
+    max_age_s: float = Field(7 * 24 * 3600, gt=0)
     """Age bound of the local backlog."""
-    duplicate_window_s: float = 24 * 3600
+    duplicate_window_s: float = Field(24 * 3600, gt=0)
     """How long upstream remembers request ids to drop duplicates."""
 
 
@@ -218,16 +234,16 @@ class NodeSettings(BaseSettings):
     """Next tier up; none on the top tier."""
     models: list[ModelSettings] = Field(default_factory=list)
     hard_examples: HardExampleSettings = Field(default_factory=HardExampleSettings)
-    max_inflight: int = 1024
+    max_inflight: int = Field(1024, ge=1)
     """Requests handled at once; more get RESOURCE_EXHAUSTED."""
-    drift_threshold: float = 0.25
+    drift_threshold: float = Field(0.25, gt=0)
     """Population stability index of inputs or confidences that raises a drift event
     (0.1 is a moderate shift, 0.25 a major one)."""
-    max_hops: int = 8
+    max_hops: int = Field(8, ge=1)
     """Escalations a request may take before it is refused (a loop guard)."""
     http_host: str = "127.0.0.1"
     """Address of the health, readiness and metrics server."""
-    http_port: int | None = 0
+    http_port: int | None = Field(0, ge=0, le=65535)
     """Port of that server; 0 picks a free one, null disables it."""
     log_level: str = "INFO"
 
@@ -257,19 +273,43 @@ class NodeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        # Earlier sources win: variables, then keyword arguments, then the YAML file.
+        path = _yaml_file.get()
+        if path is None:
+            return (env_settings, init_settings)
+        return (env_settings, init_settings, _YamlFile(settings_cls, path))
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> NodeSettings:
-        """Settings from a YAML file, overridden by ``MESH_*`` variables, then ``overrides``."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: the config file must be a YAML mapping")
-            data = _resolve_paths(loaded, Path(path).resolve().parent)
-        data.update(overrides)
-        return cls(**data)
+        """Settings from a YAML file, overridden by ``overrides``, then by ``MESH_*``
+        variables. A file that is not YAML raises ``yaml.YAMLError``; one that is not a
+        mapping, ``ValueError``; invalid settings, pydantic's ``ValidationError``."""
+        token = _yaml_file.set(Path(path) if path is not None else None)
+        try:
+            return cls(**overrides)
+        finally:
+            _yaml_file.reset(token)
+
+
+#: the YAML file ``NodeSettings.load`` is reading (pydantic-settings asks for sources by class).
+_yaml_file: ContextVar[Path | None] = ContextVar("mesh_settings_yaml", default=None)
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, with model paths taken relative to the file's folder."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"no settings file at {path}")
+        try:
+            super().__init__(settings_cls, yaml_file=path)
+        except (AttributeError, TypeError, ValueError):
+            # pydantic-settings expects a mapping at the top of the file
+            raise ValueError(f"{path}: the settings file must be a YAML mapping") from None
+        self._base = path.resolve().parent
+
+    def __call__(self) -> dict[str, Any]:
+        return _resolve_paths(super().__call__(), self._base)
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
