@@ -28,7 +28,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         ),
         ("tier: edge\nupstream: {tier: cloud, breaker: {failure_rate: 1.5}}\n", "failure_rate"),
         (
-            "tier: edge\nupstream:\n  tier: cloud\n  breaker: {open_seconds: 5, max_open_seconds: 1}\n",
+            "tier: edge\nupstream:\n  tier: cloud\n"
+            "  breaker: {open_seconds: 5, max_open_seconds: 1}\n",
             "max_open_seconds",
         ),
         ("tier: edge\nmax_inflight: 0\n", "max_inflight"),
