@@ -177,18 +177,12 @@ class MeshClient:
         timeout = (budget_ms + self.grace_ms) / 1000.0
         if not tracing.wanted_here():
             return await self._ask(subject, payload, timeout, None, request.id)
-        with tracing.TRACER.start_as_current_span(
-            f"send {subject}",
+        with tracing.send_span(
+            subject,
             kind=tracing.SpanKind.PRODUCER,
-            attributes={
-                tracing.MESSAGING_SYSTEM: "nats",
-                tracing.DESTINATION: subject,
-                tracing.OPERATION_TYPE: "send",
-                tracing.OPERATION_NAME: "request",
-                tracing.MESSAGE_ID: request.id,
-                tracing.BODY_SIZE: len(payload),
-                tracing.MODEL: model,
-            },
+            message_id=request.id,
+            model=model,
+            attributes={tracing.BODY_SIZE: len(payload)},
         ) as span:
             try:
                 result = await self._ask(subject, payload, timeout, tracing.inject(), request.id)

@@ -1,8 +1,10 @@
 """One lifecycle for every long-lived part: ``start``, an idempotent ``stop``, ``async with``.
 
-The shape is nats.py's ``micro.Service`` and aiohttp's ``AppRunner``: a part is started once,
-stopped at most once however often ``stop`` is called, and a start that fails half-way stops
-what it had started before the error propagates. Parts are composed with ``AsyncExitStack``.
+The shape is nats.py's ``micro.Service`` and aiohttp's ``AppRunner``: a part is started once
+(starting it again is a no-op, starting it after ``stop`` an error), stopped at most once however
+often ``stop`` is called, and a start that fails half-way stops what it had started before the
+error propagates. Parts are composed with ``AsyncExitStack``. The one exception in the code base
+is ``mesh.testing.embedded.NatsServer``, which the fault tests restart on the same ports.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Service:
         return self._lifecycle_started and not self._lifecycle_stopped
 
     async def start(self) -> None:
+        if self._lifecycle_stopped:
+            raise RuntimeError(f"a stopped {type(self).__name__} cannot be started again")
         if self._lifecycle_started:
             return
         self._lifecycle_started = True

@@ -32,18 +32,12 @@ class NatsUpstream:
         subject = self.subject(request.model)
         if not tracing.wanted_here():
             return await self._request(subject, request, timeout_s, None)
-        with tracing.TRACER.start_as_current_span(
-            f"send {subject}",
+        with tracing.send_span(
+            subject,
             kind=tracing.SpanKind.CLIENT,
-            attributes={
-                tracing.MESSAGING_SYSTEM: "nats",
-                tracing.DESTINATION: subject,
-                tracing.OPERATION_TYPE: "send",
-                tracing.OPERATION_NAME: "request",
-                tracing.MESSAGE_ID: request.id,
-                tracing.TIER: self._from_tier,
-                tracing.MODEL: request.model,
-            },
+            message_id=request.id,
+            model=request.model,
+            attributes={tracing.TIER: self._from_tier},
         ) as span:
             try:
                 reply = await self._request(subject, request, timeout_s, tracing.inject())

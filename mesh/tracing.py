@@ -8,6 +8,7 @@ read by OpenTelemetry's propagator (W3C ``traceparent``/``tracestate``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
@@ -58,6 +59,30 @@ def wanted_here() -> bool:
     """Whether work done now needs spans: this process records them, or the current context
     continues a caller's trace."""
     return _recording or trace.get_current_span().get_span_context().is_valid
+
+
+def send_span(
+    subject: str,
+    *,
+    kind: SpanKind,
+    message_id: str,
+    model: str,
+    attributes: Mapping[str, str | int | float | bool] | None = None,
+) -> AbstractContextManager[trace.Span]:
+    """The span of a request sent on ``subject``, with the messaging conventions' attributes."""
+    return TRACER.start_as_current_span(
+        f"send {subject}",
+        kind=kind,
+        attributes={
+            MESSAGING_SYSTEM: "nats",
+            DESTINATION: subject,
+            OPERATION_TYPE: "send",
+            OPERATION_NAME: "request",
+            MESSAGE_ID: message_id,
+            MODEL: model,
+            **(attributes or {}),
+        },
+    )
 
 
 def extract(headers: Mapping[str, str] | None) -> context.Context:

@@ -30,8 +30,8 @@ import socket
 import struct
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
+
+from mesh.lifecycle import Service
 
 logger = logging.getLogger("mesh.testing.faults")
 
@@ -206,7 +206,7 @@ class _Link:
                     proxy.stats.bytes_to_client += len(piece)
 
 
-class FaultProxy:
+class FaultProxy(Service):
     """TCP proxy to one target with switchable faults; an async context manager.
 
     See the module docstring for what each fault does. ``stop`` is idempotent: it closes the
@@ -239,7 +239,6 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._links: dict[asyncio.Task[None], _Link] = {}
-        self._stopped = False
 
     @property
     def port(self) -> int:
@@ -273,20 +272,13 @@ class FaultProxy:
     def refusing(self) -> bool:
         return self._refusing
 
-    async def start(self) -> None:
-        if self._server is not None:
-            return
-        if self._stopped:
-            raise RuntimeError("a stopped FaultProxy cannot be started again")
+    async def _start(self) -> None:
         self._server = await asyncio.start_server(
             self._serve, self.listen_host, self._listen_port, backlog=1024
         )
         logger.info("fault proxy %s -> %s:%d", self.address, self.target_host, self.target_port)
 
-    async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
+    async def _stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -296,15 +288,6 @@ class FaultProxy:
         await asyncio.gather(*handlers, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def set_latency(self, ms: float) -> None:
         """Add ``ms`` of one-way delay to every chunk in each direction (0 to remove)."""
@@ -370,7 +353,7 @@ class FaultProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._stopped:
+        if not self.running:
             _reset(writer)
             return
         self._handlers.add(task)
