@@ -13,8 +13,7 @@ import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import nats.errors
 import numpy as np
@@ -28,6 +27,7 @@ from mesh.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from mesh.lifecycle import Service
 from mesh.nats_guard import GuardedClient
 from mesh.typedefs import Array
 
@@ -105,7 +105,7 @@ def mesh_error(exc: Exception, what: str) -> MeshError:
     return UnavailableError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class MeshClient:
+class MeshClient(Service):
     """A connection to the mesh through the application's local NATS server."""
 
     def __init__(self, nc: NATS, *, owns_connection: bool = True, grace_ms: float = 250.0) -> None:
@@ -118,6 +118,7 @@ class MeshClient:
         # guess across clients, for a fraction of uuid4's cost (it reads os.urandom each time).
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
+        self._lifecycle_started = True  # connected already: ``async with`` only closes it
 
     @classmethod
     async def connect(cls, servers: str | list[str], **options: Any) -> MeshClient:
@@ -221,19 +222,15 @@ class MeshClient:
         return InferResult.from_response(reply, len(payload))
 
     async def close(self) -> None:
+        """Drain and close the connection (when the client opened it); idempotent."""
+        await self.stop()
+
+    async def _stop(self) -> None:
         if self._owns and not self._nc.is_closed:
             try:
                 await self._nc.drain()
             except Exception:
                 await _close_quietly(self._nc)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 async def _close_quietly(nc: NATS) -> None:

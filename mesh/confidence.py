@@ -7,12 +7,11 @@ second) and ``entropy`` (one minus the normalised entropy, so 1 is certain and 0
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-Floats = npt.NDArray[np.floating[Any]]
+from mesh.typedefs import AnyFloats
 
 
 class ConfidenceKind(StrEnum):
@@ -21,7 +20,7 @@ class ConfidenceKind(StrEnum):
     ENTROPY = "entropy"
 
 
-def score(probabilities: npt.ArrayLike, kind: ConfidenceKind | str) -> Floats:
+def score(probabilities: npt.ArrayLike, kind: ConfidenceKind | str) -> AnyFloats:
     """Per-row confidence of an (N, C) probability array."""
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim == 1:
@@ -29,7 +28,7 @@ def score(probabilities: npt.ArrayLike, kind: ConfidenceKind | str) -> Floats:
     if p.ndim != 2 or p.shape[1] < 2:
         raise ValueError(f"probabilities must be (N, C) with C >= 2, got shape {p.shape}")
     kind = ConfidenceKind(kind)
-    out: Floats
+    out: AnyFloats
     if kind is ConfidenceKind.MAX_PROB:
         out = p.max(axis=1)
     elif kind is ConfidenceKind.MARGIN:

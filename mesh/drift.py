@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-Floats = npt.NDArray[np.float64]
+from mesh.typedefs import Floats
 
 INPUT = "input"
 CONFIDENCE = "confidence"

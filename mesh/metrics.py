@@ -30,7 +30,7 @@ GaugeSource = Callable[[], Iterable[tuple[float, dict[str, str]]]]
 Labels = tuple[str, ...]
 
 
-class Counter:
+class CounterFamily:
     """A counter family: label values to a running total."""
 
     def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
@@ -56,7 +56,7 @@ class Counter:
         return family
 
 
-class Histogram:
+class HistogramFamily:
     """A histogram family: per label values, a count per bucket, their sum and count.
 
     A bucket's bound is inclusive, as in Prometheus (``le``)."""
@@ -113,45 +113,45 @@ class MeshMetrics:
     """Counters and histograms of one process, labelled by tier, model and outcome."""
 
     def __init__(self) -> None:
-        self.requests = Counter(
+        self.requests = CounterFamily(
             "mesh_requests",
             "Requests handled, by tier, model and outcome",
             ("tier", "model", "outcome", "code"),
         )
-        self.latency = Histogram(
+        self.latency = HistogramFamily(
             "mesh_request_duration_milliseconds",
             "Time from receipt to reply at a tier, upstream wait included",
             ("tier", "model", "outcome"),
             LATENCY_BUCKETS_MS,
         )
-        self.escalations = Counter(
+        self.escalations = CounterFamily(
             "mesh_escalations", "Cases meant for upstream, by reason", ("tier", "model", "reason")
         )
-        self.degraded = Counter(
+        self.degraded = CounterFamily(
             "mesh_degraded", "Degraded answers, by reason", ("tier", "model", "reason")
         )
-        self.upstream_bytes = Counter(
+        self.upstream_bytes = CounterFamily(
             "mesh_upstream_bytes", "Request bytes sent to the upstream tier", ("tier", "upstream")
         )
-        self.batch_size = Histogram(
+        self.batch_size = HistogramFamily(
             "mesh_batch_size", "Rows per inference batch", ("tier", "model"), BATCH_BUCKETS
         )
-        self.breaker_transitions = Counter(
+        self.breaker_transitions = CounterFamily(
             "mesh_breaker_transitions",
             "Circuit breaker state changes",
             ("tier", "upstream", "from", "to"),
         )
-        self.hard_examples = Counter(
+        self.hard_examples = CounterFamily(
             "mesh_hard_examples", "Hard examples recorded and forwarded", ("tier", "event")
         )
-        self.dropped = Counter(
+        self.dropped = CounterFamily(
             "mesh_dropped_messages",
             "Messages dropped unanswered: no reply subject to answer on",
             ("tier",),
         )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
 
-    def families(self) -> list[Counter | Histogram]:
+    def families(self) -> list[CounterFamily | HistogramFamily]:
         return [
             self.requests,
             self.latency,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-Floats = npt.NDArray[np.float64]
+from mesh.typedefs import Floats
 
 DEFAULT_COMPONENTS = 10
 DEFAULT_QUANTILE = 0.995

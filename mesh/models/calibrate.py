@@ -28,11 +28,11 @@ import numpy as np
 import numpy.typing as npt
 
 from mesh.confidence import score as confidence_score
+from mesh.typedefs import Floats
 
 DEFAULT_MAX_DROP = 0.005
 
 Bools = npt.NDArray[np.bool_]
-Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 
 

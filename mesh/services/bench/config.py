@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
 ECHO_SUBJECT = "bench.echo"
 READY = "BENCH_READY"
 MESH_BUDGET_MS = 5000.0
 MiB = 1024.0 * 1024.0
 
-Floats = npt.NDArray[np.float32]
 #: one request of a row: takes the request's index, returns the tier (or peer) that answered.
 Call = Callable[[int], Awaitable[str]]
 

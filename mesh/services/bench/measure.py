@@ -23,7 +23,8 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.services.bench.config import Call, Floats
+from mesh.services.bench.config import Call
+from mesh.typedefs import Array
 
 
 @dataclass
@@ -177,7 +178,7 @@ async def run_trial(
     )
 
 
-def ort_floor_trial(model_path: Path, rows: Sequence[Floats], n: int) -> Trial:
+def ort_floor_trial(model_path: Path, rows: Sequence[Array], n: int) -> Trial:
     """Raw ``InferenceSession.run`` on one row, in this process: the floor of any serving."""
     from mesh.runtime import OnnxModel
 

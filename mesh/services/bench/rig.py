@@ -29,7 +29,6 @@ from mesh.services.bench.config import (
     READY,
     BenchConfig,
     Call,
-    Floats,
     MiB,
 )
 from mesh.services.bench.measure import Row, median, ort_floor_trial, paired_ratio, run_trial
@@ -40,6 +39,7 @@ from mesh.testing.embedded import NatsServer, ServerConfig, free_port
 from mesh.testing.launcher import NodeProcess
 from mesh.testing.layout import tier_node_settings
 from mesh.testing.supervisor import ChildProcess
+from mesh.typedefs import Array
 
 
 def _node_settings(
@@ -129,7 +129,7 @@ async def run_bench(
     edge_onnx = artifact_path(edge_manifest, demo.edge_int8)
     calibrated = edge_manifest.threshold_for("edge", 0.9)
     test_x = np.load(demo.test)["x"].astype(np.float32)
-    rows_x: list[Floats] = [np.ascontiguousarray(test_x[i : i + 1]) for i in range(len(test_x))]
+    rows_x: list[Array] = [np.ascontiguousarray(test_x[i : i + 1]) for i in range(len(test_x))]
     payloads = [
         wire.encode_request(
             wire.InferRequest(
