@@ -10,13 +10,13 @@ restarted server keeps the ports it had, so leaf links and clients find it again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import shutil
 import signal
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,18 +148,17 @@ class NatsServer:
                 return None
             return ports
 
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            if self._child is not None and self._child.returncode is not None:
-                break
-            ports = await asyncio.to_thread(read)
-            if ports is not None and ports and ports.get("nats"):
-                self.client_port = _port_of(ports["nats"][0])
-                self.http_port = _port_of(ports["monitoring"][0])
-                if self.config.accept_leafnodes and self.leaf_port <= 0:
-                    self.leaf_port = await asyncio.to_thread(self._leaf_port_from_varz)
-                return
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                while self._child is not None and self._child.returncode is None:
+                    ports = await asyncio.to_thread(read)
+                    if ports is not None and ports and ports.get("nats"):
+                        self.client_port = _port_of(ports["nats"][0])
+                        self.http_port = _port_of(ports["monitoring"][0])
+                        if self.config.accept_leafnodes and self.leaf_port <= 0:
+                            self.leaf_port = await asyncio.to_thread(self._leaf_port_from_varz)
+                        return
+                    await asyncio.sleep(0.02)
         log = await asyncio.to_thread(self._log_tail)
         raise UnavailableError(f"nats-server {self.config.name} did not start:\n{log}")
 
@@ -190,11 +189,14 @@ class NatsServer:
         return await asyncio.to_thread(read)
 
     async def wait_leaf_connections(self, count: int = 1, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while await self.leaf_connections() < count:
-            if time.monotonic() > deadline:
-                raise UnavailableError(f"{self.config.name}: leaf link not up after {timeout}s")
-            await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.leaf_connections() < count:  # noqa: ASYNC110 (polls another process)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise UnavailableError(
+                f"{self.config.name}: leaf link not up after {timeout}s"
+            ) from None
 
     async def kill(self) -> None:
         """Kill the process hard (SIGKILL), as a crash would; ``start`` brings it back."""

@@ -158,17 +158,18 @@ class DemoRun:
     async def _warm_up(self) -> None:
         """Let every tier load and the leaf link carry interest before the clock starts."""
         assert self.client is not None
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                result = await self.client.infer(MODEL, self.x[:1], budget_ms=2000, tier="cloud")
-                if result.tier == "cloud":
-                    break
-            except MeshError:
-                pass
-            if time.monotonic() > deadline:
-                raise MeshError("the cloud tier did not answer from the site within 20 s")
-            await asyncio.sleep(0.2)
+        try:
+            async with asyncio.timeout(20):
+                while True:
+                    with contextlib.suppress(MeshError):
+                        answer = await self.client.infer(
+                            MODEL, self.x[:1], budget_ms=2000, tier="cloud"
+                        )
+                        if answer.tier == "cloud":
+                            break
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise MeshError("the cloud tier did not answer from the site within 20 s") from None
         for i in range(8):
             await self.client.infer(MODEL, self.x[i : i + 1], budget_ms=2000)
         self.client_spans.clear()
@@ -362,13 +363,12 @@ class DemoRun:
             )
 
     async def wait_drained(self) -> float:
-        deadline = time.monotonic() + self.config.drain_timeout_s
         began = time.monotonic()
         buffered = self.tally.degraded_by_tier["gateway"]
-        while time.monotonic() < deadline:
-            if self.view.backlog == 0 and self.view.delivered >= buffered:
-                break
-            await asyncio.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.drain_timeout_s):
+                while self.view.backlog or self.view.delivered < buffered:  # noqa: ASYNC110 (polls another process)
+                    await asyncio.sleep(0.2)
         await asyncio.sleep(self.config.poll_interval_s * 2)
         return time.monotonic() - began
 
