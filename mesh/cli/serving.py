@@ -90,8 +90,17 @@ def infer(
 @click.command()
 @cache_option
 @click.option("--edge-replicas", default=1, show_default=True)
-def up(cache: Path, edge_replicas: int) -> None:
-    """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C."""
+@click.option(
+    "--keep-logs",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep the servers' and nodes' logs and data in this folder (default: a temporary one, "
+    "removed at the end).",
+)
+def up(cache: Path, edge_replicas: int, keep_logs: Path | None) -> None:
+    """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C.
+
+    Every process it starts dies with it; a node that exits is reported and restarted."""
     from mesh.models.demo import ensure_demo
     from mesh.models.validate import require_valid
     from mesh.testing.launcher import EmbeddedMesh, MeshLayout
@@ -114,7 +123,8 @@ def up(cache: Path, edge_replicas: int) -> None:
                 gateway_manifest=demo.gateway,
                 cloud_manifest=demo.cloud,
                 edge_replicas=edge_replicas,
-            )
+            ),
+            work_dir=keep_logs,
         )
         try:
             await mesh.start()
@@ -123,7 +133,11 @@ def up(cache: Path, edge_replicas: int) -> None:
             click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
             click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
             sys.stdout.flush()
+            supervisor = asyncio.create_task(
+                mesh.supervise(lambda line: click.echo(line, err=True))
+            )
             await stop.wait()
+            supervisor.cancel()
         finally:
             click.echo("stopping the mesh", err=True)
             await mesh.close()

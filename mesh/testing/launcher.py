@@ -10,14 +10,16 @@ import asyncio
 import shutil
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mesh.lifecycle import cancel_and_wait
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
 from mesh.testing.embedded import Site
@@ -73,6 +75,10 @@ class NodeProcess:
     async def stop(self) -> None:
         await self._child.stop()
 
+    async def wait(self) -> int:
+        """Until the process exits; its exit status."""
+        return await self._child.wait()
+
 
 @dataclass
 class MeshLayout:
@@ -108,6 +114,7 @@ class EmbeddedMesh:
         )
         self.site = Site(self.work_dir / "nats")
         self.nodes: dict[str, NodeProcess] = {}
+        self._stopping = False
 
     @property
     def site_url(self) -> str:
@@ -179,7 +186,42 @@ class EmbeddedMesh:
         await self.start_servers(leaf_url)
         await self.start_nodes()
 
+    async def supervise(
+        self,
+        report: Callable[[str], None],
+        *,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+    ) -> None:
+        """Restart a node that exits while the mesh runs (a crash, or status 70 from a node
+        whose NATS connection died), reporting each exit; a node that exits more than
+        ``max_restarts`` times in ``window_s`` is left down and reported so."""
+        restarts: dict[str, list[float]] = {name: [] for name in self.nodes}
+        waits = {asyncio.create_task(node.wait()): name for name, node in self.nodes.items()}
+        try:
+            while waits:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    name = waits.pop(task)
+                    if self._stopping:
+                        return
+                    node = self.nodes[name]
+                    now = time.monotonic()
+                    recent = [t for t in restarts[name] if now - t < window_s]
+                    if len(recent) >= max_restarts:
+                        report(f"node {name} exited with status {task.result()} again; left down")
+                        continue
+                    report(f"node {name} exited with status {task.result()}; restarting it")
+                    restarts[name] = [*recent, now]
+                    await asyncio.sleep(min(2.0 ** len(recent) * 0.5, 10.0))
+                    await node.start()
+                    report(f"node {name} restarted (pid {node.pid})")
+                    waits[asyncio.create_task(node.wait())] = name
+        finally:
+            await cancel_and_wait(list(waits))
+
     async def stop(self) -> None:
+        self._stopping = True
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         await self.site.stop()
