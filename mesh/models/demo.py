@@ -288,7 +288,7 @@ def build_demo(out: Path, seed: int = 0, calibrate_thresholds: bool = True) -> D
 
     edge = load_manifest(paths.edge)
     int8_onnx = out / f"{MODEL_NAME}-edge-int8.onnx"
-    quantize_model(out / edge.artifact, int8_onnx)
+    quantize_model(out / edge.artifact, int8_onnx, calibration=splits.x_calib)
     int8 = edge.model_copy(deep=True)
     int8.version = "1-edge-int8"
     int8.artifact = int8_onnx.name

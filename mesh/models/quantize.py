@@ -1,10 +1,13 @@
 """Int8 variants of float ONNX models, and the report that says what quantization cost.
 
-Dynamic quantization (``onnxruntime.quantization.quantize_dynamic``): weights are stored as int8,
-activations are quantized per batch at run time, so no calibration data is needed and the MLP's
-MatMul nodes become MatMulInteger. Small graphs carry fixed overhead (scales, zero points, the
-DynamicQuantizeLinear nodes): a logistic regression of 650 weights does not halve; the MLP 128x32
-of the demo's edge tier does (int8 is a third of the float file).
+Static quantization (``onnxruntime.quantization.quantize_static``): weights are int8 and the
+activations' scales are fixed from calibration rows, so a row's answer does not depend on the
+other rows of its batch. That matters since nodes batch every request waiting on a subscription:
+with dynamic quantization the activation scale is computed per batch at run time, and a digit
+answered alone got confidence 0.7103 but 0.7167 batched with 20 others. Measured on the demo's
+edge MLP: 97.78% held-out accuracy (float 97.56%), 17 KB against 52 KB, and outputs identical to
+the last bit whatever the batch. Without calibration rows, ``quantize_model`` falls back to
+dynamic quantization and says so.
 """
 
 from __future__ import annotations
@@ -34,28 +37,59 @@ def quantize_model(
     *,
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES,
     per_channel: bool = False,
+    calibration: npt.NDArray[np.float32] | None = None,
 ) -> Path:
-    """Write an int8 (dynamic) variant of the float model ``src`` to ``dst``; returns ``dst``."""
+    """Write an int8 variant of the float model ``src`` to ``dst``; returns ``dst``.
+
+    With ``calibration`` rows (N, F) of the model's single input, activations are quantized
+    statically (batch-invariant answers); without, dynamically (answers depend slightly on the
+    batch a row is run in)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     src, dst = Path(src), Path(dst)
     root = logging.getLogger()
     root.addFilter(_drop_preprocessing_hint)
     try:
-        quantize_dynamic(
-            src,
-            dst,
-            op_types_to_quantize=list(op_types),
-            per_channel=per_channel,
-            weight_type=QuantType.QInt8,
-        )
+        if calibration is None:
+            logging.getLogger(__name__).warning(
+                "no calibration rows: dynamic quantization, answers depend on the batch"
+            )
+            quantize_dynamic(
+                src,
+                dst,
+                op_types_to_quantize=list(op_types),
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+            )
+        else:
+            quantize_static(
+                src,
+                dst,
+                _Rows(onnx.load(str(src)).graph.input[0].name, calibration),
+                quant_format=QuantFormat.QOperator,
+                op_types_to_quantize=list(op_types),
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     finally:
         root.removeFilter(_drop_preprocessing_hint)
     proto = onnx.load(str(dst))
     proto.doc_string = ""
     dst.write_bytes(proto.SerializeToString())
     return dst
+
+
+class _Rows:
+    """A ``CalibrationDataReader``: one row at a time, as the model will see them."""
+
+    def __init__(self, input_name: str, rows: npt.NDArray[np.float32]) -> None:
+        data = np.asarray(rows, dtype=np.float32)
+        self._feeds = iter([{input_name: data[i : i + 1]} for i in range(len(data))])
+
+    def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+        return next(self._feeds, None)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ async def test_requests_in_flight_together_share_model_calls_and_get_the_same_an
     await start_node(
         "edgebatch",
         nats_server.url,
-        [model_settings(demo, "edge", threshold=0.0)],
+        [model_settings(demo, "edge-int8", threshold=0.0)],
         entry=True,
     )
     x = np.load(demo.test)["x"].astype(np.float32)[:256]

@@ -18,7 +18,7 @@ from mesh.models.calibrate import (
     run_cascade,
 )
 from mesh.models.demo import DemoArtifacts
-from mesh.models.manifest import load_manifest, sha256_of
+from mesh.models.manifest import load_manifest, sha256_of, verify_artifact
 from mesh.models.quantize import quantization_report, quantize_model
 
 
@@ -46,8 +46,28 @@ def test_int8_edge_is_at_most_half_the_size_within_one_point(demo: DemoArtifacts
 
 
 def test_quantize_model_is_reproducible(demo: DemoArtifacts, tmp_path: Path) -> None:
-    out = quantize_model(demo.root / load_manifest(demo.edge).artifact, tmp_path / "int8.onnx")
+    rows = np.load(demo.calib)["x"].astype(np.float32)
+    out = quantize_model(
+        demo.root / load_manifest(demo.edge).artifact, tmp_path / "int8.onnx", calibration=rows
+    )
     assert sha256_of(out) == load_manifest(demo.edge_int8).sha256
+
+
+def test_a_statically_quantized_model_answers_a_row_the_same_in_any_batch(
+    demo: DemoArtifacts,
+) -> None:
+    from mesh.runtime import OnnxModel
+
+    model = OnnxModel.load(verify_artifact(load_manifest(demo.edge_int8), demo.edge_int8))
+    x = np.load(demo.test)["x"].astype(np.float32)
+    alone = np.concatenate(
+        [model.run({"input": x[i : i + 1]})["probabilities"] for i in range(len(x))]
+    )
+    for size in (7, 32, len(x)):
+        batched = np.concatenate(
+            [model.run({"input": x[i : i + size]})["probabilities"] for i in range(0, len(x), size)]
+        )
+        np.testing.assert_array_equal(batched, alone)
 
 
 def test_cascade_routes_unsure_and_novel_rows_up() -> None:
