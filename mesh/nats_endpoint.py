@@ -104,9 +104,16 @@ class NatsEndpoint(Service):
     async def _stop(self) -> None:
         """Stop taking requests, then let those in flight finish."""
         subs, self._subs = self._subs, []
+        # Drain, not unsubscribe: a batch runs inside nats-py's delivery task, which unsubscribe
+        # would cancel half-way; drain stops delivery, then lets the queued messages and the
+        # batch under way finish.
         for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            try:
+                async with asyncio.timeout(self._drain_seconds):
+                    await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_seconds)
             await cancel_and_wait(pending)
