@@ -90,7 +90,9 @@ class NatsServer:
             f'server_name: "{c.name}"',
             f'listen: "{c.host}:{self.client_port}"',
             f'http: "{c.host}:{self.http_port}"',
-            "max_payload: 8MB",
+            # Sized to the mesh's largest request (4 MiB of input by default) and no more.
+            "max_payload: 5MB",
+            "max_pending: 64MB",
         ]
         if c.jetstream_domain is not None:
             store = self.work_dir / "jetstream"
