@@ -46,14 +46,15 @@ def build_demo(out: Path, seed: int) -> None:
 @click.option(
     "--calibration",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=None,
-    help="Rows (.npz with x) that fix the activations' scales (default: the --test rows).",
+    required=True,
+    help="Rows (.npz with x) from the serving distribution that fix the activations' scales "
+    "(not the --test rows, which measure the result).",
 )
-def quantize(manifest: Path, test_npz: Path, out: Path | None, calibration: Path | None) -> None:
+def quantize(manifest: Path, test_npz: Path, out: Path | None, calibration: Path) -> None:
     """Write an int8 variant of MANIFEST's model; report size, latency and accuracy.
 
-    Activations are quantized statically, from the ``x`` rows of --calibration (default: those
-    of --test), so that answers do not depend on the batch a request is run in."""
+    Activations are quantized statically, from the ``x`` rows of --calibration, so that answers
+    do not depend on the batch a request is run in."""
     from mesh.models.manifest import (
         artifact_path,
         load_manifest,
@@ -66,7 +67,7 @@ def quantize(manifest: Path, test_npz: Path, out: Path | None, calibration: Path
     stem = manifest.name.removesuffix(".manifest.json").removesuffix(".json")
     out = out or manifest.with_name(f"{stem}-int8.manifest.json")
     onnx_out = out.with_name(out.name.removesuffix(".manifest.json") + ".onnx")
-    rows = np.load(calibration or test_npz)["x"].astype(np.float32)
+    rows = np.load(calibration)["x"].astype(np.float32)
     quantize_model(artifact_path(source, manifest), onnx_out, calibration=rows)
     variant = source.model_copy(deep=True)
     variant.version = f"{source.version}-int8"
