@@ -8,11 +8,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from mesh.cli.options import cache_option
+
+if TYPE_CHECKING:
+    from mesh.client import InferResult
 
 
 @click.command()
@@ -48,43 +52,81 @@ def node(config: Path | None) -> None:
     help="Highest zone the raw input may reach.",
 )
 @click.option("--row", type=int, default=None, help="Send only this row of the array.")
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Most rows a request carries (a node's max_rows); larger files go in several requests.",
+)
 def infer(
-    model: str, file: Path, servers: str, budget_ms: float, residency: str, row: int | None
+    model: str,
+    file: Path,
+    servers: str,
+    budget_ms: float,
+    residency: str,
+    row: int | None,
+    chunk_rows: int,
 ) -> None:
-    """Send FILE.npy (or the `x` array of an .npz) as one request to MODEL; print the answer."""
-    from mesh import MeshClient
+    """Send FILE.npy (or the `x` array of an .npz) to MODEL; print the answer.
+
+    A float64 file is sent as float32 when the model takes float32 (with a note); a file with
+    more rows than --chunk-rows goes in chunks, answered in order."""
+    from mesh import InvalidArgumentError, MeshClient
 
     array = np.load(file)["x"] if file.suffix == ".npz" else np.load(file)
     if row is not None:
         array = array[row : row + 1]
     if array.ndim == 1:
         array = array[None, :]
+    chunks = [array[i : i + chunk_rows] for i in range(0, len(array), chunk_rows)]
 
-    async def run() -> dict[str, object]:
+    async def ask(client: MeshClient, chunk: np.ndarray) -> InferResult:
+        try:
+            return await client.infer(model, chunk, budget_ms=budget_ms, residency=residency)
+        except InvalidArgumentError as error:
+            if chunk.dtype != np.float64 or "must be float32" not in error.message:
+                raise
+            click.echo(
+                f"note: {file.name} holds float64; sent as float32, as {model} takes", err=True
+            )
+            return await client.infer(
+                model, chunk.astype(np.float32), budget_ms=budget_ms, residency=residency
+            )
+
+    async def run() -> list[dict[str, object]]:
         async with await MeshClient.connect(servers) as client:
-            result = await client.infer(model, array, budget_ms=budget_ms, residency=residency)
-        return {
-            "id": result.id,
-            "model": result.model,
-            "labels": result.labels,
-            "confidence": round(result.confidence, 4),
-            "tier": result.tier,
-            "node": result.node,
-            "model_version": result.model_version,
-            "degraded": result.degraded,
-            "reason": result.reason,
-            "path": [
-                {
-                    "tier": h.tier,
-                    "node": h.node,
-                    "action": h.action,
-                    "latency_ms": round(h.latency_ms, 3),
-                }
-                for h in result.path
-            ],
-        }
+            results = [await ask(client, chunk) for chunk in chunks]
+        return [_answer(result) for result in results]
 
-    click.echo(json.dumps(asyncio.run(run()), indent=2))
+    answers = asyncio.run(run())
+    if len(answers) == 1:
+        click.echo(json.dumps(answers[0], indent=2))
+    else:
+        click.echo(json.dumps({"rows": len(array), "chunks": answers}, indent=2))
+
+
+def _answer(result: InferResult) -> dict[str, object]:
+    return {
+        "id": result.id,
+        "model": result.model,
+        "labels": result.labels,
+        "confidence": round(result.confidence, 4),
+        "tier": result.tier,
+        "node": result.node,
+        "model_version": result.model_version,
+        "degraded": result.degraded,
+        "reason": result.reason,
+        "path": [
+            {
+                "tier": h.tier,
+                "node": h.node,
+                "action": h.action,
+                "latency_ms": round(h.latency_ms, 3),
+            }
+            for h in result.path
+        ],
+    }
 
 
 @click.command()

@@ -81,6 +81,15 @@ async def test_a_node_runs_from_a_config_file_with_env_overrides_and_answers_mes
         assert answer["tier"] == "edge" and answer["node"] == "from-env"
         assert answer["labels"] == [int(np.load(demo.test)["y"][0])]
 
+        many = tmp_path / "many.npy"
+        np.save(many, np.load(demo.test)["x"][:300].astype(np.float64))
+        code, out, err = await run("infer", "digits", str(many), "--servers", nats_server.url)
+        assert code == 0, err
+        assert "sent as float32" in err
+        chunked = json.loads(out)
+        assert chunked["rows"] == 300
+        assert [len(c["labels"]) for c in chunked["chunks"]] == [256, 44]
+
         code, out, err = await run("infer", "nosuch", str(sample), "--servers", nats_server.url)
         assert code == 2
         assert "NOT_FOUND" in err or "UNAVAILABLE" in err
