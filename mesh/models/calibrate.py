@@ -20,6 +20,7 @@ I/O (ONNX Runtime, manifests, matplotlib).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,8 @@ class TierCalibration:
     chosen: CurvePoint
     curve: list[CurvePoint]
     target_accuracy: float
+    #: why the choice is what it is, when the labelled set limits it (None otherwise).
+    note: str | None = None
 
 
 def candidate_thresholds(confidence: npt.ArrayLike) -> Floats:
@@ -162,6 +165,30 @@ def pessimistic_drop(errors: int, top_errors: int, rows: int) -> float:
     return (errors - top_errors + 1) / (rows + 2)
 
 
+def smallest_provable_drop(rows: int) -> float:
+    """The lowest drop ``rows`` labelled rows can show: no extra error at all, smoothed."""
+    return pessimistic_drop(0, 0, rows)
+
+
+def rows_needed(max_drop: float) -> int:
+    """Labelled rows needed before a cascade with no extra error can show ``max_drop``."""
+    return max(0, math.ceil(1.0 / max_drop - 2 - 1e-9))
+
+
+def small_set_note(rows: int, max_drop: float) -> str | None:
+    """What to do when ``rows`` are too few to prove ``max_drop`` (None when they suffice)."""
+    floor = smallest_provable_drop(rows)
+    if floor <= max_drop + 1e-12:
+        return None
+    achievable = math.ceil(floor * 1000) / 1000
+    return (
+        f"{rows} labelled rows cannot show a drop within {max_drop:.2%}: even with no extra "
+        f"error the smoothed estimate is {floor:.2%}, so no threshold qualifies and the tier "
+        f"answers nothing locally. Label at least {rows_needed(max_drop)} rows, or allow "
+        f"--max-drop {achievable:.3f}."
+    )
+
+
 def choose(curve: Sequence[CurvePoint], top_errors: int, rows: int, max_drop: float) -> CurvePoint:
     """The lowest threshold from which every higher threshold keeps the pessimistic drop within
     ``max_drop``; the highest threshold (the tier answers nothing) when none does."""
@@ -194,11 +221,12 @@ def calibrate_tiers(
     never = float(np.nextafter(1.0, 2.0))
     fixed = [never] * (len(tiers) - 1)
     results = []
+    note = small_set_note(len(labels), max_drop)
     for i in range(len(tiers) - 1):
         curve = sweep(tiers, fixed, i, labels)
         chosen = choose(curve, top_errors, len(labels), max_drop)
         fixed[i] = chosen.threshold
-        results.append(TierCalibration(tier_names[i], chosen, curve, target))
+        results.append(TierCalibration(tier_names[i], chosen, curve, target, note))
     return results
 
 
@@ -225,6 +253,8 @@ class CalibrationResult:
                 f"{self.shares.get(t.tier, t.chosen.share_local):.1%} locally "
                 f"(target accuracy {t.target_accuracy:.4f})"
             )
+            if t.note is not None:
+                lines.append(f"  {t.note}")
         return "\n".join(lines)
 
     def curve_table(self, tier: str, every: int = 1) -> str:
