@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,6 +130,9 @@ class MeshClient(Service):
         5 s) when no server answers; once connected, the client reconnects for ever."""
         options.setdefault("name", "mesh-client")
         options.setdefault("max_reconnect_attempts", -1)
+        # nats-py's default error callback logs every failed attempt with a traceback; a caller
+        # gets the one typed error below instead, and the attempts at debug level.
+        options.setdefault("error_cb", _log_nats_error)
         first_s = float(options.pop("connect_timeout", FIRST_CONNECT_S))
         options["connect_timeout"] = first_s
         nc = GuardedClient()
@@ -231,6 +235,13 @@ class MeshClient(Service):
                 await self._nc.drain()
             except Exception:
                 await _close_quietly(self._nc)
+
+
+log = logging.getLogger("mesh.client")
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    log.debug("NATS: %s: %s", type(exc).__name__, exc)
 
 
 async def _close_quietly(nc: NATS) -> None:

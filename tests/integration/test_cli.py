@@ -148,3 +148,19 @@ async def test_mesh_node_with_invalid_yaml_or_invalid_settings_prints_one_line_a
         assert len(err.strip().splitlines()) == 1, err
         assert "Traceback" not in err
         assert err.startswith("error: invalid node settings") and str(config) in err
+
+
+async def test_mesh_infer_where_no_server_listens_exits_2_with_one_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mesh.testing.embedded import free_port
+
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros((1, 64), np.float32))
+    code, out, err = await run(
+        "infer", "digits", str(sample), "--servers", f"nats://127.0.0.1:{free_port()}"
+    )
+    assert code == 2
+    assert out == ""
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("error: UNAVAILABLE: cannot connect")
