@@ -12,7 +12,7 @@ from pathlib import Path
 from mesh.confidence import ConfidenceKind
 from mesh.drift import DriftMonitor
 from mesh.errors import InvalidArgumentError
-from mesh.models.manifest import ModelManifest, load_manifest, verify_artifact
+from mesh.models.manifest import ModelManifest, load_manifest, sha256_of, verify_artifact
 from mesh.novelty import NoveltyScorer
 from mesh.policy import Thresholds
 from mesh.runtime import ModelRunner, OnnxModel
@@ -38,6 +38,13 @@ def _load_artifact(settings: ModelSettings) -> tuple[ModelManifest | None, OnnxM
             )
         path = verified
     assert path is not None
+    if manifest is None:
+        actual = sha256_of(path)
+        if settings.sha256 is None or actual != settings.sha256.lower():
+            raise InvalidArgumentError(
+                f"model {settings.name}: {path} has sha256 {actual}, the settings expect "
+                f"{settings.sha256}; the file is corrupt or not the one configured"
+            )
     onnx = OnnxModel.load(path, intra_op_threads=settings.intra_op_threads)
     onnx.warmup()
     return manifest, onnx

@@ -157,6 +157,9 @@ class ModelSettings(_Section):
     """The ONNX file; relative paths are relative to the config file. Default: the manifest's."""
     manifest: Path | None = None
     """The model manifest (version, thresholds, reference statistics, sha256)."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    """SHA-256 of the ONNX file, required when it is given by ``path`` without a manifest:
+    every load checks the bytes, so no setting loads a file unchecked (``sha256sum FILE``)."""
     version: str | None = None
     """Version reported in answers; defaults to the manifest's, else ``1``."""
     threshold: float | None = None
@@ -186,6 +189,11 @@ class ModelSettings(_Section):
     def _artifact(self) -> ModelSettings:
         if self.path is None and self.manifest is None:
             raise ValueError(f"model {self.name}: set its ONNX file (path) or its manifest")
+        if self.manifest is None and self.sha256 is None:
+            raise ValueError(
+                f"model {self.name}: a model given by path needs its sha256 (or a manifest), "
+                "so that every load checks its bytes: set sha256 to the output of sha256sum"
+            )
         return self
 
 

@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from mesh.settings import NodeSettings
 
+SHA = "a" * 64
+
 
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "node.yaml"
-    path.write_text(text)
+    path.write_text(text.replace("{SHA}", SHA))
     return path
 
 
@@ -33,12 +35,19 @@ def _write(tmp_path: Path, text: str) -> Path:
             "max_open_seconds",
         ),
         ("tier: edge\nmax_inflight: 0\n", "max_inflight"),
-        ("tier: edge\nmodels: [{name: m, path: m.onnx, max_rows: -1}]\n", "max_rows"),
         (
-            "tier: edge\nmodels: [{name: m, path: m.onnx, batching: {max_batch_size: 0}}]\n",
+            "tier: edge\nmodels: [{name: m, path: m.onnx, sha256: {SHA}, max_rows: -1}]\n",
+            "max_rows",
+        ),
+        (
+            "tier: edge\nmodels:\n"
+            "- {name: m, path: m.onnx, sha256: {SHA}, batching: {max_batch_size: 0}}\n",
             "max_batch_size",
         ),
-        ("tier: edge\nmodels: [{name: m, path: m.onnx, thresold: 0.5}]\n", "thresold"),
+        (
+            "tier: edge\nmodels: [{name: m, path: m.onnx, sha256: {SHA}, thresold: 0.5}]\n",
+            "thresold",
+        ),
         ("tier: edge\nhttp_port: 70000\n", "http_port"),
         ("tier: edge\nupstream: {tier: cloud, timeout_ms: 0}\n", "timeout_ms"),
     ],
@@ -49,6 +58,11 @@ def test_settings_that_cannot_work_are_refused_naming_the_field(
     with pytest.raises(ValidationError) as refused:
         NodeSettings.load(_write(tmp_path, text))
     assert field in str(refused.value)
+
+
+def test_a_model_given_by_path_without_its_sha256_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="needs its sha256"):
+        NodeSettings.load(_write(tmp_path, "tier: edge\nmodels: [{name: m, path: m.onnx}]\n"))
 
 
 def test_a_file_that_is_not_yaml_or_not_a_mapping_is_an_error(tmp_path: Path) -> None:
