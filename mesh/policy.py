@@ -92,19 +92,17 @@ ANSWER = Decision(Action.ANSWER)
 def confident(confidence: float, novelty: float | None, thresholds: Thresholds) -> bool:
     """Whether a tier answers a case itself on its own merits (``escalation_reason`` is None
     for a served model). Written so that a NaN confidence is never taken for confident."""
-    if not confidence >= thresholds.confidence:
-        return False
-    return thresholds.novelty is None or novelty is None or not novelty > thresholds.novelty
+    return confidence >= thresholds.confidence and not _novel(novelty, thresholds)
+
+
+def _novel(novelty: float | None, thresholds: Thresholds) -> bool:
+    return thresholds.novelty is not None and novelty is not None and novelty > thresholds.novelty
 
 
 def escalation_reason(assessment: Assessment, thresholds: Thresholds) -> EscalationReason | None:
     if assessment.confidence is None:
         return EscalationReason.NOT_SERVED
-    if (
-        thresholds.novelty is not None
-        and assessment.novelty is not None
-        and assessment.novelty > thresholds.novelty
-    ):
+    if _novel(assessment.novelty, thresholds):
         return EscalationReason.NOVEL
     # Written so that a NaN confidence (a model gone wrong) is never taken for confident.
     if not assessment.confidence >= thresholds.confidence:
