@@ -488,7 +488,6 @@ async def test_a_node_answers_discovery_and_status_requests(connect: Connect) ->
     await service.add_endpoint(
         EndpointConfig(name="status", subject="mesh.status.edge-1", handler=status)
     )
-    await edge.nc.flush()  # the server has the subscriptions before another connection asks
     try:
         ping = await console.nc.request("$SRV.PING.mesh-node", b"", timeout=2)
         assert json.loads(ping.data)["name"] == "mesh-node"
