@@ -24,8 +24,6 @@ PURE = [
     "mesh.lifecycle",
     "mesh.errors",
     "mesh.dataplane",
-    "mesh.security.permissions",
-    "mesh.security.identities",
 ]
 
 
