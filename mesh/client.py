@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -30,6 +31,7 @@ from mesh.errors import (
 )
 from mesh.lifecycle import Service
 from mesh.nats_guard import GuardedClient
+from mesh.security.creds import CredentialsError, inbox_prefix_of
 from mesh.typedefs import Array
 
 #: name a single array is sent under; a single-input model takes it whatever its input's name.
@@ -133,6 +135,12 @@ class MeshClient(Service):
         # nats-py's default error callback logs every failed attempt with a traceback; a caller
         # gets the one typed error below instead, and the attempts at debug level.
         options.setdefault("error_cb", _log_nats_error)
+        creds = options.get("user_credentials")
+        if isinstance(creds, str | Path) and "inbox_prefix" not in options:
+            # The mesh lets an identity read replies under its own inbox prefix only.
+            prefix = await asyncio.to_thread(_inbox_prefix_or_none, creds)
+            if prefix is not None:
+                options["inbox_prefix"] = prefix
         first_s = float(options.pop("connect_timeout", FIRST_CONNECT_S))
         options["connect_timeout"] = first_s
         nc = GuardedClient()
@@ -242,6 +250,13 @@ log = logging.getLogger("mesh.client")
 
 async def _log_nats_error(exc: Exception) -> None:
     log.debug("NATS: %s: %s", type(exc).__name__, exc)
+
+
+def _inbox_prefix_or_none(creds: str | Path) -> str | None:
+    try:
+        return inbox_prefix_of(creds)
+    except CredentialsError as exc:
+        raise UnavailableError(str(exc)) from None
 
 
 async def _close_quietly(nc: NATS) -> None:

@@ -176,10 +176,11 @@ class TierNode(Service):
         it often does). nats-py keeps trying it, as it does reconnects; this bounds the wait."""
         s = self.settings
         try:
+            options = await asyncio.to_thread(s.nats.connect_options, f"mesh-{s.tier}-{s.node}")
             async with asyncio.timeout(s.nats.first_connect_s):
                 nc = GuardedClient()
                 await nc.connect(
-                    **s.nats.connect_options(name=f"mesh-{s.tier}-{s.node}"),
+                    **options,
                     error_cb=self._on_nats_error,
                     disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,

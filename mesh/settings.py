@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from mesh.confidence import ConfidenceKind
 from mesh.policy import RESIDENCY_ZONES
+from mesh.security.creds import inbox_prefix_of
 from mesh.subjects import check_token
 
 
@@ -38,7 +39,11 @@ class NatsSettings(_Section):
     servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     """NATS server URLs; the local (site or device) server first."""
     credentials: Path | None = None
-    """A ``.creds`` file (JWT and nkey seed) for this node's NATS identity."""
+    """A ``.creds`` file (JWT and nkey seed) for this node's NATS identity
+    (``mesh identities init``); a mesh server takes no connection without one."""
+    inbox_prefix: str | None = None
+    """Prefix of this connection's reply subjects. Default: the ``_INBOX_<name>`` prefix that
+    the credentials' permissions allow (read from the creds file), else ``_INBOX``."""
     nkeys_seed: Path | None = None
     """An nkey seed file, for servers configured with nkeys but no JWTs."""
     tls_ca: Path | None = None
@@ -61,7 +66,8 @@ class NatsSettings(_Section):
     """Seconds without its round trip back after which a connection that claims to be up is dead."""
 
     def connect_options(self, name: str) -> dict[str, Any]:
-        """Keyword arguments for ``nats.connect``."""
+        """Keyword arguments for ``nats.connect``; reads the creds file (blocking: call it from a
+        worker thread in async code)."""
         options: dict[str, Any] = {
             "servers": self.servers,
             "name": name,
@@ -73,6 +79,11 @@ class NatsSettings(_Section):
         }
         if self.credentials is not None:
             options["user_credentials"] = str(self.credentials)
+        prefix = self.inbox_prefix
+        if prefix is None and self.credentials is not None:
+            prefix = inbox_prefix_of(self.credentials)
+        if prefix is not None:
+            options["inbox_prefix"] = prefix
         if self.nkeys_seed is not None:
             options["nkeys_seed"] = str(self.nkeys_seed)
         if self.tls_ca is not None or self.tls_cert is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 
 from mesh.models.demo import DemoArtifacts, ensure_demo
 from mesh.node import TierNode
+from mesh.security.keystore import KeyStore
 from mesh.settings import (
     HardExampleSettings,
     ModelSettings,
@@ -19,7 +21,8 @@ from mesh.settings import (
     NodeSettings,
     UpstreamSettings,
 )
-from mesh.testing.embedded import NatsServer, ServerConfig, Site
+from mesh.testing.embedded import ADMIN, APPLICATION, NatsServer, ServerConfig, Site
+from mesh.testing.layout import node_identity
 
 for _name in [n for n in os.environ if n.startswith("MESH_")]:
     del os.environ[_name]
@@ -38,19 +41,38 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoArtifacts:
     return ensure_demo(tmp_path_factory.mktemp("demo-models"))
 
 
+@pytest.fixture(scope="session")
+def keystore(tmp_path_factory: pytest.TempPathFactory) -> KeyStore:
+    """The test session's fleet: every server trusts it, every client and node connects with
+    credentials it issued (no anonymous access, tests included)."""
+    return KeyStore.create(tmp_path_factory.mktemp("fleet"))
+
+
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    """One real nats-server with JetStream on free loopback ports."""
+async def nats_server(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[NatsServer]:
+    """One real nats-server with JetStream on free loopback ports, authentication on."""
     async with NatsServer(
-        ServerConfig(name="test", jetstream_domain="test"), tmp_path / "nats"
+        ServerConfig(name="test", jetstream_domain="test"), tmp_path / "nats", keystore
     ) as server:
         yield server
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
+def client_options(keystore: KeyStore) -> dict[str, Any]:
+    """``MeshClient.connect`` options of the application identity."""
+    return {"user_credentials": str(keystore.ensure(APPLICATION))}
+
+
+@pytest.fixture
+def admin_options(keystore: KeyStore) -> dict[str, Any]:
+    """``nats.connect`` options of the administrator (tests that watch or set up streams)."""
+    return {"user_credentials": str(keystore.ensure(ADMIN)), "inbox_prefix": "_INBOX_admin"}
+
+
+@pytest.fixture
+async def site(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[Site]:
     """A hub (domain ``hub``) and a site leaf server (domain ``site``), linked directly."""
-    s = Site(tmp_path / "site")
+    s = Site(tmp_path / "site", keystore=keystore)
     await s.start()
     try:
         yield s
@@ -73,8 +95,9 @@ def model_settings(demo: DemoArtifacts, tier: str, **overrides: Any) -> ModelSet
 
 
 @pytest.fixture
-async def start_node() -> AsyncIterator[NodeFactory]:
-    """Start tier nodes, each on its own NATS connection; all stopped at the end of the test."""
+async def start_node(keystore: KeyStore) -> AsyncIterator[NodeFactory]:
+    """Start tier nodes, each on its own NATS connection with its own identity (issued by the
+    session's key store for its tier, upstream and entry role); all stopped at the end."""
     nodes: list[TierNode] = []
 
     async def start(
@@ -91,12 +114,21 @@ async def start_node() -> AsyncIterator[NodeFactory]:
     ) -> TierNode:
         if isinstance(upstream, str):
             upstream = UpstreamSettings(tier=upstream, zone=upstream_zone)
+        name = kwargs.pop("node", f"{tier}-{len(nodes)}")
+        identity = node_identity(
+            name, tier, upstream_tier=upstream.tier if upstream else None, entry=entry
+        )
+        creds = await asyncio.to_thread(keystore.ensure, identity)
         settings = NodeSettings(
             tier=tier,
-            node=kwargs.pop("node", f"{tier}-{len(nodes)}"),
+            node=name,
             zone=zone,
             entry=entry,
-            nats=NatsSettings(servers=[servers] if isinstance(servers, str) else servers),
+            nats=NatsSettings(
+                servers=[servers] if isinstance(servers, str) else servers,
+                credentials=creds,
+                **kwargs.pop("nats", {}),
+            ),
             upstream=upstream,
             models=models,
             hard_examples=hard_examples or HardExampleSettings(upstream_domain=None),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from mesh.cli.identities import identities
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
 from mesh.cli.runs import bench, demo
@@ -19,7 +20,7 @@ def main() -> None:
     """Edge-cloud hybrid inference mesh over NATS."""
 
 
-for _command in (node, infer, up, models, bench, demo):
+for _command in (node, infer, up, models, identities, bench, demo):
     main.add_command(_command)
 
 __all__ = ["main"]

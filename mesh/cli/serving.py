@@ -43,6 +43,13 @@ def node(config: Path | None) -> None:
     show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
     help="NATS server URL.",
 )
+@click.option(
+    "--creds",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=lambda: os.environ.get("MESH_CREDS") or None,
+    show_default="$MESH_CREDS",
+    help="The application's NATS credentials (.creds); `mesh up` prints MESH_CREDS=...",
+)
 @click.option("--budget-ms", default=1000.0, show_default=True, help="Time budget of the request.")
 @click.option(
     "--residency",
@@ -63,6 +70,7 @@ def infer(
     model: str,
     file: Path,
     servers: str,
+    creds: Path | None,
     budget_ms: float,
     residency: str,
     row: int | None,
@@ -95,7 +103,8 @@ def infer(
             )
 
     async def run() -> list[dict[str, object]]:
-        async with await MeshClient.connect(servers) as client:
+        options = {} if creds is None else {"user_credentials": str(creds)}
+        async with await MeshClient.connect(servers, **options) as client:
             results = [await ask(client, chunk) for chunk in chunks]
         return [_answer(result) for result in results]
 
@@ -174,6 +183,7 @@ def up(cache: Path, edge_replicas: int, keep_logs: Path | None) -> None:
                 click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
             click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
             click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
+            click.echo(f"MESH_CREDS={mesh.app_creds}", nl=True)
             sys.stdout.flush()
             supervisor = asyncio.create_task(
                 mesh.supervise(lambda line: click.echo(line, err=True))

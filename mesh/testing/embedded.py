@@ -5,6 +5,12 @@ with JetStream (domain ``hub``) that accepts leaf nodes, and a site leaf server 
 JetStream domain whose leafnode link to the hub can go through a fault proxy. Ports are picked by
 the server itself (``-1``) and read from its ports file, so there is no race for free ports; a
 restarted server keeps the ports it had, so leaf links and clients find it again.
+
+Every server runs with authentication on (issue 11: no anonymous access, tests included): it
+trusts the fleet of a ``KeyStore`` (its own, made in its work directory, unless one is given),
+and clients connect with credentials from it (``creds``, ``client_options``, ``connect``). A
+leaf link is authenticated with the site's leaf credentials and encrypted with TLS (mutual,
+with the key store's development certificates).
 """
 
 from __future__ import annotations
@@ -24,8 +30,20 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.request import urlopen
 
+import nats
+from nats.aio.client import Client as NATS
+
 from mesh.errors import UnavailableError
+from mesh.security.identities import IdentitySpec, auth_block
+from mesh.security.keystore import KeyStore
+from mesh.security.permissions import Role, inbox_prefix
+from mesh.security.server_config import leaf_remote_block, leafnodes_block
 from mesh.testing.supervisor import ChildProcess
+
+#: identities every embedded server's key store holds from the start.
+ADMIN = IdentitySpec("admin", Role.OPERATOR)
+APPLICATION = IdentitySpec("app", Role.APPLICATION)
+SITE_LEAF = IdentitySpec("site-leaf", Role.LEAF)
 
 
 @functools.cache
@@ -55,10 +73,17 @@ class ServerConfig:
 class NatsServer:
     """One ``nats-server`` process; an async context manager with an idempotent ``stop``."""
 
-    def __init__(self, config: ServerConfig, work_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        work_dir: Path | None = None,
+        keystore: KeyStore | Path | None = None,
+    ) -> None:
         self.config = config
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / f"nats-{uuid.uuid4().hex}")
+        #: the fleet this server trusts; a path is opened (or created) when the server starts.
+        self._keystore: KeyStore | Path = keystore or self.work_dir / "keys"
         self._child: ChildProcess | None = None
         self.client_port = -1
         self.leaf_port = -1
@@ -84,8 +109,33 @@ class NatsServer:
     def running(self) -> bool:
         return self._child is not None and self._child.running
 
+    @property
+    def keystore(self) -> KeyStore:
+        if not isinstance(self._keystore, KeyStore):
+            raise UnavailableError(f"nats-server {self.config.name}: start it first")
+        return self._keystore
+
+    def creds(self, name: str = ADMIN.name) -> Path:
+        """The creds file of an identity the key store issued (``admin``, ``app``...)."""
+        return self.keystore.creds_path(name)
+
+    async def issue(self, spec: IdentitySpec) -> Path:
+        """Issue ``spec``'s identity (unless issued already) and return its creds file."""
+        return await asyncio.to_thread(self.keystore.ensure, spec)
+
+    def client_options(self, name: str = ADMIN.name) -> dict[str, Any]:
+        """``nats.connect`` / ``MeshClient.connect`` options to connect as ``name``."""
+        return {"user_credentials": str(self.creds(name)), "inbox_prefix": inbox_prefix(name)}
+
+    async def connect(self, identity: str = ADMIN.name, **options: Any) -> NATS:
+        """A nats-py connection to this server as ``identity`` (the administrator by default);
+        ``options`` pass to ``nats.connect``."""
+        return await nats.connect(self.url, **{**self.client_options(identity), **options})
+
     def _render_config(self) -> str:
         c = self.config
+        store = self.keystore
+        pki = store.pki
         lines = [
             f'server_name: "{c.name}"',
             f'listen: "{c.host}:{self.client_port}"',
@@ -93,30 +143,39 @@ class NatsServer:
             # Sized to the mesh's largest request (4 MiB of input by default) and no more.
             "max_payload: 5MB",
             "max_pending: 64MB",
+            auth_block(store.server_auth()),
         ]
         if c.jetstream_domain is not None:
-            store = self.work_dir / "jetstream"
+            js_dir = self.work_dir / "jetstream"
             lines.append(
-                f'jetstream {{ store_dir: "{store}", domain: "{c.jetstream_domain}", '
+                f'jetstream {{ store_dir: "{js_dir}", domain: "{c.jetstream_domain}", '
                 "max_memory_store: 256MB, max_file_store: 2GB }"
             )
-        leaf: list[str] = []
+        if pki is None:
+            raise UnavailableError(f"key store {store.directory} has no TLS files for leaf links")
         if c.accept_leafnodes:
-            leaf.append(f'listen: "{c.host}:{self.leaf_port}"')
-            # Leaf servers dial only the URL they were given: gossiped leafnode URLs would let a
-            # leaf reconnect around a fault proxy (or a WAN gateway) sitting on that URL.
-            leaf.append("no_advertise: true")
+            # Leaf servers dial only the URL they were given (no_advertise): gossiped leafnode
+            # URLs would let a leaf reconnect around a fault proxy (or a WAN gateway) sitting on
+            # that URL. Only site leaf credentials over mutual TLS get in.
+            lines.append(leafnodes_block(f"{c.host}:{self.leaf_port}", tls=pki.server, verify=True))
         if c.leaf_remotes:
-            urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
-            leaf.append(f"remotes: [ {{ urls: [ {urls} ] }} ]")
-            leaf.append("reconnect: 1")
-        if leaf:
-            lines.append("leafnodes {\n  " + "\n  ".join(leaf) + "\n}")
+            remote = leaf_remote_block(
+                c.leaf_remotes,
+                credentials=store.creds_path(SITE_LEAF.name),
+                account=store.account.public_key,
+                ca_file=pki.ca_file,
+                client_cert=pki.client,
+            )
+            lines.append('leafnodes {\n  reconnect: "1s"\n  remotes: [\n' + remote + "\n  ]\n}")
         return "\n".join(lines) + "\n"
 
     def _prepare(self) -> tuple[Path, Path]:
         server_binary()
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if not isinstance(self._keystore, KeyStore):
+            self._keystore = KeyStore.open_or_create(self._keystore)
+        for spec in (ADMIN, APPLICATION, SITE_LEAF):
+            self._keystore.ensure(spec)
         conf = self.work_dir / "server.conf"
         conf.write_text(self._render_config())
         ports_dir = self.work_dir / "ports"
@@ -246,12 +305,21 @@ class Site:
     it gets the hub's leafnode ``host:port`` and returns the URL to dial instead.
     """
 
-    def __init__(self, work_dir: Path | None = None, site_name: str = "site") -> None:
+    def __init__(
+        self,
+        work_dir: Path | None = None,
+        site_name: str = "site",
+        keystore: KeyStore | Path | None = None,
+    ) -> None:
         base = Path(work_dir or Path(tempfile.gettempdir()) / f"mesh-nats-{uuid.uuid4().hex}")
         self._own_dir = work_dir is None
         self.base = base
+        #: one fleet for both servers: the hub trusts the site's leaf credentials.
+        self._keystore: KeyStore | Path = keystore or base / "keys"
         self.hub = NatsServer(
-            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True), base / "hub"
+            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True),
+            base / "hub",
+            self._keystore,
         )
         self.site_name = site_name
         self.leaf: NatsServer | None = None
@@ -259,15 +327,21 @@ class Site:
     async def start(self, leaf_url: str | None = None) -> None:
         """Start the hub, then the leaf dialling ``leaf_url`` (default: the hub directly)."""
         await self.hub.start()
+        self._keystore = self.hub.keystore
         remote = leaf_url or self.hub.leafnode_url
         self.leaf = NatsServer(
             ServerConfig(
                 name=self.site_name, jetstream_domain=self.site_name, leaf_remotes=[remote]
             ),
             self.base / self.site_name,
+            self._keystore,
         )
         await self.leaf.start()
         await self.hub.wait_leaf_connections(1)
+
+    @property
+    def keystore(self) -> KeyStore:
+        return self.hub.keystore
 
     async def stop(self) -> None:
         if self.leaf is not None:

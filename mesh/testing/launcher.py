@@ -22,8 +22,8 @@ import yaml
 from mesh.lifecycle import cancel_and_wait
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
-from mesh.testing.embedded import Site
-from mesh.testing.layout import settings_yaml, tier_node_settings
+from mesh.testing.embedded import APPLICATION, Site
+from mesh.testing.layout import node_identity, settings_yaml, tier_node_settings
 from mesh.testing.supervisor import ChildProcess, child_env
 
 
@@ -130,7 +130,23 @@ class EmbeddedMesh:
         await self.site.hub.start()
         await self.site.start(leaf_url)
 
-    def node_settings(self, tier: str, index: int = 0) -> NodeSettings:
+    @property
+    def app_creds(self) -> Path:
+        """Credentials of the application identity (``MESH_CREDS`` of ``mesh up``)."""
+        return self.site.keystore.creds_path(APPLICATION.name)
+
+    def client_options(self) -> dict[str, Any]:
+        """``MeshClient.connect`` options for the application identity."""
+        return self.site.hub.client_options(APPLICATION.name)
+
+    async def issue_node_identity(self, tier: str, index: int = 0) -> Path:
+        upstream = {"edge": "gateway", "gateway": "cloud"}.get(tier)
+        spec = node_identity(f"{tier}-{index}", tier, upstream_tier=upstream, entry=tier == "edge")
+        return await self.site.hub.issue(spec)
+
+    def node_settings(
+        self, tier: str, index: int = 0, credentials: Path | None = None
+    ) -> NodeSettings:
         lay = self.layout
         extra = lay.extra.get(tier)
         extra = extra if isinstance(extra, dict) else None
@@ -143,6 +159,7 @@ class EmbeddedMesh:
                 manifest=lay.cloud_manifest,
                 zone="cloud",
                 upstream_domain="site",
+                credentials=credentials,
                 extra=extra,
             )
         if tier == "gateway":
@@ -155,6 +172,7 @@ class EmbeddedMesh:
                 upstream=("cloud", "cloud"),
                 threshold=lay.gateway_threshold,
                 upstream_domain="hub",
+                credentials=credentials,
                 extra=extra,
             )
         return tier_node_settings(
@@ -167,6 +185,7 @@ class EmbeddedMesh:
             upstream=("gateway", "site"),
             threshold=lay.edge_threshold,
             upstream_domain="site",
+            credentials=credentials,
             extra=extra,
         )
 
@@ -176,8 +195,9 @@ class EmbeddedMesh:
         ]
         for tier, index in plan:
             name = f"{tier}-{index}"
+            creds = await self.issue_node_identity(tier, index)
             node = NodeProcess(
-                name, self.node_settings(tier, index), self.work_dir, env=self.node_env
+                name, self.node_settings(tier, index, creds), self.work_dir, env=self.node_env
             )
             self.nodes[name] = node
             await node.start()

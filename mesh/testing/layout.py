@@ -6,7 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mesh.security.identities import IdentitySpec
+from mesh.security.permissions import Role
 from mesh.settings import NodeSettings
+
+
+def node_identity(
+    node: str, tier: str, *, upstream_tier: str | None = None, entry: bool = False
+) -> IdentitySpec:
+    """The NATS identity of a tier node: its name is the node's, its rights its tier's."""
+    return IdentitySpec(node, Role.NODE, tier=tier, upstream_tier=upstream_tier, entry=entry)
 
 
 def tier_node_settings(
@@ -21,6 +30,7 @@ def tier_node_settings(
     threshold: float | None = None,
     upstream_domain: str | None = "site",
     http_port: int | None = 0,
+    credentials: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> NodeSettings:
     """Settings of one node serving ``digits`` from ``manifest``; ``upstream`` is (tier, zone).
@@ -35,7 +45,7 @@ def tier_node_settings(
         "node": node,
         "zone": zone,
         "entry": entry,
-        "nats": {"servers": [server]},
+        "nats": {"servers": [server], "credentials": credentials},
         "models": [model],
         "http_port": http_port,
         "hard_examples": {"upstream_domain": upstream_domain},

@@ -24,11 +24,12 @@ from mesh import MeshClient, MeshError, subjects
 from mesh.breaker import BreakerState
 from mesh.models.demo import DemoArtifacts
 from mesh.node import TierNode
+from mesh.security.keystore import KeyStore
 from mesh.settings import BreakerSettings, HardExampleSettings, UpstreamSettings
-from mesh.testing.embedded import Site
+from mesh.testing.embedded import NatsServer, Site
 from mesh.testing.faults import FaultProxy
 from mesh.testing.launcher import NodeProcess
-from mesh.testing.layout import tier_node_settings
+from mesh.testing.layout import node_identity, tier_node_settings
 from mesh.wire import decode_hard_example
 from tests.conftest import NodeFactory, model_settings
 
@@ -53,10 +54,15 @@ class LinkedSite:
         assert self.site.leaf is not None
         return self.site.leaf.url
 
+    @property
+    def app(self) -> dict[str, Any]:
+        """Options to connect as the application."""
+        return self.site.hub.client_options("app")
+
 
 @pytest.fixture
-async def linked(tmp_path: Path) -> AsyncIterator[LinkedSite]:
-    site = Site(tmp_path / "nats")
+async def linked(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[LinkedSite]:
+    site = Site(tmp_path / "nats", keystore=keystore)
     await site.hub.start()
     proxy = FaultProxy("127.0.0.1", site.hub.leaf_port)
     await proxy.start()
@@ -73,11 +79,12 @@ def digits(demo: DemoArtifacts) -> np.ndarray:
     return np.load(demo.test)["x"].astype(np.float32)
 
 
-def cloud_process(demo: DemoArtifacts, hub_url: str, work_dir: Path) -> NodeProcess:
+async def cloud_process(demo: DemoArtifacts, hub: NatsServer, work_dir: Path) -> NodeProcess:
     settings = tier_node_settings(
         "cloud",
         node="cloud-0",
-        server=hub_url,
+        server=hub.url,
+        credentials=await hub.issue(node_identity("cloud-0", "cloud")),
         manifest=demo.cloud,
         zone="cloud",
         upstream_domain=None,
@@ -166,9 +173,9 @@ async def drive(
     await asyncio.gather(*tasks)
 
 
-async def inbox_ids(hub_url: str, tier: str) -> list[str]:
+async def inbox_ids(hub: NatsServer, tier: str) -> list[str]:
     """Request ids of every hard example in a tier's inbox stream on the hub."""
-    nc = await nats.connect(hub_url)
+    nc = await hub.connect()
     try:
         js = nc.jetstream()
         info = await js.stream_info(subjects.inbox_stream(tier))
@@ -187,8 +194,8 @@ async def inbox_ids(hub_url: str, tier: str) -> list[str]:
         await nc.close()
 
 
-async def inbox_count(hub_url: str, tier: str) -> int:
-    nc = await nats.connect(hub_url)
+async def inbox_count(hub: NatsServer, tier: str) -> int:
+    nc = await hub.connect()
     try:
         info = await nc.jetstream().stream_info(subjects.inbox_stream(tier))
         return int(info.state.messages)
@@ -225,14 +232,14 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
     digits: np.ndarray,
     tmp_path: Path,
 ) -> None:
-    cloud = cloud_process(demo, linked.hub_url, tmp_path)
+    cloud = await cloud_process(demo, linked.site.hub, tmp_path)
     await cloud.start()
     try:
         gateway, _ = await start_site_tiers(
             start_node, demo, linked.leaf_url, gateway_threshold=1.01
         )
         tally = Tally()
-        async with await MeshClient.connect(linked.leaf_url) as client:
+        async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
             await drive(client, digits, tally, 200, concurrency=8)
             before_outage = dict(tally.reasons)
             await linked.site.hub.kill()
@@ -256,13 +263,13 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
 
         async def all_delivered() -> bool:
             try:
-                return await inbox_count(linked.hub_url, "cloud") >= len(degraded_at_gateway)
+                return await inbox_count(linked.site.hub, "cloud") >= len(degraded_at_gateway)
             except Exception:
                 return False
 
         await wait_for(all_delivered, 60, "hard examples to reach the hub")
         await asyncio.sleep(0.5)
-        delivered = await inbox_ids(linked.hub_url, "cloud")
+        delivered = await inbox_ids(linked.site.hub, "cloud")
         assert len(delivered) == len(set(delivered)) == len(degraded_at_gateway)
         assert set(delivered) == degraded_at_gateway
         assert gateway.forwarder is not None
@@ -272,7 +279,8 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
         )
 
         # Exactly once: a second copy with the same request id is dropped by the hub's stream.
-        nc = await nats.connect(linked.leaf_url)
+        assert linked.site.leaf is not None
+        nc = await linked.site.leaf.connect()
         try:
             some_id = next(iter(degraded_at_gateway))
             ack = await nc.jetstream().publish(
@@ -284,7 +292,7 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
             assert ack.duplicate is True
         finally:
             await nc.close()
-        assert await inbox_count(linked.hub_url, "cloud") == len(degraded_at_gateway)
+        assert await inbox_count(linked.site.hub, "cloud") == len(degraded_at_gateway)
     finally:
         await cloud.stop()
 
@@ -303,7 +311,7 @@ async def test_blackholed_link_opens_the_breaker_and_it_closes_after_the_link_re
     assert edge.upstream is not None
     breaker = edge.upstream.breaker
     budget = 300.0
-    async with await MeshClient.connect(linked.leaf_url) as client:
+    async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
         warm = Tally()
         await drive(client, digits, warm, 20, concurrency=1, budget_ms=budget)
         assert warm.tiers == Counter({"cloud": 20})
@@ -360,7 +368,7 @@ async def test_slow_link_with_a_small_budget_is_answered_locally_for_reason_budg
         entry=True,
     )
     linked.proxy.set_latency(150)  # each way: 300 ms added to the round trip
-    async with await MeshClient.connect(linked.leaf_url) as client:
+    async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
         learned = [
             await client.infer("digits", digits[i : i + 1], budget_ms=3000) for i in range(6)
         ]
@@ -394,7 +402,7 @@ async def test_cloud_process_killed_no_responders_is_handled_in_under_5_ms(
     digits: np.ndarray,
     tmp_path: Path,
 ) -> None:
-    cloud = cloud_process(demo, linked.hub_url, tmp_path)
+    cloud = await cloud_process(demo, linked.site.hub, tmp_path)
     await cloud.start()
     edge = await start_node(
         "edge",
@@ -404,7 +412,7 @@ async def test_cloud_process_killed_no_responders_is_handled_in_under_5_ms(
         entry=True,
     )
     try:
-        async with await MeshClient.connect(linked.leaf_url) as client:
+        async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
             first = await client.infer("digits", digits[:1], budget_ms=2000)
             assert first.tier == "cloud"
             await cloud.kill()
@@ -448,7 +456,7 @@ async def test_two_thousand_requests_through_an_outage_of_a_third_of_the_run_los
         await asyncio.sleep(total / rate / 3)
         linked.proxy.heal()
 
-    async with await MeshClient.connect(linked.leaf_url) as client:
+    async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
         cut = asyncio.create_task(outage())
         await drive(client, digits, tally, total, concurrency=16, budget_ms=500, rate_per_s=rate)
         await cut
@@ -470,12 +478,12 @@ async def test_two_thousand_requests_through_an_outage_of_a_third_of_the_run_los
 
     async def drained() -> bool:
         try:
-            return await inbox_count(linked.hub_url, "cloud") >= len(degraded_at_gateway)
+            return await inbox_count(linked.site.hub, "cloud") >= len(degraded_at_gateway)
         except Exception:
             return False
 
     await wait_for(drained, 60, "the hard-example backlog to drain")
-    delivered = await inbox_ids(linked.hub_url, "cloud")
+    delivered = await inbox_ids(linked.site.hub, "cloud")
     print(f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}")
     assert sorted(delivered) == sorted(degraded_at_gateway)
     _ = edge

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 import numpy as np
 
 from mesh import MeshClient, wire
@@ -24,12 +23,14 @@ async def test_requests_in_flight_together_share_model_calls_and_get_the_same_an
         entry=True,
     )
     x = np.load(demo.test)["x"].astype(np.float32)[:256]
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         alone = [await client.infer("digits", row[None]) for row in x[:64]]
 
         batches = default_metrics().batch_size
         rows_before, calls_before = batches.sum_count("edgebatch", "digits")
-        nc = await nats.connect(nats_server.url)
+        nc = await nats_server.connect()
         payloads = [
             wire.encode_request(
                 wire.InferRequest(

@@ -39,7 +39,7 @@ async def test_the_chain_is_as_accurate_as_the_cloud_alone_within_one_point(
     )
     split = np.load(demo.test)
     x, y = split["x"].astype(np.float32), split["y"]
-    async with await MeshClient.connect(url) as client:
+    async with await MeshClient.connect(url, **nats_server.client_options("app")) as client:
         chain = await asyncio.gather(
             *(client.infer("digits", x[i : i + 1], budget_ms=5000) for i in range(len(x)))
         )

@@ -14,6 +14,7 @@ import yaml
 
 from mesh.models.demo import DemoArtifacts
 from mesh.testing.embedded import NatsServer
+from mesh.testing.layout import node_identity
 
 MESH = [sys.executable, "-m", "mesh.cli"]
 
@@ -59,6 +60,9 @@ async def test_a_node_runs_from_a_config_file_with_env_overrides_and_answers_mes
         env={
             **os.environ,
             "MESH_NATS__SERVERS": json.dumps([nats_server.url]),
+            "MESH_NATS__CREDENTIALS": str(
+                await nats_server.issue(node_identity("from-env", "edge", entry=True))
+            ),
             "MESH_NODE": "from-env",
         },
     )
@@ -74,8 +78,14 @@ async def test_a_node_runs_from_a_config_file_with_env_overrides_and_answers_mes
         sample = tmp_path / "one.npy"
         import numpy as np
 
+        app = ("--creds", str(nats_server.creds("app")))
+
         np.save(sample, np.load(demo.test)["x"][:1].astype(np.float32))
         code, out, err = await run("infer", "digits", str(sample), "--servers", nats_server.url)
+        assert code == 2 and "credentials" in err, "an anonymous client was let in"
+        code, out, err = await run(
+            "infer", "digits", str(sample), "--servers", nats_server.url, *app
+        )
         assert code == 0, err
         answer = json.loads(out)
         assert answer["tier"] == "edge" and answer["node"] == "from-env"
@@ -83,14 +93,16 @@ async def test_a_node_runs_from_a_config_file_with_env_overrides_and_answers_mes
 
         many = tmp_path / "many.npy"
         np.save(many, np.load(demo.test)["x"][:300].astype(np.float64))
-        code, out, err = await run("infer", "digits", str(many), "--servers", nats_server.url)
+        code, out, err = await run("infer", "digits", str(many), "--servers", nats_server.url, *app)
         assert code == 0, err
         assert "sent as float32" in err
         chunked = json.loads(out)
         assert chunked["rows"] == 300
         assert [len(c["labels"]) for c in chunked["chunks"]] == [256, 44]
 
-        code, out, err = await run("infer", "nosuch", str(sample), "--servers", nats_server.url)
+        code, out, err = await run(
+            "infer", "nosuch", str(sample), "--servers", nats_server.url, *app
+        )
         assert code == 2
         assert "NOT_FOUND" in err or "UNAVAILABLE" in err
     finally:
@@ -114,6 +126,9 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
         line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode().strip()
         assert line.startswith("MESH_NATS_URL=nats://"), line
         url = line.split("=", 1)[1]
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        assert line.startswith("MESH_CREDS=/"), line
+        creds = line.split("=", 1)[1]
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 5  # hub, site, cloud, gateway, edge
 
@@ -122,6 +137,10 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
 
         np.savez(sample, x=np.load(demo.test)["x"][:1].astype(np.float32))
         code, out, err = await run("infer", "digits", str(sample), "--servers", url)
+        assert code == 2, "the site server took an anonymous connection"
+        code, out, err = await run(
+            "infer", "digits", str(sample), "--servers", url, "--creds", creds
+        )
         assert code == 0, err
         assert json.loads(out)["tier"] in {"edge", "gateway", "cloud"}
     finally:

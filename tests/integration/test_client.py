@@ -25,7 +25,7 @@ async def test_connecting_where_no_server_listens_fails_fast_with_a_typed_error(
 
 async def test_nats_failures_reach_the_caller_as_mesh_errors(nats_server: NatsServer) -> None:
     x = np.zeros((1, 64), np.float32)
-    client = await MeshClient.connect(nats_server.url)
+    client = await MeshClient.connect(nats_server.url, **nats_server.client_options("app"))
     with pytest.raises(UnavailableError, match="no responders"):
         await client.infer("nobody-serves-this", x)
     with pytest.raises(InvalidArgumentError):
@@ -39,7 +39,7 @@ async def test_a_request_carries_no_header_block_unless_a_trace_is_continued(
     nats_server: NatsServer,
 ) -> None:
     seen: list[dict[str, str] | None] = []
-    watcher = await nats.connect(nats_server.url)
+    watcher = await nats_server.connect()
 
     async def reply(msg: nats.aio.msg.Msg) -> None:
         seen.append(msg.headers)
@@ -48,7 +48,9 @@ async def test_a_request_carries_no_header_block_unless_a_trace_is_continued(
     await watcher.subscribe("mesh.infer.echo", cb=reply)
     await watcher.flush()
     x = np.zeros((1, 4), np.float32)
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         with pytest.raises(InvalidArgumentError):  # the reply is not a mesh reply
             await client.infer("echo", x)
         tracer = TracerProvider().get_tracer("test")

@@ -6,8 +6,6 @@ import asyncio
 import json
 from typing import Any
 
-import nats
-
 from mesh import subjects
 from mesh.discovery import SERVICE_NAME
 from mesh.models.demo import DemoArtifacts
@@ -16,8 +14,10 @@ from mesh.wire import decode_node_status
 from tests.conftest import NodeFactory, model_settings
 
 
-async def collect_replies(url: str, subject: str, wait: float = 0.3) -> list[dict[str, Any]]:
-    nc = await nats.connect(url)
+async def collect_replies(
+    server: NatsServer, subject: str, wait: float = 0.3
+) -> list[dict[str, Any]]:
+    nc = await server.connect()
     try:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
@@ -46,7 +46,7 @@ async def test_ping_info_and_stats_list_every_node_with_its_tier_and_models(
     await start_two_tiers(start_node, demo, nats_server.url)
 
     for verb in ("PING", "INFO", "STATS"):
-        replies = await collect_replies(nats_server.url, f"$SRV.{verb}.{SERVICE_NAME}")
+        replies = await collect_replies(nats_server, f"$SRV.{verb}.{SERVICE_NAME}")
         by_node = {r["metadata"]["node"]: r for r in replies}
         assert set(by_node) == {"cloud-a", "edge-a"}, verb
         for node, tier in (("cloud-a", "cloud"), ("edge-a", "edge")):
@@ -67,7 +67,7 @@ async def test_status_endpoint_reports_models_breakers_and_readiness(
     nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
 ) -> None:
     await start_two_tiers(start_node, demo, nats_server.url)
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect()
     try:
         reply = await nc.request(subjects.status("edge-a"), b"", timeout=2)
     finally:
@@ -87,5 +87,5 @@ async def test_a_stopped_node_leaves_the_listing(
     edge = await start_node("edge", nats_server.url, [model_settings(demo, "edge")], node="edge-a")
     await edge.stop()
     await edge.stop()
-    replies = await collect_replies(nats_server.url, f"$SRV.PING.{SERVICE_NAME}")
+    replies = await collect_replies(nats_server, f"$SRV.PING.{SERVICE_NAME}")
     assert [r["metadata"]["node"] for r in replies] == ["cloud-a"]

@@ -9,7 +9,6 @@ from typing import Any
 
 import jsonschema
 import msgpack
-import nats
 import numpy as np
 from nats.aio.msg import Msg
 
@@ -49,13 +48,15 @@ async def test_shifted_digits_cross_the_drift_threshold_and_in_distribution_ones
     async def on_event(msg: Msg) -> None:
         events.append(msgpack.unpackb(msg.data))
 
-    watcher = await nats.connect(nats_server.url)
+    watcher = await nats_server.connect()
     await watcher.subscribe(subjects.telemetry("edge-drift"), cb=on_event)
     await watcher.flush()
     x = np.load(demo.test)["x"].astype(np.float32)
     rng = np.random.default_rng(3)
     try:
-        async with await MeshClient.connect(nats_server.url) as client:
+        async with await MeshClient.connect(
+            nats_server.url, **nats_server.client_options("app")
+        ) as client:
             await send_rows(client, x[:300])
             await asyncio.sleep(DRIFT_CHECK_SECONDS * 3)
             calm = served.drift.scores()

@@ -10,6 +10,7 @@ import pytest
 
 from mesh.errors import UnavailableError
 from mesh.models.demo import DemoArtifacts
+from mesh.security.keystore import KeyStore
 from mesh.testing.embedded import NatsServer, ServerConfig, Site, free_port
 from tests.conftest import NodeFactory, model_settings
 
@@ -19,7 +20,7 @@ async def test_a_restarted_server_keeps_its_port_and_its_jetstream_data(tmp_path
     await server.start()
     try:
         url = server.url
-        nc = await nats.connect(url)
+        nc = await server.connect()
         js = nc.jetstream()
         await js.add_stream(name="KEEP", subjects=["keep.>"])
         await js.publish("keep.one", b"1")
@@ -29,7 +30,7 @@ async def test_a_restarted_server_keeps_its_port_and_its_jetstream_data(tmp_path
         assert not server.running
         await server.start()
         assert server.url == url
-        nc = await nats.connect(url)
+        nc = await server.connect()
         info = await nc.jetstream().stream_info("KEEP")
         await nc.close()
         assert info.state.messages == 1
@@ -44,8 +45,8 @@ async def test_a_site_leaf_reaches_responders_on_the_hub_and_keeps_its_own_domai
     await site.start()
     assert site.leaf is not None
     try:
-        hub = await nats.connect(site.hub.url)
-        leaf = await nats.connect(site.leaf.url)
+        hub = await site.hub.connect()
+        leaf = await site.leaf.connect()
 
         async def pong(msg: nats.aio.msg.Msg) -> None:
             await msg.respond(b"pong from the hub")
@@ -83,9 +84,11 @@ async def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
 
 
 async def test_a_node_started_before_its_server_connects_once_the_server_is_up(
-    tmp_path: Path, demo: DemoArtifacts, start_node: NodeFactory
+    tmp_path: Path, demo: DemoArtifacts, start_node: NodeFactory, keystore: KeyStore
 ) -> None:
-    server = NatsServer(ServerConfig(name="late", jetstream_domain="late"), tmp_path / "late")
+    server = NatsServer(
+        ServerConfig(name="late", jetstream_domain="late"), tmp_path / "late", keystore
+    )
     server.client_port = free_port()
     starting = asyncio.create_task(
         start_node("edge", server.url, [model_settings(demo, "edge")], entry=True)

@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -289,8 +288,8 @@ async def test_leaf_link_through_the_proxy_slows_blackholes_and_heals() -> None:
     try:
         await site.start(leaf_url=proxy.url)
         assert site.leaf is not None
-        hub = await nats.connect(site.hub.url)
-        leaf = await nats.connect(site.leaf.url)
+        hub = await site.hub.connect()
+        leaf = await site.leaf.connect()
         try:
             subject = f"test.faults.{uuid.uuid4().hex}"
 

@@ -28,6 +28,8 @@ from mesh import subjects, wire
 from mesh.errors import ErrorCode
 from mesh.models.demo import DemoArtifacts
 from mesh.testing.embedded import NatsServer
+from mesh.testing.layout import node_identity
+from mesh.testing.rawnats import connect_line
 from tests.integration.test_malformed_over_nats import mutants
 
 BODIES = 6000
@@ -74,12 +76,13 @@ def protocol_frames(seed: int, count: int) -> list[bytes]:
     return frames
 
 
-async def _send_frame(host: str, port: int, frame: bytes) -> None:
-    """One frame on a fresh raw connection (the server closes it on most protocol errors)."""
+async def _send_frame(host: str, port: int, creds: str, frame: bytes) -> None:
+    """One frame on a fresh raw connection (the server closes it on most protocol errors),
+    signed in with a device's credentials."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        await reader.readline()
-        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n' + frame)
+        info = await reader.readline()
+        writer.write(connect_line(creds, info) + frame)
         writer.write(b"PING\r\n")
         await writer.drain()
         await asyncio.wait_for(reader.read(4096), 0.5)
@@ -104,7 +107,12 @@ async def test_ten_thousand_adversarial_inputs_leave_a_node_answering_with_stead
                 "node": "edge-fuzz",
                 "zone": "device",
                 "entry": True,
-                "nats": {"servers": [nats_server.url]},
+                "nats": {
+                    "servers": [nats_server.url],
+                    "credentials": str(
+                        await nats_server.issue(node_identity("edge-fuzz", "edge", entry=True))
+                    ),
+                },
                 "models": [{"name": "digits", "manifest": str(demo.edge)}],
                 "hard_examples": {"enabled": False},
             }
@@ -125,7 +133,8 @@ async def test_ten_thousand_adversarial_inputs_leave_a_node_answering_with_stead
         pass
     drain = asyncio.create_task(node.stdout.read())
     process = psutil.Process(node.pid)
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect("app")
+    creds = nats_server.creds("app").read_text()
     x = np.load(demo.test)["x"].astype(np.float32)
     good_answers = 0
     interrupted = 0
@@ -164,7 +173,7 @@ async def test_ten_thousand_adversarial_inputs_leave_a_node_answering_with_stead
 
         host, port = nats_server.url.removeprefix("nats://").rsplit(":", 1)
         for i, frame in enumerate(protocol_frames(seed=13, count=FRAMES)):
-            await _send_frame(host, int(port), frame)
+            await _send_frame(host, int(port), creds, frame)
             if i % GOOD_EVERY == 0:
                 await ask_good(i)
 

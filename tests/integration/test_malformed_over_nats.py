@@ -6,7 +6,6 @@ import random
 from collections import Counter
 
 import msgpack
-import nats
 import numpy as np
 
 from mesh import subjects, wire
@@ -65,7 +64,7 @@ async def test_four_hundred_malformed_messages_each_get_a_typed_reply_and_the_no
     nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
 ) -> None:
     await start_node("edge", nats_server.url, [model_settings(demo, "edge")], entry=True)
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect()
     codes: Counter[str] = Counter()
     try:
         for payload in mutants(seed=7, count=400):

@@ -41,7 +41,7 @@ async def test_a_node_that_dies_is_reported_and_restarted(
         await asyncio.wait_for(restarted.wait(), 60)
         assert edge.pid != old_pid
         x = np.load(demo.test)["x"][:1].astype(np.float32)
-        async with await MeshClient.connect(mesh.site_url) as client:
+        async with await MeshClient.connect(mesh.site_url, **mesh.client_options()) as client:
             result = await client.infer("digits", x, budget_ms=2000)
         assert result.path[0].node == "edge-0"
     finally:

@@ -48,7 +48,9 @@ async def test_a_version_swap_under_load_drops_no_request(
         swapped.set()
         return old
 
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         results = await asyncio.gather(swap(), *(client_loop(client, w) for w in range(8)))
 
     print(f"\nversions answered across the swap: {dict(versions)}")

@@ -19,7 +19,7 @@ from mesh import MeshClient
 from mesh.models.demo import DemoArtifacts
 from mesh.testing.embedded import NatsServer, free_port
 from mesh.testing.launcher import NodeProcess
-from mesh.testing.layout import tier_node_settings
+from mesh.testing.layout import node_identity, tier_node_settings
 
 #: the first run on a fresh machine installs Prometheus with apt in the set-up of this test.
 pytestmark = pytest.mark.timeout(1200)
@@ -60,6 +60,7 @@ async def node_process(
         zone="device",
         entry=True,
         threshold=0.0,
+        credentials=await nats_server.issue(node_identity("edge-prom", "edge", entry=True)),
         extra={"hard_examples": {"enabled": False}},
     )
     node = NodeProcess("edge-prom", settings, tmp_path)
@@ -128,7 +129,9 @@ async def test_prometheus_reads_the_request_counter_of_a_running_node(
 ) -> None:
     assert node_process.http_url is not None
     x = np.load(demo.test)["x"].astype(np.float32)
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         for i in range(REQUESTS):
             await client.infer("digits", x[i : i + 1], budget_ms=3000)
 

@@ -6,21 +6,21 @@ import asyncio
 import contextlib
 import time
 
-import nats
 import numpy as np
 
 from mesh import MeshClient
 from mesh.models.demo import DemoArtifacts
 from mesh.nats_guard import ConnectionWatch, GuardedClient
 from mesh.testing.embedded import NatsServer
+from mesh.testing.rawnats import open_session
 from tests.conftest import NodeFactory, model_settings
 
 
-async def _raw_publish(url: str, frames: bytes) -> None:
-    host, port = url.removeprefix("nats://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    await reader.readline()  # INFO
-    writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n' + frames)
+async def _raw_publish(server: NatsServer, frames: bytes, identity: str = "app") -> None:
+    """Frames from a raw connection holding an identity's credentials (by default an
+    application's: a device's)."""
+    reader, writer = await open_session(server.url, server.creds(identity))
+    writer.write(frames)
     writer.write(b"PING\r\n")
     await writer.drain()
     await asyncio.wait_for(reader.readline(), 5)  # PONG: the server has taken the frames
@@ -36,12 +36,14 @@ async def test_subjects_and_replies_that_are_not_utf8_do_not_stop_a_node(
     node.on_fatal = fatal.append
     x = np.load(demo.test)["x"].astype(np.float32)
     await _raw_publish(
-        nats_server.url,
+        nats_server,
         b"PUB mesh.infer.\xff 5\r\nhello\r\n"
         b"PUB mesh.infer.digits _INBOX.\xfe\xff 5\r\nhello\r\n"
         b"PUB mesh.edgeutf.infer.\xc3\x28 _INBOX.x 5\r\nhello\r\n",
     )
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         for row in x[:20]:
             assert (await client.infer("digits", row[None])).tier == "edgeutf"
     assert isinstance(node.nc, GuardedClient)
@@ -54,7 +56,7 @@ async def test_a_connection_whose_read_loop_died_is_found_within_seconds(
     nats_server: NatsServer,
 ) -> None:
     # A plain nats-py client, unguarded, so that its read loop really dies.
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect()
     dead = asyncio.Event()
     reasons: list[str] = []
 
@@ -67,7 +69,9 @@ async def test_a_connection_whose_read_loop_died_is_found_within_seconds(
 
     await nc.subscribe("victim.>", cb=ignore)
     async with ConnectionWatch(nc, on_dead=on_dead, interval_s=1.0, timeout_s=1.0):
-        await _raw_publish(nats_server.url, b"PUB victim.\xff 5\r\nhello\r\n")
+        # The administrator's credentials: what is shown here is the client's defect, which
+        # permissions would otherwise hide.
+        await _raw_publish(nats_server, b"PUB victim.\xff 5\r\nhello\r\n", "admin")
         started = time.monotonic()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(dead.wait(), 10)

@@ -59,7 +59,9 @@ async def test_confident_digits_answered_at_edge_and_unsure_ones_reach_the_cloud
     # A gateway that is never sure sends everything it gets on to the cloud.
     await start_chain(start_node, demo, nats_server.url, edge_threshold=0.9, gateway_threshold=1.01)
     x, _ = load_test_split(demo)
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         results = [await client.infer("digits", x[i : i + 1], budget_ms=2000) for i in range(120)]
 
     at_edge = [r for r in results if r.tier == "edge"]
@@ -102,7 +104,9 @@ async def test_two_replicas_of_a_tier_share_the_load(
             node=name,
         )
     x, _ = load_test_split(demo)
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         results = await asyncio.gather(
             *(client.infer("digits", x[i % len(x)][None], budget_ms=2000) for i in range(400))
         )
@@ -133,7 +137,9 @@ async def test_model_served_only_in_the_cloud_is_reached_from_the_edge(
         entry=True,
     )
     x, y = load_test_split(demo)
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         result = await client.infer("digits-xl", x[:1], budget_ms=2000)
     assert result.tier == "cloud"
     assert result.model == "digits-xl"
@@ -154,7 +160,7 @@ async def test_residency_keeps_raw_input_below_the_allowed_zone(
     # A plain subscriber outside the queue groups sees every message on those subjects.
     import nats
 
-    spy = await nats.connect(nats_server.url)
+    spy = await nats_server.connect()
     seen: dict[str, list[dict[str, object]]] = {"gateway": [], "cloud": []}
 
     async def sniff(msg: nats.aio.msg.Msg) -> None:
@@ -166,7 +172,9 @@ async def test_residency_keeps_raw_input_below_the_allowed_zone(
     await spy.flush()
     x, _ = load_test_split(demo)
     try:
-        async with await MeshClient.connect(nats_server.url) as client:
+        async with await MeshClient.connect(
+            nats_server.url, **nats_server.client_options("app")
+        ) as client:
             on_device = await client.infer("digits", x[:1], budget_ms=2000, residency="device")
             on_site = await client.infer("digits", x[1:2], budget_ms=2000, residency="site")
             anywhere = await client.infer("digits", x[2:3], budget_ms=2000, residency="any")
@@ -186,17 +194,17 @@ async def test_residency_keeps_raw_input_below_the_allowed_zone(
 
 
 @pytest.fixture
-async def edge_only(nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts) -> str:
+async def edge_only(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> NatsServer:
     await start_node(
         "edge", nats_server.url, [model_settings(demo, "edge", max_rows=16)], entry=True
     )
-    return nats_server.url
+    return nats_server
 
 
-async def raw_request(url: str, payload: bytes) -> wire.Message:
-    import nats
-
-    nc = await nats.connect(url)
+async def raw_request(server: NatsServer, payload: bytes) -> wire.Message:
+    nc = await server.connect("app")
     try:
         msg = await nc.request(subjects.entry("digits"), payload, timeout=2)
     finally:
@@ -227,7 +235,7 @@ def request(x: np.ndarray, model: str = "digits", **fields: object) -> bytes:
     ids=["not-msgpack", "missing-field", "wrong-dtype", "wrong-shape", "wrong-rank", "oversized"],
 )
 async def test_bad_input_gets_a_typed_error_reply_and_the_node_keeps_serving(
-    edge_only: str, payload: bytes, code: ErrorCode, words: str
+    edge_only: NatsServer, payload: bytes, code: ErrorCode, words: str
 ) -> None:
     reply = await raw_request(edge_only, payload)
     assert isinstance(reply, wire.ErrorReply)
@@ -242,7 +250,9 @@ async def test_unknown_model_at_the_top_tier_is_not_found(
     nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
 ) -> None:
     await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], entry=True)
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         with pytest.raises(NotFoundError, match="not served at tier cloud"):
             await client.infer("nosuchmodel", np.zeros((1, 64), np.float32))
         with pytest.raises(InvalidArgumentError, match="must be float32"):
@@ -258,7 +268,9 @@ async def test_a_tier_refuses_a_request_whose_residency_does_not_allow_its_zone(
 ) -> None:
     await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
     x = np.load(demo.test)["x"][:1].astype(np.float32)
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         with pytest.raises(InvalidArgumentError, match="residency 'device'"):
             await client.infer("digits", x, residency="device", tier="cloud")
         answered = await client.infer("digits", x, residency="cloud", tier="cloud")

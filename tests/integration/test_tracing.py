@@ -114,7 +114,7 @@ async def test_an_escalated_request_is_one_trace_from_client_to_cloud(
         entry=True,
         node="edge-t",
     )
-    async with await MeshClient.connect(url) as client:
+    async with await MeshClient.connect(url, **nats_server.client_options("app")) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
     assert result.tier == "cloud" and not result.degraded
 
@@ -173,7 +173,9 @@ async def test_a_degraded_request_shows_its_reason_on_the_edge_spans(
         entry=True,
         node="edge-alone",
     )
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
     assert (result.tier, result.degraded, result.reason) == ("edge", True, "no_responders")
 
@@ -206,7 +208,9 @@ async def test_a_forwarded_hard_example_links_back_to_the_trace_it_came_from(
         upstream="cloud",
         entry=True,
     )
-    async with await MeshClient.connect(nats_server.url) as client:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
         assert result.reason == "no_responders"
         # The cloud comes up: its inbox stream appears and the backlog is forwarded to it.

@@ -38,11 +38,11 @@ def test_the_compose_site_chains_edge_to_gateway_to_cloud_across_the_leaf_link()
     assert edge.entry and edge.upstream is not None and edge.upstream.tier == "gateway"
     assert gateway.upstream is not None and gateway.upstream.tier == "cloud"
     assert cloud.upstream is None
-    assert edge.nats.servers == gateway.nats.servers == ["nats://nats-site:4222"]
-    assert cloud.nats.servers == ["nats://nats-hub:4222"]
+    assert edge.nats.servers == gateway.nats.servers == ["tls://nats-site:4222"]
+    assert cloud.nats.servers == ["tls://nats-hub:4222"]
     compose = yaml.safe_load((ROOT / "compose/site.yaml").read_text())
     services: dict[str, Any] = compose["services"]
-    assert {"nats-hub", "nats-site", "edge", "gateway", "cloud"} <= set(services)
+    assert {"nats-hub", "nats-site", "edge-0", "edge-1", "gateway", "cloud"} <= set(services)
     assert "leafnodes" in (ROOT / "compose/config/site.conf").read_text()
     assert services["nats-site"]["environment"]["NATS_HUB_LEAF_URL"].endswith(":7422")
 
@@ -52,12 +52,12 @@ def test_the_kubernetes_cloud_tier_config_loads_and_its_probes_hit_the_served_en
     by_kind_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     config = by_kind_name[("ConfigMap", "mesh-cloud")]["data"]["node.yaml"]
     settings = _settings(config)
-    deployment = by_kind_name[("Deployment", "mesh-cloud")]
+    deployment = by_kind_name[("StatefulSet", "mesh-cloud")]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["ports"][0]["containerPort"] == settings.http_port
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(settings.http_port)
-    assert settings.nats.servers[0].startswith("nats://nats-hub.")
+    assert settings.nats.servers[0].startswith("tls://nats-hub.")
     assert ("Service", "nats-hub-leafnodes") in by_kind_name

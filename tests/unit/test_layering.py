@@ -24,6 +24,8 @@ PURE = [
     "mesh.lifecycle",
     "mesh.errors",
     "mesh.dataplane",
+    "mesh.security.permissions",
+    "mesh.security.identities",
 ]
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import nats
 import numpy as np
 import psutil
 
@@ -23,6 +22,7 @@ from mesh import wire
 from mesh.client import DEFAULT_INPUT, MeshClient
 from mesh.models.demo import ensure_demo
 from mesh.models.manifest import artifact_path, load_manifest
+from mesh.security.keystore import KeyStore
 from mesh.services.bench.config import (
     ECHO_SUBJECT,
     MESH_BUDGET_MS,
@@ -37,14 +37,24 @@ from mesh.services.bench.roles import MLSERVER_MODEL, find_mlserver
 from mesh.settings import NodeSettings
 from mesh.testing.embedded import NatsServer, ServerConfig, free_port
 from mesh.testing.launcher import NodeProcess
-from mesh.testing.layout import tier_node_settings
+from mesh.testing.layout import node_identity, tier_node_settings
 from mesh.testing.supervisor import ChildProcess
 from mesh.typedefs import Array
 
 
 def _node_settings(
-    tier: str, server: str, manifest: Path, *, threshold: float | None, upstream: bool, entry: bool
+    tier: str,
+    server: str,
+    manifest: Path,
+    *,
+    threshold: float | None,
+    upstream: bool,
+    entry: bool,
+    keystore: KeyStore,
 ) -> NodeSettings:
+    identity = node_identity(
+        f"{tier}-0", tier, upstream_tier="cloud" if upstream else None, entry=entry
+    )
     return tier_node_settings(
         tier,
         node=f"{tier}-0",
@@ -55,6 +65,7 @@ def _node_settings(
         upstream=("cloud", "cloud") if upstream else None,
         threshold=threshold,
         upstream_domain="hub",
+        credentials=keystore.ensure(identity),
     )
 
 
@@ -149,8 +160,13 @@ async def run_bench(
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(shutil.rmtree, work, True)
         progress("starting NATS hub, two site leaf servers and the 40 ms link")
+        # One fleet for every server: each node, the echo and the clients connect with their
+        # own credentials, as in a deployment (the leaf links over mutual TLS).
+        keystore = await asyncio.to_thread(KeyStore.create, work / "keys")
         hub = NatsServer(
-            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True), work / "hub"
+            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True),
+            work / "hub",
+            keystore,
         )
         await hub.start()
         stack.push_async_callback(hub.stop)
@@ -174,6 +190,7 @@ async def run_bench(
         site = NatsServer(
             ServerConfig(name="site", jetstream_domain="site", leaf_remotes=[hub.leafnode_url]),
             work / "site",
+            keystore,
         )
         site2 = NatsServer(
             ServerConfig(
@@ -182,6 +199,7 @@ async def run_bench(
                 leaf_remotes=[f"nats-leaf://127.0.0.1:{proxy.info['port']}"],
             ),
             work / "site2",
+            keystore,
         )
         for server in (site, site2):
             await server.start()
@@ -189,58 +207,86 @@ async def run_bench(
         await hub.wait_leaf_connections(2)
 
         progress("starting tier nodes, echo responder and HTTP peers")
-        nodes = {
-            "cloud": NodeProcess(
-                "cloud",
-                _node_settings(
-                    "cloud", hub.url, demo.cloud, threshold=None, upstream=False, entry=False
+
+        def node_processes() -> dict[str, NodeProcess]:  # issues identities: blocking
+            return {
+                "cloud": NodeProcess(
+                    "cloud",
+                    _node_settings(
+                        "cloud",
+                        hub.url,
+                        demo.cloud,
+                        threshold=None,
+                        upstream=False,
+                        entry=False,
+                        keystore=keystore,
+                    ),
+                    work,
                 ),
-                work,
-            ),
-            "edge": NodeProcess(
-                "edge",
-                _node_settings(
-                    "edge", site.url, demo.edge_int8, threshold=0.0, upstream=True, entry=True
+                "edge": NodeProcess(
+                    "edge",
+                    _node_settings(
+                        "edge",
+                        site.url,
+                        demo.edge_int8,
+                        threshold=0.0,
+                        upstream=True,
+                        entry=True,
+                        keystore=keystore,
+                    ),
+                    work,
                 ),
-                work,
-            ),
-            "edgeesc": NodeProcess(
-                "edgeesc",
-                _node_settings(
-                    "edgeesc", site.url, demo.edge_int8, threshold=1.01, upstream=True, entry=False
+                "edgeesc": NodeProcess(
+                    "edgeesc",
+                    _node_settings(
+                        "edgeesc",
+                        site.url,
+                        demo.edge_int8,
+                        threshold=1.01,
+                        upstream=True,
+                        entry=False,
+                        keystore=keystore,
+                    ),
+                    work,
                 ),
-                work,
-            ),
-            "edgelink": NodeProcess(
-                "edgelink",
-                _node_settings(
+                "edgelink": NodeProcess(
                     "edgelink",
-                    site2.url,
-                    demo.edge_int8,
-                    threshold=1.01,
-                    upstream=True,
-                    entry=False,
+                    _node_settings(
+                        "edgelink",
+                        site2.url,
+                        demo.edge_int8,
+                        threshold=1.01,
+                        upstream=True,
+                        entry=False,
+                        keystore=keystore,
+                    ),
+                    work,
                 ),
-                work,
-            ),
-            "edgemix": NodeProcess(
-                "edgemix",
-                _node_settings(
+                "edgemix": NodeProcess(
                     "edgemix",
-                    site2.url,
-                    demo.edge_int8,
-                    threshold=calibrated,
-                    upstream=True,
-                    entry=False,
+                    _node_settings(
+                        "edgemix",
+                        site2.url,
+                        demo.edge_int8,
+                        threshold=calibrated,
+                        upstream=True,
+                        entry=False,
+                        keystore=keystore,
+                    ),
+                    work,
                 ),
-                work,
-            ),
-        }
+            }
+
+        nodes = await asyncio.to_thread(node_processes)
         for node in nodes.values():
             stack.push_async_callback(node.stop)
         echo = ChildProcess(
             "echo",
-            [py, "-m", "mesh.services.bench", "echo", "--url", site.url],
+            [
+                py,
+                *("-m", "mesh.services.bench", "echo", "--url", site.url),
+                *("--creds", str(site.creds())),
+            ],
             work / "echo.log",
             ready_prefix=READY,
         )
@@ -276,9 +322,9 @@ async def run_bench(
         def procs(*pids: int | None) -> list[psutil.Process]:
             return [psutil.Process(p) for p in pids if p is not None]
 
-        nc_site = await nats.connect(site.url, name="bench-client-site")
+        nc_site = await site.connect(name="bench-client-site")
         stack.push_async_callback(nc_site.close)
-        nc_site2 = await nats.connect(site2.url, name="bench-client-site2")
+        nc_site2 = await site2.connect(name="bench-client-site2")
         stack.push_async_callback(nc_site2.close)
         client_site = MeshClient(nc_site, owns_connection=False)
         client_site2 = MeshClient(nc_site2, owns_connection=False)

@@ -23,12 +23,12 @@ async def _wait_stop_signal() -> None:
     await stop.wait()
 
 
-async def serve_echo(url: str, subject: str) -> None:
+async def serve_echo(url: str, subject: str, creds: str) -> None:
     """A bare nats-py responder: every request gets its own payload back."""
     import nats
     from nats.aio.msg import Msg
 
-    nc = await nats.connect(url, name="bench-echo")
+    nc = await nats.connect(url, name="bench-echo", user_credentials=creds)
 
     async def echo(msg: Msg) -> None:
         await nc.publish(msg.reply, msg.data)
@@ -127,6 +127,7 @@ def role_main(argv: Sequence[str]) -> None:
     echo = sub.add_parser("echo")
     echo.add_argument("--url", required=True)
     echo.add_argument("--subject", default=ECHO_SUBJECT)
+    echo.add_argument("--creds", required=True)
     peer = sub.add_parser("peer")
     peer.add_argument("--model", type=Path, required=True)
     proxy = sub.add_parser("proxy")
@@ -134,7 +135,7 @@ def role_main(argv: Sequence[str]) -> None:
     proxy.add_argument("--latency-ms", type=float, required=True)
     args = parser.parse_args(argv)
     if args.role == "echo":
-        asyncio.run(serve_echo(args.url, args.subject))
+        asyncio.run(serve_echo(args.url, args.subject, args.creds))
     elif args.role == "peer":
         asyncio.run(serve_peer(args.model))
     else:

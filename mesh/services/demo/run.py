@@ -79,6 +79,9 @@ class DemoRun:
         self.proxy: FaultProxy | None = None
         self.client: MeshClient | None = None
         self.hub_nc: NATS | None = None
+        #: the demo's own view of the site (streams, status): an administrator's connection, as
+        #: the application's identity may only ask for answers.
+        self.site_nc: NATS | None = None
         self.work_dir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
         self._event_sink: Callable[[str], None] = lambda line: None
         self._seen: dict[str, int] = {}
@@ -151,8 +154,10 @@ class DemoRun:
             "nodes up: cloud-0 on the hub (SVM); gateway-0 (MLP 64) and edge-0, edge-1 "
             "(int8 MLP) on the site"
         )
-        self.client = await MeshClient.connect(self.mesh.site_url)
-        self.hub_nc = await nats.connect(self.mesh.hub_url, name="mesh-demo-observer")
+        self.client = await MeshClient.connect(self.mesh.site_url, **self.mesh.client_options())
+        self.hub_nc = await self.mesh.site.hub.connect(name="mesh-demo-observer")
+        assert self.mesh.site.leaf is not None
+        self.site_nc = await self.mesh.site.leaf.connect(name="mesh-demo-observer-site")
         await self._warm_up()
 
     async def _warm_up(self) -> None:
@@ -178,6 +183,7 @@ class DemoRun:
         for close in (
             self.client.close() if self.client else None,
             self.hub_nc.close() if self.hub_nc else None,
+            self.site_nc.close() if self.site_nc else None,
         ):
             if close is not None:
                 with contextlib.suppress(Exception):
@@ -299,7 +305,8 @@ class DemoRun:
 
     async def poll_breaker(self) -> None:
         assert self.client is not None
-        msg = await self.client.nats.request(subjects.status(GATEWAY), b"", timeout=0.5)
+        assert self.site_nc is not None
+        msg = await self.site_nc.request(subjects.status(GATEWAY), b"", timeout=0.5)
         status = decode_node_status(msg.data)
         self.view.breaker = status.breakers.get("cloud", next(iter(status.breakers.values()), "?"))
 
@@ -327,8 +334,8 @@ class DemoRun:
         # The gateway's own backlog figure (its status record) is refreshed by its forwarder only
         # between deliveries, and the forwarder waits on the first undeliverable example for as
         # long as the link is cut: the stream itself is the live figure.
-        assert self.client is not None and self.mesh is not None
-        return self.client.nats.jetstream(domain=self.mesh.site.site_name)
+        assert self.site_nc is not None and self.mesh is not None
+        return self.site_nc.jetstream(domain=self.mesh.site.site_name)
 
     @staticmethod
     async def stream_messages(js: JetStreamContext, stream: str) -> int:

@@ -1,0 +1,85 @@
+"""nats-server configuration fragments that put the fleet's identities and TLS on a server.
+
+Each function returns text in the style of ``mesh.testing.embedded.NatsServer._render_config``
+(one setting a line, blocks in braces), to be appended to a server's configuration:
+
+- ``auth_block(fleet)``: operator mode, at top level, on every server (hub and site).
+- ``tls_block(files)``: at top level for the client port; ``leafnodes_block`` puts one on the
+  port leaf servers dial.
+- ``leaf_remote_block(...)``: one entry of ``leafnodes { remotes: [ ... ] }`` on a site's leaf
+  server: the hub's URL, the site's leaf credentials, the local account the link binds to, and
+  the CA (and client certificate) for TLS.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from mesh.security.identities import Fleet, ServerAuthConfig, auth_block
+from mesh.security.tls import TLSFiles, client_tls_block, tls_block
+
+
+def leafnodes_block(
+    listen: str,
+    *,
+    tls: TLSFiles | None = None,
+    verify: bool = False,
+    no_advertise: bool = True,
+) -> str:
+    """``leafnodes { ... }`` for a hub accepting leaf servers, over TLS when ``tls`` is given."""
+    entries = [f'listen: "{listen}"']
+    if no_advertise:
+        entries.append("no_advertise: true")
+    if tls is not None:
+        entries.append(tls_block(tls, verify=verify))
+    return _braces("leafnodes ", entries)
+
+
+def leaf_remote_block(
+    urls: Sequence[str],
+    *,
+    credentials: Path | None = None,
+    account: str | None = None,
+    ca_file: Path | None = None,
+    client_cert: TLSFiles | None = None,
+) -> str:
+    """One leaf remote: ``{ urls: [...], credentials: ..., account: ..., tls { ... } }``.
+
+    ``account`` is the local account the link binds to (the mesh account's public key on a
+    server in operator mode); ``credentials`` is the site's ``leaf`` identity; ``ca_file``
+    turns TLS on and verifies the hub; ``client_cert`` answers a hub that ``verify``s.
+    """
+    quoted = ", ".join(f'"{url}"' for url in urls)
+    entries = [f"urls: [ {quoted} ]"]
+    if account is not None:
+        entries.append(f'account: "{account}"')
+    if credentials is not None:
+        entries.append(f'credentials: "{credentials}"')
+    if ca_file is not None:
+        entries.append(client_tls_block(ca_file, client_cert))
+    return _braces("", entries)
+
+
+def leaf_remotes_block(remotes: Sequence[str], *, reconnect_s: float = 1.0) -> str:
+    """``leafnodes { remotes: [ ... ] }`` around blocks from ``leaf_remote_block``."""
+    return _braces(
+        "leafnodes ", [f'reconnect: "{reconnect_s:g}s"', _braces("remotes: ", remotes, "[]")]
+    )
+
+
+def _braces(head: str, entries: Sequence[str], brackets: str = "{}") -> str:
+    body = "\n".join(textwrap.indent(entry, "  ") for entry in entries)
+    return f"{head}{brackets[0]}\n{body}\n{brackets[1]}"
+
+
+__all__ = [
+    "Fleet",
+    "ServerAuthConfig",
+    "auth_block",
+    "leaf_remote_block",
+    "leaf_remotes_block",
+    "leafnodes_block",
+    "tls_block",
+]
