@@ -37,7 +37,7 @@ from mesh.metrics import OTHER_MODEL, MeshMetrics, default_metrics
 from mesh.policy import Action, Assessment, Decision, DegradedReason, EscalationReason
 from mesh.served import LocalAnswer, ServedModel
 from mesh.typedefs import Feeds
-from mesh.upstream import UpstreamFailure, UpstreamLink
+from mesh.upstream import UpstreamFailure, UpstreamLink, UpstreamTransport
 
 log = logging.getLogger("mesh.dataplane")
 
@@ -125,10 +125,14 @@ class DataPlane(Service):
         hard_examples: HardExampleSink | None = None,
         metrics: MeshMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        peers: UpstreamTransport | None = None,
     ) -> None:
         self.identity = identity
         self.models = models
         self.upstream = upstream
+        #: this tier's other nodes, which may serve models this one does not (a tier may be
+        #: heterogeneous): asked first for a request fresh from a client this node cannot serve.
+        self.peers = peers
         self.hard_examples = hard_examples
         self.metrics = metrics or default_metrics()
         self._clock = clock
@@ -389,10 +393,33 @@ class DataPlane(Service):
         )
 
     async def _forward(self, request: wire.InferRequest, received_at: float) -> wire.InferResponse:
-        """A model not served here: the "complex" case, passed up with no local answer."""
+        """A model not served here: the "complex" case, passed on with no local answer: to a
+        neighbour of this tier that serves it (for a request fresh from a client, hops 0), else
+        up the chain."""
         self.metrics.escalations.add(
             1, self.identity.tier, self.metric_model(request.model), "not_served"
         )
+        if self.peers is not None and request.hops == 0:
+            budget_ms = self._budget_left(request, received_at)
+            try:
+                answer = await self.peers.send(replace(request, hops=1), budget_ms / 1000.0)
+            except UpstreamFailure as failure:
+                if failure.reason is not DegradedReason.NO_RESPONDERS:
+                    if failure.error is not None:
+                        raise failure.error.to_exception() from None
+                    raise UnavailableError(
+                        f"the {self.identity.tier} node serving {request.model!r} did not "
+                        f"answer: {failure.detail}"
+                    ) from None
+            else:
+                return self._relay(
+                    answer.response,
+                    received_at,
+                    "forwarded",
+                    None,
+                    None,
+                    EscalationReason.NOT_SERVED,
+                )
         if self.upstream is None:
             raise NotFoundError(
                 f"model {request.model!r} is not served at tier {self.identity.tier}, "

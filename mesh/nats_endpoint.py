@@ -92,14 +92,32 @@ class NatsEndpoint(Service):
 
     async def _start(self) -> None:
         tier = self._tier
-        wanted = [(subjects.tier_wildcard(tier), subjects.tier_queue(tier))]
+        queue = subjects.tier_queue(tier)
+        # One subscription per model served here: a tier's nodes may serve different models
+        # (and a new version may reach some replicas first), and a request for a model goes
+        # only to the nodes that serve it. Requests for models no node of the tier serves come
+        # on the forward subject, to be passed up.
+        wanted = [
+            (subjects.tier_infer(tier, name), queue) for name in self._dataplane.models.models
+        ]
+        wanted.append((subjects.tier_forward_wildcard(tier), queue))
         if self._entry:
             wanted.append((subjects.ENTRY_WILDCARD, subjects.ENTRY_QUEUE))
         for subject, queue in wanted:
-            collector = _Collector(self, self._max_batch)
-            collector.sub = await self._nc.subscribe(subject, queue=queue, cb=collector.on_message)
-            self._subs.append(collector.sub)
+            await self._subscribe(subject, queue)
         await self._nc.flush()
+
+    async def serve_model(self, name: str) -> None:
+        """Take the tier's requests for a model added while running."""
+        await self._subscribe(
+            subjects.tier_infer(self._tier, name), subjects.tier_queue(self._tier)
+        )
+        await self._nc.flush()
+
+    async def _subscribe(self, subject: str, queue: str) -> None:
+        collector = _Collector(self, self._max_batch)
+        collector.sub = await self._nc.subscribe(subject, queue=queue, cb=collector.on_message)
+        self._subs.append(collector.sub)
 
     async def _stop(self) -> None:
         """Stop taking requests, then let those in flight finish."""

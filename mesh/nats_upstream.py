@@ -20,10 +20,13 @@ _CALLER_FAULTS = frozenset({ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND})
 class NatsUpstream:
     """``UpstreamTransport`` over NATS: requests to ``mesh.<tier>.infer.<model>``."""
 
-    def __init__(self, nc: NATS, tier: str, *, from_tier: str) -> None:
+    def __init__(self, nc: NATS, tier: str, *, from_tier: str, pass_on: bool = True) -> None:
         self._nc = nc
         self.tier = tier
         self._from_tier = from_tier
+        #: when no node of the tier serves the model, ask the tier to pass the request on up
+        #: (``mesh.<tier>.forward.<model>``); off for a tier's own neighbours.
+        self._pass_on = pass_on
 
     def subject(self, model: str) -> str:
         return subjects.tier_infer(self.tier, model)
@@ -59,7 +62,20 @@ class NatsUpstream:
         payload = wire.encode_request(request)
         started = time.monotonic()
         try:
-            msg = await self._nc.request(subject, payload, timeout=timeout_s, headers=headers)
+            try:
+                msg = await self._nc.request(subject, payload, timeout=timeout_s, headers=headers)
+            except nats.errors.NoRespondersError:
+                if not self._pass_on:
+                    raise
+                # No node of the tier serves this model (tiers may be heterogeneous): the tier
+                # passes it on up. No responders comes back at once, so the budget is intact.
+                left = timeout_s - (time.monotonic() - started)
+                msg = await self._nc.request(
+                    subjects.tier_forward(self.tier, request.model),
+                    payload,
+                    timeout=max(left, 0.001),
+                    headers=headers,
+                )
         except nats.errors.NoRespondersError:
             raise UpstreamFailure(
                 DegradedReason.NO_RESPONDERS,

@@ -134,7 +134,12 @@ class TierNode(Service):
                 )
 
         self.dataplane = DataPlane(
-            self.identity, self.models, self.upstream, self.store, metrics=self.metrics
+            self.identity,
+            self.models,
+            self.upstream,
+            self.store,
+            metrics=self.metrics,
+            peers=NatsUpstream(self.nc, s.tier, from_tier=s.tier, pass_on=False),
         )
         await stack.enter_async_context(self.dataplane)
         self.endpoint = NatsEndpoint(
@@ -205,6 +210,8 @@ class TierNode(Service):
         self._stack.push_async_callback(served.runner.stop)
         old = self.models.put(served)
         if old is None:
+            if self.endpoint is not None:
+                await self.endpoint.serve_model(served.name)
             return None
         try:
             async with asyncio.timeout(drain_seconds):

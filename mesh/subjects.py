@@ -38,6 +38,16 @@ def tier_infer(tier: str, model: str) -> str:
     return f"mesh.{tier}.infer.{model}"
 
 
+def tier_forward(tier: str, model: str) -> str:
+    """Where a tier takes requests for models it may not serve itself, to pass them on up: a
+    lower tier sends here when no node of the tier serves ``mesh.<tier>.infer.<model>``."""
+    return f"mesh.{tier}.forward.{model}"
+
+
+def tier_forward_wildcard(tier: str) -> str:
+    return f"mesh.{tier}.forward.>"
+
+
 def tier_wildcard(tier: str) -> str:
     return f"mesh.{tier}.infer.>"
 

@@ -148,19 +148,55 @@ def _answer(result: InferResult) -> dict[str, object]:
     help="Keep the servers' and nodes' logs and data in this folder (default: a temporary one, "
     "removed at the end).",
 )
-def up(cache: Path, edge_replicas: int, keep_logs: Path | None) -> None:
+@click.option(
+    "--models",
+    "repository",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Serve this model repository (`mesh models import ... --repo DIR`) on the tiers it "
+    "names, instead of the demo models.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Client port of the site server applications connect to (default: a free one).",
+)
+def up(
+    cache: Path,
+    edge_replicas: int,
+    keep_logs: Path | None,
+    repository: Path | None,
+    port: int | None,
+) -> None:
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C.
 
     Every process it starts dies with it; a node that exits is reported and restarted."""
+    from mesh.errors import MeshError
     from mesh.models.demo import ensure_demo
     from mesh.models.validate import require_valid
     from mesh.testing.launcher import EmbeddedMesh, MeshLayout
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    async def layout() -> MeshLayout:
+        if repository is not None:
+            from mesh.models.store import ModelRepository, model_settings_for
+
+            repo = ModelRepository(repository)
+            entries = await asyncio.to_thread(repo.entries)
+            tiers = sorted({entry.tier for entry in entries})
+            if not tiers:
+                raise ValueError("the repository holds no model; add one with mesh models import")
+            models = {
+                tier: [
+                    settings.model_dump(mode="json", exclude_defaults=True)
+                    for settings in await asyncio.to_thread(model_settings_for, repo, tier)
+                ]
+                for tier in tiers
+            }
+            for tier, served in models.items():
+                names = ", ".join(m["name"] for m in served)
+                click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
+            return MeshLayout(models=models, edge_replicas=edge_replicas)
         click.echo(f"demo models in {cache} (built on first run)", err=True)
         demo = await asyncio.to_thread(ensure_demo, cache)
         reports = await asyncio.to_thread(
@@ -168,15 +204,24 @@ def up(cache: Path, edge_replicas: int, keep_logs: Path | None) -> None:
         )
         for report in reports:
             click.echo(f"evidence gate: {report.summary()}", err=True)
-        mesh = EmbeddedMesh(
-            MeshLayout(
-                edge_manifest=demo.edge_int8,
-                gateway_manifest=demo.gateway,
-                cloud_manifest=demo.cloud,
-                edge_replicas=edge_replicas,
-            ),
-            work_dir=keep_logs,
+        return MeshLayout(
+            edge_manifest=demo.edge_int8,
+            gateway_manifest=demo.gateway,
+            cloud_manifest=demo.cloud,
+            edge_replicas=edge_replicas,
         )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            plan = await layout()
+            plan.tiers()
+        except (ValueError, MeshError) as exc:
+            raise click.ClickException(f"{repository}: {exc}") from None
+        mesh = EmbeddedMesh(plan, work_dir=keep_logs, site_port=port)
         try:
             await mesh.start()
             for name, proc in mesh.nodes.items():

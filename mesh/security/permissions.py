@@ -150,10 +150,13 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
         publish=(
             "mesh.telemetry.{name}",
             "mesh.hard.{tier}.{model}",
+            # a request for a model this node does not serve, to a neighbour of its tier that does
+            "mesh.{tier}.infer.{model}",
             INBOX,
         ),
         subscribe=(
             "mesh.{tier}.infer.{model} mesh.{tier}",
+            "mesh.{tier}.forward.{model} mesh.{tier}",
             "mesh.status.{name}",
             *SERVICE_CONTROL,
             INBOX,
@@ -164,6 +167,7 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
         entry_subscribe=("mesh.infer.{model} mesh.entry",),
         upstream_publish=(
             "mesh.{upstream_tier}.infer.{model}",
+            "mesh.{upstream_tier}.forward.{model}",
             "mesh.learn.{upstream_tier}.{model}",
         ),
         allow_responses=True,

@@ -68,6 +68,8 @@ class ServerConfig:
     #: leaf-node remotes to dial (``nats-leaf://host:port``): makes this server a leaf.
     leaf_remotes: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+    #: authentication and leaf TLS; False only to measure what they cost (``mesh bench``).
+    secure: bool = True
 
 
 class NatsServer:
@@ -143,8 +145,10 @@ class NatsServer:
             # Sized to the mesh's largest request (4 MiB of input by default) and no more.
             "max_payload: 5MB",
             "max_pending: 64MB",
-            auth_block(store.server_auth()),
         ]
+        if not c.secure:
+            return self._render_open(lines)
+        lines.append(auth_block(store.server_auth()))
         if c.jetstream_domain is not None:
             js_dir = self.work_dir / "jetstream"
             lines.append(
@@ -167,6 +171,19 @@ class NatsServer:
                 client_cert=pki.client,
             )
             lines.append('leafnodes {\n  reconnect: "1s"\n  remotes: [\n' + remote + "\n  ]\n}")
+        return "\n".join(lines) + "\n"
+
+    def _render_open(self, lines: list[str]) -> str:
+        """No authentication and no TLS: the bench's baseline for what security costs."""
+        c = self.config
+        if c.jetstream_domain is not None:
+            js_dir = self.work_dir / "jetstream"
+            lines.append(f'jetstream {{ store_dir: "{js_dir}", domain: "{c.jetstream_domain}" }}')
+        if c.accept_leafnodes:
+            lines.append(f'leafnodes {{ listen: "{c.host}:{self.leaf_port}", no_advertise: true }}')
+        if c.leaf_remotes:
+            urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
+            lines.append(f'leafnodes {{ reconnect: "1s", remotes: [ {{ urls: [ {urls} ] }} ] }}')
         return "\n".join(lines) + "\n"
 
     def _prepare(self) -> tuple[Path, Path]:
@@ -310,6 +327,7 @@ class Site:
         work_dir: Path | None = None,
         site_name: str = "site",
         keystore: KeyStore | Path | None = None,
+        site_port: int | None = None,
     ) -> None:
         base = Path(work_dir or Path(tempfile.gettempdir()) / f"mesh-nats-{uuid.uuid4().hex}")
         self._own_dir = work_dir is None
@@ -322,6 +340,8 @@ class Site:
             self._keystore,
         )
         self.site_name = site_name
+        #: the site server's client port (the one applications dial); None picks a free one.
+        self.site_port = site_port
         self.leaf: NatsServer | None = None
 
     async def start(self, leaf_url: str | None = None) -> None:
@@ -336,6 +356,8 @@ class Site:
             self.base / self.site_name,
             self._keystore,
         )
+        if self.site_port is not None:
+            self.leaf.client_port = self.site_port
         await self.leaf.start()
         await self.hub.wait_leaf_connections(1)
 

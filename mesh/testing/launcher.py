@@ -80,17 +80,35 @@ class NodeProcess:
         return await self._child.wait()
 
 
+#: the tiers ``mesh up`` knows, lowest first, with their residency zones.
+TIERS = ("edge", "gateway", "cloud")
+ZONES = {"edge": "device", "gateway": "site", "cloud": "cloud"}
+
+
 @dataclass
 class MeshLayout:
-    """Which nodes run where: the demo's three tiers unless told otherwise."""
+    """Which nodes run where: the demo's three tiers unless told otherwise.
 
-    edge_manifest: Path
-    gateway_manifest: Path
-    cloud_manifest: Path
+    ``models`` (tier to model settings, as in a settings file) replaces the demo's digits
+    manifests: the tiers it names run, lowest first, each escalating to the next one present,
+    the lowest taking the entry subjects (``mesh up --models DIR``)."""
+
+    edge_manifest: Path | None = None
+    gateway_manifest: Path | None = None
+    cloud_manifest: Path | None = None
     edge_replicas: int = 1
     edge_threshold: float | None = None
     gateway_threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, list[dict[str, Any]]] | None = None
+
+    def tiers(self) -> list[str]:
+        if self.models is None:
+            return list(TIERS)
+        unknown = sorted(set(self.models) - set(TIERS))
+        if unknown:
+            raise ValueError(f"tiers {unknown} are not among {list(TIERS)}")
+        return [tier for tier in TIERS if self.models.get(tier)]
 
 
 class EmbeddedMesh:
@@ -105,6 +123,7 @@ class EmbeddedMesh:
         layout: MeshLayout,
         work_dir: Path | None = None,
         node_env: Mapping[str, str] | None = None,
+        site_port: int | None = None,
     ) -> None:
         self.layout = layout
         self.node_env = dict(node_env or {})
@@ -112,7 +131,7 @@ class EmbeddedMesh:
         self.work_dir = Path(
             work_dir or Path(tempfile.gettempdir()) / f"mesh-up-{uuid.uuid4().hex}"
         )
-        self.site = Site(self.work_dir / "nats")
+        self.site = Site(self.work_dir / "nats", site_port=site_port)
         self.nodes: dict[str, NodeProcess] = {}
         self._stopping = False
 
@@ -139,9 +158,21 @@ class EmbeddedMesh:
         """``MeshClient.connect`` options for the application identity."""
         return self.site.hub.client_options(APPLICATION.name)
 
+    def _upstream_of(self, tier: str) -> str | None:
+        tiers = self.layout.tiers()
+        at = tiers.index(tier)
+        return tiers[at + 1] if at + 1 < len(tiers) else None
+
+    def _entry_tier(self) -> str:
+        return self.layout.tiers()[0]
+
     async def issue_node_identity(self, tier: str, index: int = 0) -> Path:
-        upstream = {"edge": "gateway", "gateway": "cloud"}.get(tier)
-        spec = node_identity(f"{tier}-{index}", tier, upstream_tier=upstream, entry=tier == "edge")
+        spec = node_identity(
+            f"{tier}-{index}",
+            tier,
+            upstream_tier=self._upstream_of(tier),
+            entry=tier == self._entry_tier(),
+        )
         return await self.site.hub.issue(spec)
 
     def node_settings(
@@ -151,6 +182,22 @@ class EmbeddedMesh:
         extra = lay.extra.get(tier)
         extra = extra if isinstance(extra, dict) else None
         node = f"{tier}-{index}"
+        if lay.models is not None:
+            upstream = self._upstream_of(tier)
+            return tier_node_settings(
+                tier,
+                node=node,
+                server=self.hub_url if tier == "cloud" else self.site_url,
+                zone=ZONES[tier],
+                entry=tier == self._entry_tier(),
+                upstream=(upstream, ZONES[upstream]) if upstream else None,
+                upstream_domain=(
+                    None if upstream is None else "hub" if upstream == "cloud" else "site"
+                ),
+                credentials=credentials,
+                models=lay.models[tier],
+                extra=extra,
+            )
         if tier == "cloud":
             return tier_node_settings(
                 tier,
@@ -190,9 +237,10 @@ class EmbeddedMesh:
         )
 
     async def start_nodes(self) -> None:
-        plan = [("cloud", 0), ("gateway", 0)] + [
-            ("edge", i) for i in range(self.layout.edge_replicas)
-        ]
+        tiers = self.layout.tiers()
+        plan = [(tier, 0) for tier in reversed(tiers) if tier != "edge"]
+        if "edge" in tiers:
+            plan += [("edge", i) for i in range(self.layout.edge_replicas)]
         for tier, index in plan:
             name = f"{tier}-{index}"
             creds = await self.issue_node_identity(tier, index)

@@ -23,7 +23,7 @@ def tier_node_settings(
     *,
     node: str,
     server: str,
-    manifest: Path,
+    manifest: Path | None = None,
     zone: str,
     entry: bool = False,
     upstream: tuple[str, str] | None = None,
@@ -31,22 +31,27 @@ def tier_node_settings(
     upstream_domain: str | None = "site",
     http_port: int | None = 0,
     credentials: Path | None = None,
+    models: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> NodeSettings:
     """Settings of one node serving ``digits`` from ``manifest``; ``upstream`` is (tier, zone).
 
     ``extra`` overrides any field, nested (``{"upstream": {"breaker": {...}}}``); the result is
     validated like a settings file, so a typo fails here and not in the child process."""
-    model: dict[str, Any] = {"name": "digits", "manifest": str(manifest)}
-    if threshold is not None:
-        model["threshold"] = threshold
+    if models is None:
+        if manifest is None:
+            raise ValueError(f"node {node}: give the digits manifest or the models")
+        model: dict[str, Any] = {"name": "digits", "manifest": str(manifest)}
+        if threshold is not None:
+            model["threshold"] = threshold
+        models = [model]
     data: dict[str, Any] = {
         "tier": tier,
         "node": node,
         "zone": zone,
         "entry": entry,
         "nats": {"servers": [server], "credentials": credentials},
-        "models": [model],
+        "models": models,
         "http_port": http_port,
         "hard_examples": {"upstream_domain": upstream_domain},
     }

@@ -39,7 +39,7 @@ async def test_subjects_and_replies_that_are_not_utf8_do_not_stop_a_node(
         nats_server,
         b"PUB mesh.infer.\xff 5\r\nhello\r\n"
         b"PUB mesh.infer.digits _INBOX.\xfe\xff 5\r\nhello\r\n"
-        b"PUB mesh.edgeutf.infer.\xc3\x28 _INBOX.x 5\r\nhello\r\n",
+        b"PUB mesh.infer.\xc3\x28 _INBOX.x 5\r\nhello\r\n",
     )
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")

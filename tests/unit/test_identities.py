@@ -130,7 +130,10 @@ def test_a_node_escalates_and_forwards_only_to_its_upstream_tier() -> None:
     assert "mesh.learn.gateway.>" in perms.publish_allow
     assert not any(".cloud." in s for s in perms.publish_allow)
     top = node(name="cloud-1", tier="cloud", upstream_tier=None)
-    assert not any(re.match(r"mesh\.\w+\.infer\.", s) for s in top.publish_allow)
+    # Its own tier's subjects only: a request for a model it does not serve, to a neighbour.
+    infer = [s for s in top.publish_allow if re.match(r"mesh\.\w+\.(infer|forward)\.", s)]
+    assert infer == ["mesh.cloud.infer.>"]
+    assert "mesh.gateway.forward.>" in perms.publish_allow
     assert not any(s.startswith("mesh.learn.") for s in top.publish_allow)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import nats
 import numpy as np
 import psutil
 
@@ -50,8 +51,10 @@ def _node_settings(
     threshold: float | None,
     upstream: bool,
     entry: bool,
-    keystore: KeyStore,
+    keystore: KeyStore | None,
+    upstream_domain: str = "hub",
 ) -> NodeSettings:
+    """One bench node; ``keystore`` None for the open servers (no credentials to present)."""
     identity = node_identity(
         f"{tier}-0", tier, upstream_tier="cloud" if upstream else None, entry=entry
     )
@@ -64,8 +67,8 @@ def _node_settings(
         entry=entry,
         upstream=("cloud", "cloud") if upstream else None,
         threshold=threshold,
-        upstream_domain="hub",
-        credentials=keystore.ensure(identity),
+        upstream_domain=upstream_domain,
+        credentials=keystore.ensure(identity) if keystore is not None else None,
     )
 
 
@@ -205,6 +208,29 @@ async def run_bench(
             await server.start()
             stack.push_async_callback(server.stop)
         await hub.wait_leaf_connections(2)
+        # The same hub and site without authentication or TLS, only to measure what they cost.
+        hub_open = NatsServer(
+            ServerConfig(
+                name="hubopen", jetstream_domain="hubopen", accept_leafnodes=True, secure=False
+            ),
+            work / "hubopen",
+            keystore,
+        )
+        await hub_open.start()
+        stack.push_async_callback(hub_open.stop)
+        site_open = NatsServer(
+            ServerConfig(
+                name="siteopen",
+                jetstream_domain="siteopen",
+                leaf_remotes=[hub_open.leafnode_url],
+                secure=False,
+            ),
+            work / "siteopen",
+            keystore,
+        )
+        await site_open.start()
+        stack.push_async_callback(site_open.stop)
+        await hub_open.wait_leaf_connections(1)
 
         progress("starting tier nodes, echo responder and HTTP peers")
 
@@ -275,6 +301,48 @@ async def run_bench(
                     ),
                     work,
                 ),
+                "cloudopen": NodeProcess(
+                    "cloudopen",
+                    _node_settings(
+                        "cloud",
+                        hub_open.url,
+                        demo.cloud,
+                        threshold=None,
+                        upstream=False,
+                        entry=False,
+                        keystore=None,
+                        upstream_domain="hubopen",
+                    ),
+                    work,
+                ),
+                "edgeopen": NodeProcess(
+                    "edgeopen",
+                    _node_settings(
+                        "edge",
+                        site_open.url,
+                        demo.edge_int8,
+                        threshold=0.0,
+                        upstream=True,
+                        entry=True,
+                        keystore=None,
+                        upstream_domain="hubopen",
+                    ),
+                    work,
+                ),
+                "edgeescopen": NodeProcess(
+                    "edgeescopen",
+                    _node_settings(
+                        "edgeesc",
+                        site_open.url,
+                        demo.edge_int8,
+                        threshold=1.01,
+                        upstream=True,
+                        entry=False,
+                        keystore=None,
+                        upstream_domain="hubopen",
+                    ),
+                    work,
+                ),
             }
 
         nodes = await asyncio.to_thread(node_processes)
@@ -328,6 +396,9 @@ async def run_bench(
         stack.push_async_callback(nc_site2.close)
         client_site = MeshClient(nc_site, owns_connection=False)
         client_site2 = MeshClient(nc_site2, owns_connection=False)
+        nc_open = await nats.connect(site_open.url, name="bench-client-open")
+        stack.push_async_callback(nc_open.close)
+        client_open = MeshClient(nc_open, owns_connection=False)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=config.concurrency))
         stack.push_async_callback(http.close)
         scraper = aiohttp.ClientSession()
@@ -399,6 +470,22 @@ async def run_bench(
                 "mesh: escalated edge->cloud, direct link",
                 mesh_call(client_site, "edgeesc"),
                 procs(site.pid, hub.pid, pid["edgeesc"], pid["cloud"]),
+                lat,
+                tp,
+            ),
+            "mesh_edge_open": Row(
+                "mesh_edge_open",
+                "mesh: edge-answered, no auth and no TLS (baseline)",
+                mesh_call(client_open, None),
+                procs(site_open.pid, pid["edgeopen"]),
+                lat,
+                tp,
+            ),
+            "mesh_escalated_open": Row(
+                "mesh_escalated_open",
+                "mesh: escalated edge->cloud, no auth and no TLS (baseline)",
+                mesh_call(client_open, "edgeesc"),
+                procs(site_open.pid, hub_open.pid, pid["edgeescopen"], pid["cloudopen"]),
                 lat,
                 tp,
             ),
@@ -491,6 +578,11 @@ async def run_bench(
         "peer_p50_over_mesh_p50": paired_ratio(all_rows, "peer_aiohttp", "mesh_edge", "p50_ms"),
         "mesh_throughput_over_peer": paired_ratio(
             all_rows, "mesh_edge", "peer_aiohttp", "throughput_rps"
+        ),
+        # What authentication and leaf TLS cost: secured over open servers, same trial.
+        "security_edge_p50_cost": paired_ratio(all_rows, "mesh_edge", "mesh_edge_open", "p50_ms"),
+        "security_escalated_p50_cost": paired_ratio(
+            all_rows, "mesh_escalated", "mesh_escalated_open", "p50_ms"
         ),
     }
     node_cpu = median([t.node_cpu_us for t in edge_trials])
