@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 import nats
+import nats.errors
 import numpy as np
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from mesh import MeshClient
-from mesh.errors import InvalidArgumentError, UnavailableError
+from mesh import MeshClient, wire
+from mesh.client import mesh_error
+from mesh.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from mesh.testing.embedded import NatsServer, free_port
 
 
@@ -41,7 +51,7 @@ async def test_a_request_carries_no_header_block_unless_a_trace_is_continued(
     seen: list[dict[str, str] | None] = []
     watcher = await nats_server.connect()
 
-    async def reply(msg: nats.aio.msg.Msg) -> None:
+    async def reply(msg: Msg) -> None:
         seen.append(msg.headers)
         await watcher.publish(msg.reply, b"\x80")
 
@@ -62,3 +72,125 @@ async def test_a_request_carries_no_header_block_unless_a_trace_is_continued(
     await asyncio.sleep(0)
     assert seen[0] is None
     assert seen[1] is not None and "traceparent" in seen[1]
+
+
+async def _answer(nc: NATS, msg: Msg) -> None:
+    """A tier's answer: the request's id back, its first input value as the label."""
+    request = wire.decode_request(msg.data)
+    label = int(next(iter(request.inputs.values())).flat[0])
+    hop = wire.Hop("edge", "e1", "answered", 0.1, "1", 0.9)
+    response = wire.InferResponse(
+        request.id, request.model, "1", "edge", "e1", {"p": np.ones((1, 2), np.float32)},
+        [label], 0.9, "max_prob", [hop],
+    )  # fmt: skip
+    await nc.publish(msg.reply, wire.encode_response(response))
+
+
+async def test_concurrent_requests_each_get_their_own_answer(nats_server: NatsServer) -> None:
+    tier = await nats_server.connect()
+    await tier.subscribe("mesh.infer.digits", cb=partial(_answer, tier))
+    await tier.flush()
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
+        results = await asyncio.gather(
+            *(client.infer("digits", np.full((1, 4), i, np.float32)) for i in range(200))
+        )
+        named = await client.infer("digits", np.zeros((1, 4), np.float32), request_id="mine")
+    await tier.close()
+    assert [r.label for r in results] == list(range(200))
+    assert len({r.id for r in results}) == 200
+    assert named.id == "mine" and named.tier == "edge" and named.path[0].node == "e1"
+
+
+async def test_a_request_nobody_answers_gives_up_at_its_deadline(nats_server: NatsServer) -> None:
+    silent = await nats_server.connect()
+    await silent.subscribe("mesh.infer.silent")
+    await silent.flush()
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
+        client.grace_ms = 50.0
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match="within 150 ms"):
+            await client.infer("silent", np.zeros((1, 4), np.float32), budget_ms=100)
+        waited = time.monotonic() - started
+    await silent.close()
+    assert 0.15 <= waited < 1.0
+
+
+async def test_closing_the_client_fails_the_requests_still_waiting(
+    nats_server: NatsServer,
+) -> None:
+    silent = await nats_server.connect()
+    await silent.subscribe("mesh.infer.silent")
+    await silent.flush()
+    client = await MeshClient.connect(nats_server.url, **nats_server.client_options("app"))
+    waiting = asyncio.create_task(
+        client.infer("silent", np.zeros((1, 4), np.float32), budget_ms=30_000)
+    )
+    await asyncio.sleep(0.1)
+    await client.close()
+    with pytest.raises(UnavailableError, match="closed"):
+        await asyncio.wait_for(waiting, 5)
+    await silent.close()
+
+
+async def test_a_request_over_the_servers_max_payload_is_resource_exhausted(
+    nats_server: NatsServer,
+) -> None:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
+        with pytest.raises(ResourceExhaustedError, match="max_payload"):
+            await client.infer("digits", np.zeros((400_000, 4), np.float32))
+
+
+async def test_a_tier_name_that_is_not_a_subject_token_is_an_invalid_argument(
+    nats_server: NatsServer,
+) -> None:
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
+        with pytest.raises(InvalidArgumentError, match="tier"):
+            await client.infer("digits", np.zeros((1, 4), np.float32), tier="edge.>")
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (nats.errors.NoRespondersError(), UnavailableError),
+        (nats.errors.TimeoutError(), DeadlineExceededError),
+        (nats.errors.ConnectionClosedError(), UnavailableError),
+        (nats.errors.ConnectionReconnectingError(), UnavailableError),
+        (nats.errors.ConnectionDrainingError(), UnavailableError),
+        (nats.errors.BadSubjectError(), InvalidArgumentError),
+        (nats.errors.OutboundBufferLimitError(), UnavailableError),
+        (nats.errors.SlowConsumerError("s", "", 1, None), UnavailableError),  # type: ignore[arg-type]
+        (nats.errors.MaxPayloadError(), ResourceExhaustedError),
+        (nats.errors.StaleConnectionError(), UnavailableError),
+        (nats.errors.UnexpectedEOF(), UnavailableError),
+        (ConnectionResetError(), UnavailableError),
+    ],
+)
+def test_every_nats_failure_is_a_mesh_error(failure: Exception, expected: type) -> None:
+    error = mesh_error(failure, "request 1 on mesh.infer.digits")
+    assert type(error) is expected
+    assert "request 1 on mesh.infer.digits" in str(error)
+
+
+async def test_a_client_reads_its_inbox_prefix_from_its_credentials(
+    nats_server: NatsServer,
+) -> None:
+    """Given only ``user_credentials`` (as ``mesh up`` prints them), the client makes its reply
+    subjects under the one inbox prefix its identity may subscribe to, and gets answers."""
+    edge = await nats_server.connect()
+    await edge.subscribe("mesh.infer.digits", queue="mesh.entry", cb=partial(_answer, edge))
+    await edge.flush()
+    async with await MeshClient.connect(
+        nats_server.url, user_credentials=str(nats_server.creds("app"))
+    ) as client:
+        result = await client.infer("digits", np.full((1, 4), 7, np.float32))
+        assert client.nats._inbox_prefix == bytearray(b"_INBOX_app")
+    await edge.close()
+    assert result.label == 7
