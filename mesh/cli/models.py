@@ -165,3 +165,76 @@ def validate(
     click.echo(report.summary())
     if not report.passed:
         sys.exit(1)
+
+
+@models.command("import")
+@click.argument("onnx_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Model name requests address (mesh.infer.NAME).")
+@click.option("--tier", default="edge", show_default=True, help="Tier this version is for.")
+@click.option(
+    "--repo",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Model repository folder (created if missing): <repo>/<name>/<version>/.",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Class names, one a line (default: the export's class labels, else 0..C-1).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Sample inputs (.npz with x; y too when labelled): reference statistics for novelty "
+    "and drift, and with y a threshold calibrated against the model's top-tier version.",
+)
+@click.option(
+    "--scored-output",
+    default=None,
+    help="The output holding class probabilities or scores, when the graph has several.",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="Largest accuracy drop against the top tier allowed by the calibration (0.005).",
+)
+def import_(
+    onnx_file: Path,
+    name: str,
+    tier: str,
+    repo: Path,
+    labels_file: Path | None,
+    data: Path | None,
+    scored_output: str | None,
+    max_drop: float | None,
+) -> None:
+    """Add ONNX_FILE to a model repository as the next version of NAME for TIER, its manifest
+    written from the graph (and from --data when given), and checked as a node loads it."""
+    from mesh.errors import MeshError
+    from mesh.models.importer import import_model
+    from mesh.repository import ModelConfigError
+
+    labels = None
+    if labels_file is not None:
+        labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+    try:
+        result = import_model(
+            onnx_file,
+            name=name,
+            tier=tier,
+            repo=repo,
+            labels=labels,
+            data=data,
+            scored_output=scored_output,
+            max_drop=max_drop,
+        )
+    except (MeshError, ModelConfigError, ValueError) as exc:
+        click.echo(f"mesh models import: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"imported {name} version {result.version} for tier {tier}: {result.manifest_path}")
+    for note in result.notes:
+        click.echo(f"note: {note}")

@@ -181,7 +181,8 @@ def up(
         if repository is not None:
             from mesh.models.store import ModelRepository, model_settings_for
 
-            repo = ModelRepository(repository)
+            # Absolute: the nodes' settings files live elsewhere.
+            repo = ModelRepository(repository.resolve())
             entries = await asyncio.to_thread(repo.entries)
             tiers = sorted({entry.tier for entry in entries})
             if not tiers:

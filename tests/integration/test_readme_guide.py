@@ -63,9 +63,10 @@ async def test_the_readme_guide_serves_iris_next_to_digits(tmp_path: Path) -> No
         answers = [json.loads(a) for a in re.findall(r"^\{.*?^\}", out, re.S | re.M)]
         assert len(answers) == 2, out
         assert all(a["model"] == "iris" and len(a["labels"]) == 1 for a in answers)
+        # As the guide says: row 0 is sure at the edge, row 77 is not and the cloud answers.
+        assert [a["tier"] for a in answers] == ["edge", "cloud"], answers
         stamps = [
-            (float(m.group(1)), m.group(2))
-            for m in re.finditer(r"^\+ (\d+\.\d+) (.*)$", err, re.M)
+            (float(m.group(1)), m.group(2)) for m in re.finditer(r"^\+ (\d+\.\d+) (.*)$", err, re.M)
         ]
         imported = next(t for t, cmd in stamps if "models import iris-small.onnx" in cmd)
         first_ask = [t for t, cmd in stamps if "mesh infer iris" in cmd]
@@ -73,9 +74,7 @@ async def test_the_readme_guide_serves_iris_next_to_digits(tmp_path: Path) -> No
         first_answer = after[0] if after else first_ask[0]
         print(f"\nfrom the ONNX files to the first answer: {first_answer - imported:.1f} s")
 
-        env_lines = dict(
-            line.split("=", 1) for line in (tmp_path / "mesh.env").read_text().split()
-        )
+        env_lines = dict(line.split("=", 1) for line in (tmp_path / "mesh.env").read_text().split())
         data = np.load(tmp_path / "iris.npz")
         x, y = data["x"], data["y"]
         digits = np.load(tmp_path / "demo" / "digits-test.npz")["x"].astype(np.float32)
@@ -84,8 +83,7 @@ async def test_the_readme_guide_serves_iris_next_to_digits(tmp_path: Path) -> No
         ) as client:
             iris = [await client.infer("iris", x[i : i + 1], budget_ms=3000) for i in range(150)]
             dig = [
-                await client.infer("digits", digits[i : i + 1], budget_ms=3000)
-                for i in range(100)
+                await client.infer("digits", digits[i : i + 1], budget_ms=3000) for i in range(100)
             ]
         tiers = Counter(r.tier for r in iris)
         print(f"iris answered by tier: {dict(tiers)}")
