@@ -182,7 +182,7 @@ def up(
             from mesh.models.store import ModelRepository, model_settings_for
 
             # Absolute: the nodes' settings files live elsewhere.
-            repo = ModelRepository(repository.resolve())
+            repo = ModelRepository(await asyncio.to_thread(repository.resolve))
             entries = await asyncio.to_thread(repo.entries)
             tiers = sorted({entry.tier for entry in entries})
             if not tiers:
