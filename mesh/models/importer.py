@@ -117,7 +117,7 @@ def import_model(
         artifact.write_bytes(staged.read_bytes())
     model = OnnxModel.load(artifact)
     single_s = _single_row_p99(model, sample[:1] if sample.ndim > 1 else sample)
-    top = tier == _top_tier(repository, tier)
+    top = _is_top(tier)
     manifest = ModelManifest(
         name=name,
         version=str(version),
@@ -293,11 +293,10 @@ def _single_row_p99(model: OnnxModel, row: np.ndarray[Any, Any]) -> float:
     return float(np.percentile(times, 99))
 
 
-def _top_tier(repository: ModelRepository, tier: str) -> str:
-    """The highest tier this model's chain reaches: the tier itself for unknown tier names."""
-    if tier not in TIER_ORDER:
-        return tier
-    return TIER_ORDER[-1] if tier != TIER_ORDER[-1] else tier
+def _is_top(tier: str) -> bool:
+    """Whether ``tier`` answers everything (threshold 0): the cloud, or a tier outside the
+    known chain, which has nothing above it to escalate to."""
+    return tier == TIER_ORDER[-1] or tier not in TIER_ORDER
 
 
 def _reference(model: OnnxModel, scored: str, x: np.ndarray[Any, Any]) -> ReferenceStats:
