@@ -234,115 +234,37 @@ async def run_bench(
 
         progress("starting tier nodes, echo responder and HTTP peers")
 
+        # name: (tier, server, manifest, threshold, upstream, entry, secured)
+        plan: dict[str, tuple[str, NatsServer, Path, float | None, bool, bool, bool]] = {
+            "cloud": ("cloud", hub, demo.cloud, None, False, False, True),
+            "edge": ("edge", site, demo.edge_int8, 0.0, True, True, True),
+            "edgeesc": ("edgeesc", site, demo.edge_int8, 1.01, True, False, True),
+            "edgelink": ("edgelink", site2, demo.edge_int8, 1.01, True, False, True),
+            "edgemix": ("edgemix", site2, demo.edge_int8, calibrated, True, False, True),
+            "cloudopen": ("cloud", hub_open, demo.cloud, None, False, False, False),
+            "edgeopen": ("edge", site_open, demo.edge_int8, 0.0, True, True, False),
+            "edgeescopen": ("edgeesc", site_open, demo.edge_int8, 1.01, True, False, False),
+        }
+
         def node_processes() -> dict[str, NodeProcess]:  # issues identities: blocking
             return {
-                "cloud": NodeProcess(
-                    "cloud",
+                name: NodeProcess(
+                    name,
                     _node_settings(
-                        "cloud",
-                        hub.url,
-                        demo.cloud,
-                        threshold=None,
-                        upstream=False,
-                        entry=False,
-                        keystore=keystore,
+                        tier,
+                        server.url,
+                        manifest,
+                        threshold=threshold,
+                        upstream=upstream,
+                        entry=entry,
+                        keystore=keystore if secured else None,
+                        upstream_domain="hub" if secured else "hubopen",
                     ),
                     work,
-                ),
-                "edge": NodeProcess(
-                    "edge",
-                    _node_settings(
-                        "edge",
-                        site.url,
-                        demo.edge_int8,
-                        threshold=0.0,
-                        upstream=True,
-                        entry=True,
-                        keystore=keystore,
-                    ),
-                    work,
-                ),
-                "edgeesc": NodeProcess(
-                    "edgeesc",
-                    _node_settings(
-                        "edgeesc",
-                        site.url,
-                        demo.edge_int8,
-                        threshold=1.01,
-                        upstream=True,
-                        entry=False,
-                        keystore=keystore,
-                    ),
-                    work,
-                ),
-                "edgelink": NodeProcess(
-                    "edgelink",
-                    _node_settings(
-                        "edgelink",
-                        site2.url,
-                        demo.edge_int8,
-                        threshold=1.01,
-                        upstream=True,
-                        entry=False,
-                        keystore=keystore,
-                    ),
-                    work,
-                ),
-                "edgemix": NodeProcess(
-                    "edgemix",
-                    _node_settings(
-                        "edgemix",
-                        site2.url,
-                        demo.edge_int8,
-                        threshold=calibrated,
-                        upstream=True,
-                        entry=False,
-                        keystore=keystore,
-                    ),
-                    work,
-                ),
-                "cloudopen": NodeProcess(
-                    "cloudopen",
-                    _node_settings(
-                        "cloud",
-                        hub_open.url,
-                        demo.cloud,
-                        threshold=None,
-                        upstream=False,
-                        entry=False,
-                        keystore=None,
-                        upstream_domain="hubopen",
-                    ),
-                    work,
-                ),
-                "edgeopen": NodeProcess(
-                    "edgeopen",
-                    _node_settings(
-                        "edge",
-                        site_open.url,
-                        demo.edge_int8,
-                        threshold=0.0,
-                        upstream=True,
-                        entry=True,
-                        keystore=None,
-                        upstream_domain="hubopen",
-                    ),
-                    work,
-                ),
-                "edgeescopen": NodeProcess(
-                    "edgeescopen",
-                    _node_settings(
-                        "edgeesc",
-                        site_open.url,
-                        demo.edge_int8,
-                        threshold=1.01,
-                        upstream=True,
-                        entry=False,
-                        keystore=None,
-                        upstream_domain="hubopen",
-                    ),
-                    work,
-                ),
+                )
+                for name, (tier, server, manifest, threshold, upstream, entry, secured) in (
+                    plan.items()
+                )
             }
 
         nodes = await asyncio.to_thread(node_processes)
