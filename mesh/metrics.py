@@ -149,6 +149,11 @@ class MeshMetrics:
             "Messages dropped unanswered: no reply subject to answer on",
             ("tier",),
         )
+        self.fleet_events = CounterFamily(
+            "mesh_fleet_events",
+            "What the fleet agent did with assigned versions: swapped, rejected, restored",
+            ("tier", "model", "event"),
+        )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
 
     def families(self) -> list[CounterFamily | HistogramFamily]:
@@ -162,6 +167,7 @@ class MeshMetrics:
             self.breaker_transitions,
             self.hard_examples,
             self.dropped,
+            self.fleet_events,
         ]
 
     def observe_gauge(self, name: str, description: str, source: GaugeSource) -> Callable[[], None]:
@@ -214,3 +220,31 @@ def default_metrics(registry: CollectorRegistry = REGISTRY) -> MeshMetrics:
         _default = MeshMetrics()
         registry.register(MeshCollector(_default))
     return _default
+
+
+def tier_totals(metrics: MeshMetrics, tier: str) -> tuple[float, float, list[float]]:
+    """Requests answered, escalations and the summed latency buckets of ``tier`` so far: the
+    heartbeat takes differences of these between two reports."""
+    requests = sum(v for k, v in list(metrics.requests.values.items()) if k[0] == tier)
+    escalations = sum(v for k, v in list(metrics.escalations.values.items()) if k[0] == tier)
+    buckets = [0.0] * (len(metrics.latency.bounds) + 1)
+    for key, series in list(metrics.latency.series.items()):
+        if key[0] == tier:
+            for i in range(len(buckets)):
+                buckets[i] += series[i]
+    return requests, escalations, buckets
+
+
+def bucket_quantile(buckets: Sequence[float], bounds: Sequence[float], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` (None with no observations); the
+    last bucket (over every bound) reports twice the last bound."""
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, count in enumerate(buckets):
+        seen += count
+        if seen >= rank:
+            return float(bounds[i]) if i < len(bounds) else 2.0 * float(bounds[-1])
+    return 2.0 * float(bounds[-1])

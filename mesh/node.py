@@ -20,8 +20,9 @@ from nats.aio.client import Client as NATS
 from mesh import subjects, wire
 from mesh.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from mesh.dataplane import DataPlane, ModelTable, TierIdentity
-from mesh.discovery import NodeRegistration
+from mesh.discovery import NodeRegistration, package_version
 from mesh.errors import UnavailableError
+from mesh.fleet.agent import FleetAgent, restore
 from mesh.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
 from mesh.http import HttpServer, Readiness, create_app
 from mesh.latency import LatencyTracker
@@ -60,6 +61,9 @@ class TierNode(Service):
         self.http: HttpServer | None = None
         self.registration: NodeRegistration | None = None
         self.watch: ConnectionWatch | None = None
+        self.agent: FleetAgent | None = None
+        #: the settings each served model was loaded with (the agent derives new versions' from it)
+        self._model_settings: dict[str, ModelSettings] = {}
         #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
         self.on_fatal: Callable[[str], None] | None = None
         self.drift_threshold = settings.drift_threshold
@@ -90,10 +94,14 @@ class TierNode(Service):
         )
         await stack.enter_async_context(self.watch)
 
-        for model_settings in s.models:
+        models = s.models
+        if s.fleet.enabled:
+            models = await asyncio.to_thread(restore, s.fleet, list(s.models))
+        for model_settings in models:
             served = await load_model(model_settings, s.tier)
             await stack.enter_async_context(served.runner)
             self.models.put(served)
+            self._model_settings[model_settings.name] = model_settings
 
         self._gauge(
             "mesh_model_info",
@@ -147,7 +155,7 @@ class TierNode(Service):
             self.dataplane,
             entry=s.entry,
             max_inflight=s.max_inflight,
-            max_batch=max((m.batching.max_batch_size for m in s.models), default=1),
+            max_batch=max((m.batching.max_batch_size for m in models), default=1),
             metrics=self.metrics,
         )
         await stack.enter_async_context(self.endpoint)
@@ -160,6 +168,17 @@ class TierNode(Service):
             status=self.status,
         )
         await stack.enter_async_context(self.registration)
+        if s.fleet.enabled:
+            self.agent = FleetAgent(
+                self.nc,
+                self,
+                s.fleet,
+                name=s.node,
+                tier=s.tier,
+                metrics=self.metrics,
+                mesh_version=lambda: asyncio.to_thread(package_version),
+            )
+            await stack.enter_async_context(self.agent)
         self._gauge(
             "mesh_drift_psi",
             "Population stability index of recent inputs and confidences against the training "
@@ -209,6 +228,7 @@ class TierNode(Service):
         await served.runner.start()
         self._stack.push_async_callback(served.runner.stop)
         old = self.models.put(served)
+        self._model_settings[settings.name] = settings
         if old is None:
             if self.endpoint is not None:
                 await self.endpoint.serve_model(served.name)
@@ -277,18 +297,29 @@ class TierNode(Service):
             return []
         return [(float(self.forwarder.backlog), {"tier": self.settings.tier})]
 
+    def served_versions(self) -> dict[str, str]:
+        return self.models.versions()
+
+    def model_settings(self, name: str) -> ModelSettings | None:
+        return self._model_settings.get(name)
+
     def status(self) -> NodeStatus:
         breakers: dict[str, str] = {}
         if self.upstream is not None:
             breakers[self.upstream.breaker.name] = self.upstream.breaker.state.value
+        problems = self.readiness.problems()
+        drift = [psi for psi, _ in self.drift_values()]
         return NodeStatus(
             node=self.settings.node,
             tier=self.settings.tier,
             models=self.models.versions(),
             breakers=breakers,
             backlog=self.forwarder.backlog if self.forwarder is not None else 0,
-            ready=not self.readiness.problems(),
+            ready=not problems,
             time=time.time(),
+            zone=self.settings.zone,
+            problems=[f"{k}: {v}" for k, v in problems.items()],
+            drift=max(drift) if drift else None,
         )
 
     def drift_values(self) -> list[tuple[float, dict[str, str]]]:

@@ -229,6 +229,51 @@ class HardExampleSettings(_Section):
     """How long upstream remembers request ids to drop duplicates."""
 
 
+class FleetSettings(_Section):
+    """The node's fleet agent: takes the versions the fleet's desired state assigns it."""
+
+    enabled: bool = False
+    """Watch the desired state and heartbeat into the fleet's registry."""
+    domain: str = "hub"
+    """JetStream domain of the server this node connects to (a site's, or ``hub``): the
+    registry is read there and the heartbeat written to its ``MESH_NODES_<DOMAIN>``."""
+    site: str = ""
+    """Site name the node reports and selectors match (default: the domain)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels selectors match, e.g. ``{"line": "4"}``."""
+    trusted_keys: list[str] = Field(default_factory=list)
+    """Public keys (``ed25519:...``, or paths to ``.pub`` files) whose signatures this node
+    accepts; more than one while keys rotate."""
+    cache_dir: Path | None = None
+    """Where verified versions are kept, so a restart serves them without the registry."""
+    heartbeat_s: float = Field(2.0, gt=0)
+    """Seconds between heartbeats."""
+    fetch_timeout_s: float = Field(60.0, gt=0)
+    """How long an assigned version may stay missing from the registry before it is refused
+    (a site's mirror can lag the desired state by a moment)."""
+    gate_runs: int = Field(100, ge=10)
+    """Single-row runs of the on-device latency gate."""
+    max_artifact_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    """Largest artifact the node fetches."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> FleetSettings:
+        check_token(self.domain, "fleet domain")
+        if self.site:
+            check_token(self.site, "fleet site")
+        if self.enabled and not self.trusted_keys:
+            raise ValueError(
+                "fleet.enabled needs fleet.trusted_keys: a node loads only signed versions"
+            )
+        if self.enabled and self.cache_dir is None:
+            raise ValueError("fleet.enabled needs fleet.cache_dir for verified versions")
+        return self
+
+    @property
+    def site_name(self) -> str:
+        return self.site or self.domain
+
+
 def _default_node_id() -> str:
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
 
@@ -253,6 +298,7 @@ class NodeSettings(BaseSettings):
     """Next tier up; none on the top tier."""
     models: list[ModelSettings] = Field(default_factory=list)
     hard_examples: HardExampleSettings = Field(default_factory=HardExampleSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
     max_inflight: int = Field(1024, ge=1)
     """Requests handled at once; more get RESOURCE_EXHAUSTED."""
     drift_threshold: float = Field(0.25, gt=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from mesh.cli.fleet import fleet, keys, models_list, models_push, models_sign
 from mesh.cli.identities import identities
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
@@ -20,7 +21,9 @@ def main() -> None:
     """Edge-cloud hybrid inference mesh over NATS."""
 
 
-for _command in (node, infer, up, models, identities, bench, demo):
+for _command in (node, infer, up, models, identities, keys, fleet, bench, demo):
     main.add_command(_command)
+for _command in (models_sign, models_push, models_list):
+    models.add_command(_command)
 
 __all__ = ["main"]

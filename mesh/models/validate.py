@@ -20,7 +20,13 @@ import psutil
 from pydantic import BaseModel, ValidationError
 
 from mesh.errors import InvalidArgumentError
-from mesh.models.manifest import HardwareProfile, QualityTarget, load_manifest, verify_artifact
+from mesh.models.manifest import (
+    HardwareProfile,
+    ModelManifest,
+    QualityTarget,
+    load_manifest,
+    verify_artifact,
+)
 from mesh.models.session import open_session
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -40,7 +46,8 @@ class ValidationReport:
     latency_p50_ms: float
     latency_p99_ms: float
     memory_mb: float
-    accuracy: float
+    #: None when no labelled data was given (the hardware budget was judged alone).
+    accuracy: float | None
     rows: int
     profile: HardwareProfile
     quality: QualityTarget
@@ -57,8 +64,13 @@ class ValidationReport:
             f"{self.model}@{self.version}: p99 {self.latency_p99_ms:.3f} ms "
             f"(budget {self.profile.latency_p99_ms:g} ms, p50 {self.latency_p50_ms:.3f} ms, "
             f"{self.runs} single-row requests); memory +{self.memory_mb:.1f} MB "
-            f"(ceiling {self.profile.memory_mb:g} MB); accuracy {self.accuracy:.4f} on "
-            f"{self.rows} held-out rows (minimum {self.quality.min_accuracy:g})"
+            f"(ceiling {self.profile.memory_mb:g} MB); "
+            + (
+                "accuracy not measured (no labelled data)"
+                if self.accuracy is None
+                else f"accuracy {self.accuracy:.4f} on {self.rows} held-out rows "
+                f"(minimum {self.quality.min_accuracy:g})"
+            )
         )
         if self.passed:
             return head + "\nPASS"
@@ -93,11 +105,12 @@ class ValidationReport:
 def judge(
     latency_p99_ms: float,
     memory_mb: float,
-    accuracy: float,
+    accuracy: float | None,
     profile: HardwareProfile,
     quality: QualityTarget,
 ) -> list[str]:
-    """The failing figures, in words (empty when everything meets its target)."""
+    """The failing figures, in words (empty when everything meets its target); ``accuracy``
+    None judges the hardware budget alone (a device has no labelled data)."""
     failures = []
     if latency_p99_ms > profile.latency_p99_ms:
         failures.append(
@@ -108,6 +121,8 @@ def judge(
         failures.append(
             f"peak memory +{memory_mb:.1f} MB is over the ceiling of {profile.memory_mb:g} MB"
         )
+    if accuracy is None:
+        return failures
     if accuracy < quality.min_accuracy:
         failures.append(f"accuracy {accuracy:.4f} is under the minimum of {quality.min_accuracy:g}")
     if quality.max_accuracy_drop is not None and quality.reference_accuracy is not None:
@@ -141,7 +156,7 @@ def _merged(base: _M, override: _M | Mapping[str, Any] | None) -> _M:
 
 def validate_model(
     manifest_path: Path | str,
-    test_npz: Path | str,
+    test_npz: Path | str | None,
     profile: HardwareProfile | Mapping[str, float] | None = None,
     quality: QualityTarget | Mapping[str, Any] | None = None,
     *,
@@ -159,9 +174,14 @@ def validate_model(
         raise InvalidArgumentError(f"runs must be at least 1, got {runs}")
     manifest = load_manifest(manifest_path)
     artifact = verify_artifact(manifest, manifest_path)
-    with np.load(test_npz) as data:
-        x = np.ascontiguousarray(data["x"], dtype=np.float32)
-        y = np.asarray(data["y"])
+    y: np.ndarray | None = None
+    if test_npz is None:
+        # No labelled data: the hardware budget alone, on rows like the training data.
+        x = np.ascontiguousarray(synthetic_rows(manifest, 256))
+    else:
+        with np.load(test_npz) as data:
+            x = np.ascontiguousarray(data["x"], dtype=np.float32)
+            y = np.asarray(data["y"])
     process = psutil.Process()
     baseline = process.memory_info().rss
     peak = baseline
@@ -171,7 +191,7 @@ def validate_model(
     output = manifest.scored_output
     probabilities = np.asarray(session.run([output], {input_name: x})[0])
     peak = max(peak, process.memory_info().rss)
-    accuracy = float((probabilities.argmax(axis=1) == y).mean())
+    accuracy = None if y is None else float((probabilities.argmax(axis=1) == y).mean())
 
     for i in range(_WARMUP_RUNS):
         session.run([output], {input_name: x[i % len(x)][None, :]})
@@ -195,7 +215,7 @@ def validate_model(
         latency_p99_ms=p99,
         memory_mb=memory,
         accuracy=accuracy,
-        rows=len(y),
+        rows=0 if y is None else len(y),
         profile=used_profile,
         quality=used_quality,
         failures=judge(p99, memory, accuracy, used_profile, used_quality),
@@ -214,3 +234,18 @@ def require_valid(
             + "\n".join(r.summary() for r in failed)
         )
     return reports
+
+
+def synthetic_rows(manifest: ModelManifest, count: int, seed: int = 0) -> np.ndarray:
+    """Inputs for a gate on a device with no data: drawn from the manifest's reference
+    statistics (per-feature mean and deviation), zeros of the input's shape without them."""
+    spec = manifest.inputs[0]
+    features = [d if d is not None else 1 for d in spec.shape[1:]]
+    ref = manifest.reference
+    if ref is not None and len(ref.feature_mean) == int(np.prod(features)):
+        rng = np.random.default_rng(seed)
+        mean = np.asarray(ref.feature_mean, dtype=np.float64)
+        std = np.asarray(ref.feature_std, dtype=np.float64)
+        rows = rng.normal(mean, std, size=(count, mean.size))
+        return rows.reshape(count, *features).astype(spec.dtype)
+    return np.zeros((count, *features), dtype=spec.dtype)

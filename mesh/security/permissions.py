@@ -28,7 +28,8 @@ Rules the table encodes:
   every role but the administrator, in the local domain (``$JS.API``) and across domains
   (``$JS.<domain>.API``).
 - Only the controller writes the fleet's desired state (``$KV.MESH_FLEET_DESIRED.>``) and the
-  model store (``$O.MESH_MODELS.>``).
+  model store (``$O.MESH_MODELS.>``); a node writes only its own heartbeat
+  (``$KV.MESH_NODES_<DOMAIN>.<name>``). The controller and the console read the heartbeats.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ JS_CONSUME_OPS = (
     "CONSUMER.MSG.NEXT.{stream}.>",
 )
 JS_READ_OPS = (
+    # an ephemeral consumer with no filter (nats-py's ordered consumers) is created here
+    "CONSUMER.CREATE.{stream}",
     "STREAM.INFO.{stream}",
     "STREAM.MSG.GET.{stream}",
     "DIRECT.GET.{stream}",
@@ -117,9 +120,14 @@ DESIRED_WRITE = f"$KV.{DESIRED_BUCKET}.>"
 MODEL_STORE = "MESH_MODELS"
 MODEL_STORE_STREAM = f"OBJ_{MODEL_STORE}"
 MODEL_STORE_WRITE = f"$O.{MODEL_STORE}.>"
-#: the fleet's KV buckets, as stream names: a wildcard is a whole token, so each is named
-#: (add the ``MESH_FLEET_*`` buckets to come here).
-FLEET_BUCKET_STREAMS = (DESIRED_STREAM,)
+NODES_BUCKET = "MESH_FLEET_NODES"
+NODES_STREAM = f"KV_{NODES_BUCKET}"
+#: where a node writes its heartbeat: its own key in its domain's ``MESH_NODES_<DOMAIN>``. A
+#: wildcard is a whole token, so this is its key in any bucket; the desired state is denied
+#: apart (``NOT_CONTROL``), and no other bucket has a key named after a node.
+HEARTBEAT_WRITE = "$KV.*.{name}"
+#: the fleet's KV buckets, as stream names: a wildcard is a whole token, so each is named.
+FLEET_BUCKET_STREAMS = (DESIRED_STREAM, NODES_STREAM)
 
 SERVICE_NAME = "mesh-node"
 #: a node's NATS micro services control subjects: ``$SRV.<verb>[.mesh-node[.<id>]]``.
@@ -152,6 +160,7 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
             "mesh.hard.{tier}.{model}",
             # a request for a model this node does not serve, to a neighbour of its tier that does
             "mesh.{tier}.infer.{model}",
+            HEARTBEAT_WRITE,
             INBOX,
         ),
         subscribe=(
@@ -183,7 +192,7 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
         subscribe=(INBOX, "mesh.telemetry.>"),
         publish_deny=NO_DESTRUCTION,
         js_manage=(DESIRED_STREAM, MODEL_STORE_STREAM),
-        js_read=FLEET_BUCKET_STREAMS,
+        js_read=(*FLEET_BUCKET_STREAMS, MODEL_STORE_STREAM),
     ),
     Role.INGRESS: RoleRule(
         publish=("mesh.infer.{model}", "mesh.events.{model}.*", INBOX),

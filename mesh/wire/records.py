@@ -95,6 +95,25 @@ class NodeStatus:
     ready: bool = False
     #: wall-clock unix seconds of the report.
     time: float = 0.0
+    # What the fleet's heartbeat adds (optional on the wire, for older senders):
+    site: str = ""
+    zone: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    #: model to the version the node is fetching, verifying or warming now.
+    pending: dict[str, str] = field(default_factory=dict)
+    #: ``model@version`` to why the node refused it (it will not retry that version).
+    rejected: dict[str, str] = field(default_factory=dict)
+    #: why the node is not ready, in words; empty when it is.
+    problems: list[str] = field(default_factory=list)
+    #: share of recent answers that escalated, or None before any answer.
+    escalation_rate: float | None = None
+    #: highest population stability index of the drift signals, or None.
+    drift: float | None = None
+    #: p99 of recent local answers, in ms, or None.
+    p99_ms: float | None = None
+    #: version swaps done since the node started.
+    swaps: int = 0
+    mesh_version: str = ""
 
 
 # --- hard examples -------------------------------------------------------------------------
@@ -185,6 +204,17 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "backlog": status.backlog,
             "ready": status.ready,
             "time": float(status.time),
+            "site": status.site,
+            "zone": status.zone,
+            "labels": dict(status.labels),
+            "pending": dict(status.pending),
+            "rejected": dict(status.rejected),
+            "problems": list(status.problems),
+            "escalation_rate": status.escalation_rate,
+            "drift": status.drift,
+            "p99_ms": status.p99_ms,
+            "swaps": status.swaps,
+            "mesh_version": status.mesh_version,
         }
     )
 
@@ -203,6 +233,97 @@ def decode_node_status(data: bytes) -> NodeStatus:
         breakers=str_map(require(obj, "breakers", dict, what), "breakers", what),
         backlog=backlog,
         ready=require(obj, "ready", bool, what),
+        time=finite(require(obj, "time", (int, float), what), "time", what),
+        site=_opt(obj, "site", str, "", what),
+        zone=_opt(obj, "zone", str, "", what),
+        labels=str_map(_opt(obj, "labels", dict, {}, what), "labels", what),
+        pending=str_map(_opt(obj, "pending", dict, {}, what), "pending", what),
+        rejected=str_map(_opt(obj, "rejected", dict, {}, what), "rejected", what),
+        problems=[str(p) for p in _opt(obj, "problems", list, [], what)],
+        escalation_rate=_opt_number(obj, "escalation_rate", what),
+        drift=_opt_number(obj, "drift", what),
+        p99_ms=_opt_number(obj, "p99_ms", what),
+        swaps=max(0, _opt(obj, "swaps", int, 0, what)),
+        mesh_version=_opt(obj, "mesh_version", str, "", what),
+    )
+
+
+def _opt(obj: dict[str, Any], key: str, kind: type, default: Any, what: str) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidArgumentError(f"{what} {key} must be {kind.__name__}")
+    return value
+
+
+def _opt_number(obj: dict[str, Any], key: str, what: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} {key} must be a number")
+    return finite(value, key, what)
+
+
+# --- node events ---------------------------------------------------------------------------
+
+#: what a node's agent did with a version: ``swapped`` (serving it now), ``rejected`` (refused:
+#: signature, bytes, manifest or device gate), ``restored`` (loaded from its cache at start).
+NODE_EVENTS = ("swapped", "rejected", "restored")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """What a node's fleet agent did (``schemas/node-event.schema.json``)."""
+
+    node: str
+    tier: str
+    event: str
+    model: str
+    version: str
+    #: the version served before (``swapped``), else None.
+    previous: str | None
+    #: why, in words (for ``rejected`` the check that failed).
+    reason: str
+    time: float
+
+
+def encode_node_event(event: NodeEvent) -> bytes:
+    if event.event not in NODE_EVENTS:
+        raise InvalidArgumentError(f"node event {event.event!r} is not one of {NODE_EVENTS}")
+    return packb(
+        {
+            "v": VERSION,
+            "kind": "node_event",
+            "node": event.node,
+            "tier": event.tier,
+            "event": event.event,
+            "model": event.model,
+            "version": event.version,
+            "previous": event.previous,
+            "reason": event.reason,
+            "time": float(event.time),
+        }
+    )
+
+
+def decode_node_event(data: bytes) -> NodeEvent:
+    what = "node event"
+    obj = unpack_map(data, what)
+    require_kind(obj, "node_event", what)
+    event = require(obj, "event", str, what)
+    if event not in NODE_EVENTS:
+        raise InvalidArgumentError(f"{what} event {event!r} is not one of {NODE_EVENTS}")
+    previous = obj.get("previous")
+    return NodeEvent(
+        node=require(obj, "node", str, what),
+        tier=require(obj, "tier", str, what),
+        event=event,
+        model=require(obj, "model", str, what),
+        version=require(obj, "version", str, what),
+        previous=previous if isinstance(previous, str) else None,
+        reason=require(obj, "reason", str, what),
         time=finite(require(obj, "time", (int, float), what), "time", what),
     )
 
@@ -262,12 +383,15 @@ def decode_drift_event(data: bytes) -> DriftEvent:
 __all__ = [
     "DriftEvent",
     "HardExample",
+    "NodeEvent",
     "NodeStatus",
     "RecordedAnswer",
     "decode_drift_event",
     "decode_hard_example",
+    "decode_node_event",
     "decode_node_status",
     "encode_drift_event",
     "encode_hard_example",
+    "encode_node_event",
     "encode_node_status",
 ]

@@ -1,0 +1,394 @@
+"""``mesh keys``, ``mesh models sign|push|list`` and ``mesh fleet init|assign|status``.
+
+The registry lives in the hub's JetStream domain; these commands reach it from any server of
+the fleet (``--domain`` names it) with the credentials given. Writing it (push, assign) needs the
+controller's or the administrator's identity; reading it (list, status), the console's too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mesh.errors import InvalidArgumentError, NotFoundError
+
+_T = TypeVar("_T")
+
+servers_option = click.option(
+    "--servers",
+    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
+    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+    help="A NATS server of the fleet (the hub's or a site's).",
+)
+creds_option = click.option(
+    "--creds",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=lambda: os.environ.get("MESH_CREDS") or None,
+    show_default="$MESH_CREDS",
+    help="NATS credentials (.creds) of an identity allowed to do this.",
+)
+domain_option = click.option(
+    "--domain", default="hub", show_default=True, help="JetStream domain of the registry."
+)
+
+
+def signature_path_for(manifest: Path) -> Path:
+    """Where ``mesh models sign`` writes a manifest's signature: beside it, ``.sig``."""
+    return manifest.with_suffix(".sig")
+
+
+@asynccontextmanager
+async def _connect(servers: str, creds: Path | None) -> AsyncIterator[Any]:
+    import nats
+
+    from mesh.security.creds import inbox_prefix_of
+
+    options: dict[str, Any] = {"servers": [s.strip() for s in servers.split(",")]}
+    if creds is not None:
+        options["user_credentials"] = str(creds)
+        prefix = await asyncio.to_thread(inbox_prefix_of, creds)
+        if prefix:
+            options["inbox_prefix"] = prefix
+    try:
+        nc = await nats.connect(**options, connect_timeout=5, max_reconnect_attempts=0)
+    except Exception as exc:
+        from mesh.errors import UnavailableError
+
+        raise UnavailableError(f"cannot connect to {servers}: {exc!r}") from None
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+def _run(coro: Callable[[], Awaitable[_T]]) -> _T:
+    async def main() -> _T:
+        return await coro()
+
+    return asyncio.run(main())
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+@click.group()
+def keys() -> None:
+    """Signing keys for model artifacts."""
+
+
+@keys.command("generate")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def keys_generate(path: Path) -> None:
+    """Write a new ed25519 signing key to PATH (mode 0600) and its public key to PATH.pub.
+
+    Give the public key (printed) to the nodes as fleet.trusted_keys."""
+    from mesh.fleet.signing import SigningKey
+
+    if path.exists():
+        raise InvalidArgumentError(f"{path} exists: refusing to overwrite a signing key")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    pub = key.save(path)
+    click.echo(f"signing key {path}, public key {pub}", err=True)
+    click.echo(key.public)
+
+
+# --- models sign / push / list --------------------------------------------------------------
+
+
+@click.command("sign")
+@click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True,
+    help="Signing key from mesh keys generate.",
+)  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: MANIFEST.sig")
+def models_sign(manifest: Path, key_path: Path, out: Path | None) -> None:
+    """Sign a manifest and its artifact (sha256 of the bytes plus the whole manifest)."""
+    from mesh.fleet.signing import SigningKey, sign
+    from mesh.models.manifest import load_manifest, sha256_of, verify_artifact
+
+    parsed = load_manifest(manifest)
+    artifact = verify_artifact(parsed, manifest)
+    signature = sign(
+        SigningKey.load(key_path), json.loads(manifest.read_text("utf-8")), sha256_of(artifact)
+    )
+    target = out or signature_path_for(manifest)
+    target.write_bytes(signature.to_json() + b"\n")
+    click.echo(f"signed {signature.model}@{signature.version} with {signature.key}: {target}")
+
+
+@click.command("push")
+@click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--signature", "signature_path", type=click.Path(path_type=Path, exists=True), default=None,
+    help="Signature from mesh models sign (default: MANIFEST.sig).",
+)  # fmt: skip
+@click.option(
+    "--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+    help="Held-out .npz (x, y): the evidence gate checks accuracy too, not only the budget.",
+)  # fmt: skip
+@click.option("--runs", default=200, show_default=True, help="Single-row runs of the gate.")
+@servers_option
+@creds_option
+@domain_option
+def models_push(
+    manifest: Path,
+    signature_path: Path | None,
+    data: Path | None,
+    runs: int,
+    servers: str,
+    creds: Path | None,
+    domain: str,
+) -> None:
+    """Upload a signed version (artifact, manifest, signature) to the fleet's registry.
+
+    Refused (exit 2) when the signature does not verify or the model fails its own evidence
+    gate, measured here: latency and memory against the manifest's budget, and accuracy on
+    --data when given."""
+    from mesh.fleet import registry
+    from mesh.fleet.signing import SignatureError, verify
+    from mesh.models.manifest import load_manifest, verify_artifact
+    from mesh.models.validate import validate_model
+
+    parsed = load_manifest(manifest)
+    onnx_path = verify_artifact(parsed, manifest)
+    sig_path = signature_path or signature_path_for(manifest)
+    if not sig_path.is_file():
+        raise SignatureError(
+            f"{parsed.name}@{parsed.version} is not signed: no {sig_path} "
+            "(mesh models sign MANIFEST --key KEY)"
+        )
+    artifact = registry.Artifact(
+        onnx=onnx_path.read_bytes(),
+        manifest_bytes=manifest.read_bytes(),
+        signature_bytes=sig_path.read_bytes(),
+    )
+    verify(artifact.signature, artifact.manifest, artifact.onnx, None)
+    report = validate_model(manifest, data, runs=runs)
+    click.echo(f"evidence gate: {report.summary()}", err=True)
+    report.raise_if_failed()
+
+    async def go() -> str:
+        async with _connect(servers, creds) as nc:
+            return await registry.push(nc.jetstream(domain=domain), artifact)
+
+    pushed = _run(go)
+    click.echo(
+        f"pushed {pushed} ({len(artifact.onnx)} bytes, sha256 {artifact.signature.sha256}, "
+        f"signed by {artifact.signature.key})"
+    )
+
+
+@click.command("list")
+@servers_option
+@creds_option
+@domain_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON list instead of a table.")
+def models_list(servers: str, creds: Path | None, domain: str, as_json: bool) -> None:
+    """Versions in the registry: size, sha256, signer and what their gate holds them to."""
+    from dataclasses import asdict
+
+    from mesh.fleet import registry
+
+    async def go() -> list[registry.VersionInfo]:
+        async with _connect(servers, creds) as nc:
+            return await registry.list_versions(nc.jetstream(domain=domain))
+
+    versions = _run(go)
+    if as_json:
+        click.echo(json.dumps([asdict(v) for v in versions], indent=1))
+        return
+    click.echo(f"{'MODEL':<12} {'VERSION':<10} {'SIZE':>9} {'SHA256':<14} {'TIER':<8} GATE  SIGNER")
+    for v in versions:
+        gate = (
+            f"p99<={v.profile.get('latency_p99_ms')}ms mem<={v.profile.get('memory_mb')}MB "
+            f"acc>={v.quality.get('min_accuracy')}"
+        )
+        click.echo(
+            f"{v.model:<12} {v.version:<10} {v.size:>9} {v.sha256[:12]:<14} {v.tier_hint:<8} "
+            f"{gate}  {v.signer[:20]}..."
+        )
+
+
+# --- fleet ----------------------------------------------------------------------------------
+
+
+@click.group()
+def fleet() -> None:
+    """The fleet's registry, desired state and node status."""
+
+
+@fleet.command("init")
+@servers_option
+@creds_option
+@domain_option
+@click.option(
+    "--site", "sites", multiple=True,
+    help="JetStream domain of a site (repeat): its mirrors and heartbeat bucket are made.",
+)  # fmt: skip
+def fleet_init(servers: str, creds: Path | None, domain: str, sites: tuple[str, ...]) -> None:
+    """Create the registry's buckets in the hub domain and each site's (administrator)."""
+    from mesh.fleet import registry
+
+    async def go() -> None:
+        async with _connect(servers, creds) as nc:
+            hub = nc.jetstream(domain=domain)
+            await registry.ensure_hub(hub)
+            await registry.ensure_domain(hub, hub, domain, domain)
+            for site in sites:
+                await registry.ensure_domain(nc.jetstream(domain=site), hub, site, domain)
+
+    _run(go)
+    click.echo(f"fleet registry ready in domain {domain}; sites: {', '.join(sites) or 'none'}")
+
+
+@fleet.command("assign")
+@click.argument("model")
+@click.argument("version")
+@click.option(
+    "--selector", "selectors", multiple=True, default=("all",), show_default=True,
+    help="Which nodes: tier=edge, site=NAME, node=NAME, label.K=V (repeat or comma-join; all "
+    "must match).",
+)  # fmt: skip
+@servers_option
+@creds_option
+@domain_option
+def fleet_assign(
+    model: str,
+    version: str,
+    selectors: tuple[str, ...],
+    servers: str,
+    creds: Path | None,
+    domain: str,
+) -> None:
+    """Make VERSION the version of MODEL that the selected nodes serve.
+
+    Refused (exit 2) when the version is not in the registry or the selector matches no node
+    the fleet has seen."""
+    from mesh.fleet import registry
+    from mesh.fleet.desired import DesiredState, Selector
+    from mesh.wire import NodeStatus
+
+    selector = Selector.parse(selectors)
+
+    async def go() -> list[str]:
+        async with _connect(servers, creds) as nc:
+            js = nc.jetstream(domain=domain)
+            if not await registry.has_version(js, model, version):
+                raise NotFoundError(
+                    f"{model}@{version} is not in the registry (mesh models push it first)"
+                )
+            beats = await registry.read_heartbeats(js)
+            known = [b for b in beats.values() if isinstance(b, NodeStatus)]
+            matched = [
+                b.node for b in known if selector.matches(b.tier, b.site or "", b.node, b.labels)
+            ]
+            if not matched:
+                raise InvalidArgumentError(
+                    f"selector {selector.key} matches none of the {len(known)} nodes the fleet "
+                    f"has seen ({', '.join(sorted(b.node for b in known)) or 'none'})"
+                )
+            state = DesiredState(
+                model=model, version=version, selector=selector, time=time.time(),
+                by=str(creds.stem) if creds else "",
+            )  # fmt: skip
+            await registry.assign(js, state)
+            return sorted(matched)
+
+    matched = _run(go)
+    click.echo(
+        f"assigned {model}@{version} to {selector.key} ({len(matched)} nodes: {', '.join(matched)})"
+    )
+
+
+def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> list[dict[str, Any]]:
+    """The rows of ``mesh fleet status --json``: one per node, offline ones included."""
+    from mesh.wire import NodeStatus
+
+    rows: list[dict[str, Any]] = []
+    for name, beat in sorted(beats.items()):
+        if not isinstance(beat, NodeStatus):
+            rows.append({"node": name, "online": False, "error": str(beat)})
+            continue
+        age = max(0.0, now - beat.time)
+        stopped = "stopped" in beat.problems
+        rows.append(
+            {
+                "node": beat.node,
+                "tier": beat.tier,
+                "site": beat.site,
+                "zone": beat.zone,
+                "labels": beat.labels,
+                "online": age <= offline_after_s and not stopped,
+                "last_seen_s": round(age, 3),
+                "ready": beat.ready and not stopped,
+                "models": beat.models,
+                "pending": beat.pending,
+                "rejected": beat.rejected,
+                "problems": beat.problems,
+                "breakers": beat.breakers,
+                "backlog": beat.backlog,
+                "escalation_rate": beat.escalation_rate,
+                "drift": beat.drift,
+                "p99_ms": beat.p99_ms,
+                "swaps": beat.swaps,
+                "mesh_version": beat.mesh_version,
+            }
+        )
+    return rows
+
+
+@fleet.command("status")
+@servers_option
+@creds_option
+@domain_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of nodes, for scripts.")
+@click.option(
+    "--offline-after", default=10.0, show_default=True,
+    help="Seconds without a heartbeat after which a node counts as offline.",
+)  # fmt: skip
+def fleet_status(
+    servers: str, creds: Path | None, domain: str, as_json: bool, offline_after: float
+) -> None:
+    """Every node the fleet has seen: where it is, what it serves, how it is doing."""
+    from mesh.fleet import registry
+
+    async def go() -> dict[str, Any]:
+        async with _connect(servers, creds) as nc:
+            return dict(await registry.read_heartbeats(nc.jetstream(domain=domain)))
+
+    rows = status_rows(_run(go), time.time(), offline_after)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(
+        f"{'NODE':<14} {'TIER':<8} {'SITE':<10} {'STATE':<8} {'SEEN':>7} {'ESC':>5} "
+        f"{'P99MS':>6} MODELS"
+    )
+    for r in rows:
+        if "error" in r:
+            click.echo(f"{r['node']:<14} unreadable heartbeat: {r['error']}")
+            continue
+        state = "online" if r["online"] else "offline"
+        esc = "-" if r["escalation_rate"] is None else f"{r['escalation_rate']:.2f}"
+        p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:g}"
+        models = ", ".join(f"{k}@{v}" for k, v in sorted(r["models"].items()))
+        if r["pending"]:
+            models += " (taking " + ", ".join(f"{k}@{v}" for k, v in r["pending"].items()) + ")"
+        click.echo(
+            f"{r['node']:<14} {r['tier']:<8} {r['site']:<10} {state:<8} "
+            f"{r['last_seen_s']:>6.1f}s {esc:>5} {p99:>6} {models}"
+        )
+        for version, reason in r["rejected"].items():
+            click.echo(f"{'':<14} rejected {version}: {reason}")
+    sys.stdout.flush()

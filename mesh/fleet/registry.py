@@ -1,0 +1,377 @@
+"""The fleet's registry on JetStream: model artifacts, desired state and heartbeats.
+
+Layout (the README's "Fleet" section draws it):
+
+- hub domain: Object Store ``MESH_MODELS`` holding ``<model>/<version>/onnx``, ``.../manifest``
+  and ``.../signature``; KV ``MESH_FLEET_DESIRED`` (``<model>.<selector>`` to an assignment);
+  KV ``MESH_FLEET_NODES`` (node name to its latest heartbeats), which *sources* the heartbeat
+  bucket of every domain through a subject transform.
+- every domain (the hub's and each site's): KV ``MESH_NODES_<DOMAIN>`` where that domain's nodes
+  write their heartbeats, so a site cut off from the hub keeps them and the hub takes them in
+  when the link returns.
+- every site domain: mirrors of ``MESH_MODELS`` and ``MESH_FLEET_DESIRED``, so the site's nodes
+  watch and fetch from their own server while the hub is out of reach.
+
+Versions are immutable: pushing a version that exists with other bytes is refused. Nothing here
+decides anything; the agent and the CLI do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from nats.js.kv import KeyValue
+
+from mesh.errors import InvalidArgumentError, UnavailableError
+from mesh.errors import NotFoundError as MeshNotFound
+from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, encode_desired
+from mesh.fleet.signing import ArtifactSignature
+from mesh.security.permissions import DESIRED_BUCKET, MODEL_STORE, NODES_BUCKET
+from mesh.subjects import check_token
+from mesh.wire import NodeStatus, decode_node_status
+
+HUB_DOMAIN = "hub"
+#: parts of one version in the object store.
+PARTS = ("onnx", "manifest", "signature")
+#: heartbeats kept per node (in each domain's bucket and in the hub's).
+HEARTBEAT_HISTORY = 64
+DESIRED_HISTORY = 8
+#: largest artifact a node fetches, by default.
+MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+
+
+def nodes_bucket(domain: str) -> str:
+    """The heartbeat bucket of a JetStream domain: ``MESH_NODES_<DOMAIN>``."""
+    return "MESH_NODES_" + check_token(domain, "domain").upper().replace("-", "_")
+
+
+def object_name(model: str, version: str, part: str) -> str:
+    return f"{model}/{version}/{part}"
+
+
+def _mirror(name: str, hub_domain: str, history: int) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=name,
+        description=f"Mirror of {name} in the {hub_domain} domain, for this site's nodes",
+        mirror=api.StreamSource(
+            name=name, external=api.ExternalStream(api=f"$JS.{hub_domain}.API")
+        ),
+        max_msgs_per_subject=history,
+        discard=api.DiscardPolicy.OLD,
+    )
+
+
+async def _add_or_update(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        # 10058: a stream of that name exists with another configuration.
+        if exc.err_code != 10058:
+            raise
+        await js.update_stream(config)
+
+
+async def ensure_hub(js: JetStreamContext) -> None:
+    """Create the hub's buckets (idempotent; needs the administrator's rights)."""
+    try:
+        await js.object_store(MODEL_STORE)
+    except BucketNotFoundError:
+        await js.create_object_store(
+            MODEL_STORE, description="Signed model artifacts: <model>/<version>/<part>"
+        )
+    await js.create_key_value(
+        bucket=DESIRED_BUCKET,
+        history=DESIRED_HISTORY,
+        description="Desired state: <model>.<selector> to the version those nodes serve",
+    )
+    await js.create_key_value(
+        bucket=NODES_BUCKET,
+        history=HEARTBEAT_HISTORY,
+        description="Heartbeats of every node, sourced from each domain's MESH_NODES_<DOMAIN>",
+    )
+
+
+async def ensure_domain(
+    local: JetStreamContext, hub: JetStreamContext, domain: str, hub_domain: str = HUB_DOMAIN
+) -> None:
+    """Give ``domain`` its heartbeat bucket (and, for a site, the mirrors of the registry), and
+    have the hub's heartbeat bucket source it. Idempotent; needs the administrator's rights."""
+    bucket = nodes_bucket(domain)
+    await local.create_key_value(
+        bucket=bucket,
+        history=HEARTBEAT_HISTORY,
+        description=f"Heartbeats of the nodes in domain {domain}",
+    )
+    if domain != hub_domain:
+        await _add_or_update(local, _mirror(f"KV_{DESIRED_BUCKET}", hub_domain, DESIRED_HISTORY))
+        await _add_or_update(local, _mirror(f"OBJ_{MODEL_STORE}", hub_domain, 1))
+    info = await hub.stream_info(f"KV_{NODES_BUCKET}")
+    config = info.config
+    sources = list(config.sources or [])
+    if any(s.name == f"KV_{bucket}" for s in sources):
+        return
+    sources.append(
+        api.StreamSource(
+            name=f"KV_{bucket}",
+            external=None if domain == hub_domain else api.ExternalStream(api=f"$JS.{domain}.API"),
+            subject_transforms=[
+                api.SubjectTransform(src=f"$KV.{bucket}.>", dest=f"$KV.{NODES_BUCKET}.>")
+            ],
+        )
+    )
+    config.sources = sources
+    await hub.update_stream(config)
+
+
+# --- artifacts ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One version as stored: the ONNX bytes, the manifest (bytes and parsed) and signature."""
+
+    onnx: bytes
+    manifest_bytes: bytes
+    signature_bytes: bytes
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        try:
+            obj = json.loads(self.manifest_bytes)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArgumentError("the stored manifest is not JSON") from None
+        if not isinstance(obj, dict):
+            raise InvalidArgumentError("the stored manifest is not a JSON object")
+        return obj
+
+    @property
+    def signature(self) -> ArtifactSignature:
+        return ArtifactSignature.from_json(self.signature_bytes)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    version: str
+    size: int
+    sha256: str
+    signer: str
+    tier_hint: str
+    profile: dict[str, Any]
+    quality: dict[str, Any]
+
+
+async def _store(js: JetStreamContext) -> Any:
+    try:
+        return await js.object_store(MODEL_STORE)
+    except BucketNotFoundError:
+        raise MeshNotFound(
+            f"no model store {MODEL_STORE} in this JetStream domain: run mesh fleet init"
+        ) from None
+
+
+async def push(js: JetStreamContext, artifact: Artifact) -> str:
+    """Store a signed version (already verified by the caller); returns ``model@version``.
+
+    The parts go in the order onnx, manifest, signature: a version counts as present once its
+    signature is, and a node fetches only versions someone assigned after that."""
+    manifest = artifact.manifest
+    model, version = str(manifest.get("name")), str(manifest.get("version"))
+    store = await _store(js)
+    try:
+        existing = await store.get(object_name(model, version, "signature"))
+    except NotFoundError:
+        existing = None
+    if existing is not None:
+        if existing.data == artifact.signature_bytes:
+            return f"{model}@{version}"
+        raise InvalidArgumentError(
+            f"{model}@{version} is already in the registry with other bytes: versions are "
+            "immutable, push it under a new version"
+        )
+    for part, data in zip(
+        PARTS, (artifact.onnx, artifact.manifest_bytes, artifact.signature_bytes), strict=True
+    ):
+        await store.put(object_name(model, version, part), data)
+    return f"{model}@{version}"
+
+
+async def list_versions(js: JetStreamContext) -> list[VersionInfo]:
+    store = await _store(js)
+    try:
+        infos = await store.list(ignore_deletes=True)
+    except NotFoundError:
+        return []
+    names = {i.name for i in infos if i.name}
+    sizes = {i.name: i.size or 0 for i in infos if i.name}
+    out: list[VersionInfo] = []
+    for name in sorted(names):
+        model, _, rest = name.partition("/")
+        version, _, part = rest.partition("/")
+        if part != "signature" or object_name(model, version, "manifest") not in names:
+            continue
+        manifest = json.loads((await store.get(object_name(model, version, "manifest"))).data)
+        signature = ArtifactSignature.from_json((await store.get(name)).data)
+        out.append(
+            VersionInfo(
+                model=model,
+                version=version,
+                size=sizes.get(object_name(model, version, "onnx"), 0),
+                sha256=signature.sha256,
+                signer=signature.key,
+                tier_hint=str(manifest.get("tier_hint", "")),
+                profile=dict(manifest.get("profile") or {}),
+                quality=dict(manifest.get("quality") or {}),
+            )
+        )
+    return out
+
+
+async def has_version(js: JetStreamContext, model: str, version: str) -> bool:
+    try:
+        await read_object(js, object_name(model, version, "signature"), max_bytes=1 << 20)
+    except MeshNotFound:
+        return False
+    return True
+
+
+async def read_object(
+    js: JetStreamContext, name: str, *, max_bytes: int = MAX_ARTIFACT_BYTES, timeout: float = 30.0
+) -> bytes:
+    """One object's bytes, checked against its size and digest.
+
+    Written here rather than taken from nats-py's ``ObjectStore.get``: that looks its stream up
+    by subject, which a mirror (a site's copy of the store) does not have, and it buffers an
+    object of any size. Raises ``NotFoundError`` (missing), ``InvalidArgumentError`` (too big,
+    truncated or corrupt meta) or ``UnavailableError`` (no answer in ``timeout``)."""
+    stream = f"OBJ_{MODEL_STORE}"
+    meta_subject = f"$O.{MODEL_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                msg = await js.get_last_msg(stream, meta_subject)
+            except NotFoundError:
+                raise MeshNotFound(f"object {name} is not in {MODEL_STORE}") from None
+            try:
+                info = api.ObjectInfo.from_response(json.loads(msg.data or b""))
+            except Exception:  # nats-py raises assorted types on a malformed meta record
+                raise InvalidArgumentError(f"object {name} has malformed meta") from None
+            if info.deleted:
+                raise MeshNotFound(f"object {name} was deleted from {MODEL_STORE}")
+            size = int(info.size or 0)
+            if size > max_bytes:
+                raise InvalidArgumentError(
+                    f"object {name} is {size} bytes, over the limit of {max_bytes}"
+                )
+            if size == 0:
+                return b""
+            return await _read_chunks(js, stream, name, info, size)
+    except TimeoutError:
+        raise UnavailableError(f"object {name} not read within {timeout:.0f} s") from None
+    except (NatsTimeoutError, ServiceUnavailableError) as exc:
+        raise UnavailableError(f"object {name}: JetStream did not answer ({exc!r})") from None
+
+
+async def _read_chunks(
+    js: JetStreamContext, stream: str, name: str, info: api.ObjectInfo, size: int
+) -> bytes:
+    import hashlib
+
+    chunk_subject = f"$O.{MODEL_STORE}.C.{info.nuid}"
+    sub = await js.subscribe(chunk_subject, stream=stream, ordered_consumer=True)
+    data = bytearray()
+    try:
+        async for msg in sub.messages:
+            data += msg.data
+            if len(data) > size:
+                break
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    expected = (info.digest or "").replace("sha-256=", "SHA-256=")
+    if len(data) != size or digest.rstrip("=") != expected.rstrip("="):
+        raise InvalidArgumentError(
+            f"object {name} is truncated or corrupt: {len(data)} of {size} bytes, "
+            "digest does not match its meta"
+        )
+    return bytes(data)
+
+
+async def fetch(
+    js: JetStreamContext, model: str, version: str, *, max_bytes: int = MAX_ARTIFACT_BYTES
+) -> Artifact:
+    """The three parts of ``model@version`` from the store of ``js``'s domain."""
+    parts = [
+        await read_object(js, object_name(model, version, part), max_bytes=max_bytes)
+        for part in ("signature", "manifest", "onnx")
+    ]
+    return Artifact(onnx=parts[2], manifest_bytes=parts[1], signature_bytes=parts[0])
+
+
+# --- desired state and heartbeats -----------------------------------------------------------
+
+
+async def desired_bucket(js: JetStreamContext) -> KeyValue:
+    try:
+        return await js.key_value(DESIRED_BUCKET)
+    except BucketNotFoundError:
+        raise MeshNotFound(
+            f"no desired-state bucket {DESIRED_BUCKET} in this domain: run mesh fleet init"
+        ) from None
+
+
+async def assign(js: JetStreamContext, state: DesiredState) -> int:
+    kv = await desired_bucket(js)
+    return int(await kv.put(state.key, encode_desired(state)))
+
+
+async def read_desired(js: JetStreamContext) -> list[Revisioned]:
+    kv = await desired_bucket(js)
+    out: list[Revisioned] = []
+    async for entry in _latest(kv):
+        try:
+            out.append(Revisioned(decode_desired(entry.value or b""), int(entry.revision or 0)))
+        except InvalidArgumentError:
+            continue
+    return out
+
+
+async def read_heartbeats(js: JetStreamContext) -> dict[str, NodeStatus | str]:
+    """Node name to its latest heartbeat, or to why it could not be read."""
+    try:
+        kv = await js.key_value(NODES_BUCKET)
+    except BucketNotFoundError:
+        raise MeshNotFound(f"no heartbeat bucket {NODES_BUCKET}: run mesh fleet init") from None
+    out: dict[str, NodeStatus | str] = {}
+    async for entry in _latest(kv):
+        try:
+            out[entry.key] = decode_node_status(entry.value or b"")
+        except InvalidArgumentError as exc:
+            out[entry.key] = exc.message
+    return out
+
+
+async def _latest(kv: KeyValue) -> AsyncIterator[KeyValue.Entry]:
+    watcher = await kv.watchall(ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            yield entry
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
