@@ -63,6 +63,8 @@ SIGNATURE_FILE = "signature.json"
 #: runs of the latency gate between two yields to the event loop (it runs on the loop: a
 #: worker thread would time the wait for the GIL under load, not the model).
 _GATE_CHUNK = 10
+#: latency measurements before a version is judged over budget (the best one counts).
+GATE_ATTEMPTS = 3
 
 
 class Swappable(Protocol):
@@ -301,7 +303,7 @@ class FleetAgent(Service):
         self.state.pending[model] = version
         try:
             artifact = await self._fetch(model, version)
-            manifest = self._check(artifact, model, version)
+            manifest = await asyncio.to_thread(self._check, artifact, model, version)
             manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
             await self._gate(manifest, manifest_path)
             settings = settings_for(self._node.model_settings(model), model, manifest_path)
@@ -312,6 +314,7 @@ class FleetAgent(Service):
             await self._reject(model, version, exc.message)
             return False
         except Exception as exc:  # a model that crashes ONNX Runtime at load, for one
+            log.warning("taking %s@%s failed unexpectedly", model, version, exc_info=True)
             await self._reject(model, version, f"{type(exc).__name__}: {exc}")
             return False
         finally:
@@ -360,26 +363,36 @@ class FleetAgent(Service):
         return manifest
 
     async def _gate(self, manifest: ModelManifest, manifest_path: Path) -> None:
-        """The device gate: latency and memory here, against the manifest's budget."""
+        """The device gate: latency and memory here, against the manifest's budget.
+
+        A device serving traffic is a noisy place to time a model: one burst can push a p99
+        over budget. The latency is measured up to ``GATE_ATTEMPTS`` times, a moment apart, and
+        the best p99 judged, so a version fails only when it is over budget every time."""
         artifact_path = manifest_path.parent / manifest.artifact
-        process = psutil.Process()
-        before = process.memory_info().rss
+        before = await asyncio.to_thread(_rss)
         session = await asyncio.to_thread(open_session, artifact_path)
+        after = await asyncio.to_thread(_rss)
+        memory_mb = max(0.0, (after - before) / (1024 * 1024))
         rows = synthetic_rows(manifest, self.settings.gate_runs)
         feed = manifest.inputs[0].name
         output = manifest.scored_output
         for i in range(min(10, len(rows))):
             session.run([output], {feed: rows[i : i + 1]})
-        timings = np.empty(len(rows))
-        for start in range(0, len(rows), _GATE_CHUNK):
-            for i in range(start, min(start + _GATE_CHUNK, len(rows))):
-                t0 = time.perf_counter()
-                session.run([output], {feed: rows[i : i + 1]})
-                timings[i] = time.perf_counter() - t0
-            await asyncio.sleep(0)
-        memory_mb = max(0.0, (process.memory_info().rss - before) / (1024 * 1024))
+        p99 = float("inf")
+        for attempt in range(GATE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(0.5)
+            timings = np.empty(len(rows))
+            for start in range(0, len(rows), _GATE_CHUNK):
+                for i in range(start, min(start + _GATE_CHUNK, len(rows))):
+                    t0 = time.perf_counter()
+                    session.run([output], {feed: rows[i : i + 1]})
+                    timings[i] = time.perf_counter() - t0
+                await asyncio.sleep(0)
+            p99 = min(p99, float(np.percentile(timings, 99) * 1e3))
+            if p99 <= manifest.profile.latency_p99_ms:
+                break
         del session
-        p99 = float(np.percentile(timings, 99) * 1e3)
         failures = judge(p99, memory_mb, None, manifest.profile, manifest.quality)
         if failures:
             raise InvalidArgumentError("fails the device gate: " + "; ".join(failures))
@@ -477,6 +490,11 @@ class FleetAgent(Service):
         )
         subject = f"$KV.{nodes_bucket(self.settings.domain)}.{self.name}"
         await self._js.publish(subject, encode_node_status(status), timeout=2.0)
+
+
+def _rss() -> int:
+    rss: int = psutil.Process().memory_info().rss
+    return rss
 
 
 def _shapes(manifest: ModelManifest) -> list[tuple[str, list[int | None]]]:

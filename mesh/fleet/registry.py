@@ -35,7 +35,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from mesh.errors import InvalidArgumentError, UnavailableError
+from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.errors import NotFoundError as MeshNotFound
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, encode_desired
 from mesh.fleet.signing import ArtifactSignature
@@ -192,11 +192,11 @@ async def push(js: JetStreamContext, artifact: Artifact) -> str:
     model, version = str(manifest.get("name")), str(manifest.get("version"))
     store = await _store(js)
     try:
-        existing = await store.get(object_name(model, version, "signature"))
-    except NotFoundError:
+        existing: bytes | None = await read_object(js, object_name(model, version, "signature"))
+    except MeshNotFound:
         existing = None
     if existing is not None:
-        if existing.data == artifact.signature_bytes:
+        if existing == artifact.signature_bytes:
             return f"{model}@{version}"
         raise InvalidArgumentError(
             f"{model}@{version} is already in the registry with other bytes: versions are "
@@ -210,26 +210,25 @@ async def push(js: JetStreamContext, artifact: Artifact) -> str:
 
 
 async def list_versions(js: JetStreamContext) -> list[VersionInfo]:
-    store = await _store(js)
-    try:
-        infos = await store.list(ignore_deletes=True)
-    except NotFoundError:
-        return []
-    names = {i.name for i in infos if i.name}
-    sizes = {i.name: i.size or 0 for i in infos if i.name}
+    metas = await _object_metas(js)
+    names = {name for name, info in metas.items() if not info.deleted}
     out: list[VersionInfo] = []
     for name in sorted(names):
         model, _, rest = name.partition("/")
         version, _, part = rest.partition("/")
         if part != "signature" or object_name(model, version, "manifest") not in names:
             continue
-        manifest = json.loads((await store.get(object_name(model, version, "manifest"))).data)
-        signature = ArtifactSignature.from_json((await store.get(name)).data)
+        try:
+            manifest = json.loads(await read_object(js, object_name(model, version, "manifest")))
+            signature = ArtifactSignature.from_json(await read_object(js, name))
+        except (ValueError, MeshError):
+            continue  # a broken version is not listed; fetching it names what is wrong
+        onnx = metas.get(object_name(model, version, "onnx"))
         out.append(
             VersionInfo(
                 model=model,
                 version=version,
-                size=sizes.get(object_name(model, version, "onnx"), 0),
+                size=int(onnx.size or 0) if onnx is not None else 0,
                 sha256=signature.sha256,
                 signer=signature.key,
                 tier_hint=str(manifest.get("tier_hint", "")),
@@ -238,6 +237,39 @@ async def list_versions(js: JetStreamContext) -> list[VersionInfo]:
             )
         )
     return out
+
+
+async def _object_metas(js: JetStreamContext) -> dict[str, api.ObjectInfo]:
+    """The meta record of every object, by name. Like ``read_object``, with the stream named,
+    so that it works on a mirror and with the rights of a reader of this one stream."""
+    stream = f"OBJ_{MODEL_STORE}"
+    await _store(js)
+    info = await js.stream_info(stream)
+    if not info.state.messages:
+        return {}
+    sub = await js.subscribe(
+        f"$O.{MODEL_STORE}.M.>",
+        stream=stream,
+        ordered_consumer=True,
+        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT),
+    )
+    metas: dict[str, api.ObjectInfo] = {}
+    try:
+        async with asyncio.timeout(30):
+            async for msg in sub.messages:
+                try:
+                    meta = api.ObjectInfo.from_response(json.loads(msg.data))
+                except Exception:  # malformed meta: skipped, as nats-py's own listing would
+                    meta = None
+                if meta is not None and meta.name:
+                    metas[meta.name] = meta
+                if msg.metadata.num_pending == 0:
+                    break
+    except TimeoutError:
+        raise UnavailableError("listing the model store took over 30 s") from None
+    finally:
+        await sub.unsubscribe()
+    return metas
 
 
 async def has_version(js: JetStreamContext, model: str, version: str) -> bool:

@@ -219,3 +219,21 @@ def verify_artifact(manifest: ModelManifest, manifest_path: Path | str) -> Path:
             "the file is corrupt or belongs to another version"
         )
     return path
+
+
+def copy_as_version(manifest_path: Path | str, version: str, out_dir: Path | str) -> Path:
+    """Copy a manifest and its artifact into ``out_dir`` as version ``version`` (a release of
+    the same bytes under a new version, or a start for a changed one); returns the new
+    manifest's path. Blocking."""
+    import shutil
+
+    source = load_manifest(manifest_path)
+    artifact = verify_artifact(source, manifest_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / artifact.name
+    shutil.copyfile(artifact, target)
+    manifest = source.model_copy(update={"version": version, "artifact": artifact.name})
+    path = out / f"{source.name}-{version}{MANIFEST_SUFFIX}"
+    save_manifest(manifest, path)
+    return path
