@@ -21,7 +21,6 @@ import pytest
 from mesh.client import MeshClient
 from mesh.errors import MeshError
 from mesh.fleet import registry
-from mesh.fleet.desired import DesiredState, Selector
 from mesh.fleet.signing import SigningKey, sign
 from mesh.models.demo import DemoArtifacts
 from mesh.models.manifest import copy_as_version, load_manifest, sha256_of, verify_artifact
@@ -248,7 +247,7 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
         str(controller),
     )
     assert "pushed digits@2-edge" in out, out + err
-    code, out, _ = await fleet.mesh(
+    _, out, _ = await fleet.mesh(
         "models", "list", "--json", "--servers", hub, "--creds", str(controller)
     )
     listed = json.loads(out)
