@@ -209,8 +209,8 @@ def verify(
     actual = hashlib.sha256(artifact).hexdigest()
     if actual != signature.sha256.lower():
         raise SignatureError(
-            f"artifact of {model}@{version} has sha256 {actual}, its signature covers "
-            f"{signature.sha256}: the bytes were changed or truncated"
+            f"artifact of {model}@{version} has sha256 {actual[:16]}..., its signature covers "
+            f"{signature.sha256[:16]}...: the bytes were changed or truncated"
         )
     if str(manifest.get("sha256", "")).lower() != actual:
         raise SignatureError(

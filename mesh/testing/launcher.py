@@ -101,6 +101,9 @@ class MeshLayout:
     gateway_threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     models: dict[str, list[dict[str, Any]]] | None = None
+    #: run the fleet: registry buckets on the hub and the site, a signing key, and every node
+    #: with its agent (heartbeats, signed versions assigned with ``mesh fleet assign``).
+    fleet: bool = False
 
     def tiers(self) -> list[str]:
         if self.models is None:
@@ -134,6 +137,9 @@ class EmbeddedMesh:
         self.site = Site(self.work_dir / "nats", site_port=site_port)
         self.nodes: dict[str, NodeProcess] = {}
         self._stopping = False
+        #: the key the fleet's nodes trust (``layout.fleet``), made when the servers start.
+        self.signing_key_path = self.work_dir / "fleet" / "signing.key"
+        self.signing_public: str | None = None
 
     @property
     def site_url(self) -> str:
@@ -148,6 +154,39 @@ class EmbeddedMesh:
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
         await self.site.hub.start()
         await self.site.start(leaf_url)
+        if self.layout.fleet:
+            await self.start_fleet()
+
+    async def start_fleet(self) -> None:
+        """The registry's buckets in both domains, and the signing key nodes will trust."""
+        from mesh.fleet import registry
+        from mesh.fleet.signing import SigningKey
+
+        def make_key() -> str:
+            self.signing_key_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.signing_key_path.exists():
+                return SigningKey.load(self.signing_key_path).public
+            key = SigningKey.generate()
+            key.save(self.signing_key_path)
+            return key.public
+
+        self.signing_public = await asyncio.to_thread(make_key)
+        nc = await self.site.hub.connect(name="mesh-fleet-setup")
+        try:
+            hub = nc.jetstream(domain="hub")
+            await registry.ensure_hub(hub)
+            await registry.ensure_domain(hub, hub, "hub")
+            site = self.site.site_name
+            await registry.ensure_domain(nc.jetstream(domain=site), hub, site)
+        finally:
+            await nc.close()
+
+    async def controller_creds(self) -> Path:
+        """Credentials of the fleet's controller (push versions, assign them)."""
+        from mesh.security.identities import IdentitySpec
+        from mesh.security.permissions import Role
+
+        return await self.site.hub.issue(IdentitySpec("controller", Role.CONTROLLER))
 
     @property
     def app_creds(self) -> Path:
@@ -182,6 +221,18 @@ class EmbeddedMesh:
         extra = lay.extra.get(tier)
         extra = extra if isinstance(extra, dict) else None
         node = f"{tier}-{index}"
+        if lay.fleet:
+            assert self.signing_public is not None, "start the servers first"
+            domain = "hub" if tier == "cloud" else self.site.site_name
+            fleet = {
+                "enabled": True,
+                "domain": domain,
+                "site": domain,
+                "trusted_keys": [self.signing_public],
+                "cache_dir": str(self.work_dir / "fleet" / "cache" / node),
+                "heartbeat_s": 1.0,
+            }
+            extra = {**(extra or {}), "fleet": {**fleet, **(extra or {}).get("fleet", {})}}
         if lay.models is not None:
             upstream = self._upstream_of(tier)
             return tier_node_settings(

@@ -28,6 +28,7 @@ REPORT_KEYS = {
     "breaker_transitions",
     "hard_examples",
     "trace",
+    "fleet",
 }
 
 
@@ -83,3 +84,9 @@ def test_quick_demo_loses_nothing_through_the_outage_and_writes_a_full_report(
     tree = "\n".join(trace["tree"])
     for node in ("demo", "edge-", "gateway-0", "cloud-0"):
         assert f"[{node}" in tree
+    # The signed new edge version reached both edge nodes mid-run; the tampered one did not.
+    fleet = report["fleet"]
+    assert fleet["nodes"] == 4
+    assert fleet["swaps"] == 2
+    assert fleet["rejected"] == 2
+    assert "fleet: digits@2-edge" in proc.stdout and "swapped digits" in proc.stdout

@@ -4,7 +4,7 @@ as JSON (``mesh demo --report PATH``) whose keys other checks read, so they do n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from rich import box
@@ -91,6 +91,25 @@ class LinkOutage:
 
 
 @dataclass(frozen=True)
+class FleetSummary:
+    """What the fleet did during the run: nodes seen, versions swapped in, artifacts refused."""
+
+    nodes: int
+    swaps: int
+    rejected: int
+    #: one line per fleet event, in order (``edge-0 swapped digits 1-edge-int8 -> 2-edge``).
+    events: list[str] = field(default_factory=list)
+
+    def to_json(self) -> JsonObject:
+        return {
+            "nodes": self.nodes,
+            "swaps": self.swaps,
+            "rejected": self.rejected,
+            "events": list(self.events),
+        }
+
+
+@dataclass(frozen=True)
 class RunSettings:
     rate_per_s: float
     concurrency: int
@@ -163,6 +182,7 @@ class DemoReport:
     drain_s: float
     config: RunSettings
     trace: TraceSummary
+    fleet: FleetSummary = field(default_factory=lambda: FleetSummary(0, 0, 0))
 
     @property
     def passed(self) -> bool:
@@ -196,6 +216,7 @@ class DemoReport:
             "drain_s": self.drain_s,
             "config": self.config.to_json(),
             "trace": self.trace.to_json(),
+            "fleet": self.fleet.to_json(),
         }
 
 
@@ -210,6 +231,7 @@ def build_report(
     cloud_inputs: int,
     gateway_figures: dict[str, float],
     trace: TraceSummary,
+    fleet: FleetSummary | None = None,
 ) -> DemoReport:
     """The report of a finished run; ``gateway_figures`` are the gateway's counters, if scraped."""
     answered = max(tally.answered, 1)
@@ -273,6 +295,7 @@ def build_report(
             tracing=TRACING,
         ),
         trace=trace,
+        fleet=fleet or FleetSummary(0, 0, 0),
     )
 
 
@@ -346,6 +369,20 @@ def report_panel(report: DemoReport) -> Panel:
             f"   backlog peak {thousands(hard.backlog_peak)}{drained}",
         ),
     )
+
+    fleet = report.fleet
+    if fleet.nodes:
+        facts.add_row(
+            "fleet",
+            Text.assemble(
+                f"{fleet.nodes} nodes   version swaps ",
+                (str(fleet.swaps), "green" if fleet.swaps else "yellow"),
+                "   artifacts refused ",
+                (str(fleet.rejected), "yellow" if fleet.rejected else "green"),
+            ),
+        )
+        for line in fleet.events:
+            facts.add_row("", Text(line, style="dim"))
 
     parts: list[RenderableType] = [headline, Text(""), tiers, facts]
     trace = report.trace

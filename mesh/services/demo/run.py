@@ -31,7 +31,13 @@ from mesh import MeshClient, MeshError, subjects, tracing
 from mesh.models.demo import ensure_demo
 from mesh.models.validate import require_valid
 from mesh.services.demo.receiver import OtlpReceiver, SpanRecord
-from mesh.services.demo.report import DemoReport, TraceSummary, build_report, render_report
+from mesh.services.demo.report import (
+    DemoReport,
+    FleetSummary,
+    TraceSummary,
+    build_report,
+    render_report,
+)
 from mesh.services.demo.state import (
     EDGE_REPLICAS,
     GATEWAY,
@@ -84,6 +90,9 @@ class DemoRun:
         self.site_nc: NATS | None = None
         self.work_dir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
         self._event_sink: Callable[[str], None] = lambda line: None
+        self.fleet_events: list[str] = []
+        self.swaps = 0
+        self.rejected = 0
         self._seen: dict[str, int] = {}
         self._chain = "closed"
 
@@ -116,6 +125,7 @@ class DemoRun:
             "evidence gate passed: "
             + ", ".join(f"{r.version} p99 {r.latency_p99_ms:.2f} ms" for r in reports)
         )
+        self.demo = demo
         split = np.load(demo.test)
         self.x: np.ndarray = split["x"].astype(np.float32)
         self.y: np.ndarray = split["y"].astype(np.int64)
@@ -129,6 +139,7 @@ class DemoRun:
                 cloud_manifest=demo.cloud,
                 edge_replicas=EDGE_REPLICAS,
                 extra=DEMO_NODE_SETTINGS,
+                fleet=True,
             ),
             work_dir=self.work_dir,
             node_env={
@@ -158,6 +169,7 @@ class DemoRun:
         self.hub_nc = await self.mesh.site.hub.connect(name="mesh-demo-observer")
         assert self.mesh.site.leaf is not None
         self.site_nc = await self.mesh.site.leaf.connect(name="mesh-demo-observer-site")
+        await self.site_nc.subscribe("mesh.telemetry.>", cb=self._on_telemetry)
         await self._warm_up()
 
     async def _warm_up(self) -> None:
@@ -273,6 +285,79 @@ class DemoRun:
             self.view.link = "up"
             self.view.relinked_at_s = self.clock.now()
             self.event("site leaf server reconnected to the hub")
+
+    # -- the fleet -----------------------------------------------------------------------------
+
+    async def fleet_releases(self) -> None:
+        """Mid-run, a signed new edge version reaches the site; later a tampered one is refused."""
+        cfg = self.config
+        await asyncio.sleep(0.12 * cfg.duration_s)
+        await self.release("2-edge", "the float edge MLP, signed")
+        await asyncio.sleep(0.12 * cfg.duration_s)
+        await self.release("3-edge", "one byte changed after signing", tamper=True)
+
+    async def release(self, version: str, what: str, *, tamper: bool = False) -> None:
+        from mesh.fleet import registry
+        from mesh.fleet.desired import DesiredState, Selector
+        from mesh.fleet.signing import SigningKey, sign
+        from mesh.models.manifest import copy_as_version, sha256_of
+
+        assert self.mesh is not None and self.hub_nc is not None
+
+        def build() -> registry.Artifact:
+            assert self.mesh is not None
+            manifest = copy_as_version(
+                self.demo.edge, version, self.work_dir / "releases" / version
+            )
+            parsed = json.loads(manifest.read_text())
+            onnx = (manifest.parent / parsed["artifact"]).read_bytes()
+            key = SigningKey.load(self.mesh.signing_key_path)
+            signature = sign(key, parsed, sha256_of(manifest.parent / parsed["artifact"]))
+            if tamper:
+                onnx = onnx[:-1] + bytes([onnx[-1] ^ 1])
+            return registry.Artifact(onnx, manifest.read_bytes(), signature.to_json())
+
+        artifact = await asyncio.to_thread(build)
+        js = self.hub_nc.jetstream(domain="hub")
+        try:
+            await registry.push(js, artifact)
+            await registry.assign(
+                js,
+                DesiredState(MODEL, version, Selector(tier="edge"), time.time(), by="demo"),
+            )
+        except (MeshError, nats.errors.Error, nats.js.errors.Error) as exc:
+            self.event(f"[red]fleet: could not release {MODEL}@{version}[/]: {exc}")
+            return
+        self.event(f"[cyan]fleet[/]: {MODEL}@{version} ({what}) pushed and assigned to tier=edge")
+
+    async def _on_telemetry(self, msg: Any) -> None:
+        from mesh.wire import decode_node_event
+
+        try:
+            event = decode_node_event(msg.data)
+        except MeshError:
+            return  # drift events share the subject
+        if event.event == "swapped":
+            self.swaps += 1
+            line = f"{event.node} swapped {event.model} {event.previous} -> {event.version}"
+            self.event(f"[cyan]fleet[/]: {line}, no request dropped")
+        elif event.event == "rejected":
+            self.rejected += 1
+            line = f"{event.node} refused {event.model}@{event.version}: {event.reason}"
+            self.event(f"[yellow]fleet[/]: {line}")
+        else:
+            return
+        self.fleet_events.append(f"{self.clock.now():5.1f}s {line}")
+
+    async def fleet_summary(self) -> FleetSummary:
+        from mesh.fleet import registry
+
+        assert self.hub_nc is not None
+        try:
+            beats = await registry.read_heartbeats(self.hub_nc.jetstream(domain="hub"))
+        except (MeshError, nats.errors.Error, nats.js.errors.Error):
+            beats = {}
+        return FleetSummary(len(beats), self.swaps, self.rejected, list(self.fleet_events))
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -447,9 +532,11 @@ class DemoRun:
             display = asyncio.create_task(self.show(stop))
             poller = asyncio.create_task(self.poll_status())
             cut = asyncio.create_task(self.outage())
+            releases = asyncio.create_task(self.fleet_releases())
             try:
                 await self.drive()
                 await cut
+                await releases
                 run_s = self.clock.now()
                 waiting = self.view.backlog or self.view.delivered < self.tally.degraded
                 self.event(
@@ -463,6 +550,7 @@ class DemoRun:
             finally:
                 stop.set()
                 cut.cancel()
+                releases.cancel()
                 await display
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -475,6 +563,7 @@ class DemoRun:
                     metrics = await self.gateway_metrics(session)
                 await asyncio.sleep(0.5)
                 trace_id, spans = self.traced()
+                fleet = await self.fleet_summary()
             return build_report(
                 cfg,
                 self.tally,
@@ -485,6 +574,7 @@ class DemoRun:
                 cloud_inputs=unique,
                 gateway_figures=metrics,
                 trace=TraceSummary.of(trace_id, self.tally.traced_id, spans),
+                fleet=fleet,
             )
 
 
