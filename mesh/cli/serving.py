@@ -197,7 +197,7 @@ def up(
             for tier, served in models.items():
                 names = ", ".join(m["name"] for m in served)
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
-            return MeshLayout(models=models, edge_replicas=edge_replicas)
+            return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True)
         click.echo(f"demo models in {cache} (built on first run)", err=True)
         demo = await asyncio.to_thread(ensure_demo, cache)
         reports = await asyncio.to_thread(
@@ -210,6 +210,7 @@ def up(
             gateway_manifest=demo.gateway,
             cloud_manifest=demo.cloud,
             edge_replicas=edge_replicas,
+            fleet=True,
         )
 
     async def run() -> None:
@@ -228,6 +229,13 @@ def up(
             for name, proc in mesh.nodes.items():
                 click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
             click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
+            controller = await mesh.controller_creds()
+            click.echo(
+                f"fleet: sign with {mesh.signing_key_path}; push and assign on the hub with "
+                f"--servers {mesh.hub_url} --creds {controller}; "
+                f"mesh fleet status --servers {mesh.hub_url} --creds {controller}",
+                err=True,
+            )
             click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
             click.echo(f"MESH_CREDS={mesh.app_creds}", nl=True)
             sys.stdout.flush()
