@@ -554,6 +554,33 @@ async def test_only_the_controller_writes_the_desired_state(connect: Connect) ->
     assert (await kv.get("edge-1")).value == b"digits@2"
 
 
+async def test_a_node_writes_only_its_own_heartbeat_and_the_console_reads_them(
+    connect: Connect,
+) -> None:
+    admin, edge, console = await connect("admin"), await connect("edge-1"), await connect("console")
+    await admin.nc.jetstream().create_key_value(KeyValueConfig(bucket="MESH_NODES_SITE"))
+    await admin.nc.jetstream().create_key_value(KeyValueConfig(bucket="MESH_FLEET_NODES"))
+    js = edge.nc.jetstream(timeout=JS_TIMEOUT_S)
+    await js.publish("$KV.MESH_NODES_SITE.edge-1", b"beat")
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.publish("$KV.MESH_NODES_SITE.edge-2", b"forged")
+    await edge.expect_violation("publish", "$KV.MESH_NODES_SITE.edge-2")
+    # its own name as a key is no way into the desired state
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.publish("$KV.MESH_FLEET_DESIRED.edge-1", b"digits@evil")
+    await edge.expect_violation("publish", "$KV.MESH_FLEET_DESIRED.edge-1")
+
+    beats = await console.nc.jetstream(timeout=JS_TIMEOUT_S).key_value("MESH_FLEET_NODES")
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await beats.get("edge-1")
+    with pytest.raises(nats.errors.TimeoutError):
+        await beats.put("edge-1", b"forged")
+    site = await admin.nc.jetstream().key_value("MESH_NODES_SITE")
+    assert [e.value for e in await site.history("edge-1")] == [b"beat"]
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await site.get("edge-2")
+
+
 async def test_the_controller_cannot_delete_the_desired_state(connect: Connect) -> None:
     controller = await connect("controller")
     js = controller.nc.jetstream(timeout=JS_TIMEOUT_S)
