@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check mesh services tests
 	$(BIN)/ruff format --check mesh services tests
 	$(BIN)/mypy mesh services
+
+# The ingress's gRPC messages, from mesh/ingress/proto/grpc_predict_v2.proto (committed).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. \
+		mesh/ingress/proto/grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

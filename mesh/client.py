@@ -212,6 +212,11 @@ class MeshClient(Service):
         self._entry_subjects: dict[str, str] = {}
         self._lifecycle_started = True  # connected already: ``async with`` only closes it
 
+    @property
+    def nc(self) -> NATS:
+        """The NATS connection (for what the SDK does not wrap: discovery, status)."""
+        return self._nc
+
     @classmethod
     async def connect(cls, servers: str | list[str], **options: Any) -> MeshClient:
         """Connect to the mesh's local server; nats-py's options pass through

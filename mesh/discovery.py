@@ -1,7 +1,8 @@
 """A node in the NATS micro services API: ``$SRV.PING/INFO/STATS.mesh-node`` list the fleet.
 
 Every node registers as service ``mesh-node`` with its tier, node name, zone and models
-(``name@version``, comma separated) in the service metadata, and one endpoint, ``status``, on
+(``name@version``, comma separated) and whether it takes the entry subjects (``entry``,
+``true`` or ``false``) in the service metadata, and one endpoint, ``status``, on
 ``mesh.status.<node>`` that answers with the node's ``NodeStatus`` record (msgpack, see
 ``mesh.wire.records``). The metadata shows the models loaded at start; the status record shows the
 versions served now. Any NATS client can find the nodes: ``nats micro ls``, ``nats micro info
@@ -57,10 +58,17 @@ class NodeRegistration(Service):
         zone: str,
         models: Mapping[str, str],
         status: StatusSource,
+        entry: bool = False,
     ) -> None:
         self._nc = nc
         self._status = status
-        self.metadata = {"tier": tier, "node": node, "zone": zone, "models": models_text(models)}
+        self.metadata = {
+            "tier": tier,
+            "node": node,
+            "zone": zone,
+            "models": models_text(models),
+            "entry": "true" if entry else "false",
+        }
         self.subject = subjects.status(node)
         self._service: MicroService | None = None
 

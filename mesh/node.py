@@ -166,6 +166,7 @@ class TierNode(Service):
             zone=s.zone,
             models=self.models.versions(),
             status=self.status,
+            entry=s.entry,
         )
         await stack.enter_async_context(self.registration)
         if s.fleet.enabled:

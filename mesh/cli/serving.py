@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -236,8 +237,14 @@ def up(
                 f"mesh fleet status --servers {mesh.hub_url} --creds {controller}",
                 err=True,
             )
+            token = secrets.token_urlsafe(24)
+            ingress = await mesh.start_ingress(token)
+            click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
             click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
             click.echo(f"MESH_CREDS={mesh.app_creds}", nl=True)
+            click.echo(f"MESH_HTTP_URL={ingress.http_url}", nl=True)
+            click.echo(f"MESH_GRPC_URL={ingress.grpc_address}", nl=True)
+            click.echo(f"MESH_INGRESS_TOKEN={token}", nl=True)
             sys.stdout.flush()
             supervisor = asyncio.create_task(
                 mesh.supervise(lambda line: click.echo(line, err=True))
@@ -249,3 +256,63 @@ def up(
             await mesh.close()
 
     asyncio.run(run())
+
+
+@click.command()
+@click.option(
+    "--servers",
+    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
+    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+    help="NATS server of the tier the ingress runs beside.",
+)
+@click.option(
+    "--creds",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=lambda: os.environ.get("MESH_INGRESS_CREDS") or None,
+    show_default="$MESH_INGRESS_CREDS",
+    help="The ingress identity's NATS credentials (mesh identities add DIR NAME --role ingress).",
+)
+@click.option(
+    "--manifest", "manifests", multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Manifest of a model the entry tier serves (repeat): its metadata and input checks.",
+)  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--http-port", default=8080, show_default=True, help="REST port (0: any free).")
+@click.option("--grpc-port", default=8081, show_default=True, help="gRPC port (0: any free).")
+@click.option(
+    "--token",
+    default=lambda: os.environ.get("MESH_INGRESS_TOKEN", ""),
+    show_default="$MESH_INGRESS_TOKEN",
+    help="Bearer token callers must send (Authorization: Bearer ...); empty: none required.",
+)
+@click.option("--budget-ms", default=1000.0, show_default=True, help="Default request budget.")
+@click.option("--max-body-mb", default=64.0, show_default=True, help="Largest request body.")
+def ingress(
+    servers: str,
+    creds: Path | None,
+    manifests: tuple[Path, ...],
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    token: str,
+    budget_ms: float,
+    max_body_mb: float,
+) -> None:
+    """Serve the Open Inference Protocol (KServe v2, REST and gRPC) in front of the mesh."""
+    from mesh.services.ingress import IngressOptions, serve
+    from mesh.telemetry import configure_logging
+
+    configure_logging("INFO", service="mesh-ingress")
+    options = IngressOptions(
+        servers=servers,
+        creds=creds,
+        manifests=list(manifests),
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        token=token,
+        default_budget_ms=budget_ms,
+        max_body=int(max_body_mb * 1024 * 1024),
+    )
+    sys.exit(asyncio.run(serve(options)))

@@ -195,7 +195,14 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
         js_read=(*FLEET_BUCKET_STREAMS, MODEL_STORE_STREAM),
     ),
     Role.INGRESS: RoleRule(
-        publish=("mesh.infer.{model}", "mesh.events.{model}.*", INBOX),
+        # it asks the nodes what the entry tier serves (readiness, versions) as the console does
+        publish=(
+            "mesh.infer.{model}",
+            "mesh.events.{model}.*",
+            *SERVICE_CONTROL,
+            "mesh.status.*",
+            INBOX,
+        ),
         subscribe=(INBOX, "mesh.results.{model}.*"),
         publish_deny=NOT_CONTROL,
     ),

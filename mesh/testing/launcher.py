@@ -80,6 +80,31 @@ class NodeProcess:
         return await self._child.wait()
 
 
+class IngressProcess:
+    """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
+
+    READY = "MESH_INGRESS_READY"
+
+    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self._child = ChildProcess(
+            "ingress", argv, log_path, ready_prefix=self.READY, env=child_env(env)
+        )
+        self.http_url = ""
+        self.grpc_address = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await self._child.start(timeout)
+        self.http_url = self._child.info.get("http", "")
+        self.grpc_address = self._child.info.get("grpc", "")
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+
 #: the tiers ``mesh up`` knows, lowest first, with their residency zones.
 TIERS = ("edge", "gateway", "cloud")
 ZONES = {"edge": "device", "gateway": "site", "cloud": "cloud"}
@@ -140,6 +165,7 @@ class EmbeddedMesh:
         #: the key the fleet's nodes trust (``layout.fleet``), made when the servers start.
         self.signing_key_path = self.work_dir / "fleet" / "signing.key"
         self.signing_public: str | None = None
+        self.ingress: IngressProcess | None = None
 
     @property
     def site_url(self) -> str:
@@ -180,6 +206,32 @@ class EmbeddedMesh:
             await registry.ensure_domain(nc.jetstream(domain=site), hub, site)
         finally:
             await nc.close()
+
+    def entry_manifests(self) -> list[Path]:
+        """Manifests of the models the entry tier serves (what the ingress describes)."""
+        lay = self.layout
+        if lay.models is None:
+            return [lay.edge_manifest] if lay.edge_manifest is not None else []
+        entry = lay.models.get(self._entry_tier(), [])
+        return [Path(m["manifest"]) for m in entry if m.get("manifest")]
+
+    async def start_ingress(self, token: str) -> IngressProcess:
+        """The Open Inference Protocol ingress beside the site server, as its own process."""
+        from mesh.security.identities import IdentitySpec
+        from mesh.security.permissions import Role
+
+        creds = await self.site.hub.issue(IdentitySpec("ingress", Role.INGRESS))
+        argv = [
+            sys.executable, "-m", "mesh.cli", "ingress", "--servers", self.site_url,
+            "--creds", str(creds), "--http-port", "0", "--grpc-port", "0",
+        ]  # fmt: skip
+        for manifest in self.entry_manifests():
+            argv += ["--manifest", str(manifest)]
+        env = {**self.node_env, "MESH_INGRESS_TOKEN": token}
+        process = IngressProcess(argv, self.work_dir / "ingress.log", env)
+        await process.start()
+        self.ingress = process
+        return process
 
     async def controller_creds(self) -> Path:
         """Credentials of the fleet's controller (push versions, assign them)."""
@@ -341,6 +393,8 @@ class EmbeddedMesh:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.ingress is not None:
+            await self.ingress.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         await self.site.stop()
