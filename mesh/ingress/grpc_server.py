@@ -9,6 +9,7 @@ never INTERNAL; a missing or wrong bearer token (``authorization`` metadata) UNA
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -167,9 +168,12 @@ class GrpcIngress(Service):
         self._server = server
 
     async def _stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            await server.stop(grace=2.0)
+        if self._server is not None:
+            await self._server.stop(grace=2.0)
+            # grpcio's server takes a lock as it is freed: let that happen off the event loop.
+            holder = [self._server]
+            self._server = None
+            await asyncio.to_thread(holder.clear)
 
     def _rpc(self, fn: Unary, request_type: Any) -> grpc.RpcMethodHandler:
         open_call = fn in (self._server_live, self._server_ready)
@@ -225,6 +229,7 @@ class GrpcIngress(Service):
 
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         metadata = {k: str(v) for k, v in (context.invocation_metadata() or ())}
+        self.ingress.require_model(request.model_name, request.model_version or None)
         parsed = to_request(request)
         budget = metadata.get(BUDGET_KEY)
         try:

@@ -88,6 +88,7 @@ async def _model_ready(request: web.Request) -> web.Response:
 async def _infer(request: web.Request) -> web.Response:
     ingress = request.app[INGRESS]
     model, version = request.match_info["model"], request.match_info.get("version")
+    ingress.require_model(model, version)  # an unknown model is 404 whatever the body says
     header = request.headers.get(oip.BINARY_HEADER)
     try:
         length = None if header is None else int(header)

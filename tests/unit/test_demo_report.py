@@ -224,6 +224,7 @@ def test_the_report_json_keeps_every_key_order_and_meaning() -> None:
             "spans": 5,
             "tree": draw_span_tree(SPANS),
         },
+        "fleet": {"nodes": 0, "swaps": 0, "rejected": 0, "events": []},
     }
     assert list(report) == list(json.loads(json.dumps(report)))
 
