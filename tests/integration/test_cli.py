@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import psutil
 import yaml
 
@@ -143,6 +144,34 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
         )
         assert code == 0, err
         assert json.loads(out)["tier"] in {"edge", "gateway", "cloud"}
+
+        # the Open Inference Protocol ingress at the site, behind a bearer token
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
+        lines += [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
+        lines += [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
+        env = dict(line.split("=", 1) for line in lines)
+        assert env["MESH_HTTP_URL"].startswith("http://127.0.0.1:"), lines
+        assert env["MESH_GRPC_URL"].startswith("127.0.0.1:"), lines
+        token = env["MESH_INGRESS_TOKEN"]
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [1, 64],
+                    "data": np.load(demo.test)["x"][0].astype(float).tolist(),
+                }
+            ]
+        }
+        async with aiohttp.ClientSession() as session:
+            url_infer = f"{env['MESH_HTTP_URL']}/v2/models/digits/infer"
+            async with session.post(url_infer, json=body) as resp:
+                assert resp.status == 401
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.post(url_infer, json=body, headers=headers) as resp:
+                answer = await resp.json()
+                assert resp.status == 200, answer
+        assert answer["parameters"]["tier"] in {"edge", "gateway", "cloud"}
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 60)
