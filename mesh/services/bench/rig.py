@@ -15,15 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import grpc
 import nats
 import numpy as np
 import psutil
 
 from mesh import wire
 from mesh.client import DEFAULT_INPUT, MeshClient
+from mesh.ingress.proto import grpc_predict_v2_pb2 as oip_pb
 from mesh.models.demo import ensure_demo
 from mesh.models.manifest import artifact_path, load_manifest
+from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
+from mesh.security.permissions import Role
 from mesh.services.bench.config import (
     ECHO_SUBJECT,
     MESH_BUDGET_MS,
@@ -133,6 +137,10 @@ async def _start_mlserver(
                     await asyncio.sleep(0.25)
     tail = helper.log_path.read_text(errors="replace")[-1500:]
     raise RuntimeError(f"MLServer did not become ready: {tail}")
+
+
+#: the bench's ingress token (a local throwaway, as in mesh up).
+INGRESS_TOKEN = "bench-ingress-token"
 
 
 async def run_bench(
@@ -286,10 +294,24 @@ async def run_bench(
             work / "peer.log",
             ready_prefix=READY,
         )
-        for helper in (echo, peer):
+        ingress_creds = await asyncio.to_thread(
+            keystore.ensure, IdentitySpec("ingress", Role.INGRESS)
+        )
+        ingress = ChildProcess(
+            "ingress",
+            [
+                *(py, "-m", "mesh.cli", "ingress", "--servers", site.url),
+                *("--creds", str(ingress_creds), "--manifest", str(demo.edge_int8)),
+                *("--http-port", "0", "--grpc-port", "0", "--token", INGRESS_TOKEN),
+            ],
+            work / "ingress.log",
+            ready_prefix="MESH_INGRESS_READY",
+        )
+        for helper in (echo, peer, ingress):
             stack.push_async_callback(helper.stop)
         await asyncio.gather(*(n.start() for n in nodes.values()), echo.start(), peer.start())
-        assert echo.pid is not None and peer.pid is not None
+        await ingress.start()
+        assert echo.pid is not None and peer.pid is not None and ingress.pid is not None
 
         ml_url: str | None = None
         ml_proc: psutil.Process | None = None
@@ -364,6 +386,44 @@ async def run_bench(
                 await resp.json()
             return "mlserver"
 
+        oip_url = f"{ingress.info['http']}/v2/models/digits/infer"
+        oip_auth = {"Authorization": f"Bearer {INGRESS_TOKEN}"}
+
+        async def oip_rest_call(i: int) -> str:
+            body = {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "data": bodies_json[i % n_rows][0],
+                    }
+                ]
+            }
+            async with http.post(oip_url, json=body, headers=oip_auth) as resp:
+                resp.raise_for_status()
+                answer = await resp.json()
+            return str(answer["parameters"]["tier"])
+
+        channel = grpc.aio.insecure_channel(ingress.info["grpc"])
+        stack.push_async_callback(channel.close)
+        model_infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=oip_pb.ModelInferResponse.FromString,
+        )
+        grpc_requests = []
+        for x in rows_x:
+            request = oip_pb.ModelInferRequest(model_name="digits")
+            request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+            request.raw_input_contents.append(x.tobytes())
+            grpc_requests.append(request)
+        grpc_auth = (("authorization", f"Bearer {INGRESS_TOKEN}"),)
+
+        async def oip_grpc_call(i: int) -> str:
+            reply = await model_infer(grpc_requests[i % n_rows], metadata=grpc_auth, timeout=5.0)
+            return str(reply.parameters["tier"].string_param)
+
         pid = {name: node.pid for name, node in nodes.items()}
         ml_procs: list[psutil.Process] = []
         if ml_proc is not None:
@@ -435,6 +495,22 @@ async def run_bench(
                 llat,
                 ltp,
             ),
+            "oip_rest": Row(
+                "oip_rest",
+                "mesh via the OIP ingress: REST, V2 JSON",
+                oip_rest_call,
+                procs(site.pid, pid["edge"], ingress.pid),
+                lat,
+                tp,
+            ),
+            "oip_grpc": Row(
+                "oip_grpc",
+                "mesh via the OIP ingress: gRPC, raw contents",
+                oip_grpc_call,
+                procs(site.pid, pid["edge"], ingress.pid),
+                lat,
+                tp,
+            ),
             "peer_aiohttp": Row(
                 "peer_aiohttp",
                 "peer: aiohttp + ONNX Runtime, JSON",
@@ -500,6 +576,15 @@ async def run_bench(
         "peer_p50_over_mesh_p50": paired_ratio(all_rows, "peer_aiohttp", "mesh_edge", "p50_ms"),
         "mesh_throughput_over_peer": paired_ratio(
             all_rows, "mesh_edge", "peer_aiohttp", "throughput_rps"
+        ),
+        # The Open Inference Protocol through the ingress, against the SDK and MLServer's REST.
+        "oip_rest_p50_over_sdk_p50": paired_ratio(all_rows, "oip_rest", "mesh_edge", "p50_ms"),
+        "oip_grpc_p50_over_sdk_p50": paired_ratio(all_rows, "oip_grpc", "mesh_edge", "p50_ms"),
+        "oip_rest_throughput_over_mlserver": paired_ratio(
+            all_rows, "oip_rest", "peer_mlserver", "throughput_rps"
+        ),
+        "oip_rest_p50_over_mlserver_p50": paired_ratio(
+            all_rows, "oip_rest", "peer_mlserver", "p50_ms"
         ),
         # What authentication and leaf TLS cost: secured over open servers, same trial.
         "security_edge_p50_cost": paired_ratio(all_rows, "mesh_edge", "mesh_edge_open", "p50_ms"),
