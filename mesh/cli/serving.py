@@ -286,6 +286,12 @@ def up(
     show_default="$MESH_INGRESS_TOKEN",
     help="Bearer token callers must send (Authorization: Bearer ...); empty: none required.",
 )
+@click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="CA of the NATS server's TLS certificate (for a tls:// server).",
+)
 @click.option("--budget-ms", default=1000.0, show_default=True, help="Default request budget.")
 @click.option("--max-body-mb", default=64.0, show_default=True, help="Largest request body.")
 def ingress(
@@ -296,6 +302,7 @@ def ingress(
     http_port: int,
     grpc_port: int,
     token: str,
+    tls_ca: Path | None,
     budget_ms: float,
     max_body_mb: float,
 ) -> None:
@@ -312,6 +319,7 @@ def ingress(
         http_port=http_port,
         grpc_port=grpc_port,
         token=token,
+        tls_ca=tls_ca,
         default_budget_ms=budget_ms,
         max_body=int(max_body_mb * 1024 * 1024),
     )

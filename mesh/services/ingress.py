@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class IngressOptions:
     http_port: int = 8080
     grpc_port: int = 8081
     token: str = ""
+    tls_ca: Path | None = None
     default_budget_ms: float = 1000.0
     max_body: int = 64 << 20
 
@@ -54,6 +56,10 @@ async def serve(options: IngressOptions) -> int:
     connect: dict[str, object] = {}
     if options.creds is not None:
         connect["user_credentials"] = str(options.creds)
+    if options.tls_ca is not None:
+        connect["tls"] = await asyncio.to_thread(
+            ssl.create_default_context, cafile=str(options.tls_ca)
+        )
     async with configure_telemetry("mesh-ingress", "ingress"):
         client = await MeshClient.connect(options.servers, **connect)
         async with client:

@@ -61,3 +61,26 @@ def test_the_kubernetes_cloud_tier_config_loads_and_its_probes_hit_the_served_en
     assert annotations["prometheus.io/port"] == str(settings.http_port)
     assert settings.nats.servers[0].startswith("tls://nats-hub.")
     assert ("Service", "nats-hub-leafnodes") in by_kind_name
+
+
+def test_the_compose_ingress_runs_mesh_ingress_with_options_it_takes() -> None:
+    from mesh.cli.serving import ingress
+
+    compose = yaml.safe_load((ROOT / "compose/site.yaml").read_text())
+    service = compose["services"]["ingress"]
+    command = service["command"]
+    assert command[0] == "ingress"
+    ctx = ingress.make_context(
+        "ingress",
+        [
+            c
+            for c in command[1:]
+            if not c.startswith("--tls-ca")
+            and not c.startswith("--creds")
+            and not c.startswith("--manifest")
+        ],
+    )
+    assert ctx.params["http_port"] == 8000 and ctx.params["grpc_port"] == 8001
+    assert ctx.params["host"] == "0.0.0.0"
+    assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
+    assert "/etc/mesh/secrets/creds/ingress.creds" in " ".join(command)
