@@ -39,6 +39,13 @@ creds_option = click.option(
 domain_option = click.option(
     "--domain", default="hub", show_default=True, help="JetStream domain of the registry."
 )
+tls_ca_option = click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=lambda: os.environ.get("MESH_TLS_CA") or None,
+    show_default="$MESH_TLS_CA",
+    help="CA of the servers' TLS certificates (for tls:// servers).",
+)
 
 
 def signature_path_for(manifest: Path) -> Path:
@@ -47,12 +54,18 @@ def signature_path_for(manifest: Path) -> Path:
 
 
 @asynccontextmanager
-async def _connect(servers: str, creds: Path | None) -> AsyncIterator[Any]:
+async def _connect(
+    servers: str, creds: Path | None, tls_ca: Path | None = None
+) -> AsyncIterator[Any]:
+    import ssl
+
     import nats
 
     from mesh.security.creds import inbox_prefix_of
 
     options: dict[str, Any] = {"servers": [s.strip() for s in servers.split(",")]}
+    if tls_ca is not None:
+        options["tls"] = await asyncio.to_thread(ssl.create_default_context, cafile=str(tls_ca))
     if creds is not None:
         options["user_credentials"] = str(creds)
         prefix = await asyncio.to_thread(inbox_prefix_of, creds)
@@ -140,6 +153,7 @@ def models_sign(manifest: Path, key_path: Path, out: Path | None) -> None:
 @click.option("--runs", default=200, show_default=True, help="Single-row runs of the gate.")
 @servers_option
 @creds_option
+@tls_ca_option
 @domain_option
 def models_push(
     manifest: Path,
@@ -148,6 +162,7 @@ def models_push(
     runs: int,
     servers: str,
     creds: Path | None,
+    tls_ca: Path | None,
     domain: str,
 ) -> None:
     """Upload a signed version (artifact, manifest, signature) to the fleet's registry.
@@ -179,7 +194,7 @@ def models_push(
     report.raise_if_failed()
 
     async def go() -> str:
-        async with _connect(servers, creds) as nc:
+        async with _connect(servers, creds, tls_ca) as nc:
             return await registry.push(nc.jetstream(domain=domain), artifact)
 
     pushed = _run(go)
@@ -192,16 +207,19 @@ def models_push(
 @click.command("list")
 @servers_option
 @creds_option
+@tls_ca_option
 @domain_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON list instead of a table.")
-def models_list(servers: str, creds: Path | None, domain: str, as_json: bool) -> None:
+def models_list(
+    servers: str, creds: Path | None, tls_ca: Path | None, domain: str, as_json: bool
+) -> None:
     """Versions in the registry: size, sha256, signer and what their gate holds them to."""
     from dataclasses import asdict
 
     from mesh.fleet import registry
 
     async def go() -> list[registry.VersionInfo]:
-        async with _connect(servers, creds) as nc:
+        async with _connect(servers, creds, tls_ca) as nc:
             return await registry.list_versions(nc.jetstream(domain=domain))
 
     versions = _run(go)
@@ -231,17 +249,20 @@ def fleet() -> None:
 @fleet.command("init")
 @servers_option
 @creds_option
+@tls_ca_option
 @domain_option
 @click.option(
     "--site", "sites", multiple=True,
     help="JetStream domain of a site (repeat): its mirrors and heartbeat bucket are made.",
 )  # fmt: skip
-def fleet_init(servers: str, creds: Path | None, domain: str, sites: tuple[str, ...]) -> None:
+def fleet_init(
+    servers: str, creds: Path | None, tls_ca: Path | None, domain: str, sites: tuple[str, ...]
+) -> None:
     """Create the registry's buckets in the hub domain and each site's (administrator)."""
     from mesh.fleet import registry
 
     async def go() -> None:
-        async with _connect(servers, creds) as nc:
+        async with _connect(servers, creds, tls_ca) as nc:
             hub = nc.jetstream(domain=domain)
             await registry.ensure_hub(hub)
             await registry.ensure_domain(hub, hub, domain, domain)
@@ -262,6 +283,7 @@ def fleet_init(servers: str, creds: Path | None, domain: str, sites: tuple[str, 
 )  # fmt: skip
 @servers_option
 @creds_option
+@tls_ca_option
 @domain_option
 def fleet_assign(
     model: str,
@@ -269,6 +291,7 @@ def fleet_assign(
     selectors: tuple[str, ...],
     servers: str,
     creds: Path | None,
+    tls_ca: Path | None,
     domain: str,
 ) -> None:
     """Make VERSION the version of MODEL that the selected nodes serve.
@@ -282,7 +305,7 @@ def fleet_assign(
     selector = Selector.parse(selectors)
 
     async def go() -> list[str]:
-        async with _connect(servers, creds) as nc:
+        async with _connect(servers, creds, tls_ca) as nc:
             js = nc.jetstream(domain=domain)
             if not await registry.has_version(js, model, version):
                 raise NotFoundError(
@@ -351,6 +374,7 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
 @fleet.command("status")
 @servers_option
 @creds_option
+@tls_ca_option
 @domain_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of nodes, for scripts.")
 @click.option(
@@ -358,13 +382,18 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
     help="Seconds without a heartbeat after which a node counts as offline.",
 )  # fmt: skip
 def fleet_status(
-    servers: str, creds: Path | None, domain: str, as_json: bool, offline_after: float
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+    as_json: bool,
+    offline_after: float,
 ) -> None:
     """Every node the fleet has seen: where it is, what it serves, how it is doing."""
     from mesh.fleet import registry
 
     async def go() -> dict[str, Any]:
-        async with _connect(servers, creds) as nc:
+        async with _connect(servers, creds, tls_ca) as nc:
             return dict(await registry.read_heartbeats(nc.jetstream(domain=domain)))
 
     rows = status_rows(_run(go), time.time(), offline_after)
