@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mesh.errors import InvalidArgumentError
-from mesh.subjects import check_token
+from mesh.subjects import check_token as _check_token
 from mesh.wire.codec import (
     VERSION,
     finite,
@@ -27,6 +27,15 @@ from mesh.wire.codec import (
 )
 
 KIND = "desired_state"
+
+
+def check_token(value: str, what: str) -> str:
+    """``mesh.subjects.check_token`` as the mesh's typed error: these values come from a CLI
+    argument or a KV value anyone with write access may have garbled."""
+    try:
+        return _check_token(value, what)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 _LABEL = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -172,7 +181,9 @@ def _opt_token(value: object, name: str, what: str) -> str | None:
 
 
 def _version(value: str) -> str:
-    if not value or len(value) > 64 or not _LABEL.match(value.replace(".", "_")):
+    # letters, digits, '_', '-' and dots inside: a version names a folder in a node's cache
+    bad_dots = value.startswith(".") or value.endswith(".") or ".." in value
+    if not value or len(value) > 64 or bad_dots or not _LABEL.match(value.replace(".", "_")):
         raise InvalidArgumentError(f"model version {value[:70]!r} is not a version name")
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from mesh.errors import ErrorCode
+from mesh.fleet.desired import DesiredState, Selector, encode_desired
+from mesh.fleet.signing import SigningKey, sign
 from mesh.policy import RESIDENCY_LABELS
 from mesh.wire import (
     DTYPES,
@@ -23,10 +26,12 @@ from mesh.wire import (
     Hop,
     InferRequest,
     InferResponse,
+    NodeEvent,
     NodeStatus,
     RecordedAnswer,
     encode_error,
     encode_hard_example,
+    encode_node_event,
     encode_node_status,
     encode_request,
     encode_response,
@@ -42,6 +47,9 @@ MESSAGE_SCHEMAS = [
     "hard-example",
     "node-status",
     "rollout",
+    "desired-state",
+    "node-event",
+    "artifact-signature",
 ]
 ALL_SCHEMAS = [*MESSAGE_SCHEMAS, "tensor"]
 
@@ -173,6 +181,63 @@ def _node_status_message() -> dict[str, Any]:
     return message
 
 
+def _heartbeat_message() -> dict[str, Any]:
+    message: dict[str, Any] = unpack_raw(
+        encode_node_status(
+            NodeStatus(
+                node="edge-0",
+                tier="edge",
+                models={"digits": "2"},
+                breakers={"gateway": "closed"},
+                backlog=0,
+                ready=False,
+                time=1_700_000_001.0,
+                site="line4",
+                zone="device",
+                labels={"line": "4"},
+                pending={"digits": "3"},
+                rejected={"digits@4": "signed by ed25519:..., which this node does not trust"},
+                problems=["models: models not warm: ['digits']"],
+                escalation_rate=0.08,
+                drift=0.12,
+                p99_ms=2.0,
+                swaps=1,
+                mesh_version="0.1.0",
+            )
+        )
+    )
+    return message
+
+
+def _desired_message(selector: Selector) -> dict[str, Any]:
+    state = DesiredState("digits", "2-edge", selector, 1_700_000_003.0, by="controller")
+    message: dict[str, Any] = unpack_raw(encode_desired(state))
+    return message
+
+
+def _node_event_message(event: str) -> dict[str, Any]:
+    record = NodeEvent(
+        node="edge-0",
+        tier="edge",
+        event=event,
+        model="digits",
+        version="2",
+        previous="1" if event == "swapped" else None,
+        reason="assigned by the fleet",
+        time=1_700_000_004.0,
+    )
+    message: dict[str, Any] = unpack_raw(encode_node_event(record))
+    return message
+
+
+def _signature_message() -> dict[str, Any]:
+    data = b"onnx bytes"
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = {"name": "digits", "version": "2", "sha256": digest, "thresholds": {"edge": 0.9}}
+    message: dict[str, Any] = json.loads(sign(SigningKey.generate(), manifest, digest).to_json())
+    return message
+
+
 def _rollout_message() -> dict[str, Any]:
     return {
         "v": 1,
@@ -200,7 +265,19 @@ REAL_MESSAGES: dict[str, tuple[str, Any]] = {
     "hard example": ("hard-example", lambda: _hard_example_message(TRACEPARENT)),
     "hard example untraced": ("hard-example", lambda: _hard_example_message(None)),
     "node status": ("node-status", _node_status_message),
+    "heartbeat": ("node-status", _heartbeat_message),
     "rollout": ("rollout", _rollout_message),
+    "desired state for a site's edge": (
+        "desired-state",
+        lambda: _desired_message(Selector(tier="edge", site="line4")),
+    ),
+    "desired state by label": (
+        "desired-state",
+        lambda: _desired_message(Selector(labels={"line": "4"})),
+    ),
+    "node event swapped": ("node-event", lambda: _node_event_message("swapped")),
+    "node event rejected": ("node-event", lambda: _node_event_message("rejected")),
+    "artifact signature": ("artifact-signature", _signature_message),
 }
 
 
