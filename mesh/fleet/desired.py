@@ -36,6 +36,8 @@ def check_token(value: str, what: str) -> str:
         return _check_token(value, what)
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None
+
+
 _LABEL = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
