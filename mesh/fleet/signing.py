@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from mesh.errors import InvalidArgumentError
 from mesh.wire.codec import VERSION
 
 KEY_PREFIX = "ed25519:"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SIGNATURE_KIND = "artifact_signature"
 
 
@@ -163,7 +165,7 @@ class ArtifactSignature:
         if not isinstance(obj, dict) or obj.get("kind") != SIGNATURE_KIND:
             raise SignatureError(f"signature file is not an {SIGNATURE_KIND} record")
         version = obj.get("v")
-        if not isinstance(version, int) or version > VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
             raise SignatureError(f"signature has contract version {version!r}; we speak {VERSION}")
         fields = {}
         for name in ("model", "version", "sha256", "manifest_sha256", "key", "signature"):
@@ -171,6 +173,9 @@ class ArtifactSignature:
             if not isinstance(value, str) or not value:
                 raise SignatureError(f"signature is missing its {name!r}")
             fields[name] = value
+        for name in ("sha256", "manifest_sha256"):
+            if not _HEX64.match(fields[name]):
+                raise SignatureError(f"signature's {name} is not 64 lowercase hex digits")
         return cls(**fields)
 
 

@@ -10,6 +10,7 @@ never INTERNAL; a missing or wrong bearer token (``authorization`` metadata) UNA
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -170,10 +171,12 @@ class GrpcIngress(Service):
     async def _stop(self) -> None:
         if self._server is not None:
             await self._server.stop(grace=2.0)
-            # grpcio's server takes a lock as it is freed: let that happen off the event loop.
+            # grpcio joins its poller thread when the last server and call state are freed: let
+            # that happen off the event loop (a collection in a worker frees what is left).
             holder = [self._server]
             self._server = None
             await asyncio.to_thread(holder.clear)
+            await asyncio.to_thread(gc.collect)
 
     def _rpc(self, fn: Unary, request_type: Any) -> grpc.RpcMethodHandler:
         open_call = fn in (self._server_live, self._server_ready)

@@ -76,7 +76,7 @@ def test_a_signature_verifies_for_the_exact_bytes_and_manifest(key: SigningKey) 
 def test_one_changed_byte_or_manifest_field_breaks_it(key: SigningKey) -> None:
     signature = sign(key, manifest(), hashlib.sha256(DATA).hexdigest())
     flipped = bytes([DATA[0] ^ 1]) + DATA[1:]
-    with pytest.raises(SignatureError, match="changed or truncated"):
+    with pytest.raises(SignatureError, match="changed"):
         verify(signature, manifest(), flipped, trusted(key))
     with pytest.raises(SignatureError, match="does not verify"):
         verify(signature, manifest(thresholds={"edge": 0.1}), DATA, trusted(key))
@@ -135,7 +135,7 @@ def test_selectors_parse_match_and_key_the_same_whatever_the_order() -> None:
     assert a.matches("edge", "a", "edge-0", {"line": "4", "x": "y"})
     assert not a.matches("edge", "a", "edge-0", {"line": "5"})
     assert not a.matches("gateway", "a", "gw", {"line": "4"})
-    assert Selector.parse(["all"]) == Selector.parse([]) == Selector()
+    assert Selector.parse(["all"]) == Selector.parse([]) == Selector.parse(()) == Selector()
     assert Selector().key == "all"
 
 

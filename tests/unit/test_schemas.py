@@ -403,3 +403,12 @@ def test_schema_examples_pack_to_msgpack_the_decoder_reads() -> None:
     # The schemas describe the unpacked structure; packing it back must be lossless.
     message = _request_message()
     assert msgpack.unpackb(msgpack.packb(message, use_bin_type=True), raw=False) == message
+
+
+def test_a_real_signature_file_validates_and_one_without_its_signature_does_not() -> None:
+    validator = Draft202012Validator(_load("artifact-signature"))
+    message = _signature_message()
+    assert list(validator.iter_errors(message)) == []
+    unsigned = {k: v for k, v in message.items() if k != "signature"}
+    errors = [error.message for error in validator.iter_errors(unsigned)]
+    assert errors == ["'signature' is a required property"]
