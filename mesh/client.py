@@ -14,13 +14,15 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import nats.js.api
+import nats.js.errors
 import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -94,6 +96,50 @@ class InferResult:
             resp.reason,
             request_bytes,
         )
+
+
+@dataclass(slots=True)
+class PublishAck:
+    """An event stored: its id, the stream and sequence, and whether it was there already."""
+
+    event_id: str
+    stream: str
+    sequence: int
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class EventResult(InferResult):
+    """A result event: what ``infer`` would have returned, plus the event's id, when it was
+    published and stored, and its sequence in the event stream. An error result has ``error``
+    set and empty outputs."""
+
+    event_id: str = ""
+    source: str = ""
+    published_at: float = 0.0
+    stored_at: float = 0.0
+    event_sequence: int = 0
+    error: MeshError | None = None
+
+    @classmethod
+    def of(cls, record: Any, reply: wire.Message, size: int) -> EventResult:
+        extra = {
+            "event_id": record.event_id,
+            "source": record.source,
+            "published_at": record.published_at,
+            "stored_at": record.stored_at,
+            "event_sequence": record.event_sequence,
+        }
+        if isinstance(reply, wire.ErrorReply):
+            return cls(
+                reply.id, record.model, {}, [], 0.0, "", reply.tier, reply.node, "", [], False,
+                None, size, error=reply.to_exception(), **extra,
+            )  # fmt: skip
+        return cls(
+            reply.id, reply.model, reply.outputs, reply.labels, reply.confidence,
+            reply.confidence_kind, reply.tier, reply.node, reply.model_version, reply.path,
+            reply.degraded, reply.reason, size, **extra,
+        )  # fmt: skip
 
 
 def mesh_error(exc: Exception, what: str) -> MeshError:
@@ -353,6 +399,110 @@ class MeshClient(Service):
                 replies.subscription = await self._nc.subscribe(inbox + ".*", cb=replies.on_reply)
                 replies.prefix = inbox + "."
         return replies.prefix
+
+    # --- event streams ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        model: str,
+        inputs: Array | Mapping[str, Any],
+        *,
+        source: str,
+        event_id: str | None = None,
+        budget_ms: float = 5000.0,
+        residency: str = "any",
+        timeout: float = 5.0,
+    ) -> PublishAck:
+        """Append an inference event to the local event stream; returns once it is stored (not
+        when it is inferred). ``event_id`` (default: a fresh one) deduplicates: publishing the
+        same id again stores nothing new and says ``duplicate``. ``source`` is this client's
+        identity name (its credentials allow no other). A full stream raises
+        ``ResourceExhaustedError``; a server with no event stream ``UnavailableError``."""
+        from mesh.events.records import InferenceEvent, check_event_id, encode_event
+        from mesh.events.streams import event_subject
+
+        subject = event_subject(model, source)
+        if isinstance(inputs, Mapping):
+            tensors = {name: np.asarray(value) for name, value in inputs.items()}
+        else:
+            tensors = {DEFAULT_INPUT: np.asarray(inputs)}
+        event = InferenceEvent(
+            id=check_event_id(event_id or f"{self._id_prefix}e{next(self._ids):x}"),
+            model=model,
+            source=source,
+            inputs=tensors,
+            budget_ms=float(budget_ms),
+            residency=residency,
+            published_at=time.time(),
+        )
+        headers = {"Nats-Msg-Id": event.id}
+        if tracing.wanted_here():
+            headers = tracing.inject(headers)
+        try:
+            ack = await self._nc.jetstream().publish(
+                subject, encode_event(event), headers=headers, timeout=timeout
+            )
+        except nats.js.errors.APIError as exc:
+            text = f"{exc.description or exc}"
+            if "maximum" in text.lower() or "limit" in text.lower():
+                raise ResourceExhaustedError(
+                    f"event stream is full ({text}): the event was not stored"
+                ) from None
+            raise UnavailableError(f"event not stored: {text}") from None
+        except nats.js.errors.NoStreamResponseError:
+            raise UnavailableError(
+                f"no event stream takes {subject} here: is an entry tier with events running?"
+            ) from None
+        except Exception as exc:
+            raise mesh_error(exc, f"publishing an event on {subject}") from None
+        return PublishAck(event.id, ack.stream, int(ack.seq), bool(ack.duplicate))
+
+    async def results(
+        self,
+        model: str,
+        *,
+        source: str,
+        durable: str | None = None,
+        batch: int = 64,
+    ) -> AsyncIterator[EventResult]:
+        """The result events of ``source``'s events for ``model``, oldest first, through a
+        durable consumer (named ``durable``, default ``source``: this identity's), so that a
+        restart resumes after the last result taken. A result is acknowledged when the next one
+        is asked for; an error result carries ``error`` and no outputs."""
+        from mesh.events.records import decode_result
+        from mesh.events.streams import RESULTS_STREAM, result_subject
+
+        name = _token(durable or source, "durable name")
+        js = self._nc.jetstream()
+        config = nats.js.api.ConsumerConfig(
+            name=name,
+            durable_name=name,
+            filter_subject=result_subject(model, source),
+            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+        )
+        try:
+            await js.add_consumer(RESULTS_STREAM, config)
+            sub = await js.pull_subscribe_bind(durable=name, stream=RESULTS_STREAM)
+        except Exception as exc:
+            raise mesh_error(exc, f"reading results of {model} for {source}") from None
+        while True:
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:
+                raise mesh_error(exc, f"reading results of {model} for {source}") from None
+            for msg in msgs:
+                try:
+                    record = decode_result(msg.data)
+                    reply = wire.decode_reply(record.reply)
+                except MeshError as exc:
+                    log.warning("skipping a malformed result event: %s", exc)
+                    await msg.ack()
+                    continue
+                yield EventResult.of(record, reply, len(msg.data))
+                await msg.ack()
 
     async def close(self) -> None:
         """Drain and close the connection (when the client opened it); idempotent."""

@@ -154,6 +154,12 @@ class MeshMetrics:
             "What the fleet agent did with assigned versions: swapped, rejected, restored",
             ("tier", "model", "event"),
         )
+        self.events = CounterFamily(
+            "mesh_events",
+            "Inference events consumed, by outcome: answered, degraded, error, malformed, "
+            "dead_lettered",
+            ("tier", "model", "outcome"),
+        )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
 
     def families(self) -> list[CounterFamily | HistogramFamily]:
@@ -168,6 +174,7 @@ class MeshMetrics:
             self.hard_examples,
             self.dropped,
             self.fleet_events,
+            self.events,
         ]
 
     def observe_gauge(self, name: str, description: str, source: GaugeSource) -> Callable[[], None]:

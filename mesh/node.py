@@ -22,6 +22,7 @@ from mesh.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from mesh.dataplane import DataPlane, ModelTable, TierIdentity
 from mesh.discovery import NodeRegistration, package_version
 from mesh.errors import UnavailableError
+from mesh.events.consumer import EventConsumer
 from mesh.fleet.agent import FleetAgent, restore
 from mesh.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
 from mesh.http import HttpServer, Readiness, create_app
@@ -62,6 +63,7 @@ class TierNode(Service):
         self.registration: NodeRegistration | None = None
         self.watch: ConnectionWatch | None = None
         self.agent: FleetAgent | None = None
+        self.events: EventConsumer | None = None
         #: the settings each served model was loaded with (the agent derives new versions' from it)
         self._model_settings: dict[str, ModelSettings] = {}
         #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
@@ -159,6 +161,18 @@ class TierNode(Service):
             metrics=self.metrics,
         )
         await stack.enter_async_context(self.endpoint)
+        if s.entry and s.events.enabled:
+            self.events = EventConsumer(
+                self.nc,
+                self.dataplane,
+                lambda: list(self.models.versions()),
+                tier=s.tier,
+                node=s.node,
+                settings=s.events,
+                domain=None,
+                metrics=self.metrics,
+            )
+            await stack.enter_async_context(self.events)
         self.registration = NodeRegistration(
             self.nc,
             tier=s.tier,
@@ -233,6 +247,8 @@ class TierNode(Service):
         if old is None:
             if self.endpoint is not None:
                 await self.endpoint.serve_model(served.name)
+            if self.events is not None:
+                await self.events.consume(served.name)
             return None
         try:
             async with asyncio.timeout(drain_seconds):

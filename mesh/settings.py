@@ -229,6 +229,31 @@ class HardExampleSettings(_Section):
     """How long upstream remembers request ids to drop duplicates."""
 
 
+class EventSettings(_Section):
+    """Event streams at the entry tier: inference events in, result events out (JetStream, in
+    the local domain)."""
+
+    enabled: bool = False
+    """Consume ``mesh.events.<model>.<source>`` for the models served (entry tier only)."""
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Size bound of the event stream; when full a publisher gets RESOURCE_EXHAUSTED."""
+    max_age_s: float = Field(7 * 24 * 3600, gt=0)
+    """Age bound of events and results."""
+    results_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Size bound of the result stream: the oldest results go first (a slow consumer never
+    slows inference)."""
+    duplicate_window_s: float = Field(600, gt=0)
+    """How long both streams remember event ids to drop duplicates."""
+    max_deliver: int = Field(5, ge=1)
+    """Deliveries of one event before it goes to the dead-letter stream."""
+    ack_wait_s: float = Field(30.0, gt=0)
+    """How long an event may be in flight before it is delivered again."""
+    max_ack_pending: int = Field(1024, ge=1)
+    """Events in flight at once across the tier's replicas."""
+    fetch_batch: int = Field(64, ge=1)
+    """Events fetched at once: one batch through the data plane."""
+
+
 class FleetSettings(_Section):
     """The node's fleet agent: takes the versions the fleet's desired state assigns it."""
 
@@ -299,6 +324,7 @@ class NodeSettings(BaseSettings):
     models: list[ModelSettings] = Field(default_factory=list)
     hard_examples: HardExampleSettings = Field(default_factory=HardExampleSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     max_inflight: int = Field(1024, ge=1)
     """Requests handled at once; more get RESOURCE_EXHAUSTED."""
     drift_threshold: float = Field(0.25, gt=0)

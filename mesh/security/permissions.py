@@ -145,10 +145,22 @@ NOT_CONTROL = (*NO_DESTRUCTION, DESIRED_WRITE, MODEL_STORE_WRITE)
 ROLE_TABLE: Mapping[Role, RoleRule] = {
     Role.APPLICATION: RoleRule(
         # A request may also address one tier directly (``MeshClient.infer(..., tier=...)``).
+        # Results are read through one durable consumer named after the identity, whose filter
+        # may only be its own results (the filter is part of the create subject).
         publish=(
             "mesh.infer.{model}",
             "mesh.*.infer.{model}",
             "mesh.events.{model}.{name}",
+            *(
+                f"{prefix}.{op}"
+                for prefix in JS_API_PREFIXES
+                for op in (
+                    "CONSUMER.CREATE.MESH_RESULTS.{name}.mesh.results.{model}.{name}",
+                    "CONSUMER.INFO.MESH_RESULTS.{name}",
+                    "CONSUMER.MSG.NEXT.MESH_RESULTS.{name}",
+                )
+            ),
+            "$JS.ACK.MESH_RESULTS.{name}.>",
             INBOX,
         ),
         subscribe=(INBOX, "mesh.results.{model}.{name}"),
@@ -161,6 +173,9 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
             # a request for a model this node does not serve, to a neighbour of its tier that does
             "mesh.{tier}.infer.{model}",
             HEARTBEAT_WRITE,
+            # result events and dead letters of the event streams (entry tier)
+            "mesh.results.{model}.*",
+            "mesh.deadletter.{model}.*",
             INBOX,
         ),
         subscribe=(
@@ -171,7 +186,13 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
             INBOX,
         ),
         publish_deny=NOT_CONTROL,
-        js_manage=("MESH_HARD_{TIER}", "MESH_LEARN_{TIER}"),
+        js_manage=(
+            "MESH_HARD_{TIER}",
+            "MESH_LEARN_{TIER}",
+            "MESH_EVENTS",
+            "MESH_RESULTS",
+            "MESH_EVENTS_DEAD",
+        ),
         js_read=(DESIRED_STREAM, MODEL_STORE_STREAM),
         entry_subscribe=("mesh.infer.{model} mesh.entry",),
         upstream_publish=(

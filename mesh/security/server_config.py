@@ -37,6 +37,11 @@ def leafnodes_block(
     return _braces("leafnodes ", entries)
 
 
+#: subjects that stay in their site: every site has streams of the same names on them (its own
+#: events, results and dead letters), so they must not cross the leaf link either way.
+SITE_LOCAL_SUBJECTS = ("mesh.events.>", "mesh.results.>", "mesh.deadletter.>")
+
+
 def leaf_remote_block(
     urls: Sequence[str],
     *,
@@ -44,8 +49,12 @@ def leaf_remote_block(
     account: str | None = None,
     ca_file: Path | None = None,
     client_cert: TLSFiles | None = None,
+    site_local: Sequence[str] = (),
 ) -> str:
     """One leaf remote: ``{ urls: [...], credentials: ..., account: ..., tls { ... } }``.
+
+    ``site_local`` subjects neither cross the link in nor out (``deny_imports`` and
+    ``deny_exports``): a site's event streams (``SITE_LOCAL_SUBJECTS``).
 
     ``account`` is the local account the link binds to (the mesh account's public key on a
     server in operator mode); ``credentials`` is the site's ``leaf`` identity; ``ca_file``
@@ -57,6 +66,10 @@ def leaf_remote_block(
         entries.append(f'account: "{account}"')
     if credentials is not None:
         entries.append(f'credentials: "{credentials}"')
+    if site_local:
+        denied = ", ".join(f'"{subject}"' for subject in site_local)
+        entries.append(f"deny_imports: [ {denied} ]")
+        entries.append(f"deny_exports: [ {denied} ]")
     if ca_file is not None:
         entries.append(client_tls_block(ca_file, client_cert))
     return _braces("", entries)

@@ -37,7 +37,11 @@ from mesh.errors import UnavailableError
 from mesh.security.identities import IdentitySpec, auth_block
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
-from mesh.security.server_config import leaf_remote_block, leafnodes_block
+from mesh.security.server_config import (
+    SITE_LOCAL_SUBJECTS,
+    leaf_remote_block,
+    leafnodes_block,
+)
 from mesh.testing.supervisor import ChildProcess
 
 #: identities every embedded server's key store holds from the start.
@@ -169,6 +173,7 @@ class NatsServer:
                 account=store.account.public_key,
                 ca_file=pki.ca_file,
                 client_cert=pki.client,
+                site_local=SITE_LOCAL_SUBJECTS,
             )
             lines.append('leafnodes {\n  reconnect: "1s"\n  remotes: [\n' + remote + "\n  ]\n}")
         return "\n".join(lines) + "\n"
@@ -183,7 +188,11 @@ class NatsServer:
             lines.append(f'leafnodes {{ listen: "{c.host}:{self.leaf_port}", no_advertise: true }}')
         if c.leaf_remotes:
             urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
-            lines.append(f'leafnodes {{ reconnect: "1s", remotes: [ {{ urls: [ {urls} ] }} ] }}')
+            denied = ", ".join(f'"{subject}"' for subject in SITE_LOCAL_SUBJECTS)
+            lines.append(
+                f'leafnodes {{ reconnect: "1s", remotes: [ {{ urls: [ {urls} ], '
+                f"deny_imports: [ {denied} ], deny_exports: [ {denied} ] }} ] }}"
+            )
         return "\n".join(lines) + "\n"
 
     def _prepare(self) -> tuple[Path, Path]:

@@ -1,0 +1,271 @@
+"""The entry tier's side of the event streams: fetch events, answer them as requests, store one
+result per event, then acknowledge.
+
+One durable pull consumer per served model (``mesh-<tier>-<model>``), shared by the tier's
+replicas. Each fetch of up to ``fetch_batch`` events is one batch through the data plane's local
+pass; events that escalate finish on their own task. An event is acknowledged only after its
+result is stored, so a node killed in between means redelivery, and the result stream drops the
+second copy by event id (``Nats-Msg-Id``): exactly one result per event. A malformed event gets
+an error result and is acknowledged; an event whose handling keeps failing goes to the dead-letter
+stream with the reason after ``max_deliver`` deliveries.
+
+An event's budget counts from its publish time: ``received_at`` is moved back by its age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from mesh import wire
+from mesh.dataplane import DataPlane, Outcome
+from mesh.errors import InternalError, InvalidArgumentError, MeshError
+from mesh.events.records import (
+    InferenceEvent,
+    ResultEvent,
+    check_event_id,
+    decode_event,
+    encode_result,
+)
+from mesh.events.streams import (
+    EVENTS_STREAM,
+    consumer_config,
+    dead_subject,
+    result_subject,
+    stream_configs,
+)
+from mesh.hardexamples import ensure_stream
+from mesh.lifecycle import Service, cancel_and_wait
+from mesh.metrics import MeshMetrics
+from mesh.settings import EventSettings
+
+log = logging.getLogger("mesh.events")
+
+MSG_ID = "Nats-Msg-Id"
+REASON_HEADER = "Mesh-Dead-Reason"
+
+
+class EventConsumer(Service):
+    def __init__(
+        self,
+        nc: NATS,
+        dataplane: DataPlane,
+        models: Callable[[], list[str]],
+        *,
+        tier: str,
+        node: str,
+        settings: EventSettings,
+        domain: str | None,
+        metrics: MeshMetrics,
+    ) -> None:
+        self._nc = nc
+        self._dataplane = dataplane
+        self._models = models
+        self.tier = tier
+        self.node = node
+        self.settings = settings
+        self._js: JetStreamContext = nc.jetstream(domain=domain)
+        self._metrics = metrics
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def _start(self) -> None:
+        for config in stream_configs(self.settings):
+            await ensure_stream(self._js, config)
+        for model in self._models():
+            await self.consume(model)
+
+    async def consume(self, model: str) -> None:
+        """Start taking the events of ``model`` (a model added later is started here too)."""
+        if model in self._loops:
+            return
+        config = consumer_config(self.tier, model, self.settings)
+        await self._js.add_consumer(EVENTS_STREAM, config)
+        sub = await self._js.pull_subscribe_bind(durable=config.durable_name, stream=EVENTS_STREAM)
+        self._loops[model] = asyncio.create_task(self._loop(model, sub), name=f"events-{model}")
+
+    async def _stop(self) -> None:
+        await cancel_and_wait(list(self._loops.values()))
+        # Events under way finish (their results stored and acknowledged) for a little while;
+        # what does not is delivered again after ack_wait.
+        if self._inflight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*self._inflight, return_exceptions=True)
+            await cancel_and_wait(list(self._inflight))
+
+    async def _loop(self, model: str, sub: Any) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event fetch for %s failed: %r", model, exc)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await self._handle(model, msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not stop the consumer: retry, then DLQ
+                log.exception("a batch of %d %s events failed", len(msgs), model)
+                for msg in msgs:
+                    await self._retry_or_dead(msg, model, f"{type(exc).__name__}: {exc}")
+
+    async def _handle(self, model: str, msgs: list[Msg]) -> None:
+        now_wall, now_mono = time.time(), time.monotonic()
+        batch: list[tuple[InferenceEvent, Msg, float]] = []
+        for msg in msgs:
+            source = _source_of(msg.subject)
+            try:
+                event = decode_event(msg.data)
+                if event.model != model or event.source != source:
+                    raise InvalidArgumentError(
+                        f"event for {event.model}/{event.source} published on {msg.subject}"
+                    )
+            except MeshError as exc:
+                self._metrics.events.add(1, self.tier, model, "malformed")
+                await self._store_error(msg, model, source, _id_of(msg), exc)
+                continue
+            age_s = min(max(0.0, now_wall - event.published_at), event.budget_ms / 1000.0)
+            batch.append((event, msg, now_mono - age_s))
+        if not batch:
+            return
+        outcomes = await self._dataplane.answer_batch_async(
+            [(event.request(), received_at) for event, _, received_at in batch]
+        )
+        for (event, msg, _), outcome in zip(batch, outcomes, strict=True):
+            if outcome.escalation is not None:
+                task = asyncio.create_task(self._complete(event, msg, outcome))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+                continue
+            await self._store_outcome(event, msg, outcome)
+
+    async def _complete(self, event: InferenceEvent, msg: Msg, outcome: Outcome) -> None:
+        try:
+            response = await self._dataplane.complete(outcome)
+        except MeshError as exc:
+            outcome.error = exc
+        except Exception as exc:
+            outcome.error = InternalError(f"event {event.id}: {exc!r}")
+        else:
+            outcome.response = response
+        await self._store_outcome(event, msg, outcome)
+
+    async def _store_outcome(self, event: InferenceEvent, msg: Msg, outcome: Outcome) -> None:
+        if outcome.response is not None:
+            reply = wire.encode_response(outcome.response)
+            label = "degraded" if outcome.response.degraded else "answered"
+        else:
+            error = outcome.error or InternalError(f"event {event.id} has no answer")
+            reply = wire.encode_error(
+                wire.ErrorReply(event.id, error.code, error.message, self.tier, self.node)
+            )
+            label = "error"
+        self._metrics.events.add(1, self.tier, event.model, label)
+        await self._store(msg, event.model, event.source, event.id, event.published_at, reply)
+
+    async def _store_error(
+        self, msg: Msg, model: str, source: str, event_id: str, error: MeshError
+    ) -> None:
+        reply = wire.encode_error(
+            wire.ErrorReply(event_id, error.code, error.message, self.tier, self.node)
+        )
+        await self._store(msg, model, source, event_id, 0.0, reply)
+
+    async def _store(
+        self,
+        msg: Msg,
+        model: str,
+        source: str,
+        event_id: str,
+        published_at: float,
+        reply: bytes,
+    ) -> None:
+        """Store the result, then acknowledge the event; a result that cannot be stored leaves
+        the event to be delivered again."""
+        result = ResultEvent(
+            event_id=event_id,
+            model=model,
+            source=source,
+            published_at=published_at,
+            stored_at=time.time(),
+            event_sequence=_sequence_of(msg),
+            reply=reply,
+        )
+        headers = {MSG_ID: event_id}
+        traceparent = (msg.headers or {}).get("traceparent")
+        if traceparent:
+            headers["traceparent"] = traceparent
+        try:
+            await self._js.publish(
+                result_subject(model, source), encode_result(result), headers=headers, timeout=5.0
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("result of event %s not stored: %r", event_id, exc)
+            await self._retry_or_dead(msg, model, f"result not stored: {exc!r}")
+            return
+        await msg.ack()
+
+    async def _retry_or_dead(self, msg: Msg, model: str, reason: str) -> None:
+        delivered = _delivered_of(msg)
+        if delivered < self.settings.max_deliver:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=min(0.5 * delivered, 5.0))
+            return
+        source = _source_of(msg.subject)
+        headers = {REASON_HEADER: reason[:512], MSG_ID: _id_of(msg)}
+        try:
+            await self._js.publish(dead_subject(model, source), msg.data, headers=headers)
+        except Exception as exc:
+            log.error("event %s could not be dead-lettered: %r", _id_of(msg), exc)
+            return
+        self._metrics.events.add(1, self.tier, model, "dead_lettered")
+        with contextlib.suppress(Exception):
+            await msg.term()
+
+
+def _source_of(subject: str) -> str:
+    parts = subject.split(".")
+    return parts[3] if len(parts) == 4 else "_unknown"
+
+
+def _id_of(msg: Msg) -> str:
+    """The event id from the message id header, else the stream sequence (for a malformed
+    event whose body cannot tell its id)."""
+    header = (msg.headers or {}).get(MSG_ID)
+    if header:
+        try:
+            return check_event_id(header)
+        except MeshError:
+            pass
+    return f"seq-{_sequence_of(msg)}"
+
+
+def _sequence_of(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return 0
+
+
+def _delivered_of(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1

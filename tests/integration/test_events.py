@@ -1,0 +1,201 @@
+"""Event streams on a real nats-server: applications publish without waiting, the entry tier
+answers through the same data plane, one result event per inference event even when the
+consuming node is killed mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from mesh.client import EventResult, MeshClient
+from mesh.errors import InvalidArgumentError, ResourceExhaustedError
+from mesh.events.streams import RESULTS_STREAM
+from mesh.models.demo import DemoArtifacts
+from mesh.security.identities import IdentitySpec
+from mesh.security.keystore import KeyStore
+from mesh.security.permissions import Role
+from mesh.settings import EventSettings
+from mesh.testing.embedded import NatsServer
+from mesh.testing.launcher import NodeProcess
+from mesh.testing.layout import node_identity, tier_node_settings
+from tests.conftest import NodeFactory, model_settings
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def source_client(server: NatsServer, keystore: KeyStore, name: str) -> MeshClient:
+    creds = await asyncio.to_thread(keystore.ensure, IdentitySpec(name, Role.APPLICATION))
+    return await MeshClient.connect(server.url, user_credentials=str(creds))
+
+
+async def take(client: MeshClient, source: str, count: int, timeout: float) -> list[EventResult]:
+    """The first ``count`` results of ``source`` (fails the test if they take over ``timeout``)."""
+    got: list[EventResult] = []
+    async with asyncio.timeout(timeout):
+        async for result in client.results("digits", source=source):
+            got.append(result)
+            if len(got) >= count:
+                break
+    return got
+
+
+async def test_published_events_get_one_result_each_through_the_data_plane(
+    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+) -> None:
+    await start_node(
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge-int8")],
+        entry=True,
+        events=EventSettings(enabled=True),
+    )
+    x = np.load(demo.test)["x"][:50].astype(np.float32)
+    client = await source_client(nats_server, keystore, "cam1")
+    app = await asyncio.to_thread(keystore.ensure, IdentitySpec("app", Role.APPLICATION))
+    async with client, await MeshClient.connect(nats_server.url, user_credentials=str(app)) as sdk:
+        acks = [
+            await client.publish("digits", row[None, :], source="cam1", event_id=f"f-{i}")
+            for i, row in enumerate(x)
+        ]
+        assert [a.duplicate for a in acks] == [False] * 50
+        again = await client.publish("digits", x[0][None, :], source="cam1", event_id="f-0")
+        assert again.duplicate and again.sequence == acks[0].sequence
+        results = await take(client, "cam1", 50, 30)
+        want = [(await sdk.infer("digits", row[None, :])).label for row in x]
+    assert sorted(r.event_id for r in results) == sorted(f"f-{i}" for i in range(50))
+    by_id = {r.event_id: r for r in results}
+    assert [by_id[f"f-{i}"].label for i in range(50)] == want
+    assert all(r.tier == "edge" and r.model_version == "1-edge-int8" for r in results)
+    assert all(r.stored_at >= r.published_at > 0 for r in results)
+    with pytest.raises(InvalidArgumentError):
+        await client.publish("digits", x[:1], source="cam1", event_id="has space")
+
+
+async def test_malformed_events_get_an_error_result_and_never_block_the_stream(
+    nats_server: NatsServer,
+    start_node: NodeFactory,
+    keystore: KeyStore,
+    demo: DemoArtifacts,
+) -> None:
+    await start_node(
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge-int8")],
+        entry=True,
+        events=EventSettings(enabled=True),
+    )
+    client = await source_client(nats_server, keystore, "cam2")
+    async with client:
+        js = client.nc.jetstream()
+        await js.publish(
+            "mesh.events.digits.cam2", b"\xc1garbage", headers={"Nats-Msg-Id": "bad-1"}
+        )
+        wrong = msgpack.packb({"v": 1, "kind": "inference_event", "id": "bad-2", "model": "digits",
+                               "source": "cam2", "inputs": {}, "budget_ms": 100,
+                               "residency": "any", "published_at": time.time()})  # fmt: skip
+        await js.publish("mesh.events.digits.cam2", wrong, headers={"Nats-Msg-Id": "bad-2"})
+        good = np.load(demo.test)["x"][:1].astype(np.float32)
+        await client.publish("digits", good, source="cam2", event_id="good-1")
+        results = await take(client, "cam2", 3, 30)
+    by_id = {r.event_id: r for r in results}
+    assert set(by_id) == {"bad-1", "bad-2", "good-1"}
+    assert by_id["bad-1"].error is not None and "msgpack" in str(by_id["bad-1"].error)
+    assert by_id["bad-2"].error is not None and "non-empty map" in str(by_id["bad-2"].error)
+    assert by_id["good-1"].error is None and by_id["good-1"].label is not None
+
+
+async def test_a_full_event_stream_refuses_what_it_cannot_keep(
+    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+) -> None:
+    # No consumer drains it fast enough: a tiny stream, and a node that is not the entry tier's.
+    small = EventSettings(enabled=True, max_bytes=4096)
+    await start_node(
+        "edge", nats_server.url, [model_settings(demo, "edge-int8")], entry=True, events=small
+    )
+    client = await source_client(nats_server, keystore, "cam3")
+    big = np.zeros((4, 64), dtype=np.float32)  # ~1.2 KB an event
+    async with client:
+        with pytest.raises(ResourceExhaustedError, match="full"):
+            for i in range(20):
+                await client.publish("digits", big, source="cam3", event_id=f"big-{i}")
+
+
+SOURCES = ("s1", "s2", "s3", "s4")
+EVENTS_PER_SOURCE = 2500
+
+
+async def test_ten_thousand_events_through_two_sigkills_get_exactly_one_result_each(
+    nats_server: NatsServer, keystore: KeyStore, demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    creds = await asyncio.to_thread(keystore.ensure, node_identity("edge-0", "edge", entry=True))
+    settings = tier_node_settings(
+        "edge",
+        node="edge-0",
+        server=nats_server.url,
+        manifest=demo.edge_int8,
+        zone="device",
+        entry=True,
+        upstream_domain=None,
+        http_port=None,
+        credentials=creds,
+        extra={"events": {"enabled": True, "ack_wait_s": 2.0}, "hard_examples": {"enabled": False}},
+    )
+    node = NodeProcess("edge-0", settings, tmp_path)
+    await node.start()
+    x = np.load(demo.test)["x"].astype(np.float32)
+    clients = {s: await source_client(nats_server, keystore, s) for s in SOURCES}
+    published = Counter[str]()
+
+    async def publish(source: str) -> None:
+        client = clients[source]
+        for i in range(EVENTS_PER_SOURCE):
+            row = x[i % len(x)][None, :]
+            await client.publish("digits", row, source=source, event_id=f"{source}-{i}")
+            published[source] += 1
+
+    async def kill_twice() -> None:
+        for _ in range(2):
+            while sum(published.values()) < 2500 * (_ + 1):  # noqa: ASYNC110 (another task counts)
+                await asyncio.sleep(0.05)
+            await node.kill()
+            await asyncio.sleep(0.5)
+            await node.start()
+
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(publish(s) for s in SOURCES), kill_twice())
+        results: dict[str, list[EventResult]] = {}
+        for source in SOURCES:
+            results[source] = await take(clients[source], source, EVENTS_PER_SOURCE, 120)
+        # Nothing more arrives: exactly one result per event, none duplicated.
+        admin = await nats_server.connect()
+        try:
+            info = await admin.jetstream().stream_info(RESULTS_STREAM)
+            events = await admin.jetstream().stream_info("MESH_EVENTS")
+        finally:
+            await admin.close()
+        assert info.state.messages == len(SOURCES) * EVENTS_PER_SOURCE
+        assert events.state.messages == len(SOURCES) * EVENTS_PER_SOURCE
+    finally:
+        for client in clients.values():
+            await client.close()
+        await node.stop()
+    elapsed = time.monotonic() - started
+    print(
+        f"\n{len(SOURCES) * EVENTS_PER_SOURCE} events, two SIGKILLs: all results in {elapsed:.1f} s"
+    )
+    for source in SOURCES:
+        ids = [r.event_id for r in results[source]]
+        assert len(ids) == len(set(ids)) == EVENTS_PER_SOURCE, source
+        assert set(ids) == {f"{source}-{i}" for i in range(EVENTS_PER_SOURCE)}
+        assert all(r.error is None for r in results[source])
+        # Results come back in the order their events were stored, except around a kill, when
+        # events in flight are delivered again: the event sequence puts them back in order.
+        sequences = [r.event_sequence for r in results[source]]
+        assert sorted(sequences) == sorted(set(sequences))
