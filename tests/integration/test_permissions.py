@@ -27,7 +27,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
@@ -302,6 +302,50 @@ async def test_an_application_publishes_events_only_as_itself(connect: Connect) 
     await asyncio.sleep(QUIET_S)
 
     assert [m.subject for m in seen.messages] == [f"mesh.events.{model}.app1"]
+
+
+async def test_an_application_reads_only_its_own_results_through_its_own_consumer(
+    connect: Connect,
+) -> None:
+    app1, app2, admin = await connect("app1"), await connect("app2"), await connect("admin")
+    model = unique_model()
+    await admin.nc.jetstream().add_stream(
+        StreamConfig(name="MESH_RESULTS", subjects=["mesh.results.>"])
+    )
+    for source in ("app1", "app2"):
+        await admin.nc.jetstream().publish(f"mesh.results.{model}.{source}", source.encode())
+
+    def config(name: str, source: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=name,
+            durable_name=name,
+            filter_subject=f"mesh.results.{model}.{source}",
+            ack_policy=AckPolicy.EXPLICIT,
+        )
+
+    js1 = app1.nc.jetstream(timeout=JS_TIMEOUT_S)
+    await js1.add_consumer("MESH_RESULTS", config("app1", "app1"))
+    sub = await js1.pull_subscribe_bind(durable="app1", stream="MESH_RESULTS")
+    [msg] = await sub.fetch(1, timeout=2)
+    assert msg.data == b"app1"
+    await msg.ack()
+
+    # another's results, under its own consumer name or under the other's
+    with pytest.raises(nats.errors.TimeoutError):
+        await js1.add_consumer("MESH_RESULTS", config("app1x", "app2"))
+    with pytest.raises(nats.errors.TimeoutError):
+        await js1.add_consumer("MESH_RESULTS", config("app2", "app2"))
+    # the other's consumer, once it exists, cannot be pulled from
+    js2 = app2.nc.jetstream(timeout=JS_TIMEOUT_S)
+    await js2.add_consumer("MESH_RESULTS", config("app2", "app2"))
+    stolen = await js1.pull_subscribe_bind(durable="app2", stream="MESH_RESULTS")
+    with pytest.raises(nats.errors.TimeoutError):
+        await stolen.fetch(1, timeout=1)
+    await app1.expect_violation("publish", "$JS.API.CONSUMER.MSG.NEXT.MESH_RESULTS.app2")
+    own = await js2.pull_subscribe_bind(durable="app2", stream="MESH_RESULTS")
+    [msg] = await own.fetch(1, timeout=2)
+    assert msg.data == b"app2"
+    await admin.nc.jetstream().delete_stream("MESH_RESULTS")
 
 
 async def test_an_application_cannot_listen_beyond_its_inbox(connect: Connect) -> None:
