@@ -436,12 +436,22 @@ class MeshClient(Service):
             published_at=time.time(),
         )
         headers = {"Nats-Msg-Id": event.id}
-        if tracing.wanted_here():
-            headers = tracing.inject(headers)
+        payload = encode_event(event)
+        js = self._nc.jetstream()
         try:
-            ack = await self._nc.jetstream().publish(
-                subject, encode_event(event), headers=headers, timeout=timeout
-            )
+            if tracing.wanted_here():
+                with tracing.send_span(
+                    subject,
+                    kind=tracing.SpanKind.PRODUCER,
+                    message_id=event.id,
+                    model=model,
+                    attributes={tracing.BODY_SIZE: len(payload)},
+                ):
+                    ack = await js.publish(
+                        subject, payload, headers=tracing.inject(headers), timeout=timeout
+                    )
+            else:
+                ack = await js.publish(subject, payload, headers=headers, timeout=timeout)
         except nats.js.errors.APIError as exc:
             text = f"{exc.description or exc}"
             if "maximum" in text.lower() or "limit" in text.lower():

@@ -25,8 +25,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
-from mesh import wire
+from mesh import tracing, wire
 from mesh.dataplane import DataPlane, Outcome
 from mesh.errors import InternalError, InvalidArgumentError, MeshError
 from mesh.events.records import (
@@ -140,6 +142,12 @@ class EventConsumer(Service):
                 await self._store_error(msg, model, source, _id_of(msg), exc)
                 continue
             age_s = min(max(0.0, now_wall - event.published_at), event.budget_ms / 1000.0)
+            if tracing.wanted(msg.headers):
+                # a traced event runs on its own, inside its publisher's trace
+                task = asyncio.create_task(self._traced(event, msg, now_mono - age_s))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+                continue
             batch.append((event, msg, now_mono - age_s))
         if not batch:
             return
@@ -153,6 +161,31 @@ class EventConsumer(Service):
                 task.add_done_callback(self._inflight.discard)
                 continue
             await self._store_outcome(event, msg, outcome)
+
+    async def _traced(self, event: InferenceEvent, msg: Msg, received_at: float) -> None:
+        subject = msg.subject
+        token = otel_context.attach(tracing.extract(msg.headers))
+        try:
+            with tracing.TRACER.start_as_current_span(
+                f"process {subject}",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    tracing.MESSAGING_SYSTEM: "nats",
+                    tracing.DESTINATION: subject,
+                    tracing.OPERATION_TYPE: "process",
+                    tracing.MESSAGE_ID: event.id,
+                    tracing.MODEL: event.model,
+                },
+            ):
+                (outcome,) = await self._dataplane.answer_batch_async(
+                    [(event.request(), received_at)]
+                )
+                if outcome.escalation is not None:
+                    await self._complete(event, msg, outcome)
+                else:
+                    await self._store_outcome(event, msg, outcome)
+        finally:
+            otel_context.detach(token)
 
     async def _complete(self, event: InferenceEvent, msg: Msg, outcome: Outcome) -> None:
         try:
@@ -207,13 +240,18 @@ class EventConsumer(Service):
             reply=reply,
         )
         headers = {MSG_ID: event_id}
-        traceparent = (msg.headers or {}).get("traceparent")
-        if traceparent:
-            headers["traceparent"] = traceparent
+        subject = result_subject(model, source)
         try:
-            await self._js.publish(
-                result_subject(model, source), encode_result(result), headers=headers, timeout=5.0
-            )
+            if tracing.wanted_here():
+                with tracing.send_span(
+                    subject, kind=trace.SpanKind.PRODUCER, message_id=event_id, model=model
+                ):
+                    await self._js.publish(
+                        subject, encode_result(result), headers=tracing.inject(headers),
+                        timeout=5.0,
+                    )  # fmt: skip
+            else:
+                await self._js.publish(subject, encode_result(result), headers=headers, timeout=5.0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
