@@ -229,6 +229,56 @@ class HardExampleSettings(_Section):
     """How long upstream remembers request ids to drop duplicates."""
 
 
+class WebhookSettings(_Section):
+    """An HTTP endpoint an action posts its action event to (JSON)."""
+
+    url: str = Field(pattern=r"^https?://")
+    """Where to POST."""
+    timeout_s: float = Field(5.0, gt=0)
+    """Per attempt."""
+    attempts: int = Field(4, ge=1, le=20)
+    """Tries before the action goes to the actions' dead-letter stream."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra request headers (an Authorization header, say)."""
+
+
+class ActionRule(_Section):
+    """Turns result events into actions: every condition set must hold (of any row's label)."""
+
+    name: str
+    """Rule name: it names the action events and their dead letters."""
+    model: str | None = None
+    """Only results of this model."""
+    labels: list[int] | None = None
+    """Some row's predicted label is one of these."""
+    min_confidence: float | None = Field(None, ge=0)
+    """The answer's confidence is at least this."""
+    max_confidence: float | None = Field(None, ge=0)
+    """The answer's confidence is at most this."""
+    degraded: bool | None = None
+    """The answer is (true) or is not (false) degraded."""
+    tiers: list[str] | None = None
+    """The answer came from one of these tiers."""
+    errors: bool = False
+    """Match error results (which have no label or confidence) instead of answers."""
+    publish: str | None = Field(None, pattern=r"^mesh\.actions\.[A-Za-z0-9_\-.]+$")
+    """Publish the action event on this subject (under ``mesh.actions.``: a node's identity
+    may publish there and nowhere else of its choosing)."""
+    webhook: WebhookSettings | None = None
+    """POST the action event here, retried, then dead-lettered."""
+
+    @field_validator("name")
+    @classmethod
+    def _rule_name(cls, v: str) -> str:
+        return check_token(v, "action rule name")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ActionRule:
+        if (self.publish is None) == (self.webhook is None):
+            raise ValueError(f"action rule {self.name}: set exactly one of publish and webhook")
+        return self
+
+
 class EventSettings(_Section):
     """Event streams at the entry tier: inference events in, result events out (JetStream, in
     the local domain)."""
@@ -252,6 +302,11 @@ class EventSettings(_Section):
     """Events in flight at once across the tier's replicas."""
     fetch_batch: int = Field(64, ge=1)
     """Events fetched at once: one batch through the data plane."""
+    actions: list[ActionRule] = Field(default_factory=list)
+    """Rules that turn stored results into actions (published events or webhooks)."""
+    max_pending_actions: int = Field(1000, ge=1)
+    """Actions under way at once; more go straight to the dead-letter stream (a slow webhook
+    never slows inference)."""
 
 
 class FleetSettings(_Section):

@@ -31,6 +31,7 @@ from opentelemetry import trace
 from mesh import tracing, wire
 from mesh.dataplane import DataPlane, Outcome
 from mesh.errors import InternalError, InvalidArgumentError, MeshError
+from mesh.events.actions import ActionRunner, ResultView, dead_stream_config
 from mesh.events.records import (
     InferenceEvent,
     ResultEvent,
@@ -79,10 +80,15 @@ class EventConsumer(Service):
         self._metrics = metrics
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        self.actions: ActionRunner | None = None
 
     async def _start(self) -> None:
         for config in stream_configs(self.settings):
             await ensure_stream(self._js, config)
+        if self.settings.actions:
+            await ensure_stream(self._js, dead_stream_config(self.settings))
+            self.actions = ActionRunner(self._nc, self._js, self.settings, self.tier, self._metrics)
+            await self.actions.start()
         for model in self._models():
             await self.consume(model)
 
@@ -104,6 +110,8 @@ class EventConsumer(Service):
                 async with asyncio.timeout(5.0):
                     await asyncio.gather(*self._inflight, return_exceptions=True)
             await cancel_and_wait(list(self._inflight))
+        if self.actions is not None:
+            await self.actions.stop()
 
     async def _loop(self, model: str, sub: Any) -> None:
         while True:
@@ -199,17 +207,23 @@ class EventConsumer(Service):
         await self._store_outcome(event, msg, outcome)
 
     async def _store_outcome(self, event: InferenceEvent, msg: Msg, outcome: Outcome) -> None:
-        if outcome.response is not None:
-            reply = wire.encode_response(outcome.response)
-            label = "degraded" if outcome.response.degraded else "answered"
+        response = outcome.response
+        if response is not None:
+            reply = wire.encode_response(response)
+            label = "degraded" if response.degraded else "answered"
+            view = ResultView(
+                event.model, response.labels, response.confidence, response.tier,
+                response.degraded,
+            )  # fmt: skip
         else:
             error = outcome.error or InternalError(f"event {event.id} has no answer")
             reply = wire.encode_error(
                 wire.ErrorReply(event.id, error.code, error.message, self.tier, self.node)
             )
             label = "error"
+            view = ResultView(event.model, [], None, self.tier, False, str(error))
         self._metrics.events.add(1, self.tier, event.model, label)
-        await self._store(msg, event.model, event.source, event.id, event.published_at, reply)
+        await self._store(msg, event.model, event.source, event.id, event.published_at, reply, view)
 
     async def _store_error(
         self, msg: Msg, model: str, source: str, event_id: str, error: MeshError
@@ -217,7 +231,8 @@ class EventConsumer(Service):
         reply = wire.encode_error(
             wire.ErrorReply(event_id, error.code, error.message, self.tier, self.node)
         )
-        await self._store(msg, model, source, event_id, 0.0, reply)
+        view = ResultView(model, [], None, self.tier, False, str(error))
+        await self._store(msg, model, source, event_id, 0.0, reply, view)
 
     async def _store(
         self,
@@ -227,9 +242,12 @@ class EventConsumer(Service):
         event_id: str,
         published_at: float,
         reply: bytes,
+        view: ResultView,
     ) -> None:
-        """Store the result, then acknowledge the event; a result that cannot be stored leaves
-        the event to be delivered again."""
+        """Store the result, then acknowledge the event, then start the actions its rules call
+        for; a result that cannot be stored leaves the event to be delivered again. Actions
+        are at least once: a node that dies between storing and acknowledging runs them again
+        on redelivery (each action event carries the event id)."""
         result = ResultEvent(
             event_id=event_id,
             model=model,
@@ -259,6 +277,8 @@ class EventConsumer(Service):
             await self._retry_or_dead(msg, model, f"result not stored: {exc!r}")
             return
         await msg.ack()
+        if self.actions is not None:
+            self.actions.fire(view, event_id, source)
 
     async def _retry_or_dead(self, msg: Msg, model: str, reason: str) -> None:
         delivered = _delivered_of(msg)

@@ -176,6 +176,9 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
             # result events and dead letters of the event streams (entry tier)
             "mesh.results.{model}.*",
             "mesh.deadletter.{model}.*",
+            # what the event streams' action rules publish, and actions that failed
+            "mesh.actions.>",
+            "mesh.actions-dead.>",
             INBOX,
         ),
         subscribe=(
@@ -192,6 +195,7 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
             "MESH_EVENTS",
             "MESH_RESULTS",
             "MESH_EVENTS_DEAD",
+            "MESH_ACTIONS_DEAD",
         ),
         js_read=(DESIRED_STREAM, MODEL_STORE_STREAM),
         entry_subscribe=("mesh.infer.{model} mesh.entry",),

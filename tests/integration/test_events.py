@@ -199,3 +199,85 @@ async def test_ten_thousand_events_through_two_sigkills_get_exactly_one_result_e
         # events in flight are delivered again: the event sequence puts them back in order.
         sequences = [r.event_sequence for r in results[source]]
         assert sorted(sequences) == sorted(set(sequences))
+
+
+async def test_rules_turn_results_into_alerts_and_webhooks_and_dead_letter_what_fails(
+    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+) -> None:
+    from aiohttp import web
+
+    from mesh.settings import ActionRule, WebhookSettings
+
+    hits: list[dict[str, object]] = []
+    calls = Counter[str]()
+
+    async def hook(request: web.Request) -> web.Response:
+        calls["hook"] += 1
+        if calls["hook"] % 3 == 1:  # every third call fails first: the retry carries it
+            return web.Response(status=503)
+        hits.append(await request.json())
+        return web.Response(status=204)
+
+    async def broken(request: web.Request) -> web.Response:
+        calls["broken"] += 1
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_post("/broken", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rules = [
+        ActionRule(name="alert", labels=[3, 8], min_confidence=0.5,
+                   publish="mesh.actions.alerts.line4"),
+        ActionRule(name="hook", labels=[3], webhook=WebhookSettings(
+            url=f"http://127.0.0.1:{port}/hook", attempts=3)),
+        ActionRule(name="broken", labels=[8], webhook=WebhookSettings(
+            url=f"http://127.0.0.1:{port}/broken", attempts=2, timeout_s=1)),
+    ]  # fmt: skip
+    await start_node(
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge-int8")],
+        entry=True,
+        events=EventSettings(enabled=True, actions=rules),
+    )
+    admin = await nats_server.connect()
+    alerts: list[bytes] = []
+
+    async def on_alert(msg: object) -> None:
+        alerts.append(msg.data)  # type: ignore[attr-defined]
+
+    await admin.subscribe("mesh.actions.alerts.line4", cb=on_alert)
+    await admin.flush()
+    x = np.load(demo.test)["x"][:60].astype(np.float32)
+    client = await source_client(nats_server, keystore, "line4")
+    try:
+        async with client:
+            for i, row in enumerate(x):
+                await client.publish("digits", row[None, :], source="line4", event_id=f"a-{i}")
+            results = await take(client, "line4", len(x), 30)
+        want_alert = {r.event_id for r in results if set(r.labels) & {3, 8} and r.confidence >= 0.5}
+        want_hook = {r.event_id for r in results if 3 in r.labels}
+        want_dead = {r.event_id for r in results if 8 in r.labels}
+        assert want_alert and want_hook and want_dead
+        async with asyncio.timeout(30):
+            while (  # noqa: ASYNC110 (the node's tasks report through NATS and HTTP)
+                len(alerts) < len(want_alert) or len(hits) < len(want_hook)
+            ):
+                await asyncio.sleep(0.1)
+            js = admin.jetstream()
+            while (await js.stream_info("MESH_ACTIONS_DEAD")).state.messages < len(want_dead):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert {msgpack.unpackb(a)["event_id"] for a in alerts} == want_alert
+        assert {h["event_id"] for h in hits} == want_hook
+        assert all(h["kind"] == "action_event" and h["rule"] == "hook" for h in hits)
+        dead = await admin.jetstream().get_last_msg("MESH_ACTIONS_DEAD", "mesh.actions-dead.broken")
+        assert "500" in (dead.headers or {}).get("Mesh-Dead-Reason", "")
+        assert calls["broken"] == 2 * len(want_dead)
+    finally:
+        await admin.close()
+        await runner.cleanup()
