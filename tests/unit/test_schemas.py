@@ -16,6 +16,8 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from mesh.errors import ErrorCode
+from mesh.events.actions import ActionEvent
+from mesh.events.records import InferenceEvent, ResultEvent, encode_event, encode_result
 from mesh.fleet.desired import DesiredState, Selector, encode_desired
 from mesh.fleet.signing import SigningKey, sign
 from mesh.policy import RESIDENCY_LABELS
@@ -50,6 +52,9 @@ MESSAGE_SCHEMAS = [
     "desired-state",
     "node-event",
     "artifact-signature",
+    "inference-event",
+    "result-event",
+    "action-event",
 ]
 ALL_SCHEMAS = [*MESSAGE_SCHEMAS, "tensor"]
 
@@ -256,6 +261,38 @@ def _rollout_message() -> dict[str, Any]:
     }
 
 
+def _inference_event_message() -> dict[str, Any]:
+    event = InferenceEvent(
+        id="cam-1-000042",
+        model="digits",
+        source="cam-1",
+        inputs={"input": np.zeros((1, 64), dtype=np.float32)},
+        budget_ms=2000.0,
+        residency="site",
+        published_at=1_700_000_005.0,
+    )
+    message: dict[str, Any] = unpack_raw(encode_event(event))
+    return message
+
+
+def _result_event_message() -> dict[str, Any]:
+    reply = encode_error(ErrorReply("cam-1-000042", ErrorCode.INVALID_ARGUMENT, "no inputs"))
+    result = ResultEvent(
+        "cam-1-000042", "digits", "cam-1", 1_700_000_005.0, 1_700_000_005.2, 42, reply
+    )
+    message: dict[str, Any] = unpack_raw(encode_result(result))
+    return message
+
+
+def _action_event_message() -> dict[str, Any]:
+    action = ActionEvent(
+        rule="alert", event_id="cam-1-000042", model="digits", source="cam-1", labels=[3],
+        confidence=0.97, tier="edge", degraded=False, reason=None, error=None, time=1.0,
+    )  # fmt: skip
+    message: dict[str, Any] = unpack_raw(action.to_msgpack())
+    return message
+
+
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 REAL_MESSAGES: dict[str, tuple[str, Any]] = {
     "request": ("infer-request", _request_message),
@@ -278,6 +315,9 @@ REAL_MESSAGES: dict[str, tuple[str, Any]] = {
     "node event swapped": ("node-event", lambda: _node_event_message("swapped")),
     "node event rejected": ("node-event", lambda: _node_event_message("rejected")),
     "artifact signature": ("artifact-signature", _signature_message),
+    "inference event": ("inference-event", _inference_event_message),
+    "result event": ("result-event", _result_event_message),
+    "action event": ("action-event", _action_event_message),
 }
 
 
