@@ -40,8 +40,11 @@ from mesh.events.records import (
     encode_result,
 )
 from mesh.events.streams import (
+    DEAD_STREAM,
     EVENTS_STREAM,
+    RESULTS_STREAM,
     consumer_config,
+    consumer_name,
     dead_subject,
     result_subject,
     stream_configs,
@@ -54,6 +57,8 @@ from mesh.settings import EventSettings
 log = logging.getLogger("mesh.events")
 
 MSG_ID = "Nats-Msg-Id"
+#: how often stream depth and consumer lag are read for the gauges.
+STATS_S = 2.0
 REASON_HEADER = "Mesh-Dead-Reason"
 
 
@@ -81,6 +86,10 @@ class EventConsumer(Service):
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self.actions: ActionRunner | None = None
+        #: figures read from JetStream every ``STATS_S``, exposed as gauges when scraped.
+        self.figures: dict[tuple[str, str], float] = {}
+        self._unregister: list[Callable[[], None]] = []
+        self._stats_task: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
         for config in stream_configs(self.settings):
@@ -91,6 +100,16 @@ class EventConsumer(Service):
             await self.actions.start()
         for model in self._models():
             await self.consume(model)
+        self._unregister.append(
+            self._metrics.observe_gauge(
+                "mesh_event_streams",
+                "Event streams at this node's server: depth of each stream (messages), and per "
+                "model the events not yet delivered (pending), delivered and not acknowledged "
+                "(ack_pending) and delivered more than once (redelivered)",
+                self._gauge_values,
+            )
+        )
+        self._stats_task = asyncio.create_task(self._stats(), name="events-stats")
 
     async def consume(self, model: str) -> None:
         """Start taking the events of ``model`` (a model added later is started here too)."""
@@ -102,7 +121,9 @@ class EventConsumer(Service):
         self._loops[model] = asyncio.create_task(self._loop(model, sub), name=f"events-{model}")
 
     async def _stop(self) -> None:
-        await cancel_and_wait(list(self._loops.values()))
+        for unregister in self._unregister:
+            unregister()
+        await cancel_and_wait([*self._loops.values(), *filter(None, [self._stats_task])])
         # Events under way finish (their results stored and acknowledged) for a little while;
         # what does not is delivered again after ack_wait.
         if self._inflight:
@@ -112,6 +133,26 @@ class EventConsumer(Service):
             await cancel_and_wait(list(self._inflight))
         if self.actions is not None:
             await self.actions.stop()
+
+    def _gauge_values(self) -> list[tuple[float, dict[str, str]]]:
+        return [
+            (value, {"tier": self.tier, "figure": figure, "of": of})
+            for (figure, of), value in list(self.figures.items())
+        ]
+
+    async def _stats(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                for stream in (EVENTS_STREAM, RESULTS_STREAM, DEAD_STREAM):
+                    info = await self._js.stream_info(stream)
+                    self.figures[("messages", stream)] = float(info.state.messages)
+                for model in list(self._loops):
+                    name = consumer_name(self.tier, model)
+                    c = await self._js.consumer_info(EVENTS_STREAM, name)
+                    self.figures[("pending", model)] = float(c.num_pending or 0)
+                    self.figures[("ack_pending", model)] = float(c.num_ack_pending or 0)
+                    self.figures[("redelivered", model)] = float(c.num_redelivered or 0)
+            await asyncio.sleep(STATS_S)
 
     async def _loop(self, model: str, sub: Any) -> None:
         while True:

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from mesh.client import EventResult, MeshClient
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
@@ -48,7 +49,7 @@ async def take(client: MeshClient, source: str, count: int, timeout: float) -> l
 async def test_published_events_get_one_result_each_through_the_data_plane(
     nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
-    await start_node(
+    node = await start_node(
         "edge",
         nats_server.url,
         [model_settings(demo, "edge-int8")],
@@ -75,6 +76,15 @@ async def test_published_events_get_one_result_each_through_the_data_plane(
     assert all(r.stored_at >= r.published_at > 0 for r in results)
     with pytest.raises(InvalidArgumentError):
         await client.publish("digits", x[:1], source="cam1", event_id="has space")
+    # stream depth and consumer lag, as Prometheus sees them
+    assert node.events is not None
+    async with asyncio.timeout(10):
+        while node.events.figures.get(("messages", "MESH_RESULTS")) != 50.0:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    assert node.events.figures[("messages", "MESH_EVENTS")] == 50.0
+    assert node.events.figures[("pending", "digits")] == 0.0
+    scraped = generate_latest(REGISTRY).decode()
+    assert 'mesh_event_streams{figure="messages",of="MESH_RESULTS",tier="edge"} 50.0' in scraped
 
 
 async def test_malformed_events_get_an_error_result_and_never_block_the_stream(
