@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -22,6 +24,7 @@ import psutil
 
 from mesh import wire
 from mesh.client import DEFAULT_INPUT, MeshClient
+from mesh.events.records import decode_result
 from mesh.ingress.proto import grpc_predict_v2_pb2 as oip_pb
 from mesh.models.demo import ensure_demo
 from mesh.models.manifest import artifact_path, load_manifest
@@ -57,6 +60,7 @@ def _node_settings(
     entry: bool,
     keystore: KeyStore | None,
     upstream_domain: str = "hub",
+    events: bool = False,
 ) -> NodeSettings:
     """One bench node; ``keystore`` None for the open servers (no credentials to present)."""
     identity = node_identity(
@@ -73,6 +77,7 @@ def _node_settings(
         threshold=threshold,
         upstream_domain=upstream_domain,
         credentials=keystore.ensure(identity) if keystore is not None else None,
+        extra={"events": {"enabled": True}} if events else None,
     )
 
 
@@ -267,6 +272,8 @@ async def run_bench(
                         entry=entry,
                         keystore=keystore if secured else None,
                         upstream_domain="hub" if secured else "hubopen",
+                        # the site's entry node also consumes the event stream
+                        events=name == "edge",
                     ),
                     work,
                 )
@@ -424,6 +431,37 @@ async def run_bench(
             reply = await model_infer(grpc_requests[i % n_rows], metadata=grpc_auth, timeout=5.0)
             return str(reply.parameters["tier"].string_param)
 
+        # Events: publish, then wait for the result event (the stream's round trip), at the
+        # same concurrency as request/reply; results are read from their subject as stored.
+        waiting: dict[str, asyncio.Future[str]] = {}
+
+        async def on_result(msg: Any) -> None:
+            try:
+                record = decode_result(msg.data)
+                reply = wire.decode_reply(record.reply)
+            except Exception:
+                return
+            future = waiting.pop(record.event_id, None)
+            if future is not None and not future.done():
+                tier = reply.tier if isinstance(reply, wire.InferResponse) else "error"
+                future.set_result(tier)
+
+        await nc_site.subscribe("mesh.results.digits.bench", cb=on_result)
+        event_ids = itertools.count()
+
+        async def event_call(i: int) -> str:
+            event_id = f"bench-{next(event_ids)}"
+            future = asyncio.get_running_loop().create_future()
+            waiting[event_id] = future
+            await client_site.publish(
+                "digits", rows_x[i % n_rows], source="bench", event_id=event_id,
+                budget_ms=MESH_BUDGET_MS,
+            )  # fmt: skip
+            try:
+                return await asyncio.wait_for(future, 5.0)
+            finally:
+                waiting.pop(event_id, None)
+
         pid = {name: node.pid for name, node in nodes.items()}
         ml_procs: list[psutil.Process] = []
         if ml_proc is not None:
@@ -443,6 +481,14 @@ async def run_bench(
                 "mesh_edge",
                 "mesh: edge-answered (threshold 0)",
                 mesh_call(client_site, None),
+                procs(site.pid, pid["edge"]),
+                lat,
+                tp,
+            ),
+            "events_edge": Row(
+                "events_edge",
+                "mesh: event stream, publish to stored result (edge)",
+                event_call,
                 procs(site.pid, pid["edge"]),
                 lat,
                 tp,
@@ -585,6 +631,13 @@ async def run_bench(
         ),
         "oip_rest_p50_over_mlserver_p50": paired_ratio(
             all_rows, "oip_rest", "peer_mlserver", "p50_ms"
+        ),
+        # Event streams against request/reply through the same edge node, same trials.
+        "events_throughput_over_request_reply": paired_ratio(
+            all_rows, "events_edge", "mesh_edge", "throughput_rps"
+        ),
+        "events_cpu_over_request_reply": paired_ratio(
+            all_rows, "events_edge", "mesh_edge", "cpu_ms_per_1k"
         ),
         # What authentication and leaf TLS cost: secured over open servers, same trial.
         "security_edge_p50_cost": paired_ratio(all_rows, "mesh_edge", "mesh_edge_open", "p50_ms"),
