@@ -294,6 +294,9 @@ class EventSettings(_Section):
     slows inference)."""
     duplicate_window_s: float = Field(600, gt=0)
     """How long both streams remember event ids to drop duplicates."""
+    max_result_bytes: int = Field(1024 * 1024, ge=512)
+    """Largest result event the result stream keeps; an event whose result is larger is
+    dead-lettered with the reason after ``max_deliver`` tries."""
     max_deliver: int = Field(5, ge=1)
     """Deliveries of one event before it goes to the dead-letter stream."""
     ack_wait_s: float = Field(30.0, gt=0)

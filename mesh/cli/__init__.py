@@ -12,7 +12,7 @@ from mesh.cli.identities import identities
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
 from mesh.cli.runs import bench, demo
-from mesh.cli.serving import infer, ingress, node, up
+from mesh.cli.serving import infer, ingress, node, publish, up
 
 
 @click.group(cls=MeshGroup)
@@ -21,7 +21,7 @@ def main() -> None:
     """Edge-cloud hybrid inference mesh over NATS."""
 
 
-for _command in (node, infer, up, ingress, models, identities, keys, fleet, bench, demo):
+for _command in (node, infer, publish, up, ingress, models, identities, keys, fleet, bench, demo):
     main.add_command(_command)
 for _command in (models_sign, models_push, models_list):
     models.add_command(_command)

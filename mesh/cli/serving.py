@@ -324,3 +324,84 @@ def ingress(
         max_body=int(max_body_mb * 1024 * 1024),
     )
     sys.exit(asyncio.run(serve(options)))
+
+
+@click.command()
+@click.argument("model")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--servers",
+    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
+    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+    help="NATS server of the site (its event stream is in the site's domain).",
+)
+@click.option(
+    "--creds",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=lambda: os.environ.get("MESH_CREDS") or None,
+    show_default="$MESH_CREDS",
+    help="The application's NATS credentials; its identity name is the events' source.",
+)
+@click.option("--source", default=None, help="Source name (default: the identity's name).")
+@click.option("--event-id", default=None, help="Event id (one row only); default: generated.")
+@click.option("--budget-ms", default=5000.0, show_default=True, help="Budget from publish.")
+@click.option("--row", type=int, default=None, help="Publish only this row.")
+@click.option("--wait", is_flag=True, help="Also wait for each event's result and print it.")
+def publish(
+    model: str,
+    file: Path,
+    servers: str,
+    creds: Path | None,
+    source: str | None,
+    event_id: str | None,
+    budget_ms: float,
+    row: int | None,
+    wait: bool,
+) -> None:
+    """Publish the rows of FILE.npy (or the `x` array of an .npz) as inference events, one a row.
+
+    Prints one line of JSON per event stored (id, stream sequence, duplicate); with --wait, then
+    one per result as it is stored."""
+    from mesh import MeshClient
+    from mesh.security.creds import user_claims
+
+    array = np.load(file)["x"] if file.suffix == ".npz" else np.load(file)
+    if row is not None:
+        array = array[row : row + 1]
+    if array.ndim == 1:
+        array = array[None, :]
+    if event_id is not None and len(array) != 1:
+        raise click.UsageError("--event-id names one event: give --row too")
+    name = source
+    if name is None:
+        if creds is None:
+            raise click.UsageError("give --source, or --creds (whose identity is the source)")
+        name = str(user_claims(creds).get("name", ""))
+
+    async def run() -> None:
+        options = {} if creds is None else {"user_credentials": str(creds)}
+        async with await MeshClient.connect(servers, **options) as client:
+            ids = []
+            for i in range(len(array)):
+                ack = await client.publish(
+                    model, array[i : i + 1].astype(np.float32), source=name,
+                    event_id=event_id, budget_ms=budget_ms,
+                )  # fmt: skip
+                ids.append(ack.event_id)
+                click.echo(json.dumps({"event_id": ack.event_id, "sequence": ack.sequence,
+                                       "duplicate": ack.duplicate}))  # fmt: skip
+            if not wait:
+                return
+            pending = set(ids)
+            async for result in client.results(model, source=name):
+                if result.event_id not in pending:
+                    continue
+                pending.discard(result.event_id)
+                line: dict[str, object] = {"event_id": result.event_id, "error": str(result.error)}
+                if result.error is None:
+                    line = {"event_id": result.event_id, **_answer(result)}
+                click.echo(json.dumps(line))
+                if not pending:
+                    return
+
+    asyncio.run(run())

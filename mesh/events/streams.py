@@ -65,6 +65,7 @@ def stream_configs(settings: EventSettings) -> list[api.StreamConfig]:
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
             max_bytes=settings.results_max_bytes,
+            max_msg_size=settings.max_result_bytes,
             max_age=settings.max_age_s,
             duplicate_window=window,
             storage=api.StorageType.FILE,

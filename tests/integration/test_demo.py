@@ -29,6 +29,7 @@ REPORT_KEYS = {
     "hard_examples",
     "trace",
     "fleet",
+    "events",
 }
 
 
@@ -90,3 +91,8 @@ def test_quick_demo_loses_nothing_through_the_outage_and_writes_a_full_report(
     assert fleet["swaps"] == 2
     assert fleet["rejected"] == 2
     assert "fleet: digits@2-edge" in proc.stdout and "swapped digits" in proc.stdout
+    # A publisher's events each got a result, and the alert rule fired.
+    events = report["events"]
+    assert events["published"] == 200 and events["results"] == 200
+    assert events["errors"] == 0 and events["alerts"] > 0
+    assert "alert on mesh.actions.alerts.line4" in proc.stdout

@@ -291,3 +291,68 @@ async def test_rules_turn_results_into_alerts_and_webhooks_and_dead_letter_what_
     finally:
         await admin.close()
         await runner.cleanup()
+
+
+async def test_an_event_that_keeps_failing_is_dead_lettered_and_blocks_nothing(
+    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+) -> None:
+    # A result the result stream will not take (over max_result_bytes): each try fails.
+    settings = EventSettings(enabled=True, max_deliver=2, ack_wait_s=1.0, max_result_bytes=2048)
+    await start_node(
+        "edge", nats_server.url, [model_settings(demo, "edge-int8")], entry=True, events=settings
+    )
+    x = np.load(demo.test)["x"].astype(np.float32)
+    client = await source_client(nats_server, keystore, "cam5")
+    admin = await nats_server.connect()
+    try:
+        async with client:
+            await client.publish("digits", x[:60], source="cam5", event_id="poison-1")
+            await client.publish("digits", x[:1], source="cam5", event_id="after-1")
+            [result] = await take(client, "cam5", 1, 30)
+            assert result.event_id == "after-1" and result.error is None
+            js = admin.jetstream()
+            async with asyncio.timeout(30):
+                while (await js.stream_info("MESH_EVENTS_DEAD")).state.messages < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            dead = await js.get_last_msg("MESH_EVENTS_DEAD", "mesh.deadletter.digits.cam5")
+            assert (dead.headers or {}).get("Nats-Msg-Id") == "poison-1"
+            assert "result not stored" in (dead.headers or {}).get("Mesh-Dead-Reason", "")
+            consumer = await js.consumer_info("MESH_EVENTS", "mesh-edge-digits")
+            assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+            assert (await js.stream_info("MESH_RESULTS")).state.messages == 1
+    finally:
+        await admin.close()
+
+
+async def test_mesh_publish_stores_events_and_waits_for_their_results(
+    nats_server: NatsServer,
+    start_node: NodeFactory,
+    keystore: KeyStore,
+    demo: DemoArtifacts,
+    tmp_path: Path,
+) -> None:
+    import json
+    import sys
+
+    await start_node(
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge-int8")],
+        entry=True,
+        events=EventSettings(enabled=True),
+    )
+    creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("cam6", Role.APPLICATION))
+    sample = tmp_path / "x.npz"
+    await asyncio.to_thread(np.savez, sample, x=np.load(demo.test)["x"][:3])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh.cli", "publish", "digits", str(sample), "--wait",
+        "--servers", nats_server.url, "--creds", str(creds),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    stored, answered = lines[:3], lines[3:]
+    assert [s["duplicate"] for s in stored] == [False, False, False]
+    assert sorted(a["event_id"] for a in answered) == sorted(s["event_id"] for s in stored)
+    assert all(a["tier"] == "edge" and len(a["labels"]) == 1 for a in answered)

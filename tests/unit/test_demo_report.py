@@ -225,6 +225,7 @@ def test_the_report_json_keeps_every_key_order_and_meaning() -> None:
             "tree": draw_span_tree(SPANS),
         },
         "fleet": {"nodes": 0, "swaps": 0, "rejected": 0, "events": []},
+        "events": {"published": 0, "results": 0, "errors": 0, "alerts": 0},
     }
     assert list(report) == list(json.loads(json.dumps(report)))
 

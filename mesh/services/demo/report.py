@@ -110,6 +110,24 @@ class FleetSummary:
 
 
 @dataclass(frozen=True)
+class EventsSummary:
+    """The demo's publisher: events published, results stored, error results, alerts fired."""
+
+    published: int
+    results: int
+    errors: int
+    alerts: int
+
+    def to_json(self) -> JsonObject:
+        return {
+            "published": self.published,
+            "results": self.results,
+            "errors": self.errors,
+            "alerts": self.alerts,
+        }
+
+
+@dataclass(frozen=True)
 class RunSettings:
     rate_per_s: float
     concurrency: int
@@ -183,11 +201,12 @@ class DemoReport:
     config: RunSettings
     trace: TraceSummary
     fleet: FleetSummary = field(default_factory=lambda: FleetSummary(0, 0, 0))
+    events: EventsSummary = field(default_factory=lambda: EventsSummary(0, 0, 0, 0))
 
     @property
     def passed(self) -> bool:
-        """Nothing lost and no error reply: the demo's exit status."""
-        return self.lost == 0 and not self.errors
+        """Nothing lost, no error reply, a result for every event: the demo's exit status."""
+        return self.lost == 0 and not self.errors and self.events.results >= self.events.published
 
     def to_json(self) -> JsonObject:
         return {
@@ -217,6 +236,7 @@ class DemoReport:
             "config": self.config.to_json(),
             "trace": self.trace.to_json(),
             "fleet": self.fleet.to_json(),
+            "events": self.events.to_json(),
         }
 
 
@@ -232,6 +252,7 @@ def build_report(
     gateway_figures: dict[str, float],
     trace: TraceSummary,
     fleet: FleetSummary | None = None,
+    events: EventsSummary | None = None,
 ) -> DemoReport:
     """The report of a finished run; ``gateway_figures`` are the gateway's counters, if scraped."""
     answered = max(tally.answered, 1)
@@ -296,6 +317,7 @@ def build_report(
         ),
         trace=trace,
         fleet=fleet or FleetSummary(0, 0, 0),
+        events=events or EventsSummary(0, 0, 0, 0),
     )
 
 
@@ -383,6 +405,17 @@ def report_panel(report: DemoReport) -> Panel:
         )
         for line in fleet.events:
             facts.add_row("", Text(line, style="dim"))
+
+    ev = report.events
+    if ev.published:
+        facts.add_row(
+            "events",
+            Text.assemble(
+                f"published {ev.published}   results stored ",
+                (str(ev.results), "green" if ev.results == ev.published else "red"),
+                f"   error results {ev.errors}   alerts fired {ev.alerts}",
+            ),
+        )
 
     parts: list[RenderableType] = [headline, Text(""), tiers, facts]
     trace = report.trace

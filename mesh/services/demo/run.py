@@ -33,6 +33,7 @@ from mesh.models.validate import require_valid
 from mesh.services.demo.receiver import OtlpReceiver, SpanRecord
 from mesh.services.demo.report import (
     DemoReport,
+    EventsSummary,
     FleetSummary,
     TraceSummary,
     build_report,
@@ -67,7 +68,23 @@ DEMO_NODE_SETTINGS: dict[str, Any] = {
         },
     },
     "cloud": {"nats": {"reconnect_wait_s": 0.2}},
+    # The edge also consumes the site's event stream, with one alert rule.
+    "edge": {
+        "events": {
+            "enabled": True,
+            "actions": [
+                {
+                    "name": "defect",
+                    "labels": [3, 8],
+                    "min_confidence": 0.9,
+                    "publish": "mesh.actions.alerts.line4",
+                }
+            ],
+        }
+    },
 }
+#: events the demo's publisher sends over the run, as a camera on line 4 would.
+DEMO_EVENTS = 200
 
 
 class DemoRun:
@@ -91,6 +108,10 @@ class DemoRun:
         self.work_dir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
         self._event_sink: Callable[[str], None] = lambda line: None
         self.fleet_events: list[str] = []
+        self.events_published = 0
+        self.events_results = 0
+        self.events_errors = 0
+        self.alerts = 0
         self.swaps = 0
         self.rejected = 0
         self._seen: dict[str, int] = {}
@@ -170,6 +191,7 @@ class DemoRun:
         assert self.mesh.site.leaf is not None
         self.site_nc = await self.mesh.site.leaf.connect(name="mesh-demo-observer-site")
         await self.site_nc.subscribe("mesh.telemetry.>", cb=self._on_telemetry)
+        await self.site_nc.subscribe("mesh.actions.alerts.>", cb=self._on_alert)
         await self._warm_up()
 
     async def _warm_up(self) -> None:
@@ -329,6 +351,45 @@ class DemoRun:
             self.event(f"[red]fleet: could not release {MODEL}@{version}[/]: {exc}")
             return
         self.event(f"[cyan]fleet[/]: {MODEL}@{version} ({what}) pushed and assigned to tier=edge")
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def publisher(self) -> None:
+        """A camera on line 4: publishes its frames as events over the run, without waiting."""
+        assert self.client is not None
+        cfg = self.config
+        gap = cfg.duration_s * 0.9 / DEMO_EVENTS
+        self.event(f"[cyan]events[/]: a publisher sends {DEMO_EVENTS} frames as events")
+        for i in range(DEMO_EVENTS):
+            row = (i * 7) % len(self.x)
+            try:
+                await self.client.publish(
+                    MODEL, self.x[row : row + 1], source="app", event_id=f"line4-{i}",
+                    budget_ms=cfg.budget_ms,
+                )  # fmt: skip
+                self.events_published += 1
+            except MeshError as error:
+                self.event(f"[red]event not stored[/]: {error}")
+            await asyncio.sleep(gap)
+
+    async def read_results(self) -> None:
+        assert self.client is not None
+        async for result in self.client.results(MODEL, source="app"):
+            self.events_results += 1
+            if result.error is not None:
+                self.events_errors += 1
+
+    async def _on_alert(self, msg: Any) -> None:
+        import msgpack
+
+        self.alerts += 1
+        if self.alerts <= 3:
+            with contextlib.suppress(Exception):
+                alert = msgpack.unpackb(msg.data)
+                self.event(
+                    f"[magenta]alert[/] on {msg.subject}: event {alert['event_id']} "
+                    f"label {alert['labels']} confidence {alert['confidence']:.2f}"
+                )
 
     async def _on_telemetry(self, msg: Any) -> None:
         from mesh.wire import decode_node_event
@@ -533,10 +594,21 @@ class DemoRun:
             poller = asyncio.create_task(self.poll_status())
             cut = asyncio.create_task(self.outage())
             releases = asyncio.create_task(self.fleet_releases())
+            publisher = asyncio.create_task(self.publisher())
+            reader = asyncio.create_task(self.read_results())
             try:
                 await self.drive()
                 await cut
                 await releases
+                await publisher
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(10):
+                        while self.events_results < self.events_published:  # noqa: ASYNC110
+                            await asyncio.sleep(0.1)
+                self.event(
+                    f"events: {self.events_results}/{self.events_published} results stored, "
+                    f"{self.alerts} alerts on mesh.actions.alerts.line4"
+                )
                 run_s = self.clock.now()
                 waiting = self.view.backlog or self.view.delivered < self.tally.degraded
                 self.event(
@@ -551,6 +623,10 @@ class DemoRun:
                 stop.set()
                 cut.cancel()
                 releases.cancel()
+                publisher.cancel()
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MeshError):
+                    await reader
                 await display
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -564,6 +640,9 @@ class DemoRun:
                 await asyncio.sleep(0.5)
                 trace_id, spans = self.traced()
                 fleet = await self.fleet_summary()
+                events = EventsSummary(
+                    self.events_published, self.events_results, self.events_errors, self.alerts
+                )
             return build_report(
                 cfg,
                 self.tally,
@@ -575,6 +654,7 @@ class DemoRun:
                 gateway_figures=metrics,
                 trace=TraceSummary.of(trace_id, self.tally.traced_id, spans),
                 fleet=fleet,
+                events=events,
             )
 
 
