@@ -198,7 +198,7 @@ def up(
             for tier, served in models.items():
                 names = ", ".join(m["name"] for m in served)
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
-            return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True)
+            return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True, events=True)
         click.echo(f"demo models in {cache} (built on first run)", err=True)
         demo = await asyncio.to_thread(ensure_demo, cache)
         reports = await asyncio.to_thread(
@@ -212,6 +212,7 @@ def up(
             cloud_manifest=demo.cloud,
             edge_replicas=edge_replicas,
             fleet=True,
+            events=True,
         )
 
     async def run() -> None:

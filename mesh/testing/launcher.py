@@ -129,6 +129,8 @@ class MeshLayout:
     #: run the fleet: registry buckets on the hub and the site, a signing key, and every node
     #: with its agent (heartbeats, signed versions assigned with ``mesh fleet assign``).
     fleet: bool = False
+    #: the entry tier consumes the site's event stream (``mesh publish``, ``client.publish``).
+    events: bool = False
 
     def tiers(self) -> list[str]:
         if self.models is None:
@@ -273,6 +275,9 @@ class EmbeddedMesh:
         extra = lay.extra.get(tier)
         extra = extra if isinstance(extra, dict) else None
         node = f"{tier}-{index}"
+        if lay.events and tier == self._entry_tier():
+            events = {"enabled": True, **(extra or {}).get("events", {})}
+            extra = {**(extra or {}), "events": events}
         if lay.fleet:
             assert self.signing_public is not None, "start the servers first"
             domain = "hub" if tier == "cloud" else self.site.site_name

@@ -172,6 +172,16 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
                 answer = await resp.json()
                 assert resp.status == 200, answer
         assert answer["parameters"]["tier"] in {"edge", "gateway", "cloud"}
+
+        # the site's event stream: publish a row, wait for its result
+        code, out, err = await run(
+            "publish", "digits", str(sample), "--wait", "--servers", url, "--creds", creds
+        )
+        assert code == 0, err
+        stored, result = (json.loads(line) for line in out.splitlines())
+        assert result["event_id"] == stored["event_id"] and result["tier"] in {
+            "edge", "gateway", "cloud",
+        }  # fmt: skip
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 60)
