@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
+from mesh.events.streams import dead_letter_bytes
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.metrics import MeshMetrics
 from mesh.settings import ActionRule, EventSettings
@@ -97,7 +98,7 @@ def dead_stream_config(settings: EventSettings) -> api.StreamConfig:
         subjects=[f"{ACTIONS_DEAD_PREFIX}.>"],
         retention=api.RetentionPolicy.LIMITS,
         discard=api.DiscardPolicy.OLD,
-        max_bytes=settings.max_bytes,
+        max_bytes=dead_letter_bytes(settings),
         max_age=settings.max_age_s,
         storage=api.StorageType.FILE,
     )

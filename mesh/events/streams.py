@@ -44,6 +44,12 @@ def consumer_name(tier: str, model: str) -> str:
     return f"mesh-{check_token(tier, 'tier')}-{check_token(model, 'model name')}"
 
 
+def dead_letter_bytes(settings: EventSettings) -> int:
+    """Size bound of a dead-letter stream: a quarter of the event stream's (JetStream reserves
+    every stream's max_bytes from the server's file store up front)."""
+    return max(1024 * 1024, settings.max_bytes // 4)
+
+
 def stream_configs(settings: EventSettings) -> list[api.StreamConfig]:
     window = settings.duplicate_window_s
     return [
@@ -76,7 +82,7 @@ def stream_configs(settings: EventSettings) -> list[api.StreamConfig]:
             subjects=[f"{DEAD_PREFIX}.>"],
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
-            max_bytes=settings.max_bytes,
+            max_bytes=dead_letter_bytes(settings),
             max_age=settings.max_age_s,
             storage=api.StorageType.FILE,
         ),

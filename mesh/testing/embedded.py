@@ -157,7 +157,9 @@ class NatsServer:
             js_dir = self.work_dir / "jetstream"
             lines.append(
                 f'jetstream {{ store_dir: "{js_dir}", domain: "{c.jetstream_domain}", '
-                "max_memory_store: 256MB, max_file_store: 2GB }"
+                # reserved by streams' max_bytes, not written: the hard-example, event and
+                # registry streams of a site take about 2 GB of reservations with the defaults
+                "max_memory_store: 256MB, max_file_store: 4GB }"
             )
         if pki is None:
             raise UnavailableError(f"key store {store.directory} has no TLS files for leaf links")

@@ -16,7 +16,6 @@ from rich.text import Text
 from mesh.services.demo.receiver import SpanRecord, draw_span_tree
 from mesh.services.demo.state import (
     EDGE_REPLICAS,
-    GATEWAY_TIER,
     DemoConfig,
     LinkView,
     Tally,
@@ -295,7 +294,7 @@ def build_report(
         breaker_transitions=list(view.transitions),
         breaker_transition_counts=transition_counts(gateway_figures),
         hard_examples=HardExamples(
-            buffered=tally.degraded_by_tier[GATEWAY_TIER],
+            buffered=tally.hard_examples,
             delivered=view.delivered,
             backlog_peak=view.backlog_peak,
             backlog_left=view.backlog,

@@ -378,6 +378,8 @@ class DemoRun:
             self.events_results += 1
             if result.error is not None:
                 self.events_errors += 1
+            elif result.degraded and result.tier == GATEWAY_TIER:
+                self.tally.event_hard_examples += 1
 
     async def _on_alert(self, msg: Any) -> None:
         import msgpack
@@ -517,7 +519,7 @@ class DemoRun:
 
     async def wait_drained(self) -> float:
         began = time.monotonic()
-        buffered = self.tally.degraded_by_tier["gateway"]
+        buffered = self.tally.hard_examples
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.drain_timeout_s):
                 while self.view.backlog or self.view.delivered < buffered:  # noqa: ASYNC110 (polls another process)

@@ -61,6 +61,13 @@ class Tally:
     escalated_bytes: int = 0
     rows_sent: Counter[int] = field(default_factory=Counter)
     traced_id: str | None = None
+    #: the publisher's events answered degraded by the gateway: hard examples too.
+    event_hard_examples: int = 0
+
+    @property
+    def hard_examples(self) -> int:
+        """Cases the gateway answered degraded, requests and events: each one is kept."""
+        return self.degraded_by_tier["gateway"] + self.event_hard_examples
 
     @property
     def in_flight(self) -> int:
