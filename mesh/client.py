@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -474,7 +474,7 @@ class MeshClient(Service):
         source: str,
         durable: str | None = None,
         batch: int = 64,
-    ) -> AsyncIterator[EventResult]:
+    ) -> AsyncGenerator[EventResult, None]:
         """The result events of ``source``'s events for ``model``, oldest first, through a
         durable consumer (named ``durable``, default ``source``: this identity's), so that a
         restart resumes after the last result taken. A result is acknowledged when the next one

@@ -84,6 +84,7 @@ class EventConsumer(Service):
         self._js: JetStreamContext = nc.jetstream(domain=domain)
         self._metrics = metrics
         self._loops: dict[str, asyncio.Task[None]] = {}
+        self._subs: list[Any] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self.actions: ActionRunner | None = None
         #: figures read from JetStream every ``STATS_S``, exposed as gauges when scraped.
@@ -118,12 +119,18 @@ class EventConsumer(Service):
         config = consumer_config(self.tier, model, self.settings)
         await self._js.add_consumer(EVENTS_STREAM, config)
         sub = await self._js.pull_subscribe_bind(durable=config.durable_name, stream=EVENTS_STREAM)
+        self._subs.append(sub)
         self._loops[model] = asyncio.create_task(self._loop(model, sub), name=f"events-{model}")
 
     async def _stop(self) -> None:
         for unregister in self._unregister:
             unregister()
         await cancel_and_wait([*self._loops.values(), *filter(None, [self._stats_task])])
+        # A pull subscription left open holds up the connection's drain (its queue never empties:
+        # nothing fetches any more); what it holds is delivered again after ack_wait.
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         # Events under way finish (their results stored and acknowledged) for a little while;
         # what does not is delivered again after ack_wait.
         if self._inflight:

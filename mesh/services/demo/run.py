@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.live import Live
 
 from mesh import MeshClient, MeshError, subjects, tracing
+from mesh.client import EventResult
 from mesh.models.demo import ensure_demo
 from mesh.models.validate import require_valid
 from mesh.services.demo.receiver import OtlpReceiver, SpanRecord
@@ -374,7 +375,12 @@ class DemoRun:
 
     async def read_results(self) -> None:
         assert self.client is not None
-        async for result in self.client.results(MODEL, source="app"):
+        # aclosing: cancelled while handling a result, the generator still closes its consumer
+        async with contextlib.aclosing(self.client.results(MODEL, source="app")) as results:
+            await self._count_results(results)
+
+    async def _count_results(self, results: AsyncIterator[EventResult]) -> None:
+        async for result in results:
             self.events_results += 1
             if result.error is not None:
                 self.events_errors += 1
