@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass
 import aiohttp
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
+from opentelemetry import trace
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
+from mesh import tracing
 from mesh.events.streams import dead_letter_bytes
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.metrics import MeshMetrics
@@ -159,11 +161,19 @@ class ActionRunner(Service):
             task.add_done_callback(self._pending.discard)
 
     async def _run(self, rule: ActionRule, action: ActionEvent) -> None:
+        target = rule.publish or (rule.webhook.url if rule.webhook else "")
         try:
-            if rule.publish is not None:
-                await self._nc.publish(rule.publish, action.to_msgpack())
-            elif rule.webhook is not None:
-                await self._post(rule, action)
+            if tracing.wanted_here():  # the event's trace: the action is part of it
+                with tracing.send_span(
+                    target,
+                    kind=trace.SpanKind.PRODUCER,
+                    message_id=action.event_id,
+                    model=action.model,
+                    attributes={"mesh.action.rule": rule.name},
+                ):
+                    await self._act(rule, action)
+            else:
+                await self._act(rule, action)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -171,11 +181,20 @@ class ActionRunner(Service):
             return
         self._metrics.events.add(1, self.tier, action.model, f"action_{rule.name}")
 
+    async def _act(self, rule: ActionRule, action: ActionEvent) -> None:
+        if rule.publish is not None:
+            headers = tracing.inject() if tracing.wanted_here() else None
+            await self._nc.publish(rule.publish, action.to_msgpack(), headers=headers)
+        elif rule.webhook is not None:
+            await self._post(rule, action)
+
     async def _post(self, rule: ActionRule, action: ActionEvent) -> None:
         hook = rule.webhook
         assert hook is not None and self._http is not None
         timeout = aiohttp.ClientTimeout(total=hook.timeout_s)
         headers = {"Content-Type": "application/json", **hook.headers}
+        if tracing.wanted_here():
+            headers = tracing.inject(headers)
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(hook.attempts),
             wait=wait_exponential(multiplier=0.2, max=5.0),

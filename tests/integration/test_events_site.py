@@ -22,7 +22,7 @@ from mesh.policy import DEGRADED_REASONS
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
-from mesh.settings import EventSettings, UpstreamSettings
+from mesh.settings import ActionRule, EventSettings, UpstreamSettings
 from mesh.telemetry import install_tracing
 from mesh.testing.embedded import Site
 from mesh.testing.faults import FaultProxy
@@ -46,7 +46,11 @@ async def linked(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[tuple[Site
 
 
 async def start_tiers(
-    site: Site, start_node: NodeFactory, demo: DemoArtifacts, threshold: float | None
+    site: Site,
+    start_node: NodeFactory,
+    demo: DemoArtifacts,
+    threshold: float | None,
+    actions: list[ActionRule] | None = None,
 ) -> None:
     await start_node("cloud", site.hub.url, [model_settings(demo, "cloud")], zone="cloud")
     assert site.leaf is not None
@@ -57,7 +61,7 @@ async def start_tiers(
         [edge_model],
         entry=True,
         upstream=UpstreamSettings(tier="cloud", zone="cloud", timeout_ms=300),
-        events=EventSettings(enabled=True),
+        events=EventSettings(enabled=True, actions=actions or []),
     )
 
 
@@ -105,7 +109,8 @@ async def test_one_trace_runs_from_the_publisher_through_every_tier_to_the_store
     spans: InMemorySpanExporter,
 ) -> None:
     site, _ = linked
-    await start_tiers(site, start_node, demo, threshold=1.01)  # every event escalates
+    every = ActionRule(name="every", min_confidence=0.0, publish="mesh.actions.audit")
+    await start_tiers(site, start_node, demo, threshold=1.01, actions=[every])  # all escalate
     x = np.load(demo.test)["x"][:1].astype(np.float32)
     async with await client_for(site, keystore, "cam-t") as client:
         with trace.get_tracer("test").start_as_current_span("sensor reading") as root:
@@ -120,13 +125,14 @@ async def test_one_trace_runs_from_the_publisher_through_every_tier_to_the_store
             for s in spans.get_finished_spans()
             if s.context is not None and s.context.trace_id == trace_id
         ]
-        if any("mesh.results" in n for n in names) and any("cloud" in n for n in names):
+        if "send mesh.actions.audit" in names and any("cloud" in n for n in names):
             break
         await asyncio.sleep(0.05)
     assert "send mesh.events.digits.cam-t" in names, names
     assert "process mesh.events.digits.cam-t" in names, names
     assert "send mesh.cloud.infer.digits" in names, names
     assert "send mesh.results.digits.cam-t" in names, names
+    assert "send mesh.actions.audit" in names, names
 
 
 async def test_with_the_hub_link_cut_edge_answers_flow_on_and_escalations_come_back_degraded(

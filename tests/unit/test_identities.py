@@ -153,7 +153,15 @@ def test_a_node_manages_only_its_own_streams() -> None:
     assert creates == {
         f"{prefix}.STREAM.CREATE.{stream}"
         for prefix in ("$JS.API", "$JS.*.API")
-        for stream in ("MESH_HARD_EDGE_SITE", "MESH_LEARN_EDGE_SITE")
+        for stream in (
+            "MESH_HARD_EDGE_SITE",
+            "MESH_LEARN_EDGE_SITE",
+            # the event streams of its domain (the entry tier creates them)
+            "MESH_EVENTS",
+            "MESH_RESULTS",
+            "MESH_EVENTS_DEAD",
+            "MESH_ACTIONS_DEAD",
+        )
     }
     assert "$JS.ACK.MESH_HARD_EDGE_SITE.>" in perms.publish_allow
     assert "$JS.API.DIRECT.GET.KV_MESH_FLEET_DESIRED.>" in perms.publish_allow
