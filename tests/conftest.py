@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from mesh import tracing
 from mesh.models.demo import DemoArtifacts, ensure_demo
 from mesh.node import TierNode
 from mesh.security.keystore import KeyStore
@@ -21,6 +26,7 @@ from mesh.settings import (
     NodeSettings,
     UpstreamSettings,
 )
+from mesh.telemetry import install_tracing
 from mesh.testing.embedded import ADMIN, APPLICATION, NatsServer, ServerConfig, Site
 from mesh.testing.layout import node_identity
 
@@ -78,6 +84,27 @@ async def site(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[Site]:
         yield s
     finally:
         await s.stop()
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """Records every span of the session; the global provider can be set only once a process."""
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        current.add_span_processor(processor)
+        tracing.set_recording(True)
+    else:
+        install_tracing("mesh-tests", "pytest", processors=[processor])
+    return exporter
+
+
+@pytest.fixture
+def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
+    span_exporter.clear()
+    yield span_exporter
+    span_exporter.clear()
 
 
 NodeFactory = Callable[..., Awaitable[TierNode]]

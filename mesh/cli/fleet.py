@@ -19,23 +19,14 @@ from typing import Any, TypeVar
 
 import click
 
+from mesh.cli.options import creds_option as creds_option_for
+from mesh.cli.options import servers_option as servers_option_for
 from mesh.errors import InvalidArgumentError, NotFoundError
 
 _T = TypeVar("_T")
 
-servers_option = click.option(
-    "--servers",
-    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
-    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
-    help="A NATS server of the fleet (the hub's or a site's).",
-)
-creds_option = click.option(
-    "--creds",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get("MESH_CREDS") or None,
-    show_default="$MESH_CREDS",
-    help="NATS credentials (.creds) of an identity allowed to do this.",
-)
+servers_option = servers_option_for("A NATS server of the fleet (the hub's or a site's).")
+creds_option = creds_option_for("NATS credentials (.creds) of an identity allowed to do this.")
 domain_option = click.option(
     "--domain", default="hub", show_default=True, help="JetStream domain of the registry."
 )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,6 +19,29 @@ cache_option = click.option(
     show_default=True,
     help="Where the demo models are built and cached (built on the first run).",
 )
+
+
+def servers_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--servers``, default ``$MESH_NATS_URL`` (what ``mesh up`` prints)."""
+    return click.option(
+        "--servers",
+        default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
+        show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+        help=help,
+    )
+
+
+def creds_option(
+    help: str, env: str = "MESH_CREDS"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--creds``, a NATS credentials file, default ``$<env>``."""
+    return click.option(
+        "--creds",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        default=lambda: os.environ.get(env) or None,
+        show_default=f"${env}",
+        help=help,
+    )
 
 
 class MeshGroup(click.Group):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from mesh.cli.options import cache_option
+from mesh.cli.options import cache_option, creds_option, servers_option
 
 if TYPE_CHECKING:
     from mesh.client import InferResult
@@ -38,19 +38,8 @@ def node(config: Path | None) -> None:
 @click.command()
 @click.argument("model")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option(
-    "--servers",
-    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
-    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
-    help="NATS server URL.",
-)
-@click.option(
-    "--creds",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get("MESH_CREDS") or None,
-    show_default="$MESH_CREDS",
-    help="The application's NATS credentials (.creds); `mesh up` prints MESH_CREDS=...",
-)
+@servers_option("NATS server URL.")
+@creds_option("The application's NATS credentials (.creds); `mesh up` prints MESH_CREDS=...")
 @click.option("--budget-ms", default=1000.0, show_default=True, help="Time budget of the request.")
 @click.option(
     "--residency",
@@ -260,18 +249,10 @@ def up(
 
 
 @click.command()
-@click.option(
-    "--servers",
-    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
-    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
-    help="NATS server of the tier the ingress runs beside.",
-)
-@click.option(
-    "--creds",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get("MESH_INGRESS_CREDS") or None,
-    show_default="$MESH_INGRESS_CREDS",
-    help="The ingress identity's NATS credentials (mesh identities add DIR NAME --role ingress).",
+@servers_option("NATS server of the tier the ingress runs beside.")
+@creds_option(
+    "The ingress identity's NATS credentials (mesh identities add DIR NAME --role ingress).",
+    env="MESH_INGRESS_CREDS",
 )
 @click.option(
     "--manifest", "manifests", multiple=True,
@@ -330,19 +311,8 @@ def ingress(
 @click.command()
 @click.argument("model")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option(
-    "--servers",
-    default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
-    show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
-    help="NATS server of the site (its event stream is in the site's domain).",
-)
-@click.option(
-    "--creds",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get("MESH_CREDS") or None,
-    show_default="$MESH_CREDS",
-    help="The application's NATS credentials; its identity name is the events' source.",
-)
+@servers_option("NATS server of the site (its event stream is in the site's domain).")
+@creds_option("The application's NATS credentials; its identity name is the events' source.")
 @click.option("--source", default=None, help="Source name (default: the identity's name).")
 @click.option("--event-id", default=None, help="Event id (one row only); default: generated.")
 @click.option("--budget-ms", default=5000.0, show_default=True, help="Budget from publish.")

@@ -5,17 +5,14 @@ with the hub link cut, edge-answered events flow on and escalated ones come back
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mesh import tracing
 from mesh.client import EventResult, MeshClient
 from mesh.models.demo import DemoArtifacts
 from mesh.policy import DEGRADED_REASONS
@@ -23,7 +20,6 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import ActionRule, EventSettings, UpstreamSettings
-from mesh.telemetry import install_tracing
 from mesh.testing.embedded import Site
 from mesh.testing.faults import FaultProxy
 from tests.conftest import NodeFactory, model_settings
@@ -79,26 +75,6 @@ async def take(client: MeshClient, source: str, count: int) -> list[EventResult]
             if len(got) >= count:
                 break
     return got
-
-
-@pytest.fixture(scope="module")
-def span_exporter() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        current.add_span_processor(processor)
-        tracing.set_recording(True)
-    else:
-        install_tracing("mesh-tests", "pytest", processors=[processor])
-    return exporter
-
-
-@pytest.fixture
-def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
-    span_exporter.clear()
-    yield span_exporter
-    span_exporter.clear()
 
 
 async def test_one_trace_runs_from_the_publisher_through_every_tier_to_the_stored_result(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +17,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_grpc
 import tritonclient.http.aio as triton_http
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from mesh import tracing
 from mesh.client import MeshClient
 from mesh.http import HttpServer
 from mesh.ingress.core import Ingress
@@ -37,7 +33,6 @@ from mesh.node import TierNode
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
-from mesh.telemetry import install_tracing
 from mesh.testing.embedded import APPLICATION, NatsServer
 from tests.conftest import NodeFactory, model_settings
 
@@ -309,26 +304,6 @@ async def test_grpc_mistakes_get_the_matching_status_codes(rig: Rig, digits: np.
             await client.get_model_metadata("nope", headers=dict(GRPC_AUTH))
     finally:
         await client.close()
-
-
-@pytest.fixture(scope="module")
-def span_exporter() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        current.add_span_processor(processor)
-        tracing.set_recording(True)
-    else:
-        install_tracing("mesh-tests", "pytest", processors=[processor])
-    return exporter
-
-
-@pytest.fixture
-def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
-    span_exporter.clear()
-    yield span_exporter
-    span_exporter.clear()
 
 
 async def test_a_rest_callers_trace_runs_through_the_ingress_edge_and_cloud(
