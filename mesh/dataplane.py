@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ import numpy as np
 
 from mesh import policy, wire
 from mesh.batching import batch_signature
+from mesh.breaker import BreakerState
 from mesh.errors import (
     InternalError,
     InvalidArgumentError,
@@ -43,6 +45,9 @@ log = logging.getLogger("mesh.dataplane")
 
 #: most names of forwarded models kept as metric label values (see ``metric_model``).
 MAX_FORWARDED_NAMES = 64
+#: most audits (confident answers sent upstream to compare) in flight; more are skipped, so a
+#: slow upstream cannot pile them up.
+MAX_AUDITS_IN_FLIGHT = 64
 
 
 class HardExampleSink(Protocol):
@@ -139,7 +144,9 @@ class DataPlane(Service):
         #: longest ``stop`` waits for hard examples still being recorded.
         self.drain_seconds = 5.0
         self._recording: set[asyncio.Task[None]] = set()
+        self._audits: set[asyncio.Task[None]] = set()
         self._forwarded_names: set[str] = set()
+        self._random = random.random
 
     # --- one request, end to end -------------------------------------------------------------
 
@@ -287,6 +294,8 @@ class DataPlane(Service):
         each runs alone, so one bad request cannot fail its neighbours."""
         if len(group.outcomes) == 1:
             group.outcomes[0].error = error
+            group.model.evidence.requests += 1
+            group.model.evidence.errors += 1
             return
         for outcome, feeds, rows in zip(group.outcomes, group.feeds, group.counts, strict=True):
             self._run_group(_Group(group.model, [outcome], [feeds], [rows], rows), feeds)
@@ -294,11 +303,14 @@ class DataPlane(Service):
     def _conclude(self, group: _Group, feeds: Feeds, outputs: Feeds) -> None:
         model = group.model
         self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
+        evidence = model.evidence
+        evidence.requests += len(group.outcomes)
         try:
             scores = model.score(feeds, outputs)
         except MeshError as error:
             for outcome in group.outcomes:
                 outcome.error = error
+            evidence.errors += len(group.outcomes)
             return
         model.observe_drift(feeds, scores)
         upstream = self.upstream.view() if self.upstream is not None else None
@@ -338,6 +350,8 @@ class DataPlane(Service):
             offset = end
             if policy.confident(confidence, novelty, thresholds):
                 outcome.response = self._answer_here(outcome, model, local, None, now)
+                if model.audit_rate and self._random() < model.audit_rate:
+                    self._audit(outcome.request, model, local.labels)
                 continue
             request = outcome.request
             decision = policy.decide(
@@ -354,6 +368,7 @@ class DataPlane(Service):
     ) -> None:
         if decision.escalation is not None:
             outcome.escalation_reason = decision.escalation
+            model.evidence.escalated += 1
             self.metrics.escalations.add(
                 1, self.identity.tier, model.name, decision.escalation.value
             )
@@ -383,6 +398,7 @@ class DataPlane(Service):
                 failure.detail,
             )
             return self._answer_here(outcome, escalation.model, escalation.local, failure.reason)
+        self._compared(escalation.model, escalation.local.labels, reply.labels, "escalated")
         return self._relay(
             reply,
             received_at,
@@ -450,6 +466,62 @@ class DataPlane(Service):
         self.metrics.upstream_bytes.add(reply.request_bytes, self.identity.tier, upstream.tier)
         return reply.response
 
+    # --- agreement with the tier above -------------------------------------------------------
+
+    def _compared(
+        self, model: ServedModel, local: list[int], upstream: list[int], source: str
+    ) -> None:
+        agreed = model.evidence.compare(local, upstream)
+        self.metrics.agreement.add(
+            1,
+            self.identity.tier,
+            model.name,
+            model.version,
+            source,
+            "agree" if agreed else "disagree",
+        )
+
+    def _audit(self, request: wire.InferRequest, model: ServedModel, labels: list[int]) -> None:
+        """Send a confident answer's request to the tier above after the reply, to count
+        whether it agrees. Called while the reply is being made: the task runs only once the
+        local pass yields, and nothing waits for it. Never across a residency label, never
+        through an open or probing breaker, and at most ``MAX_AUDITS_IN_FLIGHT`` at once."""
+        upstream = self.upstream
+        tier = self.identity.tier
+        if (
+            upstream is None
+            or upstream.breaker.state is not BreakerState.CLOSED
+            or not policy.may_reach(request.residency, upstream.zone)
+        ):
+            return
+        if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
+            self.metrics.audits.add(1, tier, model.name, model.version, "skipped")
+            return
+        model.evidence.audits += 1
+        self.metrics.audits.add(1, tier, model.name, model.version, "sent")
+        task = asyncio.create_task(self._run_audit(upstream, request, model, labels))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _run_audit(
+        self,
+        upstream: UpstreamLink,
+        request: wire.InferRequest,
+        model: ServedModel,
+        labels: list[int],
+    ) -> None:
+        onward = replace(request, budget_ms=upstream.timeout_ms, hops=request.hops + 1)
+        try:
+            reply = await upstream.transport.send(onward, upstream.timeout_ms / 1000.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            model.evidence.audit_failures += 1
+            self.metrics.audits.add(1, self.identity.tier, model.name, model.version, "failed")
+            log.debug("audit of request %s not answered upstream: %r", request.id, exc)
+            return
+        self._compared(model, labels, reply.response.labels, "audit")
+
     def metric_model(self, model: str) -> str:
         """The model's name as a metric label: served and forwarded models keep theirs, any
         other name a caller sends is ``_other``, so callers cannot add series at will."""
@@ -500,6 +572,7 @@ class DataPlane(Service):
             local.confidence,
             reason,
         )
+        model.evidence.observe_latency(hop.latency_ms)
         answer = wire.InferResponse(
             request.id,
             model.name,
@@ -515,6 +588,7 @@ class DataPlane(Service):
             reason,
         )
         if degraded is not None:
+            model.evidence.degraded += 1
             self.metrics.degraded.add(1, self.identity.tier, model.name, degraded.value)
             self._keep_hard_example(request, answer, degraded)
         return answer
@@ -544,7 +618,9 @@ class DataPlane(Service):
             log.exception("could not keep hard example %s", request.id)
 
     async def _stop(self) -> None:
-        """Wait for hard examples still being recorded."""
+        """Wait for hard examples still being recorded; audits are only evidence, dropped."""
+        for task in list(self._audits):
+            task.cancel()
         if self._recording:
             await asyncio.wait(set(self._recording), timeout=self.drain_seconds)
 

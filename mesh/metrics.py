@@ -160,6 +160,19 @@ class MeshMetrics:
             "dead_lettered",
             ("tier", "model", "outcome"),
         )
+        self.agreement = CounterFamily(
+            "mesh_agreement",
+            "Answers of a model version compared with the tier above, by source (escalated: "
+            "the upstream's answer came back; audit: a sampled confident answer sent up after "
+            "the reply) and result (agree, disagree)",
+            ("tier", "model", "version", "source", "result"),
+        )
+        self.audits = CounterFamily(
+            "mesh_audits",
+            "Confident answers sent to the tier above to measure agreement, by outcome: sent, "
+            "failed (no answer), skipped (too many in flight)",
+            ("tier", "model", "version", "outcome"),
+        )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
 
     def families(self) -> list[CounterFamily | HistogramFamily]:
@@ -175,6 +188,8 @@ class MeshMetrics:
             self.dropped,
             self.fleet_events,
             self.events,
+            self.agreement,
+            self.audits,
         ]
 
     def observe_gauge(self, name: str, description: str, source: GaugeSource) -> Callable[[], None]:

@@ -326,6 +326,12 @@ class TierNode(Service):
             breakers[self.upstream.breaker.name] = self.upstream.breaker.state.value
         problems = self.readiness.problems()
         drift = [psi for psi, _ in self.drift_values()]
+        evidence = {}
+        for model in list(self.models.models.values()):
+            scores = model.drift.scores() if model.drift is not None else {}
+            evidence[model.name] = model.evidence.snapshot(
+                model.version, max(scores.values()) if scores else None
+            )
         return NodeStatus(
             node=self.settings.node,
             tier=self.settings.tier,
@@ -337,6 +343,7 @@ class TierNode(Service):
             zone=self.settings.zone,
             problems=[f"{k}: {v}" for k, v in problems.items()],
             drift=max(drift) if drift else None,
+            evidence=evidence,
         )
 
     def drift_values(self) -> list[tuple[float, dict[str, str]]]:

@@ -88,6 +88,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         max_rows=settings.max_rows,
         max_batch_rows=max(settings.batching.max_batch_size, 1),
         max_request_bytes=settings.max_request_bytes,
+        audit_rate=settings.audit_rate,
     )
     await asyncio.to_thread(check_scorable, served, onnx)
     return served

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from mesh import confidence
 from mesh.confidence import ConfidenceKind
 from mesh.errors import InternalError, InvalidArgumentError, ResourceExhaustedError
+from mesh.evidence import Evidence
 from mesh.policy import Thresholds
 from mesh.typedefs import AnyFloats, Array, Feeds, Floats
 from mesh.wire import dtype_name
@@ -69,8 +70,12 @@ class ServedModel:
     #: whether any two validated requests merge into one batch: every input has a row dimension
     #: and fixed trailing dimensions, so validation already proved their signatures equal.
     always_merges: bool = False
+    #: share of confident answers also sent to the tier above, after the reply, to measure
+    #: agreement with it (the audit; ``mesh.evidence``).
+    audit_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        self.evidence = Evidence()
         self.always_merges = all(
             len(spec.shape) >= 1 and all(d is not None for d in spec.shape[1:])
             for spec in self.inputs

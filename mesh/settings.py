@@ -190,6 +190,10 @@ class ModelSettings(_Section):
     """Most rows one request may carry."""
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1)
     """Most input bytes one request may carry."""
+    audit_rate: float = Field(0.01, ge=0.0, le=1.0)
+    """Share of confident answers also sent to the tier above after the reply, to measure how
+    often it agrees (the evidence a rollout's agreement gate judges). Never sent when the
+    request's residency does not allow the upstream's zone, or the link's breaker is open."""
 
     @field_validator("name")
     @classmethod

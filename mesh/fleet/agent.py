@@ -487,6 +487,7 @@ class FleetAgent(Service):
             p99_ms=p99,
             swaps=self.state.swaps,
             mesh_version=await self._mesh_version() if self._mesh_version else "",
+            evidence=base.evidence,
         )
         subject = f"$KV.{nodes_bucket(self.settings.domain)}.{self.name}"
         await self._js.publish(subject, encode_node_status(status), timeout=2.0)

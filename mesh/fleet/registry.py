@@ -39,7 +39,7 @@ from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.errors import NotFoundError as MeshNotFound
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, encode_desired
 from mesh.fleet.signing import ArtifactSignature
-from mesh.security.permissions import DESIRED_BUCKET, MODEL_STORE, NODES_BUCKET
+from mesh.security.permissions import DESIRED_BUCKET, MODEL_STORE, NODES_BUCKET, ROLLOUTS_BUCKET
 from mesh.subjects import check_token
 from mesh.wire import NodeStatus, decode_node_status
 
@@ -49,6 +49,7 @@ PARTS = ("onnx", "manifest", "signature")
 #: heartbeats kept per node (in each domain's bucket and in the hub's).
 HEARTBEAT_HISTORY = 64
 DESIRED_HISTORY = 8
+ROLLOUT_HISTORY = 16
 #: largest artifact a node fetches, by default.
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 
@@ -101,6 +102,11 @@ async def ensure_hub(js: JetStreamContext) -> None:
         bucket=NODES_BUCKET,
         history=HEARTBEAT_HISTORY,
         description="Heartbeats of every node, sourced from each domain's MESH_NODES_<DOMAIN>",
+    )
+    await js.create_key_value(
+        bucket=ROLLOUTS_BUCKET,
+        history=ROLLOUT_HISTORY,
+        description="Rollouts (rollout.<model>), their evidence windows and the controller lease",
     )
 
 

@@ -27,8 +27,8 @@ Rules the table encodes:
   state and the model store. Deleting or purging a stream, a consumer or a message is denied to
   every role but the administrator, in the local domain (``$JS.API``) and across domains
   (``$JS.<domain>.API``).
-- Only the controller writes the fleet's desired state (``$KV.MESH_FLEET_DESIRED.>``) and the
-  model store (``$O.MESH_MODELS.>``); a node writes only its own heartbeat
+- Only the controller writes the fleet's desired state (``$KV.MESH_FLEET_DESIRED.>``), the
+  rollouts (``$KV.MESH_FLEET_ROLLOUTS.>``) and the model store (``$O.MESH_MODELS.>``); a node writes only its own heartbeat
   (``$KV.MESH_NODES_<DOMAIN>.<name>``). The controller and the console read the heartbeats.
 """
 
@@ -122,12 +122,16 @@ MODEL_STORE_STREAM = f"OBJ_{MODEL_STORE}"
 MODEL_STORE_WRITE = f"$O.{MODEL_STORE}.>"
 NODES_BUCKET = "MESH_FLEET_NODES"
 NODES_STREAM = f"KV_{NODES_BUCKET}"
+#: rollouts (``rollout.<model>``), their evidence windows and the controllers' leader lease.
+ROLLOUTS_BUCKET = "MESH_FLEET_ROLLOUTS"
+ROLLOUTS_STREAM = f"KV_{ROLLOUTS_BUCKET}"
+ROLLOUTS_WRITE = f"$KV.{ROLLOUTS_BUCKET}.>"
 #: where a node writes its heartbeat: its own key in its domain's ``MESH_NODES_<DOMAIN>``. A
 #: wildcard is a whole token, so this is its key in any bucket; the desired state is denied
 #: apart (``NOT_CONTROL``), and no other bucket has a key named after a node.
 HEARTBEAT_WRITE = "$KV.*.{name}"
 #: the fleet's KV buckets, as stream names: a wildcard is a whole token, so each is named.
-FLEET_BUCKET_STREAMS = (DESIRED_STREAM, NODES_STREAM)
+FLEET_BUCKET_STREAMS = (DESIRED_STREAM, NODES_STREAM, ROLLOUTS_STREAM)
 
 SERVICE_NAME = "mesh-node"
 #: a node's NATS micro services control subjects: ``$SRV.<verb>[.mesh-node[.<id>]]``.
@@ -140,7 +144,7 @@ SERVICE_CONTROL = tuple(
 INBOX = "{inbox}.>"
 NO_DESTRUCTION = tuple(f"{prefix}.{op}" for prefix in JS_API_PREFIXES for op in JS_DESTRUCTIVE)
 #: a client may not write what only the controller or the administrator writes.
-NOT_CONTROL = (*NO_DESTRUCTION, DESIRED_WRITE, MODEL_STORE_WRITE)
+NOT_CONTROL = (*NO_DESTRUCTION, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE)
 
 ROLE_TABLE: Mapping[Role, RoleRule] = {
     Role.APPLICATION: RoleRule(
@@ -210,13 +214,14 @@ ROLE_TABLE: Mapping[Role, RoleRule] = {
         publish=(
             DESIRED_WRITE,
             MODEL_STORE_WRITE,
+            ROLLOUTS_WRITE,
             *SERVICE_CONTROL,
             "mesh.status.*",
             INBOX,
         ),
         subscribe=(INBOX, "mesh.telemetry.>"),
         publish_deny=NO_DESTRUCTION,
-        js_manage=(DESIRED_STREAM, MODEL_STORE_STREAM),
+        js_manage=(DESIRED_STREAM, MODEL_STORE_STREAM, ROLLOUTS_STREAM),
         js_read=(*FLEET_BUCKET_STREAMS, MODEL_STORE_STREAM),
     ),
     Role.INGRESS: RoleRule(

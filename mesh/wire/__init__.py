@@ -20,11 +20,13 @@ from mesh.wire.messages import (
     encode_response,
 )
 from mesh.wire.records import (
+    EVIDENCE_COUNTERS,
     DriftEvent,
     HardExample,
     NodeEvent,
     NodeStatus,
     RecordedAnswer,
+    VersionEvidence,
     decode_drift_event,
     decode_hard_example,
     decode_node_event,
@@ -38,6 +40,7 @@ from mesh.wire.tensors import DTYPES, MAX_RANK, decode_tensor, dtype_name, encod
 
 __all__ = [
     "DTYPES",
+    "EVIDENCE_COUNTERS",
     "MAX_ID_LENGTH",
     "MAX_RANK",
     "VERSION",
@@ -51,6 +54,7 @@ __all__ = [
     "NodeEvent",
     "NodeStatus",
     "RecordedAnswer",
+    "VersionEvidence",
     "decode_drift_event",
     "decode_hard_example",
     "decode_node_event",

@@ -81,6 +81,45 @@ class HardExample:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionEvidence:
+    """What one model version did on one node since it started serving there: running totals
+    the fleet controller takes differences of, over a window, to judge a rollout's stage.
+
+    ``latency`` counts local answers per bucket of ``mesh.metrics.LATENCY_BUCKETS_MS`` (one more
+    for answers over the last bound). ``compared`` answers were checked against the tier above
+    (escalated ones, whose upstream answer came back, and audited confident ones); ``agreed`` of
+    them got the same labels there."""
+
+    version: str
+    #: wall-clock unix seconds when this version started serving on the node.
+    since: float
+    requests: int = 0
+    errors: int = 0
+    escalated: int = 0
+    degraded: int = 0
+    compared: int = 0
+    agreed: int = 0
+    #: confident answers sent upstream to be compared (the audit), and those that failed.
+    audits: int = 0
+    audit_failures: int = 0
+    latency: tuple[int, ...] = ()
+    #: highest drift score (PSI) of this version's signals, or None.
+    drift: float | None = None
+
+
+EVIDENCE_COUNTERS = (
+    "requests",
+    "errors",
+    "escalated",
+    "degraded",
+    "compared",
+    "agreed",
+    "audits",
+    "audit_failures",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     """What a node reports about itself on ``mesh.telemetry.<node>``."""
 
@@ -114,6 +153,8 @@ class NodeStatus:
     #: version swaps done since the node started.
     swaps: int = 0
     mesh_version: str = ""
+    #: per model served, what its version did here (the rollout gates' evidence).
+    evidence: dict[str, VersionEvidence] = field(default_factory=dict)
 
 
 # --- hard examples -------------------------------------------------------------------------
@@ -215,7 +256,38 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "p99_ms": status.p99_ms,
             "swaps": status.swaps,
             "mesh_version": status.mesh_version,
+            "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
         }
+    )
+
+
+def _encode_evidence(e: VersionEvidence) -> dict[str, Any]:
+    out: dict[str, Any] = {"version": e.version, "since": float(e.since)}
+    for name in EVIDENCE_COUNTERS:
+        out[name] = getattr(e, name)
+    out["latency"] = list(e.latency)
+    out["drift"] = e.drift
+    return out
+
+
+def _decode_evidence(model: object, obj: object, what: str) -> VersionEvidence:
+    """Types only: whether the figures make sense is the rollout gate's to judge (it ignores
+    and flags a node whose counters do not add up, rather than this dropping the heartbeat)."""
+    if not isinstance(model, str) or not isinstance(obj, dict):
+        raise InvalidArgumentError(f"{what} evidence must map model names to maps")
+    where = f"{what} evidence of {model[:64]!r}"
+    counters = {name: _opt(obj, name, int, 0, where) for name in EVIDENCE_COUNTERS}
+    latency = _opt(obj, "latency", list, [], where)
+    if len(latency) > 64 or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in latency
+    ):
+        raise InvalidArgumentError(f"{where} latency must be a list of bucket counts")
+    return VersionEvidence(
+        version=require(obj, "version", str, where),
+        since=finite(require(obj, "since", (int, float), where), "since", where),
+        latency=tuple(latency),
+        drift=_opt_number(obj, "drift", where),
+        **counters,
     )
 
 
@@ -245,6 +317,10 @@ def decode_node_status(data: bytes) -> NodeStatus:
         p99_ms=_opt_number(obj, "p99_ms", what),
         swaps=max(0, _opt(obj, "swaps", int, 0, what)),
         mesh_version=_opt(obj, "mesh_version", str, "", what),
+        evidence={
+            model: _decode_evidence(model, e, what)
+            for model, e in _opt(obj, "evidence", dict, {}, what).items()
+        },
     )
 
 
@@ -381,11 +457,13 @@ def decode_drift_event(data: bytes) -> DriftEvent:
 
 
 __all__ = [
+    "EVIDENCE_COUNTERS",
     "DriftEvent",
     "HardExample",
     "NodeEvent",
     "NodeStatus",
     "RecordedAnswer",
+    "VersionEvidence",
     "decode_drift_event",
     "decode_hard_example",
     "decode_node_event",
