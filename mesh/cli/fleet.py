@@ -357,6 +357,18 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
                 "p99_ms": beat.p99_ms,
                 "swaps": beat.swaps,
                 "mesh_version": beat.mesh_version,
+                "agreement": {
+                    model: {
+                        "version": e.version,
+                        "compared": e.compared,
+                        "agreed": e.agreed,
+                        "agreement": round(e.agreed / e.compared, 4) if e.compared else None,
+                        "audits": e.audits,
+                        "audit_failures": e.audit_failures,
+                        "requests": e.requests,
+                    }
+                    for model, e in beat.evidence.items()
+                },
             }
         )
     return rows
@@ -393,7 +405,7 @@ def fleet_status(
         return
     click.echo(
         f"{'NODE':<14} {'TIER':<8} {'SITE':<10} {'STATE':<8} {'SEEN':>7} {'ESC':>5} "
-        f"{'P99MS':>6} MODELS"
+        f"{'P99MS':>6} {'AGREE':>6} MODELS"
     )
     for r in rows:
         if "error" in r:
@@ -403,11 +415,13 @@ def fleet_status(
         esc = "-" if r["escalation_rate"] is None else f"{r['escalation_rate']:.2f}"
         p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:g}"
         models = ", ".join(f"{k}@{v}" for k, v in sorted(r["models"].items()))
+        rates = [a["agreement"] for a in r["agreement"].values() if a["agreement"] is not None]
+        agree = f"{min(rates):.3f}" if rates else "-"
         if r["pending"]:
             models += " (taking " + ", ".join(f"{k}@{v}" for k, v in r["pending"].items()) + ")"
         click.echo(
             f"{r['node']:<14} {r['tier']:<8} {r['site']:<10} {state:<8} "
-            f"{r['last_seen_s']:>6.1f}s {esc:>5} {p99:>6} {models}"
+            f"{r['last_seen_s']:>6.1f}s {esc:>5} {p99:>6} {agree:>6} {models}"
         )
         for version, reason in r["rejected"].items():
             click.echo(f"{'':<14} rejected {version}: {reason}")

@@ -28,8 +28,9 @@ Rules the table encodes:
   every role but the administrator, in the local domain (``$JS.API``) and across domains
   (``$JS.<domain>.API``).
 - Only the controller writes the fleet's desired state (``$KV.MESH_FLEET_DESIRED.>``), the
-  rollouts (``$KV.MESH_FLEET_ROLLOUTS.>``) and the model store (``$O.MESH_MODELS.>``); a node writes only its own heartbeat
-  (``$KV.MESH_NODES_<DOMAIN>.<name>``). The controller and the console read the heartbeats.
+  rollouts (``$KV.MESH_FLEET_ROLLOUTS.>``) and the model store (``$O.MESH_MODELS.>``); a node
+  writes only its own heartbeat (``$KV.MESH_NODES_<DOMAIN>.<name>``). The controller and the
+  console read the heartbeats and the rollouts.
 """
 
 from __future__ import annotations

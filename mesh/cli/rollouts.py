@@ -1,0 +1,369 @@
+"""``mesh rollout start|status|pause|resume|abort``, ``mesh controller`` and
+``mesh fleet simulate``.
+
+A rollout is a record in the hub's ``MESH_FLEET_ROLLOUTS`` bucket; ``mesh controller`` (any
+number of them, one leads) drives it by writing desired state. These commands need the
+controller's (or the administrator's) identity to write, the console's to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mesh.cli.fleet import (
+    _connect,
+    _run,
+    creds_option,
+    domain_option,
+    servers_option,
+    tls_ca_option,
+)
+from mesh.cli.fleet import fleet as fleet_group
+
+trusted_option = click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    default=lambda: [k for k in os.environ.get("MESH_TRUSTED_KEYS", "").split(",") if k],
+    show_default="$MESH_TRUSTED_KEYS (comma-separated)",
+    help="Public key (ed25519:... or a .pub file) the nodes trust; repeat while keys rotate.",
+)
+
+
+@click.group()
+def rollout() -> None:
+    """Staged rollouts of a model version, gated on live evidence, rolled back on failure."""
+
+
+@rollout.command("start")
+@click.argument("model")
+@click.argument("version")
+@click.option(
+    "--stages", default="1,10%,50%,100%", show_default=True,
+    help="Node counts or shares of the matching nodes, in order; the last must be 100%.",
+)  # fmt: skip
+@click.option("--soak", default=None, help="How long each stage runs before it is judged (30s).")
+@click.option(
+    "--gate", "gates", multiple=True,
+    help="A gate bound, metric=value (max_error_rate=0.01, min_agreement=0.9, "
+    "max_agreement_drop=0.05, max_p99_ms=20, min_samples=40...); repeatable.",
+)  # fmt: skip
+@click.option(
+    "--selector", "selector_terms", multiple=True,
+    help="Which nodes: tier=, site=, label.K=V (default: every node serving the model).",
+)  # fmt: skip
+@trusted_option
+@servers_option
+@creds_option
+@tls_ca_option
+@domain_option
+@click.option("--offline-after", default=10.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the stored rollout as JSON.")
+def rollout_start(
+    model: str,
+    version: str,
+    stages: str,
+    soak: str | None,
+    gates: tuple[str, ...],
+    selector_terms: tuple[str, ...],
+    trusted_keys: list[str],
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+    offline_after: float,
+    as_json: bool,
+) -> None:
+    """Roll MODEL out at VERSION in stages; a running controller drives it."""
+    from mesh.fleet.controller import start_rollout, summary
+    from mesh.fleet.desired import Selector
+
+    selector = Selector.parse(selector_terms)
+
+    async def go() -> Any:
+        async with _connect(servers, creds, tls_ca) as nc:
+            return await start_rollout(
+                nc.jetstream(domain=domain),
+                model,
+                version,
+                stages=stages,
+                soak=soak,
+                gate_terms=gates,
+                selector=selector,
+                trusted_keys=list(trusted_keys),
+                by=creds.stem if creds else "",
+                offline_after_s=offline_after,
+            )
+
+    r = _run(go)
+    if as_json:
+        click.echo(json.dumps(summary(r), indent=1))
+        return
+    sizes = ", ".join(f"{s.name} {r.stage_size(i)}" for i, s in enumerate(r.stages))
+    click.echo(
+        f"rollout {r.id}: {model}@{version} over {len(r.targets)} nodes ({sizes}), "
+        f"rolls back to {r.previous_version}"
+    )
+
+
+@rollout.command("status")
+@click.argument("model", required=False)
+@servers_option
+@creds_option
+@tls_ca_option
+@domain_option
+@click.option("--json", "as_json", is_flag=True, help="The rollout records as JSON.")
+def rollout_status(
+    model: str | None,
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+    as_json: bool,
+) -> None:
+    """The latest rollout of every model (or of MODEL)."""
+    from mesh.errors import NotFoundError
+    from mesh.fleet.controller import read_rollouts, summary
+
+    async def go() -> Any:
+        async with _connect(servers, creds, tls_ca) as nc:
+            return await read_rollouts(nc.jetstream(domain=domain))
+
+    found = _run(go)
+    if model is not None:
+        if model not in found:
+            raise NotFoundError(f"no rollout of {model}")
+        found = {model: found[model]}
+    if as_json:
+        click.echo(json.dumps([summary(r) for r in found.values()], indent=1))
+        return
+    for r in found.values():
+        stage = r.stages[min(r.current_stage, len(r.stages) - 1)]
+        click.echo(
+            f"{r.model}@{r.version} ({r.id}): {r.state}, stage {r.current_stage + 1}/"
+            f"{len(r.stages)} {stage.name} ({r.phase}), max {r.max_nodes_serving} nodes serving"
+        )
+        for i, (s, entry) in enumerate(zip(r.stages, r.log, strict=True)):
+            if entry.started_at is None:
+                continue
+            took = f"{entry.judged_at - entry.started_at:.1f}s" if entry.judged_at else "running"
+            click.echo(
+                f"  {i + 1}. {s.name} ({r.stage_size(i)} nodes): {entry.result or '-'} {took}"
+            )
+        if r.failed_gate:
+            click.echo(f"  failed gate {r.failed_gate}: {r.reason}")
+            click.echo(f"  figures {json.dumps(r.figures)}")
+        elif r.reason:
+            click.echo(f"  {r.reason}")
+        if r.flagged:
+            some = dict(list(r.flagged.items())[:3])
+            click.echo(f"  telemetry ignored from {len(r.flagged)} nodes: {some}")
+    sys.stdout.flush()
+
+
+_ACTIONS = {
+    "pause": "Hold the rollout of MODEL where it is.",
+    "resume": "Go on with a paused rollout of MODEL (its stage deploys and soaks again).",
+    "abort": "Stop the rollout of MODEL and return its nodes to the previous version.",
+}
+
+
+def _action(action: str) -> Any:
+    @rollout.command(action, help=_ACTIONS[action])
+    @click.argument("model")
+    @servers_option
+    @creds_option
+    @tls_ca_option
+    @domain_option
+    def command(
+        model: str, servers: str, creds: Path | None, tls_ca: Path | None, domain: str
+    ) -> None:
+        from mesh.fleet.controller import act
+
+        async def go() -> Any:
+            async with _connect(servers, creds, tls_ca) as nc:
+                return await act(
+                    nc.jetstream(domain=domain), model, action, creds.stem if creds else ""
+                )
+
+        r = _run(go)
+        click.echo(f"rollout {r.id} of {r.model}@{r.version}: {r.state}")
+
+    return command
+
+
+for _name in ("pause", "resume", "abort"):
+    _action(_name)
+
+
+@click.command("controller")
+@servers_option
+@creds_option
+@tls_ca_option
+@domain_option
+@click.option(
+    "--name", default=lambda: f"controller-{socket.gethostname()}",
+    show_default="controller-<hostname>",
+    help="This controller's name; give each its own (a restart under the same name takes "
+    "its lease back at once).",
+)  # fmt: skip
+@click.option("--tick", default=1.0, show_default=True, help="Seconds between looks at the fleet.")
+@click.option(
+    "--lease", default=5.0, show_default=True, help="Seconds a silent leader keeps the lead."
+)
+@click.option("--offline-after", default=10.0, show_default=True)
+def controller(
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+    name: str,
+    tick: float,
+    lease: float,
+    offline_after: float,
+) -> None:
+    """Drive the fleet's rollouts (one of any number of controllers leads)."""
+    import logging
+
+    from mesh.fleet.controller import Controller
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with _connect(servers, creds, tls_ca) as nc:
+            c = Controller(
+                nc,
+                name=name,
+                domain=domain,
+                tick_s=tick,
+                lease_s=lease,
+                offline_after_s=offline_after,
+            )
+            async with c:
+                print(f"MESH_CONTROLLER ready name={name}", flush=True)
+                await stop.wait()
+
+    _run(go)
+
+
+@fleet_group.command("simulate")
+@click.option("--nodes", default=500, show_default=True)
+@click.option("--sites", default=5, show_default=True)
+@click.option("--processes", default=None, type=int, help="Node processes (default: one per site).")
+@click.option("--rate", default=1.0, show_default=True, help="Requests per second per node.")
+@click.option("--audit-rate", default=0.05, show_default=True)
+@click.option("--heartbeat", default=2.0, show_default=True, help="Seconds between heartbeats.")
+@click.option(
+    "--duration", default=None, type=float, help="Seconds to run (default: until Ctrl-C)."
+)
+@click.option("--controller/--no-controller", "with_controller", default=True, show_default=True)
+@click.option(
+    "--work-dir", type=click.Path(path_type=Path), default=None,
+    help="Where the servers, keys and caches go (default: a new temporary directory).",
+)  # fmt: skip
+@click.option("--cache", type=click.Path(path_type=Path), default=None)
+def simulate(
+    nodes: int,
+    sites: int,
+    processes: int | None,
+    rate: float,
+    audit_rate: float,
+    heartbeat: float,
+    duration: float | None,
+    with_controller: bool,
+    work_dir: Path | None,
+    cache: Path | None,
+) -> None:
+    """Run a simulated fleet on real servers: light nodes, many per process, under load.
+
+    Prints how to reach it (MESH_NATS_URL, controller credentials, the trusted key) so that
+    mesh rollout and mesh fleet status work against it, then the load and per-node cost."""
+    import tempfile
+
+    from mesh.cli.options import DEFAULT_CACHE
+    from mesh.fleet.controller import Controller
+    from mesh.fleet.simulate import (
+        CONTROLLER,
+        FleetSimulation,
+        SimLoad,
+        SimulationSettings,
+    )
+    from mesh.models.demo import ensure_demo
+
+    work = work_dir or Path(tempfile.mkdtemp(prefix="mesh-fleet-"))
+    demo = ensure_demo(cache or DEFAULT_CACHE / "demo")
+    settings = SimulationSettings(
+        work_dir=work,
+        nodes=nodes,
+        sites=sites,
+        processes=processes,
+        heartbeat_s=heartbeat,
+        audit_rate=audit_rate,
+    )
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        started = time.monotonic()
+        async with FleetSimulation(settings, demo) as sim:
+            assert sim.key is not None
+            click.echo(f"MESH_NATS_URL={sim.hub.url}")
+            click.echo(f"MESH_CREDS={sim.creds(CONTROLLER)}")
+            click.echo(f"MESH_TRUSTED_KEYS={sim.key.public}")
+            click.echo(
+                f"{len(sim.node_names)} nodes in {sites} sites started in "
+                f"{time.monotonic() - started:.1f}s; signing key {work / 'fleet' / 'signing.key'}",
+                err=True,
+            )
+            load = SimLoad(sim, rate)
+            await load.start()
+            nc = await sim.hub.connect(CONTROLLER.name) if with_controller else None
+            ctl = Controller(nc, name="controller-sim") if nc is not None else None
+            if ctl is not None:
+                await ctl.start()
+            try:
+                last = time.monotonic()
+                cpu_last = (await sim.process_figures())["cpu_s"]
+                while not stop.is_set():
+                    if duration is not None and time.monotonic() - started > duration:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 10.0)
+                    figures = await sim.process_figures()
+                    now = time.monotonic()
+                    cpu_share = (
+                        (figures["cpu_s"] - cpu_last) / (now - last) / max(1, len(sim.node_names))
+                    )
+                    last, cpu_last = now, figures["cpu_s"]
+                    f = load.figures
+                    click.echo(
+                        f"answered {f.answered}/{f.sent}, errors {len(f.errors)}, versions "
+                        f"{dict(f.versions)}; {figures['rss_mb_per_node']} MB and "
+                        f"{cpu_share * 1000:.2f} ms CPU/s per node",
+                        err=True,
+                    )
+            finally:
+                if ctl is not None:
+                    await ctl.stop()
+                if nc is not None:
+                    await nc.close()
+                await load.stop()
+
+    _run(go)
