@@ -821,7 +821,10 @@ def _step_stage(
         )
     log = r.log[i]
     if r.phase == "deploying":
-        online = [n for n in members if (v := nodes.get(n)) is not None and v.online]
+        # A node whose telemetry cannot be trusted is not waited for either (it is flagged).
+        online = [
+            n for n in members if (v := nodes.get(n)) is not None and v.online and not v.problem
+        ]
         missing = [n for n in online if nodes[n].serving != r.version]
         started = log.started_at if log.started_at is not None else now
         if online and not missing:

@@ -121,7 +121,9 @@ class FleetSimulation:
         for spec in (ADMIN, APPLICATION, CONTROLLER, CONSOLE):
             await self.issue(spec)
         self.key = await asyncio.to_thread(SigningKey.generate)
-        await asyncio.to_thread(self.key.save, self.work / "fleet" / "signing.key")
+        key_path = self.work / "fleet" / "signing.key"
+        await asyncio.to_thread(key_path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.key.save, key_path)
         nc = await self.hub.connect()
         try:
             hub = nc.jetstream(domain="hub")
@@ -129,12 +131,12 @@ class FleetSimulation:
             await registry.ensure_domain(hub, hub, "hub")
             for k in range(s.sites):
                 await registry.ensure_domain(nc.jetstream(domain=site_name(k)), hub, site_name(k))
-            self.initial_version = await registry.push(
+            await registry.push(
                 hub, await asyncio.to_thread(release, self.demo.edge_int8, self.key)
             )
         finally:
             await nc.close()
-        self.initial_version = load_manifest(self.demo.edge_int8).version
+        self.initial_version = (await asyncio.to_thread(load_manifest, self.demo.edge_int8)).version
         await self._start_cloud()
         await self._start_edges()
 
@@ -335,10 +337,10 @@ class SimLoad:
         self._tasks: list[asyncio.Task[None]] = []
         self._clients: list[MeshClient] = []
         self._inflight: set[asyncio.Task[None]] = set()
-        data = np.load(sim.demo.test)
-        self._rows = np.asarray(data["x"], dtype=np.float32)
+        self._rows = np.zeros((1, 64), dtype=np.float32)
 
     async def start(self) -> None:
+        self._rows = await asyncio.to_thread(_test_rows, self.sim.demo.test)
         counts = Counter(self.sim.node_sites.values())
         for k, server in enumerate(self.sim.sites):
             nodes = counts.get(site_name(k), 0)
@@ -386,3 +388,8 @@ class SimLoad:
         for client in self._clients:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+def _test_rows(path: Path) -> np.ndarray:
+    with np.load(path) as data:
+        return np.asarray(data["x"], dtype=np.float32)

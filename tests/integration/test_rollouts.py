@@ -1,0 +1,306 @@
+"""Staged rollouts on a simulated fleet on real servers: a hub and two sites (each linked through
+a fault proxy), a cloud node, twelve edge nodes with their agents in one process, steady load
+through the SDK, and controllers run as ``mesh controller`` processes or in this one.
+
+- a good version goes through four stages to every node with no failed request, while the
+  leading controller is killed and another takes over, and while a site is cut off (it
+  converges once healed); a node reporting impossible counters is ignored and flagged;
+- a version that confuses two classes is stopped at its canary stage by the agreement gate and
+  rolled back; no more nodes than the canary ever served it (watched independently);
+- bad rollout requests are refused with nothing written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.fleet import registry
+from mesh.fleet.controller import Controller, read_rollouts, start_rollout, summary
+from mesh.fleet.rollout import Rollout
+from mesh.fleet.simulate import (
+    CONTROLLER,
+    FleetSimulation,
+    SimLoad,
+    SimulationSettings,
+    site_name,
+)
+from mesh.models.demo import DemoArtifacts
+from mesh.models.faulty import confuse_classes
+from mesh.models.manifest import copy_as_version
+from mesh.testing.supervisor import ChildProcess, child_env
+from mesh.wire import NodeStatus, VersionEvidence, encode_node_status
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+GOOD = "2-edge"
+BAD = "3-confused"
+
+
+@pytest.fixture
+async def sim(tmp_path: Path, demo: DemoArtifacts) -> AsyncIterator[FleetSimulation]:
+    settings = SimulationSettings(
+        work_dir=tmp_path / "sim",
+        nodes=12,
+        sites=2,
+        processes=1,
+        heartbeat_s=0.5,
+        audit_rate=0.3,
+    )
+    async with FleetSimulation(settings, demo) as s:
+        yield s
+
+
+async def mesh_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def hub_args(sim: FleetSimulation) -> list[str]:
+    return ["--servers", sim.hub.url, "--creds", str(sim.creds(CONTROLLER))]
+
+
+async def start_controller(sim: FleetSimulation, name: str) -> ChildProcess:
+    child = ChildProcess(
+        name,
+        [
+            sys.executable, "-m", "mesh.cli", "controller", *hub_args(sim), "--name", name,
+            "--tick", "0.3", "--lease", "2", "--offline-after", "2",
+        ],
+        sim.work / f"{name}.log",
+        ready_prefix="MESH_CONTROLLER ready",
+        env=child_env(),
+    )  # fmt: skip
+    await child.start()
+    return child
+
+
+async def rollout_of(sim: FleetSimulation, model: str = "digits") -> Rollout:
+    nc = await sim.hub.connect(CONTROLLER.name)
+    try:
+        return (await read_rollouts(nc.jetstream(domain="hub")))[model]
+    finally:
+        await nc.close()
+
+
+async def wait_rollout(sim: FleetSimulation, done: Any, timeout: float = 120.0) -> Rollout:
+    async with asyncio.timeout(timeout):
+        while True:
+            r = await rollout_of(sim)
+            if done(r):
+                return r
+            await asyncio.sleep(0.2)
+
+
+async def served(sim: FleetSimulation) -> dict[str, str]:
+    """Node to the version of digits it last reported, from the hub's heartbeats."""
+    nc = await sim.hub.connect(CONTROLLER.name)
+    try:
+        beats = await registry.read_heartbeats(nc.jetstream(domain="hub"))
+    finally:
+        await nc.close()
+    return {
+        name: b.models.get("digits", "")
+        for name, b in beats.items()
+        if isinstance(b, NodeStatus) and name in sim.node_sites
+    }
+
+
+async def fake_node(sim: FleetSimulation, stop: asyncio.Event) -> None:
+    """A node that beats with counters that cannot be true (more agreed than compared)."""
+    nc = await sim.hub.connect()
+    js = nc.jetstream(domain="hub")
+    try:
+        while not stop.is_set():
+            beat = NodeStatus(
+                node="edge-liar",
+                tier="edge",
+                models={"digits": sim.initial_version},
+                ready=True,
+                time=time.time(),
+                site="hub",
+                evidence={
+                    "digits": VersionEvidence(
+                        version=sim.initial_version,
+                        since=time.time() - 60,
+                        requests=10_000,
+                        compared=10,
+                        agreed=500,
+                        audits=10,
+                        latency=(0,) * 15,
+                    )
+                },
+            )
+            subject = f"$KV.{registry.nodes_bucket('hub')}.edge-liar"
+            await js.publish(subject, encode_node_status(beat))
+            await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+async def test_a_good_version_reaches_every_node_through_four_stages_despite_a_dead_controller_and_a_cut_site(
+    sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    assert sim.key is not None
+    good = await asyncio.to_thread(copy_as_version, demo.edge, GOOD, tmp_path / "good")
+    await sim.push(good)
+    load = SimLoad(sim, rate_per_node=4.0)
+    await load.start()
+    liar_stop = asyncio.Event()
+    liar = asyncio.create_task(fake_node(sim, liar_stop))
+    first = await start_controller(sim, "ctl-a")
+    second: ChildProcess | None = None
+    try:
+        await asyncio.sleep(2.0)  # every node (and the liar) has beaten, with evidence
+        code, out, err = await mesh_cli(
+            "rollout", "start", "digits", GOOD, "--stages", "1,25%,50%,100%", "--soak", "2s",
+            "--gate", "min_requests=20", "--gate", "min_samples=15",
+            "--trusted-key", sim.key.public, *hub_args(sim), "--offline-after", "2",
+        )  # fmt: skip
+        assert code == 0, err
+        assert "over 13 nodes" in out  # the liar looked like a node serving digits
+
+        # Kill the leader once stage 2 runs; another controller finishes the rollout.
+        await wait_rollout(sim, lambda r: r.current_stage >= 1)
+        await first.kill()
+        second = await start_controller(sim, "ctl-b")
+        # Cut site 1 off once stage 3 runs; its nodes converge after the link heals.
+        await wait_rollout(sim, lambda r: r.current_stage >= 2)
+        sim.cut(1)
+        r = await wait_rollout(sim, lambda r: not r.active, timeout=180.0)
+        versions_during_cut = await served(sim)
+        sim.heal(1)
+        async with asyncio.timeout(60):
+            while set((await served(sim)).values()) != {GOOD}:
+                await asyncio.sleep(0.5)
+    finally:
+        liar_stop.set()
+        await liar
+        await load.stop()
+        await first.stop()
+        if second is not None:
+            await second.stop()
+
+    print(json.dumps({"rollout": summary(r), "load": load.figures.answered}, indent=None))
+    assert r.state == "completed" and r.outcome == "completed", r.reason
+    # every stage ran once, in order, and passed
+    assert [s.result for s in r.log] == ["pass"] * 4
+    started = [s.started_at for s in r.log]
+    assert all(a is not None and b is not None and a < b for a, b in zip(started, started[1:]))
+    assert r.max_nodes_serving >= 12 - 6  # at least the nodes of site 0
+    assert "edge-liar" in r.flagged and "agreed" in r.flagged["edge-liar"]
+    log_b = (sim.work / "ctl-b.log").read_text()
+    assert "ctl-b leads" in log_b
+    # The cut site's nodes were still on the old version when the rollout ended at the hub.
+    cut_nodes = [n for n, s in sim.node_sites.items() if s == site_name(1)]
+    assert any(versions_during_cut.get(n) != GOOD for n in cut_nodes) or not cut_nodes
+    assert load.figures.errors == []
+    assert load.figures.answered > 200
+    # once a node answered with the new version it never answered with the old one again
+    for node, versions in load.figures.by_node.items():
+        assert versions in ([sim.initial_version], [GOOD], [sim.initial_version, GOOD]), node
+
+
+async def test_a_version_that_confuses_two_classes_is_stopped_at_the_canary_and_rolled_back(
+    sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    assert sim.key is not None
+    bad = await asyncio.to_thread(confuse_classes, demo.edge, BAD, tmp_path / "bad")
+    await sim.push(bad)
+    load = SimLoad(sim, rate_per_node=4.0)
+    await load.start()
+    nc = await sim.hub.connect(CONTROLLER.name)
+    js = nc.jetstream(domain="hub")
+    controller = Controller(nc, name="ctl", tick_s=0.3, offline_after_s=2.0)
+    most = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal most
+        while not stop.is_set():
+            most = max(most, sum(1 for v in (await served(sim)).values() if v == BAD))
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.sleep(1.5)
+        await controller.start()
+        r = await start_rollout(
+            js, "digits", BAD, stages="2,50%,100%", soak="2s",
+            gate_terms=["min_requests=20", "min_samples=30"],
+            trusted_keys=[sim.key.public], offline_after_s=2.0,
+        )  # fmt: skip
+        assert r.canary_nodes == 2
+        r = await wait_rollout(sim, lambda r: not r.active)
+        async with asyncio.timeout(30):
+            while set((await served(sim)).values()) != {sim.initial_version}:
+                await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await watcher
+        await controller.stop()
+        await nc.close()
+        await load.stop()
+
+    print(json.dumps({"rollout": summary(r), "most": most}, indent=None))
+    assert r.state == "rolled_back" and r.outcome == "rolled_back"
+    assert r.failed_gate == "agreement", r.reason
+    assert r.figures["canary"] < r.figures["baseline"] - 0.05
+    assert r.figures["samples"] >= 30
+    assert r.current_stage == 0 and r.log[0].result == "fail"
+    assert r.max_nodes_serving <= 2
+    assert 1 <= most <= 2
+    assert load.figures.errors == []
+
+
+async def test_bad_rollout_requests_are_refused_and_change_nothing(
+    sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    assert sim.key is not None
+    good = await asyncio.to_thread(copy_as_version, demo.edge, GOOD, tmp_path / "good")
+    await sim.push(good)
+    await asyncio.sleep(1.5)
+    key = sim.key.public
+    other = "ed25519:" + "A" * 43
+    bad = [
+        (["digits", "9-missing", "--trusted-key", key], "not in the registry"),
+        (["digits", GOOD, "--trusted-key", other], "trust"),
+        (["digits", GOOD, "--trusted-key", key, "--stages", "1,50%"], "not 100%"),
+        (["digits", GOOD, "--trusted-key", key, "--gate", "max_latency=3"], "unknown metric"),
+        (["digits", GOOD, "--trusted-key", key, "--selector", "site=nowhere"], "matches no"),
+        (["digits", GOOD, "--trusted-key", key, "--stages", "50%,10%,100%"], "smaller"),
+    ]
+    for args, message in bad:
+        code, out, err = await mesh_cli("rollout", "start", *args, *hub_args(sim))
+        assert code == 2, (args, out, err)
+        assert message in err, (args, err)
+    nc = await sim.hub.connect(CONTROLLER.name)
+    try:
+        assert await read_rollouts(nc.jetstream(domain="hub")) == {}
+    finally:
+        await nc.close()
+    # one rollout at a time per model
+    code, _, err = await mesh_cli(
+        "rollout", "start", "digits", GOOD, "--trusted-key", key, *hub_args(sim)
+    )
+    assert code == 0, err
+    code, _, err = await mesh_cli(
+        "rollout", "start", "digits", GOOD, "--trusted-key", key, *hub_args(sim)
+    )
+    assert code == 2 and "one rollout per model" in err
+    code, out, err = await mesh_cli("rollout", "abort", "digits", *hub_args(sim))
+    assert code == 0 and "rolling_back" in out, err
+    code, out, _ = await mesh_cli("rollout", "status", "--json", *hub_args(sim))
+    (record,) = json.loads(out)
+    assert record["state"] == "rolling_back" and record["outcome"] == "aborted"
