@@ -1,0 +1,380 @@
+"""The rollout's plan, gates and steps, with a fake fleet and a fake clock (no I/O)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mesh.errors import InvalidArgumentError
+from mesh.fleet.desired import Selector
+from mesh.fleet.rollout import (
+    Figures,
+    Gate,
+    NodeView,
+    Rollout,
+    decode_rollout,
+    decode_window,
+    delta,
+    desired_for,
+    encode_rollout,
+    encode_window,
+    evidence_problem,
+    judge,
+    new_rollout,
+    parse_duration,
+    parse_stages,
+    report,
+    request,
+    step,
+    view_of,
+    wilson_upper,
+)
+from mesh.wire import NodeStatus, VersionEvidence
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "schemas" / "rollout.schema.json").read_text("utf-8")
+)
+OLD, NEW = "1", "2"
+BUCKETS = 15
+
+
+def ev(version: str = NEW, since: float = 0.0, **counts: int) -> VersionEvidence:
+    latency = [0] * BUCKETS
+    latency[2] = counts.pop("answered", counts.get("requests", 0) - counts.get("escalated", 0))
+    return VersionEvidence(version=version, since=since, latency=tuple(latency), **counts)
+
+
+# --- stages and gates -----------------------------------------------------------------------
+
+
+def test_stages_parse_counts_and_shares_and_must_end_at_the_whole_fleet() -> None:
+    stages = parse_stages("1,10%,50%,100%", Gate())
+    assert [s.name for s in stages] == ["canary", "stage-2", "stage-3", "all"]
+    assert [s.size(500) for s in stages] == [1, 50, 250, 500]
+    assert [s.size(3) for s in stages] == [1, 1, 2, 3]
+    for bad, message in [
+        ("1,50%", "not 100%"),
+        ("50%,10%,100%", "smaller"),
+        ("0,100%", "at least one"),
+        ("x,100%", "neither"),
+        ("150%", "(0%, 100%]"),
+        ("", "give the stages"),
+    ]:
+        with pytest.raises(
+            InvalidArgumentError, match=message.replace("(", r"\(").replace("]", r"\]")
+        ):
+            parse_stages(bad, Gate())
+
+
+def test_gates_refuse_unknown_metrics_and_bad_values() -> None:
+    gate = Gate.parse(["max_error_rate=1%", "soak_s=2m", "min_samples=30,min_agreement=0.9"])
+    assert (gate.max_error_rate, gate.soak_s, gate.min_samples, gate.min_agreement) == (
+        0.01, 120.0, 30, 0.9,
+    )  # fmt: skip
+    for term, message in [
+        ("max_latency=3", "unknown metric"),
+        ("max_error_rate=2", "share"),
+        ("min_samples=2.5", "whole number"),
+        ("max_p99_ms=-1", "negative"),
+        ("max_p99_ms=fast", "not a number"),
+        ("max_p99_ms=nan", "finite"),
+        ("noequals", "metric=value"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=message):
+            Gate.parse([term])
+    assert parse_duration("500ms") == 0.5 and parse_duration("30") == 30.0
+
+
+# --- the judgement --------------------------------------------------------------------------
+
+
+def figures(nodes: int = 1, **counts: int) -> Figures:
+    latency = [0] * BUCKETS
+    latency[counts.pop("bucket", 2)] = counts.get("requests", 0)
+    return Figures(nodes=nodes, latency=tuple(latency), **counts)
+
+
+def test_a_stage_waits_for_enough_evidence_before_it_is_judged() -> None:
+    gate = Gate(min_requests=100, min_samples=40)
+    assert judge(gate, Figures(), None).result == "wait"
+    assert "requests" in judge(gate, figures(requests=50), None).reason
+    early = judge(gate, figures(requests=500, escalated=20, compared=10, agreed=0), None)
+    assert early.result == "wait" and "compared" in early.reason
+    # a tier that never asks the tier above (the top) is not held up by agreement
+    assert judge(gate, figures(requests=500), None).result == "pass"
+
+
+def test_agreement_fails_against_the_baseline_only_when_its_upper_bound_is_below() -> None:
+    gate = Gate(min_requests=100, min_samples=40)
+    baseline = figures(nodes=10, requests=5000, escalated=300, audits=100, compared=400, agreed=380)
+    bad = figures(requests=500, escalated=30, audits=10, compared=40, agreed=30)
+    verdict = judge(gate, bad, baseline)
+    assert verdict.result == "fail" and verdict.gate == "agreement"
+    assert verdict.figures["canary"] == 0.75 and verdict.figures["baseline"] == 0.95
+    assert verdict.figures["bound"] == 0.9 and verdict.figures["samples"] == 40
+    assert verdict.figures["upper_95"] < 0.9
+    # an unlucky but plausible canary passes: 36/40 has an upper bound over the bound
+    unlucky = replace(bad, agreed=36)
+    assert wilson_upper(36, 40) > 0.9
+    assert judge(gate, unlucky, baseline).result == "pass"
+    # a fixed bound applies without any baseline
+    assert judge(Gate(min_requests=100, min_agreement=0.9), bad, None).gate == "agreement"
+
+
+def test_error_rate_escalation_latency_and_drift_compare_with_the_baseline() -> None:
+    gate = Gate(min_requests=100, min_samples=0)
+    base = figures(nodes=5, requests=1000, errors=1, escalated=100)
+    assert judge(gate, figures(requests=200, errors=10, escalated=20), base).gate == "error_rate"
+    assert judge(gate, figures(requests=200, escalated=60), base).gate == "escalation_rate"
+    slow = figures(requests=200, escalated=20, bucket=7)  # 50 ms against 1 ms
+    verdict = judge(gate, slow, base)
+    assert verdict.gate == "p99_ms" and verdict.figures["bound"] == 10.0
+    # under the 10 ms floor a slower canary is noise, not a regression
+    assert judge(gate, figures(requests=200, escalated=20, bucket=4), base).result == "pass"
+    drifted = replace(figures(requests=200, escalated=20), drift=0.5)
+    assert judge(gate, drifted, replace(base, drift=0.1)).gate == "drift"
+    # a baseline with too little evidence is not compared with
+    thin = figures(requests=10, errors=0)
+    assert judge(gate, figures(requests=200, errors=10), thin).result == "pass"
+    assert (
+        judge(
+            Gate(min_requests=100, max_error_rate=0.01), figures(requests=200, errors=10), None
+        ).gate
+        == "error_rate"
+    )
+
+
+# --- telemetry that cannot be true -----------------------------------------------------------
+
+
+def test_impossible_counters_are_named() -> None:
+    assert evidence_problem(ev(requests=10, compared=2, agreed=1, escalated=2)) is None
+    for bad, word in [
+        (ev(requests=10, compared=2, agreed=3, escalated=2), "agreed"),
+        (ev(requests=-1, answered=0), "negative"),
+        (ev(requests=10, errors=11), "errors"),
+        (ev(requests=10, compared=5, agreed=1, escalated=1, audits=1), "compared"),
+        (replace(ev(requests=10), latency=(1, 2)), "buckets"),
+        (replace(ev(requests=1), latency=(5,) * BUCKETS), "latencies"),
+        (replace(ev(requests=1), drift=-1.0), "drift"),
+    ]:
+        problem = evidence_problem(bad)
+        assert problem is not None and word in problem, (bad, problem)
+
+
+def test_windows_are_differences_and_a_restart_starts_over() -> None:
+    then = ev(requests=100, escalated=10, compared=10, agreed=9, since=5.0)
+    now = ev(requests=150, escalated=12, compared=12, agreed=10, since=5.0)
+    d = delta(now, then)
+    assert not isinstance(d, str) and (d.requests, d.compared, d.agreed) == (50, 2, 1)
+    restarted = ev(requests=20, escalated=1, since=9.0)
+    assert delta(restarted, then) == restarted
+    assert isinstance(delta(replace(now, requests=50, since=5.0), then), str)
+
+
+def test_a_heartbeat_becomes_a_view_flagged_when_it_lies() -> None:
+    beat = NodeStatus(
+        node="n", tier="edge", models={"digits": NEW}, ready=True, time=100.0,
+        rejected={f"digits@{NEW}": "fails the device gate"},
+        evidence={"digits": ev(requests=5)},
+    )  # fmt: skip
+    view = view_of("digits", NEW, "n", beat, now=101.0, offline_after_s=10)
+    assert view.online and view.serving == NEW and view.rejected == "fails the device gate"
+    assert view.evidence is not None and view.problem is None
+    lying = replace(beat, evidence={"digits": ev(version=OLD, requests=5)})
+    assert "serves" in (
+        view_of("digits", NEW, "n", lying, now=101.0, offline_after_s=10).problem or ""
+    )
+    assert not view_of("digits", NEW, "n", beat, now=200.0, offline_after_s=10).online
+    garbled = view_of("digits", NEW, "n", "not msgpack", now=101.0, offline_after_s=10)
+    assert not garbled.online and "unreadable" in (garbled.problem or "")
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+
+class FakeFleet:
+    """Nodes that take what the desired state says and answer at a steady rate."""
+
+    def __init__(self, names: list[str], agreement: dict[str, float]) -> None:
+        self.names = names
+        self.serving = {n: OLD for n in names}
+        self.since = dict.fromkeys(names, 0.0)
+        self.counts = {n: [0.0, 0.0, 0.0] for n in names}  # requests, compared, agreed
+        self.agreement = agreement
+        self.offline: set[str] = set()
+        self.rejected: dict[str, str] = {}
+
+    def apply(self, r: Rollout, now: float) -> None:
+        wanted = desired_for(r)
+        for n in self.names:
+            if n in self.offline:
+                continue
+            version = wanted.nodes.get(n, wanted.base)
+            if version is not None and version != self.serving[n] and n not in self.rejected:
+                self.serving[n] = version
+                self.since[n] = now
+                self.counts[n] = [0.0, 0.0, 0.0]
+
+    def run(self, seconds: float) -> None:
+        for n in self.names:
+            if n in self.offline:
+                continue
+            c = self.counts[n]
+            requests = int(20 * seconds)
+            compared = requests // 4
+            c[0] += requests
+            c[1] += compared
+            c[2] += compared * self.agreement[self.serving[n]]
+
+    def views(self, now: float) -> dict[str, NodeView]:
+        out: dict[str, NodeView] = {}
+        for n in self.names:
+            requests, compared, agreed = (int(c) for c in self.counts[n])
+            e = ev(
+                self.serving[n], self.since[n], requests=requests, escalated=compared,
+                compared=compared, agreed=agreed,
+            )  # fmt: skip
+            out[n] = NodeView(
+                n, n not in self.offline, self.serving[n], self.rejected.get(n), e, None
+            )
+        return out
+
+
+def drive(r: Rollout, fleet: FakeFleet, until: float = 600.0) -> tuple[Rollout, list[float]]:
+    """Step every second, as the controller does; returns the last rollout and when each
+    stage changed."""
+    now = r.created_at
+    window = None
+    changes: list[float] = []
+    while now < until and r.state not in ("completed", "rolled_back", "aborted", "paused"):
+        fleet.apply(r, now)
+        result = step(r, fleet.views(now), window, now)
+        if result.window is not None:
+            window = result.window
+        if result.rollout.current_stage != r.current_stage:
+            changes.append(now)
+        r = result.rollout
+        fleet.apply(r, now)
+        fleet.run(1.0)
+        now += 1.0
+    return r, changes
+
+
+def rollout(stages: str = "1,25%,50%,100%", nodes: int = 8, **gate: float) -> Rollout:
+    g = Gate(soak_s=5, min_requests=50, min_samples=40, **gate)  # type: ignore[arg-type]
+    names = [f"n{i}" for i in range(nodes)]
+    return new_rollout(
+        "digits", NEW, OLD, Selector(tier="edge"), parse_stages(stages, g), names, now=0.0
+    )
+
+
+def test_a_good_version_goes_through_every_stage_and_completes() -> None:
+    r = rollout()
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.96})
+    assert desired_for(r).base == OLD and desired_for(r).nodes == {}
+    seen_sizes = []
+    now = 0.0
+    window = None
+    while r.state != "completed" and now < 300:
+        fleet.apply(r, now)
+        result = step(r, fleet.views(now), window, now)
+        window = result.window or window
+        r = result.rollout
+        wanted = desired_for(r)
+        if r.state == "in_progress":
+            seen_sizes.append((r.current_stage, len(wanted.nodes), wanted.base))
+        fleet.apply(r, now)
+        fleet.run(1.0)
+        now += 1.0
+    assert r.state == "completed" and r.outcome == "completed"
+    assert [s.result for s in r.log] == ["pass"] * 4
+    assert set(seen_sizes) == {(0, 1, OLD), (1, 2, OLD), (2, 4, OLD), (3, 4, NEW)}
+    assert desired_for(r).base == NEW and desired_for(r).nodes == {}
+    assert set(fleet.serving.values()) == {NEW}
+    assert r.max_nodes_serving == 8 and r.canary_nodes == 1
+    assert report(r) == {
+        "model": "digits", "version": NEW, "outcome": "completed", "failed_gate": None,
+        "max_nodes_serving": 8, "canary_nodes": 1,
+    }  # fmt: skip
+
+
+def test_a_version_that_disagrees_is_rolled_back_from_the_canary() -> None:
+    r = rollout()
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.70})
+    r, changes = drive(r, fleet)
+    assert r.state == "rolled_back" and r.failed_gate == "agreement"
+    assert r.current_stage == 0 and changes == []
+    assert r.max_nodes_serving == 1
+    assert set(fleet.serving.values()) == {OLD}
+    assert "agreement" in r.reason and r.figures["baseline"] == 0.95
+
+
+def test_a_node_refusing_the_version_fails_the_stage_and_an_offline_one_is_not_waited_for() -> None:
+    r = rollout("2,100%")
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})
+    fleet.rejected[r.targets[0]] = "fails the device gate: p99 9 ms over 2 ms"
+    done, _ = drive(r, fleet)
+    assert done.state == "rolled_back" and done.failed_gate == "install"
+    assert "device gate" in done.reason
+
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})
+    fleet.offline.add(r.targets[1])
+    done, _ = drive(r, fleet)
+    assert done.state == "completed"
+    assert fleet.serving[r.targets[1]] == OLD  # it takes the version when it returns
+
+
+def test_too_little_evidence_pauses_and_resume_deploys_the_stage_again() -> None:
+    r = rollout("1,100%", max_wait_s=20)
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})
+    fleet.run = lambda seconds: None  # type: ignore[method-assign]
+    paused, _ = drive(r, fleet)
+    assert paused.state == "paused" and "not enough evidence" in paused.reason
+    resumed = request(paused, "resume", 100.0)
+    assert resumed.state == "in_progress" and resumed.phase == "deploying"
+    with pytest.raises(InvalidArgumentError):
+        request(resumed, "resume", 101.0)
+    aborted = request(resumed, "abort", 102.0, by="ops")
+    assert aborted.state == "rolling_back" and aborted.outcome == "aborted"
+    done = step(aborted, FakeFleet(list(r.targets), {OLD: 1, NEW: 1}).views(103.0), None, 103.0)
+    assert done.rollout.state == "aborted"
+    with pytest.raises(InvalidArgumentError, match="already ended"):
+        request(done.rollout, "abort", 104.0)
+
+
+def test_a_stage_is_judged_once_whoever_steps_it() -> None:
+    """A new controller starts from the stored record and window: it neither repeats the
+    stage's deployment nor opens a new soak."""
+    r = rollout("1,100%")
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})
+    now, window = 0.0, None
+    while r.phase != "soaking":
+        fleet.apply(r, now)
+        result = step(r, fleet.views(now), window, now)
+        window = result.window or window
+        r = result.rollout
+        fleet.apply(r, now)
+        now += 1.0
+    assert window is not None
+    stored_r, stored_w = decode_rollout(encode_rollout(r)), decode_window(encode_window(window))
+    assert stored_r == r and stored_w == window
+    again = step(stored_r, fleet.views(now), stored_w, now)
+    assert again.window is None and again.rollout.phase == "soaking"
+
+
+def test_the_record_matches_its_schema() -> None:
+    r = rollout()
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.7})
+    done, _ = drive(r, fleet)
+    for record in (r, done):
+        jsonschema.validate(json.loads(encode_rollout(record)), SCHEMA)
+    with pytest.raises(InvalidArgumentError):
+        decode_rollout(b'{"kind": "rollout", "v": 1}')
+    with pytest.raises(InvalidArgumentError):
+        decode_rollout(b"\xff")
+    assert decode_window(b"nonsense") is None
