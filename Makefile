@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean proto
+.PHONY: demo test bench lint install clean proto fleet-500
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/mesh bench --json bench.json
+
+# Rollouts on 500 simulated nodes in 5 sites (about 10 minutes); figures in fleet-500.json.
+fleet-500: $(STAMP)
+	FLEET_500=1 $(BIN)/pytest -q -s tests/fleet/test_fleet_500.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mesh services tests

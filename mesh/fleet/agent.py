@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,19 @@ SIGNATURE_FILE = "signature.json"
 _GATE_CHUNK = 10
 #: latency measurements before a version is judged over budget (the best one counts).
 GATE_ATTEMPTS = 3
+#: one device gate at a time in a process: a device runs one agent, but a simulated fleet runs
+#: a hundred in one process, and gates timed together time each other.
+_GATE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gate_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _GATE_LOCKS.get(loop)
+    if lock is None:
+        lock = _GATE_LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 class Swappable(Protocol):
@@ -226,8 +240,13 @@ class FleetAgent(Service):
         self._last_totals: tuple[float, float, list[float]] | None = None
         self._figures: tuple[float | None, float | None] = (None, None)
         self._mesh_version = mesh_version
+        #: ``model@version`` this node has served: a version it ran here passed on this device
+        #: already (or was configured for it), so going back to it (a rollback) is not held up
+        #: by a device gate timed in a busy moment. Its signature and bytes are still checked.
+        self.proven: set[str] = set()
 
     async def _start(self) -> None:
+        self.proven.update(f"{m}@{v}" for m, v in self._node.served_versions().items())
         self._tasks = [
             asyncio.create_task(self._watch(), name=f"fleet-watch-{self.name}"),
             asyncio.create_task(self._reconcile(), name=f"fleet-apply-{self.name}"),
@@ -305,7 +324,9 @@ class FleetAgent(Service):
             artifact = await self._fetch(model, version)
             manifest = await asyncio.to_thread(self._check, artifact, model, version)
             manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
-            await self._gate(manifest, manifest_path)
+            if f"{model}@{version}" not in self.proven:
+                async with _gate_lock():
+                    await self._gate(manifest, manifest_path)
             settings = settings_for(self._node.model_settings(model), model, manifest_path)
             previous = await self._node.swap_model(settings)
         except asyncio.CancelledError:
@@ -320,6 +341,7 @@ class FleetAgent(Service):
         finally:
             self.state.pending.pop(model, None)
         await asyncio.to_thread(self.cache.set_current, model, version)
+        self.proven.add(f"{model}@{version}")
         self.state.swaps += 1
         await self._event("swapped", model, version, previous, "assigned by the fleet")
         return True

@@ -70,8 +70,8 @@ from mesh.wire import NodeStatus, decode_node_status
 log = logging.getLogger("mesh.fleet.controller")
 
 LEASE_KEY = "lease.controller"
-#: how long after a rollout ends its desired state is still enforced (a leader that died
-#: between ending a rollout and writing its last assignments has this long to be replaced).
+#: how long after a rollout ends a new leader still writes its last desired state, once (the
+#: old one may have died between ending it and writing that).
 FINISH_GRACE_S = 120.0
 
 
@@ -113,6 +113,8 @@ class Controller(Service):
         self.desired: dict[str, Revisioned] = {}
         self.rollouts: dict[str, tuple[Rollout, int]] = {}
         self._windows: dict[str, Window | None] = {}
+        #: rollouts that ended and whose last desired state this controller has written.
+        self._finished: set[str] = set()
         self._lease_revision: int | None = None
         self._renewed_at = 0.0
         self._seen_lease: tuple[int, float] | None = None
@@ -270,8 +272,10 @@ class Controller(Service):
         now = time.time() if now is None else now
         for key, (rollout, revision) in list(self.rollouts.items()):
             if not rollout.active:
-                if now - rollout.updated_at < FINISH_GRACE_S:
+                # once, lest it fight a later assignment made by hand
+                if rollout.id not in self._finished and now - rollout.updated_at < FINISH_GRACE_S:
                     await self._reconcile(rollout)
+                self._finished.add(rollout.id)
                 continue
             await self._reconcile(rollout)
             views = self.views(rollout, now)
@@ -292,6 +296,8 @@ class Controller(Service):
             for event in result.events:
                 self._event(event)
             await self._reconcile(result.rollout)
+            if not result.rollout.active:
+                self._finished.add(result.rollout.id)
 
     def views(self, rollout: Rollout, now: float) -> dict[str, NodeView]:
         return {
@@ -445,20 +451,12 @@ async def start_rollout(
             f"selector {selector.key} matches no online node serving {model}: nothing to roll "
             "out to"
         )
-    base = next(
-        (
-            e.state.version
-            for e in await registry.read_desired(js)
-            if e.state.key == desired_key(model, selector)
-        ),
-        None,
-    )
-    previous = base or served.most_common(1)[0][0]
-    if previous == version and served.get(version, 0) == len(targets):
-        raise InvalidArgumentError(f"every node matching {selector.key} already serves {version}")
+    # What the targets serve now is what a failure returns them to (not what the desired
+    # state last said: a version assigned there may have been refused by every node).
+    previous = served.most_common(1)[0][0]
     if previous == version:
         raise InvalidArgumentError(
-            f"{model}@{version} is already assigned to {selector.key}; nothing to roll back to"
+            f"most nodes matching {selector.key} already serve {model}@{version}"
         )
     if not await registry.has_version(js, model, previous):
         raise InvalidArgumentError(

@@ -131,6 +131,8 @@ class MeshLayout:
     fleet: bool = False
     #: the entry tier consumes the site's event stream (``mesh publish``, ``client.publish``).
     events: bool = False
+    #: share of confident answers the edge and gateway audit upstream (default: the setting's).
+    audit_rate: float | None = None
 
     def tiers(self) -> list[str]:
         if self.models is None:
@@ -342,6 +344,7 @@ class EmbeddedMesh:
             upstream_domain="site",
             credentials=credentials,
             extra=extra,
+            audit_rate=lay.audit_rate,
         )
 
     async def start_nodes(self) -> None:

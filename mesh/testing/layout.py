@@ -33,6 +33,7 @@ def tier_node_settings(
     credentials: Path | None = None,
     models: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
+    audit_rate: float | None = None,
 ) -> NodeSettings:
     """Settings of one node serving ``digits`` from ``manifest``; ``upstream`` is (tier, zone).
 
@@ -44,6 +45,8 @@ def tier_node_settings(
         model: dict[str, Any] = {"name": "digits", "manifest": str(manifest)}
         if threshold is not None:
             model["threshold"] = threshold
+        if audit_rate is not None:
+            model["audit_rate"] = audit_rate
         models = [model]
     data: dict[str, Any] = {
         "tier": tier,

@@ -29,6 +29,7 @@ REPORT_KEYS = {
     "hard_examples",
     "trace",
     "fleet",
+    "rollouts",
     "events",
 }
 
@@ -86,11 +87,21 @@ def test_quick_demo_loses_nothing_through_the_outage_and_writes_a_full_report(
     for node in ("demo", "edge-", "gateway-0", "cloud-0"):
         assert f"[{node}" in tree
     # The signed new edge version reached both edge nodes mid-run; the tampered one did not.
+    # A controller rolled a good version out (canary, then both edge nodes) and rolled a version
+    # confusing two classes back from its canary on the agreement gate.
     fleet = report["fleet"]
     assert fleet["nodes"] == 4
-    assert fleet["swaps"] == 2
+    assert fleet["swaps"] == 4  # 2-edge on both, 3-confused on the canary and back
     assert fleet["rejected"] == 2
     assert "fleet: digits@2-edge" in proc.stdout and "swapped digits" in proc.stdout
+    good, bad = report["rollouts"]
+    assert (good["version"], good["outcome"], good["failed_gate"]) == ("2-edge", "completed", None)
+    assert good["max_nodes_serving"] == 2 and good["canary_nodes"] == 1
+    assert (bad["version"], bad["outcome"], bad["failed_gate"]) == (
+        "3-confused", "rolled_back", "agreement",
+    )  # fmt: skip
+    assert bad["canary_nodes"] == 1 and bad["max_nodes_serving"] <= 1
+    assert "failed gate agreement" in proc.stdout
     # A publisher's events each got a result, and the alert rule fired.
     events = report["events"]
     assert events["published"] == 200 and events["results"] == 200

@@ -201,6 +201,9 @@ class DemoReport:
     trace: TraceSummary
     fleet: FleetSummary = field(default_factory=lambda: FleetSummary(0, 0, 0))
     events: EventsSummary = field(default_factory=lambda: EventsSummary(0, 0, 0, 0))
+    #: the staged rollouts of the run: model, version, outcome (completed, rolled_back,
+    #: aborted), failed_gate, max_nodes_serving, canary_nodes.
+    rollouts: list[JsonObject] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -236,6 +239,7 @@ class DemoReport:
             "trace": self.trace.to_json(),
             "fleet": self.fleet.to_json(),
             "events": self.events.to_json(),
+            "rollouts": [dict(r) for r in self.rollouts],
         }
 
 
@@ -252,6 +256,7 @@ def build_report(
     trace: TraceSummary,
     fleet: FleetSummary | None = None,
     events: EventsSummary | None = None,
+    rollouts: list[JsonObject] | None = None,
 ) -> DemoReport:
     """The report of a finished run; ``gateway_figures`` are the gateway's counters, if scraped."""
     answered = max(tally.answered, 1)
@@ -317,6 +322,7 @@ def build_report(
         trace=trace,
         fleet=fleet or FleetSummary(0, 0, 0),
         events=events or EventsSummary(0, 0, 0, 0),
+        rollouts=list(rollouts or []),
     )
 
 
@@ -404,6 +410,18 @@ def report_panel(report: DemoReport) -> Panel:
         )
         for line in fleet.events:
             facts.add_row("", Text(line, style="dim"))
+    for r in report.rollouts:
+        outcome = str(r.get("outcome"))
+        facts.add_row(
+            "rollout",
+            Text.assemble(
+                f"{r.get('model')}@{r.get('version')}   ",
+                (outcome, "green" if outcome == "completed" else "yellow"),
+                f"   gate {r['failed_gate']}" if r.get("failed_gate") else "",
+                f"   canary {r.get('canary_nodes')} node(s), at most "
+                f"{r.get('max_nodes_serving')} serving it",
+            ),
+        )
 
     ev = report.events
     if ev.published:

@@ -115,6 +115,9 @@ class DemoRun:
         self.alerts = 0
         self.swaps = 0
         self.rejected = 0
+        self.rollouts: list[dict[str, Any]] = []
+        self.controller: Any = None
+        self.initial_version = ""
         self._seen: dict[str, int] = {}
         self._chain = "closed"
 
@@ -148,6 +151,7 @@ class DemoRun:
             + ", ".join(f"{r.version} p99 {r.latency_p99_ms:.2f} ms" for r in reports)
         )
         self.demo = demo
+        self.initial_version = reports[0].version
         split = np.load(demo.test)
         self.x: np.ndarray = split["x"].astype(np.float32)
         self.y: np.ndarray = split["y"].astype(np.int64)
@@ -162,6 +166,9 @@ class DemoRun:
                 edge_replicas=EDGE_REPLICAS,
                 extra=DEMO_NODE_SETTINGS,
                 fleet=True,
+                # a fifth of the edge's confident answers are checked with the gateway, so a
+                # rollout's canary has evidence of agreement within a couple of seconds
+                audit_rate=0.2,
             ),
             work_dir=self.work_dir,
             node_env={
@@ -312,26 +319,110 @@ class DemoRun:
     # -- the fleet -----------------------------------------------------------------------------
 
     async def fleet_releases(self) -> None:
-        """Mid-run, a signed new edge version reaches the site; later a tampered one is refused."""
-        cfg = self.config
-        await asyncio.sleep(0.12 * cfg.duration_s)
-        await self.release("2-edge", "the float edge MLP, signed")
-        await asyncio.sleep(0.12 * cfg.duration_s)
-        await self.release("3-edge", "one byte changed after signing", tamper=True)
+        """The fleet over the run, with a controller driving staged rollouts:
 
-    async def release(self, version: str, what: str, *, tamper: bool = False) -> None:
+        - before the cut: a good signed edge version rolls out to a canary node, is judged on
+          live evidence (agreement with the gateway included) and then reaches both nodes; a
+          tampered version, assigned straight to the edge tier, is refused by both nodes;
+        - after the cut: a version that confuses 3s and 8s rolls out to its canary, fails the
+          agreement gate and is rolled back automatically.
+        """
+        from mesh.fleet.controller import Controller
+
+        cfg = self.config
+        assert self.mesh is not None
+        await self.mesh.controller_creds()
+        nc = await nats.connect(
+            self.mesh.hub_url, **self.mesh.site.hub.client_options("controller"), name="ctl"
+        )
+        self.controller = Controller(
+            nc, name="controller-demo", tick_s=0.25, lease_s=2.0, offline_after_s=3.0,
+            on_event=lambda text: self.event(f"[cyan]rollout[/]: {text}"),
+        )  # fmt: skip
+        try:
+            async with self.controller:
+                await self.release(self.initial_version, "the version serving now", assign=False)
+                await asyncio.sleep(0.03 * cfg.duration_s)
+                await self.rollout("2-edge", "the float edge MLP, signed")
+                await self.release("3-edge", "one byte changed after signing", tamper=True)
+                # after the cut, once the site's heartbeats reach the hub again
+                await asyncio.sleep(max(0.0, cfg.cut_to * cfg.duration_s - self.clock.now()))
+                async with asyncio.timeout(30.0):
+                    while self.view.relinked_at_s is None:  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
+                await asyncio.sleep(1.5)
+                await self.rollout("3-confused", "3s and 8s swapped, signed", confused=True)
+        finally:
+            await nc.close()
+
+    async def rollout(self, version: str, what: str, *, confused: bool = False) -> None:
+        """Push ``version`` and roll it out over the edge tier: a canary node, then both."""
+        from mesh.fleet.controller import read_rollouts, start_rollout
+        from mesh.fleet.desired import Selector
+        from mesh.fleet.rollout import report
+
+        assert self.mesh is not None and self.hub_nc is not None
+        if not await self.release(version, what, assign=False, confused=confused):
+            return
+        js = self.hub_nc.jetstream(domain="hub")
+        try:
+            started = await start_rollout(
+                js, MODEL, version, stages="1,100%", soak="1.5s",
+                gate_terms=["min_requests=30", "min_samples=20", "max_wait_s=15"],
+                selector=Selector(tier="edge"), trusted_keys=[self.mesh.signing_public or ""],
+                by="demo", offline_after_s=3.0,
+            )  # fmt: skip
+        except (MeshError, nats.errors.Error, nats.js.errors.Error) as exc:
+            self.event(f"[red]rollout of {MODEL}@{version} refused[/]: {exc}")
+            return
+        self.event(
+            f"[cyan]rollout[/]: {MODEL}@{version} to tier=edge: canary 1 node, then all; "
+            f"rolls back to {started.previous_version}"
+        )
+        try:
+            async with asyncio.timeout(25.0):
+                while True:
+                    current = (await read_rollouts(js)).get(MODEL)
+                    if current is not None and current.id == started.id and not current.active:
+                        break
+                    await asyncio.sleep(0.25)
+        except TimeoutError:
+            from mesh.fleet.controller import act
+
+            current = await act(js, MODEL, "abort", "demo (out of time)")
+            self.event(f"[yellow]rollout of {MODEL}@{version} aborted[/]: the run is ending")
+        self.rollouts.append(report(current))
+        if current.failed_gate:
+            self.event(f"[yellow]rollout[/]: {MODEL}@{version} {current.outcome}: {current.reason}")
+        else:
+            self.event(f"[green]rollout[/]: {MODEL}@{version} {current.outcome}")
+
+    async def release(
+        self,
+        version: str,
+        what: str,
+        *,
+        tamper: bool = False,
+        assign: bool = True,
+        confused: bool = False,
+    ) -> bool:
         from mesh.fleet import registry
         from mesh.fleet.desired import DesiredState, Selector
         from mesh.fleet.signing import SigningKey, sign
+        from mesh.models.faulty import confuse_classes
         from mesh.models.manifest import copy_as_version, sha256_of
 
         assert self.mesh is not None and self.hub_nc is not None
 
         def build() -> registry.Artifact:
             assert self.mesh is not None
-            manifest = copy_as_version(
-                self.demo.edge, version, self.work_dir / "releases" / version
-            )
+            out = self.work_dir / "releases" / version
+            if version == self.initial_version:
+                manifest = copy_as_version(self.demo.edge_int8, version, out)
+            elif confused:
+                manifest = confuse_classes(self.demo.edge, version, out)
+            else:
+                manifest = copy_as_version(self.demo.edge, version, out)
             parsed = json.loads(manifest.read_text())
             onnx = (manifest.parent / parsed["artifact"]).read_bytes()
             key = SigningKey.load(self.mesh.signing_key_path)
@@ -344,14 +435,21 @@ class DemoRun:
         js = self.hub_nc.jetstream(domain="hub")
         try:
             await registry.push(js, artifact)
-            await registry.assign(
-                js,
-                DesiredState(MODEL, version, Selector(tier="edge"), time.time(), by="demo"),
-            )
+            if assign:
+                await registry.assign(
+                    js,
+                    DesiredState(MODEL, version, Selector(tier="edge"), time.time(), by="demo"),
+                )
         except (MeshError, nats.errors.Error, nats.js.errors.Error) as exc:
             self.event(f"[red]fleet: could not release {MODEL}@{version}[/]: {exc}")
-            return
-        self.event(f"[cyan]fleet[/]: {MODEL}@{version} ({what}) pushed and assigned to tier=edge")
+            return False
+        if assign:
+            self.event(
+                f"[cyan]fleet[/]: {MODEL}@{version} ({what}) pushed and assigned to tier=edge"
+            )
+        else:
+            self.event(f"[cyan]fleet[/]: {MODEL}@{version} ({what}) signed and pushed")
+        return True
 
     # -- events --------------------------------------------------------------------------------
 
@@ -663,6 +761,7 @@ class DemoRun:
                 trace=TraceSummary.of(trace_id, self.tally.traced_id, spans),
                 fleet=fleet,
                 events=events,
+                rollouts=list(self.rollouts),
             )
 
 
