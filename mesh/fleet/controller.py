@@ -44,6 +44,7 @@ from mesh.fleet.desired import (
     decode_desired,
     desired_key,
     encode_desired,
+    resolve,
 )
 from mesh.fleet.rollout import (
     Gate,
@@ -458,6 +459,9 @@ async def start_rollout(
         raise InvalidArgumentError(
             f"most nodes matching {selector.key} already serve {model}@{version}"
         )
+    _check_not_shadowed(
+        model, version, selector, heartbeats, targets, await registry.read_desired(js)
+    )
     if not await registry.has_version(js, model, previous):
         raise InvalidArgumentError(
             f"the nodes serve {model}@{previous}, which is not in the registry: a rollout could "
@@ -475,6 +479,38 @@ async def start_rollout(
             f"another rollout of {model} was started at the same moment; see mesh rollout status"
         ) from None
     return rollout
+
+
+def _check_not_shadowed(
+    model: str,
+    version: str,
+    selector: Selector,
+    heartbeats: dict[str, NodeStatus | str],
+    targets: list[str],
+    entries: list[Revisioned],
+) -> None:
+    """A rollout ends by assigning the version to its selector; an assignment more specific
+    than that (a site, labels, a node) would keep some targets on another version for good.
+    Refused up front, naming it."""
+    mine = [e for e in entries if e.state.model == model]
+    top = max((e.revision for e in mine), default=0) + 1
+    base = Revisioned(DesiredState(model, version, selector, time.time()), top)
+    shadowed: dict[str, list[str]] = {}
+    for name in targets:
+        status = heartbeats[name]
+        assert isinstance(status, NodeStatus)
+        wins = resolve(
+            [*mine, base], tier=status.tier, site=status.site, node=name, labels=status.labels
+        ).get(model)
+        if wins is not None and wins.key != base.state.key:
+            shadowed.setdefault(wins.key, []).append(name)
+    if shadowed:
+        key, nodes = next(iter(shadowed.items()))
+        raise InvalidArgumentError(
+            f"assignment {key} is more specific than selector {selector.key} and covers "
+            f"{len(nodes)} of its nodes ({', '.join(nodes[:3])}...): roll out with that "
+            "selector, or remove the assignment"
+        )
 
 
 async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:

@@ -25,6 +25,7 @@ import pytest
 
 from mesh.fleet import registry
 from mesh.fleet.controller import Controller, read_rollouts, start_rollout, summary
+from mesh.fleet.desired import DesiredState, Selector
 from mesh.fleet.rollout import Rollout
 from mesh.fleet.simulate import (
     CONTROLLER,
@@ -290,9 +291,20 @@ async def test_bad_rollout_requests_are_refused_and_change_nothing(
         code, out, err = await mesh_cli("rollout", "start", *args, *hub_args(sim))
         assert code == 2, (args, out, err)
         assert message in err, (args, err)
+    # an assignment more specific than the rollout's selector would outlive it: refused
     nc = await sim.hub.connect(CONTROLLER.name)
     try:
-        assert await read_rollouts(nc.jetstream(domain="hub")) == {}
+        js = nc.jetstream(domain="hub")
+        state = DesiredState(
+            "digits", sim.initial_version, Selector(site=site_name(0)), time.time()
+        )
+        await registry.assign(js, state)
+        code, _, err = await mesh_cli(
+            "rollout", "start", "digits", GOOD, "--trusted-key", key, *hub_args(sim)
+        )
+        assert code == 2 and "more specific" in err and state.key in err, err
+        assert await read_rollouts(js) == {}
+        await (await registry.desired_bucket(js)).delete(state.key)
     finally:
         await nc.close()
     # one rollout at a time per model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from mesh.wire import (
     NodeEvent,
     NodeStatus,
     RecordedAnswer,
+    VersionEvidence,
     encode_error,
     encode_hard_example,
     encode_node_event,
@@ -208,6 +210,19 @@ def _heartbeat_message() -> dict[str, Any]:
                 p99_ms=2.0,
                 swaps=1,
                 mesh_version="0.1.0",
+                evidence={
+                    "digits": VersionEvidence(
+                        version="2",
+                        since=1_700_000_000.0,
+                        requests=120,
+                        escalated=9,
+                        compared=11,
+                        agreed=10,
+                        audits=2,
+                        latency=(0, 3) + (0,) * 13,
+                        drift=0.1,
+                    )
+                },
             )
         )
     )
@@ -244,21 +259,28 @@ def _signature_message() -> dict[str, Any]:
 
 
 def _rollout_message() -> dict[str, Any]:
-    return {
-        "v": 1,
-        "kind": "rollout",
-        "model": "digits",
-        "version": "3",
-        "previous_version": "2",
-        "stages": [
-            {"name": "canary", "nodes": ["dev-1"], "gate": {"soak_s": 300, "min_requests": 500}},
-            {"name": "site-a", "share": 0.25, "gate": {"max_error_rate": 0.01}},
-            {"name": "fleet", "share": 1.0, "gate": {}},
-        ],
-        "current_stage": 1,
-        "state": "in_progress",
-        "updated_at": 1_700_000_002.0,
-    }
+    """A rollout as the controller stores it, judged through its first stage."""
+    from mesh.fleet.desired import Selector
+    from mesh.fleet.rollout import Gate, Stage, StageLog, encode_rollout, new_rollout
+
+    gate = Gate(soak_s=300, min_requests=500, max_error_rate=0.01)
+    stages = [
+        Stage("canary", gate, nodes=("dev-1",)),
+        Stage("site-a", gate, share=0.25),
+        Stage("more", gate, count=40),
+        Stage("fleet", Gate(), share=1.0),
+    ]
+    rollout = new_rollout(
+        "digits", "3", "2", Selector(tier="edge"), stages, ["dev-1", "dev-2"],
+        now=1_700_000_000.0,
+    )  # fmt: skip
+    log = (StageLog(1_700_000_000.0, 1_700_000_001.0, 1_700_000_301.0, "pass", {"requests": 9}),)
+    rollout = replace(
+        rollout, state="in_progress", current_stage=1, log=log + rollout.log[1:],
+        updated_at=1_700_000_301.0, flagged={"dev-9": "agreed 5 > compared 1"},
+    )  # fmt: skip
+    message: dict[str, Any] = json.loads(encode_rollout(rollout))
+    return message
 
 
 def _inference_event_message() -> dict[str, Any]:
