@@ -202,6 +202,10 @@ class FleetSimulation:
                             "name": MODEL,
                             "manifest": str(self.demo.edge_int8),
                             "audit_rate": s.audit_rate,
+                            # On the event loop, always: a hundred nodes in one process
+                            # handing batches to worker threads would time each other, and
+                            # whichever node the threads left behind would get less traffic.
+                            "inline_below_us": 1e6,
                         }
                     ],
                     extra={

@@ -275,3 +275,59 @@ async def test_a_tier_refuses_a_request_whose_residency_does_not_allow_its_zone(
             await client.infer("digits", x, residency="device", tier="cloud")
         answered = await client.infer("digits", x, residency="cloud", tier="cloud")
     assert answered.tier == "cloud"
+
+
+async def test_confident_answers_are_audited_upstream_after_the_reply_within_residency(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    """With an audit rate of 1, every confident edge answer is also asked of the cloud after
+    the reply, and counted as agreeing or not (per version, in the heartbeat's evidence and
+    in mesh_agreement_total); an answer whose residency keeps it on the device is never sent."""
+    import nats
+
+    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
+    edge = await start_node(
+        "edge",
+        nats_server.url,
+        [model_settings(demo, "edge", threshold=0.0, audit_rate=1.0, novelty=False)],
+        upstream="cloud",
+        upstream_zone="cloud",
+        entry=True,
+        zone="device",
+    )
+    spy = await nats_server.connect()
+    at_cloud: list[str] = []
+
+    async def sniff(msg: nats.aio.msg.Msg) -> None:
+        at_cloud.append(msgpack.unpackb(msg.data, raw=False)["id"])
+
+    await spy.subscribe(subjects.tier_wildcard("cloud"), cb=sniff)
+    await spy.flush()
+    x, _ = load_test_split(demo)
+    try:
+        async with await MeshClient.connect(
+            nats_server.url, **nats_server.client_options("app")
+        ) as client:
+            anywhere = [await client.infer("digits", x[i : i + 1]) for i in range(20)]
+            kept = await client.infer("digits", x[20:21], residency="device")
+        evidence = edge.models.get("digits")
+        assert evidence is not None
+        async with asyncio.timeout(10):
+            while evidence.evidence.compared < 20:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await spy.flush()
+    finally:
+        await spy.close()
+
+    assert all(r.tier == "edge" and not r.degraded for r in anywhere)  # answered at the edge
+    assert {r.id for r in anywhere} <= set(at_cloud)  # and audited there after the reply
+    assert kept.tier == "edge" and kept.id not in at_cloud
+    e = evidence.evidence
+    assert (e.requests, e.audits, e.compared, e.audit_failures) == (21, 20, 20, 0)
+    assert 18 <= e.agreed <= 20  # the cloud and the edge mostly agree on the test digits
+    status = edge.status().evidence["digits"]
+    assert (status.version, status.compared, status.agreed) == (evidence.version, 20, e.agreed)
+    agreement = edge.metrics.agreement
+    version = evidence.version
+    assert agreement.value("edge", "digits", version, "audit", "agree") == e.agreed
+    assert edge.metrics.audits.value("edge", "digits", version, "sent") == 20

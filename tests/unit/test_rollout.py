@@ -378,3 +378,23 @@ def test_the_record_matches_its_schema() -> None:
     with pytest.raises(InvalidArgumentError):
         decode_rollout(b"\xff")
     assert decode_window(b"nonsense") is None
+
+
+def test_the_default_sample_count_tells_a_confused_version_from_a_good_one() -> None:
+    """With 100 answers compared, exactly: a version agreeing 15 points under a 0.93 baseline
+    passes rarely, and one as good as the baseline almost never fails."""
+    from math import comb
+
+    gate = Gate()
+    n = gate.min_samples
+    bound = 0.93 - gate.max_agreement_drop
+
+    def chance(p: float, fails: bool) -> float:
+        return sum(
+            comb(n, k) * p**k * (1 - p) ** (n - k)
+            for k in range(n + 1)
+            if (wilson_upper(k, n) < bound) == fails
+        )
+
+    assert chance(0.78, fails=False) < 0.03
+    assert chance(0.93, fails=True) < 0.005

@@ -166,9 +166,9 @@ class DemoRun:
                 edge_replicas=EDGE_REPLICAS,
                 extra=DEMO_NODE_SETTINGS,
                 fleet=True,
-                # a fifth of the edge's confident answers are checked with the gateway, so a
-                # rollout's canary has evidence of agreement within a couple of seconds
-                audit_rate=0.2,
+                # half the edge's confident answers are checked with the gateway, so a
+                # rollout's canary has 100 answers compared within a few seconds
+                audit_rate=0.5,
             ),
             work_dir=self.work_dir,
             node_env={
@@ -343,7 +343,9 @@ class DemoRun:
             async with self.controller:
                 await self.release(self.initial_version, "the version serving now", assign=False)
                 await asyncio.sleep(0.03 * cfg.duration_s)
-                await self.rollout("2-edge", "the float edge MLP, signed")
+                # a good version needs fewer samples to pass than a bad one to be caught
+                # surely: 40 lets it reach both nodes before the link cut
+                await self.rollout("2-edge", "the float edge MLP, signed", samples=40)
                 await self.release("3-edge", "one byte changed after signing", tamper=True)
                 # after the cut, once the site's heartbeats reach the hub again
                 await asyncio.sleep(max(0.0, cfg.cut_to * cfg.duration_s - self.clock.now()))
@@ -355,7 +357,9 @@ class DemoRun:
         finally:
             await nc.close()
 
-    async def rollout(self, version: str, what: str, *, confused: bool = False) -> None:
+    async def rollout(
+        self, version: str, what: str, *, confused: bool = False, samples: int = 100
+    ) -> None:
         """Push ``version`` and roll it out over the edge tier: a canary node, then both."""
         from mesh.fleet.controller import read_rollouts, start_rollout
         from mesh.fleet.desired import Selector
@@ -368,7 +372,7 @@ class DemoRun:
         try:
             started = await start_rollout(
                 js, MODEL, version, stages="1,100%", soak="1.5s",
-                gate_terms=["min_requests=30", "min_samples=20", "max_wait_s=15"],
+                gate_terms=["min_requests=30", f"min_samples={samples}", "max_wait_s=15"],
                 selector=Selector(tier="edge"), trusted_keys=[self.mesh.signing_public or ""],
                 by="demo", offline_after_s=3.0,
             )  # fmt: skip
