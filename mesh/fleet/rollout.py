@@ -46,8 +46,8 @@ OUTCOMES = ("completed", "rolled_back", "aborted")
 #: a p99 under this is never a regression against the baseline: the latency buckets below it
 #: (1, 2, 5 ms) are finer than the noise of a shared machine.
 P99_FLOOR_MS = 10.0
-#: one-sided 95% for the agreement's Wilson bound.
-_Z = 1.645
+#: one-sided 90% for the agreement's Wilson bound.
+_Z = 1.2816
 #: how long a rollback waits for online nodes to report the previous version before it ends.
 ROLLBACK_WAIT_S = 120.0
 #: most nodes listed in ``flagged``.
@@ -66,10 +66,10 @@ class Gate:
 
     soak_s: float = 30.0
     min_requests: int = 50
-    #: answers compared with the tier above before agreement is judged: with 100, a version
-    #: agreeing 15 points less than the baseline fails (its 95% upper bound is under the
-    #: bound) all but about 2% of the time, and one as good as the baseline passes 99.7%.
-    min_samples: int = 100
+    #: answers compared with the tier above before agreement is judged: with 150, a version
+    #: agreeing 15 points less than a 0.93 baseline fails (its 90% upper bound is under the
+    #: bound) 97% of the time, and one as good as the baseline passes 99.99%.
+    min_samples: int = 150
     max_wait_s: float = 600.0
     deploy_timeout_s: float = 300.0
     max_error_rate: float | None = None
@@ -605,7 +605,7 @@ def aggregate(windows: Iterable[VersionEvidence]) -> Figures:
 
 
 def wilson_upper(agreed: int, total: int, z: float = _Z) -> float:
-    """Upper bound of the agreement's one-sided 95% Wilson interval: the best the true
+    """Upper bound of the agreement's one-sided 90% Wilson interval: the best the true
     agreement could plausibly be, given ``agreed`` of ``total``."""
     if total <= 0:
         return 1.0
@@ -628,8 +628,9 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
     """Pass, fail or wait, on the canary's figures against fixed bounds and the baseline's.
 
     The baseline counts only once it has as much evidence as the gate asks of the canary.
-    Agreement is judged by the upper bound of its 95% interval: a stage fails only when even
-    that is under the bound, so a handful of unlucky samples does not roll back a good version.
+    Agreement is judged by the upper bound of its one-sided 90% interval: a stage fails only
+    when even that is under the bound, so a handful of unlucky samples does not roll back a
+    good version.
     Agreement is not required of a version that never asks the tier above (a top tier)."""
     if canary.nodes == 0:
         return Verdict("wait", reason="no node of the stage reports the version yet")

@@ -46,7 +46,7 @@ pytestmark = [
 
 NODES = int(os.environ.get("FLEET_500_NODES", "500"))
 SITES = 5
-GATES = ["min_requests=100", "min_samples=100"]
+GATES = ["min_requests=100", "min_samples=150"]
 
 
 @pytest.fixture

@@ -226,7 +226,7 @@ async def test_a_version_that_confuses_two_classes_is_stopped_at_the_canary_and_
     assert sim.key is not None
     bad = await asyncio.to_thread(confuse_classes, demo.edge, BAD, tmp_path / "bad")
     await sim.push(bad)
-    load = SimLoad(sim, rate_per_node=4.0)
+    load = SimLoad(sim, rate_per_node=8.0)
     await load.start()
     nc = await sim.hub.connect(CONTROLLER.name)
     js = nc.jetstream(domain="hub")
@@ -246,7 +246,7 @@ async def test_a_version_that_confuses_two_classes_is_stopped_at_the_canary_and_
         await controller.start()
         r = await start_rollout(
             js, "digits", BAD, stages="2,50%,100%", soak="2s",
-            gate_terms=["min_requests=20", "min_samples=100"],
+            gate_terms=["min_requests=20", "min_samples=150"],
             trusted_keys=[sim.key.public], offline_after_s=2.0,
         )  # fmt: skip
         assert r.canary_nodes == 2
@@ -263,7 +263,7 @@ async def test_a_version_that_confuses_two_classes_is_stopped_at_the_canary_and_
     assert r.state == "rolled_back" and r.outcome == "rolled_back"
     assert r.failed_gate == "agreement", r.reason
     assert r.figures["canary"] < r.figures["baseline"] - 0.05
-    assert r.figures["samples"] >= 100
+    assert r.figures["samples"] >= 150
     assert r.current_stage == 0 and r.log[0].result == "fail"
     assert r.max_nodes_serving <= 2
     assert 1 <= most <= 2

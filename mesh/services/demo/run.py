@@ -167,7 +167,7 @@ class DemoRun:
                 extra=DEMO_NODE_SETTINGS,
                 fleet=True,
                 # half the edge's confident answers are checked with the gateway, so a
-                # rollout's canary has 100 answers compared within a few seconds
+                # rollout's canary has 150 answers compared within a few seconds
                 audit_rate=0.5,
             ),
             work_dir=self.work_dir,
@@ -358,7 +358,7 @@ class DemoRun:
             await nc.close()
 
     async def rollout(
-        self, version: str, what: str, *, confused: bool = False, samples: int = 100
+        self, version: str, what: str, *, confused: bool = False, samples: int = 150
     ) -> None:
         """Push ``version`` and roll it out over the edge tier: a canary node, then both."""
         from mesh.fleet.controller import read_rollouts, start_rollout
