@@ -346,6 +346,8 @@ class LoadFigures:
     sent: int = 0
     answered: int = 0
     errors: list[str] = field(default_factory=list)
+    #: wall-clock unix seconds of each error, in order.
+    error_times: list[float] = field(default_factory=list)
     #: version to answers (the version of the edge model that answered or escalated).
     versions: Counter[str] = field(default_factory=Counter)
     #: node to the versions it answered with, in order (only changes are kept).
@@ -397,6 +399,7 @@ class SimLoad:
             result = await client.infer(MODEL, row[None, :], budget_ms=self.budget_ms)
         except MeshError as exc:
             f.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            f.error_times.append(time.time())
             return
         f.answered += 1
         edge = result.path[0] if result.path else None

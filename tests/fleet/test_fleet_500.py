@@ -165,6 +165,8 @@ async def test_rollouts_on_500_nodes(
     sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
 ) -> None:
     report: dict[str, Any] = {"nodes": NODES, "sites": SITES}
+    errors_after: dict[str, int] = {}
+    started_wall = time.time()
     for version, build in (
         ("2-edge", lambda out: copy_as_version(demo.edge, "2-edge", out)),
         ("3-confused", lambda out: confuse_classes(demo.edge, "3-confused", out)),
@@ -201,6 +203,7 @@ async def test_rollouts_on_500_nodes(
         killed_at = time.monotonic()
         ctl = await controller(sim, "ctl-a")
         r = await wait_for(sim, lambda r: not r.active, timeout=900)
+        errors_after["good"] = len(load.figures.errors)
         report["good"] = {
             "outcome": r.outcome,
             "stages": stage_times(r),
@@ -214,6 +217,7 @@ async def test_rollouts_on_500_nodes(
         # 2. a version confusing two classes: stopped at the canary, rolled back
         await start(sim, "3-confused", "2%,10%,50%,100%", "20s")
         r = await wait_for(sim, lambda r: not r.active, timeout=600)
+        errors_after["bad"] = len(load.figures.errors)
         report["bad"] = {
             "outcome": r.outcome,
             "failed_gate": r.failed_gate,
@@ -230,10 +234,12 @@ async def test_rollouts_on_500_nodes(
         # 3. a site cut off during stage 3 converges when its link returns
         await start(sim, "4-edge", "2%,10%,50%,100%", "20s")
         await wait_for(sim, lambda r: r.current_stage >= 2, timeout=600)
+        errors_after["before_cut"] = len(load.figures.errors)
         sim.cut(SITES - 1)
         cut_at = time.monotonic()
         r = await wait_for(sim, lambda r: not r.active, timeout=900)
         await asyncio.sleep(max(0.0, 20 - (time.monotonic() - cut_at)))
+        errors_after["cut"] = len(load.figures.errors)
         sim.heal(SITES - 1)
         healed_at = time.monotonic()
         converged = await observer.converged("4-edge", NODES, timeout=300)
@@ -254,6 +260,10 @@ async def test_rollouts_on_500_nodes(
             "answered": load.figures.answered,
             "errors": len(load.figures.errors),
             "first_errors": load.figures.errors[:5],
+            "errors_by_end_of": errors_after,
+            "error_seconds_since_start": sorted(
+                {round(t - started_wall) for t in load.figures.error_times}
+            ),
         }
         out = Path(os.environ.get("FLEET_500_REPORT", "fleet-500.json"))
         await asyncio.to_thread(out.write_text, json.dumps(report, indent=1))
