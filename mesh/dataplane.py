@@ -48,6 +48,9 @@ MAX_FORWARDED_NAMES = 64
 #: most audits (confident answers sent upstream to compare) in flight; more are skipped, so a
 #: slow upstream cannot pile them up.
 MAX_AUDITS_IN_FLIGHT = 64
+#: request parameter marking an audit: the tier above answers it as any request, but keeps no
+#: hard example of it and audits nothing of it in turn (it was answered already).
+AUDIT_PARAMETER = "mesh_audit"
 
 
 class HardExampleSink(Protocol):
@@ -492,6 +495,7 @@ class DataPlane(Service):
             upstream is None
             or upstream.breaker.state is not BreakerState.CLOSED
             or not policy.may_reach(request.residency, upstream.zone)
+            or request.parameters.get(AUDIT_PARAMETER)
         ):
             return
         if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
@@ -510,7 +514,12 @@ class DataPlane(Service):
         model: ServedModel,
         labels: list[int],
     ) -> None:
-        onward = replace(request, budget_ms=upstream.timeout_ms, hops=request.hops + 1)
+        onward = replace(
+            request,
+            budget_ms=upstream.timeout_ms,
+            hops=request.hops + 1,
+            parameters={**request.parameters, AUDIT_PARAMETER: True},
+        )
         try:
             reply = await upstream.transport.send(onward, upstream.timeout_ms / 1000.0)
         except asyncio.CancelledError:
@@ -519,6 +528,12 @@ class DataPlane(Service):
             model.evidence.audit_failures += 1
             self.metrics.audits.add(1, self.identity.tier, model.name, model.version, "failed")
             log.debug("audit of request %s not answered upstream: %r", request.id, exc)
+            return
+        if reply.response.degraded:
+            # the tier above answered on its own, cut off from its own upstream: that is not the
+            # answer the audit asks for
+            model.evidence.audit_failures += 1
+            self.metrics.audits.add(1, self.identity.tier, model.name, model.version, "failed")
             return
         self._compared(model, labels, reply.response.labels, "audit")
 
@@ -598,7 +613,11 @@ class DataPlane(Service):
     ) -> None:
         """Record the case beside the reply, not before it: a degraded answer is needed most
         when things are slow, and must not wait for the store. ``close`` waits for them."""
-        if self.hard_examples is None or reason is DegradedReason.RESIDENCY:
+        if (
+            self.hard_examples is None
+            or reason is DegradedReason.RESIDENCY
+            or request.parameters.get(AUDIT_PARAMETER)
+        ):
             # Residency forbids the raw input leaving this zone, later as much as now.
             return
         task = asyncio.create_task(self._record(self.hard_examples, request, answer, reason))

@@ -50,6 +50,9 @@ P99_FLOOR_MS = 10.0
 _Z = 1.2816
 #: how long a rollback waits for online nodes to report the previous version before it ends.
 ROLLBACK_WAIT_S = 120.0
+#: answers a drift score needs before it is compared with the baseline's: a population
+#: stability index over a few hundred rows of a version just swapped in is mostly noise.
+DRIFT_MIN_REQUESTS = 1000
 #: most nodes listed in ``flagged``.
 MAX_FLAGGED = 50
 
@@ -690,7 +693,7 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
     if canary.drift is not None:
         if gate.max_drift is not None and canary.drift > gate.max_drift:
             return fail("drift", canary.drift, gate.max_drift)
-        if base is not None and base.drift is not None:
+        if base is not None and base.drift is not None and canary.requests >= DRIFT_MIN_REQUESTS:
             bound = base.drift + gate.max_drift_increase
             if canary.drift > bound:
                 return fail("drift", canary.drift, bound, baseline=_round(base.drift))

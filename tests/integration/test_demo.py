@@ -1,4 +1,5 @@
-"""``mesh demo --quick`` end to end: real NATS servers, node processes, a cut link, a report."""
+"""``mesh demo`` (what `make demo` runs) end to end: real NATS servers, node processes, a cut link,
+rollouts, a report."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ REPORT_KEYS = {
 }
 
 
-def test_quick_demo_loses_nothing_through_the_outage_and_writes_a_full_report(
+def test_demo_loses_nothing_through_the_outage_rolls_out_and_back_and_writes_a_report(
     demo: DemoArtifacts, tmp_path: Path
 ) -> None:
     report_path = tmp_path / "report.json"
@@ -45,7 +46,6 @@ def test_quick_demo_loses_nothing_through_the_outage_and_writes_a_full_report(
             "-m",
             "mesh.cli",
             "demo",
-            "--quick",
             "--cache",
             str(demo.root),
             "--report",
