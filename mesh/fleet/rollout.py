@@ -619,6 +619,22 @@ def wilson_upper(agreed: int, total: int, z: float = _Z) -> float:
     return min(1.0, (centre + spread) / denominator)
 
 
+def wilson_lower(hits: int, total: int, z: float = _Z) -> float:
+    """Lower bound of the one-sided 90% Wilson interval of ``hits`` of ``total``: the least
+    the true share could plausibly be. A rate gate fails only when even this is over its
+    bound, so one slow or failed request among a few dozen does not roll a version back."""
+    if total <= 0:
+        return 0.0
+    return max(0.0, 1.0 - wilson_upper(total - hits, total, z))
+
+
+def slower_than(latency: Sequence[int], bound_ms: float) -> int:
+    """Requests in the latency buckets whose upper edge is over ``bound_ms``: the ones a
+    bucket quantile puts over the bound (so the share is over 1% when the p99 is)."""
+    edges = (*LATENCY_BUCKETS_MS, math.inf)
+    return sum(c for c, edge in zip(latency, edges, strict=False) if edge > bound_ms)
+
+
 @dataclass(frozen=True)
 class Verdict:
     result: str  # pass, fail or wait
@@ -631,9 +647,10 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
     """Pass, fail or wait, on the canary's figures against fixed bounds and the baseline's.
 
     The baseline counts only once it has as much evidence as the gate asks of the canary.
-    Agreement is judged by the upper bound of its one-sided 90% interval: a stage fails only
-    when even that is under the bound, so a handful of unlucky samples does not roll back a
-    good version.
+    Agreement is judged by the upper bound of its one-sided 90% interval, and error,
+    escalation and degraded rates and the shares of requests over a latency bound by the lower
+    bound of theirs: a stage fails only when even that bound is on the wrong side, so a handful
+    of unlucky samples (one slow request among forty) does not roll back a good version.
     Agreement is not required of a version that never asks the tier above (a top tier)."""
     if canary.nodes == 0:
         return Verdict("wait", reason="no node of the stage reports the version yet")
@@ -661,35 +678,41 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
             + (f" (baseline {_fmt(more['baseline'])})" if "baseline" in more else ""),
         )
 
-    rate = canary.error_rate or 0.0
-    if gate.max_error_rate is not None and rate > gate.max_error_rate:
-        return fail("error_rate", rate, gate.max_error_rate, requests=canary.requests)
-    if base is not None:
-        bound = (base.error_rate or 0.0) + gate.max_error_rate_increase
-        if rate > bound:
-            return fail("error_rate", rate, bound, baseline=_round(base.error_rate))
-    p99 = canary.quantile(0.99)
-    if p99 is not None:
-        if gate.max_p99_ms is not None and p99 > gate.max_p99_ms:
-            return fail("p99_ms", p99, gate.max_p99_ms)
-        base_p99 = base.quantile(0.99) if base is not None else None
-        if base_p99 is not None:
-            bound = max(base_p99 * gate.max_p99_ratio, P99_FLOOR_MS)
-            if p99 > bound:
-                return fail("p99_ms", p99, bound, baseline=base_p99)
-    p95 = canary.quantile(0.95)
-    if gate.max_p95_ms is not None and p95 is not None and p95 > gate.max_p95_ms:
-        return fail("p95_ms", p95, gate.max_p95_ms)
-    escalation = canary.escalation_rate or 0.0
-    if gate.max_escalation_rate is not None and escalation > gate.max_escalation_rate:
-        return fail("escalation_rate", escalation, gate.max_escalation_rate)
-    if base is not None:
-        bound = (base.escalation_rate or 0.0) + gate.max_escalation_rate_increase
-        if escalation > bound:
-            return fail("escalation_rate", escalation, bound, baseline=_round(base.escalation_rate))
-    degraded = canary.degraded_rate or 0.0
-    if gate.max_degraded_rate is not None and degraded > gate.max_degraded_rate:
-        return fail("degraded_rate", degraded, gate.max_degraded_rate)
+    n = canary.requests
+
+    def over(hits: int, bound: float) -> dict[str, Any] | None:
+        """The figures of a rate surely over ``bound`` (its lower bound is), else None."""
+        lower = wilson_lower(hits, n)
+        return {"count": hits, "requests": n, "lower_90": _round(lower)} if lower > bound else None
+
+    # rates are judged by the least they could plausibly be (see wilson_lower)
+    for name, hits, fixed, increase, base_rate in (
+        ("error_rate", canary.errors, gate.max_error_rate, gate.max_error_rate_increase,
+         base.error_rate if base is not None else None),
+        ("escalation_rate", canary.escalated, gate.max_escalation_rate,
+         gate.max_escalation_rate_increase, base.escalation_rate if base is not None else None),
+        ("degraded_rate", canary.degraded, gate.max_degraded_rate, None, None),
+    ):  # fmt: skip
+        rate = hits / n if n else 0.0
+        if fixed is not None and (more := over(hits, fixed)) is not None:
+            return fail(name, rate, fixed, **more)
+        if base is not None and increase is not None:
+            bound = (base_rate or 0.0) + increase
+            if (more := over(hits, bound)) is not None:
+                return fail(name, rate, bound, baseline=_round(base_rate or 0.0), **more)
+    # a quantile is over a bound when more than its share of requests surely are
+    latency_bounds: list[tuple[str, float, float, dict[str, Any]]] = []
+    if gate.max_p99_ms is not None:
+        latency_bounds.append(("p99_ms", 0.99, gate.max_p99_ms, {}))
+    base_p99 = base.quantile(0.99) if base is not None else None
+    if base_p99 is not None:
+        relative = max(base_p99 * gate.max_p99_ratio, P99_FLOOR_MS)
+        latency_bounds.append(("p99_ms", 0.99, relative, {"baseline": base_p99}))
+    if gate.max_p95_ms is not None:
+        latency_bounds.append(("p95_ms", 0.95, gate.max_p95_ms, {}))
+    for name, q, bound, compared_with in latency_bounds:
+        if (more := over(slower_than(canary.latency, bound), 1.0 - q)) is not None:
+            return fail(name, canary.quantile(q), bound, **compared_with, **more)
     if canary.drift is not None:
         if gate.max_drift is not None and canary.drift > gate.max_drift:
             return fail("drift", canary.drift, gate.max_drift)
@@ -699,7 +722,7 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
                 return fail("drift", canary.drift, bound, baseline=_round(base.drift))
     if measurable:
         upper = wilson_upper(canary.agreed, canary.compared)
-        more = {"samples": canary.compared, "upper_95": _round(upper)}
+        more = {"samples": canary.compared, "upper_90": _round(upper)}
         if gate.min_agreement is not None and upper < gate.min_agreement:
             return fail("agreement", canary.agreement, gate.min_agreement, **more)
         if base is not None and base.agreement is not None and base.compared >= gate.min_samples:

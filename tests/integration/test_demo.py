@@ -95,7 +95,10 @@ def test_demo_loses_nothing_through_the_outage_rolls_out_and_back_and_writes_a_r
     assert fleet["rejected"] == 2
     assert "fleet: digits@2-edge" in proc.stdout and "swapped digits" in proc.stdout
     good, bad = report["rollouts"]
-    assert (good["version"], good["outcome"], good["failed_gate"]) == ("2-edge", "completed", None)
+    said = "\n".join(line for line in proc.stdout.splitlines() if "rollout" in line)
+    assert (good["version"], good["outcome"], good["failed_gate"]) == (
+        "2-edge", "completed", None,
+    ), said  # fmt: skip
     assert good["max_nodes_serving"] == 2 and good["canary_nodes"] == 1
     assert (bad["version"], bad["outcome"], bad["failed_gate"]) == (
         "3-confused", "rolled_back", "agreement",

@@ -145,6 +145,26 @@ def fixed_run() -> tuple[DemoConfig, Tally, LinkView]:
     return config, tally, view
 
 
+ROLLOUTS = [
+    {
+        "model": "digits",
+        "version": "2-edge",
+        "outcome": "completed",
+        "failed_gate": None,
+        "max_nodes_serving": 2,
+        "canary_nodes": 1,
+    },
+    {
+        "model": "digits",
+        "version": "3-confused",
+        "outcome": "rolled_back",
+        "failed_gate": "agreement",
+        "max_nodes_serving": 1,
+        "canary_nodes": 1,
+    },
+]
+
+
 def fixed_report(**changes: object) -> DemoReport:
     config, tally, view = fixed_run()
     for name, value in changes.items():
@@ -159,6 +179,7 @@ def fixed_report(**changes: object) -> DemoReport:
         cloud_inputs=360,
         gateway_figures=gateway_figures(GATEWAY_METRICS),
         trace=TraceSummary.of("ab" * 16, tally.traced_id, SPANS),
+        rollouts=ROLLOUTS,
     )
 
 
@@ -226,6 +247,7 @@ def test_the_report_json_keeps_every_key_order_and_meaning() -> None:
         },
         "fleet": {"nodes": 0, "swaps": 0, "rejected": 0, "events": []},
         "events": {"published": 0, "results": 0, "errors": 0, "alerts": 0},
+        "rollouts": ROLLOUTS,
     }
     assert list(report) == list(json.loads(json.dumps(report)))
 
@@ -271,6 +293,8 @@ def test_the_rendered_report_states_the_run_its_tiers_and_its_trace() -> None:
     assert "[cloud-0] mesh.cloud.infer.digits process" in text
     rows = [line for line in text.splitlines() if "edge " in line and "70.0%" in line]
     assert len(rows) == 1 and "420" in rows[0] and "2.00" in rows[0] and "2.98" in rows[0]
+    assert "digits@2-edge   completed   canary 1 node(s), at most 2 serving it" in text
+    assert "digits@3-confused   rolled_back   gate agreement   canary 1 node(s)" in text
 
 
 def test_a_report_with_losses_fails_and_says_how_many() -> None:

@@ -31,6 +31,7 @@ from mesh.fleet.rollout import (
     request,
     step,
     view_of,
+    wilson_lower,
     wilson_upper,
 )
 from mesh.wire import NodeStatus, VersionEvidence
@@ -116,7 +117,7 @@ def test_agreement_fails_against_the_baseline_only_when_its_upper_bound_is_below
     assert verdict.result == "fail" and verdict.gate == "agreement"
     assert verdict.figures["canary"] == 0.75 and verdict.figures["baseline"] == 0.95
     assert verdict.figures["bound"] == 0.9 and verdict.figures["samples"] == 40
-    assert verdict.figures["upper_95"] < 0.9
+    assert verdict.figures["upper_90"] < 0.9
     # an unlucky but plausible canary passes: 36/40 has an upper bound over the bound
     unlucky = replace(bad, agreed=36)
     assert wilson_upper(36, 40) > 0.9
@@ -143,6 +144,23 @@ def test_error_rate_escalation_latency_and_drift_compare_with_the_baseline() -> 
         judge(gate, replace(drifted, requests=200, escalated=20), replace(base, drift=0.1)).result
         == "pass"
     )
+    # one slow or failed request among a few dozen is not evidence of a regression; several are
+    quick = figures(requests=40, escalated=4)
+    one_slow = replace(
+        quick, latency=tuple(c - (i == 2) + (i == 7) for i, c in enumerate(quick.latency))
+    )
+    assert one_slow.quantile(0.99) == 50.0
+    gate_40 = Gate(min_requests=30, min_samples=0)
+    assert judge(gate_40, one_slow, base).result == "pass"
+    five_slow = replace(
+        quick, latency=tuple(c - 5 * (i == 2) + 5 * (i == 7) for i, c in enumerate(quick.latency))
+    )
+    verdict = judge(gate_40, five_slow, base)
+    assert verdict.gate == "p99_ms" and verdict.figures["count"] == 5
+    assert verdict.figures["lower_90"] > 0.01 and verdict.figures["baseline"] == 1.0
+    assert judge(gate_40, replace(quick, errors=1), base).result == "pass"
+    assert judge(gate_40, replace(quick, errors=4), base).gate == "error_rate"
+    assert wilson_lower(0, 40) == 0.0 and 0.0 < wilson_lower(1, 40) < 0.01 < wilson_lower(4, 40)
     # a baseline with too little evidence is not compared with
     thin = figures(requests=10, errors=0)
     assert judge(gate, figures(requests=200, errors=10), thin).result == "pass"
