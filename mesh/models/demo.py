@@ -14,7 +14,11 @@ test 25%. All three models serve the model name ``digits``:
   fitted on 5-fold out-of-fold scores), the most accurate of the three.
 
 The same seed gives byte-identical ONNX files: every estimator has a fixed ``random_state``,
-the opsets are pinned and the exporters write no timestamp.
+the opsets are pinned and the exporters write no timestamp. The training runs in a child
+process with OpenBLAS on one thread and, on x86-64, its Haswell (AVX2) kernels: OpenBLAS picks
+its kernels by the CPU (AVX-512 on some machines) and splits work by thread count, and either
+changes the trained weights, so the same seed gave different models (an edge model 0.2 point
+less accurate) on different machines.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -358,6 +365,28 @@ def _marker_ok(paths: DemoArtifacts, recipe: str) -> bool:
         return False
 
 
+#: the environment of the child process that trains: one BLAS kernel and thread count on every
+#: machine of an architecture (see the module's docstring).
+PINNED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _build_pinned(out: Path, seed: int) -> DemoArtifacts:
+    """``build_demo`` in a child process whose OpenBLAS is pinned before it loads."""
+    env = {**os.environ, **PINNED_BLAS}
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        env["OPENBLAS_CORETYPE"] = "Haswell"
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh.models.demo", str(out), str(seed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise MeshError(f"building the demo models failed: {done.stderr.strip()[-2000:]}")
+    return DemoArtifacts.at(out)
+
+
 def ensure_demo(cache_dir: Path, seed: int = 0) -> DemoArtifacts:
     """The demo build in ``cache_dir``, built only when missing, changed or from another recipe.
 
@@ -373,7 +402,7 @@ def ensure_demo(cache_dir: Path, seed: int = 0) -> DemoArtifacts:
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=cache_dir))
     try:
-        built = build_demo(staging, seed)
+        built = _build_pinned(staging, seed)
         names = [p.name for p in built.files()]
         (cache_dir / MARKER).unlink(missing_ok=True)
         for name in names:
@@ -386,3 +415,7 @@ def ensure_demo(cache_dir: Path, seed: int = 0) -> DemoArtifacts:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths
+
+
+if __name__ == "__main__":  # the pinned build's child process: python -m mesh.models.demo OUT SEED
+    build_demo(Path(sys.argv[1]), int(sys.argv[2]))
