@@ -153,14 +153,26 @@ class Controller(Service):
         while True:
             try:
                 kv = await self._js.key_value(bucket)
+                # synced once the stream's last message as of now is in: nats-py's marker can
+                # come before the values (see registry._latest)
+                target = await registry.stream_last_seq(self._js, bucket)
+                synced = self._synced[bucket]
                 watcher = await kv.watchall()
                 try:
                     async for entry in watcher:
                         if entry is None:
-                            self._synced[bucket].set()
+                            if target == 0:
+                                synced.set()
+                            elif not synced.is_set():  # never wait forever on a skipped one
+                                asyncio.get_running_loop().call_later(
+                                    registry.SNAPSHOT_WAIT_S, synced.set
+                                )
                             continue
                         value = None if entry.operation is not None else entry.value
-                        on_entry(entry.key, value, int(entry.revision or 0))
+                        revision = int(entry.revision or 0)
+                        on_entry(entry.key, value, revision)
+                        if revision >= target:
+                            synced.set()
                 finally:
                     with contextlib.suppress(Exception):
                         await watcher.stop()  # type: ignore[no-untyped-call]
@@ -514,19 +526,23 @@ def _check_not_shadowed(
 
 
 async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:
-    """Model to its latest rollout."""
+    """Model to its latest rollout.
+
+    The keys come from the stream's per-subject counts and each is read with a get, not from a
+    KV watch: nats-py's watch can mark its initial values done before it has delivered them
+    (its pending count races the first message), and a reader then saw no rollout at all."""
     kv = await rollouts_bucket(js)
+    prefix = f"$KV.{ROLLOUTS_BUCKET}."
+    info = await js.stream_info(f"KV_{ROLLOUTS_BUCKET}", subjects_filter=f"{prefix}rollout.*")
     out: dict[str, Rollout] = {}
-    watcher = await kv.watch("rollout.*", ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            with contextlib.suppress(InvalidArgumentError):
-                rollout = decode_rollout(entry.value or b"")
-                out[rollout.model] = rollout
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    for subject in sorted(info.state.subjects or {}):
+        try:
+            entry = await kv.get(subject.removeprefix(prefix))
+        except KeyNotFoundError:  # deleted or purged since
+            continue
+        with contextlib.suppress(InvalidArgumentError):
+            rollout = decode_rollout(entry.value or b"")
+            out[rollout.model] = rollout
     return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,8 @@ DESIRED_HISTORY = 8
 ROLLOUT_HISTORY = 16
 #: largest artifact a node fetches, by default.
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def nodes_bucket(domain: str) -> str:
@@ -381,7 +383,7 @@ async def assign(js: JetStreamContext, state: DesiredState) -> int:
 async def read_desired(js: JetStreamContext) -> list[Revisioned]:
     kv = await desired_bucket(js)
     out: list[Revisioned] = []
-    async for entry in _latest(kv):
+    for entry in await _latest(js, kv, DESIRED_BUCKET):
         try:
             out.append(Revisioned(decode_desired(entry.value or b""), int(entry.revision or 0)))
         except InvalidArgumentError:
@@ -396,7 +398,7 @@ async def read_heartbeats(js: JetStreamContext) -> dict[str, NodeStatus | str]:
     except BucketNotFoundError:
         raise MeshNotFound(f"no heartbeat bucket {NODES_BUCKET}: run mesh fleet init") from None
     out: dict[str, NodeStatus | str] = {}
-    async for entry in _latest(kv):
+    for entry in await _latest(js, kv, NODES_BUCKET):
         try:
             out[entry.key] = decode_node_status(entry.value or b"")
         except InvalidArgumentError as exc:
@@ -404,12 +406,43 @@ async def read_heartbeats(js: JetStreamContext) -> dict[str, NodeStatus | str]:
     return out
 
 
-async def _latest(kv: KeyValue) -> AsyncIterator[KeyValue.Entry]:
-    watcher = await kv.watchall(ignore_deletes=True)
+#: how long a read of a bucket waits for the values that were in it when the read began.
+SNAPSHOT_WAIT_S = 10.0
+
+
+async def stream_last_seq(js: JetStreamContext, bucket: str) -> int:
+    """The sequence of the last message in ``bucket``'s stream, 0 when it holds none."""
+    state = (await js.stream_info(f"KV_{bucket}")).state
+    return int(state.last_seq or 0) if state.messages else 0
+
+
+async def _latest(js: JetStreamContext, kv: KeyValue, bucket: str) -> list[KeyValue.Entry]:
+    """Every key's latest value in ``bucket`` (deleted keys left out).
+
+    nats-py's watch marks its initial values done once its consumer reports nothing pending,
+    which can come before it has handed over what the server already pushed (the count races
+    the delivery): a reader then saw an empty or partial bucket. So the read goes on until it
+    has seen the stream's last sequence as it was when the read began."""
+    target = await stream_last_seq(js, bucket)
+    latest: dict[str, KeyValue.Entry] = {}
+    if target == 0:
+        return []
+    seen = 0
+    watcher = await kv.watchall()
     try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            yield entry
+        async with asyncio.timeout(SNAPSHOT_WAIT_S):
+            async for entry in watcher:
+                if entry is None:
+                    continue
+                seen = max(seen, int(entry.revision or 0))
+                if entry.operation is None:
+                    latest[entry.key] = entry
+                else:  # deleted or purged
+                    latest.pop(entry.key, None)
+                if seen >= target:
+                    break
+    except TimeoutError:
+        log.warning("read of %s stopped at sequence %d of %d", bucket, seen, target)
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
+    return list(latest.values())
