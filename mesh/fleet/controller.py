@@ -74,6 +74,8 @@ LEASE_KEY = "lease.controller"
 #: how long after a rollout ends a new leader still writes its last desired state, once (the
 #: old one may have died between ending it and writing that).
 FINISH_GRACE_S = 120.0
+#: longest a watch waits past nats-py's initial-values marker for an entry saying it is caught up.
+SYNC_WAIT_S = 10.0
 
 
 def rollout_key(model: str) -> str:
@@ -153,25 +155,22 @@ class Controller(Service):
         while True:
             try:
                 kv = await self._js.key_value(bucket)
-                # synced once the stream's last message as of now is in: nats-py's marker can
-                # come before the values (see registry._latest)
-                target = await registry.stream_last_seq(self._js, bucket)
+                # synced once an entry had nothing pending behind it: nats-py's marker can come
+                # before the values (see registry.latest_entries)
+                empty = await registry.stream_last_seq(self._js, bucket) == 0
                 synced = self._synced[bucket]
                 watcher = await kv.watchall()
                 try:
                     async for entry in watcher:
                         if entry is None:
-                            if target == 0:
+                            if empty:
                                 synced.set()
                             elif not synced.is_set():  # never wait forever on a skipped one
-                                asyncio.get_running_loop().call_later(
-                                    registry.SNAPSHOT_WAIT_S, synced.set
-                                )
+                                asyncio.get_running_loop().call_later(SYNC_WAIT_S, synced.set)
                             continue
                         value = None if entry.operation is not None else entry.value
-                        revision = int(entry.revision or 0)
-                        on_entry(entry.key, value, revision)
-                        if revision >= target:
+                        on_entry(entry.key, value, int(entry.revision or 0))
+                        if entry.delta == 0:
                             synced.set()
                 finally:
                     with contextlib.suppress(Exception):
@@ -526,20 +525,10 @@ def _check_not_shadowed(
 
 
 async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:
-    """Model to its latest rollout.
-
-    The keys come from the stream's per-subject counts and each is read with a get, not from a
-    KV watch: nats-py's watch can mark its initial values done before it has delivered them
-    (its pending count races the first message), and a reader then saw no rollout at all."""
+    """Model to its latest rollout (read key by key: see ``registry.latest_entries``)."""
     kv = await rollouts_bucket(js)
-    prefix = f"$KV.{ROLLOUTS_BUCKET}."
-    info = await js.stream_info(f"KV_{ROLLOUTS_BUCKET}", subjects_filter=f"{prefix}rollout.*")
     out: dict[str, Rollout] = {}
-    for subject in sorted(info.state.subjects or {}):
-        try:
-            entry = await kv.get(subject.removeprefix(prefix))
-        except KeyNotFoundError:  # deleted or purged since
-            continue
+    for entry in await registry.latest_entries(js, kv, ROLLOUTS_BUCKET, "rollout.*"):
         with contextlib.suppress(InvalidArgumentError):
             rollout = decode_rollout(entry.value or b"")
             out[rollout.model] = rollout

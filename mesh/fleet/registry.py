@@ -30,6 +30,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import (
     BadRequestError,
     BucketNotFoundError,
+    KeyNotFoundError,
     NotFoundError,
     ServiceUnavailableError,
 )
@@ -383,7 +384,7 @@ async def assign(js: JetStreamContext, state: DesiredState) -> int:
 async def read_desired(js: JetStreamContext) -> list[Revisioned]:
     kv = await desired_bucket(js)
     out: list[Revisioned] = []
-    for entry in await _latest(js, kv, DESIRED_BUCKET):
+    for entry in await latest_entries(js, kv, DESIRED_BUCKET):
         try:
             out.append(Revisioned(decode_desired(entry.value or b""), int(entry.revision or 0)))
         except InvalidArgumentError:
@@ -398,7 +399,7 @@ async def read_heartbeats(js: JetStreamContext) -> dict[str, NodeStatus | str]:
     except BucketNotFoundError:
         raise MeshNotFound(f"no heartbeat bucket {NODES_BUCKET}: run mesh fleet init") from None
     out: dict[str, NodeStatus | str] = {}
-    for entry in await _latest(js, kv, NODES_BUCKET):
+    for entry in await latest_entries(js, kv, NODES_BUCKET):
         try:
             out[entry.key] = decode_node_status(entry.value or b"")
         except InvalidArgumentError as exc:
@@ -406,8 +407,8 @@ async def read_heartbeats(js: JetStreamContext) -> dict[str, NodeStatus | str]:
     return out
 
 
-#: how long a read of a bucket waits for the values that were in it when the read began.
-SNAPSHOT_WAIT_S = 10.0
+#: gets in flight at once when a whole bucket is read.
+READ_CONCURRENCY = 32
 
 
 async def stream_last_seq(js: JetStreamContext, bucket: str) -> int:
@@ -416,33 +417,25 @@ async def stream_last_seq(js: JetStreamContext, bucket: str) -> int:
     return int(state.last_seq or 0) if state.messages else 0
 
 
-async def _latest(js: JetStreamContext, kv: KeyValue, bucket: str) -> list[KeyValue.Entry]:
-    """Every key's latest value in ``bucket`` (deleted keys left out).
+async def latest_entries(
+    js: JetStreamContext, kv: KeyValue, bucket: str, keys: str = ">"
+) -> list[KeyValue.Entry]:
+    """The latest value of every key of ``bucket`` matching ``keys`` (deleted keys left out).
 
-    nats-py's watch marks its initial values done once its consumer reports nothing pending,
-    which can come before it has handed over what the server already pushed (the count races
-    the delivery): a reader then saw an empty or partial bucket. So the read goes on until it
-    has seen the stream's last sequence as it was when the read began."""
-    target = await stream_last_seq(js, bucket)
-    latest: dict[str, KeyValue.Entry] = {}
-    if target == 0:
-        return []
-    seen = 0
-    watcher = await kv.watchall()
-    try:
-        async with asyncio.timeout(SNAPSHOT_WAIT_S):
-            async for entry in watcher:
-                if entry is None:
-                    continue
-                seen = max(seen, int(entry.revision or 0))
-                if entry.operation is None:
-                    latest[entry.key] = entry
-                else:  # deleted or purged
-                    latest.pop(entry.key, None)
-                if seen >= target:
-                    break
-    except TimeoutError:
-        log.warning("read of %s stopped at sequence %d of %d", bucket, seen, target)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return list(latest.values())
+    The keys come from the stream's per-subject counts and each is read with a get. A KV watch
+    is not a snapshot: nats-py marks its initial values done when its consumer reports nothing
+    pending, which can come before what the server already pushed, and a key rewritten while
+    the watch starts is delivered after the marker (a reader saw no node, or some missing)."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + keys)
+    names = sorted(s.removeprefix(prefix) for s in info.state.subjects or {})
+    limit = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def get(key: str) -> KeyValue.Entry | None:
+        async with limit:
+            try:
+                return await kv.get(key)
+            except KeyNotFoundError:  # deleted or purged
+                return None
+
+    return [e for e in await asyncio.gather(*(get(k) for k in names)) if e is not None]

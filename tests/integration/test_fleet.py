@@ -466,3 +466,42 @@ async def test_fleet_status_shows_a_stopped_node_offline(fleet: Fleet, demo: Dem
     assert rows["edge-b"]["models"] == {"digits": V1}
     _, table, _ = await fleet.mesh("fleet", "status", "--servers", hub, "--creds", console)
     assert "offline" in table and "edge-b" in table
+
+
+async def test_a_bucket_read_gets_every_key_while_keys_are_being_rewritten(
+    nats_server: Any, admin_options: dict[str, Any]
+) -> None:
+    """A heartbeat bucket is rewritten all the time: a read must still see every key (nats-py's
+    own initial-values marker can come before the values, and keys rewritten after the read
+    began come last)."""
+    nc = await nats.connect(nats_server.url, **admin_options)
+    try:
+        js = nc.jetstream()
+        kv = await js.create_key_value(bucket="READ_RACE", history=1)
+        keys = [f"node-{i}" for i in range(200)]
+        for key in keys:
+            await kv.put(key, b"0")
+        await kv.delete("node-0")
+        stop = asyncio.Event()
+
+        async def rewrite() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await kv.put(keys[1 + n % (len(keys) - 1)], str(n).encode())
+                await asyncio.sleep(0)
+
+        writer = asyncio.create_task(rewrite())
+        try:
+            for _ in range(20):
+                read = await registry.latest_entries(js, kv, "READ_RACE")
+                assert sorted(e.key for e in read) == sorted(keys[1:])
+        finally:
+            stop.set()
+            await writer
+        assert (
+            await registry.latest_entries(js, await js.create_key_value(bucket="EMPTY"), "EMPTY")
+            == []
+        )
+    finally:
+        await nc.close()
