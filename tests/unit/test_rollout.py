@@ -161,6 +161,10 @@ def test_error_rate_escalation_latency_and_drift_compare_with_the_baseline() -> 
     assert judge(gate_40, replace(quick, errors=1), base).result == "pass"
     assert judge(gate_40, replace(quick, errors=4), base).gate == "error_rate"
     assert wilson_lower(0, 40) == 0.0 and 0.0 < wilson_lower(1, 40) < 0.01 < wilson_lower(4, 40)
+    # a node's drift counts once its window is full: fewer rows read as drift
+    fresh = ev(requests=300, escalated=30)
+    assert delta(replace(fresh, drift=0.2), None).drift is None
+    assert delta(replace(fresh, requests=600, drift=0.2), fresh).drift == 0.2
     # a baseline with too little evidence is not compared with
     thin = figures(requests=10, errors=0)
     assert judge(gate, figures(requests=200, errors=10), thin).result == "pass"
