@@ -90,7 +90,11 @@ class Gate:
     max_error_rate_increase: float = 0.01
     max_escalation_rate_increase: float = 0.10
     max_p99_ratio: float = 3.0
-    max_drift_increase: float = 0.10
+    #: off unless declared: a version's drift is scored against its own reference, taken from
+    #: its training split, so versions are not alike there (the float edge MLP reads 0.137 on
+    #: held-out digits, its int8 build 0.0; the inputs are the same), and a default bound
+    #: rolled a good version back on 500 simulated nodes. A fixed ``max_drift`` applies as set.
+    max_drift_increase: float | None = None
     max_agreement_drop: float = 0.05
 
     @classmethod
@@ -723,7 +727,12 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
     if canary.drift is not None:
         if gate.max_drift is not None and canary.drift > gate.max_drift:
             return fail("drift", canary.drift, gate.max_drift)
-        if base is not None and base.drift is not None and canary.requests >= DRIFT_MIN_REQUESTS:
+        if (
+            gate.max_drift_increase is not None
+            and base is not None
+            and base.drift is not None
+            and canary.requests >= DRIFT_MIN_REQUESTS
+        ):
             bound = base.drift + gate.max_drift_increase
             if canary.drift > bound:
                 return fail("drift", canary.drift, bound, baseline=_round(base.drift))

@@ -138,6 +138,8 @@ def test_error_rate_escalation_latency_and_drift_compare_with_the_baseline() -> 
     # under the 10 ms floor a slower canary is noise, not a regression
     assert judge(gate, figures(requests=200, escalated=20, bucket=4), base).result == "pass"
     drifted = replace(figures(requests=2000, escalated=200), drift=0.5)
+    assert judge(gate, drifted, replace(base, drift=0.1)).result == "pass"  # off by default
+    gate = replace(gate, max_drift_increase=0.1)
     assert judge(gate, drifted, replace(base, drift=0.1)).gate == "drift"
     # a few hundred rows of a fresh version say little about its drift
     assert (
