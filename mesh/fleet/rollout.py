@@ -675,6 +675,21 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
             "wait",
             reason=f"{canary.compared} of {gate.min_samples} answers compared upstream so far",
         )
+    # Nodes still on the old version are waited for as the canary is: judging without them
+    # would judge on fixed bounds alone, and a version confusing two classes passed the demo's
+    # canary that way while its one baseline node had fewer compared answers than the canary.
+    if baseline is not None and baseline.nodes > 0:
+        if baseline.requests < gate.min_requests:
+            return Verdict(
+                "wait",
+                reason=f"baseline: {baseline.requests} of {gate.min_requests} requests so far",
+            )
+        if measurable and baseline.compared < gate.min_samples:
+            return Verdict(
+                "wait",
+                reason=f"baseline: {baseline.compared} of {gate.min_samples} answers compared "
+                "upstream so far",
+            )
     base = baseline if baseline is not None and baseline.requests >= gate.min_requests else None
 
     def fail(name: str, value: float | None, bound: float, **more: Any) -> Verdict:

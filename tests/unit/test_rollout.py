@@ -167,9 +167,13 @@ def test_error_rate_escalation_latency_and_drift_compare_with_the_baseline() -> 
     fresh = ev(requests=300, escalated=30)
     assert delta(replace(fresh, drift=0.2), None).drift is None
     assert delta(replace(fresh, requests=600, drift=0.2), fresh).drift == 0.2
-    # a baseline with too little evidence is not compared with
+    # a baseline with too little evidence is waited for, as the canary is
     thin = figures(requests=10, errors=0)
-    assert judge(gate, figures(requests=200, errors=10), thin).result == "pass"
+    assert judge(gate, figures(requests=200, errors=10), thin).result == "wait"
+    measured = Gate(min_requests=100, min_samples=50)
+    few = figures(nodes=3, requests=500, escalated=20, compared=20, agreed=20)
+    verdict = judge(measured, figures(requests=200, escalated=60, compared=60, agreed=40), few)
+    assert verdict.result == "wait" and "baseline" in verdict.reason
     assert (
         judge(
             Gate(min_requests=100, max_error_rate=0.01), figures(requests=200, errors=10), None
