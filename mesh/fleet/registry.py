@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +52,6 @@ DESIRED_HISTORY = 8
 ROLLOUT_HISTORY = 16
 #: largest artifact a node fetches, by default.
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
-
-log = logging.getLogger(__name__)
 
 
 def nodes_bucket(domain: str) -> str:

@@ -657,7 +657,7 @@ class Verdict:
 def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
     """Pass, fail or wait, on the canary's figures against fixed bounds and the baseline's.
 
-    The baseline counts only once it has as much evidence as the gate asks of the canary.
+    The baseline (when the stage has one) is waited for as the canary is.
     Agreement is judged by the upper bound of its one-sided 90% interval, and error,
     escalation and degraded rates and the shares of requests over a latency bound by the lower
     bound of theirs: a stage fails only when even that bound is on the wrong side, so a handful
@@ -690,7 +690,7 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
                 reason=f"baseline: {baseline.compared} of {gate.min_samples} answers compared "
                 "upstream so far",
             )
-    base = baseline if baseline is not None and baseline.requests >= gate.min_requests else None
+    base = baseline if baseline is not None and baseline.nodes > 0 else None
 
     def fail(name: str, value: float | None, bound: float, **more: Any) -> Verdict:
         figures = {"canary": _round(value), "bound": _round(bound), **more}
@@ -756,7 +756,7 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
         more = {"samples": canary.compared, "upper_90": _round(upper)}
         if gate.min_agreement is not None and upper < gate.min_agreement:
             return fail("agreement", canary.agreement, gate.min_agreement, **more)
-        if base is not None and base.agreement is not None and base.compared >= gate.min_samples:
+        if base is not None and base.agreement is not None:
             bound = base.agreement - gate.max_agreement_drop
             if upper < bound:
                 return fail(
