@@ -22,7 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mesh bench --json bench.json
 
-# Rollouts on 500 simulated nodes in 5 sites (about 10 minutes); figures in fleet-500.json.
+# Rollouts on 500 simulated nodes in 5 sites (about 15 minutes, most of the machine); figures in fleet-500.json.
 fleet-500: $(STAMP)
 	FLEET_500=1 $(BIN)/pytest -q -s tests/fleet/test_fleet_500.py
 

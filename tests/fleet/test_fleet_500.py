@@ -1,6 +1,6 @@
 """Rollouts on 500 simulated nodes in 5 sites under steady load: ``make fleet-500``.
 
-Skipped unless ``FLEET_500=1`` (it takes about ten minutes and most of the machine). Three
+Skipped unless ``FLEET_500=1`` (it takes about fifteen minutes and most of the machine). Three
 rollouts, one after the other, on one fleet, each checked against what the nodes report:
 
 1. a good version through 4 stages (2%, 10%, 50%, 100%) to all 500 nodes, with the leading
