@@ -14,7 +14,8 @@ test 25%. All three models serve the model name ``digits``:
   fitted on 5-fold out-of-fold scores), the most accurate of the three.
 
 The same seed gives byte-identical ONNX files: every estimator has a fixed ``random_state``,
-the opsets are pinned and the exporters write no timestamp. The training runs in a child
+the opsets are pinned and written in one order, the child process below has a fixed hash seed,
+and the exporters write no timestamp. The training runs in a child
 process with OpenBLAS on one thread and, on x86-64, its Haswell (AVX2) kernels: OpenBLAS picks
 its kernels by the CPU (AVX-512 on some machines) and splits work by thread count, and either
 changes the trained weights, so the same seed gave different models (an edge model 0.2 point
@@ -193,6 +194,11 @@ def export_onnx(estimator: Any, path: Path) -> None:
         )
     proto.doc_string = ""
     proto.graph.name = path.stem
+    # skl2onnx collects the opsets in a set: their order followed the interpreter's hash seed,
+    # so two builds of the same model could differ in bytes.
+    opsets = sorted(proto.opset_import, key=lambda o: (o.domain, o.version))
+    del proto.opset_import[:]
+    proto.opset_import.extend(opsets)
     path.write_bytes(proto.SerializeToString())
 
 
@@ -368,11 +374,14 @@ def _marker_ok(paths: DemoArtifacts, recipe: str) -> bool:
 #: the environment of the child process that trains: one BLAS kernel and thread count on every
 #: machine of an architecture (see the module's docstring).
 PINNED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: and one hash seed: an exporter or quantizer that iterates a set writes its parts in the
+#: order the seed gives (skl2onnx's opsets did).
+PINNED_HASH_SEED = {"PYTHONHASHSEED": "0"}
 
 
 def _build_pinned(out: Path, seed: int) -> DemoArtifacts:
     """``build_demo`` in a child process whose OpenBLAS is pinned before it loads."""
-    env = {**os.environ, **PINNED_BLAS}
+    env = {**os.environ, **PINNED_BLAS, **PINNED_HASH_SEED}
     if platform.machine().lower() in ("x86_64", "amd64"):
         env["OPENBLAS_CORETYPE"] = "Haswell"
     done = subprocess.run(
