@@ -37,6 +37,7 @@ from mesh.errors import (
 )
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.metrics import MeshMetrics, default_metrics
+from mesh.nats_guard import flush_in_order
 
 log = logging.getLogger("mesh.endpoint")
 
@@ -105,14 +106,14 @@ class NatsEndpoint(Service):
             wanted.append((subjects.ENTRY_WILDCARD, subjects.ENTRY_QUEUE))
         for subject, queue in wanted:
             await self._subscribe(subject, queue)
-        await self._nc.flush()
+        await flush_in_order(self._nc)
 
     async def serve_model(self, name: str) -> None:
         """Take the tier's requests for a model added while running."""
         await self._subscribe(
             subjects.tier_infer(self._tier, name), subjects.tier_queue(self._tier)
         )
-        await self._nc.flush()
+        await flush_in_order(self._nc)
 
     async def _subscribe(self, subject: str, queue: str) -> None:
         collector = _Collector(self, self._max_batch)

@@ -40,6 +40,18 @@ from mesh.lifecycle import Service, cancel_and_wait
 log = logging.getLogger("mesh.nats_guard")
 
 
+async def flush_in_order(nc: NATS) -> None:
+    """Return once the server has processed every command given to ``nc`` before the call.
+
+    nats-py 2.16's ``flush`` writes its PING straight to the socket, ahead of commands still
+    queued for its flusher task, so its PONG can come back before the server has a SUB sent
+    just before it: another connection's message published then finds no interest (seen in the
+    permission tests). The first flush lets the flusher write what was queued; the second
+    PING follows it on the socket, and the server answers a connection's commands in order."""
+    await nc.flush()
+    await nc.flush()
+
+
 class GuardedClient(NATS):
     """A nats-py ``Client`` whose read loop survives a message it cannot build.
 

@@ -639,6 +639,27 @@ def wilson_lower(hits: int, total: int, z: float = _Z) -> float:
     return max(0.0, 1.0 - wilson_upper(total - hits, total, z))
 
 
+def difference_upper(hits: int, total: int, base_hits: int, base_total: int) -> float:
+    """Upper bound of the one-sided 90% interval of a canary's share minus the baseline's
+    (Newcombe's hybrid score interval, built from the two Wilson intervals): the most the
+    canary could plausibly be ahead. A baseline measured on few samples is uncertain too; a
+    canary compared with its point estimate alone failed a good version when a baseline of 16
+    answers had agreed on all 16."""
+    p, q = hits / total, base_hits / base_total
+    return (
+        p - q + math.hypot(wilson_upper(hits, total) - p, q - wilson_lower(base_hits, base_total))
+    )
+
+
+def difference_lower(hits: int, total: int, base_hits: int, base_total: int) -> float:
+    """Lower bound of the same interval: the least the canary's share could plausibly be over
+    the baseline's."""
+    p, q = hits / total, base_hits / base_total
+    return (
+        p - q - math.hypot(p - wilson_lower(hits, total), wilson_upper(base_hits, base_total) - q)
+    )
+
+
 def slower_than(latency: Sequence[int], bound_ms: float) -> int:
     """Requests in the latency buckets whose upper edge is over ``bound_ms``: the ones a
     bucket quantile puts over the bound (so the share is over 1% when the p99 is)."""
@@ -662,7 +683,9 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
     escalation and degraded rates and the shares of requests over a latency bound by the lower
     bound of theirs: a stage fails only when even that bound is on the wrong side, so a handful
     of unlucky samples (one slow request among forty) does not roll back a good version.
-    Agreement is not required of a version that never asks the tier above (a top tier)."""
+    Against the baseline it is the difference of the two shares that is bounded, since the
+    baseline's own figure is a sample too. Agreement is not required of a version that never
+    asks the tier above (a top tier)."""
     if canary.nodes == 0:
         return Verdict("wait", reason="no node of the stage reports the version yet")
     if canary.requests < gate.min_requests:
@@ -711,21 +734,31 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
         lower = wilson_lower(hits, n)
         return {"count": hits, "requests": n, "lower_90": _round(lower)} if lower > bound else None
 
-    # rates are judged by the least they could plausibly be (see wilson_lower)
-    for name, hits, fixed, increase, base_rate in (
+    # rates are judged by the least they could plausibly be (see wilson_lower), and against
+    # the baseline by the least the difference could plausibly be (see difference_lower)
+    for name, hits, fixed, increase, base_hits in (
         ("error_rate", canary.errors, gate.max_error_rate, gate.max_error_rate_increase,
-         base.error_rate if base is not None else None),
+         base.errors if base is not None else 0),
         ("escalation_rate", canary.escalated, gate.max_escalation_rate,
-         gate.max_escalation_rate_increase, base.escalation_rate if base is not None else None),
-        ("degraded_rate", canary.degraded, gate.max_degraded_rate, None, None),
+         gate.max_escalation_rate_increase, base.escalated if base is not None else 0),
+        ("degraded_rate", canary.degraded, gate.max_degraded_rate, None, 0),
     ):  # fmt: skip
         rate = hits / n if n else 0.0
         if fixed is not None and (more := over(hits, fixed)) is not None:
             return fail(name, rate, fixed, **more)
-        if base is not None and increase is not None:
-            bound = (base_rate or 0.0) + increase
-            if (more := over(hits, bound)) is not None:
-                return fail(name, rate, bound, baseline=_round(base_rate or 0.0), **more)
+        if base is not None and increase is not None and base.requests > 0:
+            base_rate = base_hits / base.requests
+            lower = difference_lower(hits, n, base_hits, base.requests)
+            if lower > increase:
+                return fail(
+                    name,
+                    rate,
+                    base_rate + increase,
+                    baseline=_round(base_rate),
+                    count=hits,
+                    requests=n,
+                    increase_lower_90=_round(lower),
+                )
     # a quantile is over a bound when more than its share of requests surely are
     latency_bounds: list[tuple[str, float, float, dict[str, Any]]] = []
     if gate.max_p99_ms is not None:
@@ -756,15 +789,16 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
         more = {"samples": canary.compared, "upper_90": _round(upper)}
         if gate.min_agreement is not None and upper < gate.min_agreement:
             return fail("agreement", canary.agreement, gate.min_agreement, **more)
-        if base is not None and base.agreement is not None:
-            bound = base.agreement - gate.max_agreement_drop
-            if upper < bound:
+        if base is not None and base.agreement is not None and base.compared > 0:
+            ahead = difference_upper(canary.agreed, canary.compared, base.agreed, base.compared)
+            if ahead < -gate.max_agreement_drop:
                 return fail(
                     "agreement",
                     canary.agreement,
-                    bound,
+                    base.agreement - gate.max_agreement_drop,
                     baseline=_round(base.agreement),
                     baseline_samples=base.compared,
+                    difference_upper_90=_round(ahead),
                     **more,
                 )
     return Verdict("pass", reason="every gate holds")

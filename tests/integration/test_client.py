@@ -23,6 +23,7 @@ from mesh.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from mesh.nats_guard import flush_in_order
 from mesh.testing.embedded import NatsServer, free_port
 
 
@@ -56,7 +57,7 @@ async def test_a_request_carries_no_header_block_unless_a_trace_is_continued(
         await watcher.publish(msg.reply, b"\x80")
 
     await watcher.subscribe("mesh.infer.echo", cb=reply)
-    await watcher.flush()
+    await flush_in_order(watcher)
     x = np.zeros((1, 4), np.float32)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
@@ -89,7 +90,7 @@ async def _answer(nc: NATS, msg: Msg) -> None:
 async def test_concurrent_requests_each_get_their_own_answer(nats_server: NatsServer) -> None:
     tier = await nats_server.connect()
     await tier.subscribe("mesh.infer.digits", cb=partial(_answer, tier))
-    await tier.flush()
+    await flush_in_order(tier)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
     ) as client:
@@ -106,7 +107,7 @@ async def test_concurrent_requests_each_get_their_own_answer(nats_server: NatsSe
 async def test_a_request_nobody_answers_gives_up_at_its_deadline(nats_server: NatsServer) -> None:
     silent = await nats_server.connect()
     await silent.subscribe("mesh.infer.silent")
-    await silent.flush()
+    await flush_in_order(silent)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
     ) as client:
@@ -124,7 +125,7 @@ async def test_closing_the_client_fails_the_requests_still_waiting(
 ) -> None:
     silent = await nats_server.connect()
     await silent.subscribe("mesh.infer.silent")
-    await silent.flush()
+    await flush_in_order(silent)
     client = await MeshClient.connect(nats_server.url, **nats_server.client_options("app"))
     waiting = asyncio.create_task(
         client.infer("silent", np.zeros((1, 4), np.float32), budget_ms=30_000)
@@ -186,7 +187,7 @@ async def test_a_client_reads_its_inbox_prefix_from_its_credentials(
     subjects under the one inbox prefix its identity may subscribe to, and gets answers."""
     edge = await nats_server.connect()
     await edge.subscribe("mesh.infer.digits", queue="mesh.entry", cb=partial(_answer, edge))
-    await edge.flush()
+    await flush_in_order(edge)
     async with await MeshClient.connect(
         nats_server.url, user_credentials=str(nats_server.creds("app"))
     ) as client:

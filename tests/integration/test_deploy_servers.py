@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mesh.cli import main
+from mesh.nats_guard import flush_in_order
 from mesh.testing.embedded import free_port, server_binary
 from mesh.testing.supervisor import ChildProcess
 
@@ -113,7 +114,7 @@ async def test_the_compose_servers_take_only_fleet_credentials_and_link_over_mut
             await msg.respond(b"from the hub")
 
         await node.subscribe("mesh.infer.compose", queue="mesh.entry", cb=answer)
-        await node.flush()
+        await flush_in_order(node)
         async with asyncio.timeout(20):
             while True:
                 try:

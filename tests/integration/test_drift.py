@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from mesh import MeshClient, subjects
 from mesh.drift import DEFAULT_THRESHOLD
 from mesh.models.demo import DemoArtifacts
+from mesh.nats_guard import flush_in_order
 from mesh.node import DRIFT_CHECK_SECONDS
 from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
@@ -50,7 +51,7 @@ async def test_shifted_digits_cross_the_drift_threshold_and_in_distribution_ones
 
     watcher = await nats_server.connect()
     await watcher.subscribe(subjects.telemetry("edge-drift"), cb=on_event)
-    await watcher.flush()
+    await flush_in_order(watcher)
     x = np.load(demo.test)["x"].astype(np.float32)
     rng = np.random.default_rng(3)
     try:

@@ -10,6 +10,7 @@ import pytest
 
 from mesh.errors import UnavailableError
 from mesh.models.demo import DemoArtifacts
+from mesh.nats_guard import flush_in_order
 from mesh.security.keystore import KeyStore
 from mesh.testing.embedded import NatsServer, ServerConfig, Site, free_port
 from tests.conftest import NodeFactory, model_settings
@@ -52,7 +53,7 @@ async def test_a_site_leaf_reaches_responders_on_the_hub_and_keeps_its_own_domai
             await msg.respond(b"pong from the hub")
 
         await hub.subscribe("ping", cb=pong)
-        await hub.flush()
+        await flush_in_order(hub)
         reply = None
         for _ in range(50):
             try:

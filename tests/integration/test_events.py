@@ -18,6 +18,7 @@ from mesh.client import EventResult, MeshClient
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
 from mesh.events.streams import RESULTS_STREAM
 from mesh.models.demo import DemoArtifacts
+from mesh.nats_guard import flush_in_order
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
@@ -262,7 +263,7 @@ async def test_rules_turn_results_into_alerts_and_webhooks_and_dead_letter_what_
         alerts.append(msg.data)  # type: ignore[attr-defined]
 
     await admin.subscribe("mesh.actions.alerts.line4", cb=on_alert)
-    await admin.flush()
+    await flush_in_order(admin)
     x = np.load(demo.test)["x"][:60].astype(np.float32)
     client = await source_client(nats_server, keystore, "line4")
     try:

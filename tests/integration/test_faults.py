@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from mesh.nats_guard import flush_in_order
 from mesh.testing.embedded import Site
 from mesh.testing.faults import FaultProxy
 
@@ -297,7 +298,7 @@ async def test_leaf_link_through_the_proxy_slows_blackholes_and_heals() -> None:
                 await msg.respond(msg.data)
 
             await hub.subscribe(subject, cb=respond)
-            await hub.flush()
+            await flush_in_order(hub)
             await wait_for_route(leaf, subject)
 
             started = time.perf_counter()

@@ -24,6 +24,7 @@ from mesh.fleet import registry
 from mesh.fleet.signing import SigningKey, sign
 from mesh.models.demo import DemoArtifacts
 from mesh.models.manifest import copy_as_version, load_manifest, sha256_of, verify_artifact
+from mesh.nats_guard import flush_in_order
 from mesh.node import TierNode
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
@@ -319,7 +320,7 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
         assert "bytes were changed" in reasons["digits@3-edge"]
         assert "does not trust" in reasons["digits@4-edge"]
 
-    await nc.flush()
+    await flush_in_order(nc)
     decoded = []
     for data in events:
         try:

@@ -33,6 +33,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 
 from mesh.hardexamples import HardExampleForwarder, HardExampleInbox
+from mesh.nats_guard import flush_in_order
 from mesh.security.identities import Fleet, IdentitySpec, auth_block, create_fleet
 from mesh.security.permissions import Role
 from mesh.security.server_config import leaf_remote_block, leaf_remotes_block, leafnodes_block
@@ -264,7 +265,7 @@ async def test_an_application_gets_answers_through_its_own_inbox(connect: Connec
     app, edge = await connect("app1"), await connect("edge-1")
     model = unique_model()
     await edge.nc.subscribe(f"mesh.infer.{model}", queue="mesh.entry", cb=echo)
-    await edge.nc.flush()
+    await flush_in_order(edge.nc)
 
     reply = await ask(app, f"mesh.infer.{model}")
 
@@ -279,7 +280,7 @@ async def test_an_application_may_address_one_tier_directly_and_nothing_else_of_
     app, edge = await connect("app1"), await connect("edge-1")
     model = unique_model()
     await edge.nc.subscribe(f"mesh.edge.infer.{model}", queue="mesh.edge", cb=echo)
-    await edge.nc.flush()
+    await flush_in_order(edge.nc)
 
     reply = await ask(app, f"mesh.edge.infer.{model}")
 
@@ -293,7 +294,7 @@ async def test_an_application_publishes_events_only_as_itself(connect: Connect) 
     model = unique_model()
     seen = Collector()
     await admin.nc.subscribe(f"mesh.events.{model}.>", cb=seen.add)
-    await admin.nc.flush()
+    await flush_in_order(admin.nc)
 
     await app.nc.publish(f"mesh.events.{model}.app1", b"mine")
     await app.nc.publish(f"mesh.events.{model}.app2", b"forged")
@@ -365,7 +366,7 @@ async def test_an_application_cannot_listen_beyond_its_inbox(connect: Connect) -
 
     for subject in (f"mesh.edge.infer.{model}", f"mesh.infer.{model}", "_INBOX_app2.reply"):
         await admin.nc.publish(subject, b"not for app1")
-    await admin.nc.flush()
+    await flush_in_order(admin.nc)
     await asyncio.sleep(QUIET_S)
     assert seen.messages == []
 
@@ -377,7 +378,7 @@ async def test_an_application_cannot_publish_hard_examples_or_telemetry(
     seen = Collector()
     await admin.nc.subscribe("mesh.hard.>", cb=seen.add)
     await admin.nc.subscribe("mesh.telemetry.>", cb=seen.add)
-    await admin.nc.flush()
+    await flush_in_order(admin.nc)
 
     await app.nc.publish("mesh.hard.edge.digits", b"poison")
     await app.nc.publish("mesh.telemetry.x", b"forged")
@@ -440,7 +441,7 @@ async def test_an_edge_node_takes_its_subjects_only_in_its_queue_groups(
     assert reply.data == b"answered:x"
     for tier in ("cloud", "gateway"):
         await admin.nc.publish(f"mesh.{tier}.infer.{model}", b"not for the edge")
-    await admin.nc.flush()
+    await flush_in_order(admin.nc)
     await asyncio.sleep(QUIET_S)
     assert seen.messages == []
 
@@ -461,8 +462,8 @@ async def test_a_node_escalates_only_to_its_upstream_tier(connect: Connect) -> N
     await gateway.nc.subscribe(f"mesh.gateway.infer.{model}", queue="mesh.gateway", cb=echo)
     got = Collector()
     await cloud.nc.subscribe(f"mesh.cloud.infer.{model}", queue="mesh.cloud", cb=got.add)
-    await gateway.nc.flush()
-    await cloud.nc.flush()
+    await flush_in_order(gateway.nc)
+    await flush_in_order(cloud.nc)
 
     reply = await ask(edge, f"mesh.gateway.infer.{model}")
     assert reply.data == b"answered:x"
@@ -477,7 +478,7 @@ async def test_a_node_publishes_only_its_own_telemetry(connect: Connect) -> None
     edge, console = await connect("edge-1"), await connect("console")
     seen = Collector()
     await console.nc.subscribe("mesh.telemetry.>", cb=seen.add)
-    await console.nc.flush()
+    await flush_in_order(console.nc)
 
     await edge.nc.publish("mesh.telemetry.edge-1", b"drift")
     await edge.nc.publish("mesh.telemetry.edge-2", b"forged")
@@ -485,6 +486,38 @@ async def test_a_node_publishes_only_its_own_telemetry(connect: Connect) -> None
     await seen.wait_for(1)
     await asyncio.sleep(QUIET_S)
     assert [m.subject for m in seen.messages] == ["mesh.telemetry.edge-1"]
+
+
+async def test_a_subscription_is_at_the_server_once_flush_in_order_returns(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    """The telemetry test above lost its one message now and then: nats-py's ``flush`` had its
+    PONG back before the server read the SUB sent just before it. The server's own trace shows
+    the order it read a connection's commands in."""
+    traced = await asyncio.to_thread(
+        start_server, tmp_path / "traced", "traced", "trace: true\n" + auth_block(fleet)
+    )
+    try:
+        nc = await nats.connect(
+            traced.url,
+            user_credentials=str(fleet.creds_path("console")),
+            inbox_prefix=fleet["console"].inbox_prefix,
+            allow_reconnect=False,
+        )
+        try:
+            for k in range(20):
+                await nc.subscribe(f"mesh.telemetry.probe{k}")
+                await flush_in_order(nc)
+                lines = (await asyncio.to_thread(traced.log.read_text)).splitlines()
+                pings = [i for i, line in enumerate(lines) if "<<- [PING]" in line]
+                sub = next(
+                    i for i, line in enumerate(lines) if f"[SUB mesh.telemetry.probe{k} " in line
+                )
+                assert sub < pings[-1], f"the SUB of probe{k} was read after the last PING"
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(traced.stop)
 
 
 async def test_a_node_keeps_and_forwards_hard_examples_with_its_own_streams(
@@ -529,7 +562,7 @@ async def test_a_node_cannot_delete_purge_or_create_streams_it_does_not_own(
         StreamConfig(name="MESH_HARD_GATEWAY", subjects=["mesh.hard.gateway.>"])
     )
     await gateway.nc.publish("mesh.hard.gateway.digits", b"case")
-    await gateway.nc.flush()
+    await flush_in_order(gateway.nc)
     js = gateway.nc.jetstream(timeout=JS_TIMEOUT_S)
     with pytest.raises(nats.errors.TimeoutError):
         if call == "delete":
@@ -558,7 +591,7 @@ async def test_a_node_answers_discovery_and_status_requests(connect: Connect) ->
     await service.add_endpoint(
         EndpointConfig(name="status", subject="mesh.status.edge-1", handler=status)
     )
-    await edge.nc.flush()  # the server has the subscriptions before another connection asks
+    await flush_in_order(edge.nc)  # the server has the subscriptions before another connection asks
     try:
         ping = await console.nc.request("$SRV.PING.mesh-node", b"", timeout=2)
         assert json.loads(ping.data)["name"] == "mesh-node"
@@ -638,7 +671,7 @@ async def test_the_console_observes_but_cannot_infer(connect: Connect) -> None:
     console, admin = await connect("console"), await connect("admin")
     seen = Collector()
     await admin.nc.subscribe("mesh.infer.>", cb=seen.add)
-    await admin.nc.flush()
+    await flush_in_order(admin.nc)
     await console.nc.publish("mesh.infer.digits", b"x")
     await console.expect_violation("publish", "mesh.infer.digits")
     await console.nc.subscribe("mesh.edge.infer.>", queue="mesh.edge")
@@ -653,12 +686,12 @@ async def test_the_ingress_sends_requests_and_receives_results_but_serves_nothin
     ingress, edge, admin = await connect("ingress"), await connect("edge-1"), await connect("admin")
     model = unique_model()
     await edge.nc.subscribe(f"mesh.infer.{model}", queue="mesh.entry", cb=echo)
-    await edge.nc.flush()
+    await flush_in_order(edge.nc)
     assert (await ask(ingress, f"mesh.infer.{model}")).data == b"answered:x"
 
     results = Collector()
     await ingress.nc.subscribe(f"mesh.results.{model}.*", cb=results.add)
-    await ingress.nc.flush()
+    await flush_in_order(ingress.nc)
     await admin.nc.publish(f"mesh.results.{model}.device-7", b"result")
     await results.wait_for(1)
 
@@ -771,7 +804,7 @@ async def test_a_site_leaf_cannot_write_models_or_destroy_streams_at_the_hub(
     seen = Collector()
     for subject in ("$O.MESH_MODELS.>", "$JS.hub.API.>", "mesh.telemetry.>"):
         await hub_admin.nc.subscribe(subject, cb=seen.add)
-    await hub_admin.nc.flush()
+    await flush_in_order(hub_admin.nc)
     crossing = {"mesh.telemetry.site", "$JS.hub.API.STREAM.INFO.X"}
     denied = {"$O.MESH_MODELS.C.x", "$JS.hub.API.STREAM.DELETE.X", "$JS.hub.API.STREAM.PURGE.X"}
 
@@ -796,7 +829,7 @@ async def test_site_traffic_crosses_the_authenticated_leaf_link(
     app = await connect("app1", leaf_rig.leaves["site-good"].url)
     model = unique_model()
     await edge.nc.subscribe(f"mesh.infer.{model}", queue="mesh.entry", cb=echo)
-    await edge.nc.flush()
+    await flush_in_order(edge.nc)
     async with asyncio.timeout(5):
         while True:
             try:

@@ -17,6 +17,7 @@ from mesh.errors import (
     ResourceExhaustedError,
 )
 from mesh.models.demo import DemoArtifacts
+from mesh.nats_guard import flush_in_order
 from mesh.testing.embedded import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
@@ -169,7 +170,7 @@ async def test_residency_keeps_raw_input_below_the_allowed_zone(
 
     await spy.subscribe(subjects.tier_wildcard("gateway"), cb=sniff)
     await spy.subscribe(subjects.tier_wildcard("cloud"), cb=sniff)
-    await spy.flush()
+    await flush_in_order(spy)
     x, _ = load_test_split(demo)
     try:
         async with await MeshClient.connect(
@@ -178,7 +179,7 @@ async def test_residency_keeps_raw_input_below_the_allowed_zone(
             on_device = await client.infer("digits", x[:1], budget_ms=2000, residency="device")
             on_site = await client.infer("digits", x[1:2], budget_ms=2000, residency="site")
             anywhere = await client.infer("digits", x[2:3], budget_ms=2000, residency="any")
-        await spy.flush()
+        await flush_in_order(spy)
         await asyncio.sleep(0.05)
     finally:
         await spy.close()
@@ -302,7 +303,7 @@ async def test_confident_answers_are_audited_upstream_after_the_reply_within_res
         at_cloud.append(msgpack.unpackb(msg.data, raw=False)["id"])
 
     await spy.subscribe(subjects.tier_wildcard("cloud"), cb=sniff)
-    await spy.flush()
+    await flush_in_order(spy)
     x, _ = load_test_split(demo)
     evidence = edge.models.get("digits")
     assert evidence is not None
@@ -320,7 +321,7 @@ async def test_confident_answers_are_audited_upstream_after_the_reply_within_res
         async with asyncio.timeout(10):
             while evidence.evidence.compared < 20:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-        await spy.flush()
+        await flush_in_order(spy)
     finally:
         await spy.close()
 

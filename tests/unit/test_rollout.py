@@ -20,6 +20,7 @@ from mesh.fleet.rollout import (
     decode_window,
     delta,
     desired_for,
+    difference_upper,
     encode_rollout,
     encode_window,
     evidence_problem,
@@ -415,22 +416,48 @@ def test_the_record_matches_its_schema() -> None:
 
 
 def test_the_default_sample_count_tells_a_confused_version_from_a_good_one() -> None:
-    """With the default 150 answers compared, exactly: a version agreeing 15 points under a
-    0.93 baseline passes rarely, and one as good as the baseline almost never fails."""
+    """With the default 150 answers compared, exactly (binomial on both sides): against a
+    fleet's baseline of thousands of answers, a version agreeing 15 points under a 0.93
+    baseline passes rarely and one as good almost never fails; against a baseline as thin as
+    the canary the judgement is less sure both ways, never more eager to fail."""
     from math import comb
 
     gate = Gate()
     n = gate.min_samples
-    bound = 0.93 - gate.max_agreement_drop
 
-    def chance(p: float, fails: bool) -> float:
+    def binomial(k: int, total: int, p: float) -> float:
+        return comb(total, k) * p**k * (1 - p) ** (total - k)
+
+    def chance(p: float, fails: bool, base_total: int, base_p: float = 0.93) -> float:
+        bases = (
+            [(round(base_p * base_total), 1.0)]  # thousands: its share is all but known
+            if base_total > 1000
+            else [(j, binomial(j, base_total, base_p)) for j in range(base_total + 1)]
+        )
         return sum(
-            comb(n, k) * p**k * (1 - p) ** (n - k)
+            binomial(k, n, p) * weight
             for k in range(n + 1)
-            if (wilson_upper(k, n) < bound) == fails
+            for j, weight in bases
+            if (difference_upper(k, n, j, base_total) < -gate.max_agreement_drop) == fails
         )
 
-    assert chance(0.75, fails=False) < 0.005
-    assert chance(0.78, fails=False) < 0.03
-    assert chance(0.93, fails=True) < 0.001
-    assert chance(0.91, fails=True) < 0.005
+    assert chance(0.75, fails=False, base_total=20_000) < 0.005
+    assert chance(0.78, fails=False, base_total=20_000) < 0.03
+    assert chance(0.93, fails=True, base_total=20_000) < 0.001
+    assert chance(0.91, fails=True, base_total=20_000) < 0.005
+    assert chance(0.75, fails=False, base_total=150) < 0.03
+    assert chance(0.93, fails=True, base_total=150) < 0.002
+    assert chance(0.93, fails=True, base_total=16) < 0.001
+
+
+def test_a_thin_baseline_that_agreed_every_time_does_not_fail_a_good_canary() -> None:
+    """CI saw it: stage 3 of a good version failed, canary 0.9125 of 80 against a baseline of 16
+    compared answers that all agreed (bound 0.95 from the baseline's point estimate)."""
+    gate = Gate(min_requests=20, min_samples=15)
+    baseline = figures(nodes=3, requests=46, escalated=5, audits=11, compared=16, agreed=16)
+    canary = figures(nodes=3, requests=200, escalated=30, audits=50, compared=80, agreed=73)
+    assert judge(gate, canary, baseline).result == "pass"
+    # a confused canary still fails against that baseline
+    confused = replace(canary, agreed=56)
+    verdict = judge(gate, confused, baseline)
+    assert verdict.gate == "agreement" and verdict.figures["difference_upper_90"] < -0.05

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mesh.nats_guard import flush_in_order
 from mesh.services.bench.config import ECHO_SUBJECT, READY
 
 
@@ -34,7 +35,7 @@ async def serve_echo(url: str, subject: str, creds: str) -> None:
         await nc.publish(msg.reply, msg.data)
 
     await nc.subscribe(subject, cb=echo)
-    await nc.flush()
+    await flush_in_order(nc)
     print(f"{READY} subject={subject}", flush=True)
     await _wait_stop_signal()
     await nc.drain()
