@@ -448,6 +448,7 @@ async def start_rollout(
 
     heartbeats = await registry.read_heartbeats(js)
     targets: list[str] = []
+    suspect: set[str] = set()
     served: Counter[str] = Counter()
     for name, status in heartbeats.items():
         if isinstance(status, str):
@@ -458,6 +459,9 @@ async def start_rollout(
         if selector.matches(status.tier, status.site, name, status.labels):
             targets.append(name)
             served[status.models[model]] += 1
+            view = view_of(model, version, name, status, now=now, offline_after_s=offline_after_s)
+            if view.problem is not None:
+                suspect.add(name)
     if not targets:
         raise InvalidArgumentError(
             f"selector {selector.key} matches no online node serving {model}: nothing to roll "
@@ -478,7 +482,9 @@ async def start_rollout(
             f"the nodes serve {model}@{previous}, which is not in the registry: a rollout could "
             "not roll back to it (mesh models push it first)"
         )
-    rollout = new_rollout(model, version, previous, selector, plan, targets, now=now, by=by)
+    rollout = new_rollout(
+        model, version, previous, selector, plan, targets, now=now, by=by, suspect=suspect
+    )
     encoded = encode_rollout(rollout)
     try:
         if existing is None:

@@ -27,7 +27,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -327,13 +327,20 @@ def new_rollout(
     *,
     now: float,
     by: str = "",
+    suspect: Collection[str] = (),
 ) -> Rollout:
+    """A pending rollout over ``targets``; the ``suspect`` ones (telemetry that cannot be true)
+    come last: a canary is there for its evidence, and a stage of nodes not to be trusted has
+    nothing to judge (nor anything to wait for: they are flagged, not waited on)."""
     check_token(model, "model name")
     if not targets:
         raise InvalidArgumentError(f"no node matching the selector serves {model}")
     rollout_id = uuid.uuid4().hex[:12]
     # Spread each stage over sites and names: order the targets by a hash with the rollout id.
-    order = sorted(targets, key=lambda n: hashlib.sha256(f"{rollout_id}/{n}".encode()).digest())
+    order = sorted(
+        targets,
+        key=lambda n: (n in suspect, hashlib.sha256(f"{rollout_id}/{n}".encode()).digest()),
+    )
     return Rollout(
         id=rollout_id,
         model=model,

@@ -308,6 +308,18 @@ def rollout(stages: str = "1,25%,50%,100%", nodes: int = 8, **gate: float) -> Ro
     )
 
 
+def test_nodes_whose_telemetry_cannot_be_true_are_never_the_canary() -> None:
+    """A canary is there for its evidence: a node beating impossible counters goes last (CI saw
+    the liar of the integration test drawn as the only canary, and the stage wait for it)."""
+    names = [f"n{i}" for i in range(8)]
+    stages = parse_stages("1,50%,100%", Gate())
+    for _ in range(50):
+        r = new_rollout(
+            "digits", NEW, OLD, Selector(), stages, names, now=0.0, suspect={"n3", "n5"}
+        )
+        assert set(r.targets[-2:]) == {"n3", "n5"} and sorted(r.targets) == names
+
+
 def test_a_good_version_goes_through_every_stage_and_completes() -> None:
     r = rollout()
     fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.96})
