@@ -19,6 +19,7 @@ from mesh.fleet.desired import (
     Revisioned,
     Selector,
     decode_desired,
+    desired_key,
     encode_desired,
     resolve,
 )
@@ -271,3 +272,46 @@ def test_status_rows_say_who_is_online_and_how_long_ago_the_others_were_seen() -
         "error": "node status is not valid msgpack",
     }
     assert rows["fresh"]["models"] == {"digits": "2"} and rows["fresh"]["site"] == "a"
+
+
+def test_an_agent_keeps_and_wakes_on_only_the_assignments_that_match_it(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    """A stage of a rollout writes a key per node and every agent of the site sees them all:
+    another node's key is neither kept nor a reason to reconcile, nor is its deletion."""
+    from nats.aio.client import Client
+
+    from mesh.fleet.agent import FleetAgent
+    from mesh.metrics import MeshMetrics
+    from mesh.settings import FleetSettings
+
+    settings = FleetSettings(
+        enabled=True, domain="line4", cache_dir=tmp_path, trusted_keys=[key.public]
+    )
+    agent = FleetAgent(
+        Client(),
+        None,
+        settings,
+        name="edge-1",
+        tier="edge",
+        metrics=MeshMetrics(),  # type: ignore[arg-type]
+    )
+
+    def put(selector: Selector) -> None:
+        state = DesiredState("digits", "2", selector, time=1.0)
+        agent._on_entry(state.key, encode_desired(state), 7, None)
+
+    for other in ("edge-2", "edge-3"):
+        put(Selector(node=other))
+    put(Selector(tier="gateway"))
+    put(Selector(site="line5"))
+    assert not agent._wake.is_set() and agent._entries == {}
+    agent._on_entry(desired_key("digits", Selector(node="edge-2")), None, 8, "DEL")
+    assert not agent._wake.is_set()
+    put(Selector(node="edge-1"))
+    put(Selector(site="line4", tier="edge"))
+    assert agent._wake.is_set() and set(agent.desired()) == {"digits"}
+    assert agent.desired()["digits"].selector == Selector(node="edge-1")
+    agent._wake.clear()
+    agent._on_entry(desired_key("digits", Selector(node="edge-1")), None, 9, "DEL")
+    assert agent._wake.is_set() and agent.desired()["digits"].selector.site == "line4"
