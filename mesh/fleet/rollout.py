@@ -753,7 +753,7 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
         rate = hits / n if n else 0.0
         if fixed is not None and (more := over(hits, fixed)) is not None:
             return fail(name, rate, fixed, **more)
-        if base is not None and increase is not None and base.requests > 0:
+        if base is not None and increase is not None and n > 0 and base.requests > 0:
             base_rate = base_hits / base.requests
             lower = difference_lower(hits, n, base_hits, base.requests)
             if lower > increase:
@@ -796,7 +796,7 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
         more = {"samples": canary.compared, "upper_90": _round(upper)}
         if gate.min_agreement is not None and upper < gate.min_agreement:
             return fail("agreement", canary.agreement, gate.min_agreement, **more)
-        if base is not None and base.agreement is not None and base.compared > 0:
+        if base is not None and base.agreement is not None and canary.compared > 0:
             ahead = difference_upper(canary.agreed, canary.compared, base.agreed, base.compared)
             if ahead < -gate.max_agreement_drop:
                 return fail(

@@ -194,8 +194,8 @@ def export_onnx(estimator: Any, path: Path) -> None:
         )
     proto.doc_string = ""
     proto.graph.name = path.stem
-    # skl2onnx collects the opsets in a set: their order followed the interpreter's hash seed,
-    # so two builds of the same model could differ in bytes.
+    # skl2onnx collects the opsets in a set, so their order may change from one process to the
+    # next: two builds in one CI session differed in nothing else.
     opsets = sorted(proto.opset_import, key=lambda o: (o.domain, o.version))
     del proto.opset_import[:]
     proto.opset_import.extend(opsets)
@@ -374,8 +374,8 @@ def _marker_ok(paths: DemoArtifacts, recipe: str) -> bool:
 #: the environment of the child process that trains: one BLAS kernel and thread count on every
 #: machine of an architecture (see the module's docstring).
 PINNED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-#: and one hash seed: an exporter or quantizer that iterates a set writes its parts in the
-#: order the seed gives (skl2onnx's opsets did).
+#: and one hash seed: an exporter or quantizer that iterates a set of strings writes its parts
+#: in the order the seed gives (skl2onnx's opsets come out of one).
 PINNED_HASH_SEED = {"PYTHONHASHSEED": "0"}
 
 

@@ -462,6 +462,13 @@ def test_the_default_sample_count_tells_a_confused_version_from_a_good_one() -> 
     assert chance(0.93, fails=True, base_total=16) < 0.001
 
 
+def test_a_gate_with_no_minimum_judges_an_empty_canary_without_dividing_by_zero() -> None:
+    gate = Gate(min_requests=0, min_samples=0)
+    baseline = figures(nodes=3, requests=100, errors=1, escalated=10, compared=10, agreed=9)
+    assert judge(gate, figures(requests=0), baseline).result == "pass"
+    assert judge(gate, figures(requests=40, escalated=4), baseline).result == "pass"
+
+
 def test_a_thin_baseline_that_agreed_every_time_does_not_fail_a_good_canary() -> None:
     """CI saw it: stage 3 of a good version failed, canary 0.9125 of 80 against a baseline of 16
     compared answers that all agreed (bound 0.95 from the baseline's point estimate)."""
