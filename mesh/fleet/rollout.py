@@ -660,11 +660,8 @@ def difference_upper(hits: int, total: int, base_hits: int, base_total: int) -> 
 
 def difference_lower(hits: int, total: int, base_hits: int, base_total: int) -> float:
     """Lower bound of the same interval: the least the canary's share could plausibly be over
-    the baseline's."""
-    p, q = hits / total, base_hits / base_total
-    return (
-        p - q - math.hypot(p - wilson_lower(hits, total), wilson_upper(base_hits, base_total) - q)
-    )
+    the baseline's (the baseline's most over the canary's, negated)."""
+    return -difference_upper(base_hits, base_total, hits, total)
 
 
 def slower_than(latency: Sequence[int], bound_ms: float) -> int:
