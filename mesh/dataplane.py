@@ -320,12 +320,16 @@ class DataPlane(Service):
         thresholds = model.thresholds
         confidences = scores.confidence.tolist()
         novelties = scores.novelty.tolist() if scores.novelty is not None else None
-        total = len(confidences)
-        parts = [
-            (name, array, array.ndim > 0 and array.shape[0] == total)
-            for name, array in outputs.items()
-        ]
         whole = len(group.outcomes) == 1
+        total = len(confidences)
+        parts = (
+            []
+            if whole
+            else [
+                (name, array, array.ndim > 0 and array.shape[0] == total)
+                for name, array in outputs.items()
+            ]
+        )
         now = self._clock()
         offset = 0
         for outcome, rows in zip(group.outcomes, group.counts, strict=True):

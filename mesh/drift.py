@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -160,7 +160,7 @@ class DriftMonitor:
         self.min_rows = min_rows
         self.rearm = rearm
         self._raised: set[str] = set()
-        self._pending: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
+        self._pending: list[tuple[npt.ArrayLike, npt.ArrayLike]] = []
 
     @classmethod
     def from_reference(
@@ -191,11 +191,8 @@ class DriftMonitor:
 
         Cheap on the request path: the rows are kept and folded in later, all at once, when
         the scores are read or enough requests are waiting."""
-        x = np.asarray(x_rows)
-        rows = x.shape[0] if x.ndim > 1 else 1
-        self._pending.append(
-            (x.reshape(rows, -1), np.asarray(confidences, dtype=np.float64).reshape(-1))
-        )
+        # Kept as given: shaping and converting them is the fold's, once for many requests.
+        self._pending.append((x_rows, confidences))
         if len(self._pending) >= self.fold_every:
             self.fold()
 
@@ -204,13 +201,17 @@ class DriftMonitor:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        if len(pending) == 1:
-            x, confidences = pending[0]
-        else:
-            x = np.concatenate([p[0] for p in pending])
-            confidences = np.concatenate([p[1] for p in pending])
-        self.histograms[INPUT].add(x.mean(axis=1, dtype=np.float64))
-        self.histograms[CONFIDENCE].add(confidences)
+        xs: list[npt.NDArray[Any]] = []
+        confidences: list[npt.NDArray[np.float64]] = []
+        for x_rows, scores in pending:
+            x = np.asarray(x_rows)
+            xs.append(x.reshape(x.shape[0] if x.ndim > 1 else 1, -1))
+            confidences.append(np.asarray(scores, dtype=np.float64).reshape(-1))
+        x_all = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        self.histograms[INPUT].add(x_all.mean(axis=1, dtype=np.float64))
+        self.histograms[CONFIDENCE].add(
+            confidences[0] if len(confidences) == 1 else np.concatenate(confidences)
+        )
 
     def scores(self) -> dict[str, float]:
         """PSI per signal; a signal is absent until it has ``min_rows`` rows."""

@@ -120,7 +120,7 @@ class NoveltyScorer:
         if rows.ndim != 2 or rows.shape[1] != self.mean.shape[0]:
             raise ValueError(f"inputs must be (N, {self.mean.shape[0]}), got shape {rows.shape}")
         centred = rows - self.mean
-        out: Floats = ((centred @ self._form) * centred).sum(axis=1)
+        out: Floats = ((centred @ self.quadratic_form) * centred).sum(axis=1)
         return out
 
     def explain(self, x: npt.ArrayLike) -> tuple[Floats, Floats]:
@@ -135,7 +135,8 @@ class NoveltyScorer:
         return t2, spe
 
     @functools.cached_property
-    def _form(self) -> Floats:
+    def quadratic_form(self) -> Floats:
+        """M with score = (x - mean) M (x - mean)' per row (also built into fused graphs)."""
         # T² + SPE is a quadratic form in the centred input, c' M c, with
         # M = C' diag(1/(k var)) C + P' diag(1/(F std²)) P and P = I - C'C the residual
         # projector: one matrix product a request instead of a dozen small numpy calls.

@@ -7,11 +7,15 @@ ONNX model, warms it up and returns a ``ServedModel`` ready for the request path
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+
+import onnx
 
 from mesh.confidence import ConfidenceKind
 from mesh.drift import DriftMonitor
 from mesh.errors import InvalidArgumentError
+from mesh.fused import FusedOutputs, Unfusable, agrees, fuse
 from mesh.models.manifest import ModelManifest, load_manifest, sha256_of, verify_artifact
 from mesh.novelty import NoveltyScorer
 from mesh.policy import Thresholds
@@ -19,12 +23,14 @@ from mesh.runtime import ModelRunner, OnnxModel
 from mesh.served import ServedModel
 from mesh.settings import ModelSettings
 
+log = logging.getLogger("mesh.repository")
+
 #: escalation threshold when neither the config nor the manifest gives one.
 DEFAULT_THRESHOLD = 0.9
 
 
-def _load_artifact(settings: ModelSettings) -> tuple[ModelManifest | None, OnnxModel]:
-    """The blocking part, for a worker thread: read, verify, load and warm up."""
+def _verified_artifact(settings: ModelSettings) -> tuple[ModelManifest | None, Path]:
+    """The blocking part, for a worker thread: read the manifest and check the file's hash."""
     manifest: ModelManifest | None = None
     path: Path | None = settings.path
     if settings.manifest is not None:
@@ -45,16 +51,82 @@ def _load_artifact(settings: ModelSettings) -> tuple[ModelManifest | None, OnnxM
                 f"model {settings.name}: {path} has sha256 {actual}, the settings expect "
                 f"{settings.sha256}; the file is corrupt or not the one configured"
             )
-    onnx = OnnxModel.load(path, intra_op_threads=settings.intra_op_threads)
-    onnx.warmup()
-    return manifest, onnx
+    return manifest, path
+
+
+def _load_scored(
+    settings: ModelSettings,
+    path: Path,
+    scored_output: str,
+    kind: ConfidenceKind,
+    novelty: NoveltyScorer | None,
+) -> tuple[OnnxModel, FusedOutputs | None]:
+    """Load and warm the model, with its scores in its graph when that works and gives the
+    scores numpy gives (``mesh.fused``); otherwise as it is, scored with numpy."""
+    if settings.fuse_scores:
+        try:
+            graph, names = fuse(
+                onnx.load(str(path), load_external_data=False),
+                scored_output=scored_output,
+                kind=kind,
+                novelty=novelty,
+            )
+            model = OnnxModel.load(
+                path,
+                intra_op_threads=settings.intra_op_threads,
+                graph=graph.SerializeToString(),
+                hidden_outputs=names.names,
+            )
+            feeds = model.sample_feeds(8)
+            problem = agrees(
+                feeds,
+                model.run(feeds),
+                names,
+                scored_output=scored_output,
+                kind=kind,
+                novelty=novelty,
+            )
+            if problem is None:
+                model.warmup()
+                return model, names
+            log.warning(
+                "model %s: scores computed in its graph differ from numpy's (%s); scoring it "
+                "with numpy",
+                settings.name,
+                problem,
+            )
+        except Unfusable as why:
+            log.info("model %s: scores stay out of its graph: %s", settings.name, why)
+        except Exception as exc:
+            # ONNX or ONNX Runtime refused the extended graph: the model itself may be fine
+            # (its own load below says so), served with numpy scoring.
+            log.warning(
+                "model %s: could not extend its graph with the scores (%s); scoring it with numpy",
+                settings.name,
+                exc,
+            )
+    model = OnnxModel.load(path, intra_op_threads=settings.intra_op_threads)
+    model.warmup()
+    return model, None
 
 
 async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
     """Load, verify and warm a model for ``tier``; the caller starts and stops its runner."""
-    manifest, onnx = await asyncio.to_thread(_load_artifact, settings)
+    manifest, path = await asyncio.to_thread(_verified_artifact, settings)
+    novelty: NoveltyScorer | None = None
+    if settings.novelty and manifest is not None and manifest.reference is not None:
+        novelty = NoveltyScorer.from_reference(manifest.reference)
+    kind = settings.confidence or (
+        ConfidenceKind(manifest.confidence) if manifest else ConfidenceKind.MAX_PROB
+    )
+    scored_output = settings.scored_output or (
+        manifest.scored_output if manifest else "probabilities"
+    )
+    onnx_model, fused = await asyncio.to_thread(
+        _load_scored, settings, path, scored_output, kind, novelty
+    )
     runner = ModelRunner(
-        onnx,
+        onnx_model,
         max_batch_size=settings.batching.max_batch_size,
         max_delay_ms=settings.batching.max_delay_ms,
         inline_below_us=settings.inline_below_us,
@@ -64,19 +136,12 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         threshold = (
             manifest.threshold_for(tier, DEFAULT_THRESHOLD) if manifest else DEFAULT_THRESHOLD
         )
-    novelty: NoveltyScorer | None = None
-    if settings.novelty and manifest is not None and manifest.reference is not None:
-        novelty = NoveltyScorer.from_reference(manifest.reference)
-    kind = settings.confidence or (
-        ConfidenceKind(manifest.confidence) if manifest else ConfidenceKind.MAX_PROB
-    )
     served = ServedModel(
         name=settings.name,
         version=settings.version or (manifest.version if manifest else "1"),
         runner=runner,
-        inputs=onnx.inputs,
-        scored_output=settings.scored_output
-        or (manifest.scored_output if manifest else "probabilities"),
+        inputs=onnx_model.inputs,
+        scored_output=scored_output,
         confidence_kind=kind,
         thresholds=Thresholds(
             confidence=threshold, novelty=novelty.threshold if novelty is not None else None
@@ -89,8 +154,9 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         max_batch_rows=max(settings.batching.max_batch_size, 1),
         max_request_bytes=settings.max_request_bytes,
         audit_rate=settings.audit_rate,
+        fused=fused,
     )
-    await asyncio.to_thread(check_scorable, served, onnx)
+    await asyncio.to_thread(check_scorable, served, onnx_model)
     return served
 
 

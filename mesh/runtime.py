@@ -11,6 +11,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Collection
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -66,12 +67,17 @@ def _is_invalid_argument(exc: Exception) -> bool:
 class OnnxModel:
     """One ONNX model in one ONNX Runtime session; ``run`` is synchronous and thread-safe."""
 
-    def __init__(self, session: ort.InferenceSession, path: Path) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, path: Path, hidden_outputs: Collection[str] = ()
+    ) -> None:
         self.path = path
         self.session = session
         self.inputs = [_spec(arg) for arg in session.get_inputs()]
-        self.outputs = [_spec(arg) for arg in session.get_outputs()]
-        self._output_names = [spec.name for spec in self.outputs]
+        everything = [_spec(arg) for arg in session.get_outputs()]
+        #: the model's signature: without the outputs added to its graph (``mesh.fused``).
+        self.outputs = [spec for spec in everything if spec.name not in hidden_outputs]
+        #: what ``run`` returns: every output, the hidden ones too.
+        self._output_names = [spec.name for spec in everything]
         #: wall-clock time of loading, for status reports.
         self.loaded_at = time.time()
         self.warm = False
@@ -86,7 +92,11 @@ class OnnxModel:
         *,
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
+        graph: bytes | None = None,
+        hidden_outputs: Collection[str] = (),
     ) -> OnnxModel:
+        """The model at ``path``; or, when ``graph`` is given, that serialized graph (a copy of
+        the file's, extended with ``hidden_outputs``: see ``mesh.fused``) under its name."""
         model_path = Path(path)
         if not model_path.is_file():
             raise NotFoundError(f"no model file at {model_path}")
@@ -97,11 +107,13 @@ class OnnxModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+                graph if graph is not None else str(model_path),
+                sess_options=options,
+                providers=["CPUExecutionProvider"],
             )
         except Exception as exc:
             raise InvalidArgumentError(f"cannot load model {model_path}: {exc}") from exc
-        return cls(session, model_path)
+        return cls(session, model_path, hidden_outputs)
 
     def run(self, feeds: Feeds) -> Feeds:
         """All outputs by name. ORT's complaints about the feeds become ``InvalidArgumentError``."""

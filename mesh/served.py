@@ -24,6 +24,7 @@ from mesh.wire import dtype_name
 
 if TYPE_CHECKING:
     from mesh.drift import DriftMonitor
+    from mesh.fused import FusedOutputs
     from mesh.novelty import NoveltyScorer
     from mesh.runtime import GraphTensor, ModelRunner
 
@@ -73,6 +74,8 @@ class ServedModel:
     #: share of confident answers also sent to the tier above, after the reply, to measure
     #: agreement with it (the audit; ``mesh.evidence``).
     audit_rate: float = 0.0
+    #: outputs the model's graph computes the scores in (``mesh.fused``); None: numpy does.
+    fused: FusedOutputs | None = None
 
     def __post_init__(self) -> None:
         self.evidence = Evidence()
@@ -185,7 +188,15 @@ class ServedModel:
         await self._idle.wait()
 
     def score(self, feeds: Feeds, outputs: Feeds) -> BatchScores:
-        """Labels, confidence and novelty of every row: one numpy call each."""
+        """Labels, confidence and novelty of every row: taken out of ``outputs`` when the graph
+        computed them (they are not the model's outputs to answer with), else one numpy call
+        each."""
+        fused = self.fused
+        if fused is not None and fused.confidence in outputs:
+            scores = outputs.pop(fused.confidence)
+            labels: list[int] = outputs.pop(fused.labels).tolist()
+            novel = outputs.pop(fused.novelty) if fused.novelty is not None else None
+            return BatchScores(labels, scores, novel if self.novelty is not None else None)
         probabilities = outputs.get(self.scored_output)
         if probabilities is None:
             # The model's configuration is wrong, not the caller's request.

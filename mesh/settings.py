@@ -181,6 +181,9 @@ class ModelSettings(_Section):
     """Output holding class probabilities (default: manifest, else ``probabilities``)."""
     novelty: bool = True
     """Escalate out-of-distribution inputs when the manifest has reference statistics."""
+    fuse_scores: bool = True
+    """Compute confidence, labels and novelty inside the model's ONNX graph (an in-memory copy
+    of it), in the model's own call; off, or for a graph that cannot take them, with numpy."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     intra_op_threads: int = Field(1, ge=0)
     """ONNX Runtime threads inside one operator."""
