@@ -316,7 +316,9 @@ class MeshClient(Service):
             subject = self._entry_subjects.get(model) or self._entry_subject(model)
         else:
             subject = subjects.tier_infer(_token(tier, "tier"), _token(model, "model name"))
-        if isinstance(inputs, Mapping):
+        if type(inputs) is np.ndarray:  # the common case, without the Mapping ABC's check
+            tensors = {DEFAULT_INPUT: inputs}
+        elif isinstance(inputs, Mapping):
             tensors = {name: np.asarray(value) for name, value in inputs.items()}
         else:
             tensors = {DEFAULT_INPUT: np.asarray(inputs)}
@@ -422,7 +424,9 @@ class MeshClient(Service):
         from mesh.events.streams import event_subject
 
         subject = event_subject(model, source)
-        if isinstance(inputs, Mapping):
+        if type(inputs) is np.ndarray:  # the common case, without the Mapping ABC's check
+            tensors = {DEFAULT_INPUT: inputs}
+        elif isinstance(inputs, Mapping):
             tensors = {name: np.asarray(value) for name, value in inputs.items()}
         else:
             tensors = {DEFAULT_INPUT: np.asarray(inputs)}

@@ -36,7 +36,14 @@ from mesh.errors import (
 )
 from mesh.lifecycle import Service
 from mesh.metrics import OTHER_MODEL, MeshMetrics, default_metrics
-from mesh.policy import Action, Assessment, Decision, DegradedReason, EscalationReason
+from mesh.policy import (
+    Action,
+    Assessment,
+    Decision,
+    DegradedReason,
+    EscalationReason,
+    UpstreamView,
+)
 from mesh.served import LocalAnswer, ServedModel
 from mesh.typedefs import Feeds
 from mesh.upstream import UpstreamFailure, UpstreamLink, UpstreamTransport
@@ -240,8 +247,9 @@ class DataPlane(Service):
             group = groups.get(key)
             rows = _rows(feeds)
             if group is None or group.rows + rows > model.max_batch_rows:
-                group = groups[key] = _Group(model)
+                group = groups[key] = _Group(model, [outcome], [feeds], [rows], rows)
                 ordered.append(group)
+                continue
             group.outcomes.append(outcome)
             group.feeds.append(feeds)
             group.counts.append(rows)
@@ -316,7 +324,7 @@ class DataPlane(Service):
             evidence.errors += len(group.outcomes)
             return
         model.observe_drift(feeds, scores)
-        upstream = self.upstream.view() if self.upstream is not None else None
+        upstream: UpstreamView | None = None  # read once, and only if a request is unsure
         thresholds = model.thresholds
         confidences = scores.confidence.tolist()
         novelties = scores.novelty.tolist() if scores.novelty is not None else None
@@ -361,6 +369,8 @@ class DataPlane(Service):
                     self._audit(outcome.request, model, local.labels)
                 continue
             request = outcome.request
+            if upstream is None and self.upstream is not None:
+                upstream = self.upstream.view()
             decision = policy.decide(
                 Assessment(confidence, novelty),
                 thresholds,

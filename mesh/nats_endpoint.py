@@ -196,7 +196,9 @@ class NatsEndpoint(Service):
             else:
                 self._spawn(self._complete(msg, outcome))
         if answered:
-            self._count_answered(answered)
+            # After the replies go out: the connection's flusher task was woken by the first
+            # publish, so it writes them before this runs.
+            asyncio.get_running_loop().call_soon(self._count_answered, answered)
 
     def _decode(self, msg: Msg) -> wire.InferRequest:
         request = wire.decode_request(msg.data)
