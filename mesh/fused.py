@@ -211,7 +211,7 @@ def _classes(scored: onnx.ValueInfoProto) -> int:
 
 
 def _novelty(b: _Builder, graph: onnx.GraphProto, novelty: NoveltyScorer) -> str:
-    """(x - mean) M (x - mean)' per row, in float64, as ``NoveltyScorer.score`` computes it."""
+    """``NoveltyScorer.score`` per row, (x - mean) M (x - mean)', in float64."""
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if not inputs:
@@ -229,10 +229,18 @@ def _novelty(b: _Builder, graph: onnx.GraphProto, novelty: NoveltyScorer) -> str
     x64 = x.name
     if tensor.elem_type != TensorProto.DOUBLE:
         x64 = b.op("Cast", [x.name], "x64", to=TensorProto.DOUBLE)
-    centred = b.op("Sub", [x64, b.constant("mean", novelty.mean.astype(np.float64))], "centred")
-    form = b.constant("form", np.ascontiguousarray(novelty.quadratic_form, dtype=np.float64))
-    product = b.op("Mul", [b.op("MatMul", [centred, form], "projected"), centred], "product")
-    return b.reduce("ReduceSum", product, "novelty")
+    # M is symmetric and positive semi-definite (a sum of two Gram forms), M = L L' with
+    # L = V sqrt(w) from its eigendecomposition, so the score is |x L - mean L|^2: one Gemm and
+    # one ReduceSumSquare (three operators fewer than (x - mean) M (x - mean)' spelled out; each
+    # costs a few microseconds in a call made one request at a time). Equal to numpy's to about
+    # 1e-13 relative; ``agrees`` checks at load.
+    weights, vectors = np.linalg.eigh(np.asarray(novelty.quadratic_form, dtype=np.float64))
+    factor = np.ascontiguousarray(vectors * np.sqrt(np.clip(weights, 0.0, None)))
+    shift = -(np.asarray(novelty.mean, dtype=np.float64) @ factor)
+    projected = b.op(
+        "Gemm", [x64, b.constant("factor", factor), b.constant("shift", shift)], "projected"
+    )
+    return b.reduce("ReduceSumSquare", projected, "novelty")
 
 
 def agrees(
