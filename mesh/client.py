@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import math
@@ -182,6 +183,9 @@ class _Replies:
         self.waiting: dict[str, asyncio.Future[Msg | None]] = {}
         #: tokens by the tick their deadline falls in (rounded up).
         self._due: dict[int, list[str]] = {}
+        #: the ticks of ``_due``, a heap: a sweep finds the ticks that are due without looking
+        #: at the others (a deadline of seconds keeps a thousand ticks waiting).
+        self._ticks: list[int] = []
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_tick = 0
         self.closed = False
@@ -199,6 +203,7 @@ class _Replies:
             due.append(token)
             return reply
         self._due[tick] = [token]
+        heapq.heappush(self._ticks, tick)
         if self._sweep is None or tick < self._sweep_tick:
             self._arm(loop, tick)
         return reply
@@ -215,6 +220,7 @@ class _Replies:
             self._sweep.cancel()
             self._sweep = None
         self._due.clear()
+        self._ticks.clear()
         for reply in self.waiting.values():
             if not reply.done():
                 reply.set_exception(UnavailableError("the client was closed"))
@@ -229,13 +235,14 @@ class _Replies:
         loop = asyncio.get_running_loop()
         now, fired = loop.time(), self._sweep_tick
         self._sweep = None
-        for tick in [t for t in self._due if t <= fired or t * TICK_S <= now]:
-            for token in self._due.pop(tick):
+        ticks = self._ticks
+        while ticks and (ticks[0] <= fired or ticks[0] * TICK_S <= now):
+            for token in self._due.pop(heapq.heappop(ticks)):
                 reply = self.waiting.get(token)
                 if reply is not None and not reply.done():
                     reply.set_result(None)
-        if self._due:
-            self._arm(loop, min(self._due))
+        if ticks:
+            self._arm(loop, ticks[0])
 
 
 class MeshClient(Service):

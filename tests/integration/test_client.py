@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from functools import partial
 
@@ -118,6 +119,34 @@ async def test_a_request_nobody_answers_gives_up_at_its_deadline(nats_server: Na
         waited = time.monotonic() - started
     await silent.close()
     assert 0.15 <= waited < 1.0
+
+
+async def test_a_short_deadline_sent_after_a_long_one_still_gives_up_on_time(
+    nats_server: NatsServer,
+) -> None:
+    """Deadlines wait on a heap of ticks: one due before those already waiting re-arms the
+    sweep, and the long one keeps waiting."""
+    silent = await nats_server.connect()
+    await silent.subscribe("mesh.infer.silent")
+    await flush_in_order(silent)
+    async with await MeshClient.connect(
+        nats_server.url, **nats_server.client_options("app")
+    ) as client:
+        client.grace_ms = 50.0
+        long = asyncio.create_task(
+            client.infer("silent", np.zeros((1, 4), np.float32), budget_ms=5_000)
+        )
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match="within 150 ms"):
+            await client.infer("silent", np.zeros((1, 4), np.float32), budget_ms=100)
+        waited = time.monotonic() - started
+        assert 0.15 <= waited < 1.0
+        assert not long.done()
+        long.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await long
+    await silent.close()
 
 
 async def test_closing_the_client_fails_the_requests_still_waiting(
