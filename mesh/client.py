@@ -167,6 +167,15 @@ def mesh_error(exc: Exception, what: str) -> MeshError:
     return UnavailableError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def _tensors(inputs: Array | Mapping[str, Any]) -> dict[str, Array]:
+    """A request's tensors: a mapping of name to array, or one array under ``DEFAULT_INPUT``."""
+    if type(inputs) is np.ndarray:  # the common case, without the Mapping ABC's check
+        return {DEFAULT_INPUT: inputs}
+    if isinstance(inputs, Mapping):
+        return {name: np.asarray(value) for name, value in inputs.items()}
+    return {DEFAULT_INPUT: np.asarray(inputs)}
+
+
 class _Replies:
     """Requests waiting for their reply on one wildcard inbox, with deadlines on a coarse clock.
 
@@ -323,12 +332,7 @@ class MeshClient(Service):
             subject = self._entry_subjects.get(model) or self._entry_subject(model)
         else:
             subject = subjects.tier_infer(_token(tier, "tier"), _token(model, "model name"))
-        if type(inputs) is np.ndarray:  # the common case, without the Mapping ABC's check
-            tensors = {DEFAULT_INPUT: inputs}
-        elif isinstance(inputs, Mapping):
-            tensors = {name: np.asarray(value) for name, value in inputs.items()}
-        else:
-            tensors = {DEFAULT_INPUT: np.asarray(inputs)}
+        tensors = _tensors(inputs)
         token = f"{next(self._ids):x}"
         request = wire.InferRequest(
             request_id or self._id_prefix + token, model, tensors, float(budget_ms), residency
@@ -431,12 +435,7 @@ class MeshClient(Service):
         from mesh.events.streams import event_subject
 
         subject = event_subject(model, source)
-        if type(inputs) is np.ndarray:  # the common case, without the Mapping ABC's check
-            tensors = {DEFAULT_INPUT: inputs}
-        elif isinstance(inputs, Mapping):
-            tensors = {name: np.asarray(value) for name, value in inputs.items()}
-        else:
-            tensors = {DEFAULT_INPUT: np.asarray(inputs)}
+        tensors = _tensors(inputs)
         event = InferenceEvent(
             id=check_event_id(event_id or f"{self._id_prefix}e{next(self._ids):x}"),
             model=model,
