@@ -657,14 +657,11 @@ async def test_the_loader_fuses_the_demo_models(
     assert np.allclose(scores.novelty, want.novelty, rtol=1e-9, atol=0)
 
 
-_MARGIN_LOADER = (ConfidenceKind.MARGIN, True)
-
-
 @pytest.mark.parametrize(
     ("kind", "novelty"),
     [
         (ConfidenceKind.MAX_PROB, False),
-        _MARGIN_LOADER,
+        (ConfidenceKind.MARGIN, True),
         (ConfidenceKind.ENTROPY, True),
         (ConfidenceKind.ENTROPY, False),
     ],
