@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from functools import partial
 
 import nats
@@ -105,10 +106,19 @@ async def test_concurrent_requests_each_get_their_own_answer(nats_server: NatsSe
     assert named.id == "mine" and named.tier == "edge" and named.path[0].node == "e1"
 
 
+@pytest.fixture
+async def silent(nats_server: NatsServer) -> AsyncIterator[None]:
+    """A subscriber of model ``silent`` that never answers: requests for it wait out their
+    deadline (no "no responders")."""
+    nc = await nats_server.connect()
+    await nc.subscribe("mesh.infer.silent")
+    await flush_in_order(nc)
+    yield
+    await nc.close()
+
+
+@pytest.mark.usefixtures("silent")
 async def test_a_request_nobody_answers_gives_up_at_its_deadline(nats_server: NatsServer) -> None:
-    silent = await nats_server.connect()
-    await silent.subscribe("mesh.infer.silent")
-    await flush_in_order(silent)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
     ) as client:
@@ -117,18 +127,15 @@ async def test_a_request_nobody_answers_gives_up_at_its_deadline(nats_server: Na
         with pytest.raises(DeadlineExceededError, match="within 150 ms"):
             await client.infer("silent", np.zeros((1, 4), np.float32), budget_ms=100)
         waited = time.monotonic() - started
-    await silent.close()
     assert 0.15 <= waited < 1.0
 
 
+@pytest.mark.usefixtures("silent")
 async def test_a_short_deadline_sent_after_a_long_one_still_gives_up_on_time(
     nats_server: NatsServer,
 ) -> None:
     """Deadlines wait on a heap of ticks: one due before those already waiting re-arms the
     sweep, and the long one keeps waiting."""
-    silent = await nats_server.connect()
-    await silent.subscribe("mesh.infer.silent")
-    await flush_in_order(silent)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
     ) as client:
@@ -146,15 +153,12 @@ async def test_a_short_deadline_sent_after_a_long_one_still_gives_up_on_time(
         long.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await long
-    await silent.close()
 
 
+@pytest.mark.usefixtures("silent")
 async def test_closing_the_client_fails_the_requests_still_waiting(
     nats_server: NatsServer,
 ) -> None:
-    silent = await nats_server.connect()
-    await silent.subscribe("mesh.infer.silent")
-    await flush_in_order(silent)
     client = await MeshClient.connect(nats_server.url, **nats_server.client_options("app"))
     waiting = asyncio.create_task(
         client.infer("silent", np.zeros((1, 4), np.float32), budget_ms=30_000)
@@ -163,7 +167,6 @@ async def test_closing_the_client_fails_the_requests_still_waiting(
     await client.close()
     with pytest.raises(UnavailableError, match="closed"):
         await asyncio.wait_for(waiting, 5)
-    await silent.close()
 
 
 async def test_a_request_over_the_servers_max_payload_is_resource_exhausted(
