@@ -54,6 +54,9 @@ STATUS_HEADER = nats.js.api.Header.STATUS.value
 #: the status of the message a server sends in place of a reply when nobody subscribes.
 NO_RESPONDERS = "503"
 
+#: a reply's payload and its headers (None: it had none).
+Reply = tuple[bytes, dict[str, str] | None]
+
 
 @dataclass(slots=True)
 class InferResult:
@@ -189,7 +192,7 @@ class _Replies:
         #: the inbox subject replies come to, up to the token (ending with a dot).
         self.prefix = ""
         self.subscription: Subscription | None = None
-        self.waiting: dict[str, asyncio.Future[Msg | None]] = {}
+        self.waiting: dict[str, asyncio.Future[Reply | None]] = {}
         #: tokens by the tick their deadline falls in (rounded up).
         self._due: dict[int, list[str]] = {}
         #: the ticks of ``_due``, a heap: a sweep finds the ticks that are due without looking
@@ -199,12 +202,13 @@ class _Replies:
         self._sweep_tick = 0
         self.closed = False
 
-    def expect(self, token: str, timeout: float) -> asyncio.Future[Msg | None]:
-        """The future of a reply to ``token``: a message, or None once ``timeout`` passed."""
+    def expect(self, token: str, timeout: float) -> asyncio.Future[Reply | None]:
+        """The future of a reply to ``token``: its payload and headers, or None once ``timeout``
+        passed."""
         if self.closed:
             raise UnavailableError("the client was closed")
         loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Msg | None] = loop.create_future()
+        reply: asyncio.Future[Reply | None] = loop.create_future()
         self.waiting[token] = reply
         tick = math.ceil((loop.time() + timeout) / TICK_S)
         due = self._due.get(tick)
@@ -218,9 +222,17 @@ class _Replies:
         return reply
 
     async def on_reply(self, msg: Msg) -> None:
+        """A reply through the subscription: one with headers, or any on a connection that is
+        not a ``GuardedClient``."""
         reply = self.waiting.get(msg.subject[len(self.prefix) :])
         if reply is not None and not reply.done():
-            reply.set_result(msg)
+            reply.set_result((msg.data, msg.headers))
+
+    def on_direct(self, token: str, data: bytes) -> None:
+        """A reply without headers, from a ``GuardedClient``'s read loop."""
+        reply = self.waiting.get(token)
+        if reply is not None and not reply.done():
+            reply.set_result((data, None))
 
     def close(self) -> None:
         """Fail every waiting request: the connection no longer carries replies."""
@@ -384,25 +396,25 @@ class MeshClient(Service):
         try:
             prefix = replies.prefix or await self._open_replies()
             await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
-            msg = await reply
+            answer = await reply
         except MeshError:
             raise
         except Exception as exc:
             raise mesh_error(exc, f"request {request_id} on {subject}") from None
         finally:
             del replies.waiting[token]
-        if msg is None:
+        if answer is None:
             raise DeadlineExceededError(
                 f"no answer for request {request_id} within {timeout * 1000:.0f} ms "
                 f"(budget + {self.grace_ms:.0f} ms grace)"
             )
-        data = msg.data
-        if not data and msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS:
+        data, reply_headers = answer
+        if not data and reply_headers and reply_headers.get(STATUS_HEADER) == NO_RESPONDERS:
             raise mesh_error(nats.errors.NoRespondersError(), f"request {request_id} on {subject}")
-        answer = wire.decode_reply(data)
-        if isinstance(answer, wire.ErrorReply):
-            raise answer.to_exception()
-        return InferResult.from_response(answer, len(payload))
+        decoded = wire.decode_reply(data)
+        if isinstance(decoded, wire.ErrorReply):
+            raise decoded.to_exception()
+        return InferResult.from_response(decoded, len(payload))
 
     async def _open_replies(self) -> str:
         replies = self._replies
@@ -410,6 +422,8 @@ class MeshClient(Service):
             if not replies.prefix:
                 inbox = self._nc.new_inbox()
                 replies.subscription = await self._nc.subscribe(inbox + ".*", cb=replies.on_reply)
+                if isinstance(self._nc, GuardedClient):
+                    self._nc.reply_directly(inbox + ".", replies.on_direct)
                 replies.prefix = inbox + "."
         return replies.prefix
 
@@ -537,6 +551,8 @@ class MeshClient(Service):
         elif not self._owns and self._replies.subscription is not None:
             with contextlib.suppress(Exception):
                 await self._replies.subscription.unsubscribe()
+        if isinstance(self._nc, GuardedClient) and self._replies.prefix:
+            self._nc.stop_replying_directly(self._replies.prefix)
         self._replies.close()
 
 

@@ -129,6 +129,8 @@ class _Group:
     #: rows of each request.
     counts: list[int] = field(default_factory=list)
     rows: int = 0
+    #: whether it runs before its inputs were checked for NaN and infinity (see ``_merge``).
+    unchecked: bool = False
 
 
 class DataPlane(Service):
@@ -197,10 +199,10 @@ class DataPlane(Service):
             try:
                 outputs = await group.model.run_in_worker(feeds)
             except MeshError as error:
-                self._fail_group(group, error)
+                self._fail_group(group, error, feeds)
                 continue
             except Exception as exc:
-                self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"))
+                self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"), feeds)
                 continue
             self._conclude(group, feeds, outputs)
         return outcomes
@@ -258,8 +260,15 @@ class DataPlane(Service):
 
     def _merge(self, group: _Group) -> Feeds | None:
         """The group's feeds as one batch; requests with non-finite inputs are failed and left
-        out (NaN compares false with every threshold, so it could pass for confident)."""
+        out (NaN compares false with every threshold, so it could pass for confident).
+
+        A request alone in its batch, for a model whose fused novelty flags such inputs, is
+        checked after the run instead, and only when its novelty is not finite
+        (``_checked_after``): it has no neighbours a NaN could spread to."""
         feeds = _concatenate(group.feeds)
+        if group.model.checks_inputs_after and len(group.outcomes) == 1:
+            group.unchecked = True
+            return feeds
         finite = group.model.finite_rows(feeds)
         if finite is None:
             return feeds
@@ -293,41 +302,48 @@ class DataPlane(Service):
         try:
             outputs = group.model.run(feeds)
         except MeshError as error:
-            self._fail_group(group, error)
+            self._fail_group(group, error, feeds)
             return
         except Exception as exc:
-            self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"))
+            self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"), feeds)
             return
         self._conclude(group, feeds, outputs)
 
-    def _fail_group(self, group: _Group, error: MeshError) -> None:
-        """A batch call failed. With one request, that request gets the error; with several,
-        each runs alone, so one bad request cannot fail its neighbours."""
+    def _fail_group(self, group: _Group, error: MeshError, feeds: Feeds) -> None:
+        """A batch call failed. With one request, that request gets the error (or, when its
+        inputs were not checked yet and hold NaN or infinity, that one); with several, each
+        runs alone, so one bad request cannot fail its neighbours."""
+        if group.unchecked and not self._checked_after(group, feeds, None):
+            return
         if len(group.outcomes) == 1:
             group.outcomes[0].error = error
             group.model.evidence.requests += 1
             group.model.evidence.errors += 1
             return
-        for outcome, feeds, rows in zip(group.outcomes, group.feeds, group.counts, strict=True):
-            self._run_group(_Group(group.model, [outcome], [feeds], [rows], rows), feeds)
+        for outcome, alone, rows in zip(group.outcomes, group.feeds, group.counts, strict=True):
+            self._run_group(_Group(group.model, [outcome], [alone], [rows], rows), alone)
 
     def _conclude(self, group: _Group, feeds: Feeds, outputs: Feeds) -> None:
         model = group.model
-        self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
         evidence = model.evidence
-        evidence.requests += len(group.outcomes)
         try:
             scores = model.score(feeds, outputs)
         except MeshError as error:
+            self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
             for outcome in group.outcomes:
                 outcome.error = error
+            evidence.requests += len(group.outcomes)
             evidence.errors += len(group.outcomes)
             return
+        novelties = scores.novelty.tolist() if scores.novelty is not None else None
+        if group.unchecked and not self._checked_after(group, feeds, novelties):
+            return
+        self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
+        evidence.requests += len(group.outcomes)
         model.observe_drift(feeds, scores)
         upstream: UpstreamView | None = None  # read once, and only if a request is unsure
         thresholds = model.thresholds
         confidences = scores.confidence.tolist()
-        novelties = scores.novelty.tolist() if scores.novelty is not None else None
         whole = len(group.outcomes) == 1
         total = len(confidences)
         parts = (
@@ -379,6 +395,21 @@ class DataPlane(Service):
                 upstream=upstream,
             )
             self._settle(outcome, model, local, decision)
+
+    @staticmethod
+    def _checked_after(group: _Group, feeds: Feeds, novelties: list[float] | None) -> bool:
+        """For a request that ran before its inputs were checked: whether they are finite, which
+        a finite novelty of every row proves (``ServedModel.checks_inputs_after``); else the
+        request fails as ``_merge`` would have failed it, and nothing of its run is kept."""
+        if novelties is not None and all(map(math.isfinite, novelties)):
+            return True
+        if group.model.finite_rows(feeds) is None:
+            return True
+        for outcome in group.outcomes:
+            outcome.error = InvalidArgumentError(
+                f"request {outcome.request.id} has NaN or infinite input values"
+            )
+        return False
 
     def _settle(
         self, outcome: Outcome, model: ServedModel, local: LocalAnswer, decision: Decision

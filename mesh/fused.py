@@ -23,7 +23,7 @@ confident with numpy, never fused. The label of such a row may differ (ArgMax sk
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,3 +266,34 @@ def agrees(
         if not np.allclose(got, want, rtol=1e-9, atol=1e-12):
             return f"novelty {got[:4]} against numpy's {want[:4]}"
     return None
+
+
+def flags_non_finite(run: Callable[[Feeds], Feeds], feeds: Feeds, names: FusedOutputs) -> bool:
+    """Whether the fused novelty is NaN or infinite for rows whose input holds a NaN, +inf or
+    -inf, and finite for the others: tried on ``feeds`` (the model's only input, at least four
+    rows of floats) with one such value put in each of the first three rows.
+
+    When it is, a request alone in its batch runs before its inputs are checked, and only a
+    non-finite novelty makes the node check them (``ServedModel.checks_inputs_after``): the
+    usual request saves the check, and a request with no neighbours harms none by running.
+    The novelty is a sum of squares of linear combinations of the input, so NaN and infinity
+    carry through; this makes sure the runtime's arithmetic does as the formula says."""
+    if names.novelty is None or len(feeds) != 1:
+        return False
+    ((name, array),) = feeds.items()
+    if array.dtype.kind != "f" or array.ndim < 2 or array.shape[0] < 4:
+        return False
+    bad = np.array(array, copy=True)
+    flat = bad.reshape(bad.shape[0], -1)
+    width = flat.shape[1]
+    flat[0, 0] = np.nan
+    flat[1, width - 1] = np.inf
+    flat[2, width // 2] = -np.inf
+    try:
+        novelty = np.asarray(run({name: bad})[names.novelty])
+    except Exception:  # a model that refuses such input: keep checking before the run
+        return False
+    if novelty.shape != (bad.shape[0],):
+        return False
+    finite = np.isfinite(novelty)
+    return not finite[:3].any() and bool(finite[3:].all())

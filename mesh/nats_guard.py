@@ -14,11 +14,17 @@ stale-connection ping gives up minutes later. A minimal reproduction, against an
 ``GuardedClient`` contains it: a message nats-py cannot build is dropped and counted, and the
 connection reads on. This overrides ``Client._process_msg``, a private method, deliberately: it is
 the one place every received message passes, and the alternative is a process that any publisher
-can silence. ``ConnectionWatch`` covers whatever else could stop a read loop. It finds it two
-ways: a logging handler on nats-py's logger reacts to that line at once, and a round trip every
-``interval_s`` finds any other way a connection can stop reading. The round trip is a message
-to a subscription of its own (an inbox subject): nats-py's ``flush`` cannot tell, since it skips
-the PING and returns at once when its read loop has ended.
+can silence. The same override hands the SDK's replies to the requests waiting for them
+(``reply_directly``) as they are read, as nats-py does for its own old-style requests, instead of
+queueing each for a subscription task that only passes it on: a task switch less per reply,
+about 30 us of a request's 0.65 ms at one request at a time (measured against the same SDK
+through its subscription, in one run).
+
+``ConnectionWatch`` covers whatever else could stop a read loop. It finds it two ways: a logging
+handler on nats-py's logger reacts to that line at once, and a round trip every ``interval_s``
+finds any other way a connection can stop reading. The round trip is a message to a subscription
+of its own (an inbox subject): nats-py's ``flush`` cannot tell, since it skips the PING and
+returns at once when its read loop has ended.
 Either way it verifies with its own connection (the logger is shared by every connection in the
 process) and then calls ``on_dead``: the node reports not ready at once and exits so that its
 supervisor restarts it (nats-py has no public way to drop and redial a connection that believes
@@ -52,6 +58,10 @@ async def flush_in_order(nc: NATS) -> None:
     await nc.flush()
 
 
+#: takes the token that follows a direct prefix in a reply's subject, and the reply's payload.
+DirectReply = Callable[[str, bytes], None]
+
+
 class GuardedClient(NATS):
     """A nats-py ``Client`` whose read loop survives a message it cannot build.
 
@@ -61,11 +71,32 @@ class GuardedClient(NATS):
         super().__init__()
         #: messages dropped because nats-py could not build them (bad subject, reply, headers).
         self.dropped_malformed = 0
+        self._direct: list[tuple[bytes, DirectReply]] = []
+
+    def reply_directly(self, prefix: str, handler: DirectReply) -> None:
+        """Give every message under ``prefix`` that has no headers to ``handler`` as it is read.
+
+        For a subscription to ``prefix`` + ``*`` that only resolves futures: ``handler`` runs
+        in the read loop, so it must be quick and must not raise. Messages with headers (a
+        server's no-responders status, error replies) still go to the subscription."""
+        self._direct.append((prefix.encode(), handler))
+
+    def stop_replying_directly(self, prefix: str) -> None:
+        key = prefix.encode()
+        self._direct = [(p, handler) for p, handler in self._direct if p != key]
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
         try:
+            if self._direct and not headers:
+                for prefix, handler in self._direct:
+                    if subject.startswith(prefix):
+                        stats = self.stats
+                        stats["in_msgs"] += 1
+                        stats["in_bytes"] += len(data)
+                        handler(subject[len(prefix) :].decode(), data)
+                        return
             await super()._process_msg(sid, subject, reply, data, headers)
         except Exception as exc:
             self.dropped_malformed += 1

@@ -15,7 +15,7 @@ import onnx
 from mesh.confidence import ConfidenceKind
 from mesh.drift import DriftMonitor
 from mesh.errors import InvalidArgumentError
-from mesh.fused import FusedOutputs, Unfusable, agrees, fuse
+from mesh.fused import FusedOutputs, Unfusable, agrees, flags_non_finite, fuse
 from mesh.models.manifest import ModelManifest, load_manifest, sha256_of, verify_artifact
 from mesh.novelty import NoveltyScorer
 from mesh.policy import Thresholds
@@ -60,9 +60,10 @@ def _load_scored(
     scored_output: str,
     kind: ConfidenceKind,
     novelty: NoveltyScorer | None,
-) -> tuple[OnnxModel, FusedOutputs | None]:
+) -> tuple[OnnxModel, FusedOutputs | None, bool]:
     """Load and warm the model, with its scores in its graph when that works and gives the
-    scores numpy gives (``mesh.fused``); otherwise as it is, scored with numpy."""
+    scores numpy gives (``mesh.fused``); otherwise as it is, scored with numpy. The flag says
+    whether its fused novelty flags NaN and infinite inputs (``fused.flags_non_finite``)."""
     if settings.fuse_scores:
         try:
             graph, names = fuse(
@@ -87,8 +88,9 @@ def _load_scored(
                 novelty=novelty,
             )
             if problem is None:
+                flags = flags_non_finite(model.run, feeds, names)
                 model.warmup()
-                return model, names
+                return model, names, flags
             log.warning(
                 "model %s: scores computed in its graph differ from numpy's (%s); scoring it "
                 "with numpy",
@@ -107,7 +109,7 @@ def _load_scored(
             )
     model = OnnxModel.load(path, intra_op_threads=settings.intra_op_threads)
     model.warmup()
-    return model, None
+    return model, None, False
 
 
 async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
@@ -122,7 +124,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
     scored_output = settings.scored_output or (
         manifest.scored_output if manifest else "probabilities"
     )
-    onnx_model, fused = await asyncio.to_thread(
+    onnx_model, fused, checks_after = await asyncio.to_thread(
         _load_scored, settings, path, scored_output, kind, novelty
     )
     runner = ModelRunner(
@@ -155,6 +157,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         max_request_bytes=settings.max_request_bytes,
         audit_rate=settings.audit_rate,
         fused=fused,
+        checks_inputs_after=checks_after,
     )
     await asyncio.to_thread(check_scorable, served, onnx_model)
     return served

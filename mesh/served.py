@@ -76,6 +76,10 @@ class ServedModel:
     audit_rate: float = 0.0
     #: outputs the model's graph computes the scores in (``mesh.fused``); None: numpy does.
     fused: FusedOutputs | None = None
+    #: whether a request alone in its batch runs before its inputs are checked for NaN and
+    #: infinity, checked after only when its fused novelty is not finite: that novelty is
+    #: non-finite whenever they are (``fused.flags_non_finite``, tried at load).
+    checks_inputs_after: bool = False
 
     def __post_init__(self) -> None:
         self.evidence = Evidence()

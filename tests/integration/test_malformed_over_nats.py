@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
+import pytest
 
 from mesh import subjects, wire
-from mesh.errors import ErrorCode
+from mesh.client import InferResult, MeshClient
+from mesh.errors import ErrorCode, InvalidArgumentError
 from mesh.models.demo import DemoArtifacts
 from mesh.testing.embedded import NatsServer
+from mesh.typedefs import Feeds
 from tests.conftest import NodeFactory, model_settings
 
 
@@ -94,3 +99,53 @@ async def test_four_hundred_malformed_messages_each_get_a_typed_reply_and_the_no
     assert sum(codes.values()) == 400
     assert codes[ErrorCode.INVALID_ARGUMENT.value] > 300
     assert set(codes) <= {"answered", *(c.value for c in ErrorCode)} - {ErrorCode.INTERNAL.value}
+
+
+async def test_nan_and_infinite_inputs_are_refused_alone_and_beside_good_requests(
+    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+) -> None:
+    """A request alone in its batch runs before its inputs are checked (its fused novelty tells
+    when to check them); in a batch they are checked before the run. Either way a NaN or an
+    infinity gets INVALID_ARGUMENT, and the requests beside it get the answers they get alone."""
+    node = await start_node("edge", nats_server.url, [model_settings(demo, "edge")], entry=True)
+    assert node.dataplane is not None
+    served = node.dataplane.models.get("digits")
+    assert served is not None and served.checks_inputs_after
+    checks: list[int] = []
+    check = served.finite_rows
+
+    def counted(feeds: Feeds) -> npt.NDArray[np.bool_] | None:
+        checks.append(len(next(iter(feeds.values()))))
+        return check(feeds)
+
+    served.finite_rows = counted  # type: ignore[method-assign]  # count the checks, same result
+    x = np.load(demo.test)["x"][:48].astype(np.float32)
+    client = await MeshClient.connect(nats_server.url, **nats_server.client_options())
+    try:
+        alone = [await client.infer("digits", x[i : i + 1]) for i in range(len(x))]
+        assert checks == [], "a finite request alone was checked before its run"
+        for value in (np.nan, np.inf, -np.inf):
+            bad = x[:1].copy()
+            bad[0, 17] = value
+            with pytest.raises(InvalidArgumentError, match="NaN or infinite input values"):
+                await client.infer("digits", bad)
+        assert checks == [1, 1, 1], "each bad request alone is checked once, after its run"
+
+        checks.clear()
+        poisoned = {i: x[i : i + 1].copy() for i in range(0, len(x), 6)}
+        for i, row in poisoned.items():
+            row[0, i % 64] = (np.nan, np.inf, -np.inf)[i % 3]
+        outcomes = await asyncio.gather(
+            *(client.infer("digits", poisoned.get(i, x[i : i + 1])) for i in range(len(x))),
+            return_exceptions=True,
+        )
+    finally:
+        await client.close()
+    for i, outcome in enumerate(outcomes):
+        if i in poisoned:
+            assert isinstance(outcome, InvalidArgumentError), outcome
+        else:
+            assert isinstance(outcome, InferResult), outcome
+            assert outcome.labels == alone[i].labels
+            assert outcome.confidence == pytest.approx(alone[i].confidence, rel=1e-6)
+    assert any(rows > 1 for rows in checks), "no batch of several requests was checked"

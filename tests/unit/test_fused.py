@@ -17,7 +17,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from mesh import confidence
 from mesh.confidence import ConfidenceKind
-from mesh.fused import _PREFIX, FusedOutputs, Unfusable, agrees, fuse
+from mesh.fused import _PREFIX, FusedOutputs, Unfusable, agrees, flags_non_finite, fuse
 from mesh.models.demo import DemoArtifacts
 from mesh.novelty import NoveltyScorer
 from mesh.repository import load_model
@@ -634,6 +634,7 @@ async def test_the_loader_fuses_the_demo_models(
     assert served.fused is not None
     assert plain.fused is None
     assert served.novelty is not None and served.fused.novelty is not None
+    assert served.checks_inputs_after and not plain.checks_inputs_after
     model = served.runner.model
     assert [o.name for o in model.outputs] == ["label", "probabilities"]
     assert model.outputs == plain.runner.model.outputs
@@ -756,3 +757,60 @@ def test_onnx_model_hides_the_fused_outputs_but_runs_them(
 def test_fused_outputs_names() -> None:
     assert FusedOutputs("c", "l", None).names == ("c", "l")
     assert FusedOutputs("c", "l", "n").names == ("c", "l", "n")
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. the fused novelty flags NaN and infinite inputs
+
+
+def test_the_fused_novelty_flags_nan_and_infinite_inputs(
+    scorer: NoveltyScorer, rows: npt.NDArray[np.float32]
+) -> None:
+    fused, names = fuse(
+        _classifier(), scored_output="probabilities", kind=ConfidenceKind.MAX_PROB, novelty=scorer
+    )
+    feeds: Feeds = {"input": rows[:8]}
+    assert flags_non_finite(lambda f: _run(fused, f), feeds, names)
+    for value in (np.nan, np.inf, -np.inf):
+        for column in (0, 5, FEATURES - 1):
+            bad = rows[:2].copy()
+            bad[1, column] = value
+            novelty = _run(fused, {"input": bad})[names.novelty or ""]
+            assert np.isfinite(novelty[0]) and not np.isfinite(novelty[1])
+
+
+def test_flags_non_finite_says_no_unless_the_run_shows_it(
+    scorer: NoveltyScorer, rows: npt.NDArray[np.float32]
+) -> None:
+    fused, names = fuse(
+        _classifier(), scored_output="probabilities", kind=ConfidenceKind.MAX_PROB, novelty=scorer
+    )
+
+    def run(feeds: Feeds) -> Feeds:
+        return _run(fused, feeds)
+
+    def finite_novelty(feeds: Feeds) -> Feeds:
+        out = run(feeds)
+        out[names.novelty or ""] = np.zeros(len(feeds["input"]))
+        return out
+
+    def refuses(feeds: Feeds) -> Feeds:
+        if not np.isfinite(feeds["input"]).all():
+            raise ValueError("NaN")
+        return run(feeds)
+
+    def nan_everywhere(feeds: Feeds) -> Feeds:
+        out = run(feeds)
+        out[names.novelty or ""] = np.full(len(feeds["input"]), np.nan)
+        return out
+
+    feeds: Feeds = {"input": rows[:8]}
+    assert flags_non_finite(run, feeds, names)
+    assert not flags_non_finite(finite_novelty, feeds, names)
+    assert not flags_non_finite(refuses, feeds, names)
+    assert not flags_non_finite(nan_everywhere, feeds, names)
+    assert not flags_non_finite(run, {"input": rows[:3]}, names), "too few rows to try"
+    assert not flags_non_finite(run, feeds, FusedOutputs(names.confidence, names.labels, None))
+    assert not flags_non_finite(run, {"input": rows[:8], "other": rows[:8]}, names)
+    assert not flags_non_finite(run, {"input": rows[:8].astype(np.int32)}, names)
+    assert np.isfinite(feeds["input"]).all(), "the sample rows were changed"

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import grpc
-import nats
 import numpy as np
 import psutil
 
@@ -341,15 +340,20 @@ async def run_bench(
         def procs(*pids: int | None) -> list[psutil.Process]:
             return [psutil.Process(p) for p in pids if p is not None]
 
-        nc_site = await site.connect(name="bench-client-site")
+        # The echo's client is bare nats-py; the mesh's rows connect as an application does,
+        # with ``MeshClient.connect``.
+        nc_site = await site.connect(name="bench-client-echo")
         stack.push_async_callback(nc_site.close)
-        nc_site2 = await site2.connect(name="bench-client-site2")
-        stack.push_async_callback(nc_site2.close)
-        client_site = MeshClient(nc_site, owns_connection=False)
-        client_site2 = MeshClient(nc_site2, owns_connection=False)
-        nc_open = await nats.connect(site_open.url, name="bench-client-open")
-        stack.push_async_callback(nc_open.close)
-        client_open = MeshClient(nc_open, owns_connection=False)
+        client_site = await MeshClient.connect(
+            site.url, name="bench-client-site", **site.client_options()
+        )
+        stack.push_async_callback(client_site.close)
+        client_site2 = await MeshClient.connect(
+            site2.url, name="bench-client-site2", **site2.client_options()
+        )
+        stack.push_async_callback(client_site2.close)
+        client_open = await MeshClient.connect(site_open.url, name="bench-client-open")
+        stack.push_async_callback(client_open.close)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=config.concurrency))
         stack.push_async_callback(http.close)
         scraper = aiohttp.ClientSession()
