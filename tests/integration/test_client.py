@@ -21,11 +21,12 @@ from mesh import MeshClient, wire
 from mesh.client import mesh_error
 from mesh.errors import (
     DeadlineExceededError,
+    ErrorCode,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
 )
-from mesh.nats_guard import flush_in_order
+from mesh.nats_guard import GuardedClient, flush_in_order
 from mesh.testing.embedded import NatsServer, free_port
 
 
@@ -104,6 +105,80 @@ async def test_concurrent_requests_each_get_their_own_answer(nats_server: NatsSe
     assert [r.label for r in results] == list(range(200))
     assert len({r.id for r in results}) == 200
     assert named.id == "mine" and named.tier == "edge" and named.path[0].node == "e1"
+
+
+async def _answer_or_refuse(nc: NATS, msg: Msg) -> None:
+    """Even labels answered (no headers); odd ones refused with an error reply, which carries
+    the service error headers as a node's do."""
+    request = wire.decode_request(msg.data)
+    label = int(next(iter(request.inputs.values())).flat[0])
+    if label % 2 == 0:
+        await _answer(nc, msg)
+        return
+    error = wire.ErrorReply(request.id, ErrorCode.INVALID_ARGUMENT, f"odd {label}", "edge", "e1")
+    await nc.publish(
+        msg.reply, wire.encode_error(error), headers={"Nats-Service-Error-Code": "400"}
+    )
+
+
+async def test_replies_with_and_without_headers_reach_their_requests_on_any_connection(
+    nats_server: NatsServer,
+) -> None:
+    """On ``MeshClient.connect``'s connection a reply without headers goes to its request from
+    the read loop, one with headers through the inbox subscription; on a connection made
+    elsewhere every reply comes through the subscription. The answers are the same."""
+    tier = await nats_server.connect()
+    await tier.subscribe("mesh.infer.digits", cb=partial(_answer_or_refuse, tier))
+    await flush_in_order(tier)
+    guarded = await MeshClient.connect(nats_server.url, **nats_server.client_options("app"))
+    plain = MeshClient(await nats_server.connect("app"))
+    assert isinstance(guarded.nc, GuardedClient) and not isinstance(plain.nc, GuardedClient)
+
+    async def ask(client: MeshClient, i: int) -> int | str:
+        try:
+            result = await client.infer("digits", np.full((1, 4), i, np.float32))
+        except InvalidArgumentError as error:
+            return str(error)
+        assert result.label is not None
+        return result.label
+
+    try:
+        for client in (guarded, plain):
+            got = await asyncio.gather(*(ask(client, i) for i in range(100)))
+            assert got == [i if i % 2 == 0 else f"INVALID_ARGUMENT: odd {i}" for i in range(100)]
+        subscription = guarded._replies.subscription
+        assert subscription is not None
+        assert subscription.delivered == 50, "only the 50 replies with headers went through it"
+        assert plain._replies.subscription is not None
+        assert plain._replies.subscription.delivered == 100
+    finally:
+        await guarded.close()
+        await plain.close()
+        await tier.close()
+
+
+async def test_a_reply_subject_under_the_inbox_that_is_not_utf8_is_dropped_and_counted(
+    nats_server: NatsServer,
+) -> None:
+    """A client allowed to publish to this client's inbox can send any bytes as the subject's
+    last token; the read loop drops that message and reads on."""
+    tier = await nats_server.connect()
+    await tier.subscribe("mesh.infer.digits", cb=partial(_answer, tier))
+    await flush_in_order(tier)
+    nc = GuardedClient()
+    await nc.connect(nats_server.url, **nats_server.client_options("app"))
+    client = MeshClient(nc, owns_connection=False)
+    try:
+        assert (await client.infer("digits", np.full((1, 4), 2, np.float32))).label == 2
+        prefix = client._replies.prefix.encode()
+        await nc._process_msg(1, prefix + b"\xff\xfe", b"", b"\x80", b"")
+        assert nc.dropped_malformed == 1
+        assert (await client.infer("digits", np.full((1, 4), 4, np.float32))).label == 4
+        await client.close()
+        assert nc._direct == [], "a closed client leaves nothing in the connection's read loop"
+    finally:
+        await nc.close()
+        await tier.close()
 
 
 @pytest.fixture
