@@ -284,9 +284,7 @@ class DataPlane(Service):
                 kept_feeds.append(request_feeds)
                 kept_counts.append(rows)
             else:
-                outcome.error = InvalidArgumentError(
-                    f"request {outcome.request.id} has NaN or infinite input values"
-                )
+                outcome.error = _non_finite(outcome)
             offset += rows
         group.outcomes, group.feeds, group.counts = kept_outcomes, kept_feeds, kept_counts
         group.rows = sum(kept_counts)
@@ -406,9 +404,7 @@ class DataPlane(Service):
         if group.model.finite_rows(feeds) is None:
             return True
         for outcome in group.outcomes:
-            outcome.error = InvalidArgumentError(
-                f"request {outcome.request.id} has NaN or infinite input values"
-            )
+            outcome.error = _non_finite(outcome)
         return False
 
     def _settle(
@@ -693,6 +689,11 @@ class DataPlane(Service):
 
     def _budget_left(self, request: wire.InferRequest, received_at: float) -> float:
         return request.budget_ms - self._elapsed_ms(received_at)
+
+
+def _non_finite(outcome: Outcome) -> InvalidArgumentError:
+    """The error of a request whose inputs hold NaN or infinity, checked before or after its run."""
+    return InvalidArgumentError(f"request {outcome.request.id} has NaN or infinite input values")
 
 
 def _concatenate(requests: list[Feeds]) -> Feeds:
