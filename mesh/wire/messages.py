@@ -3,6 +3,18 @@
 Every message is a msgpack map with ``v`` (the contract version) and ``kind``. Decoders ignore
 fields they do not know, so a newer sender can add fields without breaking an older receiver.
 The JSON Schema of each message kind is in ``schemas/``.
+
+Requests and responses, the two messages of every inference, are decoded in two ways. First by
+msgspec into a typed struct (``_RequestWire``, ``_ResponseWire``) that takes exactly the fields
+our encoders write, of their types, which msgspec checks in C; then a few bounds in Python. A
+message that passes becomes the same ``InferRequest`` or ``InferResponse`` the checked decoder
+would give (a test compares the two on thousands of mutated messages). Anything else, from an
+unknown field to a wrong type or a bound exceeded, goes to the checked decoder, which reads the
+map with msgpack under ``REQUEST_LIMITS`` and says what is wrong. Measured: 2.3 against 4.3 us a
+request, and about half for a response. One difference is deliberate: msgpack's entry limits
+count a map's entries, where msgspec keeps the last of a repeated key (as msgpack does below the
+limit), so a nested map that repeats one key more than 128 times is read, not refused; its cost
+is linear in its bytes either way, which is what the limits are for.
 """
 
 from __future__ import annotations
@@ -10,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from mesh.errors import ErrorCode, InvalidArgumentError, MeshError, error_for
 from mesh.policy import RESIDENCY_LABELS
@@ -23,7 +37,13 @@ from mesh.wire.codec import (
     require,
     unpack_map,
 )
-from mesh.wire.tensors import decode_tensors, encode_tensors
+from mesh.wire.tensors import (
+    MAX_NAME,
+    TensorWire,
+    decode_tensors,
+    encode_tensors,
+    tensors_from_wire,
+)
 
 # The message classes are plain (not frozen) slotted dataclasses: they are built several times a
 # request, and a frozen dataclass's __init__ costs about 6x a plain one (3.9 us against 0.7 us for
@@ -162,7 +182,56 @@ def encode_request(req: InferRequest) -> bytes:
     )
 
 
+class _RequestWire(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    v: int
+    id: str
+    model: str
+    inputs: dict[str, TensorWire]
+    budget_ms: float
+    kind: str = "infer_request"
+    residency: str = "any"
+    hops: int = 0
+    parameters: dict[str, Any] | None = None
+
+
+_REQUEST = msgspec.msgpack.Decoder(_RequestWire)
+
+
 def decode_request(data: bytes) -> InferRequest:
+    # A request of 16 fields or more (a map16 or map32) is one our encoders never write: only the
+    # checked decoder counts its entries.
+    if data and 0x80 <= data[0] <= 0x8F:
+        try:
+            wired = _REQUEST.decode(data)
+        except Exception:  # msgspec's DecodeError or ValidationError, a RecursionError
+            wired = None
+        if (
+            wired is not None
+            and wired.v <= VERSION
+            and wired.kind == "infer_request"
+            and 0 < len(wired.id) <= MAX_ID_LENGTH
+            and len(wired.model) <= MAX_NAME
+            and 0.0 <= wired.budget_ms < math.inf
+            and wired.residency in RESIDENCY_LABELS
+            and wired.hops >= 0
+        ):
+            parameters = wired.parameters or {}
+            inputs = tensors_from_wire(wired.inputs)
+            if inputs is not None and (not parameters or _flat(parameters)):
+                return InferRequest(
+                    wired.id,
+                    wired.model,
+                    inputs,
+                    wired.budget_ms,
+                    wired.residency,
+                    wired.hops,
+                    parameters,
+                )
+    return decode_request_checked(data)
+
+
+def decode_request_checked(data: bytes) -> InferRequest:
+    """``decode_request`` without its typed first pass: the reference it is tested against."""
     what = "inference request"
     obj = unpack_map(data, what, REQUEST_LIMITS)
     get = obj.get
@@ -310,8 +379,75 @@ def _hop(obj: object) -> Hop | None:
     return None
 
 
+class _HopWire(msgspec.Struct, forbid_unknown_fields=True):
+    tier: str
+    node: str
+    action: str
+    latency_ms: float
+    model_version: str | None = None
+    confidence: float | None = None
+    reason: str | None = None
+
+
+class _ResponseWire(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    v: int
+    kind: str
+    id: str
+    model: str
+    model_version: str
+    tier: str
+    node: str
+    outputs: dict[str, TensorWire]
+    path: list[_HopWire]
+    confidence: float
+    labels: list[int] | None = None
+    confidence_kind: str = ""
+    degraded: bool = False
+    reason: str | None = None
+
+
+_RESPONSE = msgspec.msgpack.Decoder(_ResponseWire)
+
+
 def decode_reply(data: bytes) -> Message:
     """Decode what a tier replied: an ``InferResponse`` or an ``ErrorReply``."""
+    try:
+        wired = _RESPONSE.decode(data)
+    except Exception:  # an error reply, or anything unusual: the checked decoder says what
+        wired = None
+    if wired is not None and wired.v <= VERSION and wired.kind == "infer_response":
+        outputs = tensors_from_wire(wired.outputs)
+        if outputs is not None:
+            return InferResponse(
+                wired.id,
+                wired.model,
+                wired.model_version,
+                wired.tier,
+                wired.node,
+                outputs,
+                wired.labels or [],
+                wired.confidence,
+                wired.confidence_kind,
+                [
+                    Hop(
+                        h.tier,
+                        h.node,
+                        h.action,
+                        h.latency_ms,
+                        h.model_version,
+                        h.confidence,
+                        h.reason,
+                    )
+                    for h in wired.path
+                ],
+                wired.degraded,
+                wired.reason,
+            )
+    return decode_reply_checked(data)
+
+
+def decode_reply_checked(data: bytes) -> Message:
+    """``decode_reply`` without its typed first pass: the reference it is tested against."""
     obj = unpack_map(data, "reply")
     kind = obj.get("kind")
     if kind == "error":

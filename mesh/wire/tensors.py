@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from mesh.errors import InvalidArgumentError
@@ -36,6 +37,11 @@ DTYPES: frozenset[str] = frozenset(
 MAX_RANK = 16
 #: largest single dimension accepted: bounds the shape's product before it is computed.
 MAX_DIMENSION = 2**31 - 1
+#: most tensors, and longest name in characters, the typed decoders take: within the limits
+#: ``codec.REQUEST_LIMITS`` sets in entries and bytes however a name is encoded (UTF-8 takes at
+#: most 4 bytes a character), so what they accept the checked decoders accept too.
+MAX_TENSORS = 128
+MAX_NAME = 16 * 1024
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,6 +99,38 @@ def decode_tensor(obj: object, name: str) -> Array:
                 if count * dt.itemsize == len(data) and count:
                     return np.frombuffer(data, dtype=dt).reshape(shape)
     return _decode_tensor_checked(obj, name)
+
+
+class TensorWire(msgspec.Struct, forbid_unknown_fields=True):
+    """A tensor as the hot messages' typed decoders read it (``messages``): exactly these
+    three fields, of these types; anything else is left to ``decode_tensor``."""
+
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+
+def tensors_from_wire(tensors: dict[str, TensorWire]) -> dict[str, Array] | None:
+    """The arrays of a typed decoder's tensors, when all are of the usual shape: a known dtype,
+    at most ``MAX_RANK`` dimensions, a non-empty shape its data fills exactly. None otherwise,
+    and the caller decodes the message the checked way, which says what is wrong."""
+    if not tensors or len(tensors) > MAX_TENSORS:
+        return None
+    out: dict[str, Array] = {}
+    for name, tensor in tensors.items():
+        dt = _WIRE_DTYPES.get(tensor.dtype)
+        shape = tensor.shape
+        if dt is None or len(shape) > MAX_RANK or len(name) > MAX_NAME:
+            return None
+        count = 1
+        for d in shape:
+            if not 0 <= d <= MAX_DIMENSION:
+                return None
+            count *= d
+        if not count or count * dt.itemsize != len(tensor.data):
+            return None
+        out[name] = np.frombuffer(tensor.data, dtype=dt).reshape(shape)
+    return out
 
 
 def _decode_tensor_checked(obj: object, name: str) -> Array:

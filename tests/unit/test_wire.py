@@ -35,6 +35,8 @@ from mesh.wire import (
     encode_tensor,
     peek_id,
 )
+from mesh.wire.codec import packb
+from mesh.wire.messages import decode_reply_checked, decode_request_checked
 
 Obj = dict[str, Any]
 
@@ -665,3 +667,189 @@ def test_flat_scalar_parameters_pass_through() -> None:
     obj = _request_map()
     obj["parameters"] = {"priority": 2, "tag": "line4", "strict": True, "scale": 0.5, "x": None}
     assert decode_request(_pack(obj)).parameters == obj["parameters"]
+
+
+# --- the typed first pass against the checked decoders -----------------------------------------
+#
+# ``decode_request`` and ``decode_reply`` try msgspec's typed decoding first and fall back to the
+# checked decoders. Whatever the first pass accepts, the checked decoder must accept as the same
+# message; what it declines is the checked decoder's by construction.
+
+
+def _tensors_key(
+    tensors: dict[str, np.ndarray[Any, Any]],
+) -> list[tuple[str, str, tuple[int, ...], bytes]]:
+    return [(name, a.dtype.str, a.shape, a.tobytes()) for name, a in tensors.items()]
+
+
+def _message_key(message: object) -> object:
+    """A message as plain comparable values (arrays as bytes; floats as packed, so NaN equals
+    NaN)."""
+    if isinstance(message, InferRequest):
+        return (
+            "request",
+            message.id,
+            message.model,
+            _tensors_key(message.inputs),
+            _pack(message.budget_ms),
+            message.residency,
+            message.hops,
+            _pack(message.parameters),
+        )
+    if isinstance(message, InferResponse):
+        return (
+            "response",
+            message.id,
+            message.model,
+            message.model_version,
+            message.tier,
+            message.node,
+            _tensors_key(message.outputs),
+            message.labels,
+            _pack(message.confidence),
+            message.confidence_kind,
+            [_pack(hop.to_wire()) for hop in message.path],
+            message.degraded,
+            message.reason,
+        )
+    return message
+
+
+def _outcome(decode: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        return _message_key(decode(data))
+    except InvalidArgumentError as exc:
+        return ("refused", str(exc))
+
+
+def _same_either_way(data: bytes) -> None:
+    assert _outcome(decode_request, data) == _outcome(decode_request_checked, data)
+    assert _outcome(decode_reply, data) == _outcome(decode_reply_checked, data)
+
+
+def _typed_maps() -> list[Obj]:
+    minimal = _request_map()
+    for key in ("kind", "residency", "hops", "parameters"):
+        del minimal[key]
+    return [_request_map(), minimal, _response_map()]
+
+
+@FUZZ
+@given(st.data())
+def test_typed_first_pass_equals_the_checked_decoder_with_a_field_replaced(
+    data: st.DataObject,
+) -> None:
+    obj = data.draw(st.sampled_from(_typed_maps()))
+    path = data.draw(st.sampled_from(_paths(obj)))
+    value = data.draw(
+        msgpack_values
+        | st.integers(min_value=-3, max_value=3)
+        | st.floats(allow_nan=False, min_value=-1.0, max_value=1e3)
+        | st.sampled_from([[1, 64], [1, 10], [2, 5], [0, 64], [], "float32", "int64", "any"])
+    )
+    target: Any = obj
+    for key in path[:-1]:
+        target = target[key]
+    if data.draw(st.booleans()) and isinstance(target, dict):
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    _same_either_way(_pack(obj))
+
+
+@FUZZ
+@given(st.binary(min_size=1, max_size=16), st.data())
+def test_typed_first_pass_equals_the_checked_decoder_on_corrupted_bytes(
+    noise: bytes, data: st.DataObject
+) -> None:
+    message = bytearray(_pack(data.draw(st.sampled_from(_typed_maps()))))
+    start = data.draw(st.integers(min_value=0, max_value=len(message) - 1))
+    message[start : start + len(noise)] = noise
+    _same_either_way(bytes(message))
+
+
+@FUZZ
+@given(msgpack_values)
+def test_typed_first_pass_equals_the_checked_decoder_on_arbitrary_maps(value: object) -> None:
+    _same_either_way(_pack(value))
+    if isinstance(value, dict):
+        _same_either_way(_pack({**_request_map(), **value}))
+        _same_either_way(_pack({**_response_map(), **value}))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"budget_ms": 250},
+        {"budget_ms": 2**64 - 1},
+        {"budget_ms": True},
+        {"hops": 1.0},
+        {"hops": False},
+        {"v": 0},
+        {"v": -5},
+        {"v": 2},
+        {"parameters": None},
+        {"parameters": 0},
+        {"parameters": {"k": "é" * 4096}},
+        {"model": ""},
+        {"model": "m" * 20_000},
+        {"id": b"req-1"},
+        {"inputs": {"x": {"dtype": "float32", "shape": [0, 4], "data": b""}}},
+        {"inputs": {"x": {"dtype": ">f4", "shape": [1], "data": b"1234"}}},
+        {"inputs": {"é" * 17_000: {"dtype": "uint8", "shape": [1], "data": b"1"}}},
+        {"inputs": {"x": {"dtype": "uint8", "shape": [1], "data": b"1", "extra": 1}}},
+        {"inputs": {"x": {"dtype": "uint8", "shape": [1.0], "data": b"1"}}},
+        {"inputs": {"x": {"dtype": "uint8", "shape": [1], "data": "1"}}},
+        {"unknown": [1] * 200},
+    ],
+    ids=repr,
+)
+def test_typed_first_pass_and_checked_decoder_agree_at_the_edges(change: Obj) -> None:
+    _same_either_way(_pack({**_request_map(), **change}))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"confidence": 1},
+        {"labels": None},
+        {"labels": [True]},
+        {"degraded": 1},
+        {"path": [{"tier": "t", "node": "n", "action": "answered", "latency_ms": 2}]},
+        {"path": [{"tier": "t", "node": "n", "action": "answered", "latency_ms": "2"}]},
+        {"outputs": {}},
+        {"kind": "error", "code": "UNAVAILABLE", "message": "m"},
+    ],
+    ids=repr,
+)
+def test_typed_first_pass_and_checked_reply_decoder_agree_at_the_edges(change: Obj) -> None:
+    _same_either_way(_pack({**_response_map(), **change}))
+
+
+def test_the_typed_first_pass_takes_what_our_encoders_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mesh.wire.messages as messages
+
+    checked: list[bytes] = []
+
+    def counting(decode: Callable[[bytes], object]) -> Callable[[bytes], object]:
+        def counted(data: bytes) -> object:
+            checked.append(data)
+            return decode(data)
+
+        return counted
+
+    monkeypatch.setattr(messages, "decode_request_checked", counting(decode_request_checked))
+    monkeypatch.setattr(messages, "decode_reply_checked", counting(decode_reply_checked))
+    decode_request(encode_request(_request()))
+    decode_request(_pack({k: v for k, v in _request_map().items() if k != "parameters"}))
+    decode_reply(encode_response(_response()))
+    assert checked == []
+    decode_reply(encode_error(ErrorReply("r", ErrorCode.UNAVAILABLE, "m")))
+    assert len(checked) == 1
+
+
+def test_encoders_write_what_msgpack_writes() -> None:
+    for obj in _valid_maps():
+        assert packb(obj) == _pack(obj)
