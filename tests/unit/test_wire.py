@@ -853,3 +853,28 @@ def test_the_typed_first_pass_takes_what_our_encoders_write(
 def test_encoders_write_what_msgpack_writes() -> None:
     for obj in _valid_maps():
         assert packb(obj) == _pack(obj)
+
+
+def _map_with_pairs(pairs: list[tuple[str, object]]) -> bytes:
+    """A msgpack map written pair by pair, so that a key may repeat (a map16 header)."""
+    out = bytearray(b"\xde") + len(pairs).to_bytes(2, "big")
+    for key, value in pairs:
+        out += _pack(key) + _pack(value)
+    return bytes(out)
+
+
+def test_a_repeated_key_keeps_its_last_value_either_way() -> None:
+    pairs = list(_request_map().items())
+    pairs.insert(0, ("model", "other"))
+    fixmap = bytearray(_map_with_pairs(pairs))
+    # the same pairs behind a fixmap header, which is what the typed pass reads
+    data = bytes([0x80 | len(pairs)]) + bytes(fixmap[3:])
+    assert decode_request(data).model == "digits"
+    _same_either_way(data)
+    inputs = _request_map()["inputs"]["x"]
+    nested = _pack({**_request_map(), "inputs": {}})
+    # a tensor map that names "x" twice: the second one is the tensor
+    twice = b"\x82" + _pack("x") + _pack({**inputs, "shape": [12]}) + _pack("x") + _pack(inputs)
+    data = nested.replace(b"\xa6inputs\x80", b"\xa6inputs" + twice)
+    assert decode_request(data).inputs["x"].shape == (3, 4)
+    _same_either_way(data)
