@@ -299,7 +299,7 @@ def build_report(
         breaker_transitions=list(view.transitions),
         breaker_transition_counts=transition_counts(gateway_figures),
         hard_examples=HardExamples(
-            buffered=tally.hard_examples,
+            buffered=max(view.stored, tally.hard_examples),
             delivered=view.delivered,
             backlog_peak=view.backlog_peak,
             backlog_left=view.backlog,

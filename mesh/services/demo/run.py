@@ -548,10 +548,10 @@ class DemoRun:
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
             self.observe_transitions(await self.gateway_metrics(session))
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            self.view.backlog = await self.stream_messages(
+            view = self.view
+            view.backlog, view.stored = await self.stream_state(
                 self.site_js(), subjects.hard_example_stream(GATEWAY_TIER)
             )
-            view = self.view
             view.backlog_peak = max(view.backlog_peak, view.backlog)
             recovered = view.healed_at_s is not None and view.drained_at_s is None
             if recovered and view.backlog == 0 and view.backlog_peak:
@@ -599,11 +599,16 @@ class DemoRun:
 
     @staticmethod
     async def stream_messages(js: JetStreamContext, stream: str) -> int:
+        return (await DemoRun.stream_state(js, stream))[0]
+
+    @staticmethod
+    async def stream_state(js: JetStreamContext, stream: str) -> tuple[int, int]:
+        """Messages in ``stream`` now, and how many it ever stored (its last sequence)."""
         try:
             info = await js.stream_info(stream)
         except nats.js.errors.NotFoundError:
-            return 0
-        return int(info.state.messages)
+            return 0, 0
+        return int(info.state.messages), int(info.state.last_seq)
 
     async def show(self, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -631,10 +636,13 @@ class DemoRun:
 
     async def wait_drained(self) -> float:
         began = time.monotonic()
-        buffered = self.tally.hard_examples
+        view = self.view
+        # A hard example is stored beside its answer, not before it: wait for one per
+        # gateway-degraded answer the client saw too, which the gateway may not have stored yet.
+        seen = self.tally.hard_examples
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.drain_timeout_s):
-                while self.view.backlog or self.view.delivered < buffered:  # noqa: ASYNC110 (polls another process)
+                while view.backlog or view.delivered < max(view.stored, seen):  # noqa: ASYNC110 (polls another process)
                     await asyncio.sleep(0.2)
         await asyncio.sleep(self.config.poll_interval_s * 2)
         return time.monotonic() - began

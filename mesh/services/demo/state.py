@@ -98,6 +98,10 @@ class LinkView:
     breaker: str = "?"
     backlog: int = 0
     backlog_peak: int = 0
+    #: hard examples the gateway stored in its site stream (the stream's last sequence): more
+    #: than the gateway-degraded answers the client saw when one reached the edge too late to
+    #: be used (the edge then answered on its own).
+    stored: int = 0
     delivered: int = 0
     transitions: list[Transition] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
