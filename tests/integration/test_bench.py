@@ -20,10 +20,13 @@ RATIOS = (
     "cloud_only_p50_over_mesh_p50",
     "peer_p50_over_mesh_p50",
     "mesh_throughput_over_peer",
+    "peer_p50_over_nats_ort_p50",
+    "edge_p50_over_nats_ort_p50",
 )
 ROWS = (
     "ort_floor",
     "nats_echo",
+    "nats_ort",
     "mesh_edge",
     "mesh_escalated",
     "mesh_link_escalated",
@@ -73,7 +76,7 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
             assert _number(row[field]), (key, field)
         assert row["requests"] > 0
         assert isinstance(row["answered_by"], dict)
-    for key in ("mesh_edge", "mesh_escalated", "cloud_only_link", "nats_echo"):
+    for key in ("mesh_edge", "mesh_escalated", "cloud_only_link", "nats_echo", "nats_ort"):
         assert _number(report["rows"][key]["throughput_rps"]), key
         assert _number(report["rows"][key]["cpu_ms_per_1k"]), key
     assert _number(report["edge_rss_mb"])

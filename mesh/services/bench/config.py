@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 ECHO_SUBJECT = "bench.echo"
+#: the bare nats-py + ONNX Runtime responder's subject (raw float32 rows in, probabilities out).
+ORT_SUBJECT = "bench.ort"
 READY = "BENCH_READY"
 MESH_BUDGET_MS = 5000.0
 MiB = 1024.0 * 1024.0

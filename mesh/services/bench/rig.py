@@ -33,6 +33,7 @@ from mesh.security.permissions import Role
 from mesh.services.bench.config import (
     ECHO_SUBJECT,
     MESH_BUDGET_MS,
+    ORT_SUBJECT,
     READY,
     BenchConfig,
     Call,
@@ -294,6 +295,16 @@ async def run_bench(
             work / "echo.log",
             ready_prefix=READY,
         )
+        ort_responder = ChildProcess(
+            "ort",
+            [
+                py,
+                *("-m", "mesh.services.bench", "ort", "--url", site.url),
+                *("--creds", str(site.creds()), "--model", str(edge_onnx)),
+            ],
+            work / "ort.log",
+            ready_prefix=READY,
+        )
         peer = ChildProcess(
             "peer",
             [py, "-m", "mesh.services.bench", "peer", "--model", str(edge_onnx)],
@@ -313,11 +324,17 @@ async def run_bench(
             work / "ingress.log",
             ready_prefix="MESH_INGRESS_READY",
         )
-        for helper in (echo, peer, ingress):
+        for helper in (echo, ort_responder, peer, ingress):
             stack.push_async_callback(helper.stop)
-        await asyncio.gather(*(n.start() for n in nodes.values()), echo.start(), peer.start())
+        await asyncio.gather(
+            *(n.start() for n in nodes.values()),
+            echo.start(),
+            ort_responder.start(),
+            peer.start(),
+        )
         await ingress.start()
         assert echo.pid is not None and peer.pid is not None and ingress.pid is not None
+        assert ort_responder.pid is not None
 
         ml_url: str | None = None
         ml_proc: psutil.Process | None = None
@@ -372,6 +389,12 @@ async def run_bench(
         async def echo_call(i: int) -> str:
             await nc_site.request(ECHO_SUBJECT, payloads[i % n_rows], timeout=5.0)
             return "echo"
+
+        raw_rows = [x.tobytes() for x in rows_x]
+
+        async def ort_call(i: int) -> str:
+            await nc_site.request(ORT_SUBJECT, raw_rows[i % n_rows], timeout=5.0)
+            return "ort"
 
         peer_url = f"http://127.0.0.1:{peer.info['port']}/predict"
 
@@ -478,6 +501,14 @@ async def run_bench(
                 "floor: nats-py echo, separate process",
                 echo_call,
                 procs(site.pid, echo.pid),
+                lat,
+                tp,
+            ),
+            "nats_ort": Row(
+                "nats_ort",
+                "floor: nats-py + ONNX Runtime responder, raw float32 row in, bytes out",
+                ort_call,
+                procs(site.pid, ort_responder.pid),
                 lat,
                 tp,
             ),
@@ -627,6 +658,11 @@ async def run_bench(
         "mesh_throughput_over_peer": paired_ratio(
             all_rows, "mesh_edge", "peer_aiohttp", "throughput_rps"
         ),
+        # The floor under any model server behind NATS (one hop through the server each way,
+        # one ONNX Runtime call, nothing else) against the peer's one HTTP hop, and what the
+        # mesh adds over that floor.
+        "peer_p50_over_nats_ort_p50": paired_ratio(all_rows, "peer_aiohttp", "nats_ort", "p50_ms"),
+        "edge_p50_over_nats_ort_p50": paired_ratio(all_rows, "mesh_edge", "nats_ort", "p50_ms"),
         # The Open Inference Protocol through the ingress, against the SDK and MLServer's REST.
         "oip_rest_p50_over_sdk_p50": paired_ratio(all_rows, "oip_rest", "mesh_edge", "p50_ms"),
         "oip_grpc_p50_over_sdk_p50": paired_ratio(all_rows, "oip_grpc", "mesh_edge", "p50_ms"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mesh.nats_guard import flush_in_order
-from mesh.services.bench.config import ECHO_SUBJECT, READY
+from mesh.services.bench.config import ECHO_SUBJECT, ORT_SUBJECT, READY
 
 
 async def _wait_stop_signal() -> None:
@@ -35,6 +35,32 @@ async def serve_echo(url: str, subject: str, creds: str) -> None:
         await nc.publish(msg.reply, msg.data)
 
     await nc.subscribe(subject, cb=echo)
+    await flush_in_order(nc)
+    print(f"{READY} subject={subject}", flush=True)
+    await _wait_stop_signal()
+    await nc.drain()
+
+
+async def serve_ort(url: str, subject: str, creds: str, model_path: Path) -> None:
+    """The least a model behind NATS can do: a bare nats-py responder that takes one raw float32
+    row, makes one ONNX Runtime call and replies with the probabilities' bytes. No envelope, no
+    checks, no scores: the floor under any NATS model server, beside the aiohttp peer's."""
+    import nats
+    from nats.aio.msg import Msg
+
+    from mesh.runtime import OnnxModel
+
+    model = OnnxModel.load(model_path)
+    name = model.inputs[0].name
+
+    nc = await nats.connect(url, name="bench-ort", user_credentials=creds)
+
+    async def answer(msg: Msg) -> None:
+        x = np.frombuffer(msg.data, dtype=np.float32).reshape(1, -1)
+        outputs = model.run({name: x})
+        await nc.publish(msg.reply, outputs["probabilities"].tobytes())
+
+    await nc.subscribe(subject, cb=answer)
     await flush_in_order(nc)
     print(f"{READY} subject={subject}", flush=True)
     await _wait_stop_signal()
@@ -129,6 +155,11 @@ def role_main(argv: Sequence[str]) -> None:
     echo.add_argument("--url", required=True)
     echo.add_argument("--subject", default=ECHO_SUBJECT)
     echo.add_argument("--creds", required=True)
+    ort = sub.add_parser("ort")
+    ort.add_argument("--url", required=True)
+    ort.add_argument("--subject", default=ORT_SUBJECT)
+    ort.add_argument("--creds", required=True)
+    ort.add_argument("--model", type=Path, required=True)
     peer = sub.add_parser("peer")
     peer.add_argument("--model", type=Path, required=True)
     proxy = sub.add_parser("proxy")
@@ -137,6 +168,8 @@ def role_main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     if args.role == "echo":
         asyncio.run(serve_echo(args.url, args.subject, args.creds))
+    elif args.role == "ort":
+        asyncio.run(serve_ort(args.url, args.subject, args.creds, args.model))
     elif args.role == "peer":
         asyncio.run(serve_peer(args.model))
     else:
