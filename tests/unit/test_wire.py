@@ -610,6 +610,22 @@ def _paths(obj: object, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
+def _parent(obj: Obj, path: tuple[Any, ...]) -> Any:
+    """The map or list that holds ``path``'s last key."""
+    target: Any = obj
+    for key in path[:-1]:
+        target = target[key]
+    return target
+
+
+def _corrupted(maps: list[Obj], noise: bytes, data: st.DataObject) -> bytes:
+    """One of ``maps`` packed, with ``noise`` written over its bytes somewhere."""
+    message = bytearray(_pack(data.draw(st.sampled_from(maps))))
+    start = data.draw(st.integers(min_value=0, max_value=len(message) - 1))
+    message[start : start + len(noise)] = noise
+    return bytes(message)
+
+
 @FUZZ
 @given(st.data())
 def test_valid_messages_with_one_field_replaced_only_raise_invalid_argument(
@@ -617,11 +633,7 @@ def test_valid_messages_with_one_field_replaced_only_raise_invalid_argument(
 ) -> None:
     obj = data.draw(st.sampled_from(_valid_maps()))
     path = data.draw(st.sampled_from(_paths(obj)))
-    value = data.draw(msgpack_values)
-    target: Any = obj
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
+    _parent(obj, path)[path[-1]] = data.draw(msgpack_values)
     _decodes_or_rejects(_pack(obj))
 
 
@@ -630,10 +642,7 @@ def test_valid_messages_with_one_field_replaced_only_raise_invalid_argument(
 def test_valid_messages_with_bytes_corrupted_only_raise_invalid_argument(
     noise: bytes, data: st.DataObject
 ) -> None:
-    message = bytearray(_pack(data.draw(st.sampled_from(_valid_maps()))))
-    start = data.draw(st.integers(min_value=0, max_value=len(message) - 1))
-    message[start : start + len(noise)] = noise
-    _decodes_or_rejects(bytes(message))
+    _decodes_or_rejects(_corrupted(_valid_maps(), noise, data))
 
 
 def test_a_shape_of_sixty_thousand_huge_dimensions_is_refused_at_once() -> None:
@@ -747,9 +756,7 @@ def test_typed_first_pass_equals_the_checked_decoder_with_a_field_replaced(
         | st.floats(allow_nan=False, min_value=-1.0, max_value=1e3)
         | st.sampled_from([[1, 64], [1, 10], [2, 5], [0, 64], [], "float32", "int64", "any"])
     )
-    target: Any = obj
-    for key in path[:-1]:
-        target = target[key]
+    target = _parent(obj, path)
     if data.draw(st.booleans()) and isinstance(target, dict):
         del target[path[-1]]
     else:
@@ -762,10 +769,7 @@ def test_typed_first_pass_equals_the_checked_decoder_with_a_field_replaced(
 def test_typed_first_pass_equals_the_checked_decoder_on_corrupted_bytes(
     noise: bytes, data: st.DataObject
 ) -> None:
-    message = bytearray(_pack(data.draw(st.sampled_from(_typed_maps()))))
-    start = data.draw(st.integers(min_value=0, max_value=len(message) - 1))
-    message[start : start + len(noise)] = noise
-    _same_either_way(bytes(message))
+    _same_either_way(_corrupted(_typed_maps(), noise, data))
 
 
 @FUZZ

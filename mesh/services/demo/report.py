@@ -20,6 +20,7 @@ from mesh.services.demo.state import (
     LinkView,
     Tally,
     Transition,
+    hard_examples_buffered,
     tiers_in_order,
     transition_counts,
 )
@@ -299,7 +300,7 @@ def build_report(
         breaker_transitions=list(view.transitions),
         breaker_transition_counts=transition_counts(gateway_figures),
         hard_examples=HardExamples(
-            buffered=max(view.stored, tally.hard_examples),
+            buffered=hard_examples_buffered(view, tally),
             delivered=view.delivered,
             backlog_peak=view.backlog_peak,
             backlog_left=view.backlog,

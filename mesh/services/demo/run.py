@@ -51,6 +51,7 @@ from mesh.services.demo.state import (
     Tally,
     Transition,
     gateway_figures,
+    hard_examples_buffered,
     transition_counts,
 )
 from mesh.services.demo.view import TRANSITION_TEXT, plain_line, render_live, thousands
@@ -637,12 +638,9 @@ class DemoRun:
     async def wait_drained(self) -> float:
         began = time.monotonic()
         view = self.view
-        # A hard example is stored beside its answer, not before it: wait for one per
-        # gateway-degraded answer the client saw too, which the gateway may not have stored yet.
-        seen = self.tally.hard_examples
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.drain_timeout_s):
-                while view.backlog or view.delivered < max(view.stored, seen):  # noqa: ASYNC110 (polls another process)
+                while view.backlog or view.delivered < hard_examples_buffered(view, self.tally):  # noqa: ASYNC110 (polls another process)
                     await asyncio.sleep(0.2)
         await asyncio.sleep(self.config.poll_interval_s * 2)
         return time.monotonic() - began

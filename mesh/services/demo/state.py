@@ -111,6 +111,13 @@ class LinkView:
     drained_at_s: float | None = None
 
 
+def hard_examples_buffered(view: LinkView, tally: Tally) -> int:
+    """Hard examples the hub should end up with: what the gateway stored, or the
+    gateway-degraded answers the client saw when it has not stored them all yet (each is
+    stored beside its answer, not before it)."""
+    return max(view.stored, tally.hard_examples)
+
+
 class Clock:
     """Seconds since the run began."""
 
