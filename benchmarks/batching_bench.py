@@ -23,7 +23,7 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from mesh.runtime import ModelRunner, OnnxModel
+from mesh.node.runtime import ModelRunner, OnnxModel
 
 
 @dataclass(frozen=True)

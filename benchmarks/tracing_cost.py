@@ -6,7 +6,8 @@ API without an SDK (a no-op tracer, as a service runs with no ``OTEL_*`` exporte
 "on" is an SDK ``TracerProvider`` sampling every trace, with a ``BatchSpanProcessor`` into an
 exporter that drops spans (so the figure is the cost of recording, not of a collector). Both
 modes run in interleaved trials, since runs on these machines drift by up to 2x minute to minute.
-Both switch the one tracer the mesh uses (``mesh.tracing.TRACER``); the propagator is the same.
+Both switch the one tracer the mesh uses (``mesh.observability.tracing.TRACER``); the propagator is
+the same.
 
     .venv/bin/python benchmarks/tracing_cost.py [--trials 10] [--requests 300]
 """
@@ -27,11 +28,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from mesh import MeshClient, tracing
-from mesh.models.demo import ensure_demo
-from mesh.node import TierNode
+from mesh import MeshClient
+from mesh.dev.models.demo import ensure_demo
+from mesh.local.servers import NatsServer, ServerConfig
+from mesh.node.tier import TierNode
+from mesh.observability import tracing
 from mesh.settings import HardExampleSettings, ModelSettings, NatsSettings, NodeSettings
-from mesh.testing.embedded import NatsServer, ServerConfig
 
 
 class DroppingExporter(SpanExporter):

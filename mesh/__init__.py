@@ -1,6 +1,6 @@
 """Edge mesh: answer at the edge, escalate what is hard, keep answering when links break.
 
-The SDK is imported lazily (PEP 562), so ``import mesh.breaker`` or any other pure module does
+The SDK is imported lazily (PEP 562), so ``import mesh.node.breaker`` or any other pure module does
 not pull in nats-py: a module that needs no transport can be used where none is installed.
 """
 
@@ -20,9 +20,9 @@ from mesh.errors import (
 )
 
 if TYPE_CHECKING:
-    from mesh.client import InferResult, MeshClient
+    from mesh.sdk.client import InferResult, MeshClient
 
-_LAZY = {"InferResult": "mesh.client", "MeshClient": "mesh.client"}
+_LAZY = {"InferResult": "mesh.sdk.client", "MeshClient": "mesh.sdk.client"}
 
 
 def __getattr__(name: str) -> Any:

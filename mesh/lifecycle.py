@@ -4,7 +4,7 @@ The shape is nats.py's ``micro.Service`` and aiohttp's ``AppRunner``: a part is 
 (starting it again is a no-op, starting it after ``stop`` an error), stopped at most once however
 often ``stop`` is called, and a start that fails half-way stops what it had started before the
 error propagates. Parts are composed with ``AsyncExitStack``. The one exception in the code base
-is ``mesh.testing.embedded.NatsServer``, which the fault tests restart on the same ports.
+is ``mesh.local.servers.NatsServer``, which the fault tests restart on the same ports.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from mesh.confidence import ConfidenceKind
-from mesh.policy import RESIDENCY_ZONES
+from mesh.node.policy import RESIDENCY_ZONES
+from mesh.scoring.confidence import ConfidenceKind
 from mesh.security.creds import inbox_prefix_of
-from mesh.subjects import check_token
+from mesh.topology.subjects import check_token
 
 
 class _Section(BaseModel):

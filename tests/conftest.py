@@ -15,9 +15,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mesh import tracing
-from mesh.models.demo import DemoArtifacts, ensure_demo
-from mesh.node import TierNode
+from mesh.dev.models.demo import DemoArtifacts, ensure_demo
+from mesh.local.layout import node_identity
+from mesh.local.servers import ADMIN, APPLICATION, NatsServer, ServerConfig, Site
+from mesh.node.tier import TierNode
+from mesh.observability import tracing
+from mesh.observability.telemetry import install_tracing
 from mesh.security.keystore import KeyStore
 from mesh.settings import (
     HardExampleSettings,
@@ -26,9 +29,6 @@ from mesh.settings import (
     NodeSettings,
     UpstreamSettings,
 )
-from mesh.telemetry import install_tracing
-from mesh.testing.embedded import ADMIN, APPLICATION, NatsServer, ServerConfig, Site
-from mesh.testing.layout import node_identity
 
 for _name in [n for n in os.environ if n.startswith("MESH_")]:
     del os.environ[_name]

@@ -19,7 +19,7 @@ def models() -> None:
 @click.option("--seed", default=0, show_default=True)
 def build_demo(out: Path, seed: int) -> None:
     """Train the digits models (edge, gateway, cloud), export ONNX, write the splits."""
-    from mesh.models.demo import build_demo as build
+    from mesh.dev.models.demo import build_demo as build
 
     artifacts = build(out, seed=seed)
     for name, path in artifacts.manifests.items():
@@ -216,7 +216,7 @@ def import_(
     written from the graph (and from --data when given), and checked as a node loads it."""
     from mesh.errors import MeshError
     from mesh.models.importer import import_model
-    from mesh.repository import ModelConfigError
+    from mesh.node.repository import ModelConfigError
 
     labels = None
     if labels_file is not None:

@@ -296,14 +296,14 @@ def simulate(
     import tempfile
 
     from mesh.cli.options import DEFAULT_CACHE
-    from mesh.fleet.controller import Controller
-    from mesh.fleet.simulate import (
+    from mesh.dev.fleetsim.simulate import (
         CONTROLLER,
         FleetSimulation,
         SimLoad,
         SimulationSettings,
     )
-    from mesh.models.demo import ensure_demo
+    from mesh.dev.models.demo import ensure_demo
+    from mesh.fleet.controller import Controller
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="mesh-fleet-"))
     demo = ensure_demo(cache or DEFAULT_CACHE / "demo")

@@ -30,7 +30,7 @@ from mesh.cli.options import cache_option
 )
 def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None) -> None:
     """Benchmark the mesh against the NATS and ONNX Runtime floor and against HTTP peers."""
-    from mesh.services.bench import bench_main, render
+    from mesh.dev.bench import bench_main, render
 
     def progress(text: str) -> None:
         click.echo(f"bench: {text}", err=True)
@@ -65,6 +65,6 @@ def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None
 @click.option("--quick", is_flag=True, help="A short run (about 12 s of load) for smoke tests.")
 def demo(report_path: Path | None, cache: Path, requests: int | None, quick: bool) -> None:
     """Run the whole mesh, send the digits test split through it, cut the WAN link, report."""
-    from mesh.services.demo import demo_main
+    from mesh.dev.demo import demo_main
 
     sys.exit(demo_main(cache, requests, quick, report_path))

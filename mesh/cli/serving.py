@@ -17,7 +17,7 @@ import numpy as np
 from mesh.cli.options import cache_option, creds_option, servers_option
 
 if TYPE_CHECKING:
-    from mesh.client import InferResult
+    from mesh.sdk.client import InferResult
 
 
 @click.command()
@@ -162,10 +162,10 @@ def up(
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C.
 
     Every process it starts dies with it; a node that exits is reported and restarted."""
+    from mesh.dev.models.demo import ensure_demo
     from mesh.errors import MeshError
-    from mesh.models.demo import ensure_demo
+    from mesh.local.launcher import EmbeddedMesh, MeshLayout
     from mesh.models.validate import require_valid
-    from mesh.testing.launcher import EmbeddedMesh, MeshLayout
 
     async def layout() -> MeshLayout:
         if repository is not None:
@@ -289,8 +289,8 @@ def ingress(
     max_body_mb: float,
 ) -> None:
     """Serve the Open Inference Protocol (KServe v2, REST and gRPC) in front of the mesh."""
+    from mesh.observability.telemetry import configure_logging
     from mesh.services.ingress import IngressOptions, serve
-    from mesh.telemetry import configure_logging
 
     configure_logging("INFO", service="mesh-ingress")
     options = IngressOptions(

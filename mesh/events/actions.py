@@ -23,10 +23,10 @@ from nats.js import JetStreamContext, api
 from opentelemetry import trace
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
-from mesh import tracing
 from mesh.events.streams import dead_letter_bytes
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.metrics import MeshMetrics
+from mesh.observability import tracing
+from mesh.observability.metrics import MeshMetrics
 from mesh.settings import ActionRule, EventSettings
 from mesh.wire.codec import VERSION, packb
 

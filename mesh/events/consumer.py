@@ -28,8 +28,7 @@ from nats.js import JetStreamContext
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from mesh import tracing, wire
-from mesh.dataplane import DataPlane, Outcome
+from mesh import wire
 from mesh.errors import InternalError, InvalidArgumentError, MeshError
 from mesh.events.actions import ActionRunner, ResultView, dead_stream_config
 from mesh.events.records import (
@@ -49,10 +48,12 @@ from mesh.events.streams import (
     result_subject,
     stream_configs,
 )
-from mesh.hardexamples import ensure_stream
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.metrics import MeshMetrics
+from mesh.node.dataplane import DataPlane, Outcome
+from mesh.observability import tracing
+from mesh.observability.metrics import MeshMetrics
 from mesh.settings import EventSettings
+from mesh.transport.hardexamples import ensure_stream
 
 log = logging.getLogger("mesh.events")
 

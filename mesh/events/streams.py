@@ -17,7 +17,7 @@ from __future__ import annotations
 from nats.js import api
 
 from mesh.settings import EventSettings
-from mesh.subjects import check_token
+from mesh.topology.subjects import check_token
 
 EVENTS_STREAM = "MESH_EVENTS"
 RESULTS_STREAM = "MESH_RESULTS"

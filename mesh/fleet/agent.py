@@ -42,18 +42,18 @@ from nats.js.errors import BucketNotFoundError
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from mesh import subjects
 from mesh.errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, resolve
 from mesh.fleet.registry import Artifact, fetch, nodes_bucket
 from mesh.fleet.signing import ArtifactSignature, load_trusted_keys, verify
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.metrics import MeshMetrics, bucket_quantile, tier_totals
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.models.session import open_session
 from mesh.models.validate import judge, synthetic_rows
+from mesh.observability.metrics import MeshMetrics, bucket_quantile, tier_totals
 from mesh.security.permissions import DESIRED_BUCKET
 from mesh.settings import FleetSettings, ModelSettings
+from mesh.topology import subjects
 from mesh.wire import NodeEvent, NodeStatus, encode_node_event, encode_node_status
 
 log = logging.getLogger("mesh.fleet.agent")

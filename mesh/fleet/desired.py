@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mesh.errors import InvalidArgumentError
-from mesh.subjects import check_token as _check_token
+from mesh.topology.subjects import check_token as _check_token
 from mesh.wire.codec import (
     VERSION,
     finite,
@@ -30,8 +30,8 @@ KIND = "desired_state"
 
 
 def check_token(value: str, what: str) -> str:
-    """``mesh.subjects.check_token`` as the mesh's typed error: these values come from a CLI
-    argument or a KV value anyone with write access may have garbled."""
+    """``mesh.topology.subjects.check_token`` as the mesh's typed error: these values come from a
+    CLI argument or a KV value anyone with write access may have garbled."""
     try:
         return _check_token(value, what)
     except ValueError as exc:

@@ -40,7 +40,7 @@ from mesh.errors import NotFoundError as MeshNotFound
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, encode_desired
 from mesh.fleet.signing import ArtifactSignature
 from mesh.security.permissions import DESIRED_BUCKET, MODEL_STORE, NODES_BUCKET, ROLLOUTS_BUCKET
-from mesh.subjects import check_token
+from mesh.topology.subjects import check_token
 from mesh.wire import NodeStatus, decode_node_status
 
 HUB_DOMAIN = "hub"

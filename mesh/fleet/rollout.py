@@ -33,7 +33,7 @@ from typing import Any
 
 from mesh.errors import InvalidArgumentError
 from mesh.fleet.desired import Selector, check_token
-from mesh.metrics import LATENCY_BUCKETS_MS, bucket_quantile
+from mesh.observability.metrics import LATENCY_BUCKETS_MS, bucket_quantile
 from mesh.wire import EVIDENCE_COUNTERS, VersionEvidence
 
 KIND = "rollout"

@@ -21,14 +21,15 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from mesh import subjects, tracing
-from mesh.client import MeshClient
-from mesh.discovery import SERVICE_NAME, package_version
 from mesh.errors import InvalidArgumentError, MeshError
 from mesh.ingress import oip
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.models.manifest import ModelManifest
-from mesh.policy import RESIDENCY_LABELS
+from mesh.node.policy import RESIDENCY_LABELS
+from mesh.observability import tracing
+from mesh.sdk.client import MeshClient
+from mesh.topology import subjects
+from mesh.transport.discovery import SERVICE_NAME, package_version
 from mesh.wire import decode_node_status
 
 log = logging.getLogger("mesh.ingress")

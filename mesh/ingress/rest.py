@@ -16,7 +16,7 @@ from aiohttp import web
 from mesh.errors import HTTP_STATUS, ErrorCode, MeshError
 from mesh.ingress import oip
 from mesh.ingress.core import Ingress
-from mesh.telemetry import metrics_handler
+from mesh.observability.telemetry import metrics_handler
 
 INGRESS = web.AppKey("ingress", Ingress)
 TOKEN = web.AppKey("token", str)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from mesh.confidence import score as confidence_score
+from mesh.scoring.confidence import score as confidence_score
 from mesh.typedefs import Floats
 
 DEFAULT_MAX_DROP = 0.005
@@ -282,7 +282,7 @@ def calibrate(
     """
     from mesh.models.manifest import save_manifest
     from mesh.models.session import LoadedModel
-    from mesh.novelty import NoveltyScorer
+    from mesh.scoring.novelty import NoveltyScorer
 
     if not upstream_manifests:
         raise ValueError("calibration needs at least one upstream model")

@@ -39,9 +39,9 @@ from mesh.models.manifest import (
     sha256_of,
 )
 from mesh.models.store import ARTIFACT, MANIFEST, ModelRepository
-from mesh.repository import ModelConfigError
-from mesh.runtime import OnnxModel
-from mesh.subjects import check_token
+from mesh.node.repository import ModelConfigError
+from mesh.node.runtime import OnnxModel
+from mesh.topology.subjects import check_token
 
 #: tiers lowest first: a version is calibrated against the newest one of the next tier up.
 TIER_ORDER = ("edge", "gateway", "cloud")
@@ -300,9 +300,9 @@ def _is_top(tier: str) -> bool:
 
 
 def _reference(model: OnnxModel, scored: str, x: np.ndarray[Any, Any]) -> ReferenceStats:
-    from mesh.confidence import score as confidence_score
-    from mesh.models.demo import reference_stats
-    from mesh.novelty import NoveltyScorer
+    from mesh.models.reference import reference_stats
+    from mesh.scoring.confidence import score as confidence_score
+    from mesh.scoring.novelty import NoveltyScorer
 
     rows = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     probabilities = _run(model, x)[scored]
@@ -361,7 +361,7 @@ def _calibrate(
 
 
 def _check_as_a_node_loads_it(name: str, manifest_path: Path, tier: str) -> None:
-    from mesh.repository import load_model
+    from mesh.node.repository import load_model
     from mesh.settings import ModelSettings
 
     asyncio.run(load_model(ModelSettings(name=name, manifest=manifest_path), tier))

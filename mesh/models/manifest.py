@@ -45,7 +45,7 @@ class Histogram(_Open):
 
 
 class NoveltyReference(_Open):
-    """Parameters of the novelty score (see ``mesh.novelty``), fitted on the training split.
+    """Parameters of the novelty score (see ``mesh.scoring.novelty``), fitted on the training split.
 
     The score is Hotelling's T^2 on the leading principal components, divided by their count,
     plus the mean squared z-score of the reconstruction residual.

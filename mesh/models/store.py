@@ -18,7 +18,7 @@ from pathlib import Path
 from mesh.errors import InvalidArgumentError
 from mesh.models.manifest import load_manifest
 from mesh.settings import ModelSettings
-from mesh.subjects import check_token
+from mesh.topology.subjects import check_token
 
 ARTIFACT = "model.onnx"
 MANIFEST = "manifest.json"

@@ -41,7 +41,7 @@ from nats_jwt.v2.operator_claims import OperatorClaims  # type: ignore[import-un
 from nats_jwt.v2.user_claims import UserClaims  # type: ignore[import-untyped]
 
 from mesh.security.permissions import Permissions, Role, inbox_prefix, permissions_for
-from mesh.subjects import check_token
+from mesh.topology.subjects import check_token
 
 #: ``allowed_connection_types`` values of a user JWT.
 STANDARD = "STANDARD"

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mesh import subjects
+from mesh.topology import subjects
 
 
 class Role(StrEnum):

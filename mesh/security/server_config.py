@@ -1,6 +1,6 @@
 """nats-server configuration fragments that put the fleet's identities and TLS on a server.
 
-Each function returns text in the style of ``mesh.testing.embedded.NatsServer._render_config``
+Each function returns text in the style of ``mesh.local.servers.NatsServer._render_config``
 (one setting a line, blocks in braces), to be appended to a server's configuration:
 
 - ``auth_block(fleet)``: operator mode, at top level, on every server (hub and site).

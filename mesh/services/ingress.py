@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.client import MeshClient
-from mesh.http import HttpServer
 from mesh.ingress.core import Ingress
 from mesh.ingress.grpc_server import GrpcIngress
 from mesh.ingress.rest import create_rest_app
 from mesh.models.manifest import ModelManifest, load_manifest
-from mesh.telemetry import configure_telemetry
+from mesh.observability.telemetry import configure_telemetry
+from mesh.sdk.client import MeshClient
+from mesh.transport.http import HttpServer
 
 READY_PREFIX = "MESH_INGRESS_READY"
 

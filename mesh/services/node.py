@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from mesh.node import TierNode
+from mesh.node.tier import TierNode
+from mesh.observability.telemetry import configure_logging, configure_telemetry
 from mesh.settings import NodeSettings
-from mesh.telemetry import configure_logging, configure_telemetry
 
 #: the line a node prints on stdout once it serves; whoever starts node processes waits for it.
 READY_PREFIX = "MESH_NODE_READY"

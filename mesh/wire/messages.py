@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from mesh.errors import ErrorCode, InvalidArgumentError, MeshError, error_for
-from mesh.policy import RESIDENCY_LABELS
+from mesh.node.policy import RESIDENCY_LABELS
 from mesh.typedefs import Array
 from mesh.wire.codec import (
     REQUEST_LIMITS,
@@ -148,7 +148,7 @@ class InferResponse:
     confidence_kind: str
     path: list[Hop]
     degraded: bool = False
-    #: why the answer is degraded, from ``mesh.policy.DEGRADED_REASONS``.
+    #: why the answer is degraded, from ``mesh.node.policy.DEGRADED_REASONS``.
     reason: str | None = None
 
 

@@ -44,7 +44,7 @@ class HardExample:
     model: str
     tier: str
     node: str
-    #: why escalation failed, from ``mesh.policy.DEGRADED_REASONS``.
+    #: why escalation failed, from ``mesh.node.policy.DEGRADED_REASONS``.
     reason: str
     #: wall-clock unix seconds when the tier recorded the case.
     created_at: float
@@ -85,10 +85,10 @@ class VersionEvidence:
     """What one model version did on one node since it started serving there: running totals
     the fleet controller takes differences of, over a window, to judge a rollout's stage.
 
-    ``latency`` counts local answers per bucket of ``mesh.metrics.LATENCY_BUCKETS_MS`` (one more
-    for answers over the last bound). ``compared`` answers were checked against the tier above
-    (escalated ones, whose upstream answer came back, and audited confident ones); ``agreed`` of
-    them got the same labels there."""
+    ``latency`` counts local answers per bucket of
+    ``mesh.observability.metrics.LATENCY_BUCKETS_MS`` (one more for answers over the last bound).
+    ``compared`` answers were checked against the tier above (escalated ones, whose upstream answer
+    came back, and audited confident ones); ``agreed`` of them got the same labels there."""
 
     version: str
     #: wall-clock unix seconds when this version started serving on the node.

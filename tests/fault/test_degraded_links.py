@@ -20,16 +20,17 @@ import numpy as np
 import pytest
 from nats.js.api import Header
 
-from mesh import MeshClient, MeshError, subjects
-from mesh.breaker import BreakerState
-from mesh.models.demo import DemoArtifacts
-from mesh.node import TierNode
+from mesh import MeshClient, MeshError
+from mesh.dev.faults import FaultProxy
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.launcher import NodeProcess
+from mesh.local.layout import node_identity, tier_node_settings
+from mesh.local.servers import NatsServer, Site
+from mesh.node.breaker import BreakerState
+from mesh.node.tier import TierNode
 from mesh.security.keystore import KeyStore
 from mesh.settings import BreakerSettings, HardExampleSettings, UpstreamSettings
-from mesh.testing.embedded import NatsServer, Site
-from mesh.testing.faults import FaultProxy
-from mesh.testing.launcher import NodeProcess
-from mesh.testing.layout import node_identity, tier_node_settings
+from mesh.topology import subjects
 from mesh.wire import decode_hard_example
 from tests.conftest import NodeFactory, model_settings
 

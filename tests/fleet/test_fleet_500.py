@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 
+from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad, SimulationSettings
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
 from mesh.fleet.controller import read_rollouts, start_rollout
 from mesh.fleet.rollout import Rollout
-from mesh.fleet.simulate import CONTROLLER, FleetSimulation, SimLoad, SimulationSettings
-from mesh.models.demo import DemoArtifacts
-from mesh.models.faulty import confuse_classes
+from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
-from mesh.testing.supervisor import ChildProcess, child_env
 from mesh.wire import NodeStatus
 
 pytestmark = [

@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 
 from mesh import MeshClient, wire
-from mesh.metrics import default_metrics
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.servers import NatsServer
+from mesh.observability.metrics import default_metrics
 from tests.conftest import NodeFactory, model_settings
 
 

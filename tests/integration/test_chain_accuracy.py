@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 
 from mesh import MeshClient
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.servers import NatsServer
 from tests.conftest import NodeFactory, model_settings
 
 EDGE_THRESHOLD = 0.95

@@ -13,9 +13,9 @@ import aiohttp
 import psutil
 import yaml
 
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer
-from mesh.testing.layout import node_identity
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.layout import node_identity
+from mesh.local.servers import NatsServer
 
 MESH = [sys.executable, "-m", "mesh.cli"]
 
@@ -211,7 +211,7 @@ async def test_mesh_node_with_invalid_yaml_or_invalid_settings_prints_one_line_a
 async def test_mesh_infer_where_no_server_listens_exits_2_with_one_line(tmp_path: Path) -> None:
     import numpy as np
 
-    from mesh.testing.embedded import free_port
+    from mesh.local.servers import free_port
 
     sample = tmp_path / "x.npy"
     np.save(sample, np.zeros((1, 64), np.float32))

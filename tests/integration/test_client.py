@@ -18,7 +18,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from mesh import MeshClient, wire
-from mesh.client import mesh_error
 from mesh.errors import (
     DeadlineExceededError,
     ErrorCode,
@@ -26,8 +25,9 @@ from mesh.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from mesh.nats_guard import GuardedClient, flush_in_order
-from mesh.testing.embedded import NatsServer, free_port
+from mesh.local.servers import NatsServer, free_port
+from mesh.sdk.client import mesh_error
+from mesh.transport.guard import GuardedClient, flush_in_order
 
 
 async def test_connecting_where_no_server_listens_fails_fast_with_a_typed_error() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.models.demo import DemoArtifacts
+from mesh.dev.models.demo import DemoArtifacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from jsonschema import Draft202012Validator
 
-from mesh.models.demo import DemoArtifacts, ensure_demo, load_digits_split
+from mesh.dev.models.demo import DemoArtifacts, ensure_demo, load_digits_split
 from mesh.models.manifest import load_manifest, sha256_of, verify_artifact
 from mesh.models.session import LoadedModel
 

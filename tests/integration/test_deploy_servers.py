@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from mesh.cli import main
-from mesh.nats_guard import flush_in_order
-from mesh.testing.embedded import free_port, server_binary
-from mesh.testing.supervisor import ChildProcess
+from mesh.local.servers import free_port, server_binary
+from mesh.local.supervisor import ChildProcess
+from mesh.transport.guard import flush_in_order
 
 ROOT = Path(__file__).resolve().parents[2]
 

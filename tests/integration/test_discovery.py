@@ -6,10 +6,10 @@ import asyncio
 import json
 from typing import Any
 
-from mesh import subjects
-from mesh.discovery import SERVICE_NAME
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.servers import NatsServer
+from mesh.topology import subjects
+from mesh.transport.discovery import SERVICE_NAME
 from mesh.wire import decode_node_status
 from tests.conftest import NodeFactory, model_settings
 

@@ -12,12 +12,13 @@ import msgpack
 import numpy as np
 from nats.aio.msg import Msg
 
-from mesh import MeshClient, subjects
-from mesh.drift import DEFAULT_THRESHOLD
-from mesh.models.demo import DemoArtifacts
-from mesh.nats_guard import flush_in_order
-from mesh.node import DRIFT_CHECK_SECONDS
-from mesh.testing.embedded import NatsServer
+from mesh import MeshClient
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.servers import NatsServer
+from mesh.node.tier import DRIFT_CHECK_SECONDS
+from mesh.scoring.drift import DEFAULT_THRESHOLD
+from mesh.topology import subjects
+from mesh.transport.guard import flush_in_order
 from tests.conftest import NodeFactory, model_settings
 
 ROWS_PER_REQUEST = 5

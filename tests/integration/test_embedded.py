@@ -8,11 +8,11 @@ from pathlib import Path
 import nats
 import pytest
 
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import UnavailableError
-from mesh.models.demo import DemoArtifacts
-from mesh.nats_guard import flush_in_order
+from mesh.local.servers import NatsServer, ServerConfig, Site, free_port
 from mesh.security.keystore import KeyStore
-from mesh.testing.embedded import NatsServer, ServerConfig, Site, free_port
+from mesh.transport.guard import flush_in_order
 from tests.conftest import NodeFactory, model_settings
 
 

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from mesh.client import EventResult, MeshClient
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
 from mesh.events.streams import RESULTS_STREAM
-from mesh.models.demo import DemoArtifacts
-from mesh.nats_guard import flush_in_order
+from mesh.local.launcher import NodeProcess
+from mesh.local.layout import node_identity, tier_node_settings
+from mesh.local.servers import NatsServer
+from mesh.sdk.client import EventResult, MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import EventSettings
-from mesh.testing.embedded import NatsServer
-from mesh.testing.launcher import NodeProcess
-from mesh.testing.layout import node_identity, tier_node_settings
+from mesh.transport.guard import flush_in_order
 from tests.conftest import NodeFactory, model_settings
 
 pytestmark = pytest.mark.timeout(240)

@@ -13,15 +13,15 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mesh.client import EventResult, MeshClient
-from mesh.models.demo import DemoArtifacts
-from mesh.policy import DEGRADED_REASONS
+from mesh.dev.faults import FaultProxy
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.servers import Site
+from mesh.node.policy import DEGRADED_REASONS
+from mesh.sdk.client import EventResult, MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import ActionRule, EventSettings, UpstreamSettings
-from mesh.testing.embedded import Site
-from mesh.testing.faults import FaultProxy
 from tests.conftest import NodeFactory, model_settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,9 +12,9 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from mesh.nats_guard import flush_in_order
-from mesh.testing.embedded import Site
-from mesh.testing.faults import FaultProxy
+from mesh.dev.faults import FaultProxy
+from mesh.local.servers import Site
+from mesh.transport.guard import flush_in_order
 
 pytestmark = pytest.mark.timeout(30)
 

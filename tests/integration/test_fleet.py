@@ -18,14 +18,16 @@ import nats
 import numpy as np
 import pytest
 
-from mesh.client import MeshClient
+from mesh.dev.faults import FaultProxy
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import MeshError
 from mesh.fleet import registry
 from mesh.fleet.signing import SigningKey, sign
-from mesh.models.demo import DemoArtifacts
+from mesh.local.layout import node_identity
+from mesh.local.servers import ADMIN, APPLICATION, Site
 from mesh.models.manifest import copy_as_version, load_manifest, sha256_of, verify_artifact
-from mesh.nats_guard import flush_in_order
-from mesh.node import TierNode
+from mesh.node.tier import TierNode
+from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import NODES_BUCKET, Role
@@ -36,9 +38,7 @@ from mesh.settings import (
     NatsSettings,
     NodeSettings,
 )
-from mesh.testing.embedded import ADMIN, APPLICATION, Site
-from mesh.testing.faults import FaultProxy
-from mesh.testing.layout import node_identity
+from mesh.transport.guard import flush_in_order
 from mesh.wire import decode_node_event, decode_node_status
 
 CONTROLLER = IdentitySpec("controller", Role.CONTROLLER)

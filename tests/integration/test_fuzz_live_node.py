@@ -24,12 +24,13 @@ import psutil
 import pytest
 import yaml
 
-from mesh import subjects, wire
+from mesh import wire
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.dev.rawnats import connect_line
 from mesh.errors import ErrorCode
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer
-from mesh.testing.layout import node_identity
-from mesh.testing.rawnats import connect_line
+from mesh.local.layout import node_identity
+from mesh.local.servers import NatsServer
+from mesh.topology import subjects
 from tests.integration.test_malformed_over_nats import mutants
 
 BODIES = 6000

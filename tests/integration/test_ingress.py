@@ -21,19 +21,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from mesh.client import MeshClient
-from mesh.http import HttpServer
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.ingress.core import Ingress
 from mesh.ingress.grpc_server import GrpcIngress
 from mesh.ingress.rest import create_rest_app
-from mesh.metrics import default_metrics
-from mesh.models.demo import DemoArtifacts
+from mesh.local.servers import APPLICATION, NatsServer
 from mesh.models.manifest import load_manifest
-from mesh.node import TierNode
+from mesh.node.tier import TierNode
+from mesh.observability.metrics import default_metrics
+from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
-from mesh.testing.embedded import APPLICATION, NatsServer
+from mesh.transport.http import HttpServer
 from tests.conftest import NodeFactory, model_settings
 
 TOKEN = "s3cret-token"

@@ -12,11 +12,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from mesh import subjects, tracing, wire
-from mesh.client import InferResult, MeshClient
+from mesh import wire
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import ErrorCode, InvalidArgumentError
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer
+from mesh.local.servers import NatsServer
+from mesh.observability import tracing
+from mesh.sdk.client import InferResult, MeshClient
+from mesh.topology import subjects
 from mesh.typedefs import Feeds
 from tests.conftest import NodeFactory, model_settings
 

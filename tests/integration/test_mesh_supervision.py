@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mesh import MeshClient
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.launcher import EmbeddedMesh, MeshLayout
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.launcher import EmbeddedMesh, MeshLayout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

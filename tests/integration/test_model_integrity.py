@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import InvalidArgumentError
-from mesh.models.demo import DemoArtifacts
-from mesh.repository import load_model
+from mesh.node.repository import load_model
 from mesh.settings import ModelSettings
 
 

@@ -10,7 +10,7 @@ from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
 from mesh.models.manifest import sha256_of
-from mesh.repository import ModelConfigError, load_model
+from mesh.node.repository import ModelConfigError, load_model
 from mesh.settings import ModelSettings
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mesh.models.demo import DemoArtifacts
-from mesh.models.evaluate import evaluate_cascade
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.dev.models.evaluate import evaluate_cascade
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from mesh.cli import main
 from mesh.models.importer import import_model
 from mesh.models.manifest import load_manifest
 from mesh.models.store import ModelRepository, model_settings_for
-from mesh.repository import ModelConfigError
+from mesh.node.repository import ModelConfigError
 
 
 @pytest.fixture(scope="module")

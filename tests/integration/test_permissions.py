@@ -32,14 +32,14 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 
-from mesh.hardexamples import HardExampleForwarder, HardExampleInbox
-from mesh.nats_guard import flush_in_order
+from mesh.local.servers import free_port, server_binary
 from mesh.security.identities import Fleet, IdentitySpec, auth_block, create_fleet
 from mesh.security.permissions import Role
 from mesh.security.server_config import leaf_remote_block, leaf_remotes_block, leafnodes_block
 from mesh.security.tls import DevelopmentPKI, write_development_pki
 from mesh.settings import HardExampleSettings
-from mesh.testing.embedded import free_port, server_binary
+from mesh.transport.guard import flush_in_order
+from mesh.transport.hardexamples import HardExampleForwarder, HardExampleInbox
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -523,7 +523,7 @@ async def test_a_subscription_is_at_the_server_once_flush_in_order_returns(
 async def test_a_node_keeps_and_forwards_hard_examples_with_its_own_streams(
     connect: Connect,
 ) -> None:
-    """The node's JetStream grants are enough for ``mesh.hardexamples`` as it is."""
+    """The node's JetStream grants are enough for ``mesh.transport.hardexamples`` as it is."""
     edge, gateway = await connect("edge-1"), await connect("gateway-1")
     settings = HardExampleSettings(upstream_domain="site")
     inbox = HardExampleInbox(gateway.nc, tier="gateway", settings=settings)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from mesh import MeshClient
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer, free_port
-from mesh.testing.launcher import NodeProcess
-from mesh.testing.layout import node_identity, tier_node_settings
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.launcher import NodeProcess
+from mesh.local.layout import node_identity, tier_node_settings
+from mesh.local.servers import NatsServer, free_port
 
 #: the first run on a fresh machine installs Prometheus with apt in the set-up of this test.
 pytestmark = pytest.mark.timeout(1200)

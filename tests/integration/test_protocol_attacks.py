@@ -9,10 +9,10 @@ import time
 import numpy as np
 
 from mesh import MeshClient
-from mesh.models.demo import DemoArtifacts
-from mesh.nats_guard import ConnectionWatch, GuardedClient
-from mesh.testing.embedded import NatsServer
-from mesh.testing.rawnats import open_session
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.dev.rawnats import open_session
+from mesh.local.servers import NatsServer
+from mesh.transport.guard import ConnectionWatch, GuardedClient
 from tests.conftest import NodeFactory, model_settings
 
 

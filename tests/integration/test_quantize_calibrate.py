@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.models.calibrate import (
     CurvePoint,
     TierOutputs,
@@ -17,7 +18,6 @@ from mesh.models.calibrate import (
     plot_curves,
     run_cascade,
 )
-from mesh.models.demo import DemoArtifacts
 from mesh.models.manifest import load_manifest, sha256_of, verify_artifact
 from mesh.models.quantize import quantization_report, quantize_model
 
@@ -56,7 +56,7 @@ def test_quantize_model_is_reproducible(demo: DemoArtifacts, tmp_path: Path) -> 
 def test_a_statically_quantized_model_answers_a_row_the_same_in_any_batch(
     demo: DemoArtifacts,
 ) -> None:
-    from mesh.runtime import OnnxModel
+    from mesh.node.runtime import OnnxModel
 
     model = OnnxModel.load(verify_artifact(load_manifest(demo.edge_int8), demo.edge_int8))
     x = np.load(demo.test)["x"].astype(np.float32)

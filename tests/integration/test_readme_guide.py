@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from mesh import MeshClient
-from mesh.testing.embedded import free_port
+from mesh.local.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

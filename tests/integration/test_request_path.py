@@ -9,16 +9,17 @@ import msgpack
 import numpy as np
 import pytest
 
-from mesh import MeshClient, subjects, wire
+from mesh import MeshClient, wire
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import (
     ErrorCode,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from mesh.models.demo import DemoArtifacts
-from mesh.nats_guard import flush_in_order
-from mesh.testing.embedded import NatsServer
+from mesh.local.servers import NatsServer
+from mesh.topology import subjects
+from mesh.transport.guard import flush_in_order
 from tests.conftest import NodeFactory, model_settings
 
 

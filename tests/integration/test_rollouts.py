@@ -23,21 +23,21 @@ from typing import Any
 
 import pytest
 
-from mesh.fleet import registry
-from mesh.fleet.controller import Controller, read_rollouts, start_rollout, summary
-from mesh.fleet.desired import DesiredState, Selector
-from mesh.fleet.rollout import Rollout
-from mesh.fleet.simulate import (
+from mesh.dev.fleetsim.simulate import (
     CONTROLLER,
     FleetSimulation,
     SimLoad,
     SimulationSettings,
     site_name,
 )
-from mesh.models.demo import DemoArtifacts
-from mesh.models.faulty import confuse_classes
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.dev.models.faulty import confuse_classes
+from mesh.fleet import registry
+from mesh.fleet.controller import Controller, read_rollouts, start_rollout, summary
+from mesh.fleet.desired import DesiredState, Selector
+from mesh.fleet.rollout import Rollout
+from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
-from mesh.testing.supervisor import ChildProcess, child_env
 from mesh.wire import NodeStatus, VersionEvidence, encode_node_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

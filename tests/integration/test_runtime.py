@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mesh.batching import Feeds
 from mesh.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from mesh.runtime import GraphTensor, ModelRunner, OnnxModel
+from mesh.node.batching import Feeds
+from mesh.node.runtime import GraphTensor, ModelRunner, OnnxModel
 
 pytestmark = pytest.mark.timeout(60)
 

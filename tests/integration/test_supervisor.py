@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh.errors import UnavailableError
-from mesh.testing.supervisor import ChildProcess
+from mesh.local.supervisor import ChildProcess
 
 READY = "TEST_READY"
 

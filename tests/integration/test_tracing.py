@@ -11,9 +11,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from mesh import MeshClient, tracing
-from mesh.models.demo import DemoArtifacts
-from mesh.testing.embedded import NatsServer
+from mesh import MeshClient
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.local.servers import NatsServer
+from mesh.observability import tracing
 from tests.conftest import NodeFactory, model_settings
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import InvalidArgumentError
-from mesh.models.demo import DemoArtifacts
 from mesh.models.manifest import (
     HardwareProfile,
     QualityTarget,

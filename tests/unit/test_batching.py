@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from mesh.batching import Feeds, MicroBatcher, batch_signature, merge, row_count, split
 from mesh.errors import UnavailableError
+from mesh.node.batching import Feeds, MicroBatcher, batch_signature, merge, row_count, split
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from mesh.services.bench.measure import Row, Trial, paired_ratio
-from mesh.services.bench.report import BenchReport, MemoryFigures, render, summarize
+from mesh.dev.bench.measure import Row, Trial, paired_ratio
+from mesh.dev.bench.report import BenchReport, MemoryFigures, render, summarize
 
 
 def _trial(p50: float, rps: float) -> Trial:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mesh.confidence import ConfidenceKind, labels_of, score
+from mesh.scoring.confidence import ConfidenceKind, labels_of, score
 
 PROBS = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
 

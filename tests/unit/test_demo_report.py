@@ -8,16 +8,15 @@ from collections import Counter
 
 from rich.console import Console
 
-from mesh import tracing
-from mesh.services.demo.receiver import SpanRecord, draw_span_tree
-from mesh.services.demo.report import (
+from mesh.dev.demo.receiver import SpanRecord, draw_span_tree
+from mesh.dev.demo.report import (
     DemoReport,
     TraceSummary,
     breaker_summary,
     build_report,
     report_panel,
 )
-from mesh.services.demo.state import (
+from mesh.dev.demo.state import (
     DemoConfig,
     LinkView,
     Tally,
@@ -26,6 +25,7 @@ from mesh.services.demo.state import (
     tiers_in_order,
     transition_counts,
 )
+from mesh.observability import tracing
 
 MS = 1_000_000
 

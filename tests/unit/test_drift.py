@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from mesh.drift import (
+from mesh.scoring.drift import (
     CONFIDENCE,
     INPUT,
     DriftMonitor,

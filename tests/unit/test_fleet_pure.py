@@ -282,7 +282,7 @@ def test_an_agent_keeps_and_wakes_on_only_the_assignments_that_match_it(
     from nats.aio.client import Client
 
     from mesh.fleet.agent import FleetAgent
-    from mesh.metrics import MeshMetrics
+    from mesh.observability.metrics import MeshMetrics
     from mesh.settings import FleetSettings
 
     settings = FleetSettings(

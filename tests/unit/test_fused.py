@@ -1,4 +1,4 @@
-"""Scores in the model's own graph (``mesh.fused``): numpy's numbers from ONNX Runtime, or
+"""Scores in the model's own graph (``mesh.node.fused``): numpy's numbers from ONNX Runtime, or
 ``Unfusable``. Real graphs built with ``onnx.helper``, run in real ONNX Runtime sessions."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
-from mesh import confidence
-from mesh.confidence import ConfidenceKind
-from mesh.fused import _PREFIX, FusedOutputs, Unfusable, agrees, flags_non_finite, fuse
-from mesh.models.demo import DemoArtifacts
-from mesh.novelty import NoveltyScorer
-from mesh.repository import load_model
-from mesh.runtime import OnnxModel
+from mesh.dev.models.demo import DemoArtifacts
+from mesh.node.fused import _PREFIX, FusedOutputs, Unfusable, agrees, flags_non_finite, fuse
+from mesh.node.repository import load_model
+from mesh.node.runtime import OnnxModel
+from mesh.scoring import confidence
+from mesh.scoring.confidence import ConfidenceKind
+from mesh.scoring.novelty import NoveltyScorer
 from mesh.settings import ModelSettings
 from mesh.typedefs import Array, Feeds
 from tests.conftest import model_settings

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from mesh.telemetry import JsonFormatter, configure_logging
+from mesh.observability.telemetry import JsonFormatter, configure_logging
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_a_log_line_outside_a_span_has_no_trace_ids_and_keeps_extra_fields(
 
 
 def test_a_huge_message_or_field_is_clipped_to_one_reasonable_line() -> None:
-    from mesh.telemetry import MAX_LOG_TEXT
+    from mesh.observability.telemetry import MAX_LOG_TEXT
 
     formatter = JsonFormatter("svc")
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "id %s", ("a" * 1_000_000,), None)

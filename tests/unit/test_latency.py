@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.latency import LatencyTracker
+from mesh.node.latency import LatencyTracker
 
 
 class FakeClock:

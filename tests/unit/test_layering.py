@@ -12,18 +12,18 @@ import pytest
 TRANSPORTS = ("nats", "aiohttp", "onnxruntime", "grpc")
 
 PURE = [
-    "mesh.policy",
-    "mesh.confidence",
-    "mesh.breaker",
-    "mesh.latency",
-    "mesh.batching",
-    "mesh.novelty",
-    "mesh.drift",
+    "mesh.node.policy",
+    "mesh.scoring.confidence",
+    "mesh.node.breaker",
+    "mesh.node.latency",
+    "mesh.node.batching",
+    "mesh.scoring.novelty",
+    "mesh.scoring.drift",
     "mesh.wire",
-    "mesh.upstream",
+    "mesh.node.upstream",
     "mesh.lifecycle",
     "mesh.errors",
-    "mesh.dataplane",
+    "mesh.node.dataplane",
     "mesh.security.permissions",
     "mesh.security.identities",
 ]
@@ -44,14 +44,14 @@ def test_a_pure_module_imports_no_transport(module: str) -> None:
     assert leaked == [], f"{module} pulled in {leaked[:5]}"
 
 
-@pytest.mark.parametrize("module", ["mesh.node", "mesh.services.node", "mesh.cli"])
+@pytest.mark.parametrize("module", ["mesh.node.tier", "mesh.services.node", "mesh.cli"])
 def test_production_entry_points_take_nothing_from_the_development_rigs(module: str) -> None:
     loaded = _modules_after_import(module)
-    rigs = sorted(name for name in loaded if name.startswith("mesh.testing"))
+    rigs = sorted(name for name in loaded if name.startswith("mesh.dev"))
     assert rigs == [], f"{module} imported {rigs}"
 
 
 def test_importing_mesh_does_not_import_the_sdk_until_it_is_used() -> None:
     loaded = _modules_after_import("mesh")
-    assert "mesh.client" not in loaded
+    assert "mesh.sdk.client" not in loaded
     assert not [name for name in loaded if name.split(".")[0] == "nats"]

@@ -24,7 +24,7 @@ from mesh.models.manifest import (
     sha256_of,
     verify_artifact,
 )
-from mesh.novelty import NoveltyScorer
+from mesh.scoring.novelty import NoveltyScorer
 
 SCHEMA_PATH = Path(__file__).parents[2] / "schemas" / "model-manifest.schema.json"
 

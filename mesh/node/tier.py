@@ -1,0 +1,432 @@
+"""A tier node: one NATS connection, its models, the data plane, its transports.
+
+The same ``TierNode`` runs on every tier; the settings make it an edge, a gateway or a cloud
+node. Its parts are async context managers composed with an ``AsyncExitStack`` and torn down in
+reverse: stop taking requests, let those in flight finish, stop the models, close NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+from nats.aio.client import Client as NATS
+
+from mesh import wire
+from mesh.errors import UnavailableError
+from mesh.events.consumer import EventConsumer
+from mesh.fleet.agent import FleetAgent, restore
+from mesh.lifecycle import Service, cancel_and_wait
+from mesh.node.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from mesh.node.dataplane import DataPlane, ModelTable, TierIdentity
+from mesh.node.latency import LatencyTracker
+from mesh.node.repository import load_model
+from mesh.node.served import ServedModel
+from mesh.node.upstream import UpstreamLink
+from mesh.observability.metrics import GaugeSource, MeshMetrics, default_metrics
+from mesh.settings import ModelSettings, NodeSettings
+from mesh.topology import subjects
+from mesh.transport.discovery import NodeRegistration, package_version
+from mesh.transport.endpoint import NatsEndpoint
+from mesh.transport.guard import ConnectionWatch, GuardedClient
+from mesh.transport.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
+from mesh.transport.http import HttpServer, Readiness, create_app
+from mesh.transport.upstream import NatsUpstream
+from mesh.wire import NodeStatus
+
+log = logging.getLogger("mesh.node")
+
+_STATE_VALUE = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+#: how often the drift scores are compared with the threshold (they are not, per request).
+DRIFT_CHECK_SECONDS = 0.5
+
+
+class TierNode(Service):
+    def __init__(self, settings: NodeSettings, *, metrics: MeshMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or default_metrics()
+        self.models = ModelTable()
+        self.readiness = Readiness()
+        self.nc: NATS | None = None
+        self.dataplane: DataPlane | None = None
+        self.upstream: UpstreamLink | None = None
+        self.store: HardExampleStore | None = None
+        self.inbox: HardExampleInbox | None = None
+        self.forwarder: HardExampleForwarder | None = None
+        self.endpoint: NatsEndpoint | None = None
+        self.http: HttpServer | None = None
+        self.registration: NodeRegistration | None = None
+        self.watch: ConnectionWatch | None = None
+        self.agent: FleetAgent | None = None
+        self.events: EventConsumer | None = None
+        #: the settings each served model was loaded with (the agent derives new versions' from it)
+        self._model_settings: dict[str, ModelSettings] = {}
+        #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
+        self.on_fatal: Callable[[str], None] | None = None
+        self.drift_threshold = settings.drift_threshold
+        self._stack = AsyncExitStack()
+        self.readiness.add("nats", self._nats_problem)
+        self.readiness.add("models", self._models_problem)
+
+    @property
+    def identity(self) -> TierIdentity:
+        s = self.settings
+        return TierIdentity(tier=s.tier, node=s.node, zone=s.zone, max_hops=s.max_hops)
+
+    async def _start(self) -> None:
+        s = self.settings
+        stack = self._stack
+        if s.http_port is not None:
+            app = create_app(f"mesh-{s.tier}", self.readiness)
+            self.http = HttpServer(app, s.http_host, s.http_port)
+            await stack.enter_async_context(self.http)
+
+        self.nc = await self._connect()
+        stack.push_async_callback(self._close_nats)
+        self.watch = ConnectionWatch(
+            self.nc,
+            on_dead=self._connection_dead,
+            interval_s=s.nats.watch_interval_s,
+            timeout_s=s.nats.watch_timeout_s,
+        )
+        await stack.enter_async_context(self.watch)
+
+        models = s.models
+        if s.fleet.enabled:
+            models = await asyncio.to_thread(restore, s.fleet, list(s.models))
+        for model_settings in models:
+            served = await load_model(model_settings, s.tier)
+            await stack.enter_async_context(served.runner)
+            self.models.put(served)
+            self._model_settings[model_settings.name] = model_settings
+
+        self._gauge(
+            "mesh_model_info",
+            "Model versions in use: 1 per (tier, model, version) served now",
+            lambda: [
+                (1.0, {"tier": s.tier, "model": name, "version": version})
+                for name, version in self.models.versions().items()
+            ],
+        )
+
+        if s.upstream is not None:
+            self.upstream = self._make_upstream(self.nc)
+
+        if s.hard_examples.enabled:
+            self.inbox = HardExampleInbox(self.nc, tier=s.tier, settings=s.hard_examples)
+            await stack.enter_async_context(self.inbox)
+            if s.upstream is not None:
+                self.store = HardExampleStore(
+                    self.nc,
+                    tier=s.tier,
+                    node=s.node,
+                    settings=s.hard_examples,
+                    metrics=self.metrics,
+                )
+                await stack.enter_async_context(self.store)
+                self.forwarder = HardExampleForwarder(
+                    self.nc,
+                    tier=s.tier,
+                    upstream_tier=s.upstream.tier,
+                    settings=s.hard_examples,
+                    metrics=self.metrics,
+                )
+                await stack.enter_async_context(self.forwarder)
+                self._gauge(
+                    "mesh_hard_example_backlog",
+                    "Hard examples stored locally, not yet forwarded upstream",
+                    self._backlog_values,
+                )
+
+        self.dataplane = DataPlane(
+            self.identity,
+            self.models,
+            self.upstream,
+            self.store,
+            metrics=self.metrics,
+            peers=NatsUpstream(self.nc, s.tier, from_tier=s.tier, pass_on=False),
+        )
+        await stack.enter_async_context(self.dataplane)
+        self.endpoint = NatsEndpoint(
+            self.nc,
+            self.dataplane,
+            entry=s.entry,
+            max_inflight=s.max_inflight,
+            max_batch=max((m.batching.max_batch_size for m in models), default=1),
+            metrics=self.metrics,
+        )
+        await stack.enter_async_context(self.endpoint)
+        if s.entry and s.events.enabled:
+            self.events = EventConsumer(
+                self.nc,
+                self.dataplane,
+                lambda: list(self.models.versions()),
+                tier=s.tier,
+                node=s.node,
+                settings=s.events,
+                domain=None,
+                metrics=self.metrics,
+            )
+            await stack.enter_async_context(self.events)
+        self.registration = NodeRegistration(
+            self.nc,
+            tier=s.tier,
+            node=s.node,
+            zone=s.zone,
+            models=self.models.versions(),
+            status=self.status,
+            entry=s.entry,
+        )
+        await stack.enter_async_context(self.registration)
+        if s.fleet.enabled:
+            self.agent = FleetAgent(
+                self.nc,
+                self,
+                s.fleet,
+                name=s.node,
+                tier=s.tier,
+                metrics=self.metrics,
+                mesh_version=lambda: asyncio.to_thread(package_version),
+            )
+            await stack.enter_async_context(self.agent)
+        self._gauge(
+            "mesh_drift_psi",
+            "Population stability index of recent inputs and confidences against the training "
+            "reference, by model and signal (0.1 moderate, 0.25 major)",
+            self.drift_values,
+        )
+        watch = asyncio.create_task(self._watch_drift(self.nc))
+        stack.push_async_callback(cancel_and_wait, watch)
+        log.info(
+            "node %s serving tier %s (models %s, upstream %s)",
+            s.node,
+            s.tier,
+            self.models.versions(),
+            s.upstream.tier if s.upstream else None,
+        )
+
+    async def _connect(self) -> NATS:
+        """The first connection: a node may start before its server (in compose or Kubernetes
+        it often does). nats-py keeps trying it, as it does reconnects; this bounds the wait."""
+        s = self.settings
+        try:
+            options = await asyncio.to_thread(s.nats.connect_options, f"mesh-{s.tier}-{s.node}")
+            async with asyncio.timeout(s.nats.first_connect_s):
+                nc = GuardedClient()
+                await nc.connect(
+                    **options,
+                    error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                )
+                return nc
+        except TimeoutError:
+            raise UnavailableError(
+                f"node {s.node} could not reach NATS at {s.nats.servers} "
+                f"within {s.nats.first_connect_s:.0f}s"
+            ) from None
+
+    async def swap_model(self, settings: ModelSettings, drain_seconds: float = 10.0) -> str | None:
+        """Serve another version of a model without dropping a request; returns the old version.
+
+        The new version is loaded and warmed beside the old one, then takes new requests at
+        once. A batch takes its model from the table and, when it runs on the event loop, runs
+        it with no await in between; batches run in the model's worker are counted in
+        ``in_flight``, so once that is 0 nothing can still reach the old version."""
+        assert self.running, "start the node first"
+        served = await load_model(settings, self.settings.tier)
+        await served.runner.start()
+        self._stack.push_async_callback(served.runner.stop)
+        old = self.models.put(served)
+        self._model_settings[settings.name] = settings
+        if old is None:
+            if self.endpoint is not None:
+                await self.endpoint.serve_model(served.name)
+            if self.events is not None:
+                await self.events.consume(served.name)
+            return None
+        try:
+            async with asyncio.timeout(drain_seconds):
+                await old.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "old version of %s still busy after %.0f s; stopping it", old.name, drain_seconds
+            )
+        await old.runner.stop()
+        log.info(
+            "node %s swapped %s from version %s to %s",
+            self.settings.node,
+            served.name,
+            old.version,
+            served.version,
+        )
+        return old.version
+
+    def _make_upstream(self, nc: NATS) -> UpstreamLink:
+        s = self.settings
+        assert s.upstream is not None
+        b = s.upstream.breaker
+        latency = LatencyTracker(max_age_seconds=10.0)
+
+        def on_transition(name: str, old: BreakerState, new: BreakerState) -> None:
+            if new is BreakerState.HALF_OPEN:
+                # Latencies from before the breaker opened say nothing about the link now.
+                latency.clear()
+            self.metrics.breaker_transitions.add(1, s.tier, name, old.value, new.value)
+
+        breaker = CircuitBreaker(
+            BreakerConfig(
+                failure_threshold=b.failure_threshold,
+                failure_rate=b.failure_rate,
+                window_seconds=b.window_seconds,
+                min_calls=b.min_calls,
+                open_seconds=b.open_seconds,
+                max_open_seconds=b.max_open_seconds,
+                half_open_probes=b.half_open_probes,
+            ),
+            name=s.upstream.tier,
+            on_transition=on_transition,
+        )
+        self._gauge(
+            "mesh_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+            lambda: [(_STATE_VALUE[breaker.state], {"tier": s.tier, "upstream": breaker.name})],
+        )
+        return UpstreamLink(
+            NatsUpstream(nc, s.upstream.tier, from_tier=s.tier),
+            zone=s.upstream.zone,
+            timeout_ms=s.upstream.timeout_ms,
+            reserve_ms=s.upstream.reserve_ms,
+            breaker=breaker,
+            latency=latency,
+        )
+
+    def _gauge(self, name: str, description: str, source: GaugeSource) -> None:
+        self._stack.callback(self.metrics.observe_gauge(name, description, source))
+
+    def _backlog_values(self) -> list[tuple[float, dict[str, str]]]:
+        if self.forwarder is None:
+            return []
+        return [(float(self.forwarder.backlog), {"tier": self.settings.tier})]
+
+    def served_versions(self) -> dict[str, str]:
+        return self.models.versions()
+
+    def model_settings(self, name: str) -> ModelSettings | None:
+        return self._model_settings.get(name)
+
+    def status(self) -> NodeStatus:
+        breakers: dict[str, str] = {}
+        if self.upstream is not None:
+            breakers[self.upstream.breaker.name] = self.upstream.breaker.state.value
+        problems = self.readiness.problems()
+        drift = [psi for psi, _ in self.drift_values()]
+        evidence = {}
+        for model in list(self.models.models.values()):
+            scores = model.drift.scores() if model.drift is not None else {}
+            evidence[model.name] = model.evidence.snapshot(
+                model.version, max(scores.values()) if scores else None
+            )
+        return NodeStatus(
+            node=self.settings.node,
+            tier=self.settings.tier,
+            models=self.models.versions(),
+            breakers=breakers,
+            backlog=self.forwarder.backlog if self.forwarder is not None else 0,
+            ready=not problems,
+            time=time.time(),
+            zone=self.settings.zone,
+            problems=[f"{k}: {v}" for k, v in problems.items()],
+            drift=max(drift) if drift else None,
+            evidence=evidence,
+        )
+
+    def drift_values(self) -> list[tuple[float, dict[str, str]]]:
+        values: list[tuple[float, dict[str, str]]] = []
+        for model in list(self.models.models.values()):
+            if model.drift is None:
+                continue
+            for signal, psi in model.drift.scores().items():
+                attributes = {"tier": self.settings.tier, "model": model.name, "signal": signal}
+                values.append((psi, attributes))
+        return values
+
+    async def _watch_drift(self, nc: NATS) -> None:
+        while True:
+            await asyncio.sleep(DRIFT_CHECK_SECONDS)
+            for model in list(self.models.models.values()):
+                if model.drift is None:
+                    continue
+                for signal in model.drift.crossed(self.drift_threshold):
+                    psi = model.drift.scores()[signal]
+                    await self._report_drift(nc, model, signal, psi)
+
+    async def _report_drift(self, nc: NATS, model: ServedModel, signal: str, psi: float) -> None:
+        s = self.settings
+        event = wire.DriftEvent(
+            node=s.node,
+            tier=s.tier,
+            model=model.name,
+            model_version=model.version,
+            signal=signal,
+            psi=psi,
+            threshold=self.drift_threshold,
+            time=time.time(),
+        )
+        log.warning(
+            "drift on %s@%s at node %s: %s PSI %.3f over %.2f",
+            model.name,
+            model.version,
+            s.node,
+            signal,
+            psi,
+            self.drift_threshold,
+            extra={"fields": dataclasses.asdict(event)},
+        )
+        try:
+            await nc.publish(subjects.telemetry(s.node), wire.encode_drift_event(event))
+        except Exception:
+            log.exception("could not publish the drift event of node %s", s.node)
+
+    def _nats_problem(self) -> str | None:
+        if self.watch is not None and self.watch.dead is not None:
+            return self.watch.dead
+        if self.nc is None or not self.nc.is_connected:
+            return "not connected to NATS"
+        return None
+
+    def _connection_dead(self, reason: str) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
+
+    def _models_problem(self) -> str | None:
+        if self.endpoint is None:
+            return "models loading"
+        cold = [m.name for m in self.models.models.values() if not m.runner.warm]
+        return f"models not warm: {cold}" if cold else None
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        log.warning("NATS error on node %s: %r", self.settings.node, exc)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("node %s disconnected from NATS", self.settings.node)
+
+    async def _on_reconnect(self) -> None:
+        log.info("node %s reconnected to NATS", self.settings.node)
+
+    async def _close_nats(self) -> None:
+        nc, self.nc = self.nc, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def _stop(self) -> None:
+        await self._stack.aclose()

@@ -1,0 +1,1 @@
+"""Metrics (plain counters rendered when scraped), OpenTelemetry tracing and JSON logs."""

@@ -1,0 +1,1 @@
+"""Scores of a model's answers and inputs: confidence, novelty and drift. Pure numpy, no I/O."""

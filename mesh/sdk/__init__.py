@@ -1,0 +1,1 @@
+"""The application SDK (``from mesh import MeshClient``)."""
