@@ -215,25 +215,31 @@ class ModelSettings(_Section):
         return self
 
 
+def _local_domain() -> list[str | None]:
+    return [None]
+
+
 class HardExampleSettings(_Section):
-    """Store-and-forward of cases that could not be answered upstream."""
+    """Store-and-forward of cases that could not be answered upstream: this tier keeps its own
+    in ``MESH_HARD_<TIER>`` and, when it has a tier below, takes up that tier's into its
+    ``MESH_LEARN_<TIER>``. The streams are made by the provisioning step (``mesh fleet init``,
+    whose ``StreamLimits`` bound them), never by the node."""
 
     enabled: bool = True
-    """Record hard examples in the local JetStream domain."""
+    """Record hard examples (and take up the tier below's) in JetStream."""
     domain: str | None = None
-    """JetStream domain of the local stream (the site's); None uses the connected server's."""
-    stream: str = "MESH_HARD"
-    """Name of the local stream."""
-    upstream_domain: str | None = "hub"
-    """JetStream domain the hard examples are forwarded to."""
-    upstream_stream: str = "MESH_HARD_UPSTREAM"
-    """Name of the stream upstream that receives them."""
-    max_bytes: int = Field(256 * 1024 * 1024, ge=1)
-    """Size bound of the local backlog."""
-    max_age_s: float = Field(7 * 24 * 3600, gt=0)
-    """Age bound of the local backlog."""
-    duplicate_window_s: float = Field(24 * 3600, gt=0)
-    """How long upstream remembers request ids to drop duplicates."""
+    """JetStream domain of this tier's streams (its server's); None uses the connected
+    server's."""
+    collect_from: str | None = None
+    """The tier below this one whose hard examples this tier takes up; None: none."""
+    collect_domains: list[str | None] = Field(default_factory=_local_domain)
+    """JetStream domains where that tier's ``MESH_HARD_<TIER>`` streams are (every site the
+    tier below runs at); None is the connected server's."""
+
+    @field_validator("collect_from")
+    @classmethod
+    def _tier(cls, v: str | None) -> str | None:
+        return v if v is None else check_token(v, "tier")
 
 
 class WebhookSettings(_Section):
@@ -291,19 +297,9 @@ class EventSettings(_Section):
     the local domain)."""
 
     enabled: bool = False
-    """Consume ``mesh.events.<model>.<source>`` for the models served (entry tier only)."""
-    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    """Size bound of the event stream; when full a publisher gets RESOURCE_EXHAUSTED."""
-    max_age_s: float = Field(7 * 24 * 3600, gt=0)
-    """Age bound of events and results."""
-    results_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    """Size bound of the result stream: the oldest results go first (a slow consumer never
-    slows inference)."""
-    duplicate_window_s: float = Field(600, gt=0)
-    """How long both streams remember event ids to drop duplicates."""
-    max_result_bytes: int = Field(1024 * 1024, ge=512)
-    """Largest result event the result stream keeps; an event whose result is larger is
-    dead-lettered with the reason after ``max_deliver`` tries."""
+    """Consume ``mesh.events.<model>.<source>`` for the models served (entry tier only). The
+    streams, their bounds and each source's quota are the provisioning step's
+    (``mesh.topology.streams.EventLimits``)."""
     max_deliver: int = Field(5, ge=1)
     """Deliveries of one event before it goes to the dead-letter stream."""
     ack_wait_s: float = Field(30.0, gt=0)

@@ -244,24 +244,85 @@ def fleet() -> None:
 @domain_option
 @click.option(
     "--site", "sites", multiple=True,
-    help="JetStream domain of a site (repeat): its mirrors and heartbeat bucket are made.",
+    help="JetStream domain of a site (repeat): its streams, mirrors and heartbeat bucket are made.",
+)  # fmt: skip
+@click.option(
+    "--tiers", default="edge,gateway,cloud", show_default=True,
+    help="The chain of tiers, lowest first.",
+)  # fmt: skip
+@click.option(
+    "--hub-tiers", default="cloud", show_default=True,
+    help="The tiers whose nodes connect to the hub (the others run at every site).",
+)  # fmt: skip
+@click.option(
+    "--models", default="",
+    help="Models whose events the entry tier takes (comma separated); empty: any model.",
+)  # fmt: skip
+@click.option("--no-events", is_flag=True, help="Make no event streams.")
+@click.option(
+    "--limits", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+    help="YAML of the streams' limits (mesh.topology.streams.StreamLimits: hard_examples, "
+    "events); default: the documented defaults.",
+)  # fmt: skip
+@click.option(
+    "--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
+    help="Replicas of the hub's streams (3 on a clustered hub).",
 )  # fmt: skip
 def fleet_init(
-    servers: str, creds: Path | None, tls_ca: Path | None, domain: str, sites: tuple[str, ...]
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+    sites: tuple[str, ...],
+    tiers: str,
+    hub_tiers: str,
+    models: str,
+    no_events: bool,
+    limits: Path | None,
+    replicas: int,
 ) -> None:
-    """Create the registry's buckets in the hub domain and each site's (administrator)."""
-    from mesh.fleet import registry
+    """Provision the mesh's JetStream (administrator): every stream, bucket and store of the
+    hub domain and each site's, from the topology. Idempotent: run it again after adding a
+    site or a model; nodes and controllers create none themselves."""
+    import yaml
 
-    async def go() -> None:
+    from mesh.topology.streams import MeshTopology, StreamLimits, TierPlacement
+    from mesh.transport.jetstream import provision
+
+    chain = [t.strip() for t in tiers.split(",") if t.strip()]
+    at_hub = {t.strip() for t in hub_tiers.split(",") if t.strip()}
+    unknown = sorted(at_hub - set(chain))
+    if unknown:
+        raise InvalidArgumentError(f"--hub-tiers {unknown} are not in --tiers {chain}")
+    try:
+        bounds = (
+            StreamLimits.model_validate(yaml.safe_load(limits.read_text()) or {})
+            if limits is not None
+            else StreamLimits()
+        )
+        topology = MeshTopology(
+            tiers=tuple(TierPlacement(t, at_sites=t not in at_hub) for t in chain),
+            sites=sites,
+            hub=domain,
+            event_models=tuple(m.strip() for m in models.split(",") if m.strip()) or None,
+            events=not no_events,
+            limits=bounds,
+            hub_replicas=replicas,
+        )
+    except (ValueError, yaml.YAMLError) as exc:
+        raise InvalidArgumentError(f"cannot provision: {exc}") from None
+
+    async def go() -> list[str]:
         async with _connect(servers, creds, tls_ca) as nc:
-            hub = nc.jetstream(domain=domain)
-            await registry.ensure_hub(hub)
-            await registry.ensure_domain(hub, hub, domain, domain)
-            for site in sites:
-                await registry.ensure_domain(nc.jetstream(domain=site), hub, site, domain)
+            return await provision(lambda d: nc.jetstream(domain=d), topology)
 
-    _run(go)
-    click.echo(f"fleet registry ready in domain {domain}; sites: {', '.join(sites) or 'none'}")
+    made = _run(go)
+    for line in made:
+        click.echo(f"  {line}", err=True)
+    click.echo(
+        f"mesh provisioned: {len(made)} streams, buckets and stores in domain {domain}"
+        f"{''.join(f', {s}' for s in sites)}"
+    )
 
 
 @fleet.command("assign")

@@ -55,7 +55,15 @@ def init(directory: Path, edge_replicas: int, tls: bool, hosts: tuple[str, ...])
 @click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
 @click.option("--tier", default=None, help="A node's tier.")
 @click.option("--upstream-tier", default=None, help="The tier a node escalates to.")
+@click.option(
+    "--downstream-tier",
+    default=None,
+    help="The tier below a node's (it takes up its hard examples).",
+)
 @click.option("--entry", is_flag=True, help="The node takes the entry subjects (lowest tier).")
+@click.option(
+    "--domain", default=None, help="JetStream domain of a node's server (its heartbeat's)."
+)
 @click.option(
     "--model", "models", multiple=True, help="Limit model subjects to these (repeatable)."
 )
@@ -65,7 +73,9 @@ def add(
     role: str,
     tier: str | None,
     upstream_tier: str | None,
+    downstream_tier: str | None,
     entry: bool,
+    domain: str | None,
     models: tuple[str, ...],
 ) -> None:
     """Issue (or re-issue with a new key) identity NAME; prints its creds file.
@@ -77,7 +87,14 @@ def add(
     try:
         store = KeyStore.open(directory)
         spec = IdentitySpec(
-            name, Role(role), tier, upstream_tier, entry, list(models) if models else None
+            name,
+            Role(role),
+            tier,
+            upstream_tier,
+            entry,
+            list(models) if models else None,
+            downstream_tier=downstream_tier,
+            domain=domain,
         )
         click.echo(str(store.add(spec)))
     except (KeyStoreError, ValueError) as exc:
@@ -97,5 +114,9 @@ def list_(directory: Path) -> None:
     for name, info in sorted(store.identities().items()):
         where = f" tier={info.get('tier')}" if info.get("tier") else ""
         up = f" upstream={info.get('upstream_tier')}" if info.get("upstream_tier") else ""
+        if info.get("downstream_tier"):
+            up += f" downstream={info.get('downstream_tier')}"
+        if info.get("domain"):
+            up += f" domain={info.get('domain')}"
         entry = " entry" if info.get("entry") else ""
         click.echo(f"{name}: {info.get('role')}{where}{up}{entry}")

@@ -19,22 +19,19 @@ from dataclasses import asdict, dataclass
 
 import aiohttp
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from opentelemetry import trace
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
-from mesh.events.streams import dead_letter_bytes
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.observability import tracing
 from mesh.observability.metrics import MeshMetrics
 from mesh.settings import ActionRule, EventSettings
+from mesh.topology import subjects
+from mesh.topology.headers import DEAD_REASON
 from mesh.wire.codec import VERSION, packb
 
 log = logging.getLogger("mesh.events.actions")
-
-ACTIONS_DEAD_STREAM = "MESH_ACTIONS_DEAD"
-ACTIONS_DEAD_PREFIX = "mesh.actions-dead"
-REASON_HEADER = "Mesh-Dead-Reason"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,19 +88,6 @@ def matches(rule: ActionRule, result: ResultView) -> bool:
 
 def matching(rules: Sequence[ActionRule], result: ResultView) -> list[ActionRule]:
     return [rule for rule in rules if matches(rule, result)]
-
-
-def dead_stream_config(settings: EventSettings) -> api.StreamConfig:
-    return api.StreamConfig(
-        name=ACTIONS_DEAD_STREAM,
-        description="Actions that could not be carried out, with the reason in a header",
-        subjects=[f"{ACTIONS_DEAD_PREFIX}.>"],
-        retention=api.RetentionPolicy.LIMITS,
-        discard=api.DiscardPolicy.OLD,
-        max_bytes=dead_letter_bytes(settings),
-        max_age=settings.max_age_s,
-        storage=api.StorageType.FILE,
-    )
 
 
 class ActionRunner(Service):
@@ -212,9 +196,9 @@ class ActionRunner(Service):
         self._metrics.events.add(1, self.tier, action.model, "action_dead_lettered")
         try:
             await self._js.publish(
-                f"{ACTIONS_DEAD_PREFIX}.{rule.name}",
+                subjects.action_dead(rule.name),
                 action.to_msgpack(),
-                headers={REASON_HEADER: reason[:512]},
+                headers={DEAD_REASON: reason[:512]},
             )
         except Exception as exc:
             log.error("action %s could not be dead-lettered either: %r", rule.name, exc)

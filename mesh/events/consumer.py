@@ -5,9 +5,9 @@ One durable pull consumer per served model (``mesh-<tier>-<model>``), shared by 
 replicas. Each fetch of up to ``fetch_batch`` events is one batch through the data plane's local
 pass; events that escalate finish on their own task. An event is acknowledged only after its
 result is stored, so a node killed in between means redelivery, and the result stream drops the
-second copy by event id (``Nats-Msg-Id``): exactly one result per event. A malformed event gets
-an error result and is acknowledged; an event whose handling keeps failing goes to the dead-letter
-stream with the reason after ``max_deliver`` deliveries.
+second copy by source and event id (``Nats-Msg-Id``): exactly one result per event. A malformed
+event gets an error result and is acknowledged; an event whose handling keeps failing goes to
+the dead-letter stream with the reason after ``max_deliver`` deliveries.
 
 An event's budget counts from its publish time: ``received_at`` is moved back by its age.
 """
@@ -30,7 +30,7 @@ from opentelemetry import trace
 
 from mesh import wire
 from mesh.errors import InternalError, InvalidArgumentError, MeshError
-from mesh.events.actions import ActionRunner, ResultView, dead_stream_config
+from mesh.events.actions import ActionRunner, ResultView
 from mesh.events.records import (
     InferenceEvent,
     ResultEvent,
@@ -39,28 +39,31 @@ from mesh.events.records import (
     encode_result,
 )
 from mesh.events.streams import (
-    DEAD_STREAM,
-    EVENTS_STREAM,
-    RESULTS_STREAM,
     consumer_config,
-    consumer_name,
-    dead_subject,
+    dedup_id_matches,
+    result_dedup_id,
     result_subject,
-    stream_configs,
 )
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.node.dataplane import DataPlane, Outcome
 from mesh.observability import tracing
 from mesh.observability.metrics import MeshMetrics
 from mesh.settings import EventSettings
-from mesh.transport.hardexamples import ensure_stream
+from mesh.topology import subjects
+from mesh.topology.headers import DEAD_REASON, MSG_ID
+from mesh.topology.streams import (
+    ACTIONS_DEAD_STREAM,
+    DEAD_STREAM,
+    EVENTS_STREAM,
+    RESULTS_STREAM,
+    events_consumer,
+)
+from mesh.transport.jetstream import require_stream
 
 log = logging.getLogger("mesh.events")
 
-MSG_ID = "Nats-Msg-Id"
 #: how often stream depth and consumer lag are read for the gauges.
 STATS_S = 2.0
-REASON_HEADER = "Mesh-Dead-Reason"
 
 
 class EventConsumer(Service):
@@ -82,6 +85,7 @@ class EventConsumer(Service):
         self.tier = tier
         self.node = node
         self.settings = settings
+        self._domain = domain
         self._js: JetStreamContext = nc.jetstream(domain=domain)
         self._metrics = metrics
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -94,10 +98,10 @@ class EventConsumer(Service):
         self._stats_task: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
-        for config in stream_configs(self.settings):
-            await ensure_stream(self._js, config)
+        for stream in (EVENTS_STREAM, RESULTS_STREAM, DEAD_STREAM):
+            await require_stream(self._js, stream, domain=self._domain)
         if self.settings.actions:
-            await ensure_stream(self._js, dead_stream_config(self.settings))
+            await require_stream(self._js, ACTIONS_DEAD_STREAM, domain=self._domain)
             self.actions = ActionRunner(self._nc, self._js, self.settings, self.tier, self._metrics)
             await self.actions.start()
         for model in self._models():
@@ -155,7 +159,7 @@ class EventConsumer(Service):
                     info = await self._js.stream_info(stream)
                     self.figures[("messages", stream)] = float(info.state.messages)
                 for model in list(self._loops):
-                    name = consumer_name(self.tier, model)
+                    name = events_consumer(self.tier, model)
                     c = await self._js.consumer_info(EVENTS_STREAM, name)
                     self.figures[("pending", model)] = float(c.num_pending or 0)
                     self.figures[("ack_pending", model)] = float(c.num_ack_pending or 0)
@@ -187,12 +191,17 @@ class EventConsumer(Service):
         now_wall, now_mono = time.time(), time.monotonic()
         batch: list[tuple[InferenceEvent, Msg, float]] = []
         for msg in msgs:
-            source = _source_of(msg.subject)
+            source = subjects.source_of(msg.subject)
             try:
                 event = decode_event(msg.data)
                 if event.model != model or event.source != source:
                     raise InvalidArgumentError(
                         f"event for {event.model}/{event.source} published on {msg.subject}"
+                    )
+                if not dedup_id_matches((msg.headers or {}).get(MSG_ID, ""), source, event.id):
+                    raise InvalidArgumentError(
+                        f"event {event.id} of {source}: its {MSG_ID} header must be "
+                        f"{source}:{event.id}:<tag> (the SDK writes it); the event is refused"
                     )
             except MeshError as exc:
                 self._metrics.events.add(1, self.tier, model, "malformed")
@@ -306,7 +315,7 @@ class EventConsumer(Service):
             event_sequence=_sequence_of(msg),
             reply=reply,
         )
-        headers = {MSG_ID: event_id}
+        headers = {MSG_ID: result_dedup_id(source, event_id)}
         subject = result_subject(model, source)
         try:
             if tracing.wanted_here():
@@ -335,10 +344,10 @@ class EventConsumer(Service):
             with contextlib.suppress(Exception):
                 await msg.nak(delay=min(0.5 * delivered, 5.0))
             return
-        source = _source_of(msg.subject)
-        headers = {REASON_HEADER: reason[:512], MSG_ID: _id_of(msg)}
+        source = subjects.source_of(msg.subject)
+        headers = {DEAD_REASON: reason[:512], MSG_ID: _id_of(msg)}
         try:
-            await self._js.publish(dead_subject(model, source), msg.data, headers=headers)
+            await self._js.publish(subjects.dead_letter(model, source), msg.data, headers=headers)
         except Exception as exc:
             log.error("event %s could not be dead-lettered: %r", _id_of(msg), exc)
             return
@@ -347,18 +356,15 @@ class EventConsumer(Service):
             await msg.term()
 
 
-def _source_of(subject: str) -> str:
-    parts = subject.split(".")
-    return parts[3] if len(parts) == 4 else "_unknown"
-
-
 def _id_of(msg: Msg) -> str:
-    """The event id from the message id header, else the stream sequence (for a malformed
-    event whose body cannot tell its id)."""
-    header = (msg.headers or {}).get(MSG_ID)
-    if header:
+    """The event id from the message id header (``<source>:<id>:<tag>``), else the stream
+    sequence (for a malformed event whose body cannot tell its id)."""
+    header = (msg.headers or {}).get(MSG_ID, "")
+    head, _, _ = header.rpartition(":")
+    _, _, event_id = head.partition(":")
+    if event_id:
         try:
-            return check_event_id(header)
+            return check_event_id(event_id)
         except MeshError:
             pass
     return f"seq-{_sequence_of(msg)}"

@@ -1,100 +1,73 @@
-"""The event streams of a domain (a site's, where the entry tier runs).
+"""The event streams' contracts an entry tier and an application share: subjects, the durable
+consumer, and the deduplication ids. The streams themselves (``MESH_EVENTS``, ``MESH_RESULTS``,
+``MESH_EVENTS_DEAD``, ``MESH_ACTIONS_DEAD``, each site's own) and their bounds are the
+topology's (``mesh.topology.streams``); the provisioning step makes them.
 
-- ``MESH_EVENTS`` on ``mesh.events.<model>.<source>``: inference events, deduplicated by event id
-  (``Nats-Msg-Id``); discard ``new`` when full, so a publisher is told (never silent loss).
-- ``MESH_RESULTS`` on ``mesh.results.<model>.<source>``: one result event per inference event,
-  deduplicated by event id; discard ``old`` when full, so a slow reader never stops inference.
-- ``MESH_EVENTS_DEAD`` on ``mesh.deadletter.<model>.<source>``: events that failed
-  ``max_deliver`` times, with the reason.
+Fair between sources:
 
-These subjects stay in their site: the leaf link to the hub neither imports nor exports them
-(``mesh.security.server_config.SITE_LOCAL_SUBJECTS``), or every site's stream would take every
-site's events.
+- Each source (an application identity: its credentials allow no other source token) may have
+  at most ``EventLimits.per_source_events`` events of one model waiting: the event stream keeps
+  that many messages per subject and refuses more for that subject only. Acknowledged events are
+  gone (a work queue), so the quota is what waits, never what was.
+- An event's deduplication id is ``<source>:<event id>:<tag>``, the tag a MAC under a key only
+  the source's credentials give (``event_key``): no other identity can publish a copy of
+  another source's event id first and make the real one a duplicate. The entry tier takes an
+  event only when the id's source and event id are the event's own.
+- A result's id is ``<source>:<event id>``, made by the node: one result per source and event.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 from nats.js import api
 
 from mesh.settings import EventSettings
+from mesh.topology import subjects
+from mesh.topology.streams import events_consumer
 from mesh.topology.subjects import check_token
 
-EVENTS_STREAM = "MESH_EVENTS"
-RESULTS_STREAM = "MESH_RESULTS"
-DEAD_STREAM = "MESH_EVENTS_DEAD"
-EVENTS_PREFIX = "mesh.events"
-RESULTS_PREFIX = "mesh.results"
-DEAD_PREFIX = "mesh.deadletter"
+#: what a MAC key is derived from, beside the credentials' seed.
+_KEY_CONTEXT = b"mesh-event-id\x00"
 
 
 def event_subject(model: str, source: str) -> str:
-    return f"{EVENTS_PREFIX}.{check_token(model, 'model name')}.{check_token(source, 'source')}"
+    return subjects.event(check_token(model, "model name"), check_token(source, "source"))
 
 
 def result_subject(model: str, source: str) -> str:
-    return f"{RESULTS_PREFIX}.{check_token(model, 'model name')}.{check_token(source, 'source')}"
+    return subjects.result(check_token(model, "model name"), check_token(source, "source"))
 
 
-def dead_subject(model: str, source: str) -> str:
-    return f"{DEAD_PREFIX}.{model}.{source}"
+def event_key(secret: bytes) -> bytes:
+    """The key of a source's event tags, from a secret only it holds (its nkey seed)."""
+    return hashlib.sha256(_KEY_CONTEXT + secret).digest()
 
 
-def consumer_name(tier: str, model: str) -> str:
-    """The durable pull consumer a tier's replicas share for one model."""
-    return f"mesh-{check_token(tier, 'tier')}-{check_token(model, 'model name')}"
+def event_dedup_id(source: str, event_id: str, key: bytes) -> str:
+    """``Nats-Msg-Id`` of an event: the same for every retry of one event by one source."""
+    tag = hmac.new(key, f"{source}\x00{event_id}".encode(), hashlib.sha256).digest()[:16]
+    return f"{source}:{event_id}:{base64.urlsafe_b64encode(tag).rstrip(b'=').decode()}"
 
 
-def dead_letter_bytes(settings: EventSettings) -> int:
-    """Size bound of a dead-letter stream: a quarter of the event stream's (JetStream reserves
-    every stream's max_bytes from the server's file store up front)."""
-    return max(1024 * 1024, settings.max_bytes // 4)
+def dedup_id_matches(header: str, source: str, event_id: str) -> bool:
+    """Whether an event's ``Nats-Msg-Id`` names its own source and event id."""
+    head, sep, tag = header.rpartition(":")
+    return bool(sep) and bool(tag) and head == f"{source}:{event_id}"
 
 
-def stream_configs(settings: EventSettings) -> list[api.StreamConfig]:
-    window = settings.duplicate_window_s
-    return [
-        api.StreamConfig(
-            name=EVENTS_STREAM,
-            description="Inference events published by applications (mesh.events.<model>.<source>)",
-            subjects=[f"{EVENTS_PREFIX}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.NEW,
-            max_bytes=settings.max_bytes,
-            max_age=settings.max_age_s,
-            duplicate_window=window,
-            storage=api.StorageType.FILE,
-        ),
-        api.StreamConfig(
-            name=RESULTS_STREAM,
-            description="One result event per inference event (mesh.results.<model>.<source>)",
-            subjects=[f"{RESULTS_PREFIX}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.OLD,
-            max_bytes=settings.results_max_bytes,
-            max_msg_size=settings.max_result_bytes,
-            max_age=settings.max_age_s,
-            duplicate_window=window,
-            storage=api.StorageType.FILE,
-        ),
-        api.StreamConfig(
-            name=DEAD_STREAM,
-            description="Events that failed max_deliver times, with the reason in a header",
-            subjects=[f"{DEAD_PREFIX}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.OLD,
-            max_bytes=dead_letter_bytes(settings),
-            max_age=settings.max_age_s,
-            storage=api.StorageType.FILE,
-        ),
-    ]
+def result_dedup_id(source: str, event_id: str) -> str:
+    return f"{source}:{event_id}"
 
 
 def consumer_config(tier: str, model: str, settings: EventSettings) -> api.ConsumerConfig:
-    name = consumer_name(tier, model)
+    name = events_consumer(tier, model)
     return api.ConsumerConfig(
         name=name,
         durable_name=name,
-        filter_subject=f"{EVENTS_PREFIX}.{model}.>",
+        filter_subject=subjects.event(model, subjects.REST),
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=settings.ack_wait_s,

@@ -44,16 +44,16 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from mesh.errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, resolve
-from mesh.fleet.registry import Artifact, fetch, nodes_bucket
+from mesh.fleet.registry import Artifact, fetch
 from mesh.fleet.signing import ArtifactSignature, load_trusted_keys, verify
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.models.session import open_session
 from mesh.models.validate import judge, synthetic_rows
 from mesh.observability.metrics import MeshMetrics, bucket_quantile, tier_totals
-from mesh.security.permissions import DESIRED_BUCKET
 from mesh.settings import FleetSettings, ModelSettings
 from mesh.topology import subjects
+from mesh.topology.streams import DESIRED_BUCKET, nodes_bucket
 from mesh.wire import NodeEvent, NodeStatus, encode_node_event, encode_node_status
 
 log = logging.getLogger("mesh.fleet.agent")

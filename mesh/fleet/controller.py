@@ -65,7 +65,7 @@ from mesh.fleet.rollout import (
 )
 from mesh.fleet.signing import load_trusted_keys, verify
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.security.permissions import DESIRED_BUCKET, NODES_BUCKET, ROLLOUTS_BUCKET
+from mesh.topology.streams import DESIRED_BUCKET, HUB_DOMAIN, NODES_BUCKET, ROLLOUTS_BUCKET
 from mesh.wire import NodeStatus, decode_node_status
 
 log = logging.getLogger("mesh.fleet.controller")
@@ -99,7 +99,7 @@ class Controller(Service):
         nc: NATS,
         *,
         name: str,
-        domain: str = registry.HUB_DOMAIN,
+        domain: str = HUB_DOMAIN,
         tick_s: float = 1.0,
         lease_s: float = 5.0,
         offline_after_s: float = 10.0,

@@ -13,7 +13,8 @@ Layout (the README's "Fleet" section draws it):
   watch and fetch from their own server while the hub is out of reach.
 
 Versions are immutable: pushing a version that exists with other bytes is refused. Nothing here
-decides anything; the agent and the CLI do.
+decides anything; the agent and the CLI do. The buckets and stores themselves are the
+topology's (``mesh.topology.streams``), made by the provisioning step.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import (
-    BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
     NotFoundError,
@@ -39,107 +39,23 @@ from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.errors import NotFoundError as MeshNotFound
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, encode_desired
 from mesh.fleet.signing import ArtifactSignature
-from mesh.security.permissions import DESIRED_BUCKET, MODEL_STORE, NODES_BUCKET, ROLLOUTS_BUCKET
-from mesh.topology.subjects import check_token
+from mesh.topology.streams import (
+    DESIRED_BUCKET,
+    MODEL_STORE,
+    MODEL_STORE_STREAM,
+    NODES_BUCKET,
+)
+from mesh.topology.subjects import kv_stream
 from mesh.wire import NodeStatus, decode_node_status
 
-HUB_DOMAIN = "hub"
 #: parts of one version in the object store.
 PARTS = ("onnx", "manifest", "signature")
-#: heartbeats kept per node (in each domain's bucket and in the hub's).
-HEARTBEAT_HISTORY = 64
-DESIRED_HISTORY = 8
-ROLLOUT_HISTORY = 16
 #: largest artifact a node fetches, by default.
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 
 
-def nodes_bucket(domain: str) -> str:
-    """The heartbeat bucket of a JetStream domain: ``MESH_NODES_<DOMAIN>``."""
-    return "MESH_NODES_" + check_token(domain, "domain").upper().replace("-", "_")
-
-
 def object_name(model: str, version: str, part: str) -> str:
     return f"{model}/{version}/{part}"
-
-
-def _mirror(name: str, hub_domain: str, history: int) -> api.StreamConfig:
-    return api.StreamConfig(
-        name=name,
-        description=f"Mirror of {name} in the {hub_domain} domain, for this site's nodes",
-        mirror=api.StreamSource(
-            name=name, external=api.ExternalStream(api=f"$JS.{hub_domain}.API")
-        ),
-        max_msgs_per_subject=history,
-        discard=api.DiscardPolicy.OLD,
-    )
-
-
-async def _add_or_update(js: JetStreamContext, config: api.StreamConfig) -> None:
-    try:
-        await js.add_stream(config)
-    except BadRequestError as exc:
-        # 10058: a stream of that name exists with another configuration.
-        if exc.err_code != 10058:
-            raise
-        await js.update_stream(config)
-
-
-async def ensure_hub(js: JetStreamContext) -> None:
-    """Create the hub's buckets (idempotent; needs the administrator's rights)."""
-    try:
-        await js.object_store(MODEL_STORE)
-    except BucketNotFoundError:
-        await js.create_object_store(
-            MODEL_STORE, description="Signed model artifacts: <model>/<version>/<part>"
-        )
-    await js.create_key_value(
-        bucket=DESIRED_BUCKET,
-        history=DESIRED_HISTORY,
-        description="Desired state: <model>.<selector> to the version those nodes serve",
-    )
-    await js.create_key_value(
-        bucket=NODES_BUCKET,
-        history=HEARTBEAT_HISTORY,
-        description="Heartbeats of every node, sourced from each domain's MESH_NODES_<DOMAIN>",
-    )
-    await js.create_key_value(
-        bucket=ROLLOUTS_BUCKET,
-        history=ROLLOUT_HISTORY,
-        description="Rollouts (rollout.<model>), their evidence windows and the controller lease",
-    )
-
-
-async def ensure_domain(
-    local: JetStreamContext, hub: JetStreamContext, domain: str, hub_domain: str = HUB_DOMAIN
-) -> None:
-    """Give ``domain`` its heartbeat bucket (and, for a site, the mirrors of the registry), and
-    have the hub's heartbeat bucket source it. Idempotent; needs the administrator's rights."""
-    bucket = nodes_bucket(domain)
-    await local.create_key_value(
-        bucket=bucket,
-        history=HEARTBEAT_HISTORY,
-        description=f"Heartbeats of the nodes in domain {domain}",
-    )
-    if domain != hub_domain:
-        await _add_or_update(local, _mirror(f"KV_{DESIRED_BUCKET}", hub_domain, DESIRED_HISTORY))
-        await _add_or_update(local, _mirror(f"OBJ_{MODEL_STORE}", hub_domain, 1))
-    info = await hub.stream_info(f"KV_{NODES_BUCKET}")
-    config = info.config
-    sources = list(config.sources or [])
-    if any(s.name == f"KV_{bucket}" for s in sources):
-        return
-    sources.append(
-        api.StreamSource(
-            name=f"KV_{bucket}",
-            external=None if domain == hub_domain else api.ExternalStream(api=f"$JS.{domain}.API"),
-            subject_transforms=[
-                api.SubjectTransform(src=f"$KV.{bucket}.>", dest=f"$KV.{NODES_BUCKET}.>")
-            ],
-        )
-    )
-    config.sources = sources
-    await hub.update_stream(config)
 
 
 # --- artifacts ----------------------------------------------------------------------------
@@ -248,7 +164,7 @@ async def list_versions(js: JetStreamContext) -> list[VersionInfo]:
 async def _object_metas(js: JetStreamContext) -> dict[str, api.ObjectInfo]:
     """The meta record of every object, by name. Like ``read_object``, with the stream named,
     so that it works on a mirror and with the rights of a reader of this one stream."""
-    stream = f"OBJ_{MODEL_STORE}"
+    stream = MODEL_STORE_STREAM
     await _store(js)
     info = await js.stream_info(stream)
     if not info.state.messages:
@@ -295,7 +211,7 @@ async def read_object(
     by subject, which a mirror (a site's copy of the store) does not have, and it buffers an
     object of any size. Raises ``NotFoundError`` (missing), ``InvalidArgumentError`` (too big,
     truncated or corrupt meta) or ``UnavailableError`` (no answer in ``timeout``)."""
-    stream = f"OBJ_{MODEL_STORE}"
+    stream = MODEL_STORE_STREAM
     meta_subject = f"$O.{MODEL_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
     try:
         async with asyncio.timeout(timeout):
@@ -410,7 +326,7 @@ READ_CONCURRENCY = 32
 
 async def stream_last_seq(js: JetStreamContext, bucket: str) -> int:
     """The sequence of the last message in ``bucket``'s stream, 0 when it holds none."""
-    state = (await js.stream_info(f"KV_{bucket}")).state
+    state = (await js.stream_info(kv_stream(bucket))).state
     return int(state.last_seq or 0) if state.messages else 0
 
 
@@ -424,7 +340,7 @@ async def latest_entries(
     pending, which can come before what the server already pushed, and a key rewritten while
     the watch starts is delivered after the marker (a reader saw no node, or some missing)."""
     prefix = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + keys)
+    info = await js.stream_info(kv_stream(bucket), subjects_filter=prefix + keys)
     names = sorted(s.removeprefix(prefix) for s in info.state.subjects or {})
     limit = asyncio.Semaphore(READ_CONCURRENCY)
 

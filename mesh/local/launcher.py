@@ -25,6 +25,8 @@ from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
+from mesh.topology.streams import MeshTopology, TierPlacement
+from mesh.transport.jetstream import provision
 
 
 class NodeProcess:
@@ -184,12 +186,42 @@ class EmbeddedMesh:
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
         await self.site.hub.start()
         await self.site.start(leaf_url)
+        await self.provision()
         if self.layout.fleet:
             await self.start_fleet()
 
+    def topology(self) -> MeshTopology:
+        """The streams this mesh needs: its chain (the cloud at the hub, the rest at the site),
+        the entry tier's event models, the fleet's buckets."""
+        tiers = self.layout.tiers()
+        return MeshTopology(
+            tiers=tuple(TierPlacement(t, at_sites=t != "cloud") for t in tiers),
+            sites=(self.site.site_name,),
+            event_models=tuple(self.entry_models()),
+            events=self.layout.events,
+            fleet=self.layout.fleet,
+        )
+
+    async def provision(self) -> None:
+        """The administrator's step: every stream and bucket of both domains, from the
+        topology; the nodes only look theirs up."""
+        nc = await self.site.hub.connect(name="mesh-provision")
+        try:
+            await provision(lambda domain: nc.jetstream(domain=domain), self.topology())
+        finally:
+            await nc.close()
+
+    def entry_models(self) -> list[str]:
+        lay = self.layout
+        if lay.models is None:
+            return ["digits"]
+        return [str(m["name"]) for m in lay.models.get(self._entry_tier(), [])]
+
+    def domain_of(self, tier: str) -> str:
+        return "hub" if tier == "cloud" else self.site.site_name
+
     async def start_fleet(self) -> None:
-        """The registry's buckets in both domains, and the signing key nodes will trust."""
-        from mesh.fleet import registry
+        """The signing key the fleet's nodes will trust."""
         from mesh.fleet.signing import SigningKey
 
         def make_key() -> str:
@@ -201,15 +233,6 @@ class EmbeddedMesh:
             return key.public
 
         self.signing_public = await asyncio.to_thread(make_key)
-        nc = await self.site.hub.connect(name="mesh-fleet-setup")
-        try:
-            hub = nc.jetstream(domain="hub")
-            await registry.ensure_hub(hub)
-            await registry.ensure_domain(hub, hub, "hub")
-            site = self.site.site_name
-            await registry.ensure_domain(nc.jetstream(domain=site), hub, site)
-        finally:
-            await nc.close()
 
     def entry_manifests(self) -> list[Path]:
         """Manifests of the models the entry tier serves (what the ingress describes)."""
@@ -258,6 +281,19 @@ class EmbeddedMesh:
         at = tiers.index(tier)
         return tiers[at + 1] if at + 1 < len(tiers) else None
 
+    def _downstream_of(self, tier: str) -> str | None:
+        tiers = self.layout.tiers()
+        at = tiers.index(tier)
+        return tiers[at - 1] if at > 0 else None
+
+    def _collect(self, tier: str) -> tuple[str, str | None] | None:
+        """The tier below ``tier`` and its domain, as seen from ``tier``'s server."""
+        below = self._downstream_of(tier)
+        if below is None:
+            return None
+        domain = self.domain_of(below)
+        return below, None if domain == self.domain_of(tier) else domain
+
     def _entry_tier(self) -> str:
         return self.layout.tiers()[0]
 
@@ -267,6 +303,8 @@ class EmbeddedMesh:
             tier,
             upstream_tier=self._upstream_of(tier),
             entry=tier == self._entry_tier(),
+            downstream_tier=self._downstream_of(tier),
+            domain=self.domain_of(tier),
         )
         return await self.site.hub.issue(spec)
 
@@ -282,7 +320,7 @@ class EmbeddedMesh:
             extra = {**(extra or {}), "events": events}
         if lay.fleet:
             assert self.signing_public is not None, "start the servers first"
-            domain = "hub" if tier == "cloud" else self.site.site_name
+            domain = self.domain_of(tier)
             fleet = {
                 "enabled": True,
                 "domain": domain,
@@ -301,9 +339,7 @@ class EmbeddedMesh:
                 zone=ZONES[tier],
                 entry=tier == self._entry_tier(),
                 upstream=(upstream, ZONES[upstream]) if upstream else None,
-                upstream_domain=(
-                    None if upstream is None else "hub" if upstream == "cloud" else "site"
-                ),
+                collect=self._collect(tier),
                 credentials=credentials,
                 models=lay.models[tier],
                 extra=extra,
@@ -315,7 +351,7 @@ class EmbeddedMesh:
                 server=self.hub_url,
                 manifest=lay.cloud_manifest,
                 zone="cloud",
-                upstream_domain="site",
+                collect=self._collect(tier),
                 credentials=credentials,
                 extra=extra,
             )
@@ -328,7 +364,7 @@ class EmbeddedMesh:
                 zone="site",
                 upstream=("cloud", "cloud"),
                 threshold=lay.gateway_threshold,
-                upstream_domain="hub",
+                collect=self._collect(tier),
                 credentials=credentials,
                 extra=extra,
             )
@@ -341,7 +377,6 @@ class EmbeddedMesh:
             entry=True,
             upstream=("gateway", "site"),
             threshold=lay.edge_threshold,
-            upstream_domain="site",
             credentials=credentials,
             extra=extra,
             audit_rate=lay.audit_rate,

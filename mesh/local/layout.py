@@ -12,10 +12,25 @@ from mesh.settings import NodeSettings
 
 
 def node_identity(
-    node: str, tier: str, *, upstream_tier: str | None = None, entry: bool = False
+    node: str,
+    tier: str,
+    *,
+    upstream_tier: str | None = None,
+    entry: bool = False,
+    downstream_tier: str | None = None,
+    domain: str | None = None,
 ) -> IdentitySpec:
-    """The NATS identity of a tier node: its name is the node's, its rights its tier's."""
-    return IdentitySpec(node, Role.NODE, tier=tier, upstream_tier=upstream_tier, entry=entry)
+    """The NATS identity of a tier node: its name is the node's, its rights its tier's (and
+    its place: the tiers around it, its server's JetStream domain)."""
+    return IdentitySpec(
+        node,
+        Role.NODE,
+        tier=tier,
+        upstream_tier=upstream_tier,
+        entry=entry,
+        downstream_tier=downstream_tier,
+        domain=domain,
+    )
 
 
 def tier_node_settings(
@@ -28,14 +43,15 @@ def tier_node_settings(
     entry: bool = False,
     upstream: tuple[str, str] | None = None,
     threshold: float | None = None,
-    upstream_domain: str | None = "site",
+    collect: tuple[str, str | None] | None = None,
     http_port: int | None = 0,
     credentials: Path | None = None,
     models: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
     audit_rate: float | None = None,
 ) -> NodeSettings:
-    """Settings of one node serving ``digits`` from ``manifest``; ``upstream`` is (tier, zone).
+    """Settings of one node serving ``digits`` from ``manifest``; ``upstream`` is (tier, zone),
+    ``collect`` the tier below whose hard examples it takes up and that tier's domain.
 
     ``extra`` overrides any field, nested (``{"upstream": {"breaker": {...}}}``); the result is
     validated like a settings file, so a typo fails here and not in the child process."""
@@ -56,7 +72,9 @@ def tier_node_settings(
         "nats": {"servers": [server], "credentials": credentials},
         "models": models,
         "http_port": http_port,
-        "hard_examples": {"upstream_domain": upstream_domain},
+        "hard_examples": (
+            {} if collect is None else {"collect_from": collect[0], "collect_domains": [collect[1]]}
+        ),
     }
     if upstream is not None:
         data["upstream"] = {"tier": upstream[0], "zone": upstream[1]}

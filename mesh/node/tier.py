@@ -34,7 +34,7 @@ from mesh.topology import subjects
 from mesh.transport.discovery import NodeRegistration, package_version
 from mesh.transport.endpoint import NatsEndpoint
 from mesh.transport.guard import ConnectionWatch, GuardedClient
-from mesh.transport.hardexamples import HardExampleForwarder, HardExampleInbox, HardExampleStore
+from mesh.transport.hardexamples import HardExampleCollector, HardExampleInbox, HardExampleStore
 from mesh.transport.http import HttpServer, Readiness, create_app
 from mesh.transport.upstream import NatsUpstream
 from mesh.wire import NodeStatus
@@ -58,7 +58,7 @@ class TierNode(Service):
         self.upstream: UpstreamLink | None = None
         self.store: HardExampleStore | None = None
         self.inbox: HardExampleInbox | None = None
-        self.forwarder: HardExampleForwarder | None = None
+        self.collector: HardExampleCollector | None = None
         self.endpoint: NatsEndpoint | None = None
         self.http: HttpServer | None = None
         self.registration: NodeRegistration | None = None
@@ -119,30 +119,7 @@ class TierNode(Service):
             self.upstream = self._make_upstream(self.nc)
 
         if s.hard_examples.enabled:
-            self.inbox = HardExampleInbox(self.nc, tier=s.tier, settings=s.hard_examples)
-            await stack.enter_async_context(self.inbox)
-            if s.upstream is not None:
-                self.store = HardExampleStore(
-                    self.nc,
-                    tier=s.tier,
-                    node=s.node,
-                    settings=s.hard_examples,
-                    metrics=self.metrics,
-                )
-                await stack.enter_async_context(self.store)
-                self.forwarder = HardExampleForwarder(
-                    self.nc,
-                    tier=s.tier,
-                    upstream_tier=s.upstream.tier,
-                    settings=s.hard_examples,
-                    metrics=self.metrics,
-                )
-                await stack.enter_async_context(self.forwarder)
-                self._gauge(
-                    "mesh_hard_example_backlog",
-                    "Hard examples stored locally, not yet forwarded upstream",
-                    self._backlog_values,
-                )
+            await self._start_hard_examples(stack, self.nc)
 
         self.dataplane = DataPlane(
             self.identity,
@@ -307,13 +284,39 @@ class TierNode(Service):
             latency=latency,
         )
 
+    async def _start_hard_examples(self, stack: AsyncExitStack, nc: NATS) -> None:
+        """This tier's own store (when it has a tier above) and its collector of the tier
+        below's (when it has one)."""
+        s = self.settings
+        if s.upstream is not None:
+            self.store = HardExampleStore(
+                nc, tier=s.tier, node=s.node, settings=s.hard_examples, metrics=self.metrics
+            )
+            await stack.enter_async_context(self.store)
+            self._gauge(
+                "mesh_hard_example_backlog",
+                "Hard examples stored locally, not yet taken up by the tier above",
+                self._backlog_values,
+            )
+        if s.hard_examples.collect_from is not None:
+            self.inbox = HardExampleInbox(nc, tier=s.tier, settings=s.hard_examples)
+            await stack.enter_async_context(self.inbox)
+            self.collector = HardExampleCollector(
+                nc,
+                tier=s.tier,
+                below=s.hard_examples.collect_from,
+                settings=s.hard_examples,
+                metrics=self.metrics,
+            )
+            await stack.enter_async_context(self.collector)
+
     def _gauge(self, name: str, description: str, source: GaugeSource) -> None:
         self._stack.callback(self.metrics.observe_gauge(name, description, source))
 
     def _backlog_values(self) -> list[tuple[float, dict[str, str]]]:
-        if self.forwarder is None:
+        if self.store is None:
             return []
-        return [(float(self.forwarder.backlog), {"tier": self.settings.tier})]
+        return [(float(self.store.backlog), {"tier": self.settings.tier})]
 
     def served_versions(self) -> dict[str, str]:
         return self.models.versions()
@@ -338,7 +341,7 @@ class TierNode(Service):
             tier=self.settings.tier,
             models=self.models.versions(),
             breakers=breakers,
-            backlog=self.forwarder.backlog if self.forwarder is not None else 0,
+            backlog=self.store.backlog if self.store is not None else 0,
             ready=not problems,
             time=time.time(),
             zone=self.settings.zone,

@@ -34,13 +34,15 @@ from mesh.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     MeshError,
+    NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
 )
 from mesh.lifecycle import Service
 from mesh.observability import tracing
-from mesh.security.creds import CredentialsError, inbox_prefix_of
+from mesh.security.creds import CredentialsError, inbox_prefix_of, user_seed
 from mesh.topology import subjects
+from mesh.topology.headers import MSG_ID
 from mesh.transport.guard import GuardedClient
 from mesh.typedefs import Array
 
@@ -271,7 +273,14 @@ class _Replies:
 class MeshClient(Service):
     """A connection to the mesh through the application's local NATS server."""
 
-    def __init__(self, nc: NATS, *, owns_connection: bool = True, grace_ms: float = 250.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        owns_connection: bool = True,
+        grace_ms: float = 250.0,
+        event_key: bytes | None = None,
+    ) -> None:
         self._nc = nc
         self._owns = owns_connection
         #: extra wait past the budget before giving up: the mesh answers within the budget,
@@ -287,6 +296,9 @@ class MeshClient(Service):
         #: entry subjects of the model names checked so far.
         self._entry_subjects: dict[str, str] = {}
         self._lifecycle_started = True  # connected already: ``async with`` only closes it
+        #: the key of this client's event ids' tags (``mesh.events.streams.event_dedup_id``):
+        #: from its credentials' seed, so retries across restarts deduplicate; else random.
+        self._event_key = event_key or os.urandom(32)
 
     @property
     def nc(self) -> NATS:
@@ -306,11 +318,14 @@ class MeshClient(Service):
         # gets the one typed error below instead, and the attempts at debug level.
         options.setdefault("error_cb", _log_nats_error)
         creds = options.get("user_credentials")
-        if isinstance(creds, str | Path) and "inbox_prefix" not in options:
-            # The mesh lets an identity read replies under its own inbox prefix only.
-            prefix = await asyncio.to_thread(_inbox_prefix_or_none, creds)
-            if prefix is not None:
-                options["inbox_prefix"] = prefix
+        event_key: bytes | None = None
+        if isinstance(creds, str | Path):
+            if "inbox_prefix" not in options:
+                # The mesh lets an identity read replies under its own inbox prefix only.
+                prefix = await asyncio.to_thread(_inbox_prefix_or_none, creds)
+                if prefix is not None:
+                    options["inbox_prefix"] = prefix
+            event_key = await asyncio.to_thread(_event_key_or_none, creds)
         first_s = float(options.pop("connect_timeout", FIRST_CONNECT_S))
         options["connect_timeout"] = first_s
         nc = GuardedClient()
@@ -325,7 +340,7 @@ class MeshClient(Service):
                 f"cannot connect to NATS at {servers} within {first_s:.0f} s "
                 f"({type(exc).__name__}): is the server up, and are the credentials right?"
             ) from None
-        return cls(nc)
+        return cls(nc, event_key=event_key)
 
     @property
     def nats(self) -> NATS:
@@ -445,10 +460,12 @@ class MeshClient(Service):
         """Append an inference event to the local event stream; returns once it is stored (not
         when it is inferred). ``event_id`` (default: a fresh one) deduplicates: publishing the
         same id again stores nothing new and says ``duplicate``. ``source`` is this client's
-        identity name (its credentials allow no other). A full stream raises
-        ``ResourceExhaustedError``; a server with no event stream ``UnavailableError``."""
+        identity name (its credentials allow no other). While the source has as many events of
+        the model waiting as its quota allows, the call waits for room up to ``timeout``, then
+        raises ``ResourceExhaustedError`` (as does a full stream); a model no entry tier here
+        takes events for raises ``NotFoundError``."""
         from mesh.events.records import InferenceEvent, check_event_id, encode_event
-        from mesh.events.streams import event_subject
+        from mesh.events.streams import event_dedup_id, event_subject
 
         subject = event_subject(model, source)
         tensors = _tensors(inputs)
@@ -461,37 +478,55 @@ class MeshClient(Service):
             residency=residency,
             published_at=time.time(),
         )
-        headers = {"Nats-Msg-Id": event.id}
+        headers = {MSG_ID: event_dedup_id(source, event.id, self._event_key)}
         payload = encode_event(event)
-        js = self._nc.jetstream()
         try:
-            if tracing.wanted_here():
-                with tracing.send_span(
-                    subject,
-                    kind=tracing.SpanKind.PRODUCER,
-                    message_id=event.id,
-                    model=model,
-                    attributes={tracing.BODY_SIZE: len(payload)},
-                ):
-                    ack = await js.publish(
-                        subject, payload, headers=tracing.inject(headers), timeout=timeout
-                    )
-            else:
-                ack = await js.publish(subject, payload, headers=headers, timeout=timeout)
+            ack = await self._store_event(subject, model, payload, headers, event.id, timeout)
         except nats.js.errors.APIError as exc:
-            text = f"{exc.description or exc}"
-            if "maximum" in text.lower() or "limit" in text.lower():
-                raise ResourceExhaustedError(
-                    f"event stream is full ({text}): the event was not stored"
-                ) from None
-            raise UnavailableError(f"event not stored: {text}") from None
+            raise _event_refused(exc, model, source, len(payload)) from None
         except nats.js.errors.NoStreamResponseError:
-            raise UnavailableError(
-                f"no event stream takes {subject} here: is an entry tier with events running?"
+            raise NotFoundError(
+                f"no event stream takes events for model {model} here: no entry tier at this "
+                "site serves it with events (or the site's streams were never provisioned)"
             ) from None
         except Exception as exc:
             raise mesh_error(exc, f"publishing an event on {subject}") from None
         return PublishAck(event.id, ack.stream, int(ack.seq), bool(ack.duplicate))
+
+    async def _store_event(
+        self,
+        subject: str,
+        model: str,
+        payload: bytes,
+        headers: dict[str, str],
+        event_id: str,
+        timeout: float,
+    ) -> Any:
+        """Store the event; while its source is at its quota of waiting events, wait for room
+        until ``timeout`` (the quota is the source's back-pressure, not an error at once)."""
+        js = self._nc.jetstream()
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            left = max(0.001, deadline - time.monotonic())
+            try:
+                if tracing.wanted_here():
+                    with tracing.send_span(
+                        subject,
+                        kind=tracing.SpanKind.PRODUCER,
+                        message_id=event_id,
+                        model=model,
+                        attributes={tracing.BODY_SIZE: len(payload)},
+                    ):
+                        return await js.publish(
+                            subject, payload, headers=tracing.inject(headers), timeout=left
+                        )
+                return await js.publish(subject, payload, headers=headers, timeout=left)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != QUOTA_FULL or time.monotonic() + pause >= deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     async def results(
         self,
@@ -506,7 +541,8 @@ class MeshClient(Service):
         restart resumes after the last result taken. A result is acknowledged when the next one
         is asked for; an error result carries ``error`` and no outputs."""
         from mesh.events.records import decode_result
-        from mesh.events.streams import RESULTS_STREAM, result_subject
+        from mesh.events.streams import result_subject
+        from mesh.topology.streams import RESULTS_STREAM
 
         name = _token(durable or source, "durable name")
         js = self._nc.jetstream()
@@ -568,8 +604,42 @@ def _token(value: str, what: str) -> str:
 log = logging.getLogger("mesh.client")
 
 
+#: JetStream's "maximum messages per subject exceeded": a source's quota of waiting events.
+QUOTA_FULL = 10077
+#: JetStream's "message size exceeds maximum allowed".
+TOO_LARGE = 10054
+
+
+def _event_refused(exc: Any, model: str, source: str, size: int) -> MeshError:
+    """What a refused event publish means, for the one who published it."""
+    text = f"{exc.description or exc}"
+    if exc.err_code == QUOTA_FULL:
+        return ResourceExhaustedError(
+            f"source {source} has as many events of {model} waiting to be inferred as its quota "
+            f"allows ({text}); the event was not stored: publish more slowly, or ask for a "
+            "larger per-source quota (EventLimits.per_source_events)"
+        )
+    if exc.err_code == TOO_LARGE:
+        return InvalidArgumentError(
+            f"the event is {size} bytes, over the event stream's largest event ({text})"
+        )
+    if "maximum" in text.lower() or "limit" in text.lower():
+        return ResourceExhaustedError(f"event stream is full ({text}): the event was not stored")
+    return UnavailableError(f"event not stored: {text}")
+
+
 async def _log_nats_error(exc: Exception) -> None:
     log.debug("NATS: %s: %s", type(exc).__name__, exc)
+
+
+def _event_key_or_none(creds: str | Path) -> bytes | None:
+    from mesh.events.streams import event_key
+
+    try:
+        seed = user_seed(creds)
+    except CredentialsError as exc:
+        raise UnavailableError(str(exc)) from None
+    return None if seed is None else event_key(seed)
 
 
 def _inbox_prefix_or_none(creds: str | Path) -> str | None:

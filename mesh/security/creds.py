@@ -21,6 +21,7 @@ from typing import Any
 
 _JWT = re.compile(r"-----BEGIN NATS USER JWT-----\s*(\S+)\s*------END NATS USER JWT------")
 _INBOX = re.compile(r"^(_INBOX_[A-Za-z0-9_\-]+)\.>$")
+_SEED = re.compile(r"-----BEGIN USER NKEY SEED-----\s*(\S+)\s*------END USER NKEY SEED------")
 
 
 class CredentialsError(ValueError):
@@ -64,4 +65,15 @@ def inbox_prefix_of(creds: Path | str) -> str | None:
     return None
 
 
-__all__ = ["CredentialsError", "inbox_prefix_of", "user_claims"]
+def user_seed(creds: Path | str) -> bytes | None:
+    """The nkey seed in a ``.creds`` file: a secret only its holder has (the SDK derives the
+    key of its event ids' tags from it); None when the file holds none."""
+    try:
+        text = Path(creds).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError(f"cannot read credentials {creds}: {exc}") from None
+    found = _SEED.search(text)
+    return found.group(1).encode() if found else None
+
+
+__all__ = ["CredentialsError", "inbox_prefix_of", "user_claims", "user_seed"]

@@ -76,6 +76,10 @@ class IdentitySpec:
     upstream_tier: str | None = None
     entry: bool = False
     models: Sequence[str] | None = None
+    #: the tier below a node's (whose hard examples it takes up), if any.
+    downstream_tier: str | None = None
+    #: the JetStream domain of a node's server (its heartbeat's bucket), if it runs a fleet agent.
+    domain: str | None = None
 
     def permissions(self) -> Permissions:
         return permissions_for(
@@ -83,9 +87,23 @@ class IdentitySpec:
             name=self.name,
             tier=self.tier,
             upstream_tier=self.upstream_tier,
+            downstream_tier=self.downstream_tier,
             entry=self.entry,
+            domain=self.domain,
             models=self.models,
         )
+
+    def record(self) -> dict[str, Any]:
+        """What ``identities.json`` keeps of it (to list and re-issue identities)."""
+        return {
+            "role": str(self.role),
+            "tier": self.tier,
+            "upstream_tier": self.upstream_tier,
+            "downstream_tier": self.downstream_tier,
+            "entry": self.entry,
+            "domain": self.domain,
+            "models": list(self.models) if self.models is not None else None,
+        }
 
 
 @dataclass(frozen=True)

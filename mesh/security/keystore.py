@@ -129,13 +129,7 @@ class KeyStore:
         identity = create_identity(self.account, spec)
         path = write_creds(identity, self.directory / CREDS_DIR)
         registry = self.identities()
-        registry[spec.name] = {
-            "role": str(spec.role),
-            "tier": spec.tier,
-            "upstream_tier": spec.upstream_tier,
-            "entry": spec.entry,
-            "models": list(spec.models) if spec.models is not None else None,
-        }
+        registry[spec.name] = spec.record()
         (self.directory / IDENTITIES_FILE).write_text(json.dumps(registry, indent=2) + "\n")
         return path
 
@@ -143,14 +137,7 @@ class KeyStore:
         """The creds of ``spec``'s identity, issued unless one with the same role exists."""
         known = self.identities().get(spec.name)
         path = self.creds_path(spec.name)
-        wanted = {
-            "role": str(spec.role),
-            "tier": spec.tier,
-            "upstream_tier": spec.upstream_tier,
-            "entry": spec.entry,
-            "models": list(spec.models) if spec.models is not None else None,
-        }
-        if known == wanted and path.exists():
+        if known == spec.record() and path.exists():
             return path
         return self.add(spec)
 
@@ -207,10 +194,24 @@ def _write_private(path: Path, text: str) -> None:
 def standard_identities(edge_replicas: int = 1) -> list[IdentitySpec]:
     specs = [
         IdentitySpec("app", Role.APPLICATION),
-        IdentitySpec("cloud-0", Role.NODE, tier="cloud"),
-        IdentitySpec("gateway-0", Role.NODE, tier="gateway", upstream_tier="cloud"),
+        IdentitySpec("cloud-0", Role.NODE, tier="cloud", downstream_tier="gateway", domain="hub"),
+        IdentitySpec(
+            "gateway-0",
+            Role.NODE,
+            tier="gateway",
+            upstream_tier="cloud",
+            downstream_tier="edge",
+            domain="site",
+        ),
         *(
-            IdentitySpec(f"edge-{i}", Role.NODE, tier="edge", upstream_tier="gateway", entry=True)
+            IdentitySpec(
+                f"edge-{i}",
+                Role.NODE,
+                tier="edge",
+                upstream_tier="gateway",
+                entry=True,
+                domain="site",
+            )
             for i in range(edge_replicas)
         ),
         IdentitySpec("controller", Role.CONTROLLER),

@@ -1,45 +1,46 @@
-"""Who may publish and subscribe what: the mesh's permission table, as data.
+"""Who may publish and subscribe what: the mesh's permission table, generated from the topology.
 
-Every identity (application, node, controller, ingress, console, administrator, site leaf
-server) gets publish and subscribe allow and deny lists and whether it may answer the requests
-it receives (``allow_responses``). ``ROLE_TABLE`` holds one ``RoleRule`` per role: subject
-templates, the JetStream streams the role manages or reads, and the grants that only apply to
-an entry tier or to a tier with an upstream. ``permissions_for`` fills the templates in; it
-holds no per-role code.
-
-Template fields: ``{name}`` (the identity), ``{inbox}`` (its inbox prefix), ``{tier}``,
-``{upstream_tier}``, ``{TIER}`` and ``{UPSTREAM_TIER}`` (as in stream names), and ``{model}``,
-one subject per model the identity is limited to, or for every model ``>`` as the last token
-and ``*`` elsewhere (the server refuses a permission with ``>`` inside a subject).
+Every subject, stream and consumer name here comes from ``mesh.topology`` (the one home of the
+names the mesh puts on the wire), so a rename changes the permissions with it and can neither
+open nor close a door by accident. ``permissions_for`` builds one identity's rights from its role
+and where it sits (tier, the tiers above and below, the entry tier, its JetStream domain, the
+models it is limited to); ``docs/security.md`` prints the table it makes.
 
 Rules the table encodes:
 
-- Every client identity has an inbox prefix of its own, ``_INBOX_<name>`` (connect with
-  ``nats.connect(..., inbox_prefix=inbox_prefix(name))``), and may subscribe to no other inbox:
-  nobody reads replies meant for someone else.
+- Every client identity has an inbox prefix of its own, ``_INBOX_<name>``, and may subscribe to
+  no other inbox: nobody reads replies meant for someone else.
 - A node takes its tier's subjects only in its tier's queue group (``"subject queue"`` is NATS
   syntax for "this subject, in this queue group only"), and the entry subjects only in
-  ``mesh.entry`` when it is the entry tier. It publishes only its own telemetry and its own
-  tier's hard examples, escalates only to its upstream tier, and answers what it receives
+  ``mesh.entry`` when it is the entry tier. It publishes its own telemetry and heartbeat and its
+  own tier's hard examples, escalates only to the tier above, and answers what it receives
   through ``allow_responses``.
-- JetStream is reached only through the API subjects of named streams: a node may look up,
-  create and update its own two streams and consume from them, and read the fleet's desired
-  state and the model store. Deleting or purging a stream, a consumer or a message is denied to
-  every role but the administrator, in the local domain (``$JS.API``) and across domains
-  (``$JS.<domain>.API``).
-- Only the controller writes the fleet's desired state (``$KV.MESH_FLEET_DESIRED.>``), the
-  rollouts (``$KV.MESH_FLEET_ROLLOUTS.>``) and the model store (``$O.MESH_MODELS.>``); a node
-  writes only its own heartbeat (``$KV.MESH_NODES_<DOMAIN>.<name>``). The controller and the
-  console read the heartbeats and the rollouts.
+- JetStream is administered by the fleet, not by its members. Streams and buckets are created
+  and configured by the provisioning step (``mesh fleet init``, ``mesh up``) with the
+  administrator's identity. No other role may create, update, delete, purge, seal, snapshot or
+  restore any stream, nor delete a consumer or a message, in the local domain (``$JS.API``) or
+  any other (``$JS.<domain>.API``); a site's leaf link may not carry those calls to the hub
+  either. Runtime roles call only the read operations of the streams their role reads, and
+  create only their own durable consumers, by name and filter
+  (``CONSUMER.CREATE.<stream>.<consumer>.<filter>``).
+- Nobody consumes a stream whose content only it writes (a node's hard examples are taken up
+  by the tier above it, never forwarded by the node itself). NATS sends a consumer's deliveries
+  to the subject its creator names without checking that identity's rights (nats-server #8274),
+  so a role that could read back what it wrote could write anything anywhere; here a role can
+  only re-deliver what others wrote, and the readers of the fleet's buckets check each entry's
+  key and order (``docs/security.md``).
+- Only the controller writes the fleet's desired state, its rollouts and the model store; a node
+  writes only its own heartbeat key, in its own domain's bucket.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from mesh.topology import subjects
+from mesh.topology import streams, subjects
+from mesh.topology.subjects import ANY, REST
 
 
 class Role(StrEnum):
@@ -65,200 +66,283 @@ class Permissions:
     allow_responses: bool = False
 
 
-@dataclass(frozen=True)
-class RoleRule:
-    """One row of the permission table: templates filled in by ``permissions_for``."""
+# --- the JetStream API, verb by verb --------------------------------------------------------
 
-    publish: tuple[str, ...] = ()
-    subscribe: tuple[str, ...] = ()
-    publish_deny: tuple[str, ...] = ()
-    subscribe_deny: tuple[str, ...] = ()
-    #: streams whose definition the role looks up, creates and updates, and consumes from.
-    js_manage: tuple[str, ...] = ()
-    #: streams (KV buckets and object stores included) the role may only read.
-    js_read: tuple[str, ...] = ()
-    #: granted only to the entry tier.
-    entry_subscribe: tuple[str, ...] = ()
-    #: granted only to a tier with an upstream tier.
-    upstream_publish: tuple[str, ...] = ()
-    allow_responses: bool = False
-
-
-#: JetStream API prefixes: the connected server's domain, and any domain by name.
-JS_API_PREFIXES = ("$JS.API", "$JS.*.API")
-#: JetStream API operations that destroy data; no role but the administrator may call them.
-JS_DESTRUCTIVE = (
-    "STREAM.DELETE.>",
-    "STREAM.PURGE.>",
-    "STREAM.MSG.DELETE.>",
-    "CONSUMER.DELETE.>",
-)
-JS_MANAGE_OPS = (
-    "STREAM.INFO.{stream}",
-    "STREAM.CREATE.{stream}",
-    "STREAM.UPDATE.{stream}",
-)
-JS_CONSUME_OPS = (
-    "CONSUMER.CREATE.{stream}.>",
-    "CONSUMER.INFO.{stream}.>",
-    "CONSUMER.MSG.NEXT.{stream}.>",
-)
-JS_READ_OPS = (
-    # an ephemeral consumer with no filter (nats-py's ordered consumers) is created here
-    "CONSUMER.CREATE.{stream}",
+#: reading a stream, a KV bucket or an object store: look it up, get messages, and watch it
+#: through an ordered consumer (nats-py creates those without a name, ``CONSUMER.CREATE.<s>``).
+JS_READ = (
     "STREAM.INFO.{stream}",
     "STREAM.MSG.GET.{stream}",
     "DIRECT.GET.{stream}",
     "DIRECT.GET.{stream}.>",
-    *JS_CONSUME_OPS,
+    "CONSUMER.CREATE.{stream}",
 )
-#: acknowledgements and flow-control replies of a stream's consumers (not API calls).
-JS_CONSUMER_REPLIES = ("$JS.ACK.{stream}.>", "$JS.FC.{stream}.>")
-
-DESIRED_BUCKET = "MESH_FLEET_DESIRED"
-DESIRED_STREAM = f"KV_{DESIRED_BUCKET}"
-DESIRED_WRITE = f"$KV.{DESIRED_BUCKET}.>"
-MODEL_STORE = "MESH_MODELS"
-MODEL_STORE_STREAM = f"OBJ_{MODEL_STORE}"
-MODEL_STORE_WRITE = f"$O.{MODEL_STORE}.>"
-NODES_BUCKET = "MESH_FLEET_NODES"
-NODES_STREAM = f"KV_{NODES_BUCKET}"
-#: rollouts (``rollout.<model>``), their evidence windows and the controllers' leader lease.
-ROLLOUTS_BUCKET = "MESH_FLEET_ROLLOUTS"
-ROLLOUTS_STREAM = f"KV_{ROLLOUTS_BUCKET}"
-ROLLOUTS_WRITE = f"$KV.{ROLLOUTS_BUCKET}.>"
-#: where a node writes its heartbeat: its own key in its domain's ``MESH_NODES_<DOMAIN>``. A
-#: wildcard is a whole token, so this is its key in any bucket; the desired state is denied
-#: apart (``NOT_CONTROL``), and no other bucket has a key named after a node.
-HEARTBEAT_WRITE = "$KV.*.{name}"
-#: the fleet's KV buckets, as stream names: a wildcard is a whole token, so each is named.
-FLEET_BUCKET_STREAMS = (DESIRED_STREAM, NODES_STREAM, ROLLOUTS_STREAM)
-
-SERVICE_NAME = "mesh-node"
-#: a node's NATS micro services control subjects: ``$SRV.<verb>[.mesh-node[.<id>]]``.
-SERVICE_CONTROL = tuple(
-    subject
-    for verb in ("PING", "INFO", "STATS")
-    for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE_NAME}", f"$SRV.{verb}.{SERVICE_NAME}.*")
+#: one durable consumer, by name and filter: create (or find) it, read its state, pull from it.
+JS_CONSUME = (
+    "CONSUMER.CREATE.{stream}.{consumer}.{filter}",
+    "CONSUMER.INFO.{stream}.{consumer}",
+    "CONSUMER.MSG.NEXT.{stream}.{consumer}",
 )
+#: what only the administrator may call, in any domain.
+JS_ADMIN = (
+    "STREAM.CREATE.>",
+    "STREAM.UPDATE.>",
+    "STREAM.DELETE.>",
+    "STREAM.PURGE.>",
+    "STREAM.MSG.DELETE.>",
+    "STREAM.SNAPSHOT.>",
+    "STREAM.RESTORE.>",
+    "STREAM.PEER.REMOVE.>",
+    "STREAM.LEADER.STEPDOWN.>",
+    "CONSUMER.DELETE.>",
+    "CONSUMER.DURABLE.CREATE.>",
+    "CONSUMER.LEADER.STEPDOWN.>",
+    "META.>",
+    "ACCOUNT.PURGE.>",
+    "SERVER.REMOVE",
+)
+#: the local domain's API and any domain's by name.
+JS_DOMAINS = (None, ANY)
 
-INBOX = "{inbox}.>"
-NO_DESTRUCTION = tuple(f"{prefix}.{op}" for prefix in JS_API_PREFIXES for op in JS_DESTRUCTIVE)
+
+def js_api(operations: Iterable[str], **fields: str) -> list[str]:
+    """``operations`` filled in with ``fields``, under the local and every named domain."""
+    return [
+        subjects.js_api(op.format(**fields), domain) for op in operations for domain in JS_DOMAINS
+    ]
+
+
+NO_JS_ADMIN = tuple(js_api(JS_ADMIN))
+DESIRED_WRITE = subjects.kv(streams.DESIRED_BUCKET, REST)
+ROLLOUTS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, REST)
+MODEL_STORE_WRITE = subjects.object_subjects(streams.MODEL_STORE)
 #: a client may not write what only the controller or the administrator writes.
-NOT_CONTROL = (*NO_DESTRUCTION, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE)
+NOT_CONTROL = (*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE)
 
-ROLE_TABLE: Mapping[Role, RoleRule] = {
-    Role.APPLICATION: RoleRule(
-        # A request may also address one tier directly (``MeshClient.infer(..., tier=...)``).
-        # Results are read through one durable consumer named after the identity, whose filter
-        # may only be its own results (the filter is part of the create subject).
-        publish=(
-            "mesh.infer.{model}",
-            "mesh.*.infer.{model}",
-            "mesh.events.{model}.{name}",
-            *(
-                f"{prefix}.{op}"
-                for prefix in JS_API_PREFIXES
-                for op in (
-                    "CONSUMER.CREATE.MESH_RESULTS.{name}.mesh.results.{model}.{name}",
-                    "CONSUMER.INFO.MESH_RESULTS.{name}",
-                    "CONSUMER.MSG.NEXT.MESH_RESULTS.{name}",
-                )
-            ),
-            "$JS.ACK.MESH_RESULTS.{name}.>",
-            INBOX,
-        ),
-        subscribe=(INBOX, "mesh.results.{model}.{name}"),
-        publish_deny=NOT_CONTROL,
-    ),
-    Role.NODE: RoleRule(
-        publish=(
-            "mesh.telemetry.{name}",
-            "mesh.hard.{tier}.{model}",
-            # a request for a model this node does not serve, to a neighbour of its tier that does
-            "mesh.{tier}.infer.{model}",
-            HEARTBEAT_WRITE,
-            # result events and dead letters of the event streams (entry tier)
-            "mesh.results.{model}.*",
-            "mesh.deadletter.{model}.*",
-            # what the event streams' action rules publish, and actions that failed
-            "mesh.actions.>",
-            "mesh.actions-dead.>",
-            INBOX,
-        ),
-        subscribe=(
-            "mesh.{tier}.infer.{model} mesh.{tier}",
-            "mesh.{tier}.forward.{model} mesh.{tier}",
-            "mesh.status.{name}",
-            *SERVICE_CONTROL,
-            INBOX,
-        ),
-        publish_deny=NOT_CONTROL,
-        js_manage=(
-            "MESH_HARD_{TIER}",
-            "MESH_LEARN_{TIER}",
-            "MESH_EVENTS",
-            "MESH_RESULTS",
-            "MESH_EVENTS_DEAD",
-            "MESH_ACTIONS_DEAD",
-        ),
-        js_read=(DESIRED_STREAM, MODEL_STORE_STREAM),
-        entry_subscribe=("mesh.infer.{model} mesh.entry",),
-        upstream_publish=(
-            "mesh.{upstream_tier}.infer.{model}",
-            "mesh.{upstream_tier}.forward.{model}",
-            "mesh.learn.{upstream_tier}.{model}",
-        ),
-        allow_responses=True,
-    ),
-    Role.CONTROLLER: RoleRule(
-        publish=(
+
+@dataclass
+class _Rights:
+    """Rights being built up for one identity: what it may publish and subscribe."""
+
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+
+    def read(self, stream: str) -> None:
+        self.publish.extend(js_api(JS_READ, stream=stream))
+        self.publish.append(subjects.js_flow_control(stream))
+
+    def consume(self, stream: str, consumer: str, filter_subject: str) -> None:
+        self.publish.extend(
+            js_api(JS_CONSUME, stream=stream, consumer=consumer, filter=filter_subject)
+        )
+        self.publish.append(subjects.js_ack(stream, consumer))
+
+    def info(self, stream: str) -> None:
+        self.publish.extend(js_api(["STREAM.INFO.{stream}"], stream=stream))
+
+    def permissions(
+        self, *, deny: Sequence[str] = NOT_CONTROL, responses: bool = False
+    ) -> Permissions:
+        return Permissions(
+            publish_allow=_unique(self.publish),
+            publish_deny=tuple(deny),
+            subscribe_allow=_unique(self.subscribe),
+            allow_responses=responses,
+        )
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an identity sits: its name, tier, the tiers next to it, domain and models."""
+
+    name: str
+    tier: str | None = None
+    upstream_tier: str | None = None
+    downstream_tier: str | None = None
+    entry: bool = False
+    #: the JetStream domain of the server a node connects to (where its heartbeat goes).
+    domain: str | None = None
+    #: the models it is limited to; None: every model.
+    models: Sequence[str] | None = None
+
+    def model_tokens(self, last: bool) -> list[str]:
+        """One token per model, or the wildcard: ``>`` as a subject's last token, else ``*``."""
+        if self.models is None:
+            return [REST if last else ANY]
+        return [subjects.check_token(m, "model name") for m in self.models]
+
+
+def _application(p: Placement) -> Permissions:
+    r = _Rights(subscribe=[f"{subjects.inbox_prefix(p.name)}.>"])
+    r.publish.append(f"{subjects.inbox_prefix(p.name)}.>")
+    for model in p.model_tokens(last=True):
+        # a request may address one tier directly (``MeshClient.infer(..., tier=...)``)
+        r.publish += [subjects.entry(model), subjects.tier_infer(ANY, model)]
+    for model in p.model_tokens(last=False):
+        r.publish.append(subjects.event(model, p.name))
+        # results through one durable consumer named after the identity, filtered on its own
+        # results only (the filter is part of the create subject)
+        r.consume(streams.RESULTS_STREAM, p.name, subjects.result(model, p.name))
+        r.subscribe.append(subjects.result(model, p.name))
+    return r.permissions()
+
+
+def _node(p: Placement) -> Permissions:
+    if p.tier is None:
+        raise ValueError("a node's permissions need its tier")
+    tier = subjects.check_token(p.tier, "tier")
+    inbox = f"{subjects.inbox_prefix(p.name)}.>"
+    r = _Rights(
+        publish=[subjects.telemetry(p.name), inbox],
+        subscribe=[subjects.status(p.name), *subjects.SERVICE_CONTROL, inbox],
+    )
+    queue = subjects.tier_queue(tier)
+    for model in p.model_tokens(last=True):
+        r.subscribe.append(f"{subjects.tier_infer(tier, model)} {queue}")
+        r.subscribe.append(f"{subjects.tier_forward(tier, model)} {queue}")
+        # a request for a model this node does not serve, to a neighbour of its tier that does
+        r.publish.append(subjects.tier_infer(tier, model))
+        if p.entry:
+            r.subscribe.append(f"{subjects.entry(model)} {subjects.ENTRY_QUEUE}")
+    if p.upstream_tier is not None:
+        _node_upstream(r, p, tier)
+    if p.downstream_tier is not None:
+        _node_collector(r, p, tier)
+    if p.entry:
+        _node_events(r, p, tier)
+    _node_fleet(r, p)
+    return r.permissions(responses=True)
+
+
+def _node_upstream(r: _Rights, p: Placement, tier: str) -> None:
+    """Escalation to the tier above, and the hard examples kept for it."""
+    up = subjects.check_token(p.upstream_tier or "", "upstream tier")
+    for model in p.model_tokens(last=True):
+        r.publish += [
+            subjects.tier_infer(up, model),
+            subjects.tier_forward(up, model),
+            subjects.hard_examples(tier, model),
+        ]
+    r.info(streams.hard_example_stream(tier))
+
+
+def _node_collector(r: _Rights, p: Placement, tier: str) -> None:
+    """Taking up the hard examples of the tier below into this tier's own stream."""
+    below = subjects.check_token(p.downstream_tier or "", "downstream tier")
+    for model in p.model_tokens(last=True):
+        r.publish.append(subjects.inbox(tier, model))
+    r.info(streams.inbox_stream(tier))
+    r.info(streams.hard_example_stream(below))
+    r.consume(
+        streams.hard_example_stream(below),
+        streams.collector_consumer(tier),
+        subjects.hard_examples_wildcard(below),
+    )
+
+
+def _node_events(r: _Rights, p: Placement, tier: str) -> None:
+    """The entry tier's event consumers, results, dead letters and actions."""
+    for model in p.model_tokens(last=False):
+        r.publish += [subjects.result(model, ANY), subjects.dead_letter(model, ANY)]
+        consumer = ANY if p.models is None else streams.events_consumer(tier, model)
+        r.consume(streams.EVENTS_STREAM, consumer, subjects.event(model, REST))
+    r.publish += [subjects.ACTIONS_WILDCARD, subjects.ACTIONS_DEAD_WILDCARD]
+    for stream in streams.EVENT_STREAMS:
+        r.info(stream)
+
+
+def _node_fleet(r: _Rights, p: Placement) -> None:
+    """The fleet agent: reads the desired state and the model store of its domain, and writes
+    its own heartbeat key there."""
+    r.read(streams.DESIRED_STREAM)
+    r.read(streams.MODEL_STORE_STREAM)
+    if p.domain is not None:
+        bucket = streams.nodes_bucket(p.domain)
+        r.publish.append(subjects.kv(bucket, p.name))
+        r.info(subjects.kv_stream(bucket))
+
+
+def _controller(p: Placement) -> Permissions:
+    inbox = f"{subjects.inbox_prefix(p.name)}.>"
+    r = _Rights(
+        publish=[
             DESIRED_WRITE,
-            MODEL_STORE_WRITE,
             ROLLOUTS_WRITE,
-            *SERVICE_CONTROL,
-            "mesh.status.*",
-            INBOX,
-        ),
-        subscribe=(INBOX, "mesh.telemetry.>"),
-        publish_deny=NO_DESTRUCTION,
-        js_manage=(DESIRED_STREAM, MODEL_STORE_STREAM, ROLLOUTS_STREAM),
-        js_read=(*FLEET_BUCKET_STREAMS, MODEL_STORE_STREAM),
-    ),
-    Role.INGRESS: RoleRule(
-        # it asks the nodes what the entry tier serves (readiness, versions) as the console does
-        publish=(
-            "mesh.infer.{model}",
-            "mesh.events.{model}.*",
-            *SERVICE_CONTROL,
-            "mesh.status.*",
-            INBOX,
-        ),
-        subscribe=(INBOX, "mesh.results.{model}.*"),
-        publish_deny=NOT_CONTROL,
-    ),
-    Role.CONSOLE: RoleRule(
-        publish=(*SERVICE_CONTROL, "mesh.status.*", INBOX),
-        subscribe=(INBOX, "mesh.telemetry.>"),
-        publish_deny=NOT_CONTROL,
-        js_read=FLEET_BUCKET_STREAMS,
-    ),
-    Role.OPERATOR: RoleRule(publish=(">",), subscribe=(">",), allow_responses=True),
+            MODEL_STORE_WRITE,
+            *subjects.SERVICE_CONTROL,
+            subjects.STATUS_ANY,
+            inbox,
+        ],
+        subscribe=[inbox, subjects.TELEMETRY_WILDCARD],
+    )
+    for stream in (
+        streams.DESIRED_STREAM,
+        streams.ROLLOUTS_STREAM,
+        streams.NODES_STREAM,
+        streams.MODEL_STORE_STREAM,
+    ):
+        r.read(stream)
+    return r.permissions(deny=NO_JS_ADMIN)
+
+
+def _ingress(p: Placement) -> Permissions:
+    inbox = f"{subjects.inbox_prefix(p.name)}.>"
+    # it asks the nodes what the entry tier serves (readiness, versions) as the console does
+    r = _Rights(publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox], subscribe=[inbox])
+    for model in p.model_tokens(last=True):
+        r.publish.append(subjects.entry(model))
+    for model in p.model_tokens(last=False):
+        r.publish.append(subjects.event(model, ANY))
+        r.subscribe.append(subjects.result(model, ANY))
+    return r.permissions()
+
+
+def _console(p: Placement) -> Permissions:
+    inbox = f"{subjects.inbox_prefix(p.name)}.>"
+    r = _Rights(
+        publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox],
+        subscribe=[inbox, subjects.TELEMETRY_WILDCARD],
+    )
+    for stream in (streams.DESIRED_STREAM, streams.NODES_STREAM, streams.ROLLOUTS_STREAM):
+        r.read(stream)
+    return r.permissions()
+
+
+def _operator(p: Placement) -> Permissions:
+    return Permissions(publish_allow=(REST,), subscribe_allow=(REST,), allow_responses=True)
+
+
+def _leaf(p: Placement) -> Permissions:
     # A site's leaf server carries every site identity's traffic, each already held to its own
     # permissions by the site server; what a leaf may never do, even taken over, is write the
-    # fleet's desired state or models, destroy streams, or talk to the system account.
-    Role.LEAF: RoleRule(
-        publish=(">",),
-        subscribe=(">",),
+    # fleet's desired state or models, administer JetStream at the hub, or talk to the system
+    # account. (An administrator at the hub may still provision a site's streams through it.)
+    return Permissions(
+        publish_allow=(REST,),
+        subscribe_allow=(REST,),
         publish_deny=(*NOT_CONTROL, "$SYS.>"),
         subscribe_deny=("$SYS.>",),
-    ),
+    )
+
+
+_BUILDERS = {
+    Role.APPLICATION: _application,
+    Role.NODE: _node,
+    Role.CONTROLLER: _controller,
+    Role.INGRESS: _ingress,
+    Role.CONSOLE: _console,
+    Role.OPERATOR: _operator,
+    Role.LEAF: _leaf,
 }
 
 
 def inbox_prefix(name: str) -> str:
     """The inbox prefix of an identity: ``nats.connect(..., inbox_prefix=inbox_prefix(name))``."""
-    return f"_INBOX_{subjects.check_token(name, 'identity name')}"
+    return subjects.inbox_prefix(name)
 
 
 def permissions_for(
@@ -267,92 +351,36 @@ def permissions_for(
     name: str,
     tier: str | None = None,
     upstream_tier: str | None = None,
+    downstream_tier: str | None = None,
     entry: bool = False,
+    domain: str | None = None,
     models: Sequence[str] | None = None,
 ) -> Permissions:
     """The permissions of identity ``name`` in ``role``.
 
-    ``tier`` is required for a node; ``upstream_tier`` (None for the top tier) and ``entry`` say
-    where it sits in the cascade. ``models`` limits the model subjects to those models; None
-    allows every model.
+    ``tier`` is required for a node; ``upstream_tier`` (None for the top tier),
+    ``downstream_tier`` (None for the lowest) and ``entry`` say where it sits in the cascade;
+    ``domain`` is the JetStream domain of its server (its heartbeat's bucket). ``models`` limits
+    the model subjects to those models; None allows every model.
     """
-    role = Role(role)
-    rule = ROLE_TABLE[role]
-    if role is Role.NODE and tier is None:
-        raise ValueError("a node's permissions need its tier")
-    fields = {
-        "name": subjects.check_token(name, "identity name"),
-        "inbox": inbox_prefix(name),
-        "tier": _token_or_blank(tier, "tier"),
-        "TIER": _stream_token(tier),
-        "upstream_tier": _token_or_blank(upstream_tier, "upstream tier"),
-        "UPSTREAM_TIER": _stream_token(upstream_tier),
-    }
-    model_tokens = (
-        None if models is None else [subjects.check_token(m, "model name") for m in models]
+    placement = Placement(
+        name=subjects.check_token(name, "identity name"),
+        tier=tier,
+        upstream_tier=upstream_tier,
+        downstream_tier=downstream_tier,
+        entry=entry,
+        domain=domain,
+        models=models,
     )
-
-    def fill(templates: Iterable[str]) -> tuple[str, ...]:
-        out: list[str] = []
-        for template in templates:
-            for model in _models_of(template, model_tokens):
-                subject = template.format(model=model, **fields)
-                if subject not in out:
-                    out.append(subject)
-        return tuple(out)
-
-    publish = list(rule.publish)
-    subscribe = list(rule.subscribe)
-    if entry:
-        subscribe.extend(rule.entry_subscribe)
-    if upstream_tier is not None:
-        publish.extend(rule.upstream_publish)
-    for stream in rule.js_manage:
-        publish.extend(_js_api(stream, (*JS_MANAGE_OPS, *JS_CONSUME_OPS)))
-        publish.extend(reply.format(stream=stream) for reply in JS_CONSUMER_REPLIES)
-    for stream in rule.js_read:
-        publish.extend(_js_api(stream, JS_READ_OPS))
-        publish.extend(reply.format(stream=stream) for reply in JS_CONSUMER_REPLIES)
-    return Permissions(
-        publish_allow=fill(publish),
-        publish_deny=fill(rule.publish_deny),
-        subscribe_allow=fill(subscribe),
-        subscribe_deny=fill(rule.subscribe_deny),
-        allow_responses=rule.allow_responses,
-    )
-
-
-def _models_of(template: str, models: list[str] | None) -> list[str]:
-    if "{model}" not in template:
-        return [""]
-    if models is not None:
-        return models
-    # ">" only as the last token of the subject (before a queue group): elsewhere it is "*".
-    return [">" if template.split(" ")[0].endswith("{model}") else "*"]
-
-
-def _js_api(stream: str, operations: Iterable[str]) -> list[str]:
-    # Stream templates hold {TIER}, filled in later with the other fields: escape nothing here.
-    return [
-        f"{prefix}.{op.replace('{stream}', stream)}"
-        for op in operations
-        for prefix in JS_API_PREFIXES
-    ]
-
-
-def _token_or_blank(value: str | None, what: str) -> str:
-    return "" if value is None else subjects.check_token(value, what)
-
-
-def _stream_token(tier: str | None) -> str:
-    return "" if tier is None else subjects.hard_example_stream(tier).removeprefix("MESH_HARD_")
+    return _BUILDERS[Role(role)](placement)
 
 
 __all__ = [
-    "ROLE_TABLE",
+    "NOT_CONTROL",
+    "NO_JS_ADMIN",
     "Permissions",
+    "Placement",
     "Role",
-    "RoleRule",
     "inbox_prefix",
     "permissions_for",
 ]

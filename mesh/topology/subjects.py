@@ -1,14 +1,32 @@
-"""Every NATS subject and queue group the mesh uses, in one place.
+"""Every NATS subject and queue group the mesh uses, in one place (docs/subjects.md draws them).
 
-- ``mesh.infer.<model>``: entry subject, taken by the entry tier (the lowest one).
-- ``mesh.<tier>.infer.<model>``: a tier addressed directly; escalation uses it.
-- ``mesh.hard.<tier>.<model>``: hard examples a tier could not get answered upstream.
-- ``mesh.learn.<tier>.<model>``: hard examples delivered to a tier (its inbox stream).
-- ``mesh.telemetry.<node>``: node events (drift).
-- ``mesh.status.<node>``: a node's status endpoint (NATS micro services API).
-- ``$SRV.*``: control through the NATS micro services API.
+Request path:
 
-JetStream stream names are here too: ``MESH_HARD_<TIER>`` and ``MESH_LEARN_<TIER>``.
+- ``mesh.infer.<model>``: entry subject, taken by the entry tier (the lowest one), queue
+  ``mesh.entry``.
+- ``mesh.<tier>.infer.<model>``: a tier addressed directly; escalation uses it. Queue
+  ``mesh.<tier>``.
+- ``mesh.<tier>.forward.<model>``: a model no node of the tier serves: the tier passes it up.
+
+Store-and-forward and telemetry:
+
+- ``mesh.hard.<tier>.<model>``: hard examples a tier recorded (stream ``MESH_HARD_<TIER>``).
+- ``mesh.learn.<tier>.<model>``: hard examples a tier took up from the tier below it (stream
+  ``MESH_LEARN_<TIER>``).
+- ``mesh.telemetry.<node>``: node events (drift, swaps, refusals).
+- ``mesh.status.<node>`` and ``$SRV.*``: the NATS micro services API.
+
+Events (each site's own: they never cross a leaf link):
+
+- ``mesh.events.<model>.<source>``, ``mesh.results.<model>.<source>``,
+  ``mesh.deadletter.<model>.<source>``; ``mesh.actions.<...>`` and ``mesh.actions-dead.<rule>``.
+
+JetStream: ``$KV.<bucket>.<key>``, ``$O.<store>.>``, ``$JS[.<domain>].API.<operation>`` and
+``$JS.ACK.<stream>.<consumer>.>``.
+
+Builders format without checking; values that come from a user are checked with
+``check_token`` where they enter. A permission may pass ``ANY`` (``*``) or ``REST`` (``>``) as a
+token.
 """
 
 from __future__ import annotations
@@ -16,6 +34,10 @@ from __future__ import annotations
 import re
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+#: a wildcard for one token, and for the rest of a subject (last token only).
+ANY = "*"
+REST = ">"
 
 
 def check_token(value: str, what: str) -> str:
@@ -25,13 +47,15 @@ def check_token(value: str, what: str) -> str:
     return value
 
 
-def entry(model: str) -> str:
-    return f"mesh.infer.{model}"
-
+# --- request path ---------------------------------------------------------------------------
 
 ENTRY_PREFIX = "mesh.infer."
 ENTRY_WILDCARD = "mesh.infer.>"
 ENTRY_QUEUE = "mesh.entry"
+
+
+def entry(model: str) -> str:
+    return f"mesh.infer.{model}"
 
 
 def tier_infer(tier: str, model: str) -> str:
@@ -45,15 +69,23 @@ def tier_forward(tier: str, model: str) -> str:
 
 
 def tier_forward_wildcard(tier: str) -> str:
-    return f"mesh.{tier}.forward.>"
+    return tier_forward(tier, REST)
 
 
 def tier_wildcard(tier: str) -> str:
-    return f"mesh.{tier}.infer.>"
+    return tier_infer(tier, REST)
 
 
 def tier_queue(tier: str) -> str:
     return f"mesh.{tier}"
+
+
+def model_of(subject: str) -> str:
+    """The model token of an infer subject (the last token)."""
+    return subject.rsplit(".", 1)[-1]
+
+
+# --- hard examples, telemetry, status -------------------------------------------------------
 
 
 def hard_examples(tier: str, model: str) -> str:
@@ -61,39 +93,115 @@ def hard_examples(tier: str, model: str) -> str:
 
 
 def hard_examples_wildcard(tier: str) -> str:
-    return f"mesh.hard.{tier}.>"
+    return hard_examples(tier, REST)
 
 
 def inbox(tier: str, model: str) -> str:
+    """Where a tier keeps the hard examples it took up from the tier below (``mesh.learn``)."""
     return f"mesh.learn.{tier}.{model}"
 
 
 def inbox_wildcard(tier: str) -> str:
-    return f"mesh.learn.{tier}.>"
-
-
-def hard_example_stream(tier: str) -> str:
-    """The stream where a tier keeps the hard examples it recorded, in its own domain."""
-    return f"MESH_HARD_{_stream_token(tier)}"
-
-
-def inbox_stream(tier: str) -> str:
-    """The stream where a tier receives hard examples, in its own domain."""
-    return f"MESH_LEARN_{_stream_token(tier)}"
-
-
-def _stream_token(tier: str) -> str:
-    return tier.upper().replace("-", "_")
-
-
-def status(node: str) -> str:
-    return f"mesh.status.{check_token(node, 'node name')}"
+    return inbox(tier, REST)
 
 
 def telemetry(node: str) -> str:
     return f"mesh.telemetry.{node}"
 
 
-def model_of(subject: str) -> str:
-    """The model token of an infer subject (the last token)."""
-    return subject.rsplit(".", 1)[-1]
+TELEMETRY_WILDCARD = "mesh.telemetry.>"
+
+
+def status(node: str) -> str:
+    return f"mesh.status.{check_token(node, 'node name')}"
+
+
+STATUS_ANY = "mesh.status.*"
+
+#: the NATS micro services name every node registers under.
+SERVICE_NAME = "mesh-node"
+#: the micro services control subjects: ``$SRV.<verb>[.mesh-node[.<id>]]``.
+SERVICE_CONTROL = tuple(
+    subject
+    for verb in ("PING", "INFO", "STATS")
+    for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE_NAME}", f"$SRV.{verb}.{SERVICE_NAME}.*")
+)
+
+
+# --- events ---------------------------------------------------------------------------------
+
+EVENTS_PREFIX = "mesh.events"
+RESULTS_PREFIX = "mesh.results"
+DEAD_PREFIX = "mesh.deadletter"
+ACTIONS_PREFIX = "mesh.actions"
+ACTIONS_DEAD_PREFIX = "mesh.actions-dead"
+
+
+def event(model: str, source: str) -> str:
+    return f"{EVENTS_PREFIX}.{model}.{source}"
+
+
+def result(model: str, source: str) -> str:
+    return f"{RESULTS_PREFIX}.{model}.{source}"
+
+
+def dead_letter(model: str, source: str) -> str:
+    return f"{DEAD_PREFIX}.{model}.{source}"
+
+
+def action_dead(rule: str) -> str:
+    return f"{ACTIONS_DEAD_PREFIX}.{rule}"
+
+
+ACTIONS_WILDCARD = f"{ACTIONS_PREFIX}.>"
+ACTIONS_DEAD_WILDCARD = action_dead(REST)
+
+
+def source_of(subject: str) -> str:
+    """The source token of an event, result or dead-letter subject (``_unknown`` if none)."""
+    parts = subject.split(".")
+    return parts[3] if len(parts) == 4 else "_unknown"
+
+
+# --- JetStream ------------------------------------------------------------------------------
+
+
+def kv(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{key}"
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def object_subjects(store: str) -> str:
+    return f"$O.{store}.>"
+
+
+def object_stream(store: str) -> str:
+    return f"OBJ_{store}"
+
+
+def js_api(operation: str, domain: str | None = None) -> str:
+    """A JetStream API subject: the connected server's (``$JS.API``) or a domain's."""
+    return f"$JS.API.{operation}" if domain is None else f"$JS.{domain}.API.{operation}"
+
+
+def js_ack(stream: str, consumer: str = REST) -> str:
+    """Acknowledgements of a consumer's deliveries (``$JS.ACK.<stream>.<consumer>.>``)."""
+    return f"$JS.ACK.{stream}.{consumer}.>" if consumer != REST else f"$JS.ACK.{stream}.>"
+
+
+def js_flow_control(stream: str) -> str:
+    return f"$JS.FC.{stream}.>"
+
+
+def inbox_prefix(name: str) -> str:
+    """The inbox prefix of an identity, the only one it may subscribe to:
+    ``nats.connect(..., inbox_prefix=inbox_prefix(name))``."""
+    return f"_INBOX_{check_token(name, 'identity name')}"
+
+
+def stream_token(tier: str) -> str:
+    """A tier's name as a stream name token: upper case, ``-`` as ``_``."""
+    return tier.upper().replace("-", "_")

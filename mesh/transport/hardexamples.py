@@ -2,11 +2,18 @@
 
 A tier that answers a case meant for upstream (the link was down, slow or refused) records it in
 a stream of its own JetStream domain, ``MESH_HARD_<TIER>`` on ``mesh.hard.<tier>.<model>``, which
-keeps working while the WAN is gone. A forwarder drains that stream to the upstream tier's inbox,
-``MESH_LEARN_<TIER>`` on ``mesh.learn.<tier>.<model>`` in the upstream's domain, once the link is
-back. Each message carries the request id as ``Nats-Msg-Id``: the inbox's duplicate window drops a
-second copy, so a crash between publishing upstream and acknowledging locally delivers once.
-The local stream is a work queue: what is acknowledged is gone, what is left is the backlog.
+keeps working while the WAN is gone. The tier above takes them up: its ``HardExampleCollector``
+pulls that stream (in the lower tier's domain: a site's, for the cloud) through one durable
+consumer its replicas share, stores each case in its own ``MESH_LEARN_<TIER>`` on
+``mesh.learn.<tier>.<model>``, and only then acknowledges it. Each message carries the request
+id as ``Nats-Msg-Id``: the learn stream's duplicate window drops a second copy, so a crash
+between storing above and acknowledging below delivers once. The lower stream is a work queue:
+what is acknowledged is gone, what is left is the backlog, which the lower tier reports.
+
+The tier above pulls, rather than the tier below pushing, because no identity may consume a
+stream whose content only it writes: NATS delivers a consumer's messages wherever its caller
+asks without checking the caller's rights (see ``mesh.security.permissions``). No node creates
+a stream either: the provisioning step does (``mesh.transport.jetstream``).
 """
 
 from __future__ import annotations
@@ -16,27 +23,12 @@ import contextlib
 import logging
 import time
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DiscardPolicy,
-    Header,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from mesh import wire
 from mesh.lifecycle import Service, cancel_and_wait
@@ -44,32 +36,11 @@ from mesh.observability import tracing
 from mesh.observability.metrics import MeshMetrics, default_metrics
 from mesh.settings import HardExampleSettings
 from mesh.topology import subjects
+from mesh.topology.headers import MSG_ID
+from mesh.topology.streams import collector_consumer, hard_example_stream, inbox_stream
+from mesh.transport.jetstream import TRANSIENT, require_stream
 
 log = logging.getLogger("mesh.hardexamples")
-
-MSG_ID = Header.MSG_ID.value
-_TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.errors.ConnectionReconnectingError,
-)
-
-
-async def ensure_stream(js: JetStreamContext, config: StreamConfig, timeout: float = 10.0) -> None:
-    """Create the stream or bring its limits up to date; retried while JetStream starts up."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(_TRANSIENT),
-        wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
-        stop=stop_after_delay(timeout),
-        reraise=True,
-    ):
-        with attempt:
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await js.update_stream(config)
 
 
 class HardExampleStore(Service):
@@ -87,25 +58,30 @@ class HardExampleStore(Service):
         self.tier = tier
         self.node = node
         self.settings = settings
-        self.stream = subjects.hard_example_stream(tier)
+        self.stream = hard_example_stream(tier)
+        #: cases recorded here the tier above has not taken up yet.
+        self.backlog = 0
         self._js = nc.jetstream(domain=settings.domain)
         self._metrics = metrics or default_metrics()
+        self._watch: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
-        s = self.settings
-        await ensure_stream(
-            self._js,
-            StreamConfig(
-                name=self.stream,
-                subjects=[subjects.hard_examples_wildcard(self.tier)],
-                retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                max_bytes=s.max_bytes,
-                max_age=s.max_age_s,
-                discard=DiscardPolicy.OLD,
-                duplicate_window=min(s.duplicate_window_s, s.max_age_s),
-            ),
-        )
+        info = await require_stream(self._js, self.stream, domain=self.settings.domain)
+        self.backlog = int(info.state.messages)
+        self._watch = asyncio.create_task(self._watch_backlog(), name=f"backlog-{self.tier}")
+
+    async def _stop(self) -> None:
+        await cancel_and_wait([t for t in (self._watch,) if t is not None])
+        self._watch = None
+
+    async def _watch_backlog(self, every: float = 0.5) -> None:
+        # What the tier above has not taken up yet: it grows while the link is down, which is
+        # exactly when an operator wants to see it.
+        while True:
+            with contextlib.suppress(Exception):
+                info = await self._js.stream_info(self.stream)
+                self.backlog = int(info.state.messages)
+            await asyncio.sleep(every)
 
     async def record(
         self, request: wire.InferRequest, answer: wire.InferResponse, reason: str
@@ -133,135 +109,112 @@ class HardExampleStore(Service):
         )
         self._metrics.hard_examples.add(1, self.tier, "recorded")
 
-    async def backlog(self) -> int:
-        info = await self._js.stream_info(self.stream)
-        return int(info.state.messages)
-
 
 class HardExampleInbox(Service):
-    """The stream where a tier receives hard examples from the tiers below it."""
+    """The stream where a tier keeps what it took up from the tier below it."""
 
     def __init__(self, nc: NATS, *, tier: str, settings: HardExampleSettings) -> None:
         self.tier = tier
         self.settings = settings
-        self.stream = subjects.inbox_stream(tier)
+        self.stream = inbox_stream(tier)
         self._js = nc.jetstream(domain=settings.domain)
 
     async def _start(self) -> None:
-        s = self.settings
-        await ensure_stream(
-            self._js,
-            StreamConfig(
-                name=self.stream,
-                subjects=[subjects.inbox_wildcard(self.tier)],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                max_bytes=s.max_bytes,
-                max_age=s.max_age_s,
-                duplicate_window=min(s.duplicate_window_s, s.max_age_s),
-            ),
-        )
+        await require_stream(self._js, self.stream, domain=self.settings.domain)
 
     async def count(self) -> int:
         info = await self._js.stream_info(self.stream)
         return int(info.state.messages)
 
 
-class HardExampleForwarder(Service):
-    """Drains the local stream to the upstream tier's inbox, retrying while the link is down."""
+class HardExampleCollector(Service):
+    """Takes up the hard examples of the tier below, from each domain it runs in, into this
+    tier's learn stream; retries while a link is down."""
 
     def __init__(
         self,
         nc: NATS,
         *,
         tier: str,
-        upstream_tier: str,
+        below: str,
         settings: HardExampleSettings,
         metrics: MeshMetrics | None = None,
         batch: int = 64,
     ) -> None:
         self.tier = tier
-        self.upstream_tier = upstream_tier
+        self.below = below
         self.settings = settings
-        self.stream = subjects.hard_example_stream(tier)
+        self.source = hard_example_stream(below)
+        self.consumer = collector_consumer(tier)
+        #: cases stored here, and second copies the learn stream dropped.
         self.forwarded = 0
         self.duplicates = 0
-        self.backlog = 0
         self._nc = nc
         self._js = nc.jetstream(domain=settings.domain)
-        self._up = nc.jetstream(domain=settings.upstream_domain)
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
-        self._watch: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
         self._metrics = metrics or default_metrics()
 
     async def _start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"forward-{self.tier}")
-            self._watch = asyncio.create_task(self._watch_backlog(), name=f"backlog-{self.tier}")
+        self._tasks = [
+            asyncio.create_task(self._run(domain), name=f"collect-{self.below}-{domain}")
+            for domain in self.settings.collect_domains
+        ]
 
     async def _stop(self) -> None:
-        self._stopping = True
-        tasks = [t for t in (self._task, self._watch) if t is not None]
-        self._task = self._watch = None
+        tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 log.error("hard-example task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def _watch_backlog(self, every: float = 0.5) -> None:
-        # Read apart from forwarding: while the link is down the forwarder sits retrying one
-        # example, and the backlog is exactly what an operator wants to see grow then.
-        while True:
-            await self._refresh_backlog()
-            await asyncio.sleep(every)
-
-    async def _run(self) -> None:
-        sub = await self._subscribe()
+    async def _run(self, domain: str | None) -> None:
+        below = self._nc.jetstream(domain=domain)
+        sub = await self._subscribe(below)
         try:
-            while not self._stopping:
+            while True:
                 try:
                     messages = await sub.fetch(self._batch, timeout=1.0)
                 except TimeoutError:
-                    await self._refresh_backlog()
                     continue
-                except _TRANSIENT:
+                except TRANSIENT:
                     await asyncio.sleep(0.5)
                     continue
                 except Exception:
-                    # The forwarder must outlive any one failure: what is not acknowledged is
-                    # fetched again, and the inbox drops what it already has.
-                    log.exception("fetching hard examples from %s failed; retrying", self.stream)
+                    # The collector must outlive any one failure: what is not acknowledged is
+                    # fetched again, and the learn stream drops what it already has.
+                    log.exception("fetching hard examples from %s failed; retrying", self.source)
                     await asyncio.sleep(1.0)
                     continue
                 for msg in messages:
                     try:
-                        await self._forward(msg)
+                        await self._take(msg)
                     except Exception:
-                        log.exception("forwarding a hard example failed; it will be redelivered")
-                await self._refresh_backlog()
+                        log.exception("taking up a hard example failed; it will be redelivered")
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+    async def _subscribe(self, below: JetStreamContext) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            name=self.consumer,
+            durable_name=self.consumer,
+            filter_subject=subjects.hard_examples_wildcard(self.below),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+        )
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(_TRANSIENT),
+            retry=retry_if_exception_type(TRANSIENT),
             wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
             reraise=True,
         ):
             with attempt:
-                return await self._js.pull_subscribe(
-                    subjects.hard_examples_wildcard(self.tier),
-                    durable=f"forward-{self.tier}",
-                    stream=self.stream,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0),
-                )
+                await below.add_consumer(self.source, config)
+                return await below.pull_subscribe_bind(durable=self.consumer, stream=self.source)
         raise AssertionError("unreachable: AsyncRetrying reraises")
 
-    async def _forward(self, msg: Msg) -> None:
-        model = msg.subject.rsplit(".", 1)[-1]
+    async def _take(self, msg: Msg) -> None:
+        model = subjects.model_of(msg.subject)
         msg_id = (msg.headers or {}).get(MSG_ID, "")
         links: list[trace.Link] = []
         with contextlib.suppress(Exception):
@@ -271,7 +224,7 @@ class HardExampleForwarder(Service):
                     tracing.extract({"traceparent": example.traceparent})
                 ).get_span_context()
                 links.append(trace.Link(span_ctx))
-        subject = subjects.inbox(self.upstream_tier, model)
+        subject = subjects.inbox(self.tier, model)
         with tracing.TRACER.start_as_current_span(
             f"send {subject}",
             kind=tracing.SpanKind.PRODUCER,
@@ -281,26 +234,22 @@ class HardExampleForwarder(Service):
                 tracing.DESTINATION: subject,
                 tracing.OPERATION_TYPE: "send",
                 tracing.MESSAGE_ID: msg_id,
-                tracing.TIER: self.tier,
+                tracing.TIER: self.below,
             },
         ):
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(_TRANSIENT),
+                retry=retry_if_exception_type(TRANSIENT),
                 wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
                 reraise=True,
             ):
                 with attempt:
-                    ack = await self._up.publish(
+                    ack = await self._js.publish(
                         subject, msg.data, timeout=2.0, headers={MSG_ID: msg_id}
                     )
         if ack.duplicate:
             self.duplicates += 1
         else:
             self.forwarded += 1
-        self._metrics.hard_examples.add(1, self.tier, "duplicate" if ack.duplicate else "forwarded")
+        label = "duplicate" if ack.duplicate else "forwarded"
+        self._metrics.hard_examples.add(1, self.below, label)
         await msg.ack()
-
-    async def _refresh_backlog(self) -> None:
-        with contextlib.suppress(Exception):
-            info = await self._js.stream_info(self.stream)
-            self.backlog = int(info.state.messages)

@@ -35,6 +35,7 @@ from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
 from mesh.fleet.controller import Controller, read_rollouts, start_rollout, summary
 from mesh.fleet.desired import DesiredState, Selector
+from mesh.topology.streams import nodes_bucket
 from mesh.fleet.rollout import Rollout
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
@@ -157,7 +158,7 @@ async def fake_node(sim: FleetSimulation, stop: asyncio.Event) -> None:
                     )
                 },
             )
-            subject = f"$KV.{registry.nodes_bucket('hub')}.edge-liar"
+            subject = f"$KV.{nodes_bucket('hub')}.edge-liar"
             await js.publish(subject, encode_node_status(beat))
             await asyncio.sleep(0.5)
     finally:

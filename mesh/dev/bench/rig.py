@@ -47,6 +47,8 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import NodeSettings
+from mesh.topology.streams import Spec, event_specs, hard_example_spec
+from mesh.transport.jetstream import ensure
 from mesh.typedefs import Array
 
 
@@ -59,7 +61,6 @@ def _node_settings(
     upstream: bool,
     entry: bool,
     keystore: KeyStore | None,
-    upstream_domain: str = "hub",
     events: bool = False,
 ) -> NodeSettings:
     """One bench node; ``keystore`` None for the open servers (no credentials to present)."""
@@ -75,10 +76,31 @@ def _node_settings(
         entry=entry,
         upstream=("cloud", "cloud") if upstream else None,
         threshold=threshold,
-        upstream_domain=upstream_domain,
         credentials=keystore.ensure(identity) if keystore is not None else None,
         extra={"events": {"enabled": True}} if events else None,
     )
+
+
+def plan_streams(
+    site: NatsServer, site2: NatsServer, site_open: NatsServer
+) -> list[tuple[NatsServer, list[Spec]]]:
+    """The administrator's step: each site's edge tiers keep hard examples, the first site's
+    entry node takes events (the bench's nodes create no stream)."""
+    return [
+        (site, [hard_example_spec("edge"), hard_example_spec("edgeesc"), *event_specs(None)]),
+        (site2, [hard_example_spec("edgelink"), hard_example_spec("edgemix")]),
+        (site_open, [hard_example_spec("edgeopen"), hard_example_spec("edgeescopen")]),
+    ]
+
+
+async def _provision(plan: list[tuple[NatsServer, list[Spec]]]) -> None:
+    for server, specs in plan:
+        nc = await server.connect(name="bench-provision")
+        try:
+            for spec in specs:
+                await ensure(nc.jetstream(), spec)
+        finally:
+            await nc.close()
 
 
 def _vm_hwm_mb(pid: int) -> float | None:
@@ -245,6 +267,7 @@ async def run_bench(
         stack.push_async_callback(site_open.stop)
         await hub_open.wait_leaf_connections(1)
 
+        await _provision(plan_streams(site, site2, site_open))
         progress("starting tier nodes, echo responder and HTTP peers")
 
         # name: (tier, server, manifest, threshold, upstream, entry, secured)
@@ -271,7 +294,6 @@ async def run_bench(
                         upstream=upstream,
                         entry=entry,
                         keystore=keystore if secured else None,
-                        upstream_domain="hub" if secured else "hubopen",
                         # the site's entry node also consumes the event stream
                         events=name == "edge",
                     ),

@@ -60,6 +60,7 @@ from mesh.observability import tracing
 from mesh.observability.telemetry import install_tracing
 from mesh.sdk.client import EventResult
 from mesh.topology import subjects
+from mesh.topology.streams import hard_example_stream, inbox_stream
 from mesh.wire import decode_node_status
 
 #: the gateway's breaker on its cloud link: trips after 3 failures, probes after 0.5 s, growing
@@ -553,7 +554,7 @@ class DemoRun:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             view = self.view
             view.backlog, view.stored = await self.stream_state(
-                self.site_js(), subjects.hard_example_stream(GATEWAY_TIER)
+                self.site_js(), hard_example_stream(GATEWAY_TIER)
             )
             view.backlog_peak = max(view.backlog_peak, view.backlog)
             recovered = view.healed_at_s is not None and view.drained_at_s is None
@@ -563,7 +564,7 @@ class DemoRun:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             assert self.hub_nc is not None
             self.view.delivered = await self.stream_messages(
-                self.hub_nc.jetstream(), subjects.inbox_stream("cloud")
+                self.hub_nc.jetstream(), inbox_stream("cloud")
             )
 
     async def poll_breaker(self) -> None:

@@ -44,6 +44,8 @@ from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
+from mesh.topology.streams import HardExampleLimits, MeshTopology, StreamLimits, TierPlacement
+from mesh.transport.jetstream import provision
 
 CONTROLLER = IdentitySpec("controller", Role.CONTROLLER)
 CONSOLE = IdentitySpec("console", Role.CONSOLE)
@@ -132,10 +134,14 @@ class FleetSimulation:
         nc = await self.hub.connect()
         try:
             hub = nc.jetstream(domain="hub")
-            await registry.ensure_hub(hub)
-            await registry.ensure_domain(hub, hub, "hub")
-            for k in range(s.sites):
-                await registry.ensure_domain(nc.jetstream(domain=site_name(k)), hub, site_name(k))
+            # the fleet's buckets only: the simulated nodes keep no hard examples and no events
+            topology = MeshTopology(
+                tiers=(TierPlacement("edge", at_sites=True), TierPlacement("cloud", False)),
+                sites=tuple(site_name(k) for k in range(s.sites)),
+                events=False,
+                limits=StreamLimits(hard_examples=HardExampleLimits(max_bytes=1024 * 1024)),
+            )
+            await provision(lambda domain: nc.jetstream(domain=domain), topology)
             await registry.push(
                 hub, await asyncio.to_thread(release, self.demo.edge_int8, self.key)
             )
@@ -150,7 +156,7 @@ class FleetSimulation:
         return await asyncio.to_thread(self.keystore.ensure, spec)
 
     async def _start_cloud(self) -> None:
-        creds = await self.issue(node_identity("cloud-0", "cloud"))
+        creds = await self.issue(node_identity("cloud-0", "cloud", domain="hub"))
         settings = tier_node_settings(
             "cloud",
             node="cloud-0",
@@ -186,7 +192,7 @@ class FleetSimulation:
                 site = site_name(k)
                 self.node_sites[name] = site
                 creds = await self.issue(
-                    node_identity(name, "edge", upstream_tier="cloud", entry=True)
+                    node_identity(name, "edge", upstream_tier="cloud", entry=True, domain=site)
                 )
                 settings = tier_node_settings(
                     "edge",

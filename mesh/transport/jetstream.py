@@ -1,0 +1,192 @@
+"""JetStream from the topology's specs: provisioning (an administrator's step) and the lookups
+runtime identities make.
+
+``provision`` creates or brings up to date every stream, bucket and store of the mesh's domains
+(``mesh fleet init``, ``mesh up``); it needs the administrator's rights, and is the only place
+that creates or updates a stream. ``require_stream`` is what a node does instead at start: look
+its streams up and say, naming the stream and the domain, when the provisioning step did not run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext, api
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from mesh.errors import NotFoundError, UnavailableError
+from mesh.topology.streams import (
+    BucketSpec,
+    Discard,
+    MeshTopology,
+    ObjectStoreSpec,
+    Retention,
+    Source,
+    Spec,
+    StreamSpec,
+)
+
+log = logging.getLogger("mesh.jetstream")
+
+#: what JetStream answers while it starts up or elects a leader: retried.
+TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionReconnectingError,
+)
+#: a stream of that name exists with another configuration.
+STREAM_NAME_IN_USE = 10058
+
+
+def _source(source: Source) -> api.StreamSource:
+    external = None if source.domain is None else api.ExternalStream(api=f"$JS.{source.domain}.API")
+    return api.StreamSource(
+        name=source.stream,
+        external=external,
+        subject_transforms=(
+            None
+            if source.transform is None
+            else [api.SubjectTransform(src=source.transform[0], dest=source.transform[1])]
+        ),
+    )
+
+
+def stream_config(spec: StreamSpec) -> api.StreamConfig:
+    """nats-py's configuration of ``spec``."""
+    return api.StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects) or None,
+        retention=(
+            api.RetentionPolicy.WORK_QUEUE
+            if spec.retention is Retention.WORK_QUEUE
+            else api.RetentionPolicy.LIMITS
+        ),
+        discard=api.DiscardPolicy.NEW if spec.discard is Discard.NEW else api.DiscardPolicy.OLD,
+        discard_new_per_subject=spec.discard_new_per_subject,
+        max_bytes=spec.max_bytes,
+        max_age=spec.max_age_s,
+        max_msg_size=spec.max_msg_size,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+        duplicate_window=spec.duplicate_window_s,
+        storage=api.StorageType.FILE,
+        num_replicas=spec.replicas,
+        mirror=None if spec.mirror is None else _source(spec.mirror),
+        sources=[_source(s) for s in spec.sources] or None,
+        deny_delete=spec.protected,
+        deny_purge=spec.protected,
+    )
+
+
+async def _retrying(timeout: float) -> AsyncRetrying:
+    return AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
+        stop=stop_after_delay(timeout),
+        reraise=True,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    """Create the stream, or bring an existing one's configuration up to ``config``."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        await js.update_stream(config)
+
+
+async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec) -> None:
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=spec.bucket,
+            description=spec.description,
+            history=spec.history,
+            replicas=spec.replicas,
+        )
+    )
+    if spec.sources:
+        info = await js.stream_info(spec.stream)
+        config = info.config
+        known = {s.name for s in config.sources or []}
+        added = [_source(s) for s in spec.sources if s.stream not in known]
+        if added:
+            config.sources = [*(config.sources or []), *added]
+            await js.update_stream(config)
+
+
+async def _ensure_store(js: JetStreamContext, spec: ObjectStoreSpec) -> None:
+    try:
+        await js.object_store(spec.store)
+    except nats.js.errors.BucketNotFoundError:
+        await js.create_object_store(
+            config=api.ObjectStoreConfig(
+                bucket=spec.store, description=spec.description, replicas=spec.replicas
+            )
+        )
+
+
+async def ensure(js: JetStreamContext, spec: Spec, timeout: float = 15.0) -> None:
+    """Create ``spec`` in ``js``'s domain or bring it up to date (the administrator's rights);
+    retried while JetStream starts up."""
+    async for attempt in await _retrying(timeout):
+        with attempt:
+            if isinstance(spec, StreamSpec):
+                await ensure_stream(js, stream_config(spec))
+            elif isinstance(spec, BucketSpec):
+                await _ensure_bucket(js, spec)
+            else:
+                await _ensure_store(js, spec)
+
+
+async def provision(
+    jetstream: Callable[[str], JetStreamContext], topology: MeshTopology, timeout: float = 15.0
+) -> list[str]:
+    """Every stream, bucket and store of every domain of ``topology``; ``jetstream(domain)``
+    gives a context for a domain (through a server of it, or the hub's). Idempotent. Returns
+    what it made, as ``domain/stream`` lines."""
+    made: list[str] = []
+    for domain in topology.domains():
+        js = jetstream(domain)
+        for spec in topology.plan(domain):
+            await ensure(js, spec, timeout)
+            made.append(f"{domain}/{_name(spec)}")
+    return made
+
+
+def _name(spec: Spec) -> str:
+    return spec.name if isinstance(spec, StreamSpec) else spec.stream
+
+
+async def require_stream(
+    js: JetStreamContext, stream: str, *, domain: str | None, timeout: float = 10.0
+) -> api.StreamInfo:
+    """Look ``stream`` up in ``domain`` (None: the connected server's); a stream the
+    provisioning step did not make is a ``NotFoundError`` naming it and the step to run."""
+    where = f"JetStream domain {domain}" if domain else "this server's JetStream domain"
+    try:
+        async for attempt in await _retrying(timeout):
+            with attempt:
+                return await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        raise NotFoundError(
+            f"stream {stream} does not exist in {where}: an administrator provisions the "
+            "mesh's streams with `mesh fleet init` (mesh up does it itself)"
+        ) from None
+    except TRANSIENT as exc:
+        raise UnavailableError(f"JetStream in {where} did not answer: {exc!r}") from None
+    raise AssertionError("unreachable: AsyncRetrying reraises")
+
+
+__all__ = ["TRANSIENT", "ensure", "ensure_stream", "provision", "require_stream", "stream_config"]
