@@ -99,7 +99,7 @@ JS_ADMIN = (
     "CONSUMER.LEADER.STEPDOWN.>",
     "META.>",
     "ACCOUNT.PURGE.>",
-    "SERVER.REMOVE",
+    "SERVER.>",
 )
 #: the local domain's API and any domain's by name.
 JS_DOMAINS = (None, ANY)

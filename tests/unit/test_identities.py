@@ -20,7 +20,7 @@ from mesh.security.identities import (
     create_fleet,
     server_auth_config,
 )
-from mesh.security.permissions import ROLE_TABLE, Permissions, Role, permissions_for
+from mesh.security.permissions import JS_ADMIN, Permissions, Role, permissions_for
 from mesh.security.server_config import leaf_remote_block, leafnodes_block
 from mesh.security.tls import TLSFiles, tls_block
 
@@ -62,7 +62,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 
 
 def test_every_role_has_a_row() -> None:
-    assert set(ROLE_TABLE) == set(Role)
+    for role in Role:
+        perms = permissions_for(role, name="x1", tier="edge")
+        assert perms.publish_allow, role
 
 
 @pytest.mark.parametrize(("role", "perms"), every_role(), ids=[r.value for r in Role])
@@ -127,14 +129,30 @@ def test_only_the_entry_tier_takes_the_entry_subjects() -> None:
 def test_a_node_escalates_and_forwards_only_to_its_upstream_tier() -> None:
     perms = node()
     assert "mesh.gateway.infer.>" in perms.publish_allow
-    assert "mesh.learn.gateway.>" in perms.publish_allow
+    assert "mesh.gateway.forward.>" in perms.publish_allow
     assert not any(".cloud." in s for s in perms.publish_allow)
     top = node(name="cloud-1", tier="cloud", upstream_tier=None)
     # Its own tier's subjects only: a request for a model it does not serve, to a neighbour.
     infer = [s for s in top.publish_allow if re.match(r"mesh\.\w+\.(infer|forward)\.", s)]
     assert infer == ["mesh.cloud.infer.>"]
-    assert "mesh.gateway.forward.>" in perms.publish_allow
-    assert not any(s.startswith("mesh.learn.") for s in top.publish_allow)
+
+
+def test_hard_examples_are_taken_up_by_the_tier_above_never_sent_by_their_own_tier() -> None:
+    edge = node()
+    assert "mesh.hard.edge.>" in edge.publish_allow
+    assert not any(s.startswith("mesh.learn.") for s in edge.publish_allow)
+    assert not any("MESH_HARD_EDGE.collect" in s or "MSG.NEXT.MESH_HARD_EDGE" in s
+                   for s in edge.publish_allow)  # fmt: skip
+    gateway = node(name="gateway-1", tier="gateway", upstream_tier="cloud", downstream_tier="edge")
+    assert "mesh.learn.gateway.>" in gateway.publish_allow
+    for prefix in ("$JS.API", "$JS.*.API"):
+        assert (
+            f"{prefix}.CONSUMER.CREATE.MESH_HARD_EDGE.collect-gateway.mesh.hard.edge.>"
+            in gateway.publish_allow
+        )
+        assert f"{prefix}.CONSUMER.MSG.NEXT.MESH_HARD_EDGE.collect-gateway" in gateway.publish_allow
+    # its own hard examples are the cloud's to take up, not its own
+    assert not any("MSG.NEXT.MESH_HARD_GATEWAY" in s for s in gateway.publish_allow)
 
 
 def test_a_node_publishes_its_own_telemetry_and_hard_examples() -> None:
@@ -147,36 +165,43 @@ def test_a_node_publishes_its_own_telemetry_and_hard_examples() -> None:
     )
 
 
-def test_a_node_manages_only_its_own_streams() -> None:
-    perms = node(tier="edge-site", upstream_tier="gateway")
-    creates = {s for s in perms.publish_allow if ".STREAM.CREATE." in s}
-    assert creates == {
-        f"{prefix}.STREAM.CREATE.{stream}"
-        for prefix in ("$JS.API", "$JS.*.API")
-        for stream in (
-            "MESH_HARD_EDGE_SITE",
-            "MESH_LEARN_EDGE_SITE",
-            # the event streams of its domain (the entry tier creates them)
-            "MESH_EVENTS",
-            "MESH_RESULTS",
-            "MESH_EVENTS_DEAD",
-            "MESH_ACTIONS_DEAD",
-        )
-    }
-    assert "$JS.ACK.MESH_HARD_EDGE_SITE.>" in perms.publish_allow
+def test_no_runtime_identity_creates_or_updates_a_stream() -> None:
+    perms = node(tier="edge-site", upstream_tier="gateway", entry=True, domain="site")
+    for role, role_perms in [*every_role(), (Role.NODE, perms)]:
+        if role is Role.OPERATOR:
+            continue
+        admin = [s for s in role_perms.publish_allow if re.search(r"\.STREAM\.(CREATE|UPDATE)", s)]
+        assert admin == [], role
+        for op in ("STREAM.CREATE", "STREAM.UPDATE", "STREAM.RESTORE", "META"):
+            assert f"$JS.*.API.{op}.>" in role_perms.publish_deny, (role, op)
+    # a node reads its own stream's state and writes its own heartbeat key in its domain only
+    assert "$JS.API.STREAM.INFO.MESH_HARD_EDGE_SITE" in perms.publish_allow
+    assert "$KV.MESH_NODES_SITE.edge-1" in perms.publish_allow
+    assert not any(s.startswith("$KV.*") for s in perms.publish_allow)
     assert "$JS.API.DIRECT.GET.KV_MESH_FLEET_DESIRED.>" in perms.publish_allow
+
+
+def test_the_entry_tier_consumes_events_through_its_own_named_consumers() -> None:
+    perms = node(models=["digits"], entry=True)
+    assert (
+        "$JS.API.CONSUMER.CREATE.MESH_EVENTS.mesh-edge-digits.mesh.events.digits.>"
+        in perms.publish_allow
+    )
+    assert "$JS.ACK.MESH_EVENTS.mesh-edge-digits.>" in perms.publish_allow
+    assert not any("CONSUMER.CREATE.MESH_EVENTS" in s for s in node(entry=False).publish_allow)
 
 
 def test_models_limit_the_model_subjects() -> None:
     app = permissions_for(Role.APPLICATION, name="app1", models=["digits", "iris"])
-    assert app.publish_allow[:6] == (
+    mesh_subjects = [s for s in app.publish_allow if s.startswith("mesh.")]
+    assert mesh_subjects == [
         "mesh.infer.digits",
-        "mesh.infer.iris",
         "mesh.*.infer.digits",
+        "mesh.infer.iris",
         "mesh.*.infer.iris",
         "mesh.events.digits.app1",
         "mesh.events.iris.app1",
-    )
+    ]
     assert "mesh.edge.infer.digits mesh.edge" in node(models=["digits"]).subscribe_allow
 
 
@@ -291,3 +316,74 @@ def test_tls_and_leaf_remote_blocks() -> None:
         '{\n  urls: [ "nats-leaf://hub:7422" ]\n  account: "AXYZ"\n'
         '  credentials: "/c/site.creds"\n  tls {\n    ca_file: "/p/ca.pem"\n  }\n}'
     )
+
+
+# ---- the JetStream API, verb by verb, as a NATS server decides -----------------------------
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` the rest (at least one token)."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def may_publish(perms: Permissions, subject: str) -> bool:
+    allowed = any(_matches(a, subject) for a in perms.publish_allow)
+    return allowed and not any(_matches(d, subject) for d in perms.publish_deny)
+
+
+ROLES_AT = [
+    ("app1", Role.APPLICATION, {}),
+    ("edge-1", Role.NODE, {"tier": "edge", "upstream_tier": "gateway", "entry": True,
+                           "domain": "site"}),
+    ("gateway-1", Role.NODE, {"tier": "gateway", "upstream_tier": "cloud",
+                              "downstream_tier": "edge", "domain": "site"}),
+    ("cloud-1", Role.NODE, {"tier": "cloud", "downstream_tier": "gateway", "domain": "hub"}),
+    ("controller", Role.CONTROLLER, {}),
+    ("ingress", Role.INGRESS, {}),
+    ("console", Role.CONSOLE, {}),
+    ("site-leaf", Role.LEAF, {}),
+]  # fmt: skip
+STREAMS = ["MESH_EVENTS", "MESH_HARD_EDGE", "KV_MESH_FLEET_DESIRED", "OBJ_MESH_MODELS", "X"]
+
+
+@pytest.mark.parametrize(("name", "role", "where"), ROLES_AT, ids=[r[0] for r in ROLES_AT])
+@pytest.mark.parametrize("domain", [None, "hub", "site"])
+def test_no_runtime_identity_administers_jetstream_in_any_domain(
+    name: str, role: Role, where: dict[str, Any], domain: str | None
+) -> None:
+    perms = permissions_for(role, name=name, **where)
+    prefix = "$JS.API" if domain is None else f"$JS.{domain}.API"
+    for verb in JS_ADMIN:
+        for stream in STREAMS:
+            subject = f"{prefix}.{verb.removesuffix('.>')}.{stream}".removesuffix(".")
+            if verb in ("META.>",):
+                subject = f"{prefix}.META.LEADER.STEPDOWN"
+            if verb == "SERVER.>":
+                subject = f"{prefix}.SERVER.REMOVE"
+            assert not may_publish(perms, subject), (name, subject)
+            assert not may_publish(perms, f"{subject}.c1.mesh.>"), (name, subject)
+
+
+@pytest.mark.parametrize("domain", [None, "hub", "site"])
+def test_a_node_creates_only_its_own_consumers_by_name_and_filter(domain: str | None) -> None:
+    prefix = "$JS.API" if domain is None else f"$JS.{domain}.API"
+    edge = permissions_for(Role.NODE, name="edge-1", tier="edge", upstream_tier="gateway",
+                           entry=True, models=["digits"])  # fmt: skip
+    allowed = f"{prefix}.CONSUMER.CREATE.MESH_EVENTS.mesh-edge-digits.mesh.events.digits.>"
+    assert may_publish(edge, allowed)
+    for refused in (
+        f"{prefix}.CONSUMER.CREATE.MESH_EVENTS.mesh-edge-digits.mesh.events.>",
+        f"{prefix}.CONSUMER.CREATE.MESH_EVENTS.evil.mesh.events.digits.>",
+        f"{prefix}.CONSUMER.CREATE.MESH_EVENTS",
+        f"{prefix}.CONSUMER.CREATE.MESH_HARD_EDGE.collect-edge.mesh.hard.edge.>",
+        f"{prefix}.CONSUMER.MSG.NEXT.MESH_HARD_EDGE.collect-gateway",
+        f"{prefix}.CONSUMER.DURABLE.CREATE.MESH_EVENTS.mesh-edge-digits",
+        f"{prefix}.CONSUMER.CREATE.MESH_RESULTS.app1.mesh.results.digits.app1",
+    ):
+        assert not may_publish(edge, refused), refused
