@@ -387,7 +387,10 @@ class NodeSettings(BaseSettings):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     max_inflight: int = Field(1024, ge=1)
-    """Requests handled at once; more get RESOURCE_EXHAUSTED."""
+    """Requests waiting at once (escalations, traced requests); more get RESOURCE_EXHAUSTED."""
+    max_inflight_per_caller: int = Field(256, ge=0)
+    """Of those, how many one caller (the identity its reply inbox names) may hold; more of
+    its requests get RESOURCE_EXHAUSTED while other callers still have room. 0: no share."""
     drift_threshold: float = Field(0.25, gt=0)
     """Population stability index of inputs or confidences that raises a drift event
     (0.1 is a moderate shift, 0.25 a major one)."""

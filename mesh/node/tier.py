@@ -135,6 +135,7 @@ class TierNode(Service):
             self.dataplane,
             entry=s.entry,
             max_inflight=s.max_inflight,
+            max_inflight_per_caller=min(s.max_inflight_per_caller, s.max_inflight),
             max_batch=max((m.batching.max_batch_size for m in models), default=1),
             metrics=self.metrics,
         )

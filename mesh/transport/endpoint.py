@@ -35,6 +35,7 @@ from mesh.errors import (
     ResourceExhaustedError,
 )
 from mesh.lifecycle import Service, cancel_and_wait
+from mesh.node.admission import Admission, caller_of
 from mesh.node.dataplane import DataPlane, Outcome
 from mesh.observability import tracing
 from mesh.observability.metrics import MeshMetrics, default_metrics
@@ -76,6 +77,7 @@ class NatsEndpoint(Service):
         *,
         entry: bool = False,
         max_inflight: int = 1024,
+        max_inflight_per_caller: int = 0,
         max_batch: int = 32,
         drain_seconds: float = 5.0,
         metrics: MeshMetrics | None = None,
@@ -83,7 +85,7 @@ class NatsEndpoint(Service):
         self._nc = nc
         self._dataplane = dataplane
         self._entry = entry
-        self._max_inflight = max_inflight
+        self._admission = Admission(max_inflight, max_inflight_per_caller)
         self._max_batch = max_batch
         self._drain_seconds = drain_seconds
         self._metrics = metrics or default_metrics()
@@ -143,24 +145,31 @@ class NatsEndpoint(Service):
     def inflight(self) -> int:
         return len(self._tasks)
 
+    @property
+    def admission(self) -> Admission:
+        return self._admission
+
     # --- a batch -----------------------------------------------------------------------------
 
     async def handle_batch(self, batch: Batch) -> None:
         requests: list[tuple[wire.InferRequest, float]] = []
         replies: list[Msg] = []
-        room = self._max_inflight - len(self._tasks)
+        admission = self._admission
         recording = tracing.recording()
         for msg, received_at in batch:
-            if not msg.reply:
+            reply = msg.reply
+            if not reply:
                 self._drop(msg)
                 continue
-            if room <= 0:
-                await self._refuse_busy(msg)
+            # a batch is answered here or goes on a task each; a caller is held to its share
+            # of the requests that wait (a batch's own may pass it by at most a batch)
+            refusal = admission.refusal(caller_of(reply))
+            if refusal is not None:
+                await self._refuse_busy(msg, refusal)
                 continue
-            room -= 1
             headers = msg.headers
             if recording or (headers and "traceparent" in headers):
-                self._spawn(self._handle_traced(msg, received_at))
+                self._spawn(self._handle_traced(msg, received_at), reply)
                 continue
             try:
                 request = self._decode(msg)
@@ -196,7 +205,7 @@ class NatsEndpoint(Service):
                     outcome.request.model, "error", outcome.received_at, outcome.error.code.value
                 )
             else:
-                self._spawn(self._complete(msg, outcome))
+                self._spawn(self._complete(msg, outcome), msg.reply)
         if answered:
             # After the replies go out: the connection's flusher task was woken by the first
             # publish, so it writes them before this runs.
@@ -210,10 +219,17 @@ class NatsEndpoint(Service):
             )
         return request
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], reply: str) -> None:
+        caller = caller_of(reply)
+        self._admission.acquire(caller)
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._admission.release(caller)
+
+        task.add_done_callback(done)
 
     async def _complete(self, msg: Msg, outcome: Outcome) -> None:
         request = outcome.request
@@ -323,13 +339,12 @@ class NatsEndpoint(Service):
                 DROP_WARNING_INTERVAL_S,
             )
 
-    async def _refuse_busy(self, msg: Msg) -> None:
+    async def _refuse_busy(self, msg: Msg, refusal: str) -> None:
         await self._reply_error(
             msg,
             wire.peek_id(msg.data),
             ResourceExhaustedError(
-                f"node {self._identity.node} has {self._max_inflight} requests in flight; "
-                "retry with backoff or add replicas"
+                f"node {self._identity.node} has {refusal}; retry with backoff or add replicas"
             ),
         )
 
