@@ -8,14 +8,9 @@ from collections import Counter
 
 from rich.console import Console
 
+from mesh.dev.demo.panel import breaker_summary, report_panel
 from mesh.dev.demo.receiver import SpanRecord, draw_span_tree
-from mesh.dev.demo.report import (
-    DemoReport,
-    TraceSummary,
-    breaker_summary,
-    build_report,
-    report_panel,
-)
+from mesh.dev.demo.report import DemoReport, TraceSummary, build_report
 from mesh.dev.demo.state import (
     DemoConfig,
     LinkView,

@@ -31,6 +31,13 @@ How it is measured (the decisions the issue asks to write down):
   ``mesh_batch_size`` histogram before and after the phase.
 
 ``python -m mesh.dev.bench <role>`` runs the helper servers (echo, peer, proxy).
+
+The parts: ``config`` (settings and shared names), ``payloads`` (what every row sends), the rig
+(``servers``, ``nodes``, ``responders``, ``mlserver``, put together by ``rig``), the load
+generator (``calls``: connections and one request of each row; ``measure``: a row's trial;
+``trials``: the interleaved schedule), ``rows`` (what is measured), ``ratios`` (paired ratios
+and targets), ``report`` (the typed report, its JSON and table), ``roles`` (the helper
+servers' own code); ``run`` puts them together.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from pathlib import Path
 
 from mesh.dev.bench.config import BenchConfig
 from mesh.dev.bench.report import BenchReport, render
-from mesh.dev.bench.rig import run_bench
+from mesh.dev.bench.run import run_bench
 
 __all__ = ["BenchReport", "bench_main", "render"]
 

@@ -1,13 +1,18 @@
-"""The bench's report: typed dataclasses, written as the JSON ``mesh bench --json`` has always
-written (``rows``, ``ratios``, ``targets``...) plus the hot path's figures, and drawn as a table."""
+"""The bench's report: typed dataclasses built from the finished trials, written as the JSON
+``mesh bench --json`` has always written (``rows``, ``ratios``, ``targets``...) plus the hot
+path's figures, and drawn as a table."""
 
 from __future__ import annotations
 
+import os
+import platform
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mesh.dev.bench.config import BenchConfig
 from mesh.dev.bench.measure import Row, median
+from mesh.dev.bench.ratios import paired_ratios, targets
 
 
 @dataclass
@@ -105,12 +110,46 @@ def summarize(row: Row) -> RowSummary:
     )
 
 
-def at_most(value: float | None, limit: float) -> bool | None:
-    return None if value is None else value <= limit
-
-
-def at_least(value: float | None, limit: float) -> bool | None:
-    return None if value is None else value >= limit
+def build_report(
+    config: BenchConfig,
+    rows: dict[str, Row],
+    memory: dict[str, MemoryFigures],
+    *,
+    calibrated: float,
+) -> BenchReport:
+    """The report of the finished trials; the edge node's figures come from ``mesh_edge``."""
+    edge_trials = rows["mesh_edge"].trials
+    edge_rss = memory["edge"].rss_mb
+    ratios = paired_ratios(rows)
+    node_cpu = median([t.node_cpu_us for t in edge_trials])
+    client_cpu = median([t.client_cpu_us for t in edge_trials])
+    return BenchReport(
+        machine={
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        config={
+            "trials": config.trials,
+            "latency_n": config.latency_n,
+            "throughput_n": config.throughput_n,
+            "link_latency_n": config.link_latency_n,
+            "link_throughput_n": config.link_throughput_n,
+            "concurrency": config.concurrency,
+            "link_added_rtt_ms": 2 * config.link_ms_one_way,
+            "payload": "one digits row, float32 (1, 64)",
+            "calibrated_edge_threshold": calibrated,
+        },
+        rows={key: summarize(row) for key, row in rows.items()},
+        memory=memory,
+        edge_rss_mb=edge_rss,
+        ratios=ratios,
+        targets=targets(ratios, node_cpu=node_cpu, client_cpu=client_cpu, edge_rss=edge_rss),
+        node_cpu_us_per_request=node_cpu,
+        client_cpu_us_per_request=client_cpu,
+        rows_per_model_call=median([t.rows_per_call for t in edge_trials]),
+        mesh_throughput_over_peer=ratios["mesh_throughput_over_peer"],
+    )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -11,8 +11,12 @@ Every node exports its spans by OTLP/HTTP to a small receiver inside the demo, a
 traces its own requests, so the report can draw one escalated request's trace across all tiers.
 Tracing every request costs the nodes about a fifth of their latency: the figures here include it.
 
-Modules: ``state`` (what the run observes), ``receiver`` (spans and the trace tree), ``view`` (the
-live display), ``report`` (the typed report, its JSON and its rendering), ``run`` (the run).
+The parts: ``state`` (what the run observes), ``journal`` (its timeline), ``testbed`` (the mesh
+under test), ``load`` (the load generator), ``publisher`` (events, their results, alerts),
+``observer`` (the gateway's breaker and backlog), ``fleetwatch`` (what the fleet's nodes did),
+``receiver`` (spans and the trace tree), ``view`` (the live display), ``report`` (the typed
+report and its JSON), ``panel`` (its drawing). ``scenarios`` holds what happens when (the
+rollouts, the link cut and heal, the drain); ``run`` puts them together.
 """
 
 from mesh.dev.demo.run import demo_main

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from mesh.dev.demo.journal import Journal
 from mesh.dev.demo.state import MODEL, DemoConfig, LinkView, Tally, tiers_in_order
 
 PANEL_WIDTH = 104
@@ -121,3 +126,34 @@ def plain_line(config: DemoConfig, tally: Tally, view: LinkView, now: float) -> 
         f"link {view.link}  breaker {view.breaker}  backlog {view.backlog}  "
         f"delivered {view.delivered}"
     )
+
+
+async def show_live(
+    console: Console,
+    config: DemoConfig,
+    tally: Tally,
+    view: LinkView,
+    journal: Journal,
+    stop: asyncio.Event,
+) -> None:
+    """Until ``stop``: the panel four times a second on a terminal; otherwise the journal's
+    lines as they happen and a progress line every 3 s."""
+    if console.is_terminal:
+        with Live(
+            render_live(config, tally, view, 0.0),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+        ) as live:
+            journal.sink = lambda line: None
+            while not stop.is_set():
+                live.update(render_live(config, tally, view, journal.now()))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
+            live.update(render_live(config, tally, view, journal.now()))
+        return
+    journal.sink = lambda line: console.print(line, highlight=False)
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 3.0)
+        console.print(plain_line(config, tally, view, journal.now()), markup=False)

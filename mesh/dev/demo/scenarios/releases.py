@@ -1,0 +1,127 @@
+"""How the demo releases edge versions, as an operator would at the hub: build and sign a version
+(tampered after signing, or confusing two classes, when a scenario asks), push it to the fleet's
+registry, assign it or roll it out in stages, and wait for the rollout's outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+
+from mesh import MeshError
+from mesh.dev.demo.journal import Journal
+from mesh.dev.demo.state import MODEL
+from mesh.dev.demo.testbed import Testbed
+from mesh.dev.models.faulty import confuse_classes
+from mesh.fleet import registry
+from mesh.fleet.controller import act, read_rollouts, start_rollout
+from mesh.fleet.desired import DesiredState, Selector
+from mesh.fleet.rollout import report
+from mesh.fleet.signing import SigningKey, sign
+from mesh.models.manifest import copy_as_version, sha256_of
+
+_FLEET_ERRORS = (MeshError, nats.errors.Error, nats.js.errors.Error)
+
+
+class Releaser:
+    """Releases edge versions at the hub and keeps the report of each staged rollout."""
+
+    def __init__(self, testbed: Testbed, journal: Journal) -> None:
+        self.testbed = testbed
+        self.journal = journal
+        #: the staged rollouts so far, as ``mesh demo --report`` lists them.
+        self.rollouts: list[dict[str, Any]] = []
+
+    async def release(
+        self,
+        version: str,
+        what: str,
+        *,
+        tamper: bool = False,
+        assign: bool = True,
+        confused: bool = False,
+    ) -> bool:
+        """Sign and push ``version``; with ``assign``, assign it straight to the edge tier."""
+        artifact = await asyncio.to_thread(self._build, version, tamper, confused)
+        js = self.testbed.hub_js()
+        try:
+            await registry.push(js, artifact)
+            if assign:
+                await registry.assign(
+                    js,
+                    DesiredState(MODEL, version, Selector(tier="edge"), time.time(), by="demo"),
+                )
+        except _FLEET_ERRORS as exc:
+            self.journal.event(f"[red]fleet: could not release {MODEL}@{version}[/]: {exc}")
+            return False
+        if assign:
+            self.journal.event(
+                f"[cyan]fleet[/]: {MODEL}@{version} ({what}) pushed and assigned to tier=edge"
+            )
+        else:
+            self.journal.event(f"[cyan]fleet[/]: {MODEL}@{version} ({what}) signed and pushed")
+        return True
+
+    def _build(self, version: str, tamper: bool, confused: bool) -> registry.Artifact:
+        testbed = self.testbed
+        demo = testbed.demo
+        out = testbed.work_dir / "releases" / version
+        if version == testbed.initial_version:
+            manifest = copy_as_version(demo.edge_int8, version, out)
+        elif confused:
+            manifest = confuse_classes(demo.edge, version, out)
+        else:
+            manifest = copy_as_version(demo.edge, version, out)
+        parsed = json.loads(manifest.read_text())
+        onnx = (manifest.parent / parsed["artifact"]).read_bytes()
+        key = SigningKey.load(testbed.mesh.signing_key_path)
+        signature = sign(key, parsed, sha256_of(manifest.parent / parsed["artifact"]))
+        if tamper:
+            onnx = onnx[:-1] + bytes([onnx[-1] ^ 1])
+        return registry.Artifact(onnx, manifest.read_bytes(), signature.to_json())
+
+    async def roll_out(
+        self, version: str, what: str, *, confused: bool = False, samples: int = 150
+    ) -> None:
+        """Push ``version`` and roll it out over the edge tier: a canary node, then both."""
+        if not await self.release(version, what, assign=False, confused=confused):
+            return
+        js = self.testbed.hub_js()
+        trusted = [self.testbed.mesh.signing_public or ""]
+        try:
+            started = await start_rollout(
+                js, MODEL, version, stages="1,100%", soak="1.5s",
+                gate_terms=["min_requests=30", f"min_samples={samples}", "max_wait_s=15"],
+                selector=Selector(tier="edge"), trusted_keys=trusted,
+                by="demo", offline_after_s=3.0,
+            )  # fmt: skip
+        except _FLEET_ERRORS as exc:
+            self.journal.event(f"[red]rollout of {MODEL}@{version} refused[/]: {exc}")
+            return
+        self.journal.event(
+            f"[cyan]rollout[/]: {MODEL}@{version} to tier=edge: canary 1 node, then all; "
+            f"rolls back to {started.previous_version}"
+        )
+        try:
+            async with asyncio.timeout(25.0):
+                while True:
+                    current = (await read_rollouts(js)).get(MODEL)
+                    if current is not None and current.id == started.id and not current.active:
+                        break
+                    await asyncio.sleep(0.25)
+        except TimeoutError:
+            current = await act(js, MODEL, "abort", "demo (out of time)")
+            self.journal.event(
+                f"[yellow]rollout of {MODEL}@{version} aborted[/]: the run is ending"
+            )
+        self.rollouts.append(report(current))
+        if current.failed_gate:
+            self.journal.event(
+                f"[yellow]rollout[/]: {MODEL}@{version} {current.outcome}: {current.reason}"
+            )
+        else:
+            self.journal.event(f"[green]rollout[/]: {MODEL}@{version} {current.outcome}")
