@@ -1,10 +1,10 @@
-"""Shared fixtures: real nats-server processes on loopback, the demo models, tier nodes."""
+"""Shared fixtures: real nats-server processes on loopback, the demo models, the key store; the
+chain of tier nodes and the linked site come from ``tests.fixtures``."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +16,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mesh.dev.models.demo import DemoArtifacts, ensure_demo
-from mesh.local.layout import node_identity
-from mesh.local.servers import ADMIN, APPLICATION, NatsServer, ServerConfig, Site
-from mesh.node.tier import TierNode
+from mesh.local.servers import ADMIN, APPLICATION, NatsServer, ServerConfig
 from mesh.observability import tracing
 from mesh.observability.telemetry import install_tracing
 from mesh.security.keystore import KeyStore
-from mesh.settings import (
-    HardExampleSettings,
-    ModelSettings,
-    NatsSettings,
-    NodeSettings,
-    UpstreamSettings,
-)
+
+pytest_plugins = ["tests.fixtures.chain", "tests.fixtures.site"]
 
 for _name in [n for n in os.environ if n.startswith("MESH_")]:
     del os.environ[_name]
@@ -75,17 +68,6 @@ def admin_options(keystore: KeyStore) -> dict[str, Any]:
     return {"user_credentials": str(keystore.ensure(ADMIN)), "inbox_prefix": "_INBOX_admin"}
 
 
-@pytest.fixture
-async def site(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[Site]:
-    """A hub (domain ``hub``) and a site leaf server (domain ``site``), linked directly."""
-    s = Site(tmp_path / "site", keystore=keystore)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
 @pytest.fixture(scope="session")
 def span_exporter() -> InMemorySpanExporter:
     """Records every span of the session; the global provider can be set only once a process."""
@@ -105,73 +87,6 @@ def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]
     span_exporter.clear()
     yield span_exporter
     span_exporter.clear()
-
-
-NodeFactory = Callable[..., Awaitable[TierNode]]
-
-
-def model_settings(demo: DemoArtifacts, tier: str, **overrides: Any) -> ModelSettings:
-    manifest = {
-        "edge": demo.edge,
-        "edge-int8": demo.edge_int8,
-        "gateway": demo.gateway,
-        "cloud": demo.cloud,
-    }[tier]
-    overrides.setdefault("name", "digits")
-    return ModelSettings(manifest=manifest, **overrides)
-
-
-@pytest.fixture
-async def start_node(keystore: KeyStore) -> AsyncIterator[NodeFactory]:
-    """Start tier nodes, each on its own NATS connection with its own identity (issued by the
-    session's key store for its tier, upstream and entry role); all stopped at the end."""
-    nodes: list[TierNode] = []
-
-    async def start(
-        tier: str,
-        servers: str | list[str],
-        models: list[ModelSettings],
-        *,
-        upstream: str | UpstreamSettings | None = None,
-        entry: bool = False,
-        zone: str = "device",
-        upstream_zone: str = "cloud",
-        hard_examples: HardExampleSettings | None = None,
-        **kwargs: Any,
-    ) -> TierNode:
-        if isinstance(upstream, str):
-            upstream = UpstreamSettings(tier=upstream, zone=upstream_zone)
-        name = kwargs.pop("node", f"{tier}-{len(nodes)}")
-        identity = node_identity(
-            name, tier, upstream_tier=upstream.tier if upstream else None, entry=entry
-        )
-        creds = await asyncio.to_thread(keystore.ensure, identity)
-        settings = NodeSettings(
-            tier=tier,
-            node=name,
-            zone=zone,
-            entry=entry,
-            nats=NatsSettings(
-                servers=[servers] if isinstance(servers, str) else servers,
-                credentials=creds,
-                **kwargs.pop("nats", {}),
-            ),
-            upstream=upstream,
-            models=models,
-            hard_examples=hard_examples or HardExampleSettings(upstream_domain=None),
-            http_port=kwargs.pop("http_port", None),
-            **kwargs,
-        )
-        node = TierNode(settings)
-        await node.start()
-        nodes.append(node)
-        return node
-
-    try:
-        yield start
-    finally:
-        for node in reversed(nodes):
-            await node.stop()
 
 
 def _dump_tasks(signum: int, frame: object) -> None:

@@ -9,7 +9,6 @@ import json
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,14 @@ import pytest
 from nats.js.api import Header
 
 from mesh import MeshClient, MeshError
-from mesh.dev.faults import FaultProxy
 from mesh.dev.models.demo import DemoArtifacts
-from mesh.local.launcher import NodeProcess
-from mesh.local.layout import node_identity, tier_node_settings
-from mesh.local.servers import NatsServer, Site
+from mesh.local.servers import NatsServer
 from mesh.node.breaker import BreakerState
-from mesh.node.tier import TierNode
-from mesh.security.keystore import KeyStore
-from mesh.settings import BreakerSettings, HardExampleSettings, UpstreamSettings
+from mesh.settings import BreakerSettings, HardExampleSettings
 from mesh.topology import subjects
 from mesh.wire import decode_hard_example
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.site import LinkedSite
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
 
@@ -41,58 +36,13 @@ FAST_BREAKER = BreakerSettings(
 )
 
 
-@dataclass
-class LinkedSite:
-    site: Site
-    proxy: FaultProxy
-
-    @property
-    def hub_url(self) -> str:
-        return self.site.hub.url
-
-    @property
-    def leaf_url(self) -> str:
-        assert self.site.leaf is not None
-        return self.site.leaf.url
-
-    @property
-    def app(self) -> dict[str, Any]:
-        """Options to connect as the application."""
-        return self.site.hub.client_options("app")
-
-
-@pytest.fixture
-async def linked(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[LinkedSite]:
-    site = Site(tmp_path / "nats", keystore=keystore)
-    await site.hub.start()
-    proxy = FaultProxy("127.0.0.1", site.hub.leaf_port)
-    await proxy.start()
-    await site.start(leaf_url=proxy.url)
-    try:
-        yield LinkedSite(site, proxy)
-    finally:
-        await proxy.stop()
-        await site.stop()
-
-
 @pytest.fixture
 def digits(demo: DemoArtifacts) -> np.ndarray:
     return np.load(demo.test)["x"].astype(np.float32)
 
 
-async def cloud_process(demo: DemoArtifacts, hub: NatsServer, work_dir: Path) -> NodeProcess:
-    settings = tier_node_settings(
-        "cloud",
-        node="cloud-0",
-        server=hub.url,
-        credentials=await hub.issue(node_identity("cloud-0", "cloud")),
-        manifest=demo.cloud,
-        zone="cloud",
-        upstream_domain=None,
-        http_port=None,
-        extra={"nats": {"reconnect_wait_s": 0.2}},
-    )
-    return NodeProcess("cloud-0", settings, work_dir)
+#: the cloud as a process a test can kill, quick to reconnect when its hub returns.
+CLOUD_PROCESS = Tier("cloud", node="cloud-0", reconnect_wait_s=0.2)
 
 
 async def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -204,110 +154,89 @@ async def inbox_count(hub: NatsServer, tier: str) -> int:
         await nc.close()
 
 
-async def start_site_tiers(
-    start_node: NodeFactory, demo: DemoArtifacts, leaf_url: str, *, gateway_threshold: float
-) -> tuple[TierNode, TierNode]:
-    gateway = await start_node(
+def site_tiers(gateway_threshold: float) -> tuple[Tier, Tier]:
+    """The site's edge and gateway on fast breakers; the gateway keeps its hard examples for the
+    hub."""
+    edge = Tier("edge", model="edge-int8", breaker=FAST_BREAKER)
+    gateway = Tier(
         "gateway",
-        leaf_url,
-        [model_settings(demo, "gateway", threshold=gateway_threshold)],
-        upstream=UpstreamSettings(tier="cloud", zone="cloud", breaker=FAST_BREAKER),
-        zone="site",
+        threshold=gateway_threshold,
+        upstream="cloud",
+        breaker=FAST_BREAKER,
         hard_examples=HardExampleSettings(upstream_domain="hub"),
     )
-    edge = await start_node(
-        "edge",
-        leaf_url,
-        [model_settings(demo, "edge-int8")],
-        upstream=UpstreamSettings(tier="gateway", zone="site", breaker=FAST_BREAKER),
-        entry=True,
-        hard_examples=HardExampleSettings(upstream_domain=None),
-    )
-    return gateway, edge
+    return edge, gateway
 
 
 async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples_arrive_once(
-    linked: LinkedSite,
-    start_node: NodeFactory,
-    demo: DemoArtifacts,
-    digits: np.ndarray,
-    tmp_path: Path,
+    linked: LinkedSite, chain: Chain, digits: np.ndarray, tmp_path: Path
 ) -> None:
-    cloud = await cloud_process(demo, linked.site.hub, tmp_path)
-    await cloud.start()
-    try:
-        gateway, _ = await start_site_tiers(
-            start_node, demo, linked.leaf_url, gateway_threshold=1.01
-        )
-        tally = Tally()
-        async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
-            await drive(client, digits, tally, 200, concurrency=8)
-            before_outage = dict(tally.reasons)
-            await linked.site.hub.kill()
-            await drive(client, digits, tally, 200, start=200, concurrency=8)
-            during_outage = Counter(tally.reasons) - Counter(before_outage)
-            await linked.site.hub.start()
-            await linked.site.hub.wait_leaf_connections(1, timeout=15)
-            await drive(client, digits, tally, 200, start=400, concurrency=8, rate_per_s=100)
+    await chain.start_process(linked.hub_url, CLOUD_PROCESS, tmp_path)
+    _, gateway = await chain.start(linked.leaf_url, *site_tiers(gateway_threshold=1.01))
+    tally = Tally()
+    async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
+        await drive(client, digits, tally, 200, concurrency=8)
+        before_outage = dict(tally.reasons)
+        await linked.site.hub.kill()
+        await drive(client, digits, tally, 200, start=200, concurrency=8)
+        during_outage = Counter(tally.reasons) - Counter(before_outage)
+        await linked.site.hub.start()
+        await linked.site.hub.wait_leaf_connections(1, timeout=15)
+        await drive(client, digits, tally, 200, start=400, concurrency=8, rate_per_s=100)
 
-        assert gateway.upstream is not None
-        print("\nhub kill:", json.dumps(tally.summary()))
-        print("gateway breaker transitions:", dict(gateway.upstream.breaker.transitions))
-        assert tally.errors == []
-        assert (tally.sent, tally.answered, tally.lost) == (600, 600, 0)
-        assert sum(during_outage.values()) > 0
-        assert set(tally.reasons) <= {"no_responders", "breaker_open", "timeout", "upstream_error"}
-        assert tally.tiers["cloud"] > 0  # the cloud answered before and after the outage
+    assert gateway.upstream is not None
+    print("\nhub kill:", json.dumps(tally.summary()))
+    print("gateway breaker transitions:", dict(gateway.upstream.breaker.transitions))
+    assert tally.errors == []
+    assert (tally.sent, tally.answered, tally.lost) == (600, 600, 0)
+    assert sum(during_outage.values()) > 0
+    assert set(tally.reasons) <= {"no_responders", "breaker_open", "timeout", "upstream_error"}
+    assert tally.tiers["cloud"] > 0  # the cloud answered before and after the outage
 
-        degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
-        assert degraded_at_gateway
+    degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
+    assert degraded_at_gateway
 
-        async def all_delivered() -> bool:
-            try:
-                return await inbox_count(linked.site.hub, "cloud") >= len(degraded_at_gateway)
-            except Exception:
-                return False
-
-        await wait_for(all_delivered, 60, "hard examples to reach the hub")
-        await asyncio.sleep(0.5)
-        delivered = await inbox_ids(linked.site.hub, "cloud")
-        assert len(delivered) == len(set(delivered)) == len(degraded_at_gateway)
-        assert set(delivered) == degraded_at_gateway
-        assert gateway.forwarder is not None
-        print(
-            f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}, "
-            f"duplicates dropped {gateway.forwarder.duplicates}"
-        )
-
-        # Exactly once: a second copy with the same request id is dropped by the hub's stream.
-        assert linked.site.leaf is not None
-        nc = await linked.site.leaf.connect()
+    async def all_delivered() -> bool:
         try:
-            some_id = next(iter(degraded_at_gateway))
-            ack = await nc.jetstream().publish(
-                subjects.inbox("cloud", "digits"),
-                b"\x80",
-                headers={Header.MSG_ID.value: some_id},
-                timeout=2,
-            )
-            assert ack.duplicate is True
-        finally:
-            await nc.close()
-        assert await inbox_count(linked.site.hub, "cloud") == len(degraded_at_gateway)
+            return await inbox_count(linked.site.hub, "cloud") >= len(degraded_at_gateway)
+        except Exception:
+            return False
+
+    await wait_for(all_delivered, 60, "hard examples to reach the hub")
+    await asyncio.sleep(0.5)
+    delivered = await inbox_ids(linked.site.hub, "cloud")
+    assert len(delivered) == len(set(delivered)) == len(degraded_at_gateway)
+    assert set(delivered) == degraded_at_gateway
+    assert gateway.forwarder is not None
+    print(
+        f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}, "
+        f"duplicates dropped {gateway.forwarder.duplicates}"
+    )
+
+    # Exactly once: a second copy with the same request id is dropped by the hub's stream.
+    assert linked.site.leaf is not None
+    nc = await linked.site.leaf.connect()
+    try:
+        some_id = next(iter(degraded_at_gateway))
+        ack = await nc.jetstream().publish(
+            subjects.inbox("cloud", "digits"),
+            b"\x80",
+            headers={Header.MSG_ID.value: some_id},
+            timeout=2,
+        )
+        assert ack.duplicate is True
     finally:
-        await cloud.stop()
+        await nc.close()
+    assert await inbox_count(linked.site.hub, "cloud") == len(degraded_at_gateway)
 
 
 async def test_blackholed_link_opens_the_breaker_and_it_closes_after_the_link_returns(
-    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray
+    linked: LinkedSite, chain: Chain, digits: np.ndarray
 ) -> None:
-    await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
-    edge = await start_node(
-        "edge",
+    edge, _ = await chain.start(
         linked.leaf_url,
-        [model_settings(demo, "edge", threshold=1.01)],
-        upstream=UpstreamSettings(tier="cloud", zone="cloud", breaker=FAST_BREAKER),
-        entry=True,
+        Tier("edge", threshold=1.01, breaker=FAST_BREAKER),
+        Tier("cloud", server=linked.hub_url),
     )
     assert edge.upstream is not None
     breaker = edge.upstream.breaker
@@ -358,15 +287,10 @@ async def test_blackholed_link_opens_the_breaker_and_it_closes_after_the_link_re
 
 
 async def test_slow_link_with_a_small_budget_is_answered_locally_for_reason_budget(
-    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray
+    linked: LinkedSite, chain: Chain, digits: np.ndarray
 ) -> None:
-    await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
-    edge = await start_node(
-        "edge",
-        linked.leaf_url,
-        [model_settings(demo, "edge", threshold=1.01)],
-        upstream=UpstreamSettings(tier="cloud", zone="cloud"),
-        entry=True,
+    edge, _ = await chain.start(
+        linked.leaf_url, Tier("edge", threshold=1.01), Tier("cloud", server=linked.hub_url)
     )
     linked.proxy.set_latency(150)  # each way: 300 ms added to the round trip
     async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
@@ -397,44 +321,28 @@ async def test_slow_link_with_a_small_budget_is_answered_locally_for_reason_budg
 
 
 async def test_cloud_process_killed_no_responders_is_handled_in_under_5_ms(
-    linked: LinkedSite,
-    start_node: NodeFactory,
-    demo: DemoArtifacts,
-    digits: np.ndarray,
-    tmp_path: Path,
+    linked: LinkedSite, chain: Chain, digits: np.ndarray, tmp_path: Path
 ) -> None:
-    cloud = await cloud_process(demo, linked.site.hub, tmp_path)
-    await cloud.start()
-    edge = await start_node(
-        "edge",
-        linked.leaf_url,
-        [model_settings(demo, "edge", threshold=1.01)],
-        upstream=UpstreamSettings(tier="cloud", zone="cloud"),
-        entry=True,
-    )
-    try:
-        async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
-            first = await client.infer("digits", digits[:1], budget_ms=2000)
-            assert first.tier == "cloud"
-            await cloud.kill()
+    cloud = await chain.start_process(linked.hub_url, CLOUD_PROCESS, tmp_path)
+    [edge] = await chain.start(linked.leaf_url, Tier("edge", threshold=1.01, upstream="cloud"))
+    async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
+        first = await client.infer("digits", digits[:1], budget_ms=2000)
+        assert first.tier == "cloud"
+        await cloud.kill()
 
-            async def interest_gone() -> bool:
-                try:
-                    await client.nats.request(
-                        subjects.tier_infer("cloud", "digits"), b"", timeout=1
-                    )
-                except nats.errors.NoRespondersError:
-                    return True
-                except nats.errors.TimeoutError:
-                    return False
+        async def interest_gone() -> bool:
+            try:
+                await client.nats.request(subjects.tier_infer("cloud", "digits"), b"", timeout=1)
+            except nats.errors.NoRespondersError:
+                return True
+            except nats.errors.TimeoutError:
                 return False
+            return False
 
-            await wait_for(interest_gone, 10, "the cloud's subscription to vanish")
-            results = [
-                await client.infer("digits", digits[i : i + 1], budget_ms=2000) for i in range(4)
-            ]
-    finally:
-        await cloud.stop()
+        await wait_for(interest_gone, 10, "the cloud's subscription to vanish")
+        results = [
+            await client.infer("digits", digits[i : i + 1], budget_ms=2000) for i in range(4)
+        ]
     assert edge.upstream is not None
     hops = [r.path[0].latency_ms for r in results]
     print(f"\nno responders: edge hop latencies {[round(h, 2) for h in hops]} ms (timeout 2000 ms)")
@@ -443,10 +351,11 @@ async def test_cloud_process_killed_no_responders_is_handled_in_under_5_ms(
 
 
 async def test_two_thousand_requests_through_an_outage_of_a_third_of_the_run_lose_nothing(
-    linked: LinkedSite, start_node: NodeFactory, demo: DemoArtifacts, digits: np.ndarray
+    linked: LinkedSite, chain: Chain, digits: np.ndarray
 ) -> None:
-    await start_node("cloud", linked.hub_url, [model_settings(demo, "cloud")], zone="cloud")
-    gateway, edge = await start_site_tiers(start_node, demo, linked.leaf_url, gateway_threshold=0.9)
+    edge, gateway, _ = await chain.start(
+        linked.leaf_url, *site_tiers(gateway_threshold=0.9), Tier("cloud", server=linked.hub_url)
+    )
     total, rate = 2100, 300.0
     tally = Tally()
 

@@ -10,18 +10,13 @@ from mesh import MeshClient, wire
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
 from mesh.observability.metrics import default_metrics
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 async def test_requests_in_flight_together_share_model_calls_and_get_the_same_answers(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    await start_node(
-        "edgebatch",
-        nats_server.url,
-        [model_settings(demo, "edge-int8", threshold=0.0)],
-        entry=True,
-    )
+    await chain.start(nats_server.url, Tier("edgebatch", model="edge-int8", threshold=0.0))
     x = np.load(demo.test)["x"].astype(np.float32)[:256]
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")

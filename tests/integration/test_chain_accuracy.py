@@ -11,31 +11,21 @@ import numpy as np
 from mesh import MeshClient
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 EDGE_THRESHOLD = 0.95
 GATEWAY_THRESHOLD = 0.95
 
 
 async def test_the_chain_is_as_accurate_as_the_cloud_alone_within_one_point(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
     url = nats_server.url
-    await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud")
-    await start_node(
-        "gateway",
+    await chain.start(
         url,
-        [model_settings(demo, "gateway", threshold=GATEWAY_THRESHOLD)],
-        upstream="cloud",
-        zone="site",
-    )
-    await start_node(
-        "edge",
-        url,
-        [model_settings(demo, "edge-int8", threshold=EDGE_THRESHOLD)],
-        upstream="gateway",
-        upstream_zone="site",
-        entry=True,
+        Tier("edge", model="edge-int8", threshold=EDGE_THRESHOLD),
+        Tier("gateway", threshold=GATEWAY_THRESHOLD),
+        Tier("cloud"),
     )
     split = np.load(demo.test)
     x, y = split["x"].astype(np.float32), split["y"]

@@ -6,12 +6,11 @@ import asyncio
 import json
 from typing import Any
 
-from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
 from mesh.topology import subjects
 from mesh.transport.discovery import SERVICE_NAME
 from mesh.wire import decode_node_status
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 async def collect_replies(
@@ -33,17 +32,10 @@ async def collect_replies(
         await nc.close()
 
 
-async def start_two_tiers(start_node: NodeFactory, demo: DemoArtifacts, url: str) -> None:
-    await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud", node="cloud-a")
-    await start_node(
-        "edge", url, [model_settings(demo, "edge")], upstream="cloud", entry=True, node="edge-a"
-    )
-
-
 async def test_ping_info_and_stats_list_every_node_with_its_tier_and_models(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain
 ) -> None:
-    await start_two_tiers(start_node, demo, nats_server.url)
+    await chain.start(nats_server.url, Tier("edge", node="edge-a"), Tier("cloud", node="cloud-a"))
 
     for verb in ("PING", "INFO", "STATS"):
         replies = await collect_replies(nats_server, f"$SRV.{verb}.{SERVICE_NAME}")
@@ -64,9 +56,9 @@ async def test_ping_info_and_stats_list_every_node_with_its_tier_and_models(
 
 
 async def test_status_endpoint_reports_models_breakers_and_readiness(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain
 ) -> None:
-    await start_two_tiers(start_node, demo, nats_server.url)
+    await chain.start(nats_server.url, Tier("edge", node="edge-a"), Tier("cloud", node="cloud-a"))
     nc = await nats_server.connect()
     try:
         reply = await nc.request(subjects.status("edge-a"), b"", timeout=2)
@@ -80,11 +72,9 @@ async def test_status_endpoint_reports_models_breakers_and_readiness(
     assert status.ready
 
 
-async def test_a_stopped_node_leaves_the_listing(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
-) -> None:
-    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], node="cloud-a")
-    edge = await start_node("edge", nats_server.url, [model_settings(demo, "edge")], node="edge-a")
+async def test_a_stopped_node_leaves_the_listing(nats_server: NatsServer, chain: Chain) -> None:
+    await chain.start(nats_server.url, Tier("cloud", node="cloud-a"))
+    [edge] = await chain.start(nats_server.url, Tier("edge", node="edge-a", entry=False))
     await edge.stop()
     await edge.stop()
     replies = await collect_replies(nats_server, f"$SRV.PING.{SERVICE_NAME}")

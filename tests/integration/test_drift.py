@@ -19,7 +19,7 @@ from mesh.node.tier import DRIFT_CHECK_SECONDS
 from mesh.scoring.drift import DEFAULT_THRESHOLD
 from mesh.topology import subjects
 from mesh.transport.guard import flush_in_order
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 ROWS_PER_REQUEST = 5
 
@@ -34,15 +34,9 @@ async def send_rows(client: MeshClient, x: np.ndarray) -> None:
 
 
 async def test_shifted_digits_cross_the_drift_threshold_and_in_distribution_ones_do_not(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    node = await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge", threshold=0.0)],
-        entry=True,
-        node="edge-drift",
-    )
+    [node] = await chain.start(nats_server.url, Tier("edge", threshold=0.0, node="edge-drift"))
     served = node.models.get("digits")
     assert served is not None and served.drift is not None
     events: list[dict[str, Any]] = []

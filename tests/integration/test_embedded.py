@@ -8,12 +8,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import UnavailableError
 from mesh.local.servers import NatsServer, ServerConfig, Site, free_port
 from mesh.security.keystore import KeyStore
 from mesh.transport.guard import flush_in_order
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 async def test_a_restarted_server_keeps_its_port_and_its_jetstream_data(tmp_path: Path) -> None:
@@ -85,20 +84,18 @@ async def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
 
 
 async def test_a_node_started_before_its_server_connects_once_the_server_is_up(
-    tmp_path: Path, demo: DemoArtifacts, start_node: NodeFactory, keystore: KeyStore
+    tmp_path: Path, chain: Chain, keystore: KeyStore
 ) -> None:
     server = NatsServer(
         ServerConfig(name="late", jetstream_domain="late"), tmp_path / "late", keystore
     )
     server.client_port = free_port()
-    starting = asyncio.create_task(
-        start_node("edge", server.url, [model_settings(demo, "edge")], entry=True)
-    )
+    starting = asyncio.create_task(chain.start(server.url, Tier("edge")))
     await asyncio.sleep(1.0)
     assert not starting.done()
     await server.start()
     try:
-        node = await asyncio.wait_for(starting, 30)
+        [node] = await asyncio.wait_for(starting, 30)
         assert node.nc is not None and node.nc.is_connected
         assert node.readiness.problems() == {}
     finally:

@@ -17,16 +17,14 @@ from prometheus_client import REGISTRY, generate_latest
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
 from mesh.events.streams import RESULTS_STREAM
-from mesh.local.launcher import NodeProcess
-from mesh.local.layout import node_identity, tier_node_settings
 from mesh.local.servers import NatsServer
 from mesh.sdk.client import EventResult, MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
-from mesh.settings import EventSettings
+from mesh.settings import EventSettings, HardExampleSettings
 from mesh.transport.guard import flush_in_order
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -48,14 +46,10 @@ async def take(client: MeshClient, source: str, count: int, timeout: float) -> l
 
 
 async def test_published_events_get_one_result_each_through_the_data_plane(
-    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
-    node = await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge-int8")],
-        entry=True,
-        events=EventSettings(enabled=True),
+    [node] = await chain.start(
+        nats_server.url, Tier("edge", model="edge-int8", events=EventSettings(enabled=True))
     )
     x = np.load(demo.test)["x"][:50].astype(np.float32)
     client = await source_client(nats_server, keystore, "cam1")
@@ -90,16 +84,12 @@ async def test_published_events_get_one_result_each_through_the_data_plane(
 
 async def test_malformed_events_get_an_error_result_and_never_block_the_stream(
     nats_server: NatsServer,
-    start_node: NodeFactory,
+    chain: Chain,
     keystore: KeyStore,
     demo: DemoArtifacts,
 ) -> None:
-    await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge-int8")],
-        entry=True,
-        events=EventSettings(enabled=True),
+    await chain.start(
+        nats_server.url, Tier("edge", model="edge-int8", events=EventSettings(enabled=True))
     )
     client = await source_client(nats_server, keystore, "cam2")
     async with client:
@@ -122,13 +112,11 @@ async def test_malformed_events_get_an_error_result_and_never_block_the_stream(
 
 
 async def test_a_full_event_stream_refuses_what_it_cannot_keep(
-    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
     # No consumer drains it fast enough: a tiny stream, and a node that is not the entry tier's.
     small = EventSettings(enabled=True, max_bytes=4096)
-    await start_node(
-        "edge", nats_server.url, [model_settings(demo, "edge-int8")], entry=True, events=small
-    )
+    await chain.start(nats_server.url, Tier("edge", model="edge-int8", events=small))
     client = await source_client(nats_server, keystore, "cam3")
     big = np.zeros((4, 64), dtype=np.float32)  # ~1.2 KB an event
     async with client:
@@ -142,23 +130,19 @@ EVENTS_PER_SOURCE = 2500
 
 
 async def test_ten_thousand_events_through_two_sigkills_get_exactly_one_result_each(
-    nats_server: NatsServer, keystore: KeyStore, demo: DemoArtifacts, tmp_path: Path
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts, tmp_path: Path
 ) -> None:
-    creds = await asyncio.to_thread(keystore.ensure, node_identity("edge-0", "edge", entry=True))
-    settings = tier_node_settings(
-        "edge",
-        node="edge-0",
-        server=nats_server.url,
-        manifest=demo.edge_int8,
-        zone="device",
-        entry=True,
-        upstream_domain=None,
-        http_port=None,
-        credentials=creds,
-        extra={"events": {"enabled": True, "ack_wait_s": 2.0}, "hard_examples": {"enabled": False}},
+    node = await chain.start_process(
+        nats_server.url,
+        Tier(
+            "edge",
+            model="edge-int8",
+            node="edge-0",
+            events=EventSettings(enabled=True, ack_wait_s=2.0),
+            hard_examples=HardExampleSettings(enabled=False),
+        ),
+        tmp_path,
     )
-    node = NodeProcess("edge-0", settings, tmp_path)
-    await node.start()
     x = np.load(demo.test)["x"].astype(np.float32)
     clients = {s: await source_client(nats_server, keystore, s) for s in SOURCES}
     published = Counter[str]()
@@ -196,7 +180,6 @@ async def test_ten_thousand_events_through_two_sigkills_get_exactly_one_result_e
     finally:
         for client in clients.values():
             await client.close()
-        await node.stop()
     elapsed = time.monotonic() - started
     print(
         f"\n{len(SOURCES) * EVENTS_PER_SOURCE} events, two SIGKILLs: all results in {elapsed:.1f} s"
@@ -213,7 +196,7 @@ async def test_ten_thousand_events_through_two_sigkills_get_exactly_one_result_e
 
 
 async def test_rules_turn_results_into_alerts_and_webhooks_and_dead_letter_what_fails(
-    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
     from aiohttp import web
 
@@ -249,12 +232,9 @@ async def test_rules_turn_results_into_alerts_and_webhooks_and_dead_letter_what_
         ActionRule(name="broken", labels=[8], webhook=WebhookSettings(
             url=f"http://127.0.0.1:{port}/broken", attempts=2, timeout_s=1)),
     ]  # fmt: skip
-    await start_node(
-        "edge",
+    await chain.start(
         nats_server.url,
-        [model_settings(demo, "edge-int8")],
-        entry=True,
-        events=EventSettings(enabled=True, actions=rules),
+        Tier("edge", model="edge-int8", events=EventSettings(enabled=True, actions=rules)),
     )
     admin = await nats_server.connect()
     alerts: list[bytes] = []
@@ -295,13 +275,11 @@ async def test_rules_turn_results_into_alerts_and_webhooks_and_dead_letter_what_
 
 
 async def test_an_event_that_keeps_failing_is_dead_lettered_and_blocks_nothing(
-    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
     # A result the result stream will not take (over max_result_bytes): each try fails.
     settings = EventSettings(enabled=True, max_deliver=2, ack_wait_s=1.0, max_result_bytes=2048)
-    await start_node(
-        "edge", nats_server.url, [model_settings(demo, "edge-int8")], entry=True, events=settings
-    )
+    await chain.start(nats_server.url, Tier("edge", model="edge-int8", events=settings))
     x = np.load(demo.test)["x"].astype(np.float32)
     client = await source_client(nats_server, keystore, "cam5")
     admin = await nats_server.connect()
@@ -327,7 +305,7 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_blocks_nothing(
 
 async def test_mesh_publish_stores_events_and_waits_for_their_results(
     nats_server: NatsServer,
-    start_node: NodeFactory,
+    chain: Chain,
     keystore: KeyStore,
     demo: DemoArtifacts,
     tmp_path: Path,
@@ -335,12 +313,8 @@ async def test_mesh_publish_stores_events_and_waits_for_their_results(
     import json
     import sys
 
-    await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge-int8")],
-        entry=True,
-        events=EventSettings(enabled=True),
+    await chain.start(
+        nats_server.url, Tier("edge", model="edge-int8", events=EventSettings(enabled=True))
     )
     creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("cam6", Role.APPLICATION))
     sample = tmp_path / "x.npz"

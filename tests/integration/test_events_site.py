@@ -5,15 +5,12 @@ with the hub link cut, edge-answered events flow on and escalated ones come back
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mesh.dev.faults import FaultProxy
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import Site
 from mesh.node.policy import DEGRADED_REASONS
@@ -21,43 +18,29 @@ from mesh.sdk.client import EventResult, MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
-from mesh.settings import ActionRule, EventSettings, UpstreamSettings
-from tests.conftest import NodeFactory, model_settings
+from mesh.settings import ActionRule, EventSettings
+from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.site import LinkedSite
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-async def linked(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[tuple[Site, FaultProxy]]:
-    site = Site(tmp_path / "nats", keystore=keystore)
-    await site.hub.start()
-    proxy = FaultProxy("127.0.0.1", site.hub.leaf_port)
-    await proxy.start()
-    await site.start(leaf_url=proxy.url)
-    try:
-        yield site, proxy
-    finally:
-        await proxy.stop()
-        await site.stop()
-
-
 async def start_tiers(
-    site: Site,
-    start_node: NodeFactory,
-    demo: DemoArtifacts,
+    linked: LinkedSite,
+    chain: Chain,
     threshold: float | None,
     actions: list[ActionRule] | None = None,
 ) -> None:
-    await start_node("cloud", site.hub.url, [model_settings(demo, "cloud")], zone="cloud")
-    assert site.leaf is not None
-    edge_model = model_settings(demo, "edge-int8", threshold=threshold)
-    await start_node(
-        "edge",
-        site.leaf.url,
-        [edge_model],
-        entry=True,
-        upstream=UpstreamSettings(tier="cloud", zone="cloud", timeout_ms=300),
-        events=EventSettings(enabled=True, actions=actions or []),
+    await chain.start(
+        linked.leaf_url,
+        Tier(
+            "edge",
+            model="edge-int8",
+            threshold=threshold,
+            upstream_timeout_ms=300,
+            events=EventSettings(enabled=True, actions=actions or []),
+        ),
+        Tier("cloud", server=linked.hub_url),
     )
 
 
@@ -78,15 +61,15 @@ async def take(client: MeshClient, source: str, count: int) -> list[EventResult]
 
 
 async def test_one_trace_runs_from_the_publisher_through_every_tier_to_the_stored_result(
-    linked: tuple[Site, FaultProxy],
-    start_node: NodeFactory,
+    linked: LinkedSite,
+    chain: Chain,
     keystore: KeyStore,
     demo: DemoArtifacts,
     spans: InMemorySpanExporter,
 ) -> None:
-    site, _ = linked
+    site = linked.site
     every = ActionRule(name="every", min_confidence=0.0, publish="mesh.actions.audit")
-    await start_tiers(site, start_node, demo, threshold=1.01, actions=[every])  # all escalate
+    await start_tiers(linked, chain, threshold=1.01, actions=[every])  # all escalate
     x = np.load(demo.test)["x"][:1].astype(np.float32)
     async with await client_for(site, keystore, "cam-t") as client:
         with trace.get_tracer("test").start_as_current_span("sensor reading") as root:
@@ -112,13 +95,13 @@ async def test_one_trace_runs_from_the_publisher_through_every_tier_to_the_store
 
 
 async def test_with_the_hub_link_cut_edge_answers_flow_on_and_escalations_come_back_degraded(
-    linked: tuple[Site, FaultProxy],
-    start_node: NodeFactory,
+    linked: LinkedSite,
+    chain: Chain,
     keystore: KeyStore,
     demo: DemoArtifacts,
 ) -> None:
-    site, proxy = linked
-    await start_tiers(site, start_node, demo, threshold=None)  # the calibrated threshold
+    site, proxy = linked.site, linked.proxy
+    await start_tiers(linked, chain, threshold=None)  # the calibrated threshold
     x = np.load(demo.test)["x"].astype(np.float32)[:200]
     async with await client_for(site, keystore, "cam-c") as client:
         proxy.blackhole(True)

@@ -13,8 +13,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from mesh.dev.faults import FaultProxy
-from mesh.local.servers import Site
 from mesh.transport.guard import flush_in_order
+from tests.fixtures.site import LinkedSite
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -281,51 +281,43 @@ async def test_stop_with_faults_active_and_data_in_flight(echo: EchoServer) -> N
 
 
 @pytest.mark.timeout(60)
-async def test_leaf_link_through_the_proxy_slows_blackholes_and_heals() -> None:
-    site = Site()
-    await site.hub.start()
-    proxy = FaultProxy("127.0.0.1", site.hub.leaf_port)
-    await proxy.start()
+async def test_leaf_link_through_the_proxy_slows_blackholes_and_heals(linked: LinkedSite) -> None:
+    site, proxy = linked.site, linked.proxy
+    assert site.leaf is not None
+    hub = await site.hub.connect()
+    leaf = await site.leaf.connect()
     try:
-        await site.start(leaf_url=proxy.url)
-        assert site.leaf is not None
-        hub = await site.hub.connect()
-        leaf = await site.leaf.connect()
-        try:
-            subject = f"test.faults.{uuid.uuid4().hex}"
+        subject = f"test.faults.{uuid.uuid4().hex}"
 
-            async def respond(msg: Msg) -> None:
-                await msg.respond(msg.data)
+        async def respond(msg: Msg) -> None:
+            await msg.respond(msg.data)
 
-            await hub.subscribe(subject, cb=respond)
-            await flush_in_order(hub)
-            await wait_for_route(leaf, subject)
+        await hub.subscribe(subject, cb=respond)
+        await flush_in_order(hub)
+        await wait_for_route(leaf, subject)
 
-            started = time.perf_counter()
-            assert (await leaf.request(subject, b"fast", timeout=2)).data == b"fast"
-            fast = time.perf_counter() - started
+        started = time.perf_counter()
+        assert (await leaf.request(subject, b"fast", timeout=2)).data == b"fast"
+        fast = time.perf_counter() - started
 
-            proxy.set_latency(200)
-            started = time.perf_counter()
-            assert (await leaf.request(subject, b"slow", timeout=5)).data == b"slow"
-            slow = time.perf_counter() - started
-            assert slow >= 0.4 > fast
+        proxy.set_latency(200)
+        started = time.perf_counter()
+        assert (await leaf.request(subject, b"slow", timeout=5)).data == b"slow"
+        slow = time.perf_counter() - started
+        assert slow >= 0.4 > fast
 
-            proxy.heal()
-            proxy.blackhole(True)
-            with pytest.raises(NatsTimeoutError):
-                await leaf.request(subject, b"void", timeout=0.5)
+        proxy.heal()
+        proxy.blackhole(True)
+        with pytest.raises(NatsTimeoutError):
+            await leaf.request(subject, b"void", timeout=0.5)
 
-            proxy.heal()
-            assert (await leaf.request(subject, b"back", timeout=2)).data == b"back"
-            assert proxy.stats.connections_accepted >= 1
-            assert proxy.stats.bytes_to_target > 0 and proxy.stats.bytes_to_client > 0
-        finally:
-            await leaf.close()
-            await hub.close()
+        proxy.heal()
+        assert (await leaf.request(subject, b"back", timeout=2)).data == b"back"
+        assert proxy.stats.connections_accepted >= 1
+        assert proxy.stats.bytes_to_target > 0 and proxy.stats.bytes_to_client > 0
     finally:
-        await site.close()
-        await proxy.stop()
+        await leaf.close()
+        await hub.close()
 
 
 async def wait_for_route(nc: NatsClient, subject: str, timeout: float = 10.0) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import MeshError
 from mesh.fleet import registry
 from mesh.fleet.signing import SigningKey, sign
-from mesh.local.layout import node_identity
 from mesh.local.servers import ADMIN, APPLICATION, Site
 from mesh.models.manifest import copy_as_version, load_manifest, sha256_of, verify_artifact
 from mesh.node.tier import TierNode
@@ -31,15 +29,11 @@ from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import NODES_BUCKET, Role
-from mesh.settings import (
-    FleetSettings,
-    HardExampleSettings,
-    ModelSettings,
-    NatsSettings,
-    NodeSettings,
-)
+from mesh.settings import FleetSettings, HardExampleSettings
 from mesh.transport.guard import flush_in_order
 from mesh.wire import decode_node_event, decode_node_status
+from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.site import LinkedSite
 
 CONTROLLER = IdentitySpec("controller", Role.CONTROLLER)
 CONSOLE = IdentitySpec("console", Role.CONSOLE)
@@ -50,11 +44,10 @@ V1 = "1-edge-int8"
 class Fleet:
     site: Site
     proxy: FaultProxy
-    keystore: KeyStore
+    chain: Chain
     key: SigningKey
     work: Path
     nodes: dict[str, TierNode] = field(default_factory=dict)
-    settings: dict[str, NodeSettings] = field(default_factory=dict)
     issued: dict[str, Path] = field(default_factory=dict)
 
     def creds(self, spec: IdentitySpec) -> Path:
@@ -79,36 +72,32 @@ class Fleet:
             raise AssertionError(f"mesh {' '.join(args)} exited {code}: {err.decode()[-2000:]}")
         return code, out.decode(), err.decode()
 
-    async def start_node(self, name: str, demo: DemoArtifacts) -> TierNode:
-        settings = self.settings.get(name)
-        if settings is None:
-            creds = await asyncio.to_thread(
-                self.keystore.ensure, node_identity(name, "edge", entry=True)
-            )
-            settings = NodeSettings(
-                tier="edge",
-                node=name,
-                entry=True,
-                nats=NatsSettings(servers=[self.site.leaf.url], credentials=creds),  # type: ignore[union-attr]
-                models=[ModelSettings(name="digits", manifest=demo.edge_int8)],
-                hard_examples=HardExampleSettings(enabled=False),
-                http_port=None,
-                fleet=FleetSettings(
-                    enabled=True,
-                    domain="site",
-                    site="site",
-                    labels={"line": "4"},
-                    trusted_keys=[self.key.public],
-                    cache_dir=self.work / "cache" / name,
-                    heartbeat_s=0.5,
-                    fetch_timeout_s=10,
-                ),
-            )
-            self.settings[name] = settings
-        node = TierNode(settings)
-        await node.start()
+    async def start_node(self, name: str) -> TierNode:
+        """Start the edge node ``name``; one started before starts again with its settings."""
+        if name in self.nodes:
+            node = await self.chain.restart(self.nodes[name])
+        else:
+            [node] = await self.chain.start(self.site.leaf.url, self.edge(name))  # type: ignore[union-attr]
         self.nodes[name] = node
         return node
+
+    def edge(self, name: str) -> Tier:
+        return Tier(
+            "edge",
+            model="edge-int8",
+            node=name,
+            hard_examples=HardExampleSettings(enabled=False),
+            fleet=FleetSettings(
+                enabled=True,
+                domain="site",
+                site="site",
+                labels={"line": "4"},
+                trusted_keys=[self.key.public],
+                cache_dir=self.work / "cache" / name,
+                heartbeat_s=0.5,
+                fetch_timeout_s=10,
+            ),
+        )
 
     async def release(
         self, demo: DemoArtifacts, version: str, key: SigningKey | None = None
@@ -147,14 +136,9 @@ def overwrite_artifact(manifest: Path, change: Any) -> None:
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[Fleet]:
-    site = Site(tmp_path / "nats", keystore=keystore)
-    await site.hub.start()
-    proxy = FaultProxy("127.0.0.1", site.hub.leaf_port)
-    await proxy.start()
-    await site.start(leaf_url=proxy.url)
+async def fleet(linked: LinkedSite, chain: Chain, tmp_path: Path, keystore: KeyStore) -> Fleet:
     key = await asyncio.to_thread(SigningKey.generate)
-    f = Fleet(site, proxy, keystore, key, tmp_path)
+    f = Fleet(linked.site, linked.proxy, chain, key, tmp_path)
     for spec in (ADMIN, APPLICATION, CONTROLLER, CONSOLE):
         f.issued[spec.name] = await asyncio.to_thread(keystore.ensure, spec)
     nc = await f.admin()
@@ -165,13 +149,7 @@ async def fleet(tmp_path: Path, keystore: KeyStore) -> AsyncIterator[Fleet]:
         await registry.ensure_domain(nc.jetstream(domain="site"), hub, "site")
     finally:
         await nc.close()
-    try:
-        yield f
-    finally:
-        for node in reversed(list(f.nodes.values())):
-            await node.stop()
-        await proxy.stop()
-        await site.stop()
+    return f
 
 
 @dataclass
@@ -221,7 +199,7 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
     fleet: Fleet, demo: DemoArtifacts
 ) -> None:
     for name in ("edge-a", "edge-b", "edge-c"):
-        await fleet.start_node(name, demo)
+        await fleet.start_node(name)
     rows = np.load(demo.test)["x"].astype(np.float32)
     controller = fleet.creds(CONTROLLER)
     hub = fleet.site.hub.url
@@ -336,7 +314,7 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
 
 
 async def test_bad_input_to_the_registry_cli_is_refused(fleet: Fleet, demo: DemoArtifacts) -> None:
-    await fleet.start_node("edge-a", demo)
+    await fleet.start_node("edge-a")
     controller = str(fleet.creds(CONTROLLER))
     hub = fleet.site.hub.url
     common = ("--servers", hub, "--creds", controller)
@@ -384,7 +362,7 @@ async def test_cut_site_keeps_serving_cached_version_and_heartbeats_reach_the_hu
     fleet: Fleet, demo: DemoArtifacts
 ) -> None:
     for name in ("edge-a", "edge-b"):
-        await fleet.start_node(name, demo)
+        await fleet.start_node(name)
     controller = str(fleet.creds(CONTROLLER))
     hub = fleet.site.hub.url
     v2 = await fleet.release(demo, "2-edge")
@@ -400,7 +378,7 @@ async def test_cut_site_keeps_serving_cached_version_and_heartbeats_reach_the_hu
     fleet.proxy.reset_all()
     cut_at = time.time()
     await fleet.nodes["edge-a"].stop()
-    restarted = await fleet.start_node("edge-a", demo)
+    restarted = await fleet.start_node("edge-a")
     assert restarted.served_versions() == {"digits": "2-edge"}
     client = await MeshClient.connect(
         fleet.site.leaf.url,
@@ -439,7 +417,7 @@ async def test_cut_site_keeps_serving_cached_version_and_heartbeats_reach_the_hu
 
 async def test_fleet_status_shows_a_stopped_node_offline(fleet: Fleet, demo: DemoArtifacts) -> None:
     for name in ("edge-a", "edge-b"):
-        await fleet.start_node(name, demo)
+        await fleet.start_node(name)
     console = str(fleet.creds(CONSOLE))
     hub = fleet.site.hub.url
 

@@ -12,31 +12,28 @@ import numpy as np
 from mesh import MeshClient
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 async def test_a_node_serving_another_model_joins_a_tier_without_taking_its_requests(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
     url = nats_server.url
-    await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud", node="cloud-h")
-    await start_node(
-        "edge",
-        url,
-        [model_settings(demo, "edge", threshold=0.9)],
-        upstream="cloud",
-        entry=True,
-        node="edge-digits",
+    await chain.start(
+        url, Tier("edge", threshold=0.9, node="edge-digits"), Tier("cloud", node="cloud-h")
     )
     # The situation of the issue: a second entry node of the edge tier that serves another model
     # only (the demo's edge model under another name stands in for iris).
-    await start_node(
-        "edge",
+    await chain.start(
         url,
-        [model_settings(demo, "edge", name="iris", threshold=0.0, novelty=False)],
-        upstream="cloud",
-        entry=True,
-        node="edge-iris",
+        Tier(
+            "edge",
+            model_name="iris",
+            threshold=0.0,
+            novelty=False,
+            node="edge-iris",
+            upstream="cloud",
+        ),
     )
     x = np.load(demo.test)["x"].astype(np.float32)
     async with await MeshClient.connect(url, **nats_server.client_options("app")) as client:
@@ -60,28 +57,16 @@ async def test_a_node_serving_another_model_joins_a_tier_without_taking_its_requ
 
 
 async def test_an_escalation_skips_a_tier_that_does_not_serve_the_model(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
     """The gateway serves another model only: unsure digits at the edge pass through it to the
     cloud instead of ending degraded (no responders)."""
     url = nats_server.url
-    await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud", node="cloud-s")
-    await start_node(
-        "gateway",
+    await chain.start(
         url,
-        [model_settings(demo, "gateway", name="iris")],
-        upstream="cloud",
-        zone="site",
-        node="gateway-s",
-    )
-    await start_node(
-        "edge",
-        url,
-        [model_settings(demo, "edge", threshold=1.01)],
-        upstream="gateway",
-        upstream_zone="site",
-        entry=True,
-        node="edge-s",
+        Tier("edge", threshold=1.01, node="edge-s"),
+        Tier("gateway", model_name="iris", node="gateway-s"),
+        Tier("cloud", node="cloud-s"),
     )
     x = np.load(demo.test)["x"].astype(np.float32)
     async with await MeshClient.connect(url, **nats_server.client_options("app")) as client:

@@ -34,7 +34,7 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.transport.http import HttpServer
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,16 +54,9 @@ class Rig:
 
 @pytest.fixture
 async def rig(
-    nats_server: NatsServer, start_node: NodeFactory, keystore: KeyStore, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> AsyncIterator[Rig]:
-    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
-    edge = await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge-int8")],
-        entry=True,
-        upstream="cloud",
-    )
+    edge, _ = await chain.start(nats_server.url, Tier("edge", model="edge-int8"), Tier("cloud"))
     creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("ingress", Role.INGRESS))
     app_creds = await asyncio.to_thread(keystore.ensure, APPLICATION)
     manifest = await asyncio.to_thread(load_manifest, demo.edge_int8)

@@ -20,7 +20,7 @@ from mesh.observability import tracing
 from mesh.sdk.client import InferResult, MeshClient
 from mesh.topology import subjects
 from mesh.typedefs import Feeds
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 def mutants(seed: int, count: int) -> list[bytes]:
@@ -69,9 +69,9 @@ def mutants(seed: int, count: int) -> list[bytes]:
 
 
 async def test_four_hundred_malformed_messages_each_get_a_typed_reply_and_the_node_lives(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    await start_node("edge", nats_server.url, [model_settings(demo, "edge")], entry=True)
+    await chain.start(nats_server.url, Tier("edge"))
     nc = await nats_server.connect()
     codes: Counter[str] = Counter()
     try:
@@ -116,12 +116,12 @@ def untraced() -> Iterator[None]:
 
 @pytest.mark.usefixtures("untraced")
 async def test_nan_and_infinite_inputs_are_refused_alone_and_beside_good_requests(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
     """A request alone in its batch runs before its inputs are checked (its fused novelty tells
     when to check them); in a batch they are checked before the run. Either way a NaN or an
     infinity gets INVALID_ARGUMENT, and the requests beside it get the answers they get alone."""
-    node = await start_node("edge", nats_server.url, [model_settings(demo, "edge")], entry=True)
+    [node] = await chain.start(nats_server.url, Tier("edge"))
     assert node.dataplane is not None
     served = node.dataplane.models.get("digits")
     assert served is not None and served.checks_inputs_after

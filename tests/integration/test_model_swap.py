@@ -10,13 +10,13 @@ import numpy as np
 from mesh import MeshClient, MeshError
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier, model_settings
 
 
 async def test_a_version_swap_under_load_drops_no_request(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    node = await start_node("edge", nats_server.url, [model_settings(demo, "edge")], entry=True)
+    [node] = await chain.start(nats_server.url, Tier("edge"))
     x = np.load(demo.test)["x"].astype(np.float32)
     versions: Counter[str] = Counter()
     errors: list[str] = []

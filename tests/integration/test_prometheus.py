@@ -18,8 +18,9 @@ import pytest
 from mesh import MeshClient
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.launcher import NodeProcess
-from mesh.local.layout import node_identity, tier_node_settings
 from mesh.local.servers import NatsServer, free_port
+from mesh.settings import HardExampleSettings
+from tests.fixtures.chain import Chain, Tier
 
 #: the first run on a fresh machine installs Prometheus with apt in the set-up of this test.
 pytestmark = pytest.mark.timeout(1200)
@@ -49,26 +50,15 @@ def prometheus_binary() -> str:
 
 
 @pytest.fixture
-async def node_process(
-    nats_server: NatsServer, demo: DemoArtifacts, tmp_path: Path
-) -> AsyncIterator[NodeProcess]:
-    settings = tier_node_settings(
+async def node_process(nats_server: NatsServer, chain: Chain, tmp_path: Path) -> NodeProcess:
+    edge = Tier(
         "edge",
-        node="edge-prom",
-        server=nats_server.url,
-        manifest=demo.edge,
-        zone="device",
-        entry=True,
         threshold=0.0,
-        credentials=await nats_server.issue(node_identity("edge-prom", "edge", entry=True)),
-        extra={"hard_examples": {"enabled": False}},
+        node="edge-prom",
+        hard_examples=HardExampleSettings(enabled=False),
+        http_port=0,
     )
-    node = NodeProcess("edge-prom", settings, tmp_path)
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+    return await chain.start_process(nats_server.url, edge, tmp_path)
 
 
 @contextlib.asynccontextmanager

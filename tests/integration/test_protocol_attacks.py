@@ -13,7 +13,7 @@ from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.rawnats import open_session
 from mesh.local.servers import NatsServer
 from mesh.transport.guard import ConnectionWatch, GuardedClient
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 async def _raw_publish(server: NatsServer, frames: bytes, identity: str = "app") -> None:
@@ -29,9 +29,9 @@ async def _raw_publish(server: NatsServer, frames: bytes, identity: str = "app")
 
 
 async def test_subjects_and_replies_that_are_not_utf8_do_not_stop_a_node(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    node = await start_node("edgeutf", nats_server.url, [model_settings(demo, "edge")], entry=True)
+    [node] = await chain.start(nats_server.url, Tier("edgeutf"))
     fatal: list[str] = []
     node.on_fatal = fatal.append
     x = np.load(demo.test)["x"].astype(np.float32)

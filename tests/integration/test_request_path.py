@@ -20,7 +20,7 @@ from mesh.errors import (
 from mesh.local.servers import NatsServer
 from mesh.topology import subjects
 from mesh.transport.guard import flush_in_order
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 def load_test_split(demo: DemoArtifacts) -> tuple[np.ndarray, np.ndarray]:
@@ -28,38 +28,13 @@ def load_test_split(demo: DemoArtifacts) -> tuple[np.ndarray, np.ndarray]:
     return data["x"].astype(np.float32), data["y"]
 
 
-async def start_chain(
-    start_node: NodeFactory,
-    demo: DemoArtifacts,
-    url: str,
-    *,
-    edge_threshold: float = 0.9,
-    gateway_threshold: float = 0.9,
-) -> None:
-    await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud")
-    await start_node(
-        "gateway",
-        url,
-        [model_settings(demo, "gateway", threshold=gateway_threshold)],
-        upstream="cloud",
-        zone="site",
-    )
-    await start_node(
-        "edge",
-        url,
-        [model_settings(demo, "edge", threshold=edge_threshold)],
-        upstream="gateway",
-        upstream_zone="site",
-        entry=True,
-        zone="device",
-    )
-
-
 async def test_confident_digits_answered_at_edge_and_unsure_ones_reach_the_cloud(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
     # A gateway that is never sure sends everything it gets on to the cloud.
-    await start_chain(start_node, demo, nats_server.url, edge_threshold=0.9, gateway_threshold=1.01)
+    await chain.start(
+        nats_server.url, Tier("edge", threshold=0.9), Tier("gateway", threshold=1.01), Tier("cloud")
+    )
     x, _ = load_test_split(demo)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
@@ -95,16 +70,10 @@ async def test_confident_digits_answered_at_edge_and_unsure_ones_reach_the_cloud
 
 
 async def test_two_replicas_of_a_tier_share_the_load(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
     for name in ("edge-a", "edge-b"):
-        await start_node(
-            "edge",
-            nats_server.url,
-            [model_settings(demo, "edge", threshold=0.0)],
-            entry=True,
-            node=name,
-        )
+        await chain.start(nats_server.url, Tier("edge", threshold=0.0, node=name))
     x, _ = load_test_split(demo)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
@@ -118,25 +87,10 @@ async def test_two_replicas_of_a_tier_share_the_load(
 
 
 async def test_model_served_only_in_the_cloud_is_reached_from_the_edge(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    await start_node(
-        "cloud", nats_server.url, [model_settings(demo, "cloud", name="digits-xl")], zone="cloud"
-    )
-    await start_node(
-        "gateway",
-        nats_server.url,
-        [model_settings(demo, "gateway")],
-        upstream="cloud",
-        zone="site",
-    )
-    await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge")],
-        upstream="gateway",
-        upstream_zone="site",
-        entry=True,
+    await chain.start(
+        nats_server.url, Tier("edge"), Tier("gateway"), Tier("cloud", model_name="digits-xl")
     )
     x, y = load_test_split(demo)
     async with await MeshClient.connect(
@@ -154,10 +108,13 @@ async def test_model_served_only_in_the_cloud_is_reached_from_the_edge(
 
 
 async def test_residency_keeps_raw_input_below_the_allowed_zone(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    await start_chain(
-        start_node, demo, nats_server.url, edge_threshold=1.01, gateway_threshold=1.01
+    await chain.start(
+        nats_server.url,
+        Tier("edge", threshold=1.01),
+        Tier("gateway", threshold=1.01),
+        Tier("cloud"),
     )
     # A plain subscriber outside the queue groups sees every message on those subjects.
     import nats
@@ -196,12 +153,8 @@ async def test_residency_keeps_raw_input_below_the_allowed_zone(
 
 
 @pytest.fixture
-async def edge_only(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
-) -> NatsServer:
-    await start_node(
-        "edge", nats_server.url, [model_settings(demo, "edge", max_rows=16)], entry=True
-    )
+async def edge_only(nats_server: NatsServer, chain: Chain) -> NatsServer:
+    await chain.start(nats_server.url, Tier("edge", max_rows=16))
     return nats_server
 
 
@@ -249,9 +202,9 @@ async def test_bad_input_gets_a_typed_error_reply_and_the_node_keeps_serving(
 
 
 async def test_unknown_model_at_the_top_tier_is_not_found(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain
 ) -> None:
-    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], entry=True)
+    await chain.start(nats_server.url, Tier("cloud", entry=True))
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
     ) as client:
@@ -266,9 +219,9 @@ async def test_unknown_model_at_the_top_tier_is_not_found(
 
 
 async def test_a_tier_refuses_a_request_whose_residency_does_not_allow_its_zone(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
-    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
+    await chain.start(nats_server.url, Tier("cloud"))
     x = np.load(demo.test)["x"][:1].astype(np.float32)
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
@@ -280,22 +233,17 @@ async def test_a_tier_refuses_a_request_whose_residency_does_not_allow_its_zone(
 
 
 async def test_confident_answers_are_audited_upstream_after_the_reply_within_residency(
-    nats_server: NatsServer, start_node: NodeFactory, demo: DemoArtifacts
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts
 ) -> None:
     """With an audit rate of 1, every confident edge answer is also asked of the cloud after
     the reply, and counted as agreeing or not (per version, in the heartbeat's evidence and
     in mesh_agreement_total); an answer whose residency keeps it on the device is never sent."""
     import nats
 
-    await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
-    edge = await start_node(
-        "edge",
+    edge, _ = await chain.start(
         nats_server.url,
-        [model_settings(demo, "edge", threshold=0.0, audit_rate=1.0, novelty=False)],
-        upstream="cloud",
-        upstream_zone="cloud",
-        entry=True,
-        zone="device",
+        Tier("edge", threshold=0.0, audit_rate=1.0, novelty=False),
+        Tier("cloud"),
     )
     spy = await nats_server.connect()
     at_cloud: list[str] = []

@@ -15,7 +15,7 @@ from mesh import MeshClient
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
 from mesh.observability import tracing
-from tests.conftest import NodeFactory, model_settings
+from tests.fixtures.chain import Chain, Tier
 
 
 async def trace_of(
@@ -50,7 +50,7 @@ def client_span(exporter: InMemorySpanExporter, request_id: str) -> ReadableSpan
     return span
 
 
-def chain(spans: Sequence[ReadableSpan], root: ReadableSpan) -> list[ReadableSpan]:
+def span_path(spans: Sequence[ReadableSpan], root: ReadableSpan) -> list[ReadableSpan]:
     """Follow parent-child links down from ``root``; each span must have one child at most."""
     path = [root]
     while True:
@@ -68,28 +68,16 @@ def chain(spans: Sequence[ReadableSpan], root: ReadableSpan) -> list[ReadableSpa
 
 async def test_an_escalated_request_is_one_trace_from_client_to_cloud(
     nats_server: NatsServer,
-    start_node: NodeFactory,
+    chain: Chain,
     demo: DemoArtifacts,
     spans: InMemorySpanExporter,
 ) -> None:
     url = nats_server.url
-    await start_node("cloud", url, [model_settings(demo, "cloud")], zone="cloud", node="cloud-t")
-    await start_node(
-        "gateway",
+    await chain.start(
         url,
-        [model_settings(demo, "gateway", threshold=1.01)],
-        upstream="cloud",
-        zone="site",
-        node="gateway-t",
-    )
-    await start_node(
-        "edge",
-        url,
-        [model_settings(demo, "edge", threshold=1.01)],
-        upstream="gateway",
-        upstream_zone="site",
-        entry=True,
-        node="edge-t",
+        Tier("edge", threshold=1.01, node="edge-t"),
+        Tier("gateway", threshold=1.01, node="gateway-t"),
+        Tier("cloud", node="cloud-t"),
     )
     async with await MeshClient.connect(url, **nats_server.client_options("app")) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
@@ -98,7 +86,7 @@ async def test_an_escalated_request_is_one_trace_from_client_to_cloud(
     root = client_span(spans, result.id)
     assert root.context is not None and root.parent is None
     found = await trace_of(spans, root.context.trace_id, 6)
-    path = chain(found, root)
+    path = span_path(found, root)
     assert len(found) == 6
     assert [(s.kind, s.name) for s in path] == [
         (SpanKind.PRODUCER, "send mesh.infer.digits"),
@@ -138,17 +126,12 @@ async def test_an_escalated_request_is_one_trace_from_client_to_cloud(
 
 async def test_a_degraded_request_shows_its_reason_on_the_edge_spans(
     nats_server: NatsServer,
-    start_node: NodeFactory,
+    chain: Chain,
     demo: DemoArtifacts,
     spans: InMemorySpanExporter,
 ) -> None:
-    await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge", threshold=1.01)],
-        upstream="cloud",
-        entry=True,
-        node="edge-alone",
+    await chain.start(
+        nats_server.url, Tier("edge", threshold=1.01, node="edge-alone", upstream="cloud")
     )
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
@@ -158,7 +141,7 @@ async def test_a_degraded_request_shows_its_reason_on_the_edge_spans(
 
     root = client_span(spans, result.id)
     assert root.context is not None
-    path = chain(await trace_of(spans, root.context.trace_id, 3), root)
+    path = span_path(await trace_of(spans, root.context.trace_id, 3), root)
     assert [s.name for s in path] == [
         "send mesh.infer.digits",
         "process mesh.infer.digits",
@@ -174,24 +157,18 @@ async def test_a_degraded_request_shows_its_reason_on_the_edge_spans(
 
 async def test_a_forwarded_hard_example_links_back_to_the_trace_it_came_from(
     nats_server: NatsServer,
-    start_node: NodeFactory,
+    chain: Chain,
     demo: DemoArtifacts,
     spans: InMemorySpanExporter,
 ) -> None:
-    await start_node(
-        "edge",
-        nats_server.url,
-        [model_settings(demo, "edge", threshold=1.01)],
-        upstream="cloud",
-        entry=True,
-    )
+    await chain.start(nats_server.url, Tier("edge", threshold=1.01, upstream="cloud"))
     async with await MeshClient.connect(
         nats_server.url, **nats_server.client_options("app")
     ) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
         assert result.reason == "no_responders"
         # The cloud comes up: its inbox stream appears and the backlog is forwarded to it.
-        await start_node("cloud", nats_server.url, [model_settings(demo, "cloud")], zone="cloud")
+        await chain.start(nats_server.url, Tier("cloud"))
     origin = client_span(spans, result.id).context
     assert origin is not None
 

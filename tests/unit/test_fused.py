@@ -24,7 +24,7 @@ from mesh.scoring.confidence import ConfidenceKind
 from mesh.scoring.novelty import NoveltyScorer
 from mesh.settings import ModelSettings
 from mesh.typedefs import Array, Feeds
-from tests.conftest import model_settings
+from tests.fixtures.chain import model_settings
 
 FEATURES = 8
 CLASSES = 5
