@@ -348,7 +348,9 @@ def hard_example_spec(
     )
 
 
-def learn_spec(tier: str, limits: HardExampleLimits, replicas: int) -> StreamSpec:
+def learn_spec(
+    tier: str, limits: HardExampleLimits = _HARD_DEFAULTS, replicas: int = 1
+) -> StreamSpec:
     return StreamSpec(
         name=inbox_stream(tier),
         description=f"Hard examples tier {tier} took up from the tier below it",
