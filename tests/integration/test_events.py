@@ -16,7 +16,8 @@ from prometheus_client import REGISTRY, generate_latest
 
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
-from mesh.events.streams import RESULTS_STREAM
+from mesh.topology.streams import RESULTS_STREAM, EventLimits, event_specs
+from mesh.transport.jetstream import ensure
 from mesh.local.servers import NatsServer
 from mesh.sdk.client import EventResult, MeshClient
 from mesh.security.identities import IdentitySpec
@@ -76,7 +77,8 @@ async def test_published_events_get_one_result_each_through_the_data_plane(
     async with asyncio.timeout(10):
         while node.events.figures.get(("messages", "MESH_RESULTS")) != 50.0:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-    assert node.events.figures[("messages", "MESH_EVENTS")] == 50.0
+    # acknowledged events are not kept (issue 25): what the stream holds is what waits
+    assert node.events.figures[("messages", "MESH_EVENTS")] == 0.0
     assert node.events.figures[("pending", "digits")] == 0.0
     scraped = generate_latest(REGISTRY).decode()
     assert 'mesh_event_streams{figure="messages",of="MESH_RESULTS",tier="edge"} 50.0' in scraped
@@ -95,12 +97,12 @@ async def test_malformed_events_get_an_error_result_and_never_block_the_stream(
     async with client:
         js = client.nc.jetstream()
         await js.publish(
-            "mesh.events.digits.cam2", b"\xc1garbage", headers={"Nats-Msg-Id": "bad-1"}
+            "mesh.events.digits.cam2", b"\xc1garbage", headers={"Nats-Msg-Id": "cam2:bad-1:t"}
         )
         wrong = msgpack.packb({"v": 1, "kind": "inference_event", "id": "bad-2", "model": "digits",
                                "source": "cam2", "inputs": {}, "budget_ms": 100,
                                "residency": "any", "published_at": time.time()})  # fmt: skip
-        await js.publish("mesh.events.digits.cam2", wrong, headers={"Nats-Msg-Id": "bad-2"})
+        await js.publish("mesh.events.digits.cam2", wrong, headers={"Nats-Msg-Id": "cam2:bad-2:t"})
         good = np.load(demo.test)["x"][:1].astype(np.float32)
         await client.publish("digits", good, source="cam2", event_id="good-1")
         results = await take(client, "cam2", 3, 30)
@@ -112,17 +114,26 @@ async def test_malformed_events_get_an_error_result_and_never_block_the_stream(
 
 
 async def test_a_full_event_stream_refuses_what_it_cannot_keep(
-    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
+    nats_server: NatsServer, keystore: KeyStore
 ) -> None:
-    # No consumer drains it fast enough: a tiny stream, and a node that is not the entry tier's.
-    small = EventSettings(enabled=True, max_bytes=4096)
-    await chain.start(nats_server.url, Tier("edge", model="edge-int8", events=small))
+    # No entry node drains it: a tiny stream, provisioned as an administrator would.
+    await provision_events(nats_server, EventLimits(max_bytes=4096))
     client = await source_client(nats_server, keystore, "cam3")
     big = np.zeros((4, 64), dtype=np.float32)  # ~1.2 KB an event
     async with client:
         with pytest.raises(ResourceExhaustedError, match="full"):
             for i in range(20):
                 await client.publish("digits", big, source="cam3", event_id=f"big-{i}")
+
+
+async def provision_events(server: NatsServer, limits: EventLimits) -> None:
+    """The event streams with ``limits`` (made, or brought to them), as the administrator."""
+    admin = await server.connect()
+    try:
+        for spec in event_specs(None, limits):
+            await ensure(admin.jetstream(), spec)
+    finally:
+        await admin.close()
 
 
 SOURCES = ("s1", "s2", "s3", "s4")
@@ -143,6 +154,9 @@ async def test_ten_thousand_events_through_two_sigkills_get_exactly_one_result_e
         ),
         tmp_path,
     )
+    # every source may keep all its events waiting while the node is down: this test is about
+    # exactly one result per event across kills, not the per-source quota
+    await provision_events(nats_server, EventLimits(per_source_events=EVENTS_PER_SOURCE))
     x = np.load(demo.test)["x"].astype(np.float32)
     clients = {s: await source_client(nats_server, keystore, s) for s in SOURCES}
     published = Counter[str]()
@@ -176,7 +190,8 @@ async def test_ten_thousand_events_through_two_sigkills_get_exactly_one_result_e
         finally:
             await admin.close()
         assert info.state.messages == len(SOURCES) * EVENTS_PER_SOURCE
-        assert events.state.messages == len(SOURCES) * EVENTS_PER_SOURCE
+        # every event was acknowledged once its result was stored, and so is gone (issue 25)
+        assert events.state.messages == 0
     finally:
         for client in clients.values():
             await client.close()
@@ -278,8 +293,9 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_blocks_nothing(
     nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
     # A result the result stream will not take (over max_result_bytes): each try fails.
-    settings = EventSettings(enabled=True, max_deliver=2, ack_wait_s=1.0, max_result_bytes=2048)
+    settings = EventSettings(enabled=True, max_deliver=2, ack_wait_s=1.0)
     await chain.start(nats_server.url, Tier("edge", model="edge-int8", events=settings))
+    await provision_events(nats_server, EventLimits(max_result_bytes=2048))
     x = np.load(demo.test)["x"].astype(np.float32)
     client = await source_client(nats_server, keystore, "cam5")
     admin = await nats_server.connect()
