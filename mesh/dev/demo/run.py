@@ -368,7 +368,7 @@ class DemoRun:
         self, version: str, what: str, *, confused: bool = False, samples: int = 150
     ) -> None:
         """Push ``version`` and roll it out over the edge tier: a canary node, then both."""
-        from mesh.fleet.controller import read_rollouts, start_rollout
+        from mesh.fleet.admin import read_rollouts, start_rollout
         from mesh.fleet.desired import Selector
         from mesh.fleet.rollout import report
 
@@ -398,7 +398,7 @@ class DemoRun:
                         break
                     await asyncio.sleep(0.25)
         except TimeoutError:
-            from mesh.fleet.controller import act
+            from mesh.fleet.admin import act
 
             current = await act(js, MODEL, "abort", "demo (out of time)")
             self.event(f"[yellow]rollout of {MODEL}@{version} aborted[/]: the run is ending")
