@@ -33,7 +33,8 @@ from mesh.dev.fleetsim.simulate import (
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
-from mesh.fleet.controller import Controller, read_rollouts, start_rollout, summary
+from mesh.fleet.admin import read_rollouts, start_rollout, summary
+from mesh.fleet.controller import Controller
 from mesh.fleet.desired import DesiredState, Selector
 from mesh.fleet.rollout import Rollout
 from mesh.local.supervisor import ChildProcess, child_env
