@@ -388,6 +388,7 @@ def fleet_assign(
 
 def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> list[dict[str, Any]]:
     """The rows of ``mesh fleet status --json``: one per node, offline ones included."""
+    from mesh.fleet.liveness import is_online, is_stopped
     from mesh.wire import NodeStatus
 
     rows: list[dict[str, Any]] = []
@@ -396,7 +397,6 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
             rows.append({"node": name, "online": False, "error": str(beat)})
             continue
         age = max(0.0, now - beat.time)
-        stopped = "stopped" in beat.problems
         rows.append(
             {
                 "node": beat.node,
@@ -404,9 +404,9 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
                 "site": beat.site,
                 "zone": beat.zone,
                 "labels": beat.labels,
-                "online": age <= offline_after_s and not stopped,
+                "online": is_online(beat, now, offline_after_s),
                 "last_seen_s": round(age, 3),
-                "ready": beat.ready and not stopped,
+                "ready": beat.ready and not is_stopped(beat),
                 "models": beat.models,
                 "pending": beat.pending,
                 "rejected": beat.rejected,

@@ -86,7 +86,7 @@ def rollout_start(
     as_json: bool,
 ) -> None:
     """Roll MODEL out at VERSION in stages; a running controller drives it."""
-    from mesh.fleet.controller import start_rollout, summary
+    from mesh.fleet.admin import start_rollout, summary
     from mesh.fleet.desired import Selector
 
     selector = Selector.parse(selector_terms)
@@ -134,7 +134,7 @@ def rollout_status(
 ) -> None:
     """The latest rollout of every model (or of MODEL)."""
     from mesh.errors import NotFoundError
-    from mesh.fleet.controller import read_rollouts, summary
+    from mesh.fleet.admin import read_rollouts, summary
 
     async def go() -> Any:
         async with _connect(servers, creds, tls_ca) as nc:
@@ -189,7 +189,7 @@ def _action(action: str) -> Any:
     def command(
         model: str, servers: str, creds: Path | None, tls_ca: Path | None, domain: str
     ) -> None:
-        from mesh.fleet.controller import act
+        from mesh.fleet.admin import act
 
         async def go() -> Any:
             async with _connect(servers, creds, tls_ca) as nc:

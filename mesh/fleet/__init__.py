@@ -1,6 +1,10 @@
 """The fleet: signed model artifacts in a registry on JetStream, the desired state of every group
-of nodes, node heartbeats, and the agent inside a node that takes new versions.
+of nodes, node heartbeats, the agent inside a node that takes new versions, and the controller
+that drives staged rollouts.
 
-Pure parts (signatures, selectors, records, the agent's decisions) import no transport; the NATS
-side is ``mesh.fleet.registry`` and ``mesh.fleet.agent``.
+Pure parts import no transport: ``signing``, ``desired`` (selectors and assignments),
+``liveness`` (whether a node is online) and the ``rollout`` package (plan, record, statistics,
+evidence, judge, state machine). The NATS side: ``registry``; in a node ``agent`` with its
+``cache``, ``device_gate`` and ``heartbeat``; in the cloud ``controller`` with its ``lease``
+(``rollouts_kv`` is where rollouts are kept) and ``admin`` (what ``mesh rollout`` does).
 """

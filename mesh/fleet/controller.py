@@ -2,9 +2,8 @@
 
 Any number may run, in the cloud tier, each with the controller's identity; one leads. The lease
 is a key in ``MESH_FLEET_ROLLOUTS`` updated with compare-and-set on its revision every tick: the
-leader renews it, the others watch its revision and take it over when it has not moved for
-``lease_s`` of their own clock (no wall clocks compared across machines). A leader that cannot
-renew stops acting before its lease could have passed to another.
+leader renews it, the others take it over when it has not moved for ``lease_s`` of their own
+clock.
 
 Each tick the leader, for every rollout in KV:
 
@@ -16,26 +15,23 @@ Each tick the leader, for every rollout in KV:
    the new state on the next tick. A stage is therefore never repeated or skipped, whichever
    controller runs it.
 
-The functions at the end are what ``mesh rollout start|status|pause|resume|abort`` do.
+The lease is a ``mesh.fleet.lease.KvLease``; what ``mesh rollout start|status|pause|resume|abort``
+do is ``mesh.fleet.admin``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.errors import InvalidArgumentError
 from mesh.fleet import registry
 from mesh.fleet.desired import (
     DesiredState,
@@ -44,53 +40,38 @@ from mesh.fleet.desired import (
     decode_desired,
     desired_key,
     encode_desired,
-    resolve,
 )
+from mesh.fleet.lease import KvLease
 from mesh.fleet.rollout import (
-    Gate,
     NodeView,
     Rollout,
+    StagePhase,
     Window,
     decode_rollout,
     decode_window,
     desired_for,
     encode_rollout,
     encode_window,
-    new_rollout,
-    parse_duration,
-    parse_stages,
-    request,
     step,
     view_of,
 )
-from mesh.fleet.signing import load_trusted_keys, verify
+from mesh.fleet.rollouts_kv import (
+    LEASE_KEY,
+    ROLLOUT_PREFIX,
+    rollouts_bucket,
+    window_key,
+)
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.topology.streams import DESIRED_BUCKET, HUB_DOMAIN, NODES_BUCKET, ROLLOUTS_BUCKET
 from mesh.wire import NodeStatus, decode_node_status
 
 log = logging.getLogger("mesh.fleet.controller")
 
-LEASE_KEY = "lease.controller"
 #: how long after a rollout ends a new leader still writes its last desired state, once (the
 #: old one may have died between ending it and writing that).
 FINISH_GRACE_S = 120.0
 #: longest a watch waits past nats-py's initial-values marker for an entry saying it is caught up.
 SYNC_WAIT_S = 10.0
-
-
-def rollout_key(model: str) -> str:
-    return f"rollout.{model}"
-
-
-def window_key(model: str) -> str:
-    return f"window.{model}"
-
-
-async def rollouts_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(ROLLOUTS_BUCKET)
-    except BucketNotFoundError:
-        raise NotFoundError(f"no rollouts bucket {ROLLOUTS_BUCKET}: run mesh fleet init") from None
 
 
 class Controller(Service):
@@ -118,9 +99,7 @@ class Controller(Service):
         self._windows: dict[str, Window | None] = {}
         #: rollouts that ended and whose last desired state this controller has written.
         self._finished: set[str] = set()
-        self._lease_revision: int | None = None
-        self._renewed_at = 0.0
-        self._seen_lease: tuple[int, float] | None = None
+        self._lease: KvLease | None = None
         self._kv: KeyValue | None = None
         self._desired_kv: KeyValue | None = None
         #: whether the first full read of each watched bucket is in.
@@ -128,10 +107,11 @@ class Controller(Service):
 
     @property
     def leader(self) -> bool:
-        return self._lease_revision is not None
+        return self._lease is not None and self._lease.held
 
     async def _start(self) -> None:
         self._kv = await rollouts_bucket(self._js)
+        self._lease = KvLease(self._kv, LEASE_KEY, self.name, self.lease_s)
         self._desired_kv = await registry.desired_bucket(self._js)
         self._synced = {b: asyncio.Event() for b in (NODES_BUCKET, DESIRED_BUCKET, ROLLOUTS_BUCKET)}
         self._tasks = [
@@ -143,11 +123,8 @@ class Controller(Service):
 
     async def _stop(self) -> None:
         await cancel_and_wait(self._tasks)
-        if self._lease_revision is not None and self._kv is not None:
-            # Hand the lease on at once rather than after it runs out.
-            with contextlib.suppress(Exception):
-                await self._kv.delete(LEASE_KEY, last=self._lease_revision)
-            self._lease_revision = None
+        if self._lease is not None:
+            await self._lease.release()
 
     # --- watching the fleet -----------------------------------------------------------------
 
@@ -200,7 +177,7 @@ class Controller(Service):
             self.desired.pop(key, None)
 
     def _on_rollout(self, key: str, value: bytes | None, revision: int) -> None:
-        if not key.startswith("rollout."):
+        if not key.startswith(ROLLOUT_PREFIX):
             return
         if value is None:
             self.rollouts.pop(key, None)
@@ -219,64 +196,20 @@ class Controller(Service):
     # --- leading ---------------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        assert self._lease is not None
         await self.synced(timeout=60.0)
         while True:
             try:
-                if await self._hold_lease():
+                led = self._lease.held
+                if await self._lease.hold():
+                    if not led:
+                        self._event(f"controller {self.name} leads")
                     await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("controller %s: tick failed", self.name)
             await asyncio.sleep(self.tick_s)
-
-    async def _hold_lease(self) -> bool:
-        assert self._kv is not None
-        kv = self._kv
-        mono = time.monotonic()
-        value = json.dumps({"holder": self.name, "at": time.time()}).encode()
-        if self._lease_revision is not None:
-            try:
-                self._lease_revision = await kv.update(LEASE_KEY, value, last=self._lease_revision)
-                self._renewed_at = mono
-                return True
-            except KeyWrongLastSequenceError:
-                log.warning("controller %s lost the lead", self.name)
-                self._lease_revision = None
-                return False
-            except Exception as exc:
-                # Not renewed: act only while no one else can have taken it over.
-                held = mono - self._renewed_at < self.lease_s * 0.5
-                if not held:
-                    self._lease_revision = None
-                log.warning("controller %s could not renew its lease: %r", self.name, exc)
-                return held
-        try:
-            entry = await kv.get(LEASE_KEY)
-        except KeyNotFoundError:
-            return await self._take(kv, value, None)
-        revision = int(entry.revision or 0)
-        if self._seen_lease is None or self._seen_lease[0] != revision:
-            self._seen_lease = (revision, mono)
-        try:
-            holder = json.loads(entry.value or b"{}").get("holder")
-        except ValueError:
-            holder = None
-        if holder == self.name or mono - self._seen_lease[1] >= self.lease_s:
-            return await self._take(kv, value, revision)
-        return False
-
-    async def _take(self, kv: KeyValue, value: bytes, revision: int | None) -> bool:
-        try:
-            if revision is None:
-                self._lease_revision = await kv.create(LEASE_KEY, value)
-            else:
-                self._lease_revision = await kv.update(LEASE_KEY, value, last=revision)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            return False
-        self._renewed_at = time.monotonic()
-        self._event(f"controller {self.name} leads")
-        return True
 
     # --- one tick ---------------------------------------------------------------------------
 
@@ -325,7 +258,7 @@ class Controller(Service):
         }
 
     async def _window(self, rollout: Rollout) -> Window | None:
-        if rollout.phase != "soaking":
+        if rollout.phase != StagePhase.SOAKING:
             return None
         held = self._windows.get(rollout.model)
         if held is not None and held.rollout == rollout.id and held.stage == rollout.current_stage:
@@ -385,187 +318,3 @@ def _state(rollout: Rollout, version: str, selector: Selector) -> DesiredState:
         time=time.time(),
         by=f"rollout {rollout.id}",
     )
-
-
-# --- what mesh rollout does ----------------------------------------------------------------
-
-
-async def start_rollout(
-    js: JetStreamContext,
-    model: str,
-    version: str,
-    *,
-    stages: str,
-    soak: str | None = None,
-    gate_terms: Sequence[str] = (),
-    selector: Selector | None = None,
-    trusted_keys: Sequence[str] = (),
-    by: str = "",
-    offline_after_s: float = 10.0,
-    now: float | None = None,
-) -> Rollout:
-    """Check everything, then store a pending rollout for the controller to drive. Refused,
-    with nothing written: a version not in the registry or not signed by a trusted key, a bad
-    stage list or gate, a selector matching no online node serving the model, or a model with a
-    rollout still running."""
-    now = time.time() if now is None else now
-    selector = selector or Selector()
-    if not trusted_keys:
-        raise InvalidArgumentError(
-            "give the public keys nodes trust (--trusted-key or $MESH_TRUSTED_KEYS): a rollout "
-            "starts only for a version they would load"
-        )
-    if not await registry.has_version(js, model, version):
-        raise NotFoundError(f"{model}@{version} is not in the registry: mesh models push it first")
-    artifact = await registry.fetch(js, model, version)
-    verify(
-        artifact.signature, artifact.manifest, artifact.onnx, load_trusted_keys(list(trusted_keys))
-    )
-    declared = artifact.manifest.get("rollout")
-    gate = (
-        Gate.from_dict((declared or {}).get("gate") or {}) if isinstance(declared, dict) else Gate()
-    )
-    gate = Gate.parse(gate_terms, gate)
-    if soak is not None:
-        gate = Gate.from_dict({"soak_s": parse_duration(soak)}, gate)
-    plan = parse_stages(stages, gate)
-
-    kv = await rollouts_bucket(js)
-    try:
-        existing = await kv.get(rollout_key(model))
-    except KeyNotFoundError:
-        existing = None
-    if existing is not None and existing.value:
-        try:
-            held = decode_rollout(existing.value)
-        except InvalidArgumentError:
-            held = None
-        if held is not None and held.active:
-            raise InvalidArgumentError(
-                f"rollout {held.id} of {model}@{held.version} is {held.state}: one rollout per "
-                "model at a time (mesh rollout abort it first)"
-            )
-
-    heartbeats = await registry.read_heartbeats(js)
-    targets: list[str] = []
-    suspect: set[str] = set()
-    served: Counter[str] = Counter()
-    for name, status in heartbeats.items():
-        if isinstance(status, str):
-            continue
-        online = now - status.time <= offline_after_s and "stopped" not in status.problems
-        if not online or model not in status.models:
-            continue
-        if selector.matches(status.tier, status.site, name, status.labels):
-            targets.append(name)
-            served[status.models[model]] += 1
-            view = view_of(model, version, name, status, now=now, offline_after_s=offline_after_s)
-            if view.problem is not None:
-                suspect.add(name)
-    if not targets:
-        raise InvalidArgumentError(
-            f"selector {selector.key} matches no online node serving {model}: nothing to roll "
-            "out to"
-        )
-    # What the targets serve now is what a failure returns them to (not what the desired
-    # state last said: a version assigned there may have been refused by every node).
-    previous = served.most_common(1)[0][0]
-    if previous == version:
-        raise InvalidArgumentError(
-            f"most nodes matching {selector.key} already serve {model}@{version}"
-        )
-    _check_not_shadowed(
-        model, version, selector, heartbeats, targets, await registry.read_desired(js)
-    )
-    if not await registry.has_version(js, model, previous):
-        raise InvalidArgumentError(
-            f"the nodes serve {model}@{previous}, which is not in the registry: a rollout could "
-            "not roll back to it (mesh models push it first)"
-        )
-    rollout = new_rollout(
-        model, version, previous, selector, plan, targets, now=now, by=by, suspect=suspect
-    )
-    encoded = encode_rollout(rollout)
-    try:
-        if existing is None:
-            await kv.create(rollout_key(model), encoded)
-        else:
-            await kv.update(rollout_key(model), encoded, last=int(existing.revision or 0))
-    except KeyWrongLastSequenceError:
-        raise InvalidArgumentError(
-            f"another rollout of {model} was started at the same moment; see mesh rollout status"
-        ) from None
-    return rollout
-
-
-def _check_not_shadowed(
-    model: str,
-    version: str,
-    selector: Selector,
-    heartbeats: dict[str, NodeStatus | str],
-    targets: list[str],
-    entries: list[Revisioned],
-) -> None:
-    """A rollout ends by assigning the version to its selector; an assignment more specific
-    than that (a site, labels, a node) would keep some targets on another version for good.
-    Refused up front, naming it."""
-    mine = [e for e in entries if e.state.model == model]
-    top = max((e.revision for e in mine), default=0) + 1
-    base = Revisioned(DesiredState(model, version, selector, time.time()), top)
-    shadowed: dict[str, list[str]] = {}
-    for name in targets:
-        status = heartbeats[name]
-        assert isinstance(status, NodeStatus)
-        wins = resolve(
-            [*mine, base], tier=status.tier, site=status.site, node=name, labels=status.labels
-        ).get(model)
-        if wins is not None and wins.key != base.state.key:
-            shadowed.setdefault(wins.key, []).append(name)
-    if shadowed:
-        key, nodes = next(iter(shadowed.items()))
-        raise InvalidArgumentError(
-            f"assignment {key} is more specific than selector {selector.key} and covers "
-            f"{len(nodes)} of its nodes ({', '.join(nodes[:3])}...): roll out with that "
-            "selector, or remove the assignment"
-        )
-
-
-async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:
-    """Model to its latest rollout (read key by key: see ``registry.latest_entries``)."""
-    kv = await rollouts_bucket(js)
-    out: dict[str, Rollout] = {}
-    for entry in await registry.latest_entries(js, kv, ROLLOUTS_BUCKET, "rollout.*"):
-        with contextlib.suppress(InvalidArgumentError):
-            rollout = decode_rollout(entry.value or b"")
-            out[rollout.model] = rollout
-    return out
-
-
-async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Rollout:
-    """Pause, resume or abort the rollout of ``model`` (compare-and-set; retried on a race)."""
-    kv = await rollouts_bucket(js)
-    for _ in range(10):
-        try:
-            entry = await kv.get(rollout_key(model))
-        except KeyNotFoundError:
-            raise NotFoundError(f"no rollout of {model}") from None
-        changed = request(decode_rollout(entry.value or b""), action, time.time(), by)
-        try:
-            await kv.update(
-                rollout_key(model), encode_rollout(changed), last=int(entry.revision or 0)
-            )
-        except KeyWrongLastSequenceError:
-            await asyncio.sleep(0.05)
-            continue
-        return changed
-    raise InvalidArgumentError(f"the rollout of {model} kept changing; try again")
-
-
-def summary(rollout: Rollout) -> dict[str, Any]:
-    """One rollout for ``mesh rollout status --json``: the record plus stage timings."""
-    record: dict[str, Any] = json.loads(encode_rollout(rollout))
-    record["stage_seconds"] = [
-        round(s.judged_at - s.started_at, 1) if s.judged_at and s.started_at else None
-        for s in rollout.log
-    ]
-    return record

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 from mesh.observability.metrics import LATENCY_BUCKETS_MS
-from mesh.wire import VersionEvidence
+from mesh.wire import EVIDENCE_COUNTERS, VersionEvidence
 
 _BOUNDS = tuple(float(b) for b in LATENCY_BUCKETS_MS)
 
@@ -24,29 +24,23 @@ _BOUNDS = tuple(float(b) for b in LATENCY_BUCKETS_MS)
 class Evidence:
     """Totals of one model version on this node since it started serving."""
 
-    __slots__ = (
-        "agreed",
-        "audit_failures",
-        "audits",
-        "compared",
-        "degraded",
-        "errors",
-        "escalated",
-        "latency",
-        "requests",
-        "since",
-    )
+    # The counters are the wire's (``wire.EvidenceCounters``): every one it declares is kept,
+    # zeroed and reported here. The annotations only type the data plane's increments.
+    __slots__ = ("latency", "since", *EVIDENCE_COUNTERS)
+
+    requests: int
+    errors: int
+    escalated: int
+    degraded: int
+    compared: int
+    agreed: int
+    audits: int
+    audit_failures: int
 
     def __init__(self, since: float | None = None) -> None:
         self.since = time.time() if since is None else since
-        self.requests = 0
-        self.errors = 0
-        self.escalated = 0
-        self.degraded = 0
-        self.compared = 0
-        self.agreed = 0
-        self.audits = 0
-        self.audit_failures = 0
+        for name in EVIDENCE_COUNTERS:
+            setattr(self, name, 0)
         self.latency = [0] * (len(_BOUNDS) + 1)
 
     def observe_latency(self, ms: float) -> None:
@@ -63,14 +57,7 @@ class Evidence:
         return VersionEvidence(
             version=version,
             since=self.since,
-            requests=self.requests,
-            errors=self.errors,
-            escalated=self.escalated,
-            degraded=self.degraded,
-            compared=self.compared,
-            agreed=self.agreed,
-            audits=self.audits,
-            audit_failures=self.audit_failures,
             latency=tuple(self.latency),
             drift=drift,
+            **{name: getattr(self, name) for name in EVIDENCE_COUNTERS},
         )

@@ -7,7 +7,7 @@ Schemas are ``schemas/hard-example.schema.json`` and ``schemas/node-status.schem
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mesh.errors import InvalidArgumentError
@@ -80,19 +80,15 @@ class HardExample:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class VersionEvidence:
-    """What one model version did on one node since it started serving there: running totals
-    the fleet controller takes differences of, over a window, to judge a rollout's stage.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvidenceCounters:
+    """The running totals of one model version, declared once: the node counts them
+    (``mesh.node.evidence``), its heartbeat carries them (``VersionEvidence``) and a rollout sums
+    them over a group of nodes (``mesh.fleet.rollout.evidence.Figures``).
 
-    ``latency`` counts local answers per bucket of
-    ``mesh.observability.metrics.LATENCY_BUCKETS_MS`` (one more for answers over the last bound).
     ``compared`` answers were checked against the tier above (escalated ones, whose upstream answer
     came back, and audited confident ones); ``agreed`` of them got the same labels there."""
 
-    version: str
-    #: wall-clock unix seconds when this version started serving on the node.
-    since: float
     requests: int = 0
     errors: int = 0
     escalated: int = 0
@@ -102,21 +98,26 @@ class VersionEvidence:
     #: confident answers sent upstream to be compared (the audit), and those that failed.
     audits: int = 0
     audit_failures: int = 0
+
+
+#: the counters' names, in the order the heartbeat writes them.
+EVIDENCE_COUNTERS = tuple(f.name for f in fields(EvidenceCounters))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionEvidence(EvidenceCounters):
+    """What one model version did on one node since it started serving there: running totals
+    the fleet controller takes differences of, over a window, to judge a rollout's stage.
+
+    ``latency`` counts local answers per bucket of
+    ``mesh.observability.metrics.LATENCY_BUCKETS_MS`` (one more for answers over the last bound)."""
+
+    version: str
+    #: wall-clock unix seconds when this version started serving on the node.
+    since: float
     latency: tuple[int, ...] = ()
     #: highest drift score (PSI) of this version's signals, or None.
     drift: float | None = None
-
-
-EVIDENCE_COUNTERS = (
-    "requests",
-    "errors",
-    "escalated",
-    "degraded",
-    "compared",
-    "agreed",
-    "audits",
-    "audit_failures",
-)
 
 
 @dataclass(frozen=True, slots=True)

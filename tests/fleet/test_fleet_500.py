@@ -30,7 +30,7 @@ from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad, Sim
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
-from mesh.fleet.controller import read_rollouts, start_rollout
+from mesh.fleet.admin import read_rollouts, start_rollout
 from mesh.fleet.rollout import Rollout
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version

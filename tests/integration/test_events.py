@@ -16,15 +16,15 @@ from prometheus_client import REGISTRY, generate_latest
 
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
-from mesh.topology.streams import RESULTS_STREAM, EventLimits, event_specs
-from mesh.transport.jetstream import ensure
 from mesh.local.servers import NatsServer
 from mesh.sdk.client import EventResult, MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import EventSettings, HardExampleSettings
+from mesh.topology.streams import RESULTS_STREAM, EventLimits, event_specs
 from mesh.transport.guard import flush_in_order
+from mesh.transport.jetstream import ensure
 from tests.fixtures.chain import Chain, Tier
 
 pytestmark = pytest.mark.timeout(240)

@@ -28,8 +28,9 @@ from mesh.node.tier import TierNode
 from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
-from mesh.security.permissions import NODES_BUCKET, Role
+from mesh.security.permissions import Role
 from mesh.settings import FleetSettings, HardExampleSettings
+from mesh.topology.streams import NODES_BUCKET
 from mesh.transport.guard import flush_in_order
 from mesh.wire import decode_node_event, decode_node_status
 from tests.fixtures.chain import Chain, Tier

@@ -33,12 +33,13 @@ from mesh.dev.fleetsim.simulate import (
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
-from mesh.fleet.controller import Controller, read_rollouts, start_rollout, summary
+from mesh.fleet.admin import read_rollouts, start_rollout, summary
+from mesh.fleet.controller import Controller
 from mesh.fleet.desired import DesiredState, Selector
-from mesh.topology.streams import nodes_bucket
 from mesh.fleet.rollout import Rollout
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
+from mesh.topology.streams import nodes_bucket
 from mesh.wire import NodeStatus, VersionEvidence, encode_node_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

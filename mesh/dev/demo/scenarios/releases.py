@@ -18,7 +18,7 @@ from mesh.dev.demo.state import MODEL
 from mesh.dev.demo.testbed import Testbed
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
-from mesh.fleet.controller import act, read_rollouts, start_rollout
+from mesh.fleet.admin import act, read_rollouts, start_rollout
 from mesh.fleet.desired import DesiredState, Selector
 from mesh.fleet.rollout import report
 from mesh.fleet.signing import SigningKey, sign

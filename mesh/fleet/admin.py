@@ -1,0 +1,252 @@
+"""What ``mesh rollout start|status|pause|resume|abort`` do: checked writes and reads of the
+rollout records a controller (``mesh.fleet.controller``) drives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.fleet import registry
+from mesh.fleet.desired import DesiredState, Revisioned, Selector, resolve
+from mesh.fleet.liveness import is_online
+from mesh.fleet.rollout import (
+    Gate,
+    Rollout,
+    Stage,
+    decode_rollout,
+    encode_rollout,
+    new_rollout,
+    parse_duration,
+    parse_stages,
+    request,
+    view_of,
+)
+from mesh.fleet.rollouts_kv import ROLLOUT_PREFIX, rollout_key, rollouts_bucket
+from mesh.fleet.signing import load_trusted_keys, verify
+from mesh.topology.streams import ROLLOUTS_BUCKET
+from mesh.wire import NodeStatus
+
+
+async def start_rollout(
+    js: JetStreamContext,
+    model: str,
+    version: str,
+    *,
+    stages: str,
+    soak: str | None = None,
+    gate_terms: Sequence[str] = (),
+    selector: Selector | None = None,
+    trusted_keys: Sequence[str] = (),
+    by: str = "",
+    offline_after_s: float = 10.0,
+    now: float | None = None,
+) -> Rollout:
+    """Check everything, then store a pending rollout for the controller to drive. Refused,
+    with nothing written: a version not in the registry or not signed by a trusted key, a bad
+    stage list or gate, a selector matching no online node serving the model, or a model with a
+    rollout still running."""
+    now = time.time() if now is None else now
+    selector = selector or Selector()
+    if not trusted_keys:
+        raise InvalidArgumentError(
+            "give the public keys nodes trust (--trusted-key or $MESH_TRUSTED_KEYS): a rollout "
+            "starts only for a version they would load"
+        )
+    plan = await _plan(js, model, version, stages, soak, gate_terms, trusted_keys)
+    kv = await rollouts_bucket(js)
+    existing = await _latest_unless_running(kv, model)
+    heartbeats = await registry.read_heartbeats(js)
+    targets, suspect, previous = _targets(
+        model, version, selector, heartbeats, now=now, offline_after_s=offline_after_s
+    )
+    _check_not_shadowed(
+        model, version, selector, heartbeats, targets, await registry.read_desired(js)
+    )
+    if not await registry.has_version(js, model, previous):
+        raise InvalidArgumentError(
+            f"the nodes serve {model}@{previous}, which is not in the registry: a rollout could "
+            "not roll back to it (mesh models push it first)"
+        )
+    rollout = new_rollout(
+        model, version, previous, selector, plan, targets, now=now, by=by, suspect=suspect
+    )
+    encoded = encode_rollout(rollout)
+    try:
+        if existing is None:
+            await kv.create(rollout_key(model), encoded)
+        else:
+            await kv.update(rollout_key(model), encoded, last=int(existing.revision or 0))
+    except KeyWrongLastSequenceError:
+        raise InvalidArgumentError(
+            f"another rollout of {model} was started at the same moment; see mesh rollout status"
+        ) from None
+    return rollout
+
+
+async def _plan(
+    js: JetStreamContext,
+    model: str,
+    version: str,
+    stages: str,
+    soak: str | None,
+    gate_terms: Sequence[str],
+    trusted_keys: Sequence[str],
+) -> list[Stage]:
+    """The stages, once the version is in the registry and signed by a trusted key; each
+    stage's gate is the one the manifest declares, overridden by ``gate_terms`` and ``soak``."""
+    if not await registry.has_version(js, model, version):
+        raise NotFoundError(f"{model}@{version} is not in the registry: mesh models push it first")
+    artifact = await registry.fetch(js, model, version)
+    verify(
+        artifact.signature, artifact.manifest, artifact.onnx, load_trusted_keys(list(trusted_keys))
+    )
+    declared = artifact.manifest.get("rollout")
+    gate = (
+        Gate.from_dict((declared or {}).get("gate") or {}) if isinstance(declared, dict) else Gate()
+    )
+    gate = Gate.parse(gate_terms, gate)
+    if soak is not None:
+        gate = Gate.from_dict({"soak_s": parse_duration(soak)}, gate)
+    return parse_stages(stages, gate)
+
+
+async def _latest_unless_running(kv: KeyValue, model: str) -> KeyValue.Entry | None:
+    """The model's latest rollout entry; refused while that rollout is still running."""
+    try:
+        existing = await kv.get(rollout_key(model))
+    except KeyNotFoundError:
+        return None
+    if existing.value:
+        try:
+            held = decode_rollout(existing.value)
+        except InvalidArgumentError:
+            held = None
+        if held is not None and held.active:
+            raise InvalidArgumentError(
+                f"rollout {held.id} of {model}@{held.version} is {held.state}: one rollout per "
+                "model at a time (mesh rollout abort it first)"
+            )
+    return existing
+
+
+def _targets(
+    model: str,
+    version: str,
+    selector: Selector,
+    heartbeats: dict[str, NodeStatus | str],
+    *,
+    now: float,
+    offline_after_s: float,
+) -> tuple[list[str], set[str], str]:
+    """The online nodes the selector matches that serve the model, those whose telemetry
+    cannot be true, and the version most of them serve (what a failure returns them to)."""
+    targets: list[str] = []
+    suspect: set[str] = set()
+    served: Counter[str] = Counter()
+    for name, status in heartbeats.items():
+        if isinstance(status, str):
+            continue
+        if not is_online(status, now, offline_after_s) or model not in status.models:
+            continue
+        if selector.matches(status.tier, status.site, name, status.labels):
+            targets.append(name)
+            served[status.models[model]] += 1
+            view = view_of(model, version, name, status, now=now, offline_after_s=offline_after_s)
+            if view.problem is not None:
+                suspect.add(name)
+    if not targets:
+        raise InvalidArgumentError(
+            f"selector {selector.key} matches no online node serving {model}: nothing to roll "
+            "out to"
+        )
+    # What the targets serve now is what a failure returns them to (not what the desired
+    # state last said: a version assigned there may have been refused by every node).
+    previous = served.most_common(1)[0][0]
+    if previous == version:
+        raise InvalidArgumentError(
+            f"most nodes matching {selector.key} already serve {model}@{version}"
+        )
+    return targets, suspect, previous
+
+
+def _check_not_shadowed(
+    model: str,
+    version: str,
+    selector: Selector,
+    heartbeats: dict[str, NodeStatus | str],
+    targets: list[str],
+    entries: list[Revisioned],
+) -> None:
+    """A rollout ends by assigning the version to its selector; an assignment more specific
+    than that (a site, labels, a node) would keep some targets on another version for good.
+    Refused up front, naming it."""
+    mine = [e for e in entries if e.state.model == model]
+    top = max((e.revision for e in mine), default=0) + 1
+    base = Revisioned(DesiredState(model, version, selector, time.time()), top)
+    shadowed: dict[str, list[str]] = {}
+    for name in targets:
+        status = heartbeats[name]
+        assert isinstance(status, NodeStatus)
+        wins = resolve(
+            [*mine, base], tier=status.tier, site=status.site, node=name, labels=status.labels
+        ).get(model)
+        if wins is not None and wins.key != base.state.key:
+            shadowed.setdefault(wins.key, []).append(name)
+    if shadowed:
+        key, nodes = next(iter(shadowed.items()))
+        raise InvalidArgumentError(
+            f"assignment {key} is more specific than selector {selector.key} and covers "
+            f"{len(nodes)} of its nodes ({', '.join(nodes[:3])}...): roll out with that "
+            "selector, or remove the assignment"
+        )
+
+
+async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:
+    """Model to its latest rollout (read key by key: see ``registry.latest_entries``)."""
+    kv = await rollouts_bucket(js)
+    out: dict[str, Rollout] = {}
+    for entry in await registry.latest_entries(js, kv, ROLLOUTS_BUCKET, f"{ROLLOUT_PREFIX}*"):
+        with contextlib.suppress(InvalidArgumentError):
+            rollout = decode_rollout(entry.value or b"")
+            out[rollout.model] = rollout
+    return out
+
+
+async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Rollout:
+    """Pause, resume or abort the rollout of ``model`` (compare-and-set; retried on a race)."""
+    kv = await rollouts_bucket(js)
+    for _ in range(10):
+        try:
+            entry = await kv.get(rollout_key(model))
+        except KeyNotFoundError:
+            raise NotFoundError(f"no rollout of {model}") from None
+        changed = request(decode_rollout(entry.value or b""), action, time.time(), by)
+        try:
+            await kv.update(
+                rollout_key(model), encode_rollout(changed), last=int(entry.revision or 0)
+            )
+        except KeyWrongLastSequenceError:
+            await asyncio.sleep(0.05)
+            continue
+        return changed
+    raise InvalidArgumentError(f"the rollout of {model} kept changing; try again")
+
+
+def summary(rollout: Rollout) -> dict[str, Any]:
+    """One rollout for ``mesh rollout status --json``: the record plus stage timings."""
+    record: dict[str, Any] = json.loads(encode_rollout(rollout))
+    record["stage_seconds"] = [
+        round(s.judged_at - s.started_at, 1) if s.judged_at and s.started_at else None
+        for s in rollout.log
+    ]
+    return record

@@ -1,0 +1,306 @@
+"""The rollout's state machine: the desired state a rollout implies, one step of it on a look
+at the fleet, and what people ask of it. Every function takes a snapshot and a clock and
+returns the next record; the controller does the reading and writing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mesh.errors import InvalidArgumentError
+from mesh.fleet.liveness import is_online
+from mesh.fleet.rollout.evidence import (
+    Figures,
+    NodeView,
+    Window,
+    evidence_problem,
+    open_window,
+    stage_figures,
+)
+from mesh.fleet.rollout.judge import VerdictResult, judge
+from mesh.fleet.rollout.record import Rollout, RolloutPhase, StageLog, StagePhase
+from mesh.wire import NodeStatus
+
+#: how long a rollback waits for online nodes to report the previous version before it ends.
+ROLLBACK_WAIT_S = 120.0
+#: most nodes listed in ``flagged``.
+MAX_FLAGGED = 50
+
+
+# --- desired state a rollout implies --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assignments:
+    """The desired state a rollout implies now: the selector's version, and the versions of its
+    target nodes that differ from it (the other targets' node keys are removed)."""
+
+    base: str | None
+    nodes: dict[str, str]
+
+
+def desired_for(r: Rollout) -> Assignments:
+    """What the controller makes the desired state say, written every tick (idempotent), so a
+    new leader finishes what an old one started. A stage's nodes get node keys; the last stage
+    (the whole selector) moves the selector's own assignment; the end removes the node keys."""
+    if r.state in (
+        RolloutPhase.PENDING,
+        RolloutPhase.ROLLING_BACK,
+        RolloutPhase.ROLLED_BACK,
+        RolloutPhase.ABORTED,
+        RolloutPhase.FAILED,
+    ):
+        return Assignments(r.previous_version, {})
+    if r.state == RolloutPhase.COMPLETED:
+        return Assignments(r.version, {})
+    stage = r.stages[r.current_stage]
+    if stage.is_whole:
+        earlier = r.stage_size(r.current_stage - 1) if r.current_stage else 0
+        return Assignments(r.version, {n: r.version for n in r.targets[:earlier]})
+    size = r.stage_size(r.current_stage)
+    return Assignments(r.previous_version, {n: r.version for n in r.targets[:size]})
+
+
+# --- one step of the controller ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    rollout: Rollout
+    #: a window opened by this step, to store before the rollout.
+    window: Window | None = None
+    #: what happened, for the log.
+    events: tuple[str, ...] = ()
+
+
+def step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
+    """The rollout after one look at the fleet at ``now``."""
+    serving = sum(1 for v in nodes.values() if v.online and v.serving == r.version)
+    flagged = dict(r.flagged)
+    for name in r.targets:
+        view = nodes.get(name)
+        if view is not None and view.problem is not None and len(flagged) < MAX_FLAGGED:
+            flagged[name] = view.problem
+    base = replace(r, max_nodes_serving=max(r.max_nodes_serving, serving), flagged=flagged)
+    if r.state == RolloutPhase.PENDING:
+        log = _set_log(base.log, 0, started_at=now)
+        return Step(
+            replace(
+                base,
+                state=RolloutPhase.IN_PROGRESS,
+                phase=StagePhase.DEPLOYING,
+                log=log,
+                updated_at=now,
+            ),
+            events=(
+                f"rollout {r.id} of {r.model}@{r.version} started over {len(r.targets)} nodes",
+            ),
+        )
+    if r.state == RolloutPhase.IN_PROGRESS:
+        return _step_stage(base, nodes, window, now)
+    if r.state == RolloutPhase.ROLLING_BACK:
+        back = [
+            n for n in r.targets if (v := nodes.get(n)) is not None and v.online
+            and v.serving == r.version
+        ]  # fmt: skip
+        waited = now - r.updated_at
+        if not back or waited > ROLLBACK_WAIT_S:
+            outcome = r.outcome or RolloutPhase.ROLLED_BACK
+            note = f"; {len(back)} online nodes still on {r.version}" if back else ""
+            return Step(
+                replace(base, state=outcome, outcome=outcome, updated_at=now),
+                events=(f"rollout {r.id} ended {outcome}{note}",),
+            )
+    return Step(base)
+
+
+def _refused(r: Rollout, nodes: Mapping[str, NodeView], now: float) -> Step | None:
+    """The stage failed when a node of it refused the version (signature, manifest, device)."""
+    members = r.targets[: r.stage_size(r.current_stage)]
+    refused = {n: v.rejected for n in members if (v := nodes.get(n)) is not None and v.rejected}
+    if not refused:
+        return None
+    first = next(iter(refused.values()))
+    return _fail(
+        r,
+        now,
+        "install",
+        {"refused_by": dict(list(refused.items())[:10])},
+        f"{len(refused)} node(s) refused {r.version}: {first}",
+    )
+
+
+def _step_stage(
+    r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float
+) -> Step:
+    refused = _refused(r, nodes, now)
+    if refused is not None:
+        return refused
+    if r.phase == StagePhase.DEPLOYING:
+        return _deploy(r, nodes, now)
+    return _soak(r, nodes, window, now)
+
+
+def _deploy(r: Rollout, nodes: Mapping[str, NodeView], now: float) -> Step:
+    """The stage is reached once every online node of it serves the version."""
+    i = r.current_stage
+    stage = r.stages[i]
+    size = r.stage_size(i)
+    members = r.targets[:size]
+    # A node whose telemetry cannot be trusted is not waited for either (it is flagged).
+    online = [n for n in members if (v := nodes.get(n)) is not None and v.online and not v.problem]
+    missing = [n for n in online if nodes[n].serving != r.version]
+    log = r.log[i]
+    started = log.started_at if log.started_at is not None else now
+    if online and not missing:
+        opened = open_window(r, nodes, now)
+        logs = _set_log(r.log, i, reached_at=now, started_at=started)
+        return Step(
+            replace(r, phase=StagePhase.SOAKING, log=logs, updated_at=now),
+            window=opened,
+            events=(
+                f"stage {i + 1}/{len(r.stages)} ({stage.name}) reached: {len(online)} of "
+                f"{size} nodes online serve {r.version} after {now - started:.1f}s",
+            ),
+        )
+    if now - started > stage.gate.deploy_timeout_s:
+        return _fail(
+            r,
+            now,
+            "deploy",
+            {"not_serving": missing[:20], "online": len(online)},
+            f"{len(missing)} of {len(online)} online nodes of stage {stage.name} "
+            f"did not take {r.version} within {stage.gate.deploy_timeout_s:.0f}s",
+        )
+    return Step(r)
+
+
+def _soak(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
+    """After the soak the stage is judged: it passes on, fails back, or waits for evidence."""
+    i = r.current_stage
+    stage = r.stages[i]
+    gate = stage.gate
+    if window is None or window.rollout != r.id or window.stage != i:
+        return Step(r, window=open_window(r, nodes, now), events=("evidence window reopened",))
+    if now - window.started_at < gate.soak_s:
+        return Step(r)
+    members = r.targets[: r.stage_size(i)]
+    canary, baseline, flagged = stage_figures(r, nodes, window, members)
+    if flagged:
+        r = replace(r, flagged={**r.flagged, **dict(list(flagged.items())[:MAX_FLAGGED])})
+    if stage.is_whole and i > 0:
+        reference = r.log[i - 1].baseline
+        baseline = Figures.from_dict(reference) if reference else None
+    verdict = judge(gate, canary, baseline)
+    if verdict.result == VerdictResult.WAIT:
+        if now - window.started_at > gate.max_wait_s:
+            return Step(
+                replace(r, state=RolloutPhase.PAUSED,
+                        reason=f"not enough evidence: {verdict.reason}", updated_at=now),
+                events=(f"rollout {r.id} paused: {verdict.reason}",),
+            )  # fmt: skip
+        return Step(r)
+    figures_log = _set_log(
+        r.log, i, judged_at=now, result=verdict.result, canary=canary.as_dict(),
+        baseline=baseline.as_dict() if baseline is not None else None,
+    )  # fmt: skip
+    r = replace(r, log=figures_log)
+    if verdict.result == VerdictResult.FAIL:
+        assert verdict.gate is not None
+        return _fail(r, now, verdict.gate, verdict.figures, verdict.reason)
+    if i + 1 == len(r.stages):
+        return Step(
+            replace(
+                r, state=RolloutPhase.COMPLETED, outcome=RolloutPhase.COMPLETED, updated_at=now
+            ),
+            events=(f"rollout {r.id}: {r.model}@{r.version} completed on {len(r.targets)} nodes",),
+        )
+    logs = _set_log(r.log, i + 1, started_at=now)
+    return Step(
+        replace(r, current_stage=i + 1, phase=StagePhase.DEPLOYING, log=logs, updated_at=now),
+        events=(f"stage {i + 1} ({stage.name}) passed: {verdict.reason}",),
+    )
+
+
+def _fail(r: Rollout, now: float, gate: str, figures: dict[str, Any], reason: str) -> Step:
+    return Step(
+        replace(r, state=RolloutPhase.ROLLING_BACK, outcome=RolloutPhase.ROLLED_BACK,
+                failed_gate=gate, figures=figures, reason=reason, updated_at=now),
+        events=(f"rollout {r.id} failed gate {gate}: {reason}; rolling back to "
+                f"{r.previous_version}",),
+    )  # fmt: skip
+
+
+def _set_log(log: tuple[StageLog, ...], i: int, **changes: Any) -> tuple[StageLog, ...]:
+    items = list(log)
+    items[i] = replace(items[i], **changes)
+    return tuple(items)
+
+
+# --- what people ask of a rollout -----------------------------------------------------------
+
+
+def request(r: Rollout, action: str, now: float, by: str = "") -> Rollout:
+    """``pause``, ``resume`` or ``abort``, as the CLI asks; refused when it makes no sense."""
+    if action == "pause":
+        if r.state not in (RolloutPhase.PENDING, RolloutPhase.IN_PROGRESS):
+            raise InvalidArgumentError(f"rollout {r.id} is {r.state}: only a running one pauses")
+        return replace(
+            r, state=RolloutPhase.PAUSED, reason=f"paused by {by or 'a person'}", updated_at=now
+        )
+    if action == "resume":
+        if r.state != RolloutPhase.PAUSED:
+            raise InvalidArgumentError(f"rollout {r.id} is {r.state}, not paused")
+        # The stage is deployed and soaked again from the start: what happened while paused
+        # is not this stage's evidence.
+        stage_log = r.log[r.current_stage]
+        state = (
+            RolloutPhase.IN_PROGRESS if stage_log.started_at is not None else RolloutPhase.PENDING
+        )
+        logs = _set_log(r.log, r.current_stage, started_at=now) if stage_log.started_at else r.log
+        return replace(
+            r, state=state, phase=StagePhase.DEPLOYING, log=logs, reason="", updated_at=now
+        )
+    if action == "abort":
+        if not r.active:
+            raise InvalidArgumentError(f"rollout {r.id} already ended {r.state}")
+        return replace(
+            r,
+            state=RolloutPhase.ROLLING_BACK,
+            outcome=RolloutPhase.ABORTED,
+            reason=f"aborted by {by or 'a person'}",
+            updated_at=now,
+        )
+    raise InvalidArgumentError(f"unknown rollout action {action!r}")
+
+
+def view_of(
+    model: str,
+    version: str,
+    name: str,
+    status: NodeStatus | str,
+    *,
+    now: float,
+    offline_after_s: float,
+) -> NodeView:
+    """A node's heartbeat (a ``wire.NodeStatus``, or why it could not be decoded) as a rollout
+    of ``model@version`` sees it."""
+    if isinstance(status, str):
+        return NodeView(name, online=False, problem=f"unreadable heartbeat: {status[:120]}")
+    serving = status.models.get(model)
+    evidence = status.evidence.get(model)
+    problem: str | None = None
+    if evidence is not None:
+        if evidence.version != serving:
+            problem = f"evidence is of version {evidence.version}, the node serves {serving}"
+        else:
+            problem = evidence_problem(evidence, now)
+    return NodeView(
+        name=name,
+        online=is_online(status, now, offline_after_s),
+        serving=serving,
+        rejected=status.rejected.get(f"{model}@{version}"),
+        evidence=evidence if problem is None else None,
+        problem=problem,
+    )

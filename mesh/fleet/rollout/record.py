@@ -1,0 +1,240 @@
+"""A rollout as it lives in KV (``schemas/rollout.schema.json``): the record, its states, its
+codec and what ``mesh demo --report`` lists of it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from mesh.errors import InvalidArgumentError
+from mesh.fleet.desired import Selector, check_token
+from mesh.fleet.rollout.plan import Stage
+
+KIND = "rollout"
+CONTRACT = 1
+
+
+class RolloutPhase(StrEnum):
+    """Where a rollout is; the values are the record's and every status's words."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    PAUSED = "paused"
+    ROLLING_BACK = "rolling_back"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+class StagePhase(StrEnum):
+    """Within a running stage: its nodes take the version, then its evidence is gathered."""
+
+    DEPLOYING = "deploying"
+    SOAKING = "soaking"
+
+
+#: a rollout in one of these states owns its model: no other may start.
+ACTIVE = (
+    RolloutPhase.PENDING,
+    RolloutPhase.IN_PROGRESS,
+    RolloutPhase.PAUSED,
+    RolloutPhase.ROLLING_BACK,
+)
+FINAL = (
+    RolloutPhase.COMPLETED,
+    RolloutPhase.ROLLED_BACK,
+    RolloutPhase.ABORTED,
+    RolloutPhase.FAILED,
+)
+#: what ``mesh demo --report`` and the status print: how a finished rollout ended.
+OUTCOMES = (RolloutPhase.COMPLETED, RolloutPhase.ROLLED_BACK, RolloutPhase.ABORTED)
+
+
+@dataclass(frozen=True)
+class StageLog:
+    """When a stage started, was reached by its nodes and was judged, and on what figures."""
+
+    started_at: float | None = None
+    reached_at: float | None = None
+    judged_at: float | None = None
+    result: str | None = None
+    canary: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One rollout as it lives in KV (``schemas/rollout.schema.json``)."""
+
+    id: str
+    model: str
+    version: str
+    previous_version: str | None
+    selector: Selector
+    stages: tuple[Stage, ...]
+    #: the nodes the rollout covers, in the order they get the version.
+    targets: tuple[str, ...]
+    state: RolloutPhase = RolloutPhase.PENDING
+    current_stage: int = 0
+    phase: StagePhase = StagePhase.DEPLOYING
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    by: str = ""
+    log: tuple[StageLog, ...] = ()
+    failed_gate: str | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    outcome: RolloutPhase | None = None
+    #: most nodes ever seen serving the version at once during the rollout.
+    max_nodes_serving: int = 0
+    #: nodes whose telemetry was ignored, and why.
+    flagged: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def stage_size(self, index: int) -> int:
+        return self.stages[index].size(len(self.targets))
+
+    @property
+    def canary_nodes(self) -> int:
+        return self.stage_size(0)
+
+
+def new_rollout(
+    model: str,
+    version: str,
+    previous_version: str | None,
+    selector: Selector,
+    stages: Sequence[Stage],
+    targets: Sequence[str],
+    *,
+    now: float,
+    by: str = "",
+    suspect: Collection[str] = (),
+) -> Rollout:
+    """A pending rollout over ``targets``; the ``suspect`` ones (telemetry that cannot be true)
+    come last: a canary is there for its evidence, and a stage of nodes not to be trusted has
+    nothing to judge (nor anything to wait for: they are flagged, not waited on)."""
+    check_token(model, "model name")
+    if not targets:
+        raise InvalidArgumentError(f"no node matching the selector serves {model}")
+    rollout_id = uuid.uuid4().hex[:12]
+    # Spread each stage over sites and names: order the targets by a hash with the rollout id.
+    order = sorted(
+        targets,
+        key=lambda n: (n in suspect, hashlib.sha256(f"{rollout_id}/{n}".encode()).digest()),
+    )
+    return Rollout(
+        id=rollout_id,
+        model=model,
+        version=version,
+        previous_version=previous_version,
+        selector=selector,
+        stages=tuple(stages),
+        targets=tuple(order),
+        created_at=now,
+        updated_at=now,
+        by=by,
+        log=tuple(StageLog() for _ in stages),
+    )
+
+
+def encode_rollout(r: Rollout) -> bytes:
+    obj: dict[str, Any] = {
+        "v": CONTRACT,
+        "kind": KIND,
+        "id": r.id,
+        "model": r.model,
+        "version": r.version,
+        "previous_version": r.previous_version,
+        "selector": r.selector.as_dict(),
+        "stages": [s.as_dict() for s in r.stages],
+        "targets": list(r.targets),
+        "state": r.state,
+        "current_stage": r.current_stage,
+        "phase": r.phase,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "by": r.by,
+        "log": [{k: v for k, v in asdict(s).items() if v is not None} for s in r.log],
+        "failed_gate": r.failed_gate,
+        "figures": r.figures,
+        "reason": r.reason,
+        "outcome": r.outcome,
+        "max_nodes_serving": r.max_nodes_serving,
+        "canary_nodes": r.canary_nodes,
+        "flagged": r.flagged,
+    }
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def decode_rollout(data: bytes) -> Rollout:
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"rollout record is not JSON: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("kind") != KIND:
+        raise InvalidArgumentError("rollout record must be a map of kind 'rollout'")
+    if not isinstance(obj.get("v"), int) or obj["v"] > CONTRACT:
+        raise InvalidArgumentError(f"rollout record has contract version {obj.get('v')!r}")
+    try:
+        sel = obj.get("selector") or {}
+        selector = Selector(
+            tier=sel.get("tier"),
+            site=sel.get("site"),
+            node=sel.get("node"),
+            labels=dict(sel.get("labels") or {}),
+        )
+        state = str(obj["state"])
+        if state not in (*ACTIVE, *FINAL):
+            raise InvalidArgumentError(f"rollout state {state!r} is unknown")
+        stages = tuple(Stage.from_dict(s) for s in obj["stages"])
+        log = tuple(StageLog(**s) for s in obj.get("log") or [])
+        log = log + tuple(StageLog() for _ in range(len(stages) - len(log)))
+        outcome = obj.get("outcome")
+        return Rollout(
+            id=str(obj["id"]),
+            model=check_token(str(obj["model"]), "model name"),
+            version=str(obj["version"]),
+            previous_version=obj.get("previous_version"),
+            selector=selector,
+            stages=stages,
+            targets=tuple(str(n) for n in obj["targets"]),
+            state=RolloutPhase(state),
+            current_stage=int(obj.get("current_stage", 0)),
+            phase=StagePhase(str(obj.get("phase", StagePhase.DEPLOYING))),
+            created_at=float(obj.get("created_at", 0.0)),
+            updated_at=float(obj.get("updated_at", 0.0)),
+            by=str(obj.get("by", "")),
+            log=log[: len(stages)],
+            failed_gate=obj.get("failed_gate"),
+            figures=dict(obj.get("figures") or {}),
+            reason=str(obj.get("reason", "")),
+            outcome=RolloutPhase(outcome) if outcome is not None else None,
+            max_nodes_serving=int(obj.get("max_nodes_serving", 0)),
+            flagged=dict(obj.get("flagged") or {}),
+        )
+    except InvalidArgumentError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"rollout record is malformed: {exc!r}") from None
+
+
+def report(r: Rollout) -> dict[str, Any]:
+    """The rollout as ``mesh demo --report`` lists it."""
+    return {
+        "model": r.model,
+        "version": r.version,
+        "outcome": None if r.outcome is None else str(r.outcome),
+        "failed_gate": r.failed_gate,
+        "max_nodes_serving": r.max_nodes_serving,
+        "canary_nodes": r.canary_nodes,
+    }
