@@ -30,8 +30,9 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import FleetSettings, HardExampleSettings
-from mesh.topology.streams import NODES_BUCKET
+from mesh.topology.streams import NODES_BUCKET, standard_topology
 from mesh.transport.guard import flush_in_order
+from mesh.transport.jetstream import provision
 from mesh.wire import decode_node_event, decode_node_status
 from tests.fixtures.chain import Chain, Tier
 from tests.fixtures.site import LinkedSite
@@ -144,10 +145,8 @@ async def fleet(linked: LinkedSite, chain: Chain, tmp_path: Path, keystore: KeyS
         f.issued[spec.name] = await asyncio.to_thread(keystore.ensure, spec)
     nc = await f.admin()
     try:
-        hub = nc.jetstream(domain="hub")
-        await registry.ensure_hub(hub)
-        await registry.ensure_domain(hub, hub, "hub")
-        await registry.ensure_domain(nc.jetstream(domain="site"), hub, "site")
+        # the fleet's buckets in both domains, as `mesh fleet init --site site` makes them
+        await provision(lambda domain: nc.jetstream(domain=domain), standard_topology(events=False))
     finally:
         await nc.close()
     return f

@@ -38,8 +38,10 @@ from mesh.security.permissions import Role
 from mesh.security.server_config import leaf_remote_block, leaf_remotes_block, leafnodes_block
 from mesh.security.tls import DevelopmentPKI, write_development_pki
 from mesh.settings import HardExampleSettings
+from mesh.topology.streams import hard_example_spec, learn_spec
 from mesh.transport.guard import flush_in_order
-from mesh.transport.hardexamples import HardExampleForwarder, HardExampleInbox
+from mesh.transport.hardexamples import HardExampleCollector, HardExampleInbox, HardExampleStore
+from mesh.transport.jetstream import ensure
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,10 +51,21 @@ JS_TIMEOUT_S = 0.5
 SPECS = [
     IdentitySpec("app1", Role.APPLICATION),
     IdentitySpec("app2", Role.APPLICATION),
-    IdentitySpec("edge-1", Role.NODE, tier="edge", upstream_tier="gateway", entry=True),
-    IdentitySpec("edge-2", Role.NODE, tier="edge", upstream_tier="gateway", entry=True),
-    IdentitySpec("gateway-1", Role.NODE, tier="gateway", upstream_tier="cloud"),
-    IdentitySpec("cloud-1", Role.NODE, tier="cloud"),
+    IdentitySpec(
+        "edge-1", Role.NODE, tier="edge", upstream_tier="gateway", entry=True, domain="site"
+    ),
+    IdentitySpec(
+        "edge-2", Role.NODE, tier="edge", upstream_tier="gateway", entry=True, domain="site"
+    ),
+    IdentitySpec(
+        "gateway-1",
+        Role.NODE,
+        tier="gateway",
+        upstream_tier="cloud",
+        downstream_tier="edge",
+        domain="site",
+    ),
+    IdentitySpec("cloud-1", Role.NODE, tier="cloud", downstream_tier="gateway", domain="hub"),
     IdentitySpec("controller", Role.CONTROLLER),
     IdentitySpec("ingress", Role.INGRESS),
     IdentitySpec("console", Role.CONSOLE),
@@ -520,30 +533,46 @@ async def test_a_subscription_is_at_the_server_once_flush_in_order_returns(
         await asyncio.to_thread(traced.stop)
 
 
-async def test_a_node_keeps_and_forwards_hard_examples_with_its_own_streams(
+async def test_hard_examples_are_kept_by_their_tier_and_taken_up_by_the_one_above(
     connect: Connect,
 ) -> None:
-    """The node's JetStream grants are enough for ``mesh.transport.hardexamples`` as it is."""
-    edge, gateway = await connect("edge-1"), await connect("gateway-1")
-    settings = HardExampleSettings(upstream_domain="site")
-    inbox = HardExampleInbox(gateway.nc, tier="gateway", settings=settings)
-    await inbox.start()
-    js = edge.nc.jetstream()
-    await js.add_stream(StreamConfig(name="MESH_HARD_EDGE", subjects=["mesh.hard.edge.>"]))
-    await js.publish("mesh.hard.edge.digits", b"case", headers={"Nats-Msg-Id": "r1"})
-    forwarder = HardExampleForwarder(
-        edge.nc, tier="edge", upstream_tier="gateway", settings=settings
+    """The node's JetStream grants are enough for ``mesh.transport.hardexamples`` as it is,
+    on streams the administrator provisioned; the tier that writes the cases cannot read
+    them back (NATS would deliver them wherever it asks)."""
+    edge, gateway, admin = (
+        await connect("edge-1"),
+        await connect("gateway-1"),
+        await connect("admin"),
     )
-    await forwarder.start()
+    for spec in (hard_example_spec("edge"), learn_spec("gateway")):
+        await ensure(admin.nc.jetstream(), spec)
+    settings = HardExampleSettings(collect_from="edge")
+    store = HardExampleStore(edge.nc, tier="edge", node="edge-1", settings=settings)
+    inbox = HardExampleInbox(gateway.nc, tier="gateway", settings=settings)
+    await store.start()
+    await inbox.start()
+    await edge.nc.jetstream().publish(
+        "mesh.hard.edge.digits", b"case", headers={"Nats-Msg-Id": "r1"}
+    )
+    collector = HardExampleCollector(gateway.nc, tier="gateway", below="edge", settings=settings)
+    await collector.start()
     try:
         async with asyncio.timeout(10):
             while await inbox.count() < 1:  # noqa: ASYNC110 (polls the server)
                 await asyncio.sleep(0.05)
-        assert forwarder.forwarded == 1
+        assert collector.forwarded == 1
     finally:
-        await forwarder.stop()
+        await collector.stop()
         await inbox.stop()
+        await store.stop()
     assert edge.violations() == [] and gateway.violations() == []
+    with pytest.raises(nats.errors.TimeoutError):
+        await edge.nc.request(
+            "$JS.API.CONSUMER.MSG.NEXT.MESH_HARD_EDGE.collect-gateway", b"1", timeout=0.5
+        )
+    await edge.expect_violation(
+        "publish", "$JS.API.CONSUMER.MSG.NEXT.MESH_HARD_EDGE.collect-gateway"
+    )
 
 
 @pytest.mark.parametrize(
@@ -558,9 +587,7 @@ async def test_a_node_cannot_delete_purge_or_create_streams_it_does_not_own(
     connect: Connect, call: str, subject: str
 ) -> None:
     gateway, admin = await connect("gateway-1"), await connect("admin")
-    await gateway.nc.jetstream().add_stream(
-        StreamConfig(name="MESH_HARD_GATEWAY", subjects=["mesh.hard.gateway.>"])
-    )
+    await ensure(admin.nc.jetstream(), hard_example_spec("gateway"))
     await gateway.nc.publish("mesh.hard.gateway.digits", b"case")
     await flush_in_order(gateway.nc)
     js = gateway.nc.jetstream(timeout=JS_TIMEOUT_S)
@@ -611,9 +638,9 @@ async def test_only_the_controller_writes_the_desired_state(connect: Connect) ->
         await connect("edge-1"),
         await connect("console"),
     )
-    kv = await controller.nc.jetstream().create_key_value(
-        KeyValueConfig(bucket="MESH_FLEET_DESIRED")
-    )
+    admin = await connect("admin")
+    await admin.nc.jetstream().create_key_value(KeyValueConfig(bucket="MESH_FLEET_DESIRED"))
+    kv = await controller.nc.jetstream().key_value("MESH_FLEET_DESIRED")
     await kv.put("edge-1", b"digits@2")
 
     node_kv = await edge.nc.jetstream(timeout=JS_TIMEOUT_S).key_value("MESH_FLEET_DESIRED")
@@ -659,9 +686,9 @@ async def test_a_node_writes_only_its_own_heartbeat_and_the_console_reads_them(
 
 
 async def test_the_controller_cannot_delete_the_desired_state(connect: Connect) -> None:
-    controller = await connect("controller")
+    controller, admin = await connect("controller"), await connect("admin")
+    await admin.nc.jetstream().create_key_value(KeyValueConfig(bucket="MESH_FLEET_DESIRED"))
     js = controller.nc.jetstream(timeout=JS_TIMEOUT_S)
-    await js.create_key_value(KeyValueConfig(bucket="MESH_FLEET_DESIRED"))
     with pytest.raises(nats.errors.TimeoutError):
         await js.delete_key_value("MESH_FLEET_DESIRED")
     await controller.expect_violation("publish", "$JS.API.STREAM.DELETE.KV_MESH_FLEET_DESIRED")
