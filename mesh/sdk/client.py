@@ -523,7 +523,7 @@ class MeshClient(Service):
                         )
                 return await js.publish(subject, payload, headers=headers, timeout=left)
             except nats.js.errors.APIError as exc:
-                if exc.err_code != QUOTA_FULL or time.monotonic() + pause >= deadline:
+                if not _quota_full(exc) or time.monotonic() + pause >= deadline:
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
@@ -604,16 +604,21 @@ def _token(value: str, what: str) -> str:
 log = logging.getLogger("mesh.client")
 
 
-#: JetStream's "maximum messages per subject exceeded": a source's quota of waiting events.
-QUOTA_FULL = 10077
 #: JetStream's "message size exceeds maximum allowed".
 TOO_LARGE = 10054
+
+
+def _quota_full(exc: Any) -> bool:
+    """JetStream refused the event because its subject (its source, for its model) holds as
+    many waiting events as the stream allows one subject: "maximum messages per subject
+    exceeded" (one error code covers every store failure, so the text tells)."""
+    return "per subject" in f"{exc.description or ''}".lower()
 
 
 def _event_refused(exc: Any, model: str, source: str, size: int) -> MeshError:
     """What a refused event publish means, for the one who published it."""
     text = f"{exc.description or exc}"
-    if exc.err_code == QUOTA_FULL:
+    if _quota_full(exc):
         return ResourceExhaustedError(
             f"source {source} has as many events of {model} waiting to be inferred as its quota "
             f"allows ({text}); the event was not stored: publish more slowly, or ask for a "

@@ -76,6 +76,8 @@ JS_READ = (
     "DIRECT.GET.{stream}",
     "DIRECT.GET.{stream}.>",
     "CONSUMER.CREATE.{stream}",
+    # nats-py looks its ordered consumer up by the name the server gave it
+    "CONSUMER.INFO.{stream}.*",
 )
 #: one durable consumer, by name and filter: create (or find) it, read its state, pull from it.
 JS_CONSUME = (

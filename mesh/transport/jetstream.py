@@ -130,10 +130,12 @@ async def _ensure_store(js: JetStreamContext, spec: ObjectStoreSpec) -> None:
     try:
         await js.object_store(spec.store)
     except nats.js.errors.BucketNotFoundError:
+        # nats-py sets the config's bucket from its own argument, so both are given
         await js.create_object_store(
+            spec.store,
             config=api.ObjectStoreConfig(
                 bucket=spec.store, description=spec.description, replicas=spec.replicas
-            )
+            ),
         )
 
 

@@ -15,6 +15,7 @@ from mesh import MeshClient
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
 from mesh.observability import tracing
+from mesh.settings import HardExampleSettings
 from tests.fixtures.chain import Chain, Tier
 
 
@@ -167,10 +168,13 @@ async def test_a_forwarded_hard_example_links_back_to_the_trace_it_came_from(
     ) as client:
         result = await client.infer("digits", a_test_digit(demo), budget_ms=3000)
         assert result.reason == "no_responders"
-        # The cloud comes up: its inbox stream appears and the backlog is forwarded to it.
-        await chain.start(nats_server.url, Tier("cloud"))
-    origin = client_span(spans, result.id).context
-    assert origin is not None
+        # the client's own span, before the cloud's taking up of the case adds another producer
+        origin = client_span(spans, result.id).context
+        assert origin is not None
+        # The cloud comes up and takes up the edge's backlog into its own stream.
+        await chain.start(
+            nats_server.url, Tier("cloud", hard_examples=HardExampleSettings(collect_from="edge"))
+        )
 
     deadline = asyncio.get_running_loop().time() + 20
     while True:
