@@ -20,6 +20,7 @@ from mesh.local.layout import node_identity
 from mesh.local.servers import ADMIN, APPLICATION, NatsServer, ServerConfig, Site
 from mesh.node.tier import TierNode
 from mesh.observability import tracing
+from mesh.observability.metrics import default_metrics
 from mesh.observability.telemetry import install_tracing
 from mesh.security.keystore import KeyStore
 from mesh.settings import (
@@ -162,7 +163,7 @@ async def start_node(keystore: KeyStore) -> AsyncIterator[NodeFactory]:
             http_port=kwargs.pop("http_port", None),
             **kwargs,
         )
-        node = TierNode(settings)
+        node = TierNode(settings, metrics=default_metrics())
         await node.start()
         nodes.append(node)
         return node

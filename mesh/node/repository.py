@@ -163,7 +163,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
     return served
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(InvalidArgumentError):
     """A model that cannot be served as configured: found at load, never per request."""
 
 

@@ -26,17 +26,17 @@ from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.launcher import NodeProcess
 from mesh.local.layout import node_identity, tier_node_settings
 from mesh.local.servers import NatsServer, Site
-from mesh.node.breaker import BreakerState
+from mesh.node.breaker import BreakerConfig, BreakerState
 from mesh.node.tier import TierNode
 from mesh.security.keystore import KeyStore
-from mesh.settings import BreakerSettings, HardExampleSettings, UpstreamSettings
+from mesh.settings import HardExampleSettings, UpstreamSettings
 from mesh.topology import subjects
 from mesh.wire import decode_hard_example
 from tests.conftest import NodeFactory, model_settings
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
 
-FAST_BREAKER = BreakerSettings(
+FAST_BREAKER = BreakerConfig(
     failure_threshold=3, open_seconds=0.3, max_open_seconds=1.0, min_calls=1000
 )
 

@@ -27,6 +27,7 @@ from mesh.local.layout import node_identity
 from mesh.local.servers import ADMIN, APPLICATION, Site
 from mesh.models.manifest import copy_as_version, load_manifest, sha256_of, verify_artifact
 from mesh.node.tier import TierNode
+from mesh.observability.metrics import default_metrics
 from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
@@ -105,7 +106,7 @@ class Fleet:
                 ),
             )
             self.settings[name] = settings
-        node = TierNode(settings)
+        node = TierNode(settings, metrics=default_metrics())
         await node.start()
         self.nodes[name] = node
         return node
