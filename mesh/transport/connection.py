@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
 from nats.aio.client import Client as NATS
 
 from mesh.errors import UnavailableError
@@ -98,7 +97,7 @@ async def open_connection(
     try:
         async with asyncio.timeout(first_connect_s):
             await nc.connect(urls, error_cb=on_error, **options)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
+    except Exception as exc:  # refused, unknown host, TLS, a URL nats-py cannot parse...
         await close_quietly(nc)
         cause = last[0] if last else exc
         raise UnavailableError(
