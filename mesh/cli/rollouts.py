@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -296,6 +295,7 @@ def simulate(
     )
     from mesh.dev.models.demo import ensure_demo
     from mesh.fleet.controller import Controller
+    from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="mesh-fleet-"))
     demo = ensure_demo(cache or DEFAULT_CACHE / "demo")
@@ -308,11 +308,7 @@ def simulate(
         audit_rate=audit_rate,
     )
 
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def go(shutdown: Shutdown) -> int:
         started = time.monotonic()
         async with FleetSimulation(settings, demo) as sim:
             assert sim.key is not None
@@ -333,11 +329,11 @@ def simulate(
             try:
                 last = time.monotonic()
                 cpu_last = (await sim.process_figures())["cpu_s"]
-                while not stop.is_set():
+                while not shutdown.requested:
                     if duration is not None and time.monotonic() - started > duration:
                         break
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 10.0)
+                        await asyncio.wait_for(shutdown.wait(), 10.0)
                     figures = await sim.process_figures()
                     now = time.monotonic()
                     cpu_share = (
@@ -357,5 +353,6 @@ def simulate(
                 if nc is not None:
                     await nc.close()
                 await load.stop()
+        return 0
 
-    _run(go)
+    asyncio.run(run_until_signalled(go, grace_s=RIG_STOP_GRACE_S))

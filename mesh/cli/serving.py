@@ -26,10 +26,6 @@ from mesh.cli.options import (
 if TYPE_CHECKING:
     from mesh.sdk.client import InferResult
 
-#: how long ``mesh up`` may take to stop what it started once told to stop (its nodes, ingress
-#: and servers each stop within seconds; a second Ctrl-C cuts it short).
-UP_STOP_GRACE_S = 30.0
-
 
 @click.command()
 @click.option(
@@ -180,7 +176,7 @@ def up(
     from mesh.errors import InvalidArgumentError
     from mesh.local.launcher import EmbeddedMesh, MeshLayout
     from mesh.models.validate import require_valid
-    from mesh.services.stopping import Shutdown, run_until_signalled
+    from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
     async def layout() -> MeshLayout:
         if repository is not None:
@@ -256,8 +252,7 @@ def up(
             await mesh.close()
         return 0
 
-    # Stopping every process it started takes a few seconds: a grace of its own.
-    asyncio.run(run_until_signalled(run, grace_s=UP_STOP_GRACE_S))
+    asyncio.run(run_until_signalled(run, grace_s=RIG_STOP_GRACE_S))
 
 
 @click.command()

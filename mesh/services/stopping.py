@@ -30,6 +30,9 @@ from collections.abc import Awaitable, Callable
 STOP_WITHIN_S = 1.8
 #: how long a serving process's teardown runs before it is cancelled.
 STOP_GRACE_S = 1.2
+#: the grace of a rig that stops many processes of its own (``mesh up``, ``mesh fleet
+#: simulate``): each stops within seconds, one after another; a second signal cuts it short.
+RIG_STOP_GRACE_S = 30.0
 #: between cancels of a teardown that goes on after its grace.
 RECANCEL_S = 0.1
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
