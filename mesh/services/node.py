@@ -22,20 +22,20 @@ EXIT_CONNECTION_DEAD = 70
 
 async def serve(settings: NodeSettings, shutdown: Shutdown) -> int:
     """Serve until ``shutdown`` (status 0) or a dead connection (``EXIT_CONNECTION_DEAD``)."""
+
+    def connection_dead(reason: str) -> None:
+        print(f"error: node {settings.node} stopped: {reason}", file=sys.stderr, flush=True)
+        shutdown.request(reason, EXIT_CONNECTION_DEAD)
+
     async with (
         configure_telemetry(f"mesh-{settings.tier}", settings.node) as telemetry,
         TierNode(settings, metrics=telemetry.metrics) as node,
     ):
-        node.on_fatal = shutdown.request
+        node.on_fatal = connection_dead
         http = node.http.url if node.http is not None else "-"
         print(f"{READY_PREFIX} node={settings.node} tier={settings.tier} http={http}", flush=True)
         await shutdown.wait()
-    if shutdown.reason is not None:
-        print(
-            f"error: node {settings.node} stopped: {shutdown.reason}", file=sys.stderr, flush=True
-        )
-        return EXIT_CONNECTION_DEAD
-    return 0
+    return shutdown.status
 
 
 def main(config: Path | None = None) -> None:

@@ -46,7 +46,7 @@ def run_process(
     try:
         return asyncio.run(
             run_until_signalled(
-                serve, grace_s=min(STOP_GRACE_S, stop_within_s), on_signal=deadline.arm
+                serve, grace_s=min(STOP_GRACE_S, stop_within_s), on_stop=deadline.arm
             )
         )
     except MeshError as error:

@@ -244,3 +244,34 @@ async def test_invalid_ingress_or_controller_settings_exit_2_with_one_line_namin
         assert code == 2, output
         assert len(output.splitlines()) == 1, output
         assert output.startswith(f"error: invalid {args[0]} settings") and field in output
+
+
+async def test_a_node_whose_server_stops_answering_exits_70_for_its_supervisor(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    creds = await nats_server.issue(node_identity("edge-sig", "edge", entry=True))
+    config = node_config(tmp_path, nats_server.url, hard_examples={"enabled": False})
+    env = {
+        "MESH_NATS__CREDENTIALS": str(creds),
+        "MESH_NATS__WATCH_INTERVAL_S": "0.5",
+        "MESH_NATS__WATCH_TIMEOUT_S": "1",
+    }
+    running = await launch("node", "--config", str(config), env=env)
+    assert nats_server.pid is not None
+    frozen = nats_server.pid
+    try:
+        await running.wait_for_line("MESH_NODE_READY")
+        os.kill(frozen, signal.SIGSTOP)  # up as far as the node can tell, answering nothing
+        started = time.monotonic()
+        code = await asyncio.wait_for(running.proc.wait(), 60)
+        took = time.monotonic() - started
+        await running.reader
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        await finish(running)
+    print(f"\nnode with a frozen server: exited {code} after {took:.2f} s")
+    assert code == 70, running.lines[-5:]
+    assert any(
+        line.startswith("error: node edge-sig stopped: NATS connection stopped reading")
+        for line in running.lines
+    ), running.lines[-5:]

@@ -120,10 +120,17 @@ async def test_a_signal_while_serving_lets_the_teardown_run_and_cuts_one_that_ha
     assert stages == ["stopping on SIGINT", "cut"]
 
 
-async def test_a_part_that_asks_to_stop_returns_the_status_serve_chooses() -> None:
+async def test_a_part_that_asks_to_stop_sets_the_status_even_when_its_teardown_is_cut() -> None:
     async def serve(shutdown: Shutdown) -> int:
-        asyncio.get_running_loop().call_soon(shutdown.request, "connection died")
+        asyncio.get_running_loop().call_soon(shutdown.request, "connection died", 70)
         await shutdown.wait()
-        return 70 if shutdown.reason == "connection died" else 0
+        return shutdown.status
+
+    async def hangs(shutdown: Shutdown) -> int:
+        asyncio.get_running_loop().call_soon(shutdown.request, "connection died", 70)
+        await shutdown.wait()
+        await asyncio.sleep(3600)  # a drain of a connection that answers nothing
+        return 0
 
     assert await run_until_signalled(serve) == 70
+    assert await asyncio.wait_for(run_until_signalled(hangs, grace_s=0.2), 10) == 70
