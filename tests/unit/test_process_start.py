@@ -43,7 +43,7 @@ def test_flags_given_beat_variables_which_beat_the_file_which_beats_the_flag_def
 
 
 def test_only_the_flags_typed_on_the_command_line_override_the_settings() -> None:
-    seen: dict[str, object] = {}
+    seen: dict[str, tuple[dict[str, object], dict[str, object]]] = {}
 
     @click.command()
     @click.option("--servers", default="nats://127.0.0.1:4222")
@@ -58,7 +58,7 @@ def test_only_the_flags_typed_on_the_command_line_override_the_settings() -> Non
 
     result = CliRunner().invoke(command, ["--servers", "nats://a:1, nats://b:2"])
     assert result.exit_code == 0, result.output
-    given, defaults = seen["layers"]  # type: ignore[misc]
+    given, defaults = seen["layers"]
     assert given == {"nats": {"servers": ["nats://a:1", "nats://b:2"]}}
     assert defaults == {"tick_s": 1.0}
 
