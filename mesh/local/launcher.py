@@ -19,12 +19,16 @@ from typing import Any
 
 import yaml
 
+from mesh.errors import InvalidArgumentError
 from mesh.lifecycle import cancel_and_wait
 from mesh.local.layout import node_identity, settings_yaml, tier_node_settings
 from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
+
+#: how a rig starts a mesh process: the ``mesh`` command of this interpreter, as a user would.
+MESH_COMMAND = (sys.executable, "-m", "mesh.cli")
 
 
 class NodeProcess:
@@ -47,7 +51,7 @@ class NodeProcess:
         self.http_url: str | None = None
         self._child = ChildProcess(
             name,
-            [sys.executable, "-m", "mesh.services.node", "--config", str(self.config_path)],
+            [*MESH_COMMAND, "node", "--config", str(self.config_path)],
             self.log_path,
             ready_prefix=READY_PREFIX,
             env=child_env(env),
@@ -139,7 +143,7 @@ class MeshLayout:
             return list(TIERS)
         unknown = sorted(set(self.models) - set(TIERS))
         if unknown:
-            raise ValueError(f"tiers {unknown} are not among {list(TIERS)}")
+            raise InvalidArgumentError(f"tiers {unknown} are not among {list(TIERS)}")
         return [tier for tier in TIERS if self.models.get(tier)]
 
 
@@ -226,7 +230,7 @@ class EmbeddedMesh:
 
         creds = await self.site.hub.issue(IdentitySpec("ingress", Role.INGRESS))
         argv = [
-            sys.executable, "-m", "mesh.cli", "ingress", "--servers", self.site_url,
+            *MESH_COMMAND, "ingress", "--servers", self.site_url,
             "--creds", str(creds), "--http-port", "0", "--grpc-port", "0",
         ]  # fmt: skip
         for manifest in self.entry_manifests():

@@ -39,8 +39,8 @@ from mesh.errors import (
 )
 from mesh.lifecycle import Service
 from mesh.observability import tracing
-from mesh.security.creds import CredentialsError, inbox_prefix_of
 from mesh.topology import subjects
+from mesh.transport.connection import close_quietly, inbox_prefix_for, open_connection
 from mesh.transport.guard import GuardedClient
 from mesh.typedefs import Array
 
@@ -308,23 +308,13 @@ class MeshClient(Service):
         creds = options.get("user_credentials")
         if isinstance(creds, str | Path) and "inbox_prefix" not in options:
             # The mesh lets an identity read replies under its own inbox prefix only.
-            prefix = await asyncio.to_thread(_inbox_prefix_or_none, creds)
+            prefix = await asyncio.to_thread(inbox_prefix_for, creds)
             if prefix is not None:
                 options["inbox_prefix"] = prefix
         first_s = float(options.pop("connect_timeout", FIRST_CONNECT_S))
-        options["connect_timeout"] = first_s
-        nc = GuardedClient()
-        try:
-            # nats-py retries the first connect as it reconnects (for ever, with the option
-            # above): the deadline makes an address where nothing answers fail fast.
-            async with asyncio.timeout(first_s):
-                await nc.connect(servers, **options)
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            await _close_quietly(nc)
-            raise UnavailableError(
-                f"cannot connect to NATS at {servers} within {first_s:.0f} s "
-                f"({type(exc).__name__}): is the server up, and are the credentials right?"
-            ) from None
+        nc = await open_connection(
+            servers, first_connect_s=first_s, connect_timeout=first_s, **options
+        )
         return cls(nc)
 
     @property
@@ -549,7 +539,7 @@ class MeshClient(Service):
             try:
                 await self._nc.drain()
             except Exception:
-                await _close_quietly(self._nc)
+                await close_quietly(self._nc)
         elif not self._owns and self._replies.subscription is not None:
             with contextlib.suppress(Exception):
                 await self._replies.subscription.unsubscribe()
@@ -570,17 +560,3 @@ log = logging.getLogger("mesh.client")
 
 async def _log_nats_error(exc: Exception) -> None:
     log.debug("NATS: %s: %s", type(exc).__name__, exc)
-
-
-def _inbox_prefix_or_none(creds: str | Path) -> str | None:
-    try:
-        return inbox_prefix_of(creds)
-    except CredentialsError as exc:
-        raise UnavailableError(str(exc)) from None
-
-
-async def _close_quietly(nc: NATS) -> None:
-    try:
-        await nc.close()
-    except Exception:  # closing a connection that never opened may fail in many ways
-        return

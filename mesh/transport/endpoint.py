@@ -37,7 +37,7 @@ from mesh.errors import (
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.node.dataplane import DataPlane, Outcome
 from mesh.observability import tracing
-from mesh.observability.metrics import MeshMetrics, default_metrics
+from mesh.observability.metrics import MeshMetrics
 from mesh.topology import subjects
 from mesh.transport.guard import flush_in_order
 
@@ -78,7 +78,7 @@ class NatsEndpoint(Service):
         max_inflight: int = 1024,
         max_batch: int = 32,
         drain_seconds: float = 5.0,
-        metrics: MeshMetrics | None = None,
+        metrics: MeshMetrics,
     ) -> None:
         self._nc = nc
         self._dataplane = dataplane
@@ -86,7 +86,7 @@ class NatsEndpoint(Service):
         self._max_inflight = max_inflight
         self._max_batch = max_batch
         self._drain_seconds = drain_seconds
-        self._metrics = metrics or default_metrics()
+        self._metrics = metrics
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._identity = dataplane.identity

@@ -41,7 +41,7 @@ from tenacity import (
 from mesh import wire
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.observability import tracing
-from mesh.observability.metrics import MeshMetrics, default_metrics
+from mesh.observability.metrics import MeshMetrics
 from mesh.settings import HardExampleSettings
 from mesh.topology import subjects
 
@@ -82,14 +82,14 @@ class HardExampleStore(Service):
         tier: str,
         node: str,
         settings: HardExampleSettings,
-        metrics: MeshMetrics | None = None,
+        metrics: MeshMetrics,
     ) -> None:
         self.tier = tier
         self.node = node
         self.settings = settings
         self.stream = subjects.hard_example_stream(tier)
         self._js = nc.jetstream(domain=settings.domain)
-        self._metrics = metrics or default_metrics()
+        self._metrics = metrics
 
     async def _start(self) -> None:
         s = self.settings
@@ -177,7 +177,7 @@ class HardExampleForwarder(Service):
         tier: str,
         upstream_tier: str,
         settings: HardExampleSettings,
-        metrics: MeshMetrics | None = None,
+        metrics: MeshMetrics,
         batch: int = 64,
     ) -> None:
         self.tier = tier
@@ -194,7 +194,7 @@ class HardExampleForwarder(Service):
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
-        self._metrics = metrics or default_metrics()
+        self._metrics = metrics
 
     async def _start(self) -> None:
         if self._task is None:

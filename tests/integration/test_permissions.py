@@ -33,6 +33,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 
 from mesh.local.servers import free_port, server_binary
+from mesh.observability.metrics import MeshMetrics
 from mesh.security.identities import Fleet, IdentitySpec, auth_block, create_fleet
 from mesh.security.permissions import Role
 from mesh.security.server_config import leaf_remote_block, leaf_remotes_block, leafnodes_block
@@ -532,7 +533,7 @@ async def test_a_node_keeps_and_forwards_hard_examples_with_its_own_streams(
     await js.add_stream(StreamConfig(name="MESH_HARD_EDGE", subjects=["mesh.hard.edge.>"]))
     await js.publish("mesh.hard.edge.digits", b"case", headers={"Nats-Msg-Id": "r1"})
     forwarder = HardExampleForwarder(
-        edge.nc, tier="edge", upstream_tier="gateway", settings=settings
+        edge.nc, tier="edge", upstream_tier="gateway", settings=settings, metrics=MeshMetrics()
     )
     await forwarder.start()
     try:
