@@ -1,29 +1,33 @@
-"""Typed settings of every mesh service, read from a YAML file and ``MESH_*`` variables.
+"""Typed settings of every mesh process, read from a YAML file, ``MESH_*`` variables and flags.
 
 Environment variables override the file; nested fields use ``__`` (``MESH_NATS__SERVERS``,
-``MESH_UPSTREAM__TIMEOUT_MS``). Every field is documented where it is declared.
+``MESH_UPSTREAM__TIMEOUT_MS``). The node reads ``MESH_*``, the ingress ``MESH_INGRESS_*``
+(``MESH_INGRESS_NATS__SERVERS``), the controller ``MESH_CONTROLLER_*``. Every field is
+documented where it is declared.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import ssl
+from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
 
+from mesh.node.breaker import BreakerConfig
 from mesh.node.policy import RESIDENCY_ZONES
 from mesh.scoring.confidence import ConfidenceKind
-from mesh.security.creds import inbox_prefix_of
 from mesh.topology.subjects import check_token
 
 
@@ -39,7 +43,7 @@ class NatsSettings(_Section):
     servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     """NATS server URLs; the local (site or device) server first."""
     credentials: Path | None = None
-    """A ``.creds`` file (JWT and nkey seed) for this node's NATS identity
+    """A ``.creds`` file (JWT and nkey seed) for this process's NATS identity
     (``mesh identities init``); a mesh server takes no connection without one."""
     inbox_prefix: str | None = None
     """Prefix of this connection's reply subjects. Default: the ``_INBOX_<name>`` prefix that
@@ -57,71 +61,15 @@ class NatsSettings(_Section):
     reconnect_wait_s: float = Field(0.5, gt=0)
     """Seconds between reconnect attempts; the client reconnects forever."""
     first_connect_s: float = Field(60.0, gt=0)
-    """How long a starting service keeps trying to reach NATS before it gives up."""
-    drain_timeout_s: float = Field(5.0, gt=0)
-    """Longest wait, at shutdown, for replies in flight before the connection closes."""
+    """How long a starting process keeps trying to reach NATS before it gives up (it may start
+    before its server); a signal stops it at once however long this is."""
+    drain_timeout_s: float = Field(1.0, gt=0)
+    """Longest wait, at shutdown, for requests in flight to be answered before the connection
+    closes. A process stops within 2 s of SIGTERM whatever this says (``mesh.services.process``)."""
     watch_interval_s: float = Field(2.0, gt=0)
     """Seconds between the node's own round trips checking that its connection still reads."""
     watch_timeout_s: float = Field(3.0, gt=0)
     """Seconds without its round trip back after which a connection that claims to be up is dead."""
-
-    def connect_options(self, name: str) -> dict[str, Any]:
-        """Keyword arguments for ``nats.connect``; reads the creds file (blocking: call it from a
-        worker thread in async code)."""
-        options: dict[str, Any] = {
-            "servers": self.servers,
-            "name": name,
-            "connect_timeout": self.connect_timeout_s,
-            "reconnect_time_wait": self.reconnect_wait_s,
-            "drain_timeout": self.drain_timeout_s,
-            "max_reconnect_attempts": -1,
-            "allow_reconnect": True,
-        }
-        if self.credentials is not None:
-            options["user_credentials"] = str(self.credentials)
-        prefix = self.inbox_prefix
-        if prefix is None and self.credentials is not None:
-            prefix = inbox_prefix_of(self.credentials)
-        if prefix is not None:
-            options["inbox_prefix"] = prefix
-        if self.nkeys_seed is not None:
-            options["nkeys_seed"] = str(self.nkeys_seed)
-        if self.tls_ca is not None or self.tls_cert is not None:
-            context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
-            if self.tls_cert is not None:
-                context.load_cert_chain(
-                    str(self.tls_cert), str(self.tls_key) if self.tls_key else None
-                )
-            options["tls"] = context
-        return options
-
-
-class BreakerSettings(_Section):
-    """Circuit breaker on the link to the upstream tier."""
-
-    failure_threshold: int = Field(5, ge=1)
-    """Consecutive failures that open the breaker."""
-    failure_rate: float = Field(0.5, gt=0, le=1)
-    """Share of failed calls in the window that opens the breaker."""
-    window_seconds: float = Field(10.0, gt=0)
-    """Length of the sliding window for the failure rate."""
-    min_calls: int = Field(10, ge=1)
-    """Calls needed in the window before the rate counts."""
-    open_seconds: float = Field(1.0, gt=0)
-    """First cool-down before a probe is let through; it grows with repeated trips."""
-    max_open_seconds: float = Field(30.0, gt=0)
-    """Cap of the growing cool-down."""
-    half_open_probes: int = Field(1, ge=1)
-    """Probe requests let through at once while half-open."""
-
-    @model_validator(mode="after")
-    def _cool_down(self) -> BreakerSettings:
-        if self.max_open_seconds < self.open_seconds:
-            raise ValueError(
-                f"max_open_seconds ({self.max_open_seconds}) must be at least open_seconds "
-                f"({self.open_seconds})"
-            )
-        return self
 
 
 class UpstreamSettings(_Section):
@@ -135,7 +83,8 @@ class UpstreamSettings(_Section):
     """Longest wait for the upstream, whatever the request's budget."""
     reserve_ms: float = Field(2.0, ge=0)
     """Budget kept back from the escalation to answer locally if the upstream fails."""
-    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    """Circuit breaker on the link to the upstream tier (``mesh.node.breaker.BreakerConfig``)."""
 
     @field_validator("zone")
     @classmethod
@@ -364,12 +313,79 @@ def _default_node_id() -> str:
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
 
 
-class NodeSettings(BaseSettings):
-    """A tier node: the same service on every tier, with a different configuration."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ServiceSettings(BaseSettings):
+    """What every mesh process (node, ingress, controller) is configured with, and how.
+
+    Read from, the first that sets a field winning: command-line flags, ``MESH_*`` variables
+    (each process its own prefix), keyword arguments, the YAML file, the flags' defaults."""
 
     model_config = SettingsConfigDict(
         env_prefix="MESH_", env_nested_delimiter="__", extra="forbid", yaml_file=None
     )
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    """The process's NATS connection."""
+    log_level: str = "INFO"
+    """Least severe log level written (JSON lines on stdout): ``DEBUG`` to ``CRITICAL``."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        if v.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}")
+        return v.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        layers = _layers.get()
+        if layers is None:
+            return (env_settings, init_settings)
+        sources: list[PydanticBaseSettingsSource] = [
+            InitSettingsSource(settings_cls, dict(layers.flags)),
+            env_settings,
+            init_settings,
+        ]
+        if layers.file is not None:
+            sources.append(_YamlFile(settings_cls, layers.file))
+        sources.append(InitSettingsSource(settings_cls, dict(layers.defaults)))
+        return tuple(sources)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None = None,
+        *,
+        flags: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Self:
+        """Settings from a YAML file, overridden by ``overrides``, then by the variables, then
+        by ``flags`` (nested like the file); ``defaults`` fill in what none of them sets.
+        A file that is not YAML raises ``yaml.YAMLError``; one that is not a mapping,
+        ``ValueError``; invalid settings, pydantic's ``ValidationError``."""
+        layers = _Layers(
+            Path(path) if path is not None else None, dict(flags or {}), dict(defaults or {})
+        )
+        token = _layers.set(layers)
+        try:
+            return cls(**overrides)
+        finally:
+            _layers.reset(token)
+
+
+class NodeSettings(ServiceSettings):
+    """A tier node: the same service on every tier, with a different configuration
+    (``mesh node``; variables ``MESH_*``)."""
 
     tier: str
     """Tier name (``edge``, ``gateway``, ``cloud``): the chain is configuration, not code."""
@@ -379,7 +395,6 @@ class NodeSettings(BaseSettings):
     """Residency zone this tier runs in: ``device``, ``site`` or ``cloud``."""
     entry: bool = False
     """Take application requests from ``mesh.infer.<model>`` (the lowest tier)."""
-    nats: NatsSettings = Field(default_factory=NatsSettings)
     upstream: UpstreamSettings | None = None
     """Next tier up; none on the top tier."""
     models: list[ModelSettings] = Field(default_factory=list)
@@ -400,7 +415,6 @@ class NodeSettings(BaseSettings):
     """Address of the health, readiness and metrics server."""
     http_port: int | None = Field(0, ge=0, le=65535)
     """Port of that server; 0 picks a free one, null disables it."""
-    log_level: str = "INFO"
 
     @field_validator("tier")
     @classmethod
@@ -419,35 +433,68 @@ class NodeSettings(BaseSettings):
             raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
         return v
 
+
+class IngressSettings(ServiceSettings):
+    """The Open Inference Protocol ingress (``mesh ingress``; variables ``MESH_INGRESS_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_INGRESS_")
+
+    manifests: list[Path] = Field(default_factory=list)
+    """Manifests of the models the entry tier serves: their metadata and input checks.
+    Relative paths are relative to the settings file."""
+    host: str = "127.0.0.1"
+    """Address the REST and gRPC servers listen on."""
+    http_port: int = Field(8080, ge=0, le=65535)
+    """REST port; 0 picks a free one."""
+    grpc_port: int = Field(8081, ge=0, le=65535)
+    """gRPC port; 0 picks a free one."""
+    token: str = ""
+    """Bearer token callers must send (``Authorization: Bearer ...``); empty: none required."""
+    default_budget_ms: float = Field(1000.0, gt=0)
+    """Budget of a request that names none."""
+    max_budget_ms: float = Field(60_000.0, gt=0)
+    """Largest budget a request may ask for."""
+    max_body_bytes: int = Field(64 << 20, ge=1)
+    """Largest request body (REST) or message (gRPC)."""
+    refresh_s: float = Field(2.0, gt=0)
+    """Seconds between asking the entry tier's nodes what they serve."""
+    stale_after_s: float = Field(10.0, gt=0)
+    """Seconds without an answer from the fleet after which the ingress reports not ready."""
+
+
+class ControllerSettings(ServiceSettings):
+    """A rollout controller (``mesh controller``; variables ``MESH_CONTROLLER_*``): any number
+    may run, one leads."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_CONTROLLER_")
+
+    name: str = Field(default_factory=lambda: f"controller-{socket.gethostname()}")
+    """This controller's name; give each its own (a restart under the same name takes its
+    lease back at once)."""
+    domain: str = "hub"
+    """JetStream domain of the fleet's registry."""
+    tick_s: float = Field(1.0, gt=0)
+    """Seconds between looks at the fleet."""
+    lease_s: float = Field(5.0, gt=0)
+    """Seconds a silent leader keeps the lead."""
+    offline_after_s: float = Field(10.0, gt=0)
+    """Seconds without a heartbeat after which a node counts as offline."""
+
+    @field_validator("domain")
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Earlier sources win: variables, then keyword arguments, then the YAML file.
-        path = _yaml_file.get()
-        if path is None:
-            return (env_settings, init_settings)
-        return (env_settings, init_settings, _YamlFile(settings_cls, path))
-
-    @classmethod
-    def load(cls, path: Path | None = None, **overrides: Any) -> NodeSettings:
-        """Settings from a YAML file, overridden by ``overrides``, then by ``MESH_*``
-        variables. A file that is not YAML raises ``yaml.YAMLError``; one that is not a
-        mapping, ``ValueError``; invalid settings, pydantic's ``ValidationError``."""
-        token = _yaml_file.set(Path(path) if path is not None else None)
-        try:
-            return cls(**overrides)
-        finally:
-            _yaml_file.reset(token)
+    def _domain(cls, v: str) -> str:
+        return check_token(v, "domain")
 
 
-#: the YAML file ``NodeSettings.load`` is reading (pydantic-settings asks for sources by class).
-_yaml_file: ContextVar[Path | None] = ContextVar("mesh_settings_yaml", default=None)
+@dataclass(frozen=True)
+class _Layers:
+    file: Path | None
+    flags: dict[str, Any]
+    defaults: dict[str, Any]
+
+
+#: what ``ServiceSettings.load`` is reading (pydantic-settings asks for sources by class).
+_layers: ContextVar[_Layers | None] = ContextVar("mesh_settings_layers", default=None)
 
 
 class _YamlFile(YamlConfigSettingsSource):
@@ -468,12 +515,19 @@ class _YamlFile(YamlConfigSettingsSource):
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    def resolved(value: object) -> object:
+        if isinstance(value, str) and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
     models = data.get("models")
     if isinstance(models, list):
         for model in models:
             if isinstance(model, dict):
                 for key in ("path", "manifest"):
-                    value = model.get(key)
-                    if isinstance(value, str) and not Path(value).is_absolute():
-                        model[key] = str(base / value)
+                    if key in model:
+                        model[key] = resolved(model[key])
+    manifests = data.get("manifests")
+    if isinstance(manifests, list):
+        data["manifests"] = [resolved(value) for value in manifests]
     return data

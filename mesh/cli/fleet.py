@@ -48,30 +48,21 @@ def signature_path_for(manifest: Path) -> Path:
 async def _connect(
     servers: str, creds: Path | None, tls_ca: Path | None = None
 ) -> AsyncIterator[Any]:
-    import ssl
+    """A command's connection: the processes' options, but one try (a command fails at once)."""
+    from mesh.cli.options import server_list
+    from mesh.settings import NatsSettings
+    from mesh.transport.connection import close_quietly, connect_options, open_connection
 
-    import nats
-
-    from mesh.security.creds import inbox_prefix_of
-
-    options: dict[str, Any] = {"servers": [s.strip() for s in servers.split(",")]}
-    if tls_ca is not None:
-        options["tls"] = await asyncio.to_thread(ssl.create_default_context, cafile=str(tls_ca))
-    if creds is not None:
-        options["user_credentials"] = str(creds)
-        prefix = await asyncio.to_thread(inbox_prefix_of, creds)
-        if prefix:
-            options["inbox_prefix"] = prefix
-    try:
-        nc = await nats.connect(**options, connect_timeout=5, max_reconnect_attempts=0)
-    except Exception as exc:
-        from mesh.errors import UnavailableError
-
-        raise UnavailableError(f"cannot connect to {servers}: {exc!r}") from None
+    settings = NatsSettings(
+        servers=server_list(servers), credentials=creds, tls_ca=tls_ca, connect_timeout_s=5.0
+    )
+    options = await asyncio.to_thread(connect_options, settings, "mesh-cli")
+    options.update(allow_reconnect=False, max_reconnect_attempts=0)
+    nc = await open_connection(options.pop("servers"), first_connect_s=5.0, **options)
     try:
         yield nc
     finally:
-        await nc.close()
+        await close_quietly(nc)
 
 
 def _run(coro: Callable[[], Awaitable[_T]]) -> _T:

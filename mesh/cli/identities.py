@@ -34,13 +34,10 @@ def init(directory: Path, edge_replicas: int, tls: bool, hosts: tuple[str, ...])
     """Make a new fleet in DIRECTORY: operator, system and mesh accounts, the server
     configuration that trusts them (auth.conf, for every nats-server's `include`), and a
     creds file per identity of the README's three tiers."""
-    from mesh.security.keystore import KeyStore, KeyStoreError, standard_identities
+    from mesh.security.keystore import KeyStore, standard_identities
 
-    try:
-        names = list(dict.fromkeys(("127.0.0.1", "localhost", *hosts)))
-        store = KeyStore.create(directory, tls=tls, hosts=names)
-    except KeyStoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    names = list(dict.fromkeys(("127.0.0.1", "localhost", *hosts)))
+    store = KeyStore.create(directory, tls=tls, hosts=names)
     for spec in standard_identities(edge_replicas):
         path = store.add(spec)
         click.echo(f"{spec.name} ({spec.role}): {path}")
@@ -82,35 +79,29 @@ def add(
 
     No server restarts: the servers trust the account, and the account signs the user."""
     from mesh.security.identities import IdentitySpec
-    from mesh.security.keystore import KeyStore, KeyStoreError
+    from mesh.security.keystore import KeyStore
 
-    try:
-        store = KeyStore.open(directory)
-        spec = IdentitySpec(
-            name,
-            Role(role),
-            tier,
-            upstream_tier,
-            entry,
-            list(models) if models else None,
-            downstream_tier=downstream_tier,
-            domain=domain,
-        )
-        click.echo(str(store.add(spec)))
-    except (KeyStoreError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    store = KeyStore.open(directory)
+    spec = IdentitySpec(
+        name,
+        Role(role),
+        tier,
+        upstream_tier,
+        entry,
+        list(models) if models else None,
+        downstream_tier=downstream_tier,
+        domain=domain,
+    )
+    click.echo(str(store.add(spec)))
 
 
 @identities.command("list")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 def list_(directory: Path) -> None:
     """The identities issued in DIRECTORY, one a line."""
-    from mesh.security.keystore import KeyStore, KeyStoreError
+    from mesh.security.keystore import KeyStore
 
-    try:
-        store = KeyStore.open(directory)
-    except KeyStoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    store = KeyStore.open(directory)
     for name, info in sorted(store.identities().items()):
         where = f" tier={info.get('tier')}" if info.get("tier") else ""
         up = f" upstream={info.get('upstream_tier')}" if info.get("upstream_tier") else ""

@@ -214,27 +214,21 @@ def import_(
 ) -> None:
     """Add ONNX_FILE to a model repository as the next version of NAME for TIER, its manifest
     written from the graph (and from --data when given), and checked as a node loads it."""
-    from mesh.errors import MeshError
     from mesh.models.importer import import_model
-    from mesh.node.repository import ModelConfigError
 
     labels = None
     if labels_file is not None:
         labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
-    try:
-        result = import_model(
-            onnx_file,
-            name=name,
-            tier=tier,
-            repo=repo,
-            labels=labels,
-            data=data,
-            scored_output=scored_output,
-            max_drop=max_drop,
-        )
-    except (MeshError, ModelConfigError, ValueError) as exc:
-        click.echo(f"mesh models import: {exc}", err=True)
-        sys.exit(2)
+    result = import_model(
+        onnx_file,
+        name=name,
+        tier=tier,
+        repo=repo,
+        labels=labels,
+        data=data,
+        scored_output=scored_output,
+        max_drop=max_drop,
+    )
     click.echo(f"imported {name} version {result.version} for tier {tier}: {result.manifest_path}")
     for note in result.notes:
         click.echo(f"note: {note}")

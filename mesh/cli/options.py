@@ -1,14 +1,16 @@
-"""What the ``mesh`` commands share: the group that reports typed errors, the cache option."""
+"""What the ``mesh`` commands share: the group that reports typed errors, the common options,
+and the flags of a process command as a source of its settings."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 DEFAULT_CACHE = Path(os.environ.get("MESH_CACHE_DIR", Path.home() / ".cache" / "edge-mesh"))
 
@@ -55,3 +57,42 @@ class MeshGroup(click.Group):
         except MeshError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+
+
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="YAML settings file; MESH_* environment variables and the flags given override it.",
+)
+
+#: where a flag goes in a process's settings: a dotted field, or a field and a conversion.
+FlagField = str | tuple[str, Callable[[Any], Any]]
+
+
+def server_list(servers: str) -> list[str]:
+    """``--servers`` as settings take it: comma-separated URLs."""
+    return [url.strip() for url in servers.split(",") if url.strip()]
+
+
+def flag_settings(
+    ctx: click.Context, fields: Mapping[str, FlagField]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The command's flags as two layers of settings: those given on the command line (over
+    the file and the variables) and the flags' defaults (under them)."""
+    given: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for param, field in fields.items():
+        value = ctx.params.get(param)
+        if value is None:
+            continue
+        path, convert = (field, None) if isinstance(field, str) else field
+        layer = (
+            given if ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE else defaults
+        )
+        *sections, name = path.split(".")
+        for section in sections:
+            layer = layer.setdefault(section, {})
+        layer[name] = convert(value) if convert is not None else value
+    return given, defaults

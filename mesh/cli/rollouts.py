@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -30,6 +29,7 @@ from mesh.cli.fleet import (
     tls_ca_option,
 )
 from mesh.cli.fleet import fleet as fleet_group
+from mesh.cli.options import FlagField, config_option, flag_settings, server_list
 
 trusted_option = click.option(
     "--trusted-key",
@@ -208,6 +208,7 @@ for _name in ("pause", "resume", "abort"):
 
 
 @click.command("controller")
+@config_option
 @servers_option
 @creds_option
 @tls_ca_option
@@ -223,42 +224,32 @@ for _name in ("pause", "resume", "abort"):
     "--lease", default=5.0, show_default=True, help="Seconds a silent leader keeps the lead."
 )
 @click.option("--offline-after", default=10.0, show_default=True)
-def controller(
-    servers: str,
-    creds: Path | None,
-    tls_ca: Path | None,
-    domain: str,
-    name: str,
-    tick: float,
-    lease: float,
-    offline_after: float,
-) -> None:
-    """Drive the fleet's rollouts (one of any number of controllers leads)."""
-    import logging
+@click.pass_context
+def controller(ctx: click.Context, /, config: Path | None, **_: object) -> None:
+    """Drive the fleet's rollouts (one of any number of controllers leads).
 
-    from mesh.fleet.controller import Controller
+    Settings: --config FILE, MESH_CONTROLLER_* variables (MESH_CONTROLLER_NATS__SERVERS...), and
+    the flags, which win."""
+    from mesh.services.stopping import exit_on_signal
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    exit_on_signal()
+    from mesh.services.controller import main as controller_main
 
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        async with _connect(servers, creds, tls_ca) as nc:
-            c = Controller(
-                nc,
-                name=name,
-                domain=domain,
-                tick_s=tick,
-                lease_s=lease,
-                offline_after_s=offline_after,
-            )
-            async with c:
-                print(f"MESH_CONTROLLER ready name={name}", flush=True)
-                await stop.wait()
+    flags, defaults = flag_settings(ctx, CONTROLLER_FLAGS)
+    controller_main(config, flags=flags, defaults=defaults)
 
-    _run(go)
+
+#: where each flag of ``mesh controller`` goes in ``ControllerSettings``.
+CONTROLLER_FLAGS: dict[str, FlagField] = {
+    "servers": ("nats.servers", server_list),
+    "creds": "nats.credentials",
+    "tls_ca": "nats.tls_ca",
+    "domain": "domain",
+    "name": "name",
+    "tick": "tick_s",
+    "lease": "lease_s",
+    "offline_after": "offline_after_s",
+}
 
 
 @fleet_group.command("simulate")
@@ -304,6 +295,7 @@ def simulate(
     )
     from mesh.dev.models.demo import ensure_demo
     from mesh.fleet.controller import Controller
+    from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="mesh-fleet-"))
     demo = ensure_demo(cache or DEFAULT_CACHE / "demo")
@@ -316,11 +308,7 @@ def simulate(
         audit_rate=audit_rate,
     )
 
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def go(shutdown: Shutdown) -> int:
         started = time.monotonic()
         async with FleetSimulation(settings, demo) as sim:
             assert sim.key is not None
@@ -341,11 +329,11 @@ def simulate(
             try:
                 last = time.monotonic()
                 cpu_last = (await sim.process_figures())["cpu_s"]
-                while not stop.is_set():
+                while not shutdown.requested:
                     if duration is not None and time.monotonic() - started > duration:
                         break
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 10.0)
+                        await asyncio.wait_for(shutdown.wait(), 10.0)
                     figures = await sim.process_figures()
                     now = time.monotonic()
                     cpu_share = (
@@ -365,5 +353,6 @@ def simulate(
                 if nc is not None:
                     await nc.close()
                 await load.stop()
+        return 0
 
-    _run(go)
+    asyncio.run(run_until_signalled(go, grace_s=RIG_STOP_GRACE_S))

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +13,15 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from mesh.cli.options import cache_option, creds_option, servers_option
+from mesh.cli.options import (
+    FlagField,
+    cache_option,
+    config_option,
+    creds_option,
+    flag_settings,
+    server_list,
+    servers_option,
+)
 
 if TYPE_CHECKING:
     from mesh.sdk.client import InferResult
@@ -30,6 +37,9 @@ if TYPE_CHECKING:
 )
 def node(config: Path | None) -> None:
     """Run one tier node."""
+    from mesh.services.stopping import exit_on_signal
+
+    exit_on_signal()
     from mesh.services.node import main as node_main
 
     node_main(config)
@@ -163,9 +173,10 @@ def up(
 
     Every process it starts dies with it; a node that exits is reported and restarted."""
     from mesh.dev.models.demo import ensure_demo
-    from mesh.errors import MeshError
+    from mesh.errors import InvalidArgumentError
     from mesh.local.launcher import EmbeddedMesh, MeshLayout
     from mesh.models.validate import require_valid
+    from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
     async def layout() -> MeshLayout:
         if repository is not None:
@@ -176,7 +187,9 @@ def up(
             entries = await asyncio.to_thread(repo.entries)
             tiers = sorted({entry.tier for entry in entries})
             if not tiers:
-                raise ValueError("the repository holds no model; add one with mesh models import")
+                raise InvalidArgumentError(
+                    f"{repository}: the repository holds no model; add one with mesh models import"
+                )
             models = {
                 tier: [
                     settings.model_dump(mode="json", exclude_defaults=True)
@@ -204,16 +217,9 @@ def up(
             events=True,
         )
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            plan = await layout()
-            plan.tiers()
-        except (ValueError, MeshError) as exc:
-            raise click.ClickException(f"{repository}: {exc}") from None
+    async def run(shutdown: Shutdown) -> int:
+        plan = await layout()
+        plan.tiers()
         mesh = EmbeddedMesh(plan, work_dir=keep_logs, site_port=port)
         try:
             await mesh.start()
@@ -239,16 +245,18 @@ def up(
             supervisor = asyncio.create_task(
                 mesh.supervise(lambda line: click.echo(line, err=True))
             )
-            await stop.wait()
+            await shutdown.wait()
             supervisor.cancel()
         finally:
             click.echo("stopping the mesh", err=True)
             await mesh.close()
+        return 0
 
-    asyncio.run(run())
+    asyncio.run(run_until_signalled(run, grace_s=RIG_STOP_GRACE_S))
 
 
 @click.command()
+@config_option
 @servers_option("NATS server of the tier the ingress runs beside.")
 @creds_option(
     "The ingress identity's NATS credentials (mesh identities add DIR NAME --role ingress).",
@@ -276,36 +284,34 @@ def up(
 )
 @click.option("--budget-ms", default=1000.0, show_default=True, help="Default request budget.")
 @click.option("--max-body-mb", default=64.0, show_default=True, help="Largest request body.")
-def ingress(
-    servers: str,
-    creds: Path | None,
-    manifests: tuple[Path, ...],
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    token: str,
-    tls_ca: Path | None,
-    budget_ms: float,
-    max_body_mb: float,
-) -> None:
-    """Serve the Open Inference Protocol (KServe v2, REST and gRPC) in front of the mesh."""
-    from mesh.observability.telemetry import configure_logging
-    from mesh.services.ingress import IngressOptions, serve
+@click.pass_context
+def ingress(ctx: click.Context, /, config: Path | None, **_: object) -> None:
+    """Serve the Open Inference Protocol (KServe v2, REST and gRPC) in front of the mesh.
 
-    configure_logging("INFO", service="mesh-ingress")
-    options = IngressOptions(
-        servers=servers,
-        creds=creds,
-        manifests=list(manifests),
-        host=host,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        token=token,
-        tls_ca=tls_ca,
-        default_budget_ms=budget_ms,
-        max_body=int(max_body_mb * 1024 * 1024),
-    )
-    sys.exit(asyncio.run(serve(options)))
+    Settings: --config FILE, MESH_INGRESS_* variables (MESH_INGRESS_NATS__SERVERS...), and the
+    flags, which win."""
+    from mesh.services.stopping import exit_on_signal
+
+    exit_on_signal()
+    from mesh.services.ingress import main as ingress_main
+
+    flags, defaults = flag_settings(ctx, INGRESS_FLAGS)
+    ingress_main(config, flags=flags, defaults=defaults)
+
+
+#: where each flag of ``mesh ingress`` goes in ``IngressSettings``.
+INGRESS_FLAGS: dict[str, FlagField] = {
+    "servers": ("nats.servers", server_list),
+    "creds": "nats.credentials",
+    "tls_ca": "nats.tls_ca",
+    "manifests": ("manifests", list),
+    "host": "host",
+    "http_port": "http_port",
+    "grpc_port": "grpc_port",
+    "token": "token",
+    "budget_ms": "default_budget_ms",
+    "max_body_mb": ("max_body_bytes", lambda mb: int(mb * 1024 * 1024)),
+}
 
 
 @click.command()

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from mesh.errors import InvalidArgumentError
 from mesh.lifecycle import cancel_and_wait
 from mesh.local.layout import node_identity, settings_yaml, tier_node_settings
 from mesh.local.servers import APPLICATION, Site
@@ -27,6 +28,9 @@ from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
 from mesh.topology.streams import MeshTopology, TierPlacement
 from mesh.transport.jetstream import provision
+
+#: how a rig starts a mesh process: the ``mesh`` command of this interpreter, as a user would.
+MESH_COMMAND = (sys.executable, "-m", "mesh.cli")
 
 
 class NodeProcess:
@@ -49,7 +53,7 @@ class NodeProcess:
         self.http_url: str | None = None
         self._child = ChildProcess(
             name,
-            [sys.executable, "-m", "mesh.services.node", "--config", str(self.config_path)],
+            [*MESH_COMMAND, "node", "--config", str(self.config_path)],
             self.log_path,
             ready_prefix=READY_PREFIX,
             env=child_env(env),
@@ -141,7 +145,7 @@ class MeshLayout:
             return list(TIERS)
         unknown = sorted(set(self.models) - set(TIERS))
         if unknown:
-            raise ValueError(f"tiers {unknown} are not among {list(TIERS)}")
+            raise InvalidArgumentError(f"tiers {unknown} are not among {list(TIERS)}")
         return [tier for tier in TIERS if self.models.get(tier)]
 
 
@@ -249,7 +253,7 @@ class EmbeddedMesh:
 
         creds = await self.site.hub.issue(IdentitySpec("ingress", Role.INGRESS))
         argv = [
-            sys.executable, "-m", "mesh.cli", "ingress", "--servers", self.site_url,
+            *MESH_COMMAND, "ingress", "--servers", self.site_url,
             "--creds", str(creds), "--http-port", "0", "--grpc-port", "0",
         ]  # fmt: skip
         for manifest in self.entry_manifests():

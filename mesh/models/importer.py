@@ -78,8 +78,11 @@ def import_model(
 
     ``data`` is an ``.npz`` with ``x`` (sample inputs, for reference statistics) and optionally
     ``y`` (labels, to calibrate the threshold against the next tier's newest version)."""
-    check_token(name, "model name")
-    check_token(tier, "tier")
+    try:
+        check_token(name, "model name")
+        check_token(tier, "tier")
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
     notes: list[str] = []
     try:
         proto = onnx.load(str(onnx_path))

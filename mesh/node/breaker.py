@@ -45,30 +45,34 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    """When a breaker opens, how long it stays open, and how it probes its way back."""
+    """When a breaker opens, how long it stays open, and how it probes its way back.
 
-    #: consecutive failures that open the breaker from CLOSED.
+    Also the ``upstream.breaker`` section of a node's settings (``MESH_UPSTREAM__BREAKER__*``),
+    validated there by ``__post_init__``."""
+
     failure_threshold: int = 5
-    #: length of the sliding window over which the failure rate is computed, in seconds.
+    """Consecutive failures that open the breaker."""
     window_seconds: float = 10.0
-    #: failure share (0..1] over the window at or above which the breaker opens.
+    """Length of the sliding window for the failure rate, in seconds."""
     failure_rate: float = 0.5
-    #: calls needed in the window before the failure rate is considered at all.
+    """Share of failed calls in the window, in (0, 1], that opens the breaker."""
     min_calls: int = 10
-    #: time buckets the window is divided into (resolution of the sliding window).
+    """Calls needed in the window before the rate counts."""
     window_buckets: int = 10
-    #: cool-down of the first trip, in seconds.
+    """Time buckets the window is divided into (the resolution of the sliding window)."""
     open_seconds: float = 1.0
-    #: factor by which each further consecutive trip lengthens the cool-down.
+    """First cool-down before a probe is let through; it grows with repeated trips."""
     backoff_multiplier: float = 2.0
-    #: upper bound of the cool-down, in seconds.
+    """Factor by which each further consecutive trip lengthens the cool-down."""
     max_open_seconds: float = 30.0
-    #: fraction in [0, 1) by which a cool-down is randomly shortened.
+    """Cap of the growing cool-down, in seconds."""
     jitter: float = 0.1
-    #: probe calls allowed at the same time in HALF_OPEN.
+    """Fraction in [0, 1) by which a cool-down is randomly shortened, so that breakers which
+    tripped together do not probe together."""
     half_open_probes: int = 1
-    #: successful probes that close the breaker from HALF_OPEN.
+    """Probe requests let through at once while half-open."""
     close_after: int = 1
+    """Successful probes that close the breaker from half-open."""
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -79,8 +83,13 @@ class BreakerConfig:
             raise ValueError("failure_rate must be in (0, 1]")
         if self.min_calls < 1:
             raise ValueError("min_calls must be >= 1")
-        if self.open_seconds <= 0 or self.max_open_seconds < self.open_seconds:
-            raise ValueError("need 0 < open_seconds <= max_open_seconds")
+        if self.open_seconds <= 0:
+            raise ValueError("open_seconds must be > 0")
+        if self.max_open_seconds < self.open_seconds:
+            raise ValueError(
+                f"max_open_seconds ({self.max_open_seconds}) must be at least open_seconds "
+                f"({self.open_seconds})"
+            )
         if self.backoff_multiplier < 1:
             raise ValueError("backoff_multiplier must be >= 1")
         if not 0 <= self.jitter < 1:

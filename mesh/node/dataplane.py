@@ -46,7 +46,7 @@ from mesh.node.policy import (
 )
 from mesh.node.served import LocalAnswer, ServedModel
 from mesh.node.upstream import UpstreamFailure, UpstreamLink, UpstreamTransport
-from mesh.observability.metrics import OTHER_MODEL, MeshMetrics, default_metrics
+from mesh.observability.metrics import OTHER_MODEL, MeshMetrics
 from mesh.typedefs import Feeds
 
 log = logging.getLogger("mesh.dataplane")
@@ -141,7 +141,8 @@ class DataPlane(Service):
         models: ModelTable,
         upstream: UpstreamLink | None = None,
         hard_examples: HardExampleSink | None = None,
-        metrics: MeshMetrics | None = None,
+        *,
+        metrics: MeshMetrics,
         clock: Callable[[], float] = time.monotonic,
         peers: UpstreamTransport | None = None,
     ) -> None:
@@ -152,7 +153,7 @@ class DataPlane(Service):
         #: heterogeneous): asked first for a request fresh from a client this node cannot serve.
         self.peers = peers
         self.hard_examples = hard_examples
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics
         self._clock = clock
         #: longest ``stop`` waits for hard examples still being recorded.
         self.drain_seconds = 5.0

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mesh.errors import InvalidArgumentError
 from mesh.scoring import confidence
 from mesh.scoring.confidence import ConfidenceKind
 from mesh.scoring.novelty import NoveltyScorer
@@ -42,7 +43,7 @@ MIN_OPSET = 13
 _PREFIX = "mesh.fused."
 
 
-class Unfusable(ValueError):
+class Unfusable(InvalidArgumentError):
     """The graph cannot carry the scores; the model is scored with numpy instead."""
 
 

@@ -98,7 +98,7 @@ def _load_scored(
                 problem,
             )
         except Unfusable as why:
-            log.info("model %s: scores stay out of its graph: %s", settings.name, why)
+            log.info("model %s: scores stay out of its graph: %s", settings.name, why.message)
         except Exception as exc:
             # ONNX or ONNX Runtime refused the extended graph: the model itself may be fine
             # (its own load below says so), served with numpy scoring.
@@ -163,7 +163,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
     return served
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(InvalidArgumentError):
     """A model that cannot be served as configured: found at load, never per request."""
 
 

@@ -18,22 +18,22 @@ from contextlib import AsyncExitStack
 from nats.aio.client import Client as NATS
 
 from mesh import wire
-from mesh.errors import UnavailableError
 from mesh.events.consumer import EventConsumer
 from mesh.fleet.agent import FleetAgent, restore
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.node.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from mesh.node.breaker import BreakerState, CircuitBreaker
 from mesh.node.dataplane import DataPlane, ModelTable, TierIdentity
 from mesh.node.latency import LatencyTracker
 from mesh.node.repository import load_model
 from mesh.node.served import ServedModel
 from mesh.node.upstream import UpstreamLink
-from mesh.observability.metrics import GaugeSource, MeshMetrics, default_metrics
+from mesh.observability.metrics import GaugeSource, MeshMetrics
 from mesh.settings import ModelSettings, NodeSettings
 from mesh.topology import subjects
+from mesh.transport.connection import connect
 from mesh.transport.discovery import NodeRegistration, package_version
 from mesh.transport.endpoint import NatsEndpoint
-from mesh.transport.guard import ConnectionWatch, GuardedClient
+from mesh.transport.guard import ConnectionWatch
 from mesh.transport.hardexamples import HardExampleCollector, HardExampleInbox, HardExampleStore
 from mesh.transport.http import HttpServer, Readiness, create_app
 from mesh.transport.upstream import NatsUpstream
@@ -48,9 +48,9 @@ DRIFT_CHECK_SECONDS = 0.5
 
 
 class TierNode(Service):
-    def __init__(self, settings: NodeSettings, *, metrics: MeshMetrics | None = None) -> None:
+    def __init__(self, settings: NodeSettings, *, metrics: MeshMetrics) -> None:
         self.settings = settings
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics
         self.models = ModelTable()
         self.readiness = Readiness()
         self.nc: NATS | None = None
@@ -137,6 +137,7 @@ class TierNode(Service):
             max_inflight=s.max_inflight,
             max_inflight_per_caller=min(s.max_inflight_per_caller, s.max_inflight),
             max_batch=max((m.batching.max_batch_size for m in models), default=1),
+            drain_seconds=s.nats.drain_timeout_s,
             metrics=self.metrics,
         )
         await stack.enter_async_context(self.endpoint)
@@ -190,25 +191,14 @@ class TierNode(Service):
         )
 
     async def _connect(self) -> NATS:
-        """The first connection: a node may start before its server (in compose or Kubernetes
-        it often does). nats-py keeps trying it, as it does reconnects; this bounds the wait."""
         s = self.settings
-        try:
-            options = await asyncio.to_thread(s.nats.connect_options, f"mesh-{s.tier}-{s.node}")
-            async with asyncio.timeout(s.nats.first_connect_s):
-                nc = GuardedClient()
-                await nc.connect(
-                    **options,
-                    error_cb=self._on_nats_error,
-                    disconnected_cb=self._on_disconnect,
-                    reconnected_cb=self._on_reconnect,
-                )
-                return nc
-        except TimeoutError:
-            raise UnavailableError(
-                f"node {s.node} could not reach NATS at {s.nats.servers} "
-                f"within {s.nats.first_connect_s:.0f}s"
-            ) from None
+        return await connect(
+            s.nats,
+            f"mesh-{s.tier}-{s.node}",
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+        )
 
     async def swap_model(self, settings: ModelSettings, drain_seconds: float = 10.0) -> str | None:
         """Serve another version of a model without dropping a request; returns the old version.
@@ -249,7 +239,6 @@ class TierNode(Service):
     def _make_upstream(self, nc: NATS) -> UpstreamLink:
         s = self.settings
         assert s.upstream is not None
-        b = s.upstream.breaker
         latency = LatencyTracker(max_age_seconds=10.0)
 
         def on_transition(name: str, old: BreakerState, new: BreakerState) -> None:
@@ -259,15 +248,7 @@ class TierNode(Service):
             self.metrics.breaker_transitions.add(1, s.tier, name, old.value, new.value)
 
         breaker = CircuitBreaker(
-            BreakerConfig(
-                failure_threshold=b.failure_threshold,
-                failure_rate=b.failure_rate,
-                window_seconds=b.window_seconds,
-                min_calls=b.min_calls,
-                open_seconds=b.open_seconds,
-                max_open_seconds=b.max_open_seconds,
-                half_open_probes=b.half_open_probes,
-            ),
+            s.upstream.breaker,
             name=s.upstream.tier,
             on_transition=on_transition,
         )

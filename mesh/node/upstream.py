@@ -10,12 +10,13 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from mesh import wire
+from mesh.errors import UnavailableError
 from mesh.node.breaker import BreakerState, CircuitBreaker
 from mesh.node.latency import LatencyTracker
 from mesh.node.policy import DegradedReason, UpstreamView
 
 
-class UpstreamFailure(Exception):
+class UpstreamFailure(UnavailableError):
     """Escalation did not produce an answer; ``reason`` is the degraded reason to report."""
 
     def __init__(

@@ -40,9 +40,10 @@ from mesh.errors import (
 )
 from mesh.lifecycle import Service
 from mesh.observability import tracing
-from mesh.security.creds import CredentialsError, inbox_prefix_of, user_seed
+from mesh.security.creds import user_seed
 from mesh.topology import subjects
 from mesh.topology.headers import MSG_ID
+from mesh.transport.connection import close_quietly, inbox_prefix_for, open_connection
 from mesh.transport.guard import GuardedClient
 from mesh.typedefs import Array
 
@@ -322,24 +323,14 @@ class MeshClient(Service):
         if isinstance(creds, str | Path):
             if "inbox_prefix" not in options:
                 # The mesh lets an identity read replies under its own inbox prefix only.
-                prefix = await asyncio.to_thread(_inbox_prefix_or_none, creds)
+                prefix = await asyncio.to_thread(inbox_prefix_for, creds)
                 if prefix is not None:
                     options["inbox_prefix"] = prefix
             event_key = await asyncio.to_thread(_event_key_or_none, creds)
         first_s = float(options.pop("connect_timeout", FIRST_CONNECT_S))
-        options["connect_timeout"] = first_s
-        nc = GuardedClient()
-        try:
-            # nats-py retries the first connect as it reconnects (for ever, with the option
-            # above): the deadline makes an address where nothing answers fail fast.
-            async with asyncio.timeout(first_s):
-                await nc.connect(servers, **options)
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            await _close_quietly(nc)
-            raise UnavailableError(
-                f"cannot connect to NATS at {servers} within {first_s:.0f} s "
-                f"({type(exc).__name__}): is the server up, and are the credentials right?"
-            ) from None
+        nc = await open_connection(
+            servers, first_connect_s=first_s, connect_timeout=first_s, **options
+        )
         return cls(nc, event_key=event_key)
 
     @property
@@ -585,7 +576,7 @@ class MeshClient(Service):
             try:
                 await self._nc.drain()
             except Exception:
-                await _close_quietly(self._nc)
+                await close_quietly(self._nc)
         elif not self._owns and self._replies.subscription is not None:
             with contextlib.suppress(Exception):
                 await self._replies.subscription.unsubscribe()
@@ -638,24 +629,8 @@ async def _log_nats_error(exc: Exception) -> None:
 
 
 def _event_key_or_none(creds: str | Path) -> bytes | None:
+    """The key of this identity's event tags, from its credentials' seed."""
     from mesh.events.streams import event_key
 
-    try:
-        seed = user_seed(creds)
-    except CredentialsError as exc:
-        raise UnavailableError(str(exc)) from None
+    seed = user_seed(creds)
     return None if seed is None else event_key(seed)
-
-
-def _inbox_prefix_or_none(creds: str | Path) -> str | None:
-    try:
-        return inbox_prefix_of(creds)
-    except CredentialsError as exc:
-        raise UnavailableError(str(exc)) from None
-
-
-async def _close_quietly(nc: NATS) -> None:
-    try:
-        await nc.close()
-    except Exception:  # closing a connection that never opened may fail in many ways
-        return

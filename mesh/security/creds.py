@@ -19,12 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mesh.errors import InvalidArgumentError
+
 _JWT = re.compile(r"-----BEGIN NATS USER JWT-----\s*(\S+)\s*------END NATS USER JWT------")
 _INBOX = re.compile(r"^(_INBOX_[A-Za-z0-9_\-]+)\.>$")
 _SEED = re.compile(r"-----BEGIN USER NKEY SEED-----\s*(\S+)\s*------END USER NKEY SEED------")
 
 
-class CredentialsError(ValueError):
+class CredentialsError(InvalidArgumentError):
     """A ``.creds`` file that cannot be read as one."""
 
 

@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nkeys  # type: ignore[import-untyped]
 from nats_jwt.nkeys_ext import (  # type: ignore[import-untyped]
@@ -40,6 +40,7 @@ from nats_jwt.v2.account_claims import AccountClaims  # type: ignore[import-unty
 from nats_jwt.v2.operator_claims import OperatorClaims  # type: ignore[import-untyped]
 from nats_jwt.v2.user_claims import UserClaims  # type: ignore[import-untyped]
 
+from mesh.errors import InvalidArgumentError
 from mesh.security.permissions import Permissions, Role, inbox_prefix, permissions_for
 from mesh.topology.subjects import check_token
 
@@ -152,6 +153,19 @@ class Fleet:
         return path
 
 
+class FleetKeys(Protocol):
+    """The keys a fleet's servers trust: a ``Fleet`` in memory, a ``KeyStore`` on disk."""
+
+    @property
+    def operator(self) -> Operator: ...
+
+    @property
+    def system_account(self) -> Account: ...
+
+    @property
+    def account(self) -> Account: ...
+
+
 @dataclass(frozen=True)
 class ServerAuthConfig:
     """What a server needs to trust the fleet: rendered by ``auth_block``."""
@@ -181,9 +195,12 @@ def create_account(
 
 def create_identity(account: Account, spec: IdentitySpec) -> Identity:
     """A user of ``account`` with the permissions of ``spec``'s role, signed by the account."""
-    check_token(spec.name, "identity name")
+    try:
+        check_token(spec.name, "identity name")
+        permissions = spec.permissions()
+    except ValueError as exc:
+        raise InvalidArgumentError(f"identity {spec.name!r}: {exc}") from None
     kp = create_user_pair()
-    permissions = spec.permissions()
     claims = UserClaims(_text(kp.public_key), spec.name)
     claims.nats.pub.allow = list(permissions.publish_allow)
     claims.nats.pub.deny = list(permissions.publish_deny)
@@ -213,10 +230,7 @@ def create_fleet(
 
     With ``creds_dir``, writes ``<creds_dir>/<name>.creds`` (mode 0600) for every identity.
     """
-    operator = create_operator(operator_name)
-    system = create_account(operator, "SYS", jetstream=False)
-    account = create_account(operator, account_name)
-    operator = with_system_account(operator, system)
+    operator, system, account = create_accounts(operator_name, account_name)
     identities: dict[str, Identity] = {}
     for spec in specs:
         if spec.name in identities:
@@ -234,6 +248,16 @@ def create_fleet(
             )
         identities[spec.name] = identity
     return Fleet(operator, system, account, identities)
+
+
+def create_accounts(
+    operator_name: str = "mesh", account_name: str = "MESH"
+) -> tuple[Operator, Account, Account]:
+    """A new operator with its system account (``SYS``) and the mesh account."""
+    operator = create_operator(operator_name)
+    system = create_account(operator, "SYS", jetstream=False)
+    account = create_account(operator, account_name)
+    return with_system_account(operator, system), system, account
 
 
 def with_system_account(operator: Operator, system: Account) -> Operator:
@@ -274,21 +298,21 @@ def write_creds(identity: Identity, directory: Path) -> Path:
     return path
 
 
-def server_auth_config(fleet: Fleet) -> ServerAuthConfig:
+def server_auth_config(keys: FleetKeys) -> ServerAuthConfig:
     return ServerAuthConfig(
-        operator_jwt=fleet.operator.jwt,
-        system_account=fleet.system_account.public_key,
+        operator_jwt=keys.operator.jwt,
+        system_account=keys.system_account.public_key,
         accounts={
-            fleet.system_account.public_key: fleet.system_account.jwt,
-            fleet.account.public_key: fleet.account.jwt,
+            keys.system_account.public_key: keys.system_account.jwt,
+            keys.account.public_key: keys.account.jwt,
         },
-        mesh_account=fleet.account.public_key,
+        mesh_account=keys.account.public_key,
     )
 
 
-def auth_block(auth: ServerAuthConfig | Fleet) -> str:
+def auth_block(auth: ServerAuthConfig | FleetKeys) -> str:
     """The nats-server configuration lines that trust the fleet (operator mode, memory resolver)."""
-    if isinstance(auth, Fleet):
+    if not isinstance(auth, ServerAuthConfig):
         auth = server_auth_config(auth)
     preload = "\n".join(f'  {key}: "{jwt}"' for key, jwt in auth.accounts.items())
     return (
@@ -351,12 +375,14 @@ def _text(value: bytes | str) -> str:
 __all__ = [
     "Account",
     "Fleet",
+    "FleetKeys",
     "Identity",
     "IdentitySpec",
     "Operator",
     "ServerAuthConfig",
     "auth_block",
     "create_account",
+    "create_accounts",
     "create_fleet",
     "create_identity",
     "create_operator",

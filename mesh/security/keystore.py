@@ -25,16 +25,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mesh.errors import InvalidArgumentError
 from mesh.security.identities import (
     Account,
     IdentitySpec,
     Operator,
     ServerAuthConfig,
     auth_block,
-    create_account,
+    create_accounts,
     create_identity,
-    create_operator,
-    with_system_account,
+    server_auth_config,
     write_creds,
 )
 from mesh.security.permissions import Role
@@ -48,8 +48,8 @@ CREDS_DIR = "creds"
 TLS_DIR = "tls"
 
 
-class KeyStoreError(RuntimeError):
-    """A key store directory that is missing or damaged."""
+class KeyStoreError(InvalidArgumentError):
+    """A key store directory that is missing, damaged, or already holds another fleet."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,7 @@ class KeyStore:
         directory.mkdir(parents=True, exist_ok=True)
         if (directory / FLEET_FILE).exists():
             raise KeyStoreError(f"{directory} already holds a fleet's keys; open it instead")
-        operator = create_operator("mesh")
-        system = create_account(operator, "SYS", jetstream=False)
-        account = create_account(operator, "MESH")
-        operator = with_system_account(operator, system)
+        operator, system, account = create_accounts()
         store = cls(directory, operator, system, account)
         _write_private(
             directory / FLEET_FILE,
@@ -155,15 +152,7 @@ class KeyStore:
     # ---- servers --------------------------------------------------------------------------
 
     def server_auth(self) -> ServerAuthConfig:
-        return ServerAuthConfig(
-            operator_jwt=self.operator.jwt,
-            system_account=self.system_account.public_key,
-            accounts={
-                self.system_account.public_key: self.system_account.jwt,
-                self.account.public_key: self.account.jwt,
-            },
-            mesh_account=self.account.public_key,
-        )
+        return server_auth_config(self)
 
     @property
     def auth_file(self) -> Path:

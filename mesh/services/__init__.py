@@ -1,1 +1,2 @@
-"""The mesh's processes: ``mesh node``, ``mesh demo``, ``mesh bench``."""
+"""The mesh's processes (``mesh node``, ``mesh ingress``, ``mesh controller``), started one way
+(``process``) and stopped one way (``stopping``)."""

@@ -8,11 +8,10 @@ servers listen.
 from __future__ import annotations
 
 import asyncio
-import signal
-import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mesh.ingress.core import Ingress
 from mesh.ingress.grpc_server import GrpcIngress
@@ -20,23 +19,14 @@ from mesh.ingress.rest import create_rest_app
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.observability.telemetry import configure_telemetry
 from mesh.sdk.client import MeshClient
+from mesh.services.process import load_settings, run_process
+from mesh.services.stopping import Shutdown, exit_on_signal
+from mesh.settings import IngressSettings
+from mesh.transport.connection import connect
 from mesh.transport.http import HttpServer
 
 READY_PREFIX = "MESH_INGRESS_READY"
-
-
-@dataclass
-class IngressOptions:
-    servers: str
-    creds: Path | None
-    manifests: Sequence[Path]
-    host: str = "127.0.0.1"
-    http_port: int = 8080
-    grpc_port: int = 8081
-    token: str = ""
-    tls_ca: Path | None = None
-    default_budget_ms: float = 1000.0
-    max_body: int = 64 << 20
+SERVICE = "mesh-ingress"
 
 
 def load_manifests(paths: Sequence[Path]) -> dict[str, ModelManifest]:
@@ -47,30 +37,49 @@ def load_manifests(paths: Sequence[Path]) -> dict[str, ModelManifest]:
     return out
 
 
-async def serve(options: IngressOptions) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    manifests = await asyncio.to_thread(load_manifests, options.manifests)
-    connect: dict[str, object] = {}
-    if options.creds is not None:
-        connect["user_credentials"] = str(options.creds)
-    if options.tls_ca is not None:
-        connect["tls"] = await asyncio.to_thread(
-            ssl.create_default_context, cafile=str(options.tls_ca)
-        )
-    async with configure_telemetry("mesh-ingress", "ingress"):
-        client = await MeshClient.connect(options.servers, **connect)
+async def serve(settings: IngressSettings, shutdown: Shutdown) -> int:
+    """Serve REST and gRPC until ``shutdown``."""
+    manifests = await asyncio.to_thread(load_manifests, settings.manifests)
+    async with configure_telemetry(SERVICE, "ingress"):
+        client = MeshClient(await connect(settings.nats, SERVICE))
         async with client:
-            ingress = Ingress(client, manifests, default_budget_ms=options.default_budget_ms)
-            app = create_rest_app(ingress, token=options.token, max_body=options.max_body)
-            http = HttpServer(app, options.host, options.http_port)
+            ingress = Ingress(
+                client,
+                manifests,
+                default_budget_ms=settings.default_budget_ms,
+                max_budget_ms=settings.max_budget_ms,
+                refresh_s=settings.refresh_s,
+                stale_after_s=settings.stale_after_s,
+            )
+            limit = settings.max_body_bytes
+            app = create_rest_app(ingress, token=settings.token, max_body=limit)
+            http = HttpServer(app, settings.host, settings.http_port)
             grpc_server = GrpcIngress(
-                ingress, options.host, options.grpc_port, token=options.token,
-                max_message=options.max_body,
+                ingress, settings.host, settings.grpc_port, token=settings.token,
+                max_message=limit,
             )  # fmt: skip
             async with ingress, http, grpc_server:
                 print(f"{READY_PREFIX} http={http.url} grpc={grpc_server.address}", flush=True)
-                await stop.wait()
+                await shutdown.wait()
     return 0
+
+
+def main(
+    config: Path | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Run the ingress until SIGINT or SIGTERM; invalid settings exit with status 2."""
+    exit_on_signal()
+    settings = load_settings(
+        IngressSettings,
+        "ingress",
+        config,
+        flags=flags,
+        defaults=defaults,
+        source="flags and MESH_INGRESS_* variables",
+    )
+    status = run_process(lambda shutdown: serve(settings, shutdown), settings, SERVICE)
+    if status:
+        sys.exit(status)

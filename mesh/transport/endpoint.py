@@ -38,7 +38,7 @@ from mesh.lifecycle import Service, cancel_and_wait
 from mesh.node.admission import Admission, caller_of
 from mesh.node.dataplane import DataPlane, Outcome
 from mesh.observability import tracing
-from mesh.observability.metrics import MeshMetrics, default_metrics
+from mesh.observability.metrics import MeshMetrics
 from mesh.topology import subjects
 from mesh.transport.guard import flush_in_order
 
@@ -80,7 +80,7 @@ class NatsEndpoint(Service):
         max_inflight_per_caller: int = 0,
         max_batch: int = 32,
         drain_seconds: float = 5.0,
-        metrics: MeshMetrics | None = None,
+        metrics: MeshMetrics,
     ) -> None:
         self._nc = nc
         self._dataplane = dataplane
@@ -88,7 +88,7 @@ class NatsEndpoint(Service):
         self._admission = Admission(max_inflight, max_inflight_per_caller)
         self._max_batch = max_batch
         self._drain_seconds = drain_seconds
-        self._metrics = metrics or default_metrics()
+        self._metrics = metrics
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._identity = dataplane.identity

@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from mesh import wire
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.observability import tracing
-from mesh.observability.metrics import MeshMetrics, default_metrics
+from mesh.observability.metrics import MeshMetrics
 from mesh.settings import HardExampleSettings
 from mesh.topology import subjects
 from mesh.topology.headers import MSG_ID
@@ -53,7 +53,7 @@ class HardExampleStore(Service):
         tier: str,
         node: str,
         settings: HardExampleSettings,
-        metrics: MeshMetrics | None = None,
+        metrics: MeshMetrics,
     ) -> None:
         self.tier = tier
         self.node = node
@@ -62,7 +62,7 @@ class HardExampleStore(Service):
         #: cases recorded here the tier above has not taken up yet.
         self.backlog = 0
         self._js = nc.jetstream(domain=settings.domain)
-        self._metrics = metrics or default_metrics()
+        self._metrics = metrics
         self._watch: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
@@ -138,7 +138,7 @@ class HardExampleCollector(Service):
         tier: str,
         below: str,
         settings: HardExampleSettings,
-        metrics: MeshMetrics | None = None,
+        metrics: MeshMetrics,
         batch: int = 64,
     ) -> None:
         self.tier = tier
@@ -153,7 +153,7 @@ class HardExampleCollector(Service):
         self._js = nc.jetstream(domain=settings.domain)
         self._batch = batch
         self._tasks: list[asyncio.Task[None]] = []
-        self._metrics = metrics or default_metrics()
+        self._metrics = metrics
 
     async def _start(self) -> None:
         self._tasks = [

@@ -22,8 +22,8 @@ from nats.js.api import Header
 from mesh import MeshClient, MeshError
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.servers import NatsServer
-from mesh.node.breaker import BreakerState
-from mesh.settings import BreakerSettings, HardExampleSettings
+from mesh.node.breaker import BreakerConfig, BreakerState
+from mesh.settings import HardExampleSettings
 from mesh.topology import subjects
 from mesh.topology.streams import inbox_stream
 from mesh.wire import decode_hard_example
@@ -32,7 +32,7 @@ from tests.fixtures.site import LinkedSite
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
 
-FAST_BREAKER = BreakerSettings(
+FAST_BREAKER = BreakerConfig(
     failure_threshold=3, open_seconds=0.3, max_open_seconds=1.0, min_calls=1000
 )
 

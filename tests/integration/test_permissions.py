@@ -33,6 +33,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 
 from mesh.local.servers import free_port, server_binary
+from mesh.observability.metrics import MeshMetrics
 from mesh.security.identities import Fleet, IdentitySpec, auth_block, create_fleet
 from mesh.security.permissions import Role
 from mesh.security.server_config import leaf_remote_block, leaf_remotes_block, leafnodes_block
@@ -547,14 +548,18 @@ async def test_hard_examples_are_kept_by_their_tier_and_taken_up_by_the_one_abov
     for spec in (hard_example_spec("edge"), learn_spec("gateway")):
         await ensure(admin.nc.jetstream(), spec)
     settings = HardExampleSettings(collect_from="edge")
-    store = HardExampleStore(edge.nc, tier="edge", node="edge-1", settings=settings)
+    store = HardExampleStore(
+        edge.nc, tier="edge", node="edge-1", settings=settings, metrics=MeshMetrics()
+    )
     inbox = HardExampleInbox(gateway.nc, tier="gateway", settings=settings)
     await store.start()
     await inbox.start()
     await edge.nc.jetstream().publish(
         "mesh.hard.edge.digits", b"case", headers={"Nats-Msg-Id": "r1"}
     )
-    collector = HardExampleCollector(gateway.nc, tier="gateway", below="edge", settings=settings)
+    collector = HardExampleCollector(
+        gateway.nc, tier="gateway", below="edge", settings=settings, metrics=MeshMetrics()
+    )
     await collector.start()
     try:
         async with asyncio.timeout(10):

@@ -31,7 +31,7 @@ def test_init_writes_the_server_config_creds_and_tls_and_keeps_the_seeds_private
     names = {p.stem for p in (fleet / "creds").glob("*.creds")}
     assert {"app", "edge-0", "gateway-0", "cloud-0", "site-leaf", "admin"} <= names
     again = CliRunner().invoke(main, ["identities", "init", str(fleet)])
-    assert again.exit_code == 1 and "already holds" in again.output
+    assert again.exit_code == 2 and "already holds" in again.output
 
 
 def test_add_issues_a_node_identity_with_its_tier_and_list_shows_it(tmp_path: Path) -> None:
@@ -64,4 +64,4 @@ def test_opening_a_folder_without_keys_says_how_to_make_them(tmp_path: Path) -> 
     with pytest.raises(KeyStoreError, match="mesh identities init"):
         KeyStore.open(tmp_path)
     result = CliRunner().invoke(main, ["identities", "list", str(tmp_path)])
-    assert result.exit_code == 1 and "mesh identities init" in result.output
+    assert result.exit_code == 2 and "mesh identities init" in result.output
