@@ -22,9 +22,10 @@ import yaml
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.fleet import registry
 from mesh.local.layout import node_identity
-from mesh.local.servers import NatsServer, Site, free_port
+from mesh.local.servers import NatsServer, free_port
 from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
+from tests.fixtures.site import LinkedSite
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -201,7 +202,8 @@ async def test_a_serving_ingress_stops_within_the_bound(nats_server: NatsServer)
     assert code == 0, running.lines[-5:]
 
 
-async def test_a_leading_controller_stops_within_the_bound(site: Site) -> None:
+async def test_a_leading_controller_stops_within_the_bound(linked: LinkedSite) -> None:
+    site = linked.site
     nc = await site.hub.connect(name="fleet-setup")
     try:
         hub = nc.jetstream(domain=registry.HUB_DOMAIN)
