@@ -29,6 +29,7 @@ from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import NotFoundError, ResourceExhaustedError
 from mesh.events.records import InferenceEvent, encode_event
 from mesh.local.servers import ADMIN
+from mesh.node.breaker import BreakerConfig
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
@@ -63,9 +64,13 @@ class Identity:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def expect_violation(self, subject: str) -> None:
-        wanted = f'permissions violation for publish to "{subject}"'.lower()
+        """Wait for the server's refusal of ``subject``. A server maps its own domain's API
+        (``$JS.<its domain>.API``) to ``$JS.API`` before it checks, and reports that."""
+        _, api, operation = subject.partition(".API.")
+        names = [subject] if not api else [subject, f"$JS.API.{operation}"]
+        wanted = [f'permissions violation for publish to "{n}"'.lower() for n in names]
         async with asyncio.timeout(5.0):
-            while not any(wanted in v for v in self.violations):
+            while not any(w in v for v in self.violations for w in wanted):
                 self.changed.clear()
                 await self.changed.wait()
 
@@ -176,7 +181,8 @@ async def test_no_runtime_identity_can_make_a_stream_that_captures_others_traffi
         with pytest.raises(nats.js.errors.NotFoundError):
             await js.stream_info("CAPTURE")
         store = (await js.stream_info(MODEL_STORE_STREAM)).config
-        assert store.subjects in (["$O.MESH_MODELS.>"], None)  # a site's copy is a mirror
+        # as provisioned: the store's own subjects (a site's copy is a mirror, with none)
+        assert all(subject.startswith("$O.MESH_MODELS.") for subject in store.subjects or [])
     finally:
         await nc.close()
 
@@ -336,7 +342,7 @@ async def test_one_callers_flood_of_waiting_requests_takes_only_its_share(
     [edge] = await chain.start(
         provisioned.leaf_url,
         Tier("edge", model="edge-int8", node="edge-0", threshold=1.01, upstream="gateway",
-             upstream_timeout_ms=5000),
+             upstream_timeout_ms=5000, breaker=NEVER_OPENS),
     )  # fmt: skip
     assert edge.endpoint is not None
     attacker = await app(provisioned, keystore, ATTACKER)
@@ -347,7 +353,7 @@ async def test_one_callers_flood_of_waiting_requests_takes_only_its_share(
         async with attacker, victim:
             flood = [
                 asyncio.create_task(attacker.infer("digits", row, budget_ms=2000))
-                for _ in range(share + 40)
+                for _ in range(share + 100)
             ]
             await asyncio.sleep(0.5)
             mine = await asyncio.gather(
@@ -355,10 +361,16 @@ async def test_one_callers_flood_of_waiting_requests_takes_only_its_share(
             )
             outcomes = await asyncio.gather(*flood, return_exceptions=True)
         refused = [o for o in outcomes if isinstance(o, ResourceExhaustedError)]
-        assert len(refused) >= 40 and all("share" in str(o) for o in refused)
+        assert refused and all("share" in str(o) for o in refused)
+        # one batch's own requests may pass the share by at most a batch (32 rows)
+        assert len(outcomes) - len(refused) <= share + 32
         assert all(r.degraded and r.reason == "timeout" for r in mine)
     finally:
         await admin.close()
+
+
+#: a breaker that never opens, so every escalation waits out its budget (and holds its slot).
+NEVER_OPENS = BreakerConfig(failure_threshold=10**6, min_calls=10**6)
 
 
 async def _swallow(msg: Any) -> None:

@@ -20,11 +20,12 @@ import pytest
 import yaml
 
 from mesh.dev.models.demo import DemoArtifacts
-from mesh.fleet import registry
 from mesh.local.layout import node_identity
 from mesh.local.servers import NatsServer, free_port
 from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
+from mesh.topology.streams import standard_topology
+from mesh.transport.jetstream import provision
 from tests.fixtures.site import LinkedSite
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -206,9 +207,8 @@ async def test_a_leading_controller_stops_within_the_bound(linked: LinkedSite) -
     site = linked.site
     nc = await site.hub.connect(name="fleet-setup")
     try:
-        hub = nc.jetstream(domain=registry.HUB_DOMAIN)
-        await registry.ensure_hub(hub)
-        await registry.ensure_domain(hub, hub, registry.HUB_DOMAIN)
+        topology = standard_topology(sites=(), events=False)
+        await provision(lambda domain: nc.jetstream(domain=domain), topology)
     finally:
         await nc.close()
     creds = await site.hub.issue(IdentitySpec("controller", Role.CONTROLLER))
