@@ -202,7 +202,7 @@ class EmbeddedMesh:
             tiers=tuple(TierPlacement(t, at_sites=t != "cloud") for t in tiers),
             sites=(self.site.site_name,),
             event_models=tuple(self.entry_models()),
-            events=self.layout.events,
+            events=self._events_enabled(),
             fleet=self.layout.fleet,
         )
 
@@ -214,6 +214,12 @@ class EmbeddedMesh:
             await provision(lambda domain: nc.jetstream(domain=domain), self.topology())
         finally:
             await nc.close()
+
+    def _events_enabled(self) -> bool:
+        """The entry tier takes events: the layout says so, or its own settings do."""
+        extra = self.layout.extra.get(self._entry_tier())
+        events = extra.get("events") if isinstance(extra, dict) else None
+        return self.layout.events or (isinstance(events, dict) and bool(events.get("enabled")))
 
     def entry_models(self) -> list[str]:
         lay = self.layout
