@@ -206,12 +206,16 @@ def _values(
         chunk, cut = _slice(text, pos)
         pos += cut + 1
         piece = chunk[:cut].translate(None, b"[]")
-        if piece.strip():
+        if piece.strip(b", \t\r\n"):  # a slice of empty lists holds no values
             try:
                 values = decoder.decode(b"[" + piece + b"]")
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except msgspec.ValidationError as exc:
                 reason = str(exc).split(" - at ")[0]
                 raise InvalidArgumentError(f"{what} data is not {datatype}: {reason}") from None
+            except msgspec.DecodeError:
+                raise InvalidArgumentError(
+                    f"{what} data must be lists of numbers, nested as its shape {shape}"
+                ) from None
             if filled + len(values) > count:
                 raise InvalidArgumentError(
                     f"{what} has more than {count} values; shape {shape} takes {count}"

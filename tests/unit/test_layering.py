@@ -26,6 +26,12 @@ PURE = [
     "mesh.node.dataplane",
     "mesh.security.permissions",
     "mesh.security.identities",
+    "mesh.ingress.oip",
+    "mesh.ingress.oip_rest",
+    "mesh.ingress.callers",
+    "mesh.ingress.shares",
+    "mesh.ingress.gate",
+    "mesh.ingress.steps",
 ]
 
 
