@@ -20,6 +20,10 @@ from mesh.ingress.shares import ByteShares
 from mesh.node.admission import Admission
 
 
+class BusyError(ResourceExhaustedError):
+    """No room at the gate for this caller now (429 over REST): a retry later may succeed."""
+
+
 class BodyTimeoutError(DeadlineExceededError):
     """A body that did not arrive within ``body_timeout_s`` of being let in (408 over REST)."""
 
@@ -53,7 +57,7 @@ class Gate:
         """A request slot for ``caller``; RESOURCE_EXHAUSTED at once when it has none."""
         refusal = self.requests.refusal(caller)
         if refusal is not None:
-            raise ResourceExhaustedError(f"the ingress is busy: {refusal}")
+            raise BusyError(f"the ingress is busy: {refusal}")
         self.requests.acquire(caller)
         return Ticket(self, caller)
 
@@ -62,7 +66,7 @@ class Gate:
         deadline = loop.time() + self.limits.wait_s
         while (refusal := self.bytes.refusal(caller, n)) is not None:
             if self.bytes.never_fits(n) or loop.time() >= deadline:
-                raise ResourceExhaustedError(
+                raise BusyError(
                     f"no room for a body of {n} bytes within {self.limits.wait_s:g} s: {refusal}"
                 )
             waiter: asyncio.Future[None] = loop.create_future()

@@ -216,14 +216,11 @@ def _values(
                 raise InvalidArgumentError(
                     f"{what} data must be lists of numbers, nested as its shape {shape}"
                 ) from None
-            if filled + len(values) > count:
-                raise InvalidArgumentError(
-                    f"{what} has more than {count} values; shape {shape} takes {count}"
-                )
-            try:
-                out[filled : filled + len(values)] = values
-            except (OverflowError, ValueError, TypeError) as exc:
-                raise InvalidArgumentError(f"{what} data is not {datatype}: {exc}") from None
+            if filled + len(values) <= count:  # past it, only counted for the message
+                try:
+                    out[filled : filled + len(values)] = values
+                except (OverflowError, ValueError, TypeError) as exc:
+                    raise InvalidArgumentError(f"{what} data is not {datatype}: {exc}") from None
             filled += len(values)
         yield
     if filled != count:

@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from mesh.errors import HTTP_STATUS, InvalidArgumentError, MeshError
+from mesh.errors import HTTP_STATUS, ErrorCode, InvalidArgumentError, MeshError
 from mesh.ingress import oip, oip_rest
 from mesh.ingress.callers import Callers
 from mesh.ingress.core import Ingress
-from mesh.ingress.gate import BodyTimeoutError, Gate, GateLimits, Ticket
+from mesh.ingress.gate import BodyTimeoutError, BusyError, Gate, GateLimits, Ticket
 from mesh.ingress.steps import drive
 from mesh.observability.telemetry import metrics_handler
 from mesh.transport.http import HttpServer
@@ -46,10 +46,12 @@ def error(status: int, message: str) -> web.Response:
 
 
 def _status(exc: MeshError) -> int:
-    if isinstance(exc, oip.TooLargeError):
-        return 413
+    if isinstance(exc, BusyError):
+        return 429
     if isinstance(exc, BodyTimeoutError):
         return 408
+    if exc.code is ErrorCode.RESOURCE_EXHAUSTED:
+        return 413  # a request too large for the ingress or the mesh (rows, bytes, elements)
     return HTTP_STATUS.get(exc.code, 500)
 
 

@@ -195,7 +195,7 @@ def test_a_large_body_is_parsed_in_many_short_steps_to_the_same_array() -> None:
     ("data", "shape", "datatype", "says"),
     [
         ([1, 2, 3], [1, 4], "FP32", "input 'input' has 3 values; shape [1, 4] takes 4"),
-        ([1, 2, 3, 4, 5], [1, 4], "FP32", "has more than 4 values"),
+        ([1, 2, 3, 4, 5], [1, 4], "FP32", "input 'input' has 5 values; shape [1, 4] takes 4"),
         ([1, "x"], [1, 2], "FP32", "data is not FP32"),
         ([1, 300], [1, 2], "UINT8", "data is not UINT8"),
         ([[], []], [1, 2], "FP32", "has 0 values"),
