@@ -286,7 +286,7 @@ def simulate(
     mesh rollout and mesh fleet status work against it, then the load and per-node cost."""
     import tempfile
 
-    from mesh.cli.options import DEFAULT_CACHE
+    from mesh.cli.options import DEFAULT_DEMO_CACHE
     from mesh.dev.fleetsim.simulate import (
         CONTROLLER,
         FleetSimulation,
@@ -298,7 +298,7 @@ def simulate(
     from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="mesh-fleet-"))
-    demo = ensure_demo(cache or DEFAULT_CACHE / "demo")
+    demo = ensure_demo(cache or DEFAULT_DEMO_CACHE)
     settings = SimulationSettings(
         work_dir=work,
         nodes=nodes,

@@ -234,7 +234,7 @@ def up(
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
             return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True, events=True)
         click.echo(f"demo models in {cache} (built on first run)", err=True)
-        demo = await asyncio.to_thread(ensure_demo, cache)
+        demo = await asyncio.to_thread(ensure_demo, cache, 0, _say)
         reports = await asyncio.to_thread(
             require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
         )
