@@ -26,6 +26,7 @@ from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
+from mesh.topology.processes import INGRESS_READY
 from mesh.topology.streams import MeshTopology, TierPlacement
 from mesh.transport.jetstream import provision
 
@@ -105,7 +106,7 @@ class Supervised(Protocol):
 class IngressProcess:
     """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
 
-    READY = "MESH_INGRESS_READY"
+    READY = INGRESS_READY
 
     def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
         self._child = ChildProcess(
