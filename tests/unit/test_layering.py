@@ -94,6 +94,12 @@ PURE_TREES = [
     "mesh.models.manifest",
     "mesh.errors",
     "mesh.lifecycle",
+    "mesh.ingress.oip",
+    "mesh.ingress.oip_rest",
+    "mesh.ingress.callers",
+    "mesh.ingress.shares",
+    "mesh.ingress.gate",
+    "mesh.ingress.steps",
 ]
 
 
