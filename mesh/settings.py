@@ -390,7 +390,7 @@ class ServiceSettings(BaseSettings):
 
 
 #: every settings class's variable prefix: a class with a shorter prefix leaves the others' alone.
-SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_")
+SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_", "MESH_CONSOLE_")
 
 
 def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:

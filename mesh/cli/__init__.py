@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from mesh.cli.console import console
 from mesh.cli.fleet import fleet, keys, models_list, models_push, models_sign
 from mesh.cli.identities import identities
 from mesh.cli.models import models
@@ -24,7 +25,7 @@ def main() -> None:
 
 for _command in (
     node, infer, publish, up, ingress, models, identities, keys, fleet, rollout, controller,
-    bench, demo,
+    bench, demo, console,
 ):  # fmt: skip
     main.add_command(_command)
 for _command in (models_sign, models_push, models_list):

@@ -30,7 +30,9 @@ Rules the table encodes:
   only re-deliver what others wrote, and the readers of the fleet's buckets check each entry's
   key and order (``docs/security.md``).
 - Only the controller writes the fleet's desired state, its rollouts and the model store; a node
-  writes only its own heartbeat key, in its own domain's bucket.
+  writes only its own heartbeat key, in its own domain's bucket. The console may also write a
+  rollout's record (pause, resume, abort, as ``mesh rollout pause`` does), never the
+  controllers' windows and lease in that bucket.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def js_api(operations: Iterable[str], **fields: str) -> list[str]:
 NO_JS_ADMIN = tuple(js_api(JS_ADMIN))
 DESIRED_WRITE = subjects.kv(streams.DESIRED_BUCKET, REST)
 ROLLOUTS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, REST)
+#: the rollout records alone (``rollout.<model>``), not the controllers' other keys.
+ROLLOUT_RECORDS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, streams.rollout_key(ANY))
 MODEL_STORE_WRITE = subjects.object_subjects(streams.MODEL_STORE)
 #: a client may not write what only the controller or the administrator writes.
 NOT_CONTROL = (*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE)
@@ -306,12 +310,15 @@ def _ingress(p: Placement) -> Permissions:
 def _console(p: Placement) -> Permissions:
     inbox = f"{subjects.inbox_prefix(p.name)}.>"
     r = _Rights(
-        publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox],
+        # pause, resume and abort are compare-and-set writes of a rollout's record, as
+        # ``mesh rollout pause`` makes them; the console may write those keys and no other key of
+        # the bucket (the controllers' evidence windows and lease), nor the desired state
+        publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox, ROLLOUT_RECORDS_WRITE],
         subscribe=[inbox, subjects.TELEMETRY_WILDCARD],
     )
     for stream in (streams.DESIRED_STREAM, streams.NODES_STREAM, streams.ROLLOUTS_STREAM):
         r.read(stream)
-    return r.permissions()
+    return r.permissions(deny=(*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE))
 
 
 def _operator(p: Placement) -> Permissions:

@@ -53,6 +53,14 @@ ROLLOUTS_STREAM = subjects.kv_stream(ROLLOUTS_BUCKET)
 
 HUB_DOMAIN = "hub"
 
+#: the key of a model's latest rollout in ``MESH_FLEET_ROLLOUTS`` (``rollout.<model>``); the
+#: bucket's other keys are the controllers' (evidence windows, the leader's lease).
+ROLLOUT_KEY_PREFIX = "rollout."
+
+
+def rollout_key(model: str) -> str:
+    return f"{ROLLOUT_KEY_PREFIX}{model}"
+
 #: heartbeats kept per node (in each domain's bucket and in the hub's).
 HEARTBEAT_HISTORY = 64
 DESIRED_HISTORY = 8
