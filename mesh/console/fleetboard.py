@@ -136,6 +136,18 @@ class FleetBoard:
             return False
         node.beat = status
         self._count(node, previous, status)
+        gap = status.time - previous.time
+        if gap > self.offline_after_s and node.online is not False and not is_stopped(previous):
+            # silent longer than the threshold, back before a tick saw it gone
+            node.journal.append(
+                JournalEntry(
+                    previous.time + self.offline_after_s,
+                    EntryKind.PRESENCE,
+                    f"offline: no heartbeat for {gap:.0f} s",
+                )
+            )
+            node.journal.append(JournalEntry(status.time, EntryKind.PRESENCE, "online again"))
+            node.online = True
         for entry in _changes(previous, status):
             node.journal.append(entry)
         self.version += 1

@@ -26,7 +26,7 @@ from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
-from mesh.topology.processes import INGRESS_READY
+from mesh.topology.processes import CONSOLE_READY, INGRESS_READY
 from mesh.topology.streams import MeshTopology, TierPlacement
 from mesh.transport.jetstream import provision
 
@@ -128,6 +128,37 @@ class IngressProcess:
         await self._child.stop()
 
 
+class ConsoleProcess:
+    """The ``mesh console`` process; ``url`` once it is ready. Restarted on the port it had."""
+
+    READY = CONSOLE_READY
+
+    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self._argv = argv
+        self._child = ChildProcess(
+            "console", argv, log_path, ready_prefix=self.READY, env=child_env(env)
+        )
+        self.url = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        if self.url and "--port" in self._child.argv:
+            # a restart serves where the first start did, so the printed address stays good
+            at = self._child.argv.index("--port") + 1
+            self._child.argv[at] = self.url.rsplit(":", 1)[1]
+        await self._child.start(timeout)
+        self.url = self._child.info.get("http", "")
+
+    async def wait(self) -> int:
+        return await self._child.wait()
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+
 #: the tiers ``mesh up`` knows, lowest first, with their residency zones.
 TIERS = ("edge", "gateway", "cloud")
 ZONES = {"edge": "device", "gateway": "site", "cloud": "cloud"}
@@ -193,6 +224,7 @@ class EmbeddedMesh:
         self.signing_key_path = self.work_dir / "fleet" / "signing.key"
         self.signing_public: str | None = None
         self.ingress: IngressProcess | None = None
+        self.console: ConsoleProcess | None = None
 
     @property
     def site_url(self) -> str:
@@ -285,6 +317,26 @@ class EmbeddedMesh:
         process = IngressProcess(argv, self.work_dir / "ingress.log", env)
         await process.start()
         self.ingress = process
+        return process
+
+    async def start_console(
+        self, token: str, *, port: int = 0, offline_after_s: float | None = None
+    ) -> ConsoleProcess:
+        """The operator console at the hub, as its own process, with the console identity."""
+        from mesh.security.identities import IdentitySpec
+        from mesh.security.permissions import Role
+
+        creds = await self.site.hub.issue(IdentitySpec("console", Role.CONSOLE))
+        argv = [
+            *MESH_COMMAND, "console", "--servers", self.hub_url, "--creds", str(creds),
+            "--port", str(port),
+        ]  # fmt: skip
+        if offline_after_s is not None:
+            argv += ["--offline-after", f"{offline_after_s:g}"]
+        env = {**self.node_env, "MESH_CONSOLE_TOKEN": token}
+        process = ConsoleProcess(argv, self.work_dir / "console.log", env)
+        await process.start()
+        self.console = process
         return process
 
     async def controller_creds(self) -> Path:
@@ -443,6 +495,8 @@ class EmbeddedMesh:
         watched["nats-server hub"] = self.site.hub
         if self.site.leaf is not None:
             watched[f"nats-server {self.site.site_name}"] = self.site.leaf
+        if self.console is not None:
+            watched["console"] = self.console
         restarts: dict[str, list[float]] = {name: [] for name in watched}
         waits = {asyncio.create_task(proc.wait()): name for name, proc in watched.items()}
         try:
@@ -455,7 +509,11 @@ class EmbeddedMesh:
                     status = task.result() if not task.exception() else "unknown"
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < window_s]
-                    what = name if name.startswith("nats-server") else f"node {name}"
+                    what = (
+                        name
+                        if name in ("console",) or name.startswith("nats-server")
+                        else (f"node {name}")
+                    )
                     if len(recent) >= max_restarts:
                         report(f"{what} exited with status {status} again; left down")
                         continue
@@ -467,6 +525,8 @@ class EmbeddedMesh:
                     if isinstance(proc, NodeProcess):
                         # the same http URL as before: its port is kept across restarts
                         report(f"node {name} restarted: pid {proc.pid}, http {proc.http_url}")
+                    elif isinstance(proc, ConsoleProcess):
+                        report(f"console restarted (pid {proc.pid}) at {proc.url}")
                     else:
                         report(f"{what} restarted (pid {proc.pid}) on its own ports")
                     waits[asyncio.create_task(proc.wait())] = name
@@ -475,6 +535,8 @@ class EmbeddedMesh:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.console is not None:
+            await self.console.stop()
         if self.ingress is not None:
             await self.ingress.stop()
         for node in reversed(list(self.nodes.values())):

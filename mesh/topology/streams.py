@@ -61,6 +61,7 @@ ROLLOUT_KEY_PREFIX = "rollout."
 def rollout_key(model: str) -> str:
     return f"{ROLLOUT_KEY_PREFIX}{model}"
 
+
 #: heartbeats kept per node (in each domain's bucket and in the hub's).
 HEARTBEAT_HISTORY = 64
 DESIRED_HISTORY = 8
