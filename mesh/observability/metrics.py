@@ -173,6 +173,13 @@ class MeshMetrics:
             "failed (no answer), skipped (too many in flight)",
             ("tier", "model", "version", "outcome"),
         )
+        self.review_candidates = CounterFamily(
+            "mesh_review_candidates",
+            "Cases offered for human review, by reason and outcome: offered (stored at the "
+            "hub), failed, dropped (too many in flight), over_node_limit; at the hub's intake: "
+            "queued, duplicate, over_limit, invalid",
+            ("tier", "model", "reason", "outcome"),
+        )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
 
     def families(self) -> list[CounterFamily | HistogramFamily]:
@@ -190,6 +197,7 @@ class MeshMetrics:
             self.events,
             self.agreement,
             self.audits,
+            self.review_candidates,
         ]
 
     def observe_gauge(self, name: str, description: str, source: GaugeSource) -> Callable[[], None]:
