@@ -88,6 +88,11 @@ PURE_TREES = [
     "mesh.models.manifest",
     "mesh.errors",
     "mesh.lifecycle",
+    "mesh.review.records",
+    "mesh.review.sampling",
+    "mesh.review.ledger",
+    "mesh.review.truth",
+    "mesh.review.api",
 ]
 
 
