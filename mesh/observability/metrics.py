@@ -176,8 +176,8 @@ class MeshMetrics:
         self.review_candidates = CounterFamily(
             "mesh_review_candidates",
             "Cases offered for human review, by reason and outcome: offered (stored at the "
-            "hub), failed, dropped (too many in flight), over_node_limit; at the hub's intake: "
-            "queued, duplicate, over_limit, invalid",
+            "hub), duplicate (offered before), failed, dropped (too many in flight), "
+            "over_node_limit; at the hub's intake: queued, duplicate, over_limit, invalid",
             ("tier", "model", "reason", "outcome"),
         )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}

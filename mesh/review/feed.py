@@ -103,6 +103,10 @@ class ReviewFeed(Service):
 
     # --- what the data plane tells it -----------------------------------------------------------
 
+    def drifting(self, model: str) -> float | None:
+        """The model's highest drift score while it is over the node's threshold, else None."""
+        return self._drifting.get(model)
+
     def set_drift(self, model: str, psi: float | None) -> None:
         if psi is None:
             self._drifting.pop(model, None)
@@ -351,7 +355,7 @@ class ReviewFeed(Service):
             if len(data) > MAX_ITEM_BYTES:
                 item = replace(item, inputs=None, withheld=f"larger than {MAX_ITEM_BYTES} bytes")
                 data = encode_item(item)
-            await self._js.publish(
+            ack = await self._js.publish(
                 subjects.review_candidate(item.model),
                 data,
                 timeout=self.settings.publish_timeout_s,
@@ -363,7 +367,8 @@ class ReviewFeed(Service):
             count(1, self.identity.tier, item.model, item.reason.value, "failed")
             log.debug("review candidate %s not offered: %r", item.id, exc)
             return
-        count(1, self.identity.tier, item.model, item.reason.value, "offered")
+        outcome = "duplicate" if ack.duplicate else "offered"
+        count(1, self.identity.tier, item.model, item.reason.value, outcome)
 
     async def _report_traffic(self) -> None:
         while True:
