@@ -451,6 +451,8 @@ class EmbeddedMesh:
         (reported with its new pid). A process that exits more than ``max_restarts`` times
         in ``window_s`` is left down and reported so."""
         watched: dict[str, Supervised] = dict(self.nodes)
+        if self.review is not None:
+            watched["review service"] = self.review
         watched["nats-server hub"] = self.site.hub
         if self.site.leaf is not None:
             watched[f"nats-server {self.site.site_name}"] = self.site.leaf
@@ -466,7 +468,7 @@ class EmbeddedMesh:
                     status = task.result() if not task.exception() else "unknown"
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < window_s]
-                    what = name if name.startswith("nats-server") else f"node {name}"
+                    what = name if name.startswith(("nats-server", "review")) else f"node {name}"
                     if len(recent) >= max_restarts:
                         report(f"{what} exited with status {status} again; left down")
                         continue
