@@ -219,13 +219,16 @@ class NatsEndpoint(Service):
                 f"request for model {request.model[:64]!r} sent to subject {msg.subject[:128]!r}"
             )
         if not request.hops:
-            # fresh from a client: whoever reads the reply is whom a label of it is told to
-            # (its own word for that is replaced); the dict was made by the decoder just now
+            # fresh from a client: whoever reads the reply is whom a label of it is told to,
+            # and no tier has answered it yet (a client's own word for either is dropped); the
+            # dict was made by the decoder just now
+            params = request.parameters
             caller = caller_name(msg.reply or "")
             if caller:
-                request.parameters[parameters.CALLER] = caller
+                params[parameters.CALLER] = caller
             else:
-                request.parameters.pop(parameters.CALLER, None)
+                params.pop(parameters.CALLER, None)
+            params.pop(parameters.ANSWERS, None)
         return request
 
     def _spawn(self, work: Coroutine[Any, Any, None], reply: str) -> None:
