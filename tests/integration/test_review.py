@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
 
-from mesh import MeshClient
+from mesh import MeshClient, wire
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import (
     InvalidArgumentError,
@@ -40,6 +40,7 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
 from mesh.settings import EventSettings, HardExampleSettings, ReviewFeedSettings
+from mesh.topology import parameters, subjects
 from mesh.topology.streams import standard_topology
 from mesh.transport.jetstream import provision
 from tests.fixtures.chain import Chain, Tier
@@ -217,6 +218,21 @@ async def test_the_top_tiers_unsure_answer_is_queued_once_with_every_tiers_answe
     shown = await (await review.client(ALICE)).show(item["id"])
     assert shown["input"]["input"]["shape"] == [1, 64]
     assert np.allclose(shown["input"]["input"]["data"], x[0])
+
+    # a client's own word on who asked and what the tiers answered is dropped at the entry
+    forged = wire.InferRequest(
+        "q-3", "digits", {"input": x[2:3]}, 5000.0, parameters={
+            parameters.CALLER: "victim",
+            parameters.ANSWERS: '[["edge","edge-9","v9",[1],0.99]]',
+        },
+    )  # fmt: skip
+    reply = await app.nc.request(subjects.entry("digits"), wire.encode_request(forged), timeout=5)
+    assert isinstance(wire.decode_reply(reply.data), wire.InferResponse)
+    items = await review.items(lambda found: len(found) >= 2)
+    [third] = [i for i in items if i["request_id"] == "q-3"]
+    assert third["caller"] == "app"
+    nodes = [(a["tier"], a["node"]) for a in item["answers"]]
+    assert [(a["tier"], a["node"]) for a in third["answers"]] == nodes  # no edge-9
 
 
 async def test_an_item_whose_residency_keeps_its_input_below_the_hub_says_so_and_cannot_be_labelled(
