@@ -114,13 +114,23 @@ class ReviewFeed(Service):
             self._drifting[model] = psi
 
     def answered(self, request: wire.InferRequest, model: ServedModel, local: LocalAnswer) -> None:
-        """A confident answer given here, the caller's final one."""
-        wish = _wish(request)
-        if wish is None:
-            return
-        psi = self._drifting.get(model.name)
-        reason = self.gate.for_confident(wish, psi is not None)
-        if reason is None:
+        """A confident answer given here, the caller's final one. Called for most requests:
+        with no wish and no drift, one random draw decides."""
+        if not self._drifting and parameters.HUMAN_REVIEW not in request.parameters:
+            if not self.gate.sampled():
+                return
+            wish: HumanReview | None = HumanReview.AUTO
+            if request.parameters.get(AUDIT_PARAMETER):
+                return
+            reason: ReviewReason | None = ReviewReason.SAMPLE
+            psi = None
+        else:
+            wish = _wish(request)
+            if wish is None:
+                return
+            psi = self._drifting.get(model.name)
+            reason = self.gate.for_confident(wish, psi is not None)
+        if reason is None or wish is None:
             return
         row = _weakest_row(model, local)
         why = {

@@ -177,9 +177,11 @@ class CandidateGate:
             return ReviewReason.REQUESTED
         if drifting and self.drift_rate and self._rand() < self.drift_rate:
             return ReviewReason.DRIFT
-        if self.sample_rate and self._rand() < self.sample_rate:
-            return ReviewReason.SAMPLE
-        return None
+        return ReviewReason.SAMPLE if self.sampled() else None
+
+    def sampled(self) -> bool:
+        """The random sample alone: whether a confident answer is drawn."""
+        return bool(self.sample_rate) and self._rand() < self.sample_rate
 
     def allow(self, model: str, wish: HumanReview) -> bool:
         """Whether one more candidate of ``model`` may go now (counted if so). What a caller
