@@ -193,6 +193,15 @@ class HardExampleSettings(_Section):
         return v if v is None else check_token(v, "tier")
 
 
+class ReviewRates(_Section):
+    """One model's shares of confident answers offered for review."""
+
+    sample_rate: float = Field(0.005, ge=0.0, le=1.0)
+    """Share of its confident final answers offered at random."""
+    drift_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Share offered while its drift score is over the node's ``drift_threshold``."""
+
+
 class ReviewFeedSettings(_Section):
     """What this node offers the review queue (``docs/review.md``): every unsure answer of the
     top tier, every disagreement an audit finds, hard examples delivered to the hub, and the
@@ -219,6 +228,8 @@ class ReviewFeedSettings(_Section):
     not allow it goes without its input."""
     traffic_interval_s: float = Field(30.0, gt=0)
     """Seconds between this node's running totals (requests, escalations per version)."""
+    models: dict[str, ReviewRates] = Field(default_factory=dict)
+    """A model's own rates in place of ``sample_rate`` and ``drift_rate``."""
 
     @field_validator("zone")
     @classmethod

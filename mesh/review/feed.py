@@ -82,6 +82,10 @@ class ReviewFeed(Service):
         self.gate = CandidateGate(
             sample_rate=settings.sample_rate,
             drift_rate=settings.drift_rate,
+            models={
+                name: (rates.sample_rate, rates.drift_rate)
+                for name, rates in settings.models.items()
+            },
             per_minute=settings.max_per_minute,
         )
         self._nc = nc
@@ -117,7 +121,7 @@ class ReviewFeed(Service):
         """A confident answer given here, the caller's final one. Called for most requests:
         with no wish and no drift, one random draw decides."""
         if not self._drifting and parameters.HUMAN_REVIEW not in request.parameters:
-            if not self.gate.sampled():
+            if not self.gate.sampled(model.name):
                 return
             wish: HumanReview | None = HumanReview.AUTO
             if request.parameters.get(AUDIT_PARAMETER):
@@ -129,7 +133,7 @@ class ReviewFeed(Service):
             if wish is None:
                 return
             psi = self._drifting.get(model.name)
-            reason = self.gate.for_confident(wish, psi is not None)
+            reason = self.gate.for_confident(wish, psi is not None, model.name)
         if reason is None or wish is None:
             return
         row = _weakest_row(model, local)
@@ -138,7 +142,7 @@ class ReviewFeed(Service):
             ReviewReason.DRIFT: f"{model.name}'s inputs drift (PSI {psi or 0:.2f}); a share of "
             "its answers goes to people",
             ReviewReason.SAMPLE: f"a confident answer ({local.confidence:.2f}) picked at random "
-            f"(rate {self.settings.sample_rate:g})",
+            f"(rate {self.gate.rates(model.name)[0]:g})",
         }[reason]
         detail: dict[str, float | str] = {"psi": psi} if psi is not None else {}
         answers = [*carried_answers(request.parameters.get(parameters.ANSWERS), row)]
@@ -208,7 +212,7 @@ class ReviewFeed(Service):
             return
         if agreed:
             psi = self._drifting.get(model.name)
-            reason = self.gate.for_confident(wish, psi is not None)
+            reason = self.gate.for_confident(wish, psi is not None, model.name)
             if reason is None:
                 return
             row = _weakest_row(model, local)

@@ -158,30 +158,40 @@ class CandidateGate:
         sample_rate: float,
         drift_rate: float,
         per_minute: int,
+        models: Mapping[str, tuple[float, float]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.sample_rate = sample_rate
         self.drift_rate = drift_rate
+        #: a model's own (sample rate, drift rate) in place of the node's.
+        self.models = dict(models or {})
         self.limits = WindowLimits(per_minute=per_minute)
         self._clock = clock
         self._rand = rand
         self._windows = SlidingWindows(horizon=MINUTE_S)
 
-    def for_confident(self, wish: HumanReview, drifting: bool) -> ReviewReason | None:
+    def for_confident(
+        self, wish: HumanReview, drifting: bool, model: str = ""
+    ) -> ReviewReason | None:
         """The reason to offer a confident, final answer, if any: the caller's wish, then a
         drifting model's share, then the random sample."""
         if wish is HumanReview.NEVER:
             return None
         if wish is HumanReview.ALWAYS:
             return ReviewReason.REQUESTED
-        if drifting and self.drift_rate and self._rand() < self.drift_rate:
+        drift_rate = self.models[model][1] if model in self.models else self.drift_rate
+        if drifting and drift_rate and self._rand() < drift_rate:
             return ReviewReason.DRIFT
-        return ReviewReason.SAMPLE if self.sampled() else None
+        return ReviewReason.SAMPLE if self.sampled(model) else None
 
-    def sampled(self) -> bool:
-        """The random sample alone: whether a confident answer is drawn."""
-        return bool(self.sample_rate) and self._rand() < self.sample_rate
+    def sampled(self, model: str = "") -> bool:
+        """The random sample alone: whether a confident answer of ``model`` is drawn."""
+        rate = self.models[model][0] if model in self.models else self.sample_rate
+        return bool(rate) and self._rand() < rate
+
+    def rates(self, model: str) -> tuple[float, float]:
+        return self.models.get(model, (self.sample_rate, self.drift_rate))
 
     def allow(self, model: str, wish: HumanReview) -> bool:
         """Whether one more candidate of ``model`` may go now (counted if so). What a caller

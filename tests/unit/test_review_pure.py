@@ -221,6 +221,19 @@ def test_the_gate_honours_the_callers_wish_then_drift_then_the_sample() -> None:
     assert gate.for_confident(HumanReview.AUTO, False) is ReviewReason.SAMPLE  # 0.01
 
 
+def test_a_model_may_have_its_own_rates() -> None:
+    gate = CandidateGate(
+        sample_rate=0.0,
+        drift_rate=0.0,
+        per_minute=10,
+        models={"rare": (1.0, 0.0)},
+        rand=lambda: 0.5,
+    )
+    assert gate.for_confident(HumanReview.AUTO, False, "digits") is None
+    assert gate.for_confident(HumanReview.AUTO, False, "rare") is ReviewReason.SAMPLE
+    assert gate.sampled("rare") and not gate.sampled("digits")
+
+
 def test_the_gate_bounds_a_node_per_minute_but_not_what_a_caller_asked_for() -> None:
     clock = Clock()
     gate = CandidateGate(sample_rate=1, drift_rate=0, per_minute=2, clock=clock)
