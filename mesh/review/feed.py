@@ -148,7 +148,7 @@ class ReviewFeed(Service):
         answers = [*carried_answers(request.parameters.get(parameters.ANSWERS), row)]
         answers.append(self._own(model, local, row, served=True))
         self._offer(
-            reason, wish, request, model, row, len(local.labels), answers, why, detail,
+            reason, wish, request, row, len(local.labels), answers, why, detail,
             classes=_classes(model, local),
         )  # fmt: skip
 
@@ -193,7 +193,7 @@ class ReviewFeed(Service):
         if degraded is not None:
             detail["degraded"] = degraded.value
         self._offer(
-            reason, wish, request, model, row, len(local.labels), answers, why, detail,
+            reason, wish, request, row, len(local.labels), answers, why, detail,
             classes=_classes(model, local),
         )  # fmt: skip
 
@@ -242,7 +242,7 @@ class ReviewFeed(Service):
             )
         )
         self._offer(
-            reason, wish, request, model, row, len(local.labels), answers, why, {},
+            reason, wish, request, row, len(local.labels), answers, why, {},
             classes=_classes(model, local),
         )  # fmt: skip
 
@@ -270,9 +270,9 @@ class ReviewFeed(Service):
             "of reach, and it reached the hub later"
         )
         self._offer(
-            ReviewReason.HARD_EXAMPLE, wish, request, model, 0, len(recorded.labels) or 1,
-            answers, why, {"degraded": example.reason}, node=example.node, tier=example.tier,
-            classes=model.classes if model is not None else (),
+            ReviewReason.HARD_EXAMPLE, wish, request, 0, len(recorded.labels) or 1, answers, why,
+            {"degraded": example.reason}, classes=model.classes if model is not None else (),
+            origin=(example.tier, example.node, "", ""),  # its site and zone are not said
         )  # fmt: skip
 
     def carry(
@@ -309,7 +309,6 @@ class ReviewFeed(Service):
         reason: ReviewReason,
         wish: HumanReview,
         request: wire.InferRequest,
-        model: ServedModel | None,
         row: int,
         rows: int,
         answers: list[ReviewAnswer],
@@ -317,9 +316,10 @@ class ReviewFeed(Service):
         detail: dict[str, float | str],
         *,
         classes: tuple[str, ...],
-        node: str | None = None,
-        tier: str | None = None,
+        origin: tuple[str, str, str, str] | None = None,
     ) -> None:
+        """Build the item and send it after the reply. ``origin`` is the (tier, node, site,
+        zone) that answered, when another node did (a hard example): this one by default."""
         name = request.model
         count = self._metrics.review_candidates.add
         if not self.gate.allow(name, wish):
@@ -328,6 +328,12 @@ class ReviewFeed(Service):
         if len(self._sending) >= self.settings.max_in_flight:
             count(1, self.identity.tier, name, reason.value, "dropped")
             return
+        tier, node, site, zone = origin or (
+            self.identity.tier,
+            self.identity.node,
+            self.site,
+            self.identity.zone,
+        )
         caller = request.parameters.get(parameters.CALLER)
         withheld = None
         inputs: dict[str, Array] | None = None
@@ -340,10 +346,10 @@ class ReviewFeed(Service):
             model=name,
             reason=reason,
             why=why,
-            tier=tier or self.identity.tier,
-            node=node or self.identity.node,
-            site=self.site,
-            zone=self.identity.zone,
+            tier=tier,
+            node=node,
+            site=site,
+            zone=zone,
             created_at=self._clock(),
             request_id=request.id,
             caller=caller if isinstance(caller, str) and caller else None,
