@@ -28,6 +28,12 @@ PURE = [
     "mesh.node.dataplane",
     "mesh.security.permissions",
     "mesh.security.identities",
+    "mesh.ingress.oip",
+    "mesh.ingress.oip_rest",
+    "mesh.ingress.callers",
+    "mesh.ingress.shares",
+    "mesh.ingress.gate",
+    "mesh.ingress.steps",
 ]
 
 
@@ -93,6 +99,12 @@ PURE_TREES = [
     "mesh.review.ledger",
     "mesh.review.truth",
     "mesh.review.api",
+    "mesh.ingress.oip",
+    "mesh.ingress.oip_rest",
+    "mesh.ingress.callers",
+    "mesh.ingress.shares",
+    "mesh.ingress.gate",
+    "mesh.ingress.steps",
 ]
 
 
