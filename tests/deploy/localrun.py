@@ -53,18 +53,28 @@ class LocalStack:
         *,
         hosts: Mapping[str, str] | None = None,
         nats_binary: str,
+        ports: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         self.containers = dict(containers)
         self.work = work
         #: host name to container (compose: every service name; Kubernetes: Services).
         self.hosts = dict(hosts) if hosts is not None else {n: n for n in containers}
         self.nats_binary = nats_binary
-        self.ports: dict[tuple[str, int], int] = {}
+        #: (container, port) to its loopback port; ``ports`` given are kept (configs made already)
+        self.ports: dict[tuple[str, int], int] = dict(ports or {})
         self.processes: dict[str, ChildProcess] = {}
         self.exited: dict[str, int] = {}
         for container in self.containers.values():
             for port in container.ports:
-                self.ports[(container.name, port)] = free_port()
+                if (container.name, port) not in self.ports:
+                    self.ports[(container.name, port)] = self.free_port()
+
+    def free_port(self) -> int:
+        """A free loopback port no container of this stack has been given yet."""
+        taken = set(self.ports.values())
+        while (port := free_port()) in taken:
+            pass
+        return port
 
     # ---- addresses and paths -----------------------------------------------------------------
 
@@ -99,15 +109,15 @@ class LocalStack:
             return f"127.0.0.1:{self.port(target, port)}"
 
         text = pattern.sub(address, text)
-        mounts = sorted(self.containers[owner].mounts, key=lambda m: len(m.target), reverse=True)
-        for mount in mounts:
-            local = str(self.local_path(owner, mount.target))
-            text = re.sub(
-                rf"(?<![\w./-]){re.escape(mount.target)}(?=$|[/\s\"',\]\)}};])",
-                lambda _m, local=local: local,
-                text,
+        targets = sorted({m.target for m in self.containers[owner].mounts}, key=len, reverse=True)
+        if targets:
+            # one pass: a path already moved under the root (/tmp/...) is not moved again
+            paths = re.compile(
+                rf"(?<![\w./-])(?P<target>{'|'.join(re.escape(t) for t in targets)})"
+                rf"(?=$|[/\s\"',\]\)}};])",
                 flags=re.MULTILINE,
             )
+            text = paths.sub(lambda m: str(self.local_path(owner, m.group("target"))), text)
         return text
 
     def _settings_ports(self, text: str, owner: str) -> str:
@@ -148,11 +158,21 @@ class LocalStack:
             if not mount.source.exists():
                 raise DeploymentError(f"{container.name} mounts {mount.source}, which is missing")
             if mount.source.is_file() and mount.source.suffix in TEXT_CONFIG and mount.read_only:
-                text = self.rewrite(mount.source.read_text(), container.name)
-                dest.write_text(self._settings_ports(text, container.name))
-                dest.chmod(mount.source.stat().st_mode & 0o777)
+                self._copy_config(mount.source, dest, container.name)
+            elif mount.source.is_dir() and mount.read_only:
+                # a ConfigMap or Secret volume: its files, the config among them rewritten
+                shutil.copytree(mount.source, dest, symlinks=False)
+                for path in dest.rglob("*"):
+                    if path.is_file() and path.suffix in TEXT_CONFIG:
+                        self._copy_config(path, path, container.name)
             else:
                 dest.symlink_to(mount.source, target_is_directory=mount.source.is_dir())
+
+    def _copy_config(self, source: Path, dest: Path, owner: str) -> None:
+        mode = source.stat().st_mode & 0o777
+        text = self.rewrite(source.read_text(), owner)
+        dest.write_text(self._settings_ports(text, owner))
+        dest.chmod(mode)
 
     # ---- processes -----------------------------------------------------------------------------
 
