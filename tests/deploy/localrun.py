@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -273,6 +274,20 @@ class LocalStack:
         status = await self.wait_done(name, timeout)
         if status != 0:
             raise DeploymentError(f"{name} exited {status}: {self.log_tail(name)}")
+
+    async def run_argv(self, name: str, argv: list[str], timeout: float = 120.0) -> str:
+        """``docker compose run --rm NAME ARGS``: the container with another command, once; the
+        name of that run (its log's)."""
+        run = f"{name}-run-{len(self.processes)}"
+        self.containers[run] = replace(self.containers[name], name=run, argv=argv)
+        await self.run_once(run, timeout)
+        return run
+
+    async def restart(self, container: Container, timeout: float = 60.0) -> None:
+        """The container recreated with new settings (``docker compose up -d NAME``)."""
+        await self.processes.pop(container.name).stop()
+        self.containers[container.name] = container
+        await self.start(container.name, timeout)
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.work / "logs" / f"{name}.log"

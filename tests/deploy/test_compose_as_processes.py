@@ -8,7 +8,9 @@ compose file's Prometheus configuration scrapes every node and the ingress."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import secrets
 import shutil
 from pathlib import Path
@@ -36,6 +38,7 @@ pytestmark = [
 NOT_RUN = {"otel-collector", "jaeger", "prometheus", "grafana", "nats-hub-exporter",
            "nats-site-exporter"}  # fmt: skip
 IMAGE_UID = 10001
+REMOTE = "factory-7"
 TIERS = {"mesh-edge", "mesh-gateway", "mesh-cloud"}
 
 
@@ -77,6 +80,53 @@ def _whole(spans: list[SpanRecord]) -> bool:
     ids = {s.span_id for s in spans}
     orphans = [s for s in spans if s.parent_id not in ids]
     return TIERS | {"mesh-ingress"} <= services and len(orphans) == 1
+
+
+async def _add_a_remote_site(
+    hub: LocalStack, project: Path, variables: dict[str, str], receiver: OtlpReceiver, work: Path
+) -> None:
+    """compose/README.md's "Add a site": its identities made at the hub, its files copied to
+    its machine, its leaf server linked, its streams provisioned by the hub's administrator, its
+    nodes and ingress started, and the cloud told of its domain; its requests reach the cloud."""
+    await hub.run_argv("identities", ["sh", "/setup/add-site.sh", REMOTE])
+    compose = project / "compose"
+    await asyncio.to_thread(subprocess.run, ["cp", "-a", str(compose / "secrets" / "sites" / REMOTE), str(compose / "site-secrets")], check=True)
+    # the hub's public name, which the site's machine reaches (here: the hub's leafnode port)
+    remote_vars = {**variables, "MESH_SITE": REMOTE, "MESH_HUB_LEAF_URL": "nats-leaf://hub.example.com:7422"}
+    containers = compose_containers(compose / "remote-site.yaml", remote_vars)
+    site = LocalStack(
+        containers,
+        work / "remote",
+        hosts={**{n: n for n in containers}, "hub.example.com": "hub.example.com"},
+        nats_binary=hub.nats_binary,
+        ports={("hub.example.com", 7422): hub.port("nats-hub", 7422)},
+    )
+    # the same seeded models as the hub's `models` run built (the remote's is the same command)
+    (work / "remote" / "volumes").mkdir(parents=True)
+    (work / "remote" / "volumes" / "models").symlink_to(work / "run" / "volumes" / "models")
+    try:
+        await site.up(["nats-site"])
+        await site.wait_healthy("nats-site", timeout=60)
+        await hub.run_argv("admin", ["mesh", "fleet", "init", "--site", "site", "--site", REMOTE])
+        nodes = ["gateway-0", "edge-0", "edge-1", "ingress"]
+        await site.up(nodes, served=["nats-site"])
+        for name in nodes:
+            await site.wait_healthy(name, timeout=90)
+        domains = {**variables, "MESH_SITE_DOMAINS": json.dumps(["site", REMOTE])}
+        cloud = compose_containers(compose / "compose.yaml", domains)["cloud-0"]
+        await hub.restart(cloud)
+        await hub.wait_healthy("cloud-0", timeout=90)
+        traces = [os.urandom(16).hex() for _ in range(20)]
+        rng = np.random.default_rng(3)
+        tiers: set[str] = set()
+        async with aiohttp.ClientSession() as session:
+            for trace in traces:
+                rows = rng.uniform(0, 16, size=(1, 64)).astype(np.float32)
+                answer = await _infer(session, site.url("ingress", 8000), variables["MESH_INGRESS_TOKEN"], rows, trace)
+                tiers.add(str(answer["parameters"]["tier"]))  # type: ignore[index]
+        assert "cloud" in tiers, tiers
+    finally:
+        await site.stop()
 
 
 async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_path: Path) -> None:
@@ -133,6 +183,8 @@ async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_pat
         up = await prometheus_targets_up(PROMETHEUS, config, tmp_path / "prom")
         for job in ("mesh-node", "mesh-ingress"):
             assert up.get(job) and all(up[job].values()), (job, up)
+
+        await _add_a_remote_site(stack, project, variables, receiver, tmp_path)
     finally:
         await stack.stop()
         await receiver.stop()
