@@ -102,3 +102,11 @@ def test_every_mesh_metric_named_is_one_the_mesh_exports() -> None:
     used = set(re.findall(r"\b(mesh_[a-z_]+)", text))
     unknown = used - exported
     assert not unknown, f"metrics the mesh does not export: {unknown}"
+
+
+def test_the_kubernetes_scrape_jobs_are_named_as_the_rules_expect() -> None:
+    # Debian's promtool is built without Kubernetes service discovery: checked as YAML here
+    config = yaml.safe_load((OBSERVABILITY / "prometheus" / "kubernetes-scrape.yaml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"mesh-node", "mesh-ingress", "nats"}
+    assert all(job["kubernetes_sd_configs"][0]["role"] == "pod" for job in jobs.values())
