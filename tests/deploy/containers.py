@@ -69,7 +69,9 @@ class Container:
         return None
 
 
-_VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VARIABLE = re.compile(
+    r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class InterpolationError(ValueError):
@@ -178,7 +180,10 @@ def _depends_on(spec: Any) -> list[Condition]:
         return []
     if isinstance(spec, list):
         return [Condition(name) for name in spec]
-    return [Condition(name, (how or {}).get("condition", "service_started")) for name, how in spec.items()]
+    return [
+        Condition(name, (how or {}).get("condition", "service_started"))
+        for name, how in spec.items()
+    ]
 
 
 def _ports(service: Mapping[str, Any]) -> list[int]:

@@ -28,7 +28,9 @@ def render(overlay: Path) -> list[dict[str, Any]]:
     """``kubectl kustomize OVERLAY``: every resource it renders."""
     tool = kubectl()
     assert tool is not None
-    done = subprocess.run([tool, "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [tool, "kustomize", str(overlay)], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
@@ -84,15 +86,21 @@ class Cluster:
         return data[key].decode()
 
 
-def _environment(container: dict[str, Any], pod: str, machine: str, cluster: Cluster) -> dict[str, str]:
+def _environment(
+    container: dict[str, Any], pod: str, machine: str, cluster: Cluster
+) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             name = source["configMapRef"]["name"]
-            env.update({k: v.decode() for k, v in data_of(cluster.objects[("ConfigMap", name)]).items()})
+            env.update(
+                {k: v.decode() for k, v in data_of(cluster.objects[("ConfigMap", name)]).items()}
+            )
         if "secretRef" in source:
             name = source["secretRef"]["name"]
-            env.update({k: v.decode() for k, v in data_of(cluster.objects[("Secret", name)]).items()})
+            env.update(
+                {k: v.decode() for k, v in data_of(cluster.objects[("Secret", name)]).items()}
+            )
     fields = {"metadata.name": pod, "spec.nodeName": machine, "metadata.namespace": "edge-mesh"}
     for item in container.get("env", []):
         if "value" in item:
@@ -102,15 +110,21 @@ def _environment(container: dict[str, Any], pod: str, machine: str, cluster: Clu
         if "fieldRef" in ref:
             env[item["name"]] = fields[ref["fieldRef"]["fieldPath"]]
         elif "secretKeyRef" in ref:
-            env[item["name"]] = cluster.value("Secret", ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+            env[item["name"]] = cluster.value(
+                "Secret", ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
+            )
         elif "configMapKeyRef" in ref:
-            env[item["name"]] = cluster.value("ConfigMap", ref["configMapKeyRef"]["name"], ref["configMapKeyRef"]["key"])
+            env[item["name"]] = cluster.value(
+                "ConfigMap", ref["configMapKeyRef"]["name"], ref["configMapKeyRef"]["key"]
+            )
         else:
             raise AssertionError(f"{pod}: env {item['name']} from {ref} is not supported here")
     return env
 
 
-def _volume_source(volume: dict[str, Any], pod: str, cluster: Cluster) -> tuple[Path | None, str | None]:
+def _volume_source(
+    volume: dict[str, Any], pod: str, cluster: Cluster
+) -> tuple[Path | None, str | None]:
     """(folder, None) for ConfigMap and Secret volumes, (None, volume name) for the others."""
     if "configMap" in volume:
         mode = volume["configMap"].get("defaultMode", 0o644)
@@ -127,16 +141,23 @@ def _volume_source(volume: dict[str, Any], pod: str, cluster: Cluster) -> tuple[
     raise AssertionError(f"{pod}: volume {volume['name']} of an unsupported kind")
 
 
-def _mounts(container: dict[str, Any], spec: dict[str, Any], pod: str, env: Mapping[str, str], cluster: Cluster, claims: Iterable[str]) -> list[Mount]:
+def _mounts(
+    container: dict[str, Any],
+    spec: dict[str, Any],
+    pod: str,
+    env: Mapping[str, str],
+    cluster: Cluster,
+    claims: Iterable[str],
+) -> list[Mount]:
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     mounts = []
     for item in container.get("volumeMounts", []):
         name = item["name"]
-        if name in claims:
-            folder, volume = None, f"{pod}-{name}"
-        else:
+        folder: Path | None = None
+        volume: str | None = f"{pod}-{name}"
+        if name not in claims:
             folder, volume = _volume_source(volumes[name], pod, cluster)
-        sub = item.get("subPath") or expand(item.get("subPathExpr", ""), env)
+        sub = str(item.get("subPath") or expand(item.get("subPathExpr", ""), env))
         read_only = bool(item.get("readOnly"))
         if folder is not None:
             source = folder / sub if sub else folder
@@ -181,7 +202,8 @@ def pods(
             security = template.get("securityContext", {})
             out.append(
                 Container(
-                    name=prefix + (pod if len(template["containers"]) == 1 else f"{pod}-{container['name']}"),
+                    name=prefix
+                    + (pod if len(template["containers"]) == 1 else f"{pod}-{container['name']}"),
                     image=container["image"],
                     argv=[*MESH_ENTRYPOINT, *args],
                     env=env,

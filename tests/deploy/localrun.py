@@ -263,7 +263,9 @@ class LocalStack:
                     if status is None:
                         status = await self.wait_done(dep.service)
                     if status != 0:
-                        raise DeploymentError(f"{dep.service} exited {status}: {self.log_tail(dep.service)}")
+                        raise DeploymentError(
+                            f"{dep.service} exited {status}: {self.log_tail(dep.service)}"
+                        )
             await self.start(name)
             started.add(name)
             pending.remove(name)
@@ -300,7 +302,7 @@ class LocalStack:
             await child.stop()
 
 
-def copy_project(sources: Iterable[Path], dest: Path) -> Path:
+def copy_project(sources: Iterable[str], dest: Path) -> Path:
     """The deployment folders copied (a container writes into its bind mounts, never into the
     repository), at the same places relative to each other."""
     for source in sources:

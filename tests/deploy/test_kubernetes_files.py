@@ -29,13 +29,18 @@ OVERLAYS = ("cloud", "site")
 KUBERNETES = "1.29.0"
 IMAGE_UID = 10001
 
-needs_kubectl = pytest.mark.skipif(kubectl() is None, reason="kubectl (kubectl kustomize) is not installed")
+needs_kubectl = pytest.mark.skipif(
+    kubectl() is None, reason="kubectl (kubectl kustomize) is not installed"
+)
 
 
 def _manifest_files() -> list[Path]:
     """Every file a kustomization lists as a resource (kustomization files themselves excluded)."""
     files = []
-    for kustomization in [*K8S.rglob("kustomization.yaml"), ROOT / "deploy/observability/kustomization.yaml"]:
+    for kustomization in [
+        *K8S.rglob("kustomization.yaml"),
+        ROOT / "deploy/observability/kustomization.yaml",
+    ]:
         for entry in yaml.safe_load(kustomization.read_text()).get("resources", []):
             path = (kustomization.parent / entry).resolve()
             if path.is_file():
@@ -74,11 +79,15 @@ def test_every_rendered_resource_validates(rendered: list[dict[str, Any]]) -> No
 
 
 @needs_kubectl
-def test_every_container_runs_as_the_image_user_and_can_read_its_secrets(rendered: list[dict[str, Any]]) -> None:
+def test_every_container_runs_as_the_image_user_and_can_read_its_secrets(
+    rendered: list[dict[str, Any]],
+) -> None:
     for name, _, spec in _pod_specs(rendered):
         security = spec["securityContext"]
         assert security["runAsNonRoot"] and security["runAsUser"] == IMAGE_UID, name
-        assert security["fsGroup"] == IMAGE_UID, f"{name}: secrets are group {IMAGE_UID}'s only with fsGroup"
+        assert security["fsGroup"] == IMAGE_UID, (
+            f"{name}: secrets are group {IMAGE_UID}'s only with fsGroup"
+        )
         for volume in spec.get("volumes", []):
             if "secret" in volume:
                 mode = volume["secret"].get("defaultMode", 0o644)
@@ -94,11 +103,16 @@ def test_every_container_runs_as_the_image_user_and_can_read_its_secrets(rendere
 @needs_kubectl
 def test_each_pod_mounts_only_its_own_creds(rendered: list[dict[str, Any]]) -> None:
     for name, _, spec in _pod_specs(rendered):
-        secrets = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        secrets = {
+            v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v
+        }
         for container in spec["containers"]:
             for mount in container.get("volumeMounts", []):
                 if secrets.get(mount["name"], "").endswith("-creds"):
-                    assert mount.get("subPath", mount.get("subPathExpr", "")).endswith(".creds"), (name, mount)
+                    assert mount.get("subPath", mount.get("subPathExpr", "")).endswith(".creds"), (
+                        name,
+                        mount,
+                    )
 
 
 @needs_kubectl
@@ -108,7 +122,12 @@ def test_probes_hit_the_endpoints_the_processes_serve(rendered: list[dict[str, A
         container = spec["containers"][0]
         args = container.get("args", [])
         if args[:1] == ["node"]:
-            config = next(c for c in configs.values() if "node.yaml" in c.get("data", {}) and c["metadata"]["name"] in str(spec["volumes"]))
+            config = next(
+                c
+                for c in configs.values()
+                if "node.yaml" in c.get("data", {})
+                and c["metadata"]["name"] in str(spec["volumes"])
+            )
             settings = NodeSettings(**yaml.safe_load(config["data"]["node.yaml"]))
             port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
             assert port == settings.http_port and settings.http_host == "0.0.0.0", name
@@ -149,7 +168,9 @@ def test_budgets_autoscalers_and_policies_select_real_pods(rendered: list[dict[s
 
 @needs_kubectl
 def test_the_edge_daemonset_runs_only_on_edge_machines() -> None:
-    edge = by_kind(render(K8S / "overlays" / "site"), "DaemonSet")["mesh-edge"]["spec"]["template"]["spec"]
+    edge = by_kind(render(K8S / "overlays" / "site"), "DaemonSet")["mesh-edge"]["spec"]["template"][
+        "spec"
+    ]
     assert edge["nodeSelector"] == {"edge-mesh.io/edge": "true"}
     assert any(t["key"] == "edge-mesh.io/edge" for t in edge["tolerations"])
 
@@ -179,8 +200,18 @@ def test_the_chart_values_make_a_config_nats_server_accepts(values: str, tmp_pat
     (tmp_path / "mesh-auth").mkdir()
     for name in ("auth.conf", "account.conf"):
         (tmp_path / "mesh-auth" / name).write_text((store.directory / name).read_text())
-    env = {"SERVER_NAME": "s-0", "MESH_SITE_DOMAIN": "site", "NATS_HUB_LEAF_URL": "nats-leaf://127.0.0.1:7422"}
-    done = subprocess.run([server_binary(), "-c", str(tmp_path / "config" / "nats.conf"), "-t"], capture_output=True, text=True, env=env, check=False)
+    env = {
+        "SERVER_NAME": "s-0",
+        "MESH_SITE_DOMAIN": "site",
+        "NATS_HUB_LEAF_URL": "nats-leaf://127.0.0.1:7422",
+    }
+    done = subprocess.run(
+        [server_binary(), "-c", str(tmp_path / "config" / "nats.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, conf + done.stdout + done.stderr
 
 

@@ -20,7 +20,12 @@ OBSERVABILITY = ROOT / "deploy" / "observability"
 RULES = OBSERVABILITY / "prometheus" / "mesh.rules.yaml"
 DASHBOARD = OBSERVABILITY / "grafana" / "edge-mesh.json"
 #: Grafana's variables, as a query is sent to Prometheus.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$tier": ".*"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "1h",
+    "$tier": ".*",
+}
 needs_promtool = pytest.mark.skipif(promtool() is None, reason=SYSTEM_DEPS)
 
 
@@ -82,7 +87,13 @@ def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
     assert len(queries) >= 15
     rules: dict[str, Any] = {
         "groups": [
-            {"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": expr} for i, (_, expr) in enumerate(queries)]}
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": expr}
+                    for i, (_, expr) in enumerate(queries)
+                ],
+            }
         ]
     }
     (tmp_path / "queries.yaml").write_text(yaml.safe_dump(rules))
@@ -92,7 +103,16 @@ def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
 def test_the_dashboard_has_panels_for_what_the_issue_names() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("answers per tier", "escalation", "degraded", "breaker", "backlog", "latency", "drift", "versions per node"):
+    for topic in (
+        "answers per tier",
+        "escalation",
+        "degraded",
+        "breaker",
+        "backlog",
+        "latency",
+        "drift",
+        "versions per node",
+    ):
         assert topic in titles, topic
 
 
