@@ -30,10 +30,11 @@ ARG VERSION
 ARG TRUSTME_VERSION
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "edge-mesh[models]==${VERSION}" "trustme==${TRUSTME_VERSION}" \
-    && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent mesh \
+    && groupadd --gid 10001 mesh \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent mesh \
     && install -d -o 10001 -g 10001 /models /var/lib/mesh
 USER 10001:10001
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
 ENTRYPOINT ["mesh"]
 CMD ["--help"]
 
@@ -46,13 +47,14 @@ LABEL org.opencontainers.image.title="edge-mesh" \
       org.opencontainers.image.source="https://github.com/edge-mesh/edge-mesh"
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "edge-mesh==${VERSION}" \
-    && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent mesh \
+    && groupadd --gid 10001 mesh \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent mesh \
     && install -d -o 10001 -g 10001 /models /var/lib/mesh
 # Owned by the image's user so that a new named volume mounted there is writable by it
 # (the models a setup step builds, the fleet agent's verified versions).
 VOLUME ["/var/lib/mesh"]
 USER 10001:10001
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
 # 8080: a node's /healthz, /readyz and /metrics; 8000/8001: the ingress's REST and gRPC.
 EXPOSE 8080 8000 8001
 # A node's readiness (a service with another port sets its own healthcheck, as compose does).
