@@ -22,6 +22,7 @@ import yaml
 from mesh.errors import InvalidArgumentError
 from mesh.lifecycle import cancel_and_wait
 from mesh.local.layout import node_identity, settings_yaml, tier_node_settings
+from mesh.local.review import REVIEWER, ReviewProcess, start_review
 from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
@@ -128,6 +129,10 @@ class IngressProcess:
         await self._child.stop()
 
 
+#: the reviewer identity the console labels with under ``mesh up`` and the demo.
+CONSOLE_REVIEWER = "console-reviewer"
+
+
 class ConsoleProcess:
     """The ``mesh console`` process; ``url`` once it is ready. Restarted on the port it had."""
 
@@ -225,6 +230,7 @@ class EmbeddedMesh:
         self.signing_public: str | None = None
         self.ingress: IngressProcess | None = None
         self.console: ConsoleProcess | None = None
+        self.review: ReviewProcess | None = None
 
     @property
     def site_url(self) -> str:
@@ -331,6 +337,11 @@ class EmbeddedMesh:
             *MESH_COMMAND, "console", "--servers", self.hub_url, "--creds", str(creds),
             "--port", str(port),
         ]  # fmt: skip
+        if self.review is not None:
+            # people label through the console as a reviewer of its own, so the queue's
+            # history tells the console's labels from those of `mesh review`
+            reviewer = await self.site.hub.issue(IdentitySpec(CONSOLE_REVIEWER, Role.REVIEWER))
+            argv += ["--reviewer-creds", str(reviewer)]
         if offline_after_s is not None:
             argv += ["--offline-after", f"{offline_after_s:g}"]
         env = {**self.node_env, "MESH_CONSOLE_TOKEN": token}
@@ -338,6 +349,15 @@ class EmbeddedMesh:
         await process.start()
         self.console = process
         return process
+
+    async def start_review(self) -> ReviewProcess:
+        """The review queue's service at the hub (``mesh review serve``), as its own process."""
+        self.review = await start_review(self.site.hub, self.work_dir, self.node_env, MESH_COMMAND)
+        return self.review
+
+    async def reviewer_creds(self) -> Path:
+        """Credentials of a person with the reviewer role (``mesh review``)."""
+        return await self.site.hub.issue(REVIEWER)
 
     async def controller_creds(self) -> Path:
         """Credentials of the fleet's controller (push versions, assign them)."""
@@ -492,6 +512,8 @@ class EmbeddedMesh:
         (reported with its new pid). A process that exits more than ``max_restarts`` times
         in ``window_s`` is left down and reported so."""
         watched: dict[str, Supervised] = dict(self.nodes)
+        if self.review is not None:
+            watched["review service"] = self.review
         watched["nats-server hub"] = self.site.hub
         if self.site.leaf is not None:
             watched[f"nats-server {self.site.site_name}"] = self.site.leaf
@@ -511,8 +533,8 @@ class EmbeddedMesh:
                     recent = [t for t in restarts[name] if now - t < window_s]
                     what = (
                         name
-                        if name in ("console",) or name.startswith("nats-server")
-                        else (f"node {name}")
+                        if name == "console" or name.startswith(("nats-server", "review"))
+                        else f"node {name}"
                     )
                     if len(recent) >= max_restarts:
                         report(f"{what} exited with status {status} again; left down")
@@ -539,6 +561,8 @@ class EmbeddedMesh:
             await self.console.stop()
         if self.ingress is not None:
             await self.ingress.stop()
+        if self.review is not None:
+            await self.review.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         await self.site.stop()

@@ -6,12 +6,15 @@ serves."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from nats.aio.client import Client as NATS
 
 from mesh.console.access import Access
 from mesh.console.feeds import ConsoleFeeds
@@ -19,13 +22,18 @@ from mesh.console.operations import Operations
 from mesh.console.settings import ConsoleSettings
 from mesh.console.state import ConsoleState
 from mesh.console.web import ConsoleWeb
+from mesh.review.client import ReviewClient
+from mesh.security.creds import user_claims
 from mesh.services.process import service_main
 from mesh.services.stopping import Shutdown
+from mesh.settings import NatsSettings
 from mesh.topology.processes import CONSOLE_READY
-from mesh.transport.connection import connected
+from mesh.transport.connection import close_quietly, connect
 
 READY_PREFIX = CONSOLE_READY
 SERVICE = "mesh-console"
+
+log = logging.getLogger("mesh.console")
 
 
 async def serve(settings: ConsoleSettings, shutdown: Shutdown) -> int:
@@ -33,9 +41,13 @@ async def serve(settings: ConsoleSettings, shutdown: Shutdown) -> int:
     access = Access(settings.people())
     state = ConsoleState(settings.offline_after_s)
     async with AsyncExitStack() as stack:
-        nc = await stack.enter_async_context(connected(settings.nats, SERVICE))
-        desk = None
-        reviewer = None
+        nc, desk = await _review_client(stack, settings.nats, "console")
+        reviewer_nats = settings.reviewer_nats()
+        reviewer = (
+            (await _review_client(stack, reviewer_nats, "reviewer"))[1]
+            if reviewer_nats is not None
+            else None
+        )
         feeds = ConsoleFeeds(
             nc, state, domain=settings.domain, desk=desk,
             review_poll_s=settings.review_poll_s, quality_poll_s=settings.quality_poll_s,
@@ -53,6 +65,28 @@ async def serve(settings: ConsoleSettings, shutdown: Shutdown) -> int:
         print(f"{READY_PREFIX} http={_url(runner, settings.host)}", flush=True)
         await shutdown.wait()
     return 0
+
+
+async def _review_client(
+    stack: AsyncExitStack, nats: NatsSettings, what: str
+) -> tuple[NATS, ReviewClient]:
+    """A connection as the identity of ``nats``, and the review API called as that identity
+    (a publish its permissions refuse fails the call at once, not after a timeout)."""
+    creds = nats.credentials
+    claims = await asyncio.to_thread(user_claims, creds) if creds is not None else {}
+    name = str(claims.get("name") or "console")
+    holder: list[ReviewClient] = []
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS error on the console's %s connection: %r", what, exc)
+        for client in holder:
+            await client.on_error(exc)
+
+    nc = await connect(nats, f"{SERVICE}-{what}", error_cb=on_error)
+    stack.push_async_callback(close_quietly, nc)
+    client = ReviewClient(nc, name)
+    holder.append(client)
+    return nc, client
 
 
 def _url(runner: web.AppRunner, host: str) -> str:

@@ -11,6 +11,8 @@ INGRESS_READY = "MESH_INGRESS_READY"
 CONTROLLER_READY = "MESH_CONTROLLER ready"
 #: the console prints ``MESH_CONSOLE_READY http=URL``.
 CONSOLE_READY = "MESH_CONSOLE_READY"
+#: the review service prints ``MESH_REVIEW_READY http=URL``.
+REVIEW_READY = "MESH_REVIEW_READY"
 
 #: what ``mesh up`` prints on stdout, one ``NAME=VALUE`` a line.
 ENV_NATS_URL = "MESH_NATS_URL"
@@ -22,6 +24,8 @@ ENV_TRUSTED_KEYS = "MESH_TRUSTED_KEYS"
 #: the operator console's address and the token people open it with (``mesh up``).
 ENV_CONSOLE_URL = "MESH_CONSOLE_URL"
 ENV_CONSOLE_TOKEN = "MESH_CONSOLE_TOKEN"
+#: credentials of an identity with the reviewer role (``mesh review``).
+ENV_REVIEWER_CREDS = "MESH_REVIEWER_CREDS"
 
 #: what the ``mesh`` commands read from the environment beside the processes' settings: the
 #: settings classes do not take these for misspelt settings.
@@ -38,6 +42,7 @@ COMMAND_VARIABLES = (
     ENV_TRUSTED_KEYS,
     ENV_CONSOLE_URL,
     ENV_CONSOLE_TOKEN,
+    ENV_REVIEWER_CREDS,
     ENV_INGRESS_CREDS,
     ENV_TLS_CA,
     ENV_CACHE_DIR,
