@@ -121,7 +121,7 @@ def _status(url: str, headers: dict[str, str] | None = None, method: str = "GET"
     request = urllib.request.Request(url, headers=headers or {}, method=method, data=data)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read(2000).decode(), response.headers
+            return response.status, response.read(4_000_000).decode(), response.headers
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(), error.headers
 
@@ -238,3 +238,105 @@ def test_every_page_passes_axe_with_no_serious_or_critical_violation(
     browser.open(mesh_up.url + "/")
     found["refusal"] = [f"{v['id']} ({v['impact']})" for v in browser.axe()]
     assert all(not v for v in found.values()), found
+
+
+async def _ask_for_people(up: MeshUp, rows: int) -> list[str]:
+    """Requests whose callers ask for a person (``human_review=always``): review items."""
+    import numpy as np
+
+    from mesh import MeshClient
+
+    x = np.load(up.demo_test)["x"][:rows].astype(np.float32)  # type: ignore[attr-defined]
+    ids = []
+    options = {"user_credentials": up.env["MESH_CREDS"]}
+    async with await MeshClient.connect(up.env["MESH_NATS_URL"], **options) as client:
+        for row in x:
+            result = await client.infer("digits", row[None, :], human_review="always")
+            ids.append(result.id)
+    return ids
+
+
+async def _stored_labels(up: MeshUp, items: list[str]) -> dict[str, Any]:
+    """The label records of ``items`` as the store holds them (the hub's KV, read as the
+    administrator: what the review desk reads too)."""
+    from pathlib import Path
+
+    import nats
+
+    from mesh.review.records import decode_label
+    from mesh.topology.streams import REVIEW_LABELS_BUCKET
+
+    admin = Path(up.env["MESH_CREDS"]).with_name("admin.creds")
+    hub = next(line.split()[1].rstrip(";") for line in up.stderr if line.startswith("hub "))
+    nc = await nats.connect(hub, user_credentials=str(admin), inbox_prefix="_INBOX_admin")
+    try:
+        kv = await nc.jetstream(domain="hub").key_value(REVIEW_LABELS_BUCKET)
+        out = {}
+        for item in items:
+            entry = await kv.get(item)
+            out[item] = decode_label(entry.value or b"", revision=int(entry.revision or 0))
+        return out
+    finally:
+        await nc.close()
+
+
+def test_items_are_labelled_with_a_click_and_with_a_key_and_leave_the_queue(
+    mesh_up: MeshUp, browser: Browser, demo: DemoArtifacts
+) -> None:
+    import asyncio
+
+    mesh_up.demo_test = demo.test  # type: ignore[attr-defined]
+    bearer = {"Authorization": f"Bearer {mesh_up.token}"}
+
+    def queued() -> list[dict[str, Any]]:
+        code, body, _ = _status(f"{mesh_up.url}/api/review", bearer)
+        return list(json.loads(body)["items"]) if code == 200 else []
+
+    asyncio.run(_ask_for_people(mesh_up, 3))
+    browser.wait_for("three items queued", lambda: len(queued()) >= 3, timeout=60)
+    browser.open(f"{mesh_up.url}/review?token={mesh_up.token}")
+    browser.wait_for("an item to label", lambda: "Label this item" in browser.text("main"), 10)
+    browser.mark()
+    first = str(browser.driver.execute_script(
+        "return document.getElementById('item-heading').dataset.item;"))  # fmt: skip
+    browser.screenshot("item-to-label")
+    browser.driver.find_element("css selector", "#review-item button.label[value='3']").click()
+    browser.wait_for(
+        "the next item shown",
+        lambda: browser.driver.execute_script(
+            "const h = document.getElementById('item-heading');"
+            "return h ? h.dataset.item : '';") not in ("", first),
+        timeout=15,
+    )  # fmt: skip
+    second = str(browser.driver.execute_script(
+        "return document.getElementById('item-heading').dataset.item;"))  # fmt: skip
+    browser.screenshot("labelled-by-click")
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser.driver).send_keys("5").perform()
+    browser.wait_for(
+        "the item labelled by key gone from the page",
+        lambda: browser.driver.execute_script(
+            "const h = document.getElementById('item-heading');"
+            "return h ? h.dataset.item : 'none';") != second,
+        timeout=15,
+    )  # fmt: skip
+    browser.wait_for(
+        "both items gone from the queue on the page",
+        lambda: (
+            first[:12] not in browser.text("#review-queue")
+            and second[:12] not in browser.text("#review-queue")
+        ),
+        timeout=15,
+    )
+    browser.screenshot("labelled-by-key")
+    assert browser.marked(), "the page reloaded"
+    pending = {i["id"] for i in queued()}
+    assert first not in pending and second not in pending
+    stored = asyncio.run(_stored_labels(mesh_up, [first, second]))
+    assert stored[first].label == 3 and stored[second].label == 5, stored
+    assert {s.by for s in stored.values()} == {"console-reviewer"}, stored
+    code, body, _ = _status(f"{mesh_up.url}/api/actions", bearer)
+    done = [a for a in json.loads(body) if a["action"] == "review.label"]
+    assert {a["target"] for a in done} >= {first, second}
+    assert all(a["person"] == "operator" and a["outcome"] == "done" for a in done)
