@@ -47,7 +47,9 @@ HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # "no-referrer" would make a browser send "Origin: null" with a form, which the CSRF
+    # check refuses; the token in a first address never leaves the console either way
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 STATIC = {"console.js": "text/javascript", "console.css": "text/css"}

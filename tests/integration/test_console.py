@@ -337,6 +337,7 @@ def test_items_are_labelled_with_a_click_and_with_a_key_and_leave_the_queue(
     assert stored[first].label == 3 and stored[second].label == 5, stored
     assert {s.by for s in stored.values()} == {"console-reviewer"}, stored
     code, body, _ = _status(f"{mesh_up.url}/api/actions", bearer)
+    assert code == 200
     done = [a for a in json.loads(body) if a["action"] == "review.label"]
     assert {a["target"] for a in done} >= {first, second}
     assert all(a["person"] == "operator" and a["outcome"] == "done" for a in done)
