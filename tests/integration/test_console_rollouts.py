@@ -78,7 +78,7 @@ async def test_a_rollouts_stages_advance_on_the_page_and_a_person_pauses_and_res
         url = console.info["http"]
         await run(browser.open, f"{url}/rollouts?token={token}")
         await asyncio.sleep(2.0)  # every node has beaten, with evidence
-        code, out, err = await mesh_cli(
+        code, _, err = await mesh_cli(
             "rollout", "start", "digits", GOOD, "--stages", "1,50%,100%", "--soak", "3s",
             "--gate", "min_requests=20", "--gate", "min_samples=20",
             "--gate", "max_agreement_drop=0.2", "--trusted-key", sim.key.public,
