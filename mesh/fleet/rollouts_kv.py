@@ -12,6 +12,8 @@ from mesh.topology.streams import ROLLOUTS_BUCKET
 
 LEASE_KEY = "lease.controller"
 ROLLOUT_PREFIX = "rollout."
+#: what the assignments a controller writes for a rollout say they are by: ``rollout <id>``.
+ROLLOUT_BY = "rollout "
 
 
 def rollout_key(model: str) -> str:
