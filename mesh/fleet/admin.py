@@ -9,7 +9,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -20,6 +20,7 @@ from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.fleet import registry
 from mesh.fleet.desired import DesiredState, Revisioned, Selector, resolve
 from mesh.fleet.liveness import is_online
+from mesh.fleet.refusals import RetryRequest
 from mesh.fleet.rollout import (
     Gate,
     Rollout,
@@ -284,6 +285,55 @@ def _check_not_shadowed(
             f"{len(nodes)} of its nodes ({', '.join(nodes[:3])}...): roll out with that "
             "selector, or remove the assignment"
         )
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What ``mesh fleet retry`` did: the nodes that had refused the version, and those whose
+    heartbeat no longer shows the refusal."""
+
+    refused: list[str]
+    cleared: list[str]
+
+
+async def clear_refusals(
+    js: JetStreamContext,
+    model: str,
+    version: str,
+    node: str | None,
+    *,
+    by: str = "",
+    wait_s: float = 15.0,
+) -> Retried:
+    """Ask ``node`` (None: every node) to clear its refusal of ``model@version``, then wait
+    up to ``wait_s`` for the heartbeats to show it cleared. A node that still has it assigned
+    takes it again. Nothing is written when no node refused it."""
+    if not await registry.has_version(js, model, version):
+        raise NotFoundError(f"{model}@{version} is not in the registry")
+    label = f"{model}@{version}"
+    beats = await registry.read_heartbeats(js)
+    if node is not None and node not in beats:
+        raise NotFoundError(f"no node {node} in the fleet (mesh fleet status lists them)")
+    refused = _refusing(beats, label, node)
+    if not refused:
+        return Retried([], [])
+    await registry.request_retry(js, RetryRequest(model, version, node, time.time(), by))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    pending = refused
+    while pending and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        pending = [n for n in _refusing(await registry.read_heartbeats(js), label, node)
+                   if n in refused]  # fmt: skip
+    return Retried(refused, [n for n in refused if n not in pending])
+
+
+def _refusing(beats: Mapping[str, NodeStatus | str], label: str, node: str | None) -> list[str]:
+    return sorted(
+        name
+        for name, beat in beats.items()
+        if isinstance(beat, NodeStatus) and label in beat.rejected and node in (None, name)
+    )
 
 
 async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:

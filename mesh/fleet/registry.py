@@ -26,6 +26,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -114,8 +115,23 @@ async def _store(js: JetStreamContext) -> Any:
         ) from None
 
 
+class Pushed(StrEnum):
+    """What a push did."""
+
+    STORED = "stored"
+    UNCHANGED = "unchanged"
+    RESIGNED = "re-signed"
+
+
 async def push(js: JetStreamContext, artifact: Artifact, *, resign: bool = False) -> str:
-    """Store a signed version (already verified by the caller); returns ``model@version``.
+    """``store`` a signed version; returns ``model@version``."""
+    await store(js, artifact, resign=resign)
+    manifest = artifact.manifest
+    return f"{manifest.get('name')}@{manifest.get('version')}"
+
+
+async def store(js: JetStreamContext, artifact: Artifact, *, resign: bool = False) -> Pushed:
+    """Store a signed version (already verified by the caller).
 
     The parts go in the order onnx, manifest, signature: a version counts as present once its
     signature is, and a node fetches only versions someone assigned after that. A version in
@@ -125,22 +141,22 @@ async def push(js: JetStreamContext, artifact: Artifact, *, resign: bool = False
     manifest, refused."""
     manifest = artifact.manifest
     model, version = str(manifest.get("name")), str(manifest.get("version"))
-    store = await _store(js)
+    objects = await _store(js)
     try:
         existing: bytes | None = await read_object(js, object_name(model, version, "signature"))
     except MeshNotFound:
         existing = None
     if existing is not None:
         if existing == artifact.signature_bytes:
-            return f"{model}@{version}"
+            return Pushed.UNCHANGED
         await _same_content(js, artifact, model, version, resign)
-        await store.put(object_name(model, version, "signature"), artifact.signature_bytes)
-        return f"{model}@{version}"
+        await objects.put(object_name(model, version, "signature"), artifact.signature_bytes)
+        return Pushed.RESIGNED
     for part, data in zip(
         PARTS, (artifact.onnx, artifact.manifest_bytes, artifact.signature_bytes), strict=True
     ):
-        await store.put(object_name(model, version, part), data)
-    return f"{model}@{version}"
+        await objects.put(object_name(model, version, part), data)
+    return Pushed.STORED
 
 
 async def _same_content(

@@ -16,3 +16,10 @@ ENV_CREDS = "MESH_CREDS"
 ENV_HTTP_URL = "MESH_HTTP_URL"
 ENV_GRPC_URL = "MESH_GRPC_URL"
 ENV_INGRESS_TOKEN = "MESH_INGRESS_TOKEN"
+#: and, for the operator's commands (``mesh rollout``, ``mesh fleet``, ``mesh models push``...,
+#: which read them as their defaults): the hub, the controller's credentials, the key that
+#: signs versions and the public key the nodes trust.
+ENV_HUB_URL = "MESH_HUB_URL"
+ENV_CONTROLLER_CREDS = "MESH_CONTROLLER_CREDS"
+ENV_SIGNING_KEY = "MESH_SIGNING_KEY"
+ENV_TRUSTED_KEYS = "MESH_TRUSTED_KEYS"
