@@ -22,6 +22,17 @@ from mesh.cli.options import (
     server_list,
     servers_option,
 )
+from mesh.topology.processes import (
+    ENV_CONTROLLER_CREDS,
+    ENV_CREDS,
+    ENV_GRPC_URL,
+    ENV_HTTP_URL,
+    ENV_HUB_URL,
+    ENV_INGRESS_TOKEN,
+    ENV_NATS_URL,
+    ENV_SIGNING_KEY,
+    ENV_TRUSTED_KEYS,
+)
 
 if TYPE_CHECKING:
     from mesh.sdk.client import InferResult
@@ -200,7 +211,9 @@ def up(
             for tier, served in models.items():
                 names = ", ".join(m["name"] for m in served)
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
-            return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True, events=True)
+            return MeshLayout(
+                models=models, edge_replicas=edge_replicas, fleet=True, events=True, operated=True
+            )
         click.echo(f"demo models in {cache} (built on first run)", err=True)
         demo = await asyncio.to_thread(ensure_demo, cache)
         reports = await asyncio.to_thread(
@@ -215,6 +228,7 @@ def up(
             edge_replicas=edge_replicas,
             fleet=True,
             events=True,
+            operated=True,
         )
 
     async def run(shutdown: Shutdown) -> int:
@@ -227,20 +241,32 @@ def up(
                 click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
             click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
             controller = await mesh.controller_creds()
+            if mesh.controller is not None:
+                click.echo(
+                    f"controller {mesh.controller.name}: pid {mesh.controller.pid}", err=True
+                )
             click.echo(
-                f"fleet: sign with {mesh.signing_key_path}; push and assign on the hub with "
-                f"--servers {mesh.hub_url} --creds {controller}; "
-                f"mesh fleet status --servers {mesh.hub_url} --creds {controller}",
+                f"fleet: {', '.join(mesh.published)} signed and in the registry; "
+                f"mesh models bump, mesh rollout start and mesh fleet status use the "
+                f"{ENV_HUB_URL}, {ENV_CONTROLLER_CREDS}, {ENV_SIGNING_KEY} and "
+                f"{ENV_TRUSTED_KEYS} below",
                 err=True,
             )
             token = secrets.token_urlsafe(24)
             ingress = await mesh.start_ingress(token)
             click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
-            click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
-            click.echo(f"MESH_CREDS={mesh.app_creds}", nl=True)
-            click.echo(f"MESH_HTTP_URL={ingress.http_url}", nl=True)
-            click.echo(f"MESH_GRPC_URL={ingress.grpc_address}", nl=True)
-            click.echo(f"MESH_INGRESS_TOKEN={token}", nl=True)
+            for name, value in (
+                (ENV_NATS_URL, mesh.site_url),
+                (ENV_CREDS, mesh.app_creds),
+                (ENV_HTTP_URL, ingress.http_url),
+                (ENV_GRPC_URL, ingress.grpc_address),
+                (ENV_HUB_URL, mesh.hub_url),
+                (ENV_CONTROLLER_CREDS, controller),
+                (ENV_SIGNING_KEY, mesh.signing_key_path),
+                (ENV_TRUSTED_KEYS, mesh.signing_public),
+                (ENV_INGRESS_TOKEN, token),  # the last line: what scripts wait for
+            ):
+                click.echo(f"{name}={value}")
             sys.stdout.flush()
             supervisor = asyncio.create_task(
                 mesh.supervise(lambda line: click.echo(line, err=True))

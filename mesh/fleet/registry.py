@@ -25,7 +25,9 @@ import asyncio
 import base64
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -50,7 +52,7 @@ from mesh.topology.streams import (
     MODEL_STORE_STREAM,
     NODES_BUCKET,
 )
-from mesh.topology.subjects import kv_stream
+from mesh.topology.subjects import kv_stream, object_chunks, object_meta
 from mesh.wire import NodeStatus, decode_node_status
 
 #: parts of one version in the object store.
@@ -150,7 +152,9 @@ async def store(js: JetStreamContext, artifact: Artifact, *, resign: bool = Fals
         if existing == artifact.signature_bytes:
             return Pushed.UNCHANGED
         await _same_content(js, artifact, model, version, resign)
-        await objects.put(object_name(model, version, "signature"), artifact.signature_bytes)
+        await _replace_small_object(
+            js, object_name(model, version, "signature"), artifact.signature_bytes
+        )
         return Pushed.RESIGNED
     for part, data in zip(
         PARTS, (artifact.onnx, artifact.manifest_bytes, artifact.signature_bytes), strict=True
@@ -184,6 +188,30 @@ async def _same_content(
             "signature: versions are immutable, but a signature may be replaced by one the nodes "
             "trust; push again with their keys (--trusted-key or $MESH_TRUSTED_KEYS)"
         )
+
+
+async def _replace_small_object(js: JetStreamContext, name: str, data: bytes) -> None:
+    """Write ``data`` as object ``name``, one chunk and its meta, as nats-py's ``put`` does, but
+    leaving the chunk it replaces: removing that is a purge, a JetStream administrator's verb
+    the controller may not use (a signature is a few hundred bytes)."""
+    nuid = uuid.uuid4().hex
+    await js.publish(object_chunks(MODEL_STORE, nuid), data)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    info = api.ObjectInfo(
+        name=name,
+        bucket=MODEL_STORE,
+        nuid=nuid,
+        size=len(data),
+        chunks=1,
+        mtime=datetime.now(UTC).isoformat(),
+        digest=f"SHA-256={digest}",
+        options=api.ObjectMetaOptions(max_chunk_size=max(len(data), 1)),
+    )
+    await js.publish(
+        object_meta(MODEL_STORE, name),
+        json.dumps(info.as_dict()).encode(),
+        headers={api.Header.ROLLUP: "sub"},
+    )
 
 
 def _digest_text(digest: str | None) -> str:
@@ -229,7 +257,7 @@ async def _object_metas(js: JetStreamContext) -> dict[str, api.ObjectInfo]:
     if not info.state.messages:
         return {}
     sub = await js.subscribe(
-        f"$O.{MODEL_STORE}.M.>",
+        object_meta(MODEL_STORE),
         stream=stream,
         ordered_consumer=True,
         config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT),
@@ -255,9 +283,8 @@ async def _object_metas(js: JetStreamContext) -> dict[str, api.ObjectInfo]:
 
 async def _object_meta(js: JetStreamContext, name: str) -> api.ObjectInfo:
     """One object's meta record (its size and digest)."""
-    subject = f"$O.{MODEL_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
     try:
-        msg = await js.get_last_msg(MODEL_STORE_STREAM, subject)
+        msg = await js.get_last_msg(MODEL_STORE_STREAM, object_meta(MODEL_STORE, name))
     except NotFoundError:
         raise MeshNotFound(f"object {name} is not in {MODEL_STORE}") from None
     try:
@@ -308,7 +335,7 @@ async def read_object(
 async def _read_chunks(
     js: JetStreamContext, stream: str, name: str, info: api.ObjectInfo, size: int
 ) -> bytes:
-    chunk_subject = f"$O.{MODEL_STORE}.C.{info.nuid}"
+    chunk_subject = object_chunks(MODEL_STORE, str(info.nuid))
     sub = await js.subscribe(chunk_subject, stream=stream, ordered_consumer=True)
     data = bytearray()
     try:

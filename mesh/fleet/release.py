@@ -1,11 +1,13 @@
-"""A model's next version, made from one in the registry: the same artifact and manifest under
-a new version name, signed with the caller's key and pushed (``mesh models bump``). The bytes
-passed their evidence gate when the version they come from was pushed."""
+"""Releasing versions: a manifest and its artifact signed as the registry keeps them, and a
+model's next version made from one in the registry (the same artifact and manifest under a new
+version name, signed with the caller's key and pushed: ``mesh models bump``; its bytes passed
+their evidence gate when the version they come from was pushed)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -14,6 +16,19 @@ from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.fleet import registry
 from mesh.fleet.signing import SigningKey, sign, verify
 from mesh.models.bump import bumped, next_version
+from mesh.models.manifest import load_manifest, sha256_of, verify_artifact
+
+
+def signed_artifact(manifest: Path, key: SigningKey) -> registry.Artifact:
+    """A manifest file and its artifact, signed with ``key``. Blocking."""
+    parsed = load_manifest(manifest)
+    onnx = verify_artifact(parsed, manifest)
+    signature = sign(key, json.loads(manifest.read_text("utf-8")), sha256_of(onnx))
+    return registry.Artifact(
+        onnx=onnx.read_bytes(),
+        manifest_bytes=manifest.read_bytes(),
+        signature_bytes=signature.to_json(),
+    )
 
 
 async def bump(

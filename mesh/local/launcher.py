@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -26,6 +26,7 @@ from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
+from mesh.topology.processes import CONTROLLER_READY
 from mesh.topology.streams import MeshTopology, TierPlacement
 from mesh.transport.jetstream import provision
 
@@ -111,6 +112,41 @@ class IngressProcess:
         await self._child.stop()
 
 
+class ControllerProcess:
+    """A ``mesh controller`` process (the fleet's, driving rollouts); ready once it watches."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self.name = name
+        self._child = ChildProcess(
+            name, argv, log_path, ready_prefix=CONTROLLER_READY, env=child_env(env)
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await self._child.start(timeout)
+
+    async def kill(self) -> None:
+        await self._child.kill()
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+    async def wait(self) -> int:
+        return await self._child.wait()
+
+
+class Supervised(Protocol):
+    """What ``EmbeddedMesh.supervise`` restarts: a node or the controller."""
+
+    @property
+    def pid(self) -> int | None: ...
+    async def start(self, timeout: float = 60.0) -> None: ...
+    async def wait(self) -> int: ...
+
+
 #: the tiers ``mesh up`` knows, lowest first, with their residency zones.
 TIERS = ("edge", "gateway", "cloud")
 ZONES = {"edge": "device", "gateway": "site", "cloud": "cloud"}
@@ -139,6 +175,9 @@ class MeshLayout:
     events: bool = False
     #: share of confident answers the edge and gateway audit upstream (default: the setting's).
     audit_rate: float | None = None
+    #: with ``fleet``: sign the versions the nodes serve and push them to the registry (what a
+    #: rollout rolls back to), and run a ``mesh controller`` under supervision (``mesh up``).
+    operated: bool = False
 
     def tiers(self) -> list[str]:
         if self.models is None:
@@ -176,6 +215,9 @@ class EmbeddedMesh:
         self.signing_key_path = self.work_dir / "fleet" / "signing.key"
         self.signing_public: str | None = None
         self.ingress: IngressProcess | None = None
+        self.controller: ControllerProcess | None = None
+        #: ``model@version`` of every version signed and pushed at start (``layout.operated``).
+        self.published: list[str] = []
 
     @property
     def site_url(self) -> str:
@@ -193,6 +235,8 @@ class EmbeddedMesh:
         await self.provision()
         if self.layout.fleet:
             await self.start_fleet()
+            if self.layout.operated:
+                await self.publish_served()
 
     def topology(self) -> MeshTopology:
         """The streams this mesh needs: its chain (the cloud at the hub, the rest at the site),
@@ -243,6 +287,52 @@ class EmbeddedMesh:
             return key.public
 
         self.signing_public = await asyncio.to_thread(make_key)
+
+    def served_manifests(self) -> list[Path]:
+        """Manifests of every version the nodes are configured to serve."""
+        lay = self.layout
+        if lay.models is None:
+            given = (lay.edge_manifest, lay.gateway_manifest, lay.cloud_manifest)
+            return [m for m in given if m is not None]
+        return [
+            Path(m["manifest"])
+            for tier in lay.tiers()
+            for m in lay.models.get(tier, [])
+            if m.get("manifest")
+        ]
+
+    async def publish_served(self) -> None:
+        """Sign every version the nodes serve with the fleet's key and push it to the hub's
+        registry: a rollout needs what it would roll back to there."""
+        from mesh.fleet import registry
+        from mesh.fleet.release import signed_artifact
+        from mesh.fleet.signing import SigningKey
+        from mesh.models.manifest import load_manifest
+
+        key = await asyncio.to_thread(SigningKey.load, self.signing_key_path)
+        nc = await self.site.hub.connect(name="mesh-publish")
+        try:
+            js = nc.jetstream(domain="hub")
+            for manifest in dict.fromkeys(self.served_manifests()):
+                artifact = await asyncio.to_thread(signed_artifact, manifest, key)
+                await registry.store(js, artifact)
+                parsed = await asyncio.to_thread(load_manifest, manifest)
+                self.published.append(f"{parsed.name}@{parsed.version}")
+        finally:
+            await nc.close()
+
+    async def start_controller(self) -> ControllerProcess:
+        """The fleet's controller, as its own ``mesh controller`` process at the hub."""
+        creds = await self.controller_creds()
+        name = "controller-0"
+        argv = [
+            *MESH_COMMAND, "controller", "--servers", self.hub_url, "--creds", str(creds),
+            "--name", name,
+        ]  # fmt: skip
+        process = ControllerProcess(name, argv, self.work_dir / f"{name}.log", self.node_env)
+        await process.start()
+        self.controller = process
+        return process
 
     def entry_manifests(self) -> list[Path]:
         """Manifests of the models the entry tier serves (what the ingress describes)."""
@@ -409,6 +499,17 @@ class EmbeddedMesh:
     async def start(self, leaf_url: str | None = None) -> None:
         await self.start_servers(leaf_url)
         await self.start_nodes()
+        if self.layout.fleet and self.layout.operated:
+            await self.start_controller()
+
+    def supervised(self) -> dict[str, tuple[str, Supervised]]:
+        """What ``supervise`` watches: name to (what it is, the process)."""
+        out: dict[str, tuple[str, Supervised]] = {
+            name: ("node", node) for name, node in self.nodes.items()
+        }
+        if self.controller is not None:
+            out[self.controller.name] = ("controller", self.controller)
+        return out
 
     async def supervise(
         self,
@@ -417,11 +518,12 @@ class EmbeddedMesh:
         max_restarts: int = 5,
         window_s: float = 60.0,
     ) -> None:
-        """Restart a node that exits while the mesh runs (a crash, or status 70 from a node
-        whose NATS connection died), reporting each exit; a node that exits more than
-        ``max_restarts`` times in ``window_s`` is left down and reported so."""
-        restarts: dict[str, list[float]] = {name: [] for name in self.nodes}
-        waits = {asyncio.create_task(node.wait()): name for name, node in self.nodes.items()}
+        """Restart a node or the controller that exits while the mesh runs (a crash, or
+        status 70 from a node whose NATS connection died), reporting each exit; one that exits
+        more than ``max_restarts`` times in ``window_s`` is left down and reported so."""
+        children = self.supervised()
+        restarts: dict[str, list[float]] = {name: [] for name in children}
+        waits = {asyncio.create_task(child.wait()): name for name, (_, child) in children.items()}
         try:
             while waits:
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -429,18 +531,18 @@ class EmbeddedMesh:
                     name = waits.pop(task)
                     if self._stopping:
                         return
-                    node = self.nodes[name]
+                    kind, child = children[name]
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < window_s]
                     if len(recent) >= max_restarts:
-                        report(f"node {name} exited with status {task.result()} again; left down")
+                        report(f"{kind} {name} exited with status {task.result()} again; left down")
                         continue
-                    report(f"node {name} exited with status {task.result()}; restarting it")
+                    report(f"{kind} {name} exited with status {task.result()}; restarting it")
                     restarts[name] = [*recent, now]
                     await asyncio.sleep(min(2.0 ** len(recent) * 0.5, 10.0))
-                    await node.start()
-                    report(f"node {name} restarted (pid {node.pid})")
-                    waits[asyncio.create_task(node.wait())] = name
+                    await child.start()
+                    report(f"{kind} {name} restarted (pid {child.pid})")
+                    waits[asyncio.create_task(child.wait())] = name
         finally:
             await cancel_and_wait(list(waits))
 
@@ -448,6 +550,8 @@ class EmbeddedMesh:
         self._stopping = True
         if self.ingress is not None:
             await self.ingress.stop()
+        if self.controller is not None:
+            await self.controller.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         await self.site.stop()
