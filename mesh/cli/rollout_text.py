@@ -20,9 +20,8 @@ def describe(r: Rollout, now: float | None = None) -> list[str]:
     for i, (stage, entry) in enumerate(zip(r.stages, r.log, strict=True)):
         if entry.started_at is None:
             continue
-        nodes = r.stage_size(i)
         lines.append(
-            f"  {i + 1}. {stage.name} ({nodes} node{'s' if nodes != 1 else ''}): "
+            f"  {i + 1}. {stage.name} ({_count(r.stage_size(i), 'node')}): "
             f"{_progress(r, i, entry, now)}"
         )
         if entry.canary is not None:
@@ -50,8 +49,8 @@ def headline(r: Rollout, now: float) -> str:
     took = _duration(r.updated_at - r.created_at)
     if r.state == RolloutPhase.COMPLETED:
         return (
-            f"{name}: completed on {len(r.targets)} nodes of {r.selector.key} in {total} "
-            f"stage{'s' if total != 1 else ''}, {took}"
+            f"{name}: completed on {_count(len(r.targets), 'node')} of {r.selector.key} in "
+            f"{_count(total, 'stage')}, {took}"
         )
     back = _back_to(r)
     if r.state in (RolloutPhase.ROLLED_BACK, RolloutPhase.ABORTED, RolloutPhase.FAILED):
@@ -126,9 +125,9 @@ def _evidence_line(gate: Gate, canary: Figures, base: Figures | None, measurable
     parts = [f"requests {canary.requests} (needs {gate.min_requests})"]
     if measurable:
         parts.append(f"compared upstream {canary.compared} (needs {gate.min_samples})")
-    who = f"canary {canary.nodes} node{'s' if canary.nodes != 1 else ''}"
+    who = f"canary {_count(canary.nodes, 'node')}"
     against = (
-        f"baseline {base.nodes} node{'s' if base.nodes != 1 else ''}, {base.requests} requests"
+        f"baseline {_count(base.nodes, 'node')}, {base.requests} requests"
         if base is not None
         else "no baseline"
     )
@@ -151,6 +150,10 @@ def _latency_lines(gate: Gate, canary: Figures, base: Figures | None) -> list[st
     if gate.max_p95_ms is not None:
         lines.append(f"p95 {_num(canary.quantile(0.95), 1)} ms against {gate.max_p95_ms:g} ms")
     return lines
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _num(value: float | None, digits: int) -> str:

@@ -107,7 +107,8 @@ def rollout_start(
         return
     sizes = ", ".join(f"{s.name} {r.stage_size(i)}" for i, s in enumerate(r.stages))
     click.echo(
-        f"rollout {r.id}: {model}@{version} over {len(r.targets)} nodes of {r.selector.key} "
+        f"rollout {r.id}: {model}@{version} over {len(r.targets)} "
+        f"node{'' if len(r.targets) == 1 else 's'} of {r.selector.key} "
         f"({sizes}), rolls back to {r.previous_version}"
     )
     _, dropped = distinct_stages(parse_stages(stages, Gate()), len(r.targets))

@@ -255,16 +255,17 @@ def up(
             token = secrets.token_urlsafe(24)
             ingress = await mesh.start_ingress(token)
             click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
+            # the first five lines as they always were, then the operator's
             for name, value in (
                 (ENV_NATS_URL, mesh.site_url),
                 (ENV_CREDS, mesh.app_creds),
                 (ENV_HTTP_URL, ingress.http_url),
                 (ENV_GRPC_URL, ingress.grpc_address),
+                (ENV_INGRESS_TOKEN, token),
                 (ENV_HUB_URL, mesh.hub_url),
                 (ENV_CONTROLLER_CREDS, controller),
                 (ENV_SIGNING_KEY, mesh.signing_key_path),
                 (ENV_TRUSTED_KEYS, mesh.signing_public),
-                (ENV_INGRESS_TOKEN, token),  # the last line: what scripts wait for
             ):
                 click.echo(f"{name}={value}")
             sys.stdout.flush()
