@@ -8,6 +8,7 @@ documented where it is declared.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from pydantic_settings import (
 from mesh.node.breaker import BreakerConfig
 from mesh.node.policy import RESIDENCY_ZONES
 from mesh.scoring.confidence import ConfidenceKind
+from mesh.topology.processes import COMMAND_VARIABLES
 from mesh.topology.subjects import check_token
 
 
@@ -379,9 +381,40 @@ class ServiceSettings(BaseSettings):
         )
         token = _layers.set(layers)
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         finally:
             _layers.reset(token)
+        misspelt = unknown_variables(cls, os.environ)
+        if misspelt:
+            raise ValueError("; ".join(misspelt))
+        return settings
+
+
+#: every settings class's variable prefix: a class with a shorter prefix leaves the others' alone.
+SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_")
+
+
+def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+    """``MESH_*`` variables that look like settings of ``cls`` but name no field of it, each
+    said with the field it was probably meant for: a misspelt top-level setting would otherwise
+    be ignored, where a misspelt nested one is refused."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    fields = {name.upper(): name for name in cls.model_fields}
+    found: list[str] = []
+    for key in environ:
+        upper = key.upper()
+        if not upper.startswith(prefix) or upper in COMMAND_VARIABLES:
+            continue
+        if any(p != prefix and p.startswith(prefix) and upper.startswith(p)
+               for p in SETTINGS_PREFIXES):  # fmt: skip
+            continue
+        head = upper[len(prefix) :].split("__")[0]
+        if head in fields:
+            continue
+        close = difflib.get_close_matches(head, list(fields), n=1)
+        hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+        found.append(f"{key} names no setting of {cls.__name__}{hint}")
+    return found
 
 
 class NodeSettings(ServiceSettings):

@@ -8,7 +8,6 @@ servers listen.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,14 @@ from mesh.ingress.rest import create_rest_app
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.observability.telemetry import configure_telemetry
 from mesh.sdk.client import MeshClient
-from mesh.services.process import load_settings, run_process
-from mesh.services.stopping import Shutdown, exit_on_signal
+from mesh.services.process import service_main
+from mesh.services.stopping import Shutdown
 from mesh.settings import IngressSettings
+from mesh.topology.processes import INGRESS_READY
 from mesh.transport.connection import connect
 from mesh.transport.http import HttpServer
 
-READY_PREFIX = "MESH_INGRESS_READY"
+READY_PREFIX = INGRESS_READY
 SERVICE = "mesh-ingress"
 
 
@@ -71,15 +71,7 @@ def main(
     defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the ingress until SIGINT or SIGTERM; invalid settings exit with status 2."""
-    exit_on_signal()
-    settings = load_settings(
-        IngressSettings,
-        "ingress",
-        config,
-        flags=flags,
-        defaults=defaults,
+    service_main(
+        IngressSettings, "ingress", serve, SERVICE, config, flags=flags, defaults=defaults,
         source="flags and MESH_INGRESS_* variables",
-    )
-    status = run_process(lambda shutdown: serve(settings, shutdown), settings, SERVICE)
-    if status:
-        sys.exit(status)
+    )  # fmt: skip

@@ -16,10 +16,32 @@ ENV_CREDS = "MESH_CREDS"
 ENV_HTTP_URL = "MESH_HTTP_URL"
 ENV_GRPC_URL = "MESH_GRPC_URL"
 ENV_INGRESS_TOKEN = "MESH_INGRESS_TOKEN"
+ENV_TRUSTED_KEYS = "MESH_TRUSTED_KEYS"
 #: and, for the operator's commands (``mesh rollout``, ``mesh fleet``, ``mesh models push``...,
 #: which read them as their defaults): the hub, the controller's credentials, the key that
 #: signs versions and the public key the nodes trust.
 ENV_HUB_URL = "MESH_HUB_URL"
 ENV_CONTROLLER_CREDS = "MESH_CONTROLLER_CREDS"
 ENV_SIGNING_KEY = "MESH_SIGNING_KEY"
-ENV_TRUSTED_KEYS = "MESH_TRUSTED_KEYS"
+
+#: what the ``mesh`` commands read from the environment beside the processes' settings: the
+#: settings classes do not take these for misspelt settings.
+ENV_INGRESS_CREDS = "MESH_INGRESS_CREDS"
+ENV_TLS_CA = "MESH_TLS_CA"
+ENV_CACHE_DIR = "MESH_CACHE_DIR"
+ENV_BENCH_MLSERVER = "MESH_BENCH_MLSERVER"
+COMMAND_VARIABLES = (
+    ENV_NATS_URL,
+    ENV_CREDS,
+    ENV_HTTP_URL,
+    ENV_GRPC_URL,
+    ENV_INGRESS_TOKEN,
+    ENV_TRUSTED_KEYS,
+    ENV_HUB_URL,
+    ENV_CONTROLLER_CREDS,
+    ENV_SIGNING_KEY,
+    ENV_INGRESS_CREDS,
+    ENV_TLS_CA,
+    ENV_CACHE_DIR,
+    ENV_BENCH_MLSERVER,
+)
