@@ -488,12 +488,64 @@ class IngressSettings(ServiceSettings):
     """Budget of a request that names none."""
     max_budget_ms: float = Field(60_000.0, gt=0)
     """Largest budget a request may ask for."""
+    callers: dict[str, str] = Field(default_factory=dict)
+    """Named callers' bearer tokens, name to token. A caller sending one is that name for its
+    share of the ingress; a caller sending ``token`` (or any caller, when neither is set) is its
+    address, which behind a proxy is the proxy's."""
     max_body_bytes: int = Field(64 << 20, ge=1)
-    """Largest request body (REST) or message (gRPC)."""
+    """Largest request body (REST) or message (gRPC: its max message size)."""
+    body_bytes_in_flight: int | None = Field(None, ge=1)
+    """Bytes of request bodies the ingress holds at once, each from before it is read until its
+    answer is sent; a gRPC message holds ``max_body_bytes`` while it is read (gRPC does not say
+    a length first). Default: four times ``body_bytes_per_caller``."""
+    body_bytes_per_caller: int | None = Field(None, ge=1)
+    """Of those, how many one caller may hold: its large bodies wait behind each other, not in
+    front of other callers'. At least ``max_body_bytes``, which is the default."""
+    body_wait_s: float = Field(1.0, ge=0)
+    """Seconds a body waits for room among the bytes in flight before it is refused with 429
+    (gRPC RESOURCE_EXHAUSTED)."""
+    max_inflight: int = Field(256, ge=1)
+    """Calls the ingress holds at once; more get 429 (gRPC RESOURCE_EXHAUSTED)."""
+    max_inflight_per_caller: int = Field(64, ge=0)
+    """Of those, how many one caller may hold; more of its calls get 429 while other callers
+    still have room. 0: no share."""
+    header_timeout_s: float = Field(15.0, gt=0)
+    """Seconds a REST connection has to send a request's headers, from when it opens or from
+    its previous answer (also how long an idle kept-alive connection stays open)."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Seconds a request's body (REST) or message (gRPC) has to arrive once it is let in; a
+    slower one gets 408 (gRPC DEADLINE_EXCEEDED)."""
     refresh_s: float = Field(2.0, gt=0)
     """Seconds between asking the entry tier's nodes what they serve."""
     stale_after_s: float = Field(10.0, gt=0)
     """Seconds without an answer from the fleet after which the ingress reports not ready."""
+
+    @field_validator("callers")
+    @classmethod
+    def _callers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, token in v.items():
+            check_token(name, "caller name")
+            if not token:
+                raise ValueError(f"caller {name} has an empty token")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two callers have the same token")
+        return v
+
+    @model_validator(mode="after")
+    def _shares(self) -> Self:
+        if self.token and self.token in self.callers.values():
+            raise ValueError("token is also a named caller's token: give each its own")
+        if self.body_bytes_per_caller is None:
+            self.body_bytes_per_caller = self.max_body_bytes
+        if self.body_bytes_in_flight is None:
+            self.body_bytes_in_flight = 4 * self.body_bytes_per_caller
+        if self.body_bytes_per_caller < self.max_body_bytes:
+            raise ValueError("body_bytes_per_caller must be at least max_body_bytes")
+        if self.body_bytes_in_flight < self.body_bytes_per_caller:
+            raise ValueError("body_bytes_in_flight must be at least body_bytes_per_caller")
+        if self.max_inflight_per_caller > self.max_inflight:
+            raise ValueError("max_inflight_per_caller must be at most max_inflight")
+        return self
 
 
 class ControllerSettings(ServiceSettings):

@@ -28,6 +28,12 @@ PURE = [
     "mesh.node.dataplane",
     "mesh.security.permissions",
     "mesh.security.identities",
+    "mesh.ingress.oip",
+    "mesh.ingress.oip_rest",
+    "mesh.ingress.callers",
+    "mesh.ingress.shares",
+    "mesh.ingress.gate",
+    "mesh.ingress.steps",
 ]
 
 
@@ -90,6 +96,12 @@ PURE_TREES = [
     "mesh.models.manifest",
     "mesh.errors",
     "mesh.lifecycle",
+    "mesh.ingress.oip",
+    "mesh.ingress.oip_rest",
+    "mesh.ingress.callers",
+    "mesh.ingress.shares",
+    "mesh.ingress.gate",
+    "mesh.ingress.steps",
 ]
 
 
