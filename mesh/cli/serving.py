@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +60,14 @@ def _say(line: str) -> None:
     """A progress line on stderr; one that cannot be written (a closed pipe) is dropped."""
     with contextlib.suppress(OSError):
         click.echo(line, err=True)
+
+
+def _tell(line: str) -> None:
+    """A ``NAME=value`` line on stdout, written at once; one that cannot be written (a reader
+    gone after the lines it waited for, as ``tee`` after Ctrl-C) is dropped: the mesh must
+    still get to serve, and so stop as asked, clearing its folder."""
+    with contextlib.suppress(OSError):
+        click.echo(line)
 
 
 def load_rows(file: Path, row: int | None) -> np.ndarray:
@@ -299,8 +306,7 @@ def up(
                 (ENV_SIGNING_KEY, mesh.signing_key_path),
                 (ENV_TRUSTED_KEYS, mesh.signing_public),
             ):
-                click.echo(f"{name}={value}")
-            sys.stdout.flush()
+                _tell(f"{name}={value}")
             supervisor = asyncio.create_task(mesh.supervise(_say))
             await shutdown.wait()
             supervisor.cancel()
