@@ -332,8 +332,9 @@ class FleetSettings(_Section):
     heartbeat_s: float = Field(2.0, gt=0)
     """Seconds between heartbeats."""
     fetch_timeout_s: float = Field(60.0, gt=0)
-    """How long an assigned version may stay missing from the registry before it is refused
-    (a site's mirror can lag the desired state by a moment)."""
+    """How long an assigned version may stay missing or incomplete at the node's site before
+    the node logs a warning about it (a site's mirror can lag the desired state). It is never
+    refused for that: the node tries again, pausing up to 30 s, while it is assigned."""
     gate_runs: int = Field(100, ge=10)
     """Single-row runs of the on-device latency gate."""
     max_artifact_bytes: int = Field(512 * 1024 * 1024, ge=1)

@@ -12,6 +12,8 @@ from mesh.topology.streams import ROLLOUT_KEY_PREFIX, ROLLOUTS_BUCKET, rollout_k
 
 LEASE_KEY = "lease.controller"
 ROLLOUT_PREFIX = ROLLOUT_KEY_PREFIX
+#: what the assignments a controller writes for a rollout say they are by: ``rollout <id>``.
+ROLLOUT_BY = "rollout "
 
 
 def window_key(model: str) -> str:

@@ -27,7 +27,7 @@ from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
-from mesh.topology.processes import CONSOLE_READY, INGRESS_READY
+from mesh.topology.processes import CONSOLE_READY, CONTROLLER_READY, INGRESS_READY
 from mesh.topology.streams import MeshTopology, TierPlacement
 from mesh.transport.jetstream import provision
 
@@ -129,6 +129,32 @@ class IngressProcess:
         await self._child.stop()
 
 
+class ControllerProcess:
+    """A ``mesh controller`` process (the fleet's, driving rollouts); ready once it watches."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self.name = name
+        self._child = ChildProcess(
+            name, argv, log_path, ready_prefix=CONTROLLER_READY, env=child_env(env)
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await self._child.start(timeout)
+
+    async def kill(self) -> None:
+        await self._child.kill()
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+    async def wait(self) -> int:
+        return await self._child.wait()
+
+
 #: the reviewer identity the console labels with under ``mesh up`` and the demo.
 CONSOLE_REVIEWER = "console-reviewer"
 
@@ -192,6 +218,9 @@ class MeshLayout:
     events: bool = False
     #: share of confident answers the edge and gateway audit upstream (default: the setting's).
     audit_rate: float | None = None
+    #: with ``fleet``: sign the versions the nodes serve and push them to the registry (what a
+    #: rollout rolls back to), and run a ``mesh controller`` under supervision (``mesh up``).
+    operated: bool = False
 
     def tiers(self) -> list[str]:
         if self.models is None:
@@ -231,6 +260,9 @@ class EmbeddedMesh:
         self.ingress: IngressProcess | None = None
         self.console: ConsoleProcess | None = None
         self.review: ReviewProcess | None = None
+        self.controller: ControllerProcess | None = None
+        #: ``model@version`` of every version signed and pushed at start (``layout.operated``).
+        self.published: list[str] = []
 
     @property
     def site_url(self) -> str:
@@ -248,6 +280,8 @@ class EmbeddedMesh:
         await self.provision()
         if self.layout.fleet:
             await self.start_fleet()
+            if self.layout.operated:
+                await self.publish_served()
 
     def topology(self) -> MeshTopology:
         """The streams this mesh needs: its chain (the cloud at the hub, the rest at the site),
@@ -298,6 +332,52 @@ class EmbeddedMesh:
             return key.public
 
         self.signing_public = await asyncio.to_thread(make_key)
+
+    def served_manifests(self) -> list[Path]:
+        """Manifests of every version the nodes are configured to serve."""
+        lay = self.layout
+        if lay.models is None:
+            given = (lay.edge_manifest, lay.gateway_manifest, lay.cloud_manifest)
+            return [m for m in given if m is not None]
+        return [
+            Path(m["manifest"])
+            for tier in lay.tiers()
+            for m in lay.models.get(tier, [])
+            if m.get("manifest")
+        ]
+
+    async def publish_served(self) -> None:
+        """Sign every version the nodes serve with the fleet's key and push it to the hub's
+        registry: a rollout needs what it would roll back to there."""
+        from mesh.fleet import registry
+        from mesh.fleet.release import signed_artifact
+        from mesh.fleet.signing import SigningKey
+        from mesh.models.manifest import load_manifest
+
+        key = await asyncio.to_thread(SigningKey.load, self.signing_key_path)
+        nc = await self.site.hub.connect(name="mesh-publish")
+        try:
+            js = nc.jetstream(domain="hub")
+            for manifest in dict.fromkeys(self.served_manifests()):
+                artifact = await asyncio.to_thread(signed_artifact, manifest, key)
+                await registry.store(js, artifact)
+                parsed = await asyncio.to_thread(load_manifest, manifest)
+                self.published.append(f"{parsed.name}@{parsed.version}")
+        finally:
+            await nc.close()
+
+    async def start_controller(self) -> ControllerProcess:
+        """The fleet's controller, as its own ``mesh controller`` process at the hub."""
+        creds = await self.controller_creds()
+        name = "controller-0"
+        argv = [
+            *MESH_COMMAND, "controller", "--servers", self.hub_url, "--creds", str(creds),
+            "--name", name,
+        ]  # fmt: skip
+        process = ControllerProcess(name, argv, self.work_dir / f"{name}.log", self.node_env)
+        await process.start()
+        self.controller = process
+        return process
 
     def entry_manifests(self) -> list[Path]:
         """Manifests of the models the entry tier serves (what the ingress describes)."""
@@ -498,6 +578,8 @@ class EmbeddedMesh:
     async def start(self, leaf_url: str | None = None) -> None:
         await self.start_servers(leaf_url)
         await self.start_nodes()
+        if self.layout.fleet and self.layout.operated:
+            await self.start_controller()
 
     async def supervise(
         self,
@@ -506,14 +588,16 @@ class EmbeddedMesh:
         max_restarts: int = 5,
         window_s: float = 60.0,
     ) -> None:
-        """Restart a node or NATS server that exits while the mesh runs (a crash, or status 70
-        from a node whose NATS connection died), reporting each exit; a server comes back on
-        the ports it had, so links and clients find it again, and a node on the same http URL
-        (reported with its new pid). A process that exits more than ``max_restarts`` times
-        in ``window_s`` is left down and reported so."""
+        """Restart a node, the controller or a NATS server that exits while the mesh runs (a
+        crash, or status 70 from a node whose NATS connection died), reporting each exit; a
+        server comes back on the ports it had, so links and clients find it again, and a node
+        on the same http URL (reported with its new pid). A process that exits more than
+        ``max_restarts`` times in ``window_s`` is left down and reported so."""
         watched: dict[str, Supervised] = dict(self.nodes)
         if self.review is not None:
             watched["review service"] = self.review
+        if self.controller is not None:
+            watched[f"controller {self.controller.name}"] = self.controller
         watched["nats-server hub"] = self.site.hub
         if self.site.leaf is not None:
             watched[f"nats-server {self.site.site_name}"] = self.site.leaf
@@ -531,11 +615,7 @@ class EmbeddedMesh:
                     status = task.result() if not task.exception() else "unknown"
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < window_s]
-                    what = (
-                        name
-                        if name == "console" or name.startswith(("nats-server", "review"))
-                        else f"node {name}"
-                    )
+                    what = name if " " in name or name == "console" else f"node {name}"
                     if len(recent) >= max_restarts:
                         report(f"{what} exited with status {status} again; left down")
                         continue
@@ -549,6 +629,8 @@ class EmbeddedMesh:
                         report(f"node {name} restarted: pid {proc.pid}, http {proc.http_url}")
                     elif isinstance(proc, ConsoleProcess):
                         report(f"console restarted (pid {proc.pid}) at {proc.url}")
+                    elif isinstance(proc, ControllerProcess):
+                        report(f"{what} restarted (pid {proc.pid})")
                     else:
                         report(f"{what} restarted (pid {proc.pid}) on its own ports")
                     waits[asyncio.create_task(proc.wait())] = name
@@ -563,6 +645,8 @@ class EmbeddedMesh:
             await self.ingress.stop()
         if self.review is not None:
             await self.review.stop()
+        if self.controller is not None:
+            await self.controller.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         await self.site.stop()

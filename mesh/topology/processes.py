@@ -26,6 +26,12 @@ ENV_CONSOLE_URL = "MESH_CONSOLE_URL"
 ENV_CONSOLE_TOKEN = "MESH_CONSOLE_TOKEN"
 #: credentials of an identity with the reviewer role (``mesh review``).
 ENV_REVIEWER_CREDS = "MESH_REVIEWER_CREDS"
+#: and, for the operator's commands (``mesh rollout``, ``mesh fleet``, ``mesh models push``...,
+#: which read them as their defaults): the hub, the controller's credentials, the key that
+#: signs versions and the public key the nodes trust.
+ENV_HUB_URL = "MESH_HUB_URL"
+ENV_CONTROLLER_CREDS = "MESH_CONTROLLER_CREDS"
+ENV_SIGNING_KEY = "MESH_SIGNING_KEY"
 
 #: what the ``mesh`` commands read from the environment beside the processes' settings: the
 #: settings classes do not take these for misspelt settings.
@@ -43,6 +49,9 @@ COMMAND_VARIABLES = (
     ENV_CONSOLE_URL,
     ENV_CONSOLE_TOKEN,
     ENV_REVIEWER_CREDS,
+    ENV_HUB_URL,
+    ENV_CONTROLLER_CREDS,
+    ENV_SIGNING_KEY,
     ENV_INGRESS_CREDS,
     ENV_TLS_CA,
     ENV_CACHE_DIR,

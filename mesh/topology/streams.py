@@ -336,7 +336,9 @@ class MeshTopology:
             return [
                 own,
                 _mirror(DESIRED_STREAM, self.hub, DESIRED_HISTORY),
-                _mirror(MODEL_STORE_STREAM, self.hub, 1),
+                # every message of its subject: an object's chunks all go on one subject, and
+                # keeping one a subject left a site the last 67456 of 198528 bytes
+                _mirror(MODEL_STORE_STREAM, self.hub, -1),
             ]
         heartbeat_sources = tuple(
             Source(

@@ -88,6 +88,8 @@ PURE_TREES = [
     "mesh.fleet.liveness",
     "mesh.fleet.desired",
     "mesh.fleet.signing",
+    "mesh.fleet.refusals",
+    "mesh.models.bump",
     "mesh.security.permissions",
     "mesh.security.identities",
     "mesh.security.creds",

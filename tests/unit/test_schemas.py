@@ -66,6 +66,7 @@ MESSAGE_SCHEMAS = [
     "node-status",
     "rollout",
     "desired-state",
+    "fleet-retry",
     "node-event",
     "artifact-signature",
     "inference-event",
@@ -253,6 +254,14 @@ def _desired_message(selector: Selector) -> dict[str, Any]:
     return message
 
 
+def _retry_message(node: str | None) -> dict[str, Any]:
+    from mesh.fleet.refusals import RetryRequest, encode_retry
+
+    request = RetryRequest("digits", "2-edge", node, 1_700_000_006.0, by="controller")
+    message: dict[str, Any] = unpack_raw(encode_retry(request))
+    return message
+
+
 def _node_event_message(event: str) -> dict[str, Any]:
     record = NodeEvent(
         node="edge-0",
@@ -390,6 +399,8 @@ REAL_MESSAGES: dict[str, tuple[str, Any]] = {
         "desired-state",
         lambda: _desired_message(Selector(labels={"line": "4"})),
     ),
+    "retry on one node": ("fleet-retry", lambda: _retry_message("edge-0")),
+    "retry on every node": ("fleet-retry", lambda: _retry_message(None)),
     "node event swapped": ("node-event", lambda: _node_event_message("swapped")),
     "node event rejected": ("node-event", lambda: _node_event_message("rejected")),
     "artifact signature": ("artifact-signature", _signature_message),
