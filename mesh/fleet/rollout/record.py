@@ -95,6 +95,9 @@ class Rollout:
     max_nodes_serving: int = 0
     #: nodes whose telemetry was ignored, and why.
     flagged: dict[str, str] = field(default_factory=dict)
+    #: one more at every write of the record (a start after an earlier rollout of the model
+    #: included): readers drop a record older than one they have seen for its key.
+    generation: int = 0
 
     @property
     def active(self) -> bool:
@@ -119,6 +122,7 @@ def new_rollout(
     now: float,
     by: str = "",
     suspect: Collection[str] = (),
+    generation: int = 1,
 ) -> Rollout:
     """A pending rollout over ``targets``; the ``suspect`` ones (telemetry that cannot be true)
     come last: a canary is there for its evidence, and a stage of nodes not to be trusted has
@@ -144,6 +148,7 @@ def new_rollout(
         updated_at=now,
         by=by,
         log=tuple(StageLog() for _ in stages),
+        generation=generation,
     )
 
 
@@ -172,6 +177,7 @@ def encode_rollout(r: Rollout) -> bytes:
         "max_nodes_serving": r.max_nodes_serving,
         "canary_nodes": r.canary_nodes,
         "flagged": r.flagged,
+        "generation": r.generation,
     }
     return json.dumps(obj, sort_keys=True).encode()
 
@@ -221,6 +227,7 @@ def decode_rollout(data: bytes) -> Rollout:
             outcome=RolloutPhase(outcome) if outcome is not None else None,
             max_nodes_serving=int(obj.get("max_nodes_serving", 0)),
             flagged=dict(obj.get("flagged") or {}),
+            generation=int(obj.get("generation", 0)),
         )
     except InvalidArgumentError:
         raise
