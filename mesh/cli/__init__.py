@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from mesh.cli.fleet import fleet, keys, models_list, models_push, models_sign
+from mesh.cli.fleet import fleet, keys, models_list, models_push, models_revoke, models_sign
 from mesh.cli.identities import identities
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
@@ -27,7 +27,7 @@ for _command in (
     bench, demo,
 ):  # fmt: skip
     main.add_command(_command)
-for _command in (models_sign, models_push, models_list):
+for _command in (models_sign, models_push, models_list, models_revoke):
     models.add_command(_command)
 
 __all__ = ["main"]

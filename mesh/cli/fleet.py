@@ -1,4 +1,4 @@
-"""``mesh keys``, ``mesh models sign|push|list`` and ``mesh fleet init|assign|status``.
+"""``mesh keys``, ``mesh models sign|push|list|revoke`` and ``mesh fleet init|assign|status``.
 
 The registry lives in the hub's JetStream domain; these commands reach it from any server of
 the fleet (``--domain`` names it) with the credentials given. Writing it (push, assign) needs the
@@ -220,6 +220,53 @@ def models_list(
         )
 
 
+@click.command("revoke")
+@click.argument("model")
+@click.argument("version")
+@click.option(
+    "--key", "key_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True, help="The fleet's signing key (mesh keys generate): nodes obey revocations "
+    "signed with a key they trust.",
+)  # fmt: skip
+@click.option("--reason", default="", help="Why, for the record and the nodes' events.")
+@servers_option
+@creds_option
+@tls_ca_option
+@domain_option
+def models_revoke(
+    model: str,
+    version: str,
+    key_path: Path,
+    reason: str,
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+) -> None:
+    """Revoke VERSION of MODEL for good: nodes refuse it, nodes serving it swap to their
+    assigned or previous version, and a rollout of it is refused (or rolled back if running).
+
+    Refused (exit 2) when the version is not in the registry."""
+    from mesh.fleet import registry
+    from mesh.fleet.revocation import sign_revocation
+    from mesh.fleet.signing import SigningKey
+
+    revocation = sign_revocation(
+        SigningKey.load(key_path), model, version, reason, time=time.time(),
+        by=str(creds.stem) if creds else "",
+    )  # fmt: skip
+
+    async def go() -> None:
+        async with _connect(servers, creds, tls_ca) as nc:
+            js = nc.jetstream(domain=domain)
+            if not await registry.has_version(js, model, version):
+                raise NotFoundError(f"{model}@{version} is not in the registry: nothing to revoke")
+            await registry.put_revocation(js, revocation)
+
+    _run(go)
+    click.echo(f"revoked {model}@{version}: {revocation.reason} (signed by {revocation.key})")
+
+
 # --- fleet ----------------------------------------------------------------------------------
 
 
@@ -354,6 +401,11 @@ def fleet_assign(
                 raise NotFoundError(
                     f"{model}@{version} is not in the registry (mesh models push it first)"
                 )
+            revocation = (await registry.read_revocations(js)).get(f"{model}@{version}")
+            if revocation is not None:
+                raise InvalidArgumentError(
+                    f"{model}@{version} is revoked ({revocation.reason}): nodes refuse it"
+                )
             beats = await registry.read_heartbeats(js)
             known = [b for b in beats.values() if isinstance(b, NodeStatus)]
             matched = [
@@ -408,6 +460,7 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
                 "drift": beat.drift,
                 "p99_ms": beat.p99_ms,
                 "swaps": beat.swaps,
+                "downgraded": beat.downgraded,
                 "mesh_version": beat.mesh_version,
                 "agreement": {
                     model: {
@@ -477,4 +530,9 @@ def fleet_status(
         )
         for version, reason in r["rejected"].items():
             click.echo(f"{'':<14} rejected {version}: {reason}")
+        for model, before in r["downgraded"].items():
+            click.echo(
+                f"{'':<14} WARNING downgraded {model} from {before} to "
+                f"{r['models'].get(model, '?')}"
+            )
     sys.stdout.flush()

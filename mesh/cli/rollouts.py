@@ -161,14 +161,18 @@ def rollout_status(
             click.echo(
                 f"  {i + 1}. {s.name} ({r.stage_size(i)} nodes): {entry.result or '-'} {took}"
             )
+            for side in (entry.canary or {}, entry.baseline or {}):
+                for node, how in (side.get("bounded") or {}).items():
+                    click.echo(f"     bounded by the tier above: {node}: {how}")
         if r.failed_gate:
             click.echo(f"  failed gate {r.failed_gate}: {r.reason}")
             click.echo(f"  figures {json.dumps(r.figures)}")
         elif r.reason:
             click.echo(f"  {r.reason}")
         if r.flagged:
-            some = dict(list(r.flagged.items())[:3])
-            click.echo(f"  telemetry ignored from {len(r.flagged)} nodes: {some}")
+            click.echo(f"  flagged: telemetry ignored from {len(r.flagged)} nodes")
+            for node, why in r.flagged.items():
+                click.echo(f"    {node}: {why}")
     sys.stdout.flush()
 
 
@@ -224,6 +228,10 @@ for _name in ("pause", "resume", "abort"):
     "--lease", default=5.0, show_default=True, help="Seconds a silent leader keeps the lead."
 )
 @click.option("--offline-after", default=10.0, show_default=True)
+@click.option(
+    "--heartbeat", default=1.0, show_default=True,
+    help="Seconds between the nodes' heartbeats: faster ones count once per half of it.",
+)  # fmt: skip
 @click.pass_context
 def controller(ctx: click.Context, /, config: Path | None, **_: object) -> None:
     """Drive the fleet's rollouts (one of any number of controllers leads).
@@ -249,6 +257,7 @@ CONTROLLER_FLAGS: dict[str, FlagField] = {
     "tick": "tick_s",
     "lease": "lease_s",
     "offline_after": "offline_after_s",
+    "heartbeat": "heartbeat_s",
 }
 
 

@@ -18,6 +18,14 @@ A version that fails any step is reported (a ``rejected`` node event on ``mesh.t
 ``mesh_fleet_events_total``, and ``rejected`` in the heartbeat) and never retried; what serves
 keeps serving. A new assignment of another version is tried afresh.
 
+It obeys a desired-state entry only when the entry's model and selector make the key it arrived
+under and it is not older than the newest entry seen under that key (``DesiredReader``: entries
+re-delivered into the bucket are ignored). It watches the revocations too: a version revoked by a
+key it trusts is refused, and a node serving one swaps to its assigned version or, when that is
+the revoked one, to the last version it served before (a ``revoked`` warning event). Taking a
+version older than the one served (a downgrade) is done, with a ``downgraded`` warning event and
+``downgraded`` in the heartbeat.
+
 Every ``heartbeat_s`` the node writes its status to its key in ``MESH_NODES_<DOMAIN>``
 (``mesh.fleet.heartbeat``).
 """
@@ -28,28 +36,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from mesh.errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
 from mesh.fleet.cache import VersionCache, settings_for
-from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, resolve
+from mesh.fleet.desired import DesiredReader, DesiredState, resolve, version_order
 from mesh.fleet.device_gate import run_device_gate
 from mesh.fleet.heartbeat import AgentState, Heartbeat
 from mesh.fleet.registry import Artifact, fetch
+from mesh.fleet.revocation import Revocation, decode_revocation, verify_revocation
 from mesh.fleet.signing import ArtifactSignature, load_trusted_keys, verify
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.observability.metrics import MeshMetrics
 from mesh.settings import FleetSettings, ModelSettings
 from mesh.topology import subjects
-from mesh.topology.streams import DESIRED_BUCKET
+from mesh.topology.streams import DESIRED_BUCKET, REVOKED_BUCKET
+from mesh.transport.jetstream import BucketEntry, watch_bucket
 from mesh.wire import NodeEvent, NodeStatus, encode_node_event
 
 log = logging.getLogger("mesh.fleet.agent")
@@ -68,13 +77,31 @@ def plan(
     desired: Mapping[str, DesiredState],
     served: Mapping[str, str],
     rejected: Mapping[str, str],
+    revoked: Collection[str] = (),
 ) -> list[tuple[str, str]]:
-    """The (model, version) swaps to make: assigned, not served, not refused before."""
+    """The (model, version) swaps to make: assigned, not served, not refused before, not
+    revoked."""
     return [
         (model, state.version)
         for model, state in sorted(desired.items())
-        if served.get(model) != state.version and f"{model}@{state.version}" not in rejected
+        if served.get(model) != state.version
+        and f"{model}@{state.version}" not in rejected
+        and f"{model}@{state.version}" not in revoked
     ]
+
+
+def fallback(
+    model: str, served: str, assigned: str | None, history: list[str], refused: Collection[str]
+) -> str | None:
+    """What a node serving a revoked ``model@served`` swaps to: the version it is assigned,
+    unless that is revoked or refused too; else the last version it served before that is
+    neither."""
+    candidates = [assigned] if assigned is not None else []
+    candidates += list(reversed(history))
+    for version in candidates:
+        if version is not None and version != served and f"{model}@{version}" not in refused:
+            return version
+    return None
 
 
 def restore(settings: FleetSettings, models: list[ModelSettings]) -> list[ModelSettings]:
@@ -85,9 +112,13 @@ def restore(settings: FleetSettings, models: list[ModelSettings]) -> list[ModelS
         return models
     cache = VersionCache(settings.cache_dir)
     trusted = load_trusted_keys(settings.trusted_keys)
+    revoked = cache.revoked()
     by_name = {m.name: m for m in models}
     out = dict(by_name)
     for model, version in cache.current().items():
+        if f"{model}@{version}" in revoked:
+            log.warning("cached %s@%s not used: it was revoked", model, version)
+            continue
         try:
             _, _, manifest_path = cache.load_verified(model, version, trusted)
         except MeshError as exc:
@@ -121,7 +152,14 @@ class FleetAgent(Service):
         self.cache = VersionCache(settings.cache_dir)
         self.trusted = load_trusted_keys(settings.trusted_keys)
         self._js: JetStreamContext = nc.jetstream(domain=settings.domain)
-        self._entries: dict[str, Revisioned] = {}
+        self.assignments = DesiredReader(keep=self._matches)
+        #: ``model@version`` to why, for every revocation verified with a trusted key.
+        self.revoked: dict[str, str] = self.cache.revoked()
+        #: per model, the versions served here, oldest first (what a revoked one falls back to).
+        self.history: dict[str, list[str]] = {}
+        self._synced = asyncio.Event()
+        #: (revoked version, what it swaps to) already announced with a ``revoked`` event.
+        self._warned: set[tuple[str, str | None]] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.heartbeat = Heartbeat(
@@ -140,9 +178,20 @@ class FleetAgent(Service):
         self.proven: set[str] = set()
 
     async def _start(self) -> None:
-        self.proven.update(f"{m}@{v}" for m, v in self._node.served_versions().items())
+        for model, version in self._node.served_versions().items():
+            self.proven.add(f"{model}@{version}")
+            self.history.setdefault(model, []).append(version)
+        who = f"node {self.name}"
+        watch_desired = watch_bucket(
+            self._js, DESIRED_BUCKET, self._on_desired, history=True, synced=self._synced,
+            retry_s=2.0, who=who,
+        )  # fmt: skip
+        watch_revoked = watch_bucket(
+            self._js, REVOKED_BUCKET, self._on_revocation, retry_s=2.0, who=who
+        )
         self._tasks = [
-            asyncio.create_task(self._watch(), name=f"fleet-watch-{self.name}"),
+            asyncio.create_task(watch_desired, name=f"fleet-watch-{self.name}"),
+            asyncio.create_task(watch_revoked, name=f"fleet-revoked-{self.name}"),
             asyncio.create_task(self._reconcile(), name=f"fleet-apply-{self.name}"),
             asyncio.create_task(self.heartbeat.run(), name=f"fleet-heartbeat-{self.name}"),
         ]
@@ -155,65 +204,92 @@ class FleetAgent(Service):
 
     # --- desired state ----------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                kv = await self._js.key_value(DESIRED_BUCKET)
-                watcher = await kv.watchall()
-                try:
-                    async for entry in watcher:
-                        if entry is None:
-                            continue
-                        self._on_entry(entry.key, entry.value, entry.revision, entry.operation)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-            except asyncio.CancelledError:
-                raise
-            except BucketNotFoundError:
-                log.info("no desired-state bucket in domain %s yet", self.settings.domain)
-            except Exception as exc:
-                log.warning("desired-state watch of node %s stopped: %r", self.name, exc)
-            await asyncio.sleep(2.0)
+    def _matches(self, state: DesiredState) -> bool:
+        s = self.settings
+        return state.selector.matches(self.tier, s.site_name, self.name, s.labels)
 
-    def _on_entry(self, key: str, value: bytes | None, revision: int | None, op: Any) -> None:
+    def _on_desired(self, entry: BucketEntry) -> None:
         # Only assignments whose selector matches this node are kept, and only they wake the
         # reconcile loop: a rollout stage writes one key per node, and every agent of a site
         # sees every key (250 at a 50% stage of 500 nodes; a hundred agents in a process of
         # the simulated fleet resolved all of them on each, and their processes stalled).
-        if op is not None or not value:  # DEL or PURGE: the assignment is withdrawn
-            if self._entries.pop(key, None) is not None:
-                self._wake.set()
-            return
         try:
-            state = decode_desired(value)
+            changed = self.assignments.apply(entry.key, entry.value, entry.revision, entry.deleted)
         except InvalidArgumentError as exc:
-            log.warning("ignoring malformed desired state %s: %s", key[:200], exc.message)
+            log.warning("node %s ignores desired state %s: %s", self.name, entry.key[:200],
+                        exc.message)  # fmt: skip
             return
-        s = self.settings
-        if not state.selector.matches(self.tier, s.site_name, self.name, s.labels):
+        if changed:
+            self._wake.set()
+
+    def _on_revocation(self, entry: BucketEntry) -> None:
+        if entry.deleted:
+            return  # a revocation is for good
+        try:
+            revocation = decode_revocation(entry.value)
+            verify_revocation(revocation, self.trusted)
+        except InvalidArgumentError as exc:
+            log.warning("node %s ignores revocation %s: %s", self.name, entry.key[:200],
+                        exc.message)  # fmt: skip
             return
-        self._entries[key] = Revisioned(state, int(revision or 0))
+        self._revoke(revocation)
+
+    def _revoke(self, revocation: Revocation) -> None:
+        if self.revoked.get(revocation.target) == revocation.reason:
+            return
+        self.revoked[revocation.target] = revocation.reason
+        try:
+            self.cache.add_revoked(revocation.target, revocation.reason)
+        except OSError as exc:
+            log.warning("node %s could not keep revocation %s: %r", self.name,
+                        revocation.target, exc)  # fmt: skip
         self._wake.set()
 
     def desired(self) -> dict[str, DesiredState]:
         s = self.settings
         return resolve(
-            self._entries.values(), tier=self.tier, site=s.site_name, node=self.name,
-            labels=s.labels,
+            self.assignments.entries.values(), tier=self.tier, site=s.site_name,
+            node=self.name, labels=s.labels,
         )  # fmt: skip
 
     async def _reconcile(self) -> None:
+        # no swap before the desired state is read in full: history comes oldest first
+        await self._synced.wait()
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._leave_revoked()
+            desired = self.desired()
+            for model, state in desired.items():
+                target = f"{model}@{state.version}"
+                if target in self.revoked and target not in self.state.rejected:
+                    await self._reject(model, state.version, f"revoked: {self.revoked[target]}")
             for model, version in plan(
-                self.desired(), self._node.served_versions(), self.state.rejected
+                desired, self._node.served_versions(), self.state.rejected, self.revoked
             ):
                 # The assignment may have moved on while an earlier swap ran.
                 current = self.desired().get(model)
                 if current is None or current.version != version:
                     continue
+                await self.apply(model, version)
+
+    async def _leave_revoked(self) -> None:
+        """Swap every model served at a revoked version to its fallback. One with none keeps
+        serving (no answer at all would be worse) after a ``revoked`` event saying so, once."""
+        for model, served in sorted(self._node.served_versions().items()):
+            target = f"{model}@{served}"
+            if target not in self.revoked:
+                continue
+            assigned = self.desired().get(model)
+            version = fallback(
+                model, served, assigned.version if assigned else None,
+                self.history.get(model, []), {*self.revoked, *self.state.rejected},
+            )  # fmt: skip
+            if (target, version) not in self._warned:
+                self._warned.add((target, version))
+                reason = f"{self.revoked[target]}; swapping to {version or 'nothing'}"
+                await self._event("revoked", model, served, None, reason)
+            if version is not None:
                 await self.apply(model, version)
 
     # --- one version --------------------------------------------------------------------------
@@ -222,7 +298,7 @@ class FleetAgent(Service):
         """Fetch, verify, gate and swap ``model@version``; False when it was refused."""
         self.state.pending[model] = version
         try:
-            artifact = await self._fetch(model, version)
+            artifact = await self._cached(model, version) or await self._fetch(model, version)
             manifest = await asyncio.to_thread(self._check, artifact, model, version)
             manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
             if f"{model}@{version}" not in self.proven:
@@ -245,8 +321,26 @@ class FleetAgent(Service):
         await asyncio.to_thread(self.cache.set_current, model, version)
         self.proven.add(f"{model}@{version}")
         self.state.swaps += 1
+        self.history.setdefault(model, []).append(version)
         await self._event("swapped", model, version, previous, "assigned by the fleet")
+        if previous is not None and version_order(version) < version_order(previous):
+            self.state.downgraded[model] = previous
+            await self._event("downgraded", model, version, previous,
+                              f"{version} is older than {previous}, which it served")  # fmt: skip
+        else:
+            self.state.downgraded.pop(model, None)
         return True
+
+    async def _cached(self, model: str, version: str) -> Artifact | None:
+        """The version from this node's cache, verified again, if it holds it (a fallback from a
+        revoked version needs no server)."""
+        try:
+            artifact, _, _ = await asyncio.to_thread(
+                self.cache.load_verified, model, version, self.trusted
+            )
+        except MeshError:
+            return None
+        return artifact
 
     async def _fetch(self, model: str, version: str) -> Artifact:
         # Missing parts are waited for (a site's mirror may lag the desired state); a corrupt or

@@ -29,8 +29,8 @@ Rules the table encodes:
   so a role that could read back what it wrote could write anything anywhere; here a role can
   only re-deliver what others wrote, and the readers of the fleet's buckets check each entry's
   key and order (``docs/security.md``).
-- Only the controller writes the fleet's desired state, its rollouts and the model store; a node
-  writes only its own heartbeat key, in its own domain's bucket.
+- Only the controller writes the fleet's desired state, its rollouts, its revocations and the
+  model store; a node writes only its own heartbeat key, in its own domain's bucket.
 """
 
 from __future__ import annotations
@@ -117,9 +117,10 @@ def js_api(operations: Iterable[str], **fields: str) -> list[str]:
 NO_JS_ADMIN = tuple(js_api(JS_ADMIN))
 DESIRED_WRITE = subjects.kv(streams.DESIRED_BUCKET, REST)
 ROLLOUTS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, REST)
+REVOKED_WRITE = subjects.kv(streams.REVOKED_BUCKET, REST)
 MODEL_STORE_WRITE = subjects.object_subjects(streams.MODEL_STORE)
 #: a client may not write what only the controller or the administrator writes.
-NOT_CONTROL = (*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE)
+NOT_CONTROL = (*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE, REVOKED_WRITE)
 
 
 @dataclass
@@ -258,9 +259,10 @@ def _node_events(r: _Rights, p: Placement, tier: str) -> None:
 
 
 def _node_fleet(r: _Rights, p: Placement) -> None:
-    """The fleet agent: reads the desired state and the model store of its domain, and writes
-    its own heartbeat key there."""
+    """The fleet agent: reads the desired state, the revocations and the model store of its
+    domain, and writes its own heartbeat key there."""
     r.read(streams.DESIRED_STREAM)
+    r.read(streams.REVOKED_STREAM)
     r.read(streams.MODEL_STORE_STREAM)
     if p.domain is not None:
         bucket = streams.nodes_bucket(p.domain)
@@ -274,6 +276,7 @@ def _controller(p: Placement) -> Permissions:
         publish=[
             DESIRED_WRITE,
             ROLLOUTS_WRITE,
+            REVOKED_WRITE,
             MODEL_STORE_WRITE,
             *subjects.SERVICE_CONTROL,
             subjects.STATUS_ANY,
@@ -284,6 +287,7 @@ def _controller(p: Placement) -> Permissions:
     for stream in (
         streams.DESIRED_STREAM,
         streams.ROLLOUTS_STREAM,
+        streams.REVOKED_STREAM,
         streams.NODES_STREAM,
         streams.MODEL_STORE_STREAM,
     ):
@@ -309,7 +313,12 @@ def _console(p: Placement) -> Permissions:
         publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox],
         subscribe=[inbox, subjects.TELEMETRY_WILDCARD],
     )
-    for stream in (streams.DESIRED_STREAM, streams.NODES_STREAM, streams.ROLLOUTS_STREAM):
+    for stream in (
+        streams.DESIRED_STREAM,
+        streams.NODES_STREAM,
+        streams.ROLLOUTS_STREAM,
+        streams.REVOKED_STREAM,
+    ):
         r.read(stream)
     return r.permissions()
 

@@ -13,8 +13,9 @@ Per domain (``MeshTopology.plan``):
 - the entry tier's domains: the event streams (``MESH_EVENTS``, ``MESH_RESULTS``,
   ``MESH_EVENTS_DEAD``, ``MESH_ACTIONS_DEAD``);
 - the fleet: at the hub the model store ``MESH_MODELS`` and the buckets ``MESH_FLEET_DESIRED``,
-  ``MESH_FLEET_NODES`` (sourcing every domain's heartbeats) and ``MESH_FLEET_ROLLOUTS``; in every
-  domain ``MESH_NODES_<DOMAIN>``; in every site mirrors of the model store and desired state.
+  ``MESH_FLEET_NODES`` (sourcing every domain's heartbeats), ``MESH_FLEET_ROLLOUTS`` and
+  ``MESH_FLEET_REVOKED``; in every domain ``MESH_NODES_<DOMAIN>``; in every site mirrors of the
+  model store, the desired state and the revocations.
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ DESIRED_BUCKET = "MESH_FLEET_DESIRED"
 NODES_BUCKET = "MESH_FLEET_NODES"
 #: rollouts (``rollout.<model>``), their evidence windows and the controllers' leader lease.
 ROLLOUTS_BUCKET = "MESH_FLEET_ROLLOUTS"
+#: revoked versions (``<model>.<version>`` to a signed revocation), mirrored to every site.
+REVOKED_BUCKET = "MESH_FLEET_REVOKED"
 
 MODEL_STORE_STREAM = subjects.object_stream(MODEL_STORE)
 DESIRED_STREAM = subjects.kv_stream(DESIRED_BUCKET)
 NODES_STREAM = subjects.kv_stream(NODES_BUCKET)
 ROLLOUTS_STREAM = subjects.kv_stream(ROLLOUTS_BUCKET)
+REVOKED_STREAM = subjects.kv_stream(REVOKED_BUCKET)
 
 HUB_DOMAIN = "hub"
 
@@ -57,6 +61,7 @@ HUB_DOMAIN = "hub"
 HEARTBEAT_HISTORY = 64
 DESIRED_HISTORY = 8
 ROLLOUT_HISTORY = 16
+REVOKED_HISTORY = 1
 
 
 def hard_example_stream(tier: str) -> str:
@@ -284,6 +289,7 @@ class MeshTopology:
                 own,
                 _mirror(DESIRED_STREAM, self.hub, DESIRED_HISTORY),
                 _mirror(MODEL_STORE_STREAM, self.hub, 1),
+                _mirror(REVOKED_STREAM, self.hub, REVOKED_HISTORY),
             ]
         heartbeat_sources = tuple(
             Source(
@@ -307,6 +313,12 @@ class MeshTopology:
                 ROLLOUTS_BUCKET,
                 "Rollouts (rollout.<model>), their evidence windows and the controller lease",
                 history=ROLLOUT_HISTORY,
+                replicas=replicas,
+            ),
+            BucketSpec(
+                REVOKED_BUCKET,
+                "Revoked versions: <model>.<version> to a revocation signed with the fleet's key",
+                history=REVOKED_HISTORY,
                 replicas=replicas,
             ),
             own,

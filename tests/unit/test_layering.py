@@ -26,6 +26,11 @@ PURE = [
     "mesh.node.dataplane",
     "mesh.security.permissions",
     "mesh.security.identities",
+    "mesh.node.answered",
+    "mesh.fleet.rollout",
+    "mesh.fleet.replay",
+    "mesh.fleet.desired",
+    "mesh.fleet.revocation",
 ]
 
 
