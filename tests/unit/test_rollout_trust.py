@@ -101,6 +101,8 @@ def test_answers_from_above_are_differences_over_the_window_and_never_go_back() 
     }
     totals, problems = answered_since(then, now, ["a", "b"])
     assert totals == {"a": 15 + 3, "b": 0 + 7} and problems == {}
+    # a node vouching for itself is not the tier above
+    assert answered_since({}, {"a": Witness(1.0, {"a": 10**6})}, ["a"])[0] == {"a": 0}
     back = {"up-0": Witness(5.0, {"a": 2})}
     totals, problems = answered_since(then, back, ["a", "b"])
     assert totals == {"a": 0, "b": 0} and "backwards" in problems["up-0"]
@@ -389,3 +391,28 @@ def test_a_reader_drops_entries_under_another_key_or_older_than_the_newest() -> 
     assert next_stamp(20.0, 10.0) == 20.0
     assert next_stamp(5.0, 10.0) == 10.0 + STAMP_STEP
     assert next_stamp(5.0, None) == 5.0
+
+
+def test_the_controller_obeys_no_rollout_record_re_delivered_or_older_than_its_newest() -> None:
+    from nats.aio.client import Client
+
+    from mesh.fleet.controller import Controller
+    from mesh.fleet.rollout import encode_rollout
+    from mesh.fleet.rollouts_kv import rollout_key
+    from mesh.transport.jetstream import BucketEntry
+
+    controller = Controller(Client(), name="ctl")
+    key = rollout_key("digits")
+    first = start(["n0", "n1"], "1,100%")
+    newer = request(first, "pause", 5.0)
+    controller._on_rollout(BucketEntry(key, encode_rollout(first), 1, deleted=False))
+    controller._on_rollout(BucketEntry(key, encode_rollout(newer), 2, deleted=False))
+    # the first record again, later in the bucket: older than the newest seen under its key
+    controller._on_rollout(BucketEntry(key, encode_rollout(first), 3, deleted=False))
+    # another model's record under this key
+    other = replace(newer, model="faces", generation=99)
+    controller._on_rollout(BucketEntry(key, encode_rollout(other), 4, deleted=False))
+    controller._on_rollout(BucketEntry(key, b"not json", 5, deleted=False))
+    held, revision = controller.rollouts[key]
+    assert held == newer and revision == 2
+    assert controller.ignored["MESH_FLEET_ROLLOUTS"] == 3

@@ -116,8 +116,10 @@ def exclusions(r: Rollout, nodes: Mapping[str, NodeView]) -> dict[str, str]:
 
 
 def _step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
-    serving = sum(1 for v in nodes.values() if v.online and v.serving == r.version)
     excluded = exclusions(r, nodes)
+    serving = sum(
+        1 for n, v in nodes.items() if v.online and v.serving == r.version and n not in excluded
+    )
     flagged = dict(r.flagged)
     for name, reason in excluded.items():
         if len(flagged) >= MAX_FLAGGED:

@@ -31,6 +31,11 @@ from mesh.wire import EVIDENCE_COUNTERS, NodeStatus, VersionEvidence
 
 #: how many times its share of the tier above's answers a node's requests may stand for.
 SHARE_SLACK = 2.0
+#: a cut smaller than this share of what a node claimed (and than ``NOISE_COUNT``) is not named
+#: in the figures: heartbeats of a node and of the tier above are taken a moment apart, so an
+#: honest node's window can claim an answer or two more than the tier above's shows.
+NOISE_SHARE = 0.05
+NOISE_COUNT = 3
 #: the counters a node's weight scales: every one but the comparisons, capped on their own.
 SCALED_COUNTERS = tuple(n for n in EVIDENCE_COUNTERS if n not in ("compared", "agreed"))
 
@@ -60,7 +65,8 @@ def answered_since(
 ) -> tuple[dict[str, int], dict[str, str]]:
     """Per caller, the answers the tier above gave it since ``then`` (the window's snapshot),
     summed over the answering nodes; and the answering nodes left out, with why (counts gone
-    back without a restart). A node that restarted, or was not in the snapshot, counts whole."""
+    back without a restart). A node that restarted, or was not in the snapshot, counts whole;
+    what a node says it answered for itself counts for nothing."""
     wanted = set(callers)
     totals = dict.fromkeys(callers, 0)
     problems: dict[str, str] = {}
@@ -69,7 +75,7 @@ def answered_since(
         same_run = before is not None and before.since == seen.since
         diffs: dict[str, int] = {}
         for caller, count in seen.counts.items():
-            if caller not in wanted:
+            if caller not in wanted or caller == observer:  # nobody is its own tier above
                 continue
             base = before.counts.get(caller, 0) if same_run and before is not None else 0
             diffs[caller] = count - base
@@ -111,18 +117,23 @@ def bound(
         words: list[str] = []
         limit = answered.get(name, 0)
         if e.compared > limit:
-            words.append(f"compared {e.compared} capped at the {limit} answered for it above")
+            if _material(e.compared - limit, e.compared):
+                words.append(f"compared {e.compared} capped at the {limit} answered for it above")
             kept = e.agreed * limit // e.compared
             e = replace(e, compared=limit, agreed=kept)
         cap = caps[name]
         if e.requests > cap:
-            factor = cap / e.requests
-            words.append(f"{e.requests} requests weigh {math.floor(cap)}, {basis}")
-            e = _scaled(e, factor)
+            if _material(e.requests - cap, e.requests):
+                words.append(f"{e.requests} requests weigh {math.floor(cap)}, {basis}")
+            e = _scaled(e, cap / e.requests)
         if words:
             cut[name] = "; ".join(words)
         out.append(e)
     return out, cut
+
+
+def _material(cut: float, claimed: int) -> bool:
+    return cut > max(NOISE_COUNT, NOISE_SHARE * claimed)
 
 
 def _scaled(e: VersionEvidence, factor: float) -> VersionEvidence:
