@@ -146,16 +146,16 @@ class Controller(Service):
             (ROLLOUTS_BUCKET, self._on_rollout, True),
             (REVOKED_BUCKET, self._on_revocation, False),
         ]
-        self._synced = {bucket: asyncio.Event() for bucket, _, _ in watched}
+        # Leading waits for the first full read of every bucket but the revocations: a fleet
+        # provisioned before they existed still runs its rollouts (its nodes refuse a revoked
+        # version on their own).
+        self._synced = {bucket: asyncio.Event() for bucket, _, _ in watched[:-1]}
         who = f"controller {self.name}"
-        self._tasks = [
-            asyncio.create_task(
-                watch_bucket(
-                    self._js, bucket, handler, history=history, synced=self._synced[bucket], who=who
-                )
-            )
-            for bucket, handler, history in watched
-        ]
+        self._tasks = []
+        for bucket, handler, history in watched:
+            synced = self._synced.get(bucket)
+            watch = watch_bucket(self._js, bucket, handler, history=history, synced=synced, who=who)
+            self._tasks.append(asyncio.create_task(watch))
         self._tasks.append(asyncio.create_task(self._loop(), name=f"controller-{self.name}"))
 
     async def _stop(self) -> None:
