@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,13 @@ from typing import Any
 
 import pytest
 
-from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad, SimulationSettings
+from mesh.dev.fleetsim.simulate import (
+    CONSOLE,
+    CONTROLLER,
+    FleetSimulation,
+    SimLoad,
+    SimulationSettings,
+)
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
@@ -203,6 +210,19 @@ async def start_with_canary(
     raise AssertionError(f"{canary} never drawn as the canary")
 
 
+async def status(sim: FleetSimulation, *flags: str) -> str:
+    """What ``mesh rollout status`` prints, as the console identity."""
+    creds = await sim.issue(CONSOLE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh.cli", "rollout", "status", "digits", *flags,
+        "--servers", sim.hub.url, "--creds", str(creds),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 def report(case: str, r: Rollout, liar: Liar, **more: Any) -> None:
     forged = {v: liar.forged(v) for v in liar.totals}
     figures = {
@@ -269,7 +289,11 @@ async def test_claiming_the_new_version_no_longer_empties_the_baseline_and_the_l
             )  # fmt: skip
             started.set()
             r = await wait_rollout(sim, lambda r: r.state == "paused" or not r.active)
+            text = await status(sim)
+            record = json.loads(await status(sim, "--json"))[0]
         report("claims the new version", r, liar)
+        assert f"{LIAR}: reports serving {BAD}, which the rollout has not assigned it" in text
+        assert record["flagged"][LIAR] == r.flagged[LIAR]
     assert r.state == "paused" and "baseline" in r.reason, r.reason
     assert LIAR in r.flagged and "not assigned" in r.flagged[LIAR]
     assert r.current_stage == 0 and r.max_nodes_serving <= 1
