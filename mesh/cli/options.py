@@ -3,6 +3,7 @@ and the flags of a process command as a source of its settings."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -14,12 +15,24 @@ from click.core import ParameterSource
 
 DEFAULT_CACHE = Path(os.environ.get("MESH_CACHE_DIR", Path.home() / ".cache" / "edge-mesh"))
 
+
+def _checkout_key() -> str:
+    """This checkout's own key: two checkouts (or installs) of the mesh never share a default
+    demo cache, where one would rebuild the other's models under the same version names."""
+    package = Path(__file__).resolve().parents[1]
+    return hashlib.sha256(str(package).encode()).hexdigest()[:12]
+
+
+#: the demo models' default cache, one per checkout.
+DEFAULT_DEMO_CACHE = DEFAULT_CACHE / f"demo-{_checkout_key()}"
+
 cache_option = click.option(
     "--cache",
     type=click.Path(path_type=Path),
-    default=DEFAULT_CACHE / "demo",
+    default=DEFAULT_DEMO_CACHE,
     show_default=True,
-    help="Where the demo models are built and cached (built on the first run).",
+    help="Where the demo models are built and cached (built on the first run; one folder per "
+    "checkout by default).",
 )
 
 

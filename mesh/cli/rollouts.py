@@ -9,12 +9,10 @@ controller's (or the administrator's) identity to write, the console's to read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -295,19 +293,14 @@ def simulate(
     mesh rollout and mesh fleet status work against it, then the load and per-node cost."""
     import tempfile
 
-    from mesh.cli.options import DEFAULT_CACHE
-    from mesh.dev.fleetsim.simulate import (
-        CONTROLLER,
-        FleetSimulation,
-        SimLoad,
-        SimulationSettings,
-    )
+    from mesh.cli.options import DEFAULT_DEMO_CACHE
+    from mesh.dev.fleetsim.run import run_simulation
+    from mesh.dev.fleetsim.simulate import SimulationSettings
     from mesh.dev.models.demo import ensure_demo
-    from mesh.fleet.controller import Controller
     from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="mesh-fleet-"))
-    demo = ensure_demo(cache or DEFAULT_CACHE / "demo")
+    demo = ensure_demo(cache or DEFAULT_DEMO_CACHE)
     settings = SimulationSettings(
         work_dir=work,
         nodes=nodes,
@@ -318,50 +311,10 @@ def simulate(
     )
 
     async def go(shutdown: Shutdown) -> int:
-        started = time.monotonic()
-        async with FleetSimulation(settings, demo) as sim:
-            assert sim.key is not None
-            click.echo(f"MESH_NATS_URL={sim.hub.url}")
-            click.echo(f"MESH_CREDS={sim.creds(CONTROLLER)}")
-            click.echo(f"MESH_TRUSTED_KEYS={sim.key.public}")
-            click.echo(
-                f"{len(sim.node_names)} nodes in {sites} sites started in "
-                f"{time.monotonic() - started:.1f}s; signing key {work / 'fleet' / 'signing.key'}",
-                err=True,
-            )
-            load = SimLoad(sim, rate)
-            await load.start()
-            nc = await sim.hub.connect(CONTROLLER.name) if with_controller else None
-            ctl = Controller(nc, name="controller-sim") if nc is not None else None
-            if ctl is not None:
-                await ctl.start()
-            try:
-                last = time.monotonic()
-                cpu_last = (await sim.process_figures())["cpu_s"]
-                while not shutdown.requested:
-                    if duration is not None and time.monotonic() - started > duration:
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(shutdown.wait(), 10.0)
-                    figures = await sim.process_figures()
-                    now = time.monotonic()
-                    cpu_share = (
-                        (figures["cpu_s"] - cpu_last) / (now - last) / max(1, len(sim.node_names))
-                    )
-                    last, cpu_last = now, figures["cpu_s"]
-                    f = load.figures
-                    click.echo(
-                        f"answered {f.answered}/{f.sent}, errors {len(f.errors)}, versions "
-                        f"{dict(f.versions)}; {figures['rss_mb_per_node']} MB and "
-                        f"{cpu_share * 1000:.2f} ms CPU/s per node",
-                        err=True,
-                    )
-            finally:
-                if ctl is not None:
-                    await ctl.stop()
-                if nc is not None:
-                    await nc.close()
-                await load.stop()
+        await run_simulation(
+            settings, demo, rate=rate, duration=duration, with_controller=with_controller,
+            shutdown=shutdown, say=click.echo,
+        )  # fmt: skip
         return 0
 
     asyncio.run(run_until_signalled(go, grace_s=RIG_STOP_GRACE_S))

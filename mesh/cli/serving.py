@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -45,6 +46,41 @@ def node(config: Path | None) -> None:
     node_main(config)
 
 
+def _say(line: str) -> None:
+    """A progress line on stderr; one that cannot be written (a closed pipe) is dropped."""
+    with contextlib.suppress(OSError):
+        click.echo(line, err=True)
+
+
+def load_rows(file: Path, row: int | None) -> np.ndarray:
+    """The rows of FILE.npy (or the ``x`` array of an .npz), or its row ``row``, as a 2-D
+    array; a file with no rows there is the caller's mistake, said as such."""
+    from mesh.errors import InvalidArgumentError
+
+    try:
+        loaded = np.load(file)
+        array = loaded["x"] if file.suffix == ".npz" else loaded
+    except KeyError:
+        raise InvalidArgumentError(f"{file} holds no array named x: save the rows as x") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"{file} is not a .npy or .npz file numpy can read: {exc}"
+        ) from None
+    array = np.asarray(array)
+    if array.ndim == 1:
+        array = array[None, :]
+    if row is not None:
+        if not -len(array) <= row < len(array):
+            raise InvalidArgumentError(
+                f"--row {row} is out of range: {file.name} has {len(array)} rows "
+                f"(0 to {len(array) - 1})"
+            )
+        array = array[row : row + 1] if row >= 0 else array[row:][:1]
+    if len(array) == 0:
+        raise InvalidArgumentError(f"{file.name} holds no rows")
+    return array
+
+
 @click.command()
 @click.argument("model")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
@@ -82,11 +118,7 @@ def infer(
     more rows than --chunk-rows goes in chunks, answered in order."""
     from mesh import InvalidArgumentError, MeshClient
 
-    array = np.load(file)["x"] if file.suffix == ".npz" else np.load(file)
-    if row is not None:
-        array = array[row : row + 1]
-    if array.ndim == 1:
-        array = array[None, :]
+    array = load_rows(file, row)
     chunks = [array[i : i + chunk_rows] for i in range(0, len(array), chunk_rows)]
 
     async def ask(client: MeshClient, chunk: np.ndarray) -> InferResult:
@@ -202,7 +234,7 @@ def up(
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
             return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True, events=True)
         click.echo(f"demo models in {cache} (built on first run)", err=True)
-        demo = await asyncio.to_thread(ensure_demo, cache)
+        demo = await asyncio.to_thread(ensure_demo, cache, 0, _say)
         reports = await asyncio.to_thread(
             require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
         )
@@ -242,13 +274,13 @@ def up(
             click.echo(f"MESH_GRPC_URL={ingress.grpc_address}", nl=True)
             click.echo(f"MESH_INGRESS_TOKEN={token}", nl=True)
             sys.stdout.flush()
-            supervisor = asyncio.create_task(
-                mesh.supervise(lambda line: click.echo(line, err=True))
-            )
+            supervisor = asyncio.create_task(mesh.supervise(_say))
             await shutdown.wait()
             supervisor.cancel()
         finally:
-            click.echo("stopping the mesh", err=True)
+            # Whatever happens to the output (`mesh up | tee log` loses its reader on Ctrl-C),
+            # the processes stop and the folder with the fleet's credentials goes.
+            _say("stopping the mesh")
             await mesh.close()
         return 0
 
@@ -342,11 +374,7 @@ def publish(
     from mesh import MeshClient
     from mesh.security.creds import user_claims
 
-    array = np.load(file)["x"] if file.suffix == ".npz" else np.load(file)
-    if row is not None:
-        array = array[row : row + 1]
-    if array.ndim == 1:
-        array = array[None, :]
+    array = load_rows(file, row)
     if event_id is not None and len(array) != 1:
         raise click.UsageError("--event-id names one event: give --row too")
     name = source

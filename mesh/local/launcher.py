@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -26,6 +26,7 @@ from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
+from mesh.topology.processes import INGRESS_READY
 from mesh.topology.streams import MeshTopology, TierPlacement
 from mesh.transport.jetstream import provision
 
@@ -73,6 +74,11 @@ class NodeProcess:
         await self._child.start(timeout)
         http = self._child.info.get("http")
         self.http_url = http if http and http != "-" else None
+        if self.http_url and self.settings.http_port == 0:
+            # a restarted node serves its health and metrics where it did before, so whoever
+            # scrapes it (or read mesh up's lines) still finds it
+            port = int(self.http_url.rsplit(":", 1)[1].split("/")[0])
+            self.settings = self.settings.model_copy(update={"http_port": port})
 
     async def kill(self) -> None:
         """SIGKILL, as a crash would."""
@@ -86,10 +92,21 @@ class NodeProcess:
         return await self._child.wait()
 
 
+class Supervised(Protocol):
+    """A process ``supervise`` restarts when it exits."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def start(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
 class IngressProcess:
     """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
 
-    READY = "MESH_INGRESS_READY"
+    READY = INGRESS_READY
 
     def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
         self._child = ChildProcess(
@@ -417,11 +434,17 @@ class EmbeddedMesh:
         max_restarts: int = 5,
         window_s: float = 60.0,
     ) -> None:
-        """Restart a node that exits while the mesh runs (a crash, or status 70 from a node
-        whose NATS connection died), reporting each exit; a node that exits more than
-        ``max_restarts`` times in ``window_s`` is left down and reported so."""
-        restarts: dict[str, list[float]] = {name: [] for name in self.nodes}
-        waits = {asyncio.create_task(node.wait()): name for name, node in self.nodes.items()}
+        """Restart a node or NATS server that exits while the mesh runs (a crash, or status 70
+        from a node whose NATS connection died), reporting each exit; a server comes back on
+        the ports it had, so links and clients find it again, and a node on the same http URL
+        (reported with its new pid). A process that exits more than ``max_restarts`` times
+        in ``window_s`` is left down and reported so."""
+        watched: dict[str, Supervised] = dict(self.nodes)
+        watched["nats-server hub"] = self.site.hub
+        if self.site.leaf is not None:
+            watched[f"nats-server {self.site.site_name}"] = self.site.leaf
+        restarts: dict[str, list[float]] = {name: [] for name in watched}
+        waits = {asyncio.create_task(proc.wait()): name for name, proc in watched.items()}
         try:
             while waits:
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -429,18 +452,24 @@ class EmbeddedMesh:
                     name = waits.pop(task)
                     if self._stopping:
                         return
-                    node = self.nodes[name]
+                    status = task.result() if not task.exception() else "unknown"
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < window_s]
+                    what = name if name.startswith("nats-server") else f"node {name}"
                     if len(recent) >= max_restarts:
-                        report(f"node {name} exited with status {task.result()} again; left down")
+                        report(f"{what} exited with status {status} again; left down")
                         continue
-                    report(f"node {name} exited with status {task.result()}; restarting it")
+                    report(f"{what} exited with status {status}; restarting it")
                     restarts[name] = [*recent, now]
                     await asyncio.sleep(min(2.0 ** len(recent) * 0.5, 10.0))
-                    await node.start()
-                    report(f"node {name} restarted (pid {node.pid})")
-                    waits[asyncio.create_task(node.wait())] = name
+                    proc = watched[name]
+                    await proc.start()
+                    if isinstance(proc, NodeProcess):
+                        # the same http URL as before: its port is kept across restarts
+                        report(f"node {name} restarted: pid {proc.pid}, http {proc.http_url}")
+                    else:
+                        report(f"{what} restarted (pid {proc.pid}) on its own ports")
+                    waits[asyncio.create_task(proc.wait())] = name
         finally:
             await cancel_and_wait(list(waits))
 

@@ -549,23 +549,29 @@ class MeshClient(Service):
             sub = await js.pull_subscribe_bind(durable=name, stream=RESULTS_STREAM)
         except Exception as exc:
             raise mesh_error(exc, f"reading results of {model} for {source}") from None
-        while True:
-            try:
-                msgs = await sub.fetch(batch, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except Exception as exc:
-                raise mesh_error(exc, f"reading results of {model} for {source}") from None
-            for msg in msgs:
+        try:
+            while True:
                 try:
-                    record = decode_result(msg.data)
-                    reply = wire.decode_reply(record.reply)
-                except MeshError as exc:
-                    log.warning("skipping a malformed result event: %s", exc)
-                    await msg.ack()
+                    msgs = await sub.fetch(batch, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
-                yield EventResult.of(record, reply, len(msg.data))
-                await msg.ack()
+                except Exception as exc:
+                    raise mesh_error(exc, f"reading results of {model} for {source}") from None
+                for msg in msgs:
+                    try:
+                        record = decode_result(msg.data)
+                        reply = wire.decode_reply(record.reply)
+                    except MeshError as exc:
+                        log.warning("skipping a malformed result event: %s", exc)
+                        await msg.ack()
+                        continue
+                    yield EventResult.of(record, reply, len(msg.data))
+                    await msg.ack()
+        finally:
+            # A pull subscription left open holds up the connection's drain (its queue never
+            # empties once nothing fetches), so the caller's break ends it here.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def close(self) -> None:
         """Drain and close the connection (when the client opened it); idempotent."""

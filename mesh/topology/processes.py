@@ -16,3 +16,23 @@ ENV_CREDS = "MESH_CREDS"
 ENV_HTTP_URL = "MESH_HTTP_URL"
 ENV_GRPC_URL = "MESH_GRPC_URL"
 ENV_INGRESS_TOKEN = "MESH_INGRESS_TOKEN"
+ENV_TRUSTED_KEYS = "MESH_TRUSTED_KEYS"
+
+#: what the ``mesh`` commands read from the environment beside the processes' settings: the
+#: settings classes do not take these for misspelt settings.
+ENV_INGRESS_CREDS = "MESH_INGRESS_CREDS"
+ENV_TLS_CA = "MESH_TLS_CA"
+ENV_CACHE_DIR = "MESH_CACHE_DIR"
+ENV_BENCH_MLSERVER = "MESH_BENCH_MLSERVER"
+COMMAND_VARIABLES = (
+    ENV_NATS_URL,
+    ENV_CREDS,
+    ENV_HTTP_URL,
+    ENV_GRPC_URL,
+    ENV_INGRESS_TOKEN,
+    ENV_TRUSTED_KEYS,
+    ENV_INGRESS_CREDS,
+    ENV_TLS_CA,
+    ENV_CACHE_DIR,
+    ENV_BENCH_MLSERVER,
+)

@@ -37,7 +37,8 @@ from mesh.errors import (
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.node.admission import Admission, caller_of
 from mesh.node.answered import AnswerLedger
-from mesh.node.dataplane import DataPlane, Outcome
+from mesh.node.dataplane import DataPlane
+from mesh.node.outcomes import Outcome
 from mesh.observability import tracing
 from mesh.observability.metrics import MeshMetrics
 from mesh.topology import subjects
