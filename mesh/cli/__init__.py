@@ -11,6 +11,7 @@ from mesh.cli.fleet import fleet, keys, models_list, models_push, models_revoke,
 from mesh.cli.identities import identities
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
+from mesh.cli.review import review
 from mesh.cli.rollouts import controller, rollout
 from mesh.cli.runs import bench, demo
 from mesh.cli.serving import infer, ingress, node, publish, up
@@ -24,7 +25,7 @@ def main() -> None:
 
 for _command in (
     node, infer, publish, up, ingress, models, identities, keys, fleet, rollout, controller,
-    bench, demo,
+    bench, demo, review,
 ):  # fmt: skip
     main.add_command(_command)
 for _command in (models_sign, models_push, models_list, models_revoke):

@@ -268,10 +268,18 @@ def up(
             token = secrets.token_urlsafe(24)
             ingress = await mesh.start_ingress(token)
             click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
+            review = await mesh.start_review()
+            reviewer = await mesh.reviewer_creds()
+            click.echo(
+                f"review: pid {review.pid}, the queue at the hub; mesh review list uses the "
+                "MESH_REVIEWER_CREDS below",
+                err=True,
+            )
             click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
             click.echo(f"MESH_CREDS={mesh.app_creds}", nl=True)
             click.echo(f"MESH_HTTP_URL={ingress.http_url}", nl=True)
             click.echo(f"MESH_GRPC_URL={ingress.grpc_address}", nl=True)
+            click.echo(f"MESH_REVIEWER_CREDS={reviewer}", nl=True)
             click.echo(f"MESH_INGRESS_TOKEN={token}", nl=True)
             sys.stdout.flush()
             supervisor = asyncio.create_task(mesh.supervise(_say))

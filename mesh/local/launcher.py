@@ -22,6 +22,7 @@ import yaml
 from mesh.errors import InvalidArgumentError
 from mesh.lifecycle import cancel_and_wait
 from mesh.local.layout import node_identity, settings_yaml, tier_node_settings
+from mesh.local.review import REVIEWER, ReviewProcess, start_review
 from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
@@ -193,6 +194,7 @@ class EmbeddedMesh:
         self.signing_key_path = self.work_dir / "fleet" / "signing.key"
         self.signing_public: str | None = None
         self.ingress: IngressProcess | None = None
+        self.review: ReviewProcess | None = None
 
     @property
     def site_url(self) -> str:
@@ -286,6 +288,15 @@ class EmbeddedMesh:
         await process.start()
         self.ingress = process
         return process
+
+    async def start_review(self) -> ReviewProcess:
+        """The review queue's service at the hub (``mesh review serve``), as its own process."""
+        self.review = await start_review(self.site.hub, self.work_dir, self.node_env, MESH_COMMAND)
+        return self.review
+
+    async def reviewer_creds(self) -> Path:
+        """Credentials of a person with the reviewer role (``mesh review``)."""
+        return await self.site.hub.issue(REVIEWER)
 
     async def controller_creds(self) -> Path:
         """Credentials of the fleet's controller (push versions, assign them)."""
@@ -440,6 +451,8 @@ class EmbeddedMesh:
         (reported with its new pid). A process that exits more than ``max_restarts`` times
         in ``window_s`` is left down and reported so."""
         watched: dict[str, Supervised] = dict(self.nodes)
+        if self.review is not None:
+            watched["review service"] = self.review
         watched["nats-server hub"] = self.site.hub
         if self.site.leaf is not None:
             watched[f"nats-server {self.site.site_name}"] = self.site.leaf
@@ -455,7 +468,7 @@ class EmbeddedMesh:
                     status = task.result() if not task.exception() else "unknown"
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < window_s]
-                    what = name if name.startswith("nats-server") else f"node {name}"
+                    what = name if name.startswith(("nats-server", "review")) else f"node {name}"
                     if len(recent) >= max_restarts:
                         report(f"{what} exited with status {status} again; left down")
                         continue
@@ -477,6 +490,8 @@ class EmbeddedMesh:
         self._stopping = True
         if self.ingress is not None:
             await self.ingress.stop()
+        if self.review is not None:
+            await self.review.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         await self.site.stop()

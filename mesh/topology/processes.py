@@ -9,6 +9,8 @@ NODE_READY = "MESH_NODE_READY"
 INGRESS_READY = "MESH_INGRESS_READY"
 #: a controller prints ``MESH_CONTROLLER ready name=NAME``.
 CONTROLLER_READY = "MESH_CONTROLLER ready"
+#: the review service prints ``MESH_REVIEW_READY http=URL``.
+REVIEW_READY = "MESH_REVIEW_READY"
 
 #: what ``mesh up`` prints on stdout, one ``NAME=VALUE`` a line.
 ENV_NATS_URL = "MESH_NATS_URL"
@@ -17,6 +19,8 @@ ENV_HTTP_URL = "MESH_HTTP_URL"
 ENV_GRPC_URL = "MESH_GRPC_URL"
 ENV_INGRESS_TOKEN = "MESH_INGRESS_TOKEN"
 ENV_TRUSTED_KEYS = "MESH_TRUSTED_KEYS"
+#: credentials of an identity with the reviewer role (``mesh review``).
+ENV_REVIEWER_CREDS = "MESH_REVIEWER_CREDS"
 
 #: what the ``mesh`` commands read from the environment beside the processes' settings: the
 #: settings classes do not take these for misspelt settings.
@@ -31,6 +35,7 @@ COMMAND_VARIABLES = (
     ENV_GRPC_URL,
     ENV_INGRESS_TOKEN,
     ENV_TRUSTED_KEYS,
+    ENV_REVIEWER_CREDS,
     ENV_INGRESS_CREDS,
     ENV_TLS_CA,
     ENV_CACHE_DIR,
