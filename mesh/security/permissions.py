@@ -353,7 +353,7 @@ def _console(p: Placement) -> Permissions:
         r.read(stream)
     # it shows the review queue and its ground truth; labelling is a reviewer's
     _review_api(r, p, subjects.REVIEW_READS)
-    return r.permissions(deny=(*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE))
+    return r.permissions(deny=(*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, REVOKED_WRITE))
 
 
 def _review_api(r: _Rights, p: Placement, operations: Iterable[str]) -> None:
