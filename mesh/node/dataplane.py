@@ -52,6 +52,7 @@ from mesh.node.policy import (
     UpstreamView,
 )
 from mesh.node.served import LocalAnswer, ServedModel
+from mesh.node.shadow import ShadowRunner
 from mesh.node.upstream import UpstreamFailure, UpstreamLink, UpstreamTransport
 from mesh.observability.metrics import OTHER_MODEL, MeshMetrics
 from mesh.typedefs import Feeds
@@ -88,6 +89,7 @@ class DataPlane(Service):
         clock: Callable[[], float] = time.monotonic,
         peers: UpstreamTransport | None = None,
         review: ReviewSink | None = None,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.identity = identity
         self.models = models
@@ -103,7 +105,9 @@ class DataPlane(Service):
         self._recording: set[asyncio.Task[None]] = set()
         #: told of the cases a person should see (``mesh.review.feed``); None: no review.
         self.review = review
-        self._auditor = Auditor(identity.tier, metrics, review)
+        #: versions run in shadow beside the served ones (a rollout's shadow stage); None: none.
+        self.shadow = shadow
+        self._auditor = Auditor(identity.tier, metrics, review, shadow)
         self._forwarded_names: set[str] = set()
         self._random = random.random
 
@@ -346,6 +350,15 @@ class DataPlane(Service):
                 upstream=upstream,
             )
             self._settle(outcome, model, local, decision)
+        shadow = self.shadow
+        if shadow is not None and model.name in shadow.models:
+            # after every reply of the batch is made; the shadow runs on a copy, later
+            labels, at = scores.labels, 0
+            answered = []
+            for outcome, rows in zip(group.outcomes, group.counts, strict=True):
+                answered.append((outcome.request.id, labels[at : at + rows]))
+                at += rows
+            shadow.offer(model.name, feeds, answered)
 
     @staticmethod
     def _checked_after(group: _Group, feeds: Feeds, novelties: list[float] | None) -> bool:
@@ -406,7 +419,9 @@ class DataPlane(Service):
                     request, escalation.model, escalation.local, failure.reason, escalation.reason
                 )
             return answer
-        self._auditor.compared(escalation.model, escalation.local.labels, reply.labels, "escalated")
+        self._auditor.compared(
+            escalation.model, escalation.local.labels, reply.labels, "escalated", request.id
+        )
         return self._relay(
             reply,
             received_at,

@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from nats.aio.client import Client as NATS
 
 from mesh import wire
+from mesh.errors import InvalidArgumentError
 from mesh.events.consumer import EventConsumer
 from mesh.fleet.agent import FleetAgent, restore
 from mesh.lifecycle import Service, cancel_and_wait
@@ -27,6 +28,7 @@ from mesh.node.latency import LatencyTracker
 from mesh.node.outcomes import ModelTable, TierIdentity
 from mesh.node.repository import load_model
 from mesh.node.served import ServedModel
+from mesh.node.shadow import ShadowRunner
 from mesh.node.upstream import UpstreamLink
 from mesh.observability.metrics import GaugeSource, MeshMetrics
 from mesh.review.feed import ReviewFeed
@@ -68,6 +70,10 @@ class TierNode(Service):
         self.agent: FleetAgent | None = None
         self.events: EventConsumer | None = None
         self.review: ReviewFeed | None = None
+        #: versions run in shadow beside the served ones (a rollout's shadow stage).
+        self.shadow = ShadowRunner(
+            cpu_share=settings.shadow.cpu_share, max_queue=settings.shadow.max_queue
+        )
         #: the settings each served model was loaded with (the agent derives new versions' from it)
         self._model_settings: dict[str, ModelSettings] = {}
         #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
@@ -102,6 +108,7 @@ class TierNode(Service):
         )
         await stack.enter_async_context(self.watch)
         models = await self._load_models(stack)
+        await stack.enter_async_context(self.shadow)
         if s.upstream is not None:
             self.upstream = self._make_upstream(self.nc)
         if s.review.enabled:
@@ -114,6 +121,7 @@ class TierNode(Service):
                 models=self.models,
                 settings=s.review,
                 metrics=self.metrics,
+                shadow=self.shadow,
             )
             await stack.enter_async_context(self.review)
         if s.hard_examples.enabled:
@@ -170,6 +178,7 @@ class TierNode(Service):
             metrics=self.metrics,
             peers=NatsUpstream(nc, s.tier, from_tier=s.tier, pass_on=False),
             review=self.review,
+            shadow=self.shadow,
         )
         await stack.enter_async_context(self.dataplane)
         self.endpoint = NatsEndpoint(
@@ -244,6 +253,7 @@ class TierNode(Service):
         self._stack.push_async_callback(served.runner.stop)
         old = self.models.put(served)
         self._model_settings[settings.name] = settings
+        await self.shadow.serving_changed(served.name, served.version)
         if old is None:
             if self.endpoint is not None:
                 await self.endpoint.serve_model(served.name)
@@ -266,6 +276,32 @@ class TierNode(Service):
             served.version,
         )
         return old.version
+
+    async def shadow_model(self, settings: ModelSettings) -> str | None:
+        """Run another version of a served model in shadow beside it: loaded and warmed, then
+        given copies of the served version's inputs after their replies; it never answers.
+        Returns the version it replaces in shadow."""
+        assert self.running, "start the node first"
+        serving = self.models.get(settings.name)
+        if serving is None:
+            raise InvalidArgumentError(
+                f"node {self.settings.node} serves no {settings.name} to run a shadow beside"
+            )
+        served = await load_model(settings, self.settings.tier)
+        await served.runner.start()
+        old = await self.shadow.put(served, serving.version)
+        log.info(
+            "node %s runs %s@%s in shadow beside %s",
+            self.settings.node, served.name, served.version, serving.version,
+        )  # fmt: skip
+        return old
+
+    async def drop_shadow(self, name: str) -> str | None:
+        """Stop running ``name``'s shadow version; the version it ran."""
+        return await self.shadow.remove(name)
+
+    def shadow_versions(self) -> dict[str, str]:
+        return self.shadow.versions()
 
     def _make_upstream(self, nc: NATS) -> UpstreamLink:
         s = self.settings
@@ -366,6 +402,7 @@ class TierNode(Service):
             drift=max(drift) if drift else None,
             evidence=evidence,
             answered=self.endpoint.answered.snapshot() if self.endpoint is not None else None,
+            shadows=self.shadow.snapshot(),
         )
 
     def drift_values(self) -> list[tuple[float, dict[str, str]]]:

@@ -120,6 +120,42 @@ class VersionEvidence(EvidenceCounters):
     drift: float | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowEvidence:
+    """What a version run in shadow beside the serving one did on a node since it started
+    there: running totals, like ``VersionEvidence``. It ran on copies of the serving version's
+    inputs after their replies and never answered a caller.
+
+    ``compared`` requests got an answer from the tier above (escalated or audited by the serving
+    version); ``agreed`` of them the shadow answered as the tier above did, ``serving_agreed``
+    the serving version did: the two agreements on the same requests."""
+
+    version: str
+    #: the version it ran beside, whose answers the callers got.
+    serving: str
+    #: wall-clock unix seconds when it started running here.
+    since: float
+    requests: int = 0
+    errors: int = 0
+    #: requests it was not run on: over its share of the CPU, or its queue full.
+    skipped: int = 0
+    #: requests it answered as the serving version did (every row the same class).
+    matched: int = 0
+    compared: int = 0
+    agreed: int = 0
+    serving_agreed: int = 0
+    #: its model calls' time per request, in the buckets of ``LATENCY_BUCKETS_MS`` (one more).
+    latency: tuple[int, ...] = ()
+    #: seconds its model calls took: what its share of the CPU is measured in.
+    busy_s: float = 0.0
+
+
+#: the shadow's counters, in the order the heartbeat writes them.
+SHADOW_COUNTERS = (
+    "requests", "errors", "skipped", "matched", "compared", "agreed", "serving_agreed",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class AnsweredFor:
     """What a node answered for the tier below: per caller identity (the ``_INBOX_<name>`` its
@@ -172,6 +208,8 @@ class NodeStatus:
     answered: AnsweredFor | None = None
     #: model to the version it served before its latest downgrade (an older version assigned).
     downgraded: dict[str, str] = field(default_factory=dict)
+    #: per model, the version it runs in shadow beside the served one, and what it did.
+    shadows: dict[str, ShadowEvidence] = field(default_factory=dict)
 
 
 # --- hard examples -------------------------------------------------------------------------
@@ -276,7 +314,37 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
             "answered": _encode_answered(status.answered),
             "downgraded": dict(status.downgraded),
+            "shadows": {model: _encode_shadow(e) for model, e in status.shadows.items()},
         }
+    )
+
+
+def _encode_shadow(e: ShadowEvidence) -> dict[str, Any]:
+    out: dict[str, Any] = {"version": e.version, "serving": e.serving, "since": float(e.since)}
+    for name in SHADOW_COUNTERS:
+        out[name] = getattr(e, name)
+    out["latency"] = list(e.latency)
+    out["busy_s"] = float(e.busy_s)
+    return out
+
+
+def _decode_shadow(model: object, obj: object, what: str) -> ShadowEvidence:
+    """Types only, as for evidence."""
+    if not isinstance(model, str) or not isinstance(obj, dict):
+        raise InvalidArgumentError(f"{what} shadows must map model names to maps")
+    where = f"{what} shadow of {model[:64]!r}"
+    latency = _opt(obj, "latency", list, [], where)
+    if len(latency) > 64 or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in latency
+    ):
+        raise InvalidArgumentError(f"{where} latency must be a list of bucket counts")
+    return ShadowEvidence(
+        version=require(obj, "version", str, where),
+        serving=require(obj, "serving", str, where),
+        since=finite(require(obj, "since", (int, float), where), "since", where),
+        latency=tuple(latency),
+        busy_s=_opt_number(obj, "busy_s", where) or 0.0,
+        **{name: _opt(obj, name, int, 0, where) for name in SHADOW_COUNTERS},
     )
 
 
@@ -382,6 +450,10 @@ def decode_node_status(data: bytes) -> NodeStatus:
         },
         answered=_decode_answered(obj.get("answered"), what),
         downgraded=str_map(_opt(obj, "downgraded", dict, {}, what), "downgraded", what),
+        shadows={
+            model: _decode_shadow(model, e, what)
+            for model, e in _opt(obj, "shadows", dict, {}, what).items()
+        },
     )
 
 
@@ -527,7 +599,9 @@ __all__ = [
     "HardExample",
     "NodeEvent",
     "NodeStatus",
+    "SHADOW_COUNTERS",
     "RecordedAnswer",
+    "ShadowEvidence",
     "VersionEvidence",
     "decode_drift_event",
     "decode_hard_example",
