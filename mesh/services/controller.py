@@ -6,11 +6,10 @@ It connects to a server of the fleet with the controller's identity and prints
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import asyncio
 
 from mesh.fleet.controller import LABELS_TIMEOUT_S, Controller
 from mesh.observability.telemetry import configure_telemetry

@@ -22,12 +22,12 @@ from mesh.wire.messages import (
 from mesh.wire.records import (
     EVIDENCE_COUNTERS,
     MAX_ANSWERED_CALLERS,
+    SHADOW_COUNTERS,
     AnsweredFor,
     DriftEvent,
     HardExample,
     NodeEvent,
     NodeStatus,
-    SHADOW_COUNTERS,
     RecordedAnswer,
     ShadowEvidence,
     VersionEvidence,

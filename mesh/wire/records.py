@@ -594,12 +594,12 @@ def decode_drift_event(data: bytes) -> DriftEvent:
 __all__ = [
     "EVIDENCE_COUNTERS",
     "MAX_ANSWERED_CALLERS",
+    "SHADOW_COUNTERS",
     "AnsweredFor",
     "DriftEvent",
     "HardExample",
     "NodeEvent",
     "NodeStatus",
-    "SHADOW_COUNTERS",
     "RecordedAnswer",
     "ShadowEvidence",
     "VersionEvidence",
