@@ -270,3 +270,31 @@ def test_labels_judge_once_both_sides_have_enough() -> None:
         "labelled_accuracy"
     )
     assert worse.as_dict()["accuracy"] == 0.75
+
+
+def test_status_text_and_the_console_show_a_version_stopped_in_shadow() -> None:
+    from mesh.cli.rollout_text import describe
+    from mesh.console.page_rollouts import rollouts_fragment
+    from mesh.console.rolloutboard import card
+
+    r = shadow_rollout()
+    fleet = ShadowFleet(list(r.targets), {OLD: 0.95, NEW: 0.78}, alike=0.8)
+    done, _ = drive(r, fleet)
+    labelled = replace(
+        done,
+        log=(replace(done.log[0], labels=LabelFigures(10, 6, 300, 280).as_dict()), *done.log[1:]),
+    )
+    text = "\n".join(describe(labelled, now=1000.0))
+    assert "stage 1/4 shadow (failed gate agreement)" in text
+    assert "it answered 0 requests first" in text
+    assert "in shadow on 1 node" in text and "answered as the serving version" in text
+    assert "labelled accuracy 0.600 on 10 labelled" in text and "not judged" in text
+    shown = card(labelled, None, {}, now=1000.0, offline_after_s=10)
+    assert shown.stages[0].shadow and not shown.stages[1].shadow
+    names = [g.name for g in shown.gates]
+    assert "answered as the serving version" in names and "labelled accuracy" in names
+    agreement = next(g for g in shown.gates if g.name.startswith("agreement"))
+    assert agreement.holds is False and agreement.baseline == "95.0%"
+    page = str(rollouts_fragment([shown], [], now=1000.0))
+    assert 'data-shadow="true"' in page and "answers nobody" in page
+    assert "answers it served before the decision: 0" in page and "In shadow" in page
