@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mesh.dev.demo.journal import Journal
-from mesh.dev.demo.state import MODEL, DemoConfig, LinkView, Tally, tiers_in_order
+from mesh.dev.demo.state import MODEL, DemoConfig, LinkView, ReviewView, Tally, tiers_in_order
 
 PANEL_WIDTH = 104
 TIER_STYLE = {"edge": "green", "gateway": "yellow", "cloud": "cyan"}
@@ -51,7 +51,9 @@ def _link_text(view: LinkView, now: float) -> Text:
     return Text("up", style="green")
 
 
-def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) -> RenderableType:
+def render_live(
+    config: DemoConfig, tally: Tally, view: LinkView, review: ReviewView, now: float
+) -> RenderableType:
     done = tally.answered + sum(tally.errors.values())
     share = done / config.requests
     width = 36
@@ -102,6 +104,16 @@ def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) ->
             f"   delivered to the hub {thousands(view.delivered)}",
         ),
     )
+    grid.add_row(
+        "review queue",
+        Text.assemble(
+            f"queued {thousands(review.queued)}   pending ",
+            (thousands(review.pending), "yellow" if review.pending else "green"),
+            f"   labelled {thousands(review.labelled)} (simulated reviewer, "
+            f"{review.wrong} wrong on purpose)",
+        ),
+    )
+    grid.add_row("learning", Text(review.learning, style="magenta"))
     events = Table.grid(padding=(0, 2))
     events.add_column(style="dim", justify="right")
     events.add_column()
@@ -118,13 +130,16 @@ def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) ->
     )
 
 
-def plain_line(config: DemoConfig, tally: Tally, view: LinkView, now: float) -> str:
+def plain_line(
+    config: DemoConfig, tally: Tally, view: LinkView, review: ReviewView, now: float
+) -> str:
     tiers = " ".join(f"{t}={tally.by_tier[t]}" for t in tiers_in_order(tally.by_tier))
     return (
         f"{now:5.1f}s  sent {tally.sent}/{config.requests}  answered {tally.answered}  "
         f"errors {sum(tally.errors.values())}  [{tiers}]  degraded {tally.degraded}  "
         f"link {view.link}  breaker {view.breaker}  backlog {view.backlog}  "
-        f"delivered {view.delivered}"
+        f"delivered {view.delivered}  review queued {review.queued} pending {review.pending} "
+        f"labelled {review.labelled}"
     )
 
 
@@ -133,6 +148,7 @@ async def show_live(
     config: DemoConfig,
     tally: Tally,
     view: LinkView,
+    review: ReviewView,
     journal: Journal,
     stop: asyncio.Event,
 ) -> None:
@@ -140,20 +156,20 @@ async def show_live(
     lines as they happen and a progress line every 3 s."""
     if console.is_terminal:
         with Live(
-            render_live(config, tally, view, 0.0),
+            render_live(config, tally, view, review, 0.0),
             console=console,
             refresh_per_second=4,
             transient=False,
         ) as live:
             journal.sink = lambda line: None
             while not stop.is_set():
-                live.update(render_live(config, tally, view, journal.now()))
+                live.update(render_live(config, tally, view, review, journal.now()))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.25)
-            live.update(render_live(config, tally, view, journal.now()))
+            live.update(render_live(config, tally, view, review, journal.now()))
         return
     journal.sink = lambda line: console.print(line, highlight=False)
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 3.0)
-        console.print(plain_line(config, tally, view, journal.now()), markup=False)
+        console.print(plain_line(config, tally, view, review, journal.now()), markup=False)
