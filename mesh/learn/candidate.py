@@ -105,9 +105,16 @@ def _base(spec: CandidateSpec) -> ModelManifest:
 def _imported(
     onnx_path: Path, spec: CandidateSpec, base: ModelManifest, work: Path
 ) -> tuple[Path, list[str]]:
-    """The model imported as ``mesh models import`` does; a typed error when it does not load."""
+    """The model imported as ``mesh models import`` does; a typed error when it does not load
+    or takes other inputs than the version it replaces (told before it is run on any)."""
     from mesh.models.importer import import_model
+    from mesh.node.runtime import OnnxModel
 
+    try:
+        graph = OnnxModel.load(onnx_path)
+    except Exception as exc:  # ONNX Runtime's own errors on a file it cannot read
+        raise _unloadable(spec, exc) from None
+    _check_inputs([(t.dtype, list(t.shape[1:])) for t in graph.inputs], base)
     try:
         result = import_model(
             onnx_path,
@@ -118,29 +125,34 @@ def _imported(
             data=spec.reference,
             max_drop=spec.max_drop,
         )
-    except MeshError as exc:
-        raise InvalidArgumentError(
-            f"the training command wrote a model that does not load as {spec.model}: "
-            f"{exc.message}; nothing was pushed"
-        ) from None
-    except Exception as exc:  # ONNX Runtime's own errors on a graph it cannot run
-        raise InvalidArgumentError(
-            f"the training command wrote a model that does not load as {spec.model}: "
-            f"{type(exc).__name__}: {exc}; nothing was pushed"
-        ) from None
+    except Exception as exc:  # the import's typed errors, and ONNX Runtime's on a bad graph
+        raise _unloadable(spec, exc) from None
     return result.manifest_path, list(result.notes)
 
 
-def _check_fits(manifest: ModelManifest, base: ModelManifest) -> None:
-    """A node refuses a version taking other inputs than the one it serves (its callers would
-    break), and a label a person gave must mean the same class in both."""
-    mine = [(t.dtype, list(t.shape[1:])) for t in manifest.inputs]
+def _unloadable(spec: CandidateSpec, exc: Exception) -> InvalidArgumentError:
+    why = exc.message if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
+    return InvalidArgumentError(
+        f"the training command wrote a model that does not load as {spec.model}: {why}; "
+        "nothing was pushed"
+    )
+
+
+def _check_inputs(mine: list[tuple[str, list[int | None]]], base: ModelManifest) -> None:
+    """A node refuses a version taking other inputs than the one it serves: its callers would
+    break."""
     theirs = [(t.dtype, list(t.shape[1:])) for t in base.inputs]
     if mine != theirs:
         raise InvalidArgumentError(
             f"the trained model takes inputs {mine}; {base.name}@{base.version} takes {theirs}: "
             "callers would break; nothing was pushed"
         )
+
+
+def _check_fits(manifest: ModelManifest, base: ModelManifest) -> None:
+    """What a node checks of a version (its inputs), and a label a person gave must mean the
+    same class in both."""
+    _check_inputs([(t.dtype, list(t.shape[1:])) for t in manifest.inputs], base)
     if len(manifest.labels) != len(base.labels):
         raise InvalidArgumentError(
             f"the trained model has {len(manifest.labels)} classes, {base.name} has "
