@@ -94,6 +94,7 @@ class Heartbeat:
             swaps=self.state.swaps,
             mesh_version=await self._mesh_version() if self._mesh_version else "",
             evidence=base.evidence,
+            power=base.power,
         )
         subject = subjects.kv(nodes_bucket(self.settings.domain), self.name)
         await self._js.publish(subject, encode_node_status(status), timeout=2.0)

@@ -41,6 +41,8 @@ class UpstreamReply:
     response: wire.InferResponse
     elapsed_ms: float
     request_bytes: int
+    #: size of the reply as it came back (the energy ledger's radio figures).
+    reply_bytes: int = 0
 
 
 class UpstreamTransport(Protocol):

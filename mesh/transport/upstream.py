@@ -107,4 +107,4 @@ class NatsUpstream:
                 counts_against_link=reply.code not in _CALLER_FAULTS,
                 error=reply,
             )
-        return UpstreamReply(reply, elapsed_ms, len(payload))
+        return UpstreamReply(reply, elapsed_ms, len(payload), len(msg.data))

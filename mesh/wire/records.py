@@ -22,6 +22,7 @@ from mesh.wire.codec import (
     unpack_raw,
 )
 from mesh.wire.messages import InferRequest, InferResponse, decode_request, encode_request
+from mesh.wire.power import PowerStatus, power_from_map, power_to_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,8 @@ class NodeStatus:
     mesh_version: str = ""
     #: per model served, what its version did here (the rollout gates' evidence).
     evidence: dict[str, VersionEvidence] = field(default_factory=dict)
+    #: its energy ledger and power governor (``mesh.wire.power``); None: no ledger.
+    power: PowerStatus | None = None
 
 
 # --- hard examples -------------------------------------------------------------------------
@@ -258,6 +261,7 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "swaps": status.swaps,
             "mesh_version": status.mesh_version,
             "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
+            "power": power_to_map(status.power) if status.power is not None else None,
         }
     )
 
@@ -322,6 +326,7 @@ def decode_node_status(data: bytes) -> NodeStatus:
             model: _decode_evidence(model, e, what)
             for model, e in _opt(obj, "evidence", dict, {}, what).items()
         },
+        power=power_from_map(obj["power"], what) if obj.get("power") is not None else None,
     )
 
 
