@@ -12,7 +12,10 @@ The ladder, cheapest in accuracy first (the order is a setting):
    come in full batches, the stream statistics are not polled;
 5. ``degrade``: answer a share of the unsure requests here, marked degraded with reason
    ``power``. The share is the one continuous step: it rises and falls with the excess (integral
-   control), so the node's power settles at its budget instead of under it.
+   control), so the node's power settles at its budget instead of under it. The excess is taken
+   relative to the power when the step was taken, which bounds what a change of share can move
+   (at most that power): the loop's gain stays under ``degrade_gain`` per second whatever the
+   escalations cost against the budget.
 
 A discrete step is taken when the power is over budget and the last change is at least
 ``hold_s`` old (its effect has had time to show in the measured power). What a step saved is
@@ -69,8 +72,8 @@ class GovernorConfig:
     audit_scale: float = 0.1
     coalesce_s: float = 0.02
     events_defer_s: float = 2.0
-    #: change of the degraded share per decision, per unit of relative excess.
-    degrade_gain: float = 0.5
+    #: change of the degraded share per second, per unit of relative excess.
+    degrade_gain: float = 0.3
 
     def __post_init__(self) -> None:
         if len(set(self.ladder)) != len(self.ladder):
@@ -109,6 +112,7 @@ class Governor:
         self.savings = Savings()
         self._taken: list[_Taken] = []
         self._changed_at = -math.inf
+        self._decided_at: float | None = None
         #: steps given back, waiting to learn what they saved: (step, at, power before).
         self._released: _Taken | None = None
         self._saved: dict[Step, float] = {}
@@ -131,6 +135,10 @@ class Governor:
         """One decision on the power measured now (watts, averaged over the last few seconds)
         and the budget (None: no budget, every step is given back at once)."""
         now = self.clock()
+        since, self._decided_at = (
+            now - self._decided_at if self._decided_at is not None else 0.0,
+            now,
+        )
         self._learn(now, watts)
         if budget_w is None:
             return [self._release(now, watts, None) for _ in list(self._taken)]
@@ -138,7 +146,7 @@ class Governor:
         over = watts > budget_w * (1.0 + self.config.over)
         top = self._taken[-1].step if self._taken else None
         if top is Step.DEGRADE:
-            return self._steer(now, watts, budget_w, held)
+            return self._steer(now, watts, budget_w, held, min(since, self.config.hold_s))
         if over:
             self.unreachable = False
             upcoming = self._next()
@@ -152,12 +160,16 @@ class Governor:
             return [self._release(now, watts, budget_w)]
         return []
 
-    def _steer(self, now: float, watts: float, budget_w: float, held: bool) -> list[StepChange]:
+    def _steer(
+        self, now: float, watts: float, budget_w: float, held: bool, seconds: float
+    ) -> list[StepChange]:
         """The degraded share follows the excess; the step is given back once it is 0 and the
         power is under the budget by the margin."""
         savings = self.savings
-        error = (watts - budget_w) / budget_w if budget_w > 0 else 1.0
-        share = min(1.0, max(0.0, savings.degrade_share + self.config.degrade_gain * error))
+        scale = max(self._taken[-1].before_w, budget_w, 1e-9)
+        error = (watts - budget_w) / scale
+        change = self.config.degrade_gain * error * seconds
+        share = min(1.0, max(0.0, savings.degrade_share + change))
         savings.degrade_share = share
         self.unreachable = share >= 1.0 and watts > budget_w * (1.0 + self.config.over)
         margin = budget_w * (1.0 - self.config.release_margin)
@@ -174,9 +186,6 @@ class Governor:
         self._changed_at = now
         self._released = None
         self._apply(step, on=True)
-        if step is Step.DEGRADE:
-            error = (watts - budget_w) / budget_w if budget_w > 0 else 1.0
-            self.savings.degrade_share = min(1.0, max(0.0, self.config.degrade_gain * error))
         return StepChange(step, True, now, watts, budget_w, self._saved.get(step))
 
     def _release(self, now: float, watts: float, budget_w: float | None) -> StepChange:

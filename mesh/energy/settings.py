@@ -92,9 +92,9 @@ class GovernorSettings(_Section):
     events_defer_s: float = Field(2.0, gt=0)
     """The ``events`` step makes event fetches wait up to this long for a full batch, for the
     models whose events' budgets leave room for it."""
-    degrade_gain: float = Field(0.5, gt=0, le=2)
-    """How fast the degraded share follows the excess: its change per decision for an excess
-    of the whole budget."""
+    degrade_gain: float = Field(0.3, gt=0, le=2)
+    """How fast the degraded share follows the excess: its change per second when the power
+    is over budget by as much as it was when the ``degrade`` step was taken."""
 
     @model_validator(mode="after")
     def _order(self) -> GovernorSettings:

@@ -116,6 +116,8 @@ class DataPlane(Service):
         self._sender = Escalator(identity.tier, metrics, energy, self.savings, self.metric_model)
         self._forwarded_names: set[str] = set()
         self._random = random.random
+        #: the unsure cases owed to the power governor's share (see ``_held_back``).
+        self._hold_credit = 0.0
 
     # --- one request, end to end -------------------------------------------------------------
 
@@ -350,16 +352,25 @@ class DataPlane(Service):
             request = outcome.request
             if upstream is None and self.upstream is not None:
                 upstream = self.upstream.view()
-            share = savings.degrade_share
             decision = policy.decide(
                 Assessment(confidence, novelty),
                 thresholds,
                 budget_ms=request.budget_ms - self._elapsed_ms(outcome.received_at),
                 residency=request.residency,
                 upstream=upstream,
-                hold=share > 0.0 and self._random() < share,
+                hold=savings.degrade_share > 0.0 and self._held_back(savings.degrade_share),
             )
             self._settle(outcome, model, local, decision)
+
+    def _held_back(self, share: float) -> bool:
+        """Whether this unsure case is one of the ``share`` answered here for power: exactly
+        that share of them, spread evenly (a running credit, not a coin: a coin's noise would
+        show in the node's power)."""
+        self._hold_credit += share
+        if self._hold_credit < 1.0:
+            return False
+        self._hold_credit -= 1.0
+        return True
 
     @staticmethod
     def _checked_after(group: _Group, feeds: Feeds, novelties: list[float] | None) -> bool:
