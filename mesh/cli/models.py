@@ -144,14 +144,26 @@ def calibrate(
     "profile",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override the manifest's hardware profile, e.g. latency_p99_ms=0.01.",
+    help="Override the manifest's hardware profile, e.g. latency_p99_ms=0.01 or energy_mj=0.05.",
 )
 @click.option("--min-accuracy", type=float, default=None, help="Override the quality target.")
 @click.option("--runs", default=500, show_default=True, help="Single-row runs to time.")
+@click.option(
+    "--device",
+    default=None,
+    help="Device profile energy is priced on: rpi4, jetson-orin-nano-15w, jetson-orin-nano-7w, "
+    "x86-gateway (default: a Pi 4 for an edge model, else the x86 gateway).",
+)
 def validate(
-    manifest: Path, test_npz: Path, profile: tuple[str, ...], min_accuracy: float | None, runs: int
+    manifest: Path,
+    test_npz: Path,
+    profile: tuple[str, ...],
+    min_accuracy: float | None,
+    runs: int,
+    device: str | None,
 ) -> None:
-    """Measure latency, memory and accuracy here; exit 1 when the manifest's targets fail."""
+    """Measure latency, memory, energy and accuracy here; exit 1 when the manifest's targets
+    fail."""
     from mesh.models.validate import validate_model
 
     overrides: dict[str, float] = {}
@@ -161,7 +173,9 @@ def validate(
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--profile")
         overrides[key.strip()] = float(value)
     quality = {"min_accuracy": min_accuracy} if min_accuracy is not None else None
-    report = validate_model(manifest, test_npz, overrides or None, quality, runs=runs)
+    report = validate_model(
+        manifest, test_npz, overrides or None, quality, runs=runs, device=device
+    )
     click.echo(report.summary())
     if not report.passed:
         sys.exit(1)

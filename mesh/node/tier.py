@@ -233,6 +233,7 @@ class TierNode(Service):
                 tier=s.tier,
                 metrics=self.metrics,
                 mesh_version=lambda: asyncio.to_thread(package_version),
+                device=self.power.profile if self.power is not None else None,
             )
             await stack.enter_async_context(self.agent)
 
