@@ -37,10 +37,10 @@ from nats.js.errors import BucketNotFoundError
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from mesh.energy.profiles import DeviceProfile
 from mesh.errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
 from mesh.fleet.cache import VersionCache, settings_for
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, resolve
-from mesh.energy.profiles import DeviceProfile
 from mesh.fleet.device_gate import run_device_gate
 from mesh.fleet.heartbeat import AgentState, Heartbeat
 from mesh.fleet.registry import Artifact, fetch

@@ -273,9 +273,14 @@ def validate_model(
         profile=used_profile,
         quality=used_quality,
         failures=judge(
-            p99, memory, accuracy, used_profile, used_quality,
-            energy_mj=energy, device=priced_on.name,
-        ),  # fmt: skip
+            p99,
+            memory,
+            accuracy,
+            used_profile,
+            used_quality,
+            energy_mj=energy,
+            device=priced_on.name,
+        ),
         energy_mj=energy,
         device=priced_on.name,
     )

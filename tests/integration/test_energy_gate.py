@@ -38,8 +38,11 @@ def heavy_model(path: Path) -> None:
     weights = [
         numpy_helper.from_array((rng.standard_normal(shape) * 0.01).astype(np.float32), name)
         for name, shape in (
-            ("w1", (64, WIDTH)), ("w2", (WIDTH, WIDTH)), ("w3", (WIDTH, WIDTH)), ("w4", (WIDTH, 10))
-        )  # fmt: skip
+            ("w1", (64, WIDTH)),
+            ("w2", (WIDTH, WIDTH)),
+            ("w3", (WIDTH, WIDTH)),
+            ("w4", (WIDTH, 10)),
+        )
     ]
     graph = helper.make_graph(
         [

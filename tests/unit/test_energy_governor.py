@@ -3,6 +3,8 @@ simulated node whose power answers to what the governor has it save."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from mesh.energy.governor import LADDER, Governor, GovernorConfig, Savings, Step
@@ -57,7 +59,7 @@ def test_steps_are_taken_in_ladder_order_one_per_hold_while_over_budget() -> Non
     applied = [c.step for c in changes if c.applied]
     assert applied == list(LADDER)
     times = [c.at for c in changes if c.applied]
-    assert all(b - a >= 3.0 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 3.0 for a, b in itertools.pairwise(times))
     assert governor.savings.degrade_share == 1.0 and governor.unreachable
 
 

@@ -72,9 +72,9 @@ def test_auto_picks_by_zone_and_unknown_names_are_refused() -> None:
 
 
 def test_settings_override_a_profile_figure_by_figure() -> None:
-    device = EnergySettings(
-        profile="rpi4", active_w_per_core=2.0, send_j_per_message=0.01
-    ).device("device")
+    device = EnergySettings(profile="rpi4", active_w_per_core=2.0, send_j_per_message=0.01).device(
+        "device"
+    )
     assert device.active_w_per_core == 2.0 and device.idle_w == RPI4.idle_w
     assert device.link.send_j_per_message == 0.01
     assert device.link.send_j_per_byte == WIFI.send_j_per_byte
