@@ -102,6 +102,12 @@ class NodePower(Service):
         )
         self._gauge("mesh_power_budget_watts", "The node's power budget now", self._budget_values)
         self._gauge(
+            "mesh_energy_upstream_joules",
+            "What one request and its reply upstream cost the device's radio at the mean sizes "
+            "seen here: its energy per answer if every request went up (cloud-only)",
+            self._upstream_values,
+        )
+        self._gauge(
             "mesh_power_governor",
             "The power governor: steps of its ladder in effect (1 each), the share of unsure "
             "requests answered here degraded 'power', and the battery level in percent",
@@ -235,6 +241,11 @@ class NodePower(Service):
         if self.sample.device_w is not None:
             rows.append((self.sample.device_w, {"tier": tier, "source": "sensor"}))
         return rows
+
+    def _upstream_values(self) -> list[tuple[float, dict[str, str]]]:
+        if not self.ledger.totals().radio.received:
+            return []
+        return [(self.ledger.upstream_joules(), {"tier": self.identity.tier})]
 
     def _budget_values(self) -> list[tuple[float, dict[str, str]]]:
         if self.budget_w is None:

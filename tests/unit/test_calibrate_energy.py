@@ -26,9 +26,7 @@ def _tiers() -> tuple[list[TierOutputs], np.ndarray]:
     return [edge, top], y
 
 
-def test_energy_per_answer_is_the_model_for_every_row_and_the_radio_for_those_sent_up() -> (
-    None
-):
+def test_energy_per_answer_is_the_model_for_every_row_and_the_radio_for_those_sent_up() -> None:
     tiers, y = _tiers()
     energy = TierEnergy(device="rpi4", model_j=0.001, escalation_j=0.010)
     outcome = run_cascade(tiers, [0.85])  # the edge keeps 3 of 8 rows
