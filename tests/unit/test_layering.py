@@ -34,6 +34,8 @@ PURE = [
     "mesh.ingress.shares",
     "mesh.ingress.gate",
     "mesh.ingress.steps",
+    "mesh.energy.ledger",
+    "mesh.energy.governor",
 ]
 
 
@@ -105,6 +107,8 @@ PURE_TREES = [
     "mesh.ingress.shares",
     "mesh.ingress.gate",
     "mesh.ingress.steps",
+    "mesh.energy",
+    "mesh.node.escalation",
 ]
 
 
