@@ -333,8 +333,9 @@ class FleetSettings(_Section):
     heartbeat_s: float = Field(2.0, gt=0)
     """Seconds between heartbeats."""
     fetch_timeout_s: float = Field(60.0, gt=0)
-    """How long an assigned version may stay missing from the registry before it is refused
-    (a site's mirror can lag the desired state by a moment)."""
+    """How long an assigned version may stay missing or incomplete at the node's site before
+    the node logs a warning about it (a site's mirror can lag the desired state). It is never
+    refused for that: the node tries again, pausing up to 30 s, while it is assigned."""
     gate_runs: int = Field(100, ge=10)
     """Single-row runs of the on-device latency gate."""
     max_artifact_bytes: int = Field(512 * 1024 * 1024, ge=1)
@@ -437,7 +438,7 @@ class ServiceSettings(BaseSettings):
 
 
 #: every settings class's variable prefix: a class with a shorter prefix leaves the others' alone.
-SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_", "MESH_REVIEW_SERVICE_")
+SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_", "MESH_REVIEW_SERVICE_", "MESH_CONSOLE_")
 
 
 def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
@@ -615,6 +616,9 @@ class ControllerSettings(ServiceSettings):
     """Seconds a silent leader keeps the lead."""
     offline_after_s: float = Field(10.0, gt=0)
     """Seconds without a heartbeat after which a node counts as offline."""
+    heartbeat_s: float = Field(1.0, gt=0)
+    """Seconds between the nodes' heartbeats (their ``fleet.heartbeat_s``): a node's heartbeats
+    count at most once every half of it, however often it writes them."""
 
     @field_validator("domain")
     @classmethod

@@ -14,9 +14,20 @@ assigned version differs from the one served, one at a time:
 4. swaps it in with ``swap_model`` (no request dropped), and records it as the version to serve
    after a restart.
 
-A version that fails any step is reported (a ``rejected`` node event on ``mesh.telemetry.<node>``,
-``mesh_fleet_events_total``, and ``rejected`` in the heartbeat) and never retried; what serves
-keeps serving. A new assignment of another version is tried afresh.
+A version whose parts are missing or not yet complete at the site is not refused: the node keeps
+it pending and tries again, pausing longer each time (``mesh.fleet.refusals``), for as long as it
+is assigned. A version that fails any check is refused: reported (a ``rejected`` node event on
+``mesh.telemetry.<node>``, ``mesh_fleet_events_total``, and ``rejected`` in the heartbeat) and not
+tried again until an operator clears the refusal (``mesh fleet retry``); what serves keeps
+serving. A new assignment of another version is tried afresh.
+
+It obeys a desired-state entry only when the entry's model and selector make the key it arrived
+under and it is not older than the newest entry seen under that key (``DesiredReader``: entries
+re-delivered into the bucket are ignored). It watches the revocations too: a version revoked by a
+key it trusts is refused, and a node serving one swaps to its assigned version or, when that is
+the revoked one, to the last version it served before (a ``revoked`` warning event). Taking a
+version older than the one served (a downgrade) is done, with a ``downgraded`` warning event and
+``downgraded`` in the heartbeat.
 
 Every ``heartbeat_s`` the node writes its status to its key in ``MESH_NODES_<DOMAIN>``
 (``mesh.fleet.heartbeat``).
@@ -28,29 +39,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from mesh.energy.profiles import DeviceProfile
-from mesh.errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
+from mesh.errors import InvalidArgumentError, MeshError
 from mesh.fleet.cache import VersionCache, settings_for
-from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, resolve
+from mesh.fleet.desired import DesiredReader, DesiredState, resolve, version_order
 from mesh.fleet.device_gate import run_device_gate
 from mesh.fleet.heartbeat import AgentState, Heartbeat
+from mesh.fleet.refusals import Waiting, decode_retry, is_retry_key, transient, waiting
 from mesh.fleet.registry import Artifact, fetch
+from mesh.fleet.revocation import Revocation, decode_revocation, verify_revocation
 from mesh.fleet.signing import ArtifactSignature, load_trusted_keys, verify
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.observability.metrics import MeshMetrics
 from mesh.settings import FleetSettings, ModelSettings
 from mesh.topology import subjects
-from mesh.topology.streams import DESIRED_BUCKET
+from mesh.topology.streams import DESIRED_BUCKET, REVOKED_BUCKET
+from mesh.transport.jetstream import BucketEntry, watch_bucket
 from mesh.wire import NodeEvent, NodeStatus, encode_node_event
 
 log = logging.getLogger("mesh.fleet.agent")
@@ -69,13 +81,35 @@ def plan(
     desired: Mapping[str, DesiredState],
     served: Mapping[str, str],
     rejected: Mapping[str, str],
+    revoked: Collection[str] = (),
+    waiting: Mapping[str, Waiting] | None = None,
+    now: float = 0.0,
 ) -> list[tuple[str, str]]:
-    """The (model, version) swaps to make: assigned, not served, not refused before."""
-    return [
-        (model, state.version)
-        for model, state in sorted(desired.items())
-        if served.get(model) != state.version and f"{model}@{state.version}" not in rejected
-    ]
+    """The (model, version) swaps to make: assigned, not served, not refused before, not
+    revoked, and not waiting for a later try."""
+    out: list[tuple[str, str]] = []
+    for model, state in sorted(desired.items()):
+        key = f"{model}@{state.version}"
+        held = (waiting or {}).get(key)
+        if served.get(model) == state.version or key in rejected or key in revoked:
+            continue
+        if held is None or held.due <= now:
+            out.append((model, state.version))
+    return out
+
+
+def fallback(
+    model: str, served: str, assigned: str | None, history: list[str], refused: Collection[str]
+) -> str | None:
+    """What a node serving a revoked ``model@served`` swaps to: the version it is assigned,
+    unless that is revoked or refused too; else the last version it served before that is
+    neither."""
+    candidates = [assigned] if assigned is not None else []
+    candidates += list(reversed(history))
+    for version in candidates:
+        if version is not None and version != served and f"{model}@{version}" not in refused:
+            return version
+    return None
 
 
 def restore(settings: FleetSettings, models: list[ModelSettings]) -> list[ModelSettings]:
@@ -86,9 +120,13 @@ def restore(settings: FleetSettings, models: list[ModelSettings]) -> list[ModelS
         return models
     cache = VersionCache(settings.cache_dir)
     trusted = load_trusted_keys(settings.trusted_keys)
+    revoked = cache.revoked()
     by_name = {m.name: m for m in models}
     out = dict(by_name)
     for model, version in cache.current().items():
+        if f"{model}@{version}" in revoked:
+            log.warning("cached %s@%s not used: it was revoked", model, version)
+            continue
         try:
             _, _, manifest_path = cache.load_verified(model, version, trusted)
         except MeshError as exc:
@@ -125,7 +163,21 @@ class FleetAgent(Service):
         self.cache = VersionCache(settings.cache_dir)
         self.trusted = load_trusted_keys(settings.trusted_keys)
         self._js: JetStreamContext = nc.jetstream(domain=settings.domain)
-        self._entries: dict[str, Revisioned] = {}
+        self.assignments = DesiredReader(keep=self._matches)
+        #: ``model@version`` to why, for every revocation verified with a trusted key.
+        self.revoked: dict[str, str] = self.cache.revoked()
+        #: per model, the versions served here, oldest first (what a revoked one falls back to).
+        self.history: dict[str, list[str]] = {}
+        self._synced = asyncio.Event()
+        #: (revoked version, what it swaps to) already announced with a ``revoked`` event.
+        self._warned: set[tuple[str, str | None]] = set()
+        #: the latest revision of the desired-state bucket seen, and what it was when each
+        #: refusal was made: a retry request written after a refusal clears it.
+        self._revision = 0
+        self._refused_at: dict[str, int] = {}
+        #: ``model@version`` not fetched yet (missing or incomplete at the site), and when next.
+        self.waiting: dict[str, Waiting] = {}
+        self._cleared = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.heartbeat = Heartbeat(
@@ -144,9 +196,20 @@ class FleetAgent(Service):
         self.proven: set[str] = set()
 
     async def _start(self) -> None:
-        self.proven.update(f"{m}@{v}" for m, v in self._node.served_versions().items())
+        for model, version in self._node.served_versions().items():
+            self.proven.add(f"{model}@{version}")
+            self.history.setdefault(model, []).append(version)
+        who = f"node {self.name}"
+        watch_desired = watch_bucket(
+            self._js, DESIRED_BUCKET, self._on_desired, history=True, synced=self._synced,
+            retry_s=2.0, who=who,
+        )  # fmt: skip
+        watch_revoked = watch_bucket(
+            self._js, REVOKED_BUCKET, self._on_revocation, retry_s=2.0, who=who
+        )
         self._tasks = [
-            asyncio.create_task(self._watch(), name=f"fleet-watch-{self.name}"),
+            asyncio.create_task(watch_desired, name=f"fleet-watch-{self.name}"),
+            asyncio.create_task(watch_revoked, name=f"fleet-revoked-{self.name}"),
             asyncio.create_task(self._reconcile(), name=f"fleet-apply-{self.name}"),
             asyncio.create_task(self.heartbeat.run(), name=f"fleet-heartbeat-{self.name}"),
         ]
@@ -159,60 +222,108 @@ class FleetAgent(Service):
 
     # --- desired state ----------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                kv = await self._js.key_value(DESIRED_BUCKET)
-                watcher = await kv.watchall()
-                try:
-                    async for entry in watcher:
-                        if entry is None:
-                            continue
-                        self._on_entry(entry.key, entry.value, entry.revision, entry.operation)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-            except asyncio.CancelledError:
-                raise
-            except BucketNotFoundError:
-                log.info("no desired-state bucket in domain %s yet", self.settings.domain)
-            except Exception as exc:
-                log.warning("desired-state watch of node %s stopped: %r", self.name, exc)
-            await asyncio.sleep(2.0)
+    def _matches(self, state: DesiredState) -> bool:
+        s = self.settings
+        return state.selector.matches(self.tier, s.site_name, self.name, s.labels)
 
-    def _on_entry(self, key: str, value: bytes | None, revision: int | None, op: Any) -> None:
+    def _on_desired(self, entry: BucketEntry) -> None:
         # Only assignments whose selector matches this node are kept, and only they wake the
         # reconcile loop: a rollout stage writes one key per node, and every agent of a site
         # sees every key (250 at a 50% stage of 500 nodes; a hundred agents in a process of
         # the simulated fleet resolved all of them on each, and their processes stalled).
-        if op is not None or not value:  # DEL or PURGE: the assignment is withdrawn
-            if self._entries.pop(key, None) is not None:
-                self._wake.set()
+        self._revision = max(self._revision, int(entry.revision or 0))
+        if is_retry_key(entry.key):
+            if not entry.deleted:
+                self._on_retry(entry.key, entry.value, int(entry.revision or 0))
             return
         try:
-            state = decode_desired(value)
+            changed = self.assignments.apply(entry.key, entry.value, entry.revision, entry.deleted)
         except InvalidArgumentError as exc:
-            log.warning("ignoring malformed desired state %s: %s", key[:200], exc.message)
+            log.warning("node %s ignores desired state %s: %s", self.name, entry.key[:200],
+                        exc.message)  # fmt: skip
             return
-        s = self.settings
-        if not state.selector.matches(self.tier, s.site_name, self.name, s.labels):
+        if changed:
+            self._wake.set()
+
+    def _on_retry(self, key: str, value: bytes, revision: int) -> None:
+        # A retry request only lets a refused version be tried (and checked) again: one
+        # re-delivered into the bucket at a later revision can do no more than that.
+        try:
+            request = decode_retry(value)
+        except InvalidArgumentError as exc:
+            log.warning("ignoring malformed retry request %s: %s", key[:200], exc.message)
             return
-        self._entries[key] = Revisioned(state, int(revision or 0))
+        refused = f"{request.model}@{request.version}"
+        if not request.applies_to(self.name) or refused not in self.state.rejected:
+            return
+        if revision <= self._refused_at.get(refused, 0):
+            return  # asked before this refusal was made
+        reason = self.state.rejected.pop(refused)
+        self._refused_at.pop(refused, None)
+        log.info(
+            "node %s: refusal of %s cleared by %s (it was: %s)",
+            self.name, refused, request.by or "an operator", reason,
+        )  # fmt: skip
+        self._cleared = True
+        self._wake.set()
+
+    def _on_revocation(self, entry: BucketEntry) -> None:
+        if entry.deleted:
+            return  # a revocation is for good
+        try:
+            revocation = decode_revocation(entry.value)
+            verify_revocation(revocation, self.trusted)
+        except InvalidArgumentError as exc:
+            log.warning("node %s ignores revocation %s: %s", self.name, entry.key[:200],
+                        exc.message)  # fmt: skip
+            return
+        self._revoke(revocation)
+
+    def _revoke(self, revocation: Revocation) -> None:
+        if self.revoked.get(revocation.target) == revocation.reason:
+            return
+        self.revoked[revocation.target] = revocation.reason
+        try:
+            self.cache.add_revoked(revocation.target, revocation.reason)
+        except OSError as exc:
+            log.warning("node %s could not keep revocation %s: %r", self.name,
+                        revocation.target, exc)  # fmt: skip
         self._wake.set()
 
     def desired(self) -> dict[str, DesiredState]:
         s = self.settings
         return resolve(
-            self._entries.values(), tier=self.tier, site=s.site_name, node=self.name,
-            labels=s.labels,
+            self.assignments.entries.values(), tier=self.tier, site=s.site_name,
+            node=self.name, labels=s.labels,
         )  # fmt: skip
 
     async def _reconcile(self) -> None:
+        # no swap before the desired state is read in full: history comes oldest first
+        await self._synced.wait()
         while True:
-            await self._wake.wait()
+            due = min((w.due for w in self.waiting.values()), default=None)
+            pause = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
             self._wake.clear()
+            self._forget_unassigned()
+            if self._cleared:
+                self._cleared = False
+                with contextlib.suppress(Exception):
+                    await self.heartbeat.beat()
+            await self._leave_revoked()
+            desired = self.desired()
+            for model, state in desired.items():
+                target = f"{model}@{state.version}"
+                if target in self.revoked and target not in self.state.rejected:
+                    await self._reject(model, state.version, f"revoked: {self.revoked[target]}")
             for model, version in plan(
-                self.desired(), self._node.served_versions(), self.state.rejected
+                desired,
+                self._node.served_versions(),
+                self.state.rejected,
+                self.revoked,
+                self.waiting,
+                time.monotonic(),
             ):
                 # The assignment may have moved on while an earlier swap ran.
                 current = self.desired().get(model)
@@ -220,13 +331,74 @@ class FleetAgent(Service):
                     continue
                 await self.apply(model, version)
 
+    def _forget_unassigned(self) -> None:
+        """Stop waiting for versions no longer assigned (a rollback moved on meanwhile)."""
+        assigned = {f"{m}@{s.version}" for m, s in self.desired().items()}
+        for key in [k for k in self.waiting if k not in assigned]:
+            del self.waiting[key]
+            model, _, version = key.partition("@")
+            if self.state.pending.get(model) == version:
+                del self.state.pending[model]
+
+    async def _leave_revoked(self) -> None:
+        """Swap every model served at a revoked version to its fallback. One with none keeps
+        serving (no answer at all would be worse) after a ``revoked`` event saying so, once."""
+        for model, served in sorted(self._node.served_versions().items()):
+            target = f"{model}@{served}"
+            if target not in self.revoked:
+                continue
+            assigned = self.desired().get(model)
+            version = fallback(
+                model, served, assigned.version if assigned else None,
+                self.history.get(model, []), {*self.revoked, *self.state.rejected},
+            )  # fmt: skip
+            if (target, version) not in self._warned:
+                self._warned.add((target, version))
+                reason = f"{self.revoked[target]}; swapping to {version or 'nothing'}"
+                await self._event("revoked", model, served, None, reason)
+            if version is not None:
+                await self.apply(model, version)
+
     # --- one version --------------------------------------------------------------------------
 
     async def apply(self, model: str, version: str) -> bool:
-        """Fetch, verify, gate and swap ``model@version``; False when it was refused."""
+        """Fetch, verify, gate and swap ``model@version``; False when it was refused or could
+        not be fetched yet (then it is tried again later)."""
+        key = f"{model}@{version}"
         self.state.pending[model] = version
         try:
-            artifact = await self._fetch(model, version)
+            artifact = await self._cached(model, version) or await self._fetch(model, version)
+        except asyncio.CancelledError:
+            raise
+        except MeshError as exc:
+            if transient(exc):
+                self._wait(key, exc.message)
+                return False
+            self.state.pending.pop(model, None)
+            self.waiting.pop(key, None)
+            await self._reject(model, version, exc.message)
+            return False
+        except Exception as exc:  # the connection's own errors: the server may be back soon
+            self._wait(key, f"{type(exc).__name__}: {exc}")
+            return False
+        self.waiting.pop(key, None)
+        return await self._take(model, version, artifact)
+
+    def _wait(self, key: str, reason: str) -> None:
+        now = time.monotonic()
+        held = self.waiting.get(key)
+        self.waiting[key] = held.after(now, reason) if held else waiting(now, reason)
+        # said when it starts, then once it has lasted fetch_timeout_s
+        timeout = self.settings.fetch_timeout_s
+        if held is None or now - held.since >= timeout > held.at - held.since:
+            log.warning(
+                "node %s: %s not complete at its site for %.0fs (%s); trying again for as long "
+                "as it is assigned", self.name, key, now - self.waiting[key].since, reason,
+            )  # fmt: skip
+
+    async def _take(self, model: str, version: str, artifact: Artifact) -> bool:
+        """Verify, gate and swap a fetched version; False when it was refused."""
+        try:
             manifest = await asyncio.to_thread(self._check, artifact, model, version)
             manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
             if f"{model}@{version}" not in self.proven:
@@ -250,23 +422,29 @@ class FleetAgent(Service):
         await asyncio.to_thread(self.cache.set_current, model, version)
         self.proven.add(f"{model}@{version}")
         self.state.swaps += 1
+        self.history.setdefault(model, []).append(version)
         await self._event("swapped", model, version, previous, "assigned by the fleet")
+        if previous is not None and version_order(version) < version_order(previous):
+            self.state.downgraded[model] = previous
+            await self._event("downgraded", model, version, previous,
+                              f"{version} is older than {previous}, which it served")  # fmt: skip
+        else:
+            self.state.downgraded.pop(model, None)
         return True
 
+    async def _cached(self, model: str, version: str) -> Artifact | None:
+        """The version from this node's cache, verified again, if it holds it (a fallback from a
+        revoked version needs no server)."""
+        try:
+            artifact, _, _ = await asyncio.to_thread(
+                self.cache.load_verified, model, version, self.trusted
+            )
+        except MeshError:
+            return None
+        return artifact
+
     async def _fetch(self, model: str, version: str) -> Artifact:
-        # Missing parts are waited for (a site's mirror may lag the desired state); a corrupt or
-        # oversized part is not.
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((NotFoundError, UnavailableError)),
-            stop=stop_after_delay(self.settings.fetch_timeout_s),
-            wait=wait_exponential(multiplier=0.25, max=5.0),
-            reraise=True,
-        ):
-            with attempt:
-                return await fetch(
-                    self._js, model, version, max_bytes=self.settings.max_artifact_bytes
-                )
-        raise AssertionError("unreachable")
+        return await fetch(self._js, model, version, max_bytes=self.settings.max_artifact_bytes)
 
     def _check(self, artifact: Artifact, model: str, version: str) -> ModelManifest:
         signature: ArtifactSignature = artifact.signature
@@ -293,6 +471,7 @@ class FleetAgent(Service):
 
     async def _reject(self, model: str, version: str, reason: str) -> None:
         self.state.rejected[f"{model}@{version}"] = reason
+        self._refused_at[f"{model}@{version}"] = self._revision
         log.warning(
             "node %s rejected %s@%s: %s; %s keeps serving",
             self.name,

@@ -386,6 +386,7 @@ class TierNode(Service):
             problems=[f"{k}: {v}" for k, v in problems.items()],
             drift=max(drift) if drift else None,
             evidence=evidence,
+            answered=self.endpoint.answered.snapshot() if self.endpoint is not None else None,
             power=self.power.status() if self.power is not None else None,
         )
 

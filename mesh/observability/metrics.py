@@ -59,14 +59,22 @@ class CounterFamily:
 class HistogramFamily:
     """A histogram family: per label values, a count per bucket, their sum and count.
 
-    A bucket's bound is inclusive, as in Prometheus (``le``)."""
+    A bucket's bound is inclusive, as in Prometheus (``le``). Values are observed in the unit
+    the code measures (milliseconds); ``scale`` turns them into the exported one, as Prometheus
+    names a duration in seconds (``promtool check metrics``)."""
 
     def __init__(
-        self, name: str, description: str, labels: Sequence[str], buckets: Sequence[float]
+        self,
+        name: str,
+        description: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
+        scale: float = 1.0,
     ) -> None:
         self.name = name
         self.description = description
         self.labels = tuple(labels)
+        self.scale = scale
         self.bounds = tuple(float(b) for b in buckets)
         #: label values to [count per bucket..., count over the last bound, sum, count].
         self.series: dict[Labels, list[float]] = {}
@@ -99,9 +107,9 @@ class HistogramFamily:
             buckets: list[tuple[str, float]] = []
             for bound, count in zip(self.bounds, series, strict=False):
                 running += count
-                buckets.append((_bound_text(bound), running))
+                buckets.append((_bound_text(bound * self.scale), running))
             buckets.append(("+Inf", series[-1]))
-            family.add_metric(list(key), buckets, series[-2])
+            family.add_metric(list(key), buckets, series[-2] * self.scale)
         return family
 
 
@@ -119,10 +127,11 @@ class MeshMetrics:
             ("tier", "model", "outcome", "code"),
         )
         self.latency = HistogramFamily(
-            "mesh_request_duration_milliseconds",
+            "mesh_request_duration_seconds",
             "Time from receipt to reply at a tier, upstream wait included",
             ("tier", "model", "outcome"),
             LATENCY_BUCKETS_MS,
+            scale=0.001,
         )
         self.escalations = CounterFamily(
             "mesh_escalations", "Cases meant for upstream, by reason", ("tier", "model", "reason")

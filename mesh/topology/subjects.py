@@ -41,6 +41,7 @@ token.
 
 from __future__ import annotations
 
+import base64
 import re
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -246,6 +247,16 @@ def object_subjects(store: str) -> str:
 
 def object_stream(store: str) -> str:
     return f"OBJ_{store}"
+
+
+def object_meta(store: str, name: str = REST) -> str:
+    """The subject of an object's meta record (its name base64url-encoded), or of them all."""
+    token = name if name == REST else base64.urlsafe_b64encode(name.encode()).decode()
+    return f"$O.{store}.M.{token}"
+
+
+def object_chunks(store: str, nuid: str) -> str:
+    return f"$O.{store}.C.{nuid}"
 
 
 def js_api(operation: str, domain: str | None = None) -> str:

@@ -148,7 +148,7 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
         # the Open Inference Protocol ingress at the site, behind a bearer token, and a
         # reviewer's credentials; the token's line is the last
         lines: list[str] = []
-        while not lines or not lines[-1].startswith("MESH_INGRESS_TOKEN="):
+        while not lines or not lines[-1].startswith("MESH_TRUSTED_KEYS="):  # the last line
             lines.append((await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip())
         env = dict(line.split("=", 1) for line in lines)
         assert env["MESH_HTTP_URL"].startswith("http://127.0.0.1:"), lines
