@@ -58,6 +58,18 @@ class Savings:
     events_defer_s: float = 0.0
     #: share of unsure requests answered here, degraded with reason ``power``.
     degrade_share: float = 0.0
+    #: the unsure cases owed to that share so far (``holds``).
+    credit: float = 0.0
+
+    def holds(self) -> bool:
+        """Whether the next unsure case is one of the share answered here: exactly that share
+        of them, spread evenly (a running credit, not a coin, whose noise would show in the
+        node's power)."""
+        self.credit += self.degrade_share
+        if self.credit < 1.0:
+            return False
+        self.credit -= 1.0
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,12 +176,8 @@ class EventConsumer(Service):
             await asyncio.sleep(STATS_S)
 
     async def _defer(self, model: str) -> None:
-        """Under the power governor's ``events`` step, wait before fetching so that events come
-        in full batches: for a model whose events' budgets (their deadlines) leave room for
-        twice the wait."""
-        wait = self._dataplane.savings.events_defer_s
-        shortest = self._shortest_s.get(model)
-        if wait and shortest is not None and shortest > 2 * wait:
+        wait = deferral(self._dataplane.savings.events_defer_s, self._shortest_s.get(model))
+        if wait:
             self.deferred += 1
             await asyncio.sleep(wait)
 
@@ -375,6 +371,16 @@ class EventConsumer(Service):
         self._metrics.events.add(1, self.tier, model, "dead_lettered")
         with contextlib.suppress(Exception):
             await msg.term()
+
+
+def deferral(wait_s: float, shortest_budget_s: float | None) -> float:
+    """Seconds a fetch waits under the power governor's ``events`` step (``wait_s``; 0 when it
+    is not taken) so that events come in full batches: only for a model whose last events'
+    shortest budget (their deadline) leaves room for twice the wait, and never before one
+    batch has shown what its budgets are."""
+    if not wait_s or shortest_budget_s is None or shortest_budget_s <= 2 * wait_s:
+        return 0.0
+    return wait_s
 
 
 def _id_of(msg: Msg) -> str:

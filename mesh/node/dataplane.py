@@ -116,8 +116,6 @@ class DataPlane(Service):
         self._sender = Escalator(identity.tier, metrics, energy, self.savings, self.metric_model)
         self._forwarded_names: set[str] = set()
         self._random = random.random
-        #: the unsure cases owed to the power governor's share (see ``_held_back``).
-        self._hold_credit = 0.0
 
     # --- one request, end to end -------------------------------------------------------------
 
@@ -358,19 +356,9 @@ class DataPlane(Service):
                 budget_ms=request.budget_ms - self._elapsed_ms(outcome.received_at),
                 residency=request.residency,
                 upstream=upstream,
-                hold=savings.degrade_share > 0.0 and self._held_back(savings.degrade_share),
+                hold=savings.degrade_share > 0.0 and savings.holds(),
             )
             self._settle(outcome, model, local, decision)
-
-    def _held_back(self, share: float) -> bool:
-        """Whether this unsure case is one of the ``share`` answered here for power: exactly
-        that share of them, spread evenly (a running credit, not a coin: a coin's noise would
-        show in the node's power)."""
-        self._hold_credit += share
-        if self._hold_credit < 1.0:
-            return False
-        self._hold_credit -= 1.0
-        return True
 
     @staticmethod
     def _checked_after(group: _Group, feeds: Feeds, novelties: list[float] | None) -> bool:
@@ -417,8 +405,9 @@ class DataPlane(Service):
         if self.review is not None:
             onward = self.review.carry(request, escalation.model, escalation.local)
         try:
+            share = await self._sender.hold(self.upstream, self._budget_left(request, received_at))
             reply = await self._escalate(
-                self.upstream, onward, received_at, escalation.model.name, await self._hold(outcome)
+                self.upstream, onward, received_at, escalation.model.name, share
             )
         except UpstreamFailure as failure:
             log.info(
@@ -506,12 +495,6 @@ class DataPlane(Service):
     ) -> wire.InferResponse:
         budget_ms = self._budget_left(request, received_at)
         return await self._sender.escalate(upstream, request, budget_ms, model, share)
-
-    async def _hold(self, outcome: Outcome) -> float:
-        if not self.savings.coalesce_s or self.upstream is None:
-            return 1.0
-        budget_ms = self._budget_left(outcome.request, outcome.received_at)
-        return await self._sender.hold(self.upstream, budget_ms)
 
     def metric_model(self, model: str) -> str:
         """The model's name as a metric label: served and forwarded models keep theirs, any

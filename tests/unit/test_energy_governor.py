@@ -146,3 +146,12 @@ def test_a_held_case_is_degraded_for_power_only_when_it_could_have_gone_up() -> 
         upstream=healthy, hold=True,
     )  # fmt: skip
     assert sure.degraded is None
+
+
+def test_event_fetches_wait_only_for_events_whose_deadlines_leave_room() -> None:
+    from mesh.events.consumer import deferral
+
+    assert deferral(0.0, 5.0) == 0.0  # the step is not taken
+    assert deferral(2.0, None) == 0.0  # no batch seen yet: its budgets are unknown
+    assert deferral(2.0, 3.0) == 0.0  # a 3 s budget cannot wait 2 s and still be answered well
+    assert deferral(2.0, 5.0) == 2.0
