@@ -1,0 +1,258 @@
+"""Requests over one wildcard inbox: deadlines and hedges on a heap of ticks, the first answer
+wins.
+
+nats-py's ``request`` makes a NUID and random bytes per token and runs an ``asyncio.wait_for``
+each, a third of the SDK's CPU per request. Here a token is the owner's counter, and deadlines
+share a timer per ``TICK_S`` instead of one timer each (a timer per request, pushed and
+cancelled on the loop's heap, cost 10 % of a request): a request gives up at most ``TICK_S``
+after its deadline.
+
+A request given a ``HedgePolicy`` is sent again, to the same subject and so to any member of
+its queue group, once its subject's usual answer time has passed, and again with backoff while
+its budget lasts (``mesh.node.latency``). The hedge's time is one more entry on the same heap
+of ticks: a request answered in time costs no timer. Each copy has a token of its own, so the
+answer's time is measured from the copy that brought it, and the record stays the record of
+live members (measured from the first send, a frozen member's share would teach the record
+that answers take seconds, and hedges would stop). The copies are the same request (same
+request id, what is left of the budget); the first answer resolves the request and the others
+are dropped when they come.
+
+A permission violation on a request's subject or on the inbox fails the request at once (on a
+``GuardedClient``, which reports them: ``mesh.transport.guard``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from mesh.errors import PermissionDeniedError, UnavailableError
+from mesh.node.latency import HedgePolicy
+from mesh.transport.denials import Violation
+from mesh.transport.guard import GuardedClient
+
+log = logging.getLogger("mesh.replies")
+
+#: the resolution of deadlines and hedges: a request gives up at most this long after its own.
+TICK_S = 0.005
+
+#: a reply's payload, its headers (None: it had none) and the token of the copy it answered.
+Reply = tuple[bytes, dict[str, str] | None, str]
+#: the payload of a copy sent with this many ms of the request's budget left.
+Resend = Callable[[float], bytes]
+
+
+@dataclass(slots=True, eq=False)
+class Copies:
+    """A request that may be hedged: how to send it again, and when each copy left."""
+
+    policy: HedgePolicy
+    resend: Resend
+    budget_ms: float
+    gap_ms: float
+    #: each hedge's token and loop time (None until the first hedge: most requests need none).
+    sent_at: dict[str, float] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One request waiting for its reply."""
+
+    future: asyncio.Future[Reply | None]
+    subject: str
+    headers: dict[str, str] | None
+    #: loop time of the first send.
+    started: float
+    copies: Copies | None = None
+
+    def elapsed_ms(self, token: str, now: float) -> float:
+        """Time from the send of the copy that ``token`` names to ``now``."""
+        sent = self.started
+        if self.copies is not None and self.copies.sent_at is not None:
+            sent = self.copies.sent_at.get(token, sent)
+        return (now - sent) * 1000.0
+
+
+class ReplyInbox:
+    """The replies of one connection's requests, on ``<inbox>.*``."""
+
+    def __init__(self, nc: NATS, next_token: Callable[[], str]) -> None:
+        self._nc = nc
+        self._next_token = next_token
+        #: the inbox subject replies come to, up to the token (ending with a dot).
+        self.prefix = ""
+        self.subscription: Subscription | None = None
+        self.waiting: dict[str, Pending] = {}
+        #: requests by the tick their deadline or their next hedge falls in (rounded up).
+        self._deadlines: dict[int, list[Pending]] = {}
+        self._hedges: dict[int, list[Pending]] = {}
+        #: the ticks of both, a heap: a sweep finds the ticks that are due without looking at
+        #: the others (a deadline of seconds keeps a thousand ticks waiting).
+        self._ticks: list[int] = []
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_tick = 0
+        self._opening = asyncio.Lock()
+        self._sending: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    async def ask(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float,
+        headers: dict[str, str] | None,
+        token: str,
+        copies: Copies | None = None,
+    ) -> tuple[Reply | None, float]:
+        """Publish and wait: the reply (None once ``timeout`` passed) and the ms it took,
+        measured from the copy that brought it. nats-py's exceptions pass through."""
+        if self.closed:
+            raise UnavailableError("the client was closed")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = Pending(loop.create_future(), subject, headers, now, copies)
+        waiting = self.waiting
+        waiting[token] = pending
+        self._at(self._deadlines, now + timeout, pending)
+        if copies is not None:
+            self._at(self._hedges, now + copies.gap_ms / 1000.0, pending)
+        try:
+            prefix = self.prefix or await self.open()
+            await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            reply = await pending.future
+        finally:
+            del waiting[token]
+            if copies is not None and copies.sent_at is not None:
+                for copy in copies.sent_at:
+                    waiting.pop(copy, None)
+        if reply is None:
+            return None, 0.0
+        return reply, pending.elapsed_ms(reply[2], loop.time())
+
+    async def open(self) -> str:
+        async with self._opening:
+            if not self.prefix:
+                nc = self._nc
+                inbox = nc.new_inbox()
+                self.subscription = await nc.subscribe(inbox + ".*", cb=self.on_reply)
+                if isinstance(nc, GuardedClient):
+                    nc.reply_directly(inbox + ".", self.on_direct)
+                    nc.on_denied(self.on_denied)
+                self.prefix = inbox + "."
+        return self.prefix
+
+    async def on_reply(self, msg: Msg) -> None:
+        """A reply through the subscription: one with headers, or any on a connection that is
+        not a ``GuardedClient``."""
+        token = msg.subject[len(self.prefix) :]
+        pending = self.waiting.get(token)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result((msg.data, msg.headers, token))
+
+    def on_direct(self, token: str, data: bytes) -> None:
+        """A reply without headers, from a ``GuardedClient``'s read loop."""
+        pending = self.waiting.get(token)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result((data, None, token))
+
+    def on_denied(self, violation: Violation, error: PermissionDeniedError) -> None:
+        for pending in set(self.waiting.values()):
+            if not pending.future.done() and violation.blocks(pending.subject, self.prefix):
+                pending.future.set_exception(error)
+
+    async def close(self, *, unsubscribe: bool) -> None:
+        """Fail every waiting request: the connection no longer carries replies."""
+        nc = self._nc
+        if unsubscribe and self.subscription is not None:
+            with contextlib.suppress(Exception):
+                await self.subscription.unsubscribe()
+        if isinstance(nc, GuardedClient) and self.prefix:
+            nc.stop_replying_directly(self.prefix)
+            nc.remove_denial_listener(self.on_denied)
+        self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._deadlines.clear()
+        self._hedges.clear()
+        self._ticks.clear()
+        for pending in self.waiting.values():
+            if not pending.future.done():
+                pending.future.set_exception(UnavailableError("the client was closed"))
+        for task in list(self._sending):
+            task.cancel()
+
+    # --- the heap of ticks ------------------------------------------------------------------
+
+    def _at(self, table: dict[int, list[Pending]], when: float, pending: Pending) -> None:
+        tick = math.ceil(when / TICK_S)
+        due = table.get(tick)
+        if due is not None:
+            due.append(pending)
+            return
+        table[tick] = [pending]
+        heapq.heappush(self._ticks, tick)
+        if self._sweep is None or tick < self._sweep_tick:
+            self._arm(tick)
+
+    def _arm(self, tick: int) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep = asyncio.get_running_loop().call_at(tick * TICK_S, self._expire)
+        self._sweep_tick = tick
+
+    def _expire(self) -> None:
+        now, fired = asyncio.get_running_loop().time(), self._sweep_tick
+        self._sweep = None
+        ticks = self._ticks
+        while ticks and (ticks[0] <= fired or ticks[0] * TICK_S <= now):
+            tick = heapq.heappop(ticks)
+            for pending in self._deadlines.pop(tick, ()):
+                if not pending.future.done():
+                    pending.future.set_result(None)
+            for pending in self._hedges.pop(tick, ()):
+                if not pending.future.done():
+                    self._hedge(pending, now)
+        if ticks:  # the earliest, whatever a hedge above armed
+            self._arm(ticks[0])
+
+    def _hedge(self, pending: Pending, now: float) -> None:
+        copies = pending.copies
+        assert copies is not None
+        left_ms = copies.budget_ms - (now - pending.started) * 1000.0
+        if not copies.policy.allow(left_ms):
+            return
+        token = self._next_token()
+        self.waiting[token] = pending
+        if copies.sent_at is None:
+            copies.sent_at = {}
+        copies.sent_at[token] = now
+        task = asyncio.get_running_loop().create_task(
+            self._send(
+                pending.subject, copies.resend(left_ms), self.prefix + token, pending.headers
+            )
+        )
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        copies.gap_ms = copies.policy.next_gap_ms(copies.gap_ms, copies.budget_ms)
+        self._at(self._hedges, now + copies.gap_ms / 1000.0, pending)
+
+    async def _send(
+        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+    ) -> None:
+        try:
+            await self._nc.publish(subject, payload, reply=reply, headers=headers)
+        except Exception as exc:  # the request's own copy or deadline still stands
+            log.debug("a hedge on %s was not sent: %r", subject, exc)
+
+
+__all__ = ["TICK_S", "Copies", "Pending", "Reply", "ReplyInbox", "Resend"]
