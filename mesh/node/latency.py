@@ -132,11 +132,11 @@ class HedgePolicy:
     Why repeated hedges suffice although a queue group picks a member at random: with one of
     ``n`` members stuck, each copy reaches it with probability ``1/n``, independently of the
     others, so a request is lost only if its first send and all its ``k`` hedges pick the stuck
-    member: ``(1/n) ** (k + 1)``. With a usual answer time of a few ms and a 500 ms budget the
-    schedule holds about 8 hedges, so one of two members stuck loses about 1 request in 500
-    of those that reached it, for as long as the server keeps it in the group (the servers
-    drop a client that answers no PING within about 3 s, ``mesh.local.servers``); once it is
-    dropped, every copy reaches a live member.
+    member: ``(1/n) ** (k + 1)``. With a usual answer time of 4 ms and a 500 ms budget the
+    schedule holds 10 hedges (8 at 20 ms), so one of two members stuck loses about 1 request
+    in 2000 of those that reached it (1 in 500), for as long as the server keeps it in the
+    group: the servers drop a client that answers no PING for about 3.6 s
+    (``mesh.local.servers``), and from then on every copy reaches a live member.
 
     No hedge while the record is shorter than the tracker's ``min_samples``: nothing is late
     before the usual answer time is known."""

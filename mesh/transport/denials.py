@@ -21,9 +21,11 @@ from typing import Any
 from mesh.errors import PermissionDeniedError
 from mesh.security.creds import CredentialsError, user_claims
 
+#: nats-py lowercases the server's ``-ERR`` text before anyone sees it, subject included.
 _VIOLATION = re.compile(
-    r"Permissions Violation for (Publish to|Publish with Reply of|Subscription to)"
-    r' "([^"]*)"(?: using queue "([^"]*)")?'
+    r"permissions violation for (publish to|publish with reply of|subscription to)"
+    r' "([^"]*)"(?: using queue "([^"]*)")?',
+    re.IGNORECASE,
 )
 #: how many of an identity's subjects a message lists before it only counts the rest.
 LISTED = 8
@@ -37,15 +39,16 @@ class Operation(StrEnum):
 
 
 _OPERATIONS = {
-    "Publish to": Operation.PUBLISH,
-    "Publish with Reply of": Operation.REPLY,
-    "Subscription to": Operation.SUBSCRIBE,
+    "publish to": Operation.PUBLISH,
+    "publish with reply of": Operation.REPLY,
+    "subscription to": Operation.SUBSCRIBE,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """What the server refused: an operation on a subject (and the queue group, if any)."""
+    """What the server refused: an operation on a subject (and the queue group, if any). The
+    subject may come lowercased (nats-py's doing), so it is compared without case."""
 
     operation: Operation
     subject: str
@@ -55,8 +58,8 @@ class Violation:
         """Whether a request published to ``subject`` with its reply under ``inbox`` is lost:
         its own subject was refused, or the inbox its answer would come to."""
         if self.operation is Operation.PUBLISH:
-            return self.subject == subject
-        return bool(inbox) and self.subject.startswith(inbox)
+            return self.subject.lower() == subject.lower()
+        return bool(inbox) and self.subject.lower().startswith(inbox.lower())
 
 
 def parse_violation(text: str) -> Violation | None:
@@ -64,7 +67,7 @@ def parse_violation(text: str) -> Violation | None:
     found = _VIOLATION.search(text)
     if found is None:
         return None
-    return Violation(_OPERATIONS[found.group(1)], found.group(2), found.group(3))
+    return Violation(_OPERATIONS[found.group(1).lower()], found.group(2), found.group(3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +126,13 @@ def matches(pattern: str, subject: str) -> bool:
     return len(wanted) == len(given)
 
 
-def denied(violation: Violation, rights: Rights) -> PermissionDeniedError:
-    """The error for ``violation``: the identity, the subject, and what it may do instead."""
+def denied(
+    violation: Violation, rights: Rights, subject: str | None = None
+) -> PermissionDeniedError:
+    """The error for ``violation``: the identity, the subject (as the caller spelled it, when
+    ``subject`` is given), and what it may do instead."""
+    if subject is not None and subject.lower() == violation.subject.lower():
+        violation = Violation(violation.operation, subject, violation.queue)
     operation = violation.operation
     publishing = operation is not Operation.SUBSCRIBE
     allow = rights.publish_allow if publishing else rights.subscribe_allow

@@ -95,8 +95,8 @@ def is_rejection(exc: BaseException) -> bool:
     """Whether ``exc`` is the server refusing the credentials themselves."""
     if isinstance(exc, nats.errors.AuthorizationError):
         return True
-    text = str(exc)
-    return AUTHORIZATION_VIOLATION in text or any(word in text for word in EXPIRED)
+    text = str(exc).lower()  # nats-py lowercases what the server said
+    return AUTHORIZATION_VIOLATION.lower() in text or any(w.lower() in text for w in EXPIRED)
 
 
 def rejected(urls: Sequence[str], rights: Rights, creds: str | None) -> UnauthenticatedError:
@@ -114,15 +114,17 @@ def unreachable(urls: Sequence[str], cause: BaseException | None, waited_s: floa
     """Why no server at ``urls`` could be reached within ``waited_s``, and what to check."""
     head = f"cannot connect to NATS at {', '.join(urls)} within {waited_s:.0f} s"
     if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = getattr(cause, "verify_message", None) or cause
         why = (
-            f"TLS failed, the server's certificate is not trusted ({cause.verify_message}); "
+            f"TLS failed, the server's certificate is not trusted ({reason}); "
             "give the CA that signed it (--tls-ca, MESH_NATS__TLS_CA), and a host name the "
             "certificate names"
         )
     elif isinstance(cause, ssl.SSLError):
+        reason = getattr(cause, "reason", None) or cause
         why = (
-            f"TLS failed ({cause.reason or cause}): does the server speak TLS there, and does "
-            "it take this client's certificate?"
+            f"TLS failed ({reason}): does the server speak TLS there, and does it take this "
+            "client's certificate?"
         )
     elif isinstance(cause, ConnectionRefusedError):
         why = "connection refused, nothing listens there: is the server running, and is that "

@@ -73,8 +73,8 @@ async def flush_in_order(nc: NATS) -> None:
 
 #: takes the token that follows a direct prefix in a reply's subject, and the reply's payload.
 DirectReply = Callable[[str, bytes], None]
-#: hears each permission violation, with the error to give whoever it stops.
-DenialListener = Callable[[Violation, PermissionDeniedError], None]
+#: hears each permission violation (``GuardedClient.explain`` words it for a subject).
+DenialListener = Callable[[Violation], None]
 
 
 @dataclass(eq=False, slots=True)
@@ -147,18 +147,25 @@ class GuardedClient(NATS):
             self._denied(violation)
         await super()._process_err(err_msg)
 
+    def explain(self, violation: Violation, subject: str | None = None) -> PermissionDeniedError:
+        """The error for ``violation`` of this connection's identity, naming ``subject`` as its
+        caller spelled it (nats-py hands the server's text over lowercased)."""
+        return denied(violation, self.rights, subject)
+
     def _denied(self, violation: Violation) -> None:
-        error = denied(violation, self.rights)
+        error = self.explain(violation)
         self.denials += 1
         self.last_denial = error
-        log.warning("%s", error.message)
+        # the error callback hears it too (a node logs it as a warning); a command tells its
+        # user once, through the error it raises
+        log.debug("%s", error.message)
         inbox = self.reply_inbox
         for waiting in list(self._waiting):
             if waiting.error is None and violation.blocks(waiting.subject, inbox):
-                waiting.error = error
+                waiting.error = self.explain(violation, waiting.subject)
                 waiting.task.cancel()
         for listener in list(self._denial_listeners):
-            listener(violation, error)
+            listener(violation)
 
     def reply_directly(self, prefix: str, handler: DirectReply) -> None:
         """Give every message under ``prefix`` that has no headers to ``handler`` as it is read.

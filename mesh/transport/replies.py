@@ -164,9 +164,15 @@ class ReplyInbox:
         if pending is not None and not pending.future.done():
             pending.future.set_result((data, None, token))
 
-    def on_denied(self, violation: Violation, error: PermissionDeniedError) -> None:
+    def on_denied(self, violation: Violation) -> None:
+        nc = self._nc
         for pending in set(self.waiting.values()):
             if not pending.future.done() and violation.blocks(pending.subject, self.prefix):
+                error = (
+                    nc.explain(violation, pending.subject)
+                    if isinstance(nc, GuardedClient)
+                    else PermissionDeniedError(f"{violation.operation.value} {violation.subject}")
+                )
                 pending.future.set_exception(error)
 
     async def close(self, *, unsubscribe: bool) -> None:
