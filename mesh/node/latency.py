@@ -101,10 +101,12 @@ class HedgeSettings:
     quantile: float = 0.99
     #: each hedge waits this many times longer than the one before.
     backoff: float = 2.0
-    #: the longest wait between two hedges, as a share of the request's budget: a queue group
-    #: picks its member at random, so what makes the loss unlikely is the number of hedges a
-    #: budget holds (see ``HedgePolicy``), and a cap keeps that number up for long budgets.
-    max_gap_share: float = 0.125
+    #: the longest wait between two hedges, as a share of the request's budget (never shorter
+    #: than the usual answer time): a queue group picks its member at random, so what makes a
+    #: loss unlikely is the number of hedges a budget holds (see ``HedgePolicy``). A dense
+    #: schedule costs little: a request stops being hedged once answered, so with one member
+    #: stuck it takes 2 hedges on average however many its budget would hold.
+    max_gap_share: float = 1 / 16
     #: hedges earned per answer, and the most that can be saved up: hedging can at most
     #: double the load a tier sees, and stops once answers stop (an overload is not helped by
     #: asking again, a stuck member is).
@@ -133,9 +135,9 @@ class HedgePolicy:
     ``n`` members stuck, each copy reaches it with probability ``1/n``, independently of the
     others, so a request is lost only if its first send and all its ``k`` hedges pick the stuck
     member: ``(1/n) ** (k + 1)``. With a usual answer time of 4 ms and a 500 ms budget the
-    schedule holds 10 hedges (8 at 20 ms), so one of two members stuck loses about 1 request
-    in 2000 of those that reached it (1 in 500), for as long as the server keeps it in the
-    group: the servers drop a client that answers no PING for about 3.6 s
+    schedule holds 17 hedges (15 at 20 ms), so one of two members stuck loses about 1 request
+    in 250 000 of those that reached it (1 in 65 000), for as long as the server keeps it in
+    the group: the servers drop a client that answers no PING for about 3.6 s
     (``mesh.local.servers``), and from then on every copy reaches a live member.
 
     No hedge while the record is shorter than the tracker's ``min_samples``: nothing is late
@@ -171,11 +173,12 @@ class HedgePolicy:
         usual = self.usual_ms
         if usual is None or usual >= budget_ms:
             return None
-        return min(usual, budget_ms * self.settings.max_gap_share)
+        return usual
 
     def next_gap_ms(self, gap_ms: float, budget_ms: float) -> float:
         """The wait after a hedge that followed a wait of ``gap_ms``."""
-        return min(gap_ms * self.settings.backoff, budget_ms * self.settings.max_gap_share)
+        longest = max(budget_ms * self.settings.max_gap_share, self.usual_ms or 0.0)
+        return min(gap_ms * self.settings.backoff, longest)
 
     def allow(self, left_ms: float) -> bool:
         """Whether to send a hedge now, with ``left_ms`` of the budget left: only when an

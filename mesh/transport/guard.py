@@ -277,12 +277,19 @@ class ConnectionWatch(Service):
         if not self._connected() or self.dead is not None:
             return
         self._echo.clear()
+        reconnects = self._nc.stats["reconnects"]
         try:
             await self._nc.publish(self._subject, b"")
             async with asyncio.timeout(self.timeout_s):
                 await self._echo.wait()
         except TimeoutError:
             if not self._connected():
+                return
+            if self._nc.stats["reconnects"] != reconnects:
+                # The echo left on a connection that has since been replaced, as after a
+                # process resumes from a freeze the server ended (it drops a client silent
+                # for seconds): lost with it, not a sign of a dead read loop. Ask again.
+                self._wake.set()
                 return
             self.dead = (
                 f"NATS connection stopped reading (its own message did not come back within "

@@ -37,7 +37,7 @@ from nats.aio.subscription import Subscription
 
 from mesh.errors import PermissionDeniedError, UnavailableError
 from mesh.node.latency import HedgePolicy
-from mesh.transport.denials import Violation
+from mesh.transport.denials import Operation, Violation
 from mesh.transport.guard import GuardedClient
 
 log = logging.getLogger("mesh.replies")
@@ -168,8 +168,13 @@ class ReplyInbox:
         nc = self._nc
         for pending in set(self.waiting.values()):
             if not pending.future.done() and violation.blocks(pending.subject, self.prefix):
+                spelled = (
+                    pending.subject
+                    if violation.operation is Operation.PUBLISH
+                    else (self.prefix + "*")
+                )
                 error = (
-                    nc.explain(violation, pending.subject)
+                    nc.explain(violation, spelled)
                     if isinstance(nc, GuardedClient)
                     else PermissionDeniedError(f"{violation.operation.value} {violation.subject}")
                 )

@@ -25,8 +25,12 @@ import pytest
 from mesh import MeshClient
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import MeshError
+from mesh.ingress.core import Ingress
 from mesh.local.launcher import NodeProcess
 from mesh.local.servers import NatsServer
+from mesh.models.manifest import load_manifest
+from mesh.security.identities import IdentitySpec
+from mesh.security.permissions import Role
 from mesh.settings import HardExampleSettings
 from mesh.topology import subjects
 from tests.fixtures.chain import Chain, Tier
@@ -134,22 +138,31 @@ async def test_one_of_two_edge_nodes_frozen_for_15_s_loses_no_request(
              for i in range(2)]  # fmt: skip
     x = np.load(demo.test)["x"].astype(np.float32)
     client = await MeshClient.connect(nats_server.url, **nats_server.client_options("app"))
+    ingress = await started_ingress(nats_server, demo)
     tally = Tally()
     try:
         warm = Tally()
         await steady_load(client, x, 3.0, warm)  # both nodes answer before the freeze
         assert warm.lost == 0, warm.line()
         assert len(warm.nodes) == 2, warm.line()
+        await ingress.refresh()
+        assert (ingress.state.nodes, ingress.ready()) == (2, True)
         started = time.monotonic()
         async with frozen(nodes[1], 15.0) as thawed:
             await steady_load(client, x, 15.0, tally)
+            # what the ingress counts is what answers: ready, on the node that is not frozen
+            await ingress.refresh()
+            assert (ingress.state.nodes, ingress.ready()) == (1, True)
             await thawed
         after = Tally()
         await steady_load(client, x, 3.0, after)
         took = time.monotonic() - started
         policy = client.policy(subjects.entry("digits"))
         assert policy is not None
+        await counted(ingress, 2)
     finally:
+        await ingress.stop()
+        await ingress.client.close()
         await client.close()
     print(f"\nedge-1 frozen 15 s at {RATE:.0f}/s, budget {BUDGET_MS:.0f} ms: {tally.line()}")
     print(f"hedges sent {policy.sent}, refused for credit {policy.refused}")
@@ -157,3 +170,67 @@ async def test_one_of_two_edge_nodes_frozen_for_15_s_loses_no_request(
     assert tally.sent == int(15.0 * RATE)
     assert tally.lost == 0, tally.line()
     assert after.lost == 0, after.line()
+    assert len(after.nodes) == 2, after.line()  # the thawed node is back in the queue group
+    # and lives on: its connection watch does not take the connection the server replaced
+    # while it was frozen for one that stopped reading
+    assert nodes[1].running
+
+
+async def test_a_frozen_gateway_costs_its_edge_no_escalation(
+    nats_server: NatsServer, chain: Chain, demo: DemoArtifacts, tmp_path: Path
+) -> None:
+    gateways = [
+        await chain.start_process(
+            nats_server.url,
+            Tier("gateway", node=f"gateway-{i}", entry=False,
+                 hard_examples=HardExampleSettings(enabled=False)),
+            tmp_path,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    [edge_node] = await chain.start(
+        nats_server.url,
+        Tier("edge", node="edge-0", threshold=1.0, upstream="gateway", upstream_zone="site",
+             hard_examples=HardExampleSettings(enabled=False)),
+    )  # fmt: skip
+    x = np.load(demo.test)["x"].astype(np.float32)
+    client = await MeshClient.connect(nats_server.url, **nats_server.client_options("app"))
+    tally = Tally()
+    try:
+        warm = Tally()
+        await steady_load(client, x, 3.0, warm)
+        assert (warm.lost, warm.degraded) == (0, 0), warm.line()
+        assert edge_node.upstream is not None
+        hedging = edge_node.upstream.hedging
+        before = hedging.sent
+        async with frozen(gateways[1], 8.0) as thawed:
+            await steady_load(client, x, 8.0, tally)
+            await thawed
+    finally:
+        await client.close()
+    print(f"\ngateway-1 frozen 8 s, its edge at {RATE:.0f}/s: {tally.line()}, "
+          f"degraded {tally.degraded}; the edge's hedges {before} before, "
+          f"{hedging.sent - before} during")  # fmt: skip
+    assert tally.lost == 0, tally.line()
+    assert tally.degraded == 0, tally.line()
+    assert hedging.sent > before
+
+
+async def counted(ingress: Ingress, nodes: int) -> None:
+    """Until the ingress has counted ``nodes`` entry nodes answering (a thawed node answers
+    once it has worked through what waited in its socket and reconnected)."""
+    async with asyncio.timeout(10.0):
+        while True:
+            await ingress.refresh()
+            if ingress.state.nodes == nodes:
+                return
+            await asyncio.sleep(0.2)
+
+
+async def started_ingress(nats_server: NatsServer, demo: DemoArtifacts) -> Ingress:
+    creds = await nats_server.issue(IdentitySpec("ingress", Role.INGRESS))
+    manifest = await asyncio.to_thread(load_manifest, demo.edge)
+    client = await MeshClient.connect(nats_server.url, user_credentials=str(creds))
+    ingress = Ingress(client, {"digits": manifest}, refresh_s=3600.0)
+    await ingress.start()
+    return ingress
