@@ -44,6 +44,8 @@ class LatencyTracker:
         self._clock = clock
         self._samples: deque[tuple[float, float]] = deque(maxlen=window)
         self._sorted: list[float] | None = None
+        #: how many times the record was cleared (what was derived from it is stale then).
+        self.clears = 0
 
     def observe(self, ms: float) -> None:
         if not math.isfinite(ms) or ms < 0:
@@ -82,6 +84,7 @@ class LatencyTracker:
     def clear(self) -> None:
         self._samples.clear()
         self._sorted = None
+        self.clears += 1
 
     def _expire(self) -> None:
         cutoff = self._clock() - self.max_age_seconds
@@ -148,6 +151,7 @@ class HedgePolicy:
         self.settings = settings or HedgeSettings()
         self._usual_ms: float | None = None
         self._since_refresh = 0
+        self._clears = tracker.clears
         self._credit = self.settings.max_credit
         #: hedges sent, and hedges not sent for lack of credit.
         self.sent = 0
@@ -163,9 +167,12 @@ class HedgePolicy:
     @property
     def usual_ms(self) -> float | None:
         """The usual answer time, in ms (None until the record is long enough)."""
-        if self._usual_ms is None or self._since_refresh >= self.settings.refresh_every:
-            self._usual_ms = self.tracker.quantile(self.settings.quantile)
+        tracker = self.tracker
+        stale = self._since_refresh >= self.settings.refresh_every or self._clears != tracker.clears
+        if self._usual_ms is None or stale:
+            self._usual_ms = tracker.quantile(self.settings.quantile)
             self._since_refresh = 0
+            self._clears = tracker.clears
         return self._usual_ms
 
     def first_gap_ms(self, budget_ms: float) -> float | None:

@@ -49,6 +49,14 @@ def test_the_usual_time_follows_the_record_once_enough_answers_came() -> None:
     assert hedging.usual_ms == pytest.approx(100.0)
 
 
+def test_a_cleared_record_knows_no_usual_time_until_it_fills_again() -> None:
+    hedging = policy([3.0] * 10)
+    assert hedging.usual_ms == pytest.approx(3.0)
+    hedging.tracker.clear()  # the breaker half-opened: latencies from before say nothing now
+    assert hedging.usual_ms is None
+    assert hedging.first_gap_ms(500.0) is None
+
+
 def test_gaps_grow_with_backoff_up_to_a_share_of_the_budget() -> None:
     hedging = policy([4.0] * 10)
     gap = hedging.first_gap_ms(500.0)
