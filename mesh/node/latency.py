@@ -47,11 +47,18 @@ class LatencyTracker:
         #: how many times the record was cleared (what was derived from it is stale then).
         self.clears = 0
 
-    def observe(self, ms: float) -> None:
+    def now(self) -> float:
+        """The tracker's clock."""
+        return self._clock()
+
+    def observe(self, ms: float) -> float:
+        """Record one latency; returns the clock's time it was recorded at."""
         if not math.isfinite(ms) or ms < 0:
             raise ValueError(f"latency must be a finite non-negative number, got {ms!r}")
-        self._samples.append((self._clock(), float(ms)))
+        now = self._clock()
+        self._samples.append((now, float(ms)))
         self._sorted = None
+        return now
 
     @property
     def count(self) -> int:
@@ -117,6 +124,10 @@ class HedgeSettings:
     max_credit: float = 100.0
     #: the usual answer time is recomputed after this many answers (a quantile sorts the record).
     refresh_every: int = 32
+    #: hedge only while at least this many members of the queue group answered within the
+    #: record's age: a copy cannot reach a member other than the one that is late when there is
+    #: none, and would only double that member's work.
+    min_members: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 < self.quantile <= 1.0:
@@ -129,6 +140,8 @@ class HedgeSettings:
             raise ValueError("credit_per_answer must be >= 0 and max_credit >= 1")
         if self.refresh_every < 1:
             raise ValueError("refresh_every must be >= 1")
+        if self.min_members < 1:
+            raise ValueError("min_members must be >= 1")
 
 
 class HedgePolicy:
@@ -144,7 +157,10 @@ class HedgePolicy:
     (``mesh.local.servers``), and from then on every copy reaches a live member.
 
     No hedge while the record is shorter than the tracker's ``min_samples``: nothing is late
-    before the usual answer time is known."""
+    before the usual answer time is known. No hedge either while fewer than ``min_members``
+    members answered lately (when the caller says who answered): a group of one has nobody
+    else to ask. A member frozen since before the caller started is not missed by this: the
+    servers drop it within seconds of its freeze."""
 
     def __init__(self, tracker: LatencyTracker, settings: HedgeSettings | None = None) -> None:
         self.tracker = tracker
@@ -153,16 +169,33 @@ class HedgePolicy:
         self._since_refresh = 0
         self._clears = tracker.clears
         self._credit = self.settings.max_credit
+        #: when each member of the group last answered (by name), and how many did lately;
+        #: None until an answer says who gave it (then the group's size is unknown).
+        self._seen: dict[str, float] = {}
+        self._members: int | None = None
         #: hedges sent, and hedges not sent for lack of credit.
         self.sent = 0
         self.refused = 0
 
-    def observe(self, ms: float) -> None:
-        """An answer came ``ms`` after the copy that brought it was sent."""
-        self.tracker.observe(ms)
+    def observe(self, ms: float, member: str | None = None) -> None:
+        """An answer came ``ms`` after the copy that brought it was sent, from ``member`` of
+        the queue group (None: not known)."""
+        now = self.tracker.observe(ms)
         self._since_refresh += 1
-        s = self.settings
-        self._credit = min(s.max_credit, self._credit + s.credit_per_answer)
+        credit = self._credit + self.settings.credit_per_answer
+        self._credit = credit if credit < self.settings.max_credit else self.settings.max_credit
+        if member is not None:
+            seen = self._seen
+            if self._members is not None and member not in seen:
+                self._members += 1
+            seen[member] = now
+
+    @property
+    def members(self) -> int | None:
+        """How many members answered within the record's age (None: nobody said)."""
+        if self._seen and self._members is None:
+            self._count_members()
+        return self._members
 
     @property
     def usual_ms(self) -> float | None:
@@ -173,6 +206,7 @@ class HedgePolicy:
             self._usual_ms = tracker.quantile(self.settings.quantile)
             self._since_refresh = 0
             self._clears = tracker.clears
+            self._count_members()
         return self._usual_ms
 
     def first_gap_ms(self, budget_ms: float) -> float | None:
@@ -180,7 +214,17 @@ class HedgePolicy:
         usual = self.usual_ms
         if usual is None or usual >= budget_ms:
             return None
+        members = self._members
+        if members is not None and members < self.settings.min_members:
+            return None
         return usual
+
+    def _count_members(self) -> None:
+        if not self._seen:
+            return
+        cutoff = self.tracker.now() - self.tracker.max_age_seconds
+        self._seen = {name: at for name, at in self._seen.items() if at >= cutoff}
+        self._members = len(self._seen)
 
     def next_gap_ms(self, gap_ms: float, budget_ms: float) -> float:
         """The wait after a hedge that followed a wait of ``gap_ms``."""

@@ -117,5 +117,6 @@ class UpstreamLink:
             self.breaker.release()
             raise
         self.breaker.record_success()
-        self.hedging.observe(reply.elapsed_ms)
+        path = reply.response.path
+        self.hedging.observe(reply.elapsed_ms, path[0].node if path else reply.response.node)
         return reply

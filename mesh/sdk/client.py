@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from mesh.topology import subjects
 from mesh.topology.headers import MSG_ID
 from mesh.transport.connection import close_quietly, inbox_prefix_for, open_connection
 from mesh.transport.failures import mesh_error
-from mesh.transport.replies import Copies, ReplyInbox
+from mesh.transport.replies import ReplyInbox
 from mesh.typedefs import Array
 
 #: name a single array is sent under; a single-input model takes it whatever its input's name.
@@ -176,7 +175,7 @@ class MeshClient(Service):
         # which reads os.urandom on every call. The counter also names each reply's inbox token.
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
-        self._replies = ReplyInbox(nc, self._next_token)
+        self._replies = ReplyInbox(nc, self._next_token, _resend)
         #: when a late request is asked again (None: never), and each subject's answer times.
         self.hedging = hedging
         self._policies: dict[str, HedgePolicy] = {}
@@ -298,32 +297,42 @@ class MeshClient(Service):
         token: str,
     ) -> InferResult:
         policy = self._policies.get(subject) or self.policy(subject)
-        copies: Copies | None = None
-        if policy is not None:
-            gap = policy.first_gap_ms(request.budget_ms)
-            if gap is not None:
-                copies = Copies(policy, partial(_resend, request), request.budget_ms, gap)
+        replies = self._replies
+        # ``ReplyInbox.ask``, inline: a coroutine frame less a request
+        pending = replies.expect(
+            subject, timeout, headers, token, request, policy, request.budget_ms
+        )
         try:
-            answer, elapsed_ms = await self._replies.ask(
-                subject, payload, timeout, headers, token, copies
-            )
+            prefix = replies.prefix or await replies.open()
+            await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            answer = await pending.future
         except MeshError:
             raise
         except Exception as exc:
             raise mesh_error(exc, f"request {request.id} on {subject}") from None
+        finally:
+            del replies.waiting[token]
+            if pending.sent_at is not None:
+                replies.forget_copies(pending)
         if answer is None:
             raise DeadlineExceededError(
                 f"no answer for request {request.id} within {timeout * 1000:.0f} ms "
                 f"(budget + {self.grace_ms:.0f} ms grace)"
             )
-        data, reply_headers, _ = answer
+        data, reply_headers, answered = answer
+        elapsed_ms = pending.elapsed_ms(answered, replies.now())
         if not data and reply_headers and reply_headers.get(STATUS_HEADER) == NO_RESPONDERS:
             raise mesh_error(nats.errors.NoRespondersError(), f"request {request.id} on {subject}")
-        if policy is not None:
-            policy.observe(elapsed_ms)
         decoded = wire.decode_reply(data)
         if isinstance(decoded, wire.ErrorReply):
+            if policy is not None:
+                policy.observe(elapsed_ms, decoded.node or None)
             raise decoded.to_exception()
+        if policy is not None:
+            # the member of the queue group that took it: the first hop (the answer may come
+            # from a tier above it)
+            path = decoded.path
+            policy.observe(elapsed_ms, path[0].node if path else decoded.node)
         return InferResult.from_response(decoded, len(payload))
 
     # --- event streams ---------------------------------------------------------------------

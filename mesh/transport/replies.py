@@ -30,6 +30,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -47,47 +48,46 @@ TICK_S = 0.005
 
 #: a reply's payload, its headers (None: it had none) and the token of the copy it answered.
 Reply = tuple[bytes, dict[str, str] | None, str]
-#: the payload of a copy sent with this many ms of the request's budget left.
-Resend = Callable[[float], bytes]
-
-
-@dataclass(slots=True, eq=False)
-class Copies:
-    """A request that may be hedged: how to send it again, and when each copy left."""
-
-    policy: HedgePolicy
-    resend: Resend
-    budget_ms: float
-    gap_ms: float
-    #: each hedge's token and loop time (None until the first hedge: most requests need none).
-    sent_at: dict[str, float] | None = None
+#: the payload of a copy of ``request`` sent with this many ms of its budget left.
+Resend = Callable[[Any, float], bytes]
 
 
 @dataclass(slots=True, eq=False)
 class Pending:
-    """One request waiting for its reply."""
+    """One request waiting for its reply; one that may be hedged also says how to send it
+    again and when each copy left (one object a request: this is the hot path)."""
 
     future: asyncio.Future[Reply | None]
     subject: str
     headers: dict[str, str] | None
     #: loop time of the first send.
     started: float
-    copies: Copies | None = None
+    policy: HedgePolicy | None = None
+    #: what ``Resend`` makes each copy's payload of.
+    request: Any = None
+    budget_ms: float = 0.0
+    #: the wait before the next hedge.
+    gap_ms: float = 0.0
+    #: each hedge's token and loop time (None until the first hedge: most requests need none).
+    sent_at: dict[str, float] | None = None
 
     def elapsed_ms(self, token: str, now: float) -> float:
         """Time from the send of the copy that ``token`` names to ``now``."""
         sent = self.started
-        if self.copies is not None and self.copies.sent_at is not None:
-            sent = self.copies.sent_at.get(token, sent)
+        if self.sent_at is not None:
+            sent = self.sent_at.get(token, sent)
         return (now - sent) * 1000.0
 
 
 class ReplyInbox:
     """The replies of one connection's requests, on ``<inbox>.*``."""
 
-    def __init__(self, nc: NATS, next_token: Callable[[], str]) -> None:
+    def __init__(
+        self, nc: NATS, next_token: Callable[[], str], resend: Resend | None = None
+    ) -> None:
         self._nc = nc
         self._next_token = next_token
+        self._resend = resend
         #: the inbox subject replies come to, up to the token (ending with a dot).
         self.prefix = ""
         self.subscription: Subscription | None = None
@@ -101,8 +101,57 @@ class ReplyInbox:
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_tick = 0
         self._opening = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.closed = False
+
+    def expect(
+        self,
+        subject: str,
+        timeout: float,
+        headers: dict[str, str] | None,
+        token: str,
+        request: Any = None,
+        policy: HedgePolicy | None = None,
+        budget_ms: float = 0.0,
+    ) -> Pending:
+        """Wait for the reply to ``token`` (publish the request after this, with ``prefix`` +
+        ``token`` as its reply subject): its future gets the reply, or None once ``timeout``
+        passed. Given a ``policy`` (and the ``request`` that the inbox's ``resend`` makes
+        copies of), a late request is hedged within ``budget_ms``. ``forget`` it once done."""
+        if self.closed:
+            raise UnavailableError("the client was closed")
+        loop = self._loop or self._bind()
+        now = loop.time()
+        pending = Pending(loop.create_future(), subject, headers, now)
+        self.waiting[token] = pending
+        self._at(self._deadlines, now + timeout, pending)
+        if policy is not None and self._resend is not None:
+            gap = policy.first_gap_ms(budget_ms)
+            if gap is not None:
+                pending.policy, pending.request = policy, request
+                pending.budget_ms, pending.gap_ms = budget_ms, gap
+                self._at(self._hedges, now + gap / 1000.0, pending)
+        return pending
+
+    def now(self) -> float:
+        """The loop's time (``Pending.elapsed_ms`` takes it)."""
+        return (self._loop or self._bind()).time()
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def forget(self, token: str, pending: Pending) -> None:
+        """Stop waiting for the replies to ``pending`` (once answered, or given up)."""
+        del self.waiting[token]
+        if pending.sent_at is not None:
+            self.forget_copies(pending)
+
+    def forget_copies(self, pending: Pending) -> None:
+        waiting = self.waiting
+        for copy in pending.sent_at or ():
+            waiting.pop(copy, None)
 
     async def ask(
         self,
@@ -111,32 +160,23 @@ class ReplyInbox:
         timeout: float,
         headers: dict[str, str] | None,
         token: str,
-        copies: Copies | None = None,
+        request: Any = None,
+        policy: HedgePolicy | None = None,
+        budget_ms: float = 0.0,
     ) -> tuple[Reply | None, float]:
         """Publish and wait: the reply (None once ``timeout`` passed) and the ms it took,
-        measured from the copy that brought it. nats-py's exceptions pass through."""
-        if self.closed:
-            raise UnavailableError("the client was closed")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        pending = Pending(loop.create_future(), subject, headers, now, copies)
-        waiting = self.waiting
-        waiting[token] = pending
-        self._at(self._deadlines, now + timeout, pending)
-        if copies is not None:
-            self._at(self._hedges, now + copies.gap_ms / 1000.0, pending)
+        measured from the copy that brought it (``expect`` says the rest). nats-py's
+        exceptions pass through."""
+        pending = self.expect(subject, timeout, headers, token, request, policy, budget_ms)
         try:
             prefix = self.prefix or await self.open()
             await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
             reply = await pending.future
         finally:
-            del waiting[token]
-            if copies is not None and copies.sent_at is not None:
-                for copy in copies.sent_at:
-                    waiting.pop(copy, None)
+            self.forget(token, pending)
         if reply is None:
             return None, 0.0
-        return reply, pending.elapsed_ms(reply[2], loop.time())
+        return reply, pending.elapsed_ms(reply[2], self.now())
 
     async def open(self) -> str:
         async with self._opening:
@@ -237,25 +277,24 @@ class ReplyInbox:
             self._arm(ticks[0])
 
     def _hedge(self, pending: Pending, now: float) -> None:
-        copies = pending.copies
-        assert copies is not None
-        left_ms = copies.budget_ms - (now - pending.started) * 1000.0
-        if not copies.policy.allow(left_ms):
+        policy, resend = pending.policy, self._resend
+        assert policy is not None and resend is not None
+        left_ms = pending.budget_ms - (now - pending.started) * 1000.0
+        if not policy.allow(left_ms):
             return
         token = self._next_token()
         self.waiting[token] = pending
-        if copies.sent_at is None:
-            copies.sent_at = {}
-        copies.sent_at[token] = now
-        task = asyncio.get_running_loop().create_task(
-            self._send(
-                pending.subject, copies.resend(left_ms), self.prefix + token, pending.headers
-            )
+        if pending.sent_at is None:
+            pending.sent_at = {}
+        pending.sent_at[token] = now
+        copy = self._send(
+            pending.subject, resend(pending.request, left_ms), self.prefix + token, pending.headers
         )
+        task = asyncio.get_running_loop().create_task(copy)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
-        copies.gap_ms = copies.policy.next_gap_ms(copies.gap_ms, copies.budget_ms)
-        self._at(self._hedges, now + copies.gap_ms / 1000.0, pending)
+        pending.gap_ms = policy.next_gap_ms(pending.gap_ms, pending.budget_ms)
+        self._at(self._hedges, now + pending.gap_ms / 1000.0, pending)
 
     async def _send(
         self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
@@ -266,4 +305,4 @@ class ReplyInbox:
             log.debug("a hedge on %s was not sent: %r", subject, exc)
 
 
-__all__ = ["TICK_S", "Copies", "Pending", "Reply", "ReplyInbox", "Resend"]
+__all__ = ["TICK_S", "Pending", "Reply", "ReplyInbox", "Resend"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from functools import partial
 
 import nats.errors
 import nats.js.api
@@ -23,7 +22,7 @@ from mesh.node.policy import DegradedReason
 from mesh.node.upstream import UpstreamFailure, UpstreamReply
 from mesh.observability import tracing
 from mesh.topology import subjects
-from mesh.transport.replies import Copies, Reply, ReplyInbox
+from mesh.transport.replies import Reply, ReplyInbox
 
 #: error codes from upstream that say nothing about the link's health.
 _CALLER_FAULTS = frozenset({ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND})
@@ -43,7 +42,7 @@ class NatsUpstream:
         #: (``mesh.<tier>.forward.<model>``); off for a tier's own neighbours.
         self._pass_on = pass_on
         self._tokens = itertools.count(1)
-        self._replies = ReplyInbox(nc, lambda: f"{next(self._tokens):x}")
+        self._replies = ReplyInbox(nc, lambda: f"{next(self._tokens):x}", _resend)
 
     def subject(self, model: str) -> str:
         return subjects.tier_infer(self.tier, model)
@@ -136,13 +135,9 @@ class NatsUpstream:
         headers: dict[str, str] | None,
         hedge: HedgePolicy | None,
     ) -> tuple[Reply | None, float]:
-        copies: Copies | None = None
-        budget_ms = timeout_s * 1000.0
-        gap = hedge.first_gap_ms(budget_ms) if hedge is not None else None
-        if hedge is not None and gap is not None:
-            copies = Copies(hedge, partial(_resend, request), budget_ms, gap)
+        token = f"{next(self._tokens):x}"
         return await self._replies.ask(
-            subject, payload, timeout_s, headers, f"{next(self._tokens):x}", copies
+            subject, payload, timeout_s, headers, token, request, hedge, timeout_s * 1000.0
         )
 
 

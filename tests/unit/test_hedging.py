@@ -110,10 +110,37 @@ def test_hedges_stop_when_answers_stop_coming_back() -> None:
     assert not hedging.allow(400.0)
 
 
+def test_a_group_of_one_is_never_hedged_a_copy_could_only_reach_the_same_member() -> None:
+    clock = FakeClock()
+    hedging = HedgePolicy(LatencyTracker(clock=clock, max_age_seconds=10.0))
+    for _ in range(10):
+        hedging.observe(3.0, "edge-0")
+    assert hedging.members == 1
+    assert hedging.first_gap_ms(500.0) is None
+    hedging.observe(3.0, "edge-1")
+    assert hedging.members == 2
+    assert hedging.first_gap_ms(500.0) == pytest.approx(3.0)
+    # a member not heard from for the record's age no longer counts
+    clock.now += 8.0
+    for _ in range(40):
+        hedging.observe(3.0, "edge-0")
+    clock.now += 3.0
+    for _ in range(40):
+        hedging.observe(3.0, "edge-0")
+    assert hedging.first_gap_ms(500.0) is None  # recounted with the usual time
+    assert hedging.members == 1
+
+
+def test_answers_that_do_not_say_who_gave_them_leave_the_group_size_open() -> None:
+    hedging = policy([3.0] * 10)
+    assert hedging.members is None
+    assert hedging.first_gap_ms(500.0) == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize(
     "settings",
     [{"quantile": 0.0}, {"backoff": 0.5}, {"max_gap_share": 0.0}, {"max_credit": 0.5},
-     {"refresh_every": 0}],
+     {"refresh_every": 0}, {"min_members": 0}],
 )  # fmt: skip
 def test_nonsense_settings_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError):

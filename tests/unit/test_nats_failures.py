@@ -9,7 +9,12 @@ import ssl
 import nats.errors
 import pytest
 
-from mesh.errors import InvalidArgumentError, UnauthenticatedError, UnavailableError
+from mesh.errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from mesh.transport.denials import Operation, Rights, Violation, denied, matches, parse_violation
 from mesh.transport.failures import check_url, is_rejection, rejected, unreachable
 
@@ -152,3 +157,19 @@ def test_credentials_the_server_rejects_are_final_and_say_what_to_use() -> None:
     assert isinstance(error, UnauthenticatedError)
     assert "rejected credentials /x/app.creds (identity app)" in error.message
     assert "mesh up prints MESH_CREDS" in error.message
+
+
+def test_every_error_code_has_its_http_status_and_grpc_status() -> None:
+    import grpc
+
+    from mesh.errors import HTTP_STATUS, ErrorCode, error_for
+    from mesh.ingress.grpc_server import GRPC_STATUS
+
+    assert set(HTTP_STATUS) == set(ErrorCode) == set(GRPC_STATUS)
+    assert HTTP_STATUS[ErrorCode.PERMISSION_DENIED] == 403
+    assert HTTP_STATUS[ErrorCode.UNAUTHENTICATED] == 401
+    assert GRPC_STATUS[ErrorCode.PERMISSION_DENIED] is grpc.StatusCode.PERMISSION_DENIED
+    assert GRPC_STATUS[ErrorCode.UNAUTHENTICATED] is grpc.StatusCode.UNAUTHENTICATED
+    # an error reply carrying the new codes comes back as its own type
+    assert isinstance(error_for("PERMISSION_DENIED", "x"), PermissionDeniedError)
+    assert isinstance(error_for("UNAUTHENTICATED", "x"), UnauthenticatedError)
