@@ -8,6 +8,7 @@ documented where it is declared.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from pydantic_settings import (
 from mesh.node.breaker import BreakerConfig
 from mesh.node.policy import RESIDENCY_ZONES
 from mesh.scoring.confidence import ConfidenceKind
+from mesh.topology.processes import COMMAND_VARIABLES
 from mesh.topology.subjects import check_token
 
 
@@ -191,6 +193,52 @@ class HardExampleSettings(_Section):
         return v if v is None else check_token(v, "tier")
 
 
+class ReviewRates(_Section):
+    """One model's shares of confident answers offered for review."""
+
+    sample_rate: float = Field(0.005, ge=0.0, le=1.0)
+    """Share of its confident final answers offered at random."""
+    drift_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Share offered while its drift score is over the node's ``drift_threshold``."""
+
+
+class ReviewFeedSettings(_Section):
+    """What this node offers the review queue (``docs/review.md``): every unsure answer of the
+    top tier, every disagreement an audit finds, hard examples delivered to the hub, and the
+    shares of confident answers below; at most ``max_per_minute`` a model. The hub's intake
+    then holds each model to its limits per minute, hour and day."""
+
+    enabled: bool = True
+    """Offer cases and report traffic (the hub's streams are made by ``mesh fleet init``)."""
+    sample_rate: float = Field(0.005, ge=0.0, le=1.0)
+    """Share of confident final answers offered at random: ground truth for answers nobody
+    doubted."""
+    drift_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Share of confident answers offered while the model's drift score is over the node's
+    ``drift_threshold``."""
+    max_per_minute: int = Field(60, ge=1)
+    """Most candidates of one model this node offers in any minute (a caller's
+    ``human_review=always`` is bounded by the hub only)."""
+    max_in_flight: int = Field(64, ge=1)
+    """Candidates being sent at once; more are dropped (counted), never waited for."""
+    publish_timeout_s: float = Field(2.0, gt=0)
+    """How long one candidate may wait for the hub's acknowledgement."""
+    zone: str = "cloud"
+    """Residency zone of the review queue (the hub's): an item whose request's residency does
+    not allow it goes without its input."""
+    traffic_interval_s: float = Field(30.0, gt=0)
+    """Seconds between this node's running totals (requests, escalations per version)."""
+    models: dict[str, ReviewRates] = Field(default_factory=dict)
+    """A model's own rates in place of ``sample_rate`` and ``drift_rate``."""
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v not in RESIDENCY_ZONES:
+            raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
+        return v
+
+
 class WebhookSettings(_Section):
     """An HTTP endpoint an action posts its action event to (JSON)."""
 
@@ -284,8 +332,9 @@ class FleetSettings(_Section):
     heartbeat_s: float = Field(2.0, gt=0)
     """Seconds between heartbeats."""
     fetch_timeout_s: float = Field(60.0, gt=0)
-    """How long an assigned version may stay missing from the registry before it is refused
-    (a site's mirror can lag the desired state by a moment)."""
+    """How long an assigned version may stay missing or incomplete at the node's site before
+    the node logs a warning about it (a site's mirror can lag the desired state). It is never
+    refused for that: the node tries again, pausing up to 30 s, while it is assigned."""
     gate_runs: int = Field(100, ge=10)
     """Single-row runs of the on-device latency gate."""
     max_artifact_bytes: int = Field(512 * 1024 * 1024, ge=1)
@@ -378,9 +427,40 @@ class ServiceSettings(BaseSettings):
         )
         token = _layers.set(layers)
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         finally:
             _layers.reset(token)
+        misspelt = unknown_variables(cls, os.environ)
+        if misspelt:
+            raise ValueError("; ".join(misspelt))
+        return settings
+
+
+#: every settings class's variable prefix: a class with a shorter prefix leaves the others' alone.
+SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_", "MESH_REVIEW_SERVICE_", "MESH_CONSOLE_")
+
+
+def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+    """``MESH_*`` variables that look like settings of ``cls`` but name no field of it, each
+    said with the field it was probably meant for: a misspelt top-level setting would otherwise
+    be ignored, where a misspelt nested one is refused."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    fields = {name.upper(): name for name in cls.model_fields}
+    found: list[str] = []
+    for key in environ:
+        upper = key.upper()
+        if not upper.startswith(prefix) or upper in COMMAND_VARIABLES:
+            continue
+        if any(p != prefix and p.startswith(prefix) and upper.startswith(p)
+               for p in SETTINGS_PREFIXES):  # fmt: skip
+            continue
+        head = upper[len(prefix) :].split("__")[0]
+        if head in fields:
+            continue
+        close = difflib.get_close_matches(head, list(fields), n=1)
+        hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+        found.append(f"{key} names no setting of {cls.__name__}{hint}")
+    return found
 
 
 class NodeSettings(ServiceSettings):
@@ -401,6 +481,7 @@ class NodeSettings(ServiceSettings):
     hard_examples: HardExampleSettings = Field(default_factory=HardExampleSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    review: ReviewFeedSettings = Field(default_factory=ReviewFeedSettings)
     max_inflight: int = Field(1024, ge=1)
     """Requests waiting at once (escalations, traced requests); more get RESOURCE_EXHAUSTED."""
     max_inflight_per_caller: int = Field(256, ge=0)
@@ -454,12 +535,64 @@ class IngressSettings(ServiceSettings):
     """Budget of a request that names none."""
     max_budget_ms: float = Field(60_000.0, gt=0)
     """Largest budget a request may ask for."""
+    callers: dict[str, str] = Field(default_factory=dict)
+    """Named callers' bearer tokens, name to token. A caller sending one is that name for its
+    share of the ingress; a caller sending ``token`` (or any caller, when neither is set) is its
+    address, which behind a proxy is the proxy's."""
     max_body_bytes: int = Field(64 << 20, ge=1)
-    """Largest request body (REST) or message (gRPC)."""
+    """Largest request body (REST) or message (gRPC: its max message size)."""
+    body_bytes_in_flight: int | None = Field(None, ge=1)
+    """Bytes of request bodies the ingress holds at once, each from before it is read until its
+    answer is sent; a gRPC message holds ``max_body_bytes`` while it is read (gRPC does not say
+    a length first). Default: four times ``body_bytes_per_caller``."""
+    body_bytes_per_caller: int | None = Field(None, ge=1)
+    """Of those, how many one caller may hold: its large bodies wait behind each other, not in
+    front of other callers'. At least ``max_body_bytes``, which is the default."""
+    body_wait_s: float = Field(1.0, ge=0)
+    """Seconds a body waits for room among the bytes in flight before it is refused with 429
+    (gRPC RESOURCE_EXHAUSTED)."""
+    max_inflight: int = Field(256, ge=1)
+    """Calls the ingress holds at once; more get 429 (gRPC RESOURCE_EXHAUSTED)."""
+    max_inflight_per_caller: int = Field(64, ge=0)
+    """Of those, how many one caller may hold; more of its calls get 429 while other callers
+    still have room. 0: no share."""
+    header_timeout_s: float = Field(15.0, gt=0)
+    """Seconds a REST connection has to send a request's headers, from when it opens or from
+    its previous answer (also how long an idle kept-alive connection stays open)."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Seconds a request's body (REST) or message (gRPC) has to arrive once it is let in; a
+    slower one gets 408 (gRPC DEADLINE_EXCEEDED)."""
     refresh_s: float = Field(2.0, gt=0)
     """Seconds between asking the entry tier's nodes what they serve."""
     stale_after_s: float = Field(10.0, gt=0)
     """Seconds without an answer from the fleet after which the ingress reports not ready."""
+
+    @field_validator("callers")
+    @classmethod
+    def _callers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, token in v.items():
+            check_token(name, "caller name")
+            if not token:
+                raise ValueError(f"caller {name} has an empty token")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two callers have the same token")
+        return v
+
+    @model_validator(mode="after")
+    def _shares(self) -> Self:
+        if self.token and self.token in self.callers.values():
+            raise ValueError("token is also a named caller's token: give each its own")
+        if self.body_bytes_per_caller is None:
+            self.body_bytes_per_caller = self.max_body_bytes
+        if self.body_bytes_in_flight is None:
+            self.body_bytes_in_flight = 4 * self.body_bytes_per_caller
+        if self.body_bytes_per_caller < self.max_body_bytes:
+            raise ValueError("body_bytes_per_caller must be at least max_body_bytes")
+        if self.body_bytes_in_flight < self.body_bytes_per_caller:
+            raise ValueError("body_bytes_in_flight must be at least body_bytes_per_caller")
+        if self.max_inflight_per_caller > self.max_inflight:
+            raise ValueError("max_inflight_per_caller must be at most max_inflight")
+        return self
 
 
 class ControllerSettings(ServiceSettings):

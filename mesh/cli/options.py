@@ -3,47 +3,69 @@ and the flags of a process command as a source of its settings."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from mesh.topology.processes import ENV_CREDS, ENV_NATS_URL
+
 DEFAULT_CACHE = Path(os.environ.get("MESH_CACHE_DIR", Path.home() / ".cache" / "edge-mesh"))
+
+
+def _checkout_key() -> str:
+    """This checkout's own key: two checkouts (or installs) of the mesh never share a default
+    demo cache, where one would rebuild the other's models under the same version names."""
+    package = Path(__file__).resolve().parents[1]
+    return hashlib.sha256(str(package).encode()).hexdigest()[:12]
+
+
+#: the demo models' default cache, one per checkout.
+DEFAULT_DEMO_CACHE = DEFAULT_CACHE / f"demo-{_checkout_key()}"
 
 cache_option = click.option(
     "--cache",
     type=click.Path(path_type=Path),
-    default=DEFAULT_CACHE / "demo",
+    default=DEFAULT_DEMO_CACHE,
     show_default=True,
-    help="Where the demo models are built and cached (built on the first run).",
+    help="Where the demo models are built and cached (built on the first run; one folder per "
+    "checkout by default).",
 )
 
 
-def servers_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--servers``, default ``$MESH_NATS_URL`` (what ``mesh up`` prints)."""
+def servers_option(
+    help: str, env: Sequence[str] = (ENV_NATS_URL,)
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--servers``, default the first of ``env`` set (``mesh up`` prints them)."""
     return click.option(
         "--servers",
-        default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
-        show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+        default=lambda: _first_set(env) or "nats://127.0.0.1:4222",
+        show_default=" or ".join(f"${name}" for name in env) + " or nats://127.0.0.1:4222",
         help=help,
     )
 
 
 def creds_option(
-    help: str, env: str = "MESH_CREDS"
+    help: str, env: str | Sequence[str] = ENV_CREDS
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--creds``, a NATS credentials file, default ``$<env>``."""
+    """``--creds``, a NATS credentials file, default the first of ``env`` set."""
+    names = (env,) if isinstance(env, str) else tuple(env)
     return click.option(
         "--creds",
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
-        default=lambda: os.environ.get(env) or None,
-        show_default=f"${env}",
+        default=lambda: _first_set(names),
+        show_default=" or ".join(f"${name}" for name in names),
         help=help,
     )
+
+
+def _first_set(names: Sequence[str]) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 
 #: what a refused identity should try instead, after its ``PERMISSION_DENIED`` line.

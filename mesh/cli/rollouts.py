@@ -9,12 +9,9 @@ controller's (or the administrator's) identity to write, the console's to read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +24,10 @@ from mesh.cli.fleet import (
     domain_option,
     servers_option,
     tls_ca_option,
+    trusted_option,
 )
 from mesh.cli.fleet import fleet as fleet_group
 from mesh.cli.options import FlagField, config_option, flag_settings, server_list
-
-trusted_option = click.option(
-    "--trusted-key",
-    "trusted_keys",
-    multiple=True,
-    default=lambda: [k for k in os.environ.get("MESH_TRUSTED_KEYS", "").split(",") if k],
-    show_default="$MESH_TRUSTED_KEYS (comma-separated)",
-    help="Public key (ed25519:... or a .pub file) the nodes trust; repeat while keys rotate.",
-)
 
 
 @click.group()
@@ -61,7 +50,8 @@ def rollout() -> None:
 )  # fmt: skip
 @click.option(
     "--selector", "selector_terms", multiple=True,
-    help="Which nodes: tier=, site=, label.K=V (default: every node serving the model).",
+    help="Which nodes: site=, label.K=V, node= (default: every node serving the model); "
+    "always within the tier the version is made for (its manifest's tier_hint).",
 )  # fmt: skip
 @trusted_option
 @servers_option
@@ -85,9 +75,12 @@ def rollout_start(
     offline_after: float,
     as_json: bool,
 ) -> None:
-    """Roll MODEL out at VERSION in stages; a running controller drives it."""
+    """Roll MODEL out at VERSION in stages, to the nodes of the tier it is made for; a running
+    controller drives it (mesh up runs one)."""
     from mesh.fleet.admin import start_rollout, summary
     from mesh.fleet.desired import Selector
+    from mesh.fleet.rollout import Gate, parse_stages
+    from mesh.fleet.rollout.plan import distinct_stages
 
     selector = Selector.parse(selector_terms)
 
@@ -112,9 +105,17 @@ def rollout_start(
         return
     sizes = ", ".join(f"{s.name} {r.stage_size(i)}" for i, s in enumerate(r.stages))
     click.echo(
-        f"rollout {r.id}: {model}@{version} over {len(r.targets)} nodes ({sizes}), "
-        f"rolls back to {r.previous_version}"
+        f"rollout {r.id}: {model}@{version} over {len(r.targets)} "
+        f"node{'' if len(r.targets) == 1 else 's'} of {r.selector.key} "
+        f"({sizes}), rolls back to {r.previous_version}"
     )
+    _, dropped = distinct_stages(parse_stages(stages, Gate()), len(r.targets))
+    if dropped:
+        names = ", ".join(s.name for s in dropped)
+        click.echo(
+            f"note: stages {names} left out: on {len(r.targets)} nodes they would add none",
+            err=True,
+        )
 
 
 @rollout.command("status")
@@ -133,6 +134,7 @@ def rollout_status(
     as_json: bool,
 ) -> None:
     """The latest rollout of every model (or of MODEL)."""
+    from mesh.cli.rollout_text import NO_ROLLOUTS, describe
     from mesh.errors import NotFoundError
     from mesh.fleet.admin import read_rollouts, summary
 
@@ -148,27 +150,11 @@ def rollout_status(
     if as_json:
         click.echo(json.dumps([summary(r) for r in found.values()], indent=1))
         return
+    if not found:
+        click.echo(NO_ROLLOUTS)
     for r in found.values():
-        stage = r.stages[min(r.current_stage, len(r.stages) - 1)]
-        click.echo(
-            f"{r.model}@{r.version} ({r.id}): {r.state}, stage {r.current_stage + 1}/"
-            f"{len(r.stages)} {stage.name} ({r.phase}), max {r.max_nodes_serving} nodes serving"
-        )
-        for i, (s, entry) in enumerate(zip(r.stages, r.log, strict=True)):
-            if entry.started_at is None:
-                continue
-            took = f"{entry.judged_at - entry.started_at:.1f}s" if entry.judged_at else "running"
-            click.echo(
-                f"  {i + 1}. {s.name} ({r.stage_size(i)} nodes): {entry.result or '-'} {took}"
-            )
-        if r.failed_gate:
-            click.echo(f"  failed gate {r.failed_gate}: {r.reason}")
-            click.echo(f"  figures {json.dumps(r.figures)}")
-        elif r.reason:
-            click.echo(f"  {r.reason}")
-        if r.flagged:
-            some = dict(list(r.flagged.items())[:3])
-            click.echo(f"  telemetry ignored from {len(r.flagged)} nodes: {some}")
+        for line in describe(r):
+            click.echo(line)
     sys.stdout.flush()
 
 
@@ -286,19 +272,14 @@ def simulate(
     mesh rollout and mesh fleet status work against it, then the load and per-node cost."""
     import tempfile
 
-    from mesh.cli.options import DEFAULT_CACHE
-    from mesh.dev.fleetsim.simulate import (
-        CONTROLLER,
-        FleetSimulation,
-        SimLoad,
-        SimulationSettings,
-    )
+    from mesh.cli.options import DEFAULT_DEMO_CACHE
+    from mesh.dev.fleetsim.run import run_simulation
+    from mesh.dev.fleetsim.simulate import SimulationSettings
     from mesh.dev.models.demo import ensure_demo
-    from mesh.fleet.controller import Controller
     from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="mesh-fleet-"))
-    demo = ensure_demo(cache or DEFAULT_CACHE / "demo")
+    demo = ensure_demo(cache or DEFAULT_DEMO_CACHE)
     settings = SimulationSettings(
         work_dir=work,
         nodes=nodes,
@@ -309,50 +290,10 @@ def simulate(
     )
 
     async def go(shutdown: Shutdown) -> int:
-        started = time.monotonic()
-        async with FleetSimulation(settings, demo) as sim:
-            assert sim.key is not None
-            click.echo(f"MESH_NATS_URL={sim.hub.url}")
-            click.echo(f"MESH_CREDS={sim.creds(CONTROLLER)}")
-            click.echo(f"MESH_TRUSTED_KEYS={sim.key.public}")
-            click.echo(
-                f"{len(sim.node_names)} nodes in {sites} sites started in "
-                f"{time.monotonic() - started:.1f}s; signing key {work / 'fleet' / 'signing.key'}",
-                err=True,
-            )
-            load = SimLoad(sim, rate)
-            await load.start()
-            nc = await sim.hub.connect(CONTROLLER.name) if with_controller else None
-            ctl = Controller(nc, name="controller-sim") if nc is not None else None
-            if ctl is not None:
-                await ctl.start()
-            try:
-                last = time.monotonic()
-                cpu_last = (await sim.process_figures())["cpu_s"]
-                while not shutdown.requested:
-                    if duration is not None and time.monotonic() - started > duration:
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(shutdown.wait(), 10.0)
-                    figures = await sim.process_figures()
-                    now = time.monotonic()
-                    cpu_share = (
-                        (figures["cpu_s"] - cpu_last) / (now - last) / max(1, len(sim.node_names))
-                    )
-                    last, cpu_last = now, figures["cpu_s"]
-                    f = load.figures
-                    click.echo(
-                        f"answered {f.answered}/{f.sent}, errors {len(f.errors)}, versions "
-                        f"{dict(f.versions)}; {figures['rss_mb_per_node']} MB and "
-                        f"{cpu_share * 1000:.2f} ms CPU/s per node",
-                        err=True,
-                    )
-            finally:
-                if ctl is not None:
-                    await ctl.stop()
-                if nc is not None:
-                    await nc.close()
-                await load.stop()
+        await run_simulation(
+            settings, demo, rate=rate, duration=duration, with_controller=with_controller,
+            shutdown=shutdown, say=click.echo,
+        )  # fmt: skip
         return 0
 
     asyncio.run(run_until_signalled(go, grace_s=RIG_STOP_GRACE_S))

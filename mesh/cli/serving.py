@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,20 @@ from mesh.cli.options import (
     flag_settings,
     server_list,
     servers_option,
+)
+from mesh.topology.processes import (
+    ENV_CONSOLE_TOKEN,
+    ENV_CONSOLE_URL,
+    ENV_CONTROLLER_CREDS,
+    ENV_CREDS,
+    ENV_GRPC_URL,
+    ENV_HTTP_URL,
+    ENV_HUB_URL,
+    ENV_INGRESS_TOKEN,
+    ENV_NATS_URL,
+    ENV_REVIEWER_CREDS,
+    ENV_SIGNING_KEY,
+    ENV_TRUSTED_KEYS,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +57,49 @@ def node(config: Path | None) -> None:
     from mesh.services.node import main as node_main
 
     node_main(config)
+
+
+def _say(line: str) -> None:
+    """A progress line on stderr; one that cannot be written (a closed pipe) is dropped."""
+    with contextlib.suppress(OSError):
+        click.echo(line, err=True)
+
+
+def _tell(line: str) -> None:
+    """A ``NAME=value`` line on stdout, written at once; one that cannot be written (a reader
+    gone after the lines it waited for, as ``tee`` after Ctrl-C) is dropped: the mesh must
+    still get to serve, and so stop as asked, clearing its folder."""
+    with contextlib.suppress(OSError):
+        click.echo(line)
+
+
+def load_rows(file: Path, row: int | None) -> np.ndarray:
+    """The rows of FILE.npy (or the ``x`` array of an .npz), or its row ``row``, as a 2-D
+    array; a file with no rows there is the caller's mistake, said as such."""
+    from mesh.errors import InvalidArgumentError
+
+    try:
+        loaded = np.load(file)
+        array = loaded["x"] if file.suffix == ".npz" else loaded
+    except KeyError:
+        raise InvalidArgumentError(f"{file} holds no array named x: save the rows as x") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"{file} is not a .npy or .npz file numpy can read: {exc}"
+        ) from None
+    array = np.asarray(array)
+    if array.ndim == 1:
+        array = array[None, :]
+    if row is not None:
+        if not -len(array) <= row < len(array):
+            raise InvalidArgumentError(
+                f"--row {row} is out of range: {file.name} has {len(array)} rows "
+                f"(0 to {len(array) - 1})"
+            )
+        array = array[row : row + 1] if row >= 0 else array[row:][:1]
+    if len(array) == 0:
+        raise InvalidArgumentError(f"{file.name} holds no rows")
+    return array
 
 
 @click.command()
@@ -82,11 +139,7 @@ def infer(
     more rows than --chunk-rows goes in chunks, answered in order."""
     from mesh import InvalidArgumentError, MeshClient
 
-    array = np.load(file)["x"] if file.suffix == ".npz" else np.load(file)
-    if row is not None:
-        array = array[row : row + 1]
-    if array.ndim == 1:
-        array = array[None, :]
+    array = load_rows(file, row)
     chunks = [array[i : i + chunk_rows] for i in range(0, len(array), chunk_rows)]
 
     async def ask(client: MeshClient, chunk: np.ndarray) -> InferResult:
@@ -200,9 +253,11 @@ def up(
             for tier, served in models.items():
                 names = ", ".join(m["name"] for m in served)
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
-            return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True, events=True)
+            return MeshLayout(
+                models=models, edge_replicas=edge_replicas, fleet=True, events=True, operated=True
+            )
         click.echo(f"demo models in {cache} (built on first run)", err=True)
-        demo = await asyncio.to_thread(ensure_demo, cache)
+        demo = await asyncio.to_thread(ensure_demo, cache, 0, _say)
         reports = await asyncio.to_thread(
             require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
         )
@@ -215,6 +270,7 @@ def up(
             edge_replicas=edge_replicas,
             fleet=True,
             events=True,
+            operated=True,
         )
 
     async def run(shutdown: Shutdown) -> int:
@@ -227,28 +283,53 @@ def up(
                 click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
             click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
             controller = await mesh.controller_creds()
+            if mesh.controller is not None:
+                click.echo(
+                    f"controller {mesh.controller.name}: pid {mesh.controller.pid}", err=True
+                )
             click.echo(
-                f"fleet: sign with {mesh.signing_key_path}; push and assign on the hub with "
-                f"--servers {mesh.hub_url} --creds {controller}; "
-                f"mesh fleet status --servers {mesh.hub_url} --creds {controller}",
+                f"fleet: {', '.join(mesh.published)} signed and in the registry; "
+                f"mesh models bump, mesh rollout start and mesh fleet status use the "
+                f"{ENV_HUB_URL}, {ENV_CONTROLLER_CREDS}, {ENV_SIGNING_KEY} and "
+                f"{ENV_TRUSTED_KEYS} below",
                 err=True,
             )
             token = secrets.token_urlsafe(24)
             ingress = await mesh.start_ingress(token)
             click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
-            click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
-            click.echo(f"MESH_CREDS={mesh.app_creds}", nl=True)
-            click.echo(f"MESH_HTTP_URL={ingress.http_url}", nl=True)
-            click.echo(f"MESH_GRPC_URL={ingress.grpc_address}", nl=True)
-            click.echo(f"MESH_INGRESS_TOKEN={token}", nl=True)
-            sys.stdout.flush()
-            supervisor = asyncio.create_task(
-                mesh.supervise(lambda line: click.echo(line, err=True))
+            review = await mesh.start_review()
+            reviewer = await mesh.reviewer_creds()
+            _say(
+                f"review: pid {review.pid}, the queue at the hub; mesh review list uses the "
+                f"{ENV_REVIEWER_CREDS} below"
             )
+            console_token = secrets.token_urlsafe(24)
+            console = await mesh.start_console(console_token)
+            _say(f"console: pid {console.pid}, open {console.url}/?token=...")
+            # the first five lines as they always were, then the operator's; the trusted key
+            # last (the README waits for it)
+            for name, value in (
+                (ENV_NATS_URL, mesh.site_url),
+                (ENV_CREDS, mesh.app_creds),
+                (ENV_HTTP_URL, ingress.http_url),
+                (ENV_GRPC_URL, ingress.grpc_address),
+                (ENV_INGRESS_TOKEN, token),
+                (ENV_HUB_URL, mesh.hub_url),
+                (ENV_CONTROLLER_CREDS, controller),
+                (ENV_SIGNING_KEY, mesh.signing_key_path),
+                (ENV_REVIEWER_CREDS, reviewer),
+                (ENV_CONSOLE_URL, console.url),
+                (ENV_CONSOLE_TOKEN, console_token),
+                (ENV_TRUSTED_KEYS, mesh.signing_public),
+            ):
+                _tell(f"{name}={value}")
+            supervisor = asyncio.create_task(mesh.supervise(_say))
             await shutdown.wait()
             supervisor.cancel()
         finally:
-            click.echo("stopping the mesh", err=True)
+            # Whatever happens to the output (`mesh up | tee log` loses its reader on Ctrl-C),
+            # the processes stop and the folder with the fleet's credentials goes.
+            _say("stopping the mesh")
             await mesh.close()
         return 0
 
@@ -342,11 +423,7 @@ def publish(
     from mesh import MeshClient
     from mesh.security.creds import user_claims
 
-    array = np.load(file)["x"] if file.suffix == ".npz" else np.load(file)
-    if row is not None:
-        array = array[row : row + 1]
-    if array.ndim == 1:
-        array = array[None, :]
+    array = load_rows(file, row)
     if event_id is not None and len(array) != 1:
         raise click.UsageError("--event-id names one event: give --row too")
     name = source

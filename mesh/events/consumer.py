@@ -45,7 +45,8 @@ from mesh.events.streams import (
     result_subject,
 )
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.node.dataplane import DataPlane, Outcome
+from mesh.node.dataplane import DataPlane
+from mesh.node.outcomes import Outcome
 from mesh.observability import tracing
 from mesh.observability.metrics import MeshMetrics
 from mesh.settings import EventSettings

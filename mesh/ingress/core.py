@@ -21,7 +21,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from mesh.errors import InvalidArgumentError, MeshError
+from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.ingress import oip
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.models.manifest import ModelManifest
@@ -29,6 +29,7 @@ from mesh.node.policy import RESIDENCY_LABELS
 from mesh.observability import tracing
 from mesh.sdk.client import MeshClient
 from mesh.topology import subjects
+from mesh.topology.parameters import HUMAN_REVIEW
 from mesh.transport.discovery import SERVICE_NAME, package_version
 from mesh.wire import decode_node_status
 
@@ -37,6 +38,8 @@ TRACER = trace.get_tracer("mesh.ingress")
 
 SERVER_NAME = "edge-mesh"
 EXTENSIONS = ["binary_tensor_data", "mesh_cascade"]
+#: bytes a request's envelope takes on the wire besides its tensors (names, ids, trace headers).
+WIRE_OVERHEAD = 4096
 
 
 @dataclass
@@ -150,12 +153,8 @@ class Ingress(Service):
         return {}
 
     def versions(self, model: str) -> list[str]:
-        served = self.state.models.get(model, set())
-        manifest = self.manifests.get(model)
-        known = set(served)
-        if manifest is not None:
-            known.add(manifest.version)
-        return sorted(known)
+        """The versions of ``model`` a ready node of the entry tier serves now."""
+        return sorted(self.state.models.get(model, set()))
 
     def model_ready(self, model: str, version: str | None) -> bool:
         served = self.state.models.get(model)
@@ -165,16 +164,27 @@ class Ingress(Service):
 
     def require_model(self, model: str, version: str | None) -> ModelManifest | None:
         """The model's manifest (None when only the fleet knows it); NOT_FOUND when neither
-        the ingress nor the entry tier knows the model or that version."""
+        the ingress nor the entry tier knows the model or that version (a version is known
+        when a node serves it or it is the manifest's, ready or not)."""
         manifest = self.manifests.get(model)
         served = self.state.models.get(model)
         if manifest is None and not served:
             raise oip.not_found(model, None, [])
         if version:
-            known = self.versions(model)
+            known = set(served or ())
+            if manifest is not None:
+                known.add(manifest.version)
             if version not in known:
-                raise oip.not_found(model, version, known)
+                raise oip.not_found(model, version, self.versions(model))
         return manifest
+
+    def require_ready_version(self, model: str, version: str) -> None:
+        """UNAVAILABLE unless a ready node of the entry tier serves ``version`` now."""
+        if version not in self.state.models.get(model, set()):
+            raise UnavailableError(
+                f"model {model} version {version} is not ready: no node of the entry tier "
+                f"serves it now (ready: {self.versions(model)})"
+            )
 
     # --- metadata ---------------------------------------------------------------------------
 
@@ -201,7 +211,10 @@ class Ingress(Service):
     ) -> oip.OipResponse:
         """Check, send, answer. ``traceparent`` holds the caller's W3C trace headers."""
         manifest = self.require_model(request.model, request.version)
+        if request.version:
+            self.require_ready_version(request.model, request.version)
         oip.check_against(request, manifest)
+        self._check_size(request)
         budget = self._budget(request, budget_ms)
         zone = self._residency(request, residency)
         ctx = tracing.extract(traceparent) if traceparent else otel_context.get_current()
@@ -226,7 +239,16 @@ class Ingress(Service):
             budget_ms=budget,
             residency=zone,
             request_id=request.id or None,
+            # the caller's wish, checked by the client: a bad value is INVALID_ARGUMENT
+            human_review=str(request.parameters.get(HUMAN_REVIEW, "auto")),
         )
+        if request.version and result.model_version != request.version:
+            raise UnavailableError(
+                f"model {request.model} version {request.version} did not answer: the request "
+                f"went on to {result.tier} node {result.node}, which serves "
+                f"{result.model_version}; a request for one version is never answered by "
+                "another (leave the version out for the cascade's answer)"
+            )
         outputs, binary = oip.select_outputs(request, result.outputs)
         parameters: dict[str, Any] = {
             "tier": result.tier,
@@ -247,6 +269,15 @@ class Ingress(Service):
             parameters=parameters,
             binary=binary,
         )
+
+    def _check_size(self, request: oip.OipRequest) -> None:
+        size = sum(t.data.nbytes for t in request.inputs) + WIRE_OVERHEAD
+        limit = self.client.nc.max_payload
+        if size > limit:
+            raise oip.TooLargeError(
+                f"the inputs take {size - WIRE_OVERHEAD} bytes; a request through the mesh "
+                f"carries at most about {limit - WIRE_OVERHEAD} (its NATS max_payload)"
+            )
 
     def _budget(self, request: oip.OipRequest, given: float | None) -> float:
         value: Any = request.parameters.get(oip.BUDGET_PARAMETER, given)

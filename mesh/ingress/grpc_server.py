@@ -4,27 +4,42 @@ The service is registered by name with grpcio's generic handlers, over message c
 from ``proto/grpc_predict_v2.proto`` (see there why their package is ``mesh_oip_v2``). Inputs
 arrive as ``raw_input_contents`` or typed ``contents``; outputs leave as ``raw_output_contents``,
 as Triton sends them. A client's mistake is INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED,
-never INTERNAL; a missing or wrong bearer token (``authorization`` metadata) UNAUTHENTICATED.
+never INTERNAL.
+
+Nothing is read before it is let in. ``TokenCheck``, a server interceptor, refuses a call
+without a known bearer token (``authorization`` metadata) as UNAUTHENTICATED from its metadata
+alone: grpcio has not received its message, so a stranger's 60 MB costs nothing. Each method is
+registered as taking a stream of raw bytes, so that the handler decides when the one message is
+read: after its caller has a place at the gate (``mesh.ingress.gate``), which, since gRPC never
+says a message's length first, reserves the largest message (``max_receive_message_length``)
+while it is read and keeps what it took. ServerLive and ServerReady take no token and never
+read their (empty) request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from mesh.errors import ErrorCode, InvalidArgumentError, MeshError
 from mesh.ingress import oip
+from mesh.ingress.callers import Callers, peer_address
 from mesh.ingress.core import Ingress
+from mesh.ingress.gate import BodyTimeoutError, Gate, GateLimits
 from mesh.ingress.proto import grpc_predict_v2_pb2 as pb
+from mesh.ingress.steps import Steps, drive, finish
 from mesh.lifecycle import Service
 
 SERVICE = "inference.GRPCInferenceService"
+#: methods that take no token and never read their request.
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+UNAUTHENTICATED = "missing or wrong bearer token (authorization: Bearer ...)"
 BUDGET_KEY = "mesh-budget-ms"
 RESIDENCY_KEY = "mesh-residency"
 
@@ -74,6 +89,11 @@ def _set_parameter(target: Any, value: Any) -> None:
 
 
 def to_request(msg: Any) -> oip.OipRequest:
+    """A ``ModelInferRequest`` as an ``OipRequest`` at once; ``to_request_steps`` in steps."""
+    return finish(to_request_steps(msg))
+
+
+def to_request_steps(msg: Any) -> Steps[oip.OipRequest]:
     """A ``ModelInferRequest`` as an ``OipRequest``; raises typed errors."""
     raw = list(msg.raw_input_contents)
     if raw and len(raw) != len(msg.inputs):
@@ -82,9 +102,9 @@ def to_request(msg: Any) -> oip.OipRequest:
         )
     inputs: list[oip.OipTensor] = []
     for i, tensor in enumerate(msg.inputs):
-        what = f"input {tensor.name or i}"
         if not tensor.name:
             raise InvalidArgumentError(f"input {i} needs a name")
+        what = f"input {tensor.name!r}"
         dtype = oip.dtype_for(tensor.datatype, what)
         shape = oip.check_shape(list(tensor.shape), what)
         has_contents = tensor.HasField("contents")
@@ -99,7 +119,7 @@ def to_request(msg: Any) -> oip.OipRequest:
             if field is None:
                 raise InvalidArgumentError(f"{what} is {tensor.datatype}: send it as raw contents")
             values = getattr(tensor.contents, field)
-            array = oip.from_values(values, dtype, shape, what)
+            array = yield from oip.values_steps(values, dtype, shape, what)
         inputs.append(oip.OipTensor(tensor.name, tensor.datatype, shape, array))
     parameters = {k: _parameter(v) for k, v in msg.parameters.items()}
     return oip.OipRequest(
@@ -127,8 +147,39 @@ def to_response(answer: oip.OipResponse) -> Any:
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+def _metadata(pairs: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (pairs or ())}
+
+
+async def _refuse_unauthenticated(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+
+
+class TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses a call without a known token before grpcio receives its message: the handler
+    it returns takes a stream, which grpcio reads only when asked, and never asks."""
+
+    def __init__(self, callers: Callers) -> None:
+        self.callers = callers
+        self._refusal = grpc.stream_unary_rpc_method_handler(_refuse_unauthenticated)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = str(details.method).rpartition("/")[2]
+        if method not in OPEN_METHODS and self.callers.required:
+            given = _metadata(details.invocation_metadata).get("authorization", "")
+            if self.callers.identify(given, "") is None:
+                return self._refusal
+        return await continuation(details)
+
+
 class GrpcIngress(Service):
-    """The gRPC server; ``port`` 0 picks a free one (read ``port`` after start)."""
+    """The gRPC server; ``port`` 0 picks a free one (read ``port`` after start). ``callers``
+    and ``gate`` are shared with the REST transport (default: the ``token`` alone, and a gate
+    of default limits with ``max_message`` as its largest body)."""
 
     def __init__(
         self,
@@ -138,12 +189,14 @@ class GrpcIngress(Service):
         *,
         token: str = "",
         max_message: int = 64 << 20,
+        callers: Callers | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.ingress = ingress
         self.host = host
         self.port = port
-        self.token = token
-        self.max_message = max_message
+        self.callers = callers or Callers(token)
+        self.gate = gate or Gate(GateLimits(max_body=max_message))
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -151,15 +204,17 @@ class GrpcIngress(Service):
         return f"{self.host}:{self.port}"
 
     async def _start(self) -> None:
+        largest = self.gate.limits.max_body
         server = grpc.aio.server(
+            interceptors=[TokenCheck(self.callers)],
             options=[
-                ("grpc.max_receive_message_length", self.max_message),
-                ("grpc.max_send_message_length", self.max_message),
-            ]
+                ("grpc.max_receive_message_length", largest),
+                ("grpc.max_send_message_length", largest),
+            ],
         )
         handlers = {
-            "ServerLive": self._rpc(self._server_live, pb.ServerLiveRequest),
-            "ServerReady": self._rpc(self._server_ready, pb.ServerReadyRequest),
+            "ServerLive": self._rpc(self._server_live, None),
+            "ServerReady": self._rpc(self._server_ready, None),
             "ModelReady": self._rpc(self._model_ready, pb.ModelReadyRequest),
             "ServerMetadata": self._rpc(self._server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": self._rpc(self._model_metadata, pb.ModelMetadataRequest),
@@ -181,28 +236,55 @@ class GrpcIngress(Service):
             await asyncio.to_thread(gc.collect)
 
     def _rpc(self, fn: Unary, request_type: Any) -> grpc.RpcMethodHandler:
-        open_call = fn in (self._server_live, self._server_ready)
+        """``fn`` behind the gate; ``request_type`` None: the request is never read."""
 
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if self.token and not open_call:
-                given = dict(context.invocation_metadata() or ()).get("authorization", "")
-                if not hmac.compare_digest(str(given).encode(), f"Bearer {self.token}".encode()):
-                    await context.abort(
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        "missing or wrong bearer token (authorization: Bearer ...)",
-                    )
+        async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await fn(request, context)
+                if request_type is None:
+                    return await fn(None, context)
+                return await self._admitted(fn, request_type, context)
             except MeshError as exc:
                 await context.abort(
                     GRPC_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), exc.message
                 )
 
-        return grpc.unary_unary_rpc_method_handler(
-            call,
-            request_deserializer=request_type.FromString,
-            response_serializer=lambda m: m.SerializeToString(),
+        return grpc.stream_unary_rpc_method_handler(
+            call, response_serializer=lambda m: m.SerializeToString()
         )
+
+    async def _admitted(
+        self, fn: Unary, request_type: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        given = _metadata(context.invocation_metadata()).get("authorization", "")
+        caller = self.callers.identify(given, peer_address(str(context.peer())))
+        if caller is None:  # TokenCheck refused it already; never read what it sends
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            return None
+        with self.gate.enter(caller) as ticket:
+            await ticket.reserve(self.gate.limits.max_body)
+            raw = await self._receive(context)
+            ticket.keep(len(raw))
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError:
+                raise InvalidArgumentError(
+                    f"the request is not a {request_type.__name__} message"
+                ) from None
+            del raw
+            return await fn(request, context)
+
+    async def _receive(self, context: grpc.aio.ServicerContext) -> bytes:
+        timeout = self.gate.limits.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await context.read()
+        except TimeoutError:
+            raise BodyTimeoutError(
+                f"the request message did not arrive within {timeout:g} s"
+            ) from None
+        if raw is grpc.aio.EOF:
+            raise InvalidArgumentError("the call carries no request message")
+        return raw if isinstance(raw, bytes) else bytes(raw)
 
     async def _server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=self.ingress.live())
@@ -235,7 +317,7 @@ class GrpcIngress(Service):
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         metadata = {k: str(v) for k, v in (context.invocation_metadata() or ())}
         self.ingress.require_model(request.model_name, request.model_version or None)
-        parsed = to_request(request)
+        parsed = await drive(to_request_steps(request))
         budget = metadata.get(BUDGET_KEY)
         try:
             budget_ms = None if budget is None else float(budget)

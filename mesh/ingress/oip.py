@@ -3,14 +3,13 @@
 Both ways in (REST with JSON tensors and the binary tensor data extension, gRPC with typed or raw
 contents) end here as an ``OipRequest`` of numpy arrays, checked against the model's manifest
 before anything reaches the mesh; an answer goes back as an ``OipResponse`` the transport
-renders. Errors are the mesh's typed errors: ``InvalidArgumentError`` (400, INVALID_ARGUMENT),
-``NotFoundError`` (404, NOT_FOUND), ``ResourceExhaustedError`` (413, RESOURCE_EXHAUSTED), each
-saying what is wrong. Pure: no I/O.
+renders (the REST body is read and written by ``oip_rest``). Errors are the mesh's typed errors:
+``InvalidArgumentError`` (400, INVALID_ARGUMENT), ``NotFoundError`` (404, NOT_FOUND),
+``TooLargeError`` (413, RESOURCE_EXHAUSTED), each saying what is wrong. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mesh.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from mesh.ingress.steps import STEP_VALUES, Steps
 from mesh.models.manifest import ModelManifest, TensorSpec
 
 #: protocol datatype to numpy dtype; BYTES has none that the mesh's wire carries.
@@ -43,6 +43,10 @@ RESIDENCY_PARAMETER = "mesh_residency"
 BINARY_HEADER = "Inference-Header-Content-Length"
 #: most elements one request may carry, whatever the body limit.
 MAX_ELEMENTS = 16 * 1024 * 1024
+
+
+class TooLargeError(ResourceExhaustedError):
+    """A request larger than the ingress or the mesh takes (413 over REST): no retry helps."""
 
 
 def datatype_of(dtype: np.dtype[Any] | str) -> str:
@@ -102,9 +106,7 @@ def check_shape(shape: Sequence[Any], what: str) -> list[int]:
         raise InvalidArgumentError(f"{what} has {len(shape)} dimensions; at most 8")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
-        raise ResourceExhaustedError(
-            f"{what} has {count} elements, over the limit of {MAX_ELEMENTS}"
-        )
+        raise TooLargeError(f"{what} has {count} elements, over the limit of {MAX_ELEMENTS}")
     return [int(d) for d in shape]
 
 
@@ -120,7 +122,9 @@ def dtype_for(datatype: object, what: str) -> np.dtype[Any]:
     return DATATYPES[datatype]
 
 
-def from_raw(raw: bytes, dtype: np.dtype[Any], shape: list[int], what: str) -> np.ndarray:
+def from_raw(
+    raw: bytes | memoryview, dtype: np.dtype[Any], shape: list[int], what: str
+) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgumentError(
@@ -130,18 +134,24 @@ def from_raw(raw: bytes, dtype: np.dtype[Any], shape: list[int], what: str) -> n
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
-def from_values(
+def values_steps(
     values: Sequence[Any], dtype: np.dtype[Any], shape: list[int], what: str
-) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidArgumentError(f"{what} data is not {datatype_of(dtype)}: {exc}") from None
-    if array.size != math.prod(shape):
-        raise InvalidArgumentError(
-            f"{what} has {array.size} values; shape {shape} takes {math.prod(shape)}"
-        )
-    return array.reshape(shape)
+) -> Steps[np.ndarray]:
+    """Typed values (a gRPC tensor's ``contents``) as an array of ``shape``, converted
+    ``STEP_VALUES`` at a time."""
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidArgumentError(f"{what} has {len(values)} values; shape {shape} takes {count}")
+    out = np.empty(count, dtype=dtype)
+    source = iter(values)
+    for start in range(0, count, STEP_VALUES):
+        n = min(STEP_VALUES, count - start)
+        try:
+            out[start : start + n] = np.fromiter(source, dtype=dtype, count=n)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidArgumentError(f"{what} data is not {datatype_of(dtype)}: {exc}") from None
+        yield
+    return out.reshape(shape)
 
 
 def check_against(request: OipRequest, manifest: ModelManifest | None) -> None:
@@ -181,18 +191,18 @@ def _check_spec(tensor: OipTensor, spec: TensorSpec) -> None:
     want = datatype_of(spec.dtype)
     if tensor.datatype != want:
         raise InvalidArgumentError(
-            f"input {tensor.name} is {tensor.datatype}; the model takes {want}"
+            f"input {tensor.name!r} is {tensor.datatype}; the model takes {want}"
         )
     if len(tensor.shape) != len(spec.shape):
         raise InvalidArgumentError(
-            f"input {tensor.name} has shape {tensor.shape}; the model takes "
+            f"input {tensor.name!r} has shape {tensor.shape}; the model takes "
             f"{tensor_shape(spec)} ({len(spec.shape)} dimensions)"
         )
     for got, dim in zip(tensor.shape[1:], spec.shape[1:], strict=True):
         if dim is not None and got != dim:
             want_shape = tensor_shape(spec)
             raise InvalidArgumentError(
-                f"input {tensor.name} has shape {tensor.shape}; the model takes {want_shape}"
+                f"input {tensor.name!r} has shape {tensor.shape}; the model takes {want_shape}"
             )
 
 
@@ -216,136 +226,6 @@ def metadata(manifest: ModelManifest, versions: Sequence[str]) -> dict[str, Any]
             for s in manifest.outputs
         ],
     }
-
-
-def parameter_value(value: Any, what: str) -> bool | int | float | str:
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    raise InvalidArgumentError(f"parameter {what} must be a boolean, number or string")
-
-
-# --- REST: JSON and the binary tensor data extension ----------------------------------------
-
-
-def parse_rest(
-    body: bytes, header_length: int | None, model: str, version: str | None
-) -> OipRequest:
-    """A REST infer request: ``body`` is JSON, or, with ``Inference-Header-Content-Length``,
-    that many bytes of JSON followed by the binary data of the inputs that say
-    ``binary_data_size``, in their order."""
-    if header_length is not None:
-        if header_length < 0 or header_length > len(body):
-            raise InvalidArgumentError(
-                f"{BINARY_HEADER} is {header_length}, the body has {len(body)} bytes"
-            )
-        head, tail = body[:header_length], memoryview(body)[header_length:]
-    else:
-        head, tail = body, memoryview(b"")
-    try:
-        obj = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"the request is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidArgumentError("the request must be a JSON object")
-    raw_inputs = obj.get("inputs")
-    if not isinstance(raw_inputs, list):
-        raise InvalidArgumentError("the request needs an 'inputs' list")
-    parameters = obj.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidArgumentError("'parameters' must be an object")
-    offset = 0
-    inputs: list[OipTensor] = []
-    for i, raw in enumerate(raw_inputs):
-        if not isinstance(raw, dict):
-            raise InvalidArgumentError(f"input {i} must be an object")
-        name = raw.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError(f"input {i} needs a name")
-        what = f"input {name}"
-        dtype = dtype_for(raw.get("datatype"), what)
-        shape = check_shape(raw.get("shape"), what)  # type: ignore[arg-type]
-        params = raw.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise InvalidArgumentError(f"{what} parameters must be an object")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidArgumentError(f"{what} binary_data_size must be a byte count")
-            if offset + size > len(tail):
-                raise InvalidArgumentError(
-                    f"{what} binary_data_size {size} runs past the body: "
-                    f"{len(tail) - offset} bytes of binary data left"
-                )
-            array = from_raw(bytes(tail[offset : offset + size]), dtype, shape, what)
-            offset += size
-        else:
-            data = raw.get("data")
-            if not isinstance(data, list):
-                raise InvalidArgumentError(f"{what} needs 'data' (or binary_data_size)")
-            array = from_values(data, dtype, shape, what)
-        inputs.append(OipTensor(name, datatype_of(dtype), shape, array))
-    if offset != len(tail):
-        raise InvalidArgumentError(
-            f"{len(tail) - offset} bytes of binary data after the last input's"
-        )
-    outputs: list[RequestedOutput] = []
-    raw_outputs = obj.get("outputs") or []
-    if not isinstance(raw_outputs, list):
-        raise InvalidArgumentError("'outputs' must be a list")
-    for i, raw in enumerate(raw_outputs):
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise InvalidArgumentError(f"requested output {i} needs a name")
-        params = raw.get("parameters") or {}
-        binary = params.get("binary_data") if isinstance(params, dict) else None
-        outputs.append(RequestedOutput(raw["name"], binary if isinstance(binary, bool) else None))
-    request_id = obj.get("id", "")
-    if not isinstance(request_id, str):
-        raise InvalidArgumentError("'id' must be a string")
-    binary_default = parameters.get("binary_data_output") is True
-    return OipRequest(
-        model=model,
-        version=version,
-        id=request_id,
-        inputs=inputs,
-        outputs=outputs,
-        parameters={k: parameter_value(v, k) for k, v in parameters.items()},
-        binary_default=binary_default,
-    )
-
-
-def render_rest(response: OipResponse) -> tuple[bytes, int | None]:
-    """The REST body, and the JSON header's length when outputs travel as binary data."""
-    outputs: list[dict[str, Any]] = []
-    tails: list[bytes] = []
-    for tensor, binary in zip(response.outputs, response.binary, strict=True):
-        entry: dict[str, Any] = {
-            "name": tensor.name,
-            "datatype": tensor.datatype,
-            "shape": tensor.shape,
-        }
-        if binary:
-            raw = (
-                np.ascontiguousarray(tensor.data)
-                .astype(tensor.data.dtype.newbyteorder("<"))
-                .tobytes()
-            )
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            tails.append(raw)
-        else:
-            entry["data"] = tensor.data.reshape(-1).tolist()
-        outputs.append(entry)
-    head = json.dumps(
-        {
-            "model_name": response.model,
-            "model_version": response.version,
-            "id": response.id,
-            "parameters": response.parameters,
-            "outputs": outputs,
-        }
-    ).encode()
-    if not tails:
-        return head, None
-    return head + b"".join(tails), len(head)
 
 
 def select_outputs(

@@ -15,17 +15,19 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from mesh.errors import InvalidArgumentError
 from mesh.lifecycle import cancel_and_wait
 from mesh.local.layout import node_identity, settings_yaml, tier_node_settings
+from mesh.local.review import REVIEWER, ReviewProcess, start_review
 from mesh.local.servers import APPLICATION, Site
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
+from mesh.topology.processes import CONSOLE_READY, CONTROLLER_READY, INGRESS_READY
 from mesh.topology.streams import MeshTopology, TierPlacement
 from mesh.transport.jetstream import provision
 
@@ -73,6 +75,11 @@ class NodeProcess:
         await self._child.start(timeout)
         http = self._child.info.get("http")
         self.http_url = http if http and http != "-" else None
+        if self.http_url and self.settings.http_port == 0:
+            # a restarted node serves its health and metrics where it did before, so whoever
+            # scrapes it (or read mesh up's lines) still finds it
+            port = int(self.http_url.rsplit(":", 1)[1].split("/")[0])
+            self.settings = self.settings.model_copy(update={"http_port": port})
 
     async def kill(self) -> None:
         """SIGKILL, as a crash would."""
@@ -86,10 +93,21 @@ class NodeProcess:
         return await self._child.wait()
 
 
+class Supervised(Protocol):
+    """A process ``supervise`` restarts when it exits."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def start(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
 class IngressProcess:
     """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
 
-    READY = "MESH_INGRESS_READY"
+    READY = INGRESS_READY
 
     def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
         self._child = ChildProcess(
@@ -106,6 +124,67 @@ class IngressProcess:
         await self._child.start(timeout)
         self.http_url = self._child.info.get("http", "")
         self.grpc_address = self._child.info.get("grpc", "")
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+
+class ControllerProcess:
+    """A ``mesh controller`` process (the fleet's, driving rollouts); ready once it watches."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self.name = name
+        self._child = ChildProcess(
+            name, argv, log_path, ready_prefix=CONTROLLER_READY, env=child_env(env)
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await self._child.start(timeout)
+
+    async def kill(self) -> None:
+        await self._child.kill()
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+    async def wait(self) -> int:
+        return await self._child.wait()
+
+
+#: the reviewer identity the console labels with under ``mesh up`` and the demo.
+CONSOLE_REVIEWER = "console-reviewer"
+
+
+class ConsoleProcess:
+    """The ``mesh console`` process; ``url`` once it is ready. Restarted on the port it had."""
+
+    READY = CONSOLE_READY
+
+    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self._argv = argv
+        self._child = ChildProcess(
+            "console", argv, log_path, ready_prefix=self.READY, env=child_env(env)
+        )
+        self.url = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        if self.url and "--port" in self._child.argv:
+            # a restart serves where the first start did, so the printed address stays good
+            at = self._child.argv.index("--port") + 1
+            self._child.argv[at] = self.url.rsplit(":", 1)[1]
+        await self._child.start(timeout)
+        self.url = self._child.info.get("http", "")
+
+    async def wait(self) -> int:
+        return await self._child.wait()
 
     async def stop(self) -> None:
         await self._child.stop()
@@ -139,6 +218,9 @@ class MeshLayout:
     events: bool = False
     #: share of confident answers the edge and gateway audit upstream (default: the setting's).
     audit_rate: float | None = None
+    #: with ``fleet``: sign the versions the nodes serve and push them to the registry (what a
+    #: rollout rolls back to), and run a ``mesh controller`` under supervision (``mesh up``).
+    operated: bool = False
 
     def tiers(self) -> list[str]:
         if self.models is None:
@@ -176,6 +258,11 @@ class EmbeddedMesh:
         self.signing_key_path = self.work_dir / "fleet" / "signing.key"
         self.signing_public: str | None = None
         self.ingress: IngressProcess | None = None
+        self.console: ConsoleProcess | None = None
+        self.review: ReviewProcess | None = None
+        self.controller: ControllerProcess | None = None
+        #: ``model@version`` of every version signed and pushed at start (``layout.operated``).
+        self.published: list[str] = []
 
     @property
     def site_url(self) -> str:
@@ -193,6 +280,8 @@ class EmbeddedMesh:
         await self.provision()
         if self.layout.fleet:
             await self.start_fleet()
+            if self.layout.operated:
+                await self.publish_served()
 
     def topology(self) -> MeshTopology:
         """The streams this mesh needs: its chain (the cloud at the hub, the rest at the site),
@@ -244,6 +333,52 @@ class EmbeddedMesh:
 
         self.signing_public = await asyncio.to_thread(make_key)
 
+    def served_manifests(self) -> list[Path]:
+        """Manifests of every version the nodes are configured to serve."""
+        lay = self.layout
+        if lay.models is None:
+            given = (lay.edge_manifest, lay.gateway_manifest, lay.cloud_manifest)
+            return [m for m in given if m is not None]
+        return [
+            Path(m["manifest"])
+            for tier in lay.tiers()
+            for m in lay.models.get(tier, [])
+            if m.get("manifest")
+        ]
+
+    async def publish_served(self) -> None:
+        """Sign every version the nodes serve with the fleet's key and push it to the hub's
+        registry: a rollout needs what it would roll back to there."""
+        from mesh.fleet import registry
+        from mesh.fleet.release import signed_artifact
+        from mesh.fleet.signing import SigningKey
+        from mesh.models.manifest import load_manifest
+
+        key = await asyncio.to_thread(SigningKey.load, self.signing_key_path)
+        nc = await self.site.hub.connect(name="mesh-publish")
+        try:
+            js = nc.jetstream(domain="hub")
+            for manifest in dict.fromkeys(self.served_manifests()):
+                artifact = await asyncio.to_thread(signed_artifact, manifest, key)
+                await registry.store(js, artifact)
+                parsed = await asyncio.to_thread(load_manifest, manifest)
+                self.published.append(f"{parsed.name}@{parsed.version}")
+        finally:
+            await nc.close()
+
+    async def start_controller(self) -> ControllerProcess:
+        """The fleet's controller, as its own ``mesh controller`` process at the hub."""
+        creds = await self.controller_creds()
+        name = "controller-0"
+        argv = [
+            *MESH_COMMAND, "controller", "--servers", self.hub_url, "--creds", str(creds),
+            "--name", name,
+        ]  # fmt: skip
+        process = ControllerProcess(name, argv, self.work_dir / f"{name}.log", self.node_env)
+        await process.start()
+        self.controller = process
+        return process
+
     def entry_manifests(self) -> list[Path]:
         """Manifests of the models the entry tier serves (what the ingress describes)."""
         lay = self.layout
@@ -269,6 +404,40 @@ class EmbeddedMesh:
         await process.start()
         self.ingress = process
         return process
+
+    async def start_console(
+        self, token: str, *, port: int = 0, offline_after_s: float | None = None
+    ) -> ConsoleProcess:
+        """The operator console at the hub, as its own process, with the console identity."""
+        from mesh.security.identities import IdentitySpec
+        from mesh.security.permissions import Role
+
+        creds = await self.site.hub.issue(IdentitySpec("console", Role.CONSOLE))
+        argv = [
+            *MESH_COMMAND, "console", "--servers", self.hub_url, "--creds", str(creds),
+            "--port", str(port),
+        ]  # fmt: skip
+        if self.review is not None:
+            # people label through the console as a reviewer of its own, so the queue's
+            # history tells the console's labels from those of `mesh review`
+            reviewer = await self.site.hub.issue(IdentitySpec(CONSOLE_REVIEWER, Role.REVIEWER))
+            argv += ["--reviewer-creds", str(reviewer)]
+        if offline_after_s is not None:
+            argv += ["--offline-after", f"{offline_after_s:g}"]
+        env = {**self.node_env, "MESH_CONSOLE_TOKEN": token}
+        process = ConsoleProcess(argv, self.work_dir / "console.log", env)
+        await process.start()
+        self.console = process
+        return process
+
+    async def start_review(self) -> ReviewProcess:
+        """The review queue's service at the hub (``mesh review serve``), as its own process."""
+        self.review = await start_review(self.site.hub, self.work_dir, self.node_env, MESH_COMMAND)
+        return self.review
+
+    async def reviewer_creds(self) -> Path:
+        """Credentials of a person with the reviewer role (``mesh review``)."""
+        return await self.site.hub.issue(REVIEWER)
 
     async def controller_creds(self) -> Path:
         """Credentials of the fleet's controller (push versions, assign them)."""
@@ -409,6 +578,8 @@ class EmbeddedMesh:
     async def start(self, leaf_url: str | None = None) -> None:
         await self.start_servers(leaf_url)
         await self.start_nodes()
+        if self.layout.fleet and self.layout.operated:
+            await self.start_controller()
 
     async def supervise(
         self,
@@ -417,11 +588,23 @@ class EmbeddedMesh:
         max_restarts: int = 5,
         window_s: float = 60.0,
     ) -> None:
-        """Restart a node that exits while the mesh runs (a crash, or status 70 from a node
-        whose NATS connection died), reporting each exit; a node that exits more than
+        """Restart a node, the controller or a NATS server that exits while the mesh runs (a
+        crash, or status 70 from a node whose NATS connection died), reporting each exit; a
+        server comes back on the ports it had, so links and clients find it again, and a node
+        on the same http URL (reported with its new pid). A process that exits more than
         ``max_restarts`` times in ``window_s`` is left down and reported so."""
-        restarts: dict[str, list[float]] = {name: [] for name in self.nodes}
-        waits = {asyncio.create_task(node.wait()): name for name, node in self.nodes.items()}
+        watched: dict[str, Supervised] = dict(self.nodes)
+        if self.review is not None:
+            watched["review service"] = self.review
+        if self.controller is not None:
+            watched[f"controller {self.controller.name}"] = self.controller
+        watched["nats-server hub"] = self.site.hub
+        if self.site.leaf is not None:
+            watched[f"nats-server {self.site.site_name}"] = self.site.leaf
+        if self.console is not None:
+            watched["console"] = self.console
+        restarts: dict[str, list[float]] = {name: [] for name in watched}
+        waits = {asyncio.create_task(proc.wait()): name for name, proc in watched.items()}
         try:
             while waits:
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -429,25 +612,41 @@ class EmbeddedMesh:
                     name = waits.pop(task)
                     if self._stopping:
                         return
-                    node = self.nodes[name]
+                    status = task.result() if not task.exception() else "unknown"
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < window_s]
+                    what = name if " " in name or name == "console" else f"node {name}"
                     if len(recent) >= max_restarts:
-                        report(f"node {name} exited with status {task.result()} again; left down")
+                        report(f"{what} exited with status {status} again; left down")
                         continue
-                    report(f"node {name} exited with status {task.result()}; restarting it")
+                    report(f"{what} exited with status {status}; restarting it")
                     restarts[name] = [*recent, now]
                     await asyncio.sleep(min(2.0 ** len(recent) * 0.5, 10.0))
-                    await node.start()
-                    report(f"node {name} restarted (pid {node.pid})")
-                    waits[asyncio.create_task(node.wait())] = name
+                    proc = watched[name]
+                    await proc.start()
+                    if isinstance(proc, NodeProcess):
+                        # the same http URL as before: its port is kept across restarts
+                        report(f"node {name} restarted: pid {proc.pid}, http {proc.http_url}")
+                    elif isinstance(proc, ConsoleProcess):
+                        report(f"console restarted (pid {proc.pid}) at {proc.url}")
+                    elif isinstance(proc, ControllerProcess):
+                        report(f"{what} restarted (pid {proc.pid})")
+                    else:
+                        report(f"{what} restarted (pid {proc.pid}) on its own ports")
+                    waits[asyncio.create_task(proc.wait())] = name
         finally:
             await cancel_and_wait(list(waits))
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.console is not None:
+            await self.console.stop()
         if self.ingress is not None:
             await self.ingress.stop()
+        if self.review is not None:
+            await self.review.stop()
+        if self.controller is not None:
+            await self.controller.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         await self.site.stop()

@@ -104,6 +104,8 @@ class NatsServer:
         #: the fleet this server trusts; a path is opened (or created) when the server starts.
         self._keystore: KeyStore | Path = keystore or self.work_dir / "keys"
         self._child: ChildProcess | None = None
+        #: the process stopped last (``wait`` reports its status).
+        self._ended: ChildProcess | None = None
         self.client_port = -1
         self.leaf_port = -1
         self.http_port = -1
@@ -302,6 +304,13 @@ class NatsServer:
                 f"{self.config.name}: leaf link not up after {timeout}s"
             ) from None
 
+    async def wait(self) -> int:
+        """Until the process exits; its exit status (that of the last one, once stopped)."""
+        child = self._child or self._ended
+        if child is None:
+            raise UnavailableError(f"nats-server {self.config.name} was never started")
+        return await child.wait()
+
     async def kill(self) -> None:
         """Kill the process hard (SIGKILL), as a crash would; ``start`` brings it back."""
         await self._terminate(signal.SIGKILL)
@@ -313,6 +322,7 @@ class NatsServer:
         child, self._child = self._child, None
         if child is None:
             return
+        self._ended = child
         if sig is signal.SIGKILL:
             await child.kill()
         else:

@@ -93,31 +93,9 @@ def import_model(
     repository = ModelRepository(repo)
     version = repository.next_version(name)
     folder = repository.version_dir(name, version)
-    with tempfile.TemporaryDirectory() as scratch:
-        staged = Path(scratch) / ARTIFACT
-        onnx.save(proto, str(staged))
-        model = OnnxModel.load(staged)
-        scored = _scored_output(model, scored_output)
-        sample = x[:64] if x is not None else model.sample_feeds(8)[model.inputs[0].name]
-        probabilities = _run(model, sample)[scored]
-        if not _are_probabilities(probabilities):
-            _append_softmax(proto, scored)
-            notes.append(
-                f"output {scored!r} holds scores, not probabilities (rows do not sum to 1): "
-                f"appended a Softmax as output {PROBABILITIES!r}"
-            )
-            scored = PROBABILITIES
-            onnx.save(proto, str(staged))
-            model = OnnxModel.load(staged)
-        classes = _classes(model, scored, sample)
-        label_names = labels or zip_labels or [str(i) for i in range(classes)]
-        if len(label_names) != classes:
-            raise InvalidArgumentError(
-                f"{len(label_names)} labels given for a model of {classes} classes"
-            )
-        folder.mkdir(parents=True, exist_ok=False)
-        artifact = folder / ARTIFACT
-        artifact.write_bytes(staged.read_bytes())
+    artifact, scored, label_names, sample = _stage(
+        proto, folder, scored_output, x, labels or zip_labels, notes
+    )
     model = OnnxModel.load(artifact)
     single_s = _single_row_p99(model, sample[:1] if sample.ndim > 1 else sample)
     top = _is_top(tier)
@@ -144,6 +122,64 @@ def import_model(
     )
     manifest_path = folder / MANIFEST
     save_manifest(manifest, manifest_path)
+    notes.extend(_finish(repository, manifest_path, artifact, name, tier, top, x, y, max_drop))
+    return ImportResult(manifest_path, version, scored, notes)
+
+
+def _stage(
+    proto: onnx.ModelProto,
+    folder: Path,
+    scored_output: str | None,
+    x: np.ndarray[Any, Any] | None,
+    labels: list[str] | None,
+    notes: list[str],
+) -> tuple[Path, str, list[str], np.ndarray[Any, Any]]:
+    """The artifact written into ``folder`` once it is known to score: its path, the output
+    that holds probabilities (a Softmax appended where the export gives scores), the label
+    names and the sample rows it was tried on."""
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / ARTIFACT
+        onnx.save(proto, str(staged))
+        model = OnnxModel.load(staged)
+        scored = _scored_output(model, scored_output)
+        sample = x[:64] if x is not None else model.sample_feeds(8)[model.inputs[0].name]
+        probabilities = _run(model, sample)[scored]
+        if not _are_probabilities(probabilities):
+            _append_softmax(proto, scored)
+            notes.append(
+                f"output {scored!r} holds scores, not probabilities (rows do not sum to 1): "
+                f"appended a Softmax as output {PROBABILITIES!r}"
+            )
+            scored = PROBABILITIES
+            onnx.save(proto, str(staged))
+            model = OnnxModel.load(staged)
+        classes = _classes(model, scored, sample)
+        label_names = labels or [str(i) for i in range(classes)]
+        if len(label_names) != classes:
+            raise InvalidArgumentError(
+                f"{len(label_names)} labels given for a model of {classes} classes"
+            )
+        folder.mkdir(parents=True, exist_ok=False)
+        artifact = folder / ARTIFACT
+        artifact.write_bytes(staged.read_bytes())
+    return artifact, scored, label_names, sample
+
+
+def _finish(
+    repository: ModelRepository,
+    manifest_path: Path,
+    artifact: Path,
+    name: str,
+    tier: str,
+    top: bool,
+    x: np.ndarray[Any, Any] | None,
+    y: np.ndarray[Any, Any] | None,
+    max_drop: float | None,
+) -> list[str]:
+    """Calibrate below the top tier, then load the version as a node would; a version a node
+    would refuse is removed again. Returns what to tell the user."""
+    notes: list[str] = []
+    folder = manifest_path.parent
     if x is None:
         notes.append("no --data: no reference statistics, so no novelty or drift checks")
     if not top and y is not None:
@@ -160,7 +196,7 @@ def import_model(
             path.unlink(missing_ok=True)
         folder.rmdir()
         raise
-    return ImportResult(manifest_path, version, scored, notes)
+    return notes
 
 
 def _load_data(

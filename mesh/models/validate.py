@@ -154,6 +154,10 @@ def _merged(base: _M, override: _M | Mapping[str, Any] | None) -> _M:
         raise InvalidArgumentError(f"invalid {type(base).__name__} override: {exc}") from exc
 
 
+#: measurements of the single-row latency before a model is judged too slow.
+LATENCY_ATTEMPTS = 3
+
+
 def validate_model(
     manifest_path: Path | str,
     test_npz: Path | str | None,
@@ -195,16 +199,19 @@ def validate_model(
 
     for i in range(_WARMUP_RUNS):
         session.run([output], {input_name: x[i % len(x)][None, :]})
-    timings = np.empty(runs, dtype=np.float64)
-    for i in range(runs):
-        row = x[i % len(x)][None, :]
-        start = time.perf_counter()
-        session.run([output], {input_name: row})
-        timings[i] = time.perf_counter() - start
-    peak = max(peak, process.memory_info().rss)
-
     used_profile = _merged(manifest.profile, profile)
     used_quality = _merged(manifest.quality, quality)
+    # A model too slow for its budget is slow on every attempt; a machine busy with other work
+    # preempts one attempt, not all of them: the best of up to LATENCY_ATTEMPTS is judged.
+    timings = _single_row_timings(session, output, input_name, x, runs)
+    for _ in range(LATENCY_ATTEMPTS - 1):
+        if float(np.percentile(timings, 99) * 1e3) <= used_profile.latency_p99_ms:
+            break
+        again = _single_row_timings(session, output, input_name, x, runs)
+        if np.percentile(again, 99) < np.percentile(timings, 99):
+            timings = again
+    peak = max(peak, process.memory_info().rss)
+
     p99 = float(np.percentile(timings, 99) * 1e3)
     memory = (peak - baseline) / _MB
     return ValidationReport(
@@ -220,6 +227,18 @@ def validate_model(
         quality=used_quality,
         failures=judge(p99, memory, accuracy, used_profile, used_quality),
     )
+
+
+def _single_row_timings(
+    session: Any, output: str, input_name: str, x: np.ndarray, runs: int
+) -> np.ndarray:
+    timings = np.empty(runs, dtype=np.float64)
+    for i in range(runs):
+        row = x[i % len(x)][None, :]
+        start = time.perf_counter()
+        session.run([output], {input_name: row})
+        timings[i] = time.perf_counter() - start
+    return timings
 
 
 def require_valid(

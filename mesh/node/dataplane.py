@@ -20,7 +20,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import numpy as np
 
@@ -34,8 +33,16 @@ from mesh.errors import (
 )
 from mesh.lifecycle import Service
 from mesh.node import policy
+from mesh.node.audits import AUDIT_PARAMETER, Auditor
 from mesh.node.batching import batch_signature
-from mesh.node.breaker import BreakerState
+from mesh.node.outcomes import (
+    Escalation,
+    HardExampleSink,
+    ModelTable,
+    Outcome,
+    ReviewSink,
+    TierIdentity,
+)
 from mesh.node.policy import (
     Action,
     Assessment,
@@ -53,71 +60,6 @@ log = logging.getLogger("mesh.dataplane")
 
 #: most names of forwarded models kept as metric label values (see ``metric_model``).
 MAX_FORWARDED_NAMES = 64
-#: most audits (confident answers sent upstream to compare) in flight; more are skipped, so a
-#: slow upstream cannot pile them up.
-MAX_AUDITS_IN_FLIGHT = 64
-#: request parameter marking an audit: the tier above answers it as any request, but keeps no
-#: hard example of it and audits nothing of it in turn (it was answered already).
-AUDIT_PARAMETER = "mesh_audit"
-
-
-class HardExampleSink(Protocol):
-    """Where cases go that were meant for upstream but answered here (store-and-forward)."""
-
-    async def record(
-        self, request: wire.InferRequest, answer: wire.InferResponse, reason: str
-    ) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TierIdentity:
-    tier: str
-    node: str
-    zone: str
-    max_hops: int = 8
-
-
-@dataclass
-class ModelTable:
-    """The models a tier serves, by name; a version swap replaces an entry atomically."""
-
-    models: dict[str, ServedModel] = field(default_factory=dict)
-
-    def get(self, name: str) -> ServedModel | None:
-        return self.models.get(name)
-
-    def put(self, model: ServedModel) -> ServedModel | None:
-        """Serve ``model``; returns the one it replaced. Requests already running keep theirs."""
-        previous = self.models.get(model.name)
-        self.models[model.name] = model
-        return previous
-
-    def versions(self) -> dict[str, str]:
-        return {name: m.version for name, m in self.models.items()}
-
-
-@dataclass(slots=True)
-class Escalation:
-    """What ``complete`` needs to finish a request the local pass could not."""
-
-    #: the model served here, or None when the request is only forwarded.
-    model: ServedModel | None = None
-    local: LocalAnswer | None = None
-    reason: EscalationReason | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the local pass made of one request: an answer, an error, or work left to
-    ``DataPlane.complete``."""
-
-    request: wire.InferRequest
-    received_at: float
-    response: wire.InferResponse | None = None
-    error: MeshError | None = None
-    escalation: Escalation | None = None
-    #: why the case was meant for upstream, if it was (for the request's span).
-    escalation_reason: EscalationReason | None = None
 
 
 @dataclass(slots=True)
@@ -145,6 +87,7 @@ class DataPlane(Service):
         metrics: MeshMetrics,
         clock: Callable[[], float] = time.monotonic,
         peers: UpstreamTransport | None = None,
+        review: ReviewSink | None = None,
     ) -> None:
         self.identity = identity
         self.models = models
@@ -158,7 +101,9 @@ class DataPlane(Service):
         #: longest ``stop`` waits for hard examples still being recorded.
         self.drain_seconds = 5.0
         self._recording: set[asyncio.Task[None]] = set()
-        self._audits: set[asyncio.Task[None]] = set()
+        #: told of the cases a person should see (``mesh.review.feed``); None: no review.
+        self.review = review
+        self._auditor = Auditor(identity.tier, metrics, review)
         self._forwarded_names: set[str] = set()
         self._random = random.random
 
@@ -381,8 +326,14 @@ class DataPlane(Service):
             offset = end
             if policy.confident(confidence, novelty, thresholds):
                 outcome.response = self._answer_here(outcome, model, local, None, now)
-                if model.audit_rate and self._random() < model.audit_rate:
-                    self._audit(outcome.request, model, local.labels)
+                audited = (
+                    model.audit_rate
+                    and self._random() < model.audit_rate
+                    and self._auditor.audit(self.upstream, outcome.request, model, local)
+                )
+                if not audited and self.review is not None:
+                    # an audited answer is offered once its verdict is in
+                    self.review.answered(outcome.request, model, local)
                 continue
             request = outcome.request
             if upstream is None and self.upstream is not None:
@@ -422,6 +373,9 @@ class DataPlane(Service):
             outcome.escalation = Escalation(model, local, decision.escalation)
             return
         outcome.response = self._answer_here(outcome, model, local, decision.degraded)
+        review = self.review
+        if decision.escalation is not None and review is not None:
+            review.unsure(outcome.request, model, local, decision.degraded, decision.escalation)
 
     # --- what the local pass could not finish ------------------------------------------------
 
@@ -434,8 +388,11 @@ class DataPlane(Service):
             return await self._forward(outcome.request, outcome.received_at)
         assert self.upstream is not None
         request, received_at = outcome.request, outcome.received_at
+        onward = request
+        if self.review is not None:
+            onward = self.review.carry(request, escalation.model, escalation.local)
         try:
-            reply = await self._escalate(self.upstream, request, received_at)
+            reply = await self._escalate(self.upstream, onward, received_at)
         except UpstreamFailure as failure:
             log.info(
                 "request %s answered at %s: escalation failed (%s)",
@@ -443,8 +400,13 @@ class DataPlane(Service):
                 self.identity.tier,
                 failure.detail,
             )
-            return self._answer_here(outcome, escalation.model, escalation.local, failure.reason)
-        self._compared(escalation.model, escalation.local.labels, reply.labels, "escalated")
+            answer = self._answer_here(outcome, escalation.model, escalation.local, failure.reason)
+            if self.review is not None:
+                self.review.unsure(
+                    request, escalation.model, escalation.local, failure.reason, escalation.reason
+                )
+            return answer
+        self._auditor.compared(escalation.model, escalation.local.labels, reply.labels, "escalated")
         return self._relay(
             reply,
             received_at,
@@ -511,74 +473,6 @@ class DataPlane(Service):
         reply = await upstream.escalate(request, self._budget_left(request, received_at))
         self.metrics.upstream_bytes.add(reply.request_bytes, self.identity.tier, upstream.tier)
         return reply.response
-
-    # --- agreement with the tier above -------------------------------------------------------
-
-    def _compared(
-        self, model: ServedModel, local: list[int], upstream: list[int], source: str
-    ) -> None:
-        agreed = model.evidence.compare(local, upstream)
-        self.metrics.agreement.add(
-            1,
-            self.identity.tier,
-            model.name,
-            model.version,
-            source,
-            "agree" if agreed else "disagree",
-        )
-
-    def _audit(self, request: wire.InferRequest, model: ServedModel, labels: list[int]) -> None:
-        """Send a confident answer's request to the tier above after the reply, to count
-        whether it agrees. Called while the reply is being made: the task runs only once the
-        local pass yields, and nothing waits for it. Never across a residency label, never
-        through an open or probing breaker, and at most ``MAX_AUDITS_IN_FLIGHT`` at once."""
-        upstream = self.upstream
-        tier = self.identity.tier
-        if (
-            upstream is None
-            or upstream.breaker.state is not BreakerState.CLOSED
-            or not policy.may_reach(request.residency, upstream.zone)
-            or request.parameters.get(AUDIT_PARAMETER)
-        ):
-            return
-        if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
-            self.metrics.audits.add(1, tier, model.name, model.version, "skipped")
-            return
-        model.evidence.audits += 1
-        self.metrics.audits.add(1, tier, model.name, model.version, "sent")
-        task = asyncio.create_task(self._run_audit(upstream, request, model, labels))
-        self._audits.add(task)
-        task.add_done_callback(self._audits.discard)
-
-    async def _run_audit(
-        self,
-        upstream: UpstreamLink,
-        request: wire.InferRequest,
-        model: ServedModel,
-        labels: list[int],
-    ) -> None:
-        onward = replace(
-            request,
-            budget_ms=upstream.timeout_ms,
-            hops=request.hops + 1,
-            parameters={**request.parameters, AUDIT_PARAMETER: True},
-        )
-        try:
-            reply = await upstream.transport.send(onward, upstream.timeout_ms / 1000.0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            model.evidence.audit_failures += 1
-            self.metrics.audits.add(1, self.identity.tier, model.name, model.version, "failed")
-            log.debug("audit of request %s not answered upstream: %r", request.id, exc)
-            return
-        if reply.response.degraded:
-            # the tier above answered on its own, cut off from its own upstream: that is not the
-            # answer the audit asks for
-            model.evidence.audit_failures += 1
-            self.metrics.audits.add(1, self.identity.tier, model.name, model.version, "failed")
-            return
-        self._compared(model, labels, reply.response.labels, "audit")
 
     def metric_model(self, model: str) -> str:
         """The model's name as a metric label: served and forwarded models keep theirs, any
@@ -681,8 +575,7 @@ class DataPlane(Service):
 
     async def _stop(self) -> None:
         """Wait for hard examples still being recorded; audits are only evidence, dropped."""
-        for task in list(self._audits):
-            task.cancel()
+        self._auditor.cancel()
         if self._recording:
             await asyncio.wait(set(self._recording), timeout=self.drain_seconds)
 

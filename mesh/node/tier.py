@@ -22,12 +22,14 @@ from mesh.events.consumer import EventConsumer
 from mesh.fleet.agent import FleetAgent, restore
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.node.breaker import BreakerState, CircuitBreaker
-from mesh.node.dataplane import DataPlane, ModelTable, TierIdentity
+from mesh.node.dataplane import DataPlane
 from mesh.node.latency import LatencyTracker
+from mesh.node.outcomes import ModelTable, TierIdentity
 from mesh.node.repository import load_model
 from mesh.node.served import ServedModel
 from mesh.node.upstream import UpstreamLink
 from mesh.observability.metrics import GaugeSource, MeshMetrics
+from mesh.review.feed import ReviewFeed
 from mesh.settings import ModelSettings, NodeSettings
 from mesh.topology import subjects
 from mesh.transport.connection import connect
@@ -65,6 +67,7 @@ class TierNode(Service):
         self.watch: ConnectionWatch | None = None
         self.agent: FleetAgent | None = None
         self.events: EventConsumer | None = None
+        self.review: ReviewFeed | None = None
         #: the settings each served model was loaded with (the agent derives new versions' from it)
         self._model_settings: dict[str, ModelSettings] = {}
         #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
@@ -80,13 +83,15 @@ class TierNode(Service):
         return TierIdentity(tier=s.tier, node=s.node, zone=s.zone, max_hops=s.max_hops)
 
     async def _start(self) -> None:
+        """Its parts in order, each torn down in reverse: health first, then the connection,
+        the models, the request path, the ways in (requests, events), discovery and the fleet
+        agent."""
         s = self.settings
         stack = self._stack
         if s.http_port is not None:
             app = create_app(f"mesh-{s.tier}", self.readiness)
             self.http = HttpServer(app, s.http_host, s.http_port)
             await stack.enter_async_context(self.http)
-
         self.nc = await self._connect()
         stack.push_async_callback(self._close_nats)
         self.watch = ConnectionWatch(
@@ -96,84 +101,25 @@ class TierNode(Service):
             timeout_s=s.nats.watch_timeout_s,
         )
         await stack.enter_async_context(self.watch)
-
-        models = s.models
-        if s.fleet.enabled:
-            models = await asyncio.to_thread(restore, s.fleet, list(s.models))
-        for model_settings in models:
-            served = await load_model(model_settings, s.tier)
-            await stack.enter_async_context(served.runner)
-            self.models.put(served)
-            self._model_settings[model_settings.name] = model_settings
-
-        self._gauge(
-            "mesh_model_info",
-            "Model versions in use: 1 per (tier, model, version) served now",
-            lambda: [
-                (1.0, {"tier": s.tier, "model": name, "version": version})
-                for name, version in self.models.versions().items()
-            ],
-        )
-
+        models = await self._load_models(stack)
         if s.upstream is not None:
             self.upstream = self._make_upstream(self.nc)
-
+        if s.review.enabled:
+            self.review = ReviewFeed(
+                self.nc,
+                identity=self.identity,
+                site=s.fleet.site_name if s.fleet.enabled else (s.hard_examples.domain or ""),
+                entry=s.entry,
+                top=s.upstream is None,
+                models=self.models,
+                settings=s.review,
+                metrics=self.metrics,
+            )
+            await stack.enter_async_context(self.review)
         if s.hard_examples.enabled:
             await self._start_hard_examples(stack, self.nc)
-
-        self.dataplane = DataPlane(
-            self.identity,
-            self.models,
-            self.upstream,
-            self.store,
-            metrics=self.metrics,
-            peers=NatsUpstream(self.nc, s.tier, from_tier=s.tier, pass_on=False),
-        )
-        await stack.enter_async_context(self.dataplane)
-        self.endpoint = NatsEndpoint(
-            self.nc,
-            self.dataplane,
-            entry=s.entry,
-            max_inflight=s.max_inflight,
-            max_inflight_per_caller=min(s.max_inflight_per_caller, s.max_inflight),
-            max_batch=max((m.batching.max_batch_size for m in models), default=1),
-            drain_seconds=s.nats.drain_timeout_s,
-            metrics=self.metrics,
-        )
-        await stack.enter_async_context(self.endpoint)
-        if s.entry and s.events.enabled:
-            self.events = EventConsumer(
-                self.nc,
-                self.dataplane,
-                lambda: list(self.models.versions()),
-                tier=s.tier,
-                node=s.node,
-                settings=s.events,
-                domain=None,
-                metrics=self.metrics,
-            )
-            await stack.enter_async_context(self.events)
-        self.registration = NodeRegistration(
-            self.nc,
-            tier=s.tier,
-            node=s.node,
-            zone=s.zone,
-            models=self.models.versions(),
-            status=self.status,
-            entry=s.entry,
-        )
-        await stack.enter_async_context(self.registration)
-        if s.fleet.enabled:
-            self.agent = FleetAgent(
-                self.nc,
-                self,
-                s.fleet,
-                name=s.node,
-                tier=s.tier,
-                metrics=self.metrics,
-                mesh_version=lambda: asyncio.to_thread(package_version),
-            )
-            await stack.enter_async_context(self.agent)
+        await self._start_request_path(stack, self.nc, models)
+        await self._start_registration_and_agent(stack, self.nc)
         self._gauge(
             "mesh_drift_psi",
             "Population stability index of recent inputs and confidences against the training "
@@ -189,6 +135,91 @@ class TierNode(Service):
             self.models.versions(),
             s.upstream.tier if s.upstream else None,
         )
+
+    async def _load_models(self, stack: AsyncExitStack) -> list[ModelSettings]:
+        """Every model it serves, loaded and warm (the fleet's cached versions first)."""
+        s = self.settings
+        models = s.models
+        if s.fleet.enabled:
+            models = await asyncio.to_thread(restore, s.fleet, list(s.models))
+        for model_settings in models:
+            served = await load_model(model_settings, s.tier)
+            await stack.enter_async_context(served.runner)
+            self.models.put(served)
+            self._model_settings[model_settings.name] = model_settings
+        self._gauge(
+            "mesh_model_info",
+            "Model versions in use: 1 per (tier, model, version) served now",
+            lambda: [
+                (1.0, {"tier": s.tier, "model": name, "version": version})
+                for name, version in self.models.versions().items()
+            ],
+        )
+        return models
+
+    async def _start_request_path(
+        self, stack: AsyncExitStack, nc: NATS, models: list[ModelSettings]
+    ) -> None:
+        """The data plane, and the ways in: the NATS endpoint, and events on the entry tier."""
+        s = self.settings
+        self.dataplane = DataPlane(
+            self.identity,
+            self.models,
+            self.upstream,
+            self.store,
+            metrics=self.metrics,
+            peers=NatsUpstream(nc, s.tier, from_tier=s.tier, pass_on=False),
+            review=self.review,
+        )
+        await stack.enter_async_context(self.dataplane)
+        self.endpoint = NatsEndpoint(
+            nc,
+            self.dataplane,
+            entry=s.entry,
+            max_inflight=s.max_inflight,
+            max_inflight_per_caller=min(s.max_inflight_per_caller, s.max_inflight),
+            max_batch=max((m.batching.max_batch_size for m in models), default=1),
+            drain_seconds=s.nats.drain_timeout_s,
+            metrics=self.metrics,
+        )
+        await stack.enter_async_context(self.endpoint)
+        if s.entry and s.events.enabled:
+            self.events = EventConsumer(
+                nc,
+                self.dataplane,
+                lambda: list(self.models.versions()),
+                tier=s.tier,
+                node=s.node,
+                settings=s.events,
+                domain=None,
+                metrics=self.metrics,
+            )
+            await stack.enter_async_context(self.events)
+
+    async def _start_registration_and_agent(self, stack: AsyncExitStack, nc: NATS) -> None:
+        """Discovery (``$SRV``, ``mesh.status.<node>``) and, with the fleet on, its agent."""
+        s = self.settings
+        self.registration = NodeRegistration(
+            nc,
+            tier=s.tier,
+            node=s.node,
+            zone=s.zone,
+            models=self.models.versions(),
+            status=self.status,
+            entry=s.entry,
+        )
+        await stack.enter_async_context(self.registration)
+        if s.fleet.enabled:
+            self.agent = FleetAgent(
+                nc,
+                self,
+                s.fleet,
+                name=s.node,
+                tier=s.tier,
+                metrics=self.metrics,
+                mesh_version=lambda: asyncio.to_thread(package_version),
+            )
+            await stack.enter_async_context(self.agent)
 
     async def _connect(self) -> NATS:
         s = self.settings
@@ -289,6 +320,10 @@ class TierNode(Service):
                 below=s.hard_examples.collect_from,
                 settings=s.hard_examples,
                 metrics=self.metrics,
+                # what reaches the top tier reaches the hub: a case for a person
+                on_taken=self.review.hard_example
+                if self.review is not None and s.upstream is None
+                else None,
             )
             await stack.enter_async_context(self.collector)
 
@@ -351,6 +386,12 @@ class TierNode(Service):
                 for signal in model.drift.crossed(self.drift_threshold):
                     psi = model.drift.scores()[signal]
                     await self._report_drift(nc, model, signal, psi)
+                if self.review is not None:
+                    raised = model.drift.raised
+                    scores = model.drift.scores() if raised else {}
+                    self.review.set_drift(
+                        model.name, max((scores.get(sig, 0.0) for sig in raised), default=None)
+                    )
 
     async def _report_drift(self, nc: NATS, model: ServedModel, signal: str, psi: float) -> None:
         s = self.settings

@@ -6,19 +6,19 @@ It connects to a server of the fleet with the controller's identity and prints
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mesh.fleet.controller import Controller
 from mesh.observability.telemetry import configure_telemetry
-from mesh.services.process import load_settings, run_process
-from mesh.services.stopping import Shutdown, exit_on_signal
+from mesh.services.process import service_main
+from mesh.services.stopping import Shutdown
 from mesh.settings import ControllerSettings
+from mesh.topology.processes import CONTROLLER_READY
 from mesh.transport.connection import connected
 
-READY_PREFIX = "MESH_CONTROLLER ready"
+READY_PREFIX = CONTROLLER_READY
 SERVICE = "mesh-controller"
 
 
@@ -47,16 +47,8 @@ def main(
     flags: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run a controller until SIGINT or SIGTERM; invalid settings exit with status 2."""
-    exit_on_signal()
-    settings = load_settings(
-        ControllerSettings,
-        "controller",
-        config,
-        flags=flags,
-        defaults=defaults,
+    """Run the controller until SIGINT or SIGTERM; invalid settings exit with status 2."""
+    service_main(
+        ControllerSettings, "controller", serve, SERVICE, config, flags=flags, defaults=defaults,
         source="flags and MESH_CONTROLLER_* variables",
-    )
-    status = run_process(lambda shutdown: serve(settings, shutdown), settings, SERVICE)
-    if status:
-        sys.exit(status)
+    )  # fmt: skip

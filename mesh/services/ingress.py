@@ -8,24 +8,25 @@ servers listen.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.ingress.callers import Callers
 from mesh.ingress.core import Ingress
+from mesh.ingress.gate import Gate, GateLimits
 from mesh.ingress.grpc_server import GrpcIngress
-from mesh.ingress.rest import create_rest_app
+from mesh.ingress.rest import RestServer, create_rest_app
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.observability.telemetry import configure_telemetry
 from mesh.sdk.client import MeshClient
-from mesh.services.process import load_settings, run_process
-from mesh.services.stopping import Shutdown, exit_on_signal
+from mesh.services.process import service_main
+from mesh.services.stopping import Shutdown
 from mesh.settings import IngressSettings
+from mesh.topology.processes import INGRESS_READY
 from mesh.transport.connection import connect
-from mesh.transport.http import HttpServer
 
-READY_PREFIX = "MESH_INGRESS_READY"
+READY_PREFIX = INGRESS_READY
 SERVICE = "mesh-ingress"
 
 
@@ -35,6 +36,18 @@ def load_manifests(paths: Sequence[Path]) -> dict[str, ModelManifest]:
         manifest = load_manifest(path)
         out[manifest.name] = manifest
     return out
+
+
+def gate_limits(settings: IngressSettings) -> GateLimits:
+    return GateLimits(
+        max_body=settings.max_body_bytes,
+        bytes_in_flight=settings.body_bytes_in_flight or 4 * settings.max_body_bytes,
+        bytes_per_caller=settings.body_bytes_per_caller or settings.max_body_bytes,
+        requests=settings.max_inflight,
+        requests_per_caller=settings.max_inflight_per_caller,
+        wait_s=settings.body_wait_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
 
 
 async def serve(settings: IngressSettings, shutdown: Shutdown) -> int:
@@ -51,13 +64,16 @@ async def serve(settings: IngressSettings, shutdown: Shutdown) -> int:
                 refresh_s=settings.refresh_s,
                 stale_after_s=settings.stale_after_s,
             )
-            limit = settings.max_body_bytes
-            app = create_rest_app(ingress, token=settings.token, max_body=limit)
-            http = HttpServer(app, settings.host, settings.http_port)
+            # one gate for both transports: a caller's share is the same whichever it uses
+            callers = Callers(settings.token, settings.callers)
+            gate = Gate(gate_limits(settings))
+            app = create_rest_app(ingress, callers=callers, gate=gate)
+            http = RestServer(
+                app, settings.host, settings.http_port, header_timeout_s=settings.header_timeout_s
+            )
             grpc_server = GrpcIngress(
-                ingress, settings.host, settings.grpc_port, token=settings.token,
-                max_message=limit,
-            )  # fmt: skip
+                ingress, settings.host, settings.grpc_port, callers=callers, gate=gate
+            )
             async with ingress, http, grpc_server:
                 print(f"{READY_PREFIX} http={http.url} grpc={grpc_server.address}", flush=True)
                 await shutdown.wait()
@@ -71,15 +87,7 @@ def main(
     defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the ingress until SIGINT or SIGTERM; invalid settings exit with status 2."""
-    exit_on_signal()
-    settings = load_settings(
-        IngressSettings,
-        "ingress",
-        config,
-        flags=flags,
-        defaults=defaults,
+    service_main(
+        IngressSettings, "ingress", serve, SERVICE, config, flags=flags, defaults=defaults,
         source="flags and MESH_INGRESS_* variables",
-    )
-    status = run_process(lambda shutdown: serve(settings, shutdown), settings, SERVICE)
-    if status:
-        sys.exit(status)
+    )  # fmt: skip

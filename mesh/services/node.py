@@ -10,9 +10,10 @@ from mesh.observability.telemetry import configure_telemetry
 from mesh.services.process import load_settings, run_process
 from mesh.services.stopping import Shutdown, exit_on_signal
 from mesh.settings import NodeSettings
+from mesh.topology.processes import NODE_READY
 
 #: the line a node prints on stdout once it serves; whoever starts node processes waits for it.
-READY_PREFIX = "MESH_NODE_READY"
+READY_PREFIX = NODE_READY
 
 
 #: exit status when the node stops because its NATS connection died (EX_SOFTWARE): its

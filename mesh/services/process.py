@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,9 @@ from mesh.services.stopping import (
     STOP_GRACE_S,
     STOP_WITHIN_S,
     Serve,
+    Shutdown,
     StopDeadline,
+    exit_on_signal,
     run_until_signalled,
 )
 from mesh.settings import ServiceSettings
@@ -54,6 +56,26 @@ def run_process(
         return EXIT_INVALID
     finally:
         deadline.disarm()
+
+
+def service_main(
+    cls: type[SettingsT],
+    what: str,
+    serve: Callable[[SettingsT, Shutdown], Awaitable[int]],
+    service: str,
+    config: Path | None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    source: str = "MESH_* variables",
+) -> None:
+    """A process's ``main``: a second signal ends it at once, settings that cannot work exit 2
+    with one line, then ``serve`` runs until a signal; its status is the process's."""
+    exit_on_signal()
+    settings = load_settings(cls, what, config, flags=flags, defaults=defaults, source=source)
+    status = run_process(lambda shutdown: serve(settings, shutdown), settings, service)
+    if status:
+        sys.exit(status)
 
 
 def load_settings(

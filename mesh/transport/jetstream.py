@@ -108,14 +108,20 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
 
 
 async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec) -> None:
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=spec.bucket,
-            description=spec.description,
-            history=spec.history,
-            replicas=spec.replicas,
+    try:
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=spec.bucket,
+                description=spec.description,
+                history=spec.history,
+                replicas=spec.replicas,
+            )
         )
-    )
+    except nats.js.errors.BadRequestError as exc:
+        # a bucket made before with sources differs from the plain config: it exists, and
+        # only sources of sites added since are left to add (provisioning again adds a site)
+        if exc.err_code != STREAM_NAME_IN_USE or not spec.sources:
+            raise
     if spec.sources:
         info = await js.stream_info(spec.stream)
         config = info.config

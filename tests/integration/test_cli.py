@@ -131,7 +131,7 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
         assert line.startswith("MESH_CREDS=/"), line
         creds = line.split("=", 1)[1]
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 5  # hub, site, cloud, gateway, edge
+        assert len(children) >= 5  # hub, site, cloud, gateway, edge (and ingress, review)
 
         sample = tmp_path / "x.npz"
         import numpy as np
@@ -145,14 +145,16 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
         assert code == 0, err
         assert json.loads(out)["tier"] in {"edge", "gateway", "cloud"}
 
-        # the Open Inference Protocol ingress at the site, behind a bearer token
-        lines = [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
-        lines += [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
-        lines += [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
+        # the Open Inference Protocol ingress at the site, behind a bearer token, and a
+        # reviewer's credentials; the token's line is the last
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("MESH_TRUSTED_KEYS="):  # the last line
+            lines.append((await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip())
         env = dict(line.split("=", 1) for line in lines)
         assert env["MESH_HTTP_URL"].startswith("http://127.0.0.1:"), lines
         assert env["MESH_GRPC_URL"].startswith("127.0.0.1:"), lines
         token = env["MESH_INGRESS_TOKEN"]
+        reviewer = env["MESH_REVIEWER_CREDS"]
         body = {
             "inputs": [
                 {
@@ -161,7 +163,8 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
                     "shape": [1, 64],
                     "data": np.load(demo.test)["x"][0].astype(float).tolist(),
                 }
-            ]
+            ],
+            "parameters": {"mesh_human_review": "always"},
         }
         async with aiohttp.ClientSession() as session:
             url_infer = f"{env['MESH_HTTP_URL']}/v2/models/digits/infer"
@@ -172,6 +175,22 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
                 answer = await resp.json()
                 assert resp.status == 200, answer
         assert answer["parameters"]["tier"] in {"edge", "gateway", "cloud"}
+
+        # the caller asked a person to look: the case is in the review queue at the hub
+        items: list[dict[str, object]] = []
+        for _ in range(60):
+            code, out, err = await run(
+                "review", "list", "--json", "--servers", url, "--creds", reviewer
+            )
+            assert code == 0, err
+            items = json.loads(out)
+            if items:
+                break
+            await asyncio.sleep(0.5)
+        [item] = items
+        assert {"id", "model", "reason", "answers"} <= set(item)
+        assert (item["model"], item["reason"]) == ("digits", "requested")
+        assert item["caller"] == "ingress"
 
         # the site's event stream: publish a row, wait for its result
         code, out, err = await run(
@@ -222,3 +241,72 @@ async def test_mesh_infer_where_no_server_listens_exits_2_with_one_line(tmp_path
     assert out == ""
     assert err.strip().splitlines() == [err.strip()]
     assert err.startswith("error: UNAVAILABLE: cannot connect")
+
+
+async def test_mesh_infer_of_a_row_the_file_does_not_have_exits_2_naming_the_range(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    sample = tmp_path / "x.npz"
+    np.savez(sample, x=np.zeros((3, 64), np.float32))
+    for args in (["--row", "9999"], ["--row", "-4"]):
+        code, out, err = await run("infer", "digits", str(sample), *args)
+        assert code == 2, err
+        assert out == ""
+        assert err.strip() == (
+            f"error: INVALID_ARGUMENT: --row {args[1]} is out of range: x.npz has 3 rows (0 to 2)"
+        )
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, y=np.zeros(3))
+    code, _, err = await run("infer", "digits", str(empty))
+    assert code == 2 and "holds no array named x" in err and "Traceback" not in err
+
+
+async def test_a_misspelt_setting_variable_stops_a_node_with_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({"tier": "edge"}))
+    code, out, err = await run(
+        "node", "--config", str(config), env={"MESH_UPSTREM__TIMEOUT_MS": "500"}
+    )
+    assert code == 2, err
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert "MESH_UPSTREM__TIMEOUT_MS names no setting of NodeSettings" in err
+    assert "did you mean MESH_UPSTREAM?" in err
+
+
+async def test_mesh_up_whose_output_pipe_is_gone_still_removes_its_folder_on_ctrl_c(
+    demo: DemoArtifacts,
+) -> None:
+    """As ``mesh up 2>&1 | tee log`` then Ctrl-C: tee dies with the same signal, so everything
+    mesh up writes while stopping goes to a closed pipe; its folder (credentials included) must
+    go all the same."""
+    import os
+
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        *MESH, "up", "--cache", str(demo.root), stdout=write_end, stderr=write_end
+    )
+    os.close(write_end)
+    reader = os.fdopen(read_end, "rb", buffering=0)
+    work: Path | None = None
+    try:
+        seen = b""
+        async with asyncio.timeout(120):
+            while b"MESH_CREDS=" not in seen:
+                chunk = await asyncio.to_thread(reader.read, 4096)
+                assert chunk, seen.decode(errors="replace")[-2000:]
+                seen += chunk
+        for line in seen.decode().splitlines():
+            if "; logs in " in line:
+                work = Path(line.rsplit("; logs in ", 1)[1].strip())
+        assert work is not None and work.exists()
+        assert (work / "nats" / "keys" / "fleet.json").exists() or any(work.rglob("*.creds"))
+    finally:
+        reader.close()  # the pipe's reader is gone, as tee is after Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+    assert not work.exists(), f"{work} left behind"

@@ -5,6 +5,7 @@ consuming node is killed mid-stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -347,3 +348,24 @@ async def test_mesh_publish_stores_events_and_waits_for_their_results(
     assert [s["duplicate"] for s in stored] == [False, False, False]
     assert sorted(a["event_id"] for a in answered) == sorted(s["event_id"] for s in stored)
     assert all(a["tier"] == "edge" and len(a["labels"]) == 1 for a in answered)
+
+
+async def test_leaving_the_results_loop_ends_its_subscription_so_closing_is_prompt(
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
+) -> None:
+    await chain.start(
+        nats_server.url, Tier("edge", model="edge-int8", events=EventSettings(enabled=True))
+    )
+    client = await source_client(nats_server, keystore, "cam9")
+    x = np.load(demo.test)["x"][:1].astype(np.float32)
+    await client.publish("digits", x, source="cam9", event_id="only")
+    before = len(client.nc._subs)
+    async with contextlib.aclosing(client.results("digits", source="cam9")) as results:
+        async for result in results:
+            assert result.event_id == "only"
+            break
+    # the pull subscription went with the loop: a drain has nothing left to wait for
+    assert len(client.nc._subs) == before
+    started = time.monotonic()
+    await client.close()
+    assert time.monotonic() - started < 1.0  # no drain waiting out its timeout

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from mesh.dev.demo.panel import breaker_summary, report_panel
@@ -20,6 +22,7 @@ from mesh.dev.demo.state import (
     tiers_in_order,
     transition_counts,
 )
+from mesh.dev.models.demo import DemoArtifacts
 from mesh.observability import tracing
 
 MS = 1_000_000
@@ -310,3 +313,35 @@ def test_the_breaker_summary_counts_failed_probes() -> None:
 def test_tiers_are_ordered_along_the_chain_then_by_name() -> None:
     counts = Counter({"zeta": 1, "cloud": 2, "edge": 3, "alpha": 4, "gateway": 0})
     assert tiers_in_order(counts) == ["edge", "cloud", "alpha", "zeta"]
+
+
+def test_a_demo_cache_built_by_another_checkout_is_rebuilt_with_a_notice(
+    demo: DemoArtifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from mesh.cli.options import DEFAULT_DEMO_CACHE
+    from mesh.dev.models import demo as demo_models
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo.root, cache)
+    marker = cache / demo_models.MARKER
+    data = json.loads(marker.read_text())
+    data["recipe"] = "another-checkout"
+    marker.write_text(json.dumps(data))
+
+    def copy_build(out: Path, seed: int) -> DemoArtifacts:  # the build itself, without training
+        shutil.copytree(demo.root, out, dirs_exist_ok=True)
+        (out / demo_models.MARKER).unlink()
+        return DemoArtifacts.at(out)
+
+    monkeypatch.setattr(demo_models, "_build_pinned", copy_build)
+    notices: list[str] = []
+    demo_models.ensure_demo(cache, notice=notices.append)
+    assert len(notices) == 1 and "another checkout or version" in notices[0]
+    assert json.loads(marker.read_text())["recipe"] != "another-checkout"
+    notices.clear()
+    demo_models.ensure_demo(cache, notice=notices.append)  # this checkout's own: kept, quiet
+    assert notices == []
+    # and by default every checkout has a cache of its own
+    assert DEFAULT_DEMO_CACHE.name.startswith("demo-") and len(DEFAULT_DEMO_CACHE.name) == 17

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError
-from mesh.ingress import oip
+from mesh.ingress import oip, oip_rest
 from mesh.ingress.grpc_server import to_request, to_response
 from mesh.ingress.proto import grpc_predict_v2_pb2 as pb
 from mesh.models.manifest import HardwareProfile, ModelManifest, QualityTarget, TensorSpec
@@ -39,8 +39,8 @@ def body(**tensor: Any) -> bytes:
 
 
 def test_flat_and_nested_json_data_give_the_same_array() -> None:
-    flat = oip.parse_rest(body(data=list(range(8))), None, "digits", None)
-    nested = oip.parse_rest(body(data=[[0, 1, 2, 3], [4, 5, 6, 7]]), None, "digits", None)
+    flat = oip_rest.parse_rest(body(data=list(range(8))), None, "digits", None)
+    nested = oip_rest.parse_rest(body(data=[[0, 1, 2, 3], [4, 5, 6, 7]]), None, "digits", None)
     for parsed in (flat, nested):
         [tensor] = parsed.inputs
         assert tensor.data.dtype == np.float32 and tensor.data.shape == (2, 4)
@@ -52,7 +52,7 @@ def test_flat_and_nested_json_data_give_the_same_array() -> None:
 def test_binary_tensor_data_follows_the_json_header() -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     head = body(parameters={"binary_data_size": x.nbytes})
-    parsed = oip.parse_rest(head + x.tobytes(), len(head), "digits", "3")
+    parsed = oip_rest.parse_rest(head + x.tobytes(), len(head), "digits", "3")
     assert np.array_equal(parsed.inputs[0].data, x)
     assert parsed.version == "3"
 
@@ -75,19 +75,19 @@ def test_malformed_rest_requests_say_what_is_wrong(
     raw: bytes, length: int | None, says: str
 ) -> None:
     with pytest.raises(InvalidArgumentError, match=says):
-        oip.parse_rest(raw, length, "digits", None)
+        oip_rest.parse_rest(raw, length, "digits", None)
 
 
 def test_binary_data_shorter_than_announced_is_refused() -> None:
     head = body(parameters={"binary_data_size": 32})
     with pytest.raises(InvalidArgumentError, match="runs past the body"):
-        oip.parse_rest(head + b"\0" * 31, len(head), "digits", None)
+        oip_rest.parse_rest(head + b"\0" * 31, len(head), "digits", None)
 
 
 def test_bytes_after_the_last_binary_input_are_refused() -> None:
     head = body(parameters={"binary_data_size": 32})
     with pytest.raises(InvalidArgumentError, match="after the last input"):
-        oip.parse_rest(head + b"\0" * 40, len(head), "digits", None)
+        oip_rest.parse_rest(head + b"\0" * 40, len(head), "digits", None)
 
 
 def test_too_many_elements_is_resource_exhausted() -> None:
@@ -104,7 +104,7 @@ def test_too_many_elements_is_resource_exhausted() -> None:
     ],
 )
 def test_inputs_the_model_does_not_take_are_refused(change: dict[str, Any], says: str) -> None:
-    parsed = oip.parse_rest(body(**change), None, "digits", None)
+    parsed = oip_rest.parse_rest(body(**change), None, "digits", None)
     with pytest.raises(InvalidArgumentError, match=says):
         oip.check_against(parsed, MANIFEST)
 
@@ -112,7 +112,7 @@ def test_inputs_the_model_does_not_take_are_refused(change: dict[str, Any], says
 def test_an_unknown_requested_output_is_refused() -> None:
     raw = json.loads(body(data=[0] * 8))
     raw["outputs"] = [{"name": "logits"}]
-    parsed = oip.parse_rest(json.dumps(raw).encode(), None, "digits", None)
+    parsed = oip_rest.parse_rest(json.dumps(raw).encode(), None, "digits", None)
     with pytest.raises(InvalidArgumentError, match="no output 'logits'"):
         oip.check_against(parsed, MANIFEST)
 
@@ -123,13 +123,13 @@ def test_outputs_are_rendered_as_json_or_binary_as_asked() -> None:
         {"name": "probabilities", "parameters": {"binary_data": True}},
         {"name": "label"},
     ]
-    parsed = oip.parse_rest(json.dumps(raw).encode(), None, "digits", None)
+    parsed = oip_rest.parse_rest(json.dumps(raw).encode(), None, "digits", None)
     probs = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], dtype=np.float32)
     tensors, binary = oip.select_outputs(
         parsed, {"label": np.array([2, 0]), "probabilities": probs}
     )
     assert [t.name for t in tensors] == ["probabilities", "label"] and binary == [True, False]
-    payload, length = oip.render_rest(
+    payload, length = oip_rest.render_rest(
         oip.OipResponse("digits", "3", "r", tensors, {"tier": "edge"}, binary)
     )
     assert length is not None

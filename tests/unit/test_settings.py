@@ -83,3 +83,24 @@ def test_a_good_file_loads_paths_relative_to_it_and_variables_win(
     settings = NodeSettings.load(path)
     assert settings.max_inflight == 20
     assert settings.models[0].manifest == tmp_path / "models" / "m.json"
+
+
+def test_a_misspelt_top_level_variable_is_refused_with_the_setting_it_meant() -> None:
+    from mesh.settings import IngressSettings, NodeSettings, unknown_variables
+
+    environ = {
+        "MESH_UPSTREM__TIMEOUT_MS": "500",
+        "MESH_UPSTREAM__TIMEOUT_MS": "500",
+        "MESH_NATS_URL": "nats://x",  # a command's variable, not a setting
+        "MESH_INGRESS_TOKEN": "t",  # another process's settings
+        "MESH_MAX_INFLIGT": "3",
+        "PATH": "/bin",
+    }
+    found = unknown_variables(NodeSettings, environ)
+    assert found == [
+        "MESH_UPSTREM__TIMEOUT_MS names no setting of NodeSettings; did you mean MESH_UPSTREAM?",
+        "MESH_MAX_INFLIGT names no setting of NodeSettings; did you mean MESH_MAX_INFLIGHT?",
+    ]
+    assert unknown_variables(IngressSettings, {"MESH_INGRESS_TOKN": "x"}) == [
+        "MESH_INGRESS_TOKN names no setting of IngressSettings; did you mean MESH_INGRESS_TOKEN?"
+    ]

@@ -14,6 +14,7 @@ from mesh.local.supervisor import ChildProcess
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
+from mesh.topology.processes import INGRESS_READY
 
 #: the bench's ingress token (a local throwaway, as in mesh up).
 INGRESS_TOKEN = "bench-ingress-token"
@@ -70,6 +71,6 @@ async def responder_processes(
             *("--http-port", "0", "--grpc-port", "0", "--token", INGRESS_TOKEN),
         ],
         work / "ingress.log",
-        ready_prefix="MESH_INGRESS_READY",
+        ready_prefix=INGRESS_READY,
     )
     return Responders(echo, ort_responder, peer, ingress)

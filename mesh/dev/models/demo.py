@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,14 @@ def _recipe_hash(seed: int) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _marker_recipe(paths: DemoArtifacts) -> str | None:
+    try:
+        recipe = json.loads((paths.root / MARKER).read_text(encoding="utf-8")).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recipe if isinstance(recipe, str) else None
+
+
 def _marker_ok(paths: DemoArtifacts, recipe: str) -> bool:
     marker = paths.root / MARKER
     try:
@@ -368,8 +377,14 @@ def _build_pinned(out: Path, seed: int) -> DemoArtifacts:
     return DemoArtifacts.at(out)
 
 
-def ensure_demo(cache_dir: Path, seed: int = 0) -> DemoArtifacts:
+def ensure_demo(
+    cache_dir: Path, seed: int = 0, notice: Callable[[str], None] | None = None
+) -> DemoArtifacts:
     """The demo build in ``cache_dir``, built only when missing, changed or from another recipe.
+
+    ``notice`` is told when a build of another recipe (another checkout or version of the mesh)
+    is replaced: a mesh running from there would now find other bytes under the same version
+    names.
 
     A marker file records the recipe hash and the SHA-256 of every file; the build happens in a
     temporary sibling directory and the files are moved in before the marker is written, so a
@@ -380,6 +395,12 @@ def ensure_demo(cache_dir: Path, seed: int = 0) -> DemoArtifacts:
     recipe = _recipe_hash(seed)
     if _marker_ok(paths, recipe):
         return paths
+    other = _marker_recipe(paths)
+    if notice is not None and other is not None and other != recipe:
+        notice(
+            f"note: the demo models in {cache_dir} were built by another checkout or version of "
+            "the mesh; rebuilding them for this one (give each its own --cache to keep both)"
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=cache_dir))
     try:
