@@ -100,11 +100,17 @@ def is_rejection(exc: BaseException) -> bool:
 
 
 def rejected(urls: Sequence[str], rights: Rights, creds: str | None) -> UnauthenticatedError:
-    shown = f"credentials {creds}" if creds else "no credentials"
+    if creds is None:
+        return UnauthenticatedError(
+            f"the NATS server at {', '.join(urls)} takes no connection without credentials "
+            "(Authorization Violation): give them (--creds, MESH_CREDS; mesh up prints "
+            "MESH_CREDS=...)"
+        )
+    shown = f"credentials {creds}"
     who = f" ({rights.who})" if rights.identity else ""
     return UnauthenticatedError(
         f"the NATS server at {', '.join(urls)} rejected {shown}{who} (Authorization "
-        "Violation): they belong to another fleet, were revoked or expired, or are missing; "
+        "Violation): they belong to another fleet, or were revoked or expired; "
         "use the credentials of this fleet (mesh up prints MESH_CREDS=..., mesh identities "
         "init writes them)"
     )

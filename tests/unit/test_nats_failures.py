@@ -157,6 +157,8 @@ def test_credentials_the_server_rejects_are_final_and_say_what_to_use() -> None:
     assert isinstance(error, UnauthenticatedError)
     assert "rejected credentials /x/app.creds (identity app)" in error.message
     assert "mesh up prints MESH_CREDS" in error.message
+    missing = rejected(["nats://h:4222"], Rights(), None)
+    assert "takes no connection without credentials" in missing.message
 
 
 def test_every_error_code_has_its_http_status_and_grpc_status() -> None:
