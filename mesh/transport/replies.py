@@ -36,7 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mesh.errors import PermissionDeniedError, UnavailableError
+from mesh.errors import UnavailableError
 from mesh.node.latency import HedgePolicy
 from mesh.transport.denials import Operation, Violation
 from mesh.transport.guard import GuardedClient
@@ -205,20 +205,15 @@ class ReplyInbox:
             pending.future.set_result((data, None, token))
 
     def on_denied(self, violation: Violation) -> None:
+        """A ``GuardedClient`` heard the server refuse a subject: fail the requests it stops."""
         nc = self._nc
+        assert isinstance(nc, GuardedClient)  # only those report violations
         for pending in set(self.waiting.values()):
             if not pending.future.done() and violation.blocks(pending.subject, self.prefix):
-                spelled = (
-                    pending.subject
-                    if violation.operation is Operation.PUBLISH
-                    else (self.prefix + "*")
-                )
-                error = (
-                    nc.explain(violation, spelled)
-                    if isinstance(nc, GuardedClient)
-                    else PermissionDeniedError(f"{violation.operation.value} {violation.subject}")
-                )
-                pending.future.set_exception(error)
+                # name the subject as it was sent: nats-py lowercased the server's words
+                publish = violation.operation is Operation.PUBLISH
+                spelled = pending.subject if publish else self.prefix + "*"
+                pending.future.set_exception(nc.explain(violation, spelled))
 
     async def close(self, *, unsubscribe: bool) -> None:
         """Fail every waiting request: the connection no longer carries replies."""
