@@ -99,6 +99,7 @@ class Heartbeat:
             answered=base.answered,
             downgraded=dict(self.state.downgraded),
             shadows=base.shadows,
+            power=base.power,
         )
         subject = subjects.kv(nodes_bucket(self.settings.domain), self.name)
         await self._js.publish(subject, encode_node_status(status), timeout=2.0)

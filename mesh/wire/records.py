@@ -22,6 +22,7 @@ from mesh.wire.codec import (
     unpack_raw,
 )
 from mesh.wire.messages import InferRequest, InferResponse, decode_request, encode_request
+from mesh.wire.power import PowerStatus, power_from_map, power_to_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,8 @@ class NodeStatus:
     downgraded: dict[str, str] = field(default_factory=dict)
     #: per model, the version it runs in shadow beside the served one, and what it did.
     shadows: dict[str, ShadowEvidence] = field(default_factory=dict)
+    #: its energy ledger and power governor (``mesh.wire.power``); None: no ledger.
+    power: PowerStatus | None = None
 
 
 # --- hard examples -------------------------------------------------------------------------
@@ -315,6 +318,7 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "answered": _encode_answered(status.answered),
             "downgraded": dict(status.downgraded),
             "shadows": {model: _encode_shadow(e) for model, e in status.shadows.items()},
+            "power": power_to_map(status.power) if status.power is not None else None,
         }
     )
 
@@ -454,6 +458,7 @@ def decode_node_status(data: bytes) -> NodeStatus:
             model: _decode_shadow(model, e, what)
             for model, e in _opt(obj, "shadows", dict, {}, what).items()
         },
+        power=power_from_map(obj["power"], what) if obj.get("power") is not None else None,
     )
 
 

@@ -42,6 +42,8 @@ PURE = [
     "mesh.ingress.shares",
     "mesh.ingress.gate",
     "mesh.ingress.steps",
+    "mesh.energy.ledger",
+    "mesh.energy.governor",
 ]
 
 
@@ -131,6 +133,8 @@ PURE_TREES = [
     "mesh.ingress.shares",
     "mesh.ingress.gate",
     "mesh.ingress.steps",
+    "mesh.energy",
+    "mesh.node.escalation",
 ]
 
 

@@ -11,7 +11,9 @@ import numpy as np
 
 from mesh.dev.demo.receiver import SpanRecord, draw_span_tree
 from mesh.dev.demo.state import (
+    BATTERY_NODE,
     EDGE_REPLICAS,
+    BatteryView,
     DemoConfig,
     LinkView,
     Tally,
@@ -194,6 +196,54 @@ class Improvement:
 
 
 @dataclass(frozen=True)
+class EnergySummary:
+    """The edge device on battery, by its own ledger: joules per answer, what an answer would
+    have cost it had every request gone up (one request and its reply over its link, at the
+    sizes it saw), and each step its governor took or gave back."""
+
+    node: str
+    profile: str
+    device_joules_per_answer: float | None
+    cloud_only_device_joules_per_answer: float | None
+    answers: int
+    battery_percent: float | None
+    #: {at_s, step, action (applied or released), watts, budget_w}, in order.
+    governor_steps: list[JsonObject] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, view: BatteryView) -> EnergySummary:
+        return cls(
+            node=BATTERY_NODE,
+            profile=view.profile,
+            device_joules_per_answer=view.joules_per_answer,
+            cloud_only_device_joules_per_answer=view.upstream_j,
+            answers=view.answers,
+            battery_percent=view.percent,
+            governor_steps=[
+                {
+                    "at_s": at,
+                    "step": step,
+                    "action": "applied" if applied else "released",
+                    "watts": watts,
+                    "budget_w": budget,
+                }
+                for at, step, applied, watts, budget in view.changes
+            ],
+        )
+
+    def to_json(self) -> JsonObject:
+        return {
+            "device_joules_per_answer": self.device_joules_per_answer,
+            "cloud_only_device_joules_per_answer": self.cloud_only_device_joules_per_answer,
+            "governor_steps": [dict(s) for s in self.governor_steps],
+            "node": self.node,
+            "profile": self.profile,
+            "answers": self.answers,
+            "battery_percent": self.battery_percent,
+        }
+
+
+@dataclass(frozen=True)
 class RunSettings:
     rate_per_s: float
     concurrency: int
@@ -274,6 +324,9 @@ class DemoReport:
     rollouts: list[JsonObject] = field(default_factory=list)
     review: ReviewSummary | None = None
     improvement: Improvement | None = None
+    energy: EnergySummary = field(
+        default_factory=lambda: EnergySummary(BATTERY_NODE, "", None, None, 0, None)
+    )
 
     @property
     def passed(self) -> bool:
@@ -312,6 +365,7 @@ class DemoReport:
             "rollouts": [dict(r) for r in self.rollouts],
             "review": self.review.to_json() if self.review is not None else None,
             "improvement": self.improvement.to_json() if self.improvement is not None else None,
+            "energy": self.energy.to_json(),
         }
 
 
@@ -384,6 +438,7 @@ def build_report(
         rollouts=list(rollouts or []),
         review=review,
         improvement=improvement,
+        energy=EnergySummary.of(view.battery),
     )
 
 

@@ -29,7 +29,7 @@ def train(base: Path, data: Path, out: Path, seed: int = 0) -> tuple[int, int]:
     y = np.concatenate([np.asarray(old["y"], dtype=np.int64), np.asarray(new["y"], np.int64)])
     if set(np.unique(y).tolist()) != set(range(N_CLASSES)):
         raise SystemExit(f"the rows hold classes {sorted(set(y.tolist()))}, not all ten")
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     # one BLAS thread: a trainer beside serving processes must not spin on every core (the
     # demo's took 16 s instead of 1 with the default threads on a busy machine)
