@@ -62,8 +62,14 @@ class SimulatedReviewer:
         )
         self._task = asyncio.create_task(self._poll(), name="simulated-reviewer")
 
-    async def stop(self) -> None:
-        await cancel_and_wait([t for t in (self._task, *self._working) if t is not None])
+    async def stop(self, settle_s: float = 0.0) -> None:
+        """Stop taking items; the labels under way get ``settle_s`` to be given (a label cut
+        off after it was sent would count at the desk, not here)."""
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+        if self._working and settle_s > 0:
+            await asyncio.wait(set(self._working), timeout=settle_s)
+        await cancel_and_wait(set(self._working))
 
     async def _poll(self) -> None:
         for turn in itertools.count():

@@ -87,6 +87,8 @@ class DemoRun:
             self._announce()
             run_s, drain_s = await self._live()
             assert self.reviewer is not None
+            # stopped before the queue's last figures: its labels and theirs tell one moment
+            await self.reviewer.stop(settle_s=3.0)
             with contextlib.suppress(MeshError):
                 await self.reviewer.refresh()
             with self.console.status("asking the cloud tier alone the same questions"):
