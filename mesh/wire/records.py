@@ -14,6 +14,8 @@ from mesh.errors import InvalidArgumentError
 from mesh.wire.codec import (
     VERSION,
     finite,
+    optional,
+    optional_number,
     packb,
     require,
     require_kind,
@@ -23,6 +25,7 @@ from mesh.wire.codec import (
 )
 from mesh.wire.messages import InferRequest, InferResponse, decode_request, encode_request
 from mesh.wire.power import PowerStatus, power_from_map, power_to_map
+from mesh.wire.shadow import ShadowEvidence, shadow_from_map, shadow_to_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,42 +122,6 @@ class VersionEvidence(EvidenceCounters):
     latency: tuple[int, ...] = ()
     #: highest drift score (PSI) of this version's signals, or None.
     drift: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ShadowEvidence:
-    """What a version run in shadow beside the serving one did on a node since it started
-    there: running totals, like ``VersionEvidence``. It ran on copies of the serving version's
-    inputs after their replies and never answered a caller.
-
-    ``compared`` requests got an answer from the tier above (escalated or audited by the serving
-    version); ``agreed`` of them the shadow answered as the tier above did, ``serving_agreed``
-    the serving version did: the two agreements on the same requests."""
-
-    version: str
-    #: the version it ran beside, whose answers the callers got.
-    serving: str
-    #: wall-clock unix seconds when it started running here.
-    since: float
-    requests: int = 0
-    errors: int = 0
-    #: requests it was not run on: over its share of the CPU, or its queue full.
-    skipped: int = 0
-    #: requests it answered as the serving version did (every row the same class).
-    matched: int = 0
-    compared: int = 0
-    agreed: int = 0
-    serving_agreed: int = 0
-    #: its model calls' time per request, in the buckets of ``LATENCY_BUCKETS_MS`` (one more).
-    latency: tuple[int, ...] = ()
-    #: seconds its model calls took: what its share of the CPU is measured in.
-    busy_s: float = 0.0
-
-
-#: the shadow's counters, in the order the heartbeat writes them.
-SHADOW_COUNTERS = (
-    "requests", "errors", "skipped", "matched", "compared", "agreed", "serving_agreed",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,38 +284,9 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
             "answered": _encode_answered(status.answered),
             "downgraded": dict(status.downgraded),
-            "shadows": {model: _encode_shadow(e) for model, e in status.shadows.items()},
+            "shadows": {model: shadow_to_map(e) for model, e in status.shadows.items()},
             "power": power_to_map(status.power) if status.power is not None else None,
         }
-    )
-
-
-def _encode_shadow(e: ShadowEvidence) -> dict[str, Any]:
-    out: dict[str, Any] = {"version": e.version, "serving": e.serving, "since": float(e.since)}
-    for name in SHADOW_COUNTERS:
-        out[name] = getattr(e, name)
-    out["latency"] = list(e.latency)
-    out["busy_s"] = float(e.busy_s)
-    return out
-
-
-def _decode_shadow(model: object, obj: object, what: str) -> ShadowEvidence:
-    """Types only, as for evidence."""
-    if not isinstance(model, str) or not isinstance(obj, dict):
-        raise InvalidArgumentError(f"{what} shadows must map model names to maps")
-    where = f"{what} shadow of {model[:64]!r}"
-    latency = _opt(obj, "latency", list, [], where)
-    if len(latency) > 64 or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in latency
-    ):
-        raise InvalidArgumentError(f"{where} latency must be a list of bucket counts")
-    return ShadowEvidence(
-        version=require(obj, "version", str, where),
-        serving=require(obj, "serving", str, where),
-        since=finite(require(obj, "since", (int, float), where), "since", where),
-        latency=tuple(latency),
-        busy_s=_opt_number(obj, "busy_s", where) or 0.0,
-        **{name: _opt(obj, name, int, 0, where) for name in SHADOW_COUNTERS},
     )
 
 
@@ -372,7 +310,7 @@ def _decode_answered(obj: object, what: str) -> AnsweredFor | None:
     where = f"{what} answered"
     if not isinstance(obj, dict):
         raise InvalidArgumentError(f"{where} must be a map")
-    callers = _opt(obj, "callers", dict, {}, where)
+    callers = optional(obj, "callers", dict, {}, where)
     if len(callers) > MAX_ANSWERED_CALLERS:
         raise InvalidArgumentError(
             f"{where} names {len(callers)} callers, over {MAX_ANSWERED_CALLERS}"
@@ -407,8 +345,8 @@ def _decode_evidence(model: object, obj: object, what: str) -> VersionEvidence:
     if not isinstance(model, str) or not isinstance(obj, dict):
         raise InvalidArgumentError(f"{what} evidence must map model names to maps")
     where = f"{what} evidence of {model[:64]!r}"
-    counters = {name: _opt(obj, name, int, 0, where) for name in EVIDENCE_COUNTERS}
-    latency = _opt(obj, "latency", list, [], where)
+    counters = {name: optional(obj, name, int, 0, where) for name in EVIDENCE_COUNTERS}
+    latency = optional(obj, "latency", list, [], where)
     if len(latency) > 64 or not all(
         isinstance(c, int) and not isinstance(c, bool) for c in latency
     ):
@@ -417,7 +355,7 @@ def _decode_evidence(model: object, obj: object, what: str) -> VersionEvidence:
         version=require(obj, "version", str, where),
         since=finite(require(obj, "since", (int, float), where), "since", where),
         latency=tuple(latency),
-        drift=_opt_number(obj, "drift", where),
+        drift=optional_number(obj, "drift", where),
         **counters,
     )
 
@@ -437,47 +375,29 @@ def decode_node_status(data: bytes) -> NodeStatus:
         backlog=backlog,
         ready=require(obj, "ready", bool, what),
         time=finite(require(obj, "time", (int, float), what), "time", what),
-        site=_opt(obj, "site", str, "", what),
-        zone=_opt(obj, "zone", str, "", what),
-        labels=str_map(_opt(obj, "labels", dict, {}, what), "labels", what),
-        pending=str_map(_opt(obj, "pending", dict, {}, what), "pending", what),
-        rejected=str_map(_opt(obj, "rejected", dict, {}, what), "rejected", what),
-        problems=[str(p) for p in _opt(obj, "problems", list, [], what)],
-        escalation_rate=_opt_number(obj, "escalation_rate", what),
-        drift=_opt_number(obj, "drift", what),
-        p99_ms=_opt_number(obj, "p99_ms", what),
-        swaps=max(0, _opt(obj, "swaps", int, 0, what)),
-        mesh_version=_opt(obj, "mesh_version", str, "", what),
+        site=optional(obj, "site", str, "", what),
+        zone=optional(obj, "zone", str, "", what),
+        labels=str_map(optional(obj, "labels", dict, {}, what), "labels", what),
+        pending=str_map(optional(obj, "pending", dict, {}, what), "pending", what),
+        rejected=str_map(optional(obj, "rejected", dict, {}, what), "rejected", what),
+        problems=[str(p) for p in optional(obj, "problems", list, [], what)],
+        escalation_rate=optional_number(obj, "escalation_rate", what),
+        drift=optional_number(obj, "drift", what),
+        p99_ms=optional_number(obj, "p99_ms", what),
+        swaps=max(0, optional(obj, "swaps", int, 0, what)),
+        mesh_version=optional(obj, "mesh_version", str, "", what),
         evidence={
             model: _decode_evidence(model, e, what)
-            for model, e in _opt(obj, "evidence", dict, {}, what).items()
+            for model, e in optional(obj, "evidence", dict, {}, what).items()
         },
         answered=_decode_answered(obj.get("answered"), what),
-        downgraded=str_map(_opt(obj, "downgraded", dict, {}, what), "downgraded", what),
+        downgraded=str_map(optional(obj, "downgraded", dict, {}, what), "downgraded", what),
         shadows={
-            model: _decode_shadow(model, e, what)
-            for model, e in _opt(obj, "shadows", dict, {}, what).items()
+            model: shadow_from_map(model, e, what)
+            for model, e in optional(obj, "shadows", dict, {}, what).items()
         },
         power=power_from_map(obj["power"], what) if obj.get("power") is not None else None,
     )
-
-
-def _opt(obj: dict[str, Any], key: str, kind: type, default: Any, what: str) -> Any:
-    value = obj.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidArgumentError(f"{what} {key} must be {kind.__name__}")
-    return value
-
-
-def _opt_number(obj: dict[str, Any], key: str, what: str) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise InvalidArgumentError(f"{what} {key} must be a number")
-    return finite(value, key, what)
 
 
 # --- node events ---------------------------------------------------------------------------
@@ -599,14 +519,12 @@ def decode_drift_event(data: bytes) -> DriftEvent:
 __all__ = [
     "EVIDENCE_COUNTERS",
     "MAX_ANSWERED_CALLERS",
-    "SHADOW_COUNTERS",
     "AnsweredFor",
     "DriftEvent",
     "HardExample",
     "NodeEvent",
     "NodeStatus",
     "RecordedAnswer",
-    "ShadowEvidence",
     "VersionEvidence",
     "decode_drift_event",
     "decode_hard_example",
