@@ -363,15 +363,18 @@ class DataPlane(Service):
                 hold=savings.degrade_share > 0.0 and savings.holds(),
             )
             self._settle(outcome, model, local, decision)
-        shadow = self.shadow
-        if shadow is not None and model.name in shadow.models:
+        if self.shadow is not None and model.name in self.shadow.models:
             # after every reply of the batch is made; the shadow runs on a copy, later
-            labels, at = scores.labels, 0
-            answered = []
-            for outcome, rows in zip(group.outcomes, group.counts, strict=True):
-                answered.append((outcome.request.id, labels[at : at + rows]))
-                at += rows
-            shadow.offer(model.name, feeds, answered)
+            self._offer_shadow(self.shadow, group, feeds, scores.labels)
+
+    @staticmethod
+    def _offer_shadow(shadow: ShadowRunner, group: _Group, feeds: Feeds, labels: list[int]) -> None:
+        answered: list[tuple[str, list[int]]] = []
+        at = 0
+        for outcome, rows in zip(group.outcomes, group.counts, strict=True):
+            answered.append((outcome.request.id, labels[at : at + rows]))
+            at += rows
+        shadow.offer(group.model.name, feeds, answered)
 
     @staticmethod
     def _checked_after(group: _Group, feeds: Feeds, novelties: list[float] | None) -> bool:
