@@ -49,7 +49,7 @@ cloud)
     secret mesh-console-creds --from-file=console.creds="$dir/creds/console.creds" \
         --from-file=console-reviewer.creds="$dir/creds/console-reviewer.creds"
     # people's token for the console: yours, never a default (it is what `?token=` takes)
-    token=${MESH_CONSOLE_TOKEN:?set MESH_CONSOLE_TOKEN, the console's token for people (16 characters or more)}
+    token=${MESH_CONSOLE_TOKEN:?set MESH_CONSOLE_TOKEN, the token people open the console with, 16 characters or more}
     if [ "${#token}" -lt 16 ]; then
         echo "secrets.sh: MESH_CONSOLE_TOKEN is shorter than 16 characters" >&2
         exit 2

@@ -58,7 +58,8 @@ HOSTS = {
 }
 
 
-def _sh(argv: list[str], env: dict[str, str]) -> str:
+def _sh(argv: list[str], env: dict[str, str], *, fails: str | None = None) -> str:
+    """The script's output; with ``fails``, it must exit non-zero saying so."""
     bin_dir = str(Path(sys.executable).parent)
     full = {
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
@@ -67,6 +68,9 @@ def _sh(argv: list[str], env: dict[str, str]) -> str:
         **env,
     }
     done = subprocess.run(argv, capture_output=True, text=True, env=full, check=False)
+    if fails is not None:
+        assert done.returncode != 0 and fails in done.stderr, (done.returncode, done.stderr)
+        return done.stderr
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -92,6 +96,9 @@ def _fleet(project: Path, fleet: Path) -> tuple[list[dict[str, Any]], list[dict[
         ["sh", str(k8s / "identities.sh"), str(fleet), "site"],
         {"SITE": SITE, "EDGE_MACHINES": " ".join(MACHINES)},
     )
+    # the console's token is the administrator's to choose: no Secrets without one, nor a short one
+    for token in ({}, {"MESH_CONSOLE_TOKEN": "short"}):
+        _sh(["sh", str(k8s / "secrets.sh"), str(fleet), "cloud"], token, fails="MESH_CONSOLE_TOKEN")
     cloud = _sh(
         ["sh", str(k8s / "secrets.sh"), str(fleet), "cloud"], {"MESH_CONSOLE_TOKEN": CONSOLE_TOKEN}
     )
