@@ -28,8 +28,9 @@ fi
 
 # What the mesh's processes read as user $uid: their own creds, the signing key (the admin
 # service only) and the public files.
-for name in ${MESH_RUNTIME_IDENTITIES:-cloud-0 gateway-0 edge-0 edge-1 controller ingress admin console console-reviewer
-    review-desk review-intake}; do
+runtime="cloud-0 gateway-0 edge-0 edge-1 controller ingress admin review-desk review-intake"
+runtime="$runtime console console-reviewer"
+for name in ${MESH_RUNTIME_IDENTITIES:-$runtime}; do
     chown "$uid" "$dir/creds/$name.creds"
     chmod 0400 "$dir/creds/$name.creds"
 done
