@@ -6,6 +6,8 @@ Each function returns text in the style of ``mesh.local.servers.NatsServer._rend
 - ``auth_block(fleet)``: operator mode, at top level, on every server (hub and site).
 - ``tls_block(files)``: at top level for the client port; ``leafnodes_block`` puts one on the
   port leaf servers dial.
+- ``cluster_block(...)``: ``cluster { ... }`` on each member of a clustered hub: its route
+  port, every member's route, the routes' password and mutual TLS.
 - ``leaf_remote_block(...)``: one entry of ``leafnodes { remotes: [ ... ] }`` on a site's leaf
   server: the hub's URL, the site's leaf credentials, the local account the link binds to, and
   the CA (and client certificate) for TLS.
@@ -75,6 +77,38 @@ def leaf_remote_block(
     return _braces("", entries)
 
 
+def cluster_block(
+    name: str,
+    listen: str,
+    routes: Sequence[str],
+    *,
+    user: str,
+    password: str,
+    tls: TLSFiles | None = None,
+) -> str:
+    """``cluster { ... }`` for a member of a cluster: it listens on ``listen`` for routes and
+    dials every one of ``routes`` (``nats-route://host:port``) with ``user`` and ``password``.
+
+    Routes carry every account's traffic and JetStream's replication, so only a member may
+    open one: the password is the cluster's own, and with ``tls`` both ends present and check a
+    certificate of the fleet's CA (a site's leaf certificate alone does not get in)."""
+    if not password or any(c in password for c in '"@:/ '):
+        raise ValueError("a cluster's route password must be non-empty and URL-safe")
+    dialled = [
+        route.replace("://", f"://{user}:{password}@", 1) if "@" not in route else route
+        for route in routes
+    ]
+    entries = [
+        f'name: "{name}"',
+        f'listen: "{listen}"',
+        f'authorization {{\n  user: "{user}"\n  password: "{password}"\n  timeout: 5\n}}',
+        "routes: [ " + ", ".join(f'"{route}"' for route in dialled) + " ]",
+    ]
+    if tls is not None:
+        entries.append(tls_block(tls, verify=True, timeout_s=5.0))
+    return _braces("cluster ", entries)
+
+
 def leaf_remotes_block(remotes: Sequence[str], *, reconnect_s: float = 1.0) -> str:
     """``leafnodes { remotes: [ ... ] }`` around blocks from ``leaf_remote_block``."""
     return _braces(
@@ -91,6 +125,7 @@ __all__ = [
     "Fleet",
     "ServerAuthConfig",
     "auth_block",
+    "cluster_block",
     "leaf_remote_block",
     "leaf_remotes_block",
     "leafnodes_block",
