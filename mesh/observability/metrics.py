@@ -8,6 +8,7 @@ ones the README documents (``mesh_requests_total{tier,model,outcome}`` and so on
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -174,6 +175,10 @@ class MeshMetrics:
             ("tier", "model", "version", "outcome"),
         )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
+        # a process whose task count keeps growing leaks (the soak checks that it does not)
+        self.observe_gauge(
+            "mesh_asyncio_tasks", "asyncio tasks of the process, when scraped", _asyncio_tasks
+        )
 
     def families(self) -> list[CounterFamily | HistogramFamily]:
         return [
@@ -214,6 +219,14 @@ class MeshMetrics:
             for value, attributes in rows:
                 family.add_metric([attributes.get(key, "") for key in names], value)
             yield family
+
+
+def _asyncio_tasks() -> list[tuple[float, dict[str, str]]]:
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # scraped from outside the event loop
+        return []
+    return [(float(len(tasks)), {})]
 
 
 class MeshCollector(Collector):
