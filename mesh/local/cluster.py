@@ -186,6 +186,27 @@ class Hub:
     async def stop(self) -> None:
         await asyncio.gather(*(m.stop() for m in self.members))
 
+    async def member_serving(self, connection: str) -> NatsServer:
+        """The member a client connection named ``connection`` is on now."""
+
+        def find() -> NatsServer | None:
+            for server in self.running:
+                try:
+                    connz = server.monitor("connz?limit=4096")
+                except OSError:
+                    continue
+                conns = connz.get("connections")
+                if isinstance(conns, list) and any(
+                    isinstance(c, dict) and c.get("name") == connection for c in conns
+                ):
+                    return server
+            return None
+
+        found = await asyncio.to_thread(find)
+        if found is None:
+            raise UnavailableError(f"hub: no member holds a connection named {connection!r}")
+        return found
+
     async def wait_leaf_connections(self, count: int = 1, timeout: float = 10.0) -> None:
         """Until the members hold ``count`` leaf connections between them."""
         try:

@@ -26,7 +26,7 @@ from mesh.local.supervisor import ChildProcess, Supervised, Supervisor, Watched,
 from mesh.services.node import READY_PREFIX
 from mesh.settings import NodeSettings
 from mesh.topology.processes import INGRESS_READY
-from mesh.topology.streams import MeshTopology, TierPlacement
+from mesh.topology.streams import MeshTopology, StreamLimits, TierPlacement
 from mesh.transport.jetstream import provision
 
 #: the URLs a site dials to reach the hub, given the site and the hub's leafnode ports (a rig
@@ -205,6 +205,7 @@ class EmbeddedMesh:
             event_models=tuple(self.entry_models()),
             events=self._events_enabled(),
             fleet=self.layout.fleet,
+            limits=self.layout.limits or StreamLimits(),
             hub_replicas=self.layout.hub_replicas(),
         )
 

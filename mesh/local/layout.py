@@ -14,7 +14,7 @@ from mesh.errors import InvalidArgumentError
 from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
 from mesh.settings import NodeSettings
-from mesh.topology.streams import HUB_DOMAIN
+from mesh.topology.streams import HUB_DOMAIN, StreamLimits
 
 #: the tiers ``mesh up`` knows, lowest first, with their residency zones.
 TIERS = ("edge", "gateway", "cloud")
@@ -48,6 +48,9 @@ class MeshLayout:
     hub_cluster: int = 1
     #: sites, each a leaf server and JetStream domain of its own with the tiers below the top.
     sites: int = 1
+    #: the streams' limits (None: the documented defaults); the soak keeps hard examples small
+    #: to fill their streams.
+    limits: StreamLimits | None = None
 
     def site_names(self) -> list[str]:
         """``site`` alone, or ``site-0``, ``site-1``..."""

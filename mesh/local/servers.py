@@ -40,6 +40,7 @@ from mesh.security.identities import IdentitySpec, auth_block
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
 from mesh.security.server_config import (
+    SITE_KEPT_SUBJECTS,
     SITE_LOCAL_SUBJECTS,
     cluster_block,
     leaf_remote_block,
@@ -215,6 +216,7 @@ class NatsServer:
                 ca_file=pki.ca_file,
                 client_cert=pki.client,
                 site_local=SITE_LOCAL_SUBJECTS,
+                kept=SITE_KEPT_SUBJECTS,
             )
             lines.append('leafnodes {\n  reconnect: "1s"\n  remotes: [\n' + remote + "\n  ]\n}")
         return "\n".join(lines) + "\n"
@@ -230,9 +232,10 @@ class NatsServer:
         if c.leaf_remotes:
             urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
             denied = ", ".join(f'"{subject}"' for subject in SITE_LOCAL_SUBJECTS)
+            kept = ", ".join(f'"{s}"' for s in (*SITE_LOCAL_SUBJECTS, *SITE_KEPT_SUBJECTS))
             lines.append(
                 f'leafnodes {{ reconnect: "1s", remotes: [ {{ urls: [ {urls} ], '
-                f"deny_imports: [ {denied} ], deny_exports: [ {denied} ] }} ] }}"
+                f"deny_imports: [ {denied} ], deny_exports: [ {kept} ] }} ] }}"
             )
         return "\n".join(lines) + "\n"
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from mesh.security.identities import Fleet, ServerAuthConfig, auth_block
 from mesh.security.tls import TLSFiles, client_tls_block, tls_block
+from mesh.topology.streams import SITE_KEPT_SUBJECTS as KEPT
+from mesh.topology.streams import site_local_subjects
 
 
 def leafnodes_block(
@@ -40,8 +42,11 @@ def leafnodes_block(
 
 
 #: subjects that stay in their site: every site has streams of the same names on them (its own
-#: events, results and dead letters), so they must not cross the leaf link either way.
-SITE_LOCAL_SUBJECTS = ("mesh.events.>", "mesh.results.>", "mesh.deadletter.>")
+#: events, results, dead letters and hard examples), so they must not cross the leaf link either
+#: way (``mesh.topology.streams.site_local_subjects``).
+SITE_LOCAL_SUBJECTS = site_local_subjects()
+#: subjects a site sends no further than itself: its acknowledgements (``SITE_KEPT_SUBJECTS``).
+SITE_KEPT_SUBJECTS = KEPT
 
 
 def leaf_remote_block(
@@ -52,11 +57,13 @@ def leaf_remote_block(
     ca_file: Path | None = None,
     client_cert: TLSFiles | None = None,
     site_local: Sequence[str] = (),
+    kept: Sequence[str] = (),
 ) -> str:
     """One leaf remote: ``{ urls: [...], credentials: ..., account: ..., tls { ... } }``.
 
     ``site_local`` subjects neither cross the link in nor out (``deny_imports`` and
-    ``deny_exports``): a site's event streams (``SITE_LOCAL_SUBJECTS``).
+    ``deny_exports``): a site's event streams (``SITE_LOCAL_SUBJECTS``); ``kept`` subjects do
+    not go out (``deny_exports``): a site's acknowledgements (``SITE_KEPT_SUBJECTS``).
 
     ``account`` is the local account the link binds to (the mesh account's public key on a
     server in operator mode); ``credentials`` is the site's ``leaf`` identity; ``ca_file``
@@ -71,6 +78,8 @@ def leaf_remote_block(
     if site_local:
         denied = ", ".join(f'"{subject}"' for subject in site_local)
         entries.append(f"deny_imports: [ {denied} ]")
+    if site_local or kept:
+        denied = ", ".join(f'"{subject}"' for subject in (*site_local, *kept))
         entries.append(f"deny_exports: [ {denied} ]")
     if ca_file is not None:
         entries.append(client_tls_block(ca_file, client_cert))

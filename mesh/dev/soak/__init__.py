@@ -1,0 +1,1 @@
+"""``mesh soak``: the mesh at scale for a long time, under chaos."""
