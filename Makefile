@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean proto fleet-500
+.PHONY: demo test bench lint install clean proto fleet-500 system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,25 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# What the suite needs from the system rather than PyPI, installed once (Debian or Ubuntu, as
+# root or with sudo): Prometheus (promtool for the rules and /metrics checks, and the Prometheus
+# scrape tests) and Chromium with its driver (the console's browser tests). Tests that need them
+# skip, saying to run this, where it has not run. The Kubernetes tests also use kubectl
+# (`kubectl kustomize`), which this does not install.
+SYSTEM_PACKAGES := prometheus chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+system-deps:
+	@if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "system-deps: no apt-get here: install $(SYSTEM_PACKAGES) yourself"; \
+	elif dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
+		echo "system-deps: $(SYSTEM_PACKAGES) already installed"; \
+	else \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			$(SYSTEM_PACKAGES); \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/mesh bench --json bench.json

@@ -17,6 +17,8 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     INTERNAL = "INTERNAL"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -26,6 +28,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.UNAUTHENTICATED: 401,
 }
 
 
@@ -66,6 +70,20 @@ class InternalError(MeshError):
     code = ErrorCode.INTERNAL
 
 
+class PermissionDeniedError(MeshError):
+    """The identity is known but its rights do not cover what it tried (NATS's "Permissions
+    Violation"); the message names the identity, the subject and what the identity may do."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(MeshError):
+    """The server does not accept the identity at all (NATS's "Authorization Violation"):
+    credentials of another fleet, revoked or expired, or none."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
 _BY_CODE: dict[ErrorCode, type[MeshError]] = {
     cls.code: cls
     for cls in (
@@ -75,6 +93,8 @@ _BY_CODE: dict[ErrorCode, type[MeshError]] = {
         UnavailableError,
         ResourceExhaustedError,
         InternalError,
+        PermissionDeniedError,
+        UnauthenticatedError,
     )
 }
 

@@ -193,6 +193,52 @@ class HardExampleSettings(_Section):
         return v if v is None else check_token(v, "tier")
 
 
+class ReviewRates(_Section):
+    """One model's shares of confident answers offered for review."""
+
+    sample_rate: float = Field(0.005, ge=0.0, le=1.0)
+    """Share of its confident final answers offered at random."""
+    drift_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Share offered while its drift score is over the node's ``drift_threshold``."""
+
+
+class ReviewFeedSettings(_Section):
+    """What this node offers the review queue (``docs/review.md``): every unsure answer of the
+    top tier, every disagreement an audit finds, hard examples delivered to the hub, and the
+    shares of confident answers below; at most ``max_per_minute`` a model. The hub's intake
+    then holds each model to its limits per minute, hour and day."""
+
+    enabled: bool = True
+    """Offer cases and report traffic (the hub's streams are made by ``mesh fleet init``)."""
+    sample_rate: float = Field(0.005, ge=0.0, le=1.0)
+    """Share of confident final answers offered at random: ground truth for answers nobody
+    doubted."""
+    drift_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Share of confident answers offered while the model's drift score is over the node's
+    ``drift_threshold``."""
+    max_per_minute: int = Field(60, ge=1)
+    """Most candidates of one model this node offers in any minute (a caller's
+    ``human_review=always`` is bounded by the hub only)."""
+    max_in_flight: int = Field(64, ge=1)
+    """Candidates being sent at once; more are dropped (counted), never waited for."""
+    publish_timeout_s: float = Field(2.0, gt=0)
+    """How long one candidate may wait for the hub's acknowledgement."""
+    zone: str = "cloud"
+    """Residency zone of the review queue (the hub's): an item whose request's residency does
+    not allow it goes without its input."""
+    traffic_interval_s: float = Field(30.0, gt=0)
+    """Seconds between this node's running totals (requests, escalations per version)."""
+    models: dict[str, ReviewRates] = Field(default_factory=dict)
+    """A model's own rates in place of ``sample_rate`` and ``drift_rate``."""
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v not in RESIDENCY_ZONES:
+            raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
+        return v
+
+
 class WebhookSettings(_Section):
     """An HTTP endpoint an action posts its action event to (JSON)."""
 
@@ -286,8 +332,9 @@ class FleetSettings(_Section):
     heartbeat_s: float = Field(2.0, gt=0)
     """Seconds between heartbeats."""
     fetch_timeout_s: float = Field(60.0, gt=0)
-    """How long an assigned version may stay missing from the registry before it is refused
-    (a site's mirror can lag the desired state by a moment)."""
+    """How long an assigned version may stay missing or incomplete at the node's site before
+    the node logs a warning about it (a site's mirror can lag the desired state). It is never
+    refused for that: the node tries again, pausing up to 30 s, while it is assigned."""
     gate_runs: int = Field(100, ge=10)
     """Single-row runs of the on-device latency gate."""
     max_artifact_bytes: int = Field(512 * 1024 * 1024, ge=1)
@@ -390,7 +437,7 @@ class ServiceSettings(BaseSettings):
 
 
 #: every settings class's variable prefix: a class with a shorter prefix leaves the others' alone.
-SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_")
+SETTINGS_PREFIXES = ("MESH_INGRESS_", "MESH_CONTROLLER_", "MESH_REVIEW_SERVICE_", "MESH_CONSOLE_")
 
 
 def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
@@ -434,6 +481,7 @@ class NodeSettings(ServiceSettings):
     hard_examples: HardExampleSettings = Field(default_factory=HardExampleSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    review: ReviewFeedSettings = Field(default_factory=ReviewFeedSettings)
     max_inflight: int = Field(1024, ge=1)
     """Requests waiting at once (escalations, traced requests); more get RESOURCE_EXHAUSTED."""
     max_inflight_per_caller: int = Field(256, ge=0)

@@ -21,7 +21,7 @@ from mesh.observability import tracing
 from mesh.observability.telemetry import install_tracing
 from mesh.security.keystore import KeyStore
 
-pytest_plugins = ["tests.fixtures.chain", "tests.fixtures.site"]
+pytest_plugins = ["tests.fixtures.chain", "tests.fixtures.site", "tests.fixtures.browser"]
 
 for _name in [n for n in os.environ if n.startswith("MESH_")]:
     del os.environ[_name]

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import click
 
-from mesh.cli.fleet import fleet, keys, models_list, models_push, models_sign
+from mesh.cli.console import console
+from mesh.cli.fleet import fleet
 from mesh.cli.identities import identities
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
+from mesh.cli.releases import keys, models_bump, models_list, models_push, models_sign
+from mesh.cli.review import review
 from mesh.cli.rollouts import controller, rollout
 from mesh.cli.runs import bench, demo
 from mesh.cli.serving import infer, ingress, node, publish, up
@@ -24,10 +27,10 @@ def main() -> None:
 
 for _command in (
     node, infer, publish, up, ingress, models, identities, keys, fleet, rollout, controller,
-    bench, demo,
+    bench, demo, review, console,
 ):  # fmt: skip
     main.add_command(_command)
-for _command in (models_sign, models_push, models_list):
+for _command in (models_sign, models_push, models_list, models_bump):
     models.add_command(_command)
 
 __all__ = ["main"]

@@ -1,8 +1,10 @@
-"""``mesh keys``, ``mesh models sign|push|list`` and ``mesh fleet init|assign|status``.
+"""``mesh fleet init|assign|retry|status``, and the options every fleet command shares.
 
 The registry lives in the hub's JetStream domain; these commands reach it from any server of
-the fleet (``--domain`` names it) with the credentials given. Writing it (push, assign) needs the
-controller's or the administrator's identity; reading it (list, status), the console's too.
+the fleet (``--domain`` names it) with the credentials given, by default those ``mesh up``
+prints for the operator (``$MESH_HUB_URL``, ``$MESH_CONTROLLER_CREDS``). Writing it (push,
+assign, retry) needs the controller's or the administrator's identity; reading it (list,
+status), the console's too.
 """
 
 from __future__ import annotations
@@ -22,11 +24,40 @@ import click
 from mesh.cli.options import creds_option as creds_option_for
 from mesh.cli.options import servers_option as servers_option_for
 from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.topology.processes import (
+    ENV_CONTROLLER_CREDS,
+    ENV_CREDS,
+    ENV_HUB_URL,
+    ENV_NATS_URL,
+    ENV_SIGNING_KEY,
+    ENV_TRUSTED_KEYS,
+)
 
 _T = TypeVar("_T")
 
-servers_option = servers_option_for("A NATS server of the fleet (the hub's or a site's).")
-creds_option = creds_option_for("NATS credentials (.creds) of an identity allowed to do this.")
+servers_option = servers_option_for(
+    "A NATS server of the fleet (the hub's or a site's).", env=(ENV_HUB_URL, ENV_NATS_URL)
+)
+creds_option = creds_option_for(
+    "NATS credentials (.creds) of an identity allowed to do this.",
+    env=(ENV_CONTROLLER_CREDS, ENV_CREDS),
+)
+trusted_option = click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    default=lambda: [k for k in os.environ.get(ENV_TRUSTED_KEYS, "").split(",") if k],
+    show_default=f"${ENV_TRUSTED_KEYS} (comma-separated)",
+    help="Public key (ed25519:... or a .pub file) the nodes trust; repeat while keys rotate.",
+)
+signing_key_option = click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=lambda: os.environ.get(ENV_SIGNING_KEY) or None,
+    show_default=f"${ENV_SIGNING_KEY}",
+    help="Signing key from mesh keys generate (mesh up prints its own).",
+)
 domain_option = click.option(
     "--domain", default="hub", show_default=True, help="JetStream domain of the registry."
 )
@@ -70,154 +101,6 @@ def _run(coro: Callable[[], Awaitable[_T]]) -> _T:
         return await coro()
 
     return asyncio.run(main())
-
-
-# --- keys -----------------------------------------------------------------------------------
-
-
-@click.group()
-def keys() -> None:
-    """Signing keys for model artifacts."""
-
-
-@keys.command("generate")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
-def keys_generate(path: Path) -> None:
-    """Write a new ed25519 signing key to PATH (mode 0600) and its public key to PATH.pub.
-
-    Give the public key (printed) to the nodes as fleet.trusted_keys."""
-    from mesh.fleet.signing import SigningKey
-
-    if path.exists():
-        raise InvalidArgumentError(f"{path} exists: refusing to overwrite a signing key")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = SigningKey.generate()
-    pub = key.save(path)
-    click.echo(f"signing key {path}, public key {pub}", err=True)
-    click.echo(key.public)
-
-
-# --- models sign / push / list --------------------------------------------------------------
-
-
-@click.command("sign")
-@click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option(
-    "--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True,
-    help="Signing key from mesh keys generate.",
-)  # fmt: skip
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: MANIFEST.sig")
-def models_sign(manifest: Path, key_path: Path, out: Path | None) -> None:
-    """Sign a manifest and its artifact (sha256 of the bytes plus the whole manifest)."""
-    from mesh.fleet.signing import SigningKey, sign
-    from mesh.models.manifest import load_manifest, sha256_of, verify_artifact
-
-    parsed = load_manifest(manifest)
-    artifact = verify_artifact(parsed, manifest)
-    signature = sign(
-        SigningKey.load(key_path), json.loads(manifest.read_text("utf-8")), sha256_of(artifact)
-    )
-    target = out or signature_path_for(manifest)
-    target.write_bytes(signature.to_json() + b"\n")
-    click.echo(f"signed {signature.model}@{signature.version} with {signature.key}: {target}")
-
-
-@click.command("push")
-@click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option(
-    "--signature", "signature_path", type=click.Path(path_type=Path, exists=True), default=None,
-    help="Signature from mesh models sign (default: MANIFEST.sig).",
-)  # fmt: skip
-@click.option(
-    "--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-    help="Held-out .npz (x, y): the evidence gate checks accuracy too, not only the budget.",
-)  # fmt: skip
-@click.option("--runs", default=200, show_default=True, help="Single-row runs of the gate.")
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
-def models_push(
-    manifest: Path,
-    signature_path: Path | None,
-    data: Path | None,
-    runs: int,
-    servers: str,
-    creds: Path | None,
-    tls_ca: Path | None,
-    domain: str,
-) -> None:
-    """Upload a signed version (artifact, manifest, signature) to the fleet's registry.
-
-    Refused (exit 2) when the signature does not verify or the model fails its own evidence
-    gate, measured here: latency and memory against the manifest's budget, and accuracy on
-    --data when given."""
-    from mesh.fleet import registry
-    from mesh.fleet.signing import SignatureError, verify
-    from mesh.models.manifest import load_manifest, verify_artifact
-    from mesh.models.validate import validate_model
-
-    parsed = load_manifest(manifest)
-    onnx_path = verify_artifact(parsed, manifest)
-    sig_path = signature_path or signature_path_for(manifest)
-    if not sig_path.is_file():
-        raise SignatureError(
-            f"{parsed.name}@{parsed.version} is not signed: no {sig_path} "
-            "(mesh models sign MANIFEST --key KEY)"
-        )
-    artifact = registry.Artifact(
-        onnx=onnx_path.read_bytes(),
-        manifest_bytes=manifest.read_bytes(),
-        signature_bytes=sig_path.read_bytes(),
-    )
-    verify(artifact.signature, artifact.manifest, artifact.onnx, None)
-    report = validate_model(manifest, data, runs=runs)
-    click.echo(f"evidence gate: {report.summary()}", err=True)
-    report.raise_if_failed()
-
-    async def go() -> str:
-        async with _connect(servers, creds, tls_ca) as nc:
-            return await registry.push(nc.jetstream(domain=domain), artifact)
-
-    pushed = _run(go)
-    click.echo(
-        f"pushed {pushed} ({len(artifact.onnx)} bytes, sha256 {artifact.signature.sha256}, "
-        f"signed by {artifact.signature.key})"
-    )
-
-
-@click.command("list")
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON list instead of a table.")
-def models_list(
-    servers: str, creds: Path | None, tls_ca: Path | None, domain: str, as_json: bool
-) -> None:
-    """Versions in the registry: size, sha256, signer and what their gate holds them to."""
-    from dataclasses import asdict
-
-    from mesh.fleet import registry
-
-    async def go() -> list[registry.VersionInfo]:
-        async with _connect(servers, creds, tls_ca) as nc:
-            return await registry.list_versions(nc.jetstream(domain=domain))
-
-    versions = _run(go)
-    if as_json:
-        click.echo(json.dumps([asdict(v) for v in versions], indent=1))
-        return
-    click.echo(f"{'MODEL':<12} {'VERSION':<10} {'SIZE':>9} {'SHA256':<14} {'TIER':<8} GATE  SIGNER")
-    for v in versions:
-        gate = (
-            f"p99<={v.profile.get('latency_p99_ms')}ms mem<={v.profile.get('memory_mb')}MB "
-            f"acc>={v.quality.get('min_accuracy')}"
-        )
-        click.echo(
-            f"{v.model:<12} {v.version:<10} {v.size:>9} {v.sha256[:12]:<14} {v.tier_hint:<8} "
-            f"{gate}  {v.signer[:20]}..."
-        )
 
 
 # --- fleet ----------------------------------------------------------------------------------
@@ -375,6 +258,59 @@ def fleet_assign(
     click.echo(
         f"assigned {model}@{version} to {selector.key} ({len(matched)} nodes: {', '.join(matched)})"
     )
+
+
+@fleet.command("retry")
+@click.argument("words", nargs=-1, metavar="NODE|--all MODEL VERSION")
+@click.option("--all", "every", is_flag=True, help="Every node that refused the version.")
+@click.option(
+    "--wait", "wait_s", default=15.0, show_default=True,
+    help="Seconds to wait for the nodes' heartbeats to show the refusal cleared.",
+)  # fmt: skip
+@servers_option
+@creds_option
+@tls_ca_option
+@domain_option
+def fleet_retry(
+    words: tuple[str, ...],
+    every: bool,
+    wait_s: float,
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+) -> None:
+    """Clear a node's refusal of MODEL@VERSION (or every node's, with --all), once its cause is
+    fixed (a version re-signed with the right key, a device freed): a node that still has it
+    assigned takes it again. A version missing or incomplete at a site is never refused; it is
+    waited for."""
+    from mesh.fleet.admin import clear_refusals
+
+    if len(words) != (2 if every else 3):
+        raise click.UsageError("give NODE MODEL VERSION, or --all MODEL VERSION")
+    node = None if every else words[0]
+    model, version = words[-2:]
+
+    async def go() -> Any:
+        async with _connect(servers, creds, tls_ca) as nc:
+            return await clear_refusals(
+                nc.jetstream(domain=domain), model, version, node,
+                by=creds.stem if creds else "", wait_s=wait_s,
+            )  # fmt: skip
+
+    done = _run(go)
+    label = f"{model}@{version}"
+    if not done.refused:
+        click.echo(f"{node or 'no node'} has not refused {label}: nothing to clear")
+        return
+    if done.cleared:
+        click.echo(f"refusal of {label} cleared on {', '.join(done.cleared)}")
+    left = [n for n in done.refused if n not in done.cleared]
+    if left:
+        click.echo(
+            f"not cleared yet on {', '.join(left)} after {wait_s:g}s (offline? a node clears it "
+            "when it reads the request)"
+        )
 
 
 def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> list[dict[str, Any]]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
+
+from mesh.topology.processes import ENV_CREDS, ENV_NATS_URL
 
 DEFAULT_CACHE = Path(os.environ.get("MESH_CACHE_DIR", Path.home() / ".cache" / "edge-mesh"))
 
@@ -36,27 +38,34 @@ cache_option = click.option(
 )
 
 
-def servers_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--servers``, default ``$MESH_NATS_URL`` (what ``mesh up`` prints)."""
+def servers_option(
+    help: str, env: Sequence[str] = (ENV_NATS_URL,)
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--servers``, default the first of ``env`` set (``mesh up`` prints them)."""
     return click.option(
         "--servers",
-        default=lambda: os.environ.get("MESH_NATS_URL", "nats://127.0.0.1:4222"),
-        show_default="$MESH_NATS_URL or nats://127.0.0.1:4222",
+        default=lambda: _first_set(env) or "nats://127.0.0.1:4222",
+        show_default=" or ".join(f"${name}" for name in env) + " or nats://127.0.0.1:4222",
         help=help,
     )
 
 
 def creds_option(
-    help: str, env: str = "MESH_CREDS"
+    help: str, env: str | Sequence[str] = ENV_CREDS
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--creds``, a NATS credentials file, default ``$<env>``."""
+    """``--creds``, a NATS credentials file, default the first of ``env`` set."""
+    names = (env,) if isinstance(env, str) else tuple(env)
     return click.option(
         "--creds",
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
-        default=lambda: os.environ.get(env) or None,
-        show_default=f"${env}",
+        default=lambda: _first_set(names),
+        show_default=" or ".join(f"${name}" for name in names),
         help=help,
     )
+
+
+def _first_set(names: Sequence[str]) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 
 class MeshGroup(click.Group):

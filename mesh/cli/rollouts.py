@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -25,18 +24,10 @@ from mesh.cli.fleet import (
     domain_option,
     servers_option,
     tls_ca_option,
+    trusted_option,
 )
 from mesh.cli.fleet import fleet as fleet_group
 from mesh.cli.options import FlagField, config_option, flag_settings, server_list
-
-trusted_option = click.option(
-    "--trusted-key",
-    "trusted_keys",
-    multiple=True,
-    default=lambda: [k for k in os.environ.get("MESH_TRUSTED_KEYS", "").split(",") if k],
-    show_default="$MESH_TRUSTED_KEYS (comma-separated)",
-    help="Public key (ed25519:... or a .pub file) the nodes trust; repeat while keys rotate.",
-)
 
 
 @click.group()
@@ -59,7 +50,8 @@ def rollout() -> None:
 )  # fmt: skip
 @click.option(
     "--selector", "selector_terms", multiple=True,
-    help="Which nodes: tier=, site=, label.K=V (default: every node serving the model).",
+    help="Which nodes: site=, label.K=V, node= (default: every node serving the model); "
+    "always within the tier the version is made for (its manifest's tier_hint).",
 )  # fmt: skip
 @trusted_option
 @servers_option
@@ -83,9 +75,12 @@ def rollout_start(
     offline_after: float,
     as_json: bool,
 ) -> None:
-    """Roll MODEL out at VERSION in stages; a running controller drives it."""
+    """Roll MODEL out at VERSION in stages, to the nodes of the tier it is made for; a running
+    controller drives it (mesh up runs one)."""
     from mesh.fleet.admin import start_rollout, summary
     from mesh.fleet.desired import Selector
+    from mesh.fleet.rollout import Gate, parse_stages
+    from mesh.fleet.rollout.plan import distinct_stages
 
     selector = Selector.parse(selector_terms)
 
@@ -110,9 +105,17 @@ def rollout_start(
         return
     sizes = ", ".join(f"{s.name} {r.stage_size(i)}" for i, s in enumerate(r.stages))
     click.echo(
-        f"rollout {r.id}: {model}@{version} over {len(r.targets)} nodes ({sizes}), "
-        f"rolls back to {r.previous_version}"
+        f"rollout {r.id}: {model}@{version} over {len(r.targets)} "
+        f"node{'' if len(r.targets) == 1 else 's'} of {r.selector.key} "
+        f"({sizes}), rolls back to {r.previous_version}"
     )
+    _, dropped = distinct_stages(parse_stages(stages, Gate()), len(r.targets))
+    if dropped:
+        names = ", ".join(s.name for s in dropped)
+        click.echo(
+            f"note: stages {names} left out: on {len(r.targets)} nodes they would add none",
+            err=True,
+        )
 
 
 @rollout.command("status")
@@ -131,6 +134,7 @@ def rollout_status(
     as_json: bool,
 ) -> None:
     """The latest rollout of every model (or of MODEL)."""
+    from mesh.cli.rollout_text import NO_ROLLOUTS, describe
     from mesh.errors import NotFoundError
     from mesh.fleet.admin import read_rollouts, summary
 
@@ -146,27 +150,11 @@ def rollout_status(
     if as_json:
         click.echo(json.dumps([summary(r) for r in found.values()], indent=1))
         return
+    if not found:
+        click.echo(NO_ROLLOUTS)
     for r in found.values():
-        stage = r.stages[min(r.current_stage, len(r.stages) - 1)]
-        click.echo(
-            f"{r.model}@{r.version} ({r.id}): {r.state}, stage {r.current_stage + 1}/"
-            f"{len(r.stages)} {stage.name} ({r.phase}), max {r.max_nodes_serving} nodes serving"
-        )
-        for i, (s, entry) in enumerate(zip(r.stages, r.log, strict=True)):
-            if entry.started_at is None:
-                continue
-            took = f"{entry.judged_at - entry.started_at:.1f}s" if entry.judged_at else "running"
-            click.echo(
-                f"  {i + 1}. {s.name} ({r.stage_size(i)} nodes): {entry.result or '-'} {took}"
-            )
-        if r.failed_gate:
-            click.echo(f"  failed gate {r.failed_gate}: {r.reason}")
-            click.echo(f"  figures {json.dumps(r.figures)}")
-        elif r.reason:
-            click.echo(f"  {r.reason}")
-        if r.flagged:
-            some = dict(list(r.flagged.items())[:3])
-            click.echo(f"  telemetry ignored from {len(r.flagged)} nodes: {some}")
+        for line in describe(r):
+            click.echo(line)
     sys.stdout.flush()
 
 

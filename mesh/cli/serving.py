@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,20 @@ from mesh.cli.options import (
     flag_settings,
     server_list,
     servers_option,
+)
+from mesh.topology.processes import (
+    ENV_CONSOLE_TOKEN,
+    ENV_CONSOLE_URL,
+    ENV_CONTROLLER_CREDS,
+    ENV_CREDS,
+    ENV_GRPC_URL,
+    ENV_HTTP_URL,
+    ENV_HUB_URL,
+    ENV_INGRESS_TOKEN,
+    ENV_NATS_URL,
+    ENV_REVIEWER_CREDS,
+    ENV_SIGNING_KEY,
+    ENV_TRUSTED_KEYS,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +63,14 @@ def _say(line: str) -> None:
     """A progress line on stderr; one that cannot be written (a closed pipe) is dropped."""
     with contextlib.suppress(OSError):
         click.echo(line, err=True)
+
+
+def _tell(line: str) -> None:
+    """A ``NAME=value`` line on stdout, written at once; one that cannot be written (a reader
+    gone after the lines it waited for, as ``tee`` after Ctrl-C) is dropped: the mesh must
+    still get to serve, and so stop as asked, clearing its folder."""
+    with contextlib.suppress(OSError):
+        click.echo(line)
 
 
 def load_rows(file: Path, row: int | None) -> np.ndarray:
@@ -232,7 +253,9 @@ def up(
             for tier, served in models.items():
                 names = ", ".join(m["name"] for m in served)
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
-            return MeshLayout(models=models, edge_replicas=edge_replicas, fleet=True, events=True)
+            return MeshLayout(
+                models=models, edge_replicas=edge_replicas, fleet=True, events=True, operated=True
+            )
         click.echo(f"demo models in {cache} (built on first run)", err=True)
         demo = await asyncio.to_thread(ensure_demo, cache, 0, _say)
         reports = await asyncio.to_thread(
@@ -247,6 +270,7 @@ def up(
             edge_replicas=edge_replicas,
             fleet=True,
             events=True,
+            operated=True,
         )
 
     async def run(shutdown: Shutdown) -> int:
@@ -259,21 +283,46 @@ def up(
                 click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
             click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
             controller = await mesh.controller_creds()
+            if mesh.controller is not None:
+                click.echo(
+                    f"controller {mesh.controller.name}: pid {mesh.controller.pid}", err=True
+                )
             click.echo(
-                f"fleet: sign with {mesh.signing_key_path}; push and assign on the hub with "
-                f"--servers {mesh.hub_url} --creds {controller}; "
-                f"mesh fleet status --servers {mesh.hub_url} --creds {controller}",
+                f"fleet: {', '.join(mesh.published)} signed and in the registry; "
+                f"mesh models bump, mesh rollout start and mesh fleet status use the "
+                f"{ENV_HUB_URL}, {ENV_CONTROLLER_CREDS}, {ENV_SIGNING_KEY} and "
+                f"{ENV_TRUSTED_KEYS} below",
                 err=True,
             )
             token = secrets.token_urlsafe(24)
             ingress = await mesh.start_ingress(token)
             click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
-            click.echo(f"MESH_NATS_URL={mesh.site_url}", nl=True)
-            click.echo(f"MESH_CREDS={mesh.app_creds}", nl=True)
-            click.echo(f"MESH_HTTP_URL={ingress.http_url}", nl=True)
-            click.echo(f"MESH_GRPC_URL={ingress.grpc_address}", nl=True)
-            click.echo(f"MESH_INGRESS_TOKEN={token}", nl=True)
-            sys.stdout.flush()
+            review = await mesh.start_review()
+            reviewer = await mesh.reviewer_creds()
+            _say(
+                f"review: pid {review.pid}, the queue at the hub; mesh review list uses the "
+                f"{ENV_REVIEWER_CREDS} below"
+            )
+            console_token = secrets.token_urlsafe(24)
+            console = await mesh.start_console(console_token)
+            _say(f"console: pid {console.pid}, open {console.url}/?token=...")
+            # the first five lines as they always were, then the operator's; the trusted key
+            # last (the README waits for it)
+            for name, value in (
+                (ENV_NATS_URL, mesh.site_url),
+                (ENV_CREDS, mesh.app_creds),
+                (ENV_HTTP_URL, ingress.http_url),
+                (ENV_GRPC_URL, ingress.grpc_address),
+                (ENV_INGRESS_TOKEN, token),
+                (ENV_HUB_URL, mesh.hub_url),
+                (ENV_CONTROLLER_CREDS, controller),
+                (ENV_SIGNING_KEY, mesh.signing_key_path),
+                (ENV_REVIEWER_CREDS, reviewer),
+                (ENV_CONSOLE_URL, console.url),
+                (ENV_CONSOLE_TOKEN, console_token),
+                (ENV_TRUSTED_KEYS, mesh.signing_public),
+            ):
+                _tell(f"{name}={value}")
             supervisor = asyncio.create_task(mesh.supervise(_say))
             await shutdown.wait()
             supervisor.cancel()

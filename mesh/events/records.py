@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh.errors import InvalidArgumentError
+from mesh.review.records import HumanReview
+from mesh.topology import parameters
 from mesh.typedefs import Array
 from mesh.wire import InferRequest
 from mesh.wire.codec import (
@@ -22,6 +24,8 @@ from mesh.wire.codec import (
 from mesh.wire.tensors import decode_tensors, encode_tensors
 
 EVENT_KIND = "inference_event"
+#: what an event's ``human_review`` may be.
+HUMAN_REVIEW_VALUES = tuple(h.value for h in HumanReview)
 RESULT_KIND = "result_event"
 #: longest event id: it is the JetStream message id both streams deduplicate on.
 MAX_EVENT_ID = 128
@@ -37,14 +41,21 @@ class InferenceEvent:
     residency: str
     #: wall-clock unix seconds when the publisher sent it: the budget counts from here.
     published_at: float
+    #: whether a person sees the case: ``auto``, ``always`` or ``never`` (``docs/review.md``).
+    human_review: str = "auto"
 
     def request(self) -> InferRequest:
+        # the source is the only identity that may publish as it: its labels are told to it
+        review = {parameters.CALLER: self.source}
+        if self.human_review != "auto":
+            review[parameters.HUMAN_REVIEW] = self.human_review
         return InferRequest(
             id=self.id,
             model=self.model,
             inputs=self.inputs,
             budget_ms=self.budget_ms,
             residency=self.residency,
+            parameters=review,
         )
 
 
@@ -68,6 +79,7 @@ def encode_event(event: InferenceEvent) -> bytes:
             "budget_ms": float(event.budget_ms),
             "residency": event.residency,
             "published_at": float(event.published_at),
+            "human_review": event.human_review,
         }
     )
 
@@ -90,7 +102,19 @@ def decode_event(data: bytes) -> InferenceEvent:
         budget_ms=budget,
         residency=require(obj, "residency", str, what),
         published_at=finite(require(obj, "published_at", (int, float), what), "published_at", what),
+        human_review=_human_review(obj.get("human_review")),
     )
+
+
+def _human_review(value: object) -> str:
+    if value is None:
+        return "auto"
+    if value not in HUMAN_REVIEW_VALUES:
+        raise InvalidArgumentError(
+            f"inference event human_review {str(value)[:40]!r} is not one of "
+            f"{list(HUMAN_REVIEW_VALUES)}"
+        )
+    return str(value)
 
 
 @dataclass(slots=True)

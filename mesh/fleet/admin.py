@@ -8,7 +8,8 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -19,6 +20,7 @@ from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.fleet import registry
 from mesh.fleet.desired import DesiredState, Revisioned, Selector, resolve
 from mesh.fleet.liveness import is_online
+from mesh.fleet.refusals import RetryRequest
 from mesh.fleet.rollout import (
     Gate,
     Rollout,
@@ -31,7 +33,8 @@ from mesh.fleet.rollout import (
     request,
     view_of,
 )
-from mesh.fleet.rollouts_kv import ROLLOUT_PREFIX, rollout_key, rollouts_bucket
+from mesh.fleet.rollout.plan import distinct_stages
+from mesh.fleet.rollouts_kv import ROLLOUT_BY, ROLLOUT_PREFIX, rollout_key, rollouts_bucket
 from mesh.fleet.signing import load_trusted_keys, verify
 from mesh.topology.streams import ROLLOUTS_BUCKET
 from mesh.wire import NodeStatus
@@ -53,33 +56,40 @@ async def start_rollout(
 ) -> Rollout:
     """Check everything, then store a pending rollout for the controller to drive. Refused,
     with nothing written: a version not in the registry or not signed by a trusted key, a bad
-    stage list or gate, a selector matching no online node serving the model, or a model with a
-    rollout still running."""
+    stage list or gate, a selector naming another tier than the version's or matching no
+    online node of it serving the model, a target that already refused the version, or a model
+    with a rollout still running. The selector is narrowed to the version's tier, and stages
+    that would add no node on this many targets are left out."""
     now = time.time() if now is None else now
-    selector = selector or Selector()
     if not trusted_keys:
         raise InvalidArgumentError(
             "give the public keys nodes trust (--trusted-key or $MESH_TRUSTED_KEYS): a rollout "
             "starts only for a version they would load"
         )
-    plan = await _plan(js, model, version, stages, soak, gate_terms, trusted_keys)
+    plan, tier = await _plan(js, model, version, stages, soak, gate_terms, trusted_keys)
     kv = await rollouts_bucket(js)
     existing = await _latest_unless_running(kv, model)
     heartbeats = await registry.read_heartbeats(js)
+    selector = within_tier(selector or Selector(), tier, model, version, heartbeats)
     targets, suspect, previous = _targets(
         model, version, selector, heartbeats, now=now, offline_after_s=offline_after_s
     )
+    _check_not_refused(model, version, heartbeats, targets)
     _check_not_shadowed(
         model, version, selector, heartbeats, targets, await registry.read_desired(js)
     )
-    if not await registry.has_version(js, model, previous):
-        raise InvalidArgumentError(
-            f"the nodes serve {model}@{previous}, which is not in the registry: a rollout could "
-            "not roll back to it (mesh models push it first)"
-        )
+    for served in sorted(set(previous.values())):
+        if not await registry.has_version(js, model, served):
+            holders = [n for n, v in previous.items() if v == served]
+            raise InvalidArgumentError(
+                f"{', '.join(holders[:3])} serve {model}@{served}, which is not in the "
+                "registry: a rollout could not roll back to it (mesh models push it first)"
+            )
+    kept, _ = distinct_stages(plan, len(targets))
     rollout = new_rollout(
-        model, version, previous, selector, plan, targets, now=now, by=by, suspect=suspect
-    )
+        model, version, Counter(previous.values()).most_common(1)[0][0], selector, kept,
+        targets, now=now, by=by, suspect=suspect, previous_versions=previous,
+    )  # fmt: skip
     encoded = encode_rollout(rollout)
     try:
         if existing is None:
@@ -101,23 +111,67 @@ async def _plan(
     soak: str | None,
     gate_terms: Sequence[str],
     trusted_keys: Sequence[str],
-) -> list[Stage]:
-    """The stages, once the version is in the registry and signed by a trusted key; each
-    stage's gate is the one the manifest declares, overridden by ``gate_terms`` and ``soak``."""
+) -> tuple[list[Stage], str]:
+    """The stages, once the version is in the registry and signed by a trusted key, and the
+    tier its manifest says it is for; each stage's gate is the one the manifest declares,
+    overridden by ``gate_terms`` and ``soak``."""
     if not await registry.has_version(js, model, version):
         raise NotFoundError(f"{model}@{version} is not in the registry: mesh models push it first")
     artifact = await registry.fetch(js, model, version)
-    verify(
-        artifact.signature, artifact.manifest, artifact.onnx, load_trusted_keys(list(trusted_keys))
-    )
-    declared = artifact.manifest.get("rollout")
+    manifest = artifact.manifest
+    verify(artifact.signature, manifest, artifact.onnx, load_trusted_keys(list(trusted_keys)))
+    declared = manifest.get("rollout")
     gate = (
         Gate.from_dict((declared or {}).get("gate") or {}) if isinstance(declared, dict) else Gate()
     )
     gate = Gate.parse(gate_terms, gate)
     if soak is not None:
         gate = Gate.from_dict({"soak_s": parse_duration(soak)}, gate)
-    return parse_stages(stages, gate)
+    tier = manifest.get("tier_hint")
+    return parse_stages(stages, gate), tier if isinstance(tier, str) else ""
+
+
+def within_tier(
+    selector: Selector,
+    tier: str,
+    model: str,
+    version: str,
+    heartbeats: Mapping[str, NodeStatus | str],
+) -> Selector:
+    """The selector narrowed to the tier the version is made for (its manifest's
+    ``tier_hint``): an edge model in the cloud tier would answer what the cloud is there for.
+    A selector naming another tier, or a node of one, is refused; with no tier in the manifest,
+    the selector must match nodes of one tier only."""
+    label = f"{model}@{version}"
+    if tier:
+        why = f"{label} is made for tier {tier} (its manifest's tier_hint)"
+        if selector.tier is not None and selector.tier != tier:
+            raise InvalidArgumentError(
+                f"{why}, the selector names tier {selector.tier}: a version rolls out only to "
+                "the tier it is made for"
+            )
+        node = heartbeats.get(selector.node or "")
+        if isinstance(node, NodeStatus) and node.tier != tier:
+            raise InvalidArgumentError(
+                f"{why}, node {node.node} is of tier {node.tier}: a version rolls out only to "
+                "the tier it is made for"
+            )
+        return replace(selector, tier=tier)
+    tiers = sorted(
+        {
+            s.tier
+            for name, s in heartbeats.items()
+            if isinstance(s, NodeStatus)
+            and model in s.models
+            and selector.matches(s.tier, s.site, name, s.labels)
+        }
+    )
+    if len(tiers) > 1:
+        raise InvalidArgumentError(
+            f"{label}'s manifest names no tier (tier_hint) and selector {selector.key} matches "
+            f"nodes of tiers {', '.join(tiers)}: name one with --selector tier=..."
+        )
+    return selector
 
 
 async def _latest_unless_running(kv: KeyValue, model: str) -> KeyValue.Entry | None:
@@ -143,16 +197,17 @@ def _targets(
     model: str,
     version: str,
     selector: Selector,
-    heartbeats: dict[str, NodeStatus | str],
+    heartbeats: Mapping[str, NodeStatus | str],
     *,
     now: float,
     offline_after_s: float,
-) -> tuple[list[str], set[str], str]:
+) -> tuple[list[str], set[str], dict[str, str]]:
     """The online nodes the selector matches that serve the model, those whose telemetry
-    cannot be true, and the version most of them serve (what a failure returns them to)."""
+    cannot be true, and what each serves now (what a failure returns it to: not what the
+    desired state last said, since a version assigned there may have been refused)."""
     targets: list[str] = []
     suspect: set[str] = set()
-    served: Counter[str] = Counter()
+    previous: dict[str, str] = {}
     for name, status in heartbeats.items():
         if isinstance(status, str):
             continue
@@ -160,7 +215,7 @@ def _targets(
             continue
         if selector.matches(status.tier, status.site, name, status.labels):
             targets.append(name)
-            served[status.models[model]] += 1
+            previous[name] = status.models[model]
             view = view_of(model, version, name, status, now=now, offline_after_s=offline_after_s)
             if view.problem is not None:
                 suspect.add(name)
@@ -169,28 +224,49 @@ def _targets(
             f"selector {selector.key} matches no online node serving {model}: nothing to roll "
             "out to"
         )
-    # What the targets serve now is what a failure returns them to (not what the desired
-    # state last said: a version assigned there may have been refused by every node).
-    previous = served.most_common(1)[0][0]
-    if previous == version:
+    if Counter(previous.values()).most_common(1)[0][0] == version:
         raise InvalidArgumentError(
             f"most nodes matching {selector.key} already serve {model}@{version}"
         )
     return targets, suspect, previous
 
 
+def _check_not_refused(
+    model: str, version: str, heartbeats: Mapping[str, NodeStatus | str], targets: list[str]
+) -> None:
+    """A target that refused the version before would fail the first stage it is in at once."""
+    key = f"{model}@{version}"
+    refused = {
+        n: status.rejected[key]
+        for n in targets
+        if isinstance(status := heartbeats[n], NodeStatus) and key in status.rejected
+    }
+    if refused:
+        name, reason = next(iter(refused.items()))
+        raise InvalidArgumentError(
+            f"{len(refused)} target node(s) refused {key} before ({name}: {reason}); once the "
+            f"cause is fixed, clear the refusal with mesh fleet retry --all {model} {version}"
+        )
+
+
 def _check_not_shadowed(
     model: str,
     version: str,
     selector: Selector,
-    heartbeats: dict[str, NodeStatus | str],
+    heartbeats: Mapping[str, NodeStatus | str],
     targets: list[str],
     entries: list[Revisioned],
 ) -> None:
     """A rollout ends by assigning the version to its selector; an assignment more specific
     than that (a site, labels, a node) would keep some targets on another version for good.
-    Refused up front, naming it."""
-    mine = [e for e in entries if e.state.model == model]
+    Refused up front, naming it. A node key an earlier rollout left (a node held to its own
+    version after a rollback) is the controller's: this rollout takes it over."""
+    mine = [
+        e
+        for e in entries
+        if e.state.model == model
+        and not (e.state.selector.node is not None and e.state.by.startswith(ROLLOUT_BY))
+    ]
     top = max((e.revision for e in mine), default=0) + 1
     base = Revisioned(DesiredState(model, version, selector, time.time()), top)
     shadowed: dict[str, list[str]] = {}
@@ -209,6 +285,55 @@ def _check_not_shadowed(
             f"{len(nodes)} of its nodes ({', '.join(nodes[:3])}...): roll out with that "
             "selector, or remove the assignment"
         )
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What ``mesh fleet retry`` did: the nodes that had refused the version, and those whose
+    heartbeat no longer shows the refusal."""
+
+    refused: list[str]
+    cleared: list[str]
+
+
+async def clear_refusals(
+    js: JetStreamContext,
+    model: str,
+    version: str,
+    node: str | None,
+    *,
+    by: str = "",
+    wait_s: float = 15.0,
+) -> Retried:
+    """Ask ``node`` (None: every node) to clear its refusal of ``model@version``, then wait
+    up to ``wait_s`` for the heartbeats to show it cleared. A node that still has it assigned
+    takes it again. Nothing is written when no node refused it."""
+    if not await registry.has_version(js, model, version):
+        raise NotFoundError(f"{model}@{version} is not in the registry")
+    label = f"{model}@{version}"
+    beats = await registry.read_heartbeats(js)
+    if node is not None and node not in beats:
+        raise NotFoundError(f"no node {node} in the fleet (mesh fleet status lists them)")
+    refused = _refusing(beats, label, node)
+    if not refused:
+        return Retried([], [])
+    await registry.request_retry(js, RetryRequest(model, version, node, time.time(), by))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    pending = refused
+    while pending and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        pending = [n for n in _refusing(await registry.read_heartbeats(js), label, node)
+                   if n in refused]  # fmt: skip
+    return Retried(refused, [n for n in refused if n not in pending])
+
+
+def _refusing(beats: Mapping[str, NodeStatus | str], label: str, node: str | None) -> list[str]:
+    return sorted(
+        name
+        for name, beat in beats.items()
+        if isinstance(beat, NodeStatus) and label in beat.rejected and node in (None, name)
+    )
 
 
 async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:

@@ -14,9 +14,12 @@ assigned version differs from the one served, one at a time:
 4. swaps it in with ``swap_model`` (no request dropped), and records it as the version to serve
    after a restart.
 
-A version that fails any step is reported (a ``rejected`` node event on ``mesh.telemetry.<node>``,
-``mesh_fleet_events_total``, and ``rejected`` in the heartbeat) and never retried; what serves
-keeps serving. A new assignment of another version is tried afresh.
+A version whose parts are missing or not yet complete at the site is not refused: the node keeps
+it pending and tries again, pausing longer each time (``mesh.fleet.refusals``), for as long as it
+is assigned. A version that fails any check is refused: reported (a ``rejected`` node event on
+``mesh.telemetry.<node>``, ``mesh_fleet_events_total``, and ``rejected`` in the heartbeat) and not
+tried again until an operator clears the refusal (``mesh fleet retry``); what serves keeps
+serving. A new assignment of another version is tried afresh.
 
 Every ``heartbeat_s`` the node writes its status to its key in ``MESH_NODES_<DOMAIN>``
 (``mesh.fleet.heartbeat``).
@@ -35,13 +38,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from mesh.errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
+from mesh.errors import InvalidArgumentError, MeshError
 from mesh.fleet.cache import VersionCache, settings_for
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, resolve
 from mesh.fleet.device_gate import run_device_gate
 from mesh.fleet.heartbeat import AgentState, Heartbeat
+from mesh.fleet.refusals import Waiting, decode_retry, is_retry_key, transient, waiting
 from mesh.fleet.registry import Artifact, fetch
 from mesh.fleet.signing import ArtifactSignature, load_trusted_keys, verify
 from mesh.lifecycle import Service, cancel_and_wait
@@ -68,13 +71,20 @@ def plan(
     desired: Mapping[str, DesiredState],
     served: Mapping[str, str],
     rejected: Mapping[str, str],
+    waiting: Mapping[str, Waiting] | None = None,
+    now: float = 0.0,
 ) -> list[tuple[str, str]]:
-    """The (model, version) swaps to make: assigned, not served, not refused before."""
-    return [
-        (model, state.version)
-        for model, state in sorted(desired.items())
-        if served.get(model) != state.version and f"{model}@{state.version}" not in rejected
-    ]
+    """The (model, version) swaps to make: assigned, not served, not refused before, and not
+    waiting for a later try."""
+    out: list[tuple[str, str]] = []
+    for model, state in sorted(desired.items()):
+        key = f"{model}@{state.version}"
+        held = (waiting or {}).get(key)
+        if served.get(model) == state.version or key in rejected:
+            continue
+        if held is None or held.due <= now:
+            out.append((model, state.version))
+    return out
 
 
 def restore(settings: FleetSettings, models: list[ModelSettings]) -> list[ModelSettings]:
@@ -122,6 +132,13 @@ class FleetAgent(Service):
         self.trusted = load_trusted_keys(settings.trusted_keys)
         self._js: JetStreamContext = nc.jetstream(domain=settings.domain)
         self._entries: dict[str, Revisioned] = {}
+        #: the latest revision of the desired-state bucket seen, and what it was when each
+        #: refusal was made: a retry request written after a refusal clears it.
+        self._revision = 0
+        self._refused_at: dict[str, int] = {}
+        #: ``model@version`` not fetched yet (missing or incomplete at the site), and when next.
+        self.waiting: dict[str, Waiting] = {}
+        self._cleared = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.heartbeat = Heartbeat(
@@ -181,9 +198,13 @@ class FleetAgent(Service):
         # reconcile loop: a rollout stage writes one key per node, and every agent of a site
         # sees every key (250 at a 50% stage of 500 nodes; a hundred agents in a process of
         # the simulated fleet resolved all of them on each, and their processes stalled).
+        self._revision = max(self._revision, int(revision or 0))
         if op is not None or not value:  # DEL or PURGE: the assignment is withdrawn
             if self._entries.pop(key, None) is not None:
                 self._wake.set()
+            return
+        if is_retry_key(key):
+            self._on_retry(key, value, int(revision or 0))
             return
         try:
             state = decode_desired(value)
@@ -196,6 +217,26 @@ class FleetAgent(Service):
         self._entries[key] = Revisioned(state, int(revision or 0))
         self._wake.set()
 
+    def _on_retry(self, key: str, value: bytes, revision: int) -> None:
+        try:
+            request = decode_retry(value)
+        except InvalidArgumentError as exc:
+            log.warning("ignoring malformed retry request %s: %s", key[:200], exc.message)
+            return
+        refused = f"{request.model}@{request.version}"
+        if not request.applies_to(self.name) or refused not in self.state.rejected:
+            return
+        if revision <= self._refused_at.get(refused, 0):
+            return  # asked before this refusal was made
+        reason = self.state.rejected.pop(refused)
+        self._refused_at.pop(refused, None)
+        log.info(
+            "node %s: refusal of %s cleared by %s (it was: %s)",
+            self.name, refused, request.by or "an operator", reason,
+        )  # fmt: skip
+        self._cleared = True
+        self._wake.set()
+
     def desired(self) -> dict[str, DesiredState]:
         s = self.settings
         return resolve(
@@ -205,10 +246,22 @@ class FleetAgent(Service):
 
     async def _reconcile(self) -> None:
         while True:
-            await self._wake.wait()
+            due = min((w.due for w in self.waiting.values()), default=None)
+            pause = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
             self._wake.clear()
+            self._forget_unassigned()
+            if self._cleared:
+                self._cleared = False
+                with contextlib.suppress(Exception):
+                    await self.heartbeat.beat()
             for model, version in plan(
-                self.desired(), self._node.served_versions(), self.state.rejected
+                self.desired(),
+                self._node.served_versions(),
+                self.state.rejected,
+                self.waiting,
+                time.monotonic(),
             ):
                 # The assignment may have moved on while an earlier swap ran.
                 current = self.desired().get(model)
@@ -216,13 +269,55 @@ class FleetAgent(Service):
                     continue
                 await self.apply(model, version)
 
+    def _forget_unassigned(self) -> None:
+        """Stop waiting for versions no longer assigned (a rollback moved on meanwhile)."""
+        assigned = {f"{m}@{s.version}" for m, s in self.desired().items()}
+        for key in [k for k in self.waiting if k not in assigned]:
+            del self.waiting[key]
+            model, _, version = key.partition("@")
+            if self.state.pending.get(model) == version:
+                del self.state.pending[model]
+
     # --- one version --------------------------------------------------------------------------
 
     async def apply(self, model: str, version: str) -> bool:
-        """Fetch, verify, gate and swap ``model@version``; False when it was refused."""
+        """Fetch, verify, gate and swap ``model@version``; False when it was refused or could
+        not be fetched yet (then it is tried again later)."""
+        key = f"{model}@{version}"
         self.state.pending[model] = version
         try:
             artifact = await self._fetch(model, version)
+        except asyncio.CancelledError:
+            raise
+        except MeshError as exc:
+            if transient(exc):
+                self._wait(key, exc.message)
+                return False
+            self.state.pending.pop(model, None)
+            self.waiting.pop(key, None)
+            await self._reject(model, version, exc.message)
+            return False
+        except Exception as exc:  # the connection's own errors: the server may be back soon
+            self._wait(key, f"{type(exc).__name__}: {exc}")
+            return False
+        self.waiting.pop(key, None)
+        return await self._take(model, version, artifact)
+
+    def _wait(self, key: str, reason: str) -> None:
+        now = time.monotonic()
+        held = self.waiting.get(key)
+        self.waiting[key] = held.after(now, reason) if held else waiting(now, reason)
+        # said when it starts, then once it has lasted fetch_timeout_s
+        timeout = self.settings.fetch_timeout_s
+        if held is None or now - held.since >= timeout > held.at - held.since:
+            log.warning(
+                "node %s: %s not complete at its site for %.0fs (%s); trying again for as long "
+                "as it is assigned", self.name, key, now - self.waiting[key].since, reason,
+            )  # fmt: skip
+
+    async def _take(self, model: str, version: str, artifact: Artifact) -> bool:
+        """Verify, gate and swap a fetched version; False when it was refused."""
+        try:
             manifest = await asyncio.to_thread(self._check, artifact, model, version)
             manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
             if f"{model}@{version}" not in self.proven:
@@ -249,19 +344,7 @@ class FleetAgent(Service):
         return True
 
     async def _fetch(self, model: str, version: str) -> Artifact:
-        # Missing parts are waited for (a site's mirror may lag the desired state); a corrupt or
-        # oversized part is not.
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((NotFoundError, UnavailableError)),
-            stop=stop_after_delay(self.settings.fetch_timeout_s),
-            wait=wait_exponential(multiplier=0.25, max=5.0),
-            reraise=True,
-        ):
-            with attempt:
-                return await fetch(
-                    self._js, model, version, max_bytes=self.settings.max_artifact_bytes
-                )
-        raise AssertionError("unreachable")
+        return await fetch(self._js, model, version, max_bytes=self.settings.max_artifact_bytes)
 
     def _check(self, artifact: Artifact, model: str, version: str) -> ModelManifest:
         signature: ArtifactSignature = artifact.signature
@@ -288,6 +371,7 @@ class FleetAgent(Service):
 
     async def _reject(self, model: str, version: str, reason: str) -> None:
         self.state.rejected[f"{model}@{version}"] = reason
+        self._refused_at[f"{model}@{version}"] = self._revision
         log.warning(
             "node %s rejected %s@%s: %s; %s keeps serving",
             self.name,

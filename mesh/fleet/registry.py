@@ -12,8 +12,10 @@ Layout (the README's "Fleet" section draws it):
 - every site domain: mirrors of ``MESH_MODELS`` and ``MESH_FLEET_DESIRED``, so the site's nodes
   watch and fetch from their own server while the hub is out of reach.
 
-Versions are immutable: pushing a version that exists with other bytes is refused. Nothing here
-decides anything; the agent and the CLI do. The buckets and stores themselves are the
+Versions are immutable: pushing a version that exists with other bytes or another manifest is
+refused. Its signature alone may be replaced, by one the caller checked against the keys the
+nodes trust (a version signed with the wrong key, re-signed). Nothing here decides anything;
+the agent and the CLI do. The buckets and stores themselves are the
 topology's (``mesh.topology.streams``), made by the provisioning step.
 """
 
@@ -21,8 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -38,6 +44,7 @@ from nats.js.kv import KeyValue
 from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.errors import NotFoundError as MeshNotFound
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, encode_desired
+from mesh.fleet.refusals import RetryRequest, encode_retry, is_retry_key
 from mesh.fleet.signing import ArtifactSignature
 from mesh.topology.streams import (
     DESIRED_BUCKET,
@@ -45,7 +52,7 @@ from mesh.topology.streams import (
     MODEL_STORE_STREAM,
     NODES_BUCKET,
 )
-from mesh.topology.subjects import kv_stream
+from mesh.topology.subjects import kv_stream, object_chunks, object_meta
 from mesh.wire import NodeStatus, decode_node_status
 
 #: parts of one version in the object store.
@@ -56,6 +63,11 @@ MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 
 def object_name(model: str, version: str, part: str) -> str:
     return f"{model}/{version}/{part}"
+
+
+class IncompleteObjectError(UnavailableError):
+    """An object's chunks do not (yet) add up to what its meta says: a site's mirror still
+    copying it. Worth trying again; the bytes a signature covers are checked after."""
 
 
 # --- artifacts ----------------------------------------------------------------------------
@@ -105,30 +117,105 @@ async def _store(js: JetStreamContext) -> Any:
         ) from None
 
 
-async def push(js: JetStreamContext, artifact: Artifact) -> str:
-    """Store a signed version (already verified by the caller); returns ``model@version``.
+class Pushed(StrEnum):
+    """What a push did."""
+
+    STORED = "stored"
+    UNCHANGED = "unchanged"
+    RESIGNED = "re-signed"
+
+
+async def push(js: JetStreamContext, artifact: Artifact, *, resign: bool = False) -> str:
+    """``store`` a signed version; returns ``model@version``."""
+    await store(js, artifact, resign=resign)
+    manifest = artifact.manifest
+    return f"{manifest.get('name')}@{manifest.get('version')}"
+
+
+async def store(js: JetStreamContext, artifact: Artifact, *, resign: bool = False) -> Pushed:
+    """Store a signed version (already verified by the caller).
 
     The parts go in the order onnx, manifest, signature: a version counts as present once its
-    signature is, and a node fetches only versions someone assigned after that."""
+    signature is, and a node fetches only versions someone assigned after that. A version in
+    the store already is accepted again when identical; with the same bytes and manifest but
+    another signature, its signature is replaced when ``resign`` says the caller checked the
+    new one against the trusted keys, and refused otherwise; with other bytes or another
+    manifest, refused."""
     manifest = artifact.manifest
     model, version = str(manifest.get("name")), str(manifest.get("version"))
-    store = await _store(js)
+    objects = await _store(js)
     try:
         existing: bytes | None = await read_object(js, object_name(model, version, "signature"))
     except MeshNotFound:
         existing = None
     if existing is not None:
         if existing == artifact.signature_bytes:
-            return f"{model}@{version}"
-        raise InvalidArgumentError(
-            f"{model}@{version} is already in the registry with other bytes: versions are "
-            "immutable, push it under a new version"
+            return Pushed.UNCHANGED
+        await _same_content(js, artifact, model, version, resign)
+        await _replace_small_object(
+            js, object_name(model, version, "signature"), artifact.signature_bytes
         )
+        return Pushed.RESIGNED
     for part, data in zip(
         PARTS, (artifact.onnx, artifact.manifest_bytes, artifact.signature_bytes), strict=True
     ):
-        await store.put(object_name(model, version, part), data)
-    return f"{model}@{version}"
+        await objects.put(object_name(model, version, part), data)
+    return Pushed.STORED
+
+
+async def _same_content(
+    js: JetStreamContext, artifact: Artifact, model: str, version: str, resign: bool
+) -> None:
+    """Refuse a push of a stored version unless only its signature differs and may change."""
+    label = f"{model}@{version}"
+    stored = await read_object(js, object_name(model, version, "manifest"))
+    try:
+        same_manifest = json.loads(stored) == artifact.manifest
+    except ValueError:
+        same_manifest = False
+    meta = await _object_meta(js, object_name(model, version, "onnx"))
+    digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(artifact.onnx).digest()).decode()
+    same_bytes = _digest_text(meta.digest) == digest.rstrip("=")
+    if not (same_manifest and same_bytes):
+        what = "bytes" if not same_bytes else "manifest"
+        raise InvalidArgumentError(
+            f"{label} is already in the registry with another {what}: versions are immutable, "
+            "push it under a new version (mesh models bump makes one)"
+        )
+    if not resign:
+        raise InvalidArgumentError(
+            f"{label} is already in the registry with the same bytes and manifest under another "
+            "signature: versions are immutable, but a signature may be replaced by one the nodes "
+            "trust; push again with their keys (--trusted-key or $MESH_TRUSTED_KEYS)"
+        )
+
+
+async def _replace_small_object(js: JetStreamContext, name: str, data: bytes) -> None:
+    """Write ``data`` as object ``name``, one chunk and its meta, as nats-py's ``put`` does, but
+    leaving the chunk it replaces: removing that is a purge, a JetStream administrator's verb
+    the controller may not use (a signature is a few hundred bytes)."""
+    nuid = uuid.uuid4().hex
+    await js.publish(object_chunks(MODEL_STORE, nuid), data)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    info = api.ObjectInfo(
+        name=name,
+        bucket=MODEL_STORE,
+        nuid=nuid,
+        size=len(data),
+        chunks=1,
+        mtime=datetime.now(UTC).isoformat(),
+        digest=f"SHA-256={digest}",
+        options=api.ObjectMetaOptions(max_chunk_size=max(len(data), 1)),
+    )
+    await js.publish(
+        object_meta(MODEL_STORE, name),
+        json.dumps(info.as_dict()).encode(),
+        headers={api.Header.ROLLUP: "sub"},
+    )
+
+
+def _digest_text(digest: str | None) -> str:
+    return (digest or "").replace("sha-256=", "SHA-256=").rstrip("=")
 
 
 async def list_versions(js: JetStreamContext) -> list[VersionInfo]:
@@ -170,7 +257,7 @@ async def _object_metas(js: JetStreamContext) -> dict[str, api.ObjectInfo]:
     if not info.state.messages:
         return {}
     sub = await js.subscribe(
-        f"$O.{MODEL_STORE}.M.>",
+        object_meta(MODEL_STORE),
         stream=stream,
         ordered_consumer=True,
         config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT),
@@ -194,6 +281,21 @@ async def _object_metas(js: JetStreamContext) -> dict[str, api.ObjectInfo]:
     return metas
 
 
+async def _object_meta(js: JetStreamContext, name: str) -> api.ObjectInfo:
+    """One object's meta record (its size and digest)."""
+    try:
+        msg = await js.get_last_msg(MODEL_STORE_STREAM, object_meta(MODEL_STORE, name))
+    except NotFoundError:
+        raise MeshNotFound(f"object {name} is not in {MODEL_STORE}") from None
+    try:
+        info: api.ObjectInfo = api.ObjectInfo.from_response(json.loads(msg.data or b""))
+    except Exception:  # nats-py raises assorted types on a malformed meta record
+        raise InvalidArgumentError(f"object {name} has malformed meta") from None
+    if info.deleted:
+        raise MeshNotFound(f"object {name} was deleted from {MODEL_STORE}")
+    return info
+
+
 async def has_version(js: JetStreamContext, model: str, version: str) -> bool:
     try:
         await read_object(js, object_name(model, version, "signature"), max_bytes=1 << 20)
@@ -210,21 +312,12 @@ async def read_object(
     Written here rather than taken from nats-py's ``ObjectStore.get``: that looks its stream up
     by subject, which a mirror (a site's copy of the store) does not have, and it buffers an
     object of any size. Raises ``NotFoundError`` (missing), ``InvalidArgumentError`` (too big,
-    truncated or corrupt meta) or ``UnavailableError`` (no answer in ``timeout``)."""
+    or corrupt meta), ``IncompleteObjectError`` (its chunks do not add up to its meta yet) or
+    ``UnavailableError`` (no answer in ``timeout``)."""
     stream = MODEL_STORE_STREAM
-    meta_subject = f"$O.{MODEL_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
     try:
         async with asyncio.timeout(timeout):
-            try:
-                msg = await js.get_last_msg(stream, meta_subject)
-            except NotFoundError:
-                raise MeshNotFound(f"object {name} is not in {MODEL_STORE}") from None
-            try:
-                info = api.ObjectInfo.from_response(json.loads(msg.data or b""))
-            except Exception:  # nats-py raises assorted types on a malformed meta record
-                raise InvalidArgumentError(f"object {name} has malformed meta") from None
-            if info.deleted:
-                raise MeshNotFound(f"object {name} was deleted from {MODEL_STORE}")
+            info = await _object_meta(js, name)
             size = int(info.size or 0)
             if size > max_bytes:
                 raise InvalidArgumentError(
@@ -242,9 +335,7 @@ async def read_object(
 async def _read_chunks(
     js: JetStreamContext, stream: str, name: str, info: api.ObjectInfo, size: int
 ) -> bytes:
-    import hashlib
-
-    chunk_subject = f"$O.{MODEL_STORE}.C.{info.nuid}"
+    chunk_subject = object_chunks(MODEL_STORE, str(info.nuid))
     sub = await js.subscribe(chunk_subject, stream=stream, ordered_consumer=True)
     data = bytearray()
     try:
@@ -257,11 +348,10 @@ async def _read_chunks(
     finally:
         await sub.unsubscribe()
     digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
-    expected = (info.digest or "").replace("sha-256=", "SHA-256=")
-    if len(data) != size or digest.rstrip("=") != expected.rstrip("="):
-        raise InvalidArgumentError(
-            f"object {name} is truncated or corrupt: {len(data)} of {size} bytes, "
-            "digest does not match its meta"
+    if len(data) != size or digest.rstrip("=") != _digest_text(info.digest):
+        raise IncompleteObjectError(
+            f"object {name} is not complete here yet: {len(data)} of {size} bytes"
+            + ("" if len(data) != size else ", digest does not match its meta")
         )
     return bytes(data)
 
@@ -294,10 +384,18 @@ async def assign(js: JetStreamContext, state: DesiredState) -> int:
     return int(await kv.put(state.key, encode_desired(state)))
 
 
+async def request_retry(js: JetStreamContext, request: RetryRequest) -> int:
+    """Ask the nodes (``mesh.fleet.refusals``) to clear their refusal of a version."""
+    kv = await desired_bucket(js)
+    return int(await kv.put(request.key, encode_retry(request)))
+
+
 async def read_desired(js: JetStreamContext) -> list[Revisioned]:
     kv = await desired_bucket(js)
     out: list[Revisioned] = []
     for entry in await latest_entries(js, kv, DESIRED_BUCKET):
+        if is_retry_key(entry.key):
+            continue
         try:
             out.append(Revisioned(decode_desired(entry.value or b""), int(entry.revision or 0)))
         except InvalidArgumentError:

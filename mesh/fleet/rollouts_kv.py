@@ -8,18 +8,19 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.errors import NotFoundError
-from mesh.topology.streams import ROLLOUTS_BUCKET
+from mesh.topology.streams import ROLLOUT_KEY_PREFIX, ROLLOUTS_BUCKET, rollout_key
 
 LEASE_KEY = "lease.controller"
-ROLLOUT_PREFIX = "rollout."
-
-
-def rollout_key(model: str) -> str:
-    return f"{ROLLOUT_PREFIX}{model}"
+ROLLOUT_PREFIX = ROLLOUT_KEY_PREFIX
+#: what the assignments a controller writes for a rollout say they are by: ``rollout <id>``.
+ROLLOUT_BY = "rollout "
 
 
 def window_key(model: str) -> str:
     return f"window.{model}"
+
+
+__all__ = ["LEASE_KEY", "ROLLOUT_PREFIX", "rollout_key", "rollouts_bucket", "window_key"]
 
 
 async def rollouts_bucket(js: JetStreamContext) -> KeyValue:

@@ -29,6 +29,7 @@ from mesh.node.policy import RESIDENCY_LABELS
 from mesh.observability import tracing
 from mesh.sdk.client import MeshClient
 from mesh.topology import subjects
+from mesh.topology.parameters import HUMAN_REVIEW
 from mesh.transport.discovery import SERVICE_NAME, package_version
 from mesh.wire import decode_node_status
 
@@ -238,6 +239,8 @@ class Ingress(Service):
             budget_ms=budget,
             residency=zone,
             request_id=request.id or None,
+            # the caller's wish, checked by the client: a bad value is INVALID_ARGUMENT
+            human_review=str(request.parameters.get(HUMAN_REVIEW, "auto")),
         )
         if request.version and result.model_version != request.version:
             raise UnavailableError(

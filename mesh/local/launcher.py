@@ -9,115 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mesh.errors import InvalidArgumentError
 from mesh.local.cluster import Hub
-from mesh.local.layout import TIERS, ZONES, MeshLayout, NodePlanner, NodeSpot, settings_yaml
+from mesh.local.layout import TIERS, ZONES, MeshLayout, NodePlanner, NodeSpot
+from mesh.local.processes import (
+    CONSOLE_REVIEWER,
+    MESH_COMMAND,
+    ConsoleProcess,
+    ControllerProcess,
+    IngressProcess,
+    NodeProcess,
+)
+from mesh.local.review import REVIEWER, ReviewProcess, start_review
 from mesh.local.servers import APPLICATION, Site
-from mesh.local.supervisor import ChildProcess, Supervised, Supervisor, Watched, child_env
-from mesh.services.node import READY_PREFIX
-from mesh.settings import NodeSettings
-from mesh.topology.processes import INGRESS_READY
+from mesh.local.supervisor import Supervised, Supervisor, Watched
 from mesh.topology.streams import MeshTopology, StreamLimits, TierPlacement
 from mesh.transport.jetstream import provision
 
 #: the URLs a site dials to reach the hub, given the site and the hub's leafnode ports (a rig
 #: puts a fault proxy in front of each).
 LinkMaker = Callable[[str, list[int]], Awaitable[list[str]]]
-
-#: how a rig starts a mesh process: the ``mesh`` command of this interpreter, as a user would.
-MESH_COMMAND = (sys.executable, "-m", "mesh.cli")
-
-
-class NodeProcess:
-    """One ``mesh node`` process from typed settings; ready once it prints its ready line.
-
-    ``env`` adds environment variables (``OTEL_*`` for instance) to the process's environment.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        settings: NodeSettings,
-        work_dir: Path,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.config_path = work_dir / f"{name}.yaml"
-        self.log_path = work_dir / f"{name}.log"
-        self.http_url: str | None = None
-        self._child = ChildProcess(
-            name,
-            [*MESH_COMMAND, "node", "--config", str(self.config_path)],
-            self.log_path,
-            ready_prefix=READY_PREFIX,
-            env=child_env(env),
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    @property
-    def running(self) -> bool:
-        return self._child.running
-
-    async def start(self, timeout: float = 60.0) -> None:
-        text = yaml.safe_dump(settings_yaml(self.settings), sort_keys=False)
-        await asyncio.to_thread(self.config_path.write_text, text)
-        await self._child.start(timeout)
-        http = self._child.info.get("http")
-        self.http_url = http if http and http != "-" else None
-        if self.http_url and self.settings.http_port == 0:
-            # a restarted node serves its health and metrics where it did before, so whoever
-            # scrapes it (or read mesh up's lines) still finds it
-            port = int(self.http_url.rsplit(":", 1)[1].split("/")[0])
-            self.settings = self.settings.model_copy(update={"http_port": port})
-
-    async def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        await self._child.kill()
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-    async def wait(self) -> int:
-        """Until the process exits; its exit status."""
-        return await self._child.wait()
-
-
-class IngressProcess:
-    """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
-
-    READY = INGRESS_READY
-
-    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self._child = ChildProcess(
-            "ingress", argv, log_path, ready_prefix=self.READY, env=child_env(env)
-        )
-        self.http_url = ""
-        self.grpc_address = ""
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    async def start(self, timeout: float = 60.0) -> None:
-        await self._child.start(timeout)
-        self.http_url = self._child.info.get("http", "")
-        self.grpc_address = self._child.info.get("grpc", "")
-
-    async def stop(self) -> None:
-        await self._child.stop()
 
 
 class EmbeddedMesh:
@@ -159,6 +76,11 @@ class EmbeddedMesh:
         self.signing_key_path = self.work_dir / "fleet" / "signing.key"
         self.signing_public: str | None = None
         self.ingress: IngressProcess | None = None
+        self.console: ConsoleProcess | None = None
+        self.review: ReviewProcess | None = None
+        self.controller: ControllerProcess | None = None
+        #: ``model@version`` of every version signed and pushed at start (``layout.operated``).
+        self.published: list[str] = []
 
     @property
     def site_url(self) -> str:
@@ -194,6 +116,8 @@ class EmbeddedMesh:
         await self.provision()
         if self.layout.fleet:
             await self.start_fleet()
+            if self.layout.operated:
+                await self.publish_served()
 
     def topology(self) -> MeshTopology:
         """The streams this mesh needs: its chain (the cloud at the hub, the rest at each
@@ -257,6 +181,52 @@ class EmbeddedMesh:
 
         self.signing_public = await asyncio.to_thread(make_key)
 
+    def served_manifests(self) -> list[Path]:
+        """Manifests of every version the nodes are configured to serve."""
+        lay = self.layout
+        if lay.models is None:
+            given = (lay.edge_manifest, lay.gateway_manifest, lay.cloud_manifest)
+            return [m for m in given if m is not None]
+        return [
+            Path(m["manifest"])
+            for tier in lay.tiers()
+            for m in lay.models.get(tier, [])
+            if m.get("manifest")
+        ]
+
+    async def publish_served(self) -> None:
+        """Sign every version the nodes serve with the fleet's key and push it to the hub's
+        registry: a rollout needs what it would roll back to there."""
+        from mesh.fleet import registry
+        from mesh.fleet.release import signed_artifact
+        from mesh.fleet.signing import SigningKey
+        from mesh.models.manifest import load_manifest
+
+        key = await asyncio.to_thread(SigningKey.load, self.signing_key_path)
+        nc = await self.hub.connect(name="mesh-publish")
+        try:
+            js = nc.jetstream(domain="hub")
+            for manifest in dict.fromkeys(self.served_manifests()):
+                artifact = await asyncio.to_thread(signed_artifact, manifest, key)
+                await registry.store(js, artifact)
+                parsed = await asyncio.to_thread(load_manifest, manifest)
+                self.published.append(f"{parsed.name}@{parsed.version}")
+        finally:
+            await nc.close()
+
+    async def start_controller(self) -> ControllerProcess:
+        """The fleet's controller, as its own ``mesh controller`` process at the hub."""
+        creds = await self.controller_creds()
+        name = "controller-0"
+        argv = [
+            *MESH_COMMAND, "controller", "--servers", self.hub_url, "--creds", str(creds),
+            "--name", name,
+        ]  # fmt: skip
+        process = ControllerProcess(name, argv, self.work_dir / f"{name}.log", self.node_env)
+        await process.start()
+        self.controller = process
+        return process
+
     def entry_manifests(self) -> list[Path]:
         """Manifests of the models the entry tier serves (what the ingress describes)."""
         lay = self.layout
@@ -282,6 +252,40 @@ class EmbeddedMesh:
         await process.start()
         self.ingress = process
         return process
+
+    async def start_console(
+        self, token: str, *, port: int = 0, offline_after_s: float | None = None
+    ) -> ConsoleProcess:
+        """The operator console at the hub, as its own process, with the console identity."""
+        from mesh.security.identities import IdentitySpec
+        from mesh.security.permissions import Role
+
+        creds = await self.hub.issue(IdentitySpec("console", Role.CONSOLE))
+        argv = [
+            *MESH_COMMAND, "console", "--servers", self.hub_url, "--creds", str(creds),
+            "--port", str(port),
+        ]  # fmt: skip
+        if self.review is not None:
+            # people label through the console as a reviewer of its own, so the queue's
+            # history tells the console's labels from those of `mesh review`
+            reviewer = await self.hub.issue(IdentitySpec(CONSOLE_REVIEWER, Role.REVIEWER))
+            argv += ["--reviewer-creds", str(reviewer)]
+        if offline_after_s is not None:
+            argv += ["--offline-after", f"{offline_after_s:g}"]
+        env = {**self.node_env, "MESH_CONSOLE_TOKEN": token}
+        process = ConsoleProcess(argv, self.work_dir / "console.log", env)
+        await process.start()
+        self.console = process
+        return process
+
+    async def start_review(self) -> ReviewProcess:
+        """The review queue's service at the hub (``mesh review serve``), as its own process."""
+        self.review = await start_review(self.hub, self.work_dir, self.node_env, MESH_COMMAND)
+        return self.review
+
+    async def reviewer_creds(self) -> Path:
+        """Credentials of a person with the reviewer role (``mesh review``)."""
+        return await self.hub.issue(REVIEWER)
 
     async def controller_creds(self) -> Path:
         """Credentials of the fleet's controller (push versions, assign them)."""
@@ -316,16 +320,35 @@ class EmbeddedMesh:
     async def start(self, leaf_url: str | None = None, *, links: LinkMaker | None = None) -> None:
         await self.start_servers(leaf_url, links=links)
         await self.start_nodes()
+        if self.layout.fleet and self.layout.operated:
+            await self.start_controller()
 
     def watched(self) -> dict[str, Watched]:
-        """What ``supervise`` restarts: every node and every NATS server."""
+        """What ``supervise`` restarts: every node, the review service, the controller, every
+        NATS server and the console."""
         watched: dict[str, Watched] = {}
         for name, node in self.nodes.items():
             watched[name] = Watched(f"node {name}", node, _node_back(name, node))
+        if self.review is not None:
+            label = "review service"
+            watched[label] = Watched(label, self.review, _server_back(label, self.review))
+        if self.controller is not None:
+            label = f"controller {self.controller.name}"
+            controller = self.controller
+            watched[label] = Watched(
+                label, controller, lambda: f"{label} restarted (pid {controller.pid})"
+            )
         servers = [*self.hub.members, *(s.leaf for s in self.sites if s.leaf is not None)]
         for server in servers:
             label = f"nats-server {server.config.name}"
             watched[label] = Watched(label, server, _server_back(label, server))
+        if self.console is not None:
+            console = self.console
+            watched["console"] = Watched(
+                "console",
+                console,
+                lambda: f"console restarted (pid {console.pid}) at {console.url}",
+            )
         return watched
 
     async def supervise(
@@ -335,12 +358,12 @@ class EmbeddedMesh:
         max_restarts: int = 5,
         window_s: float = 60.0,
     ) -> None:
-        """Restart a node or NATS server that exits while the mesh runs (a crash, or status 70
-        from a node whose NATS connection died), reporting each exit; a server comes back on
-        the ports it had, so links and clients find it again, and a node on the same http URL
-        (reported with its new pid). A process that exits more than ``max_restarts`` times
-        in ``window_s`` is left down and reported so. ``self.supervisor`` is its state while
-        it runs (restarts so far; ``hold`` keeps a process down for a while)."""
+        """Restart a node, the controller or a NATS server that exits while the mesh runs (a
+        crash, or status 70 from a node whose NATS connection died), reporting each exit; a
+        server comes back on the ports it had, so links and clients find it again, and a node
+        on the same http URL (reported with its new pid). A process that exits more than
+        ``max_restarts`` times in ``window_s`` is left down and reported so. ``self.supervisor``
+        is its state while it runs (restarts so far; ``hold`` keeps a process down a while)."""
         supervisor = self.supervisor = Supervisor(
             self.watched(), report, max_restarts=max_restarts, window_s=window_s
         )
@@ -349,8 +372,14 @@ class EmbeddedMesh:
     async def stop(self) -> None:
         if self.supervisor is not None:
             self.supervisor.stopping = True
+        if self.console is not None:
+            await self.console.stop()
         if self.ingress is not None:
             await self.ingress.stop()
+        if self.review is not None:
+            await self.review.stop()
+        if self.controller is not None:
+            await self.controller.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
         for site in reversed(self.sites):
@@ -374,9 +403,13 @@ def _server_back(label: str, server: Supervised) -> Callable[[], str]:
 
 #: kept importable from here: the layout moved to ``mesh.local.layout``.
 __all__ = [
+    "CONSOLE_REVIEWER",
     "MESH_COMMAND",
+    "REVIEWER",
     "TIERS",
     "ZONES",
+    "ConsoleProcess",
+    "ControllerProcess",
     "EmbeddedMesh",
     "IngressProcess",
     "LinkMaker",

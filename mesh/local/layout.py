@@ -44,6 +44,9 @@ class MeshLayout:
     events: bool = False
     #: share of confident answers the edge and gateway audit upstream (default: the setting's).
     audit_rate: float | None = None
+    #: with ``fleet``: sign the versions the nodes serve and push them to the registry (what a
+    #: rollout rolls back to), and run a ``mesh controller`` under supervision (``mesh up``).
+    operated: bool = False
     #: servers of the hub: 1, or a cluster whose streams are replicated (R3) across them.
     hub_cluster: int = 1
     #: sites, each a leaf server and JetStream domain of its own with the tiers below the top.

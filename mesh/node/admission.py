@@ -29,6 +29,12 @@ def caller_of(reply: str) -> str:
     return head if head.startswith("_INBOX_") else UNKNOWN_CALLER
 
 
+def caller_name(reply: str) -> str:
+    """The identity's name a reply subject belongs to (``_INBOX_<name>``), or empty."""
+    head, _, _ = reply.partition(".")
+    return head[len("_INBOX_") :] if head.startswith("_INBOX_") else ""
+
+
 @dataclass
 class Admission:
     """Slots in use, in all and per caller; ``per_caller`` of 0 means no share (total only)."""

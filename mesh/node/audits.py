@@ -11,7 +11,8 @@ from dataclasses import replace
 from mesh import wire
 from mesh.node import policy
 from mesh.node.breaker import BreakerState
-from mesh.node.served import ServedModel
+from mesh.node.outcomes import ReviewSink
+from mesh.node.served import LocalAnswer, ServedModel
 from mesh.node.upstream import UpstreamLink
 from mesh.observability.metrics import MeshMetrics
 
@@ -28,52 +29,57 @@ AUDIT_PARAMETER = "mesh_audit"
 class Auditor:
     """Audits in flight for one tier, and the agreement each answer from above makes."""
 
-    def __init__(self, tier: str, metrics: MeshMetrics) -> None:
+    def __init__(self, tier: str, metrics: MeshMetrics, review: ReviewSink | None = None) -> None:
         self.tier = tier
         self.metrics = metrics
+        #: told each audit's verdict: a disagreement is a case for a person.
+        self.review = review
         self._audits: set[asyncio.Task[None]] = set()
 
     def compared(
         self, model: ServedModel, local: list[int], upstream: list[int], source: str
-    ) -> None:
+    ) -> bool:
         agreed = model.evidence.compare(local, upstream)
         self.metrics.agreement.add(
             1, self.tier, model.name, model.version, source, "agree" if agreed else "disagree"
         )
+        return agreed
 
     def audit(
         self,
         upstream: UpstreamLink | None,
         request: wire.InferRequest,
         model: ServedModel,
-        labels: list[int],
-    ) -> None:
+        local: LocalAnswer,
+    ) -> bool:
         """Send a confident answer's request to the tier above after the reply, to count
-        whether it agrees. Called while the reply is being made: the task runs only once the
-        local pass yields, and nothing waits for it. Never across a residency label, never
-        through an open or probing breaker, and at most ``MAX_AUDITS_IN_FLIGHT`` at once."""
+        whether it agrees; whether it was sent. Called while the reply is being made: the task
+        runs only once the local pass yields, and nothing waits for it. Never across a residency
+        label, never through an open or probing breaker, and at most ``MAX_AUDITS_IN_FLIGHT``
+        at once."""
         if (
             upstream is None
             or upstream.breaker.state is not BreakerState.CLOSED
             or not policy.may_reach(request.residency, upstream.zone)
             or request.parameters.get(AUDIT_PARAMETER)
         ):
-            return
+            return False
         if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
             self.metrics.audits.add(1, self.tier, model.name, model.version, "skipped")
-            return
+            return False
         model.evidence.audits += 1
         self.metrics.audits.add(1, self.tier, model.name, model.version, "sent")
-        task = asyncio.create_task(self._run(upstream, request, model, labels))
+        task = asyncio.create_task(self._run(upstream, request, model, local))
         self._audits.add(task)
         task.add_done_callback(self._audits.discard)
+        return True
 
     async def _run(
         self,
         upstream: UpstreamLink,
         request: wire.InferRequest,
         model: ServedModel,
-        labels: list[int],
+        local: LocalAnswer,
     ) -> None:
         onward = replace(
             request,
@@ -96,7 +102,9 @@ class Auditor:
             model.evidence.audit_failures += 1
             self.metrics.audits.add(1, self.tier, model.name, model.version, "failed")
             return
-        self.compared(model, labels, reply.response.labels, "audit")
+        agreed = self.compared(model, local.labels, reply.response.labels, "audit")
+        if self.review is not None:
+            self.review.audited(request, model, local, reply.response, agreed)
 
     def cancel(self) -> None:
         """Audits are only evidence: a stopping node drops those in flight."""

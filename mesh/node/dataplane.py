@@ -40,6 +40,7 @@ from mesh.node.outcomes import (
     HardExampleSink,
     ModelTable,
     Outcome,
+    ReviewSink,
     TierIdentity,
 )
 from mesh.node.policy import (
@@ -86,6 +87,7 @@ class DataPlane(Service):
         metrics: MeshMetrics,
         clock: Callable[[], float] = time.monotonic,
         peers: UpstreamTransport | None = None,
+        review: ReviewSink | None = None,
     ) -> None:
         self.identity = identity
         self.models = models
@@ -99,7 +101,9 @@ class DataPlane(Service):
         #: longest ``stop`` waits for hard examples still being recorded.
         self.drain_seconds = 5.0
         self._recording: set[asyncio.Task[None]] = set()
-        self._auditor = Auditor(identity.tier, metrics)
+        #: told of the cases a person should see (``mesh.review.feed``); None: no review.
+        self.review = review
+        self._auditor = Auditor(identity.tier, metrics, review)
         self._forwarded_names: set[str] = set()
         self._random = random.random
 
@@ -322,8 +326,14 @@ class DataPlane(Service):
             offset = end
             if policy.confident(confidence, novelty, thresholds):
                 outcome.response = self._answer_here(outcome, model, local, None, now)
-                if model.audit_rate and self._random() < model.audit_rate:
-                    self._auditor.audit(self.upstream, outcome.request, model, local.labels)
+                audited = (
+                    model.audit_rate
+                    and self._random() < model.audit_rate
+                    and self._auditor.audit(self.upstream, outcome.request, model, local)
+                )
+                if not audited and self.review is not None:
+                    # an audited answer is offered once its verdict is in
+                    self.review.answered(outcome.request, model, local)
                 continue
             request = outcome.request
             if upstream is None and self.upstream is not None:
@@ -363,6 +373,9 @@ class DataPlane(Service):
             outcome.escalation = Escalation(model, local, decision.escalation)
             return
         outcome.response = self._answer_here(outcome, model, local, decision.degraded)
+        review = self.review
+        if decision.escalation is not None and review is not None:
+            review.unsure(outcome.request, model, local, decision.degraded, decision.escalation)
 
     # --- what the local pass could not finish ------------------------------------------------
 
@@ -375,8 +388,11 @@ class DataPlane(Service):
             return await self._forward(outcome.request, outcome.received_at)
         assert self.upstream is not None
         request, received_at = outcome.request, outcome.received_at
+        onward = request
+        if self.review is not None:
+            onward = self.review.carry(request, escalation.model, escalation.local)
         try:
-            reply = await self._escalate(self.upstream, request, received_at)
+            reply = await self._escalate(self.upstream, onward, received_at)
         except UpstreamFailure as failure:
             log.info(
                 "request %s answered at %s: escalation failed (%s)",
@@ -384,7 +400,12 @@ class DataPlane(Service):
                 self.identity.tier,
                 failure.detail,
             )
-            return self._answer_here(outcome, escalation.model, escalation.local, failure.reason)
+            answer = self._answer_here(outcome, escalation.model, escalation.local, failure.reason)
+            if self.review is not None:
+                self.review.unsure(
+                    request, escalation.model, escalation.local, failure.reason, escalation.reason
+                )
+            return answer
         self._auditor.compared(escalation.model, escalation.local.labels, reply.labels, "escalated")
         return self._relay(
             reply,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from mesh import wire
 from mesh.errors import MeshError
-from mesh.node.policy import EscalationReason
+from mesh.node.policy import DegradedReason, EscalationReason
 from mesh.node.served import LocalAnswer, ServedModel
 
 
@@ -18,6 +18,37 @@ class HardExampleSink(Protocol):
     async def record(
         self, request: wire.InferRequest, answer: wire.InferResponse, reason: str
     ) -> None: ...
+
+
+class ReviewSink(Protocol):
+    """Where the cases a person should see go (``mesh.review.feed.ReviewFeed``): told at each
+    decision, it picks what to offer and sends it after the reply."""
+
+    def answered(
+        self, request: wire.InferRequest, model: ServedModel, local: LocalAnswer
+    ) -> None: ...
+
+    def unsure(
+        self,
+        request: wire.InferRequest,
+        model: ServedModel,
+        local: LocalAnswer,
+        degraded: DegradedReason | None,
+        escalation: EscalationReason | None,
+    ) -> None: ...
+
+    def audited(
+        self,
+        request: wire.InferRequest,
+        model: ServedModel,
+        local: LocalAnswer,
+        upstream: wire.InferResponse,
+        agreed: bool,
+    ) -> None: ...
+
+    def carry(
+        self, request: wire.InferRequest, model: ServedModel, local: LocalAnswer
+    ) -> wire.InferRequest: ...
 
 
 @dataclass(frozen=True, slots=True)

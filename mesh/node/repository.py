@@ -158,6 +158,7 @@ async def load_model(settings: ModelSettings, tier: str) -> ServedModel:
         audit_rate=settings.audit_rate,
         fused=fused,
         checks_inputs_after=checks_after,
+        classes=tuple(manifest.labels) if manifest is not None else (),
     )
     await asyncio.to_thread(check_scorable, served, onnx_model)
     return served

@@ -80,6 +80,8 @@ class ServedModel:
     #: infinity, checked after only when its fused novelty is not finite: that novelty is
     #: non-finite whenever they are (``fused.flags_non_finite``, tried at load).
     checks_inputs_after: bool = False
+    #: class names by class id (the manifest's ``labels``): what a reviewer's label may be.
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.evidence = Evidence()

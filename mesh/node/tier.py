@@ -29,6 +29,7 @@ from mesh.node.repository import load_model
 from mesh.node.served import ServedModel
 from mesh.node.upstream import UpstreamLink
 from mesh.observability.metrics import GaugeSource, MeshMetrics
+from mesh.review.feed import ReviewFeed
 from mesh.settings import ModelSettings, NodeSettings
 from mesh.topology import subjects
 from mesh.transport.connection import connect
@@ -66,6 +67,7 @@ class TierNode(Service):
         self.watch: ConnectionWatch | None = None
         self.agent: FleetAgent | None = None
         self.events: EventConsumer | None = None
+        self.review: ReviewFeed | None = None
         #: the settings each served model was loaded with (the agent derives new versions' from it)
         self._model_settings: dict[str, ModelSettings] = {}
         #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
@@ -102,6 +104,18 @@ class TierNode(Service):
         models = await self._load_models(stack)
         if s.upstream is not None:
             self.upstream = self._make_upstream(self.nc)
+        if s.review.enabled:
+            self.review = ReviewFeed(
+                self.nc,
+                identity=self.identity,
+                site=s.fleet.site_name if s.fleet.enabled else (s.hard_examples.domain or ""),
+                entry=s.entry,
+                top=s.upstream is None,
+                models=self.models,
+                settings=s.review,
+                metrics=self.metrics,
+            )
+            await stack.enter_async_context(self.review)
         if s.hard_examples.enabled:
             await self._start_hard_examples(stack, self.nc)
         await self._start_request_path(stack, self.nc, models)
@@ -155,6 +169,7 @@ class TierNode(Service):
             self.store,
             metrics=self.metrics,
             peers=NatsUpstream(nc, s.tier, from_tier=s.tier, pass_on=False),
+            review=self.review,
         )
         await stack.enter_async_context(self.dataplane)
         self.endpoint = NatsEndpoint(
@@ -305,6 +320,10 @@ class TierNode(Service):
                 below=s.hard_examples.collect_from,
                 settings=s.hard_examples,
                 metrics=self.metrics,
+                # what reaches the top tier reaches the hub: a case for a person
+                on_taken=self.review.hard_example
+                if self.review is not None and s.upstream is None
+                else None,
             )
             await stack.enter_async_context(self.collector)
 
@@ -367,6 +386,12 @@ class TierNode(Service):
                 for signal in model.drift.crossed(self.drift_threshold):
                     psi = model.drift.scores()[signal]
                     await self._report_drift(nc, model, signal, psi)
+                if self.review is not None:
+                    raised = model.drift.raised
+                    scores = model.drift.scores() if raised else {}
+                    self.review.set_drift(
+                        model.name, max((scores.get(sig, 0.0) for sig in raised), default=None)
+                    )
 
     async def _report_drift(self, nc: NATS, model: ServedModel, signal: str, psi: float) -> None:
         s = self.settings

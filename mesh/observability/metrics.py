@@ -60,14 +60,22 @@ class CounterFamily:
 class HistogramFamily:
     """A histogram family: per label values, a count per bucket, their sum and count.
 
-    A bucket's bound is inclusive, as in Prometheus (``le``)."""
+    A bucket's bound is inclusive, as in Prometheus (``le``). Values are observed in the unit
+    the code measures (milliseconds); ``scale`` turns them into the exported one, as Prometheus
+    names a duration in seconds (``promtool check metrics``)."""
 
     def __init__(
-        self, name: str, description: str, labels: Sequence[str], buckets: Sequence[float]
+        self,
+        name: str,
+        description: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
+        scale: float = 1.0,
     ) -> None:
         self.name = name
         self.description = description
         self.labels = tuple(labels)
+        self.scale = scale
         self.bounds = tuple(float(b) for b in buckets)
         #: label values to [count per bucket..., count over the last bound, sum, count].
         self.series: dict[Labels, list[float]] = {}
@@ -100,9 +108,9 @@ class HistogramFamily:
             buckets: list[tuple[str, float]] = []
             for bound, count in zip(self.bounds, series, strict=False):
                 running += count
-                buckets.append((_bound_text(bound), running))
+                buckets.append((_bound_text(bound * self.scale), running))
             buckets.append(("+Inf", series[-1]))
-            family.add_metric(list(key), buckets, series[-2])
+            family.add_metric(list(key), buckets, series[-2] * self.scale)
         return family
 
 
@@ -120,10 +128,11 @@ class MeshMetrics:
             ("tier", "model", "outcome", "code"),
         )
         self.latency = HistogramFamily(
-            "mesh_request_duration_milliseconds",
+            "mesh_request_duration_seconds",
             "Time from receipt to reply at a tier, upstream wait included",
             ("tier", "model", "outcome"),
             LATENCY_BUCKETS_MS,
+            scale=0.001,
         )
         self.escalations = CounterFamily(
             "mesh_escalations", "Cases meant for upstream, by reason", ("tier", "model", "reason")
@@ -174,6 +183,13 @@ class MeshMetrics:
             "failed (no answer), skipped (too many in flight)",
             ("tier", "model", "version", "outcome"),
         )
+        self.review_candidates = CounterFamily(
+            "mesh_review_candidates",
+            "Cases offered for human review, by reason and outcome: offered (stored at the "
+            "hub), duplicate (offered before), failed, dropped (too many in flight), "
+            "over_node_limit; at the hub's intake: queued, duplicate, over_limit, invalid",
+            ("tier", "model", "reason", "outcome"),
+        )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
         # a process whose task count keeps growing leaks (the soak checks that it does not)
         self.observe_gauge(
@@ -195,6 +211,7 @@ class MeshMetrics:
             self.events,
             self.agreement,
             self.audits,
+            self.review_candidates,
         ]
 
     def observe_gauge(self, name: str, description: str, source: GaugeSource) -> Callable[[], None]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.api
@@ -41,11 +41,14 @@ from mesh.errors import (
 from mesh.lifecycle import Service
 from mesh.observability import tracing
 from mesh.security.creds import user_seed
-from mesh.topology import subjects
+from mesh.topology import parameters, subjects
 from mesh.topology.headers import MSG_ID
 from mesh.transport.connection import close_quietly, inbox_prefix_for, open_connection
 from mesh.transport.guard import GuardedClient
 from mesh.typedefs import Array
+
+if TYPE_CHECKING:
+    from mesh.review.records import LabelEvent
 
 #: name a single array is sent under; a single-input model takes it whatever its input's name.
 DEFAULT_INPUT = "input"
@@ -346,8 +349,11 @@ class MeshClient(Service):
         residency: str = "any",
         request_id: str | None = None,
         tier: str | None = None,
+        human_review: str = "auto",
     ) -> InferResult:
-        """Ask the mesh; ``tier`` addresses one tier directly instead of the entry tier."""
+        """Ask the mesh; ``tier`` addresses one tier directly instead of the entry tier.
+        ``human_review``: ``auto`` (the review queue's rules decide whether a person sees the
+        case), ``always`` or ``never``; a label comes later through ``labels``."""
         if tier is None:
             subject = self._entry_subjects.get(model) or self._entry_subject(model)
         else:
@@ -355,7 +361,13 @@ class MeshClient(Service):
         tensors = _tensors(inputs)
         token = f"{next(self._ids):x}"
         request = wire.InferRequest(
-            request_id or self._id_prefix + token, model, tensors, float(budget_ms), residency
+            request_id or self._id_prefix + token,
+            model,
+            tensors,
+            float(budget_ms),
+            residency,
+            0,
+            {} if human_review == "auto" else _human_review(human_review),
         )
         payload = wire.encode_request(request)
         timeout = (budget_ms + self.grace_ms) / 1000.0
@@ -447,6 +459,7 @@ class MeshClient(Service):
         budget_ms: float = 5000.0,
         residency: str = "any",
         timeout: float = 5.0,
+        human_review: str = "auto",
     ) -> PublishAck:
         """Append an inference event to the local event stream; returns once it is stored (not
         when it is inferred). ``event_id`` (default: a fresh one) deduplicates: publishing the
@@ -468,6 +481,9 @@ class MeshClient(Service):
             budget_ms=float(budget_ms),
             residency=residency,
             published_at=time.time(),
+            human_review=human_review
+            if human_review == "auto"
+            else _human_review(human_review)[parameters.HUMAN_REVIEW],
         )
         headers = {MSG_ID: event_dedup_id(source, event.id, self._event_key)}
         payload = encode_event(event)
@@ -573,6 +589,60 @@ class MeshClient(Service):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def labels(
+        self,
+        model: str,
+        *,
+        source: str,
+        durable: str | None = None,
+        domain: str | None = "hub",
+        batch: int = 64,
+    ) -> AsyncGenerator[LabelEvent, None]:
+        """The labels people gave ``source``'s requests and events of ``model`` (by request or
+        event id), oldest first, through a durable consumer (``durable``, default ``source``)
+        on the hub's ``MESH_REVIEW_LABELLED``: a restart resumes after the last one taken. Only
+        this identity's own are readable (its permissions)."""
+        from mesh.review.records import decode_label_event
+        from mesh.topology.streams import REVIEW_LABELLED_STREAM
+
+        name = _token(durable or source, "durable name")
+        js = self._nc.jetstream(domain=domain)
+        config = nats.js.api.ConsumerConfig(
+            name=name,
+            durable_name=name,
+            filter_subject=subjects.review_labelled(
+                _token(model, "model name"), _token(source, "source")
+            ),
+            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+        )
+        what = f"reading labels of {model} for {source}"
+        try:
+            await js.add_consumer(REVIEW_LABELLED_STREAM, config)
+            sub = await js.pull_subscribe_bind(durable=name, stream=REVIEW_LABELLED_STREAM)
+        except Exception as exc:
+            raise mesh_error(exc, what) from None
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except Exception as exc:
+                    raise mesh_error(exc, what) from None
+                for msg in msgs:
+                    try:
+                        event = decode_label_event(msg.data)
+                    except MeshError as exc:
+                        log.warning("skipping a malformed label event: %s", exc)
+                        await msg.ack()
+                        continue
+                    yield event
+                    await msg.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def close(self) -> None:
         """Drain and close the connection (when the client opened it); idempotent."""
         await self.stop()
@@ -589,6 +659,13 @@ class MeshClient(Service):
         if isinstance(self._nc, GuardedClient) and self._replies.prefix:
             self._nc.stop_replying_directly(self._replies.prefix)
         self._replies.close()
+
+
+def _human_review(value: str) -> dict[str, Any]:
+    """The request parameter of a caller's ``human_review`` (a typed error for a bad one)."""
+    from mesh.review.records import check_human_review
+
+    return {parameters.HUMAN_REVIEW: check_human_review(value).value}
 
 
 def _token(value: str, what: str) -> str:

@@ -208,6 +208,9 @@ def standard_identities(edge_replicas: int = 1) -> list[IdentitySpec]:
         IdentitySpec("console", Role.CONSOLE),
         IdentitySpec("admin", Role.OPERATOR),
         IdentitySpec("site-leaf", Role.LEAF),
+        IdentitySpec("reviewer", Role.REVIEWER),
+        IdentitySpec("review-intake", Role.REVIEW_INTAKE),
+        IdentitySpec("review-desk", Role.REVIEW_DESK),
     ]
     return specs
 

@@ -30,7 +30,14 @@ Rules the table encodes:
   only re-deliver what others wrote, and the readers of the fleet's buckets check each entry's
   key and order (``docs/security.md``).
 - Only the controller writes the fleet's desired state, its rollouts and the model store; a node
-  writes only its own heartbeat key, in its own domain's bucket.
+  writes only its own heartbeat key, in its own domain's bucket. The console may also write a
+  rollout's record (pause, resume, abort, as ``mesh rollout pause`` does), never the
+  controllers' windows and lease in that bucket.
+- The review queue has two service identities so that neither reads back what it wrote: the
+  intake takes the nodes' candidates and writes the queue, the labels and what applications are
+  told; the desk reads those and answers the review API, asking the intake to store labels. A
+  caller of the API names itself in the subject (``mesh.review.api.<op>.<name>``), which its
+  permissions allow for its own name only: a reviewer may label, the console only read.
 """
 
 from __future__ import annotations
@@ -51,6 +58,12 @@ class Role(StrEnum):
     CONSOLE = "console"
     OPERATOR = "operator"
     LEAF = "leaf"
+    #: a person who labels review items (``mesh review``, the console on their behalf).
+    REVIEWER = "reviewer"
+    #: the review queue's intake: takes the nodes' candidates, writes the queue and the labels.
+    REVIEW_INTAKE = "review-intake"
+    #: the review queue's desk: reads the queue and the labels, answers the review API.
+    REVIEW_DESK = "review-desk"
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,17 @@ def js_api(operations: Iterable[str], **fields: str) -> list[str]:
 NO_JS_ADMIN = tuple(js_api(JS_ADMIN))
 DESIRED_WRITE = subjects.kv(streams.DESIRED_BUCKET, REST)
 ROLLOUTS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, REST)
+#: the rollout records alone (``rollout.<model>``), not the controllers' other keys.
+ROLLOUT_RECORDS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, streams.rollout_key(ANY))
 MODEL_STORE_WRITE = subjects.object_subjects(streams.MODEL_STORE)
+#: what only the review intake writes (the queue, the labels and what applications are told),
+#: and the desk's requests to it.
+REVIEW_WRITE = (
+    subjects.REVIEW_QUEUE,
+    subjects.kv(streams.REVIEW_LABELS_BUCKET, REST),
+    subjects.REVIEW_LABELLED_ALL,
+    subjects.REVIEW_STORE,
+)
 #: a client may not write what only the controller or the administrator writes.
 NOT_CONTROL = (*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE)
 
@@ -190,6 +213,8 @@ def _application(p: Placement) -> Permissions:
         # results only (the filter is part of the create subject)
         r.consume(streams.RESULTS_STREAM, p.name, subjects.result(model, p.name))
         r.subscribe.append(subjects.result(model, p.name))
+        # the labels of its own requests and events, through a consumer named after it
+        r.consume(streams.REVIEW_LABELLED_STREAM, p.name, subjects.review_labelled(model, p.name))
     return r.permissions()
 
 
@@ -217,6 +242,9 @@ def _node(p: Placement) -> Permissions:
     if p.entry:
         _node_events(r, p, tier)
     _node_fleet(r, p)
+    for model in p.model_tokens(last=False):
+        # cases offered for human review, and its own running totals
+        r.publish += [subjects.review_candidate(model), subjects.review_traffic(model, p.name)]
     return r.permissions(responses=True)
 
 
@@ -310,12 +338,70 @@ def _ingress(p: Placement) -> Permissions:
 def _console(p: Placement) -> Permissions:
     inbox = f"{subjects.inbox_prefix(p.name)}.>"
     r = _Rights(
-        publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox],
+        # pause, resume and abort are compare-and-set writes of a rollout's record, as
+        # ``mesh rollout pause`` makes them; the console may write those keys and no other key of
+        # the bucket (the controllers' evidence windows and lease), nor the desired state
+        publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox, ROLLOUT_RECORDS_WRITE],
         subscribe=[inbox, subjects.TELEMETRY_WILDCARD],
     )
     for stream in (streams.DESIRED_STREAM, streams.NODES_STREAM, streams.ROLLOUTS_STREAM):
         r.read(stream)
-    return r.permissions()
+    # it shows the review queue and its ground truth; labelling is a reviewer's
+    _review_api(r, p, subjects.REVIEW_READS)
+    return r.permissions(deny=(*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE))
+
+
+def _review_api(r: _Rights, p: Placement, operations: Iterable[str]) -> None:
+    r.publish += [subjects.review_api(op, p.name) for op in operations]
+
+
+def _reviewer(p: Placement) -> Permissions:
+    inbox = f"{subjects.inbox_prefix(p.name)}.>"
+    r = _Rights(publish=[inbox], subscribe=[inbox])
+    _review_api(r, p, (*subjects.REVIEW_READS, *subjects.REVIEW_WRITES))
+    return r.permissions(deny=(*NOT_CONTROL, *REVIEW_WRITE))
+
+
+def _review_intake(p: Placement) -> Permissions:
+    inbox = f"{subjects.inbox_prefix(p.name)}.>"
+    r = _Rights(
+        publish=[
+            inbox,
+            subjects.REVIEW_QUEUE,
+            subjects.kv(streams.REVIEW_LABELS_BUCKET, REST),
+            subjects.REVIEW_LABELLED_ALL,
+        ],
+        subscribe=[inbox, f"{subjects.REVIEW_STORE} {subjects.REVIEW_STORE_GROUP}"],
+    )
+    r.consume(
+        streams.REVIEW_CANDIDATES_STREAM,
+        streams.REVIEW_INTAKE_CONSUMER,
+        subjects.REVIEW_CANDIDATES,
+    )
+    for stream in (
+        streams.REVIEW_CANDIDATES_STREAM,
+        streams.REVIEW_STREAM,
+        streams.REVIEW_LABELS_STREAM,
+        streams.REVIEW_LABELLED_STREAM,
+    ):
+        r.info(stream)
+    return r.permissions(responses=True)
+
+
+def _review_desk(p: Placement) -> Permissions:
+    inbox = f"{subjects.inbox_prefix(p.name)}.>"
+    r = _Rights(
+        publish=[inbox, subjects.REVIEW_STORE],
+        subscribe=[inbox, f"{subjects.REVIEW_API} {subjects.REVIEW_QUEUE_GROUP}"],
+    )
+    for stream in (
+        streams.REVIEW_STREAM,
+        streams.REVIEW_LABELS_STREAM,
+        streams.REVIEW_TRAFFIC_STREAM,
+    ):
+        r.read(stream)
+    deny = [d for d in REVIEW_WRITE if d != subjects.REVIEW_STORE]
+    return r.permissions(deny=(*NOT_CONTROL, *deny), responses=True)
 
 
 def _operator(p: Placement) -> Permissions:
@@ -330,7 +416,7 @@ def _leaf(p: Placement) -> Permissions:
     return Permissions(
         publish_allow=(REST,),
         subscribe_allow=(REST,),
-        publish_deny=(*NOT_CONTROL, "$SYS.>"),
+        publish_deny=(*NOT_CONTROL, *REVIEW_WRITE, "$SYS.>"),
         subscribe_deny=("$SYS.>",),
     )
 
@@ -343,6 +429,9 @@ _BUILDERS = {
     Role.CONSOLE: _console,
     Role.OPERATOR: _operator,
     Role.LEAF: _leaf,
+    Role.REVIEWER: _reviewer,
+    Role.REVIEW_INTAKE: _review_intake,
+    Role.REVIEW_DESK: _review_desk,
 }
 
 
@@ -384,6 +473,7 @@ def permissions_for(
 __all__ = [
     "NOT_CONTROL",
     "NO_JS_ADMIN",
+    "REVIEW_WRITE",
     "Permissions",
     "Placement",
     "Role",

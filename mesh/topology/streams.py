@@ -12,6 +12,10 @@ Per domain (``MeshTopology.plan``):
   examples it took up from below (limits retention, deduplicated by request id);
 - the entry tier's domains: the event streams (``MESH_EVENTS``, ``MESH_RESULTS``,
   ``MESH_EVENTS_DEAD``, ``MESH_ACTIONS_DEAD``);
+- the review queue, at the hub: ``MESH_REVIEW_CANDIDATES`` (what nodes offer),
+  ``MESH_REVIEW`` (the queue), the bucket ``MESH_REVIEW_LABELS``, ``MESH_REVIEW_LABELLED`` (labels
+  told to the applications that asked) and ``MESH_REVIEW_TRAFFIC`` (nodes' running totals), all
+  limits retention (never a work queue: nats-server #3207);
 - the fleet: at the hub the model store ``MESH_MODELS`` and the buckets ``MESH_FLEET_DESIRED``,
   ``MESH_FLEET_NODES`` (sourcing every domain's heartbeats) and ``MESH_FLEET_ROLLOUTS``; in every
   domain ``MESH_NODES_<DOMAIN>``; in every site mirrors of the model store and desired state.
@@ -51,7 +55,26 @@ DESIRED_STREAM = subjects.kv_stream(DESIRED_BUCKET)
 NODES_STREAM = subjects.kv_stream(NODES_BUCKET)
 ROLLOUTS_STREAM = subjects.kv_stream(ROLLOUTS_BUCKET)
 
+REVIEW_CANDIDATES_STREAM = "MESH_REVIEW_CANDIDATES"
+REVIEW_STREAM = "MESH_REVIEW"
+#: labels and skips by item id, with their history (who, when; a relabel keeps the one before).
+REVIEW_LABELS_BUCKET = "MESH_REVIEW_LABELS"
+REVIEW_LABELS_STREAM = subjects.kv_stream(REVIEW_LABELS_BUCKET)
+REVIEW_LABELLED_STREAM = "MESH_REVIEW_LABELLED"
+REVIEW_TRAFFIC_STREAM = "MESH_REVIEW_TRAFFIC"
+#: the durable consumer through which the review intake takes the nodes' candidates.
+REVIEW_INTAKE_CONSUMER = "review-intake"
+
 HUB_DOMAIN = "hub"
+
+#: the key of a model's latest rollout in ``MESH_FLEET_ROLLOUTS`` (``rollout.<model>``); the
+#: bucket's other keys are the controllers' (evidence windows, the leader's lease).
+ROLLOUT_KEY_PREFIX = "rollout."
+
+
+def rollout_key(model: str) -> str:
+    return f"{ROLLOUT_KEY_PREFIX}{model}"
+
 
 #: heartbeats kept per node (in each domain's bucket and in the hub's).
 HEARTBEAT_HISTORY = 64
@@ -227,8 +250,33 @@ class EventLimits(BaseModel):
     """How long both streams remember event ids to drop a second copy."""
 
 
+class ReviewLimits(BaseModel):
+    """Bounds of the review streams at the hub (``docs/review.md``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_age_s: float = Field(30 * DAY_S, gt=0)
+    """How long the queue keeps an item, labelled or not, and the labels told to applications
+    and the nodes' totals: the span the ground truth and the report cover."""
+    max_bytes: int = Field(256 * MiB, ge=1024)
+    """Size bound of the queue (items keep their input: one row each)."""
+    duplicate_window_s: float = Field(DAY_S, gt=0)
+    """How long the queue remembers item ids (one per request) to drop a second copy."""
+    candidates_max_age_s: float = Field(DAY_S, gt=0)
+    """How long a candidate waits for the intake: one older than this was never worth a look."""
+    candidates_max_bytes: int = Field(64 * MiB, ge=1024)
+    """Size bound of what nodes offered and the intake has not judged yet."""
+    label_history: int = Field(16, ge=2, le=64)
+    """Labels kept per item: the current one and those it replaced."""
+    labelled_max_bytes: int = Field(64 * MiB, ge=1024)
+    """Size bound of the labels told to applications."""
+    traffic_max_bytes: int = Field(64 * MiB, ge=1024)
+    """Size bound of the nodes' running totals (requests and escalations per version)."""
+
+
 _HARD_DEFAULTS = HardExampleLimits()
 _EVENT_DEFAULTS = EventLimits()
+_REVIEW_DEFAULTS = ReviewLimits()
 
 
 class StreamLimits(BaseModel):
@@ -238,6 +286,7 @@ class StreamLimits(BaseModel):
 
     hard_examples: HardExampleLimits = HardExampleLimits()
     events: EventLimits = EventLimits()
+    review: ReviewLimits = ReviewLimits()
 
 
 @dataclass(frozen=True)
@@ -259,6 +308,8 @@ class MeshTopology:
     event_models: tuple[str, ...] | None = None
     events: bool = True
     fleet: bool = True
+    #: the review queue's streams at the hub (``docs/review.md``).
+    review: bool = True
     limits: StreamLimits = field(default_factory=StreamLimits)
     #: replicas of every stream in the hub's domain (3 on a clustered hub).
     hub_replicas: int = 1
@@ -302,6 +353,8 @@ class MeshTopology:
             specs.extend(event_specs(self.event_models, self.limits.events, replicas))
         if self.fleet:
             specs.extend(self._fleet(domain, replicas))
+        if self.review and domain == self.hub:
+            specs.extend(review_specs(self.limits.review, replicas))
         return specs
 
     def _fleet(self, domain: str, replicas: int) -> list[Spec]:
@@ -315,7 +368,9 @@ class MeshTopology:
             return [
                 own,
                 _mirror(DESIRED_STREAM, self.hub, DESIRED_HISTORY),
-                _mirror(MODEL_STORE_STREAM, self.hub, 1),
+                # every message of its subject: an object's chunks all go on one subject, and
+                # keeping one a subject left a site the last 67456 of 198528 bytes
+                _mirror(MODEL_STORE_STREAM, self.hub, -1),
             ]
         heartbeat_sources = tuple(
             Source(
@@ -454,6 +509,54 @@ def dead_letter_bytes(limits: EventLimits) -> int:
     """Size bound of a dead-letter stream: a quarter of the event stream's (JetStream reserves
     every stream's max_bytes from the server's file store up front)."""
     return max(MiB, limits.max_bytes // 4)
+
+
+def review_specs(limits: ReviewLimits = _REVIEW_DEFAULTS, replicas: int = 1) -> list[Spec]:
+    """The review queue's streams and bucket, at the hub."""
+    return [
+        StreamSpec(
+            name=REVIEW_CANDIDATES_STREAM,
+            description="Cases nodes offer for human review, until the intake judges them",
+            subjects=(subjects.REVIEW_CANDIDATES,),
+            max_bytes=limits.candidates_max_bytes,
+            max_age_s=limits.candidates_max_age_s,
+            duplicate_window_s=min(600.0, limits.candidates_max_age_s),
+            replicas=replicas,
+        ),
+        StreamSpec(
+            name=REVIEW_STREAM,
+            description="The review queue: one item per request (mesh.review.queue.<model>.<id>)",
+            subjects=(subjects.REVIEW_QUEUE,),
+            max_bytes=limits.max_bytes,
+            max_age_s=limits.max_age_s,
+            duplicate_window_s=min(limits.duplicate_window_s, limits.max_age_s),
+            replicas=replicas,
+        ),
+        BucketSpec(
+            REVIEW_LABELS_BUCKET,
+            "Labels and skips of review items by item id, with the ones they replaced",
+            history=limits.label_history,
+            replicas=replicas,
+        ),
+        StreamSpec(
+            name=REVIEW_LABELLED_STREAM,
+            description="Labels told to the application that asked (mesh.review.labelled."
+            "<model>.<caller>)",
+            subjects=(subjects.REVIEW_LABELLED,),
+            max_bytes=limits.labelled_max_bytes,
+            max_age_s=limits.max_age_s,
+            duplicate_window_s=600.0,
+            replicas=replicas,
+        ),
+        StreamSpec(
+            name=REVIEW_TRAFFIC_STREAM,
+            description="Nodes' running totals of requests and escalations per model version",
+            subjects=(subjects.REVIEW_TRAFFIC,),
+            max_bytes=limits.traffic_max_bytes,
+            max_age_s=limits.max_age_s,
+            replicas=replicas,
+        ),
+    ]
 
 
 def standard_topology(

@@ -16,6 +16,16 @@ Store-and-forward and telemetry:
 - ``mesh.telemetry.<node>``: node events (drift, swaps, refusals).
 - ``mesh.status.<node>`` and ``$SRV.*``: the NATS micro services API.
 
+Review (the hub's; ``docs/review.md``):
+
+- ``mesh.review.candidate.<model>``: cases a node offers for human review (stream
+  ``MESH_REVIEW_CANDIDATES``); ``mesh.review.traffic.<model>.<node>``: a node's running totals.
+- ``mesh.review.queue.<model>.<item>``: the review queue (stream ``MESH_REVIEW``), written by the
+  intake; ``mesh.review.labelled.<model>.<caller>``: labels told to the application that asked.
+- ``mesh.review.api.<operation>.<caller>``: the review API (queue group ``mesh.review``), the
+  caller's identity in the subject; ``mesh.review.store.<operation>``: the desk asking the
+  intake to store a label.
+
 Events (each site's own: they never cross a leaf link):
 
 - ``mesh.events.<model>.<source>``, ``mesh.results.<model>.<source>``,
@@ -31,6 +41,7 @@ token.
 
 from __future__ import annotations
 
+import base64
 import re
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -132,6 +143,62 @@ SERVICE_CONTROL = tuple(
 )
 
 
+# --- review ---------------------------------------------------------------------------------
+
+REVIEW_PREFIX = "mesh.review"
+
+
+def review_candidate(model: str) -> str:
+    return f"{REVIEW_PREFIX}.candidate.{model}"
+
+
+REVIEW_CANDIDATES = review_candidate(REST)
+
+
+def review_traffic(model: str, node: str) -> str:
+    return f"{REVIEW_PREFIX}.traffic.{model}.{node}"
+
+
+REVIEW_TRAFFIC = f"{REVIEW_PREFIX}.traffic.>"
+
+
+def review_queue(model: str, item: str) -> str:
+    return f"{REVIEW_PREFIX}.queue.{model}.{item}"
+
+
+REVIEW_QUEUE = f"{REVIEW_PREFIX}.queue.>"
+
+
+def review_labelled(model: str, caller: str) -> str:
+    """Where the label of a case ``caller`` asked about is told to it."""
+    return f"{REVIEW_PREFIX}.labelled.{model}.{caller}"
+
+
+REVIEW_LABELLED = review_labelled(ANY, ANY)
+REVIEW_LABELLED_ALL = f"{REVIEW_PREFIX}.labelled.>"
+
+
+def review_api(operation: str, caller: str) -> str:
+    """The review API: ``caller`` is the identity asking (its permissions allow no other)."""
+    return f"{REVIEW_PREFIX}.api.{operation}.{caller}"
+
+
+REVIEW_API = f"{REVIEW_PREFIX}.api.>"
+#: what the review API answers: reading the queue and its ground truth, and labelling.
+REVIEW_READS = ("list", "show", "stats", "report")
+REVIEW_WRITES = ("label", "skip")
+REVIEW_QUEUE_GROUP = "mesh.review"
+
+
+def review_store(operation: str) -> str:
+    """The desk asking the intake to store a label or a skip."""
+    return f"{REVIEW_PREFIX}.store.{operation}"
+
+
+REVIEW_STORE = review_store(REST)
+REVIEW_STORE_GROUP = "mesh.review-intake"
+
+
 # --- events ---------------------------------------------------------------------------------
 
 EVENTS_PREFIX = "mesh.events"
@@ -184,6 +251,16 @@ def object_subjects(store: str) -> str:
 
 def object_stream(store: str) -> str:
     return f"OBJ_{store}"
+
+
+def object_meta(store: str, name: str = REST) -> str:
+    """The subject of an object's meta record (its name base64url-encoded), or of them all."""
+    token = name if name == REST else base64.urlsafe_b64encode(name.encode()).decode()
+    return f"$O.{store}.M.{token}"
+
+
+def object_chunks(store: str, nuid: str) -> str:
+    return f"$O.{store}.C.{nuid}"
 
 
 def js_api(operation: str, domain: str | None = None) -> str:

@@ -35,12 +35,12 @@ from mesh.errors import (
     ResourceExhaustedError,
 )
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.node.admission import Admission, caller_of
+from mesh.node.admission import Admission, caller_name, caller_of
 from mesh.node.dataplane import DataPlane
 from mesh.node.outcomes import Outcome
 from mesh.observability import tracing
 from mesh.observability.metrics import MeshMetrics
-from mesh.topology import subjects
+from mesh.topology import parameters, subjects
 from mesh.transport.guard import flush_in_order
 
 log = logging.getLogger("mesh.endpoint")
@@ -218,6 +218,17 @@ class NatsEndpoint(Service):
             raise InvalidArgumentError(
                 f"request for model {request.model[:64]!r} sent to subject {msg.subject[:128]!r}"
             )
+        if not request.hops:
+            # fresh from a client: whoever reads the reply is whom a label of it is told to,
+            # and no tier has answered it yet (a client's own word for either is dropped); the
+            # dict was made by the decoder just now
+            params = request.parameters
+            caller = caller_name(msg.reply or "")
+            if caller:
+                params[parameters.CALLER] = caller
+            else:
+                params.pop(parameters.CALLER, None)
+            params.pop(parameters.ANSWERS, None)
         return request
 
     def _spawn(self, work: Coroutine[Any, Any, None], reply: str) -> None:

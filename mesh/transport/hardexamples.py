@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -142,9 +143,12 @@ class HardExampleCollector(Service):
         settings: HardExampleSettings,
         metrics: MeshMetrics,
         batch: int = 64,
+        on_taken: Callable[[wire.HardExample], None] | None = None,
     ) -> None:
         self.tier = tier
         self.below = below
+        #: told of each case stored here for the first time (the review queue's feed).
+        self.on_taken = on_taken
         self.settings = settings
         self.source = hard_example_stream(below)
         #: the consumer in the collector's own domain; another domain's carries its name.
@@ -222,6 +226,7 @@ class HardExampleCollector(Service):
         model = subjects.model_of(msg.subject)
         msg_id = (msg.headers or {}).get(MSG_ID, "")
         links: list[trace.Link] = []
+        example: wire.HardExample | None = None
         with contextlib.suppress(Exception):
             example = wire.decode_hard_example(msg.data)
             if example.traceparent:
@@ -258,3 +263,5 @@ class HardExampleCollector(Service):
         label = "duplicate" if ack.duplicate else "forwarded"
         self._metrics.hard_examples.add(1, self.below, label)
         await msg.ack()
+        if self.on_taken is not None and example is not None and not ack.duplicate:
+            self.on_taken(example)

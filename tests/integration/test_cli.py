@@ -131,7 +131,7 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
         assert line.startswith("MESH_CREDS=/"), line
         creds = line.split("=", 1)[1]
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 5  # hub, site, cloud, gateway, edge
+        assert len(children) >= 5  # hub, site, cloud, gateway, edge (and ingress, review)
 
         sample = tmp_path / "x.npz"
         import numpy as np
@@ -145,14 +145,16 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
         assert code == 0, err
         assert json.loads(out)["tier"] in {"edge", "gateway", "cloud"}
 
-        # the Open Inference Protocol ingress at the site, behind a bearer token
-        lines = [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
-        lines += [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
-        lines += [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()]
+        # the Open Inference Protocol ingress at the site, behind a bearer token, and a
+        # reviewer's credentials; the token's line is the last
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("MESH_TRUSTED_KEYS="):  # the last line
+            lines.append((await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip())
         env = dict(line.split("=", 1) for line in lines)
         assert env["MESH_HTTP_URL"].startswith("http://127.0.0.1:"), lines
         assert env["MESH_GRPC_URL"].startswith("127.0.0.1:"), lines
         token = env["MESH_INGRESS_TOKEN"]
+        reviewer = env["MESH_REVIEWER_CREDS"]
         body = {
             "inputs": [
                 {
@@ -161,7 +163,8 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
                     "shape": [1, 64],
                     "data": np.load(demo.test)["x"][0].astype(float).tolist(),
                 }
-            ]
+            ],
+            "parameters": {"mesh_human_review": "always"},
         }
         async with aiohttp.ClientSession() as session:
             url_infer = f"{env['MESH_HTTP_URL']}/v2/models/digits/infer"
@@ -172,6 +175,22 @@ async def test_mesh_up_prints_the_site_url_serves_and_ends_every_process_it_star
                 answer = await resp.json()
                 assert resp.status == 200, answer
         assert answer["parameters"]["tier"] in {"edge", "gateway", "cloud"}
+
+        # the caller asked a person to look: the case is in the review queue at the hub
+        items: list[dict[str, object]] = []
+        for _ in range(60):
+            code, out, err = await run(
+                "review", "list", "--json", "--servers", url, "--creds", reviewer
+            )
+            assert code == 0, err
+            items = json.loads(out)
+            if items:
+                break
+            await asyncio.sleep(0.5)
+        [item] = items
+        assert {"id", "model", "reason", "answers"} <= set(item)
+        assert (item["model"], item["reason"]) == ("digits", "requested")
+        assert item["caller"] == "ingress"
 
         # the site's event stream: publish a row, wait for its result
         code, out, err = await run(

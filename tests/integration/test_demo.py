@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ def test_demo_loses_nothing_through_the_outage_rolls_out_and_back_and_writes_a_r
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(proc.stdout.splitlines()) < 200  # progress lines, not a flood
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"operator console was at http://127\.0\.0\.1:\d+/\?token=", last), last
 
     report = json.loads(report_path.read_text())
     assert set(report) >= REPORT_KEYS

@@ -22,6 +22,20 @@ from mesh.events.records import InferenceEvent, ResultEvent, encode_event, encod
 from mesh.fleet.desired import DesiredState, Selector, encode_desired
 from mesh.fleet.signing import SigningKey, sign
 from mesh.node.policy import RESIDENCY_LABELS
+from mesh.review.records import (
+    HumanReview,
+    LabelEvent,
+    LabelKind,
+    ReviewAnswer,
+    ReviewItem,
+    ReviewLabel,
+    ReviewReason,
+    TrafficReport,
+    encode_item,
+    encode_label,
+    encode_label_event,
+    encode_traffic,
+)
 from mesh.wire import (
     DTYPES,
     ErrorReply,
@@ -52,11 +66,16 @@ MESSAGE_SCHEMAS = [
     "node-status",
     "rollout",
     "desired-state",
+    "fleet-retry",
     "node-event",
     "artifact-signature",
     "inference-event",
     "result-event",
     "action-event",
+    "review-item",
+    "review-label",
+    "label-event",
+    "traffic-report",
 ]
 ALL_SCHEMAS = [*MESSAGE_SCHEMAS, "tensor"]
 
@@ -235,6 +254,14 @@ def _desired_message(selector: Selector) -> dict[str, Any]:
     return message
 
 
+def _retry_message(node: str | None) -> dict[str, Any]:
+    from mesh.fleet.refusals import RetryRequest, encode_retry
+
+    request = RetryRequest("digits", "2-edge", node, 1_700_000_006.0, by="controller")
+    message: dict[str, Any] = unpack_raw(encode_retry(request))
+    return message
+
+
 def _node_event_message(event: str) -> dict[str, Any]:
     record = NodeEvent(
         node="edge-0",
@@ -297,6 +324,44 @@ def _inference_event_message() -> dict[str, Any]:
     return message
 
 
+def _review_item_message(withheld: bool) -> dict[str, Any]:
+    item = ReviewItem(
+        id="r0123456789abcdef01234567", model="digits", reason=ReviewReason.DISAGREEMENT,
+        why="the tier above answered otherwise", tier="edge", node="edge-0", site="site",
+        zone="device", created_at=1_700_000_005.0, request_id="q-1", caller="app",
+        human_review=HumanReview.AUTO, residency="device" if withheld else "any",
+        withheld="residency device" if withheld else None, row=0, rows=1,
+        inputs=None if withheld else {"input": np.zeros((1, 64), dtype=np.float32)},
+        answers=(
+            ReviewAnswer("edge", "edge-0", "3", 4, 0.93, served=True),
+            ReviewAnswer("gateway", "gateway-0", "2", 9, 0.71),
+        ),
+        classes=tuple(str(i) for i in range(10)), queued_at=1_700_000_005.5,
+        trace_id="0af7651916cd43dd8448eb211c80319c", detail={"threshold": 0.6},
+    )  # fmt: skip
+    message: dict[str, Any] = unpack_raw(encode_item(item))
+    return message
+
+
+def _review_label_message(kind: LabelKind) -> dict[str, Any]:
+    label = 7 if kind is LabelKind.LABEL else None
+    record = ReviewLabel("r01", "digits", kind, label, "7" if label else None, "alice", 1.7e9)
+    message: dict[str, Any] = unpack_raw(encode_label(record))
+    return message
+
+
+def _label_event_message() -> dict[str, Any]:
+    event = LabelEvent("r01", "digits", "q-1", 7, "7", "alice", 1.7e9, relabel=True)
+    message: dict[str, Any] = unpack_raw(encode_label_event(event))
+    return message
+
+
+def _traffic_message() -> dict[str, Any]:
+    report = TrafficReport("edge-0", "edge", True, "site", "digits", "3", 1.7e9, 1000, 40, 1.8e9)
+    message: dict[str, Any] = unpack_raw(encode_traffic(report))
+    return message
+
+
 def _result_event_message() -> dict[str, Any]:
     reply = encode_error(ErrorReply("cam-1-000042", ErrorCode.INVALID_ARGUMENT, "no inputs"))
     result = ResultEvent(
@@ -334,12 +399,20 @@ REAL_MESSAGES: dict[str, tuple[str, Any]] = {
         "desired-state",
         lambda: _desired_message(Selector(labels={"line": "4"})),
     ),
+    "retry on one node": ("fleet-retry", lambda: _retry_message("edge-0")),
+    "retry on every node": ("fleet-retry", lambda: _retry_message(None)),
     "node event swapped": ("node-event", lambda: _node_event_message("swapped")),
     "node event rejected": ("node-event", lambda: _node_event_message("rejected")),
     "artifact signature": ("artifact-signature", _signature_message),
     "inference event": ("inference-event", _inference_event_message),
     "result event": ("result-event", _result_event_message),
     "action event": ("action-event", _action_event_message),
+    "review item": ("review-item", lambda: _review_item_message(withheld=False)),
+    "review item withheld": ("review-item", lambda: _review_item_message(withheld=True)),
+    "review label": ("review-label", lambda: _review_label_message(LabelKind.LABEL)),
+    "review skip": ("review-label", lambda: _review_label_message(LabelKind.SKIP)),
+    "label event": ("label-event", _label_event_message),
+    "traffic report": ("traffic-report", _traffic_message),
 }
 
 
@@ -398,6 +471,9 @@ def test_message_with_unknown_fields_still_validates(name: str, build: Any) -> N
 
 
 def test_schema_enums_match_the_codec() -> None:
+    item = _load("review-item")
+    assert set(item["properties"]["reason"]["enum"]) == {r.value for r in ReviewReason}
+    assert set(item["properties"]["human_review"]["enum"]) == {h.value for h in HumanReview}
     tensor = _load("tensor")
     request = _load("infer-request")
     error = _load("error")

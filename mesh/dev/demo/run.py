@@ -179,10 +179,13 @@ def demo_main(cache: Path, requests: int | None, quick: bool, report_path: Path 
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         console.print(f"report written to {report_path}")
+    status = 0
     if not report.passed:
         console.print(
             f"[bold red]FAILED[/]: {report.lost} requests lost, "
             f"{sum(report.errors.values())} error replies"
         )
-        return 1
-    return 0
+        status = 1
+    # the last line: where the run could be watched (`mesh up` keeps a console running)
+    console.print(f"operator console was at {run.testbed.console_url}", soft_wrap=True)
+    return status

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -78,6 +79,8 @@ class Testbed:
         self.y: np.ndarray = np.empty(0, dtype=np.int64)
         self._demo: DemoArtifacts | None = None
         self._mesh: EmbeddedMesh | None = None
+        #: the operator console's address with its token, once started.
+        self.console_url = ""
         self._proxy: FaultProxy | None = None
         self._client: MeshClient | None = None
         self._hub_nc: NATS | None = None
@@ -149,6 +152,11 @@ class Testbed:
             "nodes up: cloud-0 on the hub (SVM); gateway-0 (MLP 64) and edge-0, edge-1 "
             "(int8 MLP) on the site"
         )
+        with self.console.status("starting the operator console"):
+            token = secrets.token_urlsafe(24)
+            console = await mesh.start_console(token)
+            self.console_url = f"{console.url}/?token={token}"
+        self.step(f"operator console at {self.console_url}")
         self._client = await MeshClient.connect(mesh.site_url, **mesh.client_options())
         self._hub_nc = await mesh.site.hub.connect(name="mesh-demo-observer")
         assert mesh.site.leaf is not None

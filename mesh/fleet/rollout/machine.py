@@ -43,7 +43,12 @@ class Assignments:
 def desired_for(r: Rollout) -> Assignments:
     """What the controller makes the desired state say, written every tick (idempotent), so a
     new leader finishes what an old one started. A stage's nodes get node keys; the last stage
-    (the whole selector) moves the selector's own assignment; the end removes the node keys."""
+    (the whole selector) moves the selector's own assignment; the end removes the node keys.
+
+    Until the version reaches a node, and after a failure, each node is held to what it served
+    when the rollout started: the selector's assignment says the version most of them served,
+    and a node that served another has a node key of its own, kept after a rollback."""
+    own = {n: v for n, v in r.previous_versions.items() if v != r.previous_version}
     if r.state in (
         RolloutPhase.PENDING,
         RolloutPhase.ROLLING_BACK,
@@ -51,7 +56,7 @@ def desired_for(r: Rollout) -> Assignments:
         RolloutPhase.ABORTED,
         RolloutPhase.FAILED,
     ):
-        return Assignments(r.previous_version, {})
+        return Assignments(r.previous_version, own)
     if r.state == RolloutPhase.COMPLETED:
         return Assignments(r.version, {})
     stage = r.stages[r.current_stage]
@@ -59,7 +64,7 @@ def desired_for(r: Rollout) -> Assignments:
         earlier = r.stage_size(r.current_stage - 1) if r.current_stage else 0
         return Assignments(r.version, {n: r.version for n in r.targets[:earlier]})
     size = r.stage_size(r.current_stage)
-    return Assignments(r.previous_version, {n: r.version for n in r.targets[:size]})
+    return Assignments(r.previous_version, {**own, **{n: r.version for n in r.targets[:size]}})
 
 
 # --- one step of the controller ------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -207,3 +207,19 @@ def parse_stages(text: str, gate: Gate) -> list[Stage]:
             "its selector (add 100%)"
         )
     return stages
+
+
+def distinct_stages(stages: Sequence[Stage], total: int) -> tuple[list[Stage], list[Stage]]:
+    """The stages that each add nodes over ``total`` targets, and those left out: on a small
+    fleet ``1,10%,50%`` are all one node, and soaking the same node three times proves nothing
+    the first soak did not. A stage the size of the last one (every target) gives way to it."""
+    kept: list[Stage] = []
+    dropped: list[Stage] = []
+    last = stages[-1]
+    for stage in stages[:-1]:
+        size = stage.size(total)
+        if size >= last.size(total) or (kept and size <= kept[-1].size(total)):
+            dropped.append(stage)
+        else:
+            kept.append(stage)
+    return [*kept, last], dropped

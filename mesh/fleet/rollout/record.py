@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -95,6 +95,9 @@ class Rollout:
     max_nodes_serving: int = 0
     #: nodes whose telemetry was ignored, and why.
     flagged: dict[str, str] = field(default_factory=dict)
+    #: what each target served when the rollout started: a failure returns each node to its
+    #: own version (``previous_version`` is the one most of them served).
+    previous_versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -119,6 +122,7 @@ def new_rollout(
     now: float,
     by: str = "",
     suspect: Collection[str] = (),
+    previous_versions: Mapping[str, str] | None = None,
 ) -> Rollout:
     """A pending rollout over ``targets``; the ``suspect`` ones (telemetry that cannot be true)
     come last: a canary is there for its evidence, and a stage of nodes not to be trusted has
@@ -144,6 +148,7 @@ def new_rollout(
         updated_at=now,
         by=by,
         log=tuple(StageLog() for _ in stages),
+        previous_versions=dict(previous_versions or {}),
     )
 
 
@@ -172,6 +177,7 @@ def encode_rollout(r: Rollout) -> bytes:
         "max_nodes_serving": r.max_nodes_serving,
         "canary_nodes": r.canary_nodes,
         "flagged": r.flagged,
+        "previous_versions": r.previous_versions,
     }
     return json.dumps(obj, sort_keys=True).encode()
 
@@ -221,6 +227,9 @@ def decode_rollout(data: bytes) -> Rollout:
             outcome=RolloutPhase(outcome) if outcome is not None else None,
             max_nodes_serving=int(obj.get("max_nodes_serving", 0)),
             flagged=dict(obj.get("flagged") or {}),
+            previous_versions={
+                str(k): str(v) for k, v in (obj.get("previous_versions") or {}).items()
+            },
         )
     except InvalidArgumentError:
         raise

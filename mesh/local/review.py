@@ -1,0 +1,62 @@
+"""The review service of a mesh run on one machine (``mesh up``): ``mesh review serve`` at the
+hub as its own process, with the desk's and the intake's identities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from mesh.local.cluster import Hub
+from mesh.local.servers import NatsServer
+from mesh.local.supervisor import ChildProcess, child_env
+from mesh.security.identities import IdentitySpec
+from mesh.security.permissions import Role
+from mesh.topology.processes import REVIEW_READY
+
+#: the identities of the review service and of the person ``mesh up`` prints creds for.
+REVIEW_DESK = IdentitySpec("review-desk", Role.REVIEW_DESK)
+REVIEW_INTAKE = IdentitySpec("review-intake", Role.REVIEW_INTAKE)
+REVIEWER = IdentitySpec("reviewer", Role.REVIEWER)
+
+
+class ReviewProcess:
+    """``mesh review serve``; ``http_url`` (its metrics) once it is ready."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self._child = ChildProcess(
+            "review", argv, log_path, ready_prefix=REVIEW_READY, env=child_env(env)
+        )
+        self.http_url = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await self._child.start(timeout)
+        self.http_url = self._child.info.get("http", "")
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+    async def wait(self) -> int:
+        return await self._child.wait()
+
+
+async def start_review(
+    hub: NatsServer | Hub, work_dir: Path, env: Mapping[str, str], command: tuple[str, ...]
+) -> ReviewProcess:
+    """The review service on ``hub`` (given every member of a clustered one), its identities
+    issued by the hub's key store."""
+    desk = await hub.issue(REVIEW_DESK)
+    intake = await hub.issue(REVIEW_INTAKE)
+    argv = [
+        *command, "review", "serve", "--servers", hub.url, "--creds", str(desk),
+        "--intake-creds", str(intake), "--http-port", "0",
+    ]  # fmt: skip
+    process = ReviewProcess(argv, work_dir / "review.log", env)
+    await process.start()
+    return process
+
+
+__all__ = ["REVIEWER", "ReviewProcess", "start_review"]
