@@ -38,6 +38,8 @@ from mesh.topology.processes import (
 )
 
 if TYPE_CHECKING:
+    from mesh.local.launcher import EmbeddedMesh
+    from mesh.local.phases import Phases
     from mesh.sdk.client import InferResult
 
 
@@ -215,21 +217,42 @@ def _answer(result: InferResult) -> dict[str, object]:
     default=None,
     help="Client port of the site server applications connect to (default: a free one).",
 )
+@click.option(
+    "--hub-cluster",
+    type=click.IntRange(1, 7),
+    default=1,
+    show_default=True,
+    help="Servers of the hub: 3 runs it as a NATS cluster, every hub stream replicated R3.",
+)
+@click.option(
+    "--sites",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help="Sites, each a leaf server with its gateway and edge nodes (MESH_NATS_URL: the first).",
+)
 def up(
     cache: Path,
     edge_replicas: int,
     keep_logs: Path | None,
     repository: Path | None,
     port: int | None,
+    hub_cluster: int,
+    sites: int,
 ) -> None:
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C.
 
-    Every process it starts dies with it; a node that exits is reported and restarted."""
+    Every process it starts dies with it; a node that exits is reported and restarted. Each
+    start-up phase has a deadline: one that passes stops everything and names what it waited
+    for."""
     from mesh.dev.models.demo import ensure_demo
     from mesh.errors import InvalidArgumentError
     from mesh.local.launcher import EmbeddedMesh, MeshLayout
+    from mesh.local.phases import Phases
     from mesh.models.validate import require_valid
     from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
+
+    phases = Phases("mesh up")
 
     async def layout() -> MeshLayout:
         if repository is not None:
@@ -254,7 +277,13 @@ def up(
                 names = ", ".join(m["name"] for m in served)
                 click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
             return MeshLayout(
-                models=models, edge_replicas=edge_replicas, fleet=True, events=True, operated=True
+                models=models,
+                edge_replicas=edge_replicas,
+                fleet=True,
+                events=True,
+                operated=True,
+                hub_cluster=hub_cluster,
+                sites=sites,
             )
         click.echo(f"demo models in {cache} (built on first run)", err=True)
         demo = await asyncio.to_thread(ensure_demo, cache, 0, _say)
@@ -271,14 +300,17 @@ def up(
             fleet=True,
             events=True,
             operated=True,
+            hub_cluster=hub_cluster,
+            sites=sites,
         )
 
     async def run(shutdown: Shutdown) -> int:
-        plan = await layout()
+        async with phases.phase("models", 900, "the demo models' build and evidence gate"):
+            plan = await layout()
         plan.tiers()
         mesh = EmbeddedMesh(plan, work_dir=keep_logs, site_port=port)
         try:
-            await mesh.start()
+            await start_mesh(mesh, phases)
             for name, proc in mesh.nodes.items():
                 click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
             click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
@@ -295,16 +327,19 @@ def up(
                 err=True,
             )
             token = secrets.token_urlsafe(24)
-            ingress = await mesh.start_ingress(token)
+            async with phases.phase("ingress", 90, "the ingress's ready line"):
+                ingress = await mesh.start_ingress(token)
             click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
-            review = await mesh.start_review()
+            async with phases.phase("review", 90, "the review service's ready line"):
+                review = await mesh.start_review()
             reviewer = await mesh.reviewer_creds()
             _say(
                 f"review: pid {review.pid}, the queue at the hub; mesh review list uses the "
                 f"{ENV_REVIEWER_CREDS} below"
             )
             console_token = secrets.token_urlsafe(24)
-            console = await mesh.start_console(console_token)
+            async with phases.phase("console", 90, "the console's ready line"):
+                console = await mesh.start_console(console_token)
             _say(f"console: pid {console.pid}, open {console.url}/?token=...")
             # the first five lines as they always were, then the operator's; the trusted key
             # last (the README waits for it)
@@ -334,6 +369,22 @@ def up(
         return 0
 
     asyncio.run(run_until_signalled(run, grace_s=RIG_STOP_GRACE_S))
+
+
+async def start_mesh(mesh: EmbeddedMesh, phases: Phases) -> None:
+    """The mesh's servers, nodes and controller, each step within its deadline."""
+    lay = mesh.layout
+    async with phases.phase("NATS servers", 120) as phase:
+        phase.waiting_for(
+            f"{lay.hub_cluster} hub server(s) with a JetStream leader, {lay.sites} site(s) "
+            "linked, every stream provisioned"
+        )
+        await mesh.start_servers()
+    async with phases.phase("nodes", 300) as phase:
+        await mesh.start_nodes(waiting=phase.waiting_for)
+    if lay.fleet and lay.operated:
+        async with phases.phase("controller", 90, "the controller's ready line"):
+            await mesh.start_controller()
 
 
 @click.command()

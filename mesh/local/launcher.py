@@ -303,10 +303,14 @@ class EmbeddedMesh:
         """``MeshClient.connect`` options for the application identity."""
         return self.hub.client_options(APPLICATION.name)
 
-    async def start_nodes(self) -> None:
-        """Every node, a wave at a time (the top tier first), the nodes of a wave at once."""
+    async def start_nodes(self, waiting: Callable[[str], None] | None = None) -> None:
+        """Every node, a wave at a time (the top tier first), the nodes of a wave at once;
+        ``waiting`` hears which nodes' ready lines each wave waits for."""
         planner = self.planner()
         for wave in planner.spots():
+            if waiting is not None:
+                names = ", ".join(spot.name for spot in wave)
+                waiting(f"the ready lines of {names}")
             for spot in wave:
                 creds = await self.hub.issue(planner.identity(spot))
                 self.spots[spot.name] = spot
