@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,8 @@ class RigConfig:
     limits: StreamLimits | None = None
     audit_rate: float | None = None
     extra: dict[str, Any] = field(default_factory=lambda: dict(NODE_SETTINGS))
+    #: the served versions signed and pushed, and a supervised controller (rollouts).
+    operated: bool = False
 
 
 class ScaleRig:
@@ -78,6 +79,7 @@ class ScaleRig:
                 extra=config.extra,
                 fleet=True,
                 events=True,
+                operated=config.operated,
                 audit_rate=config.audit_rate,
                 hub_cluster=config.hub_cluster,
                 sites=config.sites,
@@ -108,8 +110,10 @@ class ScaleRig:
             phase.waiting_for(f"{mesh.hub.size} hub servers, {len(mesh.sites)} sites' links")
             await mesh.start_servers(links=self._link)
         async with phases.phase("start nodes", 240) as phase:
-            phase.waiting_for(f"{len(mesh.planner().spots())} waves of nodes' ready lines")
-            await mesh.start_nodes()
+            await mesh.start_nodes(waiting=phase.waiting_for)
+        if mesh.layout.operated:
+            async with phases.phase("controller", 90, "the controller's ready line"):
+                await mesh.start_controller()
         async with phases.phase("connect the administrator", 30):
             self._hub_nc = await mesh.hub.connect(name="soak-admin")
             for site in mesh.sites:
@@ -221,7 +225,5 @@ async def _scrape_tasks(session: aiohttp.ClientSession, url: str) -> int | None:
     match = _TASKS.search(text)
     return int(float(match.group(1))) if match else None
 
-
-Progress = Callable[[str], None]
 
 __all__ = ["NODE_SETTINGS", "RigConfig", "ScaleRig"]
