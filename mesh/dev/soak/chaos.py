@@ -76,11 +76,16 @@ class Step:
     turn: int
 
 
+def quiet_tail(duration_s: float) -> float:
+    """The seconds at the end of a soak no step begins in."""
+    return min(90.0, duration_s / 6)
+
+
 def schedule(duration_s: float, kinds: tuple[Action, ...] = ORDER) -> list[Step]:
     """The steps of a soak of ``duration_s``: one every 55 s from the third minute until a
     minute and a half before the end, the ``kinds`` in turn, over and over. A soak shorter than
     ten minutes gets the same shape shrunk (a fifth quiet at the head, a sixth at the tail)."""
-    quiet_head_s, quiet_tail_s = min(120.0, duration_s / 5), min(90.0, duration_s / 6)
+    quiet_head_s, quiet_tail_s = min(120.0, duration_s / 5), quiet_tail(duration_s)
     gap_s = min(55.0, duration_s / 8)
     steps: list[Step] = []
     turns: dict[Action, int] = dict.fromkeys(kinds, 0)
@@ -122,8 +127,13 @@ class Chaos:
         self.records.append({"at_s": at, "action": action})
         self.say(f"chaos at {at:.0f}s: {action}")
 
-    async def run(self, steps: list[Step]) -> None:
-        for step in steps:
+    async def run(self, steps: list[Step], until_s: float) -> None:
+        """The steps in order, each at its time or as soon as the one before has ended; none
+        is begun after ``until_s`` (the quiet end the soak is judged on)."""
+        for done, step in enumerate(steps):
+            if time.monotonic() - self.started > until_s:
+                self.record(f"{len(steps) - done} steps left out: the ones before ran late")
+                return
             delay = self.started + step.at_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -305,4 +315,4 @@ class Chaos:
         self.record(f"rollout of {MODEL}@{version}: {json.dumps(summary.get('outcome'))}")
 
 
-__all__ = ["KINDS", "ORDER", "Action", "Chaos", "Step", "schedule"]
+__all__ = ["KINDS", "ORDER", "Action", "Chaos", "Step", "quiet_tail", "schedule"]

@@ -184,36 +184,44 @@ class ScaleRig:
                 procs[name] = node.pid
         return procs
 
-    async def process_figures(
-        self, extra: dict[str, int] | None = None
-    ) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
-        """RSS in MB and open descriptors of every process, and asyncio tasks of those that
-        report them (the nodes' ``mesh_asyncio_tasks``)."""
-        pids = {**self.processes(), **(extra or {})}
-        rss, fds = await asyncio.to_thread(_memory_and_fds, pids)
-        tasks: dict[str, int] = {}
+    async def process_figures(self) -> ProcessFigures:
+        """RSS in MB, CPU seconds so far and open descriptors of every process, and asyncio
+        tasks of those that report them (the nodes' ``mesh_asyncio_tasks``)."""
+        figures = await asyncio.to_thread(_process_figures, self.processes())
         async with aiohttp.ClientSession() as session:
             for name, node in self.mesh.nodes.items():
                 if node.http_url:
                     count = await _scrape_tasks(session, node.http_url)
                     if count is not None:
-                        tasks[name] = count
-        return rss, fds, tasks
+                        figures.tasks[name] = count
+        return figures
 
 
 def _stream_of(spec: StreamSpec | BucketSpec | ObjectStoreSpec) -> str:
     return spec.name if isinstance(spec, StreamSpec) else spec.stream
 
 
-def _memory_and_fds(pids: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
-    rss: dict[str, float] = {}
-    fds: dict[str, int] = {}
+@dataclass
+class ProcessFigures:
+    """Each process's figures at one moment, by name."""
+
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    fds: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, int] = field(default_factory=dict)
+
+
+def _process_figures(pids: dict[str, int]) -> ProcessFigures:
+    figures = ProcessFigures()
     for name, pid in pids.items():
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
-            rss[name] = round(proc.memory_info().rss / 1e6, 1)
-            fds[name] = proc.num_fds()
-    return rss, fds
+            with proc.oneshot():
+                figures.rss_mb[name] = round(proc.memory_info().rss / 1e6, 1)
+                cpu = proc.cpu_times()
+                figures.cpu_s[name] = cpu.user + cpu.system
+                figures.fds[name] = proc.num_fds()
+    return figures
 
 
 async def _scrape_tasks(session: aiohttp.ClientSession, url: str) -> int | None:
@@ -226,4 +234,4 @@ async def _scrape_tasks(session: aiohttp.ClientSession, url: str) -> int | None:
     return int(float(match.group(1))) if match else None
 
 
-__all__ = ["NODE_SETTINGS", "RigConfig", "ScaleRig"]
+__all__ = ["NODE_SETTINGS", "ProcessFigures", "RigConfig", "ScaleRig"]

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from mesh.dev.models.demo import ensure_demo
-from mesh.dev.soak.chaos import ORDER, Action, Chaos, schedule
+from mesh.dev.soak.chaos import ORDER, Action, Chaos, quiet_tail, schedule
 from mesh.dev.soak.load import EventLoad, RequestLoad, close_all, connect_sites
 from mesh.dev.soak.report import MinuteRecord, SoakReport, machine
-from mesh.dev.soak.rig import RigConfig, ScaleRig
+from mesh.dev.soak.rig import ProcessFigures, RigConfig, ScaleRig
 from mesh.dev.soak.tally import EventTally, LoadTally
 from mesh.errors import MeshError
 from mesh.lifecycle import cancel_and_wait
@@ -60,18 +60,37 @@ class _Samples:
     descriptors (a count taken while requests are in flight is not a leak), the last streams."""
 
     rss_mb: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds of each process at the first and the last sample, and when they were taken.
+    cpu_first: tuple[float, dict[str, float]] = (0.0, {})
+    cpu_last: tuple[float, dict[str, float]] = (0.0, {})
     fds: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, int] = field(default_factory=dict)
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
     hard_examples: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
 
-    def add(self, rss: dict[str, float], fds: dict[str, int], tasks: dict[str, int]) -> None:
-        self.rss_mb.update(rss)
-        for name, n in fds.items():
+    def add(self, figures: ProcessFigures) -> None:
+        self.rss_mb.update(figures.rss_mb)
+        now = time.monotonic()
+        if not self.cpu_first[1]:
+            self.cpu_first = (now, dict(figures.cpu_s))
+        self.cpu_last = (now, dict(figures.cpu_s))
+        for name, n in figures.fds.items():
             self.fds[name] = min(n, self.fds.get(name, n))
-        for name, n in tasks.items():
+        for name, n in figures.tasks.items():
             self.tasks[name] = min(n, self.tasks.get(name, n))
+
+    def cpu_ms_per_s(self) -> dict[str, float]:
+        """CPU milliseconds each process spent per second of the minute (a process restarted
+        within it is left out)."""
+        (t0, first), (t1, last) = self.cpu_first, self.cpu_last
+        if t1 <= t0:
+            return {}
+        return {
+            name: round((last[name] - cpu) / (t1 - t0) * 1000.0, 1)
+            for name, cpu in first.items()
+            if name in last and last[name] >= cpu
+        }
 
 
 class SoakRun:
@@ -185,7 +204,8 @@ class SoakRun:
             asyncio.create_task(publisher.run(stop), name="soak-events"),
             asyncio.create_task(self._sample(rig, stop), name="soak-sampler"),
         ]
-        chaos_task = asyncio.create_task(chaos.run(steps), name="soak-chaos")
+        until = cfg.duration_s - quiet_tail(cfg.duration_s)
+        chaos_task = asyncio.create_task(chaos.run(steps, until), name="soak-chaos")
         deadline = cfg.duration_s + 600
         try:
             async with self.phases.phase("soak", deadline) as phase:
@@ -220,8 +240,7 @@ class SoakRun:
             if minute >= self.config.minutes:
                 return
             samples = self.samples.setdefault(minute, _Samples())
-            rss, fds, tasks = await rig.process_figures()
-            samples.add(rss, fds, tasks)
+            samples.add(await rig.process_figures())
             samples.streams = await rig.stream_figures()
             buffered, delivered = await rig.hard_examples()
             samples.hard_examples = {"buffered": buffered, "delivered": delivered}
@@ -241,6 +260,7 @@ class SoakRun:
                     minute=minute + 1,
                     load=self.tally.minute(minute),
                     rss_mb=samples.rss_mb,
+                    cpu_ms_per_s=samples.cpu_ms_per_s(),
                     fds=samples.fds,
                     tasks=samples.tasks,
                     streams=samples.streams,
