@@ -408,6 +408,12 @@ class SiteLink:
     def urls(self) -> list[str]:
         return [proxy.url for proxy in self.proxies]
 
+    def bytes_carried(self) -> tuple[int, int]:
+        """Bytes the link carried so far: from the site to the hub, and back."""
+        up = sum(proxy.stats.bytes_to_target for proxy in self.proxies)
+        down = sum(proxy.stats.bytes_to_client for proxy in self.proxies)
+        return up, down
+
     def blackhole(self, on: bool, *, drop: bool = False) -> None:
         for proxy in self.proxies:
             proxy.blackhole(on, drop=drop)

@@ -75,7 +75,7 @@ def test_quantiles_and_the_minutes_tally() -> None:
 def _minute(n: int, p99: float, rss: float, tasks: int, fds: int) -> MinuteRecord:
     load = MinuteTally(requests=100, answered=100, latencies_ms={"edge": [1.0] * 98 + [p99] * 2})
     return MinuteRecord(
-        n, load, {"edge-0": rss}, {}, {"edge-0": fds}, {"edge-0": tasks}, {}, {}, {}
+        n, load, {"edge-0": rss}, {}, {}, {"edge-0": fds}, {"edge-0": tasks}, {}, {}, {}
     )
 
 

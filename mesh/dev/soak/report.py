@@ -40,6 +40,7 @@ class MinuteRecord:
     load: MinuteTally
     rss_mb: dict[str, float]
     cpu_ms_per_s: dict[str, float]
+    link_bytes_per_s: dict[str, dict[str, float]]
     fds: dict[str, int]
     tasks: dict[str, int]
     streams: dict[str, dict[str, int]]
@@ -63,6 +64,7 @@ class MinuteRecord:
             "events": self.events,
             "rss_mb": self.rss_mb,
             "cpu_ms_per_s": self.cpu_ms_per_s,
+            "link_bytes_per_s": self.link_bytes_per_s,
             "fds": self.fds,
             "tasks": self.tasks,
             "streams": self.streams,

@@ -187,7 +187,7 @@ class ScaleRig:
     async def process_figures(self) -> ProcessFigures:
         """RSS in MB, CPU seconds so far and open descriptors of every process, and asyncio
         tasks of those that report them (the nodes' ``mesh_asyncio_tasks``)."""
-        figures = await asyncio.to_thread(_process_figures, self.processes())
+        figures = await asyncio.to_thread(process_figures_of, self.processes())
         async with aiohttp.ClientSession() as session:
             for name, node in self.mesh.nodes.items():
                 if node.http_url:
@@ -211,7 +211,7 @@ class ProcessFigures:
     tasks: dict[str, int] = field(default_factory=dict)
 
 
-def _process_figures(pids: dict[str, int]) -> ProcessFigures:
+def process_figures_of(pids: dict[str, int]) -> ProcessFigures:
     figures = ProcessFigures()
     for name, pid in pids.items():
         with contextlib.suppress(psutil.Error):

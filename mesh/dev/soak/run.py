@@ -68,6 +68,28 @@ class _Samples:
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
     hard_examples: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
+    #: bytes each site's link carried (up, down) at the first and the last sample.
+    links_first: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
+    links_last: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
+
+    def add_links(self, carried: dict[str, tuple[int, int]]) -> None:
+        now = time.monotonic()
+        if not self.links_first[1]:
+            self.links_first = (now, carried)
+        self.links_last = (now, carried)
+
+    def link_bytes_per_s(self) -> dict[str, dict[str, float]]:
+        (t0, first), (t1, last) = self.links_first, self.links_last
+        if t1 <= t0:
+            return {}
+        return {
+            site: {
+                "up": round((last[site][0] - up) / (t1 - t0)),
+                "down": round((last[site][1] - down) / (t1 - t0)),
+            }
+            for site, (up, down) in first.items()
+            if site in last
+        }
 
     def add(self, figures: ProcessFigures) -> None:
         self.rss_mb.update(figures.rss_mb)
@@ -241,6 +263,7 @@ class SoakRun:
                 return
             samples = self.samples.setdefault(minute, _Samples())
             samples.add(await rig.process_figures())
+            samples.add_links({site: link.bytes_carried() for site, link in rig.links.items()})
             samples.streams = await rig.stream_figures()
             buffered, delivered = await rig.hard_examples()
             samples.hard_examples = {"buffered": buffered, "delivered": delivered}
@@ -261,6 +284,7 @@ class SoakRun:
                     load=self.tally.minute(minute),
                     rss_mb=samples.rss_mb,
                     cpu_ms_per_s=samples.cpu_ms_per_s(),
+                    link_bytes_per_s=samples.link_bytes_per_s(),
                     fds=samples.fds,
                     tasks=samples.tasks,
                     streams=samples.streams,
