@@ -279,6 +279,18 @@ _EVENT_DEFAULTS = EventLimits()
 _REVIEW_DEFAULTS = ReviewLimits()
 
 
+class FleetLimits(BaseModel):
+    """Bounds of the fleet's heartbeat buckets (readers take each node's latest only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heartbeat_history: int = Field(HEARTBEAT_HISTORY, ge=1, le=64)
+    """Heartbeats kept per node in its domain's ``MESH_NODES_<DOMAIN>``."""
+    hub_heartbeat_history: int = Field(HEARTBEAT_HISTORY, ge=1, le=64)
+    """Heartbeats kept per node in the hub's ``MESH_FLEET_NODES``, on every hub server: at
+    10,000 nodes each kept heartbeat is about 8 MB per server (docs/scale.md)."""
+
+
 class StreamLimits(BaseModel):
     """The limits the provisioning step gives the mesh's streams (``mesh fleet init``)."""
 
@@ -287,6 +299,7 @@ class StreamLimits(BaseModel):
     hard_examples: HardExampleLimits = HardExampleLimits()
     events: EventLimits = EventLimits()
     review: ReviewLimits = ReviewLimits()
+    fleet: FleetLimits = FleetLimits()
 
 
 @dataclass(frozen=True)
@@ -361,7 +374,7 @@ class MeshTopology:
         own = BucketSpec(
             nodes_bucket(domain),
             f"Heartbeats of the nodes in domain {domain}",
-            history=HEARTBEAT_HISTORY,
+            history=self.limits.fleet.heartbeat_history,
             replicas=replicas,
         )
         if domain != self.hub:
@@ -400,7 +413,7 @@ class MeshTopology:
             BucketSpec(
                 NODES_BUCKET,
                 "Heartbeats of every node, sourced from each domain's MESH_NODES_<DOMAIN>",
-                history=HEARTBEAT_HISTORY,
+                history=self.limits.fleet.hub_heartbeat_history,
                 sources=heartbeat_sources,
                 replicas=replicas,
             ),
