@@ -100,3 +100,30 @@ def test_the_verdicts_compare_the_second_minute_with_the_last() -> None:
     assert grown.rss_growth["edge-0"] == pytest.approx(0.11)
     events.result("e1", error=False)
     assert not judge([], LoadTally(), events).nothing_lost  # an event with two results
+
+
+def test_a_connection_moving_between_hub_members_is_not_a_new_descriptor() -> None:
+    def minute(n: int, fds: dict[str, int]) -> MinuteRecord:
+        load = MinuteTally(requests=1, answered=1, latencies_ms={"edge": [1.0]})
+        return MinuteRecord(n, load, {}, {}, {}, fds, {}, {}, {}, {})
+
+    moved = judge(
+        [
+            minute(1, {}),
+            minute(2, {"nats-hub-0": 40, "nats-hub-1": 30, "nats-site-0": 20}),
+            minute(3, {"nats-hub-0": 35, "nats-hub-1": 35, "nats-site-0": 20}),
+        ],
+        LoadTally(),
+        EventTally(),
+    )
+    assert moved.fds_growth == {}
+    leaked = judge(
+        [
+            minute(1, {}),
+            minute(2, {"nats-hub-0": 40, "nats-hub-1": 30}),
+            minute(3, {"nats-hub-0": 41, "nats-hub-1": 30}),
+        ],
+        LoadTally(),
+        EventTally(),
+    )
+    assert leaked.fds_growth == {"nats-hub (all members)": 1}
