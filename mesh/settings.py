@@ -612,6 +612,9 @@ class ControllerSettings(ServiceSettings):
     """Seconds a silent leader keeps the lead."""
     offline_after_s: float = Field(10.0, gt=0)
     """Seconds without a heartbeat after which a node counts as offline."""
+    heartbeat_s: float = Field(1.0, gt=0)
+    """Seconds between the nodes' heartbeats (their ``fleet.heartbeat_s``): a node's heartbeats
+    count at most once every half of it, however often it writes them."""
 
     @field_validator("domain")
     @classmethod

@@ -12,7 +12,14 @@ from mesh.cli.fleet import fleet
 from mesh.cli.identities import identities
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
-from mesh.cli.releases import keys, models_bump, models_list, models_push, models_sign
+from mesh.cli.releases import (
+    keys,
+    models_bump,
+    models_list,
+    models_push,
+    models_revoke,
+    models_sign,
+)
 from mesh.cli.review import review
 from mesh.cli.rollouts import controller, rollout
 from mesh.cli.runs import bench, demo, soak
@@ -30,7 +37,7 @@ for _command in (
     bench, demo, soak, review, console,
 ):  # fmt: skip
     main.add_command(_command)
-for _command in (models_sign, models_push, models_list, models_bump):
+for _command in (models_sign, models_push, models_list, models_bump, models_revoke):
     models.add_command(_command)
 
 __all__ = ["main"]

@@ -237,6 +237,11 @@ def fleet_assign(
                 raise NotFoundError(
                     f"{model}@{version} is not in the registry (mesh models push it first)"
                 )
+            revocation = (await registry.read_revocations(js)).get(f"{model}@{version}")
+            if revocation is not None:
+                raise InvalidArgumentError(
+                    f"{model}@{version} is revoked ({revocation.reason}): nodes refuse it"
+                )
             beats = await registry.read_heartbeats(js)
             known = [b for b in beats.values() if isinstance(b, NodeStatus)]
             matched = [
@@ -344,6 +349,7 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
                 "drift": beat.drift,
                 "p99_ms": beat.p99_ms,
                 "swaps": beat.swaps,
+                "downgraded": beat.downgraded,
                 "mesh_version": beat.mesh_version,
                 "agreement": {
                     model: {
@@ -413,4 +419,9 @@ def fleet_status(
         )
         for version, reason in r["rejected"].items():
             click.echo(f"{'':<14} rejected {version}: {reason}")
+        for model, before in r["downgraded"].items():
+            click.echo(
+                f"{'':<14} WARNING downgraded {model} from {before} to "
+                f"{r['models'].get(model, '?')}"
+            )
     sys.stdout.flush()

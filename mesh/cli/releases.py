@@ -5,6 +5,7 @@ the console's too."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from mesh.cli.fleet import (
     tls_ca_option,
     trusted_option,
 )
-from mesh.errors import InvalidArgumentError
+from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.topology.processes import ENV_SIGNING_KEY
 
 # --- keys -----------------------------------------------------------------------------------
@@ -239,3 +240,50 @@ def models_bump(
         f"{made.manifest.get('tier_hint') or '?'}, signed by {key.public})"
     )
     click.echo(f"roll it out: mesh rollout start {model} {new}", err=True)
+
+
+@click.command("revoke")
+@click.argument("model")
+@click.argument("version")
+@click.option(
+    "--key", "key_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True, help="The fleet's signing key (mesh keys generate): nodes obey revocations "
+    "signed with a key they trust.",
+)  # fmt: skip
+@click.option("--reason", default="", help="Why, for the record and the nodes' events.")
+@servers_option
+@creds_option
+@tls_ca_option
+@domain_option
+def models_revoke(
+    model: str,
+    version: str,
+    key_path: Path,
+    reason: str,
+    servers: str,
+    creds: Path | None,
+    tls_ca: Path | None,
+    domain: str,
+) -> None:
+    """Revoke VERSION of MODEL for good: nodes refuse it, nodes serving it swap to their
+    assigned or previous version, and a rollout of it is refused (or rolled back if running).
+
+    Refused (exit 2) when the version is not in the registry."""
+    from mesh.fleet import registry
+    from mesh.fleet.revocation import sign_revocation
+    from mesh.fleet.signing import SigningKey
+
+    revocation = sign_revocation(
+        SigningKey.load(key_path), model, version, reason, time=time.time(),
+        by=str(creds.stem) if creds else "",
+    )  # fmt: skip
+
+    async def go() -> None:
+        async with _connect(servers, creds, tls_ca) as nc:
+            js = nc.jetstream(domain=domain)
+            if not await registry.has_version(js, model, version):
+                raise NotFoundError(f"{model}@{version} is not in the registry: nothing to revoke")
+            await registry.put_revocation(js, revocation)
+
+    _run(go)
+    click.echo(f"revoked {model}@{version}: {revocation.reason} (signed by {revocation.key})")

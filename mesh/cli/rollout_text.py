@@ -28,6 +28,9 @@ def describe(r: Rollout, now: float | None = None) -> list[str]:
             canary = Figures.from_dict(entry.canary)
             baseline = Figures.from_dict(entry.baseline) if entry.baseline else None
             lines += [f"       {line}" for line in gate_lines(stage.gate, canary, baseline)]
+        for side in (entry.canary or {}, entry.baseline or {}):
+            for node, how in (side.get("bounded") or {}).items():
+                lines.append(f"       bounded by the tier above: {node}: {how}")
     if r.failed_gate:
         lines.append(f"  failed gate {r.failed_gate}: {r.reason}")
         if r.figures:
@@ -36,8 +39,8 @@ def describe(r: Rollout, now: float | None = None) -> list[str]:
     elif r.reason:
         lines.append(f"  {r.reason}")
     if r.flagged:
-        some = dict(list(r.flagged.items())[:3])
-        lines.append(f"  telemetry ignored from {len(r.flagged)} nodes: {some}")
+        lines.append(f"  flagged: telemetry ignored from {_count(len(r.flagged), 'node')}")
+        lines += [f"    {node}: {why}" for node, why in r.flagged.items()]
     return lines
 
 

@@ -210,6 +210,10 @@ for _name in ("pause", "resume", "abort"):
     "--lease", default=5.0, show_default=True, help="Seconds a silent leader keeps the lead."
 )
 @click.option("--offline-after", default=10.0, show_default=True)
+@click.option(
+    "--heartbeat", default=1.0, show_default=True,
+    help="Seconds between the nodes' heartbeats: faster ones count once per half of it.",
+)  # fmt: skip
 @click.pass_context
 def controller(ctx: click.Context, /, config: Path | None, **_: object) -> None:
     """Drive the fleet's rollouts (one of any number of controllers leads).
@@ -235,6 +239,7 @@ CONTROLLER_FLAGS: dict[str, FlagField] = {
     "tick": "tick_s",
     "lease": "lease_s",
     "offline_after": "offline_after_s",
+    "heartbeat": "heartbeat_s",
 }
 
 

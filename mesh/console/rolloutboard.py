@@ -140,7 +140,10 @@ def _figures(
             for name, beat in heartbeats.items()
             if name in set(r.targets)
         }
-        canary, baseline, _ = stage_figures(r, views, window, r.targets[: r.stage_size(i)])
+        figures = stage_figures(
+            r, views, window, r.targets[: r.stage_size(i)], excluded=set(r.flagged)
+        )
+        canary, baseline = figures.canary, figures.baseline
         stage = r.stages[i]
         if stage.is_whole and i > 0:
             reference = r.log[i - 1].baseline

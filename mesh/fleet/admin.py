@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from mesh.errors import InvalidArgumentError, NotFoundError
@@ -21,6 +21,7 @@ from mesh.fleet import registry
 from mesh.fleet.desired import DesiredState, Revisioned, Selector, resolve
 from mesh.fleet.liveness import is_online
 from mesh.fleet.refusals import RetryRequest
+from mesh.fleet.revocation import verify_revocation
 from mesh.fleet.rollout import (
     Gate,
     Rollout,
@@ -35,7 +36,7 @@ from mesh.fleet.rollout import (
 )
 from mesh.fleet.rollout.plan import distinct_stages
 from mesh.fleet.rollouts_kv import ROLLOUT_BY, ROLLOUT_PREFIX, rollout_key, rollouts_bucket
-from mesh.fleet.signing import load_trusted_keys, verify
+from mesh.fleet.signing import SignatureError, load_trusted_keys, verify
 from mesh.topology.streams import ROLLOUTS_BUCKET
 from mesh.wire import NodeStatus
 
@@ -67,6 +68,7 @@ async def start_rollout(
             "starts only for a version they would load"
         )
     plan, tier = await _plan(js, model, version, stages, soak, gate_terms, trusted_keys)
+    await refuse_revoked(js, model, version, trusted_keys)
     kv = await rollouts_bucket(js)
     existing = await _latest_unless_running(kv, model)
     heartbeats = await registry.read_heartbeats(js)
@@ -89,6 +91,7 @@ async def start_rollout(
     rollout = new_rollout(
         model, version, Counter(previous.values()).most_common(1)[0][0], selector, kept,
         targets, now=now, by=by, suspect=suspect, previous_versions=previous,
+        generation=_generation_after(existing),
     )  # fmt: skip
     encoded = encode_rollout(rollout)
     try:
@@ -172,6 +175,33 @@ def within_tier(
             f"nodes of tiers {', '.join(tiers)}: name one with --selector tier=..."
         )
     return selector
+
+
+async def refuse_revoked(
+    js: JetStreamContext, model: str, version: str, trusted_keys: Sequence[str]
+) -> None:
+    """Refuse a version revoked by a key the nodes trust (they would refuse it)."""
+    revocation = (await registry.read_revocations(js)).get(f"{model}@{version}")
+    if revocation is None:
+        return
+    try:
+        verify_revocation(revocation, load_trusted_keys(list(trusted_keys)))
+    except SignatureError:
+        return
+    raise InvalidArgumentError(
+        f"{model}@{version} is revoked ({revocation.reason}): nodes refuse it; push the fix "
+        "under a new version"
+    )
+
+
+def _generation_after(existing: KeyValue.Entry | None) -> int:
+    """The generation of a new rollout record: one more than the one it replaces."""
+    if existing is None or not existing.value:
+        return 1
+    try:
+        return decode_rollout(existing.value).generation + 1
+    except InvalidArgumentError:
+        return 1
 
 
 async def _latest_unless_running(kv: KeyValue, model: str) -> KeyValue.Entry | None:
@@ -343,7 +373,8 @@ async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:
     for entry in await registry.latest_entries(js, kv, ROLLOUTS_BUCKET, f"{ROLLOUT_PREFIX}*"):
         with contextlib.suppress(InvalidArgumentError):
             rollout = decode_rollout(entry.value or b"")
-            out[rollout.model] = rollout
+            if rollout_key(rollout.model) == entry.key:  # not one re-delivered under another
+                out[rollout.model] = rollout
     return out
 
 
@@ -355,7 +386,9 @@ async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Ro
             entry = await kv.get(rollout_key(model))
         except KeyNotFoundError:
             raise NotFoundError(f"no rollout of {model}") from None
-        changed = request(decode_rollout(entry.value or b""), action, time.time(), by)
+        held = decode_rollout(entry.value or b"")
+        await _check_latest(kv, model, held)
+        changed = request(held, action, time.time(), by)
         try:
             await kv.update(
                 rollout_key(model), encode_rollout(changed), last=int(entry.revision or 0)
@@ -365,6 +398,22 @@ async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Ro
             continue
         return changed
     raise InvalidArgumentError(f"the rollout of {model} kept changing; try again")
+
+
+async def _check_latest(kv: KeyValue, model: str, held: Rollout) -> None:
+    """Refuse to act on a record that is not its model's newest (an old one re-delivered into
+    the bucket: the controllers ignore it, and a change made from it would be ignored too)."""
+    newest = held.generation
+    with contextlib.suppress(NoKeysError):
+        for entry in await kv.history(rollout_key(model)):
+            with contextlib.suppress(InvalidArgumentError):
+                newest = max(newest, decode_rollout(entry.value or b"").generation)
+    if rollout_key(held.model) != rollout_key(model) or held.generation < newest:
+        raise InvalidArgumentError(
+            f"the latest record under {rollout_key(model)} is not the rollout of {model} "
+            f"(generation {held.generation}, newest {newest}): an old record was re-delivered "
+            "into the bucket; the controllers ignore it"
+        )
 
 
 def summary(rollout: Rollout) -> dict[str, Any]:

@@ -21,6 +21,14 @@ is assigned. A version that fails any check is refused: reported (a ``rejected``
 tried again until an operator clears the refusal (``mesh fleet retry``); what serves keeps
 serving. A new assignment of another version is tried afresh.
 
+It obeys a desired-state entry only when the entry's model and selector make the key it arrived
+under and it is not older than the newest entry seen under that key (``DesiredReader``: entries
+re-delivered into the bucket are ignored). It watches the revocations too: a version revoked by a
+key it trusts is refused, and a node serving one swaps to its assigned version or, when that is
+the revoked one, to the last version it served before (a ``revoked`` warning event). Taking a
+version older than the one served (a downgrade) is done, with a ``downgraded`` warning event and
+``downgraded`` in the heartbeat.
+
 Every ``heartbeat_s`` the node writes its status to its key in ``MESH_NODES_<DOMAIN>``
 (``mesh.fleet.heartbeat``).
 """
@@ -31,28 +39,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
 from pydantic import ValidationError
 
 from mesh.errors import InvalidArgumentError, MeshError
 from mesh.fleet.cache import VersionCache, settings_for
-from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, resolve
+from mesh.fleet.desired import DesiredReader, DesiredState, resolve, version_order
 from mesh.fleet.device_gate import run_device_gate
 from mesh.fleet.heartbeat import AgentState, Heartbeat
 from mesh.fleet.refusals import Waiting, decode_retry, is_retry_key, transient, waiting
 from mesh.fleet.registry import Artifact, fetch
+from mesh.fleet.revocation import Revocation, decode_revocation, verify_revocation
 from mesh.fleet.signing import ArtifactSignature, load_trusted_keys, verify
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.observability.metrics import MeshMetrics
 from mesh.settings import FleetSettings, ModelSettings
 from mesh.topology import subjects
-from mesh.topology.streams import DESIRED_BUCKET
+from mesh.topology.streams import DESIRED_BUCKET, REVOKED_BUCKET
+from mesh.transport.jetstream import BucketEntry, watch_bucket
 from mesh.wire import NodeEvent, NodeStatus, encode_node_event
 
 log = logging.getLogger("mesh.fleet.agent")
@@ -71,20 +80,35 @@ def plan(
     desired: Mapping[str, DesiredState],
     served: Mapping[str, str],
     rejected: Mapping[str, str],
+    revoked: Collection[str] = (),
     waiting: Mapping[str, Waiting] | None = None,
     now: float = 0.0,
 ) -> list[tuple[str, str]]:
-    """The (model, version) swaps to make: assigned, not served, not refused before, and not
-    waiting for a later try."""
+    """The (model, version) swaps to make: assigned, not served, not refused before, not
+    revoked, and not waiting for a later try."""
     out: list[tuple[str, str]] = []
     for model, state in sorted(desired.items()):
         key = f"{model}@{state.version}"
         held = (waiting or {}).get(key)
-        if served.get(model) == state.version or key in rejected:
+        if served.get(model) == state.version or key in rejected or key in revoked:
             continue
         if held is None or held.due <= now:
             out.append((model, state.version))
     return out
+
+
+def fallback(
+    model: str, served: str, assigned: str | None, history: list[str], refused: Collection[str]
+) -> str | None:
+    """What a node serving a revoked ``model@served`` swaps to: the version it is assigned,
+    unless that is revoked or refused too; else the last version it served before that is
+    neither."""
+    candidates = [assigned] if assigned is not None else []
+    candidates += list(reversed(history))
+    for version in candidates:
+        if version is not None and version != served and f"{model}@{version}" not in refused:
+            return version
+    return None
 
 
 def restore(settings: FleetSettings, models: list[ModelSettings]) -> list[ModelSettings]:
@@ -95,9 +119,13 @@ def restore(settings: FleetSettings, models: list[ModelSettings]) -> list[ModelS
         return models
     cache = VersionCache(settings.cache_dir)
     trusted = load_trusted_keys(settings.trusted_keys)
+    revoked = cache.revoked()
     by_name = {m.name: m for m in models}
     out = dict(by_name)
     for model, version in cache.current().items():
+        if f"{model}@{version}" in revoked:
+            log.warning("cached %s@%s not used: it was revoked", model, version)
+            continue
         try:
             _, _, manifest_path = cache.load_verified(model, version, trusted)
         except MeshError as exc:
@@ -131,7 +159,14 @@ class FleetAgent(Service):
         self.cache = VersionCache(settings.cache_dir)
         self.trusted = load_trusted_keys(settings.trusted_keys)
         self._js: JetStreamContext = nc.jetstream(domain=settings.domain)
-        self._entries: dict[str, Revisioned] = {}
+        self.assignments = DesiredReader(keep=self._matches)
+        #: ``model@version`` to why, for every revocation verified with a trusted key.
+        self.revoked: dict[str, str] = self.cache.revoked()
+        #: per model, the versions served here, oldest first (what a revoked one falls back to).
+        self.history: dict[str, list[str]] = {}
+        self._synced = asyncio.Event()
+        #: (revoked version, what it swaps to) already announced with a ``revoked`` event.
+        self._warned: set[tuple[str, str | None]] = set()
         #: the latest revision of the desired-state bucket seen, and what it was when each
         #: refusal was made: a retry request written after a refusal clears it.
         self._revision = 0
@@ -157,9 +192,20 @@ class FleetAgent(Service):
         self.proven: set[str] = set()
 
     async def _start(self) -> None:
-        self.proven.update(f"{m}@{v}" for m, v in self._node.served_versions().items())
+        for model, version in self._node.served_versions().items():
+            self.proven.add(f"{model}@{version}")
+            self.history.setdefault(model, []).append(version)
+        who = f"node {self.name}"
+        watch_desired = watch_bucket(
+            self._js, DESIRED_BUCKET, self._on_desired, history=True, synced=self._synced,
+            retry_s=2.0, who=who,
+        )  # fmt: skip
+        watch_revoked = watch_bucket(
+            self._js, REVOKED_BUCKET, self._on_revocation, retry_s=2.0, who=who
+        )
         self._tasks = [
-            asyncio.create_task(self._watch(), name=f"fleet-watch-{self.name}"),
+            asyncio.create_task(watch_desired, name=f"fleet-watch-{self.name}"),
+            asyncio.create_task(watch_revoked, name=f"fleet-revoked-{self.name}"),
             asyncio.create_task(self._reconcile(), name=f"fleet-apply-{self.name}"),
             asyncio.create_task(self.heartbeat.run(), name=f"fleet-heartbeat-{self.name}"),
         ]
@@ -172,52 +218,32 @@ class FleetAgent(Service):
 
     # --- desired state ----------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                kv = await self._js.key_value(DESIRED_BUCKET)
-                watcher = await kv.watchall()
-                try:
-                    async for entry in watcher:
-                        if entry is None:
-                            continue
-                        self._on_entry(entry.key, entry.value, entry.revision, entry.operation)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-            except asyncio.CancelledError:
-                raise
-            except BucketNotFoundError:
-                log.info("no desired-state bucket in domain %s yet", self.settings.domain)
-            except Exception as exc:
-                log.warning("desired-state watch of node %s stopped: %r", self.name, exc)
-            await asyncio.sleep(2.0)
+    def _matches(self, state: DesiredState) -> bool:
+        s = self.settings
+        return state.selector.matches(self.tier, s.site_name, self.name, s.labels)
 
-    def _on_entry(self, key: str, value: bytes | None, revision: int | None, op: Any) -> None:
+    def _on_desired(self, entry: BucketEntry) -> None:
         # Only assignments whose selector matches this node are kept, and only they wake the
         # reconcile loop: a rollout stage writes one key per node, and every agent of a site
         # sees every key (250 at a 50% stage of 500 nodes; a hundred agents in a process of
         # the simulated fleet resolved all of them on each, and their processes stalled).
-        self._revision = max(self._revision, int(revision or 0))
-        if op is not None or not value:  # DEL or PURGE: the assignment is withdrawn
-            if self._entries.pop(key, None) is not None:
-                self._wake.set()
-            return
-        if is_retry_key(key):
-            self._on_retry(key, value, int(revision or 0))
+        self._revision = max(self._revision, int(entry.revision or 0))
+        if is_retry_key(entry.key):
+            if not entry.deleted:
+                self._on_retry(entry.key, entry.value, int(entry.revision or 0))
             return
         try:
-            state = decode_desired(value)
+            changed = self.assignments.apply(entry.key, entry.value, entry.revision, entry.deleted)
         except InvalidArgumentError as exc:
-            log.warning("ignoring malformed desired state %s: %s", key[:200], exc.message)
+            log.warning("node %s ignores desired state %s: %s", self.name, entry.key[:200],
+                        exc.message)  # fmt: skip
             return
-        s = self.settings
-        if not state.selector.matches(self.tier, s.site_name, self.name, s.labels):
-            return
-        self._entries[key] = Revisioned(state, int(revision or 0))
-        self._wake.set()
+        if changed:
+            self._wake.set()
 
     def _on_retry(self, key: str, value: bytes, revision: int) -> None:
+        # A retry request only lets a refused version be tried (and checked) again: one
+        # re-delivered into the bucket at a later revision can do no more than that.
         try:
             request = decode_retry(value)
         except InvalidArgumentError as exc:
@@ -237,14 +263,39 @@ class FleetAgent(Service):
         self._cleared = True
         self._wake.set()
 
+    def _on_revocation(self, entry: BucketEntry) -> None:
+        if entry.deleted:
+            return  # a revocation is for good
+        try:
+            revocation = decode_revocation(entry.value)
+            verify_revocation(revocation, self.trusted)
+        except InvalidArgumentError as exc:
+            log.warning("node %s ignores revocation %s: %s", self.name, entry.key[:200],
+                        exc.message)  # fmt: skip
+            return
+        self._revoke(revocation)
+
+    def _revoke(self, revocation: Revocation) -> None:
+        if self.revoked.get(revocation.target) == revocation.reason:
+            return
+        self.revoked[revocation.target] = revocation.reason
+        try:
+            self.cache.add_revoked(revocation.target, revocation.reason)
+        except OSError as exc:
+            log.warning("node %s could not keep revocation %s: %r", self.name,
+                        revocation.target, exc)  # fmt: skip
+        self._wake.set()
+
     def desired(self) -> dict[str, DesiredState]:
         s = self.settings
         return resolve(
-            self._entries.values(), tier=self.tier, site=s.site_name, node=self.name,
-            labels=s.labels,
+            self.assignments.entries.values(), tier=self.tier, site=s.site_name,
+            node=self.name, labels=s.labels,
         )  # fmt: skip
 
     async def _reconcile(self) -> None:
+        # no swap before the desired state is read in full: history comes oldest first
+        await self._synced.wait()
         while True:
             due = min((w.due for w in self.waiting.values()), default=None)
             pause = None if due is None else max(0.0, due - time.monotonic())
@@ -256,10 +307,17 @@ class FleetAgent(Service):
                 self._cleared = False
                 with contextlib.suppress(Exception):
                     await self.heartbeat.beat()
+            await self._leave_revoked()
+            desired = self.desired()
+            for model, state in desired.items():
+                target = f"{model}@{state.version}"
+                if target in self.revoked and target not in self.state.rejected:
+                    await self._reject(model, state.version, f"revoked: {self.revoked[target]}")
             for model, version in plan(
-                self.desired(),
+                desired,
                 self._node.served_versions(),
                 self.state.rejected,
+                self.revoked,
                 self.waiting,
                 time.monotonic(),
             ):
@@ -278,6 +336,25 @@ class FleetAgent(Service):
             if self.state.pending.get(model) == version:
                 del self.state.pending[model]
 
+    async def _leave_revoked(self) -> None:
+        """Swap every model served at a revoked version to its fallback. One with none keeps
+        serving (no answer at all would be worse) after a ``revoked`` event saying so, once."""
+        for model, served in sorted(self._node.served_versions().items()):
+            target = f"{model}@{served}"
+            if target not in self.revoked:
+                continue
+            assigned = self.desired().get(model)
+            version = fallback(
+                model, served, assigned.version if assigned else None,
+                self.history.get(model, []), {*self.revoked, *self.state.rejected},
+            )  # fmt: skip
+            if (target, version) not in self._warned:
+                self._warned.add((target, version))
+                reason = f"{self.revoked[target]}; swapping to {version or 'nothing'}"
+                await self._event("revoked", model, served, None, reason)
+            if version is not None:
+                await self.apply(model, version)
+
     # --- one version --------------------------------------------------------------------------
 
     async def apply(self, model: str, version: str) -> bool:
@@ -286,7 +363,7 @@ class FleetAgent(Service):
         key = f"{model}@{version}"
         self.state.pending[model] = version
         try:
-            artifact = await self._fetch(model, version)
+            artifact = await self._cached(model, version) or await self._fetch(model, version)
         except asyncio.CancelledError:
             raise
         except MeshError as exc:
@@ -340,8 +417,26 @@ class FleetAgent(Service):
         await asyncio.to_thread(self.cache.set_current, model, version)
         self.proven.add(f"{model}@{version}")
         self.state.swaps += 1
+        self.history.setdefault(model, []).append(version)
         await self._event("swapped", model, version, previous, "assigned by the fleet")
+        if previous is not None and version_order(version) < version_order(previous):
+            self.state.downgraded[model] = previous
+            await self._event("downgraded", model, version, previous,
+                              f"{version} is older than {previous}, which it served")  # fmt: skip
+        else:
+            self.state.downgraded.pop(model, None)
         return True
+
+    async def _cached(self, model: str, version: str) -> Artifact | None:
+        """The version from this node's cache, verified again, if it holds it (a fallback from a
+        revoked version needs no server)."""
+        try:
+            artifact, _, _ = await asyncio.to_thread(
+                self.cache.load_verified, model, version, self.trusted
+            )
+        except MeshError:
+            return None
+        return artifact
 
     async def _fetch(self, model: str, version: str) -> Artifact:
         return await fetch(self._js, model, version, max_bytes=self.settings.max_artifact_bytes)

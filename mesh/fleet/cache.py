@@ -20,6 +20,9 @@ from mesh.settings import ModelSettings
 from mesh.topology import subjects
 
 CURRENT_FILE = "current.json"
+#: ``model@version`` to why, for every revocation this node verified: a restart with no server
+#: reachable does not serve a revoked version from the cache.
+REVOKED_FILE = "revoked.json"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "signature.json"
 
@@ -68,6 +71,23 @@ class VersionCache:
         current[model] = version
         self.root.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.root / CURRENT_FILE, json.dumps(current, indent=1).encode())
+
+    def revoked(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.root / REVOKED_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): str(v) for k, v in data.items()}
+
+    def add_revoked(self, target: str, reason: str) -> None:
+        revoked = self.revoked()
+        if revoked.get(target) == reason:
+            return
+        revoked[target] = reason
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.root / REVOKED_FILE, json.dumps(revoked, indent=1).encode())
 
     def load_verified(
         self, model: str, version: str, trusted: Mapping[str, Any]

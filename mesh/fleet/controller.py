@@ -8,12 +8,19 @@ clock.
 Each tick the leader, for every rollout in KV:
 
 1. makes the desired state say what the rollout implies now (``rollout.desired_for``: idempotent,
-   so a new leader finishes the writes of an old one that died between two of them);
-2. runs ``rollout.step`` on the fleet's latest heartbeats (watched, not polled);
+   so a new leader finishes the writes of an old one that died between two of them), each write
+   stamped after the newest entry under its key and each removal a withdrawal record;
+2. runs ``rollout.step`` on the fleet's latest heartbeats (watched, not polled; taken in at most
+   once every half ``heartbeat_s`` per node: ``rollout.BeatFilter``), or rolls the rollout back
+   when its version was revoked;
 3. stores a newly opened evidence window, then the rollout, with compare-and-set on its revision:
    a write that lost to a person's pause or abort (``mesh rollout``) is dropped and redone from
    the new state on the next tick. A stage is therefore never repeated or skipped, whichever
    controller runs it.
+
+Every bucket it reads is checked entry by entry (``mesh.fleet.replay``): a heartbeat must name
+its key's node, a desired state its key's model and selector, a rollout its key's model, none
+older than the newest seen under its key; what fails is logged and ignored.
 
 The lease is a ``mesh.fleet.lease.KvLease``; what ``mesh rollout start|status|pause|resume|abort``
 do is ``mesh.fleet.admin``.
@@ -22,7 +29,6 @@ do is ``mesh.fleet.admin``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,20 +37,24 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from mesh.errors import InvalidArgumentError
+from mesh.errors import InvalidArgumentError, MeshError
 from mesh.fleet import registry
 from mesh.fleet.desired import (
+    DesiredReader,
     DesiredState,
-    Revisioned,
     Selector,
-    decode_desired,
     desired_key,
     encode_desired,
 )
 from mesh.fleet.lease import KvLease
+from mesh.fleet.refusals import is_retry_key
+from mesh.fleet.replay import ReplayGuard, next_stamp
+from mesh.fleet.revocation import Revocation, decode_revocation, verify_revocation
 from mesh.fleet.rollout import (
+    BeatFilter,
     NodeView,
     Rollout,
+    RolloutPhase,
     StagePhase,
     Window,
     decode_rollout,
@@ -52,26 +62,33 @@ from mesh.fleet.rollout import (
     desired_for,
     encode_rollout,
     encode_window,
+    revoke,
     step,
     view_of,
 )
 from mesh.fleet.rollouts_kv import (
     LEASE_KEY,
     ROLLOUT_PREFIX,
+    rollout_key,
     rollouts_bucket,
     window_key,
 )
 from mesh.lifecycle import Service, cancel_and_wait
-from mesh.topology.streams import DESIRED_BUCKET, HUB_DOMAIN, NODES_BUCKET, ROLLOUTS_BUCKET
-from mesh.wire import NodeStatus, decode_node_status
+from mesh.topology.streams import (
+    DESIRED_BUCKET,
+    HUB_DOMAIN,
+    NODES_BUCKET,
+    REVOKED_BUCKET,
+    ROLLOUTS_BUCKET,
+)
+from mesh.transport.jetstream import BucketEntry, watch_bucket
+from mesh.wire import NodeStatus
 
 log = logging.getLogger("mesh.fleet.controller")
 
 #: how long after a rollout ends a new leader still writes its last desired state, once (the
 #: old one may have died between ending it and writing that).
 FINISH_GRACE_S = 120.0
-#: longest a watch waits past nats-py's initial-values marker for an entry saying it is caught up.
-SYNC_WAIT_S = 10.0
 
 
 class Controller(Service):
@@ -84,6 +101,7 @@ class Controller(Service):
         tick_s: float = 1.0,
         lease_s: float = 5.0,
         offline_after_s: float = 10.0,
+        heartbeat_s: float = 1.0,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
@@ -93,9 +111,13 @@ class Controller(Service):
         self.on_event = on_event
         self._js = nc.jetstream(domain=domain)
         self._tasks: list[asyncio.Task[None]] = []
-        self.heartbeats: dict[str, NodeStatus | str] = {}
-        self.desired: dict[str, Revisioned] = {}
+        #: a node's heartbeats count at most once every half interval (jitter allowed for).
+        self.beats = BeatFilter(min_interval_s=heartbeat_s / 2)
+        self.desired = DesiredReader()
         self.rollouts: dict[str, tuple[Rollout, int]] = {}
+        self._rollout_order = ReplayGuard()
+        #: ``model@version`` to its revocation.
+        self.revoked: dict[str, Revocation] = {}
         self._windows: dict[str, Window | None] = {}
         #: rollouts that ended and whose last desired state this controller has written.
         self._finished: set[str] = set()
@@ -104,22 +126,38 @@ class Controller(Service):
         self._desired_kv: KeyValue | None = None
         #: whether the first full read of each watched bucket is in.
         self._synced: dict[str, asyncio.Event] = {}
+        #: entries ignored, per bucket (logged at 1, 2, 4, 8...).
+        self.ignored: dict[str, int] = {}
 
     @property
     def leader(self) -> bool:
         return self._lease is not None and self._lease.held
 
+    @property
+    def heartbeats(self) -> dict[str, NodeStatus | str]:
+        return self.beats.taken
+
     async def _start(self) -> None:
         self._kv = await rollouts_bucket(self._js)
         self._lease = KvLease(self._kv, LEASE_KEY, self.name, self.lease_s)
         self._desired_kv = await registry.desired_bucket(self._js)
-        self._synced = {b: asyncio.Event() for b in (NODES_BUCKET, DESIRED_BUCKET, ROLLOUTS_BUCKET)}
-        self._tasks = [
-            asyncio.create_task(self._watch(NODES_BUCKET, self._on_heartbeat)),
-            asyncio.create_task(self._watch(DESIRED_BUCKET, self._on_desired)),
-            asyncio.create_task(self._watch(ROLLOUTS_BUCKET, self._on_rollout)),
-            asyncio.create_task(self._loop(), name=f"controller-{self.name}"),
+        watched: list[tuple[str, Callable[[BucketEntry], None], bool]] = [
+            (NODES_BUCKET, self._on_heartbeat, False),
+            (DESIRED_BUCKET, self._on_desired, True),
+            (ROLLOUTS_BUCKET, self._on_rollout, True),
+            (REVOKED_BUCKET, self._on_revocation, False),
         ]
+        # Leading waits for the first full read of every bucket but the revocations: a fleet
+        # provisioned before they existed still runs its rollouts (its nodes refuse a revoked
+        # version on their own).
+        self._synced = {bucket: asyncio.Event() for bucket, _, _ in watched[:-1]}
+        who = f"controller {self.name}"
+        self._tasks = []
+        for bucket, handler, history in watched:
+            synced = self._synced.get(bucket)
+            watch = watch_bucket(self._js, bucket, handler, history=history, synced=synced, who=who)
+            self._tasks.append(asyncio.create_task(watch))
+        self._tasks.append(asyncio.create_task(self._loop(), name=f"controller-{self.name}"))
 
     async def _stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -128,64 +166,55 @@ class Controller(Service):
 
     # --- watching the fleet -----------------------------------------------------------------
 
-    async def _watch(self, bucket: str, on_entry: Callable[[str, bytes | None, int], None]) -> None:
-        while True:
-            try:
-                kv = await self._js.key_value(bucket)
-                # synced once an entry had nothing pending behind it: nats-py's marker can come
-                # before the values (see registry.latest_entries)
-                empty = await registry.stream_last_seq(self._js, bucket) == 0
-                synced = self._synced[bucket]
-                watcher = await kv.watchall()
-                try:
-                    async for entry in watcher:
-                        if entry is None:
-                            if empty:
-                                synced.set()
-                            elif not synced.is_set():  # never wait forever on a skipped one
-                                asyncio.get_running_loop().call_later(SYNC_WAIT_S, synced.set)
-                            continue
-                        value = None if entry.operation is not None else entry.value
-                        on_entry(entry.key, value, int(entry.revision or 0))
-                        if entry.delta == 0:
-                            synced.set()
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("controller %s: watch of %s stopped: %r", self.name, bucket, exc)
-            await asyncio.sleep(1.0)
+    def _ignore(self, bucket: str, key: str, reason: str) -> None:
+        count = self.ignored.get(bucket, 0) + 1
+        self.ignored[bucket] = count
+        if count & (count - 1) == 0:  # a flood of replays does not flood the log
+            log.warning(
+                "controller %s ignored an entry of %s under %s (%d so far): %s",
+                self.name, bucket, key[:120], count, reason,
+            )  # fmt: skip
 
-    def _on_heartbeat(self, key: str, value: bytes | None, revision: int) -> None:
-        if value is None:
-            self.heartbeats.pop(key, None)
-            return
+    def _on_heartbeat(self, entry: BucketEntry) -> None:
+        self.beats.offer(entry.key, None if entry.deleted else entry.value, time.time())
+
+    def _on_desired(self, entry: BucketEntry) -> None:
+        if is_retry_key(entry.key):
+            return  # an operator's retry request (``mesh fleet retry``), for the nodes
         try:
-            self.heartbeats[key] = decode_node_status(value)
+            self.desired.apply(entry.key, entry.value, entry.revision, entry.deleted)
         except InvalidArgumentError as exc:
-            self.heartbeats[key] = exc.message
+            self._ignore(DESIRED_BUCKET, entry.key, exc.message)
 
-    def _on_desired(self, key: str, value: bytes | None, revision: int) -> None:
-        if value is None:
-            self.desired.pop(key, None)
+    def _on_rollout(self, entry: BucketEntry) -> None:
+        if not entry.key.startswith(ROLLOUT_PREFIX):
+            return
+        if entry.deleted:
+            self.rollouts.pop(entry.key, None)
             return
         try:
-            self.desired[key] = Revisioned(decode_desired(value), revision)
-        except InvalidArgumentError:
-            self.desired.pop(key, None)
-
-    def _on_rollout(self, key: str, value: bytes | None, revision: int) -> None:
-        if not key.startswith(ROLLOUT_PREFIX):
-            return
-        if value is None:
-            self.rollouts.pop(key, None)
-            return
-        try:
-            self.rollouts[key] = (decode_rollout(value), revision)
+            rollout = decode_rollout(entry.value)
         except InvalidArgumentError as exc:
-            log.warning("ignoring unreadable rollout %s: %s", key, exc.message)
+            self._ignore(ROLLOUTS_BUCKET, entry.key, exc.message)
+            return
+        problem = self._rollout_order.check(
+            entry.key, rollout_key(rollout.model), rollout.generation
+        )
+        if problem is not None:
+            self._ignore(ROLLOUTS_BUCKET, entry.key, problem)
+            return
+        self.rollouts[entry.key] = (rollout, entry.revision)
+
+    def _on_revocation(self, entry: BucketEntry) -> None:
+        if entry.deleted:
+            return  # a revocation is for good
+        try:
+            revocation = decode_revocation(entry.value)
+            verify_revocation(revocation, None)
+        except InvalidArgumentError as exc:
+            self._ignore(REVOKED_BUCKET, entry.key, exc.message)
+            return
+        self.revoked[revocation.target] = revocation
 
     async def synced(self, timeout: float = 10.0) -> None:
         """Wait until the first read of every watched bucket is in."""
@@ -222,27 +251,37 @@ class Controller(Service):
                     await self._reconcile(rollout)
                 self._finished.add(rollout.id)
                 continue
+            revocation = self.revoked.get(f"{rollout.model}@{rollout.version}")
+            if revocation is not None and rollout.state != RolloutPhase.ROLLING_BACK:
+                changed = revoke(rollout, revocation.reason, now)
+                await self._store(key, revision, changed, (changed.reason,))
+                continue
             await self._reconcile(rollout)
             views = self.views(rollout, now)
             window = await self._window(rollout)
             result = step(rollout, views, window, now)
             if result.window is not None:
                 await self._put_window(rollout.model, result.window)
-            if result.rollout == rollout:
-                continue
-            assert self._kv is not None
-            try:
-                new_revision = await self._kv.update(
-                    key, encode_rollout(result.rollout), last=revision
-                )
-            except KeyWrongLastSequenceError:
-                continue  # someone paused or aborted it meanwhile: next tick sees that
-            self.rollouts[key] = (result.rollout, new_revision)
-            for event in result.events:
-                self._event(event)
-            await self._reconcile(result.rollout)
-            if not result.rollout.active:
-                self._finished.add(result.rollout.id)
+            if result.rollout != rollout:
+                await self._store(key, revision, result.rollout, result.events)
+
+    async def _store(
+        self, key: str, revision: int, rollout: Rollout, events: tuple[str, ...]
+    ) -> None:
+        """Store ``rollout`` with compare-and-set on ``revision``; a write that lost to a
+        person's pause or abort is dropped (the next tick starts from the new state)."""
+        assert self._kv is not None
+        try:
+            new_revision = await self._kv.update(key, encode_rollout(rollout), last=revision)
+        except KeyWrongLastSequenceError:
+            return
+        self._rollout_order.check(key, rollout_key(rollout.model), rollout.generation)
+        self.rollouts[key] = (rollout, new_revision)
+        for event in events:
+            self._event(event)
+        await self._reconcile(rollout)
+        if not rollout.active:
+            self._finished.add(rollout.id)
 
     def views(self, rollout: Rollout, now: float) -> dict[str, NodeView]:
         return {
@@ -254,7 +293,7 @@ class Controller(Service):
                 now=now,
                 offline_after_s=self.offline_after_s,
             )
-            for name, status in list(self.heartbeats.items())
+            for name, status in list(self.beats.take(now).items())
         }
 
     async def _window(self, rollout: Rollout) -> Window | None:
@@ -279,42 +318,49 @@ class Controller(Service):
 
     async def _reconcile(self, rollout: Rollout) -> None:
         """Write the desired state the rollout implies where it differs from what KV holds."""
-        assert self._desired_kv is not None
-        kv = self._desired_kv
         wanted = desired_for(rollout)
-        writes: list[tuple[str, DesiredState | None]] = []
+        writes: list[tuple[str, str | None, Selector]] = []
         if wanted.base is not None:
-            writes.append((rollout.model, _state(rollout, wanted.base, rollout.selector)))
+            writes.append((desired_key(rollout.model, rollout.selector), wanted.base,
+                           rollout.selector))  # fmt: skip
         for node in rollout.targets:
-            version = wanted.nodes.get(node)
+            selector = Selector(node=node)
+            writes.append((desired_key(rollout.model, selector), wanted.nodes.get(node), selector))
+        for key, version, selector in writes:
+            held = self.desired.entries.get(key)
             if version is None:
-                writes.append((desired_key(rollout.model, Selector(node=node)), None))
-            else:
-                writes.append((node, _state(rollout, version, Selector(node=node))))
-        for key_or_node, state in writes:
-            if state is None:
-                if key_or_node in self.desired:
-                    with contextlib.suppress(KeyNotFoundError):
-                        await kv.delete(key_or_node)
-                    self.desired.pop(key_or_node, None)
+                if held is not None:
+                    await self._withdraw(key, held.state, rollout)
                 continue
-            held = self.desired.get(state.key)
-            if held is not None and held.state.version == state.version:
+            if held is not None and held.state.version == version:
                 continue
-            revision = await kv.put(state.key, encode_desired(state))
-            self.desired[state.key] = Revisioned(state, int(revision))
+            await self._assign(key, rollout, version, selector)
+
+    async def _assign(self, key: str, rollout: Rollout, version: str, selector: Selector) -> None:
+        assert self._desired_kv is not None
+        state = DesiredState(
+            model=rollout.model,
+            version=version,
+            selector=selector,
+            time=next_stamp(time.time(), self.desired.newest(key)),
+            by=f"rollout {rollout.id}",
+        )
+        encoded = encode_desired(state)
+        revision = await self._desired_kv.put(key, encoded)
+        self.desired.apply(key, encoded, int(revision), False)
+
+    async def _withdraw(self, key: str, held: DesiredState, rollout: Rollout) -> None:
+        withdrawal = held.withdrawal(
+            next_stamp(time.time(), self.desired.newest(key)), by=f"rollout {rollout.id}"
+        )
+        try:
+            await registry.withdraw(self._js, withdrawal)
+        except MeshError as exc:
+            log.warning("controller %s could not withdraw %s: %s", self.name, key, exc.message)
+            return
+        self.desired.apply(key, encode_desired(withdrawal), 0, True)
 
     def _event(self, text: str) -> None:
         log.info("%s", text)
         if self.on_event is not None:
             self.on_event(text)
-
-
-def _state(rollout: Rollout, version: str, selector: Selector) -> DesiredState:
-    return DesiredState(
-        model=rollout.model,
-        version=version,
-        selector=selector,
-        time=time.time(),
-        by=f"rollout {rollout.id}",
-    )

@@ -5,16 +5,23 @@ field it sets must match). It is kept in KV under ``<model>.<selector key>``, so
 per model and selector exists at a time and a newer one for the same selector replaces it. A
 node obeys, for each model, the most specific assignment that matches it: a node name beats
 labels, labels beat a site, a site beats a tier, a tier beats the whole fleet; between equally
-specific ones the later write wins. Pure: no I/O.
+specific ones the later write wins.
+
+Readers check what they read (``mesh.fleet.replay``): ``DesiredReader`` obeys an entry only when
+its model and selector make the key it arrived under and its ``time`` is not older than the
+newest seen under that key; an assignment is withdrawn by a delete marker carrying the withdrawn
+entry (``withdrawn``, a later ``time``), never by a bare delete anyone could re-deliver.
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from mesh.errors import InvalidArgumentError
+from mesh.fleet.replay import ReplayGuard
 from mesh.topology.subjects import check_token as _check_token
 from mesh.wire.codec import (
     VERSION,
@@ -129,10 +136,16 @@ class DesiredState:
     time: float
     #: who assigned it (the identity or tool), for the record.
     by: str = ""
+    #: the body of a delete marker: the assignment under this key is withdrawn as of ``time``.
+    withdrawn: bool = False
 
     @property
     def key(self) -> str:
         return desired_key(self.model, self.selector)
+
+    def withdrawal(self, time: float, by: str = "") -> DesiredState:
+        """What withdraws this assignment at ``time``."""
+        return replace(self, time=time, by=by or self.by, withdrawn=True)
 
 
 def desired_key(model: str, selector: Selector) -> str:
@@ -149,6 +162,7 @@ def encode_desired(state: DesiredState) -> bytes:
             "selector": state.selector.as_dict(),
             "time": float(state.time),
             "by": state.by,
+            **({"withdrawn": True} if state.withdrawn else {}),
         }
     )
 
@@ -167,10 +181,11 @@ def decode_desired(data: bytes) -> DesiredState:
     by = obj.get("by", "")
     return DesiredState(
         model=check_token(require(obj, "model", str, what), "model name"),
-        version=_version(require(obj, "version", str, what)),
+        version=check_version(require(obj, "version", str, what)),
         selector=selector,
         time=finite(require(obj, "time", (int, float), what), "time", what),
         by=by if isinstance(by, str) else "",
+        withdrawn=obj.get("withdrawn") is True,
     )
 
 
@@ -182,8 +197,18 @@ def _opt_token(value: object, name: str, what: str) -> str | None:
     return check_token(value, f"selector {name}")
 
 
-def _version(value: str) -> str:
-    # letters, digits, '_', '-' and dots inside: a version names a folder in a node's cache
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """How versions sort: numbers as numbers, the rest as text (``1-edge < 2-edge < 10-edge``,
+    ``2.1 < 2.10``). A version assigned that sorts before the one served is a downgrade."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.findall(r"\d+|[^\d]+", version)
+    )
+
+
+def check_version(value: str) -> str:
+    """A version name: letters, digits, '_', '-' and dots inside (it names a folder in a node's
+    cache and a token of a revocation's key); a typed error otherwise."""
     bad_dots = value.startswith(".") or value.endswith(".") or ".." in value
     if not value or len(value) > 64 or bad_dots or not _LABEL.match(value.replace(".", "_")):
         raise InvalidArgumentError(f"model version {value[:70]!r} is not a version name")
@@ -217,3 +242,36 @@ def resolve(
         if held is None or rank > held[:2]:
             best[s.model] = (*rank, s)
     return {model: held[2] for model, held in best.items()}
+
+
+@dataclass
+class DesiredReader:
+    """The desired state as one reader obeys it, entry by entry as read from the bucket (history
+    included), each checked against replays. ``keep`` chooses the assignments held (a node's
+    agent keeps only those that match it)."""
+
+    keep: Callable[[DesiredState], bool] = lambda state: True
+    entries: dict[str, Revisioned] = field(default_factory=dict)
+    _guard: ReplayGuard = field(default_factory=ReplayGuard)
+
+    def apply(self, key: str, value: bytes, revision: int, deleted: bool) -> bool:
+        """Take one entry read under ``key``; whether what is held changed. Raises
+        ``InvalidArgumentError`` naming why an entry is not obeyed (the last good one stays)."""
+        if deleted and not value:
+            raise InvalidArgumentError(
+                f"a delete of {key[:120]!r} without a withdrawal record is not obeyed"
+            )
+        state = decode_desired(value)
+        problem = self._guard.check(key, state.key, state.time)
+        if problem is not None:
+            raise InvalidArgumentError(problem)
+        if state.withdrawn or deleted:
+            return self.entries.pop(key, None) is not None
+        if not self.keep(state):
+            return self.entries.pop(key, None) is not None
+        self.entries[key] = Revisioned(state, revision)
+        return True
+
+    def newest(self, key: str) -> float | None:
+        """The newest time seen under ``key``: a writer stamps after it (``replay.next_stamp``)."""
+        return self._guard.newest(key)

@@ -30,6 +30,8 @@ class AgentState:
     pending: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     swaps: int = 0
+    #: model to the version served before its latest downgrade.
+    downgraded: dict[str, str] = field(default_factory=dict)
 
 
 class StatusSource(Protocol):
@@ -94,6 +96,8 @@ class Heartbeat:
             swaps=self.state.swaps,
             mesh_version=await self._mesh_version() if self._mesh_version else "",
             evidence=base.evidence,
+            answered=base.answered,
+            downgraded=dict(self.state.downgraded),
         )
         subject = subjects.kv(nodes_bucket(self.settings.domain), self.name)
         await self._js.publish(subject, encode_node_status(status), timeout=2.0)

@@ -26,7 +26,7 @@ import base64
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -36,6 +36,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
+    NoKeysError,
     NotFoundError,
     ServiceUnavailableError,
 )
@@ -45,12 +46,16 @@ from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.errors import NotFoundError as MeshNotFound
 from mesh.fleet.desired import DesiredState, Revisioned, decode_desired, encode_desired
 from mesh.fleet.refusals import RetryRequest, encode_retry, is_retry_key
+from mesh.fleet.replay import next_stamp
+from mesh.fleet.revocation import Revocation, decode_revocation, encode_revocation
 from mesh.fleet.signing import ArtifactSignature
+from mesh.topology import subjects
 from mesh.topology.streams import (
     DESIRED_BUCKET,
     MODEL_STORE,
     MODEL_STORE_STREAM,
     NODES_BUCKET,
+    REVOKED_BUCKET,
 )
 from mesh.topology.subjects import kv_stream, object_chunks, object_meta
 from mesh.wire import NodeStatus, decode_node_status
@@ -379,9 +384,45 @@ async def desired_bucket(js: JetStreamContext) -> KeyValue:
         ) from None
 
 
-async def assign(js: JetStreamContext, state: DesiredState) -> int:
-    kv = await desired_bucket(js)
-    return int(await kv.put(state.key, encode_desired(state)))
+#: the header that makes a KV entry a delete marker (nats-py's ``KV_OP``).
+KV_OPERATION = "KV-Operation"
+
+
+async def newest_time(js: JetStreamContext, key: str) -> float | None:
+    """The newest ``time`` among the entries the desired-state bucket holds under ``key``
+    (withdrawals included), None when it holds none."""
+    bucket = await desired_bucket(js)
+    try:
+        entries = await bucket.history(key)
+    except NoKeysError:
+        return None
+    times: list[float] = []
+    for entry in entries:
+        try:
+            times.append(decode_desired(entry.value or b"").time)
+        except InvalidArgumentError:
+            continue
+    return max(times, default=None)
+
+
+async def assign(js: JetStreamContext, state: DesiredState) -> DesiredState:
+    """Write ``state`` under its key, stamped after the newest entry there (readers ignore an
+    entry older than one they have seen: ``mesh.fleet.replay``); returns what was written."""
+    bucket = await desired_bucket(js)
+    stamped = replace(state, time=next_stamp(state.time, await newest_time(js, state.key)))
+    await bucket.put(stamped.key, encode_desired(stamped))
+    return stamped
+
+
+async def withdraw(js: JetStreamContext, withdrawal: DesiredState) -> None:
+    """Remove an assignment: a delete marker whose body is the withdrawal (``DesiredState``
+    with ``withdrawn``), so readers can tell it from one re-delivered under another key."""
+    await desired_bucket(js)
+    await js.publish(
+        subjects.kv(DESIRED_BUCKET, withdrawal.key),
+        encode_desired(withdrawal),
+        headers={KV_OPERATION: "DEL"},
+    )
 
 
 async def request_retry(js: JetStreamContext, request: RetryRequest) -> int:
@@ -391,15 +432,45 @@ async def request_retry(js: JetStreamContext, request: RetryRequest) -> int:
 
 
 async def read_desired(js: JetStreamContext) -> list[Revisioned]:
-    kv = await desired_bucket(js)
+    bucket = await desired_bucket(js)
     out: list[Revisioned] = []
-    for entry in await latest_entries(js, kv, DESIRED_BUCKET):
+    for entry in await latest_entries(js, bucket, DESIRED_BUCKET):
         if is_retry_key(entry.key):
             continue
         try:
-            out.append(Revisioned(decode_desired(entry.value or b""), int(entry.revision or 0)))
+            state = decode_desired(entry.value or b"")
         except InvalidArgumentError:
             continue
+        if state.key == entry.key and not state.withdrawn:
+            out.append(Revisioned(state, int(entry.revision or 0)))
+    return out
+
+
+async def revoked_bucket(js: JetStreamContext) -> KeyValue:
+    try:
+        return await js.key_value(REVOKED_BUCKET)
+    except BucketNotFoundError:
+        raise MeshNotFound(
+            f"no revocation bucket {REVOKED_BUCKET} in this domain: run mesh fleet init"
+        ) from None
+
+
+async def put_revocation(js: JetStreamContext, revocation: Revocation) -> None:
+    bucket = await revoked_bucket(js)
+    await bucket.put(revocation.bucket_key, encode_revocation(revocation))
+
+
+async def read_revocations(js: JetStreamContext) -> dict[str, Revocation]:
+    """``model@version`` to its revocation, as stored (the caller verifies the signatures)."""
+    bucket = await revoked_bucket(js)
+    out: dict[str, Revocation] = {}
+    for entry in await latest_entries(js, bucket, REVOKED_BUCKET):
+        try:
+            revocation = decode_revocation(entry.value or b"")
+        except InvalidArgumentError:
+            continue
+        if revocation.bucket_key == entry.key:
+            out[revocation.target] = revocation
     return out
 
 
@@ -412,9 +483,16 @@ async def read_heartbeats(js: JetStreamContext) -> dict[str, NodeStatus | str]:
     out: dict[str, NodeStatus | str] = {}
     for entry in await latest_entries(js, kv, NODES_BUCKET):
         try:
-            out[entry.key] = decode_node_status(entry.value or b"")
+            status = decode_node_status(entry.value or b"")
         except InvalidArgumentError as exc:
             out[entry.key] = exc.message
+            continue
+        # another node's beat re-delivered under this key is not this node's
+        out[entry.key] = (
+            status
+            if status.node == entry.key
+            else f"a heartbeat of {status.node[:64]!r} under key {entry.key!r}"
+        )
     return out
 
 

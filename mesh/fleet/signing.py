@@ -237,6 +237,29 @@ def verify(
         ) from None
 
 
+def sign_payload(key: SigningKey, payload: bytes) -> str:
+    """A signature of ``payload`` (base64url), for records other than artifacts."""
+    return _b64(key.private.sign(payload))
+
+
+def verify_payload(
+    key_text: str,
+    signature: str,
+    payload: bytes,
+    trusted: dict[str, Ed25519PublicKey] | None,
+    what: str,
+) -> None:
+    """Raise ``SignatureError`` unless ``signature`` by ``key_text`` is valid for ``payload``
+    and, when ``trusted`` is given, that key is one of them."""
+    if trusted is not None and key_text not in trusted:
+        raise SignatureError(f"{what} is signed by {key_text}, which is not trusted here")
+    public = trusted[key_text] if trusted is not None else parse_public_key(key_text)
+    try:
+        public.verify(_unb64(signature, "signature"), payload)
+    except InvalidSignature:
+        raise SignatureError(f"the signature of {what} does not verify with {key_text}") from None
+
+
 def _name_version(manifest: dict[str, Any]) -> tuple[str, str]:
     model, version = manifest.get("name"), manifest.get("version")
     if not isinstance(model, str) or not isinstance(version, str):

@@ -365,6 +365,7 @@ class TierNode(Service):
             problems=[f"{k}: {v}" for k, v in problems.items()],
             drift=max(drift) if drift else None,
             evidence=evidence,
+            answered=self.endpoint.answered.snapshot() if self.endpoint is not None else None,
         )
 
     def drift_values(self) -> list[tuple[float, dict[str, str]]]:

@@ -29,10 +29,10 @@ Rules the table encodes:
   so a role that could read back what it wrote could write anything anywhere; here a role can
   only re-deliver what others wrote, and the readers of the fleet's buckets check each entry's
   key and order (``docs/security.md``).
-- Only the controller writes the fleet's desired state, its rollouts and the model store; a node
-  writes only its own heartbeat key, in its own domain's bucket. The console may also write a
-  rollout's record (pause, resume, abort, as ``mesh rollout pause`` does), never the
-  controllers' windows and lease in that bucket.
+- Only the controller writes the fleet's desired state, its rollouts, its revocations and the
+  model store; a node writes only its own heartbeat key, in its own domain's bucket. The console
+  may also write a rollout's record (pause, resume, abort, as ``mesh rollout pause`` does),
+  never the controllers' windows and lease in that bucket.
 - The review queue has two service identities so that neither reads back what it wrote: the
   intake takes the nodes' candidates and writes the queue, the labels and what applications are
   told; the desk reads those and answers the review API, asking the intake to store labels. A
@@ -132,6 +132,7 @@ DESIRED_WRITE = subjects.kv(streams.DESIRED_BUCKET, REST)
 ROLLOUTS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, REST)
 #: the rollout records alone (``rollout.<model>``), not the controllers' other keys.
 ROLLOUT_RECORDS_WRITE = subjects.kv(streams.ROLLOUTS_BUCKET, streams.rollout_key(ANY))
+REVOKED_WRITE = subjects.kv(streams.REVOKED_BUCKET, REST)
 MODEL_STORE_WRITE = subjects.object_subjects(streams.MODEL_STORE)
 #: what only the review intake writes (the queue, the labels and what applications are told),
 #: and the desk's requests to it.
@@ -142,7 +143,7 @@ REVIEW_WRITE = (
     subjects.REVIEW_STORE,
 )
 #: a client may not write what only the controller or the administrator writes.
-NOT_CONTROL = (*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE)
+NOT_CONTROL = (*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, ROLLOUTS_WRITE, REVOKED_WRITE)
 
 
 @dataclass
@@ -290,9 +291,10 @@ def _node_events(r: _Rights, p: Placement, tier: str) -> None:
 
 
 def _node_fleet(r: _Rights, p: Placement) -> None:
-    """The fleet agent: reads the desired state and the model store of its domain, and writes
-    its own heartbeat key there."""
+    """The fleet agent: reads the desired state, the revocations and the model store of its
+    domain, and writes its own heartbeat key there."""
     r.read(streams.DESIRED_STREAM)
+    r.read(streams.REVOKED_STREAM)
     r.read(streams.MODEL_STORE_STREAM)
     if p.domain is not None:
         bucket = streams.nodes_bucket(p.domain)
@@ -306,6 +308,7 @@ def _controller(p: Placement) -> Permissions:
         publish=[
             DESIRED_WRITE,
             ROLLOUTS_WRITE,
+            REVOKED_WRITE,
             MODEL_STORE_WRITE,
             *subjects.SERVICE_CONTROL,
             subjects.STATUS_ANY,
@@ -316,6 +319,7 @@ def _controller(p: Placement) -> Permissions:
     for stream in (
         streams.DESIRED_STREAM,
         streams.ROLLOUTS_STREAM,
+        streams.REVOKED_STREAM,
         streams.NODES_STREAM,
         streams.MODEL_STORE_STREAM,
     ):
@@ -344,11 +348,16 @@ def _console(p: Placement) -> Permissions:
         publish=[*subjects.SERVICE_CONTROL, subjects.STATUS_ANY, inbox, ROLLOUT_RECORDS_WRITE],
         subscribe=[inbox, subjects.TELEMETRY_WILDCARD],
     )
-    for stream in (streams.DESIRED_STREAM, streams.NODES_STREAM, streams.ROLLOUTS_STREAM):
+    for stream in (
+        streams.DESIRED_STREAM,
+        streams.NODES_STREAM,
+        streams.ROLLOUTS_STREAM,
+        streams.REVOKED_STREAM,
+    ):
         r.read(stream)
     # it shows the review queue and its ground truth; labelling is a reviewer's
     _review_api(r, p, subjects.REVIEW_READS)
-    return r.permissions(deny=(*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE))
+    return r.permissions(deny=(*NO_JS_ADMIN, DESIRED_WRITE, MODEL_STORE_WRITE, REVOKED_WRITE))
 
 
 def _review_api(r: _Rights, p: Placement, operations: Iterable[str]) -> None:

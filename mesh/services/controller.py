@@ -34,6 +34,7 @@ async def serve(settings: ControllerSettings, shutdown: Shutdown) -> int:
             tick_s=settings.tick_s,
             lease_s=settings.lease_s,
             offline_after_s=settings.offline_after_s,
+            heartbeat_s=settings.heartbeat_s,
         ),
     ):
         print(f"{READY_PREFIX} name={settings.name}", flush=True)

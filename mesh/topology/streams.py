@@ -17,8 +17,9 @@ Per domain (``MeshTopology.plan``):
   told to the applications that asked) and ``MESH_REVIEW_TRAFFIC`` (nodes' running totals), all
   limits retention (never a work queue: nats-server #3207);
 - the fleet: at the hub the model store ``MESH_MODELS`` and the buckets ``MESH_FLEET_DESIRED``,
-  ``MESH_FLEET_NODES`` (sourcing every domain's heartbeats) and ``MESH_FLEET_ROLLOUTS``; in every
-  domain ``MESH_NODES_<DOMAIN>``; in every site mirrors of the model store and desired state.
+  ``MESH_FLEET_NODES`` (sourcing every domain's heartbeats), ``MESH_FLEET_ROLLOUTS`` and
+  ``MESH_FLEET_REVOKED``; in every domain ``MESH_NODES_<DOMAIN>``; in every site mirrors of the
+  model store, the desired state and the revocations.
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ DESIRED_BUCKET = "MESH_FLEET_DESIRED"
 NODES_BUCKET = "MESH_FLEET_NODES"
 #: rollouts (``rollout.<model>``), their evidence windows and the controllers' leader lease.
 ROLLOUTS_BUCKET = "MESH_FLEET_ROLLOUTS"
+#: revoked versions (``<model>.<version>`` to a signed revocation), mirrored to every site.
+REVOKED_BUCKET = "MESH_FLEET_REVOKED"
 
 MODEL_STORE_STREAM = subjects.object_stream(MODEL_STORE)
 DESIRED_STREAM = subjects.kv_stream(DESIRED_BUCKET)
 NODES_STREAM = subjects.kv_stream(NODES_BUCKET)
 ROLLOUTS_STREAM = subjects.kv_stream(ROLLOUTS_BUCKET)
+REVOKED_STREAM = subjects.kv_stream(REVOKED_BUCKET)
 
 REVIEW_CANDIDATES_STREAM = "MESH_REVIEW_CANDIDATES"
 REVIEW_STREAM = "MESH_REVIEW"
@@ -80,6 +84,7 @@ def rollout_key(model: str) -> str:
 HEARTBEAT_HISTORY = 64
 DESIRED_HISTORY = 8
 ROLLOUT_HISTORY = 16
+REVOKED_HISTORY = 1
 
 
 def hard_example_stream(tier: str) -> str:
@@ -384,6 +389,7 @@ class MeshTopology:
                 # every message of its subject: an object's chunks all go on one subject, and
                 # keeping one a subject left a site the last 67456 of 198528 bytes
                 _mirror(MODEL_STORE_STREAM, self.hub, -1),
+                _mirror(REVOKED_STREAM, self.hub, REVOKED_HISTORY),
             ]
         heartbeat_sources = tuple(
             Source(
@@ -407,6 +413,12 @@ class MeshTopology:
                 ROLLOUTS_BUCKET,
                 "Rollouts (rollout.<model>), their evidence windows and the controller lease",
                 history=ROLLOUT_HISTORY,
+                replicas=replicas,
+            ),
+            BucketSpec(
+                REVOKED_BUCKET,
+                "Revoked versions: <model>.<version> to a revocation signed with the fleet's key",
+                history=REVOKED_HISTORY,
                 replicas=replicas,
             ),
             own,

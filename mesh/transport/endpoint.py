@@ -36,6 +36,7 @@ from mesh.errors import (
 )
 from mesh.lifecycle import Service, cancel_and_wait
 from mesh.node.admission import Admission, caller_name, caller_of
+from mesh.node.answered import AnswerLedger
 from mesh.node.dataplane import DataPlane
 from mesh.node.outcomes import Outcome
 from mesh.observability import tracing
@@ -87,6 +88,8 @@ class NatsEndpoint(Service):
         self._dataplane = dataplane
         self._entry = entry
         self._admission = Admission(max_inflight, max_inflight_per_caller)
+        #: escalations and audits answered for the tier below, per caller (the heartbeat's)
+        self.answered = AnswerLedger()
         self._max_batch = max_batch
         self._drain_seconds = drain_seconds
         self._metrics = metrics
@@ -199,6 +202,9 @@ class NatsEndpoint(Service):
                     await publish(msg.reply, encode(outcome.response))
                 except Exception:
                     log.exception("could not reply on %s", msg.reply[:128])
+                else:
+                    if outcome.request.hops:  # from a tier below: an escalation or an audit
+                        self.answered.count(msg.reply, outcome.request.model)
                 answered.append(outcome)
             elif outcome.error is not None:
                 await self._reply_error(msg, outcome.request.id, outcome.error)
@@ -258,6 +264,8 @@ class NatsEndpoint(Service):
             return
         await self._respond(msg, wire.encode_response(response))
         self._count(request.model, _outcome(response, self._tier), outcome.received_at)
+        if request.hops:
+            self.answered.count(msg.reply, self._dataplane.metric_model(request.model))
 
     # --- a traced request, on its own task ---------------------------------------------------
 
@@ -316,6 +324,8 @@ class NatsEndpoint(Service):
                 span.set_attribute(tracing.DEGRADED_REASON, response.reason)
             await self._respond(msg, wire.encode_response(response))
             self._count(model, _outcome(response, tier), received_at)
+            if request.hops:
+                self.answered.count(msg.reply, self._dataplane.metric_model(model))
 
     # --- replies and counts ------------------------------------------------------------------
 

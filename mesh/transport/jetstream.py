@@ -1,20 +1,26 @@
-"""JetStream from the topology's specs: provisioning (an administrator's step) and the lookups
-runtime identities make.
+"""JetStream from the topology's specs: provisioning (an administrator's step), the lookups
+runtime identities make, and the one way the mesh watches a KV bucket.
 
 ``provision`` creates or brings up to date every stream, bucket and store of the mesh's domains
 (``mesh fleet init``, ``mesh up``); it needs the administrator's rights, and is the only place
 that creates or updates a stream. ``require_stream`` is what a node does instead at start: look
 its streams up and say, naming the stream and the domain, when the provisioning step did not run.
+``watch_bucket`` follows every key of a bucket for as long as it runs (the fleet agent, the
+controller), re-watching after a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -34,6 +40,7 @@ from mesh.topology.streams import (
     Spec,
     StreamSpec,
 )
+from mesh.topology.subjects import kv_stream
 
 log = logging.getLogger("mesh.jetstream")
 
@@ -241,4 +248,91 @@ async def require_stream(
     raise AssertionError("unreachable: AsyncRetrying reraises")
 
 
-__all__ = ["TRANSIENT", "ensure", "ensure_stream", "provision", "require_stream", "stream_config"]
+#: longest a watch waits past nats-py's initial-values marker for an entry saying it is caught up.
+SYNC_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class BucketEntry:
+    """One entry of a KV bucket as a watch delivers it."""
+
+    key: str
+    #: the value; a delete or purge marker's body (empty unless its writer gave one).
+    value: bytes
+    revision: int
+    #: a delete or purge marker.
+    deleted: bool
+
+
+async def watch_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    on_entry: Callable[[BucketEntry], None],
+    *,
+    history: bool = False,
+    synced: asyncio.Event | None = None,
+    retry_s: float = 1.0,
+    who: str = "",
+) -> None:
+    """Deliver every entry of ``bucket`` to ``on_entry`` (each key's latest, or with ``history``
+    every entry it still holds, oldest first), then every new one, until cancelled. ``synced``
+    is set once the entries there were at the start are in: nats-py's marker of the initial
+    values can come before them, so it is an entry with nothing pending behind it that says so
+    (or the marker on an empty bucket, or ``SYNC_WAIT_S`` after it). A failure, or a bucket not
+    provisioned yet, is logged and the watch starts again after ``retry_s``."""
+    while True:
+        try:
+            kv = await js.key_value(bucket)
+            info = await js.stream_info(kv_stream(bucket))
+            empty = not info.state.messages
+            watcher = await kv.watchall(include_history=history)
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        if synced is not None and empty:
+                            synced.set()
+                        elif synced is not None and not synced.is_set():
+                            asyncio.get_running_loop().call_later(SYNC_WAIT_S, synced.set)
+                        continue
+                    _deliver(on_entry, entry, bucket, who)
+                    if synced is not None and entry.delta == 0:
+                        synced.set()
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+        except asyncio.CancelledError:
+            raise
+        except nats.js.errors.BucketNotFoundError:
+            log.info("%s: no bucket %s in this domain yet", who or "watch", bucket)
+        except Exception as exc:
+            log.warning("%s: watch of %s stopped: %r", who or "watch", bucket, exc)
+        await asyncio.sleep(retry_s)
+
+
+def _deliver(
+    on_entry: Callable[[BucketEntry], None], entry: KeyValue.Entry, bucket: str, who: str
+) -> None:
+    try:
+        on_entry(
+            BucketEntry(
+                key=entry.key,
+                value=entry.value or b"",
+                revision=int(entry.revision or 0),
+                deleted=entry.operation is not None,
+            )
+        )
+    except Exception:  # one entry's handler failing must not end the watch
+        log.exception("%s: an entry of %s was not taken", who or "watch", bucket)
+
+
+__all__ = [
+    "SYNC_WAIT_S",
+    "TRANSIENT",
+    "BucketEntry",
+    "ensure",
+    "ensure_stream",
+    "provision",
+    "require_stream",
+    "stream_config",
+    "watch_bucket",
+]

@@ -21,6 +21,8 @@ from mesh.wire.messages import (
 )
 from mesh.wire.records import (
     EVIDENCE_COUNTERS,
+    MAX_ANSWERED_CALLERS,
+    AnsweredFor,
     DriftEvent,
     HardExample,
     NodeEvent,
@@ -41,9 +43,11 @@ from mesh.wire.tensors import DTYPES, MAX_RANK, decode_tensor, dtype_name, encod
 __all__ = [
     "DTYPES",
     "EVIDENCE_COUNTERS",
+    "MAX_ANSWERED_CALLERS",
     "MAX_ID_LENGTH",
     "MAX_RANK",
     "VERSION",
+    "AnsweredFor",
     "DriftEvent",
     "ErrorReply",
     "HardExample",

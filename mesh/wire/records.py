@@ -121,6 +121,18 @@ class VersionEvidence(EvidenceCounters):
 
 
 @dataclass(frozen=True, slots=True)
+class AnsweredFor:
+    """What a node answered for the tier below: per caller identity (the ``_INBOX_<name>`` its
+    reply went to, as ``<name>``) and model, the escalations and audits it answered since
+    ``since``. The fleet controller caps what each caller says it compared with the tier above by
+    these counts (``mesh.fleet.rollout.witness``)."""
+
+    #: wall-clock unix seconds when the node started counting (a restart starts over).
+    since: float
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     """What a node reports about itself on ``mesh.telemetry.<node>``."""
 
@@ -156,6 +168,10 @@ class NodeStatus:
     mesh_version: str = ""
     #: per model served, what its version did here (the rollout gates' evidence).
     evidence: dict[str, VersionEvidence] = field(default_factory=dict)
+    #: what this node answered for the tier below, per caller and model (None: not counted).
+    answered: AnsweredFor | None = None
+    #: model to the version it served before its latest downgrade (an older version assigned).
+    downgraded: dict[str, str] = field(default_factory=dict)
 
 
 # --- hard examples -------------------------------------------------------------------------
@@ -258,7 +274,49 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "swaps": status.swaps,
             "mesh_version": status.mesh_version,
             "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
+            "answered": _encode_answered(status.answered),
+            "downgraded": dict(status.downgraded),
         }
+    )
+
+
+def _encode_answered(answered: AnsweredFor | None) -> dict[str, Any] | None:
+    if answered is None:
+        return None
+    return {
+        "since": float(answered.since),
+        "callers": {caller: dict(models) for caller, models in answered.counts.items()},
+    }
+
+
+#: most callers a heartbeat's ``answered`` may name (a node counts at most this many too).
+MAX_ANSWERED_CALLERS = 4096
+
+
+def _decode_answered(obj: object, what: str) -> AnsweredFor | None:
+    """Types only, as for evidence: whether the counts can be true is the rollout's to judge."""
+    if obj is None:
+        return None
+    where = f"{what} answered"
+    if not isinstance(obj, dict):
+        raise InvalidArgumentError(f"{where} must be a map")
+    callers = _opt(obj, "callers", dict, {}, where)
+    if len(callers) > MAX_ANSWERED_CALLERS:
+        raise InvalidArgumentError(
+            f"{where} names {len(callers)} callers, over {MAX_ANSWERED_CALLERS}"
+        )
+    counts: dict[str, dict[str, int]] = {}
+    for caller, models in callers.items():
+        if not isinstance(caller, str) or not isinstance(models, dict):
+            raise InvalidArgumentError(f"{where} must map caller names to maps")
+        if not all(
+            isinstance(m, str) and isinstance(n, int) and not isinstance(n, bool)
+            for m, n in models.items()
+        ):
+            raise InvalidArgumentError(f"{where} of {caller[:64]!r} must map models to counts")
+        counts[caller] = dict(models)
+    return AnsweredFor(
+        since=finite(require(obj, "since", (int, float), where), "since", where), counts=counts
     )
 
 
@@ -322,6 +380,8 @@ def decode_node_status(data: bytes) -> NodeStatus:
             model: _decode_evidence(model, e, what)
             for model, e in _opt(obj, "evidence", dict, {}, what).items()
         },
+        answered=_decode_answered(obj.get("answered"), what),
+        downgraded=str_map(_opt(obj, "downgraded", dict, {}, what), "downgraded", what),
     )
 
 
@@ -346,8 +406,10 @@ def _opt_number(obj: dict[str, Any], key: str, what: str) -> float | None:
 # --- node events ---------------------------------------------------------------------------
 
 #: what a node's agent did with a version: ``swapped`` (serving it now), ``rejected`` (refused:
-#: signature, bytes, manifest or device gate), ``restored`` (loaded from its cache at start).
-NODE_EVENTS = ("swapped", "rejected", "restored")
+#: signature, bytes, manifest, device gate or a revocation), ``restored`` (loaded from its cache at
+#: start), ``downgraded`` (a warning: it swapped to a version older than the one it served) and
+#: ``revoked`` (a warning: the version it serves was revoked; it swaps away from it).
+NODE_EVENTS = ("swapped", "rejected", "restored", "downgraded", "revoked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +521,8 @@ def decode_drift_event(data: bytes) -> DriftEvent:
 
 __all__ = [
     "EVIDENCE_COUNTERS",
+    "MAX_ANSWERED_CALLERS",
+    "AnsweredFor",
     "DriftEvent",
     "HardExample",
     "NodeEvent",

@@ -31,6 +31,7 @@ from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
 from mesh.fleet.admin import read_rollouts, start_rollout
+from mesh.fleet.desired import Selector
 from mesh.fleet.rollout import Rollout
 from mesh.local.phases import Phases
 from mesh.local.supervisor import ChildProcess, child_env
@@ -147,7 +148,7 @@ async def start(sim: FleetSimulation, version: str, stages: str, soak: str) -> R
     try:
         return await start_rollout(
             nc.jetstream(domain="hub"), "digits", version, stages=stages, soak=soak,
-            gate_terms=GATES, trusted_keys=[sim.key.public],
+            gate_terms=GATES, trusted_keys=[sim.key.public], selector=Selector(tier="edge"),
         )  # fmt: skip
     finally:
         await nc.close()

@@ -108,6 +108,11 @@ async def test_a_rollouts_stages_advance_on_the_page_and_a_person_pauses_and_res
         await run(browser.open, f"{url}/rollouts/digits/resume")
         button = await run(browser.driver.find_element, "css selector", "main form button")
         await run(button.click)
+        # the confirmation's form posts, then the browser is sent back to the rollouts page:
+        # mark that page, not the confirmation it leaves
+        await run(browser.wait_for, "back on the rollouts page",
+                  lambda: "/resume" not in browser.driver.current_url
+                  and "paused" not in browser.text(".rollout"), 15)  # fmt: skip
         await run(browser.mark)
         await run(browser.wait_for, "every stage passed on the page",
                   lambda: all(stage_status(browser, n) == "passed" for n in (1, 2, 3)),

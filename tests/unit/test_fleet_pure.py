@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from mesh.fleet.desired import (
     Revisioned,
     Selector,
     decode_desired,
-    desired_key,
     encode_desired,
     resolve,
 )
@@ -32,6 +32,7 @@ from mesh.fleet.signing import (
     sign,
     verify,
 )
+from mesh.transport.jetstream import BucketEntry
 from mesh.wire import (
     NodeEvent,
     NodeStatus,
@@ -274,11 +275,7 @@ def test_status_rows_say_who_is_online_and_how_long_ago_the_others_were_seen() -
     assert rows["fresh"]["models"] == {"digits": "2"} and rows["fresh"]["site"] == "a"
 
 
-def test_an_agent_keeps_and_wakes_on_only_the_assignments_that_match_it(
-    tmp_path: Path, key: SigningKey
-) -> None:
-    """A stage of a rollout writes a key per node and every agent of the site sees them all:
-    another node's key is neither kept nor a reason to reconcile, nor is its deletion."""
+def _agent(tmp_path: Path, key: SigningKey) -> Any:
     from nats.aio.client import Client
 
     from mesh.fleet.agent import FleetAgent
@@ -288,30 +285,128 @@ def test_an_agent_keeps_and_wakes_on_only_the_assignments_that_match_it(
     settings = FleetSettings(
         enabled=True, domain="line4", cache_dir=tmp_path, trusted_keys=[key.public]
     )
-    agent = FleetAgent(
+    return FleetAgent(
         Client(),
-        None,
+        None,  # type: ignore[arg-type]
         settings,
         name="edge-1",
         tier="edge",
-        metrics=MeshMetrics(),  # type: ignore[arg-type]
+        metrics=MeshMetrics(),
     )
 
-    def put(selector: Selector) -> None:
-        state = DesiredState("digits", "2", selector, time=1.0)
-        agent._on_entry(state.key, encode_desired(state), 7, None)
+
+def _entry(key: str, state: DesiredState | None, revision: int) -> BucketEntry:
+    """An entry as the watch delivers it: a put, or a delete marker with a withdrawal body."""
+    if state is None:
+        return BucketEntry(key, b"", revision, deleted=True)
+    return BucketEntry(key, encode_desired(state), revision, deleted=state.withdrawn)
+
+
+def test_an_agent_keeps_and_wakes_on_only_the_assignments_that_match_it(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    """A stage of a rollout writes a key per node and every agent of the site sees them all:
+    another node's key is neither kept nor a reason to reconcile, nor is its withdrawal."""
+    agent = _agent(tmp_path, key)
+
+    def put(selector: Selector, time: float = 1.0) -> DesiredState:
+        state = DesiredState("digits", "2", selector, time=time)
+        agent._on_desired(_entry(state.key, state, 7))
+        return state
 
     for other in ("edge-2", "edge-3"):
         put(Selector(node=other))
     put(Selector(tier="gateway"))
     put(Selector(site="line5"))
-    assert not agent._wake.is_set() and agent._entries == {}
-    agent._on_entry(desired_key("digits", Selector(node="edge-2")), None, 8, "DEL")
+    assert not agent._wake.is_set() and agent.assignments.entries == {}
+    edge_2 = DesiredState("digits", "2", Selector(node="edge-2"), time=1.0)
+    agent._on_desired(_entry(edge_2.key, edge_2.withdrawal(2.0), 8))
     assert not agent._wake.is_set()
-    put(Selector(node="edge-1"))
+    mine = put(Selector(node="edge-1"))
     put(Selector(site="line4", tier="edge"))
     assert agent._wake.is_set() and set(agent.desired()) == {"digits"}
     assert agent.desired()["digits"].selector == Selector(node="edge-1")
     agent._wake.clear()
-    agent._on_entry(desired_key("digits", Selector(node="edge-1")), None, 9, "DEL")
+    agent._on_desired(_entry(mine.key, mine.withdrawal(3.0), 9))
     assert agent._wake.is_set() and agent.desired()["digits"].selector.site == "line4"
+
+
+def test_an_agent_obeys_no_entry_re_delivered_under_another_key_or_older_than_its_newest(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    """A node identity may re-deliver the desired-state bucket's entries into the bucket
+    (nats-server #8274): an old assignment under this node's key, another key's under it, or a
+    bare delete. None of them is obeyed; the last good entry stays."""
+    agent = _agent(tmp_path, key)
+    mine = Selector(node="edge-1")
+    old = DesiredState("digits", "3-confused", mine, time=10.0)
+    new = DesiredState("digits", "2-edge", mine, time=20.0)
+    agent._on_desired(_entry(old.key, old, 1))
+    agent._on_desired(_entry(new.key, new, 2))
+    assert agent.desired()["digits"].version == "2-edge"
+    # the old assignment again, under its own key, with a later revision
+    agent._on_desired(_entry(old.key, old, 3))
+    # the tier's assignment under this node's key
+    tier = DesiredState("digits", "3-confused", Selector(tier="edge"), time=30.0)
+    mine_key = new.key
+    agent._on_desired(BucketEntry(mine_key, encode_desired(tier), 4, deleted=False))
+    # a bare delete (a withdrawal needs a body naming its key and a later time)
+    agent._on_desired(BucketEntry(mine_key, b"", 5, deleted=True))
+    # an old withdrawal of this key
+    agent._on_desired(_entry(mine_key, old.withdrawal(15.0), 6))
+    assert agent.desired()["digits"].version == "2-edge"
+    assert agent.assignments.entries[mine_key].revision == 2
+    # garbage is ignored too
+    agent._on_desired(BucketEntry(mine_key, b"\xc1", 7, deleted=False))
+    assert agent.desired()["digits"].version == "2-edge"
+    # a later genuine withdrawal is obeyed
+    agent._on_desired(_entry(mine_key, new.withdrawal(25.0), 8))
+    assert agent.desired() == {}
+
+
+def test_a_node_serving_a_revoked_version_falls_back_to_its_assigned_or_previous_one() -> None:
+    from mesh.fleet.agent import fallback, plan
+
+    revoked = {"digits@3"}
+    assert fallback("digits", "3", "2", ["1", "3"], revoked) == "2"
+    # assigned the revoked version itself: the last one served before it
+    assert fallback("digits", "3", "3", ["1", "2", "3"], revoked) == "2"
+    assert fallback("digits", "3", None, ["3"], revoked) is None
+    assert fallback("digits", "3", "3", ["1", "2", "3"], {*revoked, "digits@2"}) == "1"
+    desired = {"digits": DesiredState("digits", "3", Selector(), 1.0)}
+    assert plan(desired, {"digits": "2"}, {}, revoked) == []
+    assert plan(desired, {"digits": "2"}, {}, ()) == [("digits", "3")]
+
+
+def test_versions_sort_with_numbers_as_numbers_so_a_downgrade_is_seen() -> None:
+    from mesh.fleet.desired import version_order
+
+    ordered = ["1-edge", "1-edge-int8", "2-edge", "3-confused", "10-edge"]
+    assert sorted(ordered, key=version_order) == ordered
+    assert version_order("2.1") < version_order("2.10")
+
+
+def test_a_revocation_verifies_only_as_signed_and_by_a_trusted_key(key: SigningKey) -> None:
+    from mesh.fleet.revocation import (
+        decode_revocation,
+        encode_revocation,
+        revocation_key,
+        sign_revocation,
+        verify_revocation,
+    )
+
+    r = sign_revocation(key, "digits", "3-confused", "swaps 3 and 8", time=5.0, by="ops")
+    assert r.bucket_key == revocation_key("digits", "3-confused") == "digits.3-confused"
+    again = decode_revocation(encode_revocation(r))
+    assert again == r
+    verify_revocation(again, {key.public: parse_public_key(key.public)})
+    other = SigningKey.generate()
+    with pytest.raises(SignatureError, match="not trusted"):
+        verify_revocation(again, {other.public: parse_public_key(other.public)})
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_revocation(replace(again, version="2-edge"), None)
+    for bad in (b"", b"[]", b'{"kind": "revocation", "v": 1}', b'{"kind": "x"}'):
+        with pytest.raises(InvalidArgumentError):
+            decode_revocation(bad)
+    with pytest.raises(InvalidArgumentError):
+        sign_revocation(key, "digits", "../etc", "x", time=1.0)

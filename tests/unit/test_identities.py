@@ -91,10 +91,13 @@ def test_only_the_administrator_may_destroy_streams(role: Role, perms: Permissio
                 assert f"{prefix}.{op}.>" in perms.publish_deny, (role, prefix, op)
 
 
+@pytest.mark.parametrize("bucket", ["MESH_FLEET_DESIRED", "MESH_FLEET_REVOKED"])
 @pytest.mark.parametrize(("role", "perms"), every_role(), ids=[r.value for r in Role])
-def test_only_the_controller_writes_desired_state(role: Role, perms: Permissions) -> None:
-    writes = "$KV.MESH_FLEET_DESIRED.>" in perms.publish_allow
-    denied = "$KV.MESH_FLEET_DESIRED.>" in perms.publish_deny
+def test_only_the_controller_writes_desired_state_and_revocations(
+    role: Role, perms: Permissions, bucket: str
+) -> None:
+    writes = f"$KV.{bucket}.>" in perms.publish_allow
+    denied = f"$KV.{bucket}.>" in perms.publish_deny
     if role is Role.CONTROLLER:
         assert writes and not denied
     elif role is Role.OPERATOR:

@@ -235,9 +235,9 @@ def test_a_version_not_complete_yet_is_tried_again_with_a_growing_pause() -> Non
     assert held.since == 10.0 and held.attempts == 13
     state = DesiredState("digits", "2", Selector(tier="edge"), NOW)
     key = {"digits@2": first}
-    assert plan({"digits": state}, {"digits": "1"}, {}, key, now=10.1) == []
-    assert plan({"digits": state}, {"digits": "1"}, {}, key, now=10.3) == [("digits", "2")]
-    assert plan({"digits": state}, {"digits": "1"}, {"digits@2": "bad"}, {}, now=99) == []
+    assert plan({"digits": state}, {"digits": "1"}, {}, waiting=key, now=10.1) == []
+    assert plan({"digits": state}, {"digits": "1"}, {}, waiting=key, now=10.3) == [("digits", "2")]
+    assert plan({"digits": state}, {"digits": "1"}, {"digits@2": "bad"}, waiting={}, now=99) == []
 
 
 def test_a_retry_request_round_trips_and_never_looks_like_an_assignment() -> None:

@@ -35,6 +35,7 @@ from mesh.fleet.rollout import (
     wilson_lower,
     wilson_upper,
 )
+from mesh.fleet.rollout.witness import Witness
 from mesh.wire import NodeStatus, VersionEvidence
 
 SCHEMA = json.loads(
@@ -233,7 +234,8 @@ def test_a_heartbeat_becomes_a_view_flagged_when_it_lies() -> None:
 
 
 class FakeFleet:
-    """Nodes that take what the desired state says and answer at a steady rate."""
+    """Nodes that take what the desired state says and answer at a steady rate, and the node
+    of the tier above (``up-0``) that answers their escalations and counts them per caller."""
 
     def __init__(self, names: list[str], agreement: dict[str, float]) -> None:
         self.names = names
@@ -243,6 +245,8 @@ class FakeFleet:
         self.agreement = agreement
         self.offline: set[str] = set()
         self.rejected: dict[str, str] = {}
+        #: what the tier above answered for each node since it started (never reset)
+        self.answered = dict.fromkeys(names, 0)
 
     def apply(self, r: Rollout, now: float) -> None:
         wanted = desired_for(r)
@@ -265,6 +269,7 @@ class FakeFleet:
             c[0] += requests
             c[1] += compared
             c[2] += compared * self.agreement[self.serving[n]]
+            self.answered[n] += compared
 
     def views(self, now: float) -> dict[str, NodeView]:
         out: dict[str, NodeView] = {}
@@ -277,6 +282,9 @@ class FakeFleet:
             out[n] = NodeView(
                 n, n not in self.offline, self.serving[n], self.rejected.get(n), e, None
             )
+        out["up-0"] = NodeView(
+            "up-0", True, "cloud-1", witness=Witness(since=0.0, counts=dict(self.answered))
+        )
         return out
 
 

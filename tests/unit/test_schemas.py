@@ -38,6 +38,7 @@ from mesh.review.records import (
 )
 from mesh.wire import (
     DTYPES,
+    AnsweredFor,
     ErrorReply,
     HardExample,
     Hop,
@@ -55,6 +56,7 @@ from mesh.wire import (
     encode_response,
     unpack_raw,
 )
+from mesh.wire.records import NODE_EVENTS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 BASE = "https://edge-mesh.dev/schemas/"
@@ -69,6 +71,7 @@ MESSAGE_SCHEMAS = [
     "fleet-retry",
     "node-event",
     "artifact-signature",
+    "revocation",
     "inference-event",
     "result-event",
     "action-event",
@@ -229,6 +232,8 @@ def _heartbeat_message() -> dict[str, Any]:
                 p99_ms=2.0,
                 swaps=1,
                 mesh_version="0.1.0",
+                answered=AnsweredFor(1_699_999_000.0, {"edge-0": {"digits": 40}}),
+                downgraded={"digits": "3"},
                 evidence={
                     "digits": VersionEvidence(
                         version="2",
@@ -269,7 +274,7 @@ def _node_event_message(event: str) -> dict[str, Any]:
         event=event,
         model="digits",
         version="2",
-        previous="1" if event == "swapped" else None,
+        previous="1" if event in ("swapped", "downgraded") else None,
         reason="assigned by the fleet",
         time=1_700_000_004.0,
     )
@@ -282,6 +287,22 @@ def _signature_message() -> dict[str, Any]:
     digest = hashlib.sha256(data).hexdigest()
     manifest = {"name": "digits", "version": "2", "sha256": digest, "thresholds": {"edge": 0.9}}
     message: dict[str, Any] = json.loads(sign(SigningKey.generate(), manifest, digest).to_json())
+    return message
+
+
+def _revocation_message() -> dict[str, Any]:
+    from mesh.fleet.revocation import encode_revocation, sign_revocation
+
+    revocation = sign_revocation(
+        SigningKey.generate(), "digits", "3-confused", "swaps 3 and 8", time=1_700_000_006.0
+    )
+    message: dict[str, Any] = json.loads(encode_revocation(revocation))
+    return message
+
+
+def _withdrawal_message() -> dict[str, Any]:
+    state = DesiredState("digits", "2-edge", Selector(node="edge-1"), 1_700_000_003.0)
+    message: dict[str, Any] = unpack_raw(encode_desired(state.withdrawal(1_700_000_009.0)))
     return message
 
 
@@ -401,6 +422,9 @@ REAL_MESSAGES: dict[str, tuple[str, Any]] = {
     ),
     "retry on one node": ("fleet-retry", lambda: _retry_message("edge-0")),
     "retry on every node": ("fleet-retry", lambda: _retry_message(None)),
+    "desired state withdrawn": ("desired-state", _withdrawal_message),
+    "revocation": ("revocation", _revocation_message),
+    "node event downgraded": ("node-event", lambda: _node_event_message("downgraded")),
     "node event swapped": ("node-event", lambda: _node_event_message("swapped")),
     "node event rejected": ("node-event", lambda: _node_event_message("rejected")),
     "artifact signature": ("artifact-signature", _signature_message),
@@ -480,6 +504,7 @@ def test_schema_enums_match_the_codec() -> None:
     assert set(tensor["properties"]["dtype"]["enum"]) == DTYPES
     assert set(request["properties"]["residency"]["enum"]) == RESIDENCY_LABELS
     assert set(error["properties"]["code"]["enum"]) == {code.value for code in ErrorCode}
+    assert tuple(_load("node-event")["properties"]["event"]["enum"]) == NODE_EVENTS
 
 
 def test_tensor_data_sent_as_str_instead_of_bin_is_rejected() -> None:

@@ -4,7 +4,9 @@
   each site's leaf link through a ``FaultProxy`` so a site can be cut off and healed;
 - the fleet registry on them (``mesh fleet init``), a signing key, and the demo's int8 edge
   model pushed and signed as the version every node starts with;
-- one cloud node at the hub (the tier above, which escalations and audits reach);
+- one cloud node at the hub (the tier above, which escalations and audits reach), with its
+  heartbeat: what it answered for each edge node bounds what that node may claim to have
+  compared (so a rollout of the edge tier takes ``--selector tier=edge``);
 - the edge nodes, each a real ``TierNode`` with its own identity, connection, ONNX Runtime
   session, fleet agent and heartbeat, many per process (``mesh.dev.fleetsim.worker``), by default
   one process per site;
@@ -156,6 +158,7 @@ class FleetSimulation:
         return await asyncio.to_thread(self.keystore.ensure, spec)
 
     async def _start_cloud(self) -> None:
+        assert self.key is not None
         creds = await self.issue(node_identity("cloud-0", "cloud", domain="hub"))
         settings = tier_node_settings(
             "cloud",
@@ -165,7 +168,16 @@ class FleetSimulation:
             zone="cloud",
             http_port=None,
             credentials=creds,
-            extra={"hard_examples": {"enabled": False}},
+            extra={
+                "hard_examples": {"enabled": False},
+                "fleet": {
+                    "enabled": True,
+                    "domain": "hub",
+                    "trusted_keys": [self.key.public],
+                    "cache_dir": str(self.work / "cache" / "cloud-0"),
+                    "heartbeat_s": self.settings.heartbeat_s,
+                },
+            },
         )
         self.cloud = await self._worker("cloud", [settings.model_dump(mode="json")])
 

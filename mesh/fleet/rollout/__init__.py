@@ -15,26 +15,34 @@ cumulative share of those nodes; the last stage is all of them). Each stage:
    a failure rolls every node of the rollout back to the previous version and names the gate
    and its figures.
 
-Nodes whose telemetry does not add up are left out of the judgement and listed in ``flagged``.
+Nodes whose telemetry does not add up, or that report a version the rollout has not assigned
+them, are left out of the judgement for the rest of the rollout and listed in ``flagged``. Each
+node's comparisons are capped by what the tier above reports answering for it, and its weight
+in a group's figures by its share of those answers (``witness``); heartbeats count at most once
+an interval (``beats``).
 
 The parts, each importing only those before it: ``statistics`` (interval bounds), ``plan``
-(gates and stages), ``record`` (the rollout in KV, its ``RolloutPhase``), ``evidence`` (node
-views, evidence windows, figures), ``judge`` (a stage's verdict) and ``machine`` (``step``,
-``request``). The controller (``mesh.fleet.controller``) runs ``step`` and writes what it
-returns; nothing here does I/O, so every rule is tested with a fake clock
-(``tests/unit/test_rollout.py``).
+(gates and stages), ``record`` (the rollout in KV, its ``RolloutPhase``), ``witness`` (what the
+tier above saw), ``evidence`` (node views, evidence windows, figures), ``judge`` (a stage's
+verdict), ``machine`` (``step``, ``request``, ``revoke``) and ``beats`` (heartbeats taken in).
+The controller (``mesh.fleet.controller``) runs ``step`` and writes what it returns; nothing
+here does I/O, so every rule is tested with a fake clock (``tests/unit/test_rollout.py``).
 """
 
+from mesh.fleet.rollout.beats import BeatFilter
 from mesh.fleet.rollout.evidence import (
     DRIFT_NODE_ROWS,
     Figures,
     NodeView,
+    StageFigures,
     Window,
     aggregate,
     decode_window,
     delta,
     encode_window,
     evidence_problem,
+    open_window,
+    stage_figures,
 )
 from mesh.fleet.rollout.judge import (
     DRIFT_MIN_REQUESTS,
@@ -49,8 +57,11 @@ from mesh.fleet.rollout.machine import (
     ROLLBACK_WAIT_S,
     Assignments,
     Step,
+    assigned,
     desired_for,
+    exclusions,
     request,
+    revoke,
     step,
     view_of,
 )
@@ -74,6 +85,7 @@ from mesh.fleet.rollout.statistics import (
     wilson_lower,
     wilson_upper,
 )
+from mesh.fleet.rollout.witness import SHARE_SLACK, Witness, answered_since, bound, witness_of
 
 __all__ = [
     "ACTIVE",
@@ -84,20 +96,27 @@ __all__ = [
     "OUTCOMES",
     "P99_FLOOR_MS",
     "ROLLBACK_WAIT_S",
+    "SHARE_SLACK",
     "Assignments",
+    "BeatFilter",
     "Figures",
     "Gate",
     "NodeView",
     "Rollout",
     "RolloutPhase",
     "Stage",
+    "StageFigures",
     "StageLog",
     "StagePhase",
     "Step",
     "Verdict",
     "VerdictResult",
     "Window",
+    "Witness",
     "aggregate",
+    "answered_since",
+    "assigned",
+    "bound",
     "decode_rollout",
     "decode_window",
     "delta",
@@ -107,15 +126,20 @@ __all__ = [
     "encode_rollout",
     "encode_window",
     "evidence_problem",
+    "exclusions",
     "judge",
     "new_rollout",
+    "open_window",
     "parse_duration",
     "parse_stages",
     "report",
     "request",
+    "revoke",
     "slower_than",
+    "stage_figures",
     "step",
     "view_of",
     "wilson_lower",
     "wilson_upper",
+    "witness_of",
 ]

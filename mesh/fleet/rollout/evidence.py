@@ -1,16 +1,18 @@
 """The fleet as a rollout sees it: each node's view of one model, whether its counters can be
-true, what a version did over a stage's evidence window, and the figures of a group of nodes.
+true, what a version did over a stage's evidence window, and the figures of a group of nodes,
+each node's share bounded by what the tier above saw (``witness``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from mesh.fleet.rollout.record import Rollout
 from mesh.fleet.rollout.statistics import rounded
+from mesh.fleet.rollout.witness import Witness, answered_since, bound
 from mesh.observability.metrics import LATENCY_BUCKETS_MS, bucket_quantile
 from mesh.wire import EVIDENCE_COUNTERS, VersionEvidence
 from mesh.wire.records import EvidenceCounters
@@ -23,6 +25,8 @@ DRIFT_NODE_ROWS = 500
 #: the counters a stage's figures record: audit failures are summed but no gate judges them,
 #: and stored rollouts keep the figures they were written with.
 RECORDED_COUNTERS = tuple(name for name in EVIDENCE_COUNTERS if name != "audit_failures")
+#: most nodes a stage's figures name as bounded.
+MAX_BOUNDED = 20
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class NodeView:
     evidence: VersionEvidence | None = None
     #: why this node's telemetry cannot be trusted (it is ignored and flagged).
     problem: str | None = None
+    #: what the node answered for the tier below, for this model (None: it does not count).
+    witness: Witness | None = None
 
 
 def evidence_problem(e: VersionEvidence, now: float | None = None) -> str | None:
@@ -55,8 +61,12 @@ def evidence_problem(e: VersionEvidence, now: float | None = None) -> str | None
         return f"{sum(e.latency)} latencies > requests {e.requests}"
     if e.agreed > e.compared:
         return f"agreed {e.agreed} > compared {e.compared}"
+    if e.compared > e.requests:
+        return f"compared {e.compared} > requests {e.requests}"
     if e.compared > e.escalated + e.audits:
         return f"compared {e.compared} > escalated {e.escalated} + audits {e.audits}"
+    if e.escalated + e.audits > e.requests:
+        return f"escalated {e.escalated} + audits {e.audits} > requests {e.requests}"
     if e.audit_failures > e.audits:
         return f"audit failures {e.audit_failures} > audits {e.audits}"
     if e.drift is not None and e.drift < 0:
@@ -87,6 +97,8 @@ class Figures(EvidenceCounters):
     nodes: int = 0
     latency: tuple[int, ...] = ()
     drift: float | None = None
+    #: nodes whose comparisons or weight the tier above's answers bounded, and how.
+    bounded: dict[str, str] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float | None:
@@ -119,20 +131,28 @@ class Figures(EvidenceCounters):
             "escalation_rate": rounded(self.escalation_rate),
             "agreement": rounded(self.agreement),
             "p99_ms": self.quantile(0.99),
+            "bounded": dict(list(self.bounded.items())[:MAX_BOUNDED]),
         }
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Figures:
         return cls(
-            **{f.name: obj[f.name] for f in fields(cls) if f.name in obj and f.name != "latency"},
+            **{
+                f.name: obj[f.name]
+                for f in fields(cls)
+                if f.name in obj and f.name not in ("latency", "bounded")
+            },
             latency=tuple(obj.get("latency") or ()),
+            bounded=dict(obj.get("bounded") or {}),
         )
 
 
-def aggregate(windows: Iterable[VersionEvidence]) -> Figures:
+def aggregate(
+    windows: Iterable[VersionEvidence], bounded: Mapping[str, str] | None = None
+) -> Figures:
     items = list(windows)
     if not items:
-        return Figures()
+        return Figures(bounded=dict(bounded or {}))
     width = len(LATENCY_BUCKETS_MS) + 1
     latency = [0] * width
     for e in items:
@@ -144,6 +164,7 @@ def aggregate(windows: Iterable[VersionEvidence]) -> Figures:
         latency=tuple(latency),
         # the median node's drift: one node's skewed inputs are not the version's doing
         drift=sorted(drifts)[len(drifts) // 2] if drifts else None,
+        bounded=dict(bounded or {}),
         **{name: sum(getattr(e, name) for e in items) for name in EVIDENCE_COUNTERS},
     )
 
@@ -159,6 +180,8 @@ class Window:
     stage: int
     started_at: float
     snapshot: dict[str, VersionEvidence]
+    #: what each node had answered for the tier below then (the caps are differences).
+    answered: dict[str, Witness] = field(default_factory=dict)
 
 
 def _evidence_dict(e: VersionEvidence) -> dict[str, Any]:
@@ -178,6 +201,9 @@ def encode_window(w: Window) -> bytes:
             "stage": w.stage,
             "started_at": w.started_at,
             "snapshot": {n: _evidence_dict(e) for n, e in w.snapshot.items()},
+            "answered": {
+                n: {"since": a.since, "counts": dict(a.counts)} for n, a in w.answered.items()
+            },
         }
     ).encode()
 
@@ -194,12 +220,21 @@ def decode_window(data: bytes) -> Window | None:
                 str(n): VersionEvidence(**{**e, "latency": tuple(e["latency"])})
                 for n, e in obj["snapshot"].items()
             },
+            answered={
+                str(n): Witness(
+                    since=float(a["since"]), counts={str(c): int(k) for c, k in a["counts"].items()}
+                )
+                for n, a in (obj.get("answered") or {}).items()
+            },
         )
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def open_window(r: Rollout, nodes: Mapping[str, NodeView], now: float) -> Window:
+def open_window(
+    r: Rollout, nodes: Mapping[str, NodeView], now: float, excluded: Collection[str] = ()
+) -> Window:
+    targets = set(r.targets)
     return Window(
         rollout=r.id,
         stage=r.current_stage,
@@ -209,22 +244,46 @@ def open_window(r: Rollout, nodes: Mapping[str, NodeView], now: float) -> Window
             for n in r.targets
             if (v := nodes.get(n)) is not None and v.evidence is not None and v.problem is None
         },
+        answered={
+            n: Witness(v.witness.since, {c: k for c, k in v.witness.counts.items() if c in targets})
+            for n, v in nodes.items()
+            if v.witness is not None and v.problem is None and n not in excluded
+        },
     )
 
 
+@dataclass(frozen=True)
+class StageFigures:
+    """What a stage is judged on: the canary's figures and the baseline's (None when every
+    target is in the stage; no node in it when the rollout's others give no trusted evidence),
+    and the nodes to flag (counters gone back, answers gone back)."""
+
+    canary: Figures
+    baseline: Figures | None
+    flagged: dict[str, str]
+
+
 def stage_figures(
-    r: Rollout, nodes: Mapping[str, NodeView], window: Window, members: Sequence[str]
-) -> tuple[Figures, Figures | None, dict[str, str]]:
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window,
+    members: Sequence[str],
+    excluded: Collection[str] = (),
+) -> StageFigures:
     """The canary's figures (the stage's nodes on the new version) and the baseline's (the
-    rollout's other nodes, still on the previous one) since the window opened, and the nodes
-    whose counters went back meanwhile."""
+    rollout's other nodes, still on the previous one) since the window opened, each node's
+    comparisons and weight bounded by what the tier above answered for it meanwhile
+    (``witness``); nodes in ``excluded`` (flagged) count for nothing."""
     flagged: dict[str, str] = {}
-    canary: list[VersionEvidence] = []
-    baseline: list[VersionEvidence] = []
+    canary: list[tuple[str, VersionEvidence]] = []
+    baseline: list[tuple[str, VersionEvidence]] = []
     in_stage = set(members)
+    others = [n for n in r.targets if n not in in_stage]
     for name in r.targets:
         view = nodes.get(name)
         if view is None or not view.online or view.evidence is None or view.problem is not None:
+            continue
+        if name in excluded:
             continue
         if view.serving == r.version and name in in_stage:
             group = canary
@@ -236,5 +295,19 @@ def stage_figures(
         if isinstance(since, str):
             flagged[name] = since
             continue
-        group.append(since)
-    return aggregate(canary), (aggregate(baseline) if baseline else None), flagged
+        group.append((name, since))
+    witnesses = {
+        n: v.witness
+        for n, v in nodes.items()
+        if v.witness is not None and v.problem is None and n not in excluded
+    }
+    answered, broken = answered_since(window.answered, witnesses, r.targets)
+    flagged.update(broken)
+    witnessed = any(answered.values())
+    canary_kept, canary_cut = bound(canary, answered, witnessed)
+    base_kept, base_cut = bound(baseline, answered, witnessed)
+    return StageFigures(
+        canary=aggregate(canary_kept, canary_cut),
+        baseline=aggregate(base_kept, base_cut) if others else None,
+        flagged=flagged,
+    )

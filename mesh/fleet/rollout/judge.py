@@ -82,14 +82,21 @@ def _waiting_for(
     """What the stage still waits for before it can be judged, or None."""
     if canary.nodes == 0:
         return "no node of the stage reports the version yet"
+    # A baseline none of whose nodes can be trusted (a liar claiming the new version emptied
+    # one) is waited for, never skipped: more time will not bring it, so it is named first.
+    if baseline is not None and baseline.nodes == 0:
+        return "baseline: no trusted node outside the stage reports the previous version"
     if canary.requests < gate.min_requests:
         return f"{canary.requests} of {gate.min_requests} requests answered so far"
     if measurable and canary.compared < gate.min_samples:
-        return f"{canary.compared} of {gate.min_samples} answers compared upstream so far"
+        return (
+            f"{canary.compared} of {gate.min_samples} answers compared upstream so far (as far "
+            "as the tier above reports answering them)"
+        )
     # Nodes still on the old version are waited for as the canary is: judging without them
     # would judge on fixed bounds alone, and a version confusing two classes passed the demo's
     # canary that way while its one baseline node had fewer compared answers than the canary.
-    if baseline is not None and baseline.nodes > 0:
+    if baseline is not None:
         if baseline.requests < gate.min_requests:
             return f"baseline: {baseline.requests} of {gate.min_requests} requests so far"
         if measurable and baseline.compared < gate.min_samples:

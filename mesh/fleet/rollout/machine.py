@@ -4,7 +4,7 @@ returns the next record; the controller does the reading and writing."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +20,7 @@ from mesh.fleet.rollout.evidence import (
 )
 from mesh.fleet.rollout.judge import VerdictResult, judge
 from mesh.fleet.rollout.record import Rollout, RolloutPhase, StageLog, StagePhase
+from mesh.fleet.rollout.witness import witness_of
 from mesh.wire import NodeStatus
 
 #: how long a rollback waits for online nodes to report the previous version before it ends.
@@ -80,13 +81,55 @@ class Step:
 
 
 def step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
-    """The rollout after one look at the fleet at ``now``."""
-    serving = sum(1 for v in nodes.values() if v.online and v.serving == r.version)
-    flagged = dict(r.flagged)
+    """The rollout after one look at the fleet at ``now``; a changed record has the next
+    generation (readers drop a record older than one they have seen: ``mesh.fleet.replay``)."""
+    result = _step(r, nodes, window, now)
+    if result.rollout != r:
+        result = replace(result, rollout=replace(result.rollout, generation=r.generation + 1))
+    return result
+
+
+def assigned(r: Rollout) -> frozenset[str]:
+    """The targets the rollout has assigned its version so far (the stages up to the current
+    one; every target once it completed)."""
+    if r.state == RolloutPhase.PENDING:
+        return frozenset()
+    if r.state == RolloutPhase.COMPLETED:
+        return frozenset(r.targets)
+    return frozenset(r.targets[: r.stage_size(r.current_stage)])
+
+
+def exclusions(r: Rollout, nodes: Mapping[str, NodeView]) -> dict[str, str]:
+    """The targets whose telemetry this step ignores, and why: counters that cannot be true,
+    a version the rollout has not assigned them, or flagged earlier in the rollout (once a node
+    lied, nothing it says counts for the rest of the rollout)."""
+    out = dict(r.flagged)
+    given = assigned(r)
     for name in r.targets:
         view = nodes.get(name)
-        if view is not None and view.problem is not None and len(flagged) < MAX_FLAGGED:
-            flagged[name] = view.problem
+        if view is None:
+            continue
+        if view.problem is not None:
+            out.setdefault(name, view.problem)
+        elif view.serving == r.version and name not in given:
+            out.setdefault(
+                name,
+                f"reports serving {r.version}, which the rollout has not assigned it "
+                f"(it is assigned {r.previous_version})",
+            )
+    return out
+
+
+def _step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
+    excluded = exclusions(r, nodes)
+    serving = sum(
+        1 for n, v in nodes.items() if v.online and v.serving == r.version and n not in excluded
+    )
+    flagged = dict(r.flagged)
+    for name, reason in excluded.items():
+        if len(flagged) >= MAX_FLAGGED:
+            break
+        flagged.setdefault(name, reason)
     base = replace(r, max_nodes_serving=max(r.max_nodes_serving, serving), flagged=flagged)
     if r.state == RolloutPhase.PENDING:
         log = _set_log(base.log, 0, started_at=now)
@@ -103,7 +146,7 @@ def step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: 
             ),
         )
     if r.state == RolloutPhase.IN_PROGRESS:
-        return _step_stage(base, nodes, window, now)
+        return _step_stage(base, nodes, window, now, excluded)
     if r.state == RolloutPhase.ROLLING_BACK:
         back = [
             n for n in r.targets if (v := nodes.get(n)) is not None and v.online
@@ -137,29 +180,38 @@ def _refused(r: Rollout, nodes: Mapping[str, NodeView], now: float) -> Step | No
 
 
 def _step_stage(
-    r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window | None,
+    now: float,
+    excluded: Collection[str],
 ) -> Step:
     refused = _refused(r, nodes, now)
     if refused is not None:
         return refused
     if r.phase == StagePhase.DEPLOYING:
-        return _deploy(r, nodes, now)
-    return _soak(r, nodes, window, now)
+        return _deploy(r, nodes, now, excluded)
+    return _soak(r, nodes, window, now, excluded)
 
 
-def _deploy(r: Rollout, nodes: Mapping[str, NodeView], now: float) -> Step:
+def _deploy(
+    r: Rollout, nodes: Mapping[str, NodeView], now: float, excluded: Collection[str]
+) -> Step:
     """The stage is reached once every online node of it serves the version."""
     i = r.current_stage
     stage = r.stages[i]
     size = r.stage_size(i)
     members = r.targets[:size]
     # A node whose telemetry cannot be trusted is not waited for either (it is flagged).
-    online = [n for n in members if (v := nodes.get(n)) is not None and v.online and not v.problem]
+    online = [
+        n for n in members
+        if (v := nodes.get(n)) is not None and v.online and n not in excluded
+    ]  # fmt: skip
     missing = [n for n in online if nodes[n].serving != r.version]
     log = r.log[i]
     started = log.started_at if log.started_at is not None else now
     if online and not missing:
-        opened = open_window(r, nodes, now)
+        opened = open_window(r, nodes, now, excluded)
         logs = _set_log(r.log, i, reached_at=now, started_at=started)
         return Step(
             replace(r, phase=StagePhase.SOAKING, log=logs, updated_at=now),
@@ -181,19 +233,30 @@ def _deploy(r: Rollout, nodes: Mapping[str, NodeView], now: float) -> Step:
     return Step(r)
 
 
-def _soak(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
+def _soak(
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window | None,
+    now: float,
+    excluded: Collection[str],
+) -> Step:
     """After the soak the stage is judged: it passes on, fails back, or waits for evidence."""
     i = r.current_stage
     stage = r.stages[i]
     gate = stage.gate
     if window is None or window.rollout != r.id or window.stage != i:
-        return Step(r, window=open_window(r, nodes, now), events=("evidence window reopened",))
+        return Step(
+            r, window=open_window(r, nodes, now, excluded), events=("evidence window reopened",)
+        )
     if now - window.started_at < gate.soak_s:
         return Step(r)
     members = r.targets[: r.stage_size(i)]
-    canary, baseline, flagged = stage_figures(r, nodes, window, members)
-    if flagged:
-        r = replace(r, flagged={**r.flagged, **dict(list(flagged.items())[:MAX_FLAGGED])})
+    figures = stage_figures(r, nodes, window, members, excluded)
+    canary, baseline = figures.canary, figures.baseline
+    if figures.flagged:
+        room = max(0, MAX_FLAGGED - len(r.flagged))
+        fresh = {n: w for n, w in figures.flagged.items() if n not in r.flagged}
+        r = replace(r, flagged={**r.flagged, **dict(list(fresh.items())[:room])})
     if stage.is_whole and i > 0:
         reference = r.log[i - 1].baseline
         baseline = Figures.from_dict(reference) if reference else None
@@ -247,7 +310,28 @@ def _set_log(log: tuple[StageLog, ...], i: int, **changes: Any) -> tuple[StageLo
 
 
 def request(r: Rollout, action: str, now: float, by: str = "") -> Rollout:
-    """``pause``, ``resume`` or ``abort``, as the CLI asks; refused when it makes no sense."""
+    """``pause``, ``resume`` or ``abort``, as the CLI asks; refused when it makes no sense.
+    The changed record has the next generation."""
+    return replace(_request(r, action, now, by), generation=r.generation + 1)
+
+
+def revoke(r: Rollout, reason: str, now: float) -> Rollout:
+    """The rollout of a version revoked meanwhile: every node goes back (gate ``revoked``)."""
+    if not r.active or r.state == RolloutPhase.ROLLING_BACK:
+        return r
+    return replace(
+        r,
+        state=RolloutPhase.ROLLING_BACK,
+        outcome=RolloutPhase.ROLLED_BACK,
+        failed_gate="revoked",
+        figures={},
+        reason=f"{r.model}@{r.version} was revoked: {reason}",
+        updated_at=now,
+        generation=r.generation + 1,
+    )
+
+
+def _request(r: Rollout, action: str, now: float, by: str) -> Rollout:
     if action == "pause":
         if r.state not in (RolloutPhase.PENDING, RolloutPhase.IN_PROGRESS):
             raise InvalidArgumentError(f"rollout {r.id} is {r.state}: only a running one pauses")
@@ -308,4 +392,5 @@ def view_of(
         rejected=status.rejected.get(f"{model}@{version}"),
         evidence=evidence if problem is None else None,
         problem=problem,
+        witness=witness_of(status, model),
     )

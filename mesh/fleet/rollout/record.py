@@ -98,6 +98,9 @@ class Rollout:
     #: what each target served when the rollout started: a failure returns each node to its
     #: own version (``previous_version`` is the one most of them served).
     previous_versions: dict[str, str] = field(default_factory=dict)
+    #: one more at every write of the record (a start after an earlier rollout of the model
+    #: included): readers drop a record older than one they have seen for its key.
+    generation: int = 0
 
     @property
     def active(self) -> bool:
@@ -123,6 +126,7 @@ def new_rollout(
     by: str = "",
     suspect: Collection[str] = (),
     previous_versions: Mapping[str, str] | None = None,
+    generation: int = 1,
 ) -> Rollout:
     """A pending rollout over ``targets``; the ``suspect`` ones (telemetry that cannot be true)
     come last: a canary is there for its evidence, and a stage of nodes not to be trusted has
@@ -149,6 +153,7 @@ def new_rollout(
         by=by,
         log=tuple(StageLog() for _ in stages),
         previous_versions=dict(previous_versions or {}),
+        generation=generation,
     )
 
 
@@ -178,6 +183,7 @@ def encode_rollout(r: Rollout) -> bytes:
         "canary_nodes": r.canary_nodes,
         "flagged": r.flagged,
         "previous_versions": r.previous_versions,
+        "generation": r.generation,
     }
     return json.dumps(obj, sort_keys=True).encode()
 
@@ -230,6 +236,7 @@ def decode_rollout(data: bytes) -> Rollout:
             previous_versions={
                 str(k): str(v) for k, v in (obj.get("previous_versions") or {}).items()
             },
+            generation=int(obj.get("generation", 0)),
         )
     except InvalidArgumentError:
         raise
