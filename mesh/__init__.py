@@ -15,7 +15,9 @@ from mesh.errors import (
     InvalidArgumentError,
     MeshError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -43,6 +45,8 @@ __all__ = [
     "MeshClient",
     "MeshError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
+    "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -26,6 +26,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from mesh.energy.settings import EnergySettings
 from mesh.node.breaker import BreakerConfig
 from mesh.node.policy import RESIDENCY_ZONES
 from mesh.scoring.confidence import ConfidenceKind
@@ -482,6 +483,9 @@ class NodeSettings(ServiceSettings):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     review: ReviewFeedSettings = Field(default_factory=ReviewFeedSettings)
+    energy: EnergySettings = Field(default_factory=EnergySettings)
+    """The energy ledger, its device profile and sensors, and the power budget
+    (``docs/energy.md``)."""
     max_inflight: int = Field(1024, ge=1)
     """Requests waiting at once (escalations, traced requests); more get RESOURCE_EXHAUSTED."""
     max_inflight_per_caller: int = Field(256, ge=0)

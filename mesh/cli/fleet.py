@@ -363,9 +363,46 @@ def status_rows(beats: dict[str, Any], now: float, offline_after_s: float) -> li
                     }
                     for model, e in beat.evidence.items()
                 },
+                "power": _power_row(beat.power),
             }
         )
     return rows
+
+
+def _power_row(power: Any) -> dict[str, Any] | None:
+    """A node's energy as ``mesh fleet status --json`` shows it (None: it keeps no ledger)."""
+    if power is None:
+        return None
+    return {
+        "profile": power.profile,
+        "watts": power.watts,
+        "window_s": power.window_s,
+        "budget_w": power.budget_w,
+        "steps": list(power.steps),
+        "degrade_share": round(power.degrade_share, 4),
+        "unreachable": power.unreachable,
+        "joules_per_answer": power.joules_per_answer,
+        "compute_j": round(power.compute_j, 6),
+        "radio_j": round(power.radio_j, 6),
+        "answers": power.answers,
+        "battery_percent": power.battery_percent,
+        "sensor_w": power.sensor_w,
+    }
+
+
+def power_text(power: dict[str, Any] | None) -> str:
+    """``31/30mW 3 steps 57%``: the window's power, the budget, the ladder and the battery."""
+    if power is None or power["watts"] is None:
+        return "-"
+    text = f"{power['watts'] * 1000:.0f}"
+    if power["budget_w"] is not None:
+        text += f"/{power['budget_w'] * 1000:.0f}"
+    text += "mW"
+    if power["steps"]:
+        text += f" {len(power['steps'])}st"
+    if power["battery_percent"] is not None:
+        text += f" {power['battery_percent']:.0f}%"
+    return text
 
 
 @fleet.command("status")
@@ -399,7 +436,7 @@ def fleet_status(
         return
     click.echo(
         f"{'NODE':<14} {'TIER':<8} {'SITE':<10} {'STATE':<8} {'SEEN':>7} {'ESC':>5} "
-        f"{'P99MS':>6} {'AGREE':>6} MODELS"
+        f"{'P99MS':>6} {'AGREE':>6} {'POWER':<18} MODELS"
     )
     for r in rows:
         if "error" in r:
@@ -415,7 +452,8 @@ def fleet_status(
             models += " (taking " + ", ".join(f"{k}@{v}" for k, v in r["pending"].items()) + ")"
         click.echo(
             f"{r['node']:<14} {r['tier']:<8} {r['site']:<10} {state:<8} "
-            f"{r['last_seen_s']:>6.1f}s {esc:>5} {p99:>6} {agree:>6} {models}"
+            f"{r['last_seen_s']:>6.1f}s {esc:>5} {p99:>6} {agree:>6} "
+            f"{power_text(r['power']):<18} {models}"
         )
         for version, reason in r["rejected"].items():
             click.echo(f"{'':<14} rejected {version}: {reason}")

@@ -108,6 +108,15 @@ def quantize(manifest: Path, test_npz: Path, out: Path | None, calibration: Path
     help="Write the curve (share local against cascade accuracy) as a PNG.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the thresholds without writing them.")
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    metavar="TIER=PROFILE",
+    help="Device profile a tier's energy per answer is stated on, e.g. edge=jetson-orin-nano-7w "
+    "(default: edge=rpi4, others x86-gateway).",
+)
+@click.option("--no-energy", is_flag=True, help="Leave out the energy per answer.")
 def calibrate(
     edge: Path,
     upstream: tuple[Path, ...],
@@ -115,13 +124,25 @@ def calibrate(
     max_drop: float,
     plot: Path | None,
     dry_run: bool,
+    devices: tuple[str, ...],
+    no_energy: bool,
 ) -> None:
-    """Pick each tier's threshold (EDGE, then UPSTREAM manifests up to the top) for a target."""
+    """Pick each tier's threshold (EDGE, then UPSTREAM manifests up to the top) for a target,
+    stating beside accuracy what an answer costs the tier's device at each threshold."""
     from mesh.models.calibrate import calibrate as run
     from mesh.models.calibrate import plot_curves
 
+    chosen: dict[str, str] = {}
+    for item in devices:
+        tier, sep, profile = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not TIER=PROFILE", param_hint="--device")
+        chosen[tier.strip()] = profile.strip()
     split = np.load(calib_npz)
-    result = run(edge, list(upstream), split["x"], split["y"], max_drop, write=not dry_run)
+    result = run(
+        edge, list(upstream), split["x"], split["y"], max_drop,
+        write=not dry_run, devices=chosen, energy=not no_energy,
+    )  # fmt: skip
     click.echo(result.summary())
     for calibration in result.tiers:
         every = max(1, len(calibration.curve) // 25)
@@ -144,14 +165,26 @@ def calibrate(
     "profile",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override the manifest's hardware profile, e.g. latency_p99_ms=0.01.",
+    help="Override the manifest's hardware profile, e.g. latency_p99_ms=0.01 or energy_mj=0.05.",
 )
 @click.option("--min-accuracy", type=float, default=None, help="Override the quality target.")
 @click.option("--runs", default=500, show_default=True, help="Single-row runs to time.")
+@click.option(
+    "--device",
+    default=None,
+    help="Device profile energy is priced on: rpi4, jetson-orin-nano-15w, jetson-orin-nano-7w, "
+    "x86-gateway (default: a Pi 4 for an edge model, else the x86 gateway).",
+)
 def validate(
-    manifest: Path, test_npz: Path, profile: tuple[str, ...], min_accuracy: float | None, runs: int
+    manifest: Path,
+    test_npz: Path,
+    profile: tuple[str, ...],
+    min_accuracy: float | None,
+    runs: int,
+    device: str | None,
 ) -> None:
-    """Measure latency, memory and accuracy here; exit 1 when the manifest's targets fail."""
+    """Measure latency, memory, energy and accuracy here; exit 1 when the manifest's targets
+    fail."""
     from mesh.models.validate import validate_model
 
     overrides: dict[str, float] = {}
@@ -161,7 +194,9 @@ def validate(
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--profile")
         overrides[key.strip()] = float(value)
     quality = {"min_accuracy": min_accuracy} if min_accuracy is not None else None
-    report = validate_model(manifest, test_npz, overrides or None, quality, runs=runs)
+    report = validate_model(
+        manifest, test_npz, overrides or None, quality, runs=runs, device=device
+    )
     click.echo(report.summary())
     if not report.passed:
         sys.exit(1)

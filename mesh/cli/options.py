@@ -68,16 +68,34 @@ def _first_set(names: Sequence[str]) -> str | None:
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 
+#: what a refused identity should try instead, after its ``PERMISSION_DENIED`` line.
+IDENTITY_HINT = (
+    "hint: each command needs an identity whose role may do it: mesh infer and mesh publish "
+    "an application's (MESH_CREDS), mesh fleet, mesh models push/list and mesh rollout the "
+    "controller's (mesh up prints where its credentials are)"
+)
+
+
 class MeshGroup(click.Group):
-    """Turns the mesh's typed errors into a one-line message and exit status 2."""
+    """Turns the mesh's typed errors into a one-line message and exit status 2, and so a
+    failure of nats-py that reaches a command: a user's mistake is never a traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
-        from mesh.errors import MeshError
+        from mesh.errors import MeshError, PermissionDeniedError
 
         try:
             return super().invoke(ctx)
         except MeshError as error:
             click.echo(f"error: {error}", err=True)
+            if isinstance(error, PermissionDeniedError):
+                click.echo(IDENTITY_HINT, err=True)
+            sys.exit(2)
+        except Exception as error:
+            if not type(error).__module__.startswith("nats."):
+                raise
+            from mesh.transport.failures import mesh_error
+
+            click.echo(f"error: {mesh_error(error, 'talking to NATS')}", err=True)
             sys.exit(2)
 
 

@@ -97,6 +97,10 @@ class EventConsumer(Service):
         self.figures: dict[tuple[str, str], float] = {}
         self._unregister: list[Callable[[], None]] = []
         self._stats_task: asyncio.Task[None] | None = None
+        #: per model, the shortest budget of its last batch of events, in seconds.
+        self._shortest_s: dict[str, float] = {}
+        #: fetches the power governor's ``events`` step made wait.
+        self.deferred = 0
 
     async def _start(self) -> None:
         for stream in (EVENTS_STREAM, RESULTS_STREAM, DEAD_STREAM):
@@ -155,6 +159,10 @@ class EventConsumer(Service):
 
     async def _stats(self) -> None:
         while True:
+            if self._dataplane.savings.events_defer_s:
+                # statistics have no deadline: under the power governor's events step they wait
+                await asyncio.sleep(STATS_S)
+                continue
             with contextlib.suppress(Exception):
                 for stream in (EVENTS_STREAM, RESULTS_STREAM, DEAD_STREAM):
                     info = await self._js.stream_info(stream)
@@ -167,8 +175,15 @@ class EventConsumer(Service):
                     self.figures[("redelivered", model)] = float(c.num_redelivered or 0)
             await asyncio.sleep(STATS_S)
 
+    async def _defer(self, model: str) -> None:
+        wait = deferral(self._dataplane.savings.events_defer_s, self._shortest_s.get(model))
+        if wait:
+            self.deferred += 1
+            await asyncio.sleep(wait)
+
     async def _loop(self, model: str, sub: Any) -> None:
         while True:
+            await self._defer(model)
             try:
                 msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):
@@ -218,6 +233,7 @@ class EventConsumer(Service):
             batch.append((event, msg, now_mono - age_s))
         if not batch:
             return
+        self._shortest_s[model] = min(event.budget_ms for event, _, _ in batch) / 1000.0
         outcomes = await self._dataplane.answer_batch_async(
             [(event.request(), received_at) for event, _, received_at in batch]
         )
@@ -355,6 +371,16 @@ class EventConsumer(Service):
         self._metrics.events.add(1, self.tier, model, "dead_lettered")
         with contextlib.suppress(Exception):
             await msg.term()
+
+
+def deferral(wait_s: float, shortest_budget_s: float | None) -> float:
+    """Seconds a fetch waits under the power governor's ``events`` step (``wait_s``; 0 when it
+    is not taken) so that events come in full batches: only for a model whose last events'
+    shortest budget (their deadline) leaves room for twice the wait, and never before one
+    batch has shown what its budgets are."""
+    if not wait_s or shortest_budget_s is None or shortest_budget_s <= 2 * wait_s:
+        return 0.0
+    return wait_s
 
 
 def _id_of(msg: Msg) -> str:

@@ -46,6 +46,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from mesh.energy.profiles import DeviceProfile
 from mesh.errors import InvalidArgumentError, MeshError
 from mesh.fleet.cache import VersionCache, settings_for
 from mesh.fleet.desired import DesiredReader, DesiredState, resolve, version_order
@@ -147,8 +148,11 @@ class FleetAgent(Service):
         tier: str,
         metrics: MeshMetrics,
         mesh_version: Callable[[], Awaitable[str]] | None = None,
+        device: DeviceProfile | None = None,
     ) -> None:
         assert settings.cache_dir is not None
+        #: the device profile the gate prices a version's energy on (None: by its tier).
+        self.device = device
         self._nc = nc
         self._node = node
         self.settings = settings
@@ -399,8 +403,9 @@ class FleetAgent(Service):
             manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
             if f"{model}@{version}" not in self.proven:
                 await run_device_gate(
-                    manifest, manifest_path, runs=self.settings.gate_runs, node=self.name
-                )
+                    manifest, manifest_path, runs=self.settings.gate_runs, node=self.name,
+                    device=self.device,
+                )  # fmt: skip
             settings = settings_for(self._node.model_settings(model), model, manifest_path)
             previous = await self._node.swap_model(settings)
         except asyncio.CancelledError:

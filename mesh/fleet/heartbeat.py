@@ -98,6 +98,7 @@ class Heartbeat:
             evidence=base.evidence,
             answered=base.answered,
             downgraded=dict(self.state.downgraded),
+            power=base.power,
         )
         subject = subjects.kv(nodes_bucket(self.settings.domain), self.name)
         await self._js.publish(subject, encode_node_status(status), timeout=2.0)

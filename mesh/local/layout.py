@@ -25,6 +25,7 @@ ZONES = {"edge": "device", "gateway": "site", "cloud": "cloud"}
 class MeshLayout:
     """Which nodes run where: the demo's three tiers unless told otherwise.
 
+    ``extra`` holds settings by tier name, and by node name (``edge-1``) for one node's own.
     ``models`` (tier to model settings, as in a settings file) replaces the demo's digits
     manifests: the tiers it names run, lowest first, each escalating to the next one present,
     the lowest taking the entry subjects (``mesh up --models DIR``)."""
@@ -165,6 +166,10 @@ class NodePlanner:
         lay = self.layout
         extra = lay.extra.get(spot.tier)
         extra = extra if isinstance(extra, dict) else None
+        own = lay.extra.get(spot.name)
+        if isinstance(own, dict):
+            # one node's own settings over its tier's (the demo's edge device on battery)
+            extra = {**(extra or {}), **own}
         if lay.events and spot.tier == self.entry_tier:
             events = {"enabled": True, **(extra or {}).get("events", {})}
             extra = {**(extra or {}), "events": events}

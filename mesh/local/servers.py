@@ -49,6 +49,18 @@ from mesh.security.server_config import (
 
 if TYPE_CHECKING:
     from mesh.local.cluster import Hub
+#: A client that answers no PING for about ``PING_MAX`` intervals is dropped as stale (issue 26):
+#: a frozen node (SIGSTOP, a GC pause, a disk stall, a starved CPU) keeps its connection open
+#: and, until the server drops it, its share of its queue group's requests. Measured on these
+#: machines with a SIGSTOPped subscriber: 1 s and 2 pings drop it after 2.6 s, 1 s and 3 after
+#: 3.6 s, 2 s and 2 after 5.2 s, and nats-server's defaults (2 min, 2) after minutes. Three
+#: missed pings leave a live client's event loop 3 s of stall before it is dropped (it then
+#: reconnects); the SDK's and the tiers' hedges carry the requests until then. The server
+#: skips the PING to a client that sent anything within the interval, so a busy client pays
+#: nothing. ``write_deadline`` stays at its default: a frozen client's socket buffer takes
+#: seconds of requests before a write would block, so pings find it first.
+PING_INTERVAL = "1s"
+PING_MAX = 3
 
 #: identities every embedded server's key store holds from the start.
 ADMIN = IdentitySpec("admin", Role.OPERATOR)
@@ -177,6 +189,8 @@ class NatsServer:
             # Sized to the mesh's largest request (4 MiB of input by default) and no more.
             "max_payload: 5MB",
             "max_pending: 64MB",
+            f'ping_interval: "{PING_INTERVAL}"',
+            f"ping_max: {PING_MAX}",
         ]
         if not c.secure:
             return self._render_open(lines)

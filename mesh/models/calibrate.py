@@ -14,14 +14,21 @@ point is 1.3 rows):
 - the choice must be stable: every higher threshold on the curve meets the target too, so one
   lucky row at a low threshold does not decide.
 
+Beside accuracy each point can state the swept tier's device energy per answer (``TierEnergy``):
+every row reaching the tier runs its model (its CPU time priced on the tier's device profile), and
+every row it sends up costs a request and its reply over the device's link. Where escalating
+costs the device more than answering (a radio against a small model), a lower threshold saves
+energy as well as traffic; where the model costs more, the reverse; the table shows which.
+
 The sweep and the choice are pure (numpy only); :func:`calibrate` and :func:`plot_curves` do the
 I/O (ONNX Runtime, manifests, matplotlib).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +117,28 @@ class CurvePoint:
     share_local: float
     accuracy: float
     errors: int
+    #: the swept tier's device energy per request reaching the cascade, in joules (None: not
+    #: measured).
+    joules_per_answer: float | None = None
+
+
+@dataclass(frozen=True)
+class TierEnergy:
+    """What a tier's device spends: one row through its model, and one escalation (a request
+    and its reply over its link), in joules."""
+
+    device: str
+    model_j: float
+    escalation_j: float
+
+    def per_answer(self, outcome: CascadeOutcome, tier: int) -> float:
+        """Joules per request of the cascade spent by tier ``tier``'s device."""
+        rows = len(outcome.tier_index)
+        if not rows:
+            return 0.0
+        reached = int((outcome.tier_index >= tier).sum())
+        sent_up = int((outcome.tier_index > tier).sum())
+        return (reached * self.model_j + sent_up * self.escalation_j) / rows
 
 
 @dataclass(frozen=True)
@@ -137,8 +166,10 @@ def sweep(
     swept: int,
     y: npt.ArrayLike,
     thresholds: npt.ArrayLike | None = None,
+    energy: TierEnergy | None = None,
 ) -> list[CurvePoint]:
-    """Cascade accuracy and the swept tier's local share for each candidate threshold.
+    """Cascade accuracy and the swept tier's local share for each candidate threshold (and its
+    device energy per answer, given the tier's ``energy``).
 
     ``fixed`` holds a threshold for every non-top tier; the one at index ``swept`` is replaced.
     """
@@ -154,8 +185,9 @@ def sweep(
         values[swept] = float(t)
         outcome = run_cascade(tiers, values)
         errors = int((outcome.prediction != labels).sum())
+        joules = energy.per_answer(outcome, swept) if energy is not None else None
         points.append(
-            CurvePoint(float(t), outcome.share_at(swept), outcome.accuracy(labels), errors)
+            CurvePoint(float(t), outcome.share_at(swept), outcome.accuracy(labels), errors, joules)
         )
     return points
 
@@ -206,6 +238,7 @@ def calibrate_tiers(
     tier_names: Sequence[str],
     y: npt.ArrayLike,
     max_drop: float = DEFAULT_MAX_DROP,
+    energy: Sequence[TierEnergy | None] | None = None,
 ) -> list[TierCalibration]:
     """Pick each non-top tier's threshold, lowest tier first, against the top tier's accuracy.
 
@@ -223,7 +256,8 @@ def calibrate_tiers(
     results = []
     note = small_set_note(len(labels), max_drop)
     for i in range(len(tiers) - 1):
-        curve = sweep(tiers, fixed, i, labels)
+        tier_energy = energy[i] if energy is not None and i < len(energy) else None
+        curve = sweep(tiers, fixed, i, labels, energy=tier_energy)
         chosen = choose(curve, top_errors, len(labels), max_drop)
         fixed[i] = chosen.threshold
         results.append(TierCalibration(tier_names[i], chosen, curve, target, note))
@@ -238,6 +272,8 @@ class CalibrationResult:
     cascade_accuracy: float
     tiers: list[TierCalibration]
     shares: dict[str, float] = field(default_factory=dict)
+    #: per non-top tier, what its device spends (None: energy not measured).
+    energy: dict[str, TierEnergy] = field(default_factory=dict)
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -255,14 +291,26 @@ class CalibrationResult:
             )
             if t.note is not None:
                 lines.append(f"  {t.note}")
+            spent = self.energy.get(t.tier)
+            if spent is not None and t.chosen.joules_per_answer is not None:
+                lines.append(
+                    f"  energy on {spent.device}: {t.chosen.joules_per_answer * 1e3:.4f} mJ an "
+                    f"answer at this threshold; sending every request up with no model here "
+                    f"{spent.escalation_j * 1e3:.4f} mJ, answering all of them here "
+                    f"{spent.model_j * 1e3:.4f} mJ"
+                )
         return "\n".join(lines)
 
     def curve_table(self, tier: str, every: int = 1) -> str:
         """The sweep of ``tier`` as text: threshold, share local, cascade accuracy."""
         calib = next(t for t in self.tiers if t.tier == tier)
-        rows = ["threshold  share_local  cascade_accuracy"]
+        energy = tier in self.energy
+        rows = ["threshold  share_local  cascade_accuracy" + ("  mJ_per_answer" if energy else "")]
         for p in calib.curve[::every]:
-            rows.append(f"{p.threshold:9.4f}  {p.share_local:11.3f}  {p.accuracy:16.4f}")
+            row = f"{p.threshold:9.4f}  {p.share_local:11.3f}  {p.accuracy:16.4f}"
+            if energy and p.joules_per_answer is not None:
+                row += f"  {p.joules_per_answer * 1e3:13.4f}"
+            rows.append(row)
         return "\n".join(rows)
 
 
@@ -274,12 +322,18 @@ def calibrate(
     target: float = DEFAULT_MAX_DROP,
     *,
     write: bool = True,
+    devices: Mapping[str, str] | None = None,
+    energy: bool = True,
 ) -> CalibrationResult:
     """Calibrate the edge threshold (and the gateway's, given [gateway, cloud]) on a labelled
     split, and write each chosen threshold into its manifest's ``thresholds[tier_hint]``.
 
     ``target`` is the largest accuracy drop allowed against the top (last) upstream model alone.
+    With ``energy``, each tier's device energy per answer is measured and stated beside its
+    curve, on the device profile ``devices`` names for its tier (by default a Pi 4 for the edge,
+    the x86 gateway for the others).
     """
+    from mesh.models.energy import tier_energy
     from mesh.models.manifest import save_manifest
     from mesh.models.session import LoadedModel
     from mesh.scoring.novelty import NoveltyScorer
@@ -296,7 +350,13 @@ def calibrate(
             novel = NoveltyScorer.from_reference(reference).is_novel(x)
         outputs.append(TierOutputs.of(model.probabilities(x), model.manifest.confidence, novel))
     names = [m.manifest.tier_hint for m in models]
-    tiers = calibrate_tiers(outputs, names, calib_y, target)
+    spent = (
+        [tier_energy(m, up, x, (devices or {}).get(m.manifest.tier_hint))
+         for m, up in itertools.pairwise(models)]
+        if energy
+        else None
+    )  # fmt: skip
+    tiers = calibrate_tiers(outputs, names, calib_y, target, energy=spent)
     chosen = [t.chosen.threshold for t in tiers]
     outcome = run_cascade(outputs, chosen)
     result = CalibrationResult(
@@ -304,6 +364,7 @@ def calibrate(
         cascade_accuracy=outcome.accuracy(calib_y),
         tiers=tiers,
         shares={name: outcome.share_at(i) for i, name in enumerate(names)},
+        energy={name: e for name, e in zip(names, spent or [], strict=False)},
     )
     if write:
         for model, calib in zip(models, tiers, strict=False):

@@ -89,6 +89,12 @@ class HardwareProfile(_Open):
 
     latency_p99_ms: float = Field(description="Budget for one single-row request, at p99, in ms.")
     memory_mb: float = Field(description="Ceiling on resident memory added by loading and running.")
+    energy_mj: float | None = Field(
+        default=None,
+        description="Ceiling on the energy of one single-row inference on the serving device, in "
+        "millijoules: its CPU time times the device profile's power per busy core "
+        "(mesh.energy.profiles); null: not judged.",
+    )
 
 
 class QualityTarget(_Open):

@@ -1,10 +1,15 @@
 """The evidence gate: measure a model on this machine and compare it with what its manifest claims.
 
-Three figures, each against the manifest (or an override of it): p99 latency of single-row
+Four figures, each against the manifest (or an override of it): p99 latency of single-row
 requests against ``profile.latency_p99_ms``, peak resident memory added by loading and running
-the model against ``profile.memory_mb``, and accuracy on the held-out split against
-``quality.min_accuracy`` (and, if set, the drop against ``quality.reference_accuracy``). The
-report names each failing figure in words; the demo and the rollout refuse a failing model.
+the model against ``profile.memory_mb``, the energy of one single-row inference on the serving
+device's profile against ``profile.energy_mj`` (when set), and accuracy on the held-out split
+against ``quality.min_accuracy`` (and, if set, the drop against ``quality.reference_accuracy``).
+The report names each failing figure in words; the demo and the rollout refuse a failing model.
+
+The energy is the CPU time of the timed single-row runs (the thread's kernel counter: the
+session runs in the calling thread) times the device profile's power per busy core: a model too
+expensive for the device's power is refused as a too-slow one is.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import psutil
 from pydantic import BaseModel, ValidationError
 
+from mesh.energy.profiles import DeviceProfile, default_profile, profile_named
 from mesh.errors import InvalidArgumentError
 from mesh.models.manifest import (
     HardwareProfile,
@@ -52,6 +58,9 @@ class ValidationReport:
     profile: HardwareProfile
     quality: QualityTarget
     failures: list[str] = field(default_factory=list)
+    #: energy of one single-row inference on ``device``, in millijoules.
+    energy_mj: float | None = None
+    device: str = ""
 
     @property
     def passed(self) -> bool:
@@ -65,6 +74,7 @@ class ValidationReport:
             f"(budget {self.profile.latency_p99_ms:g} ms, p50 {self.latency_p50_ms:.3f} ms, "
             f"{self.runs} single-row requests); memory +{self.memory_mb:.1f} MB "
             f"(ceiling {self.profile.memory_mb:g} MB); "
+            + _energy_text(self.energy_mj, self.profile.energy_mj, self.device)
             + (
                 "accuracy not measured (no labelled data)"
                 if self.accuracy is None
@@ -91,6 +101,8 @@ class ValidationReport:
             "quality": self.quality.model_dump(),
             "failures": list(self.failures),
             "passed": self.passed,
+            "energy_mj": self.energy_mj,
+            "device": self.device,
         }
 
     def raise_if_failed(self) -> None:
@@ -102,12 +114,37 @@ class ValidationReport:
             )
 
 
+def _energy_text(energy_mj: float | None, ceiling: float | None, device: str) -> str:
+    if energy_mj is None:
+        return ""
+    limit = f"ceiling {ceiling:g} mJ" if ceiling is not None else "no ceiling"
+    return f"energy {energy_mj:.4f} mJ an inference on {device} ({limit}); "
+
+
+def energy_mj_of(cpu_seconds: float, runs: int, device: DeviceProfile) -> float:
+    """Millijoules of one inference that took ``cpu_seconds`` over ``runs`` on ``device``."""
+    return device.compute_joules(cpu_seconds / max(runs, 1)) * 1000.0
+
+
+def device_for(manifest: ModelManifest, device: DeviceProfile | str | None) -> DeviceProfile:
+    """The device a gate prices energy on: given, named, or by the tier the model is for (an
+    edge model on a Raspberry Pi 4, any other on the x86 gateway)."""
+    if isinstance(device, DeviceProfile):
+        return device
+    if device is not None:
+        return profile_named(device, "device" if manifest.tier_hint == "edge" else "site")
+    return default_profile("device" if manifest.tier_hint == "edge" else "site")
+
+
 def judge(
     latency_p99_ms: float,
     memory_mb: float,
     accuracy: float | None,
     profile: HardwareProfile,
     quality: QualityTarget,
+    *,
+    energy_mj: float | None = None,
+    device: str = "",
 ) -> list[str]:
     """The failing figures, in words (empty when everything meets its target); ``accuracy``
     None judges the hardware budget alone (a device has no labelled data)."""
@@ -120,6 +157,11 @@ def judge(
     if memory_mb > profile.memory_mb:
         failures.append(
             f"peak memory +{memory_mb:.1f} MB is over the ceiling of {profile.memory_mb:g} MB"
+        )
+    if energy_mj is not None and profile.energy_mj is not None and energy_mj > profile.energy_mj:
+        failures.append(
+            f"energy {energy_mj:.4f} mJ an inference on {device or 'this device'} is over the "
+            f"ceiling of {profile.energy_mj:g} mJ"
         )
     if accuracy is None:
         return failures
@@ -165,11 +207,13 @@ def validate_model(
     quality: QualityTarget | Mapping[str, Any] | None = None,
     *,
     runs: int = DEFAULT_RUNS,
+    device: DeviceProfile | str | None = None,
 ) -> ValidationReport:
     """Measure the model of ``manifest_path`` here and judge it against its manifest.
 
     ``profile`` and ``quality`` override the manifest's: a model replaces it, a mapping
-    (e.g. ``{"latency_p99_ms": 0.5}``) replaces only the fields it names. ``test_npz`` holds
+    (e.g. ``{"latency_p99_ms": 0.5}``) replaces only the fields it names. ``device`` is the
+    profile energy is priced on (default: by the manifest's tier). ``test_npz`` holds
     arrays ``x`` (N, F) and ``y`` (N,). Memory is the growth of this process's resident set
     while the session is created and run: measure in a fresh process for a figure independent
     of earlier loads.
@@ -178,6 +222,7 @@ def validate_model(
         raise InvalidArgumentError(f"runs must be at least 1, got {runs}")
     manifest = load_manifest(manifest_path)
     artifact = verify_artifact(manifest, manifest_path)
+    priced_on = device_for(manifest, device)
     y: np.ndarray | None = None
     if test_npz is None:
         # No labelled data: the hardware budget alone, on rows like the training data.
@@ -203,17 +248,19 @@ def validate_model(
     used_quality = _merged(manifest.quality, quality)
     # A model too slow for its budget is slow on every attempt; a machine busy with other work
     # preempts one attempt, not all of them: the best of up to LATENCY_ATTEMPTS is judged.
-    timings = _single_row_timings(session, output, input_name, x, runs)
+    timings, cpu = _single_row_timings(session, output, input_name, x, runs)
     for _ in range(LATENCY_ATTEMPTS - 1):
         if float(np.percentile(timings, 99) * 1e3) <= used_profile.latency_p99_ms:
             break
-        again = _single_row_timings(session, output, input_name, x, runs)
+        again, again_cpu = _single_row_timings(session, output, input_name, x, runs)
         if np.percentile(again, 99) < np.percentile(timings, 99):
             timings = again
+        cpu = min(cpu, again_cpu)
     peak = max(peak, process.memory_info().rss)
 
     p99 = float(np.percentile(timings, 99) * 1e3)
     memory = (peak - baseline) / _MB
+    energy = energy_mj_of(cpu, runs, priced_on)
     return ValidationReport(
         model=manifest.name,
         version=manifest.version,
@@ -225,27 +272,48 @@ def validate_model(
         rows=0 if y is None else len(y),
         profile=used_profile,
         quality=used_quality,
-        failures=judge(p99, memory, accuracy, used_profile, used_quality),
+        failures=judge(
+            p99,
+            memory,
+            accuracy,
+            used_profile,
+            used_quality,
+            energy_mj=energy,
+            device=priced_on.name,
+        ),
+        energy_mj=energy,
+        device=priced_on.name,
     )
 
 
 def _single_row_timings(
     session: Any, output: str, input_name: str, x: np.ndarray, runs: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, float]:
+    """Each run's wall time, and the CPU seconds of them all (this thread's counter)."""
     timings = np.empty(runs, dtype=np.float64)
+    cpu_started = time.thread_time()
     for i in range(runs):
         row = x[i % len(x)][None, :]
         start = time.perf_counter()
         session.run([output], {input_name: row})
         timings[i] = time.perf_counter() - start
-    return timings
+    return timings, time.thread_time() - cpu_started
 
 
 def require_valid(
-    manifests: Sequence[Path | str], test_npz: Path | str, *, runs: int = 200
+    manifests: Sequence[Path | str],
+    test_npz: Path | str,
+    *,
+    runs: int = 200,
+    devices: Sequence[DeviceProfile | str | None] | None = None,
 ) -> list[ValidationReport]:
-    """The evidence gate before serving: measure each model here, raise if any fails."""
-    reports = [validate_model(m, test_npz, runs=runs) for m in manifests]
+    """The evidence gate before serving: measure each model here (its energy on the device of
+    the same place in ``devices``, by default by its tier), raise if any fails."""
+    chosen = list(devices) if devices is not None else [None] * len(manifests)
+    reports = [
+        validate_model(m, test_npz, runs=runs, device=d)
+        for m, d in zip(manifests, chosen, strict=True)
+    ]
     failed = [r for r in reports if not r.passed]
     if failed:
         raise InvalidArgumentError(

@@ -9,6 +9,7 @@ import logging
 from dataclasses import replace
 
 from mesh import wire
+from mesh.energy.ledger import EnergyLedger
 from mesh.node import policy
 from mesh.node.breaker import BreakerState
 from mesh.node.outcomes import ReviewSink
@@ -29,9 +30,17 @@ AUDIT_PARAMETER = "mesh_audit"
 class Auditor:
     """Audits in flight for one tier, and the agreement each answer from above makes."""
 
-    def __init__(self, tier: str, metrics: MeshMetrics, review: ReviewSink | None = None) -> None:
+    def __init__(
+        self,
+        tier: str,
+        metrics: MeshMetrics,
+        review: ReviewSink | None = None,
+        energy: EnergyLedger | None = None,
+    ) -> None:
         self.tier = tier
         self.metrics = metrics
+        #: told of each audit's exchange upstream: audits spend the radio too.
+        self.energy = energy
         #: told each audit's verdict: a disagreement is a case for a person.
         self.review = review
         self._audits: set[asyncio.Task[None]] = set()
@@ -92,10 +101,14 @@ class Auditor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self.energy is not None:
+                self.energy.unanswered(model.name)
             model.evidence.audit_failures += 1
             self.metrics.audits.add(1, self.tier, model.name, model.version, "failed")
             log.debug("audit of request %s not answered upstream: %r", request.id, exc)
             return
+        if self.energy is not None:
+            self.energy.exchanged(model.name, reply.request_bytes, reply.reply_bytes)
         if reply.response.degraded:
             # the tier above answered on its own, cut off from its own upstream: that is not the
             # answer the audit asks for

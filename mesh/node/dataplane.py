@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mesh import wire
+from mesh.energy.governor import Savings
+from mesh.energy.ledger import EnergyLedger
 from mesh.errors import (
     InternalError,
     InvalidArgumentError,
@@ -35,6 +37,7 @@ from mesh.lifecycle import Service
 from mesh.node import policy
 from mesh.node.audits import AUDIT_PARAMETER, Auditor
 from mesh.node.batching import batch_signature
+from mesh.node.escalation import Escalator
 from mesh.node.outcomes import (
     Escalation,
     HardExampleSink,
@@ -88,6 +91,8 @@ class DataPlane(Service):
         clock: Callable[[], float] = time.monotonic,
         peers: UpstreamTransport | None = None,
         review: ReviewSink | None = None,
+        energy: EnergyLedger | None = None,
+        savings: Savings | None = None,
     ) -> None:
         self.identity = identity
         self.models = models
@@ -103,7 +108,12 @@ class DataPlane(Service):
         self._recording: set[asyncio.Task[None]] = set()
         #: told of the cases a person should see (``mesh.review.feed``); None: no review.
         self.review = review
-        self._auditor = Auditor(identity.tier, metrics, review)
+        #: the energy ledger told of every exchange upstream (None: no ledger).
+        self.energy = energy
+        #: what the power governor has the node save now (``mesh.energy.governor``).
+        self.savings = savings if savings is not None else Savings()
+        self._auditor = Auditor(identity.tier, metrics, review, energy)
+        self._sender = Escalator(identity.tier, metrics, energy, self.savings, self.metric_model)
         self._forwarded_names: set[str] = set()
         self._random = random.random
 
@@ -285,7 +295,9 @@ class DataPlane(Service):
             return
         self.metrics.batch_size.observe(group.rows, self.identity.tier, model.name)
         evidence.requests += len(group.outcomes)
-        model.observe_drift(feeds, scores)
+        savings = self.savings
+        if not savings.drift_paused:
+            model.observe_drift(feeds, scores)
         upstream: UpstreamView | None = None  # read once, and only if a request is unsure
         thresholds = model.thresholds
         confidences = scores.confidence.tolist()
@@ -328,7 +340,7 @@ class DataPlane(Service):
                 outcome.response = self._answer_here(outcome, model, local, None, now)
                 audited = (
                     model.audit_rate
-                    and self._random() < model.audit_rate
+                    and self._random() < model.audit_rate * savings.audit_scale
                     and self._auditor.audit(self.upstream, outcome.request, model, local)
                 )
                 if not audited and self.review is not None:
@@ -344,6 +356,7 @@ class DataPlane(Service):
                 budget_ms=request.budget_ms - self._elapsed_ms(outcome.received_at),
                 residency=request.residency,
                 upstream=upstream,
+                hold=savings.degrade_share > 0.0 and savings.holds(),
             )
             self._settle(outcome, model, local, decision)
 
@@ -392,7 +405,10 @@ class DataPlane(Service):
         if self.review is not None:
             onward = self.review.carry(request, escalation.model, escalation.local)
         try:
-            reply = await self._escalate(self.upstream, onward, received_at)
+            share = await self._sender.hold(self.upstream, self._budget_left(request, received_at))
+            reply = await self._escalate(
+                self.upstream, onward, received_at, escalation.model.name, share
+            )
         except UpstreamFailure as failure:
             log.info(
                 "request %s answered at %s: escalation failed (%s)",
@@ -428,6 +444,7 @@ class DataPlane(Service):
             try:
                 answer = await self.peers.send(replace(request, hops=1), budget_ms / 1000.0)
             except UpstreamFailure as failure:
+                self._sender.unanswered(request.model)
                 if failure.reason is not DegradedReason.NO_RESPONDERS:
                     if failure.error is not None:
                         raise failure.error.to_exception() from None
@@ -436,6 +453,7 @@ class DataPlane(Service):
                         f"answer: {failure.detail}"
                     ) from None
             else:
+                self._sender.exchanged(request.model, answer)
                 return self._relay(
                     answer.response,
                     received_at,
@@ -455,7 +473,7 @@ class DataPlane(Service):
                 f"{request.residency!r} (tier {self.identity.tier} does not serve it)"
             )
         try:
-            reply = await self._escalate(self.upstream, request, received_at)
+            reply = await self._escalate(self.upstream, request, received_at, request.model)
         except UpstreamFailure as failure:
             if failure.error is not None:
                 raise failure.error.to_exception() from None
@@ -468,11 +486,15 @@ class DataPlane(Service):
         return self._relay(reply, received_at, "forwarded", None, None, EscalationReason.NOT_SERVED)
 
     async def _escalate(
-        self, upstream: UpstreamLink, request: wire.InferRequest, received_at: float
+        self,
+        upstream: UpstreamLink,
+        request: wire.InferRequest,
+        received_at: float,
+        model: str,
+        share: float = 1.0,
     ) -> wire.InferResponse:
-        reply = await upstream.escalate(request, self._budget_left(request, received_at))
-        self.metrics.upstream_bytes.add(reply.request_bytes, self.identity.tier, upstream.tier)
-        return reply.response
+        budget_ms = self._budget_left(request, received_at)
+        return await self._sender.escalate(upstream, request, budget_ms, model, share)
 
     def metric_model(self, model: str) -> str:
         """The model's name as a metric label: served and forwarded models keep theirs, any
@@ -553,9 +575,11 @@ class DataPlane(Service):
         if (
             self.hard_examples is None
             or reason is DegradedReason.RESIDENCY
+            or reason is DegradedReason.POWER
             or request.parameters.get(AUDIT_PARAMETER)
         ):
-            # Residency forbids the raw input leaving this zone, later as much as now.
+            # Residency forbids the raw input leaving this zone, later as much as now; sending a
+            # power-degraded case up later would spend what holding it back saved.
             return
         task = asyncio.create_task(self._record(self.hard_examples, request, answer, reason))
         self._recording.add(task)
@@ -576,6 +600,7 @@ class DataPlane(Service):
     async def _stop(self) -> None:
         """Wait for hard examples still being recorded; audits are only evidence, dropped."""
         self._auditor.cancel()
+        self._sender.coalescer.release_all()
         if self._recording:
             await asyncio.wait(set(self._recording), timeout=self.drain_seconds)
 

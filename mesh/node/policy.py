@@ -4,7 +4,8 @@ The tier escalates when it is unsure (confidence under its threshold), when the 
 what its model was built on (novelty over its threshold), or when it does not serve the model at
 all. It holds the request back, answering with its own result marked degraded, when the
 residency label forbids the raw input leaving the zone, when the remaining budget is smaller than
-the upstream's recent p95, or when the upstream's breaker is open.
+the upstream's recent p95, when the upstream's breaker is open, or when the node's power
+governor holds it back (``power``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class DegradedReason(StrEnum):
     NO_RESPONDERS = "no_responders"
     TIMEOUT = "timeout"
     UPSTREAM_ERROR = "upstream_error"
+    #: the node is over its power budget and answers a share of its unsure cases itself
+    #: (``mesh.energy.governor``, the ladder's last step).
+    POWER = "power"
 
 
 DEGRADED_REASONS: frozenset[str] = frozenset(r.value for r in DegradedReason)
@@ -117,8 +121,10 @@ def decide(
     budget_ms: float,
     residency: str,
     upstream: UpstreamView | None,
+    hold: bool = False,
 ) -> Decision:
-    """Answer or escalate. ``budget_ms`` is what is left of the request's budget now."""
+    """Answer or escalate. ``budget_ms`` is what is left of the request's budget now; ``hold``
+    keeps a case that could go up here, for the node's power budget."""
     reason = escalation_reason(assessment, thresholds)
     if reason is None:
         return ANSWER
@@ -131,4 +137,6 @@ def decide(
         return Decision(Action.ANSWER, reason, DegradedReason.BREAKER_OPEN)
     if budget_ms <= 0 or (upstream.p95_ms is not None and budget_ms < upstream.p95_ms):
         return Decision(Action.ANSWER, reason, DegradedReason.BUDGET)
+    if hold:
+        return Decision(Action.ANSWER, reason, DegradedReason.POWER)
     return Decision(Action.ESCALATE, reason)

@@ -8,6 +8,7 @@ than the model itself at the edge.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from mesh.typedefs import AnyFloats, Array, Feeds, Floats
 from mesh.wire import dtype_name
 
 if TYPE_CHECKING:
+    from mesh.energy.ledger import CallMeter
     from mesh.node.fused import FusedOutputs
     from mesh.node.runtime import GraphTensor, ModelRunner
     from mesh.scoring.drift import DriftMonitor
@@ -82,6 +84,8 @@ class ServedModel:
     checks_inputs_after: bool = False
     #: class names by class id (the manifest's ``labels``): what a reviewer's label may be.
     classes: tuple[str, ...] = ()
+    #: the energy ledger's count of this model's CPU time per call (None: no ledger).
+    meter: CallMeter | None = None
 
     def __post_init__(self) -> None:
         self.evidence = Evidence()
@@ -173,8 +177,16 @@ class ServedModel:
         return None if bad is None else ~bad
 
     def run(self, feeds: Feeds) -> Feeds:
-        """One model call on the event loop's thread (cheap models; see ``runs_inline``)."""
-        return self.runner.run_sync(feeds)
+        """One model call on the event loop's thread (cheap models; see ``runs_inline``); one
+        in the meter's ``every`` is timed by the thread's CPU clock."""
+        meter = self.meter
+        if meter is None or not meter.wants_timing():
+            return self.runner.run_sync(feeds)
+        started = time.thread_time()
+        try:
+            return self.runner.run_sync(feeds)
+        finally:
+            meter.timed_call(time.thread_time() - started)
 
     def runs_inline(self, rows: int) -> bool:
         return self.runner.runs_inline(rows)
@@ -183,7 +195,11 @@ class ServedModel:
         self.in_flight += 1
         self._idle.clear()
         try:
-            return await self.runner.run_in_worker(feeds)
+            if self.meter is None:
+                return await self.runner.run_in_worker(feeds)
+            outputs, seconds = await self.runner.run_in_worker_timed(feeds)
+            self.meter.worker_call(seconds)
+            return outputs
         finally:
             self.in_flight -= 1
             if not self.in_flight:

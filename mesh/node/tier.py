@@ -25,6 +25,7 @@ from mesh.node.breaker import BreakerState, CircuitBreaker
 from mesh.node.dataplane import DataPlane
 from mesh.node.latency import LatencyTracker
 from mesh.node.outcomes import ModelTable, TierIdentity
+from mesh.node.power import NodePower
 from mesh.node.repository import load_model
 from mesh.node.served import ServedModel
 from mesh.node.upstream import UpstreamLink
@@ -68,6 +69,8 @@ class TierNode(Service):
         self.agent: FleetAgent | None = None
         self.events: EventConsumer | None = None
         self.review: ReviewFeed | None = None
+        #: the energy ledger and power governor (None: ``energy.enabled`` is off).
+        self.power: NodePower | None = None
         #: the settings each served model was loaded with (the agent derives new versions' from it)
         self._model_settings: dict[str, ModelSettings] = {}
         #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
@@ -101,6 +104,15 @@ class TierNode(Service):
             timeout_s=s.nats.watch_timeout_s,
         )
         await stack.enter_async_context(self.watch)
+        if s.energy.enabled:
+            nc = self.nc
+            self.power = NodePower(
+                s.energy,
+                self.identity,
+                self.metrics,
+                publish=lambda data: nc.publish(subjects.telemetry(s.node), data),
+            )
+            await stack.enter_async_context(self.power)
         models = await self._load_models(stack)
         if s.upstream is not None:
             self.upstream = self._make_upstream(self.nc)
@@ -145,6 +157,7 @@ class TierNode(Service):
         for model_settings in models:
             served = await load_model(model_settings, s.tier)
             await stack.enter_async_context(served.runner)
+            self._meter(served)
             self.models.put(served)
             self._model_settings[model_settings.name] = model_settings
         self._gauge(
@@ -170,6 +183,8 @@ class TierNode(Service):
             metrics=self.metrics,
             peers=NatsUpstream(nc, s.tier, from_tier=s.tier, pass_on=False),
             review=self.review,
+            energy=self.power.ledger if self.power is not None else None,
+            savings=self.power.savings if self.power is not None else None,
         )
         await stack.enter_async_context(self.dataplane)
         self.endpoint = NatsEndpoint(
@@ -218,6 +233,7 @@ class TierNode(Service):
                 tier=s.tier,
                 metrics=self.metrics,
                 mesh_version=lambda: asyncio.to_thread(package_version),
+                device=self.power.profile if self.power is not None else None,
             )
             await stack.enter_async_context(self.agent)
 
@@ -241,6 +257,7 @@ class TierNode(Service):
         assert self.running, "start the node first"
         served = await load_model(settings, self.settings.tier)
         await served.runner.start()
+        self._meter(served)
         self._stack.push_async_callback(served.runner.stop)
         old = self.models.put(served)
         self._model_settings[settings.name] = settings
@@ -266,6 +283,10 @@ class TierNode(Service):
             served.version,
         )
         return old.version
+
+    def _meter(self, served: ServedModel) -> None:
+        if self.power is not None:
+            served.meter = self.power.ledger.meter(served.name)
 
     def _make_upstream(self, nc: NATS) -> UpstreamLink:
         s = self.settings
@@ -366,6 +387,7 @@ class TierNode(Service):
             drift=max(drift) if drift else None,
             evidence=evidence,
             answered=self.endpoint.answered.snapshot() if self.endpoint is not None else None,
+            power=self.power.status() if self.power is not None else None,
         )
 
     def drift_values(self) -> list[tuple[float, dict[str, str]]]:
@@ -381,8 +403,14 @@ class TierNode(Service):
     async def _watch_drift(self, nc: NATS) -> None:
         while True:
             await asyncio.sleep(DRIFT_CHECK_SECONDS)
+            paused = self.power is not None and self.power.savings.drift_paused
             for model in list(self.models.models.values()):
                 if model.drift is None:
+                    continue
+                if paused:
+                    # the power governor's drift step: no drift share offered for review
+                    if self.review is not None:
+                        self.review.set_drift(model.name, None)
                     continue
                 for signal in model.drift.crossed(self.drift_threshold):
                     psi = model.drift.scores()[signal]

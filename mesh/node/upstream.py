@@ -12,7 +12,7 @@ from typing import Protocol
 from mesh import wire
 from mesh.errors import UnavailableError
 from mesh.node.breaker import BreakerState, CircuitBreaker
-from mesh.node.latency import LatencyTracker
+from mesh.node.latency import HedgePolicy, LatencyTracker
 from mesh.node.policy import DegradedReason, UpstreamView
 
 
@@ -41,16 +41,22 @@ class UpstreamReply:
     response: wire.InferResponse
     elapsed_ms: float
     request_bytes: int
+    #: size of the reply as it came back (the energy ledger's radio figures).
+    reply_bytes: int = 0
 
 
 class UpstreamTransport(Protocol):
     """How a request reaches the upstream tier (``mesh.transport.upstream.NatsUpstream`` over NATS).
 
-    ``send`` raises ``UpstreamFailure`` with the degraded reason when no answer comes back."""
+    ``send`` raises ``UpstreamFailure`` with the degraded reason when no answer comes back;
+    given a ``HedgePolicy``, it sends the request again while its answer is late (the reply's
+    ``elapsed_ms`` is then that of the copy that brought it)."""
 
     tier: str
 
-    async def send(self, request: wire.InferRequest, timeout_s: float) -> UpstreamReply: ...
+    async def send(
+        self, request: wire.InferRequest, timeout_s: float, hedge: HedgePolicy | None = None
+    ) -> UpstreamReply: ...
 
 
 class UpstreamLink:
@@ -73,6 +79,8 @@ class UpstreamLink:
         self.reserve_ms = reserve_ms
         self.breaker = breaker
         self.latency = latency
+        #: when a late escalation is asked again of another member of the tier's queue group.
+        self.hedging = HedgePolicy(latency)
 
     def view(self) -> UpstreamView:
         return UpstreamView(
@@ -98,7 +106,7 @@ class UpstreamLink:
             )
         onward = replace(request, budget_ms=send_budget, hops=request.hops + 1)
         try:
-            reply = await self.transport.send(onward, send_budget / 1000)
+            reply = await self.transport.send(onward, send_budget / 1000, self.hedging)
         except UpstreamFailure as failure:
             # Failures go to the breaker, not to the latency record: the budget rule is for a
             # link that answers slowly, the breaker for one that does not answer.
@@ -111,5 +119,6 @@ class UpstreamLink:
             self.breaker.release()
             raise
         self.breaker.record_success()
-        self.latency.observe(reply.elapsed_ms)
+        path = reply.response.path
+        self.hedging.observe(reply.elapsed_ms, path[0].node if path else reply.response.node)
         return reply

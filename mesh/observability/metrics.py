@@ -190,11 +190,25 @@ class MeshMetrics:
             "over_node_limit; at the hub's intake: queued, duplicate, over_limit, invalid",
             ("tier", "model", "reason", "outcome"),
         )
+        self.energy = CounterFamily(
+            "mesh_energy_joules",
+            "Energy the node's ledger counted, by model and component: model (the model calls' "
+            "CPU time), node (the rest of the process's CPU time, shared by answers) and radio "
+            "(messages and bytes exchanged upstream), priced by the device profile",
+            ("tier", "model", "component"),
+        )
+        self.power_steps = CounterFamily(
+            "mesh_power_steps",
+            "Steps of the power governor's ladder taken (applied) and given back (released)",
+            ("tier", "step", "action"),
+        )
         self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
         # a process whose task count keeps growing leaks (the soak checks that it does not)
         self.observe_gauge(
             "mesh_asyncio_tasks", "asyncio tasks of the process, when scraped", _asyncio_tasks
         )
+        #: called before every scrape, to bring figures up to date (the energy ledger).
+        self.refreshers: list[Callable[[], None]] = []
 
     def families(self) -> list[CounterFamily | HistogramFamily]:
         return [
@@ -212,6 +226,8 @@ class MeshMetrics:
             self.agreement,
             self.audits,
             self.review_candidates,
+            self.energy,
+            self.power_steps,
         ]
 
     def observe_gauge(self, name: str, description: str, source: GaugeSource) -> Callable[[], None]:
@@ -253,6 +269,8 @@ class MeshCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
+        for refresh in list(self.metrics.refreshers):
+            refresh()
         for family in self.metrics.families():
             yield family.collect()
         yield from self.metrics.collect_gauges()

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +24,6 @@ import nats.js.api
 import nats.js.errors
 import numpy as np
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from mesh import wire
 from mesh.errors import (
@@ -35,16 +31,19 @@ from mesh.errors import (
     InvalidArgumentError,
     MeshError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
 )
 from mesh.lifecycle import Service
+from mesh.node.latency import HedgePolicy, HedgeSettings, LatencyTracker
 from mesh.observability import tracing
 from mesh.security.creds import user_seed
 from mesh.topology import parameters, subjects
 from mesh.topology.headers import MSG_ID
 from mesh.transport.connection import close_quietly, inbox_prefix_for, open_connection
-from mesh.transport.guard import GuardedClient
+from mesh.transport.failures import mesh_error
+from mesh.transport.replies import ReplyInbox
 from mesh.typedefs import Array
 
 if TYPE_CHECKING:
@@ -54,16 +53,11 @@ if TYPE_CHECKING:
 DEFAULT_INPUT = "input"
 #: how long ``connect`` tries to reach a server at first, unless ``connect_timeout`` says.
 FIRST_CONNECT_S = 5.0
-#: the resolution of request deadlines: a request gives up at most this long after its own.
-TICK_S = 0.005
 #: model names whose entry subject a client keeps, so each is checked once.
 MAX_CACHED_SUBJECTS = 1024
 STATUS_HEADER = nats.js.api.Header.STATUS.value
 #: the status of the message a server sends in place of a reply when nobody subscribes.
 NO_RESPONDERS = "503"
-
-#: a reply's payload and its headers (None: it had none).
-Reply = tuple[bytes, dict[str, str] | None]
 
 
 @dataclass(slots=True)
@@ -154,30 +148,6 @@ class EventResult(InferResult):
         )  # fmt: skip
 
 
-def mesh_error(exc: Exception, what: str) -> MeshError:
-    """The mesh's typed error for a nats-py failure while doing ``what``."""
-    if isinstance(exc, MeshError):
-        return exc
-    if isinstance(exc, nats.errors.NoRespondersError):
-        return UnavailableError(
-            f"{what}: no tier serves it on this NATS server (no responders): "
-            "is a node running and connected?"
-        )
-    if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
-        return DeadlineExceededError(f"{what}: no answer in time")
-    if isinstance(exc, nats.errors.MaxPayloadError):
-        return ResourceExhaustedError(
-            f"{what}: the request is larger than the server's max_payload"
-        )
-    if isinstance(exc, nats.errors.BadSubjectError):
-        return InvalidArgumentError(f"{what}: not a valid NATS subject")
-    if isinstance(exc, nats.errors.Error | OSError):
-        # Closed, draining, reconnecting, stale, outbound buffer full, slow consumer: the
-        # connection cannot carry the request now; a retry later may succeed.
-        return UnavailableError(f"{what}: NATS connection not usable ({type(exc).__name__})")
-    return UnavailableError(f"{what}: {type(exc).__name__}: {exc}")
-
-
 def _tensors(inputs: Array | Mapping[str, Any]) -> dict[str, Array]:
     """A request's tensors: a mapping of name to array, or one array under ``DEFAULT_INPUT``."""
     if type(inputs) is np.ndarray:  # the common case, without the Mapping ABC's check
@@ -185,93 +155,6 @@ def _tensors(inputs: Array | Mapping[str, Any]) -> dict[str, Array]:
     if isinstance(inputs, Mapping):
         return {name: np.asarray(value) for name, value in inputs.items()}
     return {DEFAULT_INPUT: np.asarray(inputs)}
-
-
-class _Replies:
-    """Requests waiting for their reply on one wildcard inbox, with deadlines on a coarse clock.
-
-    nats-py's ``request`` does the same with a NUID and random bytes per token and an
-    ``asyncio.wait_for`` each, a third of the SDK's CPU per request. Here a token is the
-    client's counter, and deadlines share a timer per ``TICK_S`` instead of one timer each (a
-    timer per request, pushed and cancelled on the loop's heap, cost 10 % of a request): a
-    request gives up at most ``TICK_S`` after its deadline."""
-
-    def __init__(self) -> None:
-        #: the inbox subject replies come to, up to the token (ending with a dot).
-        self.prefix = ""
-        self.subscription: Subscription | None = None
-        self.waiting: dict[str, asyncio.Future[Reply | None]] = {}
-        #: tokens by the tick their deadline falls in (rounded up).
-        self._due: dict[int, list[str]] = {}
-        #: the ticks of ``_due``, a heap: a sweep finds the ticks that are due without looking
-        #: at the others (a deadline of seconds keeps a thousand ticks waiting).
-        self._ticks: list[int] = []
-        self._sweep: asyncio.TimerHandle | None = None
-        self._sweep_tick = 0
-        self.closed = False
-
-    def expect(self, token: str, timeout: float) -> asyncio.Future[Reply | None]:
-        """The future of a reply to ``token``: its payload and headers, or None once ``timeout``
-        passed."""
-        if self.closed:
-            raise UnavailableError("the client was closed")
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Reply | None] = loop.create_future()
-        self.waiting[token] = reply
-        tick = math.ceil((loop.time() + timeout) / TICK_S)
-        due = self._due.get(tick)
-        if due is not None:
-            due.append(token)
-            return reply
-        self._due[tick] = [token]
-        heapq.heappush(self._ticks, tick)
-        if self._sweep is None or tick < self._sweep_tick:
-            self._arm(loop, tick)
-        return reply
-
-    async def on_reply(self, msg: Msg) -> None:
-        """A reply through the subscription: one with headers, or any on a connection that is
-        not a ``GuardedClient``."""
-        reply = self.waiting.get(msg.subject[len(self.prefix) :])
-        if reply is not None and not reply.done():
-            reply.set_result((msg.data, msg.headers))
-
-    def on_direct(self, token: str, data: bytes) -> None:
-        """A reply without headers, from a ``GuardedClient``'s read loop."""
-        reply = self.waiting.get(token)
-        if reply is not None and not reply.done():
-            reply.set_result((data, None))
-
-    def close(self) -> None:
-        """Fail every waiting request: the connection no longer carries replies."""
-        self.closed = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        self._due.clear()
-        self._ticks.clear()
-        for reply in self.waiting.values():
-            if not reply.done():
-                reply.set_exception(UnavailableError("the client was closed"))
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, tick: int) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-        self._sweep = loop.call_at(tick * TICK_S, self._expire)
-        self._sweep_tick = tick
-
-    def _expire(self) -> None:
-        loop = asyncio.get_running_loop()
-        now, fired = loop.time(), self._sweep_tick
-        self._sweep = None
-        ticks = self._ticks
-        while ticks and (ticks[0] <= fired or ticks[0] * TICK_S <= now):
-            for token in self._due.pop(heapq.heappop(ticks)):
-                reply = self.waiting.get(token)
-                if reply is not None and not reply.done():
-                    reply.set_result(None)
-        if ticks:
-            self._arm(loop, ticks[0])
 
 
 class MeshClient(Service):
@@ -284,6 +167,7 @@ class MeshClient(Service):
         owns_connection: bool = True,
         grace_ms: float = 250.0,
         event_key: bytes | None = None,
+        hedging: HedgeSettings | None = HedgeSettings(),  # noqa: B008 (frozen, shared)
     ) -> None:
         self._nc = nc
         self._owns = owns_connection
@@ -295,8 +179,10 @@ class MeshClient(Service):
         # which reads os.urandom on every call. The counter also names each reply's inbox token.
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
-        self._replies = _Replies()
-        self._replies_opening = asyncio.Lock()
+        self._replies = ReplyInbox(nc, self._next_token, _resend)
+        #: when a late request is asked again (None: never), and each subject's answer times.
+        self.hedging = hedging
+        self._policies: dict[str, HedgePolicy] = {}
         #: entry subjects of the model names checked so far.
         self._entry_subjects: dict[str, str] = {}
         self._lifecycle_started = True  # connected already: ``async with`` only closes it
@@ -372,7 +258,7 @@ class MeshClient(Service):
         payload = wire.encode_request(request)
         timeout = (budget_ms + self.grace_ms) / 1000.0
         if not tracing.wanted_here():
-            return await self._ask(subject, payload, timeout, None, request.id, token)
+            return await self._ask(subject, payload, timeout, None, request, token)
         with tracing.send_span(
             subject,
             kind=tracing.SpanKind.PRODUCER,
@@ -382,7 +268,7 @@ class MeshClient(Service):
         ) as span:
             try:
                 result = await self._ask(
-                    subject, payload, timeout, tracing.inject(), request.id, token
+                    subject, payload, timeout, tracing.inject(), request, token
                 )
             except MeshError as error:
                 span.set_attribute("error.type", error.code.value)
@@ -402,50 +288,65 @@ class MeshClient(Service):
             self._entry_subjects[model] = subject
         return subject
 
+    def _next_token(self) -> str:
+        return f"{next(self._ids):x}"
+
+    def policy(self, subject: str) -> HedgePolicy | None:
+        """The answer times of ``subject`` and when its late requests are asked again."""
+        policy = self._policies.get(subject)
+        if policy is None and self.hedging is not None:
+            if len(self._policies) >= MAX_CACHED_SUBJECTS:
+                return None
+            policy = self._policies[subject] = HedgePolicy(LatencyTracker(), self.hedging)
+        return policy
+
     async def _ask(
         self,
         subject: str,
         payload: bytes,
         timeout: float,
         headers: dict[str, str] | None,
-        request_id: str,
+        request: wire.InferRequest,
         token: str,
     ) -> InferResult:
+        policy = self._policies.get(subject) or self.policy(subject)
         replies = self._replies
-        reply = replies.expect(token, timeout)
+        # ``ReplyInbox.ask``, inline: a coroutine frame less a request
+        pending = replies.expect(
+            subject, timeout, headers, token, request, policy, request.budget_ms
+        )
         try:
-            prefix = replies.prefix or await self._open_replies()
+            prefix = replies.prefix or await replies.open()
             await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
-            answer = await reply
+            answer = await pending.future
         except MeshError:
             raise
         except Exception as exc:
-            raise mesh_error(exc, f"request {request_id} on {subject}") from None
+            raise mesh_error(exc, f"request {request.id} on {subject}") from None
         finally:
             del replies.waiting[token]
+            if pending.sent_at is not None:
+                replies.forget_copies(pending)
         if answer is None:
             raise DeadlineExceededError(
-                f"no answer for request {request_id} within {timeout * 1000:.0f} ms "
+                f"no answer for request {request.id} within {timeout * 1000:.0f} ms "
                 f"(budget + {self.grace_ms:.0f} ms grace)"
             )
-        data, reply_headers = answer
+        data, reply_headers, answered = answer
+        elapsed_ms = pending.elapsed_ms(answered, replies.now())
         if not data and reply_headers and reply_headers.get(STATUS_HEADER) == NO_RESPONDERS:
-            raise mesh_error(nats.errors.NoRespondersError(), f"request {request_id} on {subject}")
+            raise mesh_error(nats.errors.NoRespondersError(), f"request {request.id} on {subject}")
         decoded = wire.decode_reply(data)
         if isinstance(decoded, wire.ErrorReply):
+            if policy is not None:
+                policy.observe(elapsed_ms, decoded.node or None)
             raise decoded.to_exception()
+        if policy is not None:
+            # the member of the queue group that took it: the first hop (the answer may come
+            # from a tier above it)
+            path = decoded.path
+            policy.observe(elapsed_ms, path[0].node if path else decoded.node)
         return InferResult.from_response(decoded, len(payload))
-
-    async def _open_replies(self) -> str:
-        replies = self._replies
-        async with self._replies_opening:
-            if not replies.prefix:
-                inbox = self._nc.new_inbox()
-                replies.subscription = await self._nc.subscribe(inbox + ".*", cb=replies.on_reply)
-                if isinstance(self._nc, GuardedClient):
-                    self._nc.reply_directly(inbox + ".", replies.on_direct)
-                replies.prefix = inbox + "."
-        return replies.prefix
 
     # --- event streams ---------------------------------------------------------------------
 
@@ -489,6 +390,11 @@ class MeshClient(Service):
         payload = encode_event(event)
         try:
             ack = await self._store_event(subject, model, payload, headers, event.id, timeout)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(
+                f"{exc.message}. An identity publishes events under its own name only: "
+                "source= must be the identity's name"
+            ) from None
         except nats.js.errors.APIError as exc:
             raise _event_refused(exc, model, source, len(payload)) from None
         except nats.js.errors.NoStreamResponseError:
@@ -563,6 +469,11 @@ class MeshClient(Service):
         try:
             await js.add_consumer(RESULTS_STREAM, config)
             sub = await js.pull_subscribe_bind(durable=name, stream=RESULTS_STREAM)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(
+                f"{exc.message}. An identity reads the results of its own events only, through "
+                "a consumer of its own name: source= and durable= must be the identity's name"
+            ) from None
         except Exception as exc:
             raise mesh_error(exc, f"reading results of {model} for {source}") from None
         try:
@@ -653,12 +564,12 @@ class MeshClient(Service):
                 await self._nc.drain()
             except Exception:
                 await close_quietly(self._nc)
-        elif not self._owns and self._replies.subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._replies.subscription.unsubscribe()
-        if isinstance(self._nc, GuardedClient) and self._replies.prefix:
-            self._nc.stop_replying_directly(self._replies.prefix)
-        self._replies.close()
+        await self._replies.close(unsubscribe=not self._owns)
+
+
+def _resend(request: wire.InferRequest, left_ms: float) -> bytes:
+    """A hedge of ``request``: the same request, with what is left of its budget."""
+    return wire.encode_request(replace(request, budget_ms=left_ms))
 
 
 def _human_review(value: str) -> dict[str, Any]:

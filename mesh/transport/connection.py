@@ -6,14 +6,16 @@ credentials, the identity's inbox prefix read from its creds (the mesh lets an i
 replies under ``_INBOX_<name>`` only), TLS, the connect timeout and the reconnect policy (for
 ever, ``reconnect_wait_s`` apart). ``open_connection`` makes the first connection: nats-py
 retries a first connect as it retries reconnects, so a process may start before its server (in
-compose or Kubernetes it often does); a deadline bounds the wait, and a failure is one
-``UnavailableError`` that names the last error seen. The attempt is cancellable at any moment,
+compose or Kubernetes it often does); a deadline bounds the wait, and a failure is one typed
+error that says which failure it was (``mesh.transport.failures``): a URL that is no NATS URL
+and credentials the server rejects fail at once. The attempt is cancellable at any moment,
 which is how a process told to stop while it connects stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client as NATS
 
-from mesh.errors import UnavailableError
+from mesh.errors import MeshError
 from mesh.security.creds import inbox_prefix_of
+from mesh.transport.denials import Rights
+from mesh.transport.failures import check_url, is_rejection, rejected, unreachable
 from mesh.transport.guard import GuardedClient
 
 if TYPE_CHECKING:
@@ -82,33 +86,58 @@ async def open_connection(
     servers: str | Sequence[str], *, first_connect_s: float, **options: Any
 ) -> GuardedClient:
     """The first connection, tried until ``first_connect_s`` has passed; ``options`` pass to
-    nats-py's ``connect`` (an ``error_cb`` among them still hears every failed attempt)."""
+    nats-py's ``connect`` (an ``error_cb`` among them still hears every failed attempt).
+
+    A URL that is no NATS URL fails at once (``InvalidArgumentError``), and so do credentials
+    the server rejects (``UnauthenticatedError``: trying again cannot help); a server that
+    cannot be reached is tried until the deadline, then ``UnavailableError`` says why (refused,
+    unknown host, TLS, not a NATS port)."""
+    urls = [check_url(url) for url in ([servers] if isinstance(servers, str) else servers)]
+    creds = options.get("user_credentials")
+    creds_path = str(creds) if isinstance(creds, str | Path) else None
+    rights = await asyncio.to_thread(Rights.of_credentials, creds_path)
     last: list[BaseException] = []
     caller_cb: ErrorCallback | None = options.pop("error_cb", None)
+    rejection: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
         last[:] = [exc]
+        if is_rejection(exc) and not rejection.done():
+            rejection.set_result(exc)
         if caller_cb is not None:
             await caller_cb(exc)
 
-    urls = [servers] if isinstance(servers, str) else list(servers)
     log.info("connecting to NATS at %s", ", ".join(urls))
     nc = GuardedClient()
+    nc.rights = rights
+    attempt = asyncio.ensure_future(nc.connect(urls, error_cb=on_error, **options))
     try:
         async with asyncio.timeout(first_connect_s):
-            await nc.connect(urls, error_cb=on_error, **options)
-    except Exception as exc:  # refused, unknown host, TLS, a URL nats-py cannot parse...
-        await close_quietly(nc)
-        cause = last[0] if last else exc
-        raise UnavailableError(
-            f"cannot connect to NATS at {', '.join(urls)} within {first_connect_s:.0f} s "
-            f"({type(cause).__name__}): is the server up, and are the credentials right?"
-        ) from None
+            first: list[asyncio.Future[Any]] = [attempt, rejection]
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        connected = attempt.done() and attempt.exception() is None
+        if not connected and rejection.done():
+            raise rejected(urls, rights, creds_path)
+        attempt.result()
+    except MeshError:
+        await _abandon(nc, attempt)
+        raise
+    except Exception as exc:  # refused, unknown host, TLS, not a NATS port...
+        await _abandon(nc, attempt)
+        raise unreachable(urls, last[0] if last else exc, first_connect_s) from None
     except BaseException:
         # Cancelled (a process told to stop while it connects): leave no reconnect task behind.
-        await asyncio.shield(close_quietly(nc))
+        await asyncio.shield(_abandon(nc, attempt))
         raise
     return nc
+
+
+async def _abandon(nc: NATS, attempt: asyncio.Future[None]) -> None:
+    if not attempt.done():
+        attempt.cancel()
+    with contextlib.suppress(BaseException):
+        await attempt
+    await close_quietly(nc)
 
 
 async def connect(

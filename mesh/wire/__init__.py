@@ -1,7 +1,8 @@
 """The wire contracts: msgpack maps with ``v`` and ``kind``, pure functions over bytes.
 
 ``codec`` is the envelope, ``tensors`` the tensor encoding, ``messages`` the request/reply
-messages, ``records`` what nodes write about themselves (hard examples, status, drift). Every
+messages, ``records`` what nodes write about themselves (hard examples, status, drift),
+``power`` their energy (status and governor steps). Every
 name is importable from ``mesh.wire``; the JSON Schemas are in ``schemas/``.
 """
 
@@ -19,6 +20,7 @@ from mesh.wire.messages import (
     encode_request,
     encode_response,
 )
+from mesh.wire.power import PowerStatus, PowerStepEvent, decode_power_step, encode_power_step
 from mesh.wire.records import (
     EVIDENCE_COUNTERS,
     MAX_ANSWERED_CALLERS,
@@ -57,12 +59,15 @@ __all__ = [
     "Message",
     "NodeEvent",
     "NodeStatus",
+    "PowerStatus",
+    "PowerStepEvent",
     "RecordedAnswer",
     "VersionEvidence",
     "decode_drift_event",
     "decode_hard_example",
     "decode_node_event",
     "decode_node_status",
+    "decode_power_step",
     "decode_reply",
     "decode_request",
     "decode_tensor",
@@ -72,6 +77,7 @@ __all__ = [
     "encode_hard_example",
     "encode_node_event",
     "encode_node_status",
+    "encode_power_step",
     "encode_request",
     "encode_response",
     "encode_tensor",

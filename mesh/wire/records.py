@@ -22,6 +22,7 @@ from mesh.wire.codec import (
     unpack_raw,
 )
 from mesh.wire.messages import InferRequest, InferResponse, decode_request, encode_request
+from mesh.wire.power import PowerStatus, power_from_map, power_to_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,8 @@ class NodeStatus:
     answered: AnsweredFor | None = None
     #: model to the version it served before its latest downgrade (an older version assigned).
     downgraded: dict[str, str] = field(default_factory=dict)
+    #: its energy ledger and power governor (``mesh.wire.power``); None: no ledger.
+    power: PowerStatus | None = None
 
 
 # --- hard examples -------------------------------------------------------------------------
@@ -276,6 +279,7 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
             "answered": _encode_answered(status.answered),
             "downgraded": dict(status.downgraded),
+            "power": power_to_map(status.power) if status.power is not None else None,
         }
     )
 
@@ -382,6 +386,7 @@ def decode_node_status(data: bytes) -> NodeStatus:
         },
         answered=_decode_answered(obj.get("answered"), what),
         downgraded=str_map(_opt(obj, "downgraded", dict, {}, what), "downgraded", what),
+        power=power_from_map(obj["power"], what) if obj.get("power") is not None else None,
     )
 
 

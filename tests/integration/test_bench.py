@@ -95,3 +95,14 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
     for key in ("node_cpu_us_per_request", "client_cpu_us_per_request", "rows_per_model_call"):
         assert _number(report[key]), (key, report[key])
     assert report["mesh_throughput_over_peer"] == report["ratios"]["mesh_throughput_over_peer"]
+    # the device's energy per 1,000 answers, mesh against cloud-only, with its constants
+    energy = report["energy"]
+    assert _number(report["ratios"]["device_energy_over_cloud_only"])
+    assert (
+        energy["device_energy_over_cloud_only"] == report["ratios"]["device_energy_over_cloud_only"]
+    )
+    assert _number(energy["mesh_device_joules_per_1k"])
+    assert _number(energy["cloud_only_device_joules_per_1k"])
+    constants = energy["constants"]
+    assert constants["profile"] == "rpi4" and _number(constants["active_w_per_core"])
+    assert _number(constants["send_j_per_message"]) and constants["link_source"]

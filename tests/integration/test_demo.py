@@ -33,6 +33,7 @@ REPORT_KEYS = {
     "fleet",
     "rollouts",
     "events",
+    "energy",
 }
 
 
@@ -74,6 +75,7 @@ def test_demo_loses_nothing_through_the_outage_rolls_out_and_back_and_writes_a_r
         "timeout",
         "upstream_error",
         "budget",
+        "power",  # the edge device on battery, if its governor reaches the ladder's last step
     }
     assert set(report["by_tier"]) <= {"edge", "gateway", "cloud"}
     assert sum(report["by_tier"].values()) == pytest.approx(1.0, abs=1e-3)
@@ -113,3 +115,12 @@ def test_demo_loses_nothing_through_the_outage_rolls_out_and_back_and_writes_a_r
     assert events["published"] == 200 and events["results"] == 200
     assert events["errors"] == 0 and events["alerts"] > 0
     assert "alert on mesh.actions.alerts.line4" in proc.stdout
+    # One edge device is on battery: its energy per answer by its own ledger, what cloud-only
+    # would have cost it, and the steps its governor took once its battery reported low.
+    energy = report["energy"]
+    assert energy["device_joules_per_answer"] > 0
+    assert energy["cloud_only_device_joules_per_answer"] > 0
+    steps = energy["governor_steps"]
+    assert steps and steps[0]["step"] == "audits" and steps[0]["action"] == "applied"
+    assert "mW ladder" in proc.stdout  # the live view's line for it
+    assert "power: edge-1 takes step audits" in proc.stdout

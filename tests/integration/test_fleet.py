@@ -435,6 +435,8 @@ async def test_fleet_status_shows_a_stopped_node_offline(fleet: Fleet, demo: Dem
     assert {r["node"] for r in rows} == {"edge-a", "edge-b"}
     assert all(r["online"] and r["models"] == {"digits": V1} for r in rows), rows
     assert all(r["tier"] == "edge" and r["site"] == "site" for r in rows)
+    # the heartbeat carries each node's energy ledger (a device-zone node: a Pi 4's profile)
+    assert all(r["power"]["profile"] == "rpi4" and r["power"]["budget_w"] is None for r in rows)
 
     await fleet.nodes.pop("edge-b").stop()
     await asyncio.sleep(1.0)

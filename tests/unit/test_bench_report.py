@@ -73,6 +73,7 @@ def test_the_json_keeps_the_keys_readers_rely_on() -> None:
         "client_cpu_us_per_request",
         "rows_per_model_call",
         "mesh_throughput_over_peer",
+        "energy",
     ]
     row = data["rows"]["mesh_edge"]
     assert list(row) == [
@@ -100,3 +101,20 @@ def test_the_table_shows_rows_figures_ratios_and_targets(
     assert "rows per model call: 20.0" in out
     assert "edge_p50_over_echo_p50: 1.300" in out
     assert "target edge_p50_within_1_4x_echo: met" in out
+
+
+def test_the_device_energy_ratio_pairs_the_mesh_and_cloud_only_figures_of_each_trial() -> None:
+    from mesh.dev.bench.measure import within_ratio
+    from mesh.dev.bench.report import energy_figures
+
+    trials = [_trial(1.0, 10), _trial(1.0, 10), _trial(1.0, 10)]
+    for trial, (mesh, cloud) in zip(trials, [(0.2, 1.0), (0.3, 1.0), (0.9, 1.5)], strict=True):
+        trial.device_j_per_answer, trial.cloud_only_j_per_answer = mesh, cloud
+    rows = {"mesh_link_mix": _row("mesh_link_mix", trials)}
+    ratio = within_ratio(rows, "mesh_link_mix", "device_j_per_answer", "cloud_only_j_per_answer")
+    assert ratio == pytest.approx(0.3)
+    figures = energy_figures(rows, {"device_energy_over_cloud_only": ratio})
+    assert figures["mesh_device_joules_per_1k"] == pytest.approx(300.0)
+    assert figures["cloud_only_device_joules_per_1k"] == pytest.approx(1000.0)
+    assert figures["constants"]["profile"] == "rpi4"
+    assert figures["constants"]["active_w_per_core"] == pytest.approx(0.85)

@@ -14,6 +14,7 @@ from mesh.dev.demo.panel import breaker_summary, report_panel
 from mesh.dev.demo.receiver import SpanRecord, draw_span_tree
 from mesh.dev.demo.report import DemoReport, TraceSummary, build_report
 from mesh.dev.demo.state import (
+    BatteryView,
     DemoConfig,
     LinkView,
     Tally,
@@ -139,6 +140,17 @@ def fixed_run() -> tuple[DemoConfig, Tally, LinkView]:
         healed_at_s=7.8,
         relinked_at_s=8.0,
         drained_at_s=9.25,
+        battery=BatteryView(
+            percent=69.0,
+            watts=0.09,
+            budget_w=0.1,
+            steps=["audits"],
+            profile="rpi4",
+            joules_per_answer=0.0012,
+            upstream_j=0.0018,
+            answers=300,
+            changes=[(4.0, "audits", True, 0.15, 0.1)],
+        ),
     )
     return config, tally, view
 
@@ -246,6 +258,23 @@ def test_the_report_json_keeps_every_key_order_and_meaning() -> None:
         "fleet": {"nodes": 0, "swaps": 0, "rejected": 0, "events": []},
         "events": {"published": 0, "results": 0, "errors": 0, "alerts": 0},
         "rollouts": ROLLOUTS,
+        "energy": {
+            "device_joules_per_answer": 0.0012,
+            "cloud_only_device_joules_per_answer": 0.0018,
+            "governor_steps": [
+                {
+                    "at_s": 4.0,
+                    "step": "audits",
+                    "action": "applied",
+                    "watts": 0.15,
+                    "budget_w": 0.1,
+                },
+            ],
+            "node": "edge-1",
+            "profile": "rpi4",
+            "answers": 300,
+            "battery_percent": 69.0,
+        },
     }
     assert list(report) == list(json.loads(json.dumps(report)))
 
@@ -288,6 +317,7 @@ def test_the_rendered_report_states_the_run_its_tiers_and_its_trace() -> None:
     assert "opened at 4.5 s, 1 failed probe, closed at 8.4 s   (5 transitions)" in text
     assert "buffered 40   delivered to the hub 40   backlog peak 40, drained at 9.2 s" in text
     assert f"one escalated request's trace {'ab' * 16}" in text
+    assert "1.20 mJ an answer on rpi4 (cloud-only 1.80 mJ)   governor steps taken: audits" in text
     assert "[cloud-0] mesh.cloud.infer.digits process" in text
     rows = [line for line in text.splitlines() if "edge " in line and "70.0%" in line]
     assert len(rows) == 1 and "420" in rows[0] and "2.00" in rows[0] and "2.98" in rows[0]

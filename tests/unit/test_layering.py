@@ -39,6 +39,8 @@ PURE = [
     "mesh.ingress.shares",
     "mesh.ingress.gate",
     "mesh.ingress.steps",
+    "mesh.energy.ledger",
+    "mesh.energy.governor",
 ]
 
 
@@ -128,6 +130,8 @@ PURE_TREES = [
     "mesh.ingress.shares",
     "mesh.ingress.gate",
     "mesh.ingress.steps",
+    "mesh.energy",
+    "mesh.node.escalation",
 ]
 
 

@@ -46,12 +46,15 @@ from mesh.wire import (
     InferResponse,
     NodeEvent,
     NodeStatus,
+    PowerStatus,
+    PowerStepEvent,
     RecordedAnswer,
     VersionEvidence,
     encode_error,
     encode_hard_example,
     encode_node_event,
     encode_node_status,
+    encode_power_step,
     encode_request,
     encode_response,
     unpack_raw,
@@ -79,6 +82,7 @@ MESSAGE_SCHEMAS = [
     "review-label",
     "label-event",
     "traffic-report",
+    "power-step",
 ]
 ALL_SCHEMAS = [*MESSAGE_SCHEMAS, "tensor"]
 
@@ -247,9 +251,35 @@ def _heartbeat_message() -> dict[str, Any]:
                         drift=0.1,
                     )
                 },
+                power=PowerStatus(
+                    profile="rpi4",
+                    watts=0.031,
+                    window_s=10.0,
+                    budget_w=0.03,
+                    steps=["audits", "drift"],
+                    degrade_share=0.1,
+                    compute_j=1.5,
+                    radio_j=2.5,
+                    answers=400,
+                    joules_per_answer=0.01,
+                    upstream_j=0.0017,
+                    battery_percent=57.0,
+                    sensors=["battery:BAT0"],
+                ),
             )
         )
     )
+    return message
+
+
+def _power_step_message(applied: bool) -> dict[str, Any]:
+    event = PowerStepEvent(
+        node="edge-0", tier="edge", step="coalesce", applied=applied, watts=0.052,
+        budget_w=0.03 if applied else None, saved_w=None if applied else 0.008,
+        steps=["audits", "drift", "coalesce"] if applied else [], degrade_share=0.0,
+        time=1_700_000_001.0,
+    )  # fmt: skip
+    message: dict[str, Any] = unpack_raw(encode_power_step(event))
     return message
 
 
@@ -437,6 +467,8 @@ REAL_MESSAGES: dict[str, tuple[str, Any]] = {
     "review skip": ("review-label", lambda: _review_label_message(LabelKind.SKIP)),
     "label event": ("label-event", _label_event_message),
     "traffic report": ("traffic-report", _traffic_message),
+    "power step taken": ("power-step", lambda: _power_step_message(True)),
+    "power step given back": ("power-step", lambda: _power_step_message(False)),
 }
 
 

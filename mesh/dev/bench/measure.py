@@ -42,6 +42,10 @@ class Trial:
     client_cpu_us: float | None = None
     #: mean rows per model call at the node during the throughput phase.
     rows_per_call: float | None = None
+    #: the row's device energy per answer over the throughput phase, by its node's ledger, and
+    #: what one request and its reply upstream cost it (its energy per answer cloud-only), J.
+    device_j_per_answer: float | None = None
+    cloud_only_j_per_answer: float | None = None
 
 
 @dataclass
@@ -58,6 +62,9 @@ class Row:
     #: the node whose CPU and batches the throughput phase reports, and its metrics URL.
     node_pid: int | None = None
     metrics_url: str | None = None
+    #: the node whose energy ledger the throughput phase reads: its metrics URL and tier.
+    energy_url: str | None = None
+    energy_tier: str = ""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,6 +115,28 @@ async def batch_totals(session: aiohttp.ClientSession, metrics_url: str) -> tupl
     return rows, calls
 
 
+async def energy_totals(
+    session: aiohttp.ClientSession, metrics_url: str, tier: str
+) -> tuple[float, float, float | None]:
+    """(joules, answers, joules of one request up and its reply) so far at a node of ``tier``,
+    from its ``mesh_energy_joules``, ``mesh_requests`` and ``mesh_energy_upstream_joules``."""
+    async with session.get(metrics_url) as resp:
+        text = await resp.text()
+    joules = answers = 0.0
+    upstream: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("tier") != tier:
+                continue
+            if sample.name == "mesh_energy_joules_total":
+                joules += sample.value
+            elif sample.name == "mesh_requests_total" and sample.labels.get("outcome") != "error":
+                answers += sample.value
+            elif sample.name == "mesh_energy_upstream_joules":
+                upstream = sample.value
+    return joules, answers, upstream
+
+
 async def run_trial(
     row: Row, concurrency: int, session: aiohttp.ClientSession | None = None
 ) -> Trial:
@@ -142,6 +171,12 @@ async def run_trial(
     batches_before = (
         await batch_totals(session, row.metrics_url) if session and row.metrics_url else None
     )
+    energy_url = row.energy_url if session is not None else None
+    energy_before = (
+        await energy_totals(session, energy_url, row.energy_tier)
+        if session is not None and energy_url
+        else None
+    )
     node_before = cpu_seconds(row.node_pid) if row.node_pid else None
     client_before = cpu_seconds(os.getpid())
     started = time.perf_counter()
@@ -158,6 +193,12 @@ async def run_trial(
         rows, calls = await batch_totals(session, row.metrics_url)
         if calls > batches_before[1]:
             rows_per_call = (rows - batches_before[0]) / (calls - batches_before[1])
+    device_j: float | None = None
+    cloud_only_j: float | None = None
+    if energy_before is not None and session is not None and energy_url:
+        joules, answers, cloud_only_j = await energy_totals(session, energy_url, row.energy_tier)
+        if answers > energy_before[1]:
+            device_j = (joules - energy_before[0]) / (answers - energy_before[1])
     cpu = processes_cpu_seconds(row.processes) - cpu_before
     requests = row.latency_n + row.throughput_n
     ok_throughput = row.throughput_n - max(0, errors - (row.latency_n - len(latencies)))
@@ -175,6 +216,8 @@ async def run_trial(
         node_cpu_us=node_cpu * per_request_us if node_cpu is not None and per_request_us else None,
         client_cpu_us=client_cpu * per_request_us if per_request_us else None,
         rows_per_call=rows_per_call,
+        device_j_per_answer=device_j,
+        cloud_only_j_per_answer=cloud_only_j,
     )
 
 
@@ -205,6 +248,19 @@ def ort_floor_trial(model_path: Path, rows: Sequence[Array], n: int) -> Trial:
         errors=0,
         answered_by=Counter({"in-process": n}),
     )
+
+
+def within_ratio(rows: dict[str, Row], key: str, top: str, bottom: str) -> float | None:
+    """Median over the trials of one row of ``top / bottom``, both figures of the same trial."""
+    row = rows.get(key)
+    if row is None:
+        return None
+    ratios = [
+        getattr(t, top) / getattr(t, bottom)
+        for t in row.trials
+        if getattr(t, top) is not None and getattr(t, bottom)
+    ]
+    return float(statistics.median(ratios)) if ratios else None
 
 
 def paired_ratio(rows: dict[str, Row], top: str, bottom: str, attr: str) -> float | None:

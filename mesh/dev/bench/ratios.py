@@ -3,7 +3,7 @@ the targets the JSON reports as met, not met, or unknown (a figure missing)."""
 
 from __future__ import annotations
 
-from mesh.dev.bench.measure import Row, paired_ratio
+from mesh.dev.bench.measure import Row, paired_ratio, within_ratio
 
 
 def paired_ratios(rows: dict[str, Row]) -> dict[str, float | None]:
@@ -40,6 +40,12 @@ def paired_ratios(rows: dict[str, Row]) -> dict[str, float | None]:
         "security_edge_p50_cost": paired_ratio(rows, "mesh_edge", "mesh_edge_open", "p50_ms"),
         "security_escalated_p50_cost": paired_ratio(
             rows, "mesh_escalated", "mesh_escalated_open", "p50_ms"
+        ),
+        # The device's energy per answer with the mesh (the edge node's ledger: its CPU and
+        # its radio) against sending every request up (a request and its reply over the same
+        # link, at the sizes the node saw), on the same device profile, same trials.
+        "device_energy_over_cloud_only": within_ratio(
+            rows, "mesh_link_mix", "device_j_per_answer", "cloud_only_j_per_answer"
         ),
     }
 

@@ -13,6 +13,7 @@ from typing import Any
 from mesh.dev.bench.config import BenchConfig
 from mesh.dev.bench.measure import Row, median
 from mesh.dev.bench.ratios import paired_ratios, targets
+from mesh.energy.profiles import default_profile
 
 
 @dataclass
@@ -67,6 +68,8 @@ class BenchReport:
     rows_per_model_call: float | None = None
     #: mesh edge throughput over the aiohttp peer's, paired by trial (median).
     mesh_throughput_over_peer: float | None = None
+    #: the device's energy per 1,000 answers, mesh against cloud-only, and the constants used.
+    energy: dict[str, Any] = field(default_factory=dict)
     version: int = 1
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +86,7 @@ class BenchReport:
             "client_cpu_us_per_request": self.client_cpu_us_per_request,
             "rows_per_model_call": self.rows_per_model_call,
             "mesh_throughput_over_peer": self.mesh_throughput_over_peer,
+            "energy": self.energy,
         }
 
 
@@ -149,7 +153,29 @@ def build_report(
         client_cpu_us_per_request=client_cpu,
         rows_per_model_call=median([t.rows_per_call for t in edge_trials]),
         mesh_throughput_over_peer=ratios["mesh_throughput_over_peer"],
+        energy=energy_figures(rows, ratios),
     )
+
+
+def energy_figures(rows: dict[str, Row], ratios: dict[str, float | None]) -> dict[str, Any]:
+    """The mesh row over the +40 ms link (the edge node with the calibrated threshold) against
+    cloud-only: joules per 1,000 answers on the device, medians over trials."""
+    mix = rows.get("mesh_link_mix")
+    trials = mix.trials if mix is not None else []
+    mesh = median([t.device_j_per_answer for t in trials])
+    cloud = median([t.cloud_only_j_per_answer for t in trials])
+    return {
+        "row": "mesh_link_mix",
+        "mesh_device_joules_per_1k": mesh * 1000 if mesh is not None else None,
+        "cloud_only_device_joules_per_1k": cloud * 1000 if cloud is not None else None,
+        "device_energy_over_cloud_only": ratios.get("device_energy_over_cloud_only"),
+        "what": "mesh: the edge node's ledger over the throughput phase (its process's CPU "
+        "time at the profile's power per busy core, plus its escalations' messages and bytes "
+        "over the link); cloud-only: one request and its reply over the same link per answer, "
+        "at the sizes the node sent and received (the device's CPU to send is not counted). "
+        "CPU time is this machine's, priced at the device profile's power",
+        "constants": default_profile("device").constants(),
+    }
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -207,6 +233,13 @@ def render(report: BenchReport) -> None:
     )
     for key, value in report.ratios.items():
         console.print(f"{key}: {_fmt(value)}")
+    energy = report.energy
+    if energy:
+        console.print(
+            f"device energy per 1,000 answers on {energy['constants']['profile']}: mesh "
+            f"{_fmt(energy['mesh_device_joules_per_1k'])} J, cloud-only "
+            f"{_fmt(energy['cloud_only_device_joules_per_1k'])} J"
+        )
     for key, met in report.targets.items():
         mark = "n/a" if met is None else ("met" if met else "NOT met")
         console.print(f"target {key}: {mark}")

@@ -32,6 +32,9 @@ def bench_rows(
     rows["mesh_edge"].node_pid = edge.pid
     rows["mesh_edge"].metrics_url = f"{edge.http_url}/metrics" if edge.http_url else None
     rows["mesh_link_mix"].note = "most answered at the edge; see answered_by"
+    mix = rig.nodes["edgemix"]
+    rows["mesh_link_mix"].energy_url = f"{mix.http_url}/metrics" if mix.http_url else None
+    rows["mesh_link_mix"].energy_tier = "edgemix"
     rows["peer_mlserver"].note = "parallel_workers=0 (model in the server process)"
     return rows
 

@@ -99,6 +99,7 @@ def _facts(report: DemoReport) -> Table:
     _add_outage(facts, report)
     _add_fleet(facts, report)
     _add_events(facts, report)
+    _add_energy(facts, report)
     return facts
 
 
@@ -180,3 +181,15 @@ def _add_events(facts: Table, report: DemoReport) -> None:
                 f"   error results {ev.errors}   alerts fired {ev.alerts}",
             ),
         )
+
+
+def _add_energy(facts: Table, report: DemoReport) -> None:
+    energy = report.energy
+    if energy.device_joules_per_answer is None:
+        return
+    line = f"{energy.device_joules_per_answer * 1000:.2f} mJ an answer on {energy.profile}"
+    if energy.cloud_only_device_joules_per_answer is not None:
+        line += f" (cloud-only {energy.cloud_only_device_joules_per_answer * 1000:.2f} mJ)"
+    taken = [s["step"] for s in energy.governor_steps if s["action"] == "applied"]
+    line += f"   governor steps taken: {', '.join(map(str, taken)) or 'none'}"
+    facts.add_row(f"{energy.node} energy", line)

@@ -11,7 +11,9 @@ import numpy as np
 
 from mesh.dev.demo.receiver import SpanRecord, draw_span_tree
 from mesh.dev.demo.state import (
+    BATTERY_NODE,
     EDGE_REPLICAS,
+    BatteryView,
     DemoConfig,
     LinkView,
     Tally,
@@ -123,6 +125,54 @@ class EventsSummary:
 
 
 @dataclass(frozen=True)
+class EnergySummary:
+    """The edge device on battery, by its own ledger: joules per answer, what an answer would
+    have cost it had every request gone up (one request and its reply over its link, at the
+    sizes it saw), and each step its governor took or gave back."""
+
+    node: str
+    profile: str
+    device_joules_per_answer: float | None
+    cloud_only_device_joules_per_answer: float | None
+    answers: int
+    battery_percent: float | None
+    #: {at_s, step, action (applied or released), watts, budget_w}, in order.
+    governor_steps: list[JsonObject] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, view: BatteryView) -> EnergySummary:
+        return cls(
+            node=BATTERY_NODE,
+            profile=view.profile,
+            device_joules_per_answer=view.joules_per_answer,
+            cloud_only_device_joules_per_answer=view.upstream_j,
+            answers=view.answers,
+            battery_percent=view.percent,
+            governor_steps=[
+                {
+                    "at_s": at,
+                    "step": step,
+                    "action": "applied" if applied else "released",
+                    "watts": watts,
+                    "budget_w": budget,
+                }
+                for at, step, applied, watts, budget in view.changes
+            ],
+        )
+
+    def to_json(self) -> JsonObject:
+        return {
+            "device_joules_per_answer": self.device_joules_per_answer,
+            "cloud_only_device_joules_per_answer": self.cloud_only_device_joules_per_answer,
+            "governor_steps": [dict(s) for s in self.governor_steps],
+            "node": self.node,
+            "profile": self.profile,
+            "answers": self.answers,
+            "battery_percent": self.battery_percent,
+        }
+
+
+@dataclass(frozen=True)
 class RunSettings:
     rate_per_s: float
     concurrency: int
@@ -200,6 +250,9 @@ class DemoReport:
     #: the staged rollouts of the run: model, version, outcome (completed, rolled_back,
     #: aborted), failed_gate, max_nodes_serving, canary_nodes.
     rollouts: list[JsonObject] = field(default_factory=list)
+    energy: EnergySummary = field(
+        default_factory=lambda: EnergySummary(BATTERY_NODE, "", None, None, 0, None)
+    )
 
     @property
     def passed(self) -> bool:
@@ -236,6 +289,7 @@ class DemoReport:
             "fleet": self.fleet.to_json(),
             "events": self.events.to_json(),
             "rollouts": [dict(r) for r in self.rollouts],
+            "energy": self.energy.to_json(),
         }
 
 
@@ -304,6 +358,7 @@ def build_report(
         fleet=fleet or FleetSummary(0, 0, 0),
         events=events or EventsSummary(0, 0, 0, 0),
         rollouts=list(rollouts or []),
+        energy=EnergySummary.of(view.battery),
     )
 
 

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import nats.errors
 from rich.console import Console
 
 from mesh import MeshError
+from mesh.dev.demo.battery import BatteryWatch
 from mesh.dev.demo.fleetwatch import FleetWatch
 from mesh.dev.demo.journal import Journal
 from mesh.dev.demo.load import LoadGenerator
@@ -25,10 +27,11 @@ from mesh.dev.demo.scenarios.drain import drain
 from mesh.dev.demo.scenarios.link import cut_and_heal_link
 from mesh.dev.demo.scenarios.releases import Releaser
 from mesh.dev.demo.scenarios.rollouts import run_fleet_scenarios
-from mesh.dev.demo.state import DemoConfig, LinkView, Tally
+from mesh.dev.demo.state import BATTERY_NODE, DemoConfig, LinkView, Tally
 from mesh.dev.demo.testbed import Testbed
 from mesh.dev.demo.view import show_live, thousands
 from mesh.local.phases import Phases
+from mesh.topology import subjects
 
 
 class DemoRun:
@@ -48,6 +51,7 @@ class DemoRun:
         self.publisher = EventPublisher(config, self.testbed, self.tally, self.journal)
         self.fleet = FleetWatch(self.testbed, self.journal)
         self.releaser = Releaser(self.testbed, self.journal)
+        self.battery = BatteryWatch(config, self.testbed, self.view.battery, self.journal)
         #: set once the rollouts that run before the link cut have ended.
         self.fleet_ready = asyncio.Event()
 
@@ -57,6 +61,7 @@ class DemoRun:
             site = self.testbed.site_nc
             await site.subscribe("mesh.telemetry.>", cb=self.fleet.on_telemetry)
             await site.subscribe("mesh.actions.alerts.>", cb=self.publisher.on_alert)
+            await site.subscribe(subjects.telemetry(BATTERY_NODE), cb=self.battery.on_step)
             async with self.phases.phase("warm up", 90, "the cloud to answer from the site"):
                 await self.testbed.warm_up()
             yield
@@ -76,6 +81,8 @@ class DemoRun:
                     metrics = await self.observer.gateway_metrics(session)
                 await asyncio.sleep(0.5)
                 trace_id, spans = self.testbed.trace_of(self.tally.traced_id)
+                with contextlib.suppress(MeshError, nats.errors.Error, asyncio.TimeoutError):
+                    await self.battery.poll_once()
                 fleet = await self.fleet.summary()
                 events = self.publisher.summary()
             return build_report(
@@ -103,7 +110,10 @@ class DemoRun:
             "which passes what it is unsure of to the cloud.\n"
             f"From {cfg.cut_from:.0%} to {cfg.cut_to:.0%} of the run the site's link to the "
             "hub is cut: the gateway answers on its own (degraded) and keeps those cases as "
-            "hard examples for the cloud.\n",
+            "hard examples for the cloud.\n"
+            f"{BATTERY_NODE} is a Raspberry Pi 4 on battery: once the rollouts are done its "
+            "battery reports lower, and its power governor takes the cheapest savings until the "
+            "node's ledger is back within its budget.\n",
             style="default",
         )
 
@@ -116,6 +126,8 @@ class DemoRun:
             show_live(self.console, cfg, self.tally, self.view, journal, stop)
         )
         poller = asyncio.create_task(self.observer.poll())
+        battery = asyncio.create_task(self.battery.poll())
+        squeeze = asyncio.create_task(self.battery.squeeze(self.fleet_ready))
         cut = asyncio.create_task(
             cut_and_heal_link(cfg, self.testbed, self.view, journal, self.fleet_ready)
         )
@@ -141,9 +153,10 @@ class DemoRun:
             with contextlib.suppress(asyncio.CancelledError, MeshError):
                 await reader
             await display
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for watcher in (poller, battery, squeeze):
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             with contextlib.suppress(asyncio.CancelledError):
                 await cut
         return run_s, drain_s

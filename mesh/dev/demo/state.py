@@ -13,6 +13,14 @@ GATEWAY_TIER = "gateway"
 GATEWAY = f"{GATEWAY_TIER}-0"
 TIER_ORDER = ("edge", "gateway", "cloud")
 EDGE_REPLICAS = 2
+#: the edge device on battery: a Raspberry Pi 4 asked to last ``BATTERY_HOURS`` on
+#: ``BATTERY_WH`` (at full charge that leaves it ample power over its idle floor).
+BATTERY_NODE = "edge-1"
+BATTERY_WH = 20.0
+BATTERY_HOURS = 8.0
+#: the level the demo reports once the fleet's scenarios are done leaves the node this share of
+#: what it draws then: its governor has to save the rest.
+BATTERY_SQUEEZE = 0.6
 
 _GATEWAY_METRIC = re.compile(
     r"^(mesh_upstream_bytes\w*_total|mesh_breaker_transitions\w*_total)(\{[^}]*\})?\s+(\S+)$"
@@ -91,6 +99,26 @@ class Transition:
 
 
 @dataclass
+class BatteryView:
+    """The battery edge device as its status and its governor's steps tell it."""
+
+    percent: float | None = None
+    watts: float | None = None
+    budget_w: float | None = None
+    steps: list[str] = field(default_factory=list)
+    degrade_share: float = 0.0
+    joules_per_answer: float | None = None
+    #: what one request and its reply upstream cost it: its energy per answer cloud-only.
+    upstream_j: float | None = None
+    answers: int = 0
+    profile: str = ""
+    #: the ledger's joules and answers when the run began: figures are counted from there.
+    start: tuple[float, int] | None = None
+    #: each step taken or given back: (seconds into the run, step, applied, watts, budget).
+    changes: list[tuple[float, str, bool, float, float | None]] = field(default_factory=list)
+
+
+@dataclass
 class LinkView:
     """What the pollers and the fault schedule know about the site, for the display."""
 
@@ -109,6 +137,7 @@ class LinkView:
     healed_at_s: float | None = None
     relinked_at_s: float | None = None
     drained_at_s: float | None = None
+    battery: BatteryView = field(default_factory=BatteryView)
 
 
 def hard_examples_buffered(view: LinkView, tally: Tally) -> int:

@@ -21,8 +21,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rich.console import Console
 
 from mesh import MeshClient, MeshError
+from mesh.dev.demo.battery import battery_settings
 from mesh.dev.demo.receiver import OtlpReceiver, SpanRecord
-from mesh.dev.demo.state import EDGE_REPLICAS, MODEL, DemoConfig
+from mesh.dev.demo.state import BATTERY_NODE, EDGE_REPLICAS, MODEL, DemoConfig
 from mesh.dev.faults import FaultProxy
 from mesh.dev.models.demo import DemoArtifacts, ensure_demo
 from mesh.local.launcher import EmbeddedMesh, MeshLayout
@@ -77,6 +78,8 @@ class Testbed:
         self.receiver = OtlpReceiver()
         self.client_spans = InMemorySpanExporter()
         self.work_dir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
+        #: the file the battery edge device reads its level from (its battery manager writes it)
+        self.battery_level = self.work_dir / "battery-level"
         self.initial_version = ""
         self.x: np.ndarray = np.empty((0, 0), dtype=np.float32)
         self.y: np.ndarray = np.empty(0, dtype=np.int64)
@@ -178,13 +181,19 @@ class Testbed:
         with self.console.status(f"demo models in {cache} (built on the first run)"):
             demo = await asyncio.to_thread(ensure_demo, cache)
         self.step(f"demo models ready in {cache}")
-        with self.console.status("evidence gate: latency, memory and accuracy of each model here"):
+        with self.console.status(
+            "evidence gate: latency, memory, energy and accuracy of each model here"
+        ):
             reports = await asyncio.to_thread(
                 require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
             )
         self.step(
             "evidence gate passed: "
-            + ", ".join(f"{r.version} p99 {r.latency_p99_ms:.2f} ms" for r in reports)
+            + ", ".join(
+                f"{r.version} p99 {r.latency_p99_ms:.2f} ms, "
+                f"{r.energy_mj or 0:.3f} mJ on {r.device}"
+                for r in reports
+            )
         )
         self._demo = demo
         self.initial_version = reports[0].version
@@ -194,13 +203,15 @@ class Testbed:
         return demo
 
     def _layout(self, demo: DemoArtifacts) -> EmbeddedMesh:
+        self.battery_level.write_text("100\n")
+        extra = {**DEMO_NODE_SETTINGS, BATTERY_NODE: battery_settings(self.battery_level)}
         return EmbeddedMesh(
             MeshLayout(
                 edge_manifest=demo.edge_int8,
                 gateway_manifest=demo.gateway,
                 cloud_manifest=demo.cloud,
                 edge_replicas=EDGE_REPLICAS,
-                extra=DEMO_NODE_SETTINGS,
+                extra=extra,
                 fleet=True,
                 # every confident edge answer is also checked with the gateway, so a rollout's
                 # canary has 150 answers compared within a few seconds

@@ -13,7 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from mesh.dev.demo.journal import Journal
-from mesh.dev.demo.state import MODEL, DemoConfig, LinkView, Tally, tiers_in_order
+from mesh.dev.demo.state import (
+    BATTERY_NODE,
+    MODEL,
+    BatteryView,
+    DemoConfig,
+    LinkView,
+    Tally,
+    tiers_in_order,
+)
 
 PANEL_WIDTH = 104
 TIER_STYLE = {"edge": "green", "gateway": "yellow", "cloud": "cyan"}
@@ -49,6 +57,36 @@ def _link_text(view: LinkView, now: float) -> Text:
     if view.link == "reconnecting":
         return Text.assemble(("restored", "yellow"), ", leaf server reconnecting")
     return Text("up", style="green")
+
+
+def _mw(watts: float | None) -> str:
+    return "-" if watts is None else f"{watts * 1000:.0f}"
+
+
+def battery_text(battery: BatteryView) -> Text:
+    """``69%  draws 140 of 120 mW  0.31 mJ an answer (cloud-only 1.74)  ladder: audits``."""
+    text = Text()
+    if battery.percent is not None:
+        text.append(f"{battery.percent:.0f}%  ", style="bold")
+    over = (
+        battery.watts is not None
+        and battery.budget_w is not None
+        and battery.watts > battery.budget_w * 1.05
+    )
+    text.append(
+        f"draws {_mw(battery.watts)} of {_mw(battery.budget_w)} mW",
+        style="yellow" if over else "green",
+    )
+    if battery.joules_per_answer is not None:
+        text.append(f"   {battery.joules_per_answer * 1000:.2f} mJ an answer")
+        if battery.upstream_j is not None:
+            text.append(f" (cloud-only {battery.upstream_j * 1000:.2f})", style="dim")
+    ladder = ", ".join(battery.steps) or "no step"
+    text.append("   ladder: ", style="dim")
+    text.append(ladder, style="magenta" if battery.steps else "dim")
+    if battery.degrade_share:
+        text.append(f" ({battery.degrade_share:.0%} held)", style="magenta")
+    return text
 
 
 def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) -> RenderableType:
@@ -102,6 +140,7 @@ def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) ->
             f"   delivered to the hub {thousands(view.delivered)}",
         ),
     )
+    grid.add_row(f"{BATTERY_NODE} on battery", battery_text(view.battery))
     events = Table.grid(padding=(0, 2))
     events.add_column(style="dim", justify="right")
     events.add_column()
@@ -124,7 +163,8 @@ def plain_line(config: DemoConfig, tally: Tally, view: LinkView, now: float) -> 
         f"{now:5.1f}s  sent {tally.sent}/{config.requests}  answered {tally.answered}  "
         f"errors {sum(tally.errors.values())}  [{tiers}]  degraded {tally.degraded}  "
         f"link {view.link}  breaker {view.breaker}  backlog {view.backlog}  "
-        f"delivered {view.delivered}"
+        f"delivered {view.delivered}  {BATTERY_NODE} {_mw(view.battery.watts)}/"
+        f"{_mw(view.battery.budget_w)} mW ladder {len(view.battery.steps)}"
     )
 
 
