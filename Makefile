@@ -48,7 +48,7 @@ fleet-500: $(STAMP)
 # Ten minutes of load on a 3-server hub and 3 sites under the chaos schedule (docs/scale.md); the
 # report, with the machine it ran on, in benchmarks/results/. Run it on a quiet machine.
 soak: $(STAMP)
-	$(BIN)/mesh soak --minutes 10 --sites 3 --hub-cluster 3 --report benchmarks/results/soak-10min.json
+	$(BIN)/mesh soak --minutes 10 --sites 3 --hub-cluster 3 --report benchmarks/results/soak-$(shell date +%F).json
 
 lint: $(STAMP)
 	$(BIN)/ruff check mesh services tests

@@ -207,6 +207,7 @@ def machine() -> dict[str, Any]:
     if meminfo.exists():
         first = meminfo.read_text().splitlines()[0]
         info["memory_kb"] = int(first.split()[1])
+    info["uname"] = _run(["uname", "-a"])
     info["commit"] = _run(["git", "rev-parse", "--short", "HEAD"])
     from mesh.local.servers import server_binary
 
