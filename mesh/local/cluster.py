@@ -14,6 +14,7 @@ every other's.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from mesh.local.servers import ADMIN, ClusterConfig, NatsServer, ServerConfig, f
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.topology.streams import HUB_DOMAIN
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,9 @@ class Hub:
         surviving one); ``options`` pass to ``nats.connect``."""
         options.setdefault("max_reconnect_attempts", -1)
         options.setdefault("reconnect_time_wait", 0.25)
+        # a member killed on purpose (the soak, the tests) is no news: one line at debug, not
+        # nats-py's traceback of every refused reconnect
+        options.setdefault("error_cb", _note_error)
         return await nats.connect(servers=self.urls, **{**self.client_options(identity), **options})
 
     async def start(self, timeout: float = 60.0) -> None:
@@ -258,6 +264,10 @@ class Hub:
             raise DeadlineExceededError(
                 f"hub: streams {short} not back to {replicas} current replicas after {timeout:.0f}s"
             ) from None
+
+
+async def _note_error(error: Exception) -> None:
+    log.debug("hub connection: %s: %s", type(error).__name__, error)
 
 
 __all__ = ["Hub", "ReplicaState", "member_name"]
