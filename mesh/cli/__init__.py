@@ -22,7 +22,7 @@ from mesh.cli.releases import (
 )
 from mesh.cli.review import review
 from mesh.cli.rollouts import controller, rollout
-from mesh.cli.runs import bench, demo
+from mesh.cli.runs import bench, demo, soak
 from mesh.cli.serving import infer, ingress, node, publish, up
 
 
@@ -34,7 +34,7 @@ def main() -> None:
 
 for _command in (
     node, infer, publish, up, ingress, models, identities, keys, fleet, rollout, controller,
-    bench, demo, review, console,
+    bench, demo, soak, review, console,
 ):  # fmt: skip
     main.add_command(_command)
 for _command in (models_sign, models_push, models_list, models_bump, models_revoke):

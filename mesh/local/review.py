@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from mesh.local.cluster import Hub
 from mesh.local.servers import NatsServer
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.security.identities import IdentitySpec
@@ -43,9 +44,10 @@ class ReviewProcess:
 
 
 async def start_review(
-    hub: NatsServer, work_dir: Path, env: Mapping[str, str], command: tuple[str, ...]
+    hub: NatsServer | Hub, work_dir: Path, env: Mapping[str, str], command: tuple[str, ...]
 ) -> ReviewProcess:
-    """The review service on ``hub``, its identities issued by the hub's key store."""
+    """The review service on ``hub`` (given every member of a clustered one), its identities
+    issued by the hub's key store."""
     desk = await hub.issue(REVIEW_DESK)
     intake = await hub.issue(REVIEW_INTAKE)
     argv = [

@@ -268,11 +268,15 @@ def _node_collector(r: _Rights, p: Placement, tier: str) -> None:
         r.publish.append(subjects.inbox(tier, model))
     r.info(streams.inbox_stream(tier))
     r.info(streams.hard_example_stream(below))
-    r.consume(
-        streams.hard_example_stream(below),
-        streams.collector_consumer(tier),
-        subjects.hard_examples_wildcard(below),
+    stream, wanted = streams.hard_example_stream(below), subjects.hard_examples_wildcard(below)
+    r.consume(stream, streams.collector_consumer(tier), wanted)
+    # in another domain the consumer's name carries that domain (``collector_consumer``): any
+    # name there, on this stream and with this filter only
+    r.publish.extend(
+        subjects.js_api(op.format(stream=stream, consumer=ANY, filter=wanted), ANY)
+        for op in JS_CONSUME
     )
+    r.publish.append(subjects.js_ack(stream, ANY))
 
 
 def _node_events(r: _Rights, p: Placement, tier: str) -> None:
