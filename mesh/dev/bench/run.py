@@ -24,7 +24,11 @@ from mesh.models.manifest import artifact_path, load_manifest
 
 
 async def run_bench(
-    config: BenchConfig, cache: Path, mlserver: str | None, progress: Callable[[str], None]
+    config: BenchConfig,
+    cache: Path,
+    mlserver: str | None,
+    progress: Callable[[str], None],
+    only: frozenset[str] | None = None,
 ) -> BenchReport:
     demo = await asyncio.to_thread(ensure_demo, cache)
     edge_manifest = load_manifest(demo.edge_int8)
@@ -42,6 +46,11 @@ async def run_bench(
         clients = await connect_clients(rig, config, stack)
         calls = await RowCalls.open(payloads, clients, rig, stack)
         rows = bench_rows(config, rig, calls, clients, calibrated)
+        if only is not None:
+            # rows left out are not measured: their figures and the ratios on them are null
+            for key, row in rows.items():
+                if key not in only:
+                    row.call, row.unavailable = None, "not asked for (--rows)"
         floor = ort_floor_row(config)
         await run_trials(
             config, list(rows.values()), floor, scraper=clients.scraper, edge_onnx=edge_onnx,
