@@ -29,6 +29,7 @@ from mesh.errors import (
     MeshError,
 )
 from mesh.lifecycle import Service
+from mesh.node.admission import caller_name
 from mesh.node.latency import HedgePolicy, HedgeSettings, LatencyTracker
 from mesh.observability import tracing
 from mesh.sdk.answers import EventResult, InferResult, PublishAck
@@ -43,6 +44,7 @@ from mesh.typedefs import Array
 
 if TYPE_CHECKING:
     from mesh.review.records import LabelEvent
+    from mesh.sdk.local import LocalEdge, LocalSettings
 
 #: how long ``connect`` tries to reach a server at first, unless ``connect_timeout`` says.
 FIRST_CONNECT_S = 5.0
@@ -84,6 +86,8 @@ class MeshClient(Service):
         self._lifecycle_started = True  # connected already: ``async with`` only closes it
         #: the key of this client's event ids' tags (``mesh.events.streams.event_dedup_id``):
         #: from its credentials' seed, so retries across restarts deduplicate; else random.
+        #: the edge tier hosted in this process, if any (``connect(..., local=...)``).
+        self.local: LocalEdge | None = None
         self.events = EventStreams(nc, self._id_prefix, self._ids, event_key or os.urandom(32))
 
     @property
@@ -92,9 +96,16 @@ class MeshClient(Service):
         return self._nc
 
     @classmethod
-    async def connect(cls, servers: str | list[str], **options: Any) -> MeshClient:
+    async def connect(
+        cls, servers: str | list[str], *, local: LocalSettings | None = None, **options: Any
+    ) -> MeshClient:
         """Connect to the mesh's local server; nats-py's options pass through
         (``user_credentials``, ``tls``, ``inbox_prefix``...).
+
+        ``local`` hosts an edge tier in this process (an edge node's settings, or their YAML
+        file; its own credentials, of role ``local-edge``, are in its ``nats`` section): a
+        request for a model it serves is answered by it with no network hop, and escalates
+        over NATS as an edge node's would (``mesh.sdk.local``).
 
         The first connection fails with ``UnavailableError`` within ``connect_timeout`` (default
         5 s) when no server answers; once connected, the client reconnects for ever."""
@@ -116,7 +127,25 @@ class MeshClient(Service):
         nc = await open_connection(
             servers, first_connect_s=first_s, connect_timeout=first_s, **options
         )
-        return cls(nc, event_key=event_key)
+        client = cls(nc, event_key=event_key)
+        if local is not None:
+            try:
+                await client.host(local, caller=caller_name(options.get("inbox_prefix", "")))
+            except BaseException:
+                await client.close()
+                raise
+        return client
+
+    async def host(self, settings: LocalSettings, *, caller: str = "") -> LocalEdge:
+        """Start an edge tier in this process; ``infer`` asks it first for the models it
+        serves (``connect(..., local=...)`` calls this). ``caller`` is the application's
+        identity name, to whom labels of its requests are told."""
+        from mesh.sdk.local import LocalEdge
+
+        edge = LocalEdge(settings, caller=caller)
+        await edge.start()
+        self.local = edge
+        return edge
 
     @property
     def nats(self) -> NATS:
@@ -135,7 +164,13 @@ class MeshClient(Service):
     ) -> InferResult:
         """Ask the mesh; ``tier`` addresses one tier directly instead of the entry tier.
         ``human_review``: ``auto`` (the review queue's rules decide whether a person sees the
-        case), ``always`` or ``never``; a label comes later through ``labels``."""
+        case), ``always`` or ``never``; a label comes later through ``labels``. With an edge
+        hosted in this process (``local``), it answers first the models it serves."""
+        local = self.local
+        if local is not None and (tier is None or tier == local.tier) and local.serves(model):
+            return await self._ask_local(
+                local, model, inputs, budget_ms, residency, request_id, human_review
+            )
         if tier is None:
             subject = self._entry_subjects.get(model) or self._entry_subject(model)
         else:
@@ -179,6 +214,28 @@ class MeshClient(Service):
                 }
             )
             return result
+
+    async def _ask_local(
+        self,
+        local: LocalEdge,
+        model: str,
+        inputs: Array | Mapping[str, Any],
+        budget_ms: float,
+        residency: str,
+        request_id: str | None,
+        human_review: str,
+    ) -> InferResult:
+        request = wire.InferRequest(
+            request_id or f"{self._id_prefix}{next(self._ids):x}",
+            model,
+            tensors_of(inputs),
+            float(budget_ms),
+            residency,
+            0,
+            {} if human_review == "auto" else human_review_parameter(human_review),
+        )
+        # nothing is sent: the request's bytes on the wire are none
+        return InferResult.from_response(await local.infer(request), 0)
 
     def _entry_subject(self, model: str) -> str:
         subject = subjects.entry(checked_token(model, "model name"))
@@ -370,6 +427,8 @@ class MeshClient(Service):
         await self.stop()
 
     async def _stop(self) -> None:
+        if self.local is not None:
+            await self.local.stop()
         if self._owns and not self._nc.is_closed:
             try:
                 await self._nc.drain()
