@@ -152,7 +152,15 @@ def build_report(
         memory=memory,
         edge_rss_mb=edge_rss,
         ratios=ratios,
-        targets=targets(ratios, node_cpu=node_cpu, client_cpu=client_cpu, edge_rss=edge_rss),
+        targets=targets(
+            ratios,
+            node_cpu=node_cpu,
+            client_cpu=client_cpu,
+            edge_rss=edge_rss,
+            local_p50_ms=median([t.p50_ms for t in rows["mesh_local"].trials])
+            if "mesh_local" in rows
+            else None,
+        ),
         node_cpu_us_per_request=node_cpu,
         client_cpu_us_per_request=client_cpu,
         rows_per_model_call=median([t.rows_per_call for t in edge_trials]),

@@ -91,6 +91,15 @@ def _site_rows(config: BenchConfig, rig: Rig, calls: RowCalls, clients: Clients)
             lat,
             tp,
         ),
+        "mesh_local": Row(
+            "mesh_local",
+            "mesh: edge in the application's process (threshold 0)",
+            calls.mesh(clients.local, None),
+            [],
+            lat,
+            tp,
+            note="no server process: its CPU is the load generator's own",
+        ),
         "events_edge": Row(
             "events_edge",
             "mesh: event stream, publish to stored result (edge)",
