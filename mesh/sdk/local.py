@@ -75,6 +75,9 @@ class LocalEdge(Service):
         response = outcome.response
         if response is not None:
             asyncio.get_running_loop().call_soon(self._count, outcome, response)
+            # an answer made in place never suspended the caller: let the loop run once, or
+            # a caller asking in a loop would starve every other task of the process
+            await asyncio.sleep(0)
             return response
         return await self._finish(dataplane, outcome)
 

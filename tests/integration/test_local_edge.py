@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mesh.dev.models.demo import DemoArtifacts
-from mesh.errors import UnavailableError
+from mesh.errors import MeshError, UnavailableError
 from mesh.local.layout import local_edge_identity
 from mesh.local.servers import APPLICATION
 from mesh.node.policy import DEGRADED_REASONS
@@ -28,6 +28,18 @@ from mesh.topology.streams import hard_example_stream
 from mesh.wire import decode_hard_example
 from tests.fixtures.chain import Chain, Tier, admin_options
 from tests.fixtures.site import LinkedSite
+from tests.integration.test_fleet import (
+    CONTROLLER,
+    V1,
+    Fleet,
+    Load,
+    monotone,
+    run_load,
+    wait_for,
+)
+from tests.integration.test_fleet import (
+    fleet as fleet_fixture,  # noqa: F401 (the fixture ``fleet``)
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -84,6 +96,20 @@ async def both(
     return theirs, ours
 
 
+async def cut(client: MeshClient, row: np.ndarray) -> None:
+    """Wait until the site's server knows the hub is gone (the cloud has no responders here),
+    so that both edges meet the cut alike from their first escalation."""
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                await client.infer("digits", row[None, :], budget_ms=200, tier="cloud")
+            except UnavailableError:
+                return
+            except MeshError:
+                pass
+            await asyncio.sleep(0.05)
+
+
 async def hard_examples(linked: LinkedSite, keystore: KeyStore) -> dict[str, list[str]]:
     """The reasons of the hard examples kept at the site, per node that kept them."""
     nc = await nats.connect(linked.leaf_url, **admin_options(keystore))
@@ -122,6 +148,7 @@ async def test_the_in_process_edge_answers_degrades_and_keeps_hard_examples_as_a
         # the link cut: escalations come back degraded, for the same reasons, and are kept
         linked.proxy.blackhole(True)
         linked.proxy.reset_all()
+        await cut(remote, rows[0])
         theirs, ours = await both(remote, local, rows[:60], 1500)
         kept = await hard_examples(linked, keystore)
         linked.proxy.heal()
@@ -156,3 +183,56 @@ async def test_the_in_process_edge_takes_no_requests_over_nats(
         result = await client.infer("digits", row, budget_ms=1000)
         assert result.node == LOCAL or result.tier == "cloud"
     await remote.close()
+
+
+async def test_the_in_process_edge_takes_a_new_version_from_the_fleet_under_load(
+    fleet_fixture: Fleet,  # noqa: F811 (the fixture imported above)
+    keystore: KeyStore,
+    demo: DemoArtifacts,
+) -> None:
+    fleet = fleet_fixture
+    leaf = fleet.site.leaf
+    assert leaf is not None
+    tier = fleet.edge(LOCAL)
+    creds = await asyncio.to_thread(
+        keystore.ensure, local_edge_identity(LOCAL, "edge", domain="site")
+    )
+    settings = NodeSettings(
+        tier="edge",
+        node=LOCAL,
+        zone="device",
+        nats=NatsSettings(servers=[leaf.url], credentials=creds),
+        models=[tier.served_model(demo)],
+        hard_examples=tier.hard_examples,
+        fleet=tier.fleet,
+    )
+    rows = np.load(demo.test)["x"].astype(np.float32)
+    controller, hub = str(fleet.creds(CONTROLLER)), fleet.site.hub.url
+    v2 = await fleet.release(demo, "2-edge")
+    await fleet.mesh("models", "push", str(v2), "--servers", hub, "--creds", controller)
+    client = await MeshClient.connect(
+        leaf.url, user_credentials=str(fleet.creds(APPLICATION)), local=settings
+    )
+    load = Load()
+    loader = asyncio.create_task(run_load(client, rows, load))
+    try:
+        hosted = client.local
+        assert hosted is not None
+        await wait_for(lambda: load.answered > 300, 30, "load on the in-process edge")
+        _, out, _ = await fleet.mesh(
+            "fleet", "assign", "digits", "2-edge", "--selector", "tier=edge,site=site",
+            "--servers", hub, "--creds", controller,
+        )  # fmt: skip
+        assert f"1 nodes: {LOCAL}" in out, out
+        await wait_for(lambda: hosted.node.served_versions()["digits"] == "2-edge", 60, "the swap")
+        after = load.answered
+        await wait_for(lambda: load.answered > after + 300, 30, "answers after the swap")
+    finally:
+        load.stop.set()
+        await loader
+        await client.close()
+    assert load.errors == [], load.errors[:5]
+    assert set(load.by_node) == {LOCAL}
+    versions = load.by_node[LOCAL]
+    assert versions[0] == V1
+    assert monotone(versions, "2-edge")
