@@ -61,7 +61,7 @@ from mesh.topology.streams import (
     events_consumer,
 )
 from mesh.transport.jetstream import require_stream
-from mesh.transport.stores import Entry, Stored, StreamWriter
+from mesh.transport.stores import Entry, Sent, Stored, StreamWriter
 
 log = logging.getLogger("mesh.events")
 
@@ -69,6 +69,8 @@ log = logging.getLogger("mesh.events")
 STATS_S = 2.0
 #: how long a result may wait for its stream's acknowledgement.
 STORE_TIMEOUT_S = 5.0
+#: batches of results whose acknowledgements may be awaited at once.
+STORING = 4
 #: the body of an acknowledgement (nats-py's ``Msg.Ack``).
 ACK = b"+ACK"
 
@@ -98,6 +100,7 @@ class EventConsumer(Service):
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._pullers: list[Puller] = []
         self._writer = StreamWriter(nc)
+        self._storing = asyncio.Semaphore(STORING)
         self._inflight: set[asyncio.Task[None]] = set()
         self.actions: ActionRunner | None = None
         #: figures read from JetStream every ``STATS_S``, exposed as gauges when scraped.
@@ -348,8 +351,25 @@ class EventConsumer(Service):
                 await self._store_traced(entry, r)
                 for entry, r in zip(entries, results, strict=True)
             ]
-        else:
-            outcomes = await self._writer.store_all(entries, STORE_TIMEOUT_S)
+            await self._settle(results, outcomes)
+            return
+        # the next batch is taken while this one's acknowledgements come back (at most
+        # ``STORING`` batches waiting on them); results are written in the order taken
+        await self._storing.acquire()
+        try:
+            sent = await self._writer.send(entries, STORE_TIMEOUT_S)
+        except BaseException:
+            self._storing.release()
+            raise
+        self._spawn(self._settle_sent(results, sent))
+
+    async def _settle_sent(self, results: list[_Result], sent: list[Sent]) -> None:
+        try:
+            await self._settle(results, await self._writer.collect(sent))
+        finally:
+            self._storing.release()
+
+    async def _settle(self, results: list[_Result], outcomes: list[Stored | Exception]) -> None:
         publish = self._nc.publish
         for r, outcome in zip(results, outcomes, strict=True):
             if isinstance(outcome, Exception):

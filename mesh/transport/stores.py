@@ -5,7 +5,7 @@ nats-py's ``JetStreamContext.publish`` waits for each message's acknowledgement 
 caller can send the next, and makes an inbox token, a future and a timer per message. Here a
 batch is written at once (one flush carries it), its acknowledgements are awaited together, and
 deadlines share the ``ReplyInbox``'s heap of ticks; the window of messages in flight is the
-caller's (a batch, or ``StoreWindow``).
+caller's (a batch at a time).
 
 A refusal keeps nats-py's types, so that callers map them as before: ``APIError`` (its
 ``err_code`` and ``description``) for a stream's refusal, ``NoStreamResponseError`` when no
@@ -14,7 +14,6 @@ stream takes the subject, ``TimeoutError`` when no acknowledgement came in time.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections.abc import Sequence
@@ -109,20 +108,6 @@ class StreamWriter:
         await self._inbox.close(unsubscribe=True)
 
 
-class StoreWindow:
-    """At most ``size`` messages of one writer awaiting their acknowledgement: a publisher of
-    many events waits for room rather than flooding the server (its bounded window)."""
-
-    def __init__(self, writer: StreamWriter, size: int) -> None:
-        self._writer = writer
-        self._room = asyncio.Semaphore(size)
-
-    async def store(self, entry: Entry, timeout: float) -> Stored | Exception:
-        async with self._room:
-            (outcome,) = await self._writer.store_all([entry], timeout)
-            return outcome
-
-
 def _stored(data: bytes, headers: dict[str, str] | None) -> Stored | Exception:
     if not data and headers and headers.get(_STATUS) == _NO_RESPONDERS:
         return nats.js.errors.NoStreamResponseError()
@@ -142,4 +127,4 @@ def _timed_out(pending: Pending) -> Exception:
     return TimeoutError(f"no acknowledgement from the stream of {pending.subject} in time")
 
 
-__all__ = ["Entry", "StoreWindow", "Stored", "StreamWriter"]
+__all__ = ["Entry", "Sent", "Stored", "StreamWriter"]
