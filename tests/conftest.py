@@ -103,7 +103,30 @@ def _dump_tasks(signum: int, frame: object) -> None:
         task.print_stack(file=sys.stderr)
 
 
+#: Test files that take most of the machine, or judge what a process does with the CPU it gets
+#: (the demo's full mesh under load, the bench, the energy ledger's budget, hedging against a
+#: frozen node, 450 concurrent requests down a chain, ten thousand fuzzed inputs): ``make test``
+#: runs them after the parallel part, one at a time (``-m serial``), so that tests running beside
+#: them do not starve them of the CPU they are judged on.
+SERIAL_FILES = frozenset(
+    {
+        "test_demo.py",
+        "test_bench.py",
+        "test_power_budget.py",
+        "test_frozen_node.py",
+        "test_chain_accuracy.py",
+        "test_fuzz_live_node.py",
+    }
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     import signal
 
     signal.signal(signal.SIGUSR1, _dump_tasks)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -24,7 +21,7 @@ from mesh.console.state import ConsoleState
 from mesh.console.web import ConsoleWeb
 from mesh.review.client import ReviewClient
 from mesh.security.creds import user_claims
-from mesh.services.process import service_main
+from mesh.services.process import entry_point
 from mesh.services.stopping import Shutdown
 from mesh.settings import NatsSettings
 from mesh.topology.processes import CONSOLE_READY
@@ -98,14 +95,6 @@ def _url(runner: web.AppRunner, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
-def main(
-    config: Path | None = None,
-    *,
-    flags: Mapping[str, Any] | None = None,
-    defaults: Mapping[str, Any] | None = None,
-) -> None:
-    """Run the console until SIGINT or SIGTERM; invalid settings exit with status 2."""
-    service_main(
-        ConsoleSettings, "console", serve, SERVICE, config, flags=flags, defaults=defaults,
-        source="flags and MESH_CONSOLE_* variables",
-    )  # fmt: skip
+main = entry_point(
+    ConsoleSettings, "console", serve, SERVICE, source="flags and MESH_CONSOLE_* variables"
+)

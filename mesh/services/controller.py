@@ -6,13 +6,9 @@ It connects to a server of the fleet with the controller's identity and prints
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
 from mesh.fleet.controller import Controller
 from mesh.observability.telemetry import configure_telemetry
-from mesh.services.process import service_main
+from mesh.services.process import entry_point
 from mesh.services.stopping import Shutdown
 from mesh.settings import ControllerSettings
 from mesh.topology.processes import CONTROLLER_READY
@@ -42,14 +38,6 @@ async def serve(settings: ControllerSettings, shutdown: Shutdown) -> int:
     return 0
 
 
-def main(
-    config: Path | None = None,
-    *,
-    flags: Mapping[str, Any] | None = None,
-    defaults: Mapping[str, Any] | None = None,
-) -> None:
-    """Run the controller until SIGINT or SIGTERM; invalid settings exit with status 2."""
-    service_main(
-        ControllerSettings, "controller", serve, SERVICE, config, flags=flags, defaults=defaults,
-        source="flags and MESH_CONTROLLER_* variables",
-    )  # fmt: skip
+main = entry_point(
+    ControllerSettings, "controller", serve, SERVICE, source="flags and MESH_CONTROLLER_* variables"
+)

@@ -8,9 +8,8 @@ servers listen.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from mesh.ingress.callers import Callers
 from mesh.ingress.core import Ingress
@@ -20,7 +19,7 @@ from mesh.ingress.rest import RestServer, create_rest_app
 from mesh.models.manifest import ModelManifest, load_manifest
 from mesh.observability.telemetry import configure_telemetry
 from mesh.sdk.client import MeshClient
-from mesh.services.process import service_main
+from mesh.services.process import entry_point
 from mesh.services.stopping import Shutdown
 from mesh.settings import IngressSettings
 from mesh.topology.processes import INGRESS_READY
@@ -80,14 +79,6 @@ async def serve(settings: IngressSettings, shutdown: Shutdown) -> int:
     return 0
 
 
-def main(
-    config: Path | None = None,
-    *,
-    flags: Mapping[str, Any] | None = None,
-    defaults: Mapping[str, Any] | None = None,
-) -> None:
-    """Run the ingress until SIGINT or SIGTERM; invalid settings exit with status 2."""
-    service_main(
-        IngressSettings, "ingress", serve, SERVICE, config, flags=flags, defaults=defaults,
-        source="flags and MESH_INGRESS_* variables",
-    )  # fmt: skip
+main = entry_point(
+    IngressSettings, "ingress", serve, SERVICE, source="flags and MESH_INGRESS_* variables"
+)

@@ -13,7 +13,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -76,6 +76,39 @@ def service_main(
     status = run_process(lambda shutdown: serve(settings, shutdown), settings, service)
     if status:
         sys.exit(status)
+
+
+class ServiceMain(Protocol):
+    def __call__(
+        self,
+        config: Path | None = None,
+        *,
+        flags: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+def entry_point(
+    cls: type[SettingsT],
+    what: str,
+    serve: Callable[[SettingsT, Shutdown], Awaitable[int]],
+    service: str,
+    source: str,
+) -> ServiceMain:
+    """A service's ``main(config, flags=, defaults=)``, as the CLI calls it: runs the service
+    until SIGINT or SIGTERM; invalid settings exit with status 2."""
+
+    def main(
+        config: Path | None = None,
+        *,
+        flags: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        service_main(
+            cls, what, serve, service, config, flags=flags, defaults=defaults, source=source
+        )
+
+    return main
 
 
 def load_settings(

@@ -8,10 +8,7 @@ then the intake takes candidates. It prints ``MESH_REVIEW_READY http=URL`` once 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from pathlib import Path
-from typing import Any
 
 from mesh.observability.metrics import default_metrics
 from mesh.observability.telemetry import configure_telemetry
@@ -19,7 +16,7 @@ from mesh.review.desk import ReviewDesk
 from mesh.review.intake import ReviewIntake
 from mesh.review.sampling import DAY_S, QueueLimits
 from mesh.review.settings import ReviewServiceSettings
-from mesh.services.process import service_main
+from mesh.services.process import entry_point
 from mesh.services.stopping import Shutdown
 from mesh.topology.processes import REVIEW_READY
 from mesh.transport.connection import connected
@@ -73,14 +70,10 @@ async def serve(settings: ReviewServiceSettings, shutdown: Shutdown) -> int:
     return 0
 
 
-def main(
-    config: Path | None = None,
-    *,
-    flags: Mapping[str, Any] | None = None,
-    defaults: Mapping[str, Any] | None = None,
-) -> None:
-    """Run the review service until SIGINT or SIGTERM; invalid settings exit with status 2."""
-    service_main(
-        ReviewServiceSettings, "review service", serve, SERVICE, config, flags=flags,
-        defaults=defaults, source="flags and MESH_REVIEW_SERVICE_* variables",
-    )  # fmt: skip
+main = entry_point(
+    ReviewServiceSettings,
+    "review service",
+    serve,
+    SERVICE,
+    source="flags and MESH_REVIEW_SERVICE_* variables",
+)

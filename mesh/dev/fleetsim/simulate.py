@@ -36,12 +36,13 @@ from mesh.dev.faults import FaultProxy
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import MeshError
 from mesh.fleet import registry
-from mesh.fleet.signing import SigningKey, sign
+from mesh.fleet.release import signed_artifact
+from mesh.fleet.signing import SigningKey
 from mesh.lifecycle import cancel_and_wait
 from mesh.local.layout import node_identity, tier_node_settings
 from mesh.local.servers import ADMIN, APPLICATION, NatsServer, ServerConfig
 from mesh.local.supervisor import ChildProcess, child_env
-from mesh.models.manifest import load_manifest, save_manifest, sha256_of, verify_artifact
+from mesh.models.manifest import load_manifest, save_manifest, verify_artifact
 from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
@@ -70,18 +71,6 @@ class SimulationSettings:
     #: hundreds of them share this machine's cores, so the demo models' 2 ms (one device's
     #: budget) would measure the neighbours, not the model. None keeps the manifest's.
     latency_budget_ms: float | None = 50.0
-
-
-def release(manifest: Path, key: SigningKey) -> registry.Artifact:
-    """A manifest and its artifact, signed with ``key``, as the registry stores them."""
-    parsed = load_manifest(manifest)
-    onnx = verify_artifact(parsed, manifest)
-    signature = sign(key, json.loads(manifest.read_text("utf-8")), sha256_of(onnx))
-    return registry.Artifact(
-        onnx=onnx.read_bytes(),
-        manifest_bytes=manifest.read_bytes(),
-        signature_bytes=signature.to_json(),
-    )
 
 
 def site_name(index: int) -> str:
@@ -145,7 +134,7 @@ class FleetSimulation:
             )
             await provision(lambda domain: nc.jetstream(domain=domain), topology)
             await registry.push(
-                hub, await asyncio.to_thread(release, self.demo.edge_int8, self.key)
+                hub, await asyncio.to_thread(signed_artifact, self.demo.edge_int8, self.key)
             )
         finally:
             await nc.close()
@@ -303,7 +292,8 @@ class FleetSimulation:
         nc = await self.hub.connect(CONTROLLER.name)
         try:
             return await registry.push(
-                nc.jetstream(domain="hub"), await asyncio.to_thread(release, manifest, self.key)
+                nc.jetstream(domain="hub"),
+                await asyncio.to_thread(signed_artifact, manifest, self.key),
             )
         finally:
             await nc.close()

@@ -24,6 +24,8 @@ less accurate) on different machines.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,6 +397,33 @@ def ensure_demo(
     recipe = _recipe_hash(seed)
     if _marker_ok(paths, recipe):
         return paths
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Several processes may ask for one cache at once (mesh up beside a test, parallel test
+    # workers): one builds while the others wait, then find its build complete.
+    with _build_lock(cache_dir):
+        if _marker_ok(paths, recipe):
+            return paths
+        _build_into(cache_dir, paths, recipe, seed, notice)
+    return paths
+
+
+@contextlib.contextmanager
+def _build_lock(cache_dir: Path) -> Iterator[None]:
+    with open(cache_dir / ".build.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_into(
+    cache_dir: Path,
+    paths: DemoArtifacts,
+    recipe: str,
+    seed: int,
+    notice: Callable[[str], None] | None,
+) -> None:
     other = _marker_recipe(paths)
     if notice is not None and other is not None and other != recipe:
         notice(
@@ -416,7 +445,6 @@ def ensure_demo(
         (cache_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return paths
 
 
 if (
