@@ -68,6 +68,9 @@ class LocalEdge(Service):
             raise InternalError("the in-process edge is not running")
         if self.caller:
             request.parameters[parameters.CALLER] = self.caller
+        # An answer made in place (or a refusal) never suspends its caller: the loop runs once
+        # per request, or a caller asking in a loop would starve every other task it has.
+        await asyncio.sleep(0)
         received_at = time.monotonic()
         if tracing.wanted_here():
             return await self._traced(dataplane, request, received_at)
@@ -75,9 +78,6 @@ class LocalEdge(Service):
         response = outcome.response
         if response is not None:
             asyncio.get_running_loop().call_soon(self._count, outcome, response)
-            # an answer made in place never suspended the caller: let the loop run once, or
-            # a caller asking in a loop would starve every other task of the process
-            await asyncio.sleep(0)
             return response
         return await self._finish(dataplane, outcome)
 

@@ -14,6 +14,7 @@ from typing import Any
 import nats
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import MeshError, UnavailableError
@@ -236,3 +237,32 @@ async def test_the_in_process_edge_takes_a_new_version_from_the_fleet_under_load
     versions = load.by_node[LOCAL]
     assert versions[0] == V1
     assert monotone(versions, "2-edge")
+
+
+async def test_answers_made_in_place_let_the_process_s_other_tasks_run_traced_or_not(
+    linked: LinkedSite,
+    chain: Chain,
+    keystore: KeyStore,
+    demo: DemoArtifacts,
+    spans: InMemorySpanExporter,
+) -> None:
+    _, settings, app = await start(linked, chain, keystore)
+    row = np.load(demo.test)["x"].astype(np.float32)[:1]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with await MeshClient.connect(
+        linked.leaf_url, user_credentials=str(app), local=settings
+    ) as client:
+        other = asyncio.create_task(ticker())
+        async with asyncio.timeout(30):  # a loop that never yields would hang here
+            for _ in range(200):
+                await client.infer("digits", row, budget_ms=1000)
+        other.cancel()
+    assert ticks >= 100
+    assert any(s.name == "process local digits" for s in spans.get_finished_spans())
