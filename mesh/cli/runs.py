@@ -28,7 +28,15 @@ from mesh.cli.options import cache_option
     default=None,
     help="The mlserver executable of a separate venv, for the MLServer peer row.",
 )
-def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None) -> None:
+@click.option(
+    "--rows",
+    default=None,
+    help="Measure only these rows (comma-separated keys, e.g. mesh_edge,events_edge); "
+    "ratios whose rows are missing report null.",
+)
+def bench(
+    quick: bool, json_path: Path | None, cache: Path, mlserver: str | None, rows: str | None
+) -> None:
     """Benchmark the mesh against the NATS and ONNX Runtime floor and against HTTP peers."""
     from mesh.dev.bench import bench_main, render
 
@@ -36,7 +44,7 @@ def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None
         click.echo(f"bench: {text}", err=True)
 
     try:
-        report = asyncio.run(bench_main(quick, cache, mlserver, progress))
+        report = asyncio.run(bench_main(quick, cache, mlserver, progress, only=_row_keys(rows)))
     except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo("bench: interrupted; every process it started is stopped", err=True)
         sys.exit(130)
@@ -44,6 +52,10 @@ def bench(quick: bool, json_path: Path | None, cache: Path, mlserver: str | None
     if json_path is not None:
         json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         click.echo(f"bench: JSON written to {json_path}", err=True)
+
+
+def _row_keys(rows: str | None) -> frozenset[str] | None:
+    return None if rows is None else frozenset(k.strip() for k in rows.split(",") if k.strip())
 
 
 @click.command()

@@ -250,6 +250,16 @@ def node_identity(
     )
 
 
+def local_edge_identity(
+    name: str, tier: str, *, upstream_tier: str | None = None, domain: str | None = None
+) -> IdentitySpec:
+    """The NATS identity of an edge hosted in an application's process (``Role.LOCAL_EDGE``):
+    an edge node's rights, asked in-process instead of over NATS."""
+    return IdentitySpec(
+        name, Role.LOCAL_EDGE, tier=tier, upstream_tier=upstream_tier, domain=domain
+    )
+
+
 def tier_node_settings(
     tier: str,
     *,

@@ -25,7 +25,11 @@ from mesh.models.manifest import artifact_path, load_manifest
 
 
 async def run_bench(
-    config: BenchConfig, cache: Path, mlserver: str | None, progress: Callable[[str], None]
+    config: BenchConfig,
+    cache: Path,
+    mlserver: str | None,
+    progress: Callable[[str], None],
+    only: frozenset[str] | None = None,
 ) -> BenchReport:
     phases = Phases("mesh bench")
     async with phases.phase("models", 900, "the demo models' build"):
@@ -47,6 +51,11 @@ async def run_bench(
             clients = await connect_clients(rig, config, stack)
             calls = await RowCalls.open(payloads, clients, rig, stack)
         rows = bench_rows(config, rig, calls, clients, calibrated)
+        if only is not None:
+            # rows left out are not measured: their figures and the ratios on them are null
+            for key, row in rows.items():
+                if key not in only:
+                    row.call, row.unavailable = None, "not asked for (--rows)"
         floor = ort_floor_row(config)
         # ten minutes a trial is many times what one takes here: past it, a row is stuck
         async with phases.phase("trials", 600 * config.trials + 300) as phase:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -165,7 +166,7 @@ class EventLoad:
 
 
 async def connect_sites(
-    urls: Mapping[str, str], options: Mapping[str, object]
+    urls: Mapping[str, str], options: Mapping[str, Any]
 ) -> dict[str, MeshClient]:
     """One application client per site, on that site's server."""
     clients: dict[str, MeshClient] = {}
