@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean proto fleet-500 system-deps
+.PHONY: demo test bench lint install clean proto fleet-500 soak system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(STAMP)
 # Rollouts on 500 simulated nodes in 5 sites (about 15 minutes, most of the machine); figures in fleet-500.json.
 fleet-500: $(STAMP)
 	FLEET_500=1 $(BIN)/pytest -q -s tests/fleet/test_fleet_500.py
+
+# Ten minutes of load on a 3-server hub and 3 sites under the chaos schedule (docs/scale.md); the
+# report, with the machine it ran on, in benchmarks/results/. Run it on a quiet machine.
+soak: $(STAMP)
+	$(BIN)/mesh soak --minutes 10 --sites 3 --hub-cluster 3 --report benchmarks/results/soak-$(shell date +%F).json
 
 lint: $(STAMP)
 	$(BIN)/ruff check mesh services tests

@@ -2,7 +2,8 @@
 # Issues the NATS identities the Kubernetes manifests use, in a fleet made by
 # `mesh identities init FLEET_DIR --host ...` (k8s/README.md), and the fleet's signing key.
 #
-#   sh k8s/identities.sh FLEET_DIR cloud                 # mesh-cloud-0 .. CLOUD_REPLICAS-1
+#   sh k8s/identities.sh FLEET_DIR cloud                 # mesh-cloud-0 .. CLOUD_REPLICAS-1,
+#                                                          # console-reviewer
 #   SITE=site EDGE_MACHINES="worker-1 worker-2" sh k8s/identities.sh FLEET_DIR site
 #
 # Node identities are named as the pods name their node (MESH_NODE): the cloud StatefulSet's
@@ -25,6 +26,9 @@ cloud)
             --downstream-tier gateway --domain hub
         i=$((i + 1))
     done
+    # the console labels as a reviewer of its own, so the queue's history tells its labels from
+    # those of `mesh review`; the console, review-desk and review-intake come with the fleet
+    mesh identities add "$dir" console-reviewer --role reviewer
     ;;
 site)
     site=${SITE:-site}

@@ -2,7 +2,7 @@
 # Prints the Secrets (and the signing key's ConfigMap) one side of the mesh needs, from a fleet
 # directory (mesh identities init, k8s/identities.sh), for `kubectl apply -f -`:
 #
-#   sh k8s/secrets.sh FLEET_DIR cloud | kubectl apply -f -
+#   MESH_CONSOLE_TOKEN=... sh k8s/secrets.sh FLEET_DIR cloud | kubectl apply -f -
 #   SITE=site sh k8s/secrets.sh FLEET_DIR site | kubectl apply -f -
 #
 # Each Secret holds one identity's creds, or one workload's (one key per pod, each pod mounting
@@ -44,6 +44,17 @@ cloud)
     secret mesh-cloud-creds $(files "$dir"/creds/mesh-cloud-*.creds)
     secret mesh-controller-creds --from-file=controller.creds="$dir/creds/controller.creds"
     secret mesh-admin-creds --from-file=admin.creds="$dir/creds/admin.creds"
+    secret mesh-review-creds --from-file=review-desk.creds="$dir/creds/review-desk.creds" \
+        --from-file=review-intake.creds="$dir/creds/review-intake.creds"
+    secret mesh-console-creds --from-file=console.creds="$dir/creds/console.creds" \
+        --from-file=console-reviewer.creds="$dir/creds/console-reviewer.creds"
+    # people's token for the console: yours, never a default (it is what `?token=` takes)
+    token=${MESH_CONSOLE_TOKEN:?set MESH_CONSOLE_TOKEN, the token people open the console with, 16 characters or more}
+    if [ "${#token}" -lt 16 ]; then
+        echo "secrets.sh: MESH_CONSOLE_TOKEN is shorter than 16 characters" >&2
+        exit 2
+    fi
+    secret mesh-console-token --from-literal=token="$token"
     ;;
 site)
     site=${SITE:-site}

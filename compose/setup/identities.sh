@@ -20,10 +20,17 @@ fi
 if [ ! -e "$dir/signing.key" ]; then
     mesh keys generate "$dir/signing.key"
 fi
+# The console labels as a reviewer of its own, so the queue's history tells its labels from
+# those of `mesh review` (the `reviewer` identity, for people at a terminal).
+if [ ! -e "$dir/creds/console-reviewer.creds" ]; then
+    mesh identities add "$dir" console-reviewer --role reviewer
+fi
 
 # What the mesh's processes read as user $uid: their own creds, the signing key (the admin
 # service only) and the public files.
-for name in ${MESH_RUNTIME_IDENTITIES:-cloud-0 gateway-0 edge-0 edge-1 controller ingress admin}; do
+runtime="cloud-0 gateway-0 edge-0 edge-1 controller ingress admin review-desk review-intake"
+runtime="$runtime console console-reviewer"
+for name in ${MESH_RUNTIME_IDENTITIES:-$runtime}; do
     chown "$uid" "$dir/creds/$name.creds"
     chmod 0400 "$dir/creds/$name.creds"
 done

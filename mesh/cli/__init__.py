@@ -23,7 +23,7 @@ from mesh.cli.releases import (
 )
 from mesh.cli.review import review
 from mesh.cli.rollouts import controller, rollout
-from mesh.cli.runs import bench, demo
+from mesh.cli.runs import bench, demo, soak
 from mesh.cli.serving import infer, ingress, node, publish, up
 
 
@@ -35,7 +35,7 @@ def main() -> None:
 
 for _command in (
     node, infer, publish, up, ingress, models, identities, keys, fleet, rollout, controller,
-    bench, demo, review, console, learn,
+    bench, demo, soak, review, console, learn,
 ):  # fmt: skip
     main.add_command(_command)
 for _command in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -38,6 +39,8 @@ from mesh.topology.processes import (
 )
 
 if TYPE_CHECKING:
+    from mesh.local.launcher import EmbeddedMesh, MeshLayout
+    from mesh.local.phases import Phases
     from mesh.sdk.client import InferResult
 
 
@@ -215,114 +218,52 @@ def _answer(result: InferResult) -> dict[str, object]:
     default=None,
     help="Client port of the site server applications connect to (default: a free one).",
 )
+@click.option(
+    "--hub-cluster",
+    type=click.IntRange(1, 7),
+    default=1,
+    show_default=True,
+    help="Servers of the hub: 3 runs it as a NATS cluster, every hub stream replicated R3.",
+)
+@click.option(
+    "--sites",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help="Sites, each a leaf server with its gateway and edge nodes (MESH_NATS_URL: the first).",
+)
 def up(
     cache: Path,
     edge_replicas: int,
     keep_logs: Path | None,
     repository: Path | None,
     port: int | None,
+    hub_cluster: int,
+    sites: int,
 ) -> None:
     """Start the whole mesh (NATS hub and site, cloud, gateway and edge nodes) until Ctrl-C.
 
-    Every process it starts dies with it; a node that exits is reported and restarted."""
-    from mesh.dev.models.demo import ensure_demo
-    from mesh.errors import InvalidArgumentError
-    from mesh.local.launcher import EmbeddedMesh, MeshLayout
-    from mesh.models.validate import require_valid
+    Every process it starts dies with it; a node that exits is reported and restarted. Each
+    start-up phase has a deadline: one that passes stops everything and names what it waited
+    for."""
+    from mesh.local.launcher import EmbeddedMesh
+    from mesh.local.phases import Phases
     from mesh.services.stopping import RIG_STOP_GRACE_S, Shutdown, run_until_signalled
 
-    async def layout() -> MeshLayout:
-        if repository is not None:
-            from mesh.models.store import ModelRepository, model_settings_for
-
-            # Absolute: the nodes' settings files live elsewhere.
-            repo = ModelRepository(await asyncio.to_thread(repository.resolve))
-            entries = await asyncio.to_thread(repo.entries)
-            tiers = sorted({entry.tier for entry in entries})
-            if not tiers:
-                raise InvalidArgumentError(
-                    f"{repository}: the repository holds no model; add one with mesh models import"
-                )
-            models = {
-                tier: [
-                    settings.model_dump(mode="json", exclude_defaults=True)
-                    for settings in await asyncio.to_thread(model_settings_for, repo, tier)
-                ]
-                for tier in tiers
-            }
-            for tier, served in models.items():
-                names = ", ".join(m["name"] for m in served)
-                click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
-            return MeshLayout(
-                models=models, edge_replicas=edge_replicas, fleet=True, events=True, operated=True
-            )
-        click.echo(f"demo models in {cache} (built on first run)", err=True)
-        demo = await asyncio.to_thread(ensure_demo, cache, 0, _say)
-        reports = await asyncio.to_thread(
-            require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
-        )
-        for report in reports:
-            click.echo(f"evidence gate: {report.summary()}", err=True)
-        return MeshLayout(
-            edge_manifest=demo.edge_int8,
-            gateway_manifest=demo.gateway,
-            cloud_manifest=demo.cloud,
-            edge_replicas=edge_replicas,
-            fleet=True,
-            events=True,
-            operated=True,
-        )
+    phases = Phases("mesh up")
 
     async def run(shutdown: Shutdown) -> int:
-        plan = await layout()
+        async with phases.phase("models", 900, "the demo models' build and evidence gate"):
+            served = await up_layout(cache, repository)
+        plan = dataclasses.replace(
+            served, edge_replicas=edge_replicas, fleet=True, events=True, operated=True,
+            hub_cluster=hub_cluster, sites=sites,
+        )  # fmt: skip
         plan.tiers()
         mesh = EmbeddedMesh(plan, work_dir=keep_logs, site_port=port)
         try:
-            await mesh.start()
-            for name, proc in mesh.nodes.items():
-                click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
-            click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
-            controller = await mesh.controller_creds()
-            if mesh.controller is not None:
-                click.echo(
-                    f"controller {mesh.controller.name}: pid {mesh.controller.pid}", err=True
-                )
-            click.echo(
-                f"fleet: {', '.join(mesh.published)} signed and in the registry; "
-                f"mesh models bump, mesh rollout start and mesh fleet status use the "
-                f"{ENV_HUB_URL}, {ENV_CONTROLLER_CREDS}, {ENV_SIGNING_KEY} and "
-                f"{ENV_TRUSTED_KEYS} below",
-                err=True,
-            )
-            token = secrets.token_urlsafe(24)
-            ingress = await mesh.start_ingress(token)
-            click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
-            review = await mesh.start_review()
-            reviewer = await mesh.reviewer_creds()
-            _say(
-                f"review: pid {review.pid}, the queue at the hub; mesh review list uses the "
-                f"{ENV_REVIEWER_CREDS} below"
-            )
-            console_token = secrets.token_urlsafe(24)
-            console = await mesh.start_console(console_token)
-            _say(f"console: pid {console.pid}, open {console.url}/?token=...")
-            # the first five lines as they always were, then the operator's; the trusted key
-            # last (the README waits for it)
-            for name, value in (
-                (ENV_NATS_URL, mesh.site_url),
-                (ENV_CREDS, mesh.app_creds),
-                (ENV_HTTP_URL, ingress.http_url),
-                (ENV_GRPC_URL, ingress.grpc_address),
-                (ENV_INGRESS_TOKEN, token),
-                (ENV_HUB_URL, mesh.hub_url),
-                (ENV_CONTROLLER_CREDS, controller),
-                (ENV_SIGNING_KEY, mesh.signing_key_path),
-                (ENV_REVIEWER_CREDS, reviewer),
-                (ENV_CONSOLE_URL, console.url),
-                (ENV_CONSOLE_TOKEN, console_token),
-                (ENV_TRUSTED_KEYS, mesh.signing_public),
-            ):
-                _tell(f"{name}={value}")
+            await start_mesh(mesh, phases)
+            await announce(mesh, phases)
             supervisor = asyncio.create_task(mesh.supervise(_say))
             await shutdown.wait()
             supervisor.cancel()
@@ -334,6 +275,117 @@ def up(
         return 0
 
     asyncio.run(run_until_signalled(run, grace_s=RIG_STOP_GRACE_S))
+
+
+async def up_layout(cache: Path, repository: Path | None) -> MeshLayout:
+    """What ``mesh up`` serves: the repository's models on the tiers it names, or the demo's
+    models once they passed the evidence gate here."""
+    from mesh.dev.models.demo import ensure_demo
+    from mesh.errors import InvalidArgumentError
+    from mesh.local.launcher import MeshLayout
+    from mesh.models.validate import require_valid
+
+    if repository is not None:
+        from mesh.models.store import ModelRepository, model_settings_for
+
+        # Absolute: the nodes' settings files live elsewhere.
+        repo = ModelRepository(await asyncio.to_thread(repository.resolve))
+        entries = await asyncio.to_thread(repo.entries)
+        tiers = sorted({entry.tier for entry in entries})
+        if not tiers:
+            raise InvalidArgumentError(
+                f"{repository}: the repository holds no model; add one with mesh models import"
+            )
+        models = {
+            tier: [
+                settings.model_dump(mode="json", exclude_defaults=True)
+                for settings in await asyncio.to_thread(model_settings_for, repo, tier)
+            ]
+            for tier in tiers
+        }
+        for tier, served in models.items():
+            names = ", ".join(m["name"] for m in served)
+            click.echo(f"repository {repository}: tier {tier} serves {names}", err=True)
+        return MeshLayout(models=models)
+    click.echo(f"demo models in {cache} (built on first run)", err=True)
+    demo = await asyncio.to_thread(ensure_demo, cache, 0, _say)
+    reports = await asyncio.to_thread(
+        require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
+    )
+    for report in reports:
+        click.echo(f"evidence gate: {report.summary()}", err=True)
+    return MeshLayout(
+        edge_manifest=demo.edge_int8,
+        gateway_manifest=demo.gateway,
+        cloud_manifest=demo.cloud,
+    )
+
+
+async def announce(mesh: EmbeddedMesh, phases: Phases) -> None:
+    """The nodes, the controller, then the ingress, the review service and the console as they
+    start, then the ``NAME=value`` lines (the first five as they always were, the trusted key
+    last: the README waits for it)."""
+    for name, proc in mesh.nodes.items():
+        click.echo(f"node {name}: pid {proc.pid}, http {proc.http_url}", err=True)
+    click.echo(f"hub {mesh.hub_url}; logs in {mesh.work_dir}", err=True)
+    controller = await mesh.controller_creds()
+    if mesh.controller is not None:
+        click.echo(f"controller {mesh.controller.name}: pid {mesh.controller.pid}", err=True)
+    click.echo(
+        f"fleet: {', '.join(mesh.published)} signed and in the registry; "
+        f"mesh models bump, mesh rollout start and mesh fleet status use the "
+        f"{ENV_HUB_URL}, {ENV_CONTROLLER_CREDS}, {ENV_SIGNING_KEY} and "
+        f"{ENV_TRUSTED_KEYS} below",
+        err=True,
+    )
+    token = secrets.token_urlsafe(24)
+    async with phases.phase("ingress", 90, "the ingress's ready line"):
+        ingress = await mesh.start_ingress(token)
+    click.echo(f"ingress: pid {ingress.pid}, OIP REST and gRPC at the site", err=True)
+    async with phases.phase("review", 90, "the review service's ready line"):
+        review = await mesh.start_review()
+    reviewer = await mesh.reviewer_creds()
+    _say(
+        f"review: pid {review.pid}, the queue at the hub; mesh review list uses the "
+        f"{ENV_REVIEWER_CREDS} below"
+    )
+    console_token = secrets.token_urlsafe(24)
+    async with phases.phase("console", 90, "the console's ready line"):
+        console = await mesh.start_console(console_token)
+    _say(f"console: pid {console.pid}, open {console.url}/?token=...")
+    # the first five lines as they always were, then the operator's; the trusted key
+    # last (the README waits for it)
+    for name, value in (
+        (ENV_NATS_URL, mesh.site_url),
+        (ENV_CREDS, mesh.app_creds),
+        (ENV_HTTP_URL, ingress.http_url),
+        (ENV_GRPC_URL, ingress.grpc_address),
+        (ENV_INGRESS_TOKEN, token),
+        (ENV_HUB_URL, mesh.hub_url),
+        (ENV_CONTROLLER_CREDS, controller),
+        (ENV_SIGNING_KEY, mesh.signing_key_path),
+        (ENV_REVIEWER_CREDS, reviewer),
+        (ENV_CONSOLE_URL, console.url),
+        (ENV_CONSOLE_TOKEN, console_token),
+        (ENV_TRUSTED_KEYS, mesh.signing_public),
+    ):
+        _tell(f"{name}={value}")
+
+
+async def start_mesh(mesh: EmbeddedMesh, phases: Phases) -> None:
+    """The mesh's servers, nodes and controller, each step within its deadline."""
+    lay = mesh.layout
+    async with phases.phase("NATS servers", 120) as phase:
+        phase.waiting_for(
+            f"{lay.hub_cluster} hub server(s) with a JetStream leader, {lay.sites} site(s) "
+            "linked, every stream provisioned"
+        )
+        await mesh.start_servers()
+    async with phases.phase("nodes", 300) as phase:
+        await mesh.start_nodes(waiting=phase.waiting_for)
+    if lay.fleet and lay.operated:
+        async with phases.phase("controller", 90, "the controller's ready line"):
+            await mesh.start_controller()
 
 
 @click.command()

@@ -382,4 +382,64 @@ class FaultProxy(Service):
             self._handlers.discard(task)
 
 
-__all__ = ["FaultProxy", "FaultStats"]
+class SiteLink:
+    """A site's leaf link to a clustered hub: one ``FaultProxy`` per hub member, since the site
+    dials any member; a fault applies to all of them, so the site cannot reconnect around it."""
+
+    def __init__(self, site: str, proxies: list[FaultProxy]) -> None:
+        self.site = site
+        self.proxies = proxies
+
+    @classmethod
+    async def start(cls, site: str, host: str, ports: list[int]) -> SiteLink:
+        proxies: list[FaultProxy] = []
+        try:
+            for port in ports:
+                proxy = FaultProxy(host, port)
+                await proxy.start()
+                proxies.append(proxy)
+        except BaseException:
+            for proxy in proxies:
+                await proxy.stop()
+            raise
+        return cls(site, proxies)
+
+    @property
+    def urls(self) -> list[str]:
+        return [proxy.url for proxy in self.proxies]
+
+    def bytes_carried(self) -> tuple[int, int]:
+        """Bytes the link carried so far: from the site to the hub, and back."""
+        up = sum(proxy.stats.bytes_to_target for proxy in self.proxies)
+        down = sum(proxy.stats.bytes_to_client for proxy in self.proxies)
+        return up, down
+
+    def blackhole(self, on: bool, *, drop: bool = False) -> None:
+        for proxy in self.proxies:
+            proxy.blackhole(on, drop=drop)
+
+    def set_latency(self, ms: float) -> None:
+        for proxy in self.proxies:
+            proxy.set_latency(ms)
+
+    def set_bandwidth(self, bytes_per_second: float | None) -> None:
+        for proxy in self.proxies:
+            proxy.set_bandwidth(bytes_per_second)
+
+    def refuse(self, on: bool) -> None:
+        for proxy in self.proxies:
+            proxy.refuse(on)
+
+    def reset_all(self) -> int:
+        return sum(proxy.reset_all() for proxy in self.proxies)
+
+    def heal(self) -> None:
+        for proxy in self.proxies:
+            proxy.heal()
+
+    async def stop(self) -> None:
+        for proxy in self.proxies:
+            await proxy.stop()
+
+
+__all__ = ["FaultProxy", "FaultStats", "SiteLink"]

@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -31,6 +31,7 @@ from opentelemetry import trace
 from mesh import wire
 from mesh.errors import InternalError, InvalidArgumentError, MeshError
 from mesh.events.actions import ActionRunner, ResultView
+from mesh.events.pulling import Puller
 from mesh.events.records import (
     InferenceEvent,
     ResultEvent,
@@ -60,11 +61,18 @@ from mesh.topology.streams import (
     events_consumer,
 )
 from mesh.transport.jetstream import require_stream
+from mesh.transport.stores import Entry, Sent, Stored, StreamWriter
 
 log = logging.getLogger("mesh.events")
 
 #: how often stream depth and consumer lag are read for the gauges.
 STATS_S = 2.0
+#: how long a result may wait for its stream's acknowledgement.
+STORE_TIMEOUT_S = 5.0
+#: batches of results whose acknowledgements may be awaited at once.
+STORING = 4
+#: the body of an acknowledgement (nats-py's ``Msg.Ack``).
+ACK = b"+ACK"
 
 
 class EventConsumer(Service):
@@ -90,7 +98,9 @@ class EventConsumer(Service):
         self._js: JetStreamContext = nc.jetstream(domain=domain)
         self._metrics = metrics
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self._subs: list[Any] = []
+        self._pullers: list[Puller] = []
+        self._writer = StreamWriter(nc)
+        self._storing = asyncio.Semaphore(STORING)
         self._inflight: set[asyncio.Task[None]] = set()
         self.actions: ActionRunner | None = None
         #: figures read from JetStream every ``STATS_S``, exposed as gauges when scraped.
@@ -128,19 +138,22 @@ class EventConsumer(Service):
             return
         config = consumer_config(self.tier, model, self.settings)
         await self._js.add_consumer(EVENTS_STREAM, config)
-        sub = await self._js.pull_subscribe_bind(durable=config.durable_name, stream=EVENTS_STREAM)
-        self._subs.append(sub)
-        self._loops[model] = asyncio.create_task(self._loop(model, sub), name=f"events-{model}")
+        batch = self.settings.fetch_batch
+        puller = Puller(
+            self._nc, EVENTS_STREAM, config.durable_name or "", window=2 * batch, batch=batch,
+            domain=self._domain,
+        )  # fmt: skip
+        await puller.open()
+        self._pullers.append(puller)
+        self._loops[model] = asyncio.create_task(self._loop(model, puller), name=f"events-{model}")
 
     async def _stop(self) -> None:
         for unregister in self._unregister:
             unregister()
         await cancel_and_wait([*self._loops.values(), *filter(None, [self._stats_task])])
-        # A pull subscription left open holds up the connection's drain (its queue never empties:
-        # nothing fetches any more); what it holds is delivered again after ack_wait.
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        # Events taken from the server and not yet handled are given back at once.
+        for puller in self._pullers:
+            await puller.close()
         # Events under way finish (their results stored and acknowledged) for a little while;
         # what does not is delivered again after ack_wait.
         if self._inflight:
@@ -150,6 +163,7 @@ class EventConsumer(Service):
             await cancel_and_wait(list(self._inflight))
         if self.actions is not None:
             await self.actions.stop()
+        await self._writer.close()
 
     def _gauge_values(self) -> list[tuple[float, dict[str, str]]]:
         return [
@@ -181,13 +195,13 @@ class EventConsumer(Service):
             self.deferred += 1
             await asyncio.sleep(wait)
 
-    async def _loop(self, model: str, sub: Any) -> None:
+    async def _loop(self, model: str, puller: Puller) -> None:
         while True:
             await self._defer(model)
             try:
-                msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
+                msgs = await puller.take(timeout=1.0)
+                if not msgs:
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -206,44 +220,51 @@ class EventConsumer(Service):
     async def _handle(self, model: str, msgs: list[Msg]) -> None:
         now_wall, now_mono = time.time(), time.monotonic()
         batch: list[tuple[InferenceEvent, Msg, float]] = []
+        results: list[_Result] = []
         for msg in msgs:
             source = subjects.source_of(msg.subject)
             try:
-                event = decode_event(msg.data)
-                if event.model != model or event.source != source:
-                    raise InvalidArgumentError(
-                        f"event for {event.model}/{event.source} published on {msg.subject}"
-                    )
-                if not dedup_id_matches((msg.headers or {}).get(MSG_ID, ""), source, event.id):
-                    raise InvalidArgumentError(
-                        f"event {event.id} of {source}: its {MSG_ID} header must be "
-                        f"{source}:{event.id}:<tag> (the SDK writes it); the event is refused"
-                    )
+                event = self._checked(model, source, msg)
             except MeshError as exc:
                 self._metrics.events.add(1, self.tier, model, "malformed")
-                await self._store_error(msg, model, source, _id_of(msg), exc)
+                results.append(self._error_result(msg, model, source, _id_of(msg), exc))
                 continue
             age_s = min(max(0.0, now_wall - event.published_at), event.budget_ms / 1000.0)
             if tracing.wanted(msg.headers):
                 # a traced event runs on its own, inside its publisher's trace
-                task = asyncio.create_task(self._traced(event, msg, now_mono - age_s))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                self._spawn(self._traced(event, msg, now_mono - age_s))
                 continue
             batch.append((event, msg, now_mono - age_s))
-        if not batch:
-            return
-        self._shortest_s[model] = min(event.budget_ms for event, _, _ in batch) / 1000.0
-        outcomes = await self._dataplane.answer_batch_async(
-            [(event.request(), received_at) for event, _, received_at in batch]
-        )
-        for (event, msg, _), outcome in zip(batch, outcomes, strict=True):
-            if outcome.escalation is not None:
-                task = asyncio.create_task(self._complete(event, msg, outcome))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-                continue
-            await self._store_outcome(event, msg, outcome)
+        if batch:
+            self._shortest_s[model] = min(event.budget_ms for event, _, _ in batch) / 1000.0
+            outcomes = await self._dataplane.answer_batch_async(
+                [(event.request(), received_at) for event, _, received_at in batch]
+            )
+            for (event, msg, _), outcome in zip(batch, outcomes, strict=True):
+                if outcome.escalation is not None:
+                    self._spawn(self._complete(event, msg, outcome))
+                else:
+                    results.append(self._result(event, msg, outcome))
+        if results:
+            await self._store(results)
+
+    def _checked(self, model: str, source: str, msg: Msg) -> InferenceEvent:
+        event = decode_event(msg.data)
+        if event.model != model or event.source != source:
+            raise InvalidArgumentError(
+                f"event for {event.model}/{event.source} published on {msg.subject}"
+            )
+        if not dedup_id_matches((msg.headers or {}).get(MSG_ID, ""), source, event.id):
+            raise InvalidArgumentError(
+                f"event {event.id} of {source}: its {MSG_ID} header must be "
+                f"{source}:{event.id}:<tag> (the SDK writes it); the event is refused"
+            )
+        return event
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _traced(self, event: InferenceEvent, msg: Msg, received_at: float) -> None:
         subject = msg.subject
@@ -266,7 +287,7 @@ class EventConsumer(Service):
                 if outcome.escalation is not None:
                     await self._complete(event, msg, outcome)
                 else:
-                    await self._store_outcome(event, msg, outcome)
+                    await self._store([self._result(event, msg, outcome)])
         finally:
             otel_context.detach(token)
 
@@ -279,81 +300,96 @@ class EventConsumer(Service):
             outcome.error = InternalError(f"event {event.id}: {exc!r}")
         else:
             outcome.response = response
-        await self._store_outcome(event, msg, outcome)
+        await self._store([self._result(event, msg, outcome)])
 
-    async def _store_outcome(self, event: InferenceEvent, msg: Msg, outcome: Outcome) -> None:
+    def _result(self, event: InferenceEvent, msg: Msg, outcome: Outcome) -> _Result:
         response = outcome.response
-        if response is not None:
-            reply = wire.encode_response(response)
-            label = "degraded" if response.degraded else "answered"
-            view = ResultView(
-                event.model, response.labels, response.confidence, response.tier,
-                response.degraded,
-            )  # fmt: skip
-        else:
+        if response is None:
             error = outcome.error or InternalError(f"event {event.id} has no answer")
-            reply = wire.encode_error(
-                wire.ErrorReply(event.id, error.code, error.message, self.tier, self.node)
-            )
-            label = "error"
-            view = ResultView(event.model, [], None, self.tier, False, str(error))
-        self._metrics.events.add(1, self.tier, event.model, label)
-        await self._store(msg, event.model, event.source, event.id, event.published_at, reply, view)
+            self._metrics.events.add(1, self.tier, event.model, "error")
+            return self._error_result(msg, event.model, event.source, event.id, error)
+        self._metrics.events.add(
+            1, self.tier, event.model, "degraded" if response.degraded else "answered"
+        )
+        view = ResultView(
+            event.model, response.labels, response.confidence, response.tier, response.degraded
+        )
+        reply = wire.encode_response(response)
+        return _Result(msg, event.model, event.source, event.id, event.published_at, reply, view)
 
-    async def _store_error(
+    def _error_result(
         self, msg: Msg, model: str, source: str, event_id: str, error: MeshError
-    ) -> None:
+    ) -> _Result:
         reply = wire.encode_error(
             wire.ErrorReply(event_id, error.code, error.message, self.tier, self.node)
         )
         view = ResultView(model, [], None, self.tier, False, str(error))
-        await self._store(msg, model, source, event_id, 0.0, reply, view)
+        return _Result(msg, model, source, event_id, 0.0, reply, view)
 
-    async def _store(
-        self,
-        msg: Msg,
-        model: str,
-        source: str,
-        event_id: str,
-        published_at: float,
-        reply: bytes,
-        view: ResultView,
-    ) -> None:
-        """Store the result, then acknowledge the event, then start the actions its rules call
-        for; a result that cannot be stored leaves the event to be delivered again. Actions
-        are at least once: a node that dies between storing and acknowledging runs them again
-        on redelivery (each action event carries the event id)."""
-        result = ResultEvent(
-            event_id=event_id,
-            model=model,
-            source=source,
-            published_at=published_at,
-            stored_at=time.time(),
-            event_sequence=_sequence_of(msg),
-            reply=reply,
-        )
-        headers = {MSG_ID: result_dedup_id(source, event_id)}
-        subject = result_subject(model, source)
-        try:
-            if tracing.wanted_here():
-                with tracing.send_span(
-                    subject, kind=trace.SpanKind.PRODUCER, message_id=event_id, model=model
-                ):
-                    await self._js.publish(
-                        subject, encode_result(result), headers=tracing.inject(headers),
-                        timeout=5.0,
-                    )  # fmt: skip
-            else:
-                await self._js.publish(subject, encode_result(result), headers=headers, timeout=5.0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("result of event %s not stored: %r", event_id, exc)
-            await self._retry_or_dead(msg, model, f"result not stored: {exc!r}")
+    async def _store(self, results: list[_Result]) -> None:
+        """Store the results (written together, their acknowledgements awaited together), then
+        acknowledge their events, then start the actions their rules call for; a result that
+        cannot be stored leaves its event to be delivered again. Actions are at least once: a
+        node that dies between storing and acknowledging runs them again on redelivery (each
+        action event carries the event id)."""
+        stored_at = time.time()
+        entries: list[Entry] = []
+        for r in results:
+            record = ResultEvent(
+                event_id=r.event_id,
+                model=r.model,
+                source=r.source,
+                published_at=r.published_at,
+                stored_at=stored_at,
+                event_sequence=_sequence_of(r.msg),
+                reply=r.reply,
+            )
+            headers = {MSG_ID: result_dedup_id(r.source, r.event_id)}
+            entries.append((result_subject(r.model, r.source), encode_result(record), headers))
+        if tracing.wanted_here():
+            outcomes = [
+                await self._store_traced(entry, r)
+                for entry, r in zip(entries, results, strict=True)
+            ]
+            await self._settle(results, outcomes)
             return
-        await msg.ack()
-        if self.actions is not None:
-            self.actions.fire(view, event_id, source)
+        # the next batch is taken while this one's acknowledgements come back (at most
+        # ``STORING`` batches waiting on them); results are written in the order taken
+        await self._storing.acquire()
+        try:
+            sent = await self._writer.send(entries, STORE_TIMEOUT_S)
+        except BaseException:
+            self._storing.release()
+            raise
+        self._spawn(self._settle_sent(results, sent))
+
+    async def _settle_sent(self, results: list[_Result], sent: list[Sent]) -> None:
+        try:
+            await self._settle(results, await self._writer.collect(sent))
+        finally:
+            self._storing.release()
+
+    async def _settle(self, results: list[_Result], outcomes: list[Stored | Exception]) -> None:
+        publish = self._nc.publish
+        for r, outcome in zip(results, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("result of event %s not stored: %r", r.event_id, outcome)
+                await self._retry_or_dead(r.msg, r.model, f"result not stored: {outcome!r}")
+                continue
+            # acknowledged as nats-py's Msg.ack does, the batch's acks in one write
+            await publish(r.msg.reply, ACK)
+            if self.actions is not None:
+                self.actions.fire(r.view, r.event_id, r.source)
+
+    async def _store_traced(self, entry: Entry, r: _Result) -> Stored | Exception:
+        subject, payload, headers = entry
+        with tracing.send_span(
+            subject, kind=trace.SpanKind.PRODUCER, message_id=r.event_id, model=r.model
+        ):
+            (outcome,) = await self._writer.store_all(
+                [(subject, payload, tracing.inject(headers))], STORE_TIMEOUT_S
+            )
+        return outcome
 
     async def _retry_or_dead(self, msg: Msg, model: str, reason: str) -> None:
         delivered = _delivered_of(msg)
@@ -371,6 +407,19 @@ class EventConsumer(Service):
         self._metrics.events.add(1, self.tier, model, "dead_lettered")
         with contextlib.suppress(Exception):
             await msg.term()
+
+
+@dataclass(slots=True)
+class _Result:
+    """A result to store for the event ``msg`` carried."""
+
+    msg: Msg
+    model: str
+    source: str
+    event_id: str
+    published_at: float
+    reply: bytes
+    view: ResultView
 
 
 def deferral(wait_s: float, shortest_budget_s: float | None) -> float:

@@ -217,19 +217,27 @@ class Ingress(Service):
         self._check_size(request)
         budget = self._budget(request, budget_ms)
         zone = self._residency(request, residency)
-        ctx = tracing.extract(traceparent) if traceparent else otel_context.get_current()
-        token = otel_context.attach(ctx)
+        if not traceparent:
+            if not tracing.wanted_here():
+                return await self._ask(request, budget, zone)
+            return await self._traced(request, budget, zone, span_name)
+        token = otel_context.attach(tracing.extract(traceparent))
         try:
-            if tracing.wanted_here():
-                with TRACER.start_as_current_span(
-                    f"{span_name} {request.model}",
-                    kind=trace.SpanKind.SERVER,
-                    attributes={"mesh.model": request.model, "mesh.ingress": True},
-                ):
-                    return await self._ask(request, budget, zone)
-            return await self._ask(request, budget, zone)
+            return await self._traced(request, budget, zone, span_name)
         finally:
             otel_context.detach(token)
+
+    async def _traced(
+        self, request: oip.OipRequest, budget: float, zone: str, span_name: str
+    ) -> oip.OipResponse:
+        if tracing.wanted_here():
+            with TRACER.start_as_current_span(
+                f"{span_name} {request.model}",
+                kind=trace.SpanKind.SERVER,
+                attributes={"mesh.model": request.model, "mesh.ingress": True},
+            ):
+                return await self._ask(request, budget, zone)
+        return await self._ask(request, budget, zone)
 
     async def _ask(self, request: oip.OipRequest, budget: float, zone: str) -> oip.OipResponse:
         inputs = {t.name: t.data for t in request.inputs}

@@ -326,7 +326,7 @@ class GrpcIngress(Service):
             raise InvalidArgumentError(f"{BUDGET_KEY} {text!r} is not a number") from None
         answer = await self.ingress.infer(
             parsed,
-            traceparent=metadata,
+            traceparent=metadata if "traceparent" in metadata else None,
             budget_ms=budget_ms,
             residency=metadata.get(RESIDENCY_KEY),
             span_name="ModelInfer",

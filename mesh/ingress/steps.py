@@ -10,6 +10,7 @@ call (``json.loads`` of a 120 MB body in ``asyncio.to_thread`` stalled the loop 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Generator
 from typing import TypeVar
 
@@ -20,6 +21,8 @@ Steps = Generator[None, None, T]
 STEP_BYTES = 1 << 20
 #: values one step converts.
 STEP_VALUES = 1 << 17
+#: steps run back to back until they took this long, then the loop runs.
+YIELD_AFTER_S = 0.001
 
 
 def finish(steps: Steps[T]) -> T:
@@ -33,11 +36,17 @@ def finish(steps: Steps[T]) -> T:
 
 
 async def drive(steps: Steps[T]) -> T:
-    """Every step, yielding to the event loop between them: the result."""
+    """Every step, yielding to the event loop between them once ``YIELD_AFTER_S`` of them has
+    run: the result. A small body's few steps run at once (each yield is a trip through the
+    loop, several a request); a large body still lets other callers in every few ms."""
+    clock = time.perf_counter
+    since = clock()
     while True:
         try:
             next(steps)
         except StopIteration as done:
             result: T = done.value
             return result
-        await asyncio.sleep(0)
+        if clock() - since >= YIELD_AFTER_S:
+            await asyncio.sleep(0)
+            since = clock()

@@ -1,4 +1,5 @@
-"""Run the whole mesh on one machine: NATS hub and site, and each tier node as its own process.
+"""Run the whole mesh on one machine: the NATS hub (one server or a cluster) and sites, and each
+tier node as its own process.
 
 Used by ``mesh up``, the demo, the benchmark and the fault tests. Every process started here
 dies with its parent (``PR_SET_PDEATHSIG`` on Linux) and is stopped in reverse order.
@@ -8,235 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
-
-import yaml
+from typing import Any
 
 from mesh.errors import InvalidArgumentError
-from mesh.lifecycle import cancel_and_wait
-from mesh.local.layout import node_identity, settings_yaml, tier_node_settings
+from mesh.local.cluster import Hub
+from mesh.local.layout import TIERS, ZONES, MeshLayout, NodePlanner, NodeSpot
+from mesh.local.processes import (
+    CONSOLE_REVIEWER,
+    MESH_COMMAND,
+    ConsoleProcess,
+    ControllerProcess,
+    IngressProcess,
+    NodeProcess,
+)
 from mesh.local.review import REVIEWER, ReviewProcess, start_review
 from mesh.local.servers import APPLICATION, Site
-from mesh.local.supervisor import ChildProcess, child_env
-from mesh.services.node import READY_PREFIX
-from mesh.settings import NodeSettings
-from mesh.topology.processes import CONSOLE_READY, CONTROLLER_READY, INGRESS_READY
-from mesh.topology.streams import MeshTopology, TierPlacement
+from mesh.local.supervisor import Supervised, Supervisor, Watched
+from mesh.topology.streams import MeshTopology, StreamLimits, TierPlacement
 from mesh.transport.jetstream import provision
 
-#: how a rig starts a mesh process: the ``mesh`` command of this interpreter, as a user would.
-MESH_COMMAND = (sys.executable, "-m", "mesh.cli")
-
-
-class NodeProcess:
-    """One ``mesh node`` process from typed settings; ready once it prints its ready line.
-
-    ``env`` adds environment variables (``OTEL_*`` for instance) to the process's environment.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        settings: NodeSettings,
-        work_dir: Path,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.config_path = work_dir / f"{name}.yaml"
-        self.log_path = work_dir / f"{name}.log"
-        self.http_url: str | None = None
-        self._child = ChildProcess(
-            name,
-            [*MESH_COMMAND, "node", "--config", str(self.config_path)],
-            self.log_path,
-            ready_prefix=READY_PREFIX,
-            env=child_env(env),
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    @property
-    def running(self) -> bool:
-        return self._child.running
-
-    async def start(self, timeout: float = 60.0) -> None:
-        text = yaml.safe_dump(settings_yaml(self.settings), sort_keys=False)
-        await asyncio.to_thread(self.config_path.write_text, text)
-        await self._child.start(timeout)
-        http = self._child.info.get("http")
-        self.http_url = http if http and http != "-" else None
-        if self.http_url and self.settings.http_port == 0:
-            # a restarted node serves its health and metrics where it did before, so whoever
-            # scrapes it (or read mesh up's lines) still finds it
-            port = int(self.http_url.rsplit(":", 1)[1].split("/")[0])
-            self.settings = self.settings.model_copy(update={"http_port": port})
-
-    async def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        await self._child.kill()
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-    async def wait(self) -> int:
-        """Until the process exits; its exit status."""
-        return await self._child.wait()
-
-
-class Supervised(Protocol):
-    """A process ``supervise`` restarts when it exits."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    async def start(self) -> None: ...
-
-    async def wait(self) -> int: ...
-
-
-class IngressProcess:
-    """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
-
-    READY = INGRESS_READY
-
-    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self._child = ChildProcess(
-            "ingress", argv, log_path, ready_prefix=self.READY, env=child_env(env)
-        )
-        self.http_url = ""
-        self.grpc_address = ""
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    async def start(self, timeout: float = 60.0) -> None:
-        await self._child.start(timeout)
-        self.http_url = self._child.info.get("http", "")
-        self.grpc_address = self._child.info.get("grpc", "")
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-
-class ControllerProcess:
-    """A ``mesh controller`` process (the fleet's, driving rollouts); ready once it watches."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self.name = name
-        self._child = ChildProcess(
-            name, argv, log_path, ready_prefix=CONTROLLER_READY, env=child_env(env)
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    async def start(self, timeout: float = 60.0) -> None:
-        await self._child.start(timeout)
-
-    async def kill(self) -> None:
-        await self._child.kill()
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-    async def wait(self) -> int:
-        return await self._child.wait()
-
-
-#: the reviewer identity the console labels with under ``mesh up`` and the demo.
-CONSOLE_REVIEWER = "console-reviewer"
-
-
-class ConsoleProcess:
-    """The ``mesh console`` process; ``url`` once it is ready. Restarted on the port it had."""
-
-    READY = CONSOLE_READY
-
-    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self._argv = argv
-        self._child = ChildProcess(
-            "console", argv, log_path, ready_prefix=self.READY, env=child_env(env)
-        )
-        self.url = ""
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    async def start(self, timeout: float = 60.0) -> None:
-        if self.url and "--port" in self._child.argv:
-            # a restart serves where the first start did, so the printed address stays good
-            at = self._child.argv.index("--port") + 1
-            self._child.argv[at] = self.url.rsplit(":", 1)[1]
-        await self._child.start(timeout)
-        self.url = self._child.info.get("http", "")
-
-    async def wait(self) -> int:
-        return await self._child.wait()
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-
-#: the tiers ``mesh up`` knows, lowest first, with their residency zones.
-TIERS = ("edge", "gateway", "cloud")
-ZONES = {"edge": "device", "gateway": "site", "cloud": "cloud"}
-
-
-@dataclass
-class MeshLayout:
-    """Which nodes run where: the demo's three tiers unless told otherwise.
-
-    ``extra`` holds settings by tier name, and by node name (``edge-1``) for one node's own.
-    ``models`` (tier to model settings, as in a settings file) replaces the demo's digits
-    manifests: the tiers it names run, lowest first, each escalating to the next one present,
-    the lowest taking the entry subjects (``mesh up --models DIR``)."""
-
-    edge_manifest: Path | None = None
-    gateway_manifest: Path | None = None
-    cloud_manifest: Path | None = None
-    edge_replicas: int = 1
-    edge_threshold: float | None = None
-    gateway_threshold: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    models: dict[str, list[dict[str, Any]]] | None = None
-    #: run the fleet: registry buckets on the hub and the site, a signing key, and every node
-    #: with its agent (heartbeats, signed versions assigned with ``mesh fleet assign``).
-    fleet: bool = False
-    #: the entry tier consumes the site's event stream (``mesh publish``, ``client.publish``).
-    events: bool = False
-    #: share of confident answers the edge and gateway audit upstream (default: the setting's).
-    audit_rate: float | None = None
-    #: with ``fleet``: sign the versions the nodes serve and push them to the registry (what a
-    #: rollout rolls back to), and run a ``mesh controller`` under supervision (``mesh up``).
-    operated: bool = False
-
-    def tiers(self) -> list[str]:
-        if self.models is None:
-            return list(TIERS)
-        unknown = sorted(set(self.models) - set(TIERS))
-        if unknown:
-            raise InvalidArgumentError(f"tiers {unknown} are not among {list(TIERS)}")
-        return [tier for tier in TIERS if self.models.get(tier)]
+#: the URLs a site dials to reach the hub, given the site and the hub's leafnode ports (a rig
+#: puts a fault proxy in front of each).
+LinkMaker = Callable[[str, list[int]], Awaitable[list[str]]]
 
 
 class EmbeddedMesh:
-    """Hub and site NATS servers plus cloud, gateway and edge node processes.
+    """The hub's NATS servers (one, or a cluster), each site's leaf server, and the cloud,
+    gateway and edge node processes.
 
-    The cloud tier is on the hub; the gateway and edge tiers are on the site's leaf server, as
-    the README's topology draws it. ``leaf_url`` lets a fault proxy sit on the leaf-to-hub link.
+    The cloud tier is on the hub; the gateway and edge tiers are on each site's leaf server, as
+    the README's topology draws it. ``leaf_url`` (the first site's) or ``links`` (any site's)
+    let a fault proxy sit on a leaf-to-hub link.
     """
 
     def __init__(
@@ -252,9 +59,19 @@ class EmbeddedMesh:
         self.work_dir = Path(
             work_dir or Path(tempfile.gettempdir()) / f"mesh-up-{uuid.uuid4().hex}"
         )
-        self.site = Site(self.work_dir / "nats", site_port=site_port)
+        servers = self.work_dir / "nats"
+        self.hub = Hub(servers / "hub", servers / "keys", layout.hub_cluster)
+        self.sites = [
+            Site(servers, name, servers / "keys", site_port if k == 0 else None, hub=self.hub)
+            for k, name in enumerate(layout.site_names())
+        ]
+        #: the first site (the only one, unless the layout has several).
+        self.site = self.sites[0]
         self.nodes: dict[str, NodeProcess] = {}
-        self._stopping = False
+        #: where each node stands, by name.
+        self.spots: dict[str, NodeSpot] = {}
+        #: what ``supervise`` restarted and holds down, while it runs.
+        self.supervisor: Supervisor | None = None
         #: the key the fleet's nodes trust (``layout.fleet``), made when the servers start.
         self.signing_key_path = self.work_dir / "fleet" / "signing.key"
         self.signing_public: str | None = None
@@ -267,17 +84,35 @@ class EmbeddedMesh:
 
     @property
     def site_url(self) -> str:
-        assert self.site.leaf is not None
-        return self.site.leaf.url
+        """The first site's client URL (where applications and the ingress connect)."""
+        return self.site_url_of(self.site.site_name)
+
+    def site_url_of(self, site: str) -> str:
+        for each in self.sites:
+            if each.site_name == site and each.leaf is not None:
+                return each.leaf.url
+        raise InvalidArgumentError(f"no started site {site!r} among {self.layout.site_names()}")
 
     @property
     def hub_url(self) -> str:
-        return self.site.hub.url
+        """Every hub member's client URL, comma-separated (as ``--servers`` takes them)."""
+        return self.hub.url
 
-    async def start_servers(self, leaf_url: str | None = None) -> None:
+    async def start_servers(
+        self, leaf_url: str | Sequence[str] | None = None, *, links: LinkMaker | None = None
+    ) -> None:
+        """The hub, then every site at once; ``leaf_url`` is what the first site dials instead
+        of the hub's leafnode ports, ``links(site, ports)`` what any site dials."""
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
-        await self.site.hub.start()
-        await self.site.start(leaf_url)
+        await self.hub.start()
+
+        async def start_site(k: int, site: Site) -> None:
+            url = leaf_url if k == 0 else None
+            if url is None and links is not None:
+                url = await links(site.site_name, self.hub.leaf_ports)
+            await site.start(url)
+
+        await asyncio.gather(*(start_site(k, site) for k, site in enumerate(self.sites)))
         await self.provision()
         if self.layout.fleet:
             await self.start_fleet()
@@ -285,21 +120,23 @@ class EmbeddedMesh:
                 await self.publish_served()
 
     def topology(self) -> MeshTopology:
-        """The streams this mesh needs: its chain (the cloud at the hub, the rest at the site),
-        the entry tier's event models, the fleet's buckets."""
+        """The streams this mesh needs: its chain (the cloud at the hub, the rest at each
+        site), the entry tier's event models, the fleet's buckets, the hub's replicas."""
         tiers = self.layout.tiers()
         return MeshTopology(
             tiers=tuple(TierPlacement(t, at_sites=t != "cloud") for t in tiers),
-            sites=(self.site.site_name,),
+            sites=tuple(self.layout.site_names()),
             event_models=tuple(self.entry_models()),
             events=self._events_enabled(),
             fleet=self.layout.fleet,
+            limits=self.layout.limits or StreamLimits(),
+            hub_replicas=self.layout.hub_replicas(),
         )
 
     async def provision(self) -> None:
-        """The administrator's step: every stream and bucket of both domains, from the
+        """The administrator's step: every stream and bucket of every domain, from the
         topology; the nodes only look theirs up."""
-        nc = await self.site.hub.connect(name="mesh-provision")
+        nc = await self.hub.connect(name="mesh-provision")
         try:
             await provision(lambda domain: nc.jetstream(domain=domain), self.topology())
         finally:
@@ -307,7 +144,7 @@ class EmbeddedMesh:
 
     def _events_enabled(self) -> bool:
         """The entry tier takes events: the layout says so, or its own settings do."""
-        extra = self.layout.extra.get(self._entry_tier())
+        extra = self.layout.extra.get(self.layout.tiers()[0])
         events = extra.get("events") if isinstance(extra, dict) else None
         return self.layout.events or (isinstance(events, dict) and bool(events.get("enabled")))
 
@@ -315,10 +152,20 @@ class EmbeddedMesh:
         lay = self.layout
         if lay.models is None:
             return ["digits"]
-        return [str(m["name"]) for m in lay.models.get(self._entry_tier(), [])]
+        return [str(m["name"]) for m in lay.models.get(lay.tiers()[0], [])]
 
-    def domain_of(self, tier: str) -> str:
-        return "hub" if tier == "cloud" else self.site.site_name
+    def domain_of(self, tier: str, site: str | None = None) -> str:
+        return self.planner().domain_of(tier, site or self.site.site_name)
+
+    def planner(self) -> NodePlanner:
+        """Every node's place and settings, once the servers listen."""
+        return NodePlanner(
+            self.layout,
+            hub_urls=self.hub.urls,
+            site_urls={site.site_name: self.site_url_of(site.site_name) for site in self.sites},
+            work_dir=self.work_dir,
+            signing_public=self.signing_public,
+        )
 
     async def start_fleet(self) -> None:
         """The signing key the fleet's nodes will trust."""
@@ -356,7 +203,7 @@ class EmbeddedMesh:
         from mesh.models.manifest import load_manifest
 
         key = await asyncio.to_thread(SigningKey.load, self.signing_key_path)
-        nc = await self.site.hub.connect(name="mesh-publish")
+        nc = await self.hub.connect(name="mesh-publish")
         try:
             js = nc.jetstream(domain="hub")
             for manifest in dict.fromkeys(self.served_manifests()):
@@ -385,7 +232,7 @@ class EmbeddedMesh:
         lay = self.layout
         if lay.models is None:
             return [lay.edge_manifest] if lay.edge_manifest is not None else []
-        entry = lay.models.get(self._entry_tier(), [])
+        entry = lay.models.get(lay.tiers()[0], [])
         return [Path(m["manifest"]) for m in entry if m.get("manifest")]
 
     async def start_ingress(self, token: str) -> IngressProcess:
@@ -393,7 +240,7 @@ class EmbeddedMesh:
         from mesh.security.identities import IdentitySpec
         from mesh.security.permissions import Role
 
-        creds = await self.site.hub.issue(IdentitySpec("ingress", Role.INGRESS))
+        creds = await self.hub.issue(IdentitySpec("ingress", Role.INGRESS))
         argv = [
             *MESH_COMMAND, "ingress", "--servers", self.site_url,
             "--creds", str(creds), "--http-port", "0", "--grpc-port", "0",
@@ -413,7 +260,7 @@ class EmbeddedMesh:
         from mesh.security.identities import IdentitySpec
         from mesh.security.permissions import Role
 
-        creds = await self.site.hub.issue(IdentitySpec("console", Role.CONSOLE))
+        creds = await self.hub.issue(IdentitySpec("console", Role.CONSOLE))
         argv = [
             *MESH_COMMAND, "console", "--servers", self.hub_url, "--creds", str(creds),
             "--port", str(port),
@@ -421,7 +268,7 @@ class EmbeddedMesh:
         if self.review is not None:
             # people label through the console as a reviewer of its own, so the queue's
             # history tells the console's labels from those of `mesh review`
-            reviewer = await self.site.hub.issue(IdentitySpec(CONSOLE_REVIEWER, Role.REVIEWER))
+            reviewer = await self.hub.issue(IdentitySpec(CONSOLE_REVIEWER, Role.REVIEWER))
             argv += ["--reviewer-creds", str(reviewer)]
         if offline_after_s is not None:
             argv += ["--offline-after", f"{offline_after_s:g}"]
@@ -434,159 +281,81 @@ class EmbeddedMesh:
     async def start_review(self, settings: Mapping[str, Any] | None = None) -> ReviewProcess:
         """The review queue's service at the hub (``mesh review serve``), as its own process."""
         self.review = await start_review(
-            self.site.hub, self.work_dir, self.node_env, MESH_COMMAND, settings
+            self.hub, self.work_dir, self.node_env, MESH_COMMAND, settings
         )
         return self.review
 
     async def reviewer_creds(self) -> Path:
         """Credentials of a person with the reviewer role (``mesh review``)."""
-        return await self.site.hub.issue(REVIEWER)
+        return await self.hub.issue(REVIEWER)
 
     async def controller_creds(self) -> Path:
         """Credentials of the fleet's controller (push versions, assign them)."""
         from mesh.security.identities import IdentitySpec
         from mesh.security.permissions import Role
 
-        return await self.site.hub.issue(IdentitySpec("controller", Role.CONTROLLER))
+        return await self.hub.issue(IdentitySpec("controller", Role.CONTROLLER))
 
     @property
     def app_creds(self) -> Path:
         """Credentials of the application identity (``MESH_CREDS`` of ``mesh up``)."""
-        return self.site.keystore.creds_path(APPLICATION.name)
+        return self.hub.keystore.creds_path(APPLICATION.name)
 
     def client_options(self) -> dict[str, Any]:
         """``MeshClient.connect`` options for the application identity."""
-        return self.site.hub.client_options(APPLICATION.name)
+        return self.hub.client_options(APPLICATION.name)
 
-    def _upstream_of(self, tier: str) -> str | None:
-        tiers = self.layout.tiers()
-        at = tiers.index(tier)
-        return tiers[at + 1] if at + 1 < len(tiers) else None
+    async def start_nodes(self, waiting: Callable[[str], None] | None = None) -> None:
+        """Every node, a wave at a time (the top tier first), the nodes of a wave at once;
+        ``waiting`` hears which nodes' ready lines each wave waits for."""
+        planner = self.planner()
+        for wave in planner.spots():
+            if waiting is not None:
+                names = ", ".join(spot.name for spot in wave)
+                waiting(f"the ready lines of {names}")
+            for spot in wave:
+                creds = await self.hub.issue(planner.identity(spot))
+                self.spots[spot.name] = spot
+                self.nodes[spot.name] = NodeProcess(
+                    spot.name, planner.settings(spot, creds), self.work_dir, env=self.node_env
+                )
+            async with asyncio.TaskGroup() as group:
+                for spot in wave:
+                    group.create_task(self.nodes[spot.name].start())
 
-    def _downstream_of(self, tier: str) -> str | None:
-        tiers = self.layout.tiers()
-        at = tiers.index(tier)
-        return tiers[at - 1] if at > 0 else None
-
-    def _collect(self, tier: str) -> tuple[str, str | None] | None:
-        """The tier below ``tier`` and its domain, as seen from ``tier``'s server."""
-        below = self._downstream_of(tier)
-        if below is None:
-            return None
-        domain = self.domain_of(below)
-        return below, None if domain == self.domain_of(tier) else domain
-
-    def _entry_tier(self) -> str:
-        return self.layout.tiers()[0]
-
-    async def issue_node_identity(self, tier: str, index: int = 0) -> Path:
-        spec = node_identity(
-            f"{tier}-{index}",
-            tier,
-            upstream_tier=self._upstream_of(tier),
-            entry=tier == self._entry_tier(),
-            downstream_tier=self._downstream_of(tier),
-            domain=self.domain_of(tier),
-        )
-        return await self.site.hub.issue(spec)
-
-    def node_settings(
-        self, tier: str, index: int = 0, credentials: Path | None = None
-    ) -> NodeSettings:
-        lay = self.layout
-        extra = lay.extra.get(tier)
-        extra = extra if isinstance(extra, dict) else None
-        node = f"{tier}-{index}"
-        own = lay.extra.get(node)
-        if isinstance(own, dict):
-            # one node's own settings over its tier's (the demo's edge device on battery)
-            extra = {**(extra or {}), **own}
-        if lay.events and tier == self._entry_tier():
-            events = {"enabled": True, **(extra or {}).get("events", {})}
-            extra = {**(extra or {}), "events": events}
-        if lay.fleet:
-            assert self.signing_public is not None, "start the servers first"
-            domain = self.domain_of(tier)
-            fleet = {
-                "enabled": True,
-                "domain": domain,
-                "site": domain,
-                "trusted_keys": [self.signing_public],
-                "cache_dir": str(self.work_dir / "fleet" / "cache" / node),
-                "heartbeat_s": 1.0,
-            }
-            extra = {**(extra or {}), "fleet": {**fleet, **(extra or {}).get("fleet", {})}}
-        if lay.models is not None:
-            upstream = self._upstream_of(tier)
-            return tier_node_settings(
-                tier,
-                node=node,
-                server=self.hub_url if tier == "cloud" else self.site_url,
-                zone=ZONES[tier],
-                entry=tier == self._entry_tier(),
-                upstream=(upstream, ZONES[upstream]) if upstream else None,
-                collect=self._collect(tier),
-                credentials=credentials,
-                models=lay.models[tier],
-                extra=extra,
-            )
-        if tier == "cloud":
-            return tier_node_settings(
-                tier,
-                node=node,
-                server=self.hub_url,
-                manifest=lay.cloud_manifest,
-                zone="cloud",
-                collect=self._collect(tier),
-                credentials=credentials,
-                extra=extra,
-            )
-        if tier == "gateway":
-            return tier_node_settings(
-                tier,
-                node=node,
-                server=self.site_url,
-                manifest=lay.gateway_manifest,
-                zone="site",
-                upstream=("cloud", "cloud"),
-                threshold=lay.gateway_threshold,
-                collect=self._collect(tier),
-                credentials=credentials,
-                extra=extra,
-            )
-        return tier_node_settings(
-            tier,
-            node=node,
-            server=self.site_url,
-            manifest=lay.edge_manifest,
-            zone="device",
-            entry=True,
-            upstream=("gateway", "site"),
-            threshold=lay.edge_threshold,
-            credentials=credentials,
-            extra=extra,
-            audit_rate=lay.audit_rate,
-        )
-
-    async def start_nodes(self) -> None:
-        tiers = self.layout.tiers()
-        plan = [(tier, 0) for tier in reversed(tiers) if tier != "edge"]
-        if "edge" in tiers:
-            plan += [("edge", i) for i in range(self.layout.edge_replicas)]
-        for tier, index in plan:
-            name = f"{tier}-{index}"
-            creds = await self.issue_node_identity(tier, index)
-            node = NodeProcess(
-                name, self.node_settings(tier, index, creds), self.work_dir, env=self.node_env
-            )
-            self.nodes[name] = node
-            await node.start()
-
-    async def start(self, leaf_url: str | None = None) -> None:
-        await self.start_servers(leaf_url)
+    async def start(self, leaf_url: str | None = None, *, links: LinkMaker | None = None) -> None:
+        await self.start_servers(leaf_url, links=links)
         await self.start_nodes()
         if self.layout.fleet and self.layout.operated:
             await self.start_controller()
+
+    def watched(self) -> dict[str, Watched]:
+        """What ``supervise`` restarts: every node, the review service, the controller, every
+        NATS server and the console."""
+        watched: dict[str, Watched] = {}
+        for name, node in self.nodes.items():
+            watched[name] = Watched(f"node {name}", node, _node_back(name, node))
+        if self.review is not None:
+            label = "review service"
+            watched[label] = Watched(label, self.review, _server_back(label, self.review))
+        if self.controller is not None:
+            label = f"controller {self.controller.name}"
+            controller = self.controller
+            watched[label] = Watched(
+                label, controller, lambda: f"{label} restarted (pid {controller.pid})"
+            )
+        servers = [*self.hub.members, *(s.leaf for s in self.sites if s.leaf is not None)]
+        for server in servers:
+            label = f"nats-server {server.config.name}"
+            watched[label] = Watched(label, server, _server_back(label, server))
+        if self.console is not None:
+            console = self.console
+            watched["console"] = Watched(
+                "console",
+                console,
+                lambda: f"console restarted (pid {console.pid}) at {console.url}",
+            )
+        return watched
 
     async def supervise(
         self,
@@ -599,53 +368,16 @@ class EmbeddedMesh:
         crash, or status 70 from a node whose NATS connection died), reporting each exit; a
         server comes back on the ports it had, so links and clients find it again, and a node
         on the same http URL (reported with its new pid). A process that exits more than
-        ``max_restarts`` times in ``window_s`` is left down and reported so."""
-        watched: dict[str, Supervised] = dict(self.nodes)
-        if self.review is not None:
-            watched["review service"] = self.review
-        if self.controller is not None:
-            watched[f"controller {self.controller.name}"] = self.controller
-        watched["nats-server hub"] = self.site.hub
-        if self.site.leaf is not None:
-            watched[f"nats-server {self.site.site_name}"] = self.site.leaf
-        if self.console is not None:
-            watched["console"] = self.console
-        restarts: dict[str, list[float]] = {name: [] for name in watched}
-        waits = {asyncio.create_task(proc.wait()): name for name, proc in watched.items()}
-        try:
-            while waits:
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    name = waits.pop(task)
-                    if self._stopping:
-                        return
-                    status = task.result() if not task.exception() else "unknown"
-                    now = time.monotonic()
-                    recent = [t for t in restarts[name] if now - t < window_s]
-                    what = name if " " in name or name == "console" else f"node {name}"
-                    if len(recent) >= max_restarts:
-                        report(f"{what} exited with status {status} again; left down")
-                        continue
-                    report(f"{what} exited with status {status}; restarting it")
-                    restarts[name] = [*recent, now]
-                    await asyncio.sleep(min(2.0 ** len(recent) * 0.5, 10.0))
-                    proc = watched[name]
-                    await proc.start()
-                    if isinstance(proc, NodeProcess):
-                        # the same http URL as before: its port is kept across restarts
-                        report(f"node {name} restarted: pid {proc.pid}, http {proc.http_url}")
-                    elif isinstance(proc, ConsoleProcess):
-                        report(f"console restarted (pid {proc.pid}) at {proc.url}")
-                    elif isinstance(proc, ControllerProcess):
-                        report(f"{what} restarted (pid {proc.pid})")
-                    else:
-                        report(f"{what} restarted (pid {proc.pid}) on its own ports")
-                    waits[asyncio.create_task(proc.wait())] = name
-        finally:
-            await cancel_and_wait(list(waits))
+        ``max_restarts`` times in ``window_s`` is left down and reported so. ``self.supervisor``
+        is its state while it runs (restarts so far; ``hold`` keeps a process down a while)."""
+        supervisor = self.supervisor = Supervisor(
+            self.watched(), report, max_restarts=max_restarts, window_s=window_s
+        )
+        await supervisor.run()
 
     async def stop(self) -> None:
-        self._stopping = True
+        if self.supervisor is not None:
+            self.supervisor.stopping = True
         if self.console is not None:
             await self.console.stop()
         if self.ingress is not None:
@@ -656,9 +388,38 @@ class EmbeddedMesh:
             await self.controller.stop()
         for node in reversed(list(self.nodes.values())):
             await node.stop()
-        await self.site.stop()
+        for site in reversed(self.sites):
+            await site.stop()
+        await self.hub.stop()
 
     async def close(self) -> None:
         await self.stop()
         if self._own_dir:
             await asyncio.to_thread(shutil.rmtree, self.work_dir, True)
+
+
+def _node_back(name: str, node: NodeProcess) -> Callable[[], str]:
+    # the same http URL as before: its port is kept across restarts
+    return lambda: f"node {name} restarted: pid {node.pid}, http {node.http_url}"
+
+
+def _server_back(label: str, server: Supervised) -> Callable[[], str]:
+    return lambda: f"{label} restarted (pid {server.pid}) on its own ports"
+
+
+#: kept importable from here: the layout moved to ``mesh.local.layout``.
+__all__ = [
+    "CONSOLE_REVIEWER",
+    "MESH_COMMAND",
+    "REVIEWER",
+    "TIERS",
+    "ZONES",
+    "ConsoleProcess",
+    "ControllerProcess",
+    "EmbeddedMesh",
+    "IngressProcess",
+    "LinkMaker",
+    "MeshLayout",
+    "NodeProcess",
+    "Supervised",
+]

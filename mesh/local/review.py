@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mesh.local.cluster import Hub
 from mesh.local.servers import NatsServer
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.security.identities import IdentitySpec
@@ -46,14 +47,15 @@ class ReviewProcess:
 
 
 async def start_review(
-    hub: NatsServer,
+    hub: NatsServer | Hub,
     work_dir: Path,
     env: Mapping[str, str],
     command: tuple[str, ...],
     settings: Mapping[str, Any] | None = None,
 ) -> ReviewProcess:
-    """The review service on ``hub``, its identities issued by the hub's key store;
-    ``settings`` (limits, costs: ``mesh.review.settings``) go in its settings file."""
+    """The review service on ``hub`` (given every member of a clustered one), its identities
+    issued by the hub's key store; ``settings`` (limits, costs: ``mesh.review.settings``) go in
+    its settings file."""
     desk = await hub.issue(REVIEW_DESK)
     intake = await hub.issue(REVIEW_INTAKE)
     argv = [

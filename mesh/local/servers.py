@@ -24,10 +24,11 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.request import urlopen
 
 import nats
@@ -39,11 +40,15 @@ from mesh.security.identities import IdentitySpec, auth_block
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
 from mesh.security.server_config import (
+    SITE_KEPT_SUBJECTS,
     SITE_LOCAL_SUBJECTS,
+    cluster_block,
     leaf_remote_block,
     leafnodes_block,
 )
 
+if TYPE_CHECKING:
+    from mesh.local.cluster import Hub
 #: A client that answers no PING for about ``PING_MAX`` intervals is dropped as stale (issue 26):
 #: a frozen node (SIGSTOP, a GC pause, a disk stall, a starved CPU) keeps its connection open
 #: and, until the server drops it, its share of its queue group's requests. Measured on these
@@ -75,6 +80,24 @@ def server_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    """This server's place in a cluster (a clustered hub): every member dials every other's
+    route port, so whichever starts first waits for the others and a restarted member rejoins
+    through any of them."""
+
+    name: str
+    #: this server's route port (fixed: the other members' configurations name it).
+    port: int
+    #: every member's route URL (``nats-route://host:port``), this one's included: a server
+    #: skips a route to itself.
+    routes: tuple[str, ...]
+    #: routes authenticate with this user and password (a member's secret, not a fleet's
+    #: identity), over mutual TLS when the key store has certificates.
+    user: str = "route"
+    password: str = ""
+
+
 @dataclass
 class ServerConfig:
     name: str
@@ -87,6 +110,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     #: authentication and leaf TLS; False only to measure what they cost (``mesh bench``).
     secure: bool = True
+    #: a member of a cluster (its JetStream replicated across the members).
+    cluster: ClusterConfig | None = None
 
 
 class NatsServer:
@@ -180,6 +205,18 @@ class NatsServer:
             )
         if pki is None:
             raise UnavailableError(f"key store {store.directory} has no TLS files for leaf links")
+        if c.cluster is not None:
+            cl = c.cluster
+            lines.append(
+                cluster_block(
+                    cl.name,
+                    f"{c.host}:{cl.port}",
+                    cl.routes,
+                    user=cl.user,
+                    password=cl.password,
+                    tls=pki.server,
+                )
+            )
         if c.accept_leafnodes:
             # Leaf servers dial only the URL they were given (no_advertise): gossiped leafnode
             # URLs would let a leaf reconnect around a fault proxy (or a WAN gateway) sitting on
@@ -193,6 +230,7 @@ class NatsServer:
                 ca_file=pki.ca_file,
                 client_cert=pki.client,
                 site_local=SITE_LOCAL_SUBJECTS,
+                kept=SITE_KEPT_SUBJECTS,
             )
             lines.append('leafnodes {\n  reconnect: "1s"\n  remotes: [\n' + remote + "\n  ]\n}")
         return "\n".join(lines) + "\n"
@@ -208,9 +246,10 @@ class NatsServer:
         if c.leaf_remotes:
             urls = ", ".join(f'"{u}"' for u in c.leaf_remotes)
             denied = ", ".join(f'"{subject}"' for subject in SITE_LOCAL_SUBJECTS)
+            kept = ", ".join(f'"{s}"' for s in (*SITE_LOCAL_SUBJECTS, *SITE_KEPT_SUBJECTS))
             lines.append(
                 f'leafnodes {{ reconnect: "1s", remotes: [ {{ urls: [ {urls} ], '
-                f"deny_imports: [ {denied} ], deny_exports: [ {denied} ] }} ] }}"
+                f"deny_imports: [ {denied} ], deny_exports: [ {kept} ] }} ] }}"
             )
         return "\n".join(lines) + "\n"
 
@@ -352,10 +391,12 @@ def _port_of(url: str) -> int:
 
 
 class Site:
-    """A hub server (domain ``hub``) and one site leaf server (domain ``site``).
+    """A hub (domain ``hub``: one server, or a cluster, see ``mesh.local.cluster.Hub``) and
+    one site leaf server (its own domain, by default ``site``).
 
-    ``link`` wraps the leafnode URL the site dials, so a fault proxy can sit on the WAN link:
-    it gets the hub's leafnode ``host:port`` and returns the URL to dial instead.
+    ``start`` takes the leafnode URLs the site dials, so a fault proxy can sit on the WAN link:
+    by default every hub member's. Several sites share one hub by being given it (``hub``); a
+    site stops the hub only if it made it.
     """
 
     def __init__(
@@ -364,30 +405,42 @@ class Site:
         site_name: str = "site",
         keystore: KeyStore | Path | None = None,
         site_port: int | None = None,
+        *,
+        hub: Hub | None = None,
+        hub_size: int = 1,
     ) -> None:
+        from mesh.local.cluster import Hub
+
         base = Path(work_dir or Path(tempfile.gettempdir()) / f"mesh-nats-{uuid.uuid4().hex}")
         self._own_dir = work_dir is None
         self.base = base
-        #: one fleet for both servers: the hub trusts the site's leaf credentials.
+        #: one fleet for every server: the hub trusts the site's leaf credentials.
         self._keystore: KeyStore | Path = keystore or base / "keys"
-        self.hub = NatsServer(
-            ServerConfig(name="hub", jetstream_domain="hub", accept_leafnodes=True),
-            base / "hub",
-            self._keystore,
-        )
+        self._own_hub = hub is None
+        #: every server of the hub; ``hub`` is its first (the only one, unclustered).
+        self.hub_servers: Hub = hub or Hub(base / "hub", self._keystore, hub_size)
         self.site_name = site_name
         #: the site server's client port (the one applications dial); None picks a free one.
         self.site_port = site_port
         self.leaf: NatsServer | None = None
 
-    async def start(self, leaf_url: str | None = None) -> None:
-        """Start the hub, then the leaf dialling ``leaf_url`` (default: the hub directly)."""
-        await self.hub.start()
+    @property
+    def hub(self) -> NatsServer:
+        return self.hub_servers.first
+
+    async def start(self, leaf_url: str | Sequence[str] | None = None) -> None:
+        """Start the hub (unless it was given), then the leaf dialling ``leaf_url`` (default:
+        every hub member directly)."""
+        if self._own_hub:
+            await self.hub_servers.start()
         self._keystore = self.hub.keystore
-        remote = leaf_url or self.hub.leafnode_url
+        if leaf_url is None:
+            remotes = self.hub_servers.leafnode_urls
+        else:
+            remotes = [leaf_url] if isinstance(leaf_url, str) else list(leaf_url)
         self.leaf = NatsServer(
             ServerConfig(
-                name=self.site_name, jetstream_domain=self.site_name, leaf_remotes=[remote]
+                name=self.site_name, jetstream_domain=self.site_name, leaf_remotes=remotes
             ),
             self.base / self.site_name,
             self._keystore,
@@ -395,7 +448,9 @@ class Site:
         if self.site_port is not None:
             self.leaf.client_port = self.site_port
         await self.leaf.start()
-        await self.hub.wait_leaf_connections(1)
+        # the site's own view of its link: with several sites on one hub, the hub's count says
+        # nothing about this one
+        await self.leaf.wait_leaf_connections(1, timeout=20.0)
 
     @property
     def keystore(self) -> KeyStore:
@@ -404,7 +459,8 @@ class Site:
     async def stop(self) -> None:
         if self.leaf is not None:
             await self.leaf.stop()
-        await self.hub.stop()
+        if self._own_hub:
+            await self.hub_servers.stop()
 
     async def close(self) -> None:
         await self.stop()

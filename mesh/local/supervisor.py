@@ -5,6 +5,9 @@ copies its output to a log file in chunks (so a megabyte-long line is copied lik
 asyncio's line reader would give up at 64 KiB), optionally waits for its ready line, and stops it
 with SIGTERM, then SIGKILL after a grace period. ``stop`` and ``kill`` are safe to call twice and on
 a child that already exited.
+
+A ``Supervisor`` watches a set of them (and nats-servers, which share their shape) and starts
+again whatever exits, as ``mesh up`` and the soak run the mesh.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
-from mesh.errors import UnavailableError
+from mesh.errors import MeshError, UnavailableError
 from mesh.lifecycle import cancel_and_wait
 
 #: bytes read from a child's output at a time.
@@ -185,3 +190,125 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra or {})
     return env
+
+
+class Supervised(Protocol):
+    """A process a ``Supervisor`` restarts when it exits."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def start(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+@dataclass
+class Watched:
+    """One supervised process: how reports name it, and the line said once it is back."""
+
+    label: str
+    process: Supervised
+    restarted: Callable[[], str]
+
+
+class Supervisor:
+    """Restarts what it watches when it exits, reporting each exit and each return.
+
+    A process that exits more than ``max_restarts`` times in ``window_s`` is left down and
+    reported so; one that fails to start again counts as an exit. ``hold`` keeps a process
+    down once it exits (a chaos step that wants a server away for a while) until ``release``.
+    ``run`` returns when cancelled; after ``stopping`` is set, exits are expected and ignored.
+    """
+
+    def __init__(
+        self,
+        watched: Mapping[str, Watched],
+        report: Callable[[str], None],
+        *,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+    ) -> None:
+        self.watched = dict(watched)
+        self.report = report
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.stopping = False
+        #: restarts so far, by name.
+        self.restarts: dict[str, int] = dict.fromkeys(self.watched, 0)
+        self._recent: dict[str, list[float]] = {name: [] for name in self.watched}
+        self._held: dict[str, asyncio.Event] = {}
+        #: set each time a process is back (chaos steps wait on it).
+        self._back: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.watched}
+
+    def hold(self, name: str) -> None:
+        """Keep ``name`` down after its next exit, until ``release``."""
+        if name not in self.watched:
+            raise KeyError(f"{name!r} is not supervised: {sorted(self.watched)}")
+        self._held[name] = asyncio.Event()
+
+    def release(self, name: str) -> None:
+        held = self._held.pop(name, None)
+        if held is not None:
+            held.set()
+
+    async def wait_back(self, name: str, restarts: int, timeout: float) -> None:
+        """Until ``name`` has been restarted more than ``restarts`` times."""
+        back = self._back[name]
+        try:
+            async with asyncio.timeout(timeout):
+                while self.restarts[name] <= restarts:
+                    back.clear()
+                    await back.wait()
+        except TimeoutError:
+            raise UnavailableError(f"{name} not restarted within {timeout:.0f}s") from None
+
+    async def run(self) -> None:
+        keepers = [
+            asyncio.create_task(self._keep(name), name=f"supervise-{name}") for name in self.watched
+        ]
+        try:
+            await asyncio.gather(*keepers)
+        finally:
+            await cancel_and_wait(keepers)
+
+    async def _keep(self, name: str) -> None:
+        entry = self.watched[name]
+        while True:
+            try:
+                status: int | str = await entry.process.wait()
+            except Exception:
+                status = "unknown"
+            if self.stopping:
+                return
+            if not await self._restart(name, entry, status):
+                return
+
+    async def _restart(self, name: str, entry: Watched, status: int | str) -> bool:
+        """Start ``name`` again; False once it is left down."""
+        while True:
+            now = time.monotonic()
+            recent = [t for t in self._recent[name] if now - t < self.window_s]
+            if len(recent) >= self.max_restarts:
+                self.report(f"{entry.label} exited with status {status} again; left down")
+                return False
+            held = self._held.get(name)
+            if held is not None:
+                self.report(f"{entry.label} exited with status {status}; held down")
+                await held.wait()
+                recent = []
+            else:
+                self.report(f"{entry.label} exited with status {status}; restarting it")
+                await asyncio.sleep(min(2.0 ** len(recent) * 0.5, 10.0))
+            self._recent[name] = [*recent, time.monotonic()]
+            if self.stopping:
+                return False
+            try:
+                await entry.process.start()
+            except MeshError as error:
+                status = f"unknown (it did not start again: {error.message})"
+                continue
+            self.restarts[name] += 1
+            self.report(entry.restarted())
+            self._back[name].set()
+            return True

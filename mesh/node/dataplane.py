@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from mesh import wire
 from mesh.energy.governor import Savings
 from mesh.energy.ledger import EnergyLedger
@@ -56,6 +54,7 @@ from mesh.node.policy import (
 )
 from mesh.node.served import LocalAnswer, ServedModel
 from mesh.node.shadow import ShadowRunner
+from mesh.node.slices import concatenate, request_answers, rows_of
 from mesh.node.upstream import UpstreamFailure, UpstreamLink, UpstreamTransport
 from mesh.observability.metrics import OTHER_MODEL, MeshMetrics
 from mesh.typedefs import Feeds
@@ -208,7 +207,7 @@ class DataPlane(Service):
                 None if model.always_merges else batch_signature(feeds) or id(outcome),
             )
             group = groups.get(key)
-            rows = _rows(feeds)
+            rows = rows_of(feeds)
             if group is None or group.rows + rows > model.max_batch_rows:
                 group = groups[key] = _Group(model, [outcome], [feeds], [rows], rows)
                 ordered.append(group)
@@ -226,7 +225,7 @@ class DataPlane(Service):
         A request alone in its batch, for a model whose fused novelty flags such inputs, is
         checked after the run instead, and only when its novelty is not finite
         (``_checked_after``): it has no neighbours a NaN could spread to."""
-        feeds = _concatenate(group.feeds)
+        feeds = concatenate(group.feeds)
         if group.model.checks_inputs_after and len(group.outcomes) == 1:
             group.unchecked = True
             return feeds
@@ -251,7 +250,7 @@ class DataPlane(Service):
         group.rows = sum(kept_counts)
         if not kept_feeds:
             return None
-        return _concatenate(kept_feeds)
+        return concatenate(kept_feeds)
 
     def _run_group(self, group: _Group, feeds: Feeds | None) -> None:
         if feeds is None:
@@ -304,43 +303,10 @@ class DataPlane(Service):
             model.observe_drift(feeds, scores)
         upstream: UpstreamView | None = None  # read once, and only if a request is unsure
         thresholds = model.thresholds
-        confidences = scores.confidence.tolist()
-        whole = len(group.outcomes) == 1
-        total = len(confidences)
-        parts = (
-            []
-            if whole
-            else [
-                (name, array, array.ndim > 0 and array.shape[0] == total)
-                for name, array in outputs.items()
-            ]
-        )
         now = self._clock()
-        offset = 0
-        for outcome, rows in zip(group.outcomes, group.counts, strict=True):
-            end = offset + rows
-            if rows == 1:
-                confidence = confidences[offset]
-                novelty = novelties[offset] if novelties is not None else None
-            else:
-                # min() skips a NaN that is not first; a NaN row must make the request unsure.
-                confidence = min(confidences[offset:end])
-                if any(c != c for c in confidences[offset:end]):
-                    confidence = math.nan
-                novelty = max(novelties[offset:end]) if novelties is not None else None
-            local = LocalAnswer(
-                outputs
-                if whole
-                else {
-                    name: array[offset:end] if rows_of_batch else array
-                    for name, array, rows_of_batch in parts
-                },
-                scores.labels[offset:end],
-                confidence,
-                novelty,
-            )
-            offset = end
-            if policy.confident(confidence, novelty, thresholds):
+        answers = request_answers(outputs, scores, group.counts, novelties)
+        for outcome, local in zip(group.outcomes, answers, strict=True):
+            if policy.confident(local.confidence, local.novelty, thresholds):
                 outcome.response = self._answer_here(outcome, model, local, None, now)
                 audited = (
                     model.audit_rate
@@ -355,7 +321,7 @@ class DataPlane(Service):
             if upstream is None and self.upstream is not None:
                 upstream = self.upstream.view()
             decision = policy.decide(
-                Assessment(confidence, novelty),
+                Assessment(local.confidence, local.novelty),
                 thresholds,
                 budget_ms=request.budget_ms - self._elapsed_ms(outcome.received_at),
                 residency=request.residency,
@@ -632,15 +598,3 @@ class DataPlane(Service):
 def _non_finite(outcome: Outcome) -> InvalidArgumentError:
     """The error of a request whose inputs hold NaN or infinity, checked before or after its run."""
     return InvalidArgumentError(f"request {outcome.request.id} has NaN or infinite input values")
-
-
-def _concatenate(requests: list[Feeds]) -> Feeds:
-    """The feeds of requests that merge (same names, dtypes, trailing shapes) as one batch."""
-    if len(requests) == 1:
-        return requests[0]
-    return {name: np.concatenate([feeds[name] for feeds in requests]) for name in requests[0]}
-
-
-def _rows(feeds: Feeds) -> int:
-    array = next(iter(feeds.values()))
-    return int(array.shape[0]) if array.ndim else 1

@@ -53,9 +53,17 @@ DRIFT_CHECK_SECONDS = 0.5
 
 
 class TierNode(Service):
-    def __init__(self, settings: NodeSettings, *, metrics: MeshMetrics) -> None:
+    """``hosted``: the node runs inside an application's process, which asks its data plane
+    directly (``mesh.sdk.local``): no NATS endpoint takes requests and no events are consumed;
+    every other part (upstream, breakers, hard examples, review, fleet agent, discovery,
+    metrics) is the same."""
+
+    def __init__(
+        self, settings: NodeSettings, *, metrics: MeshMetrics, hosted: bool = False
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.hosted = hosted
         self.models = ModelTable()
         self.readiness = Readiness()
         self.nc: NATS | None = None
@@ -181,7 +189,8 @@ class TierNode(Service):
     async def _start_request_path(
         self, stack: AsyncExitStack, nc: NATS, models: list[ModelSettings]
     ) -> None:
-        """The data plane, and the ways in: the NATS endpoint, and events on the entry tier."""
+        """The data plane, and the ways in: the NATS endpoint, and events on the entry tier
+        (none for a hosted node: its application asks the data plane)."""
         s = self.settings
         self.dataplane = DataPlane(
             self.identity,
@@ -196,6 +205,8 @@ class TierNode(Service):
             savings=self.power.savings if self.power is not None else None,
         )
         await stack.enter_async_context(self.dataplane)
+        if self.hosted:
+            return
         self.endpoint = NatsEndpoint(
             nc,
             self.dataplane,
@@ -498,7 +509,7 @@ class TierNode(Service):
             self.on_fatal(reason)
 
     def _models_problem(self) -> str | None:
-        if self.endpoint is None:
+        if self.dataplane is None or (self.endpoint is None and not self.hosted):
             return "models loading"
         cold = [m.name for m in self.models.models.values() if not m.runner.warm]
         return f"models not warm: {cold}" if cold else None

@@ -8,6 +8,7 @@ ones the README documents (``mesh_requests_total{tier,model,outcome}`` and so on
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -158,6 +159,16 @@ class MeshMetrics:
             "Messages dropped unanswered: no reply subject to answer on",
             ("tier",),
         )
+        self._declare_quality_and_fleet()
+        self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
+        # a process whose task count keeps growing leaks (the soak checks that it does not)
+        self.observe_gauge(
+            "mesh_asyncio_tasks", "asyncio tasks of the process, when scraped", _asyncio_tasks
+        )
+        #: called before every scrape, to bring figures up to date (the energy ledger).
+        self.refreshers: list[Callable[[], None]] = []
+
+    def _declare_quality_and_fleet(self) -> None:
         self.fleet_events = CounterFamily(
             "mesh_fleet_events",
             "What the fleet agent did with assigned versions: swapped, rejected, restored",
@@ -201,9 +212,6 @@ class MeshMetrics:
             "Steps of the power governor's ladder taken (applied) and given back (released)",
             ("tier", "step", "action"),
         )
-        self._gauges: dict[str, tuple[str, list[GaugeSource]]] = {}
-        #: called before every scrape, to bring figures up to date (the energy ledger).
-        self.refreshers: list[Callable[[], None]] = []
 
     def families(self) -> list[CounterFamily | HistogramFamily]:
         return [
@@ -247,6 +255,14 @@ class MeshMetrics:
             for value, attributes in rows:
                 family.add_metric([attributes.get(key, "") for key in names], value)
             yield family
+
+
+def _asyncio_tasks() -> list[tuple[float, dict[str, str]]]:
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # scraped from outside the event loop
+        return []
+    return [(float(len(tasks)), {})]
 
 
 class MeshCollector(Collector):

@@ -38,21 +38,22 @@ class ReviewClient:
             raise InvalidArgumentError(str(exc)) from None
         self.timeout = timeout
         self._nc = nc
-        self._refused: dict[str, asyncio.Future[None]] = {}
+        # every call in flight on a subject: concurrent calls (the console's pages) share one
+        self._refused: dict[str, set[asyncio.Future[None]]] = {}
 
     async def on_error(self, exc: Exception) -> None:
         """The connection's error callback: a refused publish fails the call that made it."""
         found = _VIOLATION.search(str(exc))
         if found is None:
             return
-        waiting = self._refused.get(found.group(1))
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
+        for waiting in self._refused.get(found.group(1), ()):
+            if not waiting.done():
+                waiting.set_result(None)
 
     async def call(self, operation: str, body: dict[str, Any] | None = None) -> Any:
         subject = subjects.review_api(operation, self.name)
         refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._refused[subject] = refused
+        self._refused.setdefault(subject, set()).add(refused)
         asking = asyncio.ensure_future(
             self._nc.request(subject, json.dumps(body or {}).encode(), timeout=self.timeout)
         )
@@ -74,7 +75,10 @@ class ReviewClient:
                 f"the review desk did not answer {operation} in {self.timeout:g} s"
             ) from None
         finally:
-            del self._refused[subject]
+            calls = self._refused[subject]
+            calls.discard(refused)
+            if not calls:
+                del self._refused[subject]
             if not asking.done():
                 asking.cancel()
                 with contextlib.suppress(BaseException):

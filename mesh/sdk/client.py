@@ -13,34 +13,30 @@ import contextlib
 import itertools
 import logging
 import os
-import time
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.api
 import nats.js.errors
-import numpy as np
 from nats.aio.client import Client as NATS
 
 from mesh import wire
 from mesh.errors import (
     DeadlineExceededError,
-    InvalidArgumentError,
     MeshError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    UnavailableError,
 )
 from mesh.lifecycle import Service
+from mesh.node.admission import caller_name
 from mesh.node.latency import HedgePolicy, HedgeSettings, LatencyTracker
 from mesh.observability import tracing
+from mesh.sdk.answers import EventResult, InferResult, PublishAck
+from mesh.sdk.events import PUBLISH_WINDOW, EventStreams, events_of
+from mesh.sdk.inputs import DEFAULT_INPUT, checked_token, human_review_parameter, tensors_of
 from mesh.security.creds import user_seed
-from mesh.topology import parameters, subjects
-from mesh.topology.headers import MSG_ID
+from mesh.topology import subjects
 from mesh.transport.connection import close_quietly, inbox_prefix_for, open_connection
 from mesh.transport.failures import mesh_error
 from mesh.transport.replies import ReplyInbox
@@ -48,9 +44,8 @@ from mesh.typedefs import Array
 
 if TYPE_CHECKING:
     from mesh.review.records import LabelEvent
+    from mesh.sdk.local import LocalEdge, LocalSettings
 
-#: name a single array is sent under; a single-input model takes it whatever its input's name.
-DEFAULT_INPUT = "input"
 #: how long ``connect`` tries to reach a server at first, unless ``connect_timeout`` says.
 FIRST_CONNECT_S = 5.0
 #: model names whose entry subject a client keeps, so each is checked once.
@@ -58,103 +53,6 @@ MAX_CACHED_SUBJECTS = 1024
 STATUS_HEADER = nats.js.api.Header.STATUS.value
 #: the status of the message a server sends in place of a reply when nobody subscribes.
 NO_RESPONDERS = "503"
-
-
-@dataclass(slots=True)
-class InferResult:
-    """The mesh's answer to one request. Read-only by convention: not a frozen dataclass, since
-    one is built per request and a frozen ``__init__`` costs several times a plain one."""
-
-    id: str
-    model: str
-    outputs: dict[str, Array]
-    labels: list[int]
-    confidence: float
-    confidence_kind: str
-    tier: str
-    node: str
-    model_version: str
-    path: list[wire.Hop]
-    degraded: bool
-    reason: str | None
-    #: bytes of the request as sent.
-    request_bytes: int
-
-    @property
-    def label(self) -> int | None:
-        """The predicted class of the first row."""
-        return self.labels[0] if self.labels else None
-
-    @classmethod
-    def from_response(cls, resp: wire.InferResponse, request_bytes: int) -> InferResult:
-        return cls(
-            resp.id,
-            resp.model,
-            resp.outputs,
-            resp.labels,
-            resp.confidence,
-            resp.confidence_kind,
-            resp.tier,
-            resp.node,
-            resp.model_version,
-            resp.path,
-            resp.degraded,
-            resp.reason,
-            request_bytes,
-        )
-
-
-@dataclass(slots=True)
-class PublishAck:
-    """An event stored: its id, the stream and sequence, and whether it was there already."""
-
-    event_id: str
-    stream: str
-    sequence: int
-    duplicate: bool
-
-
-@dataclass(slots=True)
-class EventResult(InferResult):
-    """A result event: what ``infer`` would have returned, plus the event's id, when it was
-    published and stored, and its sequence in the event stream. An error result has ``error``
-    set and empty outputs."""
-
-    event_id: str = ""
-    source: str = ""
-    published_at: float = 0.0
-    stored_at: float = 0.0
-    event_sequence: int = 0
-    error: MeshError | None = None
-
-    @classmethod
-    def of(cls, record: Any, reply: wire.Message, size: int) -> EventResult:
-        extra = {
-            "event_id": record.event_id,
-            "source": record.source,
-            "published_at": record.published_at,
-            "stored_at": record.stored_at,
-            "event_sequence": record.event_sequence,
-        }
-        if isinstance(reply, wire.ErrorReply):
-            return cls(
-                reply.id, record.model, {}, [], 0.0, "", reply.tier, reply.node, "", [], False,
-                None, size, error=reply.to_exception(), **extra,
-            )  # fmt: skip
-        return cls(
-            reply.id, reply.model, reply.outputs, reply.labels, reply.confidence,
-            reply.confidence_kind, reply.tier, reply.node, reply.model_version, reply.path,
-            reply.degraded, reply.reason, size, **extra,
-        )  # fmt: skip
-
-
-def _tensors(inputs: Array | Mapping[str, Any]) -> dict[str, Array]:
-    """A request's tensors: a mapping of name to array, or one array under ``DEFAULT_INPUT``."""
-    if type(inputs) is np.ndarray:  # the common case, without the Mapping ABC's check
-        return {DEFAULT_INPUT: inputs}
-    if isinstance(inputs, Mapping):
-        return {name: np.asarray(value) for name, value in inputs.items()}
-    return {DEFAULT_INPUT: np.asarray(inputs)}
 
 
 class MeshClient(Service):
@@ -188,7 +86,9 @@ class MeshClient(Service):
         self._lifecycle_started = True  # connected already: ``async with`` only closes it
         #: the key of this client's event ids' tags (``mesh.events.streams.event_dedup_id``):
         #: from its credentials' seed, so retries across restarts deduplicate; else random.
-        self._event_key = event_key or os.urandom(32)
+        #: the edge tier hosted in this process, if any (``connect(..., local=...)``).
+        self.local: LocalEdge | None = None
+        self.events = EventStreams(nc, self._id_prefix, self._ids, event_key or os.urandom(32))
 
     @property
     def nc(self) -> NATS:
@@ -196,9 +96,16 @@ class MeshClient(Service):
         return self._nc
 
     @classmethod
-    async def connect(cls, servers: str | list[str], **options: Any) -> MeshClient:
+    async def connect(
+        cls, servers: str | list[str], *, local: LocalSettings | None = None, **options: Any
+    ) -> MeshClient:
         """Connect to the mesh's local server; nats-py's options pass through
         (``user_credentials``, ``tls``, ``inbox_prefix``...).
+
+        ``local`` hosts an edge tier in this process (an edge node's settings, or their YAML
+        file; its own credentials, of role ``local-edge``, are in its ``nats`` section): a
+        request for a model it serves is answered by it with no network hop, and escalates
+        over NATS as an edge node's would (``mesh.sdk.local``).
 
         The first connection fails with ``UnavailableError`` within ``connect_timeout`` (default
         5 s) when no server answers; once connected, the client reconnects for ever."""
@@ -220,7 +127,25 @@ class MeshClient(Service):
         nc = await open_connection(
             servers, first_connect_s=first_s, connect_timeout=first_s, **options
         )
-        return cls(nc, event_key=event_key)
+        client = cls(nc, event_key=event_key)
+        if local is not None:
+            try:
+                await client.host(local, caller=caller_name(options.get("inbox_prefix", "")))
+            except BaseException:
+                await client.close()
+                raise
+        return client
+
+    async def host(self, settings: LocalSettings, *, caller: str = "") -> LocalEdge:
+        """Start an edge tier in this process; ``infer`` asks it first for the models it
+        serves (``connect(..., local=...)`` calls this). ``caller`` is the application's
+        identity name, to whom labels of its requests are told."""
+        from mesh.sdk.local import LocalEdge
+
+        edge = LocalEdge(settings, caller=caller)
+        await edge.start()
+        self.local = edge
+        return edge
 
     @property
     def nats(self) -> NATS:
@@ -239,12 +164,20 @@ class MeshClient(Service):
     ) -> InferResult:
         """Ask the mesh; ``tier`` addresses one tier directly instead of the entry tier.
         ``human_review``: ``auto`` (the review queue's rules decide whether a person sees the
-        case), ``always`` or ``never``; a label comes later through ``labels``."""
+        case), ``always`` or ``never``; a label comes later through ``labels``. With an edge
+        hosted in this process (``local``), it answers first the models it serves."""
+        local = self.local
+        if local is not None and (tier is None or tier == local.tier) and local.serves(model):
+            return await self._ask_local(
+                local, model, inputs, budget_ms, residency, request_id, human_review
+            )
         if tier is None:
             subject = self._entry_subjects.get(model) or self._entry_subject(model)
         else:
-            subject = subjects.tier_infer(_token(tier, "tier"), _token(model, "model name"))
-        tensors = _tensors(inputs)
+            subject = subjects.tier_infer(
+                checked_token(tier, "tier"), checked_token(model, "model name")
+            )
+        tensors = tensors_of(inputs)
         token = f"{next(self._ids):x}"
         request = wire.InferRequest(
             request_id or self._id_prefix + token,
@@ -253,7 +186,7 @@ class MeshClient(Service):
             float(budget_ms),
             residency,
             0,
-            {} if human_review == "auto" else _human_review(human_review),
+            {} if human_review == "auto" else human_review_parameter(human_review),
         )
         payload = wire.encode_request(request)
         timeout = (budget_ms + self.grace_ms) / 1000.0
@@ -282,8 +215,30 @@ class MeshClient(Service):
             )
             return result
 
+    async def _ask_local(
+        self,
+        local: LocalEdge,
+        model: str,
+        inputs: Array | Mapping[str, Any],
+        budget_ms: float,
+        residency: str,
+        request_id: str | None,
+        human_review: str,
+    ) -> InferResult:
+        request = wire.InferRequest(
+            request_id or f"{self._id_prefix}{next(self._ids):x}",
+            model,
+            tensors_of(inputs),
+            float(budget_ms),
+            residency,
+            0,
+            {} if human_review == "auto" else human_review_parameter(human_review),
+        )
+        # nothing is sent: the request's bytes on the wire are none
+        return InferResult.from_response(await local.infer(request), 0)
+
     def _entry_subject(self, model: str) -> str:
-        subject = subjects.entry(_token(model, "model name"))
+        subject = subjects.entry(checked_token(model, "model name"))
         if len(self._entry_subjects) < MAX_CACHED_SUBJECTS:
             self._entry_subjects[model] = subject
         return subject
@@ -369,79 +324,37 @@ class MeshClient(Service):
         the model waiting as its quota allows, the call waits for room up to ``timeout``, then
         raises ``ResourceExhaustedError`` (as does a full stream); a model no entry tier here
         takes events for raises ``NotFoundError``."""
-        from mesh.events.records import InferenceEvent, check_event_id, encode_event
-        from mesh.events.streams import event_dedup_id, event_subject
+        made = self.events.event(
+            model, inputs, source=source, event_id=event_id, budget_ms=budget_ms,
+            residency=residency, human_review=human_review,
+        )  # fmt: skip
+        (ack,) = await self.events.publish_all(model, source, [made], timeout, 1)
+        return ack
 
-        subject = event_subject(model, source)
-        tensors = _tensors(inputs)
-        event = InferenceEvent(
-            id=check_event_id(event_id or f"{self._id_prefix}e{next(self._ids):x}"),
-            model=model,
-            source=source,
-            inputs=tensors,
-            budget_ms=float(budget_ms),
-            residency=residency,
-            published_at=time.time(),
-            human_review=human_review
-            if human_review == "auto"
-            else _human_review(human_review)[parameters.HUMAN_REVIEW],
-        )
-        headers = {MSG_ID: event_dedup_id(source, event.id, self._event_key)}
-        payload = encode_event(event)
-        try:
-            ack = await self._store_event(subject, model, payload, headers, event.id, timeout)
-        except PermissionDeniedError as exc:
-            raise PermissionDeniedError(
-                f"{exc.message}. An identity publishes events under its own name only: "
-                "source= must be the identity's name"
-            ) from None
-        except nats.js.errors.APIError as exc:
-            raise _event_refused(exc, model, source, len(payload)) from None
-        except nats.js.errors.NoStreamResponseError:
-            raise NotFoundError(
-                f"no event stream takes events for model {model} here: no entry tier at this "
-                "site serves it with events (or the site's streams were never provisioned)"
-            ) from None
-        except Exception as exc:
-            raise mesh_error(exc, f"publishing an event on {subject}") from None
-        return PublishAck(event.id, ack.stream, int(ack.seq), bool(ack.duplicate))
-
-    async def _store_event(
+    async def publish_many(
         self,
-        subject: str,
         model: str,
-        payload: bytes,
-        headers: dict[str, str],
-        event_id: str,
-        timeout: float,
-    ) -> Any:
-        """Store the event; while its source is at its quota of waiting events, wait for room
-        until ``timeout`` (the quota is the source's back-pressure, not an error at once)."""
-        js = self._nc.jetstream()
-        deadline = time.monotonic() + timeout
-        pause = 0.005
-        while True:
-            left = max(0.001, deadline - time.monotonic())
-            try:
-                if tracing.wanted_here():
-                    with tracing.send_span(
-                        subject,
-                        kind=tracing.SpanKind.PRODUCER,
-                        message_id=event_id,
-                        model=model,
-                        attributes={tracing.BODY_SIZE: len(payload)},
-                    ):
-                        return await js.publish(
-                            subject, payload, headers=tracing.inject(headers), timeout=left
-                        )
-                return await js.publish(subject, payload, headers=headers, timeout=left)
-            except nats.js.errors.APIError as exc:
-                if not _quota_full(exc) or time.monotonic() + pause >= deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.2)
+        batch: Iterable[Array | Mapping[str, Any]],
+        *,
+        source: str,
+        event_ids: Iterable[str] | None = None,
+        budget_ms: float = 5000.0,
+        residency: str = "any",
+        timeout: float = 30.0,
+        human_review: str = "auto",
+        window: int = PUBLISH_WINDOW,
+    ) -> list[PublishAck]:
+        """``publish`` for many events (one per item of ``batch``, ids from ``event_ids`` when
+        given), written together with at most ``window`` awaiting their acknowledgement; the
+        acknowledgements in order. On an error, the events before it may be stored: publishing
+        the same ids again is safe (they come back as duplicates)."""
+        made = events_of(
+            self.events, model, batch, source=source, event_ids=event_ids,
+            budget_ms=budget_ms, residency=residency, human_review=human_review,
+        )  # fmt: skip
+        return await self.events.publish_all(model, source, made, timeout, window)
 
-    async def results(
+    def results(
         self,
         model: str,
         *,
@@ -453,52 +366,7 @@ class MeshClient(Service):
         durable consumer (named ``durable``, default ``source``: this identity's), so that a
         restart resumes after the last result taken. A result is acknowledged when the next one
         is asked for; an error result carries ``error`` and no outputs."""
-        from mesh.events.records import decode_result
-        from mesh.events.streams import result_subject
-        from mesh.topology.streams import RESULTS_STREAM
-
-        name = _token(durable or source, "durable name")
-        js = self._nc.jetstream()
-        config = nats.js.api.ConsumerConfig(
-            name=name,
-            durable_name=name,
-            filter_subject=result_subject(model, source),
-            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
-            deliver_policy=nats.js.api.DeliverPolicy.ALL,
-        )
-        try:
-            await js.add_consumer(RESULTS_STREAM, config)
-            sub = await js.pull_subscribe_bind(durable=name, stream=RESULTS_STREAM)
-        except PermissionDeniedError as exc:
-            raise PermissionDeniedError(
-                f"{exc.message}. An identity reads the results of its own events only, through "
-                "a consumer of its own name: source= and durable= must be the identity's name"
-            ) from None
-        except Exception as exc:
-            raise mesh_error(exc, f"reading results of {model} for {source}") from None
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except Exception as exc:
-                    raise mesh_error(exc, f"reading results of {model} for {source}") from None
-                for msg in msgs:
-                    try:
-                        record = decode_result(msg.data)
-                        reply = wire.decode_reply(record.reply)
-                    except MeshError as exc:
-                        log.warning("skipping a malformed result event: %s", exc)
-                        await msg.ack()
-                        continue
-                    yield EventResult.of(record, reply, len(msg.data))
-                    await msg.ack()
-        finally:
-            # A pull subscription left open holds up the connection's drain (its queue never
-            # empties once nothing fetches), so the caller's break ends it here.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        return self.events.results(model, source=source, durable=durable, batch=batch)
 
     async def labels(
         self,
@@ -516,13 +384,13 @@ class MeshClient(Service):
         from mesh.review.records import decode_label_event
         from mesh.topology.streams import REVIEW_LABELLED_STREAM
 
-        name = _token(durable or source, "durable name")
+        name = checked_token(durable or source, "durable name")
         js = self._nc.jetstream(domain=domain)
         config = nats.js.api.ConsumerConfig(
             name=name,
             durable_name=name,
             filter_subject=subjects.review_labelled(
-                _token(model, "model name"), _token(source, "source")
+                checked_token(model, "model name"), checked_token(source, "source")
             ),
             ack_policy=nats.js.api.AckPolicy.EXPLICIT,
             deliver_policy=nats.js.api.DeliverPolicy.ALL,
@@ -559,12 +427,15 @@ class MeshClient(Service):
         await self.stop()
 
     async def _stop(self) -> None:
+        if self.local is not None:
+            await self.local.stop()
         if self._owns and not self._nc.is_closed:
             try:
                 await self._nc.drain()
             except Exception:
                 await close_quietly(self._nc)
         await self._replies.close(unsubscribe=not self._owns)
+        await self.events.close()
 
 
 def _resend(request: wire.InferRequest, left_ms: float) -> bytes:
@@ -572,50 +443,7 @@ def _resend(request: wire.InferRequest, left_ms: float) -> bytes:
     return wire.encode_request(replace(request, budget_ms=left_ms))
 
 
-def _human_review(value: str) -> dict[str, Any]:
-    """The request parameter of a caller's ``human_review`` (a typed error for a bad one)."""
-    from mesh.review.records import check_human_review
-
-    return {parameters.HUMAN_REVIEW: check_human_review(value).value}
-
-
-def _token(value: str, what: str) -> str:
-    try:
-        return subjects.check_token(value, what)
-    except ValueError as exc:
-        raise InvalidArgumentError(str(exc)) from None
-
-
 log = logging.getLogger("mesh.client")
-
-
-#: JetStream's "message size exceeds maximum allowed".
-TOO_LARGE = 10054
-
-
-def _quota_full(exc: Any) -> bool:
-    """JetStream refused the event because its subject (its source, for its model) holds as
-    many waiting events as the stream allows one subject: "maximum messages per subject
-    exceeded" (one error code covers every store failure, so the text tells)."""
-    return "per subject" in f"{exc.description or ''}".lower()
-
-
-def _event_refused(exc: Any, model: str, source: str, size: int) -> MeshError:
-    """What a refused event publish means, for the one who published it."""
-    text = f"{exc.description or exc}"
-    if _quota_full(exc):
-        return ResourceExhaustedError(
-            f"source {source} has as many events of {model} waiting to be inferred as its quota "
-            f"allows ({text}); the event was not stored: publish more slowly, or ask for a "
-            "larger per-source quota (EventLimits.per_source_events)"
-        )
-    if exc.err_code == TOO_LARGE:
-        return InvalidArgumentError(
-            f"the event is {size} bytes, over the event stream's largest event ({text})"
-        )
-    if "maximum" in text.lower() or "limit" in text.lower():
-        return ResourceExhaustedError(f"event stream is full ({text}): the event was not stored")
-    return UnavailableError(f"event not stored: {text}")
 
 
 async def _log_nats_error(exc: Exception) -> None:
@@ -628,3 +456,13 @@ def _event_key_or_none(creds: str | Path) -> bytes | None:
 
     seed = user_seed(creds)
     return None if seed is None else event_key(seed)
+
+
+__all__ = [
+    "DEFAULT_INPUT",
+    "EventResult",
+    "InferResult",
+    "MeshClient",
+    "PublishAck",
+    "mesh_error",
+]

@@ -43,7 +43,7 @@ Rules the table encodes:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from mesh.topology import streams, subjects
@@ -64,6 +64,9 @@ class Role(StrEnum):
     REVIEW_INTAKE = "review-intake"
     #: the review queue's desk: reads the queue and the labels, answers the review API.
     REVIEW_DESK = "review-desk"
+    #: an edge tier hosted in an application's own process (``MeshClient.connect(local=...)``):
+    #: a node's rights but for taking requests and events over NATS (it is asked in-process).
+    LOCAL_EDGE = "local-edge"
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,20 @@ def _application(p: Placement) -> Permissions:
 
 
 def _node(p: Placement) -> Permissions:
+    return _tier_member(p, takes_requests=True)
+
+
+def _local_edge(p: Placement) -> Permissions:
+    """An edge hosted in an application's process. Its application asks it in-process, so it
+    subscribes to no request subject and takes no events (the site's entry tier does). It keeps
+    everything else an edge node does: escalation and hard examples for the tier above, its
+    tier's other nodes for a model it does not serve, the fleet agent's reads and its
+    heartbeat, telemetry, discovery and the review feed. It is no entry tier (no events) and
+    takes up no tier's hard examples, whatever its placement says."""
+    return _tier_member(replace(p, entry=False, downstream_tier=None), takes_requests=False)
+
+
+def _tier_member(p: Placement, *, takes_requests: bool) -> Permissions:
     if p.tier is None:
         raise ValueError("a node's permissions need its tier")
     tier = subjects.check_token(p.tier, "tier")
@@ -230,10 +247,12 @@ def _node(p: Placement) -> Permissions:
     )
     queue = subjects.tier_queue(tier)
     for model in p.model_tokens(last=True):
-        r.subscribe.append(f"{subjects.tier_infer(tier, model)} {queue}")
-        r.subscribe.append(f"{subjects.tier_forward(tier, model)} {queue}")
         # a request for a model this node does not serve, to a neighbour of its tier that does
         r.publish.append(subjects.tier_infer(tier, model))
+        if not takes_requests:
+            continue
+        r.subscribe.append(f"{subjects.tier_infer(tier, model)} {queue}")
+        r.subscribe.append(f"{subjects.tier_forward(tier, model)} {queue}")
         if p.entry:
             r.subscribe.append(f"{subjects.entry(model)} {subjects.ENTRY_QUEUE}")
     if p.upstream_tier is not None:
@@ -268,11 +287,15 @@ def _node_collector(r: _Rights, p: Placement, tier: str) -> None:
         r.publish.append(subjects.inbox(tier, model))
     r.info(streams.inbox_stream(tier))
     r.info(streams.hard_example_stream(below))
-    r.consume(
-        streams.hard_example_stream(below),
-        streams.collector_consumer(tier),
-        subjects.hard_examples_wildcard(below),
+    stream, wanted = streams.hard_example_stream(below), subjects.hard_examples_wildcard(below)
+    r.consume(stream, streams.collector_consumer(tier), wanted)
+    # in another domain the consumer's name carries that domain (``collector_consumer``): any
+    # name there, on this stream and with this filter only
+    r.publish.extend(
+        subjects.js_api(op.format(stream=stream, consumer=ANY, filter=wanted), ANY)
+        for op in JS_CONSUME
     )
+    r.publish.append(subjects.js_ack(stream, ANY))
 
 
 def _node_events(r: _Rights, p: Placement, tier: str) -> None:
@@ -440,6 +463,7 @@ _BUILDERS = {
     Role.REVIEWER: _reviewer,
     Role.REVIEW_INTAKE: _review_intake,
     Role.REVIEW_DESK: _review_desk,
+    Role.LOCAL_EDGE: _local_edge,
 }
 
 

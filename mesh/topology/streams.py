@@ -102,15 +102,47 @@ def nodes_bucket(domain: str) -> str:
     return "MESH_NODES_" + stream_token(check_token(domain, "domain"))
 
 
-def collector_consumer(tier: str) -> str:
+def collector_consumer(tier: str, domain: str | None = None) -> str:
     """The durable consumer through which ``tier`` takes up the hard examples of the tier
-    below it (on that tier's ``MESH_HARD_<TIER>``; the tier's replicas share it)."""
-    return f"collect-{check_token(tier, 'tier')}"
+    below it (on that tier's ``MESH_HARD_<TIER>``; the tier's replicas share it), in the
+    stream's ``domain`` when it is another than the collector's own (``collect-<tier>-<domain>``).
+
+    The domain is in the name because an acknowledgement subject is not: it names the stream and
+    the consumer only (``$JS.ACK.<stream>.<consumer>...``), and every site's stream has the same
+    name. With one consumer name for all sites, the hub's acknowledgement of one site's message
+    reaches every site's consumer and removes whatever each had delivered under that sequence,
+    taken up or not (a hard example lost when the collector fails before storing it)."""
+    name = f"collect-{check_token(tier, 'tier')}"
+    return name if domain is None else f"{name}-{check_token(domain, 'domain')}"
 
 
 def events_consumer(tier: str, model: str) -> str:
     """The durable pull consumer a tier's replicas share for one model's events."""
     return f"mesh-{check_token(tier, 'tier')}-{check_token(model, 'model name')}"
+
+
+def site_local_subjects() -> tuple[str, ...]:
+    """What never crosses a site's leaf link, either way: every site has streams of the same
+    names on these subjects (its events, results and dead letters, its hard examples and what
+    its tiers took up), so a copy crossing would be stored by every other site too (a site's
+    raw inputs in another site's streams, each hard example taken up once per site)."""
+    return (
+        f"{subjects.EVENTS_PREFIX}.>",
+        f"{subjects.RESULTS_PREFIX}.>",
+        f"{subjects.DEAD_PREFIX}.>",
+        subjects.ACTIONS_DEAD_WILDCARD,
+        f"{subjects.HARD_PREFIX}.>",
+        f"{subjects.LEARN_PREFIX}.>",
+    )
+
+
+#: acknowledgements made at a site stay there (its leaf link exports none): consumers at every
+#: site share their names (``mesh-<tier>-<model>`` on the event stream, the apps' result
+#: consumers, ``collect-<tier>`` of a tier collecting at its own site), and an acknowledgement
+#: subject does not name the domain, so one site's would acknowledge another's delivery. The
+#: hub's acknowledgements of a site's stream come in, to consumers named with that site's
+#: domain (``collector_consumer``).
+SITE_KEPT_SUBJECTS = (subjects.JS_ACK_ALL,)
 
 
 # --- configurations -------------------------------------------------------------------------
@@ -252,6 +284,18 @@ _EVENT_DEFAULTS = EventLimits()
 _REVIEW_DEFAULTS = ReviewLimits()
 
 
+class FleetLimits(BaseModel):
+    """Bounds of the fleet's heartbeat buckets (readers take each node's latest only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heartbeat_history: int = Field(HEARTBEAT_HISTORY, ge=1, le=64)
+    """Heartbeats kept per node in its domain's ``MESH_NODES_<DOMAIN>``."""
+    hub_heartbeat_history: int = Field(HEARTBEAT_HISTORY, ge=1, le=64)
+    """Heartbeats kept per node in the hub's ``MESH_FLEET_NODES``, on every hub server: at
+    10,000 nodes each kept heartbeat is about 8 MB per server (docs/scale.md)."""
+
+
 class StreamLimits(BaseModel):
     """The limits the provisioning step gives the mesh's streams (``mesh fleet init``)."""
 
@@ -260,6 +304,7 @@ class StreamLimits(BaseModel):
     hard_examples: HardExampleLimits = HardExampleLimits()
     events: EventLimits = EventLimits()
     review: ReviewLimits = ReviewLimits()
+    fleet: FleetLimits = FleetLimits()
 
 
 @dataclass(frozen=True)
@@ -334,7 +379,7 @@ class MeshTopology:
         own = BucketSpec(
             nodes_bucket(domain),
             f"Heartbeats of the nodes in domain {domain}",
-            history=HEARTBEAT_HISTORY,
+            history=self.limits.fleet.heartbeat_history,
             replicas=replicas,
         )
         if domain != self.hub:
@@ -380,7 +425,7 @@ class MeshTopology:
             BucketSpec(
                 NODES_BUCKET,
                 "Heartbeats of every node, sourced from each domain's MESH_NODES_<DOMAIN>",
-                history=HEARTBEAT_HISTORY,
+                history=self.limits.fleet.hub_heartbeat_history,
                 sources=heartbeat_sources,
                 replicas=replicas,
             ),

@@ -99,8 +99,12 @@ def model_of(subject: str) -> str:
 # --- hard examples, telemetry, status -------------------------------------------------------
 
 
+HARD_PREFIX = "mesh.hard"
+LEARN_PREFIX = "mesh.learn"
+
+
 def hard_examples(tier: str, model: str) -> str:
-    return f"mesh.hard.{tier}.{model}"
+    return f"{HARD_PREFIX}.{tier}.{model}"
 
 
 def hard_examples_wildcard(tier: str) -> str:
@@ -109,7 +113,7 @@ def hard_examples_wildcard(tier: str) -> str:
 
 def inbox(tier: str, model: str) -> str:
     """Where a tier keeps the hard examples it took up from the tier below (``mesh.learn``)."""
-    return f"mesh.learn.{tier}.{model}"
+    return f"{LEARN_PREFIX}.{tier}.{model}"
 
 
 def inbox_wildcard(tier: str) -> str:
@@ -267,6 +271,10 @@ def js_api(operation: str, domain: str | None = None) -> str:
 def js_ack(stream: str, consumer: str = REST) -> str:
     """Acknowledgements of a consumer's deliveries (``$JS.ACK.<stream>.<consumer>.>``)."""
     return f"$JS.ACK.{stream}.{consumer}.>" if consumer != REST else f"$JS.ACK.{stream}.>"
+
+
+#: every acknowledgement of every consumer.
+JS_ACK_ALL = "$JS.ACK.>"
 
 
 def js_flow_control(stream: str) -> str:

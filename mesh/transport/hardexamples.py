@@ -5,10 +5,12 @@ a stream of its own JetStream domain, ``MESH_HARD_<TIER>`` on ``mesh.hard.<tier>
 keeps working while the WAN is gone. The tier above takes them up: its ``HardExampleCollector``
 pulls that stream (in the lower tier's domain: a site's, for the cloud) through one durable
 consumer its replicas share, stores each case in its own ``MESH_LEARN_<TIER>`` on
-``mesh.learn.<tier>.<model>``, and only then acknowledges it. Each message carries the request
-id as ``Nats-Msg-Id``: the learn stream's duplicate window drops a second copy, so a crash
-between storing above and acknowledging below delivers once. The lower stream is a work queue:
-what is acknowledged is gone, what is left is the backlog, which the lower tier reports.
+``mesh.learn.<tier>.<model>``, and only then acknowledges it (the consumer in another domain
+carries that domain's name, ``collector_consumer``: acknowledgements do not name theirs). Each
+message carries the request id as ``Nats-Msg-Id``: the learn stream's duplicate window drops a
+second copy, so a crash between storing above and acknowledging below delivers once. The lower
+stream is a work queue: what is acknowledged is gone, what is left is the backlog, which the
+lower tier reports.
 
 The tier above pulls, rather than the tier below pushing, because no identity may consume a
 stream whose content only it writes: NATS delivers a consumer's messages wherever its caller
@@ -149,6 +151,7 @@ class HardExampleCollector(Service):
         self.on_taken = on_taken
         self.settings = settings
         self.source = hard_example_stream(below)
+        #: the consumer in the collector's own domain; another domain's carries its name.
         self.consumer = collector_consumer(tier)
         #: cases stored here, and second copies the learn stream dropped.
         self.forwarded = 0
@@ -174,7 +177,7 @@ class HardExampleCollector(Service):
 
     async def _run(self, domain: str | None) -> None:
         below = self._nc.jetstream(domain=domain)
-        sub = await self._subscribe(below)
+        sub = await self._subscribe(below, collector_consumer(self.tier, domain))
         try:
             while True:
                 try:
@@ -199,10 +202,12 @@ class HardExampleCollector(Service):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _subscribe(self, below: JetStreamContext) -> JetStreamContext.PullSubscription:
+    async def _subscribe(
+        self, below: JetStreamContext, consumer: str
+    ) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(
-            name=self.consumer,
-            durable_name=self.consumer,
+            name=consumer,
+            durable_name=consumer,
             filter_subject=subjects.hard_examples_wildcard(self.below),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=30.0,
@@ -214,7 +219,7 @@ class HardExampleCollector(Service):
         ):
             with attempt:
                 await below.add_consumer(self.source, config)
-                return await below.pull_subscribe_bind(durable=self.consumer, stream=self.source)
+                return await below.pull_subscribe_bind(durable=consumer, stream=self.source)
         raise AssertionError("unreachable: AsyncRetrying reraises")
 
     async def _take(self, msg: Msg) -> None:

@@ -23,12 +23,13 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from tenacity import (
     AsyncRetrying,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
     wait_exponential_jitter,
 )
 
-from mesh.errors import NotFoundError, UnavailableError
+from mesh.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from mesh.topology.streams import (
     BucketSpec,
     Discard,
@@ -53,6 +54,17 @@ TRANSIENT = (
 )
 #: a stream of that name exists with another configuration.
 STREAM_NAME_IN_USE = 10058
+#: a clustered JetStream cannot place a replicated stream yet: a member is down or has not
+#: joined (R3 needs two of three up); it clears once the member is back, so it is retried.
+NO_PLACEMENT = (10005, 10023)
+#: replicas asked of a JetStream that is not clustered.
+NOT_CLUSTERED = 10074
+
+
+def _placement_pending(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT) or (
+        isinstance(exc, nats.js.errors.APIError) and exc.err_code in NO_PLACEMENT
+    )
 
 
 def _source(source: Source) -> api.StreamSource:
@@ -95,9 +107,11 @@ def stream_config(spec: StreamSpec) -> api.StreamConfig:
     )
 
 
-async def _retrying(timeout: float) -> AsyncRetrying:
+async def _retrying(timeout: float, *, placement: bool = False) -> AsyncRetrying:
     return AsyncRetrying(
-        retry=retry_if_exception_type(TRANSIENT),
+        retry=retry_if_exception(_placement_pending)
+        if placement
+        else retry_if_exception_type(TRANSIENT),
         wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
         stop=stop_after_delay(timeout),
         reraise=True,
@@ -125,18 +139,31 @@ async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec) -> None:
             )
         )
     except nats.js.errors.BadRequestError as exc:
-        # a bucket made before with sources differs from the plain config: it exists, and
-        # only sources of sites added since are left to add (provisioning again adds a site)
-        if exc.err_code != STREAM_NAME_IN_USE or not spec.sources:
+        # made before with other settings (fewer replicas, before the hub was clustered):
+        # brought up to date below
+        if exc.err_code != STREAM_NAME_IN_USE:
             raise
-    if spec.sources:
-        info = await js.stream_info(spec.stream)
-        config = info.config
-        known = {s.name for s in config.sources or []}
-        added = [_source(s) for s in spec.sources if s.stream not in known]
-        if added:
-            config.sources = [*(config.sources or []), *added]
-            await js.update_stream(config)
+    info = await js.stream_info(spec.stream)
+    config = info.config
+    changed = _replicas_changed(config, spec.replicas)
+    if config.max_msgs_per_subject != spec.history:
+        config.max_msgs_per_subject = spec.history
+        changed = True
+    known = {s.name for s in config.sources or []}
+    added = [_source(s) for s in spec.sources if s.stream not in known]
+    if added:
+        config.sources = [*(config.sources or []), *added]
+        changed = True
+    if changed:
+        await js.update_stream(config)
+
+
+def _replicas_changed(config: api.StreamConfig, replicas: int) -> bool:
+    """Set ``config``'s replicas to ``replicas``; whether that changed them."""
+    if (config.num_replicas or 1) == replicas:
+        return False
+    config.num_replicas = replicas
+    return True
 
 
 async def _ensure_store(js: JetStreamContext, spec: ObjectStoreSpec) -> None:
@@ -150,19 +177,36 @@ async def _ensure_store(js: JetStreamContext, spec: ObjectStoreSpec) -> None:
                 bucket=spec.store, description=spec.description, replicas=spec.replicas
             ),
         )
+        return
+    config = (await js.stream_info(spec.stream)).config
+    if _replicas_changed(config, spec.replicas):
+        await js.update_stream(config)
 
 
 async def ensure(js: JetStreamContext, spec: Spec, timeout: float = 15.0) -> None:
     """Create ``spec`` in ``js``'s domain or bring it up to date (the administrator's rights);
-    retried while JetStream starts up."""
-    async for attempt in await _retrying(timeout):
-        with attempt:
-            if isinstance(spec, StreamSpec):
-                await ensure_stream(js, stream_config(spec))
-            elif isinstance(spec, BucketSpec):
-                await _ensure_bucket(js, spec)
-            else:
-                await _ensure_store(js, spec)
+    retried while JetStream starts up, or a clustered one cannot place its replicas yet."""
+    try:
+        async for attempt in await _retrying(timeout, placement=spec.replicas > 1):
+            with attempt:
+                if isinstance(spec, StreamSpec):
+                    await ensure_stream(js, stream_config(spec))
+                elif isinstance(spec, BucketSpec):
+                    await _ensure_bucket(js, spec)
+                else:
+                    await _ensure_store(js, spec)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code == NOT_CLUSTERED:
+            raise InvalidArgumentError(
+                f"{_name(spec)}: {spec.replicas} replicas asked of a JetStream that is not "
+                "clustered (provision with one replica, or run the hub as a cluster)"
+            ) from None
+        if exc.err_code in NO_PLACEMENT:
+            raise UnavailableError(
+                f"{_name(spec)}: JetStream could not place {spec.replicas} replicas within "
+                f"{timeout:.0f}s ({exc.description}): are enough of the hub's servers up?"
+            ) from None
+        raise
 
 
 async def provision(

@@ -34,7 +34,7 @@ from tests.deploy.containers import Container
 #: config files whose text is rewritten when mounted (the others are linked as they are).
 TEXT_CONFIG = (".yaml", ".yml", ".conf", ".json", ".sh")
 #: settings keys a mesh process listens on: mapped to the container's loopback ports.
-LISTEN_PORT_KEYS = ("http_port", "grpc_port")
+LISTEN_PORT_KEYS = ("http_port", "grpc_port", "port")
 LISTEN_HOST_KEYS = ("http_host", "host")
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,10 @@
 service's command, environment, mounted config and secrets as local processes (the set-up
 profile first, as the README says), the collector replaced by an OTLP receiver. Requests go
 through the ingress down the cascade; every service is healthy by its own healthcheck, one
-request's trace arrives whole, every ``/metrics`` passes ``promtool check metrics``, and the
-compose file's Prometheus configuration scrapes every node and the ingress."""
+request's trace arrives whole, every ``/metrics`` passes ``promtool check metrics``, the console
+refuses without its token and lists the nodes with it, the review desk lists and labels the
+queue through it, and the compose file's Prometheus configuration scrapes every node, the
+ingress and the review service."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ import pytest
 from mesh.dev.demo.receiver import OtlpReceiver, SpanRecord
 from mesh.local.servers import server_binary
 from tests.deploy.containers import Container, compose_containers
+from tests.deploy.hubservices import serves_people
 from tests.deploy.localrun import LocalStack, copy_project, is_root, readable_by
 from tests.deploy.scrape import SYSTEM_DEPS, check_metrics, prometheus_targets_up, promtool
+from tests.deploy.test_compose_files import TWO_IDENTITIES
 
 PROMETHEUS = shutil.which("prometheus") or ""
 
@@ -47,6 +51,7 @@ TIERS = {"mesh-edge", "mesh-gateway", "mesh-cloud"}
 def _variables() -> dict[str, str]:
     return {
         "MESH_INGRESS_TOKEN": secrets.token_urlsafe(16),
+        "MESH_CONSOLE_TOKEN": secrets.token_urlsafe(16),
         "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16),
     }
 
@@ -61,7 +66,10 @@ def _secrets_are_private(containers: dict[str, Container]) -> None:
             assert not any(s.name == "fleet.json" or s.name == "secrets" for s in sources), name
         if not container.is_mesh or name == "identities":
             continue
-        assert len(creds) <= 1, (name, creds)
+        if name in TWO_IDENTITIES:
+            assert {c.stem for c in creds} == TWO_IDENTITIES[name], (name, creds)
+        else:
+            assert len(creds) <= 1, (name, creds)
         for source in sources:
             if source.is_file() and source.parent.name in {"creds", "tls", "secrets"}:
                 assert readable_by(source, IMAGE_UID, IMAGE_UID), (
@@ -189,6 +197,8 @@ async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_pat
             "edge-0",
             "edge-1",
             "ingress",
+            "review",
+            "console",
         } <= set(checked)
         for name in checked:
             await stack.wait_healthy(name, timeout=90)
@@ -221,17 +231,28 @@ async def test_the_compose_deployment_runs_as_written_as_local_processes(tmp_pat
                 ("edge-0", 8080),
                 ("edge-1", 8080),
                 ("ingress", 8000),
+                ("review", 8080),
             ):
                 async with session.get(f"{stack.url(name, port)}/metrics") as resp:
                     exposition = await resp.text()
                 await asyncio.to_thread(check_metrics, exposition, name)
 
+            # the hub's services for people: the console (its token, the fleet from the
+            # heartbeats) and the review desk behind it (the queue the requests above filled)
+            await serves_people(
+                session,
+                stack.url("console", 8090),
+                variables["MESH_CONSOLE_TOKEN"],
+                ["cloud-0", "gateway-0", "edge-0", "edge-1"],
+            )
+
         await asyncio.to_thread(stack.materialize, containers["prometheus"])
         config = (project / "compose" / "observability" / "prometheus.yml").read_text()
         rules = stack.local_path("prometheus", "/etc/prometheus/rules")
         config = stack.rewrite(config, "prometheus").replace("/etc/prometheus/rules", str(rules))
-        up = await prometheus_targets_up(PROMETHEUS, config, tmp_path / "prom")
-        for job in ("mesh-node", "mesh-ingress"):
+        jobs = ("mesh-node", "mesh-ingress", "mesh-review")
+        up = await prometheus_targets_up(PROMETHEUS, config, tmp_path / "prom", jobs)
+        for job in jobs:
             assert up.get(job) and all(up[job].values()), (job, up)
 
         await _add_a_remote_site(stack, project, variables, receiver, tmp_path)

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
+from mesh.console.settings import ConsoleSettings
 from mesh.local.servers import server_binary
+from mesh.review.settings import ReviewServiceSettings
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import ControllerSettings, IngressSettings, NodeSettings
-from tests.deploy.containers import compose_containers, load_compose
+from tests.deploy.containers import InterpolationError, compose_containers, load_compose
 from tests.deploy.localrun import ROOT
 from tests.deploy.scrape import SYSTEM_DEPS, promtool
 
@@ -25,9 +27,17 @@ COMPOSE = ROOT / "compose"
 FILES = ("compose.yaml", "remote-site.yaml")
 VARIABLES = {
     "MESH_INGRESS_TOKEN": "t",
+    "MESH_CONSOLE_TOKEN": "console-token-of-16+",
     "GRAFANA_ADMIN_PASSWORD": "p",
     "MESH_SITE": "factory-7",
     "MESH_HUB_LEAF_URL": "nats-leaf://hub.example.com:7422",
+}
+
+
+#: the services that act as two identities, each its own creds file.
+TWO_IDENTITIES = {
+    "review": {"review-desk", "review-intake"},
+    "console": {"console", "console-reviewer"},
 }
 
 
@@ -74,7 +84,11 @@ def test_every_mesh_service_mounts_only_its_own_credentials(name: str) -> None:
             if source.name == "signing.key":
                 assert service == "admin", f"{service} mounts the signing key"
         if container.is_mesh and service not in {"identities", "models"}:
-            assert len([s for s in sources if s.suffix == ".creds"]) == 1, service
+            creds = {s.stem for s in sources if s.suffix == ".creds"}
+            if service in TWO_IDENTITIES:
+                assert creds == TWO_IDENTITIES[service], (service, creds)
+            else:
+                assert len(creds) == 1, (service, creds)
     # the administrator's identity serves its two one-shot steps (provisioning, operator commands)
     shared = {str(s): o for s, o in owners.items() if len(o) > 1 and o != {"provision", "admin"}}
     assert not shared, f"creds mounted into more than one service: {shared}"
@@ -94,6 +108,30 @@ def test_the_ingress_and_controller_settings_load() -> None:
     assert (ingress.http_port, ingress.grpc_port) == (8000, 8001)
     controller = ControllerSettings(**_settings(COMPOSE / "config" / "controller.yaml"))
     assert controller.domain == "hub"
+
+
+def test_the_review_and_console_settings_load_and_serve_where_compose_checks() -> None:
+    containers = compose_containers(COMPOSE / "compose.yaml", VARIABLES)
+    review = ReviewServiceSettings(**_settings(COMPOSE / "config" / "review.yaml"))
+    assert (review.http_host, review.http_port, review.domain) == ("0.0.0.0", 8080, "hub")
+    assert containers["review"].ports == [8080]
+    mounted = {m.target for m in containers["review"].mounts}
+    assert {str(review.nats.credentials), str(review.intake_credentials)} <= mounted
+    console = _settings(COMPOSE / "config" / "console.yaml")
+    assert "token" not in console and "tokens" not in console, "a token in a file is a default"
+    with pytest.raises(ValueError, match="token"):
+        ConsoleSettings(**console)
+    settings = ConsoleSettings(**console, token=VARIABLES["MESH_CONSOLE_TOKEN"])
+    assert (settings.host, settings.port) == ("0.0.0.0", 8090)
+    assert containers["console"].ports == [8090]
+    mounted = {m.target for m in containers["console"].mounts}
+    assert {str(settings.nats.credentials), str(settings.reviewer_credentials)} <= mounted
+
+
+def test_the_console_does_not_start_without_a_token_set() -> None:
+    variables = {k: v for k, v in VARIABLES.items() if k != "MESH_CONSOLE_TOKEN"}
+    with pytest.raises(InterpolationError, match="MESH_CONSOLE_TOKEN"):
+        compose_containers(COMPOSE / "compose.yaml", variables)
 
 
 def test_the_nats_configs_pass_nats_server_t(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ NATS cluster and the site's leaf server as the official chart renders our values
 of the cloud and site overlays (``kubectl kustomize``) with its args, environment, ConfigMaps,
 Secrets and ``subPathExpr`` mounts as local processes. The provisioning Job runs first, then the
 models Job; every pod's readiness probe passes, requests cross the ingress, edge, gateway and
-cloud, one request's trace arrives whole, and every ``/metrics`` passes ``promtool check
-metrics``."""
+cloud, one request's trace arrives whole, every ``/metrics`` passes ``promtool check
+metrics``, and the console (its token from ``secrets.sh``) lists every node and labels an item
+of the queue the review desk holds."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import yaml
 from mesh.dev.demo.receiver import OtlpReceiver
 from mesh.local.servers import free_port, server_binary
 from tests.deploy.containers import Container
+from tests.deploy.hubservices import serves_people
 from tests.deploy.kube import Cluster, by_kind, kubectl, pods, render
 from tests.deploy.localrun import ROOT, LocalStack, copy_project
 from tests.deploy.natschart import listen_ports, load_values, pod_config, pod_names, server_pods
@@ -44,6 +46,8 @@ pytestmark = [
 MACHINES = ("m1", "m2")
 SITE = "site"
 HUB_ADDRESS = "hub.example.com"
+#: the people's token the administrator gives secrets.sh for the console.
+CONSOLE_TOKEN = "console-token-" + os.urandom(12).hex()
 #: the cluster DNS names the configs use, to the pods behind them.
 HOSTS = {
     "nats-hub.edge-mesh.svc": "nats-hub-0",
@@ -54,7 +58,8 @@ HOSTS = {
 }
 
 
-def _sh(argv: list[str], env: dict[str, str]) -> str:
+def _sh(argv: list[str], env: dict[str, str], *, fails: str | None = None) -> str:
+    """The script's output; with ``fails``, it must exit non-zero saying so."""
     bin_dir = str(Path(sys.executable).parent)
     full = {
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
@@ -63,6 +68,9 @@ def _sh(argv: list[str], env: dict[str, str]) -> str:
         **env,
     }
     done = subprocess.run(argv, capture_output=True, text=True, env=full, check=False)
+    if fails is not None:
+        assert done.returncode != 0 and fails in done.stderr, (done.returncode, done.stderr)
+        return done.stderr
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -88,7 +96,12 @@ def _fleet(project: Path, fleet: Path) -> tuple[list[dict[str, Any]], list[dict[
         ["sh", str(k8s / "identities.sh"), str(fleet), "site"],
         {"SITE": SITE, "EDGE_MACHINES": " ".join(MACHINES)},
     )
-    cloud = _sh(["sh", str(k8s / "secrets.sh"), str(fleet), "cloud"], {})
+    # the console's token is the administrator's to choose: no Secrets without one, nor a short one
+    for token in ({}, {"MESH_CONSOLE_TOKEN": "short"}):
+        _sh(["sh", str(k8s / "secrets.sh"), str(fleet), "cloud"], token, fails="MESH_CONSOLE_TOKEN")
+    cloud = _sh(
+        ["sh", str(k8s / "secrets.sh"), str(fleet), "cloud"], {"MESH_CONSOLE_TOKEN": CONSOLE_TOKEN}
+    )
     site = _sh(["sh", str(k8s / "secrets.sh"), str(fleet), "site"], {"SITE": SITE})
     return [d for d in yaml.safe_load_all(cloud) if d], [d for d in yaml.safe_load_all(site) if d]
 
@@ -194,6 +207,8 @@ async def test_the_kubernetes_overlays_run_as_written_as_local_processes(tmp_pat
             "mesh-edge-m2",
             "mesh-ingress-0",
             "mesh-ingress-1",
+            "mesh-review-0",
+            "mesh-console-0",
         }
         assert expected <= {p.name for p in workloads if p.healthcheck is not None}
         for name in ("mesh-controller-0", "mesh-controller-1"):
@@ -217,11 +232,17 @@ async def test_the_kubernetes_overlays_run_as_written_as_local_processes(tmp_pat
                 while not whole:
                     whole = [t for t in traces if _whole(receiver.spans.get(t, []))]
                     await asyncio.sleep(0.5)
-            for name in sorted(expected):
+            for name in sorted(expected - {"mesh-console-0"}):  # people's, no /metrics
                 port = 8000 if name.startswith("mesh-ingress") else 8080
                 async with session.get(f"{stack.url(name, port)}/metrics") as resp:
                     exposition = await resp.text()
                 await asyncio.to_thread(check_metrics, exposition, name)
+
+            token = cloud.value("Secret", "mesh-console-token", "token")
+            assert token == CONSOLE_TOKEN
+            nodes = ["mesh-cloud-0", "mesh-cloud-1", f"{SITE}-mesh-gateway-0"]
+            nodes += [f"{SITE}-edge-{m}" for m in MACHINES]
+            await serves_people(session, stack.url("mesh-console-0", 8090), token, nodes)
     finally:
         await stack.stop()
         await receiver.stop()

@@ -6,6 +6,7 @@ policies that select real pods."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mesh.console.settings import ConsoleSettings
 from mesh.local.servers import server_binary
+from mesh.review.settings import ReviewServiceSettings
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
@@ -98,6 +101,8 @@ def test_every_container_runs_as_the_image_user_and_can_read_its_secrets(
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
             limits = container["resources"]["limits"]
             assert "memory" in limits and "memory" in container["resources"]["requests"], name
+            for quantity in (limits["memory"], container["resources"]["requests"]["memory"]):
+                assert re.fullmatch(r"[1-9][0-9]*(Mi|Gi)", quantity), (name, quantity)
 
 
 @needs_kubectl
@@ -144,6 +149,25 @@ def test_probes_hit_the_endpoints_the_processes_serve(rendered: list[dict[str, A
         elif args[:1] == ["controller"]:
             config = next(c for c in configs.values() if "controller.yaml" in c.get("data", {}))
             ControllerSettings(**yaml.safe_load(config["data"]["controller.yaml"]))
+        elif args[:2] == ["review", "serve"]:
+            config = next(c for c in configs.values() if "review.yaml" in c.get("data", {}))
+            review = ReviewServiceSettings(**yaml.safe_load(config["data"]["review.yaml"]))
+            port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+            assert (port, review.http_host) == (review.http_port, "0.0.0.0"), name
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert metadata["annotations"]["prometheus.io/port"] == str(port)
+        elif args[:1] == ["console"]:
+            config = next(c for c in configs.values() if "console.yaml" in c.get("data", {}))
+            data = yaml.safe_load(config["data"]["console.yaml"])
+            assert "token" not in data and "tokens" not in data, "a token in a ConfigMap"
+            token = next(e for e in container["env"] if e["name"] == "MESH_CONSOLE_TOKEN")
+            assert token["valueFrom"]["secretKeyRef"]["name"] == "mesh-console-token"
+            console = ConsoleSettings(**data, token="a-token-of-16-chars")
+            port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+            assert (port, console.host) == (console.port, "0.0.0.0"), name
+            # the one path served without the token (a probe cannot send it)
+            assert container["readinessProbe"]["httpGet"]["path"] == "/static/console.css"
 
 
 @needs_kubectl

@@ -128,5 +128,5 @@ def test_the_kubernetes_scrape_jobs_are_named_as_the_rules_expect() -> None:
     # Debian's promtool is built without Kubernetes service discovery: checked as YAML here
     config = yaml.safe_load((OBSERVABILITY / "prometheus" / "kubernetes-scrape.yaml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"mesh-node", "mesh-ingress", "nats"}
+    assert set(jobs) == {"mesh-node", "mesh-ingress", "mesh-review", "nats"}
     assert all(job["kubernetes_sd_configs"][0]["role"] == "pod" for job in jobs.values())

@@ -33,6 +33,7 @@ from mesh.fleet import registry
 from mesh.fleet.admin import read_rollouts, start_rollout
 from mesh.fleet.desired import Selector
 from mesh.fleet.rollout import Rollout
+from mesh.local.phases import Phases
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
 from mesh.wire import NodeStatus
@@ -50,13 +51,23 @@ SITES = 5
 GATES = ["min_requests=100", "min_samples=150"]
 
 
+#: every step of the run within a deadline that names what it waited for (issue 31).
+PHASES = Phases("make fleet-500")
+
+
 @pytest.fixture
 async def sim(tmp_path: Path, demo: DemoArtifacts) -> AsyncIterator[FleetSimulation]:
     settings = SimulationSettings(
         work_dir=tmp_path / "sim", nodes=NODES, sites=SITES, heartbeat_s=2.0, audit_rate=0.3
     )
-    async with FleetSimulation(settings, demo) as s:
+    s = FleetSimulation(settings, demo)
+    try:
+        waiting = f"{NODES} simulated nodes in {SITES} sites, the cloud node, the registry"
+        async with PHASES.phase("start the fleet", 1200, waiting):
+            await s.start()
         yield s
+    finally:
+        await s.stop()
 
 
 class Observer:
@@ -90,8 +101,9 @@ class Observer:
 
     async def converged(self, version: str, nodes: int, timeout: float) -> float:
         started = time.monotonic()
-        async with asyncio.timeout(timeout):
-            while sum(1 for v in self.served.values() if v == version) < nodes:  # noqa: ASYNC110
+        async with PHASES.phase(f"{nodes} nodes serving {version}", timeout) as phase:
+            while (serving := sum(1 for v in self.served.values() if v == version)) < nodes:
+                phase.waiting_for(f"heartbeats: {serving} of {nodes} nodes serving {version}")
                 await asyncio.sleep(0.5)
         return time.monotonic() - started
 
@@ -120,12 +132,13 @@ async def latest(sim: FleetSimulation) -> Rollout:
         await nc.close()
 
 
-async def wait_for(sim: FleetSimulation, done: Any, timeout: float) -> Rollout:
-    async with asyncio.timeout(timeout):
+async def wait_for(sim: FleetSimulation, done: Any, timeout: float, what: str) -> Rollout:
+    async with PHASES.phase(what, timeout) as phase:
         while True:
             r = await latest(sim)
             if done(r):
                 return r
+            phase.waiting_for(f"{what}: rollout {r.version} {r.state}, stage {r.current_stage}")
             await asyncio.sleep(1.0)
 
 
@@ -199,11 +212,11 @@ async def test_rollouts_on_500_nodes(
 
         # 1. good version, leader killed during stage 2 and restarted
         await start(sim, "2-edge", "2%,10%,50%,100%", "20s")
-        await wait_for(sim, lambda r: r.current_stage >= 1, timeout=600)
+        await wait_for(sim, lambda r: r.current_stage >= 1, 600, "rollout 1 reaching stage 2")
         await ctl.kill()
         killed_at = time.monotonic()
         ctl = await controller(sim, "ctl-a")
-        r = await wait_for(sim, lambda r: not r.active, timeout=900)
+        r = await wait_for(sim, lambda r: not r.active, 900, "rollout 1 ending")
         errors_after["good"] = len(load.figures.errors)
         report["good"] = {
             "outcome": r.outcome,
@@ -217,7 +230,7 @@ async def test_rollouts_on_500_nodes(
 
         # 2. a version confusing two classes: stopped at the canary, rolled back
         await start(sim, "3-confused", "2%,10%,50%,100%", "20s")
-        r = await wait_for(sim, lambda r: not r.active, timeout=600)
+        r = await wait_for(sim, lambda r: not r.active, 600, "rollout 2 rolled back")
         errors_after["bad"] = len(load.figures.errors)
         report["bad"] = {
             "outcome": r.outcome,
@@ -234,11 +247,11 @@ async def test_rollouts_on_500_nodes(
 
         # 3. a site cut off during stage 3 converges when its link returns
         await start(sim, "4-edge", "2%,10%,50%,100%", "20s")
-        await wait_for(sim, lambda r: r.current_stage >= 2, timeout=600)
+        await wait_for(sim, lambda r: r.current_stage >= 2, 600, "rollout 3 reaching stage 3")
         errors_after["before_cut"] = len(load.figures.errors)
         sim.cut(SITES - 1)
         cut_at = time.monotonic()
-        r = await wait_for(sim, lambda r: not r.active, timeout=900)
+        r = await wait_for(sim, lambda r: not r.active, 900, "rollout 3 ending, a site cut")
         await asyncio.sleep(max(0.0, 20 - (time.monotonic() - cut_at)))
         errors_after["cut"] = len(load.figures.errors)
         sim.heal(SITES - 1)
@@ -266,6 +279,7 @@ async def test_rollouts_on_500_nodes(
                 {round(t - started_wall) for t in load.figures.error_times}
             ),
         }
+        report["phases_s"] = PHASES.timings()
         out = Path(os.environ.get("FLEET_500_REPORT", "fleet-500.json"))
         await asyncio.to_thread(out.write_text, json.dumps(report, indent=1))
     assert load.figures.errors == []

@@ -22,12 +22,20 @@ RATIOS = (
     "mesh_throughput_over_peer",
     "peer_p50_over_nats_ort_p50",
     "edge_p50_over_nats_ort_p50",
+    # issue 33: every way in as fast as the request path
+    "peer_p50_over_local_p50",
+    "events_throughput_over_request_reply",
+    "events_cpu_over_request_reply",
+    "oip_rest_p50_over_sdk_p50",
+    "oip_grpc_cpu_over_rest",
 )
 ROWS = (
     "ort_floor",
     "nats_echo",
     "nats_ort",
     "mesh_edge",
+    "mesh_local",
+    "events_edge",
     "mesh_escalated",
     "mesh_link_escalated",
     "mesh_link_mix",
@@ -76,6 +84,8 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
             assert _number(row[field]), (key, field)
         assert row["requests"] > 0
         assert isinstance(row["answered_by"], dict)
+    assert _number(report["rows"]["mesh_local"]["throughput_rps"])
+    assert report["rows"]["mesh_local"]["cpu_ms_per_1k"] is None  # no server process
     for key in ("mesh_edge", "mesh_escalated", "cloud_only_link", "nats_echo", "nats_ort"):
         assert _number(report["rows"][key]["throughput_rps"]), key
         assert _number(report["rows"][key]["cpu_ms_per_1k"]), key
@@ -91,6 +101,15 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
         "client_cpu_at_most_70_us",
         "link_mesh_p50_at_most_tenth_of_cloud_only",
         "edge_rss_at_most_150_mb",
+        "events_throughput_at_least_half_request_reply",
+        "events_cpu_at_most_2x_request_reply",
+        "oip_rest_p50_within_1_5x_sdk",
+        "oip_rest_p50_at_most_0_8x_mlserver",
+        "oip_rest_throughput_at_least_3x_mlserver",
+        "oip_grpc_cpu_at_most_rest",
+        "local_p50_at_most_0_1_ms",
+        "peer_p50_at_least_4x_local",
+        "edge_p50_within_1_15x_nats_ort",
     }
     for key in ("node_cpu_us_per_request", "client_cpu_us_per_request", "rows_per_model_call"):
         assert _number(report[key]), (key, report[key])

@@ -359,6 +359,8 @@ async def test_leaving_the_results_loop_ends_its_subscription_so_closing_is_prom
     client = await source_client(nats_server, keystore, "cam9")
     x = np.load(demo.test)["x"][:1].astype(np.float32)
     await client.publish("digits", x, source="cam9", event_id="only")
+    with contextlib.suppress(Exception):  # nats-py's request inbox is made once, here
+        await client.nc.request("mesh.infer.nobody", b"", timeout=0.2)
     before = len(client.nc._subs)
     async with contextlib.aclosing(client.results("digits", source="cam9")) as results:
         async for result in results:
@@ -369,3 +371,41 @@ async def test_leaving_the_results_loop_ends_its_subscription_so_closing_is_prom
     started = time.monotonic()
     await client.close()
     assert time.monotonic() - started < 1.0  # no drain waiting out its timeout
+
+
+async def test_publish_many_stores_a_batch_in_order_within_its_window_and_a_quota_waits(
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
+) -> None:
+    # No entry node yet: a quota of 8 waiting events per source, provisioned as an administrator
+    await provision_events(nats_server, EventLimits(per_source_events=8))
+    x = np.load(demo.test)["x"][:30].astype(np.float32)
+    ids = [f"m-{i}" for i in range(len(x))]
+    async with await source_client(nats_server, keystore, "cam7") as client:
+        first = await client.publish_many(
+            "digits", [row[None, :] for row in x[:8]], source="cam7", event_ids=ids[:8], window=3
+        )
+        assert [a.event_id for a in first] == ids[:8]
+        assert [a.sequence for a in first] == sorted(a.sequence for a in first)
+        assert not any(a.duplicate for a in first)
+        # at its quota, the source waits for room until its timeout, then is refused
+        with pytest.raises(ResourceExhaustedError, match="quota"):
+            await client.publish_many(
+                "digits", [x[8][None, :]], source="cam7", event_ids=[ids[8]], timeout=0.3
+            )
+        # an entry node drains the stream: the waiting batch gets through, the first again
+        # only as duplicates
+        waiting = asyncio.create_task(
+            client.publish_many(
+                "digits", [row[None, :] for row in x], source="cam7", event_ids=ids, timeout=30
+            )
+        )
+        await chain.start(
+            nats_server.url, Tier("edge", model="edge-int8", events=EventSettings(enabled=True))
+        )
+        acks = await waiting
+        results = await take(client, "cam7", len(x), 30)
+    assert [a.event_id for a in acks] == ids
+    assert [a.duplicate for a in acks[:8]] == [True] * 8
+    assert sorted(r.event_id for r in results) == sorted(ids)
+    with pytest.raises(InvalidArgumentError, match="repeat"):
+        await client.publish_many("digits", [x[:1], x[:1]], source="cam7", event_ids=["a", "a"])

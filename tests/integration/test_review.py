@@ -28,6 +28,7 @@ from mesh.errors import (
     MeshError,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
 )
 from mesh.observability.metrics import default_metrics
 from mesh.review.client import ReviewClient
@@ -579,3 +580,18 @@ async def test_the_review_commands_print_json_and_one_line_errors(
     assert code == 0 and json.loads(out)["label"]["label"] == 2
     code, out, err = await mesh("report", "--json", "--days", "1", *base)
     assert code == 0 and json.loads(out)["days"][0]["labels"] == 1
+
+
+async def test_concurrent_calls_of_one_client_each_get_their_own_answer(review: Review) -> None:
+    # the console serves several people at once through one client: calls on one subject overlap
+    console = await review.client(CONSOLE)
+    with pytest.raises(UnavailableError):
+        await console.list()  # no desk yet: every call answered at once
+    answers = await asyncio.gather(*(console.list() for _ in range(6)), return_exceptions=True)
+    assert all(isinstance(a, UnavailableError) for a in answers), answers
+    await review.start()
+    listed = await asyncio.gather(*(console.list(status="all") for _ in range(6)))
+    assert [found["total"] for found in listed] == [0] * 6
+    app = await review.client(APP)
+    refused = await asyncio.gather(*(app.list() for _ in range(4)), return_exceptions=True)
+    assert all(isinstance(r, PermissionDeniedError) for r in refused), refused

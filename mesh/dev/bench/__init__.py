@@ -55,7 +55,11 @@ __all__ = ["BenchReport", "bench_main", "render"]
 
 
 async def bench_main(
-    quick: bool, cache: Path, mlserver: str | None, progress: Callable[[str], None]
+    quick: bool,
+    cache: Path,
+    mlserver: str | None,
+    progress: Callable[[str], None],
+    only: frozenset[str] | None = None,
 ) -> BenchReport:
     """Run the bench; SIGTERM cancels it like Ctrl-C, so every process started is stopped."""
     config = BenchConfig.quick() if quick else BenchConfig.full()
@@ -64,6 +68,6 @@ async def bench_main(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        return await run_bench(config, cache, mlserver, progress)
+        return await run_bench(config, cache, mlserver, progress, only)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)

@@ -31,6 +31,8 @@ class Clients:
     site: MeshClient
     site2: MeshClient
     open: MeshClient
+    #: on ``site``, hosting an edge in this process (``MeshClient.connect(local=...)``).
+    local: MeshClient
     #: the HTTP rows' pool, ``concurrency`` connections.
     http: aiohttp.ClientSession
     #: reads the edge node's metrics around a throughput phase.
@@ -54,11 +56,15 @@ async def connect_clients(
     stack.push_async_callback(client_site2.close)
     client_open = await MeshClient.connect(servers.site_open.url, name="bench-client-open")
     stack.push_async_callback(client_open.close)
+    client_local = await MeshClient.connect(
+        site.url, name="bench-client-local", local=rig.local_edge, **site.client_options()
+    )
+    stack.push_async_callback(client_local.close)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=config.concurrency))
     stack.push_async_callback(http.close)
     scraper = aiohttp.ClientSession()
     stack.push_async_callback(scraper.close)
-    return Clients(nc_site, client_site, client_site2, client_open, http, scraper)
+    return Clients(nc_site, client_site, client_site2, client_open, client_local, http, scraper)
 
 
 class RowCalls:

@@ -155,8 +155,49 @@ async def run_trial(
             continue
         latencies.append(time.perf_counter() - started)
         answered[tier] += 1
+    phase = await _throughput_phase(row, concurrency, session, answered)
+    errors += phase.errors
+    cpu = processes_cpu_seconds(row.processes) - cpu_before
+    requests = row.latency_n + row.throughput_n
+    ok_throughput = row.throughput_n - max(0, errors - (row.latency_n - len(latencies)))
+    p50 = percentile(latencies, 50)
+    p99 = percentile(latencies, 99)
+    elapsed = phase.elapsed
+    return Trial(
+        p50_ms=p50 * 1000 if p50 is not None else None,
+        p99_ms=p99 * 1000 if p99 is not None else None,
+        throughput_rps=ok_throughput / elapsed if elapsed > 0 else None,
+        cpu_ms_per_1k=cpu * 1000 / requests * 1000 if row.processes else None,
+        requests=requests,
+        errors=errors,
+        answered_by=answered,
+        node_cpu_us=phase.node_cpu_us,
+        client_cpu_us=phase.client_cpu_us,
+        rows_per_call=phase.rows_per_call,
+        device_j_per_answer=phase.device_j,
+        cloud_only_j_per_answer=phase.cloud_only_j,
+    )
 
-    next_index = 0
+
+@dataclass
+class _Phase:
+    """The figures of a row's throughput phase."""
+
+    elapsed: float
+    errors: int
+    node_cpu_us: float | None
+    client_cpu_us: float | None
+    rows_per_call: float | None
+    device_j: float | None
+    cloud_only_j: float | None
+
+
+async def _throughput_phase(
+    row: Row, concurrency: int, session: aiohttp.ClientSession | None, answered: Counter[str]
+) -> _Phase:
+    assert row.call is not None
+    call = row.call
+    next_index = errors = 0
 
     async def worker() -> None:
         nonlocal next_index, errors
@@ -168,10 +209,9 @@ async def run_trial(
             except Exception:
                 errors += 1
 
-    batches_before = (
-        await batch_totals(session, row.metrics_url) if session and row.metrics_url else None
-    )
+    metrics_url = row.metrics_url if session is not None else None
     energy_url = row.energy_url if session is not None else None
+    batches_before = await batch_totals(session, metrics_url) if session and metrics_url else None
     energy_before = (
         await energy_totals(session, energy_url, row.energy_tier)
         if session is not None and energy_url
@@ -189,8 +229,8 @@ async def run_trial(
         else None
     )
     rows_per_call: float | None = None
-    if batches_before is not None and session is not None and row.metrics_url:
-        rows, calls = await batch_totals(session, row.metrics_url)
+    if batches_before is not None and session is not None and metrics_url:
+        rows, calls = await batch_totals(session, metrics_url)
         if calls > batches_before[1]:
             rows_per_call = (rows - batches_before[0]) / (calls - batches_before[1])
     device_j: float | None = None
@@ -199,25 +239,15 @@ async def run_trial(
         joules, answers, cloud_only_j = await energy_totals(session, energy_url, row.energy_tier)
         if answers > energy_before[1]:
             device_j = (joules - energy_before[0]) / (answers - energy_before[1])
-    cpu = processes_cpu_seconds(row.processes) - cpu_before
-    requests = row.latency_n + row.throughput_n
-    ok_throughput = row.throughput_n - max(0, errors - (row.latency_n - len(latencies)))
-    p50 = percentile(latencies, 50)
-    p99 = percentile(latencies, 99)
     per_request_us = 1e6 / row.throughput_n if row.throughput_n else None
-    return Trial(
-        p50_ms=p50 * 1000 if p50 is not None else None,
-        p99_ms=p99 * 1000 if p99 is not None else None,
-        throughput_rps=ok_throughput / elapsed if elapsed > 0 else None,
-        cpu_ms_per_1k=cpu * 1000 / requests * 1000 if row.processes else None,
-        requests=requests,
-        errors=errors,
-        answered_by=answered,
-        node_cpu_us=node_cpu * per_request_us if node_cpu is not None and per_request_us else None,
-        client_cpu_us=client_cpu * per_request_us if per_request_us else None,
-        rows_per_call=rows_per_call,
-        device_j_per_answer=device_j,
-        cloud_only_j_per_answer=cloud_only_j,
+    return _Phase(
+        elapsed,
+        errors,
+        node_cpu * per_request_us if node_cpu is not None and per_request_us else None,
+        client_cpu * per_request_us if per_request_us else None,
+        rows_per_call,
+        device_j,
+        cloud_only_j,
     )
 
 

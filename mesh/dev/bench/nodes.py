@@ -16,7 +16,7 @@ from mesh.dev.bench.report import MemoryFigures
 from mesh.dev.bench.servers import BenchServers
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.launcher import NodeProcess
-from mesh.local.layout import node_identity, tier_node_settings
+from mesh.local.layout import local_edge_identity, node_identity, tier_node_settings
 from mesh.local.servers import NatsServer
 from mesh.security.keystore import KeyStore
 from mesh.settings import NodeSettings
@@ -34,6 +34,10 @@ class PlannedNode:
     entry: bool
     #: on the servers with authentication and TLS (else on the open ones).
     secured: bool
+
+
+#: the tier of the edge the bench process hosts itself (``MeshClient.connect(local=...)``).
+LOCAL_TIER = "edgelocal"
 
 
 def node_plan(
@@ -64,6 +68,8 @@ async def provision_streams(plan: dict[str, PlannedNode]) -> None:
             specs.append(hard_example_spec(node.tier))
         if name == "edge":
             specs.extend(event_specs(None))
+            # the in-process edge beside it keeps hard examples too
+            specs.append(hard_example_spec(LOCAL_TIER))
     for server, specs in wanted.values():
         nc = await server.connect(name="bench-provision")
         try:
@@ -123,6 +129,22 @@ def _node_settings(
         threshold=threshold,
         credentials=keystore.ensure(identity) if keystore is not None else None,
         extra={"events": {"enabled": True}} if events else None,
+    )
+
+
+def local_edge_settings(servers: BenchServers, demo: DemoArtifacts) -> NodeSettings:
+    """The edge the bench process hosts: ``edge``'s settings (threshold 0, the cloud above),
+    its own tier name and a ``local-edge`` identity; it blocks (issues the identity)."""
+    identity = local_edge_identity(f"{LOCAL_TIER}-0", LOCAL_TIER, upstream_tier="cloud")
+    return tier_node_settings(
+        LOCAL_TIER,
+        node=f"{LOCAL_TIER}-0",
+        server=servers.site.url,
+        manifest=demo.edge_int8,
+        zone="device",
+        upstream=("cloud", "cloud"),
+        threshold=0.0,
+        credentials=servers.keystore.ensure(identity),
     )
 
 

@@ -14,6 +14,8 @@ def paired_ratios(rows: dict[str, Row]) -> dict[str, float | None]:
             rows, "cloud_only_link", "mesh_link_mix", "p50_ms"
         ),
         "peer_p50_over_mesh_p50": paired_ratio(rows, "peer_aiohttp", "mesh_edge", "p50_ms"),
+        # The edge hosted in the application's process against the peer one HTTP hop away.
+        "peer_p50_over_local_p50": paired_ratio(rows, "peer_aiohttp", "mesh_local", "p50_ms"),
         "mesh_throughput_over_peer": paired_ratio(
             rows, "mesh_edge", "peer_aiohttp", "throughput_rps"
         ),
@@ -29,6 +31,7 @@ def paired_ratios(rows: dict[str, Row]) -> dict[str, float | None]:
             rows, "oip_rest", "peer_mlserver", "throughput_rps"
         ),
         "oip_rest_p50_over_mlserver_p50": paired_ratio(rows, "oip_rest", "peer_mlserver", "p50_ms"),
+        "oip_grpc_cpu_over_rest": paired_ratio(rows, "oip_grpc", "oip_rest", "cpu_ms_per_1k"),
         # Event streams against request/reply through the same edge node, same trials.
         "events_throughput_over_request_reply": paired_ratio(
             rows, "events_edge", "mesh_edge", "throughput_rps"
@@ -56,6 +59,7 @@ def targets(
     node_cpu: float | None,
     client_cpu: float | None,
     edge_rss: float | None,
+    local_p50_ms: float | None = None,
 ) -> dict[str, bool | None]:
     return {
         # The first two are the earlier targets, kept so that older readers of the JSON work.
@@ -71,6 +75,24 @@ def targets(
             ratios["cloud_only_p50_over_mesh_p50"], 10.0
         ),
         "edge_rss_at_most_150_mb": at_most(edge_rss, 150.0),
+        # every way in as fast as the request path (issue 33)
+        "events_throughput_at_least_half_request_reply": at_least(
+            ratios["events_throughput_over_request_reply"], 0.5
+        ),
+        "events_cpu_at_most_2x_request_reply": at_most(
+            ratios["events_cpu_over_request_reply"], 2.0
+        ),
+        "oip_rest_p50_within_1_5x_sdk": at_most(ratios["oip_rest_p50_over_sdk_p50"], 1.5),
+        "oip_rest_p50_at_most_0_8x_mlserver": at_most(
+            ratios["oip_rest_p50_over_mlserver_p50"], 0.8
+        ),
+        "oip_rest_throughput_at_least_3x_mlserver": at_least(
+            ratios["oip_rest_throughput_over_mlserver"], 3.0
+        ),
+        "oip_grpc_cpu_at_most_rest": at_most(ratios["oip_grpc_cpu_over_rest"], 1.0),
+        "local_p50_at_most_0_1_ms": at_most(local_p50_ms, 0.1),
+        "peer_p50_at_least_4x_local": at_least(ratios["peer_p50_over_local_p50"], 4.0),
+        "edge_p50_within_1_15x_nats_ort": at_most(ratios["edge_p50_over_nats_ort_p50"], 1.15),
     }
 
 

@@ -23,6 +23,8 @@ class TrialSummary:
     throughput_rps: float | None
     cpu_ms_per_1k: float | None
     errors: int
+    #: the row's own node's CPU per request in the throughput phase, where the row names one.
+    node_cpu_us: float | None = None
 
 
 @dataclass
@@ -108,7 +110,9 @@ def summarize(row: Row) -> RowSummary:
         errors=sum(t.errors for t in row.trials),
         answered_by=dict(answered),
         trials=[
-            TrialSummary(t.p50_ms, t.p99_ms, t.throughput_rps, t.cpu_ms_per_1k, t.errors)
+            TrialSummary(
+                t.p50_ms, t.p99_ms, t.throughput_rps, t.cpu_ms_per_1k, t.errors, t.node_cpu_us
+            )
             for t in row.trials
         ],
     )
@@ -148,7 +152,15 @@ def build_report(
         memory=memory,
         edge_rss_mb=edge_rss,
         ratios=ratios,
-        targets=targets(ratios, node_cpu=node_cpu, client_cpu=client_cpu, edge_rss=edge_rss),
+        targets=targets(
+            ratios,
+            node_cpu=node_cpu,
+            client_cpu=client_cpu,
+            edge_rss=edge_rss,
+            local_p50_ms=median([t.p50_ms for t in rows["mesh_local"].trials])
+            if "mesh_local" in rows
+            else None,
+        ),
         node_cpu_us_per_request=node_cpu,
         client_cpu_us_per_request=client_cpu,
         rows_per_model_call=median([t.rows_per_call for t in edge_trials]),

@@ -12,11 +12,17 @@ from pathlib import Path
 
 from mesh.dev.bench.config import BenchConfig
 from mesh.dev.bench.mlserver import MlServerPeer, start_mlserver_peer
-from mesh.dev.bench.nodes import node_plan, node_processes, provision_streams
+from mesh.dev.bench.nodes import (
+    local_edge_settings,
+    node_plan,
+    node_processes,
+    provision_streams,
+)
 from mesh.dev.bench.responders import Responders, responder_processes
 from mesh.dev.bench.servers import BenchServers, start_servers
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.launcher import NodeProcess
+from mesh.settings import NodeSettings
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class Rig:
     nodes: dict[str, NodeProcess]
     responders: Responders
     mlserver: MlServerPeer
+    #: the edge the bench process hosts itself, on the site's server.
+    local_edge: NodeSettings
 
 
 async def start_rig(
@@ -61,4 +69,5 @@ async def start_rig(
     await responders.ingress.start()
     assert all(helper.pid is not None for helper in responders.all())
     peer = await start_mlserver_peer(mlserver, edge_onnx, work, stack, progress)
-    return Rig(servers, nodes, responders, peer)
+    local = await asyncio.to_thread(local_edge_settings, servers, demo)
+    return Rig(servers, nodes, responders, peer, local)

@@ -31,6 +31,7 @@ def bench_rows(
     edge = rig.nodes["edge"]
     rows["mesh_edge"].node_pid = edge.pid
     rows["mesh_edge"].metrics_url = f"{edge.http_url}/metrics" if edge.http_url else None
+    rows["events_edge"].node_pid = edge.pid
     rows["mesh_link_mix"].note = "most answered at the edge; see answered_by"
     mix = rig.nodes["edgemix"]
     rows["mesh_link_mix"].energy_url = f"{mix.http_url}/metrics" if mix.http_url else None
@@ -89,6 +90,15 @@ def _site_rows(config: BenchConfig, rig: Rig, calls: RowCalls, clients: Clients)
             processes(site.pid, pid["edge"]),
             lat,
             tp,
+        ),
+        "mesh_local": Row(
+            "mesh_local",
+            "mesh: edge in the application's process (threshold 0)",
+            calls.mesh(clients.local, None),
+            [],
+            lat,
+            tp,
+            note="no server process: its CPU is the load generator's own",
         ),
         "events_edge": Row(
             "events_edge",

@@ -32,6 +32,7 @@ from mesh.dev.demo.scenarios.rollouts import run_fleet_scenarios
 from mesh.dev.demo.state import BATTERY_NODE, MODEL, DemoConfig, LinkView, ReviewView, Tally
 from mesh.dev.demo.testbed import Testbed
 from mesh.dev.demo.view import show_live, thousands
+from mesh.local.phases import Phases
 from mesh.review.client import ReviewClient
 from mesh.topology import subjects
 
@@ -46,7 +47,8 @@ class DemoRun:
         self.tally = Tally()
         self.view = LinkView()
         self.journal = Journal(self.view)
-        self.testbed = Testbed(config, console)
+        self.phases = Phases("mesh demo")
+        self.testbed = Testbed(config, console, self.phases)
         self.load = LoadGenerator(config, self.testbed, self.tally, self.journal)
         self.observer = GatewayObserver(config, self.testbed, self.view, self.journal)
         self.publisher = EventPublisher(config, self.testbed, self.tally, self.journal)
@@ -66,7 +68,8 @@ class DemoRun:
             await site.subscribe("mesh.telemetry.>", cb=self.fleet.on_telemetry)
             await site.subscribe("mesh.actions.alerts.>", cb=self.publisher.on_alert)
             await site.subscribe(subjects.telemetry(BATTERY_NODE), cb=self.battery.on_step)
-            await self.testbed.warm_up()
+            async with self.phases.phase("warm up", 90, "the cloud to answer from the site"):
+                await self.testbed.warm_up()
             cfg = self.config
             self.reviewer = SimulatedReviewer(
                 ReviewClient(self.testbed.reviewer_nc, "reviewer"),
@@ -85,14 +88,19 @@ class DemoRun:
     async def run(self) -> DemoReport:
         async with self.started():
             self._announce()
-            run_s, drain_s = await self._live()
+            # the load is paced: three times its length covers a slow machine, not a hang
+            deadline = self.config.duration_s * 3 + 180
+            async with self.phases.phase("load and scenarios", deadline) as phase:
+                phase.waiting_for("the load, the link cut, the rollouts and the events' results")
+                run_s, drain_s = await self._live()
             assert self.reviewer is not None
             # stopped before the queue's last figures: its labels and theirs tell one moment
             await self.reviewer.stop(settle_s=3.0)
             with contextlib.suppress(MeshError):
                 await self.reviewer.refresh()
             with self.console.status("asking the cloud tier alone the same questions"):
-                cloud_accuracy, unique = await self.load.ask_cloud_alone()
+                async with self.phases.phase("cloud alone", 180, "the cloud's answers"):
+                    cloud_accuracy, unique = await self.load.ask_cloud_alone()
                 async with aiohttp.ClientSession() as session:
                     metrics = await self.observer.gateway_metrics(session)
                 await asyncio.sleep(0.5)

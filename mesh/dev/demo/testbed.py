@@ -27,6 +27,7 @@ from mesh.dev.demo.state import BATTERY_NODE, EDGE_REPLICAS, MODEL, DemoConfig
 from mesh.dev.faults import FaultProxy
 from mesh.dev.models.demo import DemoArtifacts, ensure_demo
 from mesh.local.launcher import EmbeddedMesh, MeshLayout
+from mesh.local.phases import Phases
 from mesh.models.validate import require_valid
 from mesh.observability import tracing
 from mesh.observability.telemetry import install_tracing
@@ -90,9 +91,11 @@ def _started(value: _T | None) -> _T:
 class Testbed:
     """Owns every process and connection the demo starts, and stops them all."""
 
-    def __init__(self, config: DemoConfig, console: Console) -> None:
+    def __init__(self, config: DemoConfig, console: Console, phases: Phases | None = None) -> None:
         self.config = config
         self.console = console
+        #: the run's clock: each start-up step within a deadline (``mesh.local.phases``).
+        self.phases = phases or Phases("mesh demo")
         self.receiver = OtlpReceiver()
         self.client_spans = InMemorySpanExporter()
         self.work_dir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
@@ -167,16 +170,21 @@ class Testbed:
             await self.stop()
 
     async def start(self) -> None:
-        demo = await self._gate_models()
+        phases = self.phases
+        async with phases.phase("models", 900, "the demo models' build and evidence gate"):
+            demo = await self._gate_models()
         await self.receiver.start()
         install_tracing("mesh-demo", "demo", processors=[SimpleSpanProcessor(self.client_spans)])
         mesh = self._mesh = self._layout(demo)
         with self.console.status("starting NATS hub and site leaf server"):
-            await mesh.site.hub.start()
-            proxy = self._proxy = FaultProxy("127.0.0.1", mesh.site.hub.leaf_port)
-            await proxy.start()
-            await mesh.start_servers(leaf_url=proxy.url)
-            await mesh.site.hub.wait_leaf_connections(1, timeout=15)
+            async with phases.phase("NATS servers", 90) as phase:
+                phase.waiting_for("the hub to start")
+                await mesh.site.hub.start()
+                proxy = self._proxy = FaultProxy("127.0.0.1", mesh.site.hub.leaf_port)
+                await proxy.start()
+                phase.waiting_for("the site's leaf link through the fault proxy, its streams")
+                await mesh.start_servers(leaf_url=proxy.url)
+                await mesh.site.hub.wait_leaf_connections(1, timeout=15)
         self.step(
             f"NATS hub {mesh.hub_url} ⇄ fault proxy {proxy.address} ⇄ site leaf {mesh.site_url}"
         )
@@ -184,22 +192,27 @@ class Testbed:
             await mesh.start_review(DEMO_REVIEW_LIMITS)
         self.step("review queue at the hub (mesh review serve)")
         with self.console.status("starting cloud, gateway and 2 edge nodes"):
-            await mesh.start_nodes()
+            async with phases.phase("nodes", 240) as phase:
+                await mesh.start_nodes(waiting=phase.waiting_for)
         self.step(
             "nodes up: cloud-0 on the hub (SVM); gateway-0 (MLP 64) and edge-0, edge-1 on the "
             "site, serving a deliberately weak edge version (trained on part of the data)"
         )
         with self.console.status("starting the operator console"):
             token = secrets.token_urlsafe(24)
-            console = await mesh.start_console(token)
+            async with phases.phase("console", 90, "the console's ready line"):
+                console = await mesh.start_console(token)
             self.console_url = f"{console.url}/?token={token}"
         self.step(f"operator console at {self.console_url}")
-        self._client = await MeshClient.connect(mesh.site_url, **mesh.client_options())
-        self._hub_nc = await mesh.site.hub.connect(name="mesh-demo-observer")
-        reviewer = await mesh.reviewer_creds()
-        self._reviewer_nc = await mesh.site.hub.connect(reviewer.stem, name="mesh-demo-reviewer")
-        assert mesh.site.leaf is not None
-        self._site_nc = await mesh.site.leaf.connect(name="mesh-demo-observer-site")
+        async with phases.phase("connect", 30, "the demo's own connections to the hub and site"):
+            self._client = await MeshClient.connect(mesh.site_url, **mesh.client_options())
+            self._hub_nc = await mesh.site.hub.connect(name="mesh-demo-observer")
+            reviewer = await mesh.reviewer_creds()
+            self._reviewer_nc = await mesh.site.hub.connect(
+                reviewer.stem, name="mesh-demo-reviewer"
+            )
+            assert mesh.site.leaf is not None
+            self._site_nc = await mesh.site.leaf.connect(name="mesh-demo-observer-site")
 
     async def _gate_models(self) -> DemoArtifacts:
         cache = self.config.cache
