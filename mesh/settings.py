@@ -240,6 +240,17 @@ class ReviewFeedSettings(_Section):
         return v
 
 
+class ShadowSettings(_Section):
+    """A version run in shadow beside a served one (a rollout's shadow stage, assigned by the
+    fleet): on copies of the served version's inputs, after their replies, in its own worker
+    thread; it never answers (``docs/fleet.md``)."""
+
+    cpu_share: float = Field(0.25, gt=0.0, le=1.0)
+    """Most of one core its model calls may take: after each call it rests long enough."""
+    max_queue: int = Field(64, ge=1)
+    """Batches waiting for it; a batch that finds the queue full is skipped (counted)."""
+
+
 class WebhookSettings(_Section):
     """An HTTP endpoint an action posts its action event to (JSON)."""
 
@@ -483,6 +494,7 @@ class NodeSettings(ServiceSettings):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     review: ReviewFeedSettings = Field(default_factory=ReviewFeedSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     energy: EnergySettings = Field(default_factory=EnergySettings)
     """The energy ledger, its device profile and sensors, and the power budget
     (``docs/energy.md``)."""

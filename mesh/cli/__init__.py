@@ -10,6 +10,7 @@ import click
 from mesh.cli.console import console
 from mesh.cli.fleet import fleet
 from mesh.cli.identities import identities
+from mesh.cli.learn import learn, models_recalibrate
 from mesh.cli.models import models
 from mesh.cli.options import MeshGroup
 from mesh.cli.releases import (
@@ -34,10 +35,12 @@ def main() -> None:
 
 for _command in (
     node, infer, publish, up, ingress, models, identities, keys, fleet, rollout, controller,
-    bench, demo, soak, review, console,
+    bench, demo, soak, review, console, learn,
 ):  # fmt: skip
     main.add_command(_command)
-for _command in (models_sign, models_push, models_list, models_bump, models_revoke):
+for _command in (
+    models_sign, models_push, models_list, models_bump, models_revoke, models_recalibrate,
+):  # fmt: skip
     models.add_command(_command)
 
 __all__ = ["main"]

@@ -24,10 +24,14 @@ def describe(r: Rollout, now: float | None = None) -> list[str]:
             f"  {i + 1}. {stage.name} ({_count(r.stage_size(i), 'node')}): "
             f"{_progress(r, i, entry, now)}"
         )
-        if entry.canary is not None:
+        if entry.canary is not None and stage.shadow:
+            lines += [f"       {line}" for line in shadow_lines(stage.gate, entry)]
+        elif entry.canary is not None:
             canary = Figures.from_dict(entry.canary)
             baseline = Figures.from_dict(entry.baseline) if entry.baseline else None
             lines += [f"       {line}" for line in gate_lines(stage.gate, canary, baseline)]
+        if entry.labels is not None:
+            lines.append(f"       {label_line(stage.gate, entry.labels)}")
         for side in (entry.canary or {}, entry.baseline or {}):
             for node, how in (side.get("bounded") or {}).items():
                 lines.append(f"       bounded by the tier above: {node}: {how}")
@@ -45,6 +49,13 @@ def describe(r: Rollout, now: float | None = None) -> list[str]:
 
 
 def headline(r: Rollout, now: float) -> str:
+    line = _headline(r, now)
+    if r.answers_served_before_decision is not None:
+        line += f"; it answered {_count(r.answers_served_before_decision, 'request')} first"
+    return line
+
+
+def _headline(r: Rollout, now: float) -> str:
     name = f"{r.model}@{r.version} ({r.id})"
     total = len(r.stages)
     at = min(r.current_stage, total - 1)
@@ -122,6 +133,48 @@ def gate_lines(gate: Gate, canary: Figures, baseline: Figures | None) -> list[st
                 f"{'; '.join(bounds)}"
             )
     return lines
+
+
+def shadow_lines(gate: Gate, entry: StageLog) -> list[str]:
+    """A shadow stage's figures: the version run beside the serving one on the same requests."""
+    shadow = Figures.from_dict(entry.canary or {})
+    serving = Figures.from_dict(entry.baseline or {})
+    raw = entry.canary or {}
+    matched, skipped = int(raw.get("matched", 0)), int(raw.get("skipped", 0))
+    lines = [
+        f"in shadow on {_count(shadow.nodes, 'node')}: requests {shadow.requests} (needs "
+        f"{gate.min_requests}), {skipped} skipped over its CPU share; compared upstream "
+        f"{shadow.compared} (needs {gate.min_samples})",
+        f"answered as the serving version {matched} of {shadow.requests} against at least "
+        f"{gate.min_serving_agreement:.3f}",
+        f"errors {shadow.errors} against the serving version's 0 + {gate.max_error_rate_increase}",
+    ]
+    if shadow.compared:
+        lines.append(
+            f"agreement with the tier above {_num(shadow.agreement, 3)} on {shadow.compared} "
+            f"against the serving version's {_num(serving.agreement, 3)} on the same - "
+            f"{gate.max_agreement_drop:.3f}"
+        )
+    return lines
+
+
+def label_line(gate: Gate, labels: dict[str, object]) -> str:
+    """Labelled accuracy of the version and of the one it replaces, and whether it judged."""
+
+    def side(labelled: object, accuracy: object) -> str:
+        shown = f"{accuracy:.3f}" if isinstance(accuracy, float) else "-"
+        return f"{shown} on {labelled} labelled"
+
+    judged = min(int(str(labels.get("labelled", 0))), int(str(labels.get("baseline_labelled", 0))))
+    note = (
+        f"against the replaced version's - {gate.max_label_accuracy_drop:.3f}"
+        if judged >= gate.min_labels
+        else f"not judged: each side needs {gate.min_labels} labels"
+    )
+    return (
+        f"labelled accuracy {side(labels.get('labelled'), labels.get('accuracy'))}, the replaced "
+        f"version {side(labels.get('baseline_labelled'), labels.get('baseline_accuracy'))}; {note}"
+    )
 
 
 def _evidence_line(gate: Gate, canary: Figures, base: Figures | None, measurable: bool) -> str:

@@ -59,6 +59,11 @@ def rollout() -> None:
 @tls_ca_option
 @domain_option
 @click.option("--offline-after", default=10.0, show_default=True)
+@click.option(
+    "--shadow", is_flag=True,
+    help="Begin with a shadow stage: the canary's nodes run the version beside the one they "
+    "serve, on copies of its inputs, answering nobody, until it is judged.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the stored rollout as JSON.")
 def rollout_start(
     model: str,
@@ -73,6 +78,7 @@ def rollout_start(
     tls_ca: Path | None,
     domain: str,
     offline_after: float,
+    shadow: bool,
     as_json: bool,
 ) -> None:
     """Roll MODEL out at VERSION in stages, to the nodes of the tier it is made for; a running
@@ -97,6 +103,7 @@ def rollout_start(
                 trusted_keys=list(trusted_keys),
                 by=creds.stem if creds else "",
                 offline_after_s=offline_after,
+                shadow=shadow,
             )
 
     r = _run(go)

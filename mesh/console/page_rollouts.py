@@ -36,6 +36,13 @@ def _card(c: RolloutCard, now: float) -> Html:
         else f"ended at stage {i + 1} of {len(r.stages)}"
     )
     started = f"started {ago(now - r.created_at)} by {r.by or 'someone'}"
+    if r.shadow:
+        started += "; begins in shadow, answering nobody"
+    served = (
+        f" · answers it served before the decision: {r.answers_served_before_decision}"
+        if r.answers_served_before_decision is not None
+        else ""
+    )
     buttons = "".join(
         f'<a class="button action-{a}" href="/rollouts/{escape(r.model)}/{a}">'
         f'{VERBS[a]}<span class="visually-hidden"> the rollout of {escape(r.model)}</span></a>'
@@ -53,7 +60,8 @@ def _card(c: RolloutCard, now: float) -> Html:
         f'aria-labelledby="rollout-{escape(r.model)}-h" data-state="{escape(r.state.value)}">'
         f'<h2 id="rollout-{escape(r.model)}-h">{escape(head)}</h2>'
         f"<p>{state_badge(r.state.value)} · {escape(where)} · {escape(started)} · "
-        f"{len(r.targets)} nodes · most serving it at once: {r.max_nodes_serving}</p>"
+        f"{len(r.targets)} nodes · most serving it at once: {r.max_nodes_serving}"
+        f"{escape(served)}</p>"
         + verdict
         + (f'<p class="actions">{buttons}</p>' if buttons else "")
         + _stages(r.model, c.stages)
@@ -64,13 +72,7 @@ def _card(c: RolloutCard, now: float) -> Html:
 
 
 def _stages(model: str, stages: Sequence[StageRow]) -> Html:
-    rows = "".join(
-        f'<tr id="stage-{escape(model)}-{s.index + 1}" data-status="{escape(s.status.value)}">'
-        f'<th scope="row">{s.index + 1}. {escape(s.name)}</th><td>{s.size}</td>'
-        f"<td>{state_badge(s.status.value)}</td>"
-        f"<td>{escape(fmt(s.seconds, 3, unit=' s'))}</td></tr>"
-        for s in stages
-    )
+    rows = "".join(_stage_row(model, s) for s in stages)
     return Html(
         f'<table class="stages"><caption>Stages of the rollout of {escape(model)}</caption>'
         '<thead><tr><th scope="col">Stage</th><th scope="col">Nodes</th>'
@@ -79,17 +81,35 @@ def _stages(model: str, stages: Sequence[StageRow]) -> Html:
     )
 
 
+#: what a shadow stage's row says of it.
+SHADOW_NOTE = " <small>(in shadow: runs beside the served version, answers nobody)</small>"
+
+
+def _stage_row(model: str, s: StageRow) -> Html:
+    shadow = ' data-shadow="true"' if s.shadow else ""
+    return Html(
+        f'<tr id="stage-{escape(model)}-{s.index + 1}" data-status="{escape(s.status.value)}"'
+        f'{shadow}><th scope="row">{s.index + 1}. {escape(s.name)}'
+        f"{SHADOW_NOTE if s.shadow else ''}</th><td>{s.size}</td>"
+        f"<td>{state_badge(s.status.value)}</td>"
+        f"<td>{escape(fmt(s.seconds, 3, unit=' s'))}</td></tr>"
+    )
+
+
 def _gates(c: RolloutCard) -> Html:
     if c.gate_stage is None or not c.gates:
         return Html("<p>No evidence yet: the stage's nodes are taking the version.</p>")
-    name = c.rollout.stages[c.gate_stage].name
+    stage = c.rollout.stages[c.gate_stage]
     rows = "".join(_gate_row(g) for g in c.gates)
+    sides = (
+        ("In shadow", "Serving version") if stage.shadow else ("Canary", "Baseline")
+    )  # fmt: skip
     return Html(
-        f'<table class="gates"><caption>Gates of stage {c.gate_stage + 1} ({escape(name)}), '
-        f"{escape(c.source)}. Figures are point figures; the gates judge their 90% interval "
-        "bounds, so one unlucky answer fails nothing.</caption>"
-        '<thead><tr><th scope="col">Gate</th><th scope="col">Canary</th>'
-        '<th scope="col">Baseline</th><th scope="col">Bound</th><th scope="col">Now</th>'
+        f'<table class="gates"><caption>Gates of stage {c.gate_stage + 1} '
+        f"({escape(stage.name)}), {escape(c.source)}. Figures are point figures; the gates judge "
+        "their 90% interval bounds, so one unlucky answer fails nothing.</caption>"
+        f'<thead><tr><th scope="col">Gate</th><th scope="col">{sides[0]}</th>'
+        f'<th scope="col">{sides[1]}</th><th scope="col">Bound</th><th scope="col">Now</th>'
         f"</tr></thead><tbody>{rows}</tbody></table>"
     )
 

@@ -10,9 +10,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mesh.console.markup import NONE
-from mesh.fleet.rollout import Figures, Gate, Rollout, RolloutPhase, StagePhase, view_of
-from mesh.fleet.rollout.evidence import Window, stage_figures
-from mesh.fleet.rollout.judge import P99_FLOOR_MS, VerdictResult, judge
+from mesh.fleet.rollout import (
+    Figures,
+    Gate,
+    NodeView,
+    Rollout,
+    RolloutPhase,
+    StagePhase,
+    view_of,
+)
+from mesh.fleet.rollout.evidence import Window, shadow_figures, stage_figures
+from mesh.fleet.rollout.judge import P99_FLOOR_MS, Verdict, VerdictResult, judge, judge_shadow
 from mesh.wire import NodeStatus
 
 #: what a person may ask of a rollout in each state (``mesh.fleet.rollout.request`` checks it).
@@ -45,6 +53,8 @@ class StageRow:
     status: StageStatus
     seconds: float | None
     result: str | None
+    #: a shadow stage: its nodes run the version beside the served one, answering nobody.
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +94,17 @@ def card(
     verdict = ""
     if shown is not None and canary is not None:
         gate = r.stages[shown].gate
-        gates = gate_rows(gate, canary, baseline)
+        shadow = r.stages[shown].shadow
+        gates = (
+            shadow_gate_rows(gate, canary, baseline, _matched(r, shown, source, window, heartbeats,
+                                                              now, offline_after_s))
+            if shadow
+            else gate_rows(gate, canary, baseline)
+        )  # fmt: skip
+        if r.log[shown].labels is not None:
+            gates.append(label_row(gate, r.log[shown].labels or {}))
         if source.startswith("live"):
-            v = judge(gate, canary, baseline)
+            v = _live_verdict(r, shown, canary, baseline, window, heartbeats, now, offline_after_s)
             verdict = {
                 VerdictResult.WAIT: f"waiting: {v.reason}",
                 VerdictResult.PASS: "every gate holds so far",
@@ -115,7 +133,52 @@ def _stage_row(r: Rollout, i: int, now: float) -> StageRow:
         status = StageStatus.HALTED
     else:
         status = StageStatus.WAITING
-    return StageRow(i, stage.name, r.stage_size(i), status, seconds, log.result)
+    return StageRow(i, stage.name, r.stage_size(i), status, seconds, log.result, stage.shadow)
+
+
+def _views(
+    r: Rollout, heartbeats: Mapping[str, NodeStatus], now: float, offline_after_s: float
+) -> dict[str, NodeView]:
+    return {
+        name: view_of(r.model, r.version, name, beat, now=now, offline_after_s=offline_after_s)
+        for name, beat in heartbeats.items()
+        if name in set(r.targets)
+    }
+
+
+def _live_verdict(
+    r: Rollout,
+    i: int,
+    canary: Figures,
+    baseline: Figures | None,
+    window: Window | None,
+    heartbeats: Mapping[str, NodeStatus],
+    now: float,
+    offline_after_s: float,
+) -> Verdict:
+    gate = r.stages[i].gate
+    if not r.stages[i].shadow or window is None:
+        return judge(gate, canary, baseline)
+    views = _views(r, heartbeats, now, offline_after_s)
+    members = r.targets[: r.stage_size(i)]
+    return judge_shadow(gate, shadow_figures(r, views, window, members, set(r.flagged)))
+
+
+def _matched(
+    r: Rollout,
+    i: int,
+    source: str,
+    window: Window | None,
+    heartbeats: Mapping[str, NodeStatus],
+    now: float,
+    offline_after_s: float,
+) -> int:
+    """How often the version in shadow answered as the serving one did (live or as judged)."""
+    if source.startswith("live") and window is not None:
+        views = _views(r, heartbeats, now, offline_after_s)
+        members = r.targets[: r.stage_size(i)]
+        return shadow_figures(r, views, window, members, set(r.flagged)).matched
+    return int((r.log[i].canary or {}).get("matched", 0))
 
 
 def _figures(
@@ -135,18 +198,20 @@ def _figures(
         and window.stage == i
     )
     if soaking and window is not None:
-        views = {
-            name: view_of(r.model, r.version, name, beat, now=now, offline_after_s=offline_after_s)
-            for name, beat in heartbeats.items()
-            if name in set(r.targets)
-        }
-        figures = stage_figures(
-            r, views, window, r.targets[: r.stage_size(i)], excluded=set(r.flagged)
-        )
-        canary, baseline = figures.canary, figures.baseline
+        views = _views(r, heartbeats, now, offline_after_s)
+        members = r.targets[: r.stage_size(i)]
         stage = r.stages[i]
+        canary: Figures
+        baseline: Figures | None
+        if stage.shadow:
+            shadow = shadow_figures(r, views, window, members, excluded=set(r.flagged))
+            canary, baseline = shadow.shadow, shadow.serving
+        else:
+            figures = stage_figures(r, views, window, members, excluded=set(r.flagged))
+            canary, baseline = figures.canary, figures.baseline
         if stage.is_whole and i > 0:
-            reference = r.log[i - 1].baseline
+            served = [j for j in range(i) if not r.stages[j].shadow]
+            reference = r.log[served[-1]].baseline if served else None
             baseline = Figures.from_dict(reference) if reference else None
         elapsed = now - window.started_at
         soak = stage.gate.soak_s
@@ -227,6 +292,71 @@ def gate_rows(gate: Gate, canary: Figures, baseline: Figures | None) -> list[Gat
     return rows
 
 
+def shadow_gate_rows(
+    gate: Gate, shadow: Figures, serving: Figures | None, matched: int
+) -> list[GateRow]:
+    """A shadow stage's gates: the version run beside the serving one, on the same requests
+    (the "Canary" column is the version in shadow, "Baseline" the serving version)."""
+    rows = [
+        GateRow(
+            "requests run in shadow", str(shadow.requests), NONE, f"≥ {gate.min_requests}",
+            shadow.requests >= gate.min_requests,
+        ),
+        GateRow(
+            "compared upstream", str(shadow.compared), _n(serving.compared if serving else None),
+            f"≥ {gate.min_samples}", shadow.compared >= gate.min_samples,
+        ),
+    ]  # fmt: skip
+    alike = matched / shadow.requests if shadow.requests else None
+    rows.append(
+        GateRow(
+            "answered as the serving version",
+            _rate(alike),
+            "100.0%",
+            f"≥ {_rate(gate.min_serving_agreement)}",
+            None if alike is None else alike >= gate.min_serving_agreement,
+        )
+    )
+    rows.append(_upper("error rate", shadow.error_rate, 0.0, [gate.max_error_rate_increase], _rate))
+    base = serving.agreement if serving is not None else None
+    low = None if base is None else base - gate.max_agreement_drop
+    if gate.min_agreement is not None:
+        low = max(low or 0.0, gate.min_agreement)
+    rows.append(
+        GateRow(
+            "agreement with the tier above, same requests",
+            _rate(shadow.agreement),
+            _rate(base),
+            f"≥ {_rate(low)}" if low is not None else "no bound",
+            None if shadow.agreement is None or low is None else shadow.agreement >= low,
+        )
+    )
+    return rows
+
+
+def label_row(gate: Gate, labels: Mapping[str, object]) -> GateRow:
+    """Labelled accuracy of the version against the replaced version's, from the review queue."""
+
+    def share(value: object) -> float | None:
+        return value if isinstance(value, float) else None
+
+    labelled = int(str(labels.get("labelled", 0)))
+    base_labelled = int(str(labels.get("baseline_labelled", 0)))
+    mine, base = share(labels.get("accuracy")), share(labels.get("baseline_accuracy"))
+    judged = min(labelled, base_labelled) >= gate.min_labels and base is not None
+    bound = f"≥ {_rate(base - gate.max_label_accuracy_drop)}" if judged and base else (
+        f"each side needs {gate.min_labels} labels"
+    )  # fmt: skip
+    return GateRow(
+        "labelled accuracy",
+        f"{_rate(mine)} of {labelled}",
+        f"{_rate(base)} of {base_labelled}",
+        bound,
+        None if not judged or mine is None or base is None
+        else mine >= base - gate.max_label_accuracy_drop,
+    )  # fmt: skip
+
+
 def _upper(
     name: str,
     value: float | None,
@@ -269,4 +399,6 @@ __all__ = [
     "allowed_actions",
     "card",
     "gate_rows",
+    "label_row",
+    "shadow_gate_rows",
 ]

@@ -34,7 +34,7 @@ from mesh.fleet.rollout import (
     request,
     view_of,
 )
-from mesh.fleet.rollout.plan import distinct_stages
+from mesh.fleet.rollout.plan import distinct_stages, with_shadow
 from mesh.fleet.rollouts_kv import ROLLOUT_BY, ROLLOUT_PREFIX, rollout_key, rollouts_bucket
 from mesh.fleet.signing import SignatureError, load_trusted_keys, verify
 from mesh.topology.streams import ROLLOUTS_BUCKET
@@ -54,8 +54,10 @@ async def start_rollout(
     by: str = "",
     offline_after_s: float = 10.0,
     now: float | None = None,
+    shadow: bool = False,
 ) -> Rollout:
-    """Check everything, then store a pending rollout for the controller to drive. Refused,
+    """Check everything, then store a pending rollout for the controller to drive; with
+    ``shadow`` it begins with a shadow stage on the first stage's nodes. Refused,
     with nothing written: a version not in the registry or not signed by a trusted key, a bad
     stage list or gate, a selector naming another tier than the version's or matching no
     online node of it serving the model, a target that already refused the version, or a model
@@ -88,6 +90,8 @@ async def start_rollout(
                 "registry: a rollout could not roll back to it (mesh models push it first)"
             )
     kept, _ = distinct_stages(plan, len(targets))
+    if shadow:
+        kept = with_shadow(kept, len(targets))
     rollout = new_rollout(
         model, version, Counter(previous.values()).most_common(1)[0][0], selector, kept,
         targets, now=now, by=by, suspect=suspect, previous_versions=previous,

@@ -72,8 +72,11 @@ class Swappable(Protocol):
     """What the agent needs of its node."""
 
     def served_versions(self) -> dict[str, str]: ...
+    def shadow_versions(self) -> dict[str, str]: ...
     def model_settings(self, name: str) -> ModelSettings | None: ...
     async def swap_model(self, settings: ModelSettings) -> str | None: ...
+    async def shadow_model(self, settings: ModelSettings) -> str | None: ...
+    async def drop_shadow(self, name: str) -> str | None: ...
     def status(self) -> NodeStatus: ...
 
 
@@ -95,6 +98,38 @@ def plan(
             continue
         if held is None or held.due <= now:
             out.append((model, state.version))
+    return out
+
+
+def shadow_plan(
+    desired: Mapping[str, DesiredState],
+    shadows: Mapping[str, str],
+    served: Mapping[str, str],
+    refused: Collection[str],
+    waiting: Mapping[str, Waiting] | None = None,
+    now: float = 0.0,
+) -> list[tuple[str, str | None]]:
+    """The shadows to start (model, version) or stop (model, None): a version assigned to run
+    in shadow beside a served model, not served already, not refused or revoked (``refused``
+    holds both), and not waiting for a later try; a running shadow no longer assigned (or
+    refused meanwhile) stops."""
+    out: list[tuple[str, str | None]] = []
+    for model in sorted(set(desired) | set(shadows)):
+        state = desired.get(model)
+        wanted = state.shadow if state is not None else None
+        if wanted is not None and (
+            f"{model}@{wanted}" in refused or served.get(model) in (None, wanted)
+        ):
+            wanted = None
+        running = shadows.get(model)
+        if wanted == running:
+            continue
+        if wanted is None:
+            out.append((model, None))
+            continue
+        held = (waiting or {}).get(f"{model}@{wanted}")
+        if held is None or held.due <= now:
+            out.append((model, wanted))
     return out
 
 
@@ -330,10 +365,32 @@ class FleetAgent(Service):
                 if current is None or current.version != version:
                     continue
                 await self.apply(model, version)
+            await self._reconcile_shadows()
+
+    async def _reconcile_shadows(self) -> None:
+        """Start the shadows assigned, stop those no longer assigned."""
+        for model, version in shadow_plan(
+            self.desired(),
+            self._node.shadow_versions(),
+            self._node.served_versions(),
+            {*self.state.rejected, *self.revoked},
+            self.waiting,
+            time.monotonic(),
+        ):
+            if version is None:
+                stopped = await self._node.drop_shadow(model)
+                log.info("node %s stopped running %s@%s in shadow", self.name, model, stopped)
+                with contextlib.suppress(Exception):
+                    await self.heartbeat.beat()
+                continue
+            current = self.desired().get(model)
+            if current is not None and current.shadow == version:
+                await self.apply(model, version, shadow=True)
 
     def _forget_unassigned(self) -> None:
         """Stop waiting for versions no longer assigned (a rollback moved on meanwhile)."""
         assigned = {f"{m}@{s.version}" for m, s in self.desired().items()}
+        assigned |= {f"{m}@{s.shadow}" for m, s in self.desired().items() if s.shadow}
         for key in [k for k in self.waiting if k not in assigned]:
             del self.waiting[key]
             model, _, version = key.partition("@")
@@ -361,11 +418,13 @@ class FleetAgent(Service):
 
     # --- one version --------------------------------------------------------------------------
 
-    async def apply(self, model: str, version: str) -> bool:
-        """Fetch, verify, gate and swap ``model@version``; False when it was refused or could
-        not be fetched yet (then it is tried again later)."""
+    async def apply(self, model: str, version: str, *, shadow: bool = False) -> bool:
+        """Fetch, verify, gate and swap ``model@version`` in (or, with ``shadow``, run it in
+        shadow beside the version served); False when it was refused or could not be fetched
+        yet (then it is tried again later)."""
         key = f"{model}@{version}"
-        self.state.pending[model] = version
+        if not shadow:
+            self.state.pending[model] = version
         try:
             artifact = await self._cached(model, version) or await self._fetch(model, version)
         except asyncio.CancelledError:
@@ -374,7 +433,8 @@ class FleetAgent(Service):
             if transient(exc):
                 self._wait(key, exc.message)
                 return False
-            self.state.pending.pop(model, None)
+            if not shadow:
+                self.state.pending.pop(model, None)
             self.waiting.pop(key, None)
             await self._reject(model, version, exc.message)
             return False
@@ -382,6 +442,8 @@ class FleetAgent(Service):
             self._wait(key, f"{type(exc).__name__}: {exc}")
             return False
         self.waiting.pop(key, None)
+        if shadow:
+            return await self._shadow(model, version, artifact)
         return await self._take(model, version, artifact)
 
     def _wait(self, key: str, reason: str) -> None:
@@ -396,17 +458,44 @@ class FleetAgent(Service):
                 "as it is assigned", self.name, key, now - self.waiting[key].since, reason,
             )  # fmt: skip
 
+    async def _checked(self, model: str, version: str, artifact: Artifact) -> ModelSettings:
+        """A fetched version verified, kept in the cache and through the device gate, as the
+        settings to load it with; raises ``MeshError`` naming why it is refused."""
+        manifest = await asyncio.to_thread(self._check, artifact, model, version)
+        manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
+        if f"{model}@{version}" not in self.proven:
+            await run_device_gate(
+                manifest, manifest_path, runs=self.settings.gate_runs, node=self.name,
+                device=self.device,
+            )  # fmt: skip
+        return settings_for(self._node.model_settings(model), model, manifest_path)
+
+    async def _shadow(self, model: str, version: str, artifact: Artifact) -> bool:
+        """Verify, gate and run a fetched version in shadow; False when it was refused. It
+        passes the checks a version to serve passes: it runs on this node's inputs too."""
+        try:
+            settings = await self._checked(model, version, artifact)
+            await self._node.shadow_model(settings)
+        except asyncio.CancelledError:
+            raise
+        except MeshError as exc:
+            await self._reject(model, version, exc.message)
+            return False
+        except Exception as exc:  # a model that crashes ONNX Runtime at load, for one
+            log.warning("running %s@%s in shadow failed unexpectedly", model, version,
+                        exc_info=True)  # fmt: skip
+            await self._reject(model, version, f"{type(exc).__name__}: {exc}")
+            return False
+        self.proven.add(f"{model}@{version}")
+        log.info("node %s runs %s@%s in shadow (assigned by the fleet)", self.name, model, version)
+        with contextlib.suppress(Exception):
+            await self.heartbeat.beat()
+        return True
+
     async def _take(self, model: str, version: str, artifact: Artifact) -> bool:
         """Verify, gate and swap a fetched version; False when it was refused."""
         try:
-            manifest = await asyncio.to_thread(self._check, artifact, model, version)
-            manifest_path = await asyncio.to_thread(self.cache.store, artifact, manifest)
-            if f"{model}@{version}" not in self.proven:
-                await run_device_gate(
-                    manifest, manifest_path, runs=self.settings.gate_runs, node=self.name,
-                    device=self.device,
-                )  # fmt: skip
-            settings = settings_for(self._node.model_settings(model), model, manifest_path)
+            settings = await self._checked(model, version, artifact)
             previous = await self._node.swap_model(settings)
         except asyncio.CancelledError:
             raise

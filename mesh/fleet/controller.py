@@ -32,6 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -52,6 +53,7 @@ from mesh.fleet.replay import ReplayGuard, next_stamp
 from mesh.fleet.revocation import Revocation, decode_revocation, verify_revocation
 from mesh.fleet.rollout import (
     BeatFilter,
+    LabelFigures,
     NodeView,
     Rollout,
     RolloutPhase,
@@ -62,6 +64,7 @@ from mesh.fleet.rollout import (
     desired_for,
     encode_rollout,
     encode_window,
+    label_figures,
     revoke,
     step,
     view_of,
@@ -89,6 +92,16 @@ log = logging.getLogger("mesh.fleet.controller")
 #: how long after a rollout ends a new leader still writes its last desired state, once (the
 #: old one may have died between ending it and writing that).
 FINISH_GRACE_S = 120.0
+#: how often a rollout's labels are asked of the review desk, and how long it may take.
+LABELS_EVERY_S = 2.0
+LABELS_TIMEOUT_S = 2.0
+
+
+class LabelSource(Protocol):
+    """The review desk's ground truth (``mesh.review.client.ReviewClient``): per model, version
+    and tier, labelled items and those answered as the person did (``versions`` of ``stats``)."""
+
+    async def stats(self, *, model: str | None = None) -> dict[str, Any]: ...
 
 
 class Controller(Service):
@@ -103,8 +116,13 @@ class Controller(Service):
         offline_after_s: float = 10.0,
         heartbeat_s: float = 1.0,
         on_event: Callable[[str], None] | None = None,
+        labels: LabelSource | None = None,
     ) -> None:
         self.name = name
+        #: where the labels a rollout's gates may judge come from (None: no labels).
+        self.labels = labels
+        #: per model, when its labels were last asked for and what they were.
+        self._labels: dict[str, tuple[float, list[tuple[str, str, int, int]] | None]] = {}
         self.tick_s = tick_s
         self.lease_s = lease_s
         self.offline_after_s = offline_after_s
@@ -259,7 +277,7 @@ class Controller(Service):
             await self._reconcile(rollout)
             views = self.views(rollout, now)
             window = await self._window(rollout)
-            result = step(rollout, views, window, now)
+            result = step(rollout, views, window, now, await self._labels_of(rollout, now))
             if result.window is not None:
                 await self._put_window(rollout.model, result.window)
             if result.rollout != rollout:
@@ -282,6 +300,30 @@ class Controller(Service):
         await self._reconcile(rollout)
         if not rollout.active:
             self._finished.add(rollout.id)
+
+    async def _labels_of(self, rollout: Rollout, now: float) -> LabelFigures | None:
+        """What labels say of the rollout's version and the one it replaces, asked of the
+        review desk at most every ``LABELS_EVERY_S``; None without a desk or labels."""
+        if self.labels is None:
+            return None
+        asked, versions = self._labels.get(rollout.model, (float("-inf"), None))
+        if now - asked >= LABELS_EVERY_S:
+            try:
+                async with asyncio.timeout(LABELS_TIMEOUT_S):
+                    stats = await self.labels.stats(model=rollout.model)
+                versions = [
+                    (str(v["version"]), str(v["tier"]), int(v["labelled"]), int(v["correct"]))
+                    for v in stats.get("versions", [])
+                ]
+            except (MeshError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+                if versions is None or now - asked > 60:
+                    log.info("controller %s has no labels of %s: %r", self.name,
+                             rollout.model, exc)  # fmt: skip
+            self._labels[rollout.model] = (now, versions)
+        if versions is None:
+            return None
+        tier = rollout.selector.tier or ""
+        return label_figures(versions, rollout.version, rollout.previous_version, tier)
 
     def views(self, rollout: Rollout, now: float) -> dict[str, NodeView]:
         return {
@@ -319,24 +361,32 @@ class Controller(Service):
     async def _reconcile(self, rollout: Rollout) -> None:
         """Write the desired state the rollout implies where it differs from what KV holds."""
         wanted = desired_for(rollout)
-        writes: list[tuple[str, str | None, Selector]] = []
+        writes: list[tuple[str, str | None, Selector, str | None]] = []
         if wanted.base is not None:
             writes.append((desired_key(rollout.model, rollout.selector), wanted.base,
-                           rollout.selector))  # fmt: skip
+                           rollout.selector, None))  # fmt: skip
         for node in rollout.targets:
             selector = Selector(node=node)
-            writes.append((desired_key(rollout.model, selector), wanted.nodes.get(node), selector))
-        for key, version, selector in writes:
+            writes.append((desired_key(rollout.model, selector), wanted.nodes.get(node), selector,
+                           wanted.shadows.get(node)))  # fmt: skip
+        for key, version, selector, shadow in writes:
             held = self.desired.entries.get(key)
             if version is None:
                 if held is not None:
                     await self._withdraw(key, held.state, rollout)
                 continue
-            if held is not None and held.state.version == version:
+            if held is not None and (held.state.version, held.state.shadow) == (version, shadow):
                 continue
-            await self._assign(key, rollout, version, selector)
+            await self._assign(key, rollout, version, selector, shadow)
 
-    async def _assign(self, key: str, rollout: Rollout, version: str, selector: Selector) -> None:
+    async def _assign(
+        self,
+        key: str,
+        rollout: Rollout,
+        version: str,
+        selector: Selector,
+        shadow: str | None = None,
+    ) -> None:
         assert self._desired_kv is not None
         state = DesiredState(
             model=rollout.model,
@@ -344,6 +394,7 @@ class Controller(Service):
             selector=selector,
             time=next_stamp(time.time(), self.desired.newest(key)),
             by=f"rollout {rollout.id}",
+            shadow=shadow,
         )
         encoded = encode_desired(state)
         revision = await self._desired_kv.put(key, encoded)

@@ -138,6 +138,9 @@ class DesiredState:
     by: str = ""
     #: the body of a delete marker: the assignment under this key is withdrawn as of ``time``.
     withdrawn: bool = False
+    #: a version to run in shadow beside ``version`` (a rollout's shadow stage): on copies of
+    #: its inputs, off the reply path; it never answers.
+    shadow: str | None = None
 
     @property
     def key(self) -> str:
@@ -163,6 +166,7 @@ def encode_desired(state: DesiredState) -> bytes:
             "time": float(state.time),
             "by": state.by,
             **({"withdrawn": True} if state.withdrawn else {}),
+            **({"shadow": state.shadow} if state.shadow is not None else {}),
         }
     )
 
@@ -179,6 +183,9 @@ def decode_desired(data: bytes) -> DesiredState:
         labels=str_map(raw.get("labels") or {}, "selector.labels", what),
     )
     by = obj.get("by", "")
+    shadow = obj.get("shadow")
+    if shadow is not None and not isinstance(shadow, str):
+        raise InvalidArgumentError(f"{what} shadow must be a version name")
     return DesiredState(
         model=check_token(require(obj, "model", str, what), "model name"),
         version=check_version(require(obj, "version", str, what)),
@@ -186,6 +193,7 @@ def decode_desired(data: bytes) -> DesiredState:
         time=finite(require(obj, "time", (int, float), what), "time", what),
         by=by if isinstance(by, str) else "",
         withdrawn=obj.get("withdrawn") is True,
+        shadow=None if shadow is None else check_version(shadow),
     )
 
 

@@ -98,6 +98,7 @@ class Heartbeat:
             evidence=base.evidence,
             answered=base.answered,
             downgraded=dict(self.state.downgraded),
+            shadows=base.shadows,
             power=base.power,
         )
         subject = subjects.kv(nodes_bucket(self.settings.domain), self.name)

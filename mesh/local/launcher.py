@@ -278,9 +278,11 @@ class EmbeddedMesh:
         self.console = process
         return process
 
-    async def start_review(self) -> ReviewProcess:
+    async def start_review(self, settings: Mapping[str, Any] | None = None) -> ReviewProcess:
         """The review queue's service at the hub (``mesh review serve``), as its own process."""
-        self.review = await start_review(self.hub, self.work_dir, self.node_env, MESH_COMMAND)
+        self.review = await start_review(
+            self.hub, self.work_dir, self.node_env, MESH_COMMAND, settings
+        )
         return self.review
 
     async def reviewer_creds(self) -> Path:

@@ -3,8 +3,11 @@ hub as its own process, with the desk's and the intake's identities."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from mesh.local.cluster import Hub
 from mesh.local.servers import NatsServer
@@ -44,16 +47,25 @@ class ReviewProcess:
 
 
 async def start_review(
-    hub: NatsServer | Hub, work_dir: Path, env: Mapping[str, str], command: tuple[str, ...]
+    hub: NatsServer | Hub,
+    work_dir: Path,
+    env: Mapping[str, str],
+    command: tuple[str, ...],
+    settings: Mapping[str, Any] | None = None,
 ) -> ReviewProcess:
     """The review service on ``hub`` (given every member of a clustered one), its identities
-    issued by the hub's key store."""
+    issued by the hub's key store; ``settings`` (limits, costs: ``mesh.review.settings``) go in
+    its settings file."""
     desk = await hub.issue(REVIEW_DESK)
     intake = await hub.issue(REVIEW_INTAKE)
     argv = [
         *command, "review", "serve", "--servers", hub.url, "--creds", str(desk),
         "--intake-creds", str(intake), "--http-port", "0",
     ]  # fmt: skip
+    if settings:
+        path = work_dir / "review.yaml"
+        await asyncio.to_thread(path.write_text, json.dumps(dict(settings)), "utf-8")
+        argv += ["--config", str(path)]
     process = ReviewProcess(argv, work_dir / "review.log", env)
     await process.start()
     return process

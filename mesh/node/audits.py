@@ -14,6 +14,7 @@ from mesh.node import policy
 from mesh.node.breaker import BreakerState
 from mesh.node.outcomes import ReviewSink
 from mesh.node.served import LocalAnswer, ServedModel
+from mesh.node.shadow import ShadowRunner
 from mesh.node.upstream import UpstreamLink
 from mesh.observability.metrics import MeshMetrics
 
@@ -35,6 +36,7 @@ class Auditor:
         tier: str,
         metrics: MeshMetrics,
         review: ReviewSink | None = None,
+        shadow: ShadowRunner | None = None,
         energy: EnergyLedger | None = None,
     ) -> None:
         self.tier = tier
@@ -43,11 +45,20 @@ class Auditor:
         self.energy = energy
         #: told each audit's verdict: a disagreement is a case for a person.
         self.review = review
+        #: told the tier above's answer, to judge a version run in shadow by it too.
+        self.shadow = shadow
         self._audits: set[asyncio.Task[None]] = set()
 
     def compared(
-        self, model: ServedModel, local: list[int], upstream: list[int], source: str
+        self,
+        model: ServedModel,
+        local: list[int],
+        upstream: list[int],
+        source: str,
+        request_id: str | None = None,
     ) -> bool:
+        if self.shadow is not None and request_id is not None:
+            self.shadow.upstream(request_id, local, upstream)
         agreed = model.evidence.compare(local, upstream)
         self.metrics.agreement.add(
             1, self.tier, model.name, model.version, source, "agree" if agreed else "disagree"
@@ -115,7 +126,7 @@ class Auditor:
             model.evidence.audit_failures += 1
             self.metrics.audits.add(1, self.tier, model.name, model.version, "failed")
             return
-        agreed = self.compared(model, local.labels, reply.response.labels, "audit")
+        agreed = self.compared(model, local.labels, reply.response.labels, "audit", request.id)
         if self.review is not None:
             self.review.audited(request, model, local, reply.response, agreed)
 

@@ -53,6 +53,7 @@ from mesh.node.policy import (
     UpstreamView,
 )
 from mesh.node.served import LocalAnswer, ServedModel
+from mesh.node.shadow import ShadowRunner
 from mesh.node.slices import concatenate, request_answers, rows_of
 from mesh.node.upstream import UpstreamFailure, UpstreamLink, UpstreamTransport
 from mesh.observability.metrics import OTHER_MODEL, MeshMetrics
@@ -90,6 +91,7 @@ class DataPlane(Service):
         clock: Callable[[], float] = time.monotonic,
         peers: UpstreamTransport | None = None,
         review: ReviewSink | None = None,
+        shadow: ShadowRunner | None = None,
         energy: EnergyLedger | None = None,
         savings: Savings | None = None,
     ) -> None:
@@ -107,11 +109,13 @@ class DataPlane(Service):
         self._recording: set[asyncio.Task[None]] = set()
         #: told of the cases a person should see (``mesh.review.feed``); None: no review.
         self.review = review
+        #: versions run in shadow beside the served ones (a rollout's shadow stage); None: none.
+        self.shadow = shadow
         #: the energy ledger told of every exchange upstream (None: no ledger).
         self.energy = energy
         #: what the power governor has the node save now (``mesh.energy.governor``).
         self.savings = savings if savings is not None else Savings()
-        self._auditor = Auditor(identity.tier, metrics, review, energy)
+        self._auditor = Auditor(identity.tier, metrics, review, shadow=shadow, energy=energy)
         self._sender = Escalator(identity.tier, metrics, energy, self.savings, self.metric_model)
         self._forwarded_names: set[str] = set()
         self._random = random.random
@@ -325,6 +329,18 @@ class DataPlane(Service):
                 hold=savings.degrade_share > 0.0 and savings.holds(),
             )
             self._settle(outcome, model, local, decision)
+        if self.shadow is not None and model.name in self.shadow.models:
+            # after every reply of the batch is made; the shadow runs on a copy, later
+            self._offer_shadow(self.shadow, group, feeds, scores.labels)
+
+    @staticmethod
+    def _offer_shadow(shadow: ShadowRunner, group: _Group, feeds: Feeds, labels: list[int]) -> None:
+        answered: list[tuple[str, list[int]]] = []
+        at = 0
+        for outcome, rows in zip(group.outcomes, group.counts, strict=True):
+            answered.append((outcome.request.id, labels[at : at + rows]))
+            at += rows
+        shadow.offer(group.model.name, feeds, answered)
 
     @staticmethod
     def _checked_after(group: _Group, feeds: Feeds, novelties: list[float] | None) -> bool:
@@ -388,7 +404,9 @@ class DataPlane(Service):
                     request, escalation.model, escalation.local, failure.reason, escalation.reason
                 )
             return answer
-        self._auditor.compared(escalation.model, escalation.local.labels, reply.labels, "escalated")
+        self._auditor.compared(
+            escalation.model, escalation.local.labels, reply.labels, "escalated", request.id
+        )
         return self._relay(
             reply,
             received_at,

@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from nats.aio.client import Client as NATS
 
 from mesh import wire
+from mesh.errors import InvalidArgumentError
 from mesh.events.consumer import EventConsumer
 from mesh.fleet.agent import FleetAgent, restore
 from mesh.lifecycle import Service, cancel_and_wait
@@ -28,6 +29,7 @@ from mesh.node.outcomes import ModelTable, TierIdentity
 from mesh.node.power import NodePower
 from mesh.node.repository import load_model
 from mesh.node.served import ServedModel
+from mesh.node.shadow import ShadowRunner
 from mesh.node.upstream import UpstreamLink
 from mesh.observability.metrics import GaugeSource, MeshMetrics
 from mesh.review.feed import ReviewFeed
@@ -77,6 +79,10 @@ class TierNode(Service):
         self.agent: FleetAgent | None = None
         self.events: EventConsumer | None = None
         self.review: ReviewFeed | None = None
+        #: versions run in shadow beside the served ones (a rollout's shadow stage).
+        self.shadow = ShadowRunner(
+            cpu_share=settings.shadow.cpu_share, max_queue=settings.shadow.max_queue
+        )
         #: the energy ledger and power governor (None: ``energy.enabled`` is off).
         self.power: NodePower | None = None
         #: the settings each served model was loaded with (the agent derives new versions' from it)
@@ -122,6 +128,7 @@ class TierNode(Service):
             )
             await stack.enter_async_context(self.power)
         models = await self._load_models(stack)
+        await stack.enter_async_context(self.shadow)
         if s.upstream is not None:
             self.upstream = self._make_upstream(self.nc)
         if s.review.enabled:
@@ -134,6 +141,7 @@ class TierNode(Service):
                 models=self.models,
                 settings=s.review,
                 metrics=self.metrics,
+                shadow=self.shadow,
             )
             await stack.enter_async_context(self.review)
         if s.hard_examples.enabled:
@@ -192,6 +200,7 @@ class TierNode(Service):
             metrics=self.metrics,
             peers=NatsUpstream(nc, s.tier, from_tier=s.tier, pass_on=False),
             review=self.review,
+            shadow=self.shadow,
             energy=self.power.ledger if self.power is not None else None,
             savings=self.power.savings if self.power is not None else None,
         )
@@ -272,6 +281,7 @@ class TierNode(Service):
         self._stack.push_async_callback(served.runner.stop)
         old = self.models.put(served)
         self._model_settings[settings.name] = settings
+        await self.shadow.serving_changed(served.name, served.version)
         if old is None:
             if self.endpoint is not None:
                 await self.endpoint.serve_model(served.name)
@@ -294,6 +304,32 @@ class TierNode(Service):
             served.version,
         )
         return old.version
+
+    async def shadow_model(self, settings: ModelSettings) -> str | None:
+        """Run another version of a served model in shadow beside it: loaded and warmed, then
+        given copies of the served version's inputs after their replies; it never answers.
+        Returns the version it replaces in shadow."""
+        assert self.running, "start the node first"
+        serving = self.models.get(settings.name)
+        if serving is None:
+            raise InvalidArgumentError(
+                f"node {self.settings.node} serves no {settings.name} to run a shadow beside"
+            )
+        served = await load_model(settings, self.settings.tier)
+        await served.runner.start()
+        old = await self.shadow.put(served, serving.version)
+        log.info(
+            "node %s runs %s@%s in shadow beside %s",
+            self.settings.node, served.name, served.version, serving.version,
+        )  # fmt: skip
+        return old
+
+    async def drop_shadow(self, name: str) -> str | None:
+        """Stop running ``name``'s shadow version; the version it ran."""
+        return await self.shadow.remove(name)
+
+    def shadow_versions(self) -> dict[str, str]:
+        return self.shadow.versions()
 
     def _meter(self, served: ServedModel) -> None:
         if self.power is not None:
@@ -398,6 +434,7 @@ class TierNode(Service):
             drift=max(drift) if drift else None,
             evidence=evidence,
             answered=self.endpoint.answered.snapshot() if self.endpoint is not None else None,
+            shadows=self.shadow.snapshot(),
             power=self.power.status() if self.power is not None else None,
         )
 

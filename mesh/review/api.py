@@ -83,6 +83,8 @@ class ListQuery:
     #: None: every status.
     status: Status | None = Status.PENDING
     limit: int = 50
+    #: items to pass over first (the next page starts after the last one read).
+    offset: int = 0
 
 
 def list_query(body: dict[str, Any]) -> ListQuery:
@@ -92,12 +94,16 @@ def list_query(body: dict[str, Any]) -> ListQuery:
     limit = body.get("limit", 50)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST:
         raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIST}")
+    offset = body.get("offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise InvalidArgumentError("offset must be a whole number, 0 or more")
     try:
         return ListQuery(
             model=model,
             reason=None if reason is None else ReviewReason(reason),
             status=None if status in (None, "all") else Status(status),
             limit=limit,
+            offset=offset,
         )
     except ValueError as exc:
         raise InvalidArgumentError(

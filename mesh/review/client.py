@@ -92,8 +92,9 @@ class ReviewClient:
         reason: str | None = None,
         status: str = "pending",
         limit: int = 50,
+        offset: int = 0,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": status, "limit": limit}
+        body: dict[str, Any] = {"status": status, "limit": limit, "offset": offset}
         if model is not None:
             body["model"] = model
         if reason is not None:

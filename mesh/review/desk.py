@@ -184,7 +184,7 @@ class ReviewDesk(Service):
     async def _list(self, body: dict[str, Any], caller: str) -> object:
         query = api.list_query(body)
         entries, total = self.ledger.pending(
-            query.model, query.reason, status=query.status, limit=query.limit
+            query.model, query.reason, status=query.status, limit=query.limit, offset=query.offset
         )
         return {"items": [api.item_view(entry) for entry in entries], "total": total}
 

@@ -31,6 +31,7 @@ from mesh.node.audits import AUDIT_PARAMETER
 from mesh.node.outcomes import ModelTable, TierIdentity
 from mesh.node.policy import DegradedReason, EscalationReason, may_reach
 from mesh.node.served import LocalAnswer, ServedModel
+from mesh.node.shadow import ShadowRunner
 from mesh.observability.metrics import MeshMetrics
 from mesh.review.records import (
     HumanReview,
@@ -55,6 +56,8 @@ log = logging.getLogger("mesh.review")
 
 #: an item larger than this goes without its input (a NATS message is 1 MiB by default).
 MAX_ITEM_BYTES = 512 * 1024
+#: how long an item waits for the answer of a version run in shadow on its request.
+SHADOW_WAIT_S = 1.0
 
 
 class ReviewFeed(Service):
@@ -72,8 +75,12 @@ class ReviewFeed(Service):
         settings: ReviewFeedSettings,
         metrics: MeshMetrics,
         clock: Callable[[], float] = time.time,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.identity = identity
+        #: versions run in shadow here: an item of this node's carries their answers too, so
+        #: labels judge them as they judge the served version.
+        self.shadow = shadow
         self.site = site
         self.entry = entry
         self.top = top
@@ -364,13 +371,32 @@ class ReviewFeed(Service):
             trace_id=_trace_id(),
             detail=detail,
         )
-        task = asyncio.create_task(self._send(item))
+        shadowed = origin is None and self.shadow is not None and name in self.shadow.models
+        task = asyncio.create_task(self._send(item, shadowed))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, item: ReviewItem) -> None:
+    async def _with_shadow(self, item: ReviewItem) -> ReviewItem:
+        """The item with the answer the version run in shadow here gave its request (it went
+        to nobody: ``served`` is false), once that ran."""
+        assert self.shadow is not None
+        answer = await self.shadow.wait_answer(item.request_id, SHADOW_WAIT_S)
+        if answer is None:
+            return item
+        shadow = ReviewAnswer(
+            self.identity.tier,
+            self.identity.node,
+            answer.version,
+            _at(answer.labels, item.row),
+            _finite(answer.confidence),
+        )
+        return replace(item, answers=(*item.answers, shadow))
+
+    async def _send(self, item: ReviewItem, shadowed: bool = False) -> None:
         count = self._metrics.review_candidates.add
         try:
+            if shadowed:
+                item = await self._with_shadow(item)
             data = encode_item(item)
             if len(data) > MAX_ITEM_BYTES:
                 item = replace(item, inputs=None, withheld=f"larger than {MAX_ITEM_BYTES} bytes")

@@ -102,8 +102,10 @@ class ReviewLedger:
         *,
         status: Status | None = Status.PENDING,
         limit: int = 50,
+        offset: int = 0,
     ) -> tuple[list[Entry], int]:
-        """Up to ``limit`` items, oldest first, and how many match in all."""
+        """Up to ``limit`` items after the first ``offset``, oldest first, and how many match
+        in all."""
         found: list[Entry] = []
         total = 0
         for entry in self._entries.values():
@@ -115,7 +117,7 @@ class ReviewLedger:
             if status is not None and entry.status is not status:
                 continue
             total += 1
-            if len(found) < limit:
+            if total > offset and len(found) < limit:
                 found.append(entry)
         return found, total
 

@@ -343,6 +343,9 @@ def _controller(p: Placement) -> Permissions:
         streams.MODEL_STORE_STREAM,
     ):
         r.read(stream)
+    # labels judge its rollouts (``stats``), and the learn job exports the labelled items
+    # (``list``, ``show``) with its identity: it reads the review queue, it labels nothing
+    _review_api(r, p, subjects.REVIEW_READS)
     return r.permissions(deny=NO_JS_ADMIN)
 
 

@@ -2,8 +2,8 @@
 
 ``codec`` is the envelope, ``tensors`` the tensor encoding, ``messages`` the request/reply
 messages, ``records`` what nodes write about themselves (hard examples, status, drift),
-``power`` their energy (status and governor steps). Every
-name is importable from ``mesh.wire``; the JSON Schemas are in ``schemas/``.
+``power`` their energy (status and governor steps), ``shadow`` the versions they run in
+shadow. Every name is importable from ``mesh.wire``; the JSON Schemas are in ``schemas/``.
 """
 
 from mesh.wire.codec import VERSION, peek_id, unpack_raw
@@ -40,6 +40,7 @@ from mesh.wire.records import (
     encode_node_event,
     encode_node_status,
 )
+from mesh.wire.shadow import SHADOW_COUNTERS, ShadowEvidence
 from mesh.wire.tensors import DTYPES, MAX_RANK, decode_tensor, dtype_name, encode_tensor
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_ANSWERED_CALLERS",
     "MAX_ID_LENGTH",
     "MAX_RANK",
+    "SHADOW_COUNTERS",
     "VERSION",
     "AnsweredFor",
     "DriftEvent",
@@ -62,6 +64,7 @@ __all__ = [
     "PowerStatus",
     "PowerStepEvent",
     "RecordedAnswer",
+    "ShadowEvidence",
     "VersionEvidence",
     "decode_drift_event",
     "decode_hard_example",

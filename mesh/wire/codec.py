@@ -106,6 +106,25 @@ def opt_float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
+def optional(obj: dict[str, Any], key: str, kind: type, default: Any, what: str) -> Any:
+    """``obj[key]`` when present and not None, else ``default``; of ``kind`` (a bool is no int)."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidArgumentError(f"{what} {key} must be {kind.__name__}")
+    return value
+
+
+def optional_number(obj: dict[str, Any], key: str, what: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} {key} must be a number")
+    return finite(value, key, what)
+
+
 def peek_id(data: bytes) -> str:
     """Best-effort request id of a message that failed to decode, for the error reply."""
     try:

@@ -14,6 +14,8 @@ from mesh.errors import InvalidArgumentError
 from mesh.wire.codec import (
     VERSION,
     finite,
+    optional,
+    optional_number,
     packb,
     require,
     require_kind,
@@ -23,6 +25,7 @@ from mesh.wire.codec import (
 )
 from mesh.wire.messages import InferRequest, InferResponse, decode_request, encode_request
 from mesh.wire.power import PowerStatus, power_from_map, power_to_map
+from mesh.wire.shadow import ShadowEvidence, shadow_from_map, shadow_to_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,8 @@ class NodeStatus:
     answered: AnsweredFor | None = None
     #: model to the version it served before its latest downgrade (an older version assigned).
     downgraded: dict[str, str] = field(default_factory=dict)
+    #: per model, the version it runs in shadow beside the served one, and what it did.
+    shadows: dict[str, ShadowEvidence] = field(default_factory=dict)
     #: its energy ledger and power governor (``mesh.wire.power``); None: no ledger.
     power: PowerStatus | None = None
 
@@ -279,6 +284,7 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
             "answered": _encode_answered(status.answered),
             "downgraded": dict(status.downgraded),
+            "shadows": {model: shadow_to_map(e) for model, e in status.shadows.items()},
             "power": power_to_map(status.power) if status.power is not None else None,
         }
     )
@@ -304,7 +310,7 @@ def _decode_answered(obj: object, what: str) -> AnsweredFor | None:
     where = f"{what} answered"
     if not isinstance(obj, dict):
         raise InvalidArgumentError(f"{where} must be a map")
-    callers = _opt(obj, "callers", dict, {}, where)
+    callers = optional(obj, "callers", dict, {}, where)
     if len(callers) > MAX_ANSWERED_CALLERS:
         raise InvalidArgumentError(
             f"{where} names {len(callers)} callers, over {MAX_ANSWERED_CALLERS}"
@@ -339,8 +345,8 @@ def _decode_evidence(model: object, obj: object, what: str) -> VersionEvidence:
     if not isinstance(model, str) or not isinstance(obj, dict):
         raise InvalidArgumentError(f"{what} evidence must map model names to maps")
     where = f"{what} evidence of {model[:64]!r}"
-    counters = {name: _opt(obj, name, int, 0, where) for name in EVIDENCE_COUNTERS}
-    latency = _opt(obj, "latency", list, [], where)
+    counters = {name: optional(obj, name, int, 0, where) for name in EVIDENCE_COUNTERS}
+    latency = optional(obj, "latency", list, [], where)
     if len(latency) > 64 or not all(
         isinstance(c, int) and not isinstance(c, bool) for c in latency
     ):
@@ -349,7 +355,7 @@ def _decode_evidence(model: object, obj: object, what: str) -> VersionEvidence:
         version=require(obj, "version", str, where),
         since=finite(require(obj, "since", (int, float), where), "since", where),
         latency=tuple(latency),
-        drift=_opt_number(obj, "drift", where),
+        drift=optional_number(obj, "drift", where),
         **counters,
     )
 
@@ -369,43 +375,29 @@ def decode_node_status(data: bytes) -> NodeStatus:
         backlog=backlog,
         ready=require(obj, "ready", bool, what),
         time=finite(require(obj, "time", (int, float), what), "time", what),
-        site=_opt(obj, "site", str, "", what),
-        zone=_opt(obj, "zone", str, "", what),
-        labels=str_map(_opt(obj, "labels", dict, {}, what), "labels", what),
-        pending=str_map(_opt(obj, "pending", dict, {}, what), "pending", what),
-        rejected=str_map(_opt(obj, "rejected", dict, {}, what), "rejected", what),
-        problems=[str(p) for p in _opt(obj, "problems", list, [], what)],
-        escalation_rate=_opt_number(obj, "escalation_rate", what),
-        drift=_opt_number(obj, "drift", what),
-        p99_ms=_opt_number(obj, "p99_ms", what),
-        swaps=max(0, _opt(obj, "swaps", int, 0, what)),
-        mesh_version=_opt(obj, "mesh_version", str, "", what),
+        site=optional(obj, "site", str, "", what),
+        zone=optional(obj, "zone", str, "", what),
+        labels=str_map(optional(obj, "labels", dict, {}, what), "labels", what),
+        pending=str_map(optional(obj, "pending", dict, {}, what), "pending", what),
+        rejected=str_map(optional(obj, "rejected", dict, {}, what), "rejected", what),
+        problems=[str(p) for p in optional(obj, "problems", list, [], what)],
+        escalation_rate=optional_number(obj, "escalation_rate", what),
+        drift=optional_number(obj, "drift", what),
+        p99_ms=optional_number(obj, "p99_ms", what),
+        swaps=max(0, optional(obj, "swaps", int, 0, what)),
+        mesh_version=optional(obj, "mesh_version", str, "", what),
         evidence={
             model: _decode_evidence(model, e, what)
-            for model, e in _opt(obj, "evidence", dict, {}, what).items()
+            for model, e in optional(obj, "evidence", dict, {}, what).items()
         },
         answered=_decode_answered(obj.get("answered"), what),
-        downgraded=str_map(_opt(obj, "downgraded", dict, {}, what), "downgraded", what),
+        downgraded=str_map(optional(obj, "downgraded", dict, {}, what), "downgraded", what),
+        shadows={
+            model: shadow_from_map(model, e, what)
+            for model, e in optional(obj, "shadows", dict, {}, what).items()
+        },
         power=power_from_map(obj["power"], what) if obj.get("power") is not None else None,
     )
-
-
-def _opt(obj: dict[str, Any], key: str, kind: type, default: Any, what: str) -> Any:
-    value = obj.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidArgumentError(f"{what} {key} must be {kind.__name__}")
-    return value
-
-
-def _opt_number(obj: dict[str, Any], key: str, what: str) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise InvalidArgumentError(f"{what} {key} must be a number")
-    return finite(value, key, what)
 
 
 # --- node events ---------------------------------------------------------------------------

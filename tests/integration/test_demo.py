@@ -1,5 +1,10 @@
 """``mesh demo`` (what `make demo` runs) end to end: real NATS servers, node processes, a cut link,
-rollouts, a report."""
+the improve loop (a review queue, a simulated reviewer, a learn job, shadow stages), a report.
+
+It is the end-to-end test of the loop on digits: the edge starts on a deliberately weak
+version, at least 300 labels come from the queue, the loop produces a version at least as
+accurate at the edge on held-out rows while answering at least as large a share there, and a
+confused version fails in shadow with no answer served."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import pytest
 
 from mesh.dev.models.demo import DemoArtifacts
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 REPORT_KEYS = {
     "requests",
@@ -34,6 +39,17 @@ REPORT_KEYS = {
     "rollouts",
     "events",
     "energy",
+    "review",
+    "improvement",
+}
+IMPROVEMENT_KEYS = {
+    "version_before",
+    "version_after",
+    "labels_used",
+    "edge_share_before",
+    "edge_share_after",
+    "edge_accuracy_before",
+    "edge_accuracy_after",
 }
 
 
@@ -55,7 +71,7 @@ def test_demo_loses_nothing_through_the_outage_rolls_out_and_back_and_writes_a_r
         ],
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=230,
         env=env,
         cwd=Path(__file__).resolve().parents[2],
     )
@@ -91,25 +107,39 @@ def test_demo_loses_nothing_through_the_outage_rolls_out_and_back_and_writes_a_r
     tree = "\n".join(trace["tree"])
     for node in ("demo", "edge-", "gateway-0", "cloud-0"):
         assert f"[{node}" in tree
-    # The signed new edge version reached both edge nodes mid-run; the tampered one did not.
-    # A controller rolled a good version out (canary, then both edge nodes) and rolled a version
-    # confusing two classes back from its canary on the agreement gate.
+    # The tampered version was refused by both edge nodes. The review queue filled and a
+    # simulated reviewer (said to be) labelled it; the learn job trained a better edge version
+    # on the labels, which passed its shadow stage and reached both edge nodes; a version
+    # confusing two classes failed the agreement gate in its shadow stage, serving nothing.
     fleet = report["fleet"]
     assert fleet["nodes"] == 4
-    assert fleet["swaps"] == 4  # 2-edge on both, 3-confused on the canary and back
+    assert fleet["swaps"] == 2  # the learned version on both; the confused one on none
     assert fleet["rejected"] == 2
-    assert "fleet: digits@2-edge" in proc.stdout and "swapped digits" in proc.stdout
+    assert "simulated reviewer" in proc.stdout and "swapped digits" in proc.stdout
     good, bad = report["rollouts"]
     said = "\n".join(line for line in proc.stdout.splitlines() if "rollout" in line)
-    assert (good["version"], good["outcome"], good["failed_gate"]) == (
-        "2-edge", "completed", None,
+    assert (good["version"], good["outcome"], good["failed_gate"], good["shadow"]) == (
+        "2-edge-learned", "completed", None, True,
     ), said  # fmt: skip
     assert good["max_nodes_serving"] == 2 and good["canary_nodes"] == 1
-    assert (bad["version"], bad["outcome"], bad["failed_gate"]) == (
-        "3-confused", "rolled_back", "agreement",
-    )  # fmt: skip
-    assert bad["canary_nodes"] == 1 and bad["max_nodes_serving"] <= 1
+    assert good["answers_served_before_decision"] > 0
+    assert (bad["version"], bad["outcome"], bad["failed_gate"], bad["shadow"]) == (
+        "4-confused", "rolled_back", "agreement", True,
+    ), said  # fmt: skip
+    assert bad["answers_served_before_decision"] == 0 and bad["max_nodes_serving"] == 0
     assert "failed gate agreement" in proc.stdout
+    review = report["review"]
+    assert review["labelled"] >= 300 and review["reviewer"]["simulated"] is True
+    assert review["queued"] == review["labelled"] + review["pending"] + review["skipped"]
+    assert sum(review["by_reason"].values()) == review["queued"]
+    improvement = report["improvement"]
+    assert set(improvement) >= IMPROVEMENT_KEYS
+    print(json.dumps({"review": review, "improvement": improvement}))
+    assert improvement["version_before"] == "1-edge-weak"
+    assert improvement["version_after"] == "2-edge-learned"
+    assert improvement["labels_used"] >= 300
+    assert improvement["edge_accuracy_after"] >= improvement["edge_accuracy_before"]
+    assert improvement["edge_share_after"] >= improvement["edge_share_before"]
     # A publisher's events each got a result, and the alert rule fired.
     events = report["events"]
     assert events["published"] == 200 and events["results"] == 200

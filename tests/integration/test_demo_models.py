@@ -16,7 +16,7 @@ from mesh.models.manifest import load_manifest, sha256_of, verify_artifact
 from mesh.models.session import LoadedModel
 
 SCHEMA_PATH = Path(__file__).parents[2] / "schemas" / "model-manifest.schema.json"
-VARIANTS = ("edge", "edge-int8", "gateway", "cloud")
+VARIANTS = ("edge", "edge-int8", "edge-weak", "gateway", "cloud")
 
 
 def test_split_is_stratified_60_15_25() -> None:
@@ -74,6 +74,10 @@ def test_cloud_is_the_most_accurate(demo: DemoArtifacts) -> None:
     assert accuracy["cloud"] >= 0.97
     assert accuracy["cloud"] > max(accuracy["edge"], accuracy["gateway"])
     assert accuracy["gateway"] >= accuracy["edge"] - 0.01
+    # the demo's edge starts on a deliberately weak version (trained on part of the data) for
+    # the improve loop to better
+    weak = accuracy.pop("edge-weak")
+    assert weak < accuracy["edge"] - 0.05
     assert min(accuracy.values()) >= 0.95
 
 

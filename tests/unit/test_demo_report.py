@@ -12,7 +12,13 @@ from rich.console import Console
 
 from mesh.dev.demo.panel import breaker_summary, report_panel
 from mesh.dev.demo.receiver import SpanRecord, draw_span_tree
-from mesh.dev.demo.report import DemoReport, TraceSummary, build_report
+from mesh.dev.demo.report import (
+    DemoReport,
+    Improvement,
+    ReviewSummary,
+    TraceSummary,
+    build_report,
+)
 from mesh.dev.demo.state import (
     BatteryView,
     DemoConfig,
@@ -163,16 +169,48 @@ ROLLOUTS = [
         "failed_gate": None,
         "max_nodes_serving": 2,
         "canary_nodes": 1,
+        "shadow": True,
+        "answers_served_before_decision": 140,
     },
     {
         "model": "digits",
         "version": "3-confused",
         "outcome": "rolled_back",
         "failed_gate": "agreement",
-        "max_nodes_serving": 1,
+        "max_nodes_serving": 0,
         "canary_nodes": 1,
+        "shadow": True,
+        "answers_served_before_decision": 0,
     },
 ]
+REVIEWER: dict[str, object] = {
+    "simulated": True,
+    "delay_s": 0.5,
+    "error_rate": 0.02,
+    "labels": 320,
+    "wrong_on_purpose": 6,
+    "median_s_queued_to_label": 0.61,
+}
+REVIEW = ReviewSummary(
+    queued=400,
+    labelled=320,
+    pending=70,
+    skipped=10,
+    by_reason={"unsure": 300, "disagreement": 60, "sampled": 40},
+    queued_per_min=480.0,
+    labelled_per_min=384.0,
+    reviewer=REVIEWER,
+)
+IMPROVEMENT = Improvement(
+    version_before="1-edge-weak",
+    version_after="2-edge-learned",
+    labels_used=320,
+    trained_on=256,
+    held_back=64,
+    heldout_rows=360,
+    before={"share": 0.5, "accuracy": 0.8, "answered_accuracy": 0.95, "threshold": 0.9},
+    after={"share": 0.7, "accuracy": 0.9, "answered_accuracy": 0.97, "threshold": 0.8},
+)
 
 
 def fixed_report(**changes: object) -> DemoReport:
@@ -190,6 +228,8 @@ def fixed_report(**changes: object) -> DemoReport:
         gateway_figures=gateway_figures(GATEWAY_METRICS),
         trace=TraceSummary.of("ab" * 16, tally.traced_id, SPANS),
         rollouts=ROLLOUTS,
+        review=REVIEW,
+        improvement=IMPROVEMENT,
     )
 
 
@@ -258,6 +298,32 @@ def test_the_report_json_keeps_every_key_order_and_meaning() -> None:
         "fleet": {"nodes": 0, "swaps": 0, "rejected": 0, "events": []},
         "events": {"published": 0, "results": 0, "errors": 0, "alerts": 0},
         "rollouts": ROLLOUTS,
+        "review": {
+            "queued": 400,
+            "labelled": 320,
+            "pending": 70,
+            "skipped": 10,
+            "by_reason": {"unsure": 300, "disagreement": 60, "sampled": 40},
+            "queued_per_min": 480.0,
+            "labelled_per_min": 384.0,
+            "reviewer": REVIEWER,
+        },
+        "improvement": {
+            "version_before": "1-edge-weak",
+            "version_after": "2-edge-learned",
+            "labels_used": 320,
+            "edge_share_before": 0.5,
+            "edge_share_after": 0.7,
+            "edge_accuracy_before": 0.8,
+            "edge_accuracy_after": 0.9,
+            "edge_answered_accuracy_before": 0.95,
+            "edge_answered_accuracy_after": 0.97,
+            "threshold_before": 0.9,
+            "threshold_after": 0.8,
+            "trained_on": 256,
+            "held_back": 64,
+            "heldout_rows": 360,
+        },
         "energy": {
             "device_joules_per_answer": 0.0012,
             "cloud_only_device_joules_per_answer": 0.0018,
@@ -321,8 +387,22 @@ def test_the_rendered_report_states_the_run_its_tiers_and_its_trace() -> None:
     assert "[cloud-0] mesh.cloud.infer.digits process" in text
     rows = [line for line in text.splitlines() if "edge " in line and "70.0%" in line]
     assert len(rows) == 1 and "420" in rows[0] and "2.00" in rows[0] and "2.98" in rows[0]
-    assert "digits@2-edge   completed   canary 1 node(s), at most 2 serving it" in text
-    assert "digits@3-confused   rolled_back   gate agreement   canary 1 node(s)" in text
+    flat = " ".join(line.strip("│ ") for line in text.splitlines())
+    assert (
+        "digits@2-edge   completed   began in shadow   canary 1 node(s), at most 2 "
+        "serving it, 140 answers before the decision"
+    ) in flat
+    assert (
+        "digits@3-confused   rolled_back   gate agreement   began in shadow   canary 1 "
+        "node(s), at most 0 serving it, 0 answers before the decision"
+    ) in flat
+    assert "queued 400 (480/min: disagreement 60, sampled 40, unsure 300)   labelled 320 by" in flat
+    assert "the simulated reviewer (6 wrong on purpose)   pending 70" in flat
+    assert (
+        "on 360 held-out rows: 1-edge-weak answers 50.0% at the edge, accuracy 80.0%; "
+        "2-edge-learned answers 70.0%, accuracy 90.0% (its own answers 95.0% -> 97.0%), "
+        "from 320 labels"
+    ) in flat
 
 
 def test_a_report_with_losses_fails_and_says_how_many() -> None:

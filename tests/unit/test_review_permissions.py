@@ -94,9 +94,10 @@ def test_who_writes_and_who_reads_each_review_stream() -> None:
     }
 
 
-def test_a_reviewer_calls_the_api_as_itself_and_the_console_only_reads() -> None:
+def test_a_reviewer_calls_the_api_as_itself_and_the_console_and_controller_only_read() -> None:
     alice = perms("alice", Role.REVIEWER, {})
     console = perms("console", Role.CONSOLE, {})
+    controller = perms("controller", Role.CONTROLLER, {})
     app = perms("app1", Role.APPLICATION, {})
     for operation in (*subjects.REVIEW_READS, *subjects.REVIEW_WRITES):
         assert may_publish(alice, subjects.review_api(operation, "alice"))
@@ -104,6 +105,9 @@ def test_a_reviewer_calls_the_api_as_itself_and_the_console_only_reads() -> None
         assert not may_publish(app, subjects.review_api(operation, "app1"))
         allowed = operation in subjects.REVIEW_READS
         assert may_publish(console, subjects.review_api(operation, "console")) is allowed
+        # labels judge rollouts and feed the learn job; labelling is a person's
+        assert may_publish(controller, subjects.review_api(operation, "controller")) is allowed
+        assert not may_publish(controller, subjects.review_api(operation, "alice"))
     assert not may_publish(alice, subjects.review_store("label"))
     assert not may_publish(alice, subjects.kv(streams.REVIEW_LABELS_BUCKET, "r1"))
 

@@ -354,8 +354,11 @@ def test_a_good_version_goes_through_every_stage_and_completes() -> None:
     assert r.max_nodes_serving == 8 and r.canary_nodes == 1
     assert report(r) == {
         "model": "digits", "version": NEW, "outcome": "completed", "failed_gate": None,
-        "max_nodes_serving": 8, "canary_nodes": 1,
+        "max_nodes_serving": 8, "canary_nodes": 1, "shadow": False,
+        "answers_served_before_decision": r.answers_served_before_decision,
     }  # fmt: skip
+    # every node answered with the version before the last stage was judged
+    assert r.answers_served_before_decision == sum(r.answers_served.values()) > 0
 
 
 def test_a_version_that_disagrees_is_rolled_back_from_the_canary() -> None:

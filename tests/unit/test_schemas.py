@@ -49,6 +49,7 @@ from mesh.wire import (
     PowerStatus,
     PowerStepEvent,
     RecordedAnswer,
+    ShadowEvidence,
     VersionEvidence,
     encode_error,
     encode_hard_example,
@@ -251,6 +252,21 @@ def _heartbeat_message() -> dict[str, Any]:
                         drift=0.1,
                     )
                 },
+                shadows={
+                    "digits": ShadowEvidence(
+                        version="3",
+                        serving="2",
+                        since=1_700_000_000.5,
+                        requests=80,
+                        skipped=2,
+                        matched=70,
+                        compared=9,
+                        agreed=8,
+                        serving_agreed=7,
+                        latency=(5, 75) + (0,) * 13,
+                        busy_s=0.01,
+                    )
+                },
                 power=PowerStatus(
                     profile="rpi4",
                     watts=0.031,
@@ -283,8 +299,10 @@ def _power_step_message(applied: bool) -> dict[str, Any]:
     return message
 
 
-def _desired_message(selector: Selector) -> dict[str, Any]:
-    state = DesiredState("digits", "2-edge", selector, 1_700_000_003.0, by="controller")
+def _desired_message(selector: Selector, shadow: str | None = None) -> dict[str, Any]:
+    state = DesiredState(
+        "digits", "2-edge", selector, 1_700_000_003.0, by="controller", shadow=shadow
+    )
     message: dict[str, Any] = unpack_raw(encode_desired(state))
     return message
 
@@ -449,6 +467,10 @@ REAL_MESSAGES: dict[str, tuple[str, Any]] = {
     "desired state by label": (
         "desired-state",
         lambda: _desired_message(Selector(labels={"line": "4"})),
+    ),
+    "desired state with a shadow": (
+        "desired-state",
+        lambda: _desired_message(Selector(node="edge-0"), shadow="3-edge"),
     ),
     "retry on one node": ("fleet-retry", lambda: _retry_message("edge-0")),
     "retry on every node": ("fleet-retry", lambda: _retry_message(None)),

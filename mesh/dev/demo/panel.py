@@ -98,6 +98,7 @@ def _facts(report: DemoReport) -> Table:
     _add_traffic(facts, report)
     _add_outage(facts, report)
     _add_fleet(facts, report)
+    _add_learning(facts, report)
     _add_events(facts, report)
     _add_energy(facts, report)
     return facts
@@ -164,9 +165,30 @@ def _add_fleet(facts: Table, report: DemoReport) -> None:
                 f"{r.get('model')}@{r.get('version')}   ",
                 (outcome, "green" if outcome == "completed" else "yellow"),
                 f"   gate {r['failed_gate']}" if r.get("failed_gate") else "",
+                "   began in shadow" if r.get("shadow") else "",
                 f"   canary {r.get('canary_nodes')} node(s), at most "
-                f"{r.get('max_nodes_serving')} serving it",
+                f"{r.get('max_nodes_serving')} serving it, "
+                f"{r.get('answers_served_before_decision')} answers before the decision",
             ),
+        )
+
+
+def _add_learning(facts: Table, report: DemoReport) -> None:
+    review = report.review
+    if review is not None:
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(review.by_reason.items())) or "none"
+        reviewer = review.reviewer
+        facts.add_row(
+            "review queue",
+            f"queued {review.queued} ({review.queued_per_min:g}/min: {reasons})   labelled "
+            f"{review.labelled} by the simulated reviewer ({reviewer.get('wrong_on_purpose')} "
+            f"wrong on purpose)   pending {review.pending}",
+        )
+    improvement = report.improvement
+    if improvement is not None:
+        facts.add_row(
+            "improvement",
+            f"on {improvement.heldout_rows} held-out rows: {improvement.line()}",
         )
 
 

@@ -125,6 +125,77 @@ class EventsSummary:
 
 
 @dataclass(frozen=True)
+class ReviewSummary:
+    """The review queue at the end of the run, its rates at the demo's load, and the simulated
+    reviewer that labelled it."""
+
+    queued: int
+    labelled: int
+    pending: int
+    skipped: int
+    by_reason: dict[str, int]
+    queued_per_min: float
+    labelled_per_min: float
+    reviewer: dict[str, object]
+
+    def to_json(self) -> JsonObject:
+        return {
+            "queued": self.queued,
+            "labelled": self.labelled,
+            "pending": self.pending,
+            "skipped": self.skipped,
+            "by_reason": dict(self.by_reason),
+            "queued_per_min": self.queued_per_min,
+            "labelled_per_min": self.labelled_per_min,
+            "reviewer": dict(self.reviewer),
+        }
+
+
+@dataclass(frozen=True)
+class Improvement:
+    """The edge before and after the improve loop, on held-out rows no training saw: the share
+    of them it answers itself, the accuracy of its classes on all of them, and of the answers
+    it keeps."""
+
+    version_before: str
+    version_after: str
+    labels_used: int
+    trained_on: int
+    held_back: int
+    heldout_rows: int
+    before: dict[str, float]
+    after: dict[str, float]
+
+    def line(self) -> str:
+        b, a = self.before, self.after
+        return (
+            f"{self.version_before} answers {b['share']:.1%} at the edge, accuracy "
+            f"{b['accuracy']:.1%}; {self.version_after} answers {a['share']:.1%}, accuracy "
+            f"{a['accuracy']:.1%} (its own answers {b['answered_accuracy']:.1%} -> "
+            f"{a['answered_accuracy']:.1%}), from {self.labels_used} labels"
+        )
+
+    def to_json(self) -> JsonObject:
+        b, a = self.before, self.after
+        return {
+            "version_before": self.version_before,
+            "version_after": self.version_after,
+            "labels_used": self.labels_used,
+            "edge_share_before": b["share"],
+            "edge_share_after": a["share"],
+            "edge_accuracy_before": b["accuracy"],
+            "edge_accuracy_after": a["accuracy"],
+            "edge_answered_accuracy_before": b["answered_accuracy"],
+            "edge_answered_accuracy_after": a["answered_accuracy"],
+            "threshold_before": b["threshold"],
+            "threshold_after": a["threshold"],
+            "trained_on": self.trained_on,
+            "held_back": self.held_back,
+            "heldout_rows": self.heldout_rows,
+        }
+
+
+@dataclass(frozen=True)
 class EnergySummary:
     """The edge device on battery, by its own ledger: joules per answer, what an answer would
     have cost it had every request gone up (one request and its reply over its link, at the
@@ -248,8 +319,11 @@ class DemoReport:
     fleet: FleetSummary = field(default_factory=lambda: FleetSummary(0, 0, 0))
     events: EventsSummary = field(default_factory=lambda: EventsSummary(0, 0, 0, 0))
     #: the staged rollouts of the run: model, version, outcome (completed, rolled_back,
-    #: aborted), failed_gate, max_nodes_serving, canary_nodes.
+    #: aborted), failed_gate, max_nodes_serving, canary_nodes, shadow and
+    #: answers_served_before_decision.
     rollouts: list[JsonObject] = field(default_factory=list)
+    review: ReviewSummary | None = None
+    improvement: Improvement | None = None
     energy: EnergySummary = field(
         default_factory=lambda: EnergySummary(BATTERY_NODE, "", None, None, 0, None)
     )
@@ -289,6 +363,8 @@ class DemoReport:
             "fleet": self.fleet.to_json(),
             "events": self.events.to_json(),
             "rollouts": [dict(r) for r in self.rollouts],
+            "review": self.review.to_json() if self.review is not None else None,
+            "improvement": self.improvement.to_json() if self.improvement is not None else None,
             "energy": self.energy.to_json(),
         }
 
@@ -307,6 +383,8 @@ def build_report(
     fleet: FleetSummary | None = None,
     events: EventsSummary | None = None,
     rollouts: list[JsonObject] | None = None,
+    review: ReviewSummary | None = None,
+    improvement: Improvement | None = None,
 ) -> DemoReport:
     """The report of a finished run; ``gateway_figures`` are the gateway's counters, if scraped."""
     answered = max(tally.answered, 1)
@@ -358,6 +436,8 @@ def build_report(
         fleet=fleet or FleetSummary(0, 0, 0),
         events=events or EventsSummary(0, 0, 0, 0),
         rollouts=list(rollouts or []),
+        review=review,
+        improvement=improvement,
         energy=EnergySummary.of(view.battery),
     )
 

@@ -23,14 +23,17 @@ from mesh.dev.demo.observer import GatewayObserver
 from mesh.dev.demo.panel import render_report
 from mesh.dev.demo.publisher import EventPublisher
 from mesh.dev.demo.report import DemoReport, TraceSummary, build_report
+from mesh.dev.demo.reviewer import SimulatedReviewer
 from mesh.dev.demo.scenarios.drain import drain
+from mesh.dev.demo.scenarios.learning import LearningLoop
 from mesh.dev.demo.scenarios.link import cut_and_heal_link
 from mesh.dev.demo.scenarios.releases import Releaser
 from mesh.dev.demo.scenarios.rollouts import run_fleet_scenarios
-from mesh.dev.demo.state import BATTERY_NODE, DemoConfig, LinkView, Tally
+from mesh.dev.demo.state import BATTERY_NODE, MODEL, DemoConfig, LinkView, ReviewView, Tally
 from mesh.dev.demo.testbed import Testbed
 from mesh.dev.demo.view import show_live, thousands
 from mesh.local.phases import Phases
+from mesh.review.client import ReviewClient
 from mesh.topology import subjects
 
 
@@ -51,6 +54,9 @@ class DemoRun:
         self.publisher = EventPublisher(config, self.testbed, self.tally, self.journal)
         self.fleet = FleetWatch(self.testbed, self.journal)
         self.releaser = Releaser(self.testbed, self.journal)
+        self.review = ReviewView()
+        self.learning = LearningLoop(config, self.releaser, self.review, self.journal)
+        self.reviewer: SimulatedReviewer | None = None
         self.battery = BatteryWatch(config, self.testbed, self.view.battery, self.journal)
         #: set once the rollouts that run before the link cut have ended.
         self.fleet_ready = asyncio.Event()
@@ -64,7 +70,20 @@ class DemoRun:
             await site.subscribe(subjects.telemetry(BATTERY_NODE), cb=self.battery.on_step)
             async with self.phases.phase("warm up", 90, "the cloud to answer from the site"):
                 await self.testbed.warm_up()
-            yield
+            cfg = self.config
+            self.reviewer = SimulatedReviewer(
+                ReviewClient(self.testbed.reviewer_nc, "reviewer"),
+                (self.testbed.x, self.testbed.y),
+                self.review,
+                self.journal,
+                delay_s=cfg.reviewer_delay_s,
+                concurrency=cfg.reviewer_concurrency,
+                error_rate=cfg.reviewer_error_rate,
+            )
+            try:
+                yield
+            finally:
+                await self.reviewer.stop()
 
     async def run(self) -> DemoReport:
         async with self.started():
@@ -74,6 +93,11 @@ class DemoRun:
             async with self.phases.phase("load and scenarios", deadline) as phase:
                 phase.waiting_for("the load, the link cut, the rollouts and the events' results")
                 run_s, drain_s = await self._live()
+            assert self.reviewer is not None
+            # stopped before the queue's last figures: its labels and theirs tell one moment
+            await self.reviewer.stop(settle_s=3.0)
+            with contextlib.suppress(MeshError):
+                await self.reviewer.refresh()
             with self.console.status("asking the cloud tier alone the same questions"):
                 async with self.phases.phase("cloud alone", 180, "the cloud's answers"):
                     cloud_accuracy, unique = await self.load.ask_cloud_alone()
@@ -98,6 +122,8 @@ class DemoRun:
                 fleet=fleet,
                 events=events,
                 rollouts=list(self.releaser.rollouts),
+                review=self.reviewer.summary(run_s / 60.0),
+                improvement=self.learning.improvement,
             )
 
     def _announce(self) -> None:
@@ -108,9 +134,13 @@ class DemoRun:
             f"{cfg.concurrency} in flight, budget {cfg.budget_ms:.0f} ms.\n"
             "The edge answers what it is sure of and passes the rest up to the gateway, "
             "which passes what it is unsure of to the cloud.\n"
-            f"From {cfg.cut_from:.0%} to {cfg.cut_to:.0%} of the run the site's link to the "
-            "hub is cut: the gateway answers on its own (degraded) and keeps those cases as "
-            "hard examples for the cloud.\n"
+            f"The edge starts on a deliberately weak version of {MODEL}. What the tiers "
+            "sample goes to a review queue at the hub, which a simulated reviewer labels; "
+            f"after {cfg.learn_after} labels the loop trains, signs and rolls out a better "
+            "version, beginning in shadow, and a confused version is stopped in shadow.\n"
+            f"From {cfg.cut_from:.0%} of the run (once that is done) the site's link to the "
+            "hub is cut for a while: the gateway answers on its own (degraded) and keeps those "
+            "cases as hard examples for the cloud.\n"
             f"{BATTERY_NODE} is a Raspberry Pi 4 on battery: once the rollouts are done its "
             "battery reports lower, and its power governor takes the cheapest savings until the "
             "node's ledger is back within its budget.\n",
@@ -123,8 +153,10 @@ class DemoRun:
         journal.restart()
         stop = asyncio.Event()
         display = asyncio.create_task(
-            show_live(self.console, cfg, self.tally, self.view, journal, stop)
+            show_live(self.console, cfg, self.tally, self.view, self.review, journal, stop)
         )
+        assert self.reviewer is not None
+        await self.reviewer.start()
         poller = asyncio.create_task(self.observer.poll())
         battery = asyncio.create_task(self.battery.poll())
         squeeze = asyncio.create_task(self.battery.squeeze(self.fleet_ready))
@@ -132,7 +164,7 @@ class DemoRun:
             cut_and_heal_link(cfg, self.testbed, self.view, journal, self.fleet_ready)
         )
         releases = asyncio.create_task(
-            run_fleet_scenarios(cfg, self.releaser, journal, self.fleet_ready)
+            run_fleet_scenarios(cfg, self.releaser, self.learning, journal, self.fleet_ready)
         )
         publisher = asyncio.create_task(self.publisher.publish())
         reader = asyncio.create_task(self.publisher.read_results())

@@ -30,20 +30,31 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 @dataclass(frozen=True)
 class DemoConfig:
-    requests: int = 3000
-    #: paced rate; 3,000 requests at 100/s last about 30 s.
+    requests: int = 5000
+    #: paced rate; 5,000 requests at 100/s last about 50 s.
     rate_per_s: float = 100.0
     concurrency: int = 32
     budget_ms: float = 500.0
-    #: the site-to-hub link is cut between these fractions of the run.
-    cut_from: float = 0.35
-    cut_to: float = 0.65
+    #: the site-to-hub link is cut between these fractions of the run, once the fleet's
+    #: scenarios (their controller and the review queue are at the hub) are over.
+    cut_from: float = 0.7
+    cut_to: float = 0.85
     drain_timeout_s: float = 30.0
     poll_interval_s: float = 0.25
     cache: Path = Path.home() / ".cache" / "edge-mesh" / "demo"
-    #: the short run: its traffic is too short for a rollout judged on 150 compared answers
-    #: to fail before the link cut, so it rolls out the good version only.
+    #: the short run: fewer labels before the loop learns, and no confused version (its
+    #: traffic is too short for a shadow stage judged on 300 compared answers).
     quick: bool = False
+    #: labels the learn job waits for.
+    learn_after: int = 300
+    #: the simulated reviewer: how long after an item is queued it labels it, how many at
+    #: once, and the share of its labels that are wrong on purpose.
+    reviewer_delay_s: float = 0.5
+    reviewer_concurrency: int = 8
+    reviewer_error_rate: float = 0.02
+    #: share of the test split kept out of the traffic (and so out of every label and every
+    #: training): the rows the improvement is measured on.
+    heldout_share: float = 1 / 3
 
     @property
     def duration_s(self) -> float:
@@ -52,8 +63,11 @@ class DemoConfig:
     @classmethod
     def of(cls, cache: Path, requests: int | None, quick: bool) -> DemoConfig:
         if quick:
-            return cls(requests=requests or 600, rate_per_s=50.0, cache=cache, quick=True)
-        return cls(requests=requests or 3000, cache=cache)
+            return cls(
+                requests=requests or 2400, rate_per_s=80.0, cache=cache, quick=True,
+                learn_after=100,
+            )  # fmt: skip
+        return cls(requests=requests or 5000, cache=cache)
 
 
 @dataclass
@@ -138,6 +152,22 @@ class LinkView:
     relinked_at_s: float | None = None
     drained_at_s: float | None = None
     battery: BatteryView = field(default_factory=BatteryView)
+
+
+@dataclass
+class ReviewView:
+    """The review queue and the learning loop, as the live view shows them."""
+
+    queued: int = 0
+    pending: int = 0
+    labelled: int = 0
+    skipped: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    #: labels the simulated reviewer gave, and those wrong on purpose.
+    given: int = 0
+    wrong: int = 0
+    #: what the learning loop is doing, in words.
+    learning: str = "waiting for labels"
 
 
 def hard_examples_buffered(view: LinkView, tally: Tally) -> int:

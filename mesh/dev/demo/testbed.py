@@ -32,18 +32,29 @@ from mesh.models.validate import require_valid
 from mesh.observability import tracing
 from mesh.observability.telemetry import install_tracing
 
+
+def _review(sample_rate: float) -> dict[str, Any]:
+    """A node's review feed in the demo: a large share of its confident answers sampled, so the
+    queue fills in seconds (a deployment samples 0.5%), and its totals every 2 s."""
+    return {"sample_rate": sample_rate, "max_per_minute": 6000, "traffic_interval_s": 2.0}
+
+
 #: the gateway's breaker on its cloud link: trips after 3 failures, probes after 0.5 s, growing
 #: to 2 s; fast enough that the display shows it open and closing again within the outage.
+#: Every tier samples answers for review; the cases the edge passed up most (what a weak edge
+#: version is unsure of is what it has most to learn from).
 DEMO_NODE_SETTINGS: dict[str, Any] = {
     "gateway": {
         "nats": {"reconnect_wait_s": 0.2},
         "upstream": {
             "breaker": {"failure_threshold": 3, "open_seconds": 0.5, "max_open_seconds": 2.0}
         },
+        "review": _review(0.5),
     },
-    "cloud": {"nats": {"reconnect_wait_s": 0.2}},
+    "cloud": {"nats": {"reconnect_wait_s": 0.2}, "review": _review(0.5)},
     # The edge also consumes the site's event stream, with one alert rule.
     "edge": {
+        "review": _review(0.05),
         "events": {
             "enabled": True,
             "actions": [
@@ -54,7 +65,17 @@ DEMO_NODE_SETTINGS: dict[str, Any] = {
                     "publish": "mesh.actions.alerts.line4",
                 }
             ],
-        }
+        },
+    },
+}
+
+#: the review service's limits in the demo: far above its load, so what the nodes offer is
+#: queued (a deployment keeps people from being flooded: 20 a minute by default).
+DEMO_REVIEW_LIMITS: dict[str, Any] = {
+    "limits": {"per_minute": 10_000, "per_hour": 100_000, "per_day": 1_000_000},
+    "reasons": {
+        reason: {"per_minute": 10_000, "per_hour": 100_000, "per_day": 1_000_000}
+        for reason in ("sample", "drift")
     },
 }
 
@@ -81,8 +102,12 @@ class Testbed:
         #: the file the battery edge device reads its level from (its battery manager writes it)
         self.battery_level = self.work_dir / "battery-level"
         self.initial_version = ""
+        #: the traffic: the test split's rows the load sends (and people may label).
         self.x: np.ndarray = np.empty((0, 0), dtype=np.float32)
         self.y: np.ndarray = np.empty(0, dtype=np.int64)
+        #: the rest of the test split: never sent, labelled or trained on.
+        self.heldout_x: np.ndarray = np.empty((0, 0), dtype=np.float32)
+        self.heldout_y: np.ndarray = np.empty(0, dtype=np.int64)
         self._demo: DemoArtifacts | None = None
         self._mesh: EmbeddedMesh | None = None
         #: the operator console's address with its token, once started.
@@ -93,6 +118,8 @@ class Testbed:
         #: the demo's own view of the site (streams, status): an administrator's connection, as
         #: the application's identity may only ask for answers.
         self._site_nc: NATS | None = None
+        #: the simulated reviewer's connection to the hub, as a reviewer identity.
+        self._reviewer_nc: NATS | None = None
 
     @property
     def demo(self) -> DemoArtifacts:
@@ -117,6 +144,10 @@ class Testbed:
     @property
     def site_nc(self) -> NATS:
         return _started(self._site_nc)
+
+    @property
+    def reviewer_nc(self) -> NATS:
+        return _started(self._reviewer_nc)
 
     def hub_js(self) -> JetStreamContext:
         return self.hub_nc.jetstream(domain="hub")
@@ -157,12 +188,15 @@ class Testbed:
         self.step(
             f"NATS hub {mesh.hub_url} ⇄ fault proxy {proxy.address} ⇄ site leaf {mesh.site_url}"
         )
+        with self.console.status("starting the review queue at the hub"):
+            await mesh.start_review(DEMO_REVIEW_LIMITS)
+        self.step("review queue at the hub (mesh review serve)")
         with self.console.status("starting cloud, gateway and 2 edge nodes"):
             async with phases.phase("nodes", 240) as phase:
                 await mesh.start_nodes(waiting=phase.waiting_for)
         self.step(
-            "nodes up: cloud-0 on the hub (SVM); gateway-0 (MLP 64) and edge-0, edge-1 "
-            "(int8 MLP) on the site"
+            "nodes up: cloud-0 on the hub (SVM); gateway-0 (MLP 64) and edge-0, edge-1 on the "
+            "site, serving a deliberately weak edge version (trained on part of the data)"
         )
         with self.console.status("starting the operator console"):
             token = secrets.token_urlsafe(24)
@@ -173,6 +207,10 @@ class Testbed:
         async with phases.phase("connect", 30, "the demo's own connections to the hub and site"):
             self._client = await MeshClient.connect(mesh.site_url, **mesh.client_options())
             self._hub_nc = await mesh.site.hub.connect(name="mesh-demo-observer")
+            reviewer = await mesh.reviewer_creds()
+            self._reviewer_nc = await mesh.site.hub.connect(
+                reviewer.stem, name="mesh-demo-reviewer"
+            )
             assert mesh.site.leaf is not None
             self._site_nc = await mesh.site.leaf.connect(name="mesh-demo-observer-site")
 
@@ -185,7 +223,7 @@ class Testbed:
             "evidence gate: latency, memory, energy and accuracy of each model here"
         ):
             reports = await asyncio.to_thread(
-                require_valid, [demo.edge_int8, demo.gateway, demo.cloud], demo.test
+                require_valid, [demo.edge_weak, demo.gateway, demo.cloud], demo.test
             )
         self.step(
             "evidence gate passed: "
@@ -198,8 +236,10 @@ class Testbed:
         self._demo = demo
         self.initial_version = reports[0].version
         split = np.load(demo.test)
-        self.x = split["x"].astype(np.float32)
-        self.y = split["y"].astype(np.int64)
+        x, y = split["x"].astype(np.float32), split["y"].astype(np.int64)
+        traffic = len(x) - round(len(x) * self.config.heldout_share)
+        self.x, self.y = x[:traffic], y[:traffic]
+        self.heldout_x, self.heldout_y = x[traffic:], y[traffic:]
         return demo
 
     def _layout(self, demo: DemoArtifacts) -> EmbeddedMesh:
@@ -207,7 +247,7 @@ class Testbed:
         extra = {**DEMO_NODE_SETTINGS, BATTERY_NODE: battery_settings(self.battery_level)}
         return EmbeddedMesh(
             MeshLayout(
-                edge_manifest=demo.edge_int8,
+                edge_manifest=demo.edge_weak,
                 gateway_manifest=demo.gateway,
                 cloud_manifest=demo.cloud,
                 edge_replicas=EDGE_REPLICAS,
@@ -247,6 +287,7 @@ class Testbed:
             self._client.close() if self._client else None,
             self._hub_nc.close() if self._hub_nc else None,
             self._site_nc.close() if self._site_nc else None,
+            self._reviewer_nc.close() if self._reviewer_nc else None,
         ):
             if close is not None:
                 with contextlib.suppress(Exception):

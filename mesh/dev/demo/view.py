@@ -19,6 +19,7 @@ from mesh.dev.demo.state import (
     BatteryView,
     DemoConfig,
     LinkView,
+    ReviewView,
     Tally,
     tiers_in_order,
 )
@@ -89,7 +90,9 @@ def battery_text(battery: BatteryView) -> Text:
     return text
 
 
-def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) -> RenderableType:
+def render_live(
+    config: DemoConfig, tally: Tally, view: LinkView, review: ReviewView, now: float
+) -> RenderableType:
     done = tally.answered + sum(tally.errors.values())
     share = done / config.requests
     width = 36
@@ -140,6 +143,16 @@ def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) ->
             f"   delivered to the hub {thousands(view.delivered)}",
         ),
     )
+    grid.add_row(
+        "review queue",
+        Text.assemble(
+            f"queued {thousands(review.queued)}   pending ",
+            (thousands(review.pending), "yellow" if review.pending else "green"),
+            f"   labelled {thousands(review.labelled)} (simulated reviewer, "
+            f"{review.wrong} wrong on purpose)",
+        ),
+    )
+    grid.add_row("learning", Text(review.learning, style="magenta"))
     grid.add_row(f"{BATTERY_NODE} on battery", battery_text(view.battery))
     events = Table.grid(padding=(0, 2))
     events.add_column(style="dim", justify="right")
@@ -157,13 +170,16 @@ def render_live(config: DemoConfig, tally: Tally, view: LinkView, now: float) ->
     )
 
 
-def plain_line(config: DemoConfig, tally: Tally, view: LinkView, now: float) -> str:
+def plain_line(
+    config: DemoConfig, tally: Tally, view: LinkView, review: ReviewView, now: float
+) -> str:
     tiers = " ".join(f"{t}={tally.by_tier[t]}" for t in tiers_in_order(tally.by_tier))
     return (
         f"{now:5.1f}s  sent {tally.sent}/{config.requests}  answered {tally.answered}  "
         f"errors {sum(tally.errors.values())}  [{tiers}]  degraded {tally.degraded}  "
         f"link {view.link}  breaker {view.breaker}  backlog {view.backlog}  "
-        f"delivered {view.delivered}  {BATTERY_NODE} {_mw(view.battery.watts)}/"
+        f"delivered {view.delivered}  review queued {review.queued} pending {review.pending} "
+        f"labelled {review.labelled}  {BATTERY_NODE} {_mw(view.battery.watts)}/"
         f"{_mw(view.battery.budget_w)} mW ladder {len(view.battery.steps)}"
     )
 
@@ -173,6 +189,7 @@ async def show_live(
     config: DemoConfig,
     tally: Tally,
     view: LinkView,
+    review: ReviewView,
     journal: Journal,
     stop: asyncio.Event,
 ) -> None:
@@ -180,20 +197,20 @@ async def show_live(
     lines as they happen and a progress line every 3 s."""
     if console.is_terminal:
         with Live(
-            render_live(config, tally, view, 0.0),
+            render_live(config, tally, view, review, 0.0),
             console=console,
             refresh_per_second=4,
             transient=False,
         ) as live:
             journal.sink = lambda line: None
             while not stop.is_set():
-                live.update(render_live(config, tally, view, journal.now()))
+                live.update(render_live(config, tally, view, review, journal.now()))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.25)
-            live.update(render_live(config, tally, view, journal.now()))
+            live.update(render_live(config, tally, view, review, journal.now()))
         return
     journal.sink = lambda line: console.print(line, highlight=False)
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 3.0)
-        console.print(plain_line(config, tally, view, journal.now()), markup=False)
+        console.print(plain_line(config, tally, view, review, journal.now()), markup=False)

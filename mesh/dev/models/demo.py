@@ -12,6 +12,10 @@ test 25%. All three models serve the model name ``digits``:
 - gateway: an MLP with 64 hidden units.
 - cloud: an RBF support vector machine with sigmoid-calibrated probabilities (one calibrator
   fitted on 5-fold out-of-fold scores), the most accurate of the three.
+- a deliberately weak edge version (``1-edge-weak``, float): the edge's MLP trained on part of
+  the data, the first 30% of the training split with nine in ten of its 5s and 9s left out, its
+  reference statistics from those rows (``digits-edge-weak-train.npz``, which the demo's trainer
+  learns from again, with what people labelled: ``mesh.dev.models.trainer``).
 
 The same seed gives byte-identical ONNX files: every estimator has a fixed ``random_state``,
 the opsets are pinned and written in one order, the child process below has a fixed hash seed,
@@ -65,7 +69,11 @@ N_CLASSES = 10
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
 DEFAULT_THRESHOLD = 0.9
 PREPROCESSING = "8x8 grayscale digit, row-major, pixels scaled to [0,1] (raw 0..16 divided by 16)"
-RECIPE_VERSION = "digits-demo-4"
+RECIPE_VERSION = "digits-demo-5"
+#: the weak edge version's part of the training split: its first share, with nine in ten of
+#: the rows of these classes left out.
+WEAK_SHARE = 0.3
+WEAK_SCARCE = (5, 9)
 MARKER = ".demo-build.json"
 
 Floats32 = npt.NDArray[np.float32]
@@ -83,6 +91,8 @@ class DemoArtifacts:
     cloud: Path
     test: Path
     calib: Path
+    edge_weak: Path
+    weak_train: Path
 
     @classmethod
     def at(cls, root: Path) -> DemoArtifacts:
@@ -96,6 +106,8 @@ class DemoArtifacts:
             cloud=root / f"{m}-cloud{MANIFEST_SUFFIX}",
             test=root / f"{m}-test.npz",
             calib=root / f"{m}-calib.npz",
+            edge_weak=root / f"{m}-edge-weak{MANIFEST_SUFFIX}",
+            weak_train=root / f"{m}-edge-weak-train.npz",
         )
 
     @property
@@ -104,13 +116,14 @@ class DemoArtifacts:
         return {
             "edge": self.edge,
             "edge-int8": self.edge_int8,
+            "edge-weak": self.edge_weak,
             "gateway": self.gateway,
             "cloud": self.cloud,
         }
 
     def files(self) -> list[Path]:
         """Every file of the build: manifests, their artifacts and the splits."""
-        out = [self.test, self.calib]
+        out = [self.test, self.calib, self.weak_train]
         for path in self.manifests.values():
             out.append(path)
             out.append(path.parent / load_manifest(path).artifact)
@@ -294,10 +307,14 @@ def build_demo(out: Path, seed: int = 0, calibrate_thresholds: bool = True) -> D
     int8.reference = reference_stats(splits.x_train, confidence, novelty)
     _write_manifest(int8, out, "edge-int8")
 
+    _build_weak(out, paths, splits, seed)
+
     if calibrate_thresholds:
         from mesh.models.calibrate import calibrate
 
-        for edge_manifest in (paths.edge, paths.edge_int8):
+        # the weak version first: each calibration writes the gateway's threshold too, and the
+        # gateway keeps the one chosen above the int8 edge, as before
+        for edge_manifest in (paths.edge_weak, paths.edge, paths.edge_int8):
             calibrate(
                 edge_manifest,
                 [paths.gateway, paths.cloud],
@@ -305,6 +322,35 @@ def build_demo(out: Path, seed: int = 0, calibrate_thresholds: bool = True) -> D
                 splits.y_calib,
             )
     return paths
+
+
+def weak_rows(splits: Splits) -> tuple[Floats32, Ints]:
+    """The weak edge version's training rows: the first ``WEAK_SHARE`` of the training split,
+    with nine in ten of the ``WEAK_SCARCE`` classes' rows left out."""
+    n = int(len(splits.x_train) * WEAK_SHARE)
+    x, y = splits.x_train[:n], splits.y_train[:n]
+    keep = ~np.isin(y, WEAK_SCARCE) | (np.arange(n) % 10 == 0)
+    return x[keep], y[keep]
+
+
+def _build_weak(out: Path, paths: DemoArtifacts, splits: Splits, seed: int) -> None:
+    """The deliberately weak edge version: the edge's recipe on part of the data, reference
+    statistics (and novelty) from those rows, its accuracy bar two points under what it
+    reaches on the test split."""
+    x, y = weak_rows(splits)
+    np.savez(paths.weak_train, x=x, y=y)
+    estimator = _train(_estimators(seed)["edge"], x, y)
+    onnx_path = out / f"{MODEL_NAME}-edge-weak.onnx"
+    export_onnx(estimator, onnx_path)
+    draft = _manifest(
+        "edge", "1-edge-weak", onnx_path, None, QualityTarget(min_accuracy=0.0), _PROFILES["edge"]
+    )
+    model = LoadedModel(draft, out / "draft.json")
+    accuracy = _accuracy(model, splits.x_test, splits.y_test)
+    draft.quality = QualityTarget(min_accuracy=round(accuracy - 0.02, 2))
+    confidence = model.probabilities(x).max(axis=1)
+    draft.reference = reference_stats(x, confidence, NoveltyScorer.fit(x))
+    _write_manifest(draft, out, "edge-weak")
 
 
 def _recipe_hash(seed: int) -> str:

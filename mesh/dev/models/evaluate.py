@@ -108,3 +108,22 @@ def evaluate_cascade(artifacts: DemoArtifacts, edge_variant: str = "edge-int8") 
         "ood_escalated_by_kind": ood_escalated,
         "test_novel_share": float(tiers[0].novel.mean()),
     }
+
+
+def edge_figures(manifest: Path, x: npt.ArrayLike, y: npt.ArrayLike) -> dict[str, float]:
+    """What an edge version does on labelled rows, as a node decides: the share it answers
+    itself (confident at its threshold, not novel), the accuracy of its classes on every row,
+    and of the answers it keeps. Blocking."""
+    model = LoadedModel.load(manifest)
+    rows = np.asarray(x, dtype=np.float32)
+    labels = np.asarray(y, dtype=np.int64)
+    outputs = _outputs(model, rows, novelty=True)
+    threshold = model.manifest.threshold_for(model.manifest.tier_hint)
+    kept = answers_locally(outputs, threshold)
+    right = outputs.prediction == labels
+    return {
+        "share": round(float(kept.mean()), 4),
+        "accuracy": round(float(right.mean()), 4),
+        "answered_accuracy": round(float(right[kept].mean()), 4) if kept.any() else 0.0,
+        "threshold": round(threshold, 4),
+    }

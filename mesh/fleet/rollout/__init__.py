@@ -47,9 +47,12 @@ from mesh.fleet.rollout.evidence import (
 from mesh.fleet.rollout.judge import (
     DRIFT_MIN_REQUESTS,
     P99_FLOOR_MS,
+    LabelFigures,
     Verdict,
     VerdictResult,
     judge,
+    judge_shadow,
+    label_figures,
     slower_than,
 )
 from mesh.fleet.rollout.machine import (
@@ -101,6 +104,7 @@ __all__ = [
     "BeatFilter",
     "Figures",
     "Gate",
+    "LabelFigures",
     "NodeView",
     "Rollout",
     "RolloutPhase",
@@ -128,6 +132,8 @@ __all__ = [
     "evidence_problem",
     "exclusions",
     "judge",
+    "judge_shadow",
+    "label_figures",
     "new_rollout",
     "open_window",
     "parse_duration",

@@ -14,7 +14,7 @@ from mesh.fleet.rollout.record import Rollout
 from mesh.fleet.rollout.statistics import rounded
 from mesh.fleet.rollout.witness import Witness, answered_since, bound
 from mesh.observability.metrics import LATENCY_BUCKETS_MS, bucket_quantile
-from mesh.wire import EVIDENCE_COUNTERS, VersionEvidence
+from mesh.wire import EVIDENCE_COUNTERS, SHADOW_COUNTERS, ShadowEvidence, VersionEvidence
 from mesh.wire.records import EvidenceCounters
 
 #: answers a node must have given with a version before its drift counts: the node's window
@@ -44,6 +44,21 @@ class NodeView:
     problem: str | None = None
     #: what the node answered for the tier below, for this model (None: it does not count).
     witness: Witness | None = None
+    #: the version it runs in shadow beside the served one, and what that did.
+    shadow: ShadowEvidence | None = None
+
+    @property
+    def shadowing(self) -> str | None:
+        return None if self.shadow is None else self.shadow.version
+
+    @property
+    def answers_served(self) -> int:
+        """Answers the served version gave callers here (escalated ones were the tier
+        above's), as far as its running totals say."""
+        e = self.evidence
+        if e is None:
+            return 0
+        return max(0, e.requests - e.errors - e.escalated + e.degraded)
 
 
 def evidence_problem(e: VersionEvidence, now: float | None = None) -> str | None:
@@ -74,6 +89,36 @@ def evidence_problem(e: VersionEvidence, now: float | None = None) -> str | None
     if now is not None and e.since > now + 300:
         return "evidence dated in the future"
     return None
+
+
+def shadow_problem(e: ShadowEvidence) -> str | None:
+    """Why a shadow's counters cannot be true, or None."""
+    counts = {name: getattr(e, name) for name in SHADOW_COUNTERS}
+    negative = [k for k, v in counts.items() if v < 0]
+    if negative or any(c < 0 for c in e.latency) or e.busy_s < 0:
+        return f"negative shadow counters {negative or ['latency']}"
+    for part in ("errors", "matched", "compared"):
+        if counts[part] > e.requests:
+            return f"shadow {part} {counts[part]} > requests {e.requests}"
+    for part in ("agreed", "serving_agreed"):
+        if counts[part] > e.compared:
+            return f"shadow {part} {counts[part]} > compared {e.compared}"
+    if sum(e.latency) > e.requests:
+        return f"shadow latencies {sum(e.latency)} > requests {e.requests}"
+    return None
+
+
+def shadow_delta(now: ShadowEvidence, then: ShadowEvidence | None) -> ShadowEvidence | str:
+    """What a shadow did since ``then``, as ``delta`` for a served version."""
+    if then is None or (then.version, then.since, then.serving) != (
+        now.version, now.since, now.serving,
+    ):  # fmt: skip
+        return now
+    diffs = {name: getattr(now, name) - getattr(then, name) for name in SHADOW_COUNTERS}
+    latency = tuple(a - b for a, b in zip(now.latency, then.latency, strict=False))
+    if any(v < 0 for v in diffs.values()) or any(v < 0 for v in latency):
+        return "shadow counters went backwards within one run of the version"
+    return replace(now, latency=latency, busy_s=max(0.0, now.busy_s - then.busy_s), **diffs)
 
 
 def delta(now: VersionEvidence, then: VersionEvidence | None) -> VersionEvidence | str:
@@ -182,6 +227,8 @@ class Window:
     snapshot: dict[str, VersionEvidence]
     #: what each node had answered for the tier below then (the caps are differences).
     answered: dict[str, Witness] = field(default_factory=dict)
+    #: what each target's shadow had done then (a shadow stage's window).
+    shadows: dict[str, ShadowEvidence] = field(default_factory=dict)
 
 
 def _evidence_dict(e: VersionEvidence) -> dict[str, Any]:
@@ -204,8 +251,20 @@ def encode_window(w: Window) -> bytes:
             "answered": {
                 n: {"since": a.since, "counts": dict(a.counts)} for n, a in w.answered.items()
             },
+            "shadows": {n: _shadow_dict(e) for n, e in w.shadows.items()},
         }
     ).encode()
+
+
+def _shadow_dict(e: ShadowEvidence) -> dict[str, Any]:
+    return {
+        "version": e.version,
+        "serving": e.serving,
+        "since": e.since,
+        **{name: getattr(e, name) for name in SHADOW_COUNTERS},
+        "latency": list(e.latency),
+        "busy_s": e.busy_s,
+    }
 
 
 def decode_window(data: bytes) -> Window | None:
@@ -225,6 +284,10 @@ def decode_window(data: bytes) -> Window | None:
                     since=float(a["since"]), counts={str(c): int(k) for c, k in a["counts"].items()}
                 )
                 for n, a in (obj.get("answered") or {}).items()
+            },
+            shadows={
+                str(n): ShadowEvidence(**{**e, "latency": tuple(e["latency"])})
+                for n, e in (obj.get("shadows") or {}).items()
             },
         )
     except (ValueError, KeyError, TypeError):
@@ -248,6 +311,11 @@ def open_window(
             n: Witness(v.witness.since, {c: k for c, k in v.witness.counts.items() if c in targets})
             for n, v in nodes.items()
             if v.witness is not None and v.problem is None and n not in excluded
+        },
+        shadows={
+            n: v.shadow
+            for n in r.targets
+            if (v := nodes.get(n)) is not None and v.shadow is not None and v.problem is None
         },
     )
 
@@ -309,5 +377,85 @@ def stage_figures(
     return StageFigures(
         canary=aggregate(canary_kept, canary_cut),
         baseline=aggregate(base_kept, base_cut) if others else None,
+        flagged=flagged,
+    )
+
+
+@dataclass(frozen=True)
+class ShadowFigures:
+    """What a shadow stage is judged on, over its window: the version in shadow (requests,
+    errors, comparisons with the tier above, its model calls' latency) and the serving version
+    on the same requests (its comparisons with the tier above), each node bounded by what the
+    tier above answered for it; how often the two answered alike; and the nodes to flag."""
+
+    shadow: Figures
+    serving: Figures
+    matched: int
+    skipped: int
+    #: whether the serving version asks the tier above at all (a top tier does not).
+    asks_above: bool
+    flagged: dict[str, str]
+
+    def as_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        shadow = self.shadow.as_dict()
+        rate = self.matched / self.shadow.requests if self.shadow.requests else None
+        shadow.update(matched=self.matched, skipped=self.skipped, serving_agreement=rounded(rate))
+        return shadow, self.serving.as_dict()
+
+
+def shadow_figures(
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window,
+    members: Sequence[str],
+    excluded: Collection[str] = (),
+) -> ShadowFigures:
+    """The shadow stage's figures since the window opened: each member's shadow of the
+    rollout's version, and its serving version on the same requests."""
+    flagged: dict[str, str] = {}
+    shadow: list[tuple[str, VersionEvidence]] = []
+    serving: list[tuple[str, VersionEvidence]] = []
+    matched = skipped = 0
+    asks_above = False
+    for name in members:
+        view = nodes.get(name)
+        if view is None or not view.online or view.problem is not None or name in excluded:
+            continue
+        if view.shadow is None or view.shadow.version != r.version:
+            continue
+        since = shadow_delta(view.shadow, window.shadows.get(name))
+        if isinstance(since, str):
+            flagged[name] = since
+            continue
+        if view.evidence is not None and view.evidence.escalated + view.evidence.audits > 0:
+            asks_above = True
+        matched += since.matched
+        skipped += since.skipped
+        shadow.append((name, VersionEvidence(
+            version=since.version, since=since.since, requests=since.requests,
+            errors=since.errors, compared=since.compared, agreed=since.agreed,
+            latency=since.latency,
+        )))  # fmt: skip
+        serving.append((name, VersionEvidence(
+            version=since.serving, since=since.since, requests=since.requests,
+            compared=since.compared, agreed=since.serving_agreed,
+        )))  # fmt: skip
+    witnesses = {
+        n: v.witness
+        for n, v in nodes.items()
+        if v.witness is not None and v.problem is None and n not in excluded
+    }
+    answered, broken = answered_since(window.answered, witnesses, r.targets)
+    flagged.update(broken)
+    witnessed = any(answered.values())
+    shadow_kept, shadow_cut = bound(shadow, answered, witnessed)
+    serving_kept, serving_cut = bound(serving, answered, witnessed)
+    figures = aggregate(shadow_kept, shadow_cut)
+    return ShadowFigures(
+        shadow=figures,
+        serving=aggregate(serving_kept, serving_cut),
+        matched=min(matched, figures.requests),
+        skipped=skipped,
+        asks_above=asks_above,
         flagged=flagged,
     )

@@ -4,12 +4,12 @@ bounds and against the baseline's figures over the same window."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from mesh.fleet.rollout.evidence import Figures
+from mesh.fleet.rollout.evidence import Figures, ShadowFigures
 from mesh.fleet.rollout.plan import Gate
 from mesh.fleet.rollout.statistics import (
     difference_lower,
@@ -42,6 +42,51 @@ class Verdict:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class LabelFigures:
+    """What people's labels say of the version and of the one it replaces, at the rollout's
+    tier: labelled review items each answered, and how many as the person did (the review
+    desk's ground truth, ``docs/review.md``)."""
+
+    labelled: int = 0
+    correct: int = 0
+    baseline_labelled: int = 0
+    baseline_correct: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        def share(hits: int, total: int) -> float | None:
+            return rounded(hits / total) if total else None
+
+        return {
+            "labelled": self.labelled,
+            "correct": self.correct,
+            "accuracy": share(self.correct, self.labelled),
+            "baseline_labelled": self.baseline_labelled,
+            "baseline_correct": self.baseline_correct,
+            "baseline_accuracy": share(self.baseline_correct, self.baseline_labelled),
+        }
+
+
+def label_figures(
+    versions: Iterable[tuple[str, str, int, int]], version: str, baseline: str | None, tier: str
+) -> LabelFigures | None:
+    """The labels of ``version`` and of ``baseline`` at ``tier`` (every tier when empty), from
+    the review desk's ground truth: (version, tier, labelled, correct) per version and tier.
+    None when neither has a label."""
+    mine = [0, 0]
+    base = [0, 0]
+    for v, t, labelled, correct in versions:
+        if tier and t != tier:
+            continue
+        side = mine if v == version else base if v == baseline else None
+        if side is not None:
+            side[0] += max(0, labelled)
+            side[1] += max(0, min(correct, labelled))
+    if not mine[0] and not base[0]:
+        return None
+    return LabelFigures(mine[0], mine[1], base[0], base[1])
+
+
 def slower_than(latency: Sequence[int], bound_ms: float) -> int:
     """Requests in the latency buckets whose upper edge is over ``bound_ms``: the ones a
     bucket quantile puts over the bound (so the share is over 1% when the p99 is)."""
@@ -49,7 +94,9 @@ def slower_than(latency: Sequence[int], bound_ms: float) -> int:
     return sum(c for c, edge in zip(latency, edges, strict=False) if edge > bound_ms)
 
 
-def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
+def judge(
+    gate: Gate, canary: Figures, baseline: Figures | None, labels: LabelFigures | None = None
+) -> Verdict:
     """Pass, fail or wait, on the canary's figures against fixed bounds and the baseline's.
 
     The baseline (when the stage has one) is waited for as the canary is.
@@ -59,7 +106,7 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
     of unlucky samples (one slow request among forty) does not roll back a good version.
     Against the baseline it is the difference of the two shares that is bounded, since the
     baseline's own figure is a sample too. Agreement is not required of a version that never
-    asks the tier above (a top tier)."""
+    asks the tier above (a top tier). Labels judge once both sides have ``min_labels``."""
     measurable = canary.escalated + canary.audits > 0
     waiting = _waiting_for(gate, canary, baseline, measurable)
     if waiting is not None:
@@ -73,7 +120,74 @@ def judge(gate: Gate, canary: Figures, baseline: Figures | None) -> Verdict:
         failed = _agreement(gate, canary, base)
         if failed is not None:
             return failed
+    failed = _labelled(gate, labels)
+    if failed is not None:
+        return failed
     return Verdict(VerdictResult.PASS, reason="every gate holds")
+
+
+def judge_shadow(gate: Gate, figures: ShadowFigures, labels: LabelFigures | None = None) -> Verdict:
+    """A shadow stage: pass, fail or wait, on the version run in shadow against the serving
+    version on the same requests. Its errors against none; how often it answers as the serving
+    version does against ``min_serving_agreement``; its agreement with the tier above against
+    the serving version's on the very requests both were compared on (``max_agreement_drop``,
+    ``min_agreement``); labels as any stage. Latency is judged once it serves: in shadow it runs
+    at a bounded share of the CPU, not as a served version does."""
+    shadow, serving = figures.shadow, figures.serving
+    if shadow.nodes == 0:
+        return Verdict(VerdictResult.WAIT, reason="no node of the stage runs the version yet")
+    if shadow.requests < gate.min_requests:
+        return Verdict(
+            VerdictResult.WAIT,
+            reason=f"{shadow.requests} of {gate.min_requests} requests run in shadow so far",
+        )
+    if figures.asks_above and shadow.compared < gate.min_samples:
+        return Verdict(
+            VerdictResult.WAIT,
+            reason=f"{shadow.compared} of {gate.min_samples} shadow answers compared upstream "
+            "so far (as far as the tier above reports answering them)",
+        )
+    n = shadow.requests
+    if gate.max_error_rate is not None and (more := _over(shadow.errors, n, gate.max_error_rate)):
+        return _fail("error_rate", shadow.errors / n, gate.max_error_rate, None, **more)
+    lower = difference_lower(shadow.errors, n, 0, n)
+    if lower > gate.max_error_rate_increase:
+        return _fail(
+            "error_rate", shadow.errors / n, gate.max_error_rate_increase, None,
+            count=shadow.errors, requests=n, increase_lower_90=rounded(lower),
+        )  # fmt: skip
+    upper = wilson_upper(figures.matched, n)
+    if upper < gate.min_serving_agreement:
+        return _fail(
+            "serving_agreement", figures.matched / n, gate.min_serving_agreement, None,
+            samples=n, upper_90=rounded(upper),
+        )  # fmt: skip
+    if shadow.compared > 0:
+        failed = _agreement(gate, shadow, serving)
+        if failed is not None:
+            return failed
+    failed = _labelled(gate, labels)
+    if failed is not None:
+        return failed
+    return Verdict(VerdictResult.PASS, reason="every gate holds in shadow")
+
+
+def _labelled(gate: Gate, labels: LabelFigures | None) -> Verdict | None:
+    """Labelled accuracy against the replaced version's, once each has ``min_labels``."""
+    if labels is None or min(labels.labelled, labels.baseline_labelled) < gate.min_labels:
+        return None
+    ahead = difference_upper(
+        labels.correct, labels.labelled, labels.baseline_correct, labels.baseline_labelled
+    )
+    if ahead >= -gate.max_label_accuracy_drop:
+        return None
+    accuracy = labels.correct / labels.labelled
+    baseline = labels.baseline_correct / labels.baseline_labelled
+    return _fail(
+        "labelled_accuracy", accuracy, baseline - gate.max_label_accuracy_drop, None,
+        baseline=rounded(baseline), labelled=labels.labelled,
+        baseline_labelled=labels.baseline_labelled, difference_upper_90=rounded(ahead),
+    )  # fmt: skip
 
 
 def _waiting_for(

@@ -4,8 +4,8 @@ returns the next record; the controller does the reading and writing."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mesh.errors import InvalidArgumentError
@@ -16,9 +16,11 @@ from mesh.fleet.rollout.evidence import (
     Window,
     evidence_problem,
     open_window,
+    shadow_figures,
+    shadow_problem,
     stage_figures,
 )
-from mesh.fleet.rollout.judge import VerdictResult, judge
+from mesh.fleet.rollout.judge import LabelFigures, Verdict, VerdictResult, judge, judge_shadow
 from mesh.fleet.rollout.record import Rollout, RolloutPhase, StageLog, StagePhase
 from mesh.fleet.rollout.witness import witness_of
 from mesh.wire import NodeStatus
@@ -34,11 +36,13 @@ MAX_FLAGGED = 50
 
 @dataclass(frozen=True)
 class Assignments:
-    """The desired state a rollout implies now: the selector's version, and the versions of its
-    target nodes that differ from it (the other targets' node keys are removed)."""
+    """The desired state a rollout implies now: the selector's version, the versions of its
+    target nodes that differ from it or run a shadow (the other targets' node keys are
+    removed), and the version each of those runs in shadow."""
 
     base: str | None
     nodes: dict[str, str]
+    shadows: dict[str, str] = field(default_factory=dict)
 
 
 def desired_for(r: Rollout) -> Assignments:
@@ -61,6 +65,12 @@ def desired_for(r: Rollout) -> Assignments:
     if r.state == RolloutPhase.COMPLETED:
         return Assignments(r.version, {})
     stage = r.stages[r.current_stage]
+    if stage.shadow:
+        # each node of the stage keeps what it serves and runs the version beside it
+        members = r.targets[: r.stage_size(r.current_stage)]
+        held = {n: r.previous_versions.get(n) or r.previous_version for n in members}
+        nodes = {**own, **{n: v for n, v in held.items() if v is not None}}
+        return Assignments(r.previous_version, nodes, {n: r.version for n in nodes if n in held})
     if stage.is_whole:
         earlier = r.stage_size(r.current_stage - 1) if r.current_stage else 0
         return Assignments(r.version, {n: r.version for n in r.targets[:earlier]})
@@ -80,10 +90,17 @@ class Step:
     events: tuple[str, ...] = ()
 
 
-def step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
-    """The rollout after one look at the fleet at ``now``; a changed record has the next
+def step(
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window | None,
+    now: float,
+    labels: LabelFigures | None = None,
+) -> Step:
+    """The rollout after one look at the fleet at ``now`` (and, when the review queue answered,
+    at what labels say of the version and the one it replaces); a changed record has the next
     generation (readers drop a record older than one they have seen: ``mesh.fleet.replay``)."""
-    result = _step(r, nodes, window, now)
+    result = _step(r, nodes, window, now, labels)
     if result.rollout != r:
         result = replace(result, rollout=replace(result.rollout, generation=r.generation + 1))
     return result
@@ -96,6 +113,8 @@ def assigned(r: Rollout) -> frozenset[str]:
         return frozenset()
     if r.state == RolloutPhase.COMPLETED:
         return frozenset(r.targets)
+    if r.in_shadow:
+        return frozenset()
     return frozenset(r.targets[: r.stage_size(r.current_stage)])
 
 
@@ -120,17 +139,32 @@ def exclusions(r: Rollout, nodes: Mapping[str, NodeView]) -> dict[str, str]:
     return out
 
 
-def _step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now: float) -> Step:
+def _step(
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window | None,
+    now: float,
+    labels: LabelFigures | None,
+) -> Step:
     excluded = exclusions(r, nodes)
-    serving = sum(
-        1 for n, v in nodes.items() if v.online and v.serving == r.version and n not in excluded
-    )
+    serving = [
+        n for n, v in nodes.items() if v.online and v.serving == r.version and n not in excluded
+    ]
     flagged = dict(r.flagged)
     for name, reason in excluded.items():
         if len(flagged) >= MAX_FLAGGED:
             break
         flagged.setdefault(name, reason)
-    base = replace(r, max_nodes_serving=max(r.max_nodes_serving, serving), flagged=flagged)
+    served = dict(r.answers_served)
+    for name in serving:
+        if name in r.targets and (count := nodes[name].answers_served) > served.get(name, 0):
+            served[name] = count
+    base = replace(
+        r,
+        max_nodes_serving=max(r.max_nodes_serving, len(serving)),
+        flagged=flagged,
+        answers_served=served,
+    )
     if r.state == RolloutPhase.PENDING:
         log = _set_log(base.log, 0, started_at=now)
         return Step(
@@ -146,7 +180,7 @@ def _step(r: Rollout, nodes: Mapping[str, NodeView], window: Window | None, now:
             ),
         )
     if r.state == RolloutPhase.IN_PROGRESS:
-        return _step_stage(base, nodes, window, now, excluded)
+        return _step_stage(base, nodes, window, now, excluded, labels)
     if r.state == RolloutPhase.ROLLING_BACK:
         back = [
             n for n in r.targets if (v := nodes.get(n)) is not None and v.online
@@ -185,19 +219,21 @@ def _step_stage(
     window: Window | None,
     now: float,
     excluded: Collection[str],
+    labels: LabelFigures | None,
 ) -> Step:
     refused = _refused(r, nodes, now)
     if refused is not None:
         return refused
     if r.phase == StagePhase.DEPLOYING:
         return _deploy(r, nodes, now, excluded)
-    return _soak(r, nodes, window, now, excluded)
+    return _soak(r, nodes, window, now, excluded, labels)
 
 
 def _deploy(
     r: Rollout, nodes: Mapping[str, NodeView], now: float, excluded: Collection[str]
 ) -> Step:
-    """The stage is reached once every online node of it serves the version."""
+    """The stage is reached once every online node of it serves the version (runs it in
+    shadow, for a shadow stage)."""
     i = r.current_stage
     stage = r.stages[i]
     size = r.stage_size(i)
@@ -207,7 +243,10 @@ def _deploy(
         n for n in members
         if (v := nodes.get(n)) is not None and v.online and n not in excluded
     ]  # fmt: skip
-    missing = [n for n in online if nodes[n].serving != r.version]
+    if stage.shadow:
+        missing = [n for n in online if nodes[n].shadowing != r.version]
+    else:
+        missing = [n for n in online if nodes[n].serving != r.version]
     log = r.log[i]
     started = log.started_at if log.started_at is not None else now
     if online and not missing:
@@ -218,7 +257,8 @@ def _deploy(
             window=opened,
             events=(
                 f"stage {i + 1}/{len(r.stages)} ({stage.name}) reached: {len(online)} of "
-                f"{size} nodes online serve {r.version} after {now - started:.1f}s",
+                f"{size} nodes online {'run' if stage.shadow else 'serve'} {r.version}"
+                f"{' in shadow' if stage.shadow else ''} after {now - started:.1f}s",
             ),
         )
     if now - started > stage.gate.deploy_timeout_s:
@@ -239,6 +279,7 @@ def _soak(
     window: Window | None,
     now: float,
     excluded: Collection[str],
+    labels: LabelFigures | None,
 ) -> Step:
     """After the soak the stage is judged: it passes on, fails back, or waits for evidence."""
     i = r.current_stage
@@ -251,16 +292,7 @@ def _soak(
     if now - window.started_at < gate.soak_s:
         return Step(r)
     members = r.targets[: r.stage_size(i)]
-    figures = stage_figures(r, nodes, window, members, excluded)
-    canary, baseline = figures.canary, figures.baseline
-    if figures.flagged:
-        room = max(0, MAX_FLAGGED - len(r.flagged))
-        fresh = {n: w for n, w in figures.flagged.items() if n not in r.flagged}
-        r = replace(r, flagged={**r.flagged, **dict(list(fresh.items())[:room])})
-    if stage.is_whole and i > 0:
-        reference = r.log[i - 1].baseline
-        baseline = Figures.from_dict(reference) if reference else None
-    verdict = judge(gate, canary, baseline)
+    verdict, r, logged = _verdict(r, nodes, window, members, excluded, labels)
     if verdict.result == VerdictResult.WAIT:
         if now - window.started_at > gate.max_wait_s:
             return Step(
@@ -269,9 +301,10 @@ def _soak(
                 events=(f"rollout {r.id} paused: {verdict.reason}",),
             )  # fmt: skip
         return Step(r)
+    canary_log, baseline_log = logged
     figures_log = _set_log(
-        r.log, i, judged_at=now, result=verdict.result, canary=canary.as_dict(),
-        baseline=baseline.as_dict() if baseline is not None else None,
+        r.log, i, judged_at=now, result=verdict.result, canary=canary_log,
+        baseline=baseline_log, labels=labels.as_dict() if labels is not None else None,
     )  # fmt: skip
     r = replace(r, log=figures_log)
     if verdict.result == VerdictResult.FAIL:
@@ -281,7 +314,7 @@ def _soak(
         return Step(
             replace(
                 r, state=RolloutPhase.COMPLETED, outcome=RolloutPhase.COMPLETED, updated_at=now
-            ),
+            ).decided(),
             events=(f"rollout {r.id}: {r.model}@{r.version} completed on {len(r.targets)} nodes",),
         )
     logs = _set_log(r.log, i + 1, started_at=now)
@@ -291,10 +324,45 @@ def _soak(
     )
 
 
+def _verdict(
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window,
+    members: Sequence[str],
+    excluded: Collection[str],
+    labels: LabelFigures | None,
+) -> tuple[Verdict, Rollout, tuple[dict[str, Any], dict[str, Any] | None]]:
+    """The stage's verdict on its window, the record with the nodes to flag, and the figures
+    to log (the canary's and the baseline's; in shadow, the version's and the serving one's)."""
+    i = r.current_stage
+    stage = r.stages[i]
+    if stage.shadow:
+        shadow = shadow_figures(r, nodes, window, members, excluded)
+        return judge_shadow(stage.gate, shadow, labels), _flag(r, shadow.flagged), shadow.as_dicts()
+    figures = stage_figures(r, nodes, window, members, excluded)
+    canary, baseline = figures.canary, figures.baseline
+    if stage.is_whole and i > 0:
+        # the last stage has no node outside it: its baseline is the last stage that had one
+        served = [j for j in range(i) if not r.stages[j].shadow]
+        reference = r.log[served[-1]].baseline if served else None
+        baseline = Figures.from_dict(reference) if reference else None
+    verdict = judge(stage.gate, canary, baseline, labels)
+    logged = (canary.as_dict(), baseline.as_dict() if baseline is not None else None)
+    return verdict, _flag(r, figures.flagged), logged
+
+
+def _flag(r: Rollout, fresh: Mapping[str, str]) -> Rollout:
+    if not fresh:
+        return r
+    room = max(0, MAX_FLAGGED - len(r.flagged))
+    new = {n: w for n, w in fresh.items() if n not in r.flagged}
+    return replace(r, flagged={**r.flagged, **dict(list(new.items())[:room])})
+
+
 def _fail(r: Rollout, now: float, gate: str, figures: dict[str, Any], reason: str) -> Step:
     return Step(
         replace(r, state=RolloutPhase.ROLLING_BACK, outcome=RolloutPhase.ROLLED_BACK,
-                failed_gate=gate, figures=figures, reason=reason, updated_at=now),
+                failed_gate=gate, figures=figures, reason=reason, updated_at=now).decided(),
         events=(f"rollout {r.id} failed gate {gate}: {reason}; rolling back to "
                 f"{r.previous_version}",),
     )  # fmt: skip
@@ -328,7 +396,7 @@ def revoke(r: Rollout, reason: str, now: float) -> Rollout:
         reason=f"{r.model}@{r.version} was revoked: {reason}",
         updated_at=now,
         generation=r.generation + 1,
-    )
+    ).decided()
 
 
 def _request(r: Rollout, action: str, now: float, by: str) -> Rollout:
@@ -360,7 +428,7 @@ def _request(r: Rollout, action: str, now: float, by: str) -> Rollout:
             outcome=RolloutPhase.ABORTED,
             reason=f"aborted by {by or 'a person'}",
             updated_at=now,
-        )
+        ).decided()
     raise InvalidArgumentError(f"unknown rollout action {action!r}")
 
 
@@ -385,6 +453,12 @@ def view_of(
             problem = f"evidence is of version {evidence.version}, the node serves {serving}"
         else:
             problem = evidence_problem(evidence, now)
+    shadow = status.shadows.get(model)
+    if problem is None and shadow is not None:
+        if shadow.serving != serving:
+            problem = f"its shadow ran beside {shadow.serving}, the node serves {serving}"
+        else:
+            problem = shadow_problem(shadow)
     return NodeView(
         name=name,
         online=is_online(status, now, offline_after_s),
@@ -393,4 +467,5 @@ def view_of(
         evidence=evidence if problem is None else None,
         problem=problem,
         witness=witness_of(status, model),
+        shadow=shadow if problem is None else None,
     )

@@ -44,6 +44,14 @@ class Gate:
     #: rolled a good version back on 500 simulated nodes. A fixed ``max_drift`` applies as set.
     max_drift_increase: float | None = None
     max_agreement_drop: float = 0.05
+    #: labels each side (the version and the one it replaces, at the rollout's tier) needs
+    #: before their labelled accuracies are compared; until then labels judge nothing.
+    min_labels: int = 30
+    max_label_accuracy_drop: float = 0.05
+    #: a shadow stage's floor on how often the version answers as the serving one does: a
+    #: better version disagrees with a worse one where that one is wrong, so this catches a
+    #: broken version, not a worse one (agreement with the tier above and labels do that).
+    min_serving_agreement: float = 0.5
 
     @classmethod
     def names(cls) -> list[str]:
@@ -96,10 +104,10 @@ def _gate_value(name: str, raw: Any) -> float | int | None:
         raise InvalidArgumentError(f"gate {name}={raw!r} is not a finite number")
     if raw < 0:
         raise InvalidArgumentError(f"gate {name}={raw} must not be negative")
-    rate = name.endswith(("_rate", "_increase", "_drop")) or name == "min_agreement"
+    rate = name.endswith(("_rate", "_increase", "_drop", "_agreement"))
     if rate and raw > 1:
         raise InvalidArgumentError(f"gate {name}={raw} is a share, in [0, 1]")
-    if name in ("min_requests", "min_samples"):
+    if name in ("min_requests", "min_samples", "min_labels"):
         if raw != int(raw):
             raise InvalidArgumentError(f"gate {name}={raw} must be a whole number")
         return int(raw)
@@ -123,13 +131,16 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step: a node count, a cumulative share of the targets, or named nodes."""
+    """One step: a node count, a cumulative share of the targets, or named nodes. A shadow
+    stage runs the version beside the one its nodes serve, answering nobody (the first stage
+    of a rollout that begins in shadow, on the canary's nodes)."""
 
     name: str
     gate: Gate
     count: int | None = None
     share: float | None = None
     nodes: tuple[str, ...] = ()
+    shadow: bool = False
 
     def size(self, total: int) -> int:
         """How many of ``total`` targets serve the version once this stage is reached."""
@@ -141,10 +152,12 @@ class Stage:
 
     @property
     def is_whole(self) -> bool:
-        return self.share is not None and self.share >= 1.0
+        return not self.shadow and self.share is not None and self.share >= 1.0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "gate": self.gate.as_dict()}
+        if self.shadow:
+            out["shadow"] = True
         if self.share is not None:
             out["share"] = self.share
         elif self.count is not None:
@@ -165,6 +178,7 @@ class Stage:
             share=float(share) if share is not None else None,
             count=int(count) if count is not None else None,
             nodes=tuple(str(n) for n in nodes) if nodes is not None else (),
+            shadow=obj.get("shadow") is True,
         )
 
 
@@ -223,3 +237,12 @@ def distinct_stages(stages: Sequence[Stage], total: int) -> tuple[list[Stage], l
         else:
             kept.append(stage)
     return [*kept, last], dropped
+
+
+def with_shadow(stages: Sequence[Stage], total: int) -> list[Stage]:
+    """``stages`` begun with a shadow stage on the first stage's nodes (of ``total`` targets):
+    the version runs beside what they serve, answering nobody, and is judged before it takes
+    traffic there."""
+    first = stages[0]
+    shadow = Stage(name="shadow", gate=first.gate, count=first.size(total), shadow=True)
+    return [shadow, *stages]

@@ -7,7 +7,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -66,6 +66,8 @@ class StageLog:
     result: str | None = None
     canary: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
+    #: labelled accuracy of the version and of the one it replaces, when the stage was judged.
+    labels: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,40 @@ class Rollout:
     #: one more at every write of the record (a start after an earlier rollout of the model
     #: included): readers drop a record older than one they have seen for its key.
     generation: int = 0
+    #: per target, the most answers it was seen giving callers with the version (answered
+    #: there, degraded ones included; escalated ones got the tier above's answer).
+    answers_served: dict[str, int] = field(default_factory=dict)
+    #: their sum when the rollout was decided (completed, failed a gate, aborted, revoked):
+    #: 0 for a version stopped in its shadow stage. None until then.
+    answers_served_before_decision: int | None = None
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    @property
+    def shadow(self) -> bool:
+        """Whether the rollout began with a shadow stage."""
+        return bool(self.stages) and self.stages[0].shadow
+
+    @property
+    def in_shadow(self) -> bool:
+        """Whether the stage running now is a shadow stage."""
+        return self.stages[self.current_stage].shadow
 
     def stage_size(self, index: int) -> int:
         return self.stages[index].size(len(self.targets))
 
     @property
     def canary_nodes(self) -> int:
-        return self.stage_size(0)
+        """Nodes of the first stage that serves the version (after a shadow stage, if any)."""
+        return self.stage_size(1 if self.shadow and len(self.stages) > 1 else 0)
+
+    def decided(self) -> Rollout:
+        """The record as its decision leaves it: the answers the version served so far."""
+        if self.answers_served_before_decision is not None:
+            return self
+        return replace(self, answers_served_before_decision=sum(self.answers_served.values()))
 
 
 def new_rollout(
@@ -184,6 +209,9 @@ def encode_rollout(r: Rollout) -> bytes:
         "flagged": r.flagged,
         "previous_versions": r.previous_versions,
         "generation": r.generation,
+        "shadow": r.shadow,
+        "answers_served": r.answers_served,
+        "answers_served_before_decision": r.answers_served_before_decision,
     }
     return json.dumps(obj, sort_keys=True).encode()
 
@@ -237,11 +265,21 @@ def decode_rollout(data: bytes) -> Rollout:
                 str(k): str(v) for k, v in (obj.get("previous_versions") or {}).items()
             },
             generation=int(obj.get("generation", 0)),
+            answers_served={str(k): int(v) for k, v in (obj.get("answers_served") or {}).items()},
+            answers_served_before_decision=_optional_int(obj.get("answers_served_before_decision")),
         )
     except InvalidArgumentError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"rollout record is malformed: {exc!r}") from None
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not a count")
+    return int(value)
 
 
 def report(r: Rollout) -> dict[str, Any]:
@@ -253,4 +291,6 @@ def report(r: Rollout) -> dict[str, Any]:
         "failed_gate": r.failed_gate,
         "max_nodes_serving": r.max_nodes_serving,
         "canary_nodes": r.canary_nodes,
+        "shadow": r.shadow,
+        "answers_served_before_decision": r.answers_served_before_decision,
     }

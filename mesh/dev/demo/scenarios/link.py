@@ -20,9 +20,11 @@ async def cut_and_heal_link(
     fleet_ready: asyncio.Event,
 ) -> None:
     await asyncio.sleep(config.cut_from * config.duration_s)
-    # the rollouts before the cut finish first (their controller is at the hub)
+    # the improve loop and the rollouts finish first (the review queue and their controller
+    # are at the hub), at the latest with an eighth of the run left after the cut
+    latest = max(0.0, 1.0 - (config.cut_to - config.cut_from) - 0.125 - config.cut_from)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(fleet_ready.wait(), 0.2 * config.duration_s)
+        await asyncio.wait_for(fleet_ready.wait(), latest * config.duration_s)
     proxy = testbed.proxy
     proxy.refuse(True)
     proxy.reset_all()

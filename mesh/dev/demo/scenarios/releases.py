@@ -20,7 +20,7 @@ from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
 from mesh.fleet.admin import act, read_rollouts, start_rollout
 from mesh.fleet.desired import DesiredState, Selector
-from mesh.fleet.rollout import report
+from mesh.fleet.rollout import Rollout, report
 from mesh.fleet.signing import SigningKey, sign
 from mesh.models.manifest import copy_as_version, sha256_of
 
@@ -71,7 +71,7 @@ class Releaser:
         demo = testbed.demo
         out = testbed.work_dir / "releases" / version
         if version == testbed.initial_version:
-            manifest = copy_as_version(demo.edge_int8, version, out)
+            manifest = copy_as_version(demo.edge_weak, version, out)
         elif confused:
             manifest = confuse_classes(demo.edge, version, out)
         else:
@@ -86,10 +86,11 @@ class Releaser:
 
     async def roll_out(
         self, version: str, what: str, *, confused: bool = False, samples: int = 150
-    ) -> None:
-        """Push ``version`` and roll it out over the edge tier: a canary node, then both."""
+    ) -> Rollout | None:
+        """Push ``version`` and roll it out over the edge tier, beginning in shadow on a canary
+        node: then that node serves it, then both."""
         if not await self.release(version, what, assign=False, confused=confused):
-            return
+            return None
         js = self.testbed.hub_js()
         trusted = [self.testbed.mesh.signing_public or ""]
         try:
@@ -97,17 +98,25 @@ class Releaser:
                 js, MODEL, version, stages="1,100%", soak="1.5s",
                 gate_terms=["min_requests=30", f"min_samples={samples}", "max_wait_s=15"],
                 selector=Selector(tier="edge"), trusted_keys=trusted,
-                by="demo", offline_after_s=3.0,
+                by="demo", offline_after_s=3.0, shadow=True,
             )  # fmt: skip
         except _FLEET_ERRORS as exc:
             self.journal.event(f"[red]rollout of {MODEL}@{version} refused[/]: {exc}")
-            return
+            return None
+        return await self.follow(started)
+
+    async def follow(self, started: Rollout, timeout_s: float = 30.0) -> Rollout:
+        """Say where ``started`` goes and wait for its end (aborted when the run is out of
+        time); it joins the report's rollouts."""
+        version = started.version
+        js = self.testbed.hub_js()
+        first = "in shadow beside the serving version on 1 node, " if started.shadow else ""
         self.journal.event(
-            f"[cyan]rollout[/]: {MODEL}@{version} to tier=edge: canary 1 node, then all; "
-            f"rolls back to {started.previous_version}"
+            f"[cyan]rollout[/]: {MODEL}@{version} to tier=edge: {first}then serving on 1 node, "
+            f"then all; rolls back to {started.previous_version}"
         )
         try:
-            async with asyncio.timeout(25.0):
+            async with asyncio.timeout(timeout_s):
                 while True:
                     current = (await read_rollouts(js)).get(MODEL)
                     if current is not None and current.id == started.id and not current.active:
@@ -119,9 +128,16 @@ class Releaser:
                 f"[yellow]rollout of {MODEL}@{version} aborted[/]: the run is ending"
             )
         self.rollouts.append(report(current))
+        served = current.answers_served_before_decision
         if current.failed_gate:
             self.journal.event(
-                f"[yellow]rollout[/]: {MODEL}@{version} {current.outcome}: {current.reason}"
+                f"[yellow]rollout[/]: {MODEL}@{version} {current.outcome} at stage "
+                f"{current.stages[current.current_stage].name}, {served} answers served: "
+                f"{current.reason}"
             )
         else:
-            self.journal.event(f"[green]rollout[/]: {MODEL}@{version} {current.outcome}")
+            self.journal.event(
+                f"[green]rollout[/]: {MODEL}@{version} {current.outcome}, {served} answers "
+                "served before the decision"
+            )
+        return current
