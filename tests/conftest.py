@@ -105,7 +105,8 @@ def _dump_tasks(signum: int, frame: object) -> None:
 
 #: Test files that take most of the machine, or judge what a process does with the CPU it gets
 #: (the demo's full mesh under load, the bench, the energy ledger's budget, hedging against a
-#: frozen node, 450 concurrent requests down a chain, ten thousand fuzzed inputs): ``make test``
+#: frozen node, 450 concurrent requests down a chain, ten thousand fuzzed inputs, 1,024 requests
+#: in flight sharing model calls): ``make test``
 #: runs them after the parallel part, one at a time (``-m serial``), so that tests running beside
 #: them do not starve them of the CPU they are judged on.
 SERIAL_FILES = frozenset(
@@ -116,6 +117,7 @@ SERIAL_FILES = frozenset(
         "test_frozen_node.py",
         "test_chain_accuracy.py",
         "test_fuzz_live_node.py",
+        "test_batching_over_nats.py",
     }
 )
 
