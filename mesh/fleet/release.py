@@ -51,7 +51,18 @@ async def bump(
     new = version or next_version(source, existing)
     if new in existing or await registry.has_version(js, model, new):
         raise InvalidArgumentError(f"{model}@{new} is in the registry already")
-    manifest = bumped(artifact.manifest, new)
+    return await store_resigned(js, artifact, bumped(artifact.manifest, new), key, trusted)
+
+
+async def store_resigned(
+    js: JetStreamContext,
+    artifact: registry.Artifact,
+    manifest: dict[str, Any],
+    key: SigningKey,
+    trusted: Mapping[str, Any] | None,
+) -> registry.Artifact:
+    """``artifact``'s bytes under a new ``manifest`` signed by ``key``, checked against the
+    ``trusted`` keys when given, stored in the registry; returns what was stored."""
     signature = sign(key, manifest, artifact.signature.sha256)
     made = registry.Artifact(
         onnx=artifact.onnx,

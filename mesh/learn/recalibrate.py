@@ -20,7 +20,8 @@ from nats.js import JetStreamContext
 
 from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.fleet import registry
-from mesh.fleet.signing import SigningKey, sign, verify
+from mesh.fleet.release import store_resigned
+from mesh.fleet.signing import SigningKey, verify
 from mesh.models.bump import bumped, next_version
 from mesh.models.calibrate import DEFAULT_MAX_DROP, CalibrationResult, calibrate
 
@@ -103,15 +104,7 @@ async def recalibrate_version(
     manifest, result, rows = await asyncio.to_thread(
         recalibrated_manifest, artifact, labels, reference, upstream, new, max_drop
     )
-    signature = sign(key, manifest, artifact.signature.sha256)
-    made = registry.Artifact(
-        onnx=artifact.onnx,
-        manifest_bytes=json.dumps(manifest, indent=2).encode() + b"\n",
-        signature_bytes=signature.to_json(),
-    )
-    if trusted is not None:
-        verify(made.signature, made.manifest, made.onnx, dict(trusted))
-    await registry.store(js, made)
+    await store_resigned(js, artifact, manifest, key, trusted)
     tier = str(manifest.get("tier_hint") or "")
     before = (artifact.manifest.get("thresholds") or {}).get(tier)
     return Recalibrated(
