@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from mesh.fleet.rollout import P99_FLOOR_MS, Figures, Gate, Rollout, RolloutPhase, StageLog
+from mesh.fleet.rollout.judge import rate_gates
 
 NO_ROLLOUTS = "no rollouts yet: mesh rollout start MODEL VERSION starts one"
 
@@ -102,20 +103,14 @@ def gate_lines(gate: Gate, canary: Figures, baseline: Figures | None) -> list[st
     base = baseline if baseline is not None and baseline.nodes > 0 else None
     measurable = canary.escalated + canary.audits > 0
     lines = [_evidence_line(gate, canary, base, measurable)]
-    for label, rate, fixed, increase, base_rate in (
-        ("error rate", canary.error_rate, gate.max_error_rate, gate.max_error_rate_increase,
-         base.error_rate if base else None),
-        ("escalation rate", canary.escalation_rate, gate.max_escalation_rate,
-         gate.max_escalation_rate_increase, base.escalation_rate if base else None),
-        ("degraded rate", canary.degraded_rate, gate.max_degraded_rate, None, None),
-    ):  # fmt: skip
+    for row in rate_gates(gate, canary, base):
         bounds = []
-        if fixed is not None:
-            bounds.append(f"at most {fixed:.3f}")
-        if base_rate is not None and increase is not None:
-            bounds.append(f"baseline {base_rate:.3f} + {increase:.3f}")
+        if row.fixed is not None:
+            bounds.append(f"at most {row.fixed:.3f}")
+        if row.base_rate is not None and row.increase is not None:
+            bounds.append(f"baseline {row.base_rate:.3f} + {row.increase:.3f}")
         if bounds:
-            lines.append(f"{label} {_num(rate, 3)} against {'; '.join(bounds)}")
+            lines.append(f"{row.label} {_num(row.rate, 3)} against {'; '.join(bounds)}")
     lines += _latency_lines(gate, canary, base)
     if canary.drift is not None and (gate.max_drift is not None or gate.max_drift_increase):
         bounds = [f"at most {gate.max_drift:.3f}"] if gate.max_drift is not None else []

@@ -20,7 +20,14 @@ from mesh.fleet.rollout import (
     view_of,
 )
 from mesh.fleet.rollout.evidence import Window, shadow_figures, stage_figures
-from mesh.fleet.rollout.judge import P99_FLOOR_MS, Verdict, VerdictResult, judge, judge_shadow
+from mesh.fleet.rollout.judge import (
+    P99_FLOOR_MS,
+    Verdict,
+    VerdictResult,
+    judge,
+    judge_shadow,
+    rate_gates,
+)
 from mesh.wire import NodeStatus
 
 #: what a person may ask of a rollout in each state (``mesh.fleet.rollout.request`` checks it).
@@ -248,19 +255,13 @@ def gate_rows(gate: Gate, canary: Figures, baseline: Figures | None) -> list[Gat
                 canary.compared >= gate.min_samples,
             )
         )
-    for name, value, fixed, increase, base_value in (
-        ("error rate", canary.error_rate, gate.max_error_rate, gate.max_error_rate_increase,
-         base.error_rate if base else None),
-        ("escalation rate", canary.escalation_rate, gate.max_escalation_rate,
-         gate.max_escalation_rate_increase, base.escalation_rate if base else None),
-        ("degraded rate", canary.degraded_rate, gate.max_degraded_rate, None, None),
-    ):  # fmt: skip
+    for rate in rate_gates(gate, canary, base):
         bounds = []
-        if fixed is not None:
-            bounds.append(fixed)
-        if increase is not None and base_value is not None:
-            bounds.append(base_value + increase)
-        rows.append(_upper(name, value, base_value, bounds, _rate))
+        if rate.fixed is not None:
+            bounds.append(rate.fixed)
+        if rate.increase is not None and rate.base_rate is not None:
+            bounds.append(rate.base_rate + rate.increase)
+        rows.append(_upper(rate.label, rate.rate, rate.base_rate, bounds, _rate))
     p99_bounds = []
     if gate.max_p99_ms is not None:
         p99_bounds.append(gate.max_p99_ms)

@@ -333,3 +333,27 @@ def _agreement(gate: Gate, canary: Figures, base: Figures | None) -> Verdict | N
 
 def _fmt(x: float | None) -> str:
     return "none" if x is None else f"{x:.4g}"
+
+
+@dataclass(frozen=True)
+class RateGate:
+    """One rate a stage is held to, as a person reads it: the canary's rate, a fixed ceiling,
+    an increase allowed over the baseline's rate, and that rate."""
+
+    label: str
+    rate: float | None
+    fixed: float | None
+    increase: float | None
+    base_rate: float | None
+
+
+def rate_gates(gate: Gate, canary: Figures, base: Figures | None) -> list[RateGate]:
+    """The error, escalation and degraded rates and their bounds (``mesh rollout status`` and
+    the console show the same rows)."""
+    return [
+        RateGate("error rate", canary.error_rate, gate.max_error_rate,
+                 gate.max_error_rate_increase, base.error_rate if base else None),
+        RateGate("escalation rate", canary.escalation_rate, gate.max_escalation_rate,
+                 gate.max_escalation_rate_increase, base.escalation_rate if base else None),
+        RateGate("degraded rate", canary.degraded_rate, gate.max_degraded_rate, None, None),
+    ]  # fmt: skip
