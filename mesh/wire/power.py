@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.errors import InvalidArgumentError
-from mesh.wire.codec import VERSION, finite, packb, require, require_kind, unpack_map
+from mesh.wire.codec import (
+    VERSION,
+    finite,
+    optional,
+    optional_number,
+    packb,
+    require,
+    require_kind,
+    unpack_map,
+)
 
 #: most step names a status or event carries (the ladder has five).
 MAX_STEPS = 16
@@ -77,20 +86,20 @@ def power_from_map(obj: object, what: str) -> PowerStatus:
         raise InvalidArgumentError(f"{where} must be a map")
     return PowerStatus(
         profile=require(obj, "profile", str, where),
-        compute_source=_opt(obj, "compute_source", str, "profile", where),
-        watts=_number(obj, "watts", where),
-        window_s=_number(obj, "window_s", where) or 0.0,
-        budget_w=_number(obj, "budget_w", where),
+        compute_source=optional(obj, "compute_source", str, "profile", where),
+        watts=optional_number(obj, "watts", where),
+        window_s=optional_number(obj, "window_s", where) or 0.0,
+        budget_w=optional_number(obj, "budget_w", where),
         steps=_names(obj.get("steps"), "steps", where),
-        degrade_share=_number(obj, "degrade_share", where) or 0.0,
-        unreachable=_opt(obj, "unreachable", bool, False, where),
-        compute_j=_number(obj, "compute_j", where) or 0.0,
-        radio_j=_number(obj, "radio_j", where) or 0.0,
-        answers=max(0, _opt(obj, "answers", int, 0, where)),
-        joules_per_answer=_number(obj, "joules_per_answer", where),
-        upstream_j=_number(obj, "upstream_j", where),
-        battery_percent=_number(obj, "battery_percent", where),
-        sensor_w=_number(obj, "sensor_w", where),
+        degrade_share=optional_number(obj, "degrade_share", where) or 0.0,
+        unreachable=optional(obj, "unreachable", bool, False, where),
+        compute_j=optional_number(obj, "compute_j", where) or 0.0,
+        radio_j=optional_number(obj, "radio_j", where) or 0.0,
+        answers=max(0, optional(obj, "answers", int, 0, where)),
+        joules_per_answer=optional_number(obj, "joules_per_answer", where),
+        upstream_j=optional_number(obj, "upstream_j", where),
+        battery_percent=optional_number(obj, "battery_percent", where),
+        sensor_w=optional_number(obj, "sensor_w", where),
         sensors=_names(obj.get("sensors"), "sensors", where),
     )
 
@@ -144,30 +153,12 @@ def decode_power_step(data: bytes) -> PowerStepEvent:
         step=require(obj, "step", str, what),
         applied=require(obj, "applied", bool, what),
         watts=finite(require(obj, "watts", (int, float), what), "watts", what),
-        budget_w=_number(obj, "budget_w", what),
-        saved_w=_number(obj, "saved_w", what),
+        budget_w=optional_number(obj, "budget_w", what),
+        saved_w=optional_number(obj, "saved_w", what),
         steps=_names(obj.get("steps"), "steps", what),
-        degrade_share=_number(obj, "degrade_share", what) or 0.0,
+        degrade_share=optional_number(obj, "degrade_share", what) or 0.0,
         time=finite(require(obj, "time", (int, float), what), "time", what),
     )
-
-
-def _opt(obj: dict[str, Any], key: str, kind: type, default: Any, what: str) -> Any:
-    value = obj.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidArgumentError(f"{what} {key} must be {kind.__name__}")
-    return value
-
-
-def _number(obj: dict[str, Any], key: str, what: str) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise InvalidArgumentError(f"{what} {key} must be a number")
-    return finite(float(value), key, what)
 
 
 def _names(value: object, key: str, what: str) -> list[str]:
