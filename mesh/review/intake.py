@@ -56,7 +56,7 @@ from mesh.topology.streams import (
     REVIEW_LABELS_STREAM,
     REVIEW_STREAM,
 )
-from mesh.transport.jetstream import TRANSIENT, require_stream
+from mesh.transport.jetstream import consume, require_stream
 
 log = logging.getLogger("mesh.review")
 
@@ -123,27 +123,7 @@ class ReviewIntake(Service):
     # --- candidates -------------------------------------------------------------------------
 
     async def _run(self, sub: Any) -> None:
-        try:
-            while True:
-                try:
-                    messages = await sub.fetch(self._batch, timeout=1.0)
-                except TimeoutError:
-                    continue
-                except TRANSIENT:
-                    await asyncio.sleep(0.5)
-                    continue
-                except Exception:
-                    log.exception("fetching review candidates failed; retrying")
-                    await asyncio.sleep(1.0)
-                    continue
-                for msg in messages:
-                    try:
-                        await self._take(msg)
-                    except Exception:
-                        log.exception("a review candidate could not be stored; redelivered later")
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await consume(sub, self._batch, self._take, "review candidates")
 
     async def _take(self, msg: Msg) -> None:
         try:

@@ -41,7 +41,7 @@ from mesh.settings import HardExampleSettings
 from mesh.topology import subjects
 from mesh.topology.headers import MSG_ID
 from mesh.topology.streams import collector_consumer, hard_example_stream, inbox_stream
-from mesh.transport.jetstream import TRANSIENT, require_stream
+from mesh.transport.jetstream import TRANSIENT, consume, require_stream
 
 log = logging.getLogger("mesh.hardexamples")
 
@@ -178,29 +178,9 @@ class HardExampleCollector(Service):
     async def _run(self, domain: str | None) -> None:
         below = self._nc.jetstream(domain=domain)
         sub = await self._subscribe(below, collector_consumer(self.tier, domain))
-        try:
-            while True:
-                try:
-                    messages = await sub.fetch(self._batch, timeout=1.0)
-                except TimeoutError:
-                    continue
-                except TRANSIENT:
-                    await asyncio.sleep(0.5)
-                    continue
-                except Exception:
-                    # The collector must outlive any one failure: what is not acknowledged is
-                    # fetched again, and the learn stream drops what it already has.
-                    log.exception("fetching hard examples from %s failed; retrying", self.source)
-                    await asyncio.sleep(1.0)
-                    continue
-                for msg in messages:
-                    try:
-                        await self._take(msg)
-                    except Exception:
-                        log.exception("taking up a hard example failed; it will be redelivered")
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        # What is not acknowledged is fetched again, and the learn stream drops what it already
+        # has (its dedup window), so a failure costs a redelivery, never a duplicate.
+        await consume(sub, self._batch, self._take, f"hard examples from {self.source}")
 
     async def _subscribe(
         self, below: JetStreamContext, consumer: str

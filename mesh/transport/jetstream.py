@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from tenacity import (
@@ -325,10 +326,44 @@ def _deliver(
         log.exception("%s: an entry of %s was not taken", who or "watch", bucket)
 
 
+async def consume(
+    sub: JetStreamContext.PullSubscription,
+    batch: int,
+    take: Callable[[Msg], Awaitable[None]],
+    what: str,
+) -> None:
+    """Fetch ``sub``'s messages in batches of up to ``batch`` and ``take`` each, until
+    cancelled; then unsubscribe. A consumer that takes up others' records must outlive any one
+    failure: a failed fetch is retried, and a message whose ``take`` failed is not acknowledged,
+    so it is redelivered."""
+    try:
+        while True:
+            try:
+                messages = await sub.fetch(batch, timeout=1.0)
+            except TimeoutError:
+                continue
+            except TRANSIENT:
+                await asyncio.sleep(0.5)
+                continue
+            except Exception:
+                log.exception("fetching %s failed; retrying", what)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in messages:
+                try:
+                    await take(msg)
+                except Exception:
+                    log.exception("taking up %s failed; it will be redelivered", what)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
 __all__ = [
     "SYNC_WAIT_S",
     "TRANSIENT",
     "BucketEntry",
+    "consume",
     "ensure",
     "ensure_stream",
     "provision",
