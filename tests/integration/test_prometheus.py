@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,8 +14,9 @@ import pytest
 from mesh import MeshClient
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.launcher import NodeProcess
-from mesh.local.servers import NatsServer, free_port
+from mesh.local.servers import NatsServer
 from mesh.settings import HardExampleSettings
+from tests.deploy.scrape import running_prometheus
 from tests.fixtures.chain import Chain, Tier
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,11 +47,9 @@ async def node_process(nats_server: NatsServer, chain: Chain, tmp_path: Path) ->
     return await chain.start_process(nats_server.url, edge, tmp_path)
 
 
-@contextlib.asynccontextmanager
-async def running_prometheus(binary: str, target: str, work: Path) -> AsyncIterator[str]:
-    port = free_port()
-    config = work / "prometheus.yml"
-    config.write_text(
+def scrape_config(target: str) -> str:
+    """Prometheus scraping one target every second."""
+    return (
         "global:\n"
         "  scrape_interval: 1s\n"
         "  evaluation_interval: 1s\n"
@@ -62,26 +58,6 @@ async def running_prometheus(binary: str, target: str, work: Path) -> AsyncItera
         "    scrape_interval: 1s\n"
         f"    static_configs:\n      - targets: ['{target}']\n"
     )
-    log = (work / "prometheus.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={work / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        log.close()
 
 
 async def query(session: aiohttp.ClientSession, base: str, promql: str) -> float | None:
@@ -123,7 +99,7 @@ async def test_prometheus_reads_the_request_counter_of_a_running_node(
 
         target = urlsplit(node_process.http_url).netloc
         promql = f'sum({REQUESTS_METRIC}{{tier="edge",model="digits"}})'
-        async with running_prometheus(prometheus_binary, target, tmp_path) as base:
+        async with running_prometheus(prometheus_binary, scrape_config(target), tmp_path) as base:
             value: float | None = None
             deadline = asyncio.get_running_loop().time() + 45
             while asyncio.get_running_loop().time() < deadline:
