@@ -320,6 +320,27 @@ def open_window(
     )
 
 
+def _witnessed(
+    r: Rollout,
+    nodes: Mapping[str, NodeView],
+    window: Window,
+    excluded: Collection[str],
+    flagged: dict[str, str],
+    *groups: Sequence[tuple[str, VersionEvidence]],
+) -> list[tuple[list[VersionEvidence], dict[str, str]]]:
+    """Each group bounded by what the tier above answered for its nodes since the window opened
+    (``witness.bound``); witnesses whose counts went back are added to ``flagged``."""
+    witnesses = {
+        n: v.witness
+        for n, v in nodes.items()
+        if v.witness is not None and v.problem is None and n not in excluded
+    }
+    answered, broken = answered_since(window.answered, witnesses, r.targets)
+    flagged.update(broken)
+    witnessed = any(answered.values())
+    return [bound(group, answered, witnessed) for group in groups]
+
+
 @dataclass(frozen=True)
 class StageFigures:
     """What a stage is judged on: the canary's figures and the baseline's (None when every
@@ -364,16 +385,9 @@ def stage_figures(
             flagged[name] = since
             continue
         group.append((name, since))
-    witnesses = {
-        n: v.witness
-        for n, v in nodes.items()
-        if v.witness is not None and v.problem is None and n not in excluded
-    }
-    answered, broken = answered_since(window.answered, witnesses, r.targets)
-    flagged.update(broken)
-    witnessed = any(answered.values())
-    canary_kept, canary_cut = bound(canary, answered, witnessed)
-    base_kept, base_cut = bound(baseline, answered, witnessed)
+    (canary_kept, canary_cut), (base_kept, base_cut) = _witnessed(
+        r, nodes, window, excluded, flagged, canary, baseline
+    )
     return StageFigures(
         canary=aggregate(canary_kept, canary_cut),
         baseline=aggregate(base_kept, base_cut) if others else None,
@@ -440,16 +454,9 @@ def shadow_figures(
             version=since.serving, since=since.since, requests=since.requests,
             compared=since.compared, agreed=since.serving_agreed,
         )))  # fmt: skip
-    witnesses = {
-        n: v.witness
-        for n, v in nodes.items()
-        if v.witness is not None and v.problem is None and n not in excluded
-    }
-    answered, broken = answered_since(window.answered, witnesses, r.targets)
-    flagged.update(broken)
-    witnessed = any(answered.values())
-    shadow_kept, shadow_cut = bound(shadow, answered, witnessed)
-    serving_kept, serving_cut = bound(serving, answered, witnessed)
+    (shadow_kept, shadow_cut), (serving_kept, serving_cut) = _witnessed(
+        r, nodes, window, excluded, flagged, shadow, serving
+    )
     figures = aggregate(shadow_kept, shadow_cut)
     return ShadowFigures(
         shadow=figures,
