@@ -15,6 +15,13 @@ from mesh.scoring.confidence import ConfidenceKind
 from mesh.topology.subjects import check_token
 
 
+def check_zone(zone: str) -> str:
+    """A residency zone a setting names: one of ``RESIDENCY_ZONES``."""
+    if zone not in RESIDENCY_ZONES:
+        raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
+    return zone
+
+
 class _Section(BaseModel):
     """A nested section: an unknown key is an error, as it is at the top level."""
 
@@ -73,9 +80,7 @@ class UpstreamSettings(_Section):
     @field_validator("zone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        if v not in RESIDENCY_ZONES:
-            raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
-        return v
+        return check_zone(v)
 
     @field_validator("tier")
     @classmethod
@@ -216,9 +221,7 @@ class ReviewFeedSettings(_Section):
     @field_validator("zone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        if v not in RESIDENCY_ZONES:
-            raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
-        return v
+        return check_zone(v)
 
 
 class ShadowSettings(_Section):

@@ -28,7 +28,6 @@ from pydantic_settings import (
 )
 
 from mesh.energy.settings import EnergySettings
-from mesh.node.policy import RESIDENCY_ZONES
 from mesh.sections import (
     ActionRule,
     BatchingSettings,
@@ -42,6 +41,7 @@ from mesh.sections import (
     ShadowSettings,
     UpstreamSettings,
     WebhookSettings,
+    check_zone,
 )
 from mesh.topology.processes import COMMAND_VARIABLES
 from mesh.topology.subjects import check_token
@@ -226,9 +226,7 @@ class NodeSettings(ServiceSettings):
     @field_validator("zone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        if v not in RESIDENCY_ZONES:
-            raise ValueError(f"zone must be one of {RESIDENCY_ZONES}")
-        return v
+        return check_zone(v)
 
 
 class IngressSettings(ServiceSettings):
