@@ -340,10 +340,7 @@ class EmbeddedMesh:
             watched[label] = Watched(label, self.review, _server_back(label, self.review))
         if self.controller is not None:
             label = f"controller {self.controller.name}"
-            controller = self.controller
-            watched[label] = Watched(
-                label, controller, lambda: f"{label} restarted (pid {controller.pid})"
-            )
+            watched[label] = Watched(label, self.controller, _process_back(label, self.controller))
         servers = [*self.hub.members, *(s.leaf for s in self.sites if s.leaf is not None)]
         for server in servers:
             label = f"nats-server {server.config.name}"
@@ -401,6 +398,12 @@ class EmbeddedMesh:
 def _node_back(name: str, node: NodeProcess) -> Callable[[], str]:
     # the same http URL as before: its port is kept across restarts
     return lambda: f"node {name} restarted: pid {node.pid}, http {node.http_url}"
+
+
+def _process_back(label: str, process: Supervised) -> Callable[[], str]:
+    # a function, not a lambda in the caller's loop: a lambda there would read ``label`` when
+    # it is called, after the loop has moved it on to the last server's name
+    return lambda: f"{label} restarted (pid {process.pid})"
 
 
 def _server_back(label: str, server: Supervised) -> Callable[[], str]:
