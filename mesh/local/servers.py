@@ -40,6 +40,7 @@ from mesh.security.identities import IdentitySpec, auth_block
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
 from mesh.security.server_config import (
+    LEAF_COMPRESSION,
     SITE_KEPT_SUBJECTS,
     SITE_LOCAL_SUBJECTS,
     cluster_block,
@@ -249,6 +250,7 @@ class NatsServer:
             kept = ", ".join(f'"{s}"' for s in (*SITE_LOCAL_SUBJECTS, *SITE_KEPT_SUBJECTS))
             lines.append(
                 f'leafnodes {{ reconnect: "1s", remotes: [ {{ urls: [ {urls} ], '
+                f"compression: {LEAF_COMPRESSION}, "
                 f"deny_imports: [ {denied} ], deny_exports: [ {kept} ] }} ] }}"
             )
         return "\n".join(lines) + "\n"

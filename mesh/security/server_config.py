@@ -49,6 +49,15 @@ SITE_LOCAL_SUBJECTS = site_local_subjects()
 SITE_KEPT_SUBJECTS = KEPT
 
 
+#: a leaf link's compression. Off: with nats-server's default (``s2_auto``, which the hub's side
+#: accepts) each leaf connection held 2 to 6 MB of S2 encoder buffers on both servers, made anew
+#: at every level change and reconnect (a loaded machine's RTT crosses the 10 ms threshold), and
+#: a hub member that took over three sites' links grew by 15 to 25 MB in a soak (docs/scale.md).
+#: The mesh's payloads are mostly float tensors, which S2 shrinks little. A site on a metered
+#: link can set ``s2_fast`` in its server's configuration.
+LEAF_COMPRESSION = "off"
+
+
 def leaf_remote_block(
     urls: Sequence[str],
     *,
@@ -70,7 +79,7 @@ def leaf_remote_block(
     turns TLS on and verifies the hub; ``client_cert`` answers a hub that ``verify``s.
     """
     quoted = ", ".join(f'"{url}"' for url in urls)
-    entries = [f"urls: [ {quoted} ]"]
+    entries = [f"urls: [ {quoted} ]", f"compression: {LEAF_COMPRESSION}"]
     if account is not None:
         entries.append(f'account: "{account}"')
     if credentials is not None:

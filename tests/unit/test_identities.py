@@ -316,7 +316,7 @@ def test_tls_and_leaf_remote_blocks() -> None:
         ca_file=Path("/p/ca.pem"),
     )
     assert remote == (
-        '{\n  urls: [ "nats-leaf://hub:7422" ]\n  account: "AXYZ"\n'
+        '{\n  urls: [ "nats-leaf://hub:7422" ]\n  compression: off\n  account: "AXYZ"\n'
         '  credentials: "/c/site.creds"\n  tls {\n    ca_file: "/p/ca.pem"\n  }\n}'
     )
 
