@@ -19,30 +19,23 @@ from typing import Any, TypeVar
 
 import click
 
-from mesh.cli.options import FlagField, config_option, flag_settings, server_list
-from mesh.topology.processes import ENV_NATS_URL, ENV_REVIEWER_CREDS, ENV_TLS_CA
+from mesh.cli import options
+from mesh.cli.options import (
+    NATS_FLAGS,
+    FlagField,
+    config_option,
+    run_service,
+    server_list,
+    tls_ca_option,
+)
+from mesh.topology.processes import ENV_NATS_URL, ENV_REVIEWER_CREDS
 
 _T = TypeVar("_T")
 
-servers_option = click.option(
-    "--servers",
-    default=lambda: os.environ.get(ENV_NATS_URL, "nats://127.0.0.1:4222"),
-    show_default=f"${ENV_NATS_URL} or nats://127.0.0.1:4222",
-    help="A NATS server of the mesh (the site's or the hub's).",
-)
-creds_option = click.option(
-    "--creds",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get(ENV_REVIEWER_CREDS) or None,
-    show_default=f"${ENV_REVIEWER_CREDS}",
-    help="Credentials of the identity calling the review API (role reviewer to label).",
-)
-tls_ca_option = click.option(
-    "--tls-ca",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get(ENV_TLS_CA) or None,
-    show_default=f"${ENV_TLS_CA}",
-    help="CA of the servers' TLS certificates (for tls:// servers).",
+servers_option = options.servers_option("A NATS server of the mesh (the site's or the hub's).")
+creds_option = options.creds_option(
+    "Credentials of the identity calling the review API (role reviewer to label).",
+    env=ENV_REVIEWER_CREDS,
 )
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the API's answer as JSON."
@@ -354,21 +347,13 @@ def serve(ctx: click.Context, /, config: Path | None, **_: object) -> None:
     """Run the review queue's service at the hub: the intake and the desk.
 
     Settings: --config FILE, MESH_REVIEW_SERVICE_* variables, and the flags, which win."""
-    from mesh.services.stopping import exit_on_signal
-
-    exit_on_signal()
-    from mesh.services.review import main as review_main
-
-    flags, defaults = flag_settings(ctx, SERVE_FLAGS)
-    review_main(config, flags=flags, defaults=defaults)
+    run_service(ctx, config, "mesh.services.review", SERVE_FLAGS)
 
 
 #: where each flag of ``mesh review serve`` goes in ``ReviewServiceSettings``.
 SERVE_FLAGS: dict[str, FlagField] = {
-    "servers": ("nats.servers", server_list),
-    "creds": "nats.credentials",
+    **NATS_FLAGS,
     "intake_creds": "intake_credentials",
-    "tls_ca": "nats.tls_ca",
     "domain": "domain",
     "http_port": "http_port",
 }
