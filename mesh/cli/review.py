@@ -42,6 +42,15 @@ json_option = click.option(
 )
 
 
+
+def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--servers``, ``--creds``, ``--tls-ca`` and ``--json``: how a command calls the review
+    API and prints its answer."""
+    for option in (json_option, tls_ca_option, creds_option, servers_option):
+        command = option(command)
+    return command
+
+
 @click.group()
 def review() -> None:
     """The review queue: what no tier was sure of, for a person to label."""
@@ -136,10 +145,7 @@ def _line(item: dict[str, Any]) -> str:
     type=click.Choice(["pending", "labelled", "skipped", "all"]),
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def list_(
     model: str | None,
     reason: str | None,
@@ -168,10 +174,7 @@ def list_(
 
 @review.command("show")
 @click.argument("item")
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def show(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_json: bool) -> None:
     """One item: why it is there, every tier's answer, its input and its labels."""
     found = _run(servers, creds, tls_ca, lambda c: c.show(item))
@@ -206,10 +209,7 @@ def show(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_js
 @click.argument("item")
 @click.argument("label")
 @click.option("--relabel", is_flag=True, help="Replace a label the item has (the old one is kept).")
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def label(
     item: str,
     label: str,
@@ -235,10 +235,7 @@ def label(
 
 @review.command("skip")
 @click.argument("item")
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def skip(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_json: bool) -> None:
     """Pass ITEM over: it leaves the queue unlabelled (a label may still follow)."""
     found = _run(servers, creds, tls_ca, lambda c: c.skip(item))
@@ -250,10 +247,7 @@ def skip(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_js
 
 @review.command("stats")
 @click.option("--model", default=None)
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def stats(
     model: str | None, servers: str, creds: Path | None, tls_ca: Path | None, as_json: bool
 ) -> None:
@@ -285,10 +279,7 @@ def stats(
 @review.command("report")
 @click.option("--model", default=None)
 @click.option("--days", default=7, show_default=True, type=click.IntRange(1, 90))
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def report(
     model: str | None,
     days: int,
