@@ -42,7 +42,6 @@ json_option = click.option(
 )
 
 
-
 def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--servers``, ``--creds``, ``--tls-ca`` and ``--json``: how a command calls the review
     API and prints its answer."""
