@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mesh.cli.options import FlagField, config_option, flag_settings, server_list
+from mesh.cli.options import NATS_FLAGS, FlagField, config_option, run_service
 
 
 @click.command("console")
@@ -46,21 +46,13 @@ def console(ctx: click.Context, /, config: Path | None, **_: object) -> None:
     It reads NATS as the console identity and acts only through the mesh's NATS APIs (rollout
     records, the review API as a reviewer). Prints MESH_CONSOLE_READY http=URL once it serves.
     Settings: --config FILE, MESH_CONSOLE_* variables, and the flags, which win."""
-    from mesh.services.stopping import exit_on_signal
-
-    exit_on_signal()
-    from mesh.services.console import main as console_main
-
-    flags, defaults = flag_settings(ctx, CONSOLE_FLAGS)
-    console_main(config, flags=flags, defaults=defaults)
+    run_service(ctx, config, "mesh.services.console", CONSOLE_FLAGS)
 
 
 #: where each flag of ``mesh console`` goes in ``ConsoleSettings``.
 CONSOLE_FLAGS: dict[str, FlagField] = {
-    "servers": ("nats.servers", server_list),
-    "creds": "nats.credentials",
+    **NATS_FLAGS,
     "reviewer_creds": "reviewer_credentials",
-    "tls_ca": "nats.tls_ca",
     "domain": "domain",
     "host": "host",
     "port": "port",

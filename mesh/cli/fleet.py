@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from mesh.cli.options import creds_option as creds_option_for
+from mesh.cli.options import file_option, tls_ca_option
 from mesh.cli.options import servers_option as servers_option_for
 from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.topology.processes import (
@@ -50,24 +51,29 @@ trusted_option = click.option(
     show_default=f"${ENV_TRUSTED_KEYS} (comma-separated)",
     help="Public key (ed25519:... or a .pub file) the nodes trust; repeat while keys rotate.",
 )
-signing_key_option = click.option(
+signing_key_option = file_option(
     "--key",
     "key_path",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get(ENV_SIGNING_KEY) or None,
-    show_default=f"${ENV_SIGNING_KEY}",
+    env=ENV_SIGNING_KEY,
     help="Signing key from mesh keys generate (mesh up prints its own).",
 )
 domain_option = click.option(
     "--domain", default="hub", show_default=True, help="JetStream domain of the registry."
 )
-tls_ca_option = click.option(
-    "--tls-ca",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get("MESH_TLS_CA") or None,
-    show_default="$MESH_TLS_CA",
-    help="CA of the servers' TLS certificates (for tls:// servers).",
-)
+
+
+def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--servers``, ``--creds``, ``--tls-ca`` and ``--domain``: how a command reaches the
+    fleet's registry."""
+    for option in (domain_option, tls_ca_option, creds_option, servers_option):
+        command = option(command)
+    return command
+
+
+def release_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--key`` and ``--trusted-key`` before the registry's options: a command that signs a
+    version and checks it against the keys the nodes trust before it pushes it."""
+    return signing_key_option(trusted_option(registry_options(command)))
 
 
 def signature_path_for(manifest: Path) -> Path:
@@ -112,10 +118,7 @@ def fleet() -> None:
 
 
 @fleet.command("init")
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 @click.option(
     "--site", "sites", multiple=True,
     help="JetStream domain of a site (repeat): its streams, mirrors and heartbeat bucket are made.",
@@ -207,10 +210,7 @@ def fleet_init(
     help="Which nodes: tier=edge, site=NAME, node=NAME, label.K=V (repeat or comma-join; all "
     "must match).",
 )  # fmt: skip
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 def fleet_assign(
     model: str,
     version: str,
@@ -272,10 +272,7 @@ def fleet_assign(
     "--wait", "wait_s", default=15.0, show_default=True,
     help="Seconds to wait for the nodes' heartbeats to show the refusal cleared.",
 )  # fmt: skip
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 def fleet_retry(
     words: tuple[str, ...],
     every: bool,
@@ -406,10 +403,7 @@ def power_text(power: dict[str, Any] | None) -> str:
 
 
 @fleet.command("status")
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of nodes, for scripts.")
 @click.option(
     "--offline-after", default=10.0, show_default=True,

@@ -17,12 +17,10 @@ import click
 from mesh.cli.fleet import (
     _connect,
     creds_option,
-    domain_option,
+    release_options,
     servers_option,
-    signing_key_option,
-    tls_ca_option,
-    trusted_option,
 )
+from mesh.cli.options import tls_ca_option
 from mesh.topology.processes import ENV_SIGNING_KEY
 
 _T = TypeVar("_T")
@@ -142,12 +140,7 @@ def learn_export(
 @click.option("--gate", "gates", multiple=True, help="A gate bound, metric=value; repeatable.")
 @click.option("--no-shadow", is_flag=True, help="Roll out without a shadow stage first.")
 @click.option("--no-rollout", is_flag=True, help="Push the version, start no rollout.")
-@signing_key_option
-@trusted_option
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@release_options
 @click.option("--json", "as_json", is_flag=True)
 def learn_run(**options: Any) -> None:
     """Train a better version of MODEL on its labels and roll it out, beginning in shadow:
@@ -209,12 +202,7 @@ def learn_run(**options: Any) -> None:
 @click.option(
     "--max-drop", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.005, show_default=True
 )
-@signing_key_option
-@trusted_option
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@release_options
 def models_recalibrate(**options: Any) -> None:
     """Recalibrate VERSION's threshold on labelled hard cases plus its reference data, and push
     the result as MODEL's next version, signed with --key (the same bytes, a new manifest)."""

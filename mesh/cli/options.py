@@ -4,16 +4,20 @@ and the flags of a process command as a source of its settings."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
-from mesh.topology.processes import ENV_CREDS, ENV_NATS_URL
+from mesh.topology.processes import ENV_CREDS, ENV_NATS_URL, ENV_TLS_CA
+
+if TYPE_CHECKING:
+    from mesh.services.process import ServiceMain
 
 DEFAULT_CACHE = Path(os.environ.get("MESH_CACHE_DIR", Path.home() / ".cache" / "edge-mesh"))
 
@@ -54,14 +58,26 @@ def creds_option(
     help: str, env: str | Sequence[str] = ENV_CREDS
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--creds``, a NATS credentials file, default the first of ``env`` set."""
+    return file_option("--creds", env=env, help=help)
+
+
+def file_option(
+    *decls: str, env: str | Sequence[str], help: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An existing file's flag, default the first of ``env`` set."""
     names = (env,) if isinstance(env, str) else tuple(env)
     return click.option(
-        "--creds",
+        *decls,
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
         default=lambda: _first_set(names),
         show_default=" or ".join(f"${name}" for name in names),
         help=help,
     )
+
+
+tls_ca_option = file_option(
+    "--tls-ca", env=ENV_TLS_CA, help="CA of the servers' TLS certificates (for tls:// servers)."
+)
 
 
 def _first_set(names: Sequence[str]) -> str | None:
@@ -136,3 +152,25 @@ def flag_settings(
             layer = layer.setdefault(section, {})
         layer[name] = convert(value) if convert is not None else value
     return given, defaults
+
+
+#: where the connection flags every service command shares go in its settings.
+NATS_FLAGS: dict[str, FlagField] = {
+    "servers": ("nats.servers", server_list),
+    "creds": "nats.credentials",
+    "tls_ca": "nats.tls_ca",
+}
+
+
+def run_service(
+    ctx: click.Context, config: Path | None, module: str, fields: Mapping[str, FlagField]
+) -> None:
+    """Run the service whose entry point is ``module``'s ``main`` with the command's flags as
+    settings (``fields``). The signal handlers go in before the service's imports: a stop asked
+    for while it loads ends it as one asked for while it serves."""
+    from mesh.services.stopping import exit_on_signal
+
+    exit_on_signal()
+    main: ServiceMain = importlib.import_module(module).main
+    flags, defaults = flag_settings(ctx, fields)
+    main(config, flags=flags, defaults=defaults)

@@ -14,12 +14,10 @@ import click
 from mesh.cli.fleet import (
     _connect,
     _run,
-    creds_option,
-    domain_option,
-    servers_option,
+    registry_options,
+    release_options,
     signature_path_for,
     signing_key_option,
-    tls_ca_option,
     trusted_option,
 )
 from mesh.errors import InvalidArgumentError, NotFoundError
@@ -87,10 +85,7 @@ def models_sign(manifest: Path, key_path: Path | None, out: Path | None) -> None
 )  # fmt: skip
 @click.option("--runs", default=200, show_default=True, help="Single-row runs of the gate.")
 @trusted_option
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 def models_push(
     manifest: Path,
     signature_path: Path | None,
@@ -157,10 +152,7 @@ def models_push(
 
 
 @click.command("list")
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON list instead of a table.")
 def models_list(
     servers: str, creds: Path | None, tls_ca: Path | None, domain: str, as_json: bool
@@ -198,12 +190,7 @@ def models_list(
     help="Name of the new version (default: the model's next, named like FROM: 1-edge-int8 "
     "gives 2-edge-int8).",
 )  # fmt: skip
-@signing_key_option
-@trusted_option
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@release_options
 def models_bump(
     model: str,
     source: str,
@@ -251,10 +238,7 @@ def models_bump(
     "signed with a key they trust.",
 )  # fmt: skip
 @click.option("--reason", default="", help="Why, for the record and the nodes' events.")
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 def models_revoke(
     model: str,
     version: str,

@@ -19,34 +19,35 @@ from typing import Any, TypeVar
 
 import click
 
-from mesh.cli.options import FlagField, config_option, flag_settings, server_list
-from mesh.topology.processes import ENV_NATS_URL, ENV_REVIEWER_CREDS, ENV_TLS_CA
+from mesh.cli import options
+from mesh.cli.options import (
+    NATS_FLAGS,
+    FlagField,
+    config_option,
+    run_service,
+    server_list,
+    tls_ca_option,
+)
+from mesh.topology.processes import ENV_NATS_URL, ENV_REVIEWER_CREDS
 
 _T = TypeVar("_T")
 
-servers_option = click.option(
-    "--servers",
-    default=lambda: os.environ.get(ENV_NATS_URL, "nats://127.0.0.1:4222"),
-    show_default=f"${ENV_NATS_URL} or nats://127.0.0.1:4222",
-    help="A NATS server of the mesh (the site's or the hub's).",
-)
-creds_option = click.option(
-    "--creds",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get(ENV_REVIEWER_CREDS) or None,
-    show_default=f"${ENV_REVIEWER_CREDS}",
-    help="Credentials of the identity calling the review API (role reviewer to label).",
-)
-tls_ca_option = click.option(
-    "--tls-ca",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=lambda: os.environ.get(ENV_TLS_CA) or None,
-    show_default=f"${ENV_TLS_CA}",
-    help="CA of the servers' TLS certificates (for tls:// servers).",
+servers_option = options.servers_option("A NATS server of the mesh (the site's or the hub's).")
+creds_option = options.creds_option(
+    "Credentials of the identity calling the review API (role reviewer to label).",
+    env=ENV_REVIEWER_CREDS,
 )
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the API's answer as JSON."
 )
+
+
+def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--servers``, ``--creds``, ``--tls-ca`` and ``--json``: how a command calls the review
+    API and prints its answer."""
+    for option in (json_option, tls_ca_option, creds_option, servers_option):
+        command = option(command)
+    return command
 
 
 @click.group()
@@ -143,10 +144,7 @@ def _line(item: dict[str, Any]) -> str:
     type=click.Choice(["pending", "labelled", "skipped", "all"]),
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def list_(
     model: str | None,
     reason: str | None,
@@ -175,10 +173,7 @@ def list_(
 
 @review.command("show")
 @click.argument("item")
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def show(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_json: bool) -> None:
     """One item: why it is there, every tier's answer, its input and its labels."""
     found = _run(servers, creds, tls_ca, lambda c: c.show(item))
@@ -213,10 +208,7 @@ def show(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_js
 @click.argument("item")
 @click.argument("label")
 @click.option("--relabel", is_flag=True, help="Replace a label the item has (the old one is kept).")
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def label(
     item: str,
     label: str,
@@ -242,10 +234,7 @@ def label(
 
 @review.command("skip")
 @click.argument("item")
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def skip(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_json: bool) -> None:
     """Pass ITEM over: it leaves the queue unlabelled (a label may still follow)."""
     found = _run(servers, creds, tls_ca, lambda c: c.skip(item))
@@ -257,10 +246,7 @@ def skip(item: str, servers: str, creds: Path | None, tls_ca: Path | None, as_js
 
 @review.command("stats")
 @click.option("--model", default=None)
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def stats(
     model: str | None, servers: str, creds: Path | None, tls_ca: Path | None, as_json: bool
 ) -> None:
@@ -292,10 +278,7 @@ def stats(
 @review.command("report")
 @click.option("--model", default=None)
 @click.option("--days", default=7, show_default=True, type=click.IntRange(1, 90))
-@servers_option
-@creds_option
-@tls_ca_option
-@json_option
+@api_options
 def report(
     model: str | None,
     days: int,
@@ -354,21 +337,13 @@ def serve(ctx: click.Context, /, config: Path | None, **_: object) -> None:
     """Run the review queue's service at the hub: the intake and the desk.
 
     Settings: --config FILE, MESH_REVIEW_SERVICE_* variables, and the flags, which win."""
-    from mesh.services.stopping import exit_on_signal
-
-    exit_on_signal()
-    from mesh.services.review import main as review_main
-
-    flags, defaults = flag_settings(ctx, SERVE_FLAGS)
-    review_main(config, flags=flags, defaults=defaults)
+    run_service(ctx, config, "mesh.services.review", SERVE_FLAGS)
 
 
 #: where each flag of ``mesh review serve`` goes in ``ReviewServiceSettings``.
 SERVE_FLAGS: dict[str, FlagField] = {
-    "servers": ("nats.servers", server_list),
-    "creds": "nats.credentials",
+    **NATS_FLAGS,
     "intake_creds": "intake_credentials",
-    "tls_ca": "nats.tls_ca",
     "domain": "domain",
     "http_port": "http_port",
 }

@@ -20,14 +20,11 @@ import click
 from mesh.cli.fleet import (
     _connect,
     _run,
-    creds_option,
-    domain_option,
-    servers_option,
-    tls_ca_option,
+    registry_options,
     trusted_option,
 )
 from mesh.cli.fleet import fleet as fleet_group
-from mesh.cli.options import FlagField, config_option, flag_settings, server_list
+from mesh.cli.options import NATS_FLAGS, FlagField, config_option, run_service
 
 
 @click.group()
@@ -54,10 +51,7 @@ def rollout() -> None:
     "always within the tier the version is made for (its manifest's tier_hint).",
 )  # fmt: skip
 @trusted_option
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 @click.option("--offline-after", default=10.0, show_default=True)
 @click.option(
     "--shadow", is_flag=True,
@@ -127,10 +121,7 @@ def rollout_start(
 
 @rollout.command("status")
 @click.argument("model", required=False)
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 @click.option("--json", "as_json", is_flag=True, help="The rollout records as JSON.")
 def rollout_status(
     model: str | None,
@@ -175,10 +166,7 @@ _ACTIONS = {
 def _action(action: str) -> Any:
     @rollout.command(action, help=_ACTIONS[action])
     @click.argument("model")
-    @servers_option
-    @creds_option
-    @tls_ca_option
-    @domain_option
+    @registry_options
     def command(
         model: str, servers: str, creds: Path | None, tls_ca: Path | None, domain: str
     ) -> None:
@@ -202,10 +190,7 @@ for _name in ("pause", "resume", "abort"):
 
 @click.command("controller")
 @config_option
-@servers_option
-@creds_option
-@tls_ca_option
-@domain_option
+@registry_options
 @click.option(
     "--name", default=lambda: f"controller-{socket.gethostname()}",
     show_default="controller-<hostname>",
@@ -227,20 +212,12 @@ def controller(ctx: click.Context, /, config: Path | None, **_: object) -> None:
 
     Settings: --config FILE, MESH_CONTROLLER_* variables (MESH_CONTROLLER_NATS__SERVERS...), and
     the flags, which win."""
-    from mesh.services.stopping import exit_on_signal
-
-    exit_on_signal()
-    from mesh.services.controller import main as controller_main
-
-    flags, defaults = flag_settings(ctx, CONTROLLER_FLAGS)
-    controller_main(config, flags=flags, defaults=defaults)
+    run_service(ctx, config, "mesh.services.controller", CONTROLLER_FLAGS)
 
 
 #: where each flag of ``mesh controller`` goes in ``ControllerSettings``.
 CONTROLLER_FLAGS: dict[str, FlagField] = {
-    "servers": ("nats.servers", server_list),
-    "creds": "nats.credentials",
-    "tls_ca": "nats.tls_ca",
+    **NATS_FLAGS,
     "domain": "domain",
     "name": "name",
     "tick": "tick_s",

@@ -11,6 +11,14 @@ import click
 
 from mesh.cli.options import cache_option
 
+report_option = click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the report as JSON here.",
+)
+
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Tiny request counts and one trial (a smoke run).")
@@ -59,13 +67,7 @@ def _row_keys(rows: str | None) -> frozenset[str] | None:
 
 
 @click.command()
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Write the report as JSON here.",
-)
+@report_option
 @cache_option
 @click.option(
     "--requests",
@@ -98,13 +100,7 @@ def demo(report_path: Path | None, cache: Path, requests: int | None, quick: boo
     show_default=True,
     help="Servers of the hub (a cluster, its streams R3, from 3).",
 )
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Write the report as JSON here.",
-)
+@report_option
 @click.option(
     "--rate",
     type=click.FloatRange(min=1.0),

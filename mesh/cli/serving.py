@@ -15,12 +15,12 @@ import click
 import numpy as np
 
 from mesh.cli.options import (
+    NATS_FLAGS,
     FlagField,
     cache_option,
     config_option,
     creds_option,
-    flag_settings,
-    server_list,
+    run_service,
     servers_option,
 )
 from mesh.topology.processes import (
@@ -423,20 +423,12 @@ def ingress(ctx: click.Context, /, config: Path | None, **_: object) -> None:
 
     Settings: --config FILE, MESH_INGRESS_* variables (MESH_INGRESS_NATS__SERVERS...), and the
     flags, which win."""
-    from mesh.services.stopping import exit_on_signal
-
-    exit_on_signal()
-    from mesh.services.ingress import main as ingress_main
-
-    flags, defaults = flag_settings(ctx, INGRESS_FLAGS)
-    ingress_main(config, flags=flags, defaults=defaults)
+    run_service(ctx, config, "mesh.services.ingress", INGRESS_FLAGS)
 
 
 #: where each flag of ``mesh ingress`` goes in ``IngressSettings``.
 INGRESS_FLAGS: dict[str, FlagField] = {
-    "servers": ("nats.servers", server_list),
-    "creds": "nats.credentials",
-    "tls_ca": "nats.tls_ca",
+    **NATS_FLAGS,
     "manifests": ("manifests", list),
     "host": "host",
     "http_port": "http_port",

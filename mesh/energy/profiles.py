@@ -106,51 +106,64 @@ ETHERNET = LinkProfile(
 
 LINKS: dict[str, LinkProfile] = {link.name: link for link in (WIFI, ETHERNET)}
 
+
+def _busy_profile(
+    name: str, idle_w: float, busy_w: float, cores: int, link: LinkProfile, source: str
+) -> DeviceProfile:
+    """A device measured idle and with every core busy: each busy core adds an equal share of
+    the difference."""
+    return DeviceProfile(
+        name=name,
+        idle_w=idle_w,
+        active_w_per_core=(busy_w - idle_w) / cores,
+        cores=cores,
+        link=link,
+        source=source,
+    )
+
+
 #: Raspberry Pi 4 model B: 1.6 W idle and 5.0 W with all 4 cores busy (stress-ng --matrix 0),
 #: measured at the wall by J. Geerling (github.com/geerlingguy/sbc-reviews issue 4): 0.85 W a
 #: busy core. Its onboard radio (CYW43455) is 802.11ac.
-RPI4 = DeviceProfile(
-    name="rpi4",
+RPI4 = _busy_profile(
+    "rpi4",
     idle_w=1.6,
-    active_w_per_core=(5.0 - 1.6) / 4,
+    busy_w=5.0,
     cores=4,
     link=WIFI,
     source="J. Geerling, sbc-reviews issue 4 (Raspberry Pi 4 model B): 1.6 W idle, 5.0 W "
     "stress-ng --matrix 0 on 4 cores",
 )
 
-#: Jetson Orin Nano: NVIDIA's nvpmodel power modes cap the module at 15 W (6 cores online) or
-#: 7 W (4 cores online) (Jetson Linux Developer Guide, "Platform Power and Performance"). Its
-#: floor, 2.6 W for the whole carrier board, was measured with a Joulescope on an idle dev kit
-#: (forums.developer.nvidia.com/t/348662). With no published CPU-only figure, a busy core is
-#: charged the mode's budget above the floor shared over its cores: an upper bound, since the
-#: budget also covers the GPU and memory.
-JETSON_ORIN_NANO_15W = DeviceProfile(
-    name="jetson-orin-nano-15w",
-    idle_w=2.6,
-    active_w_per_core=(15.0 - 2.6) / 6,
-    cores=6,
-    link=WIFI,
-    source="NVIDIA nvpmodel 15 W mode (6 cores); 2.6 W idle board (NVIDIA forum t/348662); "
-    "busy core = (budget - idle) / cores, an upper bound",
-)
-JETSON_ORIN_NANO_7W = DeviceProfile(
-    name="jetson-orin-nano-7w",
-    idle_w=2.6,
-    active_w_per_core=(7.0 - 2.6) / 4,
-    cores=4,
-    link=WIFI,
-    source="NVIDIA nvpmodel 7 W mode (4 cores); 2.6 W idle board (NVIDIA forum t/348662); "
-    "busy core = (budget - idle) / cores, an upper bound",
-)
+
+def _jetson_orin_nano(budget_w: int, cores: int) -> DeviceProfile:
+    """Jetson Orin Nano: NVIDIA's nvpmodel power modes cap the module at 15 W (6 cores online)
+    or 7 W (4 cores online) (Jetson Linux Developer Guide, "Platform Power and Performance").
+    Its floor, 2.6 W for the whole carrier board, was measured with a Joulescope on an idle dev
+    kit (forums.developer.nvidia.com/t/348662). With no published CPU-only figure, a busy core
+    is charged the mode's budget above the floor shared over its cores: an upper bound, since
+    the budget also covers the GPU and memory."""
+    return _busy_profile(
+        f"jetson-orin-nano-{budget_w}w",
+        idle_w=2.6,
+        busy_w=float(budget_w),
+        cores=cores,
+        link=WIFI,
+        source=f"NVIDIA nvpmodel {budget_w} W mode ({cores} cores); 2.6 W idle board (NVIDIA "
+        "forum t/348662); busy core = (budget - idle) / cores, an upper bound",
+    )
+
+
+JETSON_ORIN_NANO_15W = _jetson_orin_nano(15, cores=6)
+JETSON_ORIN_NANO_7W = _jetson_orin_nano(7, cores=4)
 
 #: An x86 gateway: an Intel N150 mini PC (GMKtec NucBox G3 Plus), 9.3 W idle and 25 W with its
 #: 4 cores busy (stress-ng --matrix 0), measured at the wall by J. Geerling (sbc-reviews issue
 #: 64): 3.9 W a busy core. Wired to the site.
-X86_GATEWAY = DeviceProfile(
-    name="x86-gateway",
+X86_GATEWAY = _busy_profile(
+    "x86-gateway",
     idle_w=9.3,
-    active_w_per_core=(25.0 - 9.3) / 4,
+    busy_w=25.0,
     cores=4,
     link=ETHERNET,
     source="J. Geerling, sbc-reviews issue 64 (Intel N150 mini PC): 9.3 W idle, 25 W "

@@ -22,7 +22,44 @@ from mesh.topology.processes import CONSOLE_READY, CONTROLLER_READY, INGRESS_REA
 MESH_COMMAND = (sys.executable, "-m", "mesh.cli")
 
 
-class NodeProcess:
+class MeshProcess:
+    """One of the mesh's own processes as a ``ChildProcess``, ready once it printed the line
+    that begins with ``ready``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        ready: str,
+        env: Mapping[str, str] | None,
+    ) -> None:
+        self._child = ChildProcess(name, argv, log_path, ready_prefix=ready, env=child_env(env))
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    @property
+    def running(self) -> bool:
+        return self._child.running
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await self._child.start(timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        await self._child.kill()
+
+    async def stop(self) -> None:
+        await self._child.stop()
+
+    async def wait(self) -> int:
+        """Until the process exits; its exit status."""
+        return await self._child.wait()
+
+
+class NodeProcess(MeshProcess):
     """One ``mesh node`` process from typed settings; ready once it prints its ready line.
 
     ``env`` adds environment variables (``OTEL_*`` for instance) to the process's environment.
@@ -40,26 +77,13 @@ class NodeProcess:
         self.config_path = work_dir / f"{name}.yaml"
         self.log_path = work_dir / f"{name}.log"
         self.http_url: str | None = None
-        self._child = ChildProcess(
-            name,
-            [*MESH_COMMAND, "node", "--config", str(self.config_path)],
-            self.log_path,
-            ready_prefix=READY_PREFIX,
-            env=child_env(env),
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    @property
-    def running(self) -> bool:
-        return self._child.running
+        argv = [*MESH_COMMAND, "node", "--config", str(self.config_path)]
+        super().__init__(name, argv, self.log_path, READY_PREFIX, env)
 
     async def start(self, timeout: float = 60.0) -> None:
         text = yaml.safe_dump(settings_yaml(self.settings), sort_keys=False)
         await asyncio.to_thread(self.config_path.write_text, text)
-        await self._child.start(timeout)
+        await super().start(timeout)
         http = self._child.info.get("http")
         self.http_url = http if http and http != "-" else None
         if self.http_url and self.settings.http_port == 0:
@@ -68,102 +92,52 @@ class NodeProcess:
             port = int(self.http_url.rsplit(":", 1)[1].split("/")[0])
             self.settings = self.settings.model_copy(update={"http_port": port})
 
-    async def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        await self._child.kill()
 
-    async def stop(self) -> None:
-        await self._child.stop()
-
-    async def wait(self) -> int:
-        """Until the process exits; its exit status."""
-        return await self._child.wait()
-
-
-class IngressProcess:
+class IngressProcess(MeshProcess):
     """The ``mesh ingress`` process; ``http_url`` and ``grpc_address`` once it is ready."""
 
     READY = INGRESS_READY
 
     def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self._child = ChildProcess(
-            "ingress", argv, log_path, ready_prefix=self.READY, env=child_env(env)
-        )
+        super().__init__("ingress", argv, log_path, self.READY, env)
         self.http_url = ""
         self.grpc_address = ""
 
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
     async def start(self, timeout: float = 60.0) -> None:
-        await self._child.start(timeout)
+        await super().start(timeout)
         self.http_url = self._child.info.get("http", "")
         self.grpc_address = self._child.info.get("grpc", "")
 
-    async def stop(self) -> None:
-        await self._child.stop()
 
-
-class ControllerProcess:
+class ControllerProcess(MeshProcess):
     """A ``mesh controller`` process (the fleet's, driving rollouts); ready once it watches."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
         self.name = name
-        self._child = ChildProcess(
-            name, argv, log_path, ready_prefix=CONTROLLER_READY, env=child_env(env)
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    async def start(self, timeout: float = 60.0) -> None:
-        await self._child.start(timeout)
-
-    async def kill(self) -> None:
-        await self._child.kill()
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-    async def wait(self) -> int:
-        return await self._child.wait()
+        super().__init__(name, argv, log_path, CONTROLLER_READY, env)
 
 
 #: the reviewer identity the console labels with under ``mesh up`` and the demo.
 CONSOLE_REVIEWER = "console-reviewer"
 
 
-class ConsoleProcess:
+class ConsoleProcess(MeshProcess):
     """The ``mesh console`` process; ``url`` once it is ready. Restarted on the port it had."""
 
     READY = CONSOLE_READY
 
     def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
         self._argv = argv
-        self._child = ChildProcess(
-            "console", argv, log_path, ready_prefix=self.READY, env=child_env(env)
-        )
+        super().__init__("console", argv, log_path, self.READY, env)
         self.url = ""
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
 
     async def start(self, timeout: float = 60.0) -> None:
         if self.url and "--port" in self._child.argv:
             # a restart serves where the first start did, so the printed address stays good
             at = self._child.argv.index("--port") + 1
             self._child.argv[at] = self.url.rsplit(":", 1)[1]
-        await self._child.start(timeout)
+        await super().start(timeout)
         self.url = self._child.info.get("http", "")
-
-    async def wait(self) -> int:
-        return await self._child.wait()
-
-    async def stop(self) -> None:
-        await self._child.stop()
 
 
 __all__ = [
@@ -172,5 +146,6 @@ __all__ = [
     "ConsoleProcess",
     "ControllerProcess",
     "IngressProcess",
+    "MeshProcess",
     "NodeProcess",
 ]

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mesh.local.cluster import Hub
+from mesh.local.processes import MeshProcess
 from mesh.local.servers import NatsServer
-from mesh.local.supervisor import ChildProcess, child_env
 from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
 from mesh.topology.processes import REVIEW_READY
@@ -22,28 +22,16 @@ REVIEW_INTAKE = IdentitySpec("review-intake", Role.REVIEW_INTAKE)
 REVIEWER = IdentitySpec("reviewer", Role.REVIEWER)
 
 
-class ReviewProcess:
+class ReviewProcess(MeshProcess):
     """``mesh review serve``; ``http_url`` (its metrics) once it is ready."""
 
     def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self._child = ChildProcess(
-            "review", argv, log_path, ready_prefix=REVIEW_READY, env=child_env(env)
-        )
+        super().__init__("review", argv, log_path, REVIEW_READY, env)
         self.http_url = ""
 
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
     async def start(self, timeout: float = 60.0) -> None:
-        await self._child.start(timeout)
+        await super().start(timeout)
         self.http_url = self._child.info.get("http", "")
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-    async def wait(self) -> int:
-        return await self._child.wait()
 
 
 async def start_review(

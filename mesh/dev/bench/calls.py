@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,25 +122,26 @@ class RowCalls:
         return "ort"
 
     async def peer(self, i: int) -> str:
-        body = {"inputs": self.payloads.json_rows[i % len(self.payloads)]}
-        async with self.clients.http.post(self._peer_url, json=body) as resp:
-            resp.raise_for_status()
-            await resp.json()
+        await self._post(
+            self._peer_url, {"inputs": self.payloads.json_rows[i % len(self.payloads)]}
+        )
         return "peer"
 
     async def mlserver(self, i: int) -> str:
-        body = self.payloads.v2_body(i)
-        async with self.clients.http.post(self._mlserver_url, json=body) as resp:
-            resp.raise_for_status()
-            await resp.json()
+        await self._post(self._mlserver_url, self.payloads.v2_body(i))
         return "mlserver"
 
     async def oip_rest(self, i: int) -> str:
-        body = self.payloads.v2_body(i)
-        async with self.clients.http.post(self._oip_url, json=body, headers=self._oip_auth) as resp:
-            resp.raise_for_status()
-            answer = await resp.json()
+        answer = await self._post(self._oip_url, self.payloads.v2_body(i), self._oip_auth)
         return str(answer["parameters"]["tier"])
+
+    async def _post(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> Any:
+        """POST ``body`` as JSON; the JSON answer (an HTTP error raises)."""
+        async with self.clients.http.post(url, json=body, headers=headers) as resp:
+            resp.raise_for_status()
+            return await resp.json()
 
     async def oip_grpc(self, i: int) -> str:
         request = self.payloads.grpc[i % len(self.payloads)]

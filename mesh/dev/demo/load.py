@@ -14,7 +14,10 @@ from mesh.dev.demo.testbed import Testbed
 from mesh.sdk.client import InferResult
 
 
-class LoadGenerator:
+class ApplicationPart:
+    """A side of the demo's application (the requests, the events): it sends through the
+    testbed's SDK client, tallies what comes back, and tells the journal."""
+
     def __init__(
         self, config: DemoConfig, testbed: Testbed, tally: Tally, journal: Journal
     ) -> None:
@@ -23,6 +26,8 @@ class LoadGenerator:
         self.tally = tally
         self.journal = journal
 
+
+class LoadGenerator(ApplicationPart):
     async def drive(self) -> None:
         cfg = self.config
         semaphore = asyncio.Semaphore(cfg.concurrency)

@@ -12,6 +12,7 @@ import msgpack
 
 from mesh import MeshError
 from mesh.dev.demo.journal import Journal
+from mesh.dev.demo.load import ApplicationPart
 from mesh.dev.demo.report import EventsSummary
 from mesh.dev.demo.state import GATEWAY_TIER, MODEL, DemoConfig, Tally
 from mesh.dev.demo.testbed import Testbed
@@ -21,14 +22,11 @@ from mesh.sdk.client import EventResult
 DEMO_EVENTS = 200
 
 
-class EventPublisher:
+class EventPublisher(ApplicationPart):
     def __init__(
         self, config: DemoConfig, testbed: Testbed, tally: Tally, journal: Journal
     ) -> None:
-        self.config = config
-        self.testbed = testbed
-        self.tally = tally
-        self.journal = journal
+        super().__init__(config, testbed, tally, journal)
         self.published = 0
         self.results = 0
         self.errors = 0
