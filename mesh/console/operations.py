@@ -15,11 +15,11 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from mesh.console.actions import ActionRecord
-from mesh.console.desk import ReviewDesk
 from mesh.console.rolloutboard import ACTIONS
 from mesh.console.state import ConsoleState
 from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.fleet.admin import act
+from mesh.review.api import ReviewApi
 from mesh.topology.subjects import check_token
 
 log = logging.getLogger("mesh.console.actions")
@@ -27,7 +27,7 @@ log = logging.getLogger("mesh.console.actions")
 
 class Operations:
     def __init__(
-        self, nc: NATS, state: ConsoleState, *, domain: str, reviewer: ReviewDesk | None
+        self, nc: NATS, state: ConsoleState, *, domain: str, reviewer: ReviewApi | None
     ) -> None:
         self._js = nc.jetstream(domain=domain)
         self.state = state
