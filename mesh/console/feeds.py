@@ -16,13 +16,13 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NoKeysError
 
-from mesh.console.desk import ReviewDesk
 from mesh.console.state import ConsoleState
 from mesh.errors import InvalidArgumentError, MeshError
 from mesh.fleet.rollout import decode_rollout
 from mesh.fleet.rollout.evidence import decode_window
 from mesh.fleet.rollouts_kv import window_key
 from mesh.lifecycle import Service, cancel_and_wait
+from mesh.review.api import ReviewApi
 from mesh.topology import streams, subjects
 from mesh.transport.jetstream import require_stream
 from mesh.wire import decode_drift_event, decode_node_event, decode_node_status
@@ -41,7 +41,7 @@ class ConsoleFeeds(Service):
         state: ConsoleState,
         *,
         domain: str,
-        desk: ReviewDesk | None,
+        desk: ReviewApi | None,
         review_poll_s: float = 2.0,
         quality_poll_s: float = 10.0,
         report_days: int = 14,
@@ -173,7 +173,7 @@ class ConsoleFeeds(Service):
 
     # --- the review queue and ground truth --------------------------------------------------
 
-    async def _poll_queue(self, desk: ReviewDesk) -> None:
+    async def _poll_queue(self, desk: ReviewApi) -> None:
         view = self.state.queue
         while True:
             try:
@@ -191,7 +191,7 @@ class ConsoleFeeds(Service):
                     self.state.changed()
             await asyncio.sleep(self.review_poll_s)
 
-    async def _poll_quality(self, desk: ReviewDesk) -> None:
+    async def _poll_quality(self, desk: ReviewApi) -> None:
         board = self.state.quality
         while True:
             try:

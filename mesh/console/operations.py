@@ -6,18 +6,20 @@ is logged with who and when, whatever its outcome."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
 from mesh.console.actions import ActionRecord
-from mesh.console.desk import ReviewDesk
 from mesh.console.rolloutboard import ACTIONS
 from mesh.console.state import ConsoleState
 from mesh.errors import InvalidArgumentError, MeshError, UnavailableError
 from mesh.fleet.admin import act
+from mesh.review.api import ReviewApi
 from mesh.topology.subjects import check_token
 
 log = logging.getLogger("mesh.console.actions")
@@ -25,7 +27,7 @@ log = logging.getLogger("mesh.console.actions")
 
 class Operations:
     def __init__(
-        self, nc: NATS, state: ConsoleState, *, domain: str, reviewer: ReviewDesk | None
+        self, nc: NATS, state: ConsoleState, *, domain: str, reviewer: ReviewApi | None
     ) -> None:
         self._js = nc.jetstream(domain=domain)
         self.state = state
@@ -38,19 +40,13 @@ class Operations:
     async def rollout(self, person: str, model: str, action: str) -> str:
         """Pause, resume or abort the rollout of ``model``; what happened, in words."""
         target = model[:64]
-        try:
+        with self._refused(person, f"rollout.{action}", target):
             if action not in ACTIONS:
                 raise InvalidArgumentError(
                     f"a rollout is paused, resumed or aborted, not {action!r}"
                 )
             check_token(model, "model name")
             changed = await act(self._js, model, action, by=f"{person} (console)")
-        except ValueError as exc:
-            self._record(person, f"rollout.{action}", target, f"refused: {exc}")
-            raise InvalidArgumentError(str(exc)) from None
-        except MeshError as exc:
-            self._record(person, f"rollout.{action}", target, f"refused: {exc.message}")
-            raise
         self._record(person, f"rollout.{action}", target, "done", changed.state.value)
         return f"rollout {changed.id} of {changed.model}@{changed.version}: {changed.state.value}"
 
@@ -62,7 +58,7 @@ class Operations:
 
     async def _review(self, person: str, op: str, item: str, label: str | None) -> dict[str, Any]:
         target = item[:64]
-        try:
+        with self._refused(person, f"review.{op}", target):
             if self.reviewer is None:
                 raise UnavailableError(
                     "this console has no reviewer identity (start it with --reviewer-creds)"
@@ -74,18 +70,24 @@ class Operations:
                 answer = await self.reviewer.label(item, value)
             else:
                 answer = await self.reviewer.skip(item)
-        except ValueError as exc:
-            self._record(person, f"review.{op}", target, f"refused: {exc}")
-            raise InvalidArgumentError(str(exc)) from None
-        except MeshError as exc:
-            self._record(person, f"review.{op}", target, f"refused: {exc.message}")
-            raise
         given = answer.get("label") if isinstance(answer.get("label"), dict) else {}
         detail = f"label {given.get('label')}" if op == "label" and given else ""
         self._record(person, f"review.{op}", target, "done", detail)
         self.state.queue.items = [i for i in self.state.queue.items if i.get("id") != item]
         self.state.changed()
         return answer
+
+    @contextlib.contextmanager
+    def _refused(self, person: str, action: str, target: str) -> Iterator[None]:
+        """An action refused is recorded so, and raised as one of the mesh's typed errors."""
+        try:
+            yield
+        except ValueError as exc:
+            self._record(person, action, target, f"refused: {exc}")
+            raise InvalidArgumentError(str(exc)) from None
+        except MeshError as exc:
+            self._record(person, action, target, f"refused: {exc.message}")
+            raise
 
     def _record(
         self, person: str, action: str, target: str, outcome: str, detail: str = ""

@@ -8,6 +8,12 @@ from mesh.console.charts import line_chart
 from mesh.console.markup import Html, escape, fmt, percent
 from mesh.console.quality import QualityBoard
 
+#: the per-day plots of shares: the chart's id, the figure plotted and its title.
+_DAILY_SHARES = (
+    ("day-acc", "accuracy", "Accuracy people found, per day"),
+    ("esc", "escalation", "Escalation rate and share of answers a person touched, per day"),
+)
+
 
 def _pct(y: float) -> str:
     return f"{100 * y:.0f}%"
@@ -41,26 +47,17 @@ def quality_fragment(board: QualityBoard, problem: str | None) -> Html:
                 y_format=_pct,
             )
         )
-        parts.append(
-            line_chart(
-                f"day-acc-{model}",
-                "Accuracy people found, per day",
-                daily["accuracy"],
-                y_range=(0.0, 1.0),
-                y_format=_pct,
-                categories=days,
+        for chart, key, title in _DAILY_SHARES:
+            parts.append(
+                line_chart(
+                    f"{chart}-{model}",
+                    title,
+                    daily[key],
+                    y_range=(0.0, 1.0),
+                    y_format=_pct,
+                    categories=days,
+                )
             )
-        )
-        parts.append(
-            line_chart(
-                f"esc-{model}",
-                "Escalation rate and share of answers a person touched, per day",
-                daily["escalation"],
-                y_range=(0.0, 1.0),
-                y_format=_pct,
-                categories=days,
-            )
-        )
         parts.append(
             line_chart(
                 f"cost-{model}",

@@ -20,7 +20,6 @@ from typing import Any
 from aiohttp import web
 
 from mesh.console.access import COOKIE, SESSION_S, Access, Session, bearer_token, same_origin
-from mesh.console.desk import ReviewDesk
 from mesh.console.layout import page, refusal
 from mesh.console.markup import Html, escape
 from mesh.console.operations import Operations
@@ -30,6 +29,7 @@ from mesh.console.state import ConsoleState
 from mesh.console.views import PAGES, cards, fleet_json, fragments
 from mesh.errors import HTTP_STATUS, MeshError
 from mesh.fleet.admin import summary
+from mesh.review.api import ReviewApi
 from mesh.topology.subjects import check_token
 
 log = logging.getLogger("mesh.console")
@@ -62,7 +62,7 @@ class ConsoleWeb:
         access: Access,
         operations: Operations,
         *,
-        desk: ReviewDesk | None,
+        desk: ReviewApi | None,
         backfill: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.state = state

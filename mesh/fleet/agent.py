@@ -470,21 +470,32 @@ class FleetAgent(Service):
             )  # fmt: skip
         return settings_for(self._node.model_settings(model), model, manifest_path)
 
-    async def _shadow(self, model: str, version: str, artifact: Artifact) -> bool:
-        """Verify, gate and run a fetched version in shadow; False when it was refused. It
-        passes the checks a version to serve passes: it runs on this node's inputs too."""
+    async def _install(
+        self, model: str, version: str, artifact: Artifact, *, shadow: bool
+    ) -> tuple[bool, str | None]:
+        """Verify, gate and swap a fetched version, or run it in shadow: whether it took, and
+        the version it replaced. A refusal is reported to the fleet."""
+        install = self._node.shadow_model if shadow else self._node.swap_model
         try:
             settings = await self._checked(model, version, artifact)
-            await self._node.shadow_model(settings)
+            return True, await install(settings)
         except asyncio.CancelledError:
             raise
         except MeshError as exc:
             await self._reject(model, version, exc.message)
-            return False
         except Exception as exc:  # a model that crashes ONNX Runtime at load, for one
-            log.warning("running %s@%s in shadow failed unexpectedly", model, version,
-                        exc_info=True)  # fmt: skip
+            doing = (
+                f"running {model}@{version} in shadow" if shadow else f"taking {model}@{version}"
+            )
+            log.warning("%s failed unexpectedly", doing, exc_info=True)
             await self._reject(model, version, f"{type(exc).__name__}: {exc}")
+        return False, None
+
+    async def _shadow(self, model: str, version: str, artifact: Artifact) -> bool:
+        """Verify, gate and run a fetched version in shadow; False when it was refused. It
+        passes the checks a version to serve passes: it runs on this node's inputs too."""
+        took, _ = await self._install(model, version, artifact, shadow=True)
+        if not took:
             return False
         self.proven.add(f"{model}@{version}")
         log.info("node %s runs %s@%s in shadow (assigned by the fleet)", self.name, model, version)
@@ -495,19 +506,11 @@ class FleetAgent(Service):
     async def _take(self, model: str, version: str, artifact: Artifact) -> bool:
         """Verify, gate and swap a fetched version; False when it was refused."""
         try:
-            settings = await self._checked(model, version, artifact)
-            previous = await self._node.swap_model(settings)
-        except asyncio.CancelledError:
-            raise
-        except MeshError as exc:
-            await self._reject(model, version, exc.message)
-            return False
-        except Exception as exc:  # a model that crashes ONNX Runtime at load, for one
-            log.warning("taking %s@%s failed unexpectedly", model, version, exc_info=True)
-            await self._reject(model, version, f"{type(exc).__name__}: {exc}")
-            return False
+            took, previous = await self._install(model, version, artifact, shadow=False)
         finally:
             self.state.pending.pop(model, None)
+        if not took:
+            return False
         await asyncio.to_thread(self.cache.set_current, model, version)
         self.proven.add(f"{model}@{version}")
         self.state.swaps += 1

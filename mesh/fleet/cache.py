@@ -58,36 +58,26 @@ class VersionCache:
         return folder / MANIFEST_FILE
 
     def current(self) -> dict[str, str]:
-        try:
-            data = json.loads((self.root / CURRENT_FILE).read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): str(v) for k, v in data.items()}
+        return _read_names(self.root / CURRENT_FILE)
 
     def set_current(self, model: str, version: str) -> None:
         current = self.current()
         current[model] = version
-        self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / CURRENT_FILE, json.dumps(current, indent=1).encode())
+        self._write_names(CURRENT_FILE, current)
 
     def revoked(self) -> dict[str, str]:
-        try:
-            data = json.loads((self.root / REVOKED_FILE).read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): str(v) for k, v in data.items()}
+        return _read_names(self.root / REVOKED_FILE)
 
     def add_revoked(self, target: str, reason: str) -> None:
         revoked = self.revoked()
         if revoked.get(target) == reason:
             return
         revoked[target] = reason
+        self._write_names(REVOKED_FILE, revoked)
+
+    def _write_names(self, file: str, names: dict[str, str]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / REVOKED_FILE, json.dumps(revoked, indent=1).encode())
+        _write_atomic(self.root / file, json.dumps(names, indent=1).encode())
 
     def load_verified(
         self, model: str, version: str, trusted: Mapping[str, Any]
@@ -104,6 +94,18 @@ class VersionCache:
         artifact = Artifact(onnx, manifest_bytes, signature_bytes)
         verify(artifact.signature, artifact.manifest, onnx, dict(trusted))
         return artifact, manifest, folder / MANIFEST_FILE
+
+
+def _read_names(path: Path) -> dict[str, str]:
+    """A map of names the cache wrote (current versions, revocations); empty when it has none
+    or the file is unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -58,6 +58,7 @@ from mesh.topology.streams import (
     REVOKED_BUCKET,
 )
 from mesh.topology.subjects import kv_stream, object_chunks, object_meta
+from mesh.transport.jetstream import require_bucket
 from mesh.wire import NodeStatus, decode_node_status
 
 #: parts of one version in the object store.
@@ -376,12 +377,7 @@ async def fetch(
 
 
 async def desired_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(DESIRED_BUCKET)
-    except BucketNotFoundError:
-        raise MeshNotFound(
-            f"no desired-state bucket {DESIRED_BUCKET} in this domain: run mesh fleet init"
-        ) from None
+    return await require_bucket(js, DESIRED_BUCKET, "desired-state")
 
 
 #: the header that makes a KV entry a delete marker (nats-py's ``KV_OP``).
@@ -447,12 +443,7 @@ async def read_desired(js: JetStreamContext) -> list[Revisioned]:
 
 
 async def revoked_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(REVOKED_BUCKET)
-    except BucketNotFoundError:
-        raise MeshNotFound(
-            f"no revocation bucket {REVOKED_BUCKET} in this domain: run mesh fleet init"
-        ) from None
+    return await require_bucket(js, REVOKED_BUCKET, "revocation")
 
 
 async def put_revocation(js: JetStreamContext, revocation: Revocation) -> None:
@@ -476,10 +467,7 @@ async def read_revocations(js: JetStreamContext) -> dict[str, Revocation]:
 
 async def read_heartbeats(js: JetStreamContext) -> dict[str, NodeStatus | str]:
     """Node name to its latest heartbeat, or to why it could not be read."""
-    try:
-        kv = await js.key_value(NODES_BUCKET)
-    except BucketNotFoundError:
-        raise MeshNotFound(f"no heartbeat bucket {NODES_BUCKET}: run mesh fleet init") from None
+    kv = await require_bucket(js, NODES_BUCKET, "heartbeat")
     out: dict[str, NodeStatus | str] = {}
     for entry in await latest_entries(js, kv, NODES_BUCKET):
         try:

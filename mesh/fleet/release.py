@@ -43,6 +43,17 @@ async def bump(
     """Push ``model@source`` again as ``version`` (by default the model's next one), signed by
     ``key``; returns what was pushed. Refused: a source not in the registry or whose bytes do
     not match its signature, a version that exists, a key the ``trusted`` ones do not hold."""
+    artifact, new = await source_and_version(js, model, source, version)
+    return await store_resigned(js, artifact, bumped(artifact.manifest, new), key, trusted)
+
+
+async def source_and_version(
+    js: JetStreamContext, model: str, source: str, version: str | None
+) -> tuple[registry.Artifact, str]:
+    """``model@source`` from the registry, its bytes checked against its signature, and the
+    version a new one made from it is pushed as: ``version``, or the model's next. Refused: a
+    source not in the registry, bytes that do not match, a version that exists (listed, or
+    stored but too broken to list)."""
     if not await registry.has_version(js, model, source):
         raise NotFoundError(f"{model}@{source} is not in the registry (mesh models list)")
     artifact = await registry.fetch(js, model, source)
@@ -51,7 +62,7 @@ async def bump(
     new = version or next_version(source, existing)
     if new in existing or await registry.has_version(js, model, new):
         raise InvalidArgumentError(f"{model}@{new} is in the registry already")
-    return await store_resigned(js, artifact, bumped(artifact.manifest, new), key, trusted)
+    return artifact, new
 
 
 async def store_resigned(

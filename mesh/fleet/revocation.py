@@ -13,15 +13,13 @@ back. Pure: no I/O.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mesh.errors import InvalidArgumentError
 from mesh.fleet.desired import check_token, check_version
-from mesh.fleet.signing import SigningKey, canonical, sign_payload, verify_payload
+from mesh.fleet.signing import SigningKey, canonical, sign_payload, signed_map, verify_payload
 from mesh.wire.codec import VERSION
 
 KIND = "revocation"
@@ -99,15 +97,7 @@ def encode_revocation(r: Revocation) -> bytes:
 
 
 def decode_revocation(data: bytes) -> Revocation:
-    try:
-        obj: Any = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgumentError("revocation is not JSON") from None
-    if not isinstance(obj, dict) or obj.get("kind") != KIND:
-        raise InvalidArgumentError(f"revocation is not a {KIND} record")
-    version = obj.get("v")
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
-        raise InvalidArgumentError(f"revocation has contract version {version!r}")
+    obj = signed_map(data, KIND, "revocation", InvalidArgumentError)
     fields: dict[str, str] = {}
     for name in ("model", "version", "reason", "by", "key", "signature"):
         value = obj.get(name, "" if name == "by" else None)

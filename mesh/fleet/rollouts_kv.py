@@ -4,11 +4,10 @@ latest rollout, one for the evidence window of its running stage, and the contro
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from mesh.errors import NotFoundError
 from mesh.topology.streams import ROLLOUT_KEY_PREFIX, ROLLOUTS_BUCKET, rollout_key
+from mesh.transport.jetstream import require_bucket
 
 LEASE_KEY = "lease.controller"
 ROLLOUT_PREFIX = ROLLOUT_KEY_PREFIX
@@ -24,7 +23,4 @@ __all__ = ["LEASE_KEY", "ROLLOUT_PREFIX", "rollout_key", "rollouts_bucket", "win
 
 
 async def rollouts_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(ROLLOUTS_BUCKET)
-    except BucketNotFoundError:
-        raise NotFoundError(f"no rollouts bucket {ROLLOUTS_BUCKET}: run mesh fleet init") from None
+    return await require_bucket(js, ROLLOUTS_BUCKET, "rollouts")

@@ -158,15 +158,7 @@ class ArtifactSignature:
 
     @classmethod
     def from_json(cls, data: bytes) -> ArtifactSignature:
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise SignatureError("signature file is not JSON") from None
-        if not isinstance(obj, dict) or obj.get("kind") != SIGNATURE_KIND:
-            raise SignatureError(f"signature file is not an {SIGNATURE_KIND} record")
-        version = obj.get("v")
-        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
-            raise SignatureError(f"signature has contract version {version!r}; we speak {VERSION}")
+        obj = signed_map(data, SIGNATURE_KIND, "signature file", SignatureError)
         fields = {}
         for name in ("model", "version", "sha256", "manifest_sha256", "key", "signature"):
             value = obj.get(name)
@@ -177,6 +169,23 @@ class ArtifactSignature:
             if not _HEX64.match(fields[name]):
                 raise SignatureError(f"signature's {name} is not 64 lowercase hex digits")
         return cls(**fields)
+
+
+def signed_map(
+    data: bytes, kind: str, what: str, error: type[InvalidArgumentError]
+) -> dict[str, Any]:
+    """The map of a signed JSON record (a signature file, a revocation): JSON, of ``kind``, in
+    a contract version this side reads; else ``error`` saying what is wrong with ``what``."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise error(f"{what} is not JSON") from None
+    if not isinstance(obj, dict) or obj.get("kind") != kind:
+        raise error(f"{what} is not a {kind!r} record")
+    version = obj.get("v")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
+        raise error(f"{what} has contract version {version!r}; we speak {VERSION}")
+    return obj
 
 
 def sign(key: SigningKey, manifest: dict[str, Any], artifact_sha256: str) -> ArtifactSignature:

@@ -27,28 +27,16 @@ import numpy as np
 import numpy.typing as npt
 
 from mesh.errors import InvalidArgumentError, MeshError
-from mesh.review.api import MAX_LIST
+from mesh.review.api import MAX_LIST, ReviewApi
 
 #: the format of the provenance file.
 EXPORT_FORMAT = "mesh-labelled-export/1"
 
 
-class ReviewReader(Protocol):
-    """What an export needs of the review API (``mesh.review.client.ReviewClient``)."""
+class ReviewReader(ReviewApi, Protocol):
+    """What an export needs of the review API: its calls, and the identity it calls as."""
 
     name: str
-
-    async def list(
-        self,
-        *,
-        model: str | None = None,
-        reason: str | None = None,
-        status: str = "pending",
-        limit: int = 50,
-        offset: int = 0,
-    ) -> dict[str, Any]: ...
-
-    async def show(self, item: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 from nats.js import JetStreamContext
 
-from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.errors import InvalidArgumentError
 from mesh.fleet import registry
-from mesh.fleet.release import store_resigned
-from mesh.fleet.signing import SigningKey, verify
-from mesh.models.bump import bumped, next_version
+from mesh.fleet.release import source_and_version, store_resigned
+from mesh.fleet.signing import SigningKey
+from mesh.models.bump import bumped
 from mesh.models.calibrate import DEFAULT_MAX_DROP, CalibrationResult, calibrate
 
 
@@ -93,14 +93,7 @@ async def recalibrate_version(
     trusted: Mapping[str, Any] | None = None,
 ) -> Recalibrated:
     """Recalibrate ``model@source`` and push it as ``version`` (the model's next by default)."""
-    if not await registry.has_version(js, model, source):
-        raise NotFoundError(f"{model}@{source} is not in the registry (mesh models list)")
-    artifact = await registry.fetch(js, model, source)
-    verify(artifact.signature, artifact.manifest, artifact.onnx, None)
-    existing = [v.version for v in await registry.list_versions(js) if v.model == model]
-    new = version or next_version(source, existing)
-    if new in existing:
-        raise InvalidArgumentError(f"{model}@{new} is in the registry already")
+    artifact, new = await source_and_version(js, model, source, version)
     manifest, result, rows = await asyncio.to_thread(
         recalibrated_manifest, artifact, labels, reference, upstream, new, max_drop
     )

@@ -158,11 +158,8 @@ class DataPlane(Service):
                 continue
             try:
                 outputs = await group.model.run_in_worker(feeds)
-            except MeshError as error:
-                self._fail_group(group, error, feeds)
-                continue
             except Exception as exc:
-                self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"), feeds)
+                self._fail_group(group, exc, feeds)
                 continue
             self._conclude(group, feeds, outputs)
         return outcomes
@@ -259,22 +256,24 @@ class DataPlane(Service):
                 return
         try:
             outputs = group.model.run(feeds)
-        except MeshError as error:
-            self._fail_group(group, error, feeds)
-            return
         except Exception as exc:
-            self._fail_group(group, InternalError(f"model {group.model.name}: {exc!r}"), feeds)
+            self._fail_group(group, exc, feeds)
             return
         self._conclude(group, feeds, outputs)
 
-    def _fail_group(self, group: _Group, error: MeshError, feeds: Feeds) -> None:
-        """A batch call failed. With one request, that request gets the error (or, when its
-        inputs were not checked yet and hold NaN or infinity, that one); with several, each
-        runs alone, so one bad request cannot fail its neighbours."""
+    def _fail_group(self, group: _Group, exc: Exception, feeds: Feeds) -> None:
+        """A batch call raised ``exc``. With one request, that request gets it (anything but a
+        mesh error as an internal one; or, when its inputs were not checked yet and hold NaN or
+        infinity, that error); with several, each runs alone, so one bad request cannot fail
+        its neighbours."""
         if group.unchecked and not self._checked_after(group, feeds, None):
             return
         if len(group.outcomes) == 1:
-            group.outcomes[0].error = error
+            group.outcomes[0].error = (
+                exc
+                if isinstance(exc, MeshError)
+                else InternalError(f"model {group.model.name}: {exc!r}")
+            )
             group.model.evidence.requests += 1
             group.model.evidence.errors += 1
             return

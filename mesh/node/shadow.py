@@ -24,7 +24,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from mesh.lifecycle import Service, cancel_and_wait
 from mesh.node.served import ServedModel
 from mesh.observability.metrics import LATENCY_BUCKETS_MS
 from mesh.typedefs import Feeds
-from mesh.wire import ShadowEvidence
+from mesh.wire import SHADOW_COUNTERS, ShadowEvidence
 
 log = logging.getLogger("mesh.shadow")
 
@@ -48,22 +48,29 @@ def rest_after(busy_s: float, share: float) -> float:
     return busy_s * (1.0 - share) / share
 
 
-@dataclass
 class ShadowTally:
     """Running totals of one shadow version on this node (``wire.ShadowEvidence``)."""
 
-    version: str
-    serving: str
-    since: float
-    requests: int = 0
-    errors: int = 0
-    skipped: int = 0
-    matched: int = 0
-    compared: int = 0
-    agreed: int = 0
-    serving_agreed: int = 0
-    busy_s: float = 0.0
-    latency: list[int] = field(default_factory=lambda: [0] * (len(_BOUNDS) + 1))
+    # The counters are the wire's (``wire.ShadowCounters``): every one it declares is kept,
+    # zeroed and reported here. The annotations only type the runner's increments.
+    __slots__ = ("busy_s", "latency", "serving", "since", "version", *SHADOW_COUNTERS)
+
+    requests: int
+    errors: int
+    skipped: int
+    matched: int
+    compared: int
+    agreed: int
+    serving_agreed: int
+
+    def __init__(self, version: str, serving: str, since: float) -> None:
+        self.version = version
+        self.serving = serving
+        self.since = since
+        for name in SHADOW_COUNTERS:
+            setattr(self, name, 0)
+        self.busy_s = 0.0
+        self.latency = [0] * (len(_BOUNDS) + 1)
 
     def observe_latency(self, ms: float, count: int) -> None:
         self.latency[bisect_left(_BOUNDS, ms)] += count
@@ -78,15 +85,9 @@ class ShadowTally:
             version=self.version,
             serving=self.serving,
             since=self.since,
-            requests=self.requests,
-            errors=self.errors,
-            skipped=self.skipped,
-            matched=self.matched,
-            compared=self.compared,
-            agreed=self.agreed,
-            serving_agreed=self.serving_agreed,
             latency=tuple(self.latency),
             busy_s=round(self.busy_s, 6),
+            **{name: getattr(self, name) for name in SHADOW_COUNTERS},
         )
 
 

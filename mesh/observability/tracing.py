@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
 
+from mesh.wire import InferResponse
+
 TRACER = trace.get_tracer("mesh")
 
 MESSAGING_SYSTEM = "messaging.system"
@@ -36,6 +38,21 @@ ANSWERED_BY = "mesh.answered_by.tier"
 
 
 _recording = False
+
+
+def record_answer(span: trace.Span, response: InferResponse, tier: str) -> None:
+    """The answer a request got, on its span at ``tier``: who answered it and how."""
+    span.set_attributes(
+        {
+            MODEL_VERSION: response.model_version,
+            CONFIDENCE: response.confidence,
+            ESCALATED: response.tier != tier,
+            ANSWERED_BY: response.tier,
+            DEGRADED: response.degraded,
+        }
+    )
+    if response.reason is not None:
+        span.set_attribute(DEGRADED_REASON, response.reason)
 
 
 def set_recording(on: bool) -> None:

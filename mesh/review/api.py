@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +27,34 @@ MAX_LIST = 1000
 MAX_DAYS = 90
 #: largest request body the API reads.
 MAX_BODY = 64 * 1024
+
+
+class ReviewApi(Protocol):
+    """What a caller asks of the review API, each answer a plain dict as the API gives it and
+    each failure one of the mesh's typed errors (``mesh.review.client.ReviewClient`` is one):
+    the console and the learn job's export take it."""
+
+    async def list(
+        self,
+        *,
+        model: str | None = None,
+        reason: str | None = None,
+        status: str = "pending",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]: ...
+
+    async def show(self, item: str) -> dict[str, Any]: ...
+
+    async def label(
+        self, item: str, label: int | str, *, relabel: bool = False
+    ) -> dict[str, Any]: ...
+
+    async def skip(self, item: str) -> dict[str, Any]: ...
+
+    async def stats(self, *, model: str | None = None) -> dict[str, Any]: ...
+
+    async def report(self, *, model: str | None = None, days: int = 7) -> dict[str, Any]: ...
 
 
 def encode_result(result: object) -> bytes:
@@ -251,6 +279,7 @@ def _tensor_view(array: np.ndarray[Any, Any]) -> dict[str, Any]:
 __all__ = [
     "MAX_LIST",
     "ListQuery",
+    "ReviewApi",
     "decode_reply",
     "encode_error",
     "encode_result",

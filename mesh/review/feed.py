@@ -152,12 +152,7 @@ class ReviewFeed(Service):
             f"(rate {self.gate.rates(model.name)[0]:g})",
         }[reason]
         detail: dict[str, float | str] = {"psi": psi} if psi is not None else {}
-        answers = [*carried_answers(request.parameters.get(parameters.ANSWERS), row)]
-        answers.append(self._own(model, local, row, served=True))
-        self._offer(
-            reason, wish, request, row, len(local.labels), answers, why, detail,
-            classes=_classes(model, local),
-        )  # fmt: skip
+        self._offer_own(reason, wish, request, model, local, row, why, detail)
 
     def unsure(
         self,
@@ -191,18 +186,14 @@ class ReviewFeed(Service):
             why = f"the caller asked for a person to look (answered here: {degraded})"
         else:
             return
-        row = _weakest_row(model, local)
-        answers = [*carried_answers(request.parameters.get(parameters.ANSWERS), row)]
-        answers.append(self._own(model, local, row, served=True))
         detail: dict[str, float | str] = {"threshold": threshold}
         if escalation is not None:
             detail["escalation"] = escalation.value
         if degraded is not None:
             detail["degraded"] = degraded.value
-        self._offer(
-            reason, wish, request, row, len(local.labels), answers, why, detail,
-            classes=_classes(model, local),
-        )  # fmt: skip
+        self._offer_own(
+            reason, wish, request, model, local, _weakest_row(model, local), why, detail
+        )
 
     def audited(
         self,
@@ -237,21 +228,14 @@ class ReviewFeed(Service):
                 f"{local.confidence:.2f}; tier {upstream.tier} answered "
                 f"{_at(upstream.labels, row)} ({upstream.confidence:.2f})"
             )
-        answers = [*carried_answers(request.parameters.get(parameters.ANSWERS), row)]
-        answers.append(self._own(model, local, row, served=True))
-        answers.append(
-            ReviewAnswer(
-                upstream.tier,
-                upstream.node,
-                upstream.model_version,
-                _at(upstream.labels, row),
-                _finite(upstream.confidence),
-            )
+        above = ReviewAnswer(
+            upstream.tier,
+            upstream.node,
+            upstream.model_version,
+            _at(upstream.labels, row),
+            _finite(upstream.confidence),
         )
-        self._offer(
-            reason, wish, request, row, len(local.labels), answers, why, {},
-            classes=_classes(model, local),
-        )  # fmt: skip
+        self._offer_own(reason, wish, request, model, local, row, why, {}, above)
 
     def hard_example(self, example: wire.HardExample) -> None:
         """A hard example this (top) tier took up: a case a lower tier answered on its own."""
@@ -299,17 +283,36 @@ class ReviewFeed(Service):
 
     # --- building and sending -------------------------------------------------------------------
 
-    def _own(
-        self, model: ServedModel, local: LocalAnswer, row: int, *, served: bool
-    ) -> ReviewAnswer:
-        return ReviewAnswer(
-            self.identity.tier,
-            self.identity.node,
-            model.version,
-            _at(local.labels, row),
-            _finite(local.confidence),
-            served=served,
+    def _offer_own(
+        self,
+        reason: ReviewReason,
+        wish: HumanReview,
+        request: wire.InferRequest,
+        model: ServedModel,
+        local: LocalAnswer,
+        row: int,
+        why: str,
+        detail: dict[str, float | str],
+        *above: ReviewAnswer,
+    ) -> None:
+        """Offer a case answered here: with the answers carried from below, this node's (the
+        one served) and the tier above's, when it answered too."""
+        answers = [*carried_answers(request.parameters.get(parameters.ANSWERS), row)]
+        answers.append(
+            ReviewAnswer(
+                self.identity.tier,
+                self.identity.node,
+                model.version,
+                _at(local.labels, row),
+                _finite(local.confidence),
+                served=True,
+            )
         )
+        answers.extend(above)
+        self._offer(
+            reason, wish, request, row, len(local.labels), answers, why, detail,
+            classes=_classes(model, local),
+        )  # fmt: skip
 
     def _offer(
         self,

@@ -33,7 +33,7 @@ from mesh.node.admission import caller_name
 from mesh.node.latency import HedgePolicy, HedgeSettings, LatencyTracker
 from mesh.observability import tracing
 from mesh.sdk.answers import EventResult, InferResult, PublishAck
-from mesh.sdk.events import PUBLISH_WINDOW, EventStreams, events_of
+from mesh.sdk.events import PUBLISH_WINDOW, EventStreams, events_of, read_own
 from mesh.sdk.inputs import DEFAULT_INPUT, checked_token, human_review_parameter, tensors_of
 from mesh.security.creds import user_seed
 from mesh.topology import subjects
@@ -401,26 +401,10 @@ class MeshClient(Service):
             sub = await js.pull_subscribe_bind(durable=name, stream=REVIEW_LABELLED_STREAM)
         except Exception as exc:
             raise mesh_error(exc, what) from None
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except Exception as exc:
-                    raise mesh_error(exc, what) from None
-                for msg in msgs:
-                    try:
-                        event = decode_label_event(msg.data)
-                    except MeshError as exc:
-                        log.warning("skipping a malformed label event: %s", exc)
-                        await msg.ack()
-                        continue
-                    yield event
-                    await msg.ack()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        read = read_own(sub, batch, lambda msg: decode_label_event(msg.data), what, "label event")
+        async with contextlib.aclosing(read):
+            async for event in read:
+                yield event
 
     async def close(self) -> None:
         """Drain and close the connection (when the client opened it); idempotent."""

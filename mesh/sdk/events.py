@@ -14,13 +14,15 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.api
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from mesh import wire
 from mesh.errors import (
@@ -44,6 +46,8 @@ from mesh.transport.stores import Entry, Stored, StreamWriter
 from mesh.typedefs import Array
 
 log = logging.getLogger("mesh.client")
+
+T = TypeVar("T")
 
 #: events of one ``publish_many`` awaiting their acknowledgements at once, unless it says.
 PUBLISH_WINDOW = 256
@@ -160,29 +164,15 @@ class EventStreams:
             ) from None
         except Exception as exc:
             raise mesh_error(exc, f"reading results of {model} for {source}") from None
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except Exception as exc:
-                    raise mesh_error(exc, f"reading results of {model} for {source}") from None
-                for msg in msgs:
-                    try:
-                        record = decode_result(msg.data)
-                        reply = wire.decode_reply(record.reply)
-                    except MeshError as exc:
-                        log.warning("skipping a malformed result event: %s", exc)
-                        await msg.ack()
-                        continue
-                    yield EventResult.of(record, reply, len(msg.data))
-                    await msg.ack()
-        finally:
-            # A pull subscription left open holds up the connection's drain (its queue never
-            # empties once nothing fetches), so the caller's break ends it here.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+        def result(msg: Msg) -> EventResult:
+            record = decode_result(msg.data)
+            return EventResult.of(record, wire.decode_reply(record.reply), len(msg.data))
+
+        what = f"reading results of {model} for {source}"
+        async with contextlib.aclosing(read_own(sub, batch, result, what, "result event")) as read:
+            async for one in read:
+                yield one
 
     async def close(self) -> None:
         await self._writer.close()
@@ -215,6 +205,42 @@ def events_of(
     if event_ids is not None and len({event.id for event, _ in made}) != len(made):
         raise InvalidArgumentError("publish_many: event ids repeat within one batch")
     return made
+
+
+async def read_own(
+    sub: JetStreamContext.PullSubscription,
+    batch: int,
+    decode: Callable[[Msg], T],
+    what: str,
+    kind: str,
+) -> AsyncGenerator[T, None]:
+    """A caller's own consumer read for as long as the caller iterates: each message
+    ``decode``-d and acknowledged once taken; a malformed one (a ``MeshError`` from ``decode``)
+    skipped with a warning naming its ``kind``, and acknowledged; a failed fetch raised as a
+    ``MeshError`` on ``what``. A caller that yields what it reads on closes it with
+    ``contextlib.aclosing``: its break must end the subscription at once."""
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:
+                raise mesh_error(exc, what) from None
+            for msg in msgs:
+                try:
+                    record = decode(msg)
+                except MeshError as exc:
+                    log.warning("skipping a malformed %s: %s", kind, exc)
+                    await msg.ack()
+                    continue
+                yield record
+                await msg.ack()
+    finally:
+        # A pull subscription left open holds up the connection's drain (its queue never
+        # empties once nothing fetches), so the caller's break ends it here.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 def _left(deadline: float) -> float:

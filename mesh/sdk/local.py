@@ -111,17 +111,7 @@ class LocalEdge(Service):
             if outcome.escalation_reason is not None:
                 span.set_attribute(tracing.ESCALATION_REASON, outcome.escalation_reason.value)
             response = await self._finish(dataplane, outcome)
-            span.set_attributes(
-                {
-                    tracing.MODEL_VERSION: response.model_version,
-                    tracing.CONFIDENCE: response.confidence,
-                    tracing.ESCALATED: response.tier != tier,
-                    tracing.ANSWERED_BY: response.tier,
-                    tracing.DEGRADED: response.degraded,
-                }
-            )
-            if response.reason is not None:
-                span.set_attribute(tracing.DEGRADED_REASON, response.reason)
+            tracing.record_answer(span, response, tier)
             return response
 
     def _count(self, outcome: Outcome, response: wire.InferResponse) -> None:

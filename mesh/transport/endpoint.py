@@ -311,17 +311,7 @@ class NatsEndpoint(Service):
                 await self._reply_error(msg, request_id, InternalError(f"{type(exc).__name__}"))
                 self._count(model, "error", received_at, "INTERNAL")
                 return
-            span.set_attributes(
-                {
-                    tracing.MODEL_VERSION: response.model_version,
-                    tracing.CONFIDENCE: response.confidence,
-                    tracing.ESCALATED: response.tier != tier,
-                    tracing.ANSWERED_BY: response.tier,
-                    tracing.DEGRADED: response.degraded,
-                }
-            )
-            if response.reason is not None:
-                span.set_attribute(tracing.DEGRADED_REASON, response.reason)
+            tracing.record_answer(span, response, tier)
             await self._respond(msg, wire.encode_response(response))
             self._count(model, _outcome(response, tier), received_at)
             if request.hops:

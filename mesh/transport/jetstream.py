@@ -249,6 +249,17 @@ async def require_stream(
     raise AssertionError("unreachable: AsyncRetrying reraises")
 
 
+async def require_bucket(js: JetStreamContext, bucket: str, what: str) -> KeyValue:
+    """The KV bucket ``bucket`` (it holds ``what``); one the provisioning step did not make is a
+    ``NotFoundError`` naming it and the step to run."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        raise NotFoundError(
+            f"no {what} bucket {bucket} in this domain: run mesh fleet init"
+        ) from None
+
+
 #: longest a watch waits past nats-py's initial-values marker for an entry saying it is caught up.
 SYNC_WAIT_S = 10.0
 
@@ -367,6 +378,7 @@ __all__ = [
     "ensure",
     "ensure_stream",
     "provision",
+    "require_bucket",
     "require_stream",
     "stream_config",
     "watch_bucket",

@@ -281,7 +281,7 @@ def encode_node_status(status: NodeStatus) -> bytes:
             "p99_ms": status.p99_ms,
             "swaps": status.swaps,
             "mesh_version": status.mesh_version,
-            "evidence": {model: _encode_evidence(e) for model, e in status.evidence.items()},
+            "evidence": {model: evidence_to_map(e) for model, e in status.evidence.items()},
             "answered": _encode_answered(status.answered),
             "downgraded": dict(status.downgraded),
             "shadows": {model: shadow_to_map(e) for model, e in status.shadows.items()},
@@ -330,7 +330,7 @@ def _decode_answered(obj: object, what: str) -> AnsweredFor | None:
     )
 
 
-def _encode_evidence(e: VersionEvidence) -> dict[str, Any]:
+def evidence_to_map(e: VersionEvidence) -> dict[str, Any]:
     out: dict[str, Any] = {"version": e.version, "since": float(e.since)}
     for name in EVIDENCE_COUNTERS:
         out[name] = getattr(e, name)
@@ -534,4 +534,5 @@ __all__ = [
     "encode_hard_example",
     "encode_node_event",
     "encode_node_status",
+    "evidence_to_map",
 ]

@@ -5,7 +5,7 @@ records: unknown fields ignored, ``InvalidArgumentError`` on bad input
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from mesh.errors import InvalidArgumentError
@@ -13,20 +13,15 @@ from mesh.wire.codec import finite, optional, optional_number, require
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ShadowEvidence:
-    """What a version run in shadow beside the serving one did on a node since it started
-    there: running totals, like ``VersionEvidence``. It ran on copies of the serving version's
-    inputs after their replies and never answered a caller.
+class ShadowCounters:
+    """The running totals of a version run in shadow, declared once: the node counts them
+    (``mesh.node.shadow.ShadowTally``), its heartbeat carries them (``ShadowEvidence``) and a
+    rollout judges them (``mesh.fleet.rollout.evidence``).
 
     ``compared`` requests got an answer from the tier above (escalated or audited by the serving
     version); ``agreed`` of them the shadow answered as the tier above did, ``serving_agreed``
     the serving version did: the two agreements on the same requests."""
 
-    version: str
-    #: the version it ran beside, whose answers the callers got.
-    serving: str
-    #: wall-clock unix seconds when it started running here.
-    since: float
     requests: int = 0
     errors: int = 0
     #: requests it was not run on: over its share of the CPU, or its queue full.
@@ -36,16 +31,27 @@ class ShadowEvidence:
     compared: int = 0
     agreed: int = 0
     serving_agreed: int = 0
+
+
+#: the shadow's counters, in the order the heartbeat writes them.
+SHADOW_COUNTERS = tuple(f.name for f in fields(ShadowCounters))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowEvidence(ShadowCounters):
+    """What a version run in shadow beside the serving one did on a node since it started
+    there: running totals, like ``VersionEvidence``. It ran on copies of the serving version's
+    inputs after their replies and never answered a caller."""
+
+    version: str
+    #: the version it ran beside, whose answers the callers got.
+    serving: str
+    #: wall-clock unix seconds when it started running here.
+    since: float
     #: its model calls' time per request, in the buckets of ``LATENCY_BUCKETS_MS`` (one more).
     latency: tuple[int, ...] = ()
     #: seconds its model calls took: what its share of the CPU is measured in.
     busy_s: float = 0.0
-
-
-#: the shadow's counters, in the order the heartbeat writes them.
-SHADOW_COUNTERS = (
-    "requests", "errors", "skipped", "matched", "compared", "agreed", "serving_agreed",
-)  # fmt: skip
 
 
 def shadow_to_map(e: ShadowEvidence) -> dict[str, Any]:
@@ -78,4 +84,10 @@ def shadow_from_map(model: object, obj: object, what: str) -> ShadowEvidence:
     )
 
 
-__all__ = ["SHADOW_COUNTERS", "ShadowEvidence", "shadow_from_map", "shadow_to_map"]
+__all__ = [
+    "SHADOW_COUNTERS",
+    "ShadowCounters",
+    "ShadowEvidence",
+    "shadow_from_map",
+    "shadow_to_map",
+]

@@ -15,7 +15,8 @@ from mesh.fleet.rollout.statistics import rounded
 from mesh.fleet.rollout.witness import Witness, answered_since, bound
 from mesh.observability.metrics import LATENCY_BUCKETS_MS, bucket_quantile
 from mesh.wire import EVIDENCE_COUNTERS, SHADOW_COUNTERS, ShadowEvidence, VersionEvidence
-from mesh.wire.records import EvidenceCounters
+from mesh.wire.records import EvidenceCounters, evidence_to_map
+from mesh.wire.shadow import shadow_to_map
 
 #: answers a node must have given with a version before its drift counts: the node's window
 #: (500 rows by default) is full then. PSI over a window not yet full is biased upwards by
@@ -231,40 +232,19 @@ class Window:
     shadows: dict[str, ShadowEvidence] = field(default_factory=dict)
 
 
-def _evidence_dict(e: VersionEvidence) -> dict[str, Any]:
-    return {
-        "version": e.version,
-        "since": e.since,
-        **{name: getattr(e, name) for name in EVIDENCE_COUNTERS},
-        "latency": list(e.latency),
-        "drift": e.drift,
-    }
-
-
 def encode_window(w: Window) -> bytes:
     return json.dumps(
         {
             "rollout": w.rollout,
             "stage": w.stage,
             "started_at": w.started_at,
-            "snapshot": {n: _evidence_dict(e) for n, e in w.snapshot.items()},
+            "snapshot": {n: evidence_to_map(e) for n, e in w.snapshot.items()},
             "answered": {
                 n: {"since": a.since, "counts": dict(a.counts)} for n, a in w.answered.items()
             },
-            "shadows": {n: _shadow_dict(e) for n, e in w.shadows.items()},
+            "shadows": {n: shadow_to_map(e) for n, e in w.shadows.items()},
         }
     ).encode()
-
-
-def _shadow_dict(e: ShadowEvidence) -> dict[str, Any]:
-    return {
-        "version": e.version,
-        "serving": e.serving,
-        "since": e.since,
-        **{name: getattr(e, name) for name in SHADOW_COUNTERS},
-        "latency": list(e.latency),
-        "busy_s": e.busy_s,
-    }
 
 
 def decode_window(data: bytes) -> Window | None:

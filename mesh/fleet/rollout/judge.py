@@ -116,14 +116,7 @@ def judge(
         failed = check(gate, canary, base)
         if failed is not None:
             return failed
-    if measurable:
-        failed = _agreement(gate, canary, base)
-        if failed is not None:
-            return failed
-    failed = _labelled(gate, labels)
-    if failed is not None:
-        return failed
-    return Verdict(VerdictResult.PASS, reason="every gate holds")
+    return _last_gates(gate, canary, base, labels, compared=measurable, passed="every gate holds")
 
 
 def judge_shadow(gate: Gate, figures: ShadowFigures, labels: LabelFigures | None = None) -> Verdict:
@@ -162,14 +155,31 @@ def judge_shadow(gate: Gate, figures: ShadowFigures, labels: LabelFigures | None
             "serving_agreement", figures.matched / n, gate.min_serving_agreement, None,
             samples=n, upper_90=rounded(upper),
         )  # fmt: skip
-    if shadow.compared > 0:
-        failed = _agreement(gate, shadow, serving)
+    return _last_gates(
+        gate, shadow, serving, labels,
+        compared=shadow.compared > 0, passed="every gate holds in shadow",
+    )  # fmt: skip
+
+
+def _last_gates(
+    gate: Gate,
+    figures: Figures,
+    against: Figures | None,
+    labels: LabelFigures | None,
+    *,
+    compared: bool,
+    passed: str,
+) -> Verdict:
+    """The gates every stage ends on: agreement with the tier above (when its answers were
+    compared), then labels; ``passed`` once both hold."""
+    if compared:
+        failed = _agreement(gate, figures, against)
         if failed is not None:
             return failed
     failed = _labelled(gate, labels)
     if failed is not None:
         return failed
-    return Verdict(VerdictResult.PASS, reason="every gate holds in shadow")
+    return Verdict(VerdictResult.PASS, reason=passed)
 
 
 def _labelled(gate: Gate, labels: LabelFigures | None) -> Verdict | None:
