@@ -39,9 +39,8 @@ from mesh.topology.streams import (
     MODEL_STORE_STREAM,
     EventLimits,
     event_specs,
-    standard_topology,
 )
-from mesh.transport.jetstream import ensure, provision
+from mesh.transport.jetstream import ensure
 from tests.fixtures.chain import Chain, Tier
 from tests.fixtures.site import LinkedSite
 
@@ -76,18 +75,6 @@ class Identity:
 
 
 Connect = Callable[[str, IdentitySpec], Awaitable[Identity]]
-
-
-@pytest.fixture
-async def provisioned(linked: LinkedSite) -> LinkedSite:
-    """Both domains' streams and buckets, made by the administrator."""
-    admin = await linked.site.hub.connect()
-    try:
-        topology = standard_topology(event_models=("digits",))
-        await provision(lambda domain: admin.jetstream(domain=domain), topology)
-    finally:
-        await admin.close()
-    return linked
 
 
 @pytest.fixture

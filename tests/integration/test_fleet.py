@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from mesh.dev.faults import FaultProxy
+from mesh.dev.fleetsim.simulate import CONSOLE, CONTROLLER
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import MeshError
 from mesh.fleet import registry
@@ -28,17 +28,15 @@ from mesh.node.tier import TierNode
 from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
-from mesh.security.permissions import Role
 from mesh.settings import FleetSettings, HardExampleSettings
 from mesh.topology.streams import NODES_BUCKET, standard_topology
 from mesh.transport.guard import flush_in_order
 from mesh.transport.jetstream import provision
 from mesh.wire import decode_node_event, decode_node_status
 from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.commands import mesh_cli
 from tests.fixtures.site import LinkedSite
 
-CONTROLLER = IdentitySpec("controller", Role.CONTROLLER)
-CONSOLE = IdentitySpec("console", Role.CONSOLE)
 V1 = "1-edge-int8"
 
 
@@ -64,15 +62,10 @@ class Fleet:
 
     async def mesh(self, *args: str, ok: bool = True) -> tuple[int, str, str]:
         """Run the ``mesh`` CLI in a child process."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh.cli", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        code = proc.returncode or 0
+        code, out, err = await mesh_cli(*args)
         if ok and code != 0:
-            raise AssertionError(f"mesh {' '.join(args)} exited {code}: {err.decode()[-2000:]}")
-        return code, out.decode(), err.decode()
+            raise AssertionError(f"mesh {' '.join(args)} exited {code}: {err[-2000:]}")
+        return code, out, err
 
     async def start_node(self, name: str) -> TierNode:
         """Start the edge node ``name``; one started before starts again with its settings."""

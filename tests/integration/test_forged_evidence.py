@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from mesh.dev.fleetsim.simulate import (
     CONTROLLER,
     FleetSimulation,
     SimLoad,
-    SimulationSettings,
 )
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
@@ -52,6 +50,8 @@ from mesh.observability.metrics import LATENCY_BUCKETS_MS
 from mesh.topology import subjects
 from mesh.topology.streams import nodes_bucket
 from mesh.wire import AnsweredFor, NodeStatus, VersionEvidence, encode_node_status
+from tests.fixtures.commands import mesh_cli
+from tests.fixtures.fleet import push_version, simulation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -60,16 +60,6 @@ BAD = "3-confused"
 LIAR = "edge-liar"
 #: the stolen identity writes its heartbeat this often.
 FORGE_EVERY_S = 0.02
-
-
-def simulation(tmp_path: Path, demo: DemoArtifacts, nodes: int) -> FleetSimulation:
-    """One site's edge nodes under the cloud node, which answers their escalations and audits
-    and says so in its heartbeat."""
-    settings = SimulationSettings(
-        work_dir=tmp_path / "sim", nodes=nodes, sites=1, processes=1, heartbeat_s=0.5,
-        audit_rate=0.3,
-    )  # fmt: skip
-    return FleetSimulation(settings, demo)
 
 
 @dataclass
@@ -213,14 +203,11 @@ async def start_with_canary(
 async def status(sim: FleetSimulation, *flags: str) -> str:
     """What ``mesh rollout status`` prints, as the console identity."""
     creds = await sim.issue(CONSOLE)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", "rollout", "status", "digits", *flags,
-        "--servers", sim.hub.url, "--creds", str(creds),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    code, out, err = await mesh_cli(
+        "rollout", "status", "digits", *flags, "--servers", sim.hub.url, "--creds", str(creds)
+    )
+    assert code == 0, err
+    return out
 
 
 def report(case: str, r: Rollout, liar: Liar, **more: Any) -> None:
@@ -248,8 +235,7 @@ async def test_a_forged_baseline_no_longer_rolls_a_good_version_back(
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
     async with simulation(tmp_path, demo, nodes=3) as sim:
-        good = await asyncio.to_thread(copy_as_version, demo.edge_int8, GOOD, tmp_path / "good")
-        await sim.push(good)
+        await push_version(sim, copy_as_version, demo.edge_int8, GOOD, tmp_path / "good")
         canary = sim.node_names[0]
         liar = Liar(sim, claims=lambda assigned: assigned, agreement=lambda v: 1.0)
         async with lying(liar), driven(sim, rate=10.0):
@@ -273,8 +259,7 @@ async def test_claiming_the_new_version_no_longer_empties_the_baseline_and_the_l
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
     async with simulation(tmp_path, demo, nodes=1) as sim:
-        bad = await asyncio.to_thread(confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
-        await sim.push(bad)
+        await push_version(sim, confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
         canary = sim.node_names[0]
         started = asyncio.Event()
         liar = Liar(
@@ -303,8 +288,7 @@ async def test_forged_comparisons_no_longer_carry_a_confused_version_to_completi
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
     async with simulation(tmp_path, demo, nodes=2) as sim:
-        bad = await asyncio.to_thread(confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
-        await sim.push(bad)
+        await push_version(sim, confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
         canary = sim.node_names[0]
         # a poor baseline while it is one (the confused canary looks no worse), then a perfect
         # canary once it is assigned the confused version

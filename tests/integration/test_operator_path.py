@@ -17,13 +17,14 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fixtures.commands import mesh_cli, stop_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -40,12 +41,7 @@ def sh_block(page: str, heading: str) -> str:
 
 
 async def mesh(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
+    return await mesh_cli(*args, env=env)
 
 
 async def serving(env: dict[str, str]) -> dict[str, str]:
@@ -151,10 +147,4 @@ async def test_the_operator_rolls_a_new_edge_version_out_with_what_mesh_up_print
         assert answer["model_version"].endswith(answer["tier"])
     finally:
         if up_pid is not None:
-            os.kill(up_pid, signal.SIGTERM)
-            for _ in range(300):
-                try:
-                    os.kill(up_pid, 0)
-                except ProcessLookupError:
-                    break
-                await asyncio.sleep(0.1)
+            await stop_pid(up_pid)

@@ -25,7 +25,6 @@ from mesh.local.servers import NatsServer, free_port
 from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
 from mesh.topology.streams import standard_topology
-from mesh.transport.jetstream import provision
 from tests.fixtures.site import LinkedSite
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -205,12 +204,7 @@ async def test_a_serving_ingress_stops_within_the_bound(nats_server: NatsServer)
 
 async def test_a_leading_controller_stops_within_the_bound(linked: LinkedSite) -> None:
     site = linked.site
-    nc = await site.hub.connect(name="fleet-setup")
-    try:
-        topology = standard_topology(sites=(), events=False)
-        await provision(lambda domain: nc.jetstream(domain=domain), topology)
-    finally:
-        await nc.close()
+    await linked.provision(standard_topology(sites=(), events=False))
     creds = await site.hub.issue(IdentitySpec("controller", Role.CONTROLLER))
     running = await launch(
         "controller", "--servers", site.hub.url, "--creds", str(creds), "--name", "ctl-sig",

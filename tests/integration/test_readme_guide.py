@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from mesh import MeshClient
 from mesh.local.servers import free_port
+from tests.fixtures.commands import stop_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,10 +95,4 @@ async def test_the_readme_guide_serves_iris_next_to_digits(tmp_path: Path) -> No
         assert not any(r.degraded for r in dig)
     finally:
         if up_pid is not None:
-            os.kill(up_pid, signal.SIGTERM)
-            for _ in range(300):
-                try:
-                    os.kill(up_pid, 0)
-                except ProcessLookupError:
-                    break
-                await asyncio.sleep(0.1)
+            await stop_pid(up_pid)

@@ -42,8 +42,6 @@ from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
 from mesh.settings import EventSettings, HardExampleSettings, ReviewFeedSettings
 from mesh.topology import parameters, subjects
-from mesh.topology.streams import standard_topology
-from mesh.transport.jetstream import provision
 from tests.fixtures.chain import Chain, Tier
 from tests.fixtures.site import LinkedSite
 
@@ -60,17 +58,6 @@ OTHER = IdentitySpec("other-app", Role.APPLICATION)
 UNSURE = 1.01
 #: every candidate offered, none held back by the node's own bound.
 OFFER_ALL = ReviewFeedSettings(sample_rate=0.0, drift_rate=0.0, max_per_minute=10_000)
-
-
-@pytest.fixture
-async def provisioned(linked: LinkedSite) -> LinkedSite:
-    admin = await linked.site.hub.connect()
-    try:
-        topology = standard_topology(event_models=("digits",))
-        await provision(lambda domain: admin.jetstream(domain=domain), topology)
-    finally:
-        await admin.close()
-    return linked
 
 
 @dataclass
