@@ -42,6 +42,7 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.commands import stop_child
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -163,13 +164,7 @@ async def ingress_process(
         drain = asyncio.create_task(proc.stdout.read())
         yield ingress
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_child(proc, 10)
         if drain is not None:
             await drain
 
