@@ -33,7 +33,7 @@ from mesh.topology import subjects
 from mesh.topology.streams import DESIRED_BUCKET, DESIRED_STREAM, REVOKED_BUCKET, REVOKED_STREAM
 from mesh.wire import NodeStatus
 from tests.fixtures.commands import mesh_cli
-from tests.fixtures.fleet import hub_args, push_version, simulation
+from tests.fixtures.fleet import heartbeats, hub_args, push_version, simulation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -43,18 +43,9 @@ NEXT = "4-edge"
 DELIVER_CYCLE = 10081
 
 
-async def beats(sim: FleetSimulation) -> dict[str, NodeStatus]:
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        found = await registry.read_heartbeats(nc.jetstream(domain="hub"))
-    finally:
-        await nc.close()
-    return {n: b for n, b in found.items() if isinstance(b, NodeStatus) and n in sim.node_sites}
-
-
 async def until(sim: FleetSimulation, done: Callable[[dict[str, NodeStatus]], bool]) -> None:
     async with asyncio.timeout(90.0):
-        while not done(await beats(sim)):  # noqa: ASYNC110
+        while not done(await heartbeats(sim)):  # noqa: ASYNC110
             await asyncio.sleep(0.3)
 
 
@@ -124,7 +115,7 @@ async def test_an_old_assignment_re_delivered_into_the_bucket_is_obeyed_by_no_re
                                            "version": GOOD, "was": old.revision}}))  # fmt: skip
 
             await asyncio.sleep(5.0)  # ten heartbeats: time to swap, had it been obeyed
-            assert serving(sim.initial_version)(await beats(sim))
+            assert serving(sim.initial_version)(await heartbeats(sim))
             held = controller.desired.entries[key].state
             assert held.version == sim.initial_version
             assert controller.ignored.get(DESIRED_BUCKET, 0) >= 1
@@ -176,7 +167,7 @@ async def test_a_revoked_version_is_refused_left_with_a_warning_and_rolled_back(
             )  # fmt: skip
             assert code == 0 and "revoked digits@2-edge" in out, err
             await until(sim, serving(sim.initial_version))
-            for beat in (await beats(sim)).values():
+            for beat in (await heartbeats(sim)).values():
                 assert beat.rejected.get(f"digits@{GOOD}", "").startswith("revoked: leaks labels")
                 assert beat.downgraded == {"digits": GOOD}
             code, out, _ = await mesh_cli("fleet", "status", *hub_args(sim))

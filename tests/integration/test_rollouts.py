@@ -41,7 +41,7 @@ from mesh.models.manifest import copy_as_version
 from mesh.topology.streams import nodes_bucket
 from mesh.wire import NodeStatus, VersionEvidence, encode_node_status
 from tests.fixtures.commands import mesh_cli
-from tests.fixtures.fleet import hub_args, push_version, simulation
+from tests.fixtures.fleet import heartbeats, hub_args, push_version, simulation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -94,16 +94,7 @@ async def wait_rollout(sim: FleetSimulation, done: Any, timeout: float = 120.0) 
 
 async def served(sim: FleetSimulation) -> dict[str, str]:
     """Node to the version of digits it last reported, from the hub's heartbeats."""
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        beats = await registry.read_heartbeats(nc.jetstream(domain="hub"))
-    finally:
-        await nc.close()
-    return {
-        name: b.models.get("digits", "")
-        for name, b in beats.items()
-        if isinstance(b, NodeStatus) and name in sim.node_sites
-    }
+    return {name: b.models.get("digits", "") for name, b in (await heartbeats(sim)).items()}
 
 
 async def converged(sim: FleetSimulation, version: str, timeout: float) -> None:
