@@ -5,8 +5,10 @@ continuous load through the SDK; tampered and untrusted versions; a cut site; fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,19 @@ async def run_load(client: MeshClient, rows: np.ndarray, load: Load, concurrency
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
 
 
+@contextlib.asynccontextmanager
+async def loading(client: MeshClient, rows: np.ndarray) -> AsyncIterator[Load]:
+    """Continuous requests from ``client`` while the block runs; the client closed after."""
+    load = Load()
+    loader = asyncio.create_task(run_load(client, rows, load))
+    try:
+        yield load
+    finally:
+        load.stop.set()
+        await loader
+        await client.close()
+
+
 async def wait_for(predicate: Any, timeout: float, what: str) -> float:
     start = time.monotonic()
     while not predicate():
@@ -231,9 +246,7 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
         fleet.site.leaf.url,
         user_credentials=str(fleet.creds(APPLICATION)),  # type: ignore[union-attr]
     )
-    load = Load()
-    loader = asyncio.create_task(run_load(client, rows, load))
-    try:
+    async with loading(client, rows) as load:
         await wait_for(
             lambda: len(load.by_node) == 3 and load.answered > 300, 30, "load on all nodes"
         )
@@ -276,10 +289,6 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
             )  # fmt: skip
         more = load.answered
         await wait_for(lambda: load.answered > more + 100, 30, "answers after the rejections")
-    finally:
-        load.stop.set()
-        await loader
-        await client.close()
 
     assert load.errors == [], load.errors[:5]
     for name, versions in load.by_node.items():
