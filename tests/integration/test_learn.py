@@ -74,10 +74,7 @@ async def test_bad_training_gets_typed_errors_and_changes_nothing_and_good_train
     await review.start()
     x, y = rows(demo)
     app = await review.app()
-    for i in range(LABELS):
-        await app.infer("digits", x[i : i + 1], request_id=f"ask-{i}", human_review="always")
-    found = await review.items(lambda listed: len(listed) >= LABELS)
-    items = [next(f["id"] for f in found if f["request_id"] == f"ask-{i}") for i in range(LABELS)]
+    items = await review.ask(app, x, LABELS)
     alice = await review.client(ALICE)
     for i, item in enumerate(items):
         await alice.label(item, int(y[i]))
