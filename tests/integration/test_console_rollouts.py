@@ -22,8 +22,8 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
 from tests.fixtures.browser import Browser
 from tests.fixtures.commands import mesh_cli
-from tests.fixtures.fleet import hub_args, push_version, simulation
-from tests.integration.test_rollouts import rollout_of, start_controller
+from tests.fixtures.fleet import hub_args, push_version, rollout_of, simulation
+from tests.integration.test_rollouts import start_controller
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,13 +34,18 @@ from mesh.fleet import registry
 from mesh.fleet.admin import read_rollouts, start_rollout, summary
 from mesh.fleet.controller import Controller
 from mesh.fleet.desired import DesiredState, Selector
-from mesh.fleet.rollout import Rollout
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
 from mesh.topology.streams import nodes_bucket
 from mesh.wire import NodeStatus, VersionEvidence, encode_node_status
 from tests.fixtures.commands import mesh_cli
-from tests.fixtures.fleet import heartbeats, hub_args, push_version, simulation
+from tests.fixtures.fleet import (
+    heartbeats,
+    hub_args,
+    push_version,
+    simulation,
+    wait_rollout,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -73,23 +77,6 @@ async def start_controller(sim: FleetSimulation, name: str) -> ChildProcess:
     )  # fmt: skip
     await child.start()
     return child
-
-
-async def rollout_of(sim: FleetSimulation, model: str = "digits") -> Rollout:
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        return (await read_rollouts(nc.jetstream(domain="hub")))[model]
-    finally:
-        await nc.close()
-
-
-async def wait_rollout(sim: FleetSimulation, done: Any, timeout: float = 120.0) -> Rollout:
-    async with asyncio.timeout(timeout):
-        while True:
-            r = await rollout_of(sim)
-            if done(r):
-                return r
-            await asyncio.sleep(0.2)
 
 
 async def served(sim: FleetSimulation) -> dict[str, str]:
