@@ -14,6 +14,7 @@ from typing import BinaryIO
 import aiohttp
 
 from mesh.local.servers import free_port
+from tests.fixtures.commands import stop_child
 
 #: what `make system-deps` installs; tests that need it skip with this reason where it did not run.
 SYSTEM_DEPS = "run `make system-deps` (Debian's prometheus package) first"
@@ -56,13 +57,7 @@ async def running_prometheus(binary: str, config: str, work: Path) -> AsyncItera
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_child(proc, 15)
         log.close()
 
 

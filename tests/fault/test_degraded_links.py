@@ -159,6 +159,18 @@ async def inbox_count(hub: NatsServer, tier: str) -> int:
         await nc.close()
 
 
+async def wait_inbox(hub: NatsServer, count: int, what: str) -> None:
+    """Up to 60 s for the cloud's inbox on the hub to hold ``count`` hard examples."""
+
+    async def arrived() -> bool:
+        try:
+            return await inbox_count(hub, "cloud") >= count
+        except Exception:
+            return False
+
+    await wait_for(arrived, 60, what)
+
+
 def site_tiers(gateway_threshold: float) -> tuple[Tier, Tier]:
     """The site's edge and gateway on fast breakers; the gateway keeps its hard examples for the
     cloud at the hub to take up."""
@@ -195,13 +207,7 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
     degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
     assert degraded_at_gateway
 
-    async def all_delivered() -> bool:
-        try:
-            return await inbox_count(linked.site.hub, "cloud") >= len(degraded_at_gateway)
-        except Exception:
-            return False
-
-    await wait_for(all_delivered, 60, "hard examples to reach the hub")
+    await wait_inbox(linked.site.hub, len(degraded_at_gateway), "hard examples to reach the hub")
     await asyncio.sleep(0.5)
     delivered = await inbox_ids(linked.site.hub, "cloud")
     assert len(delivered) == len(set(delivered)) == len(degraded_at_gateway)
@@ -381,13 +387,7 @@ async def test_two_thousand_requests_through_an_outage_of_a_third_of_the_run_los
 
     degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
 
-    async def drained() -> bool:
-        try:
-            return await inbox_count(linked.site.hub, "cloud") >= len(degraded_at_gateway)
-        except Exception:
-            return False
-
-    await wait_for(drained, 60, "the hard-example backlog to drain")
+    await wait_inbox(linked.site.hub, len(degraded_at_gateway), "the hard-example backlog to drain")
     delivered = await inbox_ids(linked.site.hub, "cloud")
     print(f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}")
     assert sorted(delivered) == sorted(degraded_at_gateway)

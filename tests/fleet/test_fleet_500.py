@@ -30,13 +30,14 @@ from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad, Sim
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
-from mesh.fleet.admin import read_rollouts, start_rollout
+from mesh.fleet.admin import start_rollout
 from mesh.fleet.desired import Selector
 from mesh.fleet.rollout import Rollout
 from mesh.local.phases import Phases
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
 from mesh.wire import NodeStatus
+from tests.fixtures.fleet import rollout_of
 
 pytestmark = [
     pytest.mark.slow,
@@ -124,18 +125,10 @@ async def controller(sim: FleetSimulation, name: str) -> ChildProcess:
     return child
 
 
-async def latest(sim: FleetSimulation) -> Rollout:
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        return (await read_rollouts(nc.jetstream(domain="hub")))["digits"]
-    finally:
-        await nc.close()
-
-
 async def wait_for(sim: FleetSimulation, done: Any, timeout: float, what: str) -> Rollout:
     async with PHASES.phase(what, timeout) as phase:
         while True:
-            r = await latest(sim)
+            r = await rollout_of(sim)
             if done(r):
                 return r
             phase.waiting_for(f"{what}: rollout {r.version} {r.state}, stage {r.current_stage}")

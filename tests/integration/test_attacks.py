@@ -39,9 +39,8 @@ from mesh.topology.streams import (
     MODEL_STORE_STREAM,
     EventLimits,
     event_specs,
-    standard_topology,
 )
-from mesh.transport.jetstream import ensure, provision
+from mesh.transport.jetstream import ensure
 from tests.fixtures.chain import Chain, Tier
 from tests.fixtures.site import LinkedSite
 
@@ -76,18 +75,6 @@ class Identity:
 
 
 Connect = Callable[[str, IdentitySpec], Awaitable[Identity]]
-
-
-@pytest.fixture
-async def provisioned(linked: LinkedSite) -> LinkedSite:
-    """Both domains' streams and buckets, made by the administrator."""
-    admin = await linked.site.hub.connect()
-    try:
-        topology = standard_topology(event_models=("digits",))
-        await provision(lambda domain: admin.jetstream(domain=domain), topology)
-    finally:
-        await admin.close()
-    return linked
 
 
 @pytest.fixture
@@ -190,6 +177,10 @@ async def test_no_runtime_identity_can_make_a_stream_that_captures_others_traffi
 # ---- events are fair between applications --------------------------------------------------
 
 
+#: the site's entry node, taking the events for digits.
+EVENTS_EDGE = Tier("edge", model="edge-int8", node="edge-0", events=EventSettings(enabled=True))
+
+
 async def app(provisioned: LinkedSite, keystore: KeyStore, spec: IdentitySpec) -> MeshClient:
     creds = await asyncio.to_thread(keystore.ensure, spec)
     return await MeshClient.connect(provisioned.leaf_url, user_credentials=str(creds))
@@ -243,10 +234,7 @@ async def test_a_flooding_source_fills_its_own_quota_and_nobody_elses(
 async def test_another_source_can_neither_take_an_event_id_first_nor_drop_a_result(
     provisioned: LinkedSite, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
-    await chain.start(
-        provisioned.leaf_url,
-        Tier("edge", model="edge-int8", node="edge-0", events=EventSettings(enabled=True)),
-    )
+    await chain.start(provisioned.leaf_url, EVENTS_EDGE)
     attacker = await connect_raw(provisioned, keystore, ATTACKER)
     victim = await app(provisioned, keystore, VICTIM)
     row = np.load(demo.test)["x"][:1].astype(np.float32)
@@ -287,10 +275,7 @@ async def test_one_sources_backlog_delays_anothers_event_by_at_most_its_quota(
     """The bound: another source's event waits behind at most ``per_source_events`` events of
     a flooding source (the quota), whatever the flood; before, it waited behind all of them
     (221 s in the attack)."""
-    await chain.start(
-        provisioned.leaf_url,
-        Tier("edge", model="edge-int8", node="edge-0", events=EventSettings(enabled=True)),
-    )
+    await chain.start(provisioned.leaf_url, EVENTS_EDGE)
     attacker = await app(provisioned, keystore, ATTACKER)
     victim = await app(provisioned, keystore, VICTIM)
     row = np.load(demo.test)["x"][:1].astype(np.float32)

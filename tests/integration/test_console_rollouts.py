@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad, SimulationSettings
+from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
 from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
 from tests.fixtures.browser import Browser
-from tests.integration.test_rollouts import hub_args, mesh_cli, rollout_of, start_controller
+from tests.fixtures.commands import mesh_cli
+from tests.fixtures.fleet import hub_args, push_version, rollout_of, simulation
+from tests.integration.test_rollouts import start_controller
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -30,11 +32,7 @@ GOOD = "2-edge"
 
 @pytest.fixture
 async def sim(tmp_path: Path, demo: DemoArtifacts) -> AsyncIterator[FleetSimulation]:
-    settings = SimulationSettings(
-        work_dir=tmp_path / "sim", nodes=4, sites=1, processes=1, heartbeat_s=0.5,
-        audit_rate=0.3,
-    )  # fmt: skip
-    async with FleetSimulation(settings, demo) as s:
+    async with simulation(tmp_path, demo, nodes=4) as s:
         yield s
 
 
@@ -66,8 +64,7 @@ async def test_a_rollouts_stages_advance_on_the_page_and_a_person_pauses_and_res
     sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path, browser: Browser
 ) -> None:
     assert sim.key is not None
-    good = await asyncio.to_thread(copy_as_version, demo.edge, GOOD, tmp_path / "good")
-    await sim.push(good)
+    await push_version(sim, copy_as_version, demo.edge, GOOD, tmp_path / "good")
     load = SimLoad(sim, rate_per_node=6.0)
     await load.start()
     token = secrets.token_urlsafe(24)

@@ -5,9 +5,10 @@ continuous load through the SDK; tampered and untrusted versions; a cut site; fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from mesh.dev.faults import FaultProxy
+from mesh.dev.fleetsim.simulate import CONSOLE, CONTROLLER
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.errors import MeshError
 from mesh.fleet import registry
@@ -28,17 +30,15 @@ from mesh.node.tier import TierNode
 from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
-from mesh.security.permissions import Role
 from mesh.settings import FleetSettings, HardExampleSettings
 from mesh.topology.streams import NODES_BUCKET, standard_topology
 from mesh.transport.guard import flush_in_order
 from mesh.transport.jetstream import provision
 from mesh.wire import decode_node_event, decode_node_status
 from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.commands import mesh_cli
 from tests.fixtures.site import LinkedSite
 
-CONTROLLER = IdentitySpec("controller", Role.CONTROLLER)
-CONSOLE = IdentitySpec("console", Role.CONSOLE)
 V1 = "1-edge-int8"
 
 
@@ -64,15 +64,10 @@ class Fleet:
 
     async def mesh(self, *args: str, ok: bool = True) -> tuple[int, str, str]:
         """Run the ``mesh`` CLI in a child process."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh.cli", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        code = proc.returncode or 0
+        code, out, err = await mesh_cli(*args)
         if ok and code != 0:
-            raise AssertionError(f"mesh {' '.join(args)} exited {code}: {err.decode()[-2000:]}")
-        return code, out.decode(), err.decode()
+            raise AssertionError(f"mesh {' '.join(args)} exited {code}: {err[-2000:]}")
+        return code, out, err
 
     async def start_node(self, name: str) -> TierNode:
         """Start the edge node ``name``; one started before starts again with its settings."""
@@ -178,6 +173,19 @@ async def run_load(client: MeshClient, rows: np.ndarray, load: Load, concurrency
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
 
 
+@contextlib.asynccontextmanager
+async def loading(client: MeshClient, rows: np.ndarray) -> AsyncIterator[Load]:
+    """Continuous requests from ``client`` while the block runs; the client closed after."""
+    load = Load()
+    loader = asyncio.create_task(run_load(client, rows, load))
+    try:
+        yield load
+    finally:
+        load.stop.set()
+        await loader
+        await client.close()
+
+
 async def wait_for(predicate: Any, timeout: float, what: str) -> float:
     start = time.monotonic()
     while not predicate():
@@ -238,9 +246,7 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
         fleet.site.leaf.url,
         user_credentials=str(fleet.creds(APPLICATION)),  # type: ignore[union-attr]
     )
-    load = Load()
-    loader = asyncio.create_task(run_load(client, rows, load))
-    try:
+    async with loading(client, rows) as load:
         await wait_for(
             lambda: len(load.by_node) == 3 and load.answered > 300, 30, "load on all nodes"
         )
@@ -283,10 +289,6 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
             )  # fmt: skip
         more = load.answered
         await wait_for(lambda: load.answered > more + 100, 30, "answers after the rejections")
-    finally:
-        load.stop.set()
-        await loader
-        await client.close()
 
     assert load.errors == [], load.errors[:5]
     for name, versions in load.by_node.items():

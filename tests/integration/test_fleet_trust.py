@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import nats.js.errors
 import pytest
 from nats.js import api
 
-from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad, SimulationSettings
+from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.fleet import registry
 from mesh.fleet.admin import read_rollouts, start_rollout
@@ -33,6 +32,8 @@ from mesh.models.manifest import copy_as_version
 from mesh.topology import subjects
 from mesh.topology.streams import DESIRED_BUCKET, DESIRED_STREAM, REVOKED_BUCKET, REVOKED_STREAM
 from mesh.wire import NodeStatus
+from tests.fixtures.commands import mesh_cli
+from tests.fixtures.fleet import heartbeats, hub_args, push_version, simulation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -42,26 +43,9 @@ NEXT = "4-edge"
 DELIVER_CYCLE = 10081
 
 
-def simulation(tmp_path: Path, demo: DemoArtifacts, nodes: int) -> FleetSimulation:
-    settings = SimulationSettings(
-        work_dir=tmp_path / "sim", nodes=nodes, sites=1, processes=1, heartbeat_s=0.5,
-        audit_rate=0.3,
-    )  # fmt: skip
-    return FleetSimulation(settings, demo)
-
-
-async def beats(sim: FleetSimulation) -> dict[str, NodeStatus]:
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        found = await registry.read_heartbeats(nc.jetstream(domain="hub"))
-    finally:
-        await nc.close()
-    return {n: b for n, b in found.items() if isinstance(b, NodeStatus) and n in sim.node_sites}
-
-
 async def until(sim: FleetSimulation, done: Callable[[dict[str, NodeStatus]], bool]) -> None:
     async with asyncio.timeout(90.0):
-        while not done(await beats(sim)):  # noqa: ASYNC110
+        while not done(await heartbeats(sim)):  # noqa: ASYNC110
             await asyncio.sleep(0.3)
 
 
@@ -77,25 +61,11 @@ async def poll(done: Callable[[], Awaitable[bool]], timeout: float = 90.0) -> No
             await asyncio.sleep(0.3)
 
 
-async def mesh_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-def hub_args(sim: FleetSimulation) -> list[str]:
-    return ["--servers", sim.hub.url, "--creds", str(sim.creds(CONTROLLER))]
-
-
 async def test_an_old_assignment_re_delivered_into_the_bucket_is_obeyed_by_no_reader(
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
     async with simulation(tmp_path, demo, nodes=1) as sim:
-        good = await asyncio.to_thread(copy_as_version, demo.edge_int8, GOOD, tmp_path / "good")
-        await sim.push(good)
+        await push_version(sim, copy_as_version, demo.edge_int8, GOOD, tmp_path / "good")
         node = sim.node_names[0]
         key = desired_key("digits", Selector(node=node))
         nc = await sim.hub.connect(CONTROLLER.name)
@@ -145,7 +115,7 @@ async def test_an_old_assignment_re_delivered_into_the_bucket_is_obeyed_by_no_re
                                            "version": GOOD, "was": old.revision}}))  # fmt: skip
 
             await asyncio.sleep(5.0)  # ten heartbeats: time to swap, had it been obeyed
-            assert serving(sim.initial_version)(await beats(sim))
+            assert serving(sim.initial_version)(await heartbeats(sim))
             held = controller.desired.entries[key].state
             assert held.version == sim.initial_version
             assert controller.ignored.get(DESIRED_BUCKET, 0) >= 1
@@ -176,10 +146,7 @@ async def test_a_revoked_version_is_refused_left_with_a_warning_and_rolled_back(
     async with simulation(tmp_path, demo, nodes=2) as sim:
         assert sim.key is not None
         for version in (GOOD, NEXT):
-            release = await asyncio.to_thread(
-                copy_as_version, demo.edge_int8, version, tmp_path / version
-            )
-            await sim.push(release)
+            await push_version(sim, copy_as_version, demo.edge_int8, version, tmp_path / version)
         key_path = sim.work / "fleet" / "signing.key"
         nc = await sim.hub.connect(CONTROLLER.name)
         js = nc.jetstream(domain="hub")
@@ -200,7 +167,7 @@ async def test_a_revoked_version_is_refused_left_with_a_warning_and_rolled_back(
             )  # fmt: skip
             assert code == 0 and "revoked digits@2-edge" in out, err
             await until(sim, serving(sim.initial_version))
-            for beat in (await beats(sim)).values():
+            for beat in (await heartbeats(sim)).values():
                 assert beat.rejected.get(f"digits@{GOOD}", "").startswith("revoked: leaks labels")
                 assert beat.downgraded == {"digits": GOOD}
             code, out, _ = await mesh_cli("fleet", "status", *hub_args(sim))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -37,12 +36,11 @@ from mesh.dev.fleetsim.simulate import (
     CONTROLLER,
     FleetSimulation,
     SimLoad,
-    SimulationSettings,
 )
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
-from mesh.fleet.admin import act, read_rollouts, start_rollout, summary
+from mesh.fleet.admin import act, start_rollout, summary
 from mesh.fleet.controller import Controller
 from mesh.fleet.desired import Selector, resolve
 from mesh.fleet.rollout import Rollout
@@ -52,6 +50,8 @@ from mesh.observability.metrics import LATENCY_BUCKETS_MS
 from mesh.topology import subjects
 from mesh.topology.streams import nodes_bucket
 from mesh.wire import AnsweredFor, NodeStatus, VersionEvidence, encode_node_status
+from tests.fixtures.commands import mesh_cli
+from tests.fixtures.fleet import push_version, simulation, wait_rollout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -60,16 +60,8 @@ BAD = "3-confused"
 LIAR = "edge-liar"
 #: the stolen identity writes its heartbeat this often.
 FORGE_EVERY_S = 0.02
-
-
-def simulation(tmp_path: Path, demo: DemoArtifacts, nodes: int) -> FleetSimulation:
-    """One site's edge nodes under the cloud node, which answers their escalations and audits
-    and says so in its heartbeat."""
-    settings = SimulationSettings(
-        work_dir=tmp_path / "sim", nodes=nodes, sites=1, processes=1, heartbeat_s=0.5,
-        audit_rate=0.3,
-    )  # fmt: skip
-    return FleetSimulation(settings, demo)
+#: how long a rollout may take to end here, and how often it is read meanwhile.
+ROLLOUT_WAIT = {"timeout": 240.0, "poll_s": 0.3}
 
 
 @dataclass
@@ -170,23 +162,6 @@ async def driven(sim: FleetSimulation, rate: float) -> AsyncIterator[Controller]
         assert load.figures.errors == [], load.figures.errors[:3]
 
 
-async def rollout_of(sim: FleetSimulation) -> Rollout:
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        return (await read_rollouts(nc.jetstream(domain="hub")))["digits"]
-    finally:
-        await nc.close()
-
-
-async def wait_rollout(sim: FleetSimulation, done: Callable[[Rollout], bool]) -> Rollout:
-    async with asyncio.timeout(240.0):
-        while True:
-            r = await rollout_of(sim)
-            if done(r):
-                return r
-            await asyncio.sleep(0.3)
-
-
 async def start_with_canary(
     sim: FleetSimulation, version: str, canary: str, **options: Any
 ) -> Rollout:
@@ -204,7 +179,7 @@ async def start_with_canary(
             if r.targets[0] == canary:
                 return r
             await act(js, "digits", "abort", "test")
-            await wait_rollout(sim, lambda r: not r.active)
+            await wait_rollout(sim, lambda r: not r.active, **ROLLOUT_WAIT)
     finally:
         await nc.close()
     raise AssertionError(f"{canary} never drawn as the canary")
@@ -213,14 +188,11 @@ async def start_with_canary(
 async def status(sim: FleetSimulation, *flags: str) -> str:
     """What ``mesh rollout status`` prints, as the console identity."""
     creds = await sim.issue(CONSOLE)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", "rollout", "status", "digits", *flags,
-        "--servers", sim.hub.url, "--creds", str(creds),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    code, out, err = await mesh_cli(
+        "rollout", "status", "digits", *flags, "--servers", sim.hub.url, "--creds", str(creds)
+    )
+    assert code == 0, err
+    return out
 
 
 def report(case: str, r: Rollout, liar: Liar, **more: Any) -> None:
@@ -248,8 +220,7 @@ async def test_a_forged_baseline_no_longer_rolls_a_good_version_back(
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
     async with simulation(tmp_path, demo, nodes=3) as sim:
-        good = await asyncio.to_thread(copy_as_version, demo.edge_int8, GOOD, tmp_path / "good")
-        await sim.push(good)
+        await push_version(sim, copy_as_version, demo.edge_int8, GOOD, tmp_path / "good")
         canary = sim.node_names[0]
         liar = Liar(sim, claims=lambda assigned: assigned, agreement=lambda v: 1.0)
         async with lying(liar), driven(sim, rate=10.0):
@@ -260,7 +231,7 @@ async def test_a_forged_baseline_no_longer_rolls_a_good_version_back(
                 sim, GOOD, canary, stages="1,100%", soak="3s",
                 gate_terms=["min_requests=20", "min_samples=300", "max_agreement_drop=0.03"],
             )  # fmt: skip
-            r = await wait_rollout(sim, lambda r: not r.active)
+            r = await wait_rollout(sim, lambda r: not r.active, **ROLLOUT_WAIT)
         report("forged baseline", r, liar)
     assert r.state == "completed", r.reason
     baseline = r.log[0].baseline or {}
@@ -273,8 +244,7 @@ async def test_claiming_the_new_version_no_longer_empties_the_baseline_and_the_l
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
     async with simulation(tmp_path, demo, nodes=1) as sim:
-        bad = await asyncio.to_thread(confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
-        await sim.push(bad)
+        await push_version(sim, confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
         canary = sim.node_names[0]
         started = asyncio.Event()
         liar = Liar(
@@ -288,7 +258,9 @@ async def test_claiming_the_new_version_no_longer_empties_the_baseline_and_the_l
                 gate_terms=["min_requests=20", "max_wait_s=60"],
             )  # fmt: skip
             started.set()
-            r = await wait_rollout(sim, lambda r: r.state == "paused" or not r.active)
+            r = await wait_rollout(
+                sim, lambda r: r.state == "paused" or not r.active, **ROLLOUT_WAIT
+            )
             text = await status(sim)
             record = json.loads(await status(sim, "--json"))[0]
         report("claims the new version", r, liar)
@@ -303,8 +275,7 @@ async def test_forged_comparisons_no_longer_carry_a_confused_version_to_completi
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
     async with simulation(tmp_path, demo, nodes=2) as sim:
-        bad = await asyncio.to_thread(confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
-        await sim.push(bad)
+        await push_version(sim, confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
         canary = sim.node_names[0]
         # a poor baseline while it is one (the confused canary looks no worse), then a perfect
         # canary once it is assigned the confused version
@@ -316,7 +287,7 @@ async def test_forged_comparisons_no_longer_carry_a_confused_version_to_completi
             await start_with_canary(
                 sim, BAD, canary, stages="1,100%", soak="3s", gate_terms=["min_requests=20"]
             )
-            r = await wait_rollout(sim, lambda r: not r.active)
+            r = await wait_rollout(sim, lambda r: not r.active, **ROLLOUT_WAIT)
         report("forged comparisons", r, liar)
     assert r.state == "rolled_back" and r.failed_gate == "agreement", r.reason
     assert r.current_stage == 0 and r.max_nodes_serving <= 1

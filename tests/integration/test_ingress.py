@@ -9,6 +9,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -52,23 +53,38 @@ class Rig:
     server: NatsServer
 
 
+async def edge_ingress(
+    nats_server: NatsServer, chain: Chain, keystore: KeyStore, manifest: Path
+) -> tuple[TierNode, MeshClient, Ingress, Path]:
+    """An edge node serving ``digits`` over a cloud node, and an ingress for it from
+    ``manifest`` on its own identity's connection; the application's credentials."""
+    edge, _ = await chain.start(nats_server.url, Tier("edge", model="edge-int8"), Tier("cloud"))
+    creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("ingress", Role.INGRESS))
+    app_creds = await asyncio.to_thread(keystore.ensure, APPLICATION)
+    loaded = await asyncio.to_thread(load_manifest, manifest)
+    client = await MeshClient.connect(nats_server.url, user_credentials=str(creds))
+    return edge, client, Ingress(client, {"digits": loaded}, refresh_s=0.5), app_creds
+
+
+async def wait_ready(ingress: Ingress) -> None:
+    """Up to 5 s for the ingress to find a node for its models."""
+    for _ in range(50):
+        if ingress.ready():
+            break
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def rig(
     nats_server: NatsServer, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> AsyncIterator[Rig]:
-    edge, _ = await chain.start(nats_server.url, Tier("edge", model="edge-int8"), Tier("cloud"))
-    creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("ingress", Role.INGRESS))
-    app_creds = await asyncio.to_thread(keystore.ensure, APPLICATION)
-    manifest = await asyncio.to_thread(load_manifest, demo.edge_int8)
-    client = await MeshClient.connect(nats_server.url, user_credentials=str(creds))
-    ingress = Ingress(client, {"digits": manifest}, refresh_s=0.5)
+    edge, client, ingress, app_creds = await edge_ingress(
+        nats_server, chain, keystore, demo.edge_int8
+    )
     http = HttpServer(create_rest_app(ingress, token=TOKEN, max_body=MAX_BODY), "127.0.0.1", 0)
     grpc_server = GrpcIngress(ingress, port=0, token=TOKEN, max_message=MAX_BODY)
     async with client, ingress, http, grpc_server:
-        for _ in range(50):
-            if ingress.ready():
-                break
-            await asyncio.sleep(0.1)
+        await wait_ready(ingress)
         yield Rig(ingress, http.url, grpc_server.address, edge, str(app_creds), nats_server)
 
 

@@ -35,13 +35,14 @@ from mesh.ingress.core import Ingress
 from mesh.ingress.gate import Gate, GateLimits
 from mesh.ingress.grpc_server import GrpcIngress
 from mesh.ingress.rest import RestServer, create_rest_app
-from mesh.local.servers import APPLICATION, NatsServer
-from mesh.models.manifest import load_manifest
+from mesh.local.servers import NatsServer
 from mesh.sdk.client import MeshClient
 from mesh.security.identities import IdentitySpec
 from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.commands import stop_child
+from tests.integration.test_ingress import edge_ingress, wait_ready
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -163,13 +164,7 @@ async def ingress_process(
         drain = asyncio.create_task(proc.stdout.read())
         yield ingress
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_child(proc, 10)
         if drain is not None:
             await drain
 
@@ -285,21 +280,13 @@ class Guarded:
 async def start_guarded(
     nats_server: NatsServer, chain: Chain, keystore: KeyStore, manifest: Path
 ) -> AsyncIterator[Guarded]:
-    await chain.start(nats_server.url, Tier("edge", model="edge-int8"), Tier("cloud"))
-    creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("ingress", Role.INGRESS))
-    app_creds = await asyncio.to_thread(keystore.ensure, APPLICATION)
-    loaded = await asyncio.to_thread(load_manifest, manifest)
-    client = await MeshClient.connect(nats_server.url, user_credentials=str(creds))
-    ingress = Ingress(client, {"digits": loaded}, refresh_s=0.5)
+    _, client, ingress, app_creds = await edge_ingress(nats_server, chain, keystore, manifest)
     callers, gate = Callers(TOKEN, CALLERS), Gate(LIMITS)
     app = create_rest_app(ingress, callers=callers, gate=gate)
     http = RestServer(app, "127.0.0.1", 0, header_timeout_s=1.0)
     grpc_server = GrpcIngress(ingress, port=0, callers=callers, gate=gate)
     async with client, ingress, http, grpc_server:
-        for _ in range(50):
-            if ingress.ready():
-                break
-            await asyncio.sleep(0.1)
+        await wait_ready(ingress)
         yield Guarded(ingress, gate, http.url, grpc_server.address, nats_server, str(app_creds))
 
 

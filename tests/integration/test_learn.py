@@ -30,8 +30,8 @@ from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role
 from mesh.settings import ModelSettings
 from mesh.topology.streams import standard_topology
-from mesh.transport.jetstream import provision
 from tests.fixtures.chain import Chain, Tier
+from tests.fixtures.commands import mesh_cli
 from tests.fixtures.site import LinkedSite
 from tests.integration.test_review import ALICE, OFFER_ALL, Review, rows
 
@@ -44,12 +44,7 @@ BASE = "1-edge-weak"
 
 @pytest.fixture
 async def review(linked: LinkedSite, keystore: KeyStore) -> AsyncIterator[Review]:
-    admin = await linked.site.hub.connect()
-    try:
-        topology = standard_topology(event_models=("digits",), fleet=True)
-        await provision(lambda domain: admin.jetstream(domain=domain), topology)
-    finally:
-        await admin.close()
+    await linked.provision(standard_topology(event_models=("digits",), fleet=True))
     rig = Review(linked, keystore)
     try:
         yield rig
@@ -79,10 +74,7 @@ async def test_bad_training_gets_typed_errors_and_changes_nothing_and_good_train
     await review.start()
     x, y = rows(demo)
     app = await review.app()
-    for i in range(LABELS):
-        await app.infer("digits", x[i : i + 1], request_id=f"ask-{i}", human_review="always")
-    found = await review.items(lambda listed: len(listed) >= LABELS)
-    items = [next(f["id"] for f in found if f["request_id"] == f"ask-{i}") for i in range(LABELS)]
+    items = await review.ask(app, x, LABELS)
     alice = await review.client(ALICE)
     for i, item in enumerate(items):
         await alice.label(item, int(y[i]))
@@ -151,7 +143,7 @@ async def test_bad_training_gets_typed_errors_and_changes_nothing_and_good_train
     creds = str(await asyncio.to_thread(review.keystore.ensure, CONTROLLER))
     hub = ["--servers", review.linked.hub_url, "--creds", creds]
     out = tmp_path / "cli" / "labels.npz"
-    code, printed, err = await mesh("learn", "export", "digits", "--out", str(out), *hub)
+    code, printed, err = await mesh_cli("learn", "export", "digits", "--out", str(out), *hub)
     assert code == 0, err
     assert f"exported {LABELS} labelled items" in printed
     saved = np.load(out)
@@ -161,7 +153,7 @@ async def test_bad_training_gets_typed_errors_and_changes_nothing_and_good_train
     assert json.loads(out.with_suffix(".json").read_text())["provenance"][0]["item"] in items
     key_path = tmp_path / "release.key"
     await asyncio.to_thread(key.save, key_path)
-    code, printed, err = await mesh(
+    code, printed, err = await mesh_cli(
         "models", "recalibrate", "digits", BASE, "--labels", str(out), "--reference",
         str(demo.calib), "--upstream", str(demo.cloud), "--key", str(key_path), *hub,
     )  # fmt: skip
@@ -169,15 +161,6 @@ async def test_bad_training_gets_typed_errors_and_changes_nothing_and_good_train
     reference_rows = len(np.load(demo.calib)["y"])
     assert "pushed digits@3-edge-weak" in printed
     assert f"on {LABELS + reference_rows} labelled rows" in printed
-
-
-async def mesh(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 def _narrow_model(path: Path) -> None:

@@ -33,9 +33,8 @@ from tests.integration.test_fleet import (
     CONTROLLER,
     V1,
     Fleet,
-    Load,
+    loading,
     monotone,
-    run_load,
     wait_for,
 )
 from tests.integration.test_fleet import (
@@ -67,6 +66,17 @@ async def start(
     )
     app = await asyncio.to_thread(keystore.ensure, APPLICATION)
     return edge, local, app
+
+
+async def start_with_clients(
+    linked: LinkedSite, chain: Chain, keystore: KeyStore
+) -> tuple[TierNode, MeshClient, MeshClient]:
+    """``start``, and the application's two clients at the site: one that asks the edge node
+    over NATS, one hosting the edge in its process."""
+    edge, settings, app = await start(linked, chain, keystore)
+    remote = await MeshClient.connect(linked.leaf_url, user_credentials=str(app))
+    local = await MeshClient.connect(linked.leaf_url, user_credentials=str(app), local=settings)
+    return edge, remote, local
 
 
 def answer(result: InferResult) -> tuple[Any, ...]:
@@ -132,10 +142,8 @@ async def hard_examples(linked: LinkedSite, keystore: KeyStore) -> dict[str, lis
 async def test_the_in_process_edge_answers_degrades_and_keeps_hard_examples_as_an_edge_node(
     linked: LinkedSite, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
-    edge, settings, app = await start(linked, chain, keystore)
+    edge, remote, local = await start_with_clients(linked, chain, keystore)
     rows = np.load(demo.test)["x"].astype(np.float32)[:120]
-    remote = await MeshClient.connect(linked.leaf_url, user_credentials=str(app))
-    local = await MeshClient.connect(linked.leaf_url, user_credentials=str(app), local=settings)
     try:
         assert local.local is not None and local.local.serves("digits")
         # the link up: confident rows answered in place, the others by the cloud
@@ -171,12 +179,9 @@ async def test_the_in_process_edge_answers_degrades_and_keeps_hard_examples_as_a
 async def test_the_in_process_edge_takes_no_requests_over_nats(
     linked: LinkedSite, chain: Chain, keystore: KeyStore, demo: DemoArtifacts
 ) -> None:
-    edge, settings, app = await start(linked, chain, keystore)
+    edge, remote, client = await start_with_clients(linked, chain, keystore)
     row = np.load(demo.test)["x"].astype(np.float32)[:1]
-    remote = await MeshClient.connect(linked.leaf_url, user_credentials=str(app))
-    async with await MeshClient.connect(
-        linked.leaf_url, user_credentials=str(app), local=settings
-    ) as client:
+    async with client:
         await edge.stop()
         # the edge tier has no node over NATS now: the in-process one is asked in-process only
         with pytest.raises(UnavailableError):
@@ -214,9 +219,7 @@ async def test_the_in_process_edge_takes_a_new_version_from_the_fleet_under_load
     client = await MeshClient.connect(
         leaf.url, user_credentials=str(fleet.creds(APPLICATION)), local=settings
     )
-    load = Load()
-    loader = asyncio.create_task(run_load(client, rows, load))
-    try:
+    async with loading(client, rows) as load:
         hosted = client.local
         assert hosted is not None
         await wait_for(lambda: load.answered > 300, 30, "load on the in-process edge")
@@ -228,10 +231,6 @@ async def test_the_in_process_edge_takes_a_new_version_from_the_fleet_under_load
         await wait_for(lambda: hosted.node.served_versions()["digits"] == "2-edge", 60, "the swap")
         after = load.answered
         await wait_for(lambda: load.answered > after + 300, 30, "answers after the swap")
-    finally:
-        load.stop.set()
-        await loader
-        await client.close()
     assert load.errors == [], load.errors[:5]
     assert set(load.by_node) == {LOCAL}
     versions = load.by_node[LOCAL]

@@ -17,13 +17,14 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fixtures.commands import mesh_cli, run_script, stop_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -40,12 +41,7 @@ def sh_block(page: str, heading: str) -> str:
 
 
 async def mesh(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
+    return await mesh_cli(*args, env=env)
 
 
 async def serving(env: dict[str, str]) -> dict[str, str]:
@@ -69,22 +65,13 @@ async def test_the_operator_rolls_a_new_edge_version_out_with_what_mesh_up_print
     up = sh_block("README.md", "## Using it")
     rollout = sh_block("README.md", "### Rolling out a new version")
     publish = sh_block("docs/fleet.md", "## Publishing and assigning a version")
-    script = "\n".join(
-        [up, "echo '=== rollout'", rollout, "echo '=== publish'", publish, "jobs -p > up.pid"]
-    )
+    script = "\n".join([up, "echo '=== rollout'", rollout, "echo '=== publish'", publish])
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
-    out_path, err_path = tmp_path / "blocks.out", tmp_path / "blocks.err"
-    with out_path.open("wb") as out_f, err_path.open("wb") as err_f:
-        proc = await asyncio.create_subprocess_exec(
-            "bash", "-e", "-c", script, cwd=tmp_path, env=env, stdout=out_f, stderr=err_f
-        )
-        await asyncio.wait_for(proc.wait(), 600)
-    out, err = out_path.read_text(), err_path.read_text()
-    pid_file = tmp_path / "up.pid"
-    up_pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+    run = await run_script(script, tmp_path, env, 600, "blocks")
+    out, err, up_pid = run.out, run.err, run.background_pid
     try:
-        assert proc.returncode == 0, f"a block failed:\n{out[-3000:]}\n{err[-4000:]}"
+        assert run.code == 0, f"a block failed:\n{out[-3000:]}\n{err[-4000:]}"
         printed = (tmp_path / "mesh.env").read_text().splitlines()
         names = [line.split("=", 1)[0] for line in printed]
         assert names[:5] == [
@@ -151,10 +138,4 @@ async def test_the_operator_rolls_a_new_edge_version_out_with_what_mesh_up_print
         assert answer["model_version"].endswith(answer["tier"])
     finally:
         if up_pid is not None:
-            os.kill(up_pid, signal.SIGTERM)
-            for _ in range(300):
-                try:
-                    os.kill(up_pid, 0)
-                except ProcessLookupError:
-                    break
-                await asyncio.sleep(0.1)
+            await stop_pid(up_pid)

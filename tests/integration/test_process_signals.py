@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from mesh.local.servers import NatsServer, free_port
 from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
 from mesh.topology.streams import standard_topology
-from mesh.transport.jetstream import provision
 from tests.fixtures.site import LinkedSite
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -105,49 +105,28 @@ def closed_port() -> str:
     return f"nats://127.0.0.1:{free_port()}"
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-async def test_a_node_connecting_to_a_closed_port_stops_at_once_on_a_signal(
-    tmp_path: Path, sig: signal.Signals
-) -> None:
-    running = await launch("node", "--config", str(node_config(tmp_path, closed_port())))
-    try:
-        await running.wait_for_line(RETRYING)
-        code, took = await running.stop(sig)
-    finally:
-        await finish(running)
-    print(f"\nnode connecting, {sig.name}: stopped in {took:.2f} s")
-    assert code == 0, running.lines[-5:]
-    assert not any("Traceback" in line for line in running.lines)
-
-
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-async def test_an_ingress_connecting_to_a_closed_port_stops_at_once_on_a_signal(
-    sig: signal.Signals,
-) -> None:
-    running = await launch(
+#: each process's command line, pointed at a closed port (given a folder for a config file).
+CONNECTING: dict[str, Callable[[Path], list[str]]] = {
+    "node": lambda tmp_path: ["node", "--config", str(node_config(tmp_path, closed_port()))],
+    "ingress": lambda _: [
         "ingress", "--servers", closed_port(), "--http-port", "0", "--grpc-port", "0"
-    )
-    try:
-        await running.wait_for_line(RETRYING)
-        code, took = await running.stop(sig)
-    finally:
-        await finish(running)
-    print(f"\ningress connecting, {sig.name}: stopped in {took:.2f} s")
-    assert code == 0, running.lines[-5:]
-    assert not any("Traceback" in line for line in running.lines)
+    ],
+    "controller": lambda _: ["controller", "--servers", closed_port(), "--name", "ctl-sig"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-async def test_a_controller_connecting_to_a_closed_port_stops_at_once_on_a_signal(
-    sig: signal.Signals,
+@pytest.mark.parametrize("process", list(CONNECTING))
+async def test_a_process_connecting_to_a_closed_port_stops_at_once_on_a_signal(
+    tmp_path: Path, process: str, sig: signal.Signals
 ) -> None:
-    running = await launch("controller", "--servers", closed_port(), "--name", "ctl-sig")
+    running = await launch(*CONNECTING[process](tmp_path))
     try:
         await running.wait_for_line(RETRYING)
         code, took = await running.stop(sig)
     finally:
         await finish(running)
-    print(f"\ncontroller connecting, {sig.name}: stopped in {took:.2f} s")
+    print(f"\n{process} connecting, {sig.name}: stopped in {took:.2f} s")
     assert code == 0, running.lines[-5:]
     assert not any("Traceback" in line for line in running.lines)
 
@@ -205,12 +184,7 @@ async def test_a_serving_ingress_stops_within_the_bound(nats_server: NatsServer)
 
 async def test_a_leading_controller_stops_within_the_bound(linked: LinkedSite) -> None:
     site = linked.site
-    nc = await site.hub.connect(name="fleet-setup")
-    try:
-        topology = standard_topology(sites=(), events=False)
-        await provision(lambda domain: nc.jetstream(domain=domain), topology)
-    finally:
-        await nc.close()
+    await linked.provision(standard_topology(sites=(), events=False))
     creds = await site.hub.issue(IdentitySpec("controller", Role.CONTROLLER))
     running = await launch(
         "controller", "--servers", site.hub.url, "--creds", str(creds), "--name", "ctl-sig",

@@ -9,11 +9,9 @@ first answer is printed for the issue's note.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from mesh import MeshClient
 from mesh.local.servers import free_port
+from tests.fixtures.commands import run_script, stop_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,24 +41,13 @@ async def test_the_readme_guide_serves_iris_next_to_digits(tmp_path: Path) -> No
     port = str(free_port())
     assert "--port 4333" in block
     script = block.replace(".venv/bin/", f"{Path(sys.executable).parent}/").replace("4333", port)
-    # Timestamps on every command (for the note), and the background `mesh up`'s pid to stop it.
-    traced = "PS4='+ $(date +%s.%N) '\nset -x\n" + script + "\njobs -p > up.pid\n"
+    # Timestamps on every command (for the note).
+    traced = "PS4='+ $(date +%s.%N) '\nset -x\n" + script
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    # Files, not pipes: the background `mesh up` keeps its output open after bash exits.
-    out_path, err_path = tmp_path / "guide.out", tmp_path / "guide.err"
-    with out_path.open("wb") as out_f, err_path.open("wb") as err_f:
-        proc = await asyncio.create_subprocess_exec(
-            "bash", "-e", "-c", traced, cwd=tmp_path, env=env, stdout=out_f, stderr=err_f
-        )
-        await asyncio.wait_for(proc.wait(), 540)
-    out, err = out_path.read_text(), err_path.read_text()
-    up_pid = None
-    pid_file = tmp_path / "up.pid"
-    if pid_file.exists():
-        text = pid_file.read_text().split()
-        up_pid = int(text[0]) if text else None
+    run = await run_script(traced, tmp_path, env, 540, "guide")
+    out, err, up_pid = run.out, run.err, run.background_pid
     try:
-        assert proc.returncode == 0, f"the guide failed:\n{err[-4000:]}"
+        assert run.code == 0, f"the guide failed:\n{err[-4000:]}"
         answers = [json.loads(a) for a in re.findall(r"^\{.*?^\}", out, re.S | re.M)]
         assert len(answers) == 2, out
         assert all(a["model"] == "iris" and len(a["labels"]) == 1 for a in answers)
@@ -95,10 +83,4 @@ async def test_the_readme_guide_serves_iris_next_to_digits(tmp_path: Path) -> No
         assert not any(r.degraded for r in dig)
     finally:
         if up_pid is not None:
-            os.kill(up_pid, signal.SIGTERM)
-            for _ in range(300):
-                try:
-                    os.kill(up_pid, 0)
-                except ProcessLookupError:
-                    break
-                await asyncio.sleep(0.1)
+            await stop_pid(up_pid)

@@ -42,8 +42,6 @@ from mesh.security.keystore import KeyStore
 from mesh.security.permissions import Role, inbox_prefix
 from mesh.settings import EventSettings, HardExampleSettings, ReviewFeedSettings
 from mesh.topology import parameters, subjects
-from mesh.topology.streams import standard_topology
-from mesh.transport.jetstream import provision
 from tests.fixtures.chain import Chain, Tier
 from tests.fixtures.site import LinkedSite
 
@@ -60,17 +58,6 @@ OTHER = IdentitySpec("other-app", Role.APPLICATION)
 UNSURE = 1.01
 #: every candidate offered, none held back by the node's own bound.
 OFFER_ALL = ReviewFeedSettings(sample_rate=0.0, drift_rate=0.0, max_per_minute=10_000)
-
-
-@pytest.fixture
-async def provisioned(linked: LinkedSite) -> LinkedSite:
-    admin = await linked.site.hub.connect()
-    try:
-        topology = standard_topology(event_models=("digits",))
-        await provision(lambda domain: admin.jetstream(domain=domain), topology)
-    finally:
-        await admin.close()
-    return linked
 
 
 @dataclass
@@ -142,6 +129,15 @@ class Review:
                 return items
             await asyncio.sleep(0.2)
 
+    async def ask(self, app: MeshClient, x: np.ndarray[Any, Any], n: int) -> list[str]:
+        """The first ``n`` rows of ``x`` sent by ``app`` asking a person to look (request ids
+        ``ask-<i>``); their items' ids, in that order."""
+        for i in range(n):
+            await app.infer("digits", x[i : i + 1], request_id=f"ask-{i}", human_review="always")
+        items = await self.items(lambda found: len(found) >= n)
+        by_request = {item["request_id"]: item["id"] for item in items}
+        return [by_request[f"ask-{i}"] for i in range(n)]
+
     async def close(self) -> None:
         for part in (self.intake, self.desk):
             if part is not None:
@@ -167,6 +163,17 @@ def rows(demo: DemoArtifacts) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any
 
 def candidates(tier: str, reason: str, outcome: str = "offered") -> float:
     return default_metrics().review_candidates.value(tier, "digits", reason, outcome)
+
+
+async def start_sure_edge(review: Review, chain: Chain, feed: ReviewFeedSettings) -> MeshClient:
+    """An edge node sure of every answer (none escalated, audited or novel) offering them to the
+    review as ``feed`` says, the review service, and the application's client."""
+    await chain.start(
+        review.linked.leaf_url,
+        Tier("edge", threshold=0.0, novelty=False, audit_rate=0.0, review=feed),
+    )
+    await review.start()
+    return await review.app()
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 20.0) -> None:
@@ -348,13 +355,8 @@ async def test_confident_answers_are_sampled_within_the_nodes_bound_and_requeste
     review: Review, chain: Chain, demo: DemoArtifacts
 ) -> None:
     sampling = ReviewFeedSettings(sample_rate=1.0, drift_rate=0.0, max_per_minute=5)
-    await chain.start(
-        review.linked.leaf_url,
-        Tier("edge", threshold=0.0, novelty=False, audit_rate=0.0, review=sampling),
-    )
-    await review.start()
+    app = await start_sure_edge(review, chain, sampling)
     x, _ = rows(demo)
-    app = await review.app()
     for i in range(12):
         await app.infer("digits", x[i : i + 1], request_id=f"s-{i}")
     for i in range(3):
@@ -420,18 +422,9 @@ async def test_inputs_seen_while_the_model_drifts_are_queued_and_not_before(
 
 async def requested_items(review: Review, chain: Chain, demo: DemoArtifacts, n: int) -> list[str]:
     """``n`` items the application asked a person to look at, by request id ``ask-<i>``."""
-    await chain.start(
-        review.linked.leaf_url,
-        Tier("edge", threshold=0.0, novelty=False, audit_rate=0.0, review=OFFER_ALL),
-    )
-    await review.start()
+    app = await start_sure_edge(review, chain, OFFER_ALL)
     x, _ = rows(demo)
-    app = await review.app()
-    for i in range(n):
-        await app.infer("digits", x[i : i + 1], request_id=f"ask-{i}", human_review="always")
-    items = await review.items(lambda found: len(found) >= n)
-    by_request = {item["request_id"]: item["id"] for item in items}
-    return [by_request[f"ask-{i}"] for i in range(n)]
+    return await review.ask(app, x, n)
 
 
 async def test_bad_labels_get_typed_errors_and_change_nothing(

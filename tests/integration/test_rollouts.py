@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,7 +26,6 @@ from mesh.dev.fleetsim.simulate import (
     CONTROLLER,
     FleetSimulation,
     SimLoad,
-    SimulationSettings,
     site_name,
 )
 from mesh.dev.models.demo import DemoArtifacts
@@ -36,11 +34,18 @@ from mesh.fleet import registry
 from mesh.fleet.admin import read_rollouts, start_rollout, summary
 from mesh.fleet.controller import Controller
 from mesh.fleet.desired import DesiredState, Selector
-from mesh.fleet.rollout import Rollout
 from mesh.local.supervisor import ChildProcess, child_env
 from mesh.models.manifest import copy_as_version
 from mesh.topology.streams import nodes_bucket
 from mesh.wire import NodeStatus, VersionEvidence, encode_node_status
+from tests.fixtures.commands import mesh_cli
+from tests.fixtures.fleet import (
+    heartbeats,
+    hub_args,
+    push_version,
+    simulation,
+    wait_rollout,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -55,29 +60,8 @@ BAD = "3-confused"
 
 @pytest.fixture
 async def sim(tmp_path: Path, demo: DemoArtifacts) -> AsyncIterator[FleetSimulation]:
-    settings = SimulationSettings(
-        work_dir=tmp_path / "sim",
-        nodes=12,
-        sites=2,
-        processes=1,
-        heartbeat_s=0.5,
-        audit_rate=0.3,
-    )
-    async with FleetSimulation(settings, demo) as s:
+    async with simulation(tmp_path, demo, nodes=12, sites=2) as s:
         yield s
-
-
-async def mesh_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-def hub_args(sim: FleetSimulation) -> list[str]:
-    return ["--servers", sim.hub.url, "--creds", str(sim.creds(CONTROLLER))]
 
 
 async def start_controller(sim: FleetSimulation, name: str) -> ChildProcess:
@@ -95,35 +79,9 @@ async def start_controller(sim: FleetSimulation, name: str) -> ChildProcess:
     return child
 
 
-async def rollout_of(sim: FleetSimulation, model: str = "digits") -> Rollout:
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        return (await read_rollouts(nc.jetstream(domain="hub")))[model]
-    finally:
-        await nc.close()
-
-
-async def wait_rollout(sim: FleetSimulation, done: Any, timeout: float = 120.0) -> Rollout:
-    async with asyncio.timeout(timeout):
-        while True:
-            r = await rollout_of(sim)
-            if done(r):
-                return r
-            await asyncio.sleep(0.2)
-
-
 async def served(sim: FleetSimulation) -> dict[str, str]:
     """Node to the version of digits it last reported, from the hub's heartbeats."""
-    nc = await sim.hub.connect(CONTROLLER.name)
-    try:
-        beats = await registry.read_heartbeats(nc.jetstream(domain="hub"))
-    finally:
-        await nc.close()
-    return {
-        name: b.models.get("digits", "")
-        for name, b in beats.items()
-        if isinstance(b, NodeStatus) and name in sim.node_sites
-    }
+    return {name: b.models.get("digits", "") for name, b in (await heartbeats(sim)).items()}
 
 
 async def converged(sim: FleetSimulation, version: str, timeout: float) -> None:
@@ -170,8 +128,7 @@ async def test_a_good_version_reaches_every_node_through_four_stages_past_a_dead
     sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
 ) -> None:
     assert sim.key is not None
-    good = await asyncio.to_thread(copy_as_version, demo.edge, GOOD, tmp_path / "good")
-    await sim.push(good)
+    await push_version(sim, copy_as_version, demo.edge, GOOD, tmp_path / "good")
     load = SimLoad(sim, rate_per_node=4.0)
     await load.start()
     liar_stop = asyncio.Event()
@@ -238,8 +195,7 @@ async def test_a_version_that_confuses_two_classes_is_stopped_at_the_canary_and_
     sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
 ) -> None:
     assert sim.key is not None
-    bad = await asyncio.to_thread(confuse_classes, demo.edge, BAD, tmp_path / "bad")
-    await sim.push(bad)
+    await push_version(sim, confuse_classes, demo.edge, BAD, tmp_path / "bad")
     load = SimLoad(sim, rate_per_node=8.0)
     await load.start()
     nc = await sim.hub.connect(CONTROLLER.name)
@@ -288,8 +244,7 @@ async def test_bad_rollout_requests_are_refused_and_change_nothing(
     sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
 ) -> None:
     assert sim.key is not None
-    good = await asyncio.to_thread(copy_as_version, demo.edge, GOOD, tmp_path / "good")
-    await sim.push(good)
+    await push_version(sim, copy_as_version, demo.edge, GOOD, tmp_path / "good")
     await asyncio.sleep(1.5)
     key = sim.key.public
     other = "ed25519:" + "A" * 43

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad, SimulationSettings
+from mesh.dev.fleetsim.simulate import CONTROLLER, FleetSimulation, SimLoad
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
@@ -23,6 +23,7 @@ from mesh.fleet.desired import Selector
 from mesh.fleet.rollout import Rollout
 from mesh.models.manifest import copy_as_version
 from mesh.wire import NodeStatus
+from tests.fixtures.fleet import push_version, simulation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -36,11 +37,7 @@ GOOD_GATES = ["min_requests=30", "min_samples=60", "max_wait_s=60"]
 
 @pytest.fixture
 async def sim(tmp_path: Path, demo: DemoArtifacts) -> AsyncIterator[FleetSimulation]:
-    settings = SimulationSettings(
-        work_dir=tmp_path / "sim", nodes=3, sites=1, processes=1, heartbeat_s=0.5,
-        audit_rate=1.0,
-    )  # fmt: skip
-    async with FleetSimulation(settings, demo) as s:
+    async with simulation(tmp_path, demo, nodes=3, audit_rate=1.0) as s:
         yield s
 
 
@@ -98,10 +95,8 @@ async def test_a_confused_version_fails_in_shadow_unseen_and_a_good_one_passes_a
     sim: FleetSimulation, demo: DemoArtifacts, tmp_path: Path
 ) -> None:
     assert sim.key is not None
-    bad = await asyncio.to_thread(confuse_classes, demo.edge, BAD, tmp_path / "bad")
-    good = await asyncio.to_thread(copy_as_version, demo.edge, GOOD, tmp_path / "good")
-    await sim.push(bad)
-    await sim.push(good)
+    await push_version(sim, confuse_classes, demo.edge, BAD, tmp_path / "bad")
+    await push_version(sim, copy_as_version, demo.edge, GOOD, tmp_path / "good")
     load = SimLoad(sim, rate_per_node=30.0)
     await load.start()
     nc = await sim.hub.connect(CONTROLLER.name)

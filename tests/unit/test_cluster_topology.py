@@ -17,19 +17,9 @@ from mesh.topology.streams import (
     site_local_subjects,
     standard_topology,
 )
+from mesh.transport.denials import matches
 
 SITES = ("site-0", "site-1", "site-2")
-
-
-def matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` one token, ``>`` the rest."""
-    want, have = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
 
 
 def test_every_hub_stream_bucket_and_store_is_replicated_three_times_and_no_site_stream() -> None:

@@ -23,6 +23,7 @@ from mesh.security.identities import (
 from mesh.security.permissions import JS_ADMIN, Permissions, Role, permissions_for
 from mesh.security.server_config import leaf_remote_block, leafnodes_block
 from mesh.security.tls import TLSFiles, tls_block
+from mesh.transport.denials import matches
 
 DESTRUCTIVE = re.compile(r"\.(STREAM\.(DELETE|PURGE|MSG\.DELETE)|CONSUMER\.DELETE)\.")
 
@@ -324,20 +325,9 @@ def test_tls_and_leaf_remote_blocks() -> None:
 # ---- the JetStream API, verb by verb, as a NATS server decides -----------------------------
 
 
-def _matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` one token, ``>`` the rest (at least one token)."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
-
-
 def may_publish(perms: Permissions, subject: str) -> bool:
-    allowed = any(_matches(a, subject) for a in perms.publish_allow)
-    return allowed and not any(_matches(d, subject) for d in perms.publish_deny)
+    allowed = any(matches(a, subject) for a in perms.publish_allow)
+    return allowed and not any(matches(d, subject) for d in perms.publish_deny)
 
 
 ROLES_AT = [

@@ -13,6 +13,16 @@ import pytest
 
 TRANSPORTS = ("nats", "aiohttp", "onnxruntime", "grpc")
 
+#: the ingress's protocol, caller and admission logic, apart from its HTTP and gRPC servers.
+PURE_INGRESS = [
+    "mesh.ingress.oip",
+    "mesh.ingress.oip_rest",
+    "mesh.ingress.callers",
+    "mesh.ingress.shares",
+    "mesh.ingress.gate",
+    "mesh.ingress.steps",
+]
+
 PURE = [
     "mesh.node.policy",
     "mesh.scoring.confidence",
@@ -36,12 +46,7 @@ PURE = [
     "mesh.fleet.replay",
     "mesh.fleet.desired",
     "mesh.fleet.revocation",
-    "mesh.ingress.oip",
-    "mesh.ingress.oip_rest",
-    "mesh.ingress.callers",
-    "mesh.ingress.shares",
-    "mesh.ingress.gate",
-    "mesh.ingress.steps",
+    *PURE_INGRESS,
     "mesh.energy.ledger",
     "mesh.energy.governor",
 ]
@@ -127,12 +132,7 @@ PURE_TREES = [
     "mesh.console.page_review",
     "mesh.console.page_quality",
     "mesh.review.api",
-    "mesh.ingress.oip",
-    "mesh.ingress.oip_rest",
-    "mesh.ingress.callers",
-    "mesh.ingress.shares",
-    "mesh.ingress.gate",
-    "mesh.ingress.steps",
+    *PURE_INGRESS,
     "mesh.energy",
     "mesh.node.escalation",
 ]

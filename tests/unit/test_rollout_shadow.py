@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import jsonschema
 
@@ -32,12 +31,7 @@ from mesh.fleet.rollout.judge import LabelFigures, judge_shadow
 from mesh.fleet.rollout.plan import Stage, with_shadow
 from mesh.fleet.rollout.witness import Witness
 from mesh.wire import NodeStatus, ShadowEvidence, VersionEvidence
-
-SCHEMA = json.loads(
-    (Path(__file__).parents[2] / "schemas" / "rollout.schema.json").read_text("utf-8")
-)
-OLD, NEW = "1", "2"
-BUCKETS = 15
+from tests.unit.test_rollout import BUCKETS, NEW, OLD, SCHEMA
 
 
 class ShadowFleet:
