@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
@@ -380,6 +381,31 @@ async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:
             if rollout_key(rollout.model) == entry.key:  # not one re-delivered under another
                 out[rollout.model] = rollout
     return out
+
+
+#: what a read of the rollouts bucket may meet while a hub member is down or being replaced:
+#: worth asking again, not the end of a wait (``nats.errors.TimeoutError`` is also an
+#: ``asyncio.TimeoutError``, so a bare ``except TimeoutError`` would take it for the deadline;
+#: JetStream's errors are ``nats.errors.Error``s too)
+TRANSIENT_READ_ERRORS: tuple[type[BaseException], ...] = (NatsError,)
+
+
+async def wait_rollout_end(
+    js: JetStreamContext, model: str, rollout_id: str, timeout_s: float, poll_s: float = 0.5
+) -> Rollout | None:
+    """The rollout ``rollout_id`` of ``model`` once it has ended, or None if it has not within
+    ``timeout_s``; reads that fail while the hub's members change are made again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        try:
+            current = (await read_rollouts(js)).get(model)
+        except TRANSIENT_READ_ERRORS:
+            current = None
+        if current is not None and current.id == rollout_id and not current.active:
+            return current
+        await asyncio.sleep(min(poll_s, max(0.0, deadline - loop.time())))
+    return None
 
 
 async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Rollout:

@@ -32,7 +32,7 @@ from mesh.dev.faults import SiteLink
 from mesh.dev.soak.rig import ScaleRig
 from mesh.errors import MeshError
 from mesh.fleet import registry
-from mesh.fleet.admin import act, read_rollouts, start_rollout
+from mesh.fleet.admin import act, read_rollouts, start_rollout, wait_rollout_end
 from mesh.fleet.desired import Selector
 from mesh.fleet.release import signed_artifact
 from mesh.fleet.rollout import report
@@ -301,14 +301,8 @@ class Chaos:
         self._background.append(asyncio.create_task(self._follow(js, rollout.id, version)))
 
     async def _follow(self, js: Any, rollout_id: str, version: str) -> None:
-        try:
-            async with asyncio.timeout(300):
-                while True:
-                    current = (await read_rollouts(js)).get(MODEL)
-                    if current is not None and current.id == rollout_id and not current.active:
-                        break
-                    await asyncio.sleep(1.0)
-        except TimeoutError:
+        current = await wait_rollout_end(js, MODEL, rollout_id, timeout_s=300.0, poll_s=1.0)
+        if current is None:
             current = await act(js, MODEL, "abort", "soak (out of time)")
         summary = report(current)
         self.rollouts.append(summary)

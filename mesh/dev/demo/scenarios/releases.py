@@ -18,7 +18,7 @@ from mesh.dev.demo.state import MODEL
 from mesh.dev.demo.testbed import Testbed
 from mesh.dev.models.faulty import confuse_classes
 from mesh.fleet import registry
-from mesh.fleet.admin import act, read_rollouts, start_rollout
+from mesh.fleet.admin import act, start_rollout, wait_rollout_end
 from mesh.fleet.desired import DesiredState, Selector
 from mesh.fleet.rollout import Rollout, report
 from mesh.fleet.signing import SigningKey, sign
@@ -115,14 +115,8 @@ class Releaser:
             f"[cyan]rollout[/]: {MODEL}@{version} to tier=edge: {first}then serving on 1 node, "
             f"then all; rolls back to {started.previous_version}"
         )
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    current = (await read_rollouts(js)).get(MODEL)
-                    if current is not None and current.id == started.id and not current.active:
-                        break
-                    await asyncio.sleep(0.25)
-        except TimeoutError:
+        current = await wait_rollout_end(js, MODEL, started.id, timeout_s, poll_s=0.25)
+        if current is None:
             current = await act(js, MODEL, "abort", "demo (out of time)")
             self.journal.event(
                 f"[yellow]rollout of {MODEL}@{version} aborted[/]: the run is ending"
