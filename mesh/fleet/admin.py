@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -390,10 +390,14 @@ async def read_rollouts(js: JetStreamContext) -> dict[str, Rollout]:
 TRANSIENT_READ_ERRORS: tuple[type[BaseException], ...] = (NatsError,)
 
 
-async def wait_rollout_end(
-    js: JetStreamContext, model: str, rollout_id: str, timeout_s: float, poll_s: float = 0.5
+async def wait_rollout(
+    js: JetStreamContext,
+    model: str,
+    done: Callable[[Rollout], bool],
+    timeout_s: float,
+    poll_s: float = 0.5,
 ) -> Rollout | None:
-    """The rollout ``rollout_id`` of ``model`` once it has ended, or None if it has not within
+    """The rollout of ``model`` once ``done`` says so of it, or None if not within
     ``timeout_s``; reads that fail while the hub's members change are made again."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -402,10 +406,19 @@ async def wait_rollout_end(
             current = (await read_rollouts(js)).get(model)
         except TRANSIENT_READ_ERRORS:
             current = None
-        if current is not None and current.id == rollout_id and not current.active:
+        if current is not None and done(current):
             return current
         await asyncio.sleep(min(poll_s, max(0.0, deadline - loop.time())))
     return None
+
+
+async def wait_rollout_end(
+    js: JetStreamContext, model: str, rollout_id: str, timeout_s: float, poll_s: float = 0.5
+) -> Rollout | None:
+    """The rollout ``rollout_id`` of ``model`` once it has ended (``wait_rollout``)."""
+    return await wait_rollout(
+        js, model, lambda r: r.id == rollout_id and not r.active, timeout_s, poll_s
+    )
 
 
 async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Rollout:

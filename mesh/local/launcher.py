@@ -400,14 +400,14 @@ def _node_back(name: str, node: NodeProcess) -> Callable[[], str]:
     return lambda: f"node {name} restarted: pid {node.pid}, http {node.http_url}"
 
 
-def _process_back(label: str, process: Supervised) -> Callable[[], str]:
+def _process_back(label: str, process: Supervised, where: str = "") -> Callable[[], str]:
     # a function, not a lambda in the caller's loop: a lambda there would read ``label`` when
     # it is called, after the loop has moved it on to the last server's name
-    return lambda: f"{label} restarted (pid {process.pid})"
+    return lambda: f"{label} restarted (pid {process.pid}){where}"
 
 
 def _server_back(label: str, server: Supervised) -> Callable[[], str]:
-    return lambda: f"{label} restarted (pid {server.pid}) on its own ports"
+    return _process_back(label, server, " on its own ports")
 
 
 #: kept importable from here: the layout moved to ``mesh.local.layout``.
