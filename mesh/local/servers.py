@@ -470,14 +470,51 @@ class Site:
             await asyncio.to_thread(shutil.rmtree, self.base, True)
 
 
+#: Ports ``free_port`` picks from start here and end below the kernel's ephemeral range.
+LOWEST_FREE_PORT = 10_000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel gives outgoing connections (IANA's 49152 where it cannot say)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152
+    return low if low > LOWEST_FREE_PORT + 1_000 else 49_152
+
+
+_EPHEMERAL_LOW = _ephemeral_low()  # read once, at import: free_port is called on event loops
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free TCP port on loopback (for processes that cannot report their own)."""
+    """A free TCP port on loopback (for processes that cannot report their own).
+
+    A port asked of the kernel (``bind`` to 0) comes from its ephemeral range, the range it also
+    gives every outgoing connection: between the pick and the moment the process that is handed
+    the port binds it (for a deployment run, minutes later), any connection on the machine can
+    take it. So the port is drawn at random from below that range, where only listeners go, is
+    checked free, and is never handed out twice by one process; a random draw keeps processes
+    that pick at once (parallel test workers) apart.
+    """
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+    for _ in range(200):
+        port = random.randrange(LOWEST_FREE_PORT, _EPHEMERAL_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    with socket.socket() as s:  # everything below the range in use: let the kernel choose
+        s.bind((host, 0))
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 __all__ = ["NatsServer", "ServerConfig", "Site", "free_port", "server_binary"]

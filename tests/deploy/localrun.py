@@ -68,14 +68,7 @@ class LocalStack:
         for container in self.containers.values():
             for port in container.ports:
                 if (container.name, port) not in self.ports:
-                    self.ports[(container.name, port)] = self.free_port()
-
-    def free_port(self) -> int:
-        """A free loopback port no container of this stack has been given yet."""
-        taken = set(self.ports.values())
-        while (port := free_port()) in taken:
-            pass
-        return port
+                    self.ports[(container.name, port)] = free_port()
 
     # ---- addresses and paths -----------------------------------------------------------------
 

@@ -119,10 +119,7 @@ def _nats(
     confs = {}
     for pod in pod_names(values, release):
         for port in listen_ports(values).values():
-            taken = set(stack_ports.values())
-            while (free := free_port()) in taken:
-                pass
-            stack_ports[(pod, port)] = free
+            stack_ports[(pod, port)] = free_port()
         path = work / f"{pod}.conf"
         mapped = {p: stack_ports[(pod, p)] for p in listen_ports(values).values()}
         path.write_text(pod_config(values, release, mapped.__getitem__))
