@@ -107,6 +107,11 @@ async def test_a_hub_member_killed_under_load_loses_nothing(
         member = await mesh.hub.member_serving("mesh-cloud-cloud-0")
         await member.kill()
         await asyncio.sleep(8)
+        # The kill reached the request path: the cloud node lost its server and is on another
+        # member now. (Whether any request was answered degraded meanwhile depends on timing: a
+        # request caught in the gap is answered by the gateway or, retried, by the cloud.)
+        moved = await mesh.hub.member_serving("mesh-cloud-cloud-0")
+        assert moved is not member
         await member.start()
         await mesh.hub.wait_jetstream()
         await asyncio.sleep(8)
@@ -121,7 +126,7 @@ async def test_a_hub_member_killed_under_load_loses_nothing(
         assert tally.lost_total == 0, tally.lost_examples
         assert tally.answered_total == tally.requests
         degraded = sum(sum(m.degraded.values()) for m in tally.minutes.values())
-        assert degraded > 0, "the member's loss did not reach the requests"
+        print(f"\n{tally.requests} requests through the member's loss, {degraded} degraded")
 
         assert len(events.published) > 40 and not events.refused
         assert events.waiting == [], f"{len(events.waiting)} events without a result"
