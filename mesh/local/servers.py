@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import functools
 import json
+import random
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import uuid
@@ -495,11 +497,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     the port binds it (for a deployment run, minutes later), any connection on the machine can
     take it. So the port is drawn at random from below that range, where only listeners go, is
     checked free, and is never handed out twice by one process; a random draw keeps processes
-    that pick at once (parallel test workers) apart.
+    that pick at once (parallel test workers) apart. (``portpicker`` asks the kernel first, from
+    the ephemeral range, unless a port server runs beside it: the race this avoids.)
     """
-    import random
-    import socket
-
     for _ in range(200):
         port = random.randrange(LOWEST_FREE_PORT, _EPHEMERAL_LOW)
         if port in _handed_out:
