@@ -374,6 +374,10 @@ async def test_two_thousand_requests_through_an_outage_of_a_third_of_the_run_los
         linked.proxy.heal()
 
     async with await MeshClient.connect(linked.leaf_url, **linked.app) as client:
+        # Lost is told from late here: an answer is waited for 2 s past its budget, not the
+        # SDK's 250 ms, which a CI machine running four workers on two cores can stall past (two
+        # answers were once later). Answering at the budget is the blackholed-link test's.
+        client.grace_ms = 2000.0
         cut = asyncio.create_task(outage())
         await drive(client, digits, tally, total, concurrency=16, budget_ms=500, rate_per_s=rate)
         await cut

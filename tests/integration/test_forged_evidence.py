@@ -62,6 +62,10 @@ LIAR = "edge-liar"
 FORGE_EVERY_S = 0.02
 #: how long a rollout may take to end here, and how often it is read meanwhile.
 ROLLOUT_WAIT = {"timeout": 240.0, "poll_s": 0.3}
+#: latency is not what these tests judge: a canary's p99 may be 100x its baseline's before its
+#: latency gate fails it (by default 3x, at least 10 ms, which a busy CI machine once passed
+#: with a p99 of 50 ms against a baseline of 5 and rolled the good version back).
+LATENCY_NOT_JUDGED = "max_p99_ratio=100"
 
 
 @dataclass
@@ -163,7 +167,7 @@ async def driven(sim: FleetSimulation, rate: float) -> AsyncIterator[Controller]
 
 
 async def start_with_canary(
-    sim: FleetSimulation, version: str, canary: str, **options: Any
+    sim: FleetSimulation, version: str, canary: str, gate_terms: list[str], **options: Any
 ) -> Rollout:
     """Start a rollout whose canary (its first target, drawn by a hash with the rollout's id)
     is ``canary``: one drawn otherwise is aborted and started again."""
@@ -174,7 +178,8 @@ async def start_with_canary(
         for _ in range(20):
             r = await start_rollout(
                 js, "digits", version, selector=Selector(tier="edge"),
-                trusted_keys=[sim.key.public], offline_after_s=2.0, **options,
+                trusted_keys=[sim.key.public], offline_after_s=2.0,
+                gate_terms=[*gate_terms, LATENCY_NOT_JUDGED], **options,
             )  # fmt: skip
             if r.targets[0] == canary:
                 return r
