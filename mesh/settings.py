@@ -237,6 +237,11 @@ class IngressSettings(ServiceSettings):
     manifests: list[Path] = Field(default_factory=list)
     """Manifests of the models the entry tier serves: their metadata and input checks.
     Relative paths are relative to the settings file."""
+    local: Path | None = None
+    """An edge node's settings (YAML) to host in the ingress: it answers the models it serves
+    in this process, with no hop to an edge node, and escalates what it is unsure of over NATS
+    as an edge node does, on its own connection and ``local-edge`` credentials (its ``nats``
+    section). Relative to the settings file."""
     host: str = "127.0.0.1"
     """Address the REST and gRPC servers listen on."""
     http_port: int = Field(8080, ge=0, le=65535)
@@ -380,4 +385,6 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     manifests = data.get("manifests")
     if isinstance(manifests, list):
         data["manifests"] = [resolved(value) for value in manifests]
+    if "local" in data:
+        data["local"] = resolved(data["local"])
     return data

@@ -400,6 +400,11 @@ async def start_mesh(mesh: EmbeddedMesh, phases: Phases) -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Manifest of a model the entry tier serves (repeat): its metadata and input checks.",
 )  # fmt: skip
+@click.option(
+    "--local", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+    help="An edge node's settings (YAML) to host here: the models it serves are answered in "
+    "this process, what it is unsure of escalates over NATS (its own local-edge credentials).",
+)  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--http-port", default=8080, show_default=True, help="REST port (0: any free).")
 @click.option("--grpc-port", default=8081, show_default=True, help="gRPC port (0: any free).")
@@ -430,6 +435,7 @@ def ingress(ctx: click.Context, /, config: Path | None, **_: object) -> None:
 INGRESS_FLAGS: dict[str, FlagField] = {
     **NATS_FLAGS,
     "manifests": ("manifests", list),
+    "local": "local",
     "host": "host",
     "http_port": "http_port",
     "grpc_port": "grpc_port",

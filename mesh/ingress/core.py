@@ -5,6 +5,12 @@ describes, and what the entry tier serves now (asked of the nodes through the NA
 services API every ``refresh_s``). Each call is checked against the manifest, sent with its
 budget, residency, id and the caller's trace context, and the cascade's answer comes back with
 the mesh's answer metadata in ``parameters``. The HTTP and gRPC adapters are thin over this.
+
+The client may host an edge tier (``mesh ingress --local``, ``MeshClient.host``): then the
+models it serves are answered in this process, as MLServer or Triton answer theirs, and what it
+is unsure of escalates over NATS as an edge node's requests do. What it serves counts as served
+by the entry tier here (metadata, readiness, versions); a call pinned to a version it does not
+serve goes over NATS to the entry tier's nodes.
 """
 
 from __future__ import annotations
@@ -139,25 +145,44 @@ class Ingress(Service):
     def live(self) -> bool:
         return self.running
 
-    def ready(self) -> bool:
-        """Connected, and the entry tier answered lately with a model it serves."""
+    def _hosted(self, model: str) -> str | None:
+        """The version of ``model`` the edge hosted in this process answers now, if any."""
+        local = self.client.local
+        return local.version_of(model) if local is not None else None
+
+    def _remote_ready(self) -> bool:
         s = self.state
         fresh = s.seen_at is not None and time.monotonic() - s.seen_at < self.stale_after_s
         return self.client.nc.is_connected and fresh and bool(s.models)
 
+    def ready(self) -> bool:
+        """The hosted edge serves a model, or: connected, and the entry tier answered lately
+        with a model it serves. (A hosted edge answers what it is sure of with NATS down; what
+        it is unsure of then comes back degraded, as from an edge node.)"""
+        local = self.client.local
+        return (local is not None and local.serving()) or self._remote_ready()
+
     def problems(self) -> dict[str, str]:
+        if self.ready():
+            return {}
         if not self.client.nc.is_connected:
             return {"nats": "not connected to NATS"}
-        if not self.ready():
-            return {"mesh": "no node of the entry tier reported a model it serves"}
-        return {}
+        return {"mesh": "no node of the entry tier reported a model it serves"}
+
+    def _served(self, model: str) -> set[str]:
+        served = set(self.state.models.get(model, ()))
+        hosted = self._hosted(model)
+        if hosted is not None:
+            served.add(hosted)
+        return served
 
     def versions(self, model: str) -> list[str]:
-        """The versions of ``model`` a ready node of the entry tier serves now."""
-        return sorted(self.state.models.get(model, set()))
+        """The versions of ``model`` the hosted edge or a ready node of the entry tier serves
+        now."""
+        return sorted(self._served(model))
 
     def model_ready(self, model: str, version: str | None) -> bool:
-        served = self.state.models.get(model)
+        served = self._served(model)
         if not served or not self.ready():
             return False
         return version in (None, "") or version in served
@@ -167,11 +192,10 @@ class Ingress(Service):
         the ingress nor the entry tier knows the model or that version (a version is known
         when a node serves it or it is the manifest's, ready or not)."""
         manifest = self.manifests.get(model)
-        served = self.state.models.get(model)
-        if manifest is None and not served:
+        if manifest is None and not self._served(model):
             raise oip.not_found(model, None, [])
         if version:
-            known = set(served or ())
+            known = self._served(model)
             if manifest is not None:
                 known.add(manifest.version)
             if version not in known:
@@ -180,7 +204,7 @@ class Ingress(Service):
 
     def require_ready_version(self, model: str, version: str) -> None:
         """UNAVAILABLE unless a ready node of the entry tier serves ``version`` now."""
-        if version not in self.state.models.get(model, set()):
+        if version not in self._served(model):
             raise UnavailableError(
                 f"model {model} version {version} is not ready: no node of the entry tier "
                 f"serves it now (ready: {self.versions(model)})"
@@ -241,6 +265,10 @@ class Ingress(Service):
 
     async def _ask(self, request: oip.OipRequest, budget: float, zone: str) -> oip.OipResponse:
         inputs = {t.name: t.data for t in request.inputs}
+        # a call pinned to a version the hosted edge does not answer goes to the entry tier's
+        # nodes (require_ready_version saw one of them serve it)
+        pinned = request.version
+        local = not pinned or self._hosted(request.model) == pinned
         result = await self.client.infer(
             request.model,
             inputs,
@@ -249,8 +277,9 @@ class Ingress(Service):
             request_id=request.id or None,
             # the caller's wish, checked by the client: a bad value is INVALID_ARGUMENT
             human_review=str(request.parameters.get(HUMAN_REVIEW, "auto")),
+            local=local,
         )
-        if request.version and result.model_version != request.version:
+        if pinned and result.model_version != pinned:
             raise UnavailableError(
                 f"model {request.model} version {request.version} did not answer: the request "
                 f"went on to {result.tier} node {result.node}, which serves "

@@ -161,15 +161,17 @@ class MeshClient(Service):
         request_id: str | None = None,
         tier: str | None = None,
         human_review: str = "auto",
+        local: bool = True,
     ) -> InferResult:
         """Ask the mesh; ``tier`` addresses one tier directly instead of the entry tier.
         ``human_review``: ``auto`` (the review queue's rules decide whether a person sees the
         case), ``always`` or ``never``; a label comes later through ``labels``. With an edge
-        hosted in this process (``local``), it answers first the models it serves."""
-        local = self.local
-        if local is not None and (tier is None or tier == local.tier) and local.serves(model):
+        hosted in this process (``connect(..., local=...)``), it answers first the models it
+        serves, unless ``local`` is False (then the request goes over NATS)."""
+        hosted = self.local if local else None
+        if hosted is not None and (tier is None or tier == hosted.tier) and hosted.serves(model):
             return await self._ask_local(
-                local, model, inputs, budget_ms, residency, request_id, human_review
+                hosted, model, inputs, budget_ms, residency, request_id, human_review
             )
         if tier is None:
             subject = self._entry_subjects.get(model) or self._entry_subject(model)

@@ -61,6 +61,15 @@ class LocalEdge(Service):
         """Whether a request for ``model`` is answered here first (the fleet may add models)."""
         return self._dataplane is not None and self.node.models.get(model) is not None
 
+    def version_of(self, model: str) -> str | None:
+        """The version of ``model`` answered here now, if any."""
+        served = self.node.models.get(model) if self._dataplane is not None else None
+        return served.version if served is not None else None
+
+    def serving(self) -> bool:
+        """Whether it answers any model now."""
+        return self._dataplane is not None and bool(self.node.models.models)
+
     async def infer(self, request: wire.InferRequest) -> wire.InferResponse:
         """The hosted tier's answer, as its NATS endpoint would have given it."""
         dataplane = self._dataplane

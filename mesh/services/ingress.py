@@ -1,7 +1,7 @@
 """``mesh ingress``: the Open Inference Protocol (REST and gRPC) in front of the mesh.
 
 It connects to a NATS server of the fleet as an ingress identity, describes the models whose
-manifests it is given, and prints ``MESH_INGRESS_READY http=URL grpc=HOST:PORT`` once both
+manifests it is given, hosts an edge tier when given one's settings (``--local``), and prints ``MESH_INGRESS_READY http=URL grpc=HOST:PORT`` once both
 servers listen.
 """
 
@@ -17,11 +17,12 @@ from mesh.ingress.gate import Gate, GateLimits
 from mesh.ingress.grpc_server import GrpcIngress
 from mesh.ingress.rest import RestServer, create_rest_app
 from mesh.models.manifest import ModelManifest, load_manifest
+from mesh.node.admission import caller_name
 from mesh.observability.telemetry import configure_telemetry
 from mesh.sdk.client import MeshClient
-from mesh.services.process import entry_point
+from mesh.services.process import entry_point, load_settings
 from mesh.services.stopping import Shutdown
-from mesh.settings import IngressSettings
+from mesh.settings import IngressSettings, NodeSettings
 from mesh.topology.processes import INGRESS_READY
 from mesh.transport.connection import connect
 
@@ -52,9 +53,19 @@ def gate_limits(settings: IngressSettings) -> GateLimits:
 async def serve(settings: IngressSettings, shutdown: Shutdown) -> int:
     """Serve REST and gRPC until ``shutdown``."""
     manifests = await asyncio.to_thread(load_manifests, settings.manifests)
+    # a hosted edge's settings that cannot work stop the ingress before it connects
+    hosted = (
+        await asyncio.to_thread(load_settings, NodeSettings, "hosted edge (--local)", settings.local)
+        if settings.local is not None
+        else None
+    )
     async with configure_telemetry(SERVICE, "ingress"):
         client = MeshClient(await connect(settings.nats, SERVICE))
         async with client:
+            if hosted is not None:
+                # labels of its requests are told to the ingress's identity, as an edge
+                # node's would be (the name its replies' inbox carries)
+                await client.host(hosted, caller=caller_name(client.nc.new_inbox()))
             ingress = Ingress(
                 client,
                 manifests,

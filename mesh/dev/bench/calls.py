@@ -78,6 +78,8 @@ class RowCalls:
         self._peer_url = f"http://127.0.0.1:{rig.responders.peer.info['port']}/predict"
         self._mlserver_url = f"{rig.mlserver.url}/v2/models/digits/infer"
         self._oip_url = f"{rig.responders.ingress.info['http']}/v2/models/digits/infer"
+        hosting = rig.responders.ingress_local.info["http"]
+        self._oip_local_url = f"{hosting}/v2/models/digits/infer"
         self._oip_auth = {"Authorization": f"Bearer {INGRESS_TOKEN}"}
         self._grpc_auth = (("authorization", f"Bearer {INGRESS_TOKEN}"),)
         self._waiting: dict[str, asyncio.Future[str]] = {}
@@ -133,6 +135,10 @@ class RowCalls:
 
     async def oip_rest(self, i: int) -> str:
         answer = await self._post(self._oip_url, self.payloads.v2_body(i), self._oip_auth)
+        return str(answer["parameters"]["tier"])
+
+    async def oip_rest_local(self, i: int) -> str:
+        answer = await self._post(self._oip_local_url, self.payloads.v2_body(i), self._oip_auth)
         return str(answer["parameters"]["tier"])
 
     async def _post(

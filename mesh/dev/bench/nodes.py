@@ -132,13 +132,15 @@ def _node_settings(
     )
 
 
-def local_edge_settings(servers: BenchServers, demo: DemoArtifacts) -> NodeSettings:
-    """The edge the bench process hosts: ``edge``'s settings (threshold 0, the cloud above),
-    its own tier name and a ``local-edge`` identity; it blocks (issues the identity)."""
-    identity = local_edge_identity(f"{LOCAL_TIER}-0", LOCAL_TIER, upstream_tier="cloud")
+def local_edge_settings(servers: BenchServers, demo: DemoArtifacts, number: int) -> NodeSettings:
+    """An edge hosted in a process (the bench's own is number 0, the ingress's 1): ``edge``'s
+    settings (threshold 0, the cloud above), its own tier name and a ``local-edge`` identity;
+    it blocks (issues the identity)."""
+    node = f"{LOCAL_TIER}-{number}"
+    identity = local_edge_identity(node, LOCAL_TIER, upstream_tier="cloud")
     return tier_node_settings(
         LOCAL_TIER,
-        node=f"{LOCAL_TIER}-0",
+        node=node,
         server=servers.site.url,
         manifest=demo.edge_int8,
         zone="device",

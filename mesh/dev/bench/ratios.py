@@ -32,6 +32,18 @@ def paired_ratios(rows: dict[str, Row]) -> dict[str, float | None]:
         ),
         "oip_rest_p50_over_mlserver_p50": paired_ratio(rows, "oip_rest", "peer_mlserver", "p50_ms"),
         "oip_grpc_cpu_over_rest": paired_ratio(rows, "oip_grpc", "oip_rest", "cpu_ms_per_1k"),
+        # The ingress hosting the edge in its process (``mesh ingress --local``), as MLServer
+        # hosts its model: against MLServer, and against the aiohttp peer (the same HTTP
+        # server with the model in process and nothing else).
+        "oip_rest_local_p50_over_mlserver_p50": paired_ratio(
+            rows, "oip_rest_local", "peer_mlserver", "p50_ms"
+        ),
+        "oip_rest_local_throughput_over_mlserver": paired_ratio(
+            rows, "oip_rest_local", "peer_mlserver", "throughput_rps"
+        ),
+        "oip_rest_local_p50_over_peer_p50": paired_ratio(
+            rows, "oip_rest_local", "peer_aiohttp", "p50_ms"
+        ),
         # Event streams against request/reply through the same edge node, same trials.
         "events_throughput_over_request_reply": paired_ratio(
             rows, "events_edge", "mesh_edge", "throughput_rps"
@@ -90,6 +102,14 @@ def targets(
             ratios["oip_rest_throughput_over_mlserver"], 3.0
         ),
         "oip_grpc_cpu_at_most_rest": at_most(ratios["oip_grpc_cpu_over_rest"], 1.0),
+        # the same two bounds for the ingress hosting the edge (not the issue's: its targets
+        # are the ingress that sends on, above)
+        "oip_rest_local_p50_at_most_0_8x_mlserver": at_most(
+            ratios["oip_rest_local_p50_over_mlserver_p50"], 0.8
+        ),
+        "oip_rest_local_throughput_at_least_3x_mlserver": at_least(
+            ratios["oip_rest_local_throughput_over_mlserver"], 3.0
+        ),
         "local_p50_at_most_0_1_ms": at_most(local_p50_ms, 0.1),
         "peer_p50_at_least_4x_local": at_least(ratios["peer_p50_over_local_p50"], 4.0),
         "edge_p50_within_1_15x_nats_ort": at_most(ratios["edge_p50_over_nats_ort_p50"], 1.15),

@@ -1,5 +1,6 @@
 """The processes beside the tier nodes that rows send to: the floors (a bare nats-py echo, a bare
-nats-py + ONNX Runtime responder), the hand-rolled aiohttp peer, and the mesh's OIP ingress."""
+nats-py + ONNX Runtime responder), the hand-rolled aiohttp peer, and the mesh's OIP ingress:
+one that sends on to the edge node, one hosting an edge in its own process (``--local``)."""
 
 from __future__ import annotations
 
@@ -26,15 +27,23 @@ class Responders:
     ort: ChildProcess
     peer: ChildProcess
     ingress: ChildProcess
+    #: the ingress hosting an edge in its process (``mesh ingress --local``).
+    ingress_local: ChildProcess
 
     def all(self) -> tuple[ChildProcess, ...]:
-        return (self.echo, self.ort, self.peer, self.ingress)
+        return (self.echo, self.ort, self.peer, self.ingress, self.ingress_local)
 
 
 async def responder_processes(
-    site: NatsServer, keystore: KeyStore, edge_manifest: Path, edge_onnx: Path, work: Path
+    site: NatsServer,
+    keystore: KeyStore,
+    edge_manifest: Path,
+    edge_onnx: Path,
+    hosted_edge: Path,
+    work: Path,
 ) -> Responders:
-    """The responders, not started yet, each on ``site`` or on its own port."""
+    """The responders, not started yet, each on ``site`` or on its own port; ``hosted_edge``
+    is the settings file of the edge the second ingress hosts."""
     py = sys.executable
     echo = ChildProcess(
         "echo",
@@ -63,14 +72,24 @@ async def responder_processes(
         ready_prefix=READY,
     )
     ingress_creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("ingress", Role.INGRESS))
-    ingress = ChildProcess(
-        "ingress",
-        [
-            *(py, "-m", "mesh.cli", "ingress", "--servers", site.url),
-            *("--creds", str(ingress_creds), "--manifest", str(edge_manifest)),
-            *("--http-port", "0", "--grpc-port", "0", "--token", INGRESS_TOKEN),
-        ],
-        work / "ingress.log",
-        ready_prefix=INGRESS_READY,
+
+    def ingress(name: str, *extra: str) -> ChildProcess:
+        return ChildProcess(
+            name,
+            [
+                *(py, "-m", "mesh.cli", "ingress", "--servers", site.url),
+                *("--creds", str(ingress_creds), "--manifest", str(edge_manifest)),
+                *("--http-port", "0", "--grpc-port", "0", "--token", INGRESS_TOKEN),
+                *extra,
+            ],
+            work / f"{name}.log",
+            ready_prefix=INGRESS_READY,
+        )
+
+    return Responders(
+        echo,
+        ort_responder,
+        peer,
+        ingress("ingress"),
+        ingress("ingress-local", "--local", str(hosted_edge)),
     )
-    return Responders(echo, ort_responder, peer, ingress)

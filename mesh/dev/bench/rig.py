@@ -1,6 +1,6 @@
 """The rig, the mesh under test and everything measured beside it, each its own process: the
 NATS servers (``servers``), the tier nodes (``nodes``), the floors, the aiohttp peer and the OIP
-ingress (``responders``), and MLServer when it is installed (``mlserver``)."""
+ingresses (``responders``), and MLServer when it is installed (``mlserver``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from mesh.dev.bench.config import BenchConfig
 from mesh.dev.bench.mlserver import MlServerPeer, start_mlserver_peer
@@ -22,6 +24,7 @@ from mesh.dev.bench.responders import Responders, responder_processes
 from mesh.dev.bench.servers import BenchServers, start_servers
 from mesh.dev.models.demo import DemoArtifacts
 from mesh.local.launcher import NodeProcess
+from mesh.local.layout import settings_yaml
 from mesh.settings import NodeSettings
 
 
@@ -55,8 +58,13 @@ async def start_rig(
     nodes = await asyncio.to_thread(node_processes, plan, servers.keystore, work)
     for node in nodes.values():
         stack.push_async_callback(node.stop)
+    hosted = await asyncio.to_thread(local_edge_settings, servers, demo, 1)
+    hosted_yaml = work / "ingress-local-edge.yaml"
+    await asyncio.to_thread(
+        hosted_yaml.write_text, yaml.safe_dump(settings_yaml(hosted), sort_keys=False)
+    )
     responders = await responder_processes(
-        servers.site, servers.keystore, demo.edge_int8, edge_onnx, work
+        servers.site, servers.keystore, demo.edge_int8, edge_onnx, hosted_yaml, work
     )
     for helper in responders.all():
         stack.push_async_callback(helper.stop)
@@ -67,7 +75,8 @@ async def start_rig(
         responders.peer.start(),
     )
     await responders.ingress.start()
+    await responders.ingress_local.start()
     assert all(helper.pid is not None for helper in responders.all())
     peer = await start_mlserver_peer(mlserver, edge_onnx, work, stack, progress)
-    local = await asyncio.to_thread(local_edge_settings, servers, demo)
+    local = await asyncio.to_thread(local_edge_settings, servers, demo, 0)
     return Rig(servers, nodes, responders, peer, local)

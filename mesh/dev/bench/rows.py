@@ -1,7 +1,7 @@
 """The rows, what the bench measures: the floors (ONNX Runtime in-process, a nats-py echo, a
 nats-py + ONNX Runtime responder), the mesh at the site (request/reply and events, secured and
 open), the mesh over the +40 ms link against cloud-only, and the protocols and peers (the OIP
-ingress, an aiohttp peer, MLServer). Each row's CPU counts the processes a request crosses."""
+ingress, sending on or hosting the edge, an aiohttp peer, MLServer). Each row's CPU counts the processes a request crosses."""
 
 from __future__ import annotations
 
@@ -181,6 +181,14 @@ def _protocol_rows(config: BenchConfig, rig: Rig, calls: RowCalls) -> dict[str, 
             "mesh via the OIP ingress: REST, V2 JSON",
             calls.oip_rest,
             processes(site.pid, edge, responders.ingress.pid),
+            lat,
+            tp,
+        ),
+        "oip_rest_local": Row(
+            "oip_rest_local",
+            "mesh via the OIP ingress hosting the edge (--local): REST, V2 JSON",
+            calls.oip_rest_local,
+            processes(site.pid, responders.ingress_local.pid),
             lat,
             tp,
         ),
