@@ -1,8 +1,8 @@
 """``mesh ingress``: the Open Inference Protocol (REST and gRPC) in front of the mesh.
 
 It connects to a NATS server of the fleet as an ingress identity, describes the models whose
-manifests it is given, hosts an edge tier when given one's settings (``--local``), and prints ``MESH_INGRESS_READY http=URL grpc=HOST:PORT`` once both
-servers listen.
+manifests it is given, hosts an edge tier when given one's settings (``--local``), and prints
+``MESH_INGRESS_READY http=URL grpc=HOST:PORT`` once both servers listen.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ async def serve(settings: IngressSettings, shutdown: Shutdown) -> int:
     """Serve REST and gRPC until ``shutdown``."""
     manifests = await asyncio.to_thread(load_manifests, settings.manifests)
     # a hosted edge's settings that cannot work stop the ingress before it connects
-    hosted = (
-        await asyncio.to_thread(load_settings, NodeSettings, "hosted edge (--local)", settings.local)
-        if settings.local is not None
-        else None
-    )
+    hosted = None
+    if settings.local is not None:
+        hosted = await asyncio.to_thread(
+            load_settings, NodeSettings, "hosted edge (--local)", settings.local
+        )
     async with configure_telemetry(SERVICE, "ingress"):
         client = MeshClient(await connect(settings.nats, SERVICE))
         async with client:

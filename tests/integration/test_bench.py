@@ -28,6 +28,7 @@ RATIOS = (
     "events_cpu_over_request_reply",
     "oip_rest_p50_over_sdk_p50",
     "oip_grpc_cpu_over_rest",
+    "oip_rest_local_p50_over_peer_p50",
 )
 ROWS = (
     "ort_floor",
@@ -42,6 +43,9 @@ ROWS = (
     "cloud_only_link",
     "peer_aiohttp",
     "peer_mlserver",
+    "oip_rest",
+    "oip_rest_local",
+    "oip_grpc",
 )
 
 
@@ -86,6 +90,10 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
         assert isinstance(row["answered_by"], dict)
     assert _number(report["rows"]["mesh_local"]["throughput_rps"])
     assert report["rows"]["mesh_local"]["cpu_ms_per_1k"] is None  # no server process
+    # the ingress hosting the edge answered from its own process, as the edge tier (the
+    # novelty check sends the odd row up to the cloud)
+    hosted = report["rows"]["oip_rest_local"]["answered_by"]
+    assert "edgelocal" in hosted and set(hosted) <= {"edgelocal", "cloud"}, hosted
     for key in ("mesh_edge", "mesh_escalated", "cloud_only_link", "nats_echo", "nats_ort"):
         assert _number(report["rows"][key]["throughput_rps"]), key
         assert _number(report["rows"][key]["cpu_ms_per_1k"]), key
@@ -107,6 +115,8 @@ def test_bench_quick_writes_well_formed_json(tmp_path: Path, demo: DemoArtifacts
         "oip_rest_p50_at_most_0_8x_mlserver",
         "oip_rest_throughput_at_least_3x_mlserver",
         "oip_grpc_cpu_at_most_rest",
+        "oip_rest_local_p50_at_most_0_8x_mlserver",
+        "oip_rest_local_throughput_at_least_3x_mlserver",
         "local_p50_at_most_0_1_ms",
         "peer_p50_at_least_4x_local",
         "edge_p50_within_1_15x_nats_ort",

@@ -76,9 +76,8 @@ async def rig(
         creds = await asyncio.to_thread(
             keystore.ensure, local_edge_identity(name, "edge", upstream_tier="cloud")
         )
-        settings[name] = edge.settings.model_copy(
-            update={"node": name, "nats": NatsSettings(servers=[nats_server.url], credentials=creds)}
-        )
+        nats = NatsSettings(servers=[nats_server.url], credentials=creds)
+        settings[name] = edge.settings.model_copy(update={"node": name, "nats": nats})
     local_yaml = tmp_path / "hosted-edge.yaml"
     local_yaml.write_text(yaml.safe_dump(settings_yaml(settings[HOSTED]), sort_keys=False))
     ingress_creds = await asyncio.to_thread(keystore.ensure, IdentitySpec("ingress", Role.INGRESS))

@@ -1,7 +1,8 @@
 """The rows, what the bench measures: the floors (ONNX Runtime in-process, a nats-py echo, a
 nats-py + ONNX Runtime responder), the mesh at the site (request/reply and events, secured and
 open), the mesh over the +40 ms link against cloud-only, and the protocols and peers (the OIP
-ingress, sending on or hosting the edge, an aiohttp peer, MLServer). Each row's CPU counts the processes a request crosses."""
+ingress, sending on or hosting the edge, an aiohttp peer, MLServer). Each row's CPU counts the
+processes a request crosses."""
 
 from __future__ import annotations
 
