@@ -46,12 +46,21 @@ class GateLimits:
             raise ValueError("the largest body must fit in a caller's share of bytes")
 
 
+@dataclass(slots=True)
+class _Waiter:
+    caller: str
+    n: int
+    #: set once its bytes are taken for it.
+    granted: asyncio.Future[None]
+
+
 class Gate:
     def __init__(self, limits: GateLimits | None = None) -> None:
         self.limits = limits or GateLimits()
         self.requests = Admission(self.limits.requests, self.limits.requests_per_caller)
         self.bytes = ByteShares(self.limits.bytes_in_flight, self.limits.bytes_per_caller)
-        self._waiters: list[asyncio.Future[None]] = []
+        #: bodies waiting for bytes, in the order they came; none of them fits now.
+        self._waiters: list[_Waiter] = []
 
     def enter(self, caller: str) -> Ticket:
         """A request slot for ``caller``; RESOURCE_EXHAUSTED at once when it has none."""
@@ -62,33 +71,50 @@ class Gate:
         return Ticket(self, caller)
 
     async def _take(self, caller: str, n: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.wait_s
-        while (refusal := self.bytes.refusal(caller, n)) is not None:
-            if self.bytes.never_fits(n) or loop.time() >= deadline:
+        refusal = self.bytes.refusal(caller, n)
+        if refusal is None:
+            self.bytes.acquire(caller, n)
+            return
+        if self.bytes.never_fits(n):
+            raise BusyError(f"no room for a body of {n} bytes: {refusal}")
+        # Bytes given back are handed to the waiters in turn (``_grant``), each woken only once
+        # its own are taken: a gRPC caller's many calls (each holding the largest message
+        # while it is read) pass one by one, without waking every waiter at every give-back.
+        waiter = _Waiter(caller, n, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.limits.wait_s):
+                await waiter.granted
+        except BaseException as exc:
+            if waiter.granted.done() and not waiter.granted.cancelled():
+                self._give_back(caller, n)  # granted as the wait ended: not ours after all
+            elif waiter in self._waiters:  # a cancelled wait may have been dropped already
+                self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                why = self.bytes.refusal(caller, n) or "others came first"
                 raise BusyError(
-                    f"no room for a body of {n} bytes within {self.limits.wait_s:g} s: {refusal}"
-                )
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                pass
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        self.bytes.acquire(caller, n)
+                    f"no room for a body of {n} bytes within {self.limits.wait_s:g} s: {why}"
+                ) from None
+            raise
 
     def _give_back(self, caller: str, n: int) -> None:
         if n <= 0:
             return
         self.bytes.release(caller, n)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._waiters:
+            self._grant()
+
+    def _grant(self) -> None:
+        """Take bytes for each waiter that fits now, first come first; wake those."""
+        still: list[_Waiter] = []
+        for waiter in self._waiters:
+            if waiter.granted.done() or self.bytes.refusal(waiter.caller, waiter.n) is not None:
+                if not waiter.granted.done():
+                    still.append(waiter)
+                continue
+            self.bytes.acquire(waiter.caller, waiter.n)
+            waiter.granted.set_result(None)
+        self._waiters = still
 
 
 class Ticket:

@@ -127,6 +127,42 @@ async def test_a_body_that_finds_no_room_in_time_is_resource_exhausted() -> None
     assert gate.bytes.inflight == 0
 
 
+async def test_many_calls_that_each_reserve_the_largest_body_pass_in_turn() -> None:
+    # gRPC never says a message's length first: each call holds the largest while it is read,
+    # then keeps what it took; one caller's 60 calls get in one after another, in order
+    gate = _gate(requests=100, requests_per_caller=100, wait_s=2.0)
+    order: list[int] = []
+
+    async def call(i: int) -> None:
+        with gate.enter("grpc-client") as ticket:
+            await ticket.reserve(100)
+            order.append(i)
+            await asyncio.sleep(0)  # the message is read
+            ticket.keep(1)
+            await asyncio.sleep(0.01)  # the call is answered
+
+    await asyncio.wait_for(asyncio.gather(*(call(i) for i in range(60))), 5.0)
+    assert order == list(range(60))
+    assert gate.bytes.inflight == 0 and gate.requests.inflight == 0 and not gate._waiters
+
+
+async def test_a_wait_that_is_cancelled_or_ends_leaves_nothing_held() -> None:
+    gate = _gate(wait_s=0.2)
+    with gate.enter("flood") as held:
+        await held.reserve(100)
+        with gate.enter("flood") as cancelled, gate.enter("flood") as late:
+            waiting = asyncio.create_task(cancelled.reserve(60))
+            timing_out = asyncio.create_task(late.reserve(60))
+            await asyncio.sleep(0.01)
+            waiting.cancel()
+            held.keep(0)  # room for one of them, given back as the other is cancelled
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await timing_out  # the one still waiting got it
+            assert gate.bytes.held_by("flood") == 60
+    assert gate.bytes.inflight == 0 and not gate._waiters
+
+
 def test_a_callers_requests_past_its_share_are_refused_at_once() -> None:
     gate = _gate()
     tickets = [gate.enter("flood") for _ in range(3)]
