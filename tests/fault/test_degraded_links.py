@@ -68,6 +68,8 @@ class Tally:
     tiers: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     degraded_ids: dict[str, str] = field(default_factory=dict)
+    #: each degraded answer's reason, by request id.
+    degraded_reasons: dict[str, str] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -120,6 +122,7 @@ async def drive(
                 assert result.reason is not None
                 tally.reasons[result.reason] += 1
                 tally.degraded_ids[result.id] = result.tier
+                tally.degraded_reasons[result.id] = result.reason
 
     tasks = []
     for i in range(count):
@@ -159,16 +162,35 @@ async def inbox_count(hub: NatsServer, tier: str) -> int:
         await nc.close()
 
 
-async def wait_inbox(hub: NatsServer, count: int, what: str) -> None:
-    """Up to 60 s for the cloud's inbox on the hub to hold ``count`` hard examples."""
+def kept_at_gateway(tally: Tally) -> tuple[set[str], set[str]]:
+    """The requests whose hard examples the gateway must have kept (it answered them degraded),
+    and those it may have kept too: the edge stopped waiting for the gateway (its own answer,
+    reason "timeout") while the gateway, its escalation to the cloud failed, still kept the
+    case (seen once in CI on a loaded machine)."""
+    must = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
+    may = {
+        i
+        for i, tier in tally.degraded_ids.items()
+        if tier == "edge" and tally.degraded_reasons[i] == "timeout"
+    }
+    return must, may
+
+
+async def wait_delivered(hub: NatsServer, must: set[str], what: str) -> list[str]:
+    """Up to 60 s for the cloud's inbox on the hub to hold every one of ``must``; every request
+    id it holds then, one per hard example."""
+    delivered: list[str] = []
 
     async def arrived() -> bool:
+        nonlocal delivered
         try:
-            return await inbox_count(hub, "cloud") >= count
+            delivered = await inbox_ids(hub, "cloud")
         except Exception:
             return False
+        return set(delivered) >= must
 
     await wait_for(arrived, 60, what)
+    return delivered
 
 
 def site_tiers(gateway_threshold: float) -> tuple[Tier, Tier]:
@@ -204,14 +226,14 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
     assert set(tally.reasons) <= {"no_responders", "breaker_open", "timeout", "upstream_error"}
     assert tally.tiers["cloud"] > 0  # the cloud answered before and after the outage
 
-    degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
+    degraded_at_gateway, edge_gave_up = kept_at_gateway(tally)
     assert degraded_at_gateway
 
-    await wait_inbox(linked.site.hub, len(degraded_at_gateway), "hard examples to reach the hub")
+    await wait_delivered(linked.site.hub, degraded_at_gateway, "hard examples to reach the hub")
     await asyncio.sleep(0.5)
     delivered = await inbox_ids(linked.site.hub, "cloud")
-    assert len(delivered) == len(set(delivered)) == len(degraded_at_gateway)
-    assert set(delivered) == degraded_at_gateway
+    assert len(delivered) == len(set(delivered)), "a hard example was delivered twice"
+    assert degraded_at_gateway <= set(delivered) <= degraded_at_gateway | edge_gave_up
     print(f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}")
 
     # Exactly once: a second copy with the same request id is dropped by the hub's stream (sent
@@ -228,7 +250,7 @@ async def test_hub_killed_and_restarted_every_request_answered_and_hard_examples
         assert ack.duplicate is True
     finally:
         await nc.close()
-    assert await inbox_count(linked.site.hub, "cloud") == len(degraded_at_gateway)
+    assert await inbox_count(linked.site.hub, "cloud") == len(delivered)  # the copy was dropped
 
 
 async def test_blackholed_link_opens_the_breaker_and_it_closes_after_the_link_returns(
@@ -395,10 +417,14 @@ async def test_two_thousand_requests_through_an_outage_of_a_third_of_the_run_los
     assert summary["degraded"] > 0
     assert gateway.upstream.breaker.transitions[(BreakerState.CLOSED, BreakerState.OPEN)] >= 1
 
-    degraded_at_gateway = {i for i, tier in tally.degraded_ids.items() if tier == "gateway"}
-
-    await wait_inbox(linked.site.hub, len(degraded_at_gateway), "the hard-example backlog to drain")
-    delivered = await inbox_ids(linked.site.hub, "cloud")
-    print(f"hard examples: buffered {len(degraded_at_gateway)}, delivered {len(delivered)}")
-    assert sorted(delivered) == sorted(degraded_at_gateway)
+    degraded_at_gateway, edge_gave_up = kept_at_gateway(tally)
+    delivered = await wait_delivered(
+        linked.site.hub, degraded_at_gateway, "the hard-example backlog to drain"
+    )
+    print(
+        f"hard examples: buffered {len(degraded_at_gateway)} (+{len(edge_gave_up)} the edge "
+        f"gave up on), delivered {len(delivered)}"
+    )
+    assert len(delivered) == len(set(delivered)), "a hard example was delivered twice"
+    assert degraded_at_gateway <= set(delivered) <= degraded_at_gateway | edge_gave_up
     _ = edge
