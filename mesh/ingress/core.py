@@ -203,7 +203,8 @@ class Ingress(Service):
         return manifest
 
     def require_ready_version(self, model: str, version: str) -> None:
-        """UNAVAILABLE unless a ready node of the entry tier serves ``version`` now."""
+        """UNAVAILABLE unless the hosted edge or a ready node of the entry tier serves
+        ``version`` now."""
         if version not in self._served(model):
             raise UnavailableError(
                 f"model {model} version {version} is not ready: no node of the entry tier "
