@@ -182,6 +182,11 @@ async def test_the_in_process_edge_takes_no_requests_over_nats(
     edge, remote, client = await start_with_clients(linked, chain, keystore)
     row = np.load(demo.test)["x"].astype(np.float32)[:1]
     async with client:
+        # local=False sends the request over NATS, to the edge node (the ingress does so for a
+        # call pinned to a version the edge it hosts does not serve)
+        over_nats = await client.infer("digits", row, budget_ms=1000, local=False)
+        assert over_nats.node == "edge-ref" or over_nats.tier == "cloud"
+        assert LOCAL not in [hop.node for hop in over_nats.path]
         await edge.stop()
         # the edge tier has no node over NATS now: the in-process one is asked in-process only
         with pytest.raises(UnavailableError):
