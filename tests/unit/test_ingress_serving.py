@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from mesh.errors import NotFoundError, UnavailableError
 from mesh.ingress.core import Ingress, ServingState
 from mesh.sdk.client import MeshClient
+from mesh.settings import IngressSettings
 
 
 @dataclass
@@ -81,3 +83,15 @@ def test_the_hosted_edge_and_the_entry_nodes_together() -> None:
     # a hosted edge that serves nothing (yet) leaves readiness to the entry nodes
     idle = ingress(FakeClient(FakeConnection(is_connected=False), FakeHosted()), {})
     assert not idle.ready() and idle.problems() == {"nats": "not connected to NATS"}
+
+
+def test_the_hosted_edges_settings_file_is_relative_to_the_ingress_settings(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "ingress.yaml").write_text("local: edge.yaml\nmanifests: [digits.json]\n")
+    settings = IngressSettings.load(folder / "ingress.yaml")
+    assert settings.local == folder / "edge.yaml"
+    assert settings.manifests == [folder / "digits.json"]
+    assert IngressSettings.load(None).local is None
