@@ -136,9 +136,14 @@ async def test_a_hub_member_killed_under_load_loses_nothing(
         async with asyncio.timeout(90):
             while await backlog(rig):  # noqa: ASYNC110 (the cloud takes them up)
                 await asyncio.sleep(0.5)
+        # Every hard example a gateway recorded reached the cloud, once. How many there are
+        # depends on timing, as the degraded answers do: none when every request caught in the
+        # gap was answered by the cloud after all (seen on a loaded CI machine).
         learned = await learned_ids(rig)
-        assert learned and max(learned.values()) == 1, "a hard example delivered twice"
+        twice = sorted(i for i, n in learned.items() if n > 1)
+        assert not twice, f"hard examples delivered twice: {twice[:5]}"
         assert len(learned) == await recorded_at_gateways(rig)
+        print(f"hard examples: {len(learned)} recorded at the gateways, each delivered once")
 
         states = await mesh.hub.wait_replicas(rig.hub_nc, rig.hub_streams(), 3, timeout=90)
         assert {s.stream for s in states} >= {inbox_stream("cloud")}
