@@ -430,7 +430,7 @@ async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Ro
         except KeyNotFoundError:
             raise NotFoundError(f"no rollout of {model}") from None
         held = decode_rollout(entry.value or b"")
-        await _check_latest(kv, model, held)
+        await _check_latest(kv, model, held, int(entry.revision or 0))
         changed = request(held, action, time.time(), by)
         try:
             await kv.update(
@@ -443,12 +443,17 @@ async def act(js: JetStreamContext, model: str, action: str, by: str = "") -> Ro
     raise InvalidArgumentError(f"the rollout of {model} kept changing; try again")
 
 
-async def _check_latest(kv: KeyValue, model: str, held: Rollout) -> None:
+async def _check_latest(kv: KeyValue, model: str, held: Rollout, revision: int) -> None:
     """Refuse to act on a record that is not its model's newest (an old one re-delivered into
-    the bucket: the controllers ignore it, and a change made from it would be ignored too)."""
+    the bucket: the controllers ignore it, and a change made from it would be ignored too).
+    Records written after ``revision`` (the one read) are not counted: the controller moved the
+    rollout on meanwhile, and the compare-and-set that follows fails and reads again (counting
+    them refused a pause of a rollout moving fast, naming an old record that was none)."""
     newest = held.generation
     with contextlib.suppress(NoKeysError):
         for entry in await kv.history(rollout_key(model)):
+            if int(entry.revision or 0) > revision:
+                continue
             with contextlib.suppress(InvalidArgumentError):
                 newest = max(newest, decode_rollout(entry.value or b"").generation)
     if rollout_key(held.model) != rollout_key(model) or held.generation < newest:
