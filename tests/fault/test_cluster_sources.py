@@ -16,6 +16,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from mesh.dev.faults import SiteLink
 from mesh.local.cluster import Hub
@@ -114,7 +115,19 @@ async def hub_heartbeat_arrives(c: Cluster, node: str, data: bytes) -> None:
 
 
 async def desired(c: Cluster, key: str, data: bytes) -> None:
-    await c.js().publish(subjects.kv(DESIRED_BUCKET, key), data, timeout=10)
+    """Desired state written at the hub, as the controller writes it: asked again while the
+    bucket's stream has no leader (a member just killed led it: no responders until the others
+    elect one, which a loaded CI machine once took past the first try)."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(
+            (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+        ),
+        stop=stop_after_delay(30),
+        wait=wait_fixed(0.25),
+        reraise=True,
+    ):
+        with attempt:
+            await c.js().publish(subjects.kv(DESIRED_BUCKET, key), data, timeout=10)
 
 
 async def mirror_arrives(c: Cluster, site: str, key: str, data: bytes) -> None:

@@ -75,8 +75,10 @@ async def test_a_rollouts_stages_advance_on_the_page_and_a_person_pauses_and_res
         url = console.info["http"]
         await run(browser.open, f"{url}/rollouts?token={token}")
         await asyncio.sleep(2.0)  # every node has beaten, with evidence
+        # each stage soaks 12 s, so that the pause below lands while the rollout still runs:
+        # with 3 s a loaded CI machine's browser took longer than stages 2 and 3 together
         code, _, err = await mesh_cli(
-            "rollout", "start", "digits", GOOD, "--stages", "1,50%,100%", "--soak", "3s",
+            "rollout", "start", "digits", GOOD, "--stages", "1,50%,100%", "--soak", "12s",
             "--gate", "min_requests=20", "--gate", "min_samples=20",
             "--gate", "max_agreement_drop=0.2", "--trusted-key", sim.key.public,
             *hub_args(sim), "--offline-after", "2",
