@@ -108,9 +108,10 @@ class Gate:
         """Take bytes for each waiter that fits now, first come first; wake those."""
         still: list[_Waiter] = []
         for waiter in self._waiters:
-            if waiter.granted.done() or self.bytes.refusal(waiter.caller, waiter.n) is not None:
-                if not waiter.granted.done():
-                    still.append(waiter)
+            if waiter.granted.done():  # its wait was cancelled: it is gone
+                continue
+            if self.bytes.refusal(waiter.caller, waiter.n) is not None:
+                still.append(waiter)
                 continue
             self.bytes.acquire(waiter.caller, waiter.n)
             waiter.granted.set_result(None)
