@@ -85,17 +85,27 @@ class Gate:
         try:
             async with asyncio.timeout(self.limits.wait_s):
                 await waiter.granted
-        except BaseException as exc:
-            if waiter.granted.done() and not waiter.granted.cancelled():
-                self._give_back(caller, n)  # granted as the wait ended: not ours after all
-            elif waiter in self._waiters:  # a cancelled wait may have been dropped already
-                self._waiters.remove(waiter)
-            if isinstance(exc, TimeoutError):
-                why = self.bytes.refusal(caller, n) or "others came first"
+        except TimeoutError:
+            if self._granted(waiter):
+                return  # granted as the time ran out: the bytes are its own
+            refusal = self.bytes.refusal(caller, n)
+            if refusal is not None:
                 raise BusyError(
-                    f"no room for a body of {n} bytes within {self.limits.wait_s:g} s: {why}"
+                    f"no room for a body of {n} bytes within {self.limits.wait_s:g} s: {refusal}"
                 ) from None
+            self.bytes.acquire(caller, n)  # room as the time ran out
+        except BaseException:
+            if self._granted(waiter):
+                self._give_back(caller, n)  # granted as the call was cancelled: not its own
             raise
+
+    def _granted(self, waiter: _Waiter) -> bool:
+        """Whether ``waiter``'s bytes were taken for it; if not, it leaves the line."""
+        if waiter.granted.done() and not waiter.granted.cancelled():
+            return True
+        if waiter in self._waiters:  # a cancelled wait may have been dropped already
+            self._waiters.remove(waiter)
+        return False
 
     def _give_back(self, caller: str, n: int) -> None:
         if n <= 0:
