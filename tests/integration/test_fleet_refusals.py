@@ -105,8 +105,12 @@ async def test_an_artifact_still_arriving_at_the_site_is_waited_for_then_taken(
         assert node.served_versions() == {"digits": V1}
         for chunk in chunks[1:]:
             await js.publish(object_chunks(MODEL_STORE, nuid), chunk)
+        # the new version serves as soon as it is swapped in; the agent says it is done once
+        # the old one has drained (a loaded machine saw the first without the second)
         took = await wait_for(
-            lambda: node.served_versions() == {"digits": "2-edge"}, 60, "the node to take it"
+            lambda: node.served_versions() == {"digits": "2-edge"} and not agent.state.pending,
+            60,
+            "the node to take it",
         )
     finally:
         await nc.close()
