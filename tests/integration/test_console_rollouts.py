@@ -22,7 +22,13 @@ from mesh.security.identities import IdentitySpec
 from mesh.security.permissions import Role
 from tests.fixtures.browser import Browser
 from tests.fixtures.commands import mesh_cli
-from tests.fixtures.fleet import hub_args, push_version, rollout_of, simulation
+from tests.fixtures.fleet import (
+    LATENCY_NOT_JUDGED,
+    hub_args,
+    push_version,
+    rollout_of,
+    simulation,
+)
 from tests.integration.test_rollouts import start_controller
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -80,7 +86,8 @@ async def test_a_rollouts_stages_advance_on_the_page_and_a_person_pauses_and_res
         code, _, err = await mesh_cli(
             "rollout", "start", "digits", GOOD, "--stages", "1,50%,100%", "--soak", "12s",
             "--gate", "min_requests=20", "--gate", "min_samples=20",
-            "--gate", "max_agreement_drop=0.2", "--trusted-key", sim.key.public,
+            "--gate", "max_agreement_drop=0.2", "--gate", LATENCY_NOT_JUDGED,
+            "--trusted-key", sim.key.public,
             *hub_args(sim), "--offline-after", "2",
         )  # fmt: skip
         assert code == 0, err

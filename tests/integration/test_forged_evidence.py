@@ -51,7 +51,7 @@ from mesh.topology import subjects
 from mesh.topology.streams import nodes_bucket
 from mesh.wire import AnsweredFor, NodeStatus, VersionEvidence, encode_node_status
 from tests.fixtures.commands import mesh_cli
-from tests.fixtures.fleet import push_version, simulation, wait_rollout
+from tests.fixtures.fleet import LATENCY_NOT_JUDGED, push_version, simulation, wait_rollout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -62,10 +62,6 @@ LIAR = "edge-liar"
 FORGE_EVERY_S = 0.02
 #: how long a rollout may take to end here, and how often it is read meanwhile.
 ROLLOUT_WAIT = {"timeout": 240.0, "poll_s": 0.3}
-#: latency is not what these tests judge: a canary's p99 may be 100x its baseline's before its
-#: latency gate fails it (by default 3x, at least 10 ms, which a busy CI machine once passed
-#: with a p99 of 50 ms against a baseline of 5 and rolled the good version back).
-LATENCY_NOT_JUDGED = "max_p99_ratio=100"
 
 
 @dataclass

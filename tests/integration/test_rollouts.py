@@ -40,6 +40,7 @@ from mesh.topology.streams import nodes_bucket
 from mesh.wire import NodeStatus, VersionEvidence, encode_node_status
 from tests.fixtures.commands import mesh_cli
 from tests.fixtures.fleet import (
+    LATENCY_NOT_JUDGED,
     heartbeats,
     hub_args,
     push_version,
@@ -140,7 +141,8 @@ async def test_a_good_version_reaches_every_node_through_four_stages_past_a_dead
         code, out, err = await mesh_cli(
             "rollout", "start", "digits", GOOD, "--stages", "1,25%,50%,100%", "--soak", "2s",
             "--gate", "min_requests=20", "--gate", "min_samples=30",
-            "--gate", "max_agreement_drop=0.1", "--selector", "tier=edge",
+            "--gate", "max_agreement_drop=0.1", "--gate", LATENCY_NOT_JUDGED,
+            "--selector", "tier=edge",
             "--trusted-key", sim.key.public, *hub_args(sim), "--offline-after", "2",
         )  # fmt: skip
         # This test is about the mechanics (stages, a dead leader, a cut); telling a confused
@@ -216,7 +218,8 @@ async def test_a_version_that_confuses_two_classes_is_stopped_at_the_canary_and_
         await controller.start()
         r = await start_rollout(
             js, "digits", BAD, stages="2,50%,100%", soak="2s",
-            gate_terms=["min_requests=20", "min_samples=150"], selector=Selector(tier="edge"),
+            gate_terms=["min_requests=20", "min_samples=150", LATENCY_NOT_JUDGED],
+            selector=Selector(tier="edge"),
             trusted_keys=[sim.key.public], offline_after_s=2.0,
         )  # fmt: skip
         assert r.canary_nodes == 2
