@@ -226,7 +226,9 @@ def _brief(figures: dict[str, Any] | None) -> dict[str, Any] | None:
 async def test_a_forged_baseline_no_longer_rolls_a_good_version_back(
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
-    async with simulation(tmp_path, demo, nodes=3) as sim:
+    # every answer audited: the 300 comparisons the gate asks of the canary come in 30 s, not
+    # the 100 s they took at the fixture's 0.3
+    async with simulation(tmp_path, demo, nodes=3, audit_rate=1.0) as sim:
         await push_version(sim, copy_as_version, demo.edge_int8, GOOD, tmp_path / "good")
         canary = sim.node_names[0]
         liar = Liar(sim, claims=lambda assigned: assigned, agreement=lambda v: 1.0)
@@ -262,7 +264,7 @@ async def test_claiming_the_new_version_no_longer_empties_the_baseline_and_the_l
         async with lying(liar), driven(sim, rate=10.0):
             await start_with_canary(
                 sim, BAD, canary, stages="1,100%", soak="3s",
-                gate_terms=["min_requests=20", "max_wait_s=60"],
+                gate_terms=["min_requests=20", "max_wait_s=20"],
             )  # fmt: skip
             started.set()
             r = await wait_rollout(
@@ -281,7 +283,7 @@ async def test_claiming_the_new_version_no_longer_empties_the_baseline_and_the_l
 async def test_forged_comparisons_no_longer_carry_a_confused_version_to_completion(
     tmp_path: Path, demo: DemoArtifacts
 ) -> None:
-    async with simulation(tmp_path, demo, nodes=2) as sim:
+    async with simulation(tmp_path, demo, nodes=2, audit_rate=1.0) as sim:
         await push_version(sim, confuse_classes, demo.edge_int8, BAD, tmp_path / "bad")
         canary = sim.node_names[0]
         # a poor baseline while it is one (the confused canary looks no worse), then a perfect
