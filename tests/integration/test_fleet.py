@@ -62,6 +62,22 @@ class Fleet:
             inbox_prefix="_INBOX_admin",
         )
 
+    async def seen_at_hub(self, names: set[str], timeout: float = 30.0) -> None:
+        """Wait until the hub holds a heartbeat of each node named: ``mesh fleet assign``
+        selects among the nodes the hub has seen, and a site's heartbeats reach it through
+        the site's bucket sourced into the hub's (a loaded machine took longer than a test's
+        first 300 answers)."""
+        nc = await self.admin()
+        try:
+            js = nc.jetstream(domain="hub")
+            deadline = time.monotonic() + timeout
+            while not names <= set(seen := await registry.read_heartbeats(js)):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the hub saw {sorted(seen)} in {timeout}s, not {names}")
+                await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
     async def mesh(self, *args: str, ok: bool = True) -> tuple[int, str, str]:
         """Run the ``mesh`` CLI in a child process."""
         code, out, err = await mesh_cli(*args)
@@ -250,6 +266,7 @@ async def test_signed_version_reaches_every_node_under_load_and_bad_ones_are_ref
         await wait_for(
             lambda: len(load.by_node) == 3 and load.answered > 300, 30, "load on all nodes"
         )
+        await fleet.seen_at_hub({"edge-a", "edge-b", "edge-c"})
         started = time.monotonic()
         _, out, _ = await fleet.mesh(
             "fleet", "assign", "digits", "2-edge", "--selector", "tier=edge,site=site",
@@ -369,6 +386,7 @@ async def test_cut_site_keeps_serving_cached_version_and_heartbeats_reach_the_hu
     hub = fleet.site.hub.url
     v2 = await fleet.release(demo, "2-edge")
     await fleet.mesh("models", "push", str(v2), "--servers", hub, "--creds", controller)
+    await fleet.seen_at_hub({"edge-a", "edge-b"})
     await fleet.mesh("fleet", "assign", "digits", "2-edge", "--servers", hub, "--creds", controller)
     await wait_for(
         lambda: all(n.served_versions()["digits"] == "2-edge" for n in fleet.nodes.values()),

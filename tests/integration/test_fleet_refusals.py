@@ -89,6 +89,7 @@ async def test_an_artifact_still_arriving_at_the_site_is_waited_for_then_taken(
         await store.put("digits/2-edge/manifest", artifact.manifest_bytes)
         await store.put("digits/2-edge/signature", artifact.signature_bytes)
         hub = fleet.site.hub.url
+        await fleet.seen_at_hub({"edge-a"})
         await fleet.mesh(
             "fleet", "assign", "digits", "2-edge", "--selector", "tier=edge",
             "--servers", hub, "--creds", str(fleet.creds(CONTROLLER)),
@@ -132,6 +133,7 @@ async def test_a_wrongly_signed_version_is_re_signed_and_its_refusal_cleared(
     assert code == 2 and "does not trust" in err, err
     # without them it goes in, and the nodes refuse it
     await fleet.mesh("models", "push", str(v2), *hub)
+    await fleet.seen_at_hub({"edge-a", "edge-b"})
     await fleet.mesh("fleet", "assign", "digits", "2-edge", "--selector", "tier=edge", *hub)
 
     def refusing() -> bool:

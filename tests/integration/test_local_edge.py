@@ -228,6 +228,7 @@ async def test_the_in_process_edge_takes_a_new_version_from_the_fleet_under_load
         hosted = client.local
         assert hosted is not None
         await wait_for(lambda: load.answered > 300, 30, "load on the in-process edge")
+        await fleet.seen_at_hub({LOCAL})
         _, out, _ = await fleet.mesh(
             "fleet", "assign", "digits", "2-edge", "--selector", "tier=edge,site=site",
             "--servers", hub, "--creds", controller,
