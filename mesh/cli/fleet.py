@@ -250,7 +250,9 @@ def fleet_assign(
             if not matched:
                 raise InvalidArgumentError(
                     f"selector {selector.key} matches none of the {len(known)} nodes the fleet "
-                    f"has seen ({', '.join(sorted(b.node for b in known)) or 'none'})"
+                    f"has seen ({', '.join(sorted(b.node for b in known)) or 'none'}): a node is "
+                    "seen once a heartbeat of it reaches the hub, and `mesh fleet status` lists "
+                    "them; fix the selector, or assign again once the node is listed"
                 )
             state = DesiredState(
                 model=model, version=version, selector=selector, time=time.time(),

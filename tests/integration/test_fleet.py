@@ -360,6 +360,7 @@ async def test_bad_input_to_the_registry_cli_is_refused(fleet: Fleet, demo: Demo
         "fleet", "assign", "digits", "8-edge", "--selector", "site=elsewhere", *common, ok=False
     )
     assert code == 2 and "matches none of the 1 nodes" in err
+    assert "`mesh fleet status` lists them" in err  # and what to do about it
     # the same version again with other bytes
     await fleet.mesh("models", "push", str(v8), *common)  # identical: accepted again
     other = await fleet.release(demo, "8-edge", key=await asyncio.to_thread(SigningKey.generate))
