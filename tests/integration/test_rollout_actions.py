@@ -5,8 +5,9 @@ refused, but a record the controller wrote after the action read its own is not 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
-from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from mesh.errors import InvalidArgumentError
@@ -25,38 +26,32 @@ def first_rollout() -> Rollout:
     )  # fmt: skip
 
 
-async def bucket(server: NatsServer) -> tuple[KeyValue, Client]:
-    nc = await server.connect()
-    kv = await nc.jetstream().create_key_value(bucket="ROLLOUT_ACTIONS_TEST", history=16)
-    return kv, nc
+@pytest.fixture
+async def kv(nats_server: NatsServer) -> AsyncIterator[KeyValue]:
+    """A rollouts-like bucket keeping each key's history, on the real server."""
+    nc = await nats_server.connect()
+    try:
+        yield await nc.jetstream().create_key_value(bucket="ROLLOUT_ACTIONS_TEST", history=16)
+    finally:
+        await nc.close()
 
 
 async def test_a_record_written_after_the_one_read_is_not_taken_for_an_old_one(
-    nats_server: NatsServer,
+    kv: KeyValue,
 ) -> None:
-    kv, nc = await bucket(nats_server)
     key = rollout_key("digits")
-    try:
-        read = first_rollout()
-        revision = await kv.put(key, encode_rollout(read))
-        # the controller moves the rollout on after the action read its record
-        await kv.put(key, encode_rollout(request(read, "pause", 1.0, "controller")))
-        await _check_latest(kv, "digits", read, revision)  # not refused: it reads again
-    finally:
-        await nc.close()
+    read = first_rollout()
+    revision = await kv.put(key, encode_rollout(read))
+    # the controller moves the rollout on after the action read its record
+    await kv.put(key, encode_rollout(request(read, "pause", 1.0, "controller")))
+    await _check_latest(kv, "digits", read, revision)  # not refused: it reads again
 
 
-async def test_an_old_record_re_delivered_into_the_bucket_is_refused(
-    nats_server: NatsServer,
-) -> None:
-    kv, nc = await bucket(nats_server)
+async def test_an_old_record_re_delivered_into_the_bucket_is_refused(kv: KeyValue) -> None:
     key = rollout_key("digits")
-    try:
-        old = first_rollout()
-        await kv.put(key, encode_rollout(old))
-        await kv.put(key, encode_rollout(request(old, "pause", 1.0, "person")))
-        again = await kv.put(key, encode_rollout(old))  # the first record, later in the bucket
-        with pytest.raises(InvalidArgumentError, match="an old record was re-delivered"):
-            await _check_latest(kv, "digits", old, again)
-    finally:
-        await nc.close()
+    old = first_rollout()
+    await kv.put(key, encode_rollout(old))
+    await kv.put(key, encode_rollout(request(old, "pause", 1.0, "person")))
+    again = await kv.put(key, encode_rollout(old))  # the first record, later in the bucket
+    with pytest.raises(InvalidArgumentError, match="an old record was re-delivered"):
+        await _check_latest(kv, "digits", old, again)
