@@ -159,7 +159,12 @@ async def test_a_good_version_reaches_every_node_through_four_stages_past_a_dead
         # Cut site 1 off once stage 3 runs; its nodes converge after the link heals.
         await wait_rollout(sim, lambda r: r.current_stage >= 2)
         sim.cut(1)
-        r = await wait_rollout(sim, lambda r: not r.active, timeout=180.0)
+        try:
+            r = await wait_rollout(sim, lambda r: not r.active, timeout=180.0)
+        except TimeoutError as exc:
+            # what the leading controller did meanwhile, with where the rollout stood
+            tail = (sim.work / "ctl-b.log").read_text().splitlines()[-40:]
+            raise TimeoutError(f"{exc}\nctl-b's log, its end:\n" + "\n".join(tail)) from None
         versions_during_cut = await served(sim)
         sim.heal(1)
         healed = time.monotonic()
