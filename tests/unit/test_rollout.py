@@ -387,6 +387,19 @@ def test_a_node_refusing_the_version_fails_the_stage_and_an_offline_one_is_not_w
     assert fleet.serving[r.targets[1]] == OLD  # it takes the version when it returns
 
 
+def test_a_stage_whose_baseline_is_cut_off_waits_then_pauses_saying_it_is_offline() -> None:
+    """Every node outside the canary goes offline (a site cut off): there is nothing to judge
+    the canary against, so the stage waits, then pauses, and the reason says the baseline is
+    offline, not only that no trusted node reports the previous version."""
+    r = rollout("1,100%", nodes=3, max_wait_s=20)
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})
+    fleet.offline.update(r.targets[1:])
+    paused, _ = drive(r, fleet)
+    assert paused.state == "paused" and paused.current_stage == 0
+    assert "no trusted node outside the stage" in paused.reason
+    assert "(2 of the 2 nodes outside it offline)" in paused.reason
+
+
 def test_too_little_evidence_pauses_and_resume_deploys_the_stage_again() -> None:
     r = rollout("1,100%", max_wait_s=20)
     fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})

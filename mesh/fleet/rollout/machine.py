@@ -347,8 +347,19 @@ def _verdict(
         reference = r.log[served[-1]].baseline if served else None
         baseline = Figures.from_dict(reference) if reference else None
     verdict = judge(stage.gate, canary, baseline, labels)
+    if verdict.result == VerdictResult.WAIT and baseline is not None and baseline.nodes == 0:
+        verdict = replace(verdict, reason=verdict.reason + _offline_outside(r, nodes, members))
     logged = (canary.as_dict(), baseline.as_dict() if baseline is not None else None)
     return verdict, _flag(r, figures.flagged), logged
+
+
+def _offline_outside(r: Rollout, nodes: Mapping[str, NodeView], members: Sequence[str]) -> str:
+    """How many of the targets outside the stage are offline, for a baseline that has no node:
+    a site cut off is waited for as a liar is, and the reason should say which it is."""
+    inside = set(members)
+    outside = [n for n in r.targets if n not in inside]
+    offline = sum(1 for n in outside if (v := nodes.get(n)) is None or not v.online)
+    return f" ({offline} of the {len(outside)} nodes outside it offline)" if offline else ""
 
 
 def _flag(r: Rollout, fresh: Mapping[str, str]) -> Rollout:
