@@ -400,6 +400,36 @@ def test_a_stage_whose_baseline_is_cut_off_waits_then_pauses_saying_it_is_offlin
     assert "(2 of the 2 nodes outside it offline)" in paused.reason
 
 
+def test_a_stage_draws_its_new_nodes_from_the_online_ones_first() -> None:
+    """The three nodes drawn next after the canary go offline: stage 2 gives the version to the
+    next online node in the drawn order instead (not reached with its canary alone), and the
+    offline ones take it with the last stage once back."""
+    r = rollout("1,25%,100%", nodes=8)
+    first = r.targets
+    fleet = FakeFleet(list(first), {OLD: 0.95, NEW: 0.95})
+    fleet.offline.update(first[1:4])
+    changes: list[Rollout] = []
+    now, window = 0.0, None
+    while r.state not in ("completed", "rolled_back", "paused") and now < 600:
+        fleet.apply(r, now)
+        result = step(r, fleet.views(now), window, now)
+        window = result.window or window
+        if result.rollout.current_stage != r.current_stage:
+            changes.append(result.rollout)
+        r = result.rollout
+        fleet.run(1.0)
+        now += 1.0
+    assert r.state == "completed", r.reason
+    stage_2 = changes[0]
+    assert stage_2.targets[:2] == (first[0], first[4])
+    assert stage_2.targets[2:] == (*first[5:], *first[1:4])
+    assert sorted(stage_2.targets) == sorted(first)
+    assert r.log[1].result == "pass" and r.max_nodes_serving >= 2
+    fleet.offline.clear()
+    fleet.apply(r, now)
+    assert set(fleet.serving.values()) == {NEW}
+
+
 def test_too_little_evidence_pauses_and_resume_deploys_the_stage_again() -> None:
     r = rollout("1,100%", max_wait_s=20)
     fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})

@@ -318,10 +318,36 @@ def _soak(
             events=(f"rollout {r.id}: {r.model}@{r.version} completed on {len(r.targets)} nodes",),
         )
     logs = _set_log(r.log, i + 1, started_at=now)
+    given, size = r.stage_size(i), r.stage_size(i + 1)
+    targets = _reachable_first(r.targets, given, nodes, excluded)
+    later = set(r.targets[given:size]) - set(targets[given:size])
     return Step(
-        replace(r, current_stage=i + 1, phase=StagePhase.DEPLOYING, log=logs, updated_at=now),
-        events=(f"stage {i + 1} ({stage.name}) passed: {verdict.reason}",),
-    )
+        replace(
+            r, current_stage=i + 1, phase=StagePhase.DEPLOYING, log=logs, targets=targets,
+            updated_at=now,
+        ),
+        events=(
+            f"stage {i + 1} ({stage.name}) passed: {verdict.reason}",
+            *([f"{len(later)} offline or flagged node(s) left for a later stage"] if later else []),
+        ),
+    )  # fmt: skip
+
+
+def _reachable_first(
+    targets: tuple[str, ...],
+    given: int,
+    nodes: Mapping[str, NodeView],
+    excluded: Collection[str],
+) -> tuple[str, ...]:
+    """The targets with those not yet given the version (past the first ``given``) reordered:
+    the online and trusted first, each group in its drawn order. A stage is there for its
+    evidence, and a node offline (a site cut off) gives none: drawn into the stage, it would
+    let the stage be reached with fewer nodes on the version than it names. Offline ones take
+    the version when they come back, by the last stage's assignment at the latest."""
+    rest = targets[given:]
+    ready = [n for n in rest if (v := nodes.get(n)) is not None and v.online and n not in excluded]
+    chosen = set(ready)
+    return (*targets[:given], *ready, *(n for n in rest if n not in chosen))
 
 
 def _verdict(
