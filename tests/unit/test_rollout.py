@@ -430,6 +430,23 @@ def test_a_stage_draws_its_new_nodes_from_the_online_ones_first() -> None:
     assert set(fleet.serving.values()) == {NEW}
 
 
+def test_a_stage_with_no_node_online_pauses_after_its_deploy_timeout_rather_than_failing() -> None:
+    """Every node offline after the canary stage (a fleet cut off from the hub): nothing took
+    the version and nothing refused it, so the rollout pauses saying why; a node that comes
+    back gets the stage's assignment meanwhile, and a resume deploys the stage again."""
+    r = rollout("1,100%", nodes=2, deploy_timeout_s=30)
+    fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})
+    fleet.offline.update(r.targets)
+    paused, _ = drive(r, fleet)
+    assert paused.state == "paused" and paused.current_stage == 0, paused.reason
+    assert paused.reason == (
+        "no node of stage 1/2 (canary) was online for 30s (1 offline or flagged): nothing to "
+        "deploy to or judge"
+    )
+    assert desired_for(paused).nodes == {r.targets[0]: NEW}
+    assert request(paused, "resume", 100.0).phase == "deploying"
+
+
 def test_too_little_evidence_pauses_and_resume_deploys_the_stage_again() -> None:
     r = rollout("1,100%", max_wait_s=20)
     fleet = FakeFleet(list(r.targets), {OLD: 0.95, NEW: 0.95})

@@ -262,6 +262,19 @@ def _deploy(
             ),
         )
     if now - started > stage.gate.deploy_timeout_s:
+        if not online:
+            # Nothing failed: no node of the stage could be deployed to or judged (all of them
+            # offline or flagged). Rolling back would reach none of them either; a person
+            # resumes once they are back, or aborts.
+            reason = (
+                f"no node of stage {i + 1}/{len(r.stages)} ({stage.name}) was online for "
+                f"{stage.gate.deploy_timeout_s:.0f}s ({size} offline or flagged): nothing to "
+                "deploy to or judge"
+            )
+            return Step(
+                replace(r, state=RolloutPhase.PAUSED, reason=reason, updated_at=now),
+                events=(f"rollout {r.id} paused: {reason}",),
+            )
         return _fail(
             r,
             now,
