@@ -28,6 +28,7 @@ from mesh.node.latency import LatencyTracker
 from mesh.node.outcomes import ModelTable, TierIdentity
 from mesh.node.power import NodePower
 from mesh.node.repository import load_model
+from mesh.node.runtime import ModelRunner
 from mesh.node.served import ServedModel
 from mesh.node.shadow import ShadowRunner
 from mesh.node.upstream import UpstreamLink
@@ -87,6 +88,10 @@ class TierNode(Service):
         self.power: NodePower | None = None
         #: the settings each served model was loaded with (the agent derives new versions' from it)
         self._model_settings: dict[str, ModelSettings] = {}
+        #: the runners of the versions it serves, started and not yet stopped: stopped with
+        #: the node. One list rather than a callback on the exit stack per swap, which kept
+        #: every version swapped out (its session, its weights) alive until the node stopped.
+        self._runners: list[ModelRunner] = []
         #: called once the NATS connection is found dead (``mesh node`` exits for its supervisor).
         self.on_fatal: Callable[[str], None] | None = None
         self.drift_threshold = settings.drift_threshold
@@ -170,9 +175,10 @@ class TierNode(Service):
         models = s.models
         if s.fleet.enabled:
             models = await asyncio.to_thread(restore, s.fleet, list(s.models))
+        stack.push_async_callback(self._stop_runners)
         for model_settings in models:
             served = await load_model(model_settings, s.tier)
-            await stack.enter_async_context(served.runner)
+            await self._start_runner(served)
             self._meter(served)
             self.models.put(served)
             self._model_settings[model_settings.name] = model_settings
@@ -276,9 +282,8 @@ class TierNode(Service):
         ``in_flight``, so once that is 0 nothing can still reach the old version."""
         assert self.running, "start the node first"
         served = await load_model(settings, self.settings.tier)
-        await served.runner.start()
+        await self._start_runner(served)
         self._meter(served)
-        self._stack.push_async_callback(served.runner.stop)
         old = self.models.put(served)
         self._model_settings[settings.name] = settings
         await self.shadow.serving_changed(served.name, served.version)
@@ -296,6 +301,7 @@ class TierNode(Service):
                 "old version of %s still busy after %.0f s; stopping it", old.name, drain_seconds
             )
         await old.runner.stop()
+        self._runners.remove(old.runner)
         log.info(
             "node %s swapped %s from version %s to %s",
             self.settings.node,
@@ -330,6 +336,14 @@ class TierNode(Service):
 
     def shadow_versions(self) -> dict[str, str]:
         return self.shadow.versions()
+
+    async def _start_runner(self, served: ServedModel) -> None:
+        await served.runner.start()
+        self._runners.append(served.runner)
+
+    async def _stop_runners(self) -> None:
+        while self._runners:
+            await self._runners.pop().stop()
 
     def _meter(self, served: ServedModel) -> None:
         if self.power is not None:
@@ -451,24 +465,29 @@ class TierNode(Service):
     async def _watch_drift(self, nc: NATS) -> None:
         while True:
             await asyncio.sleep(DRIFT_CHECK_SECONDS)
-            paused = self.power is not None and self.power.savings.drift_paused
-            for model in list(self.models.models.values()):
-                if model.drift is None:
-                    continue
-                if paused:
-                    # the power governor's drift step: no drift share offered for review
-                    if self.review is not None:
-                        self.review.set_drift(model.name, None)
-                    continue
-                for signal in model.drift.crossed(self.drift_threshold):
-                    psi = model.drift.scores()[signal]
-                    await self._report_drift(nc, model, signal, psi)
+            # in a call of its own, so no model is held between checks (one swapped out meanwhile
+            # is let go at once)
+            await self._check_drift(nc)
+
+    async def _check_drift(self, nc: NATS) -> None:
+        paused = self.power is not None and self.power.savings.drift_paused
+        for model in list(self.models.models.values()):
+            if model.drift is None:
+                continue
+            if paused:
+                # the power governor's drift step: no drift share offered for review
                 if self.review is not None:
-                    raised = model.drift.raised
-                    scores = model.drift.scores() if raised else {}
-                    self.review.set_drift(
-                        model.name, max((scores.get(sig, 0.0) for sig in raised), default=None)
-                    )
+                    self.review.set_drift(model.name, None)
+                continue
+            for signal in model.drift.crossed(self.drift_threshold):
+                psi = model.drift.scores()[signal]
+                await self._report_drift(nc, model, signal, psi)
+            if self.review is not None:
+                raised = model.drift.raised
+                scores = model.drift.scores() if raised else {}
+                self.review.set_drift(
+                    model.name, max((scores.get(sig, 0.0) for sig in raised), default=None)
+                )
 
     async def _report_drift(self, nc: NATS, model: ServedModel, signal: str, psi: float) -> None:
         s = self.settings
