@@ -301,7 +301,8 @@ class TierNode(Service):
                 "old version of %s still busy after %.0f s; stopping it", old.name, drain_seconds
             )
         await old.runner.stop()
-        self._runners.remove(old.runner)
+        if old.runner in self._runners:  # not when the node stopped meanwhile
+            self._runners.remove(old.runner)
         log.info(
             "node %s swapped %s from version %s to %s",
             self.settings.node,
