@@ -408,25 +408,15 @@ def test_a_stage_draws_its_new_nodes_from_the_online_ones_first() -> None:
     first = r.targets
     fleet = FakeFleet(list(first), {OLD: 0.95, NEW: 0.95})
     fleet.offline.update(first[1:4])
-    changes: list[Rollout] = []
-    now, window = 0.0, None
-    while r.state not in ("completed", "rolled_back", "paused") and now < 600:
-        fleet.apply(r, now)
-        result = step(r, fleet.views(now), window, now)
-        window = result.window or window
-        if result.rollout.current_stage != r.current_stage:
-            changes.append(result.rollout)
-        r = result.rollout
-        fleet.run(1.0)
-        now += 1.0
-    assert r.state == "completed", r.reason
-    stage_2 = changes[0]
-    assert stage_2.targets[:2] == (first[0], first[4])
-    assert stage_2.targets[2:] == (*first[5:], *first[1:4])
-    assert sorted(stage_2.targets) == sorted(first)
-    assert r.log[1].result == "pass" and r.max_nodes_serving >= 2
+    done, changes = drive(r, fleet)
+    assert done.state == "completed", done.reason
+    assert len(changes) == 2
+    # drawn into stage 2 (its first two), then the others, the offline ones last
+    assert done.targets[:2] == (first[0], first[4])
+    assert done.targets[2:] == (*first[5:], *first[1:4])
+    assert done.log[1].result == "pass" and done.max_nodes_serving >= 2
     fleet.offline.clear()
-    fleet.apply(r, now)
+    fleet.apply(done, 600.0)
     assert set(fleet.serving.values()) == {NEW}
 
 

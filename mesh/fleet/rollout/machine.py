@@ -266,14 +266,12 @@ def _deploy(
             # Nothing failed: no node of the stage could be deployed to or judged (all of them
             # offline or flagged). Rolling back would reach none of them either; a person
             # resumes once they are back, or aborts.
-            reason = (
+            return _pause(
+                r,
+                now,
                 f"no node of stage {i + 1}/{len(r.stages)} ({stage.name}) was online for "
                 f"{stage.gate.deploy_timeout_s:.0f}s ({size} offline or flagged): nothing to "
-                "deploy to or judge"
-            )
-            return Step(
-                replace(r, state=RolloutPhase.PAUSED, reason=reason, updated_at=now),
-                events=(f"rollout {r.id} paused: {reason}",),
+                "deploy to or judge",
             )
         return _fail(
             r,
@@ -308,11 +306,7 @@ def _soak(
     verdict, r, logged = _verdict(r, nodes, window, members, excluded, labels)
     if verdict.result == VerdictResult.WAIT:
         if now - window.started_at > gate.max_wait_s:
-            return Step(
-                replace(r, state=RolloutPhase.PAUSED,
-                        reason=f"not enough evidence: {verdict.reason}", updated_at=now),
-                events=(f"rollout {r.id} paused: {verdict.reason}",),
-            )  # fmt: skip
+            return _pause(r, now, f"not enough evidence: {verdict.reason}", verdict.reason)
         return Step(r)
     canary_log, baseline_log = logged
     figures_log = _set_log(
@@ -416,6 +410,14 @@ def _fail(r: Rollout, now: float, gate: str, figures: dict[str, Any], reason: st
         events=(f"rollout {r.id} failed gate {gate}: {reason}; rolling back to "
                 f"{r.previous_version}",),
     )  # fmt: skip
+
+
+def _pause(r: Rollout, now: float, reason: str, logged: str | None = None) -> Step:
+    """The rollout paused for a person, saying why (``logged``: the log's shorter word)."""
+    return Step(
+        replace(r, state=RolloutPhase.PAUSED, reason=reason, updated_at=now),
+        events=(f"rollout {r.id} paused: {logged or reason}",),
+    )
 
 
 def _set_log(log: tuple[StageLog, ...], i: int, **changes: Any) -> tuple[StageLog, ...]:
